@@ -1,0 +1,49 @@
+# stockflow developer tasks. Run them as `./dev <recipe>`, which first installs
+# missing tools (just, nats-server, redis) into .dev/bin; plain `just` works too.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+# Tools that scripts/bootstrap.py installed come first, also when `just` runs directly.
+export PATH := justfile_directory() / ".dev/bin" + ":" + env_var("PATH")
+
+# (default) list recipes
+_default:
+    @"{{just_executable()}}" --list --justfile "{{justfile()}}"
+
+# Run all tests; integration tests start their own nats-server/redis-server on free ports
+test:
+    cargo test --workspace --locked
+
+# Run the demo against the local dev services (left running afterwards)
+demo *args: services-start
+    #!/usr/bin/env bash
+    set -euo pipefail
+    trap 'echo "dev services are still running; stop them with: ./dev services-stop"' EXIT
+    eval "$(scripts/dev-services env)"  # STOCKFLOW_NATS_URL, STOCKFLOW_REDIS_URL
+    cargo run --release --locked -p stockflow-demo -- "$@"
+
+# Start local nats-server (JetStream) and redis-server, state in .dev/
+services-start:
+    @scripts/dev-services start
+
+# Stop the local services (data stays in .dev/data)
+services-stop:
+    @scripts/dev-services stop
+
+# Show whether the local services run and answer
+services-status:
+    -@scripts/dev-services status
+
+# Formatting and clippy, warnings are errors (as CI will run them)
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Run the benchmark driver
+bench *args:
+    cargo run --release --locked -p stockflow-bench -- "$@"
+
+# Check the Helm chart
+helm-check:
+    python3 helm/tests/check_chart.py

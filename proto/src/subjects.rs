@@ -1,0 +1,128 @@
+//! Stream names, subjects, and the reversible encoding of a SKU into one subject token.
+//!
+//! A SKU made only of ASCII letters, digits, `-` and `_` is its own token. Any other SKU (dots,
+//! spaces, `*`, `>`, non-ASCII, ...) becomes `~` followed by the unpadded base64url encoding of its
+//! UTF-8 bytes. `~` is not in the verbatim alphabet, so decoding is unambiguous, and every token is
+//! also safe inside a Redis hash tag (no `{` or `}`).
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+
+/// Stock facts, subject `stock.events.<sku-token>`.
+pub const STOCK_EVENTS: &str = "STOCK_EVENTS";
+/// The ledger (`stock.changes.<sku-token>`) and rejections (`stock.outcomes.<sku-token>`).
+pub const STOCK_CHANGES: &str = "STOCK_CHANGES";
+/// Stock alerts, `alerts.<kind>.<sku-token>`.
+pub const ALERTS: &str = "ALERTS";
+/// Malformed inputs, `deadletter.<source stream>`.
+pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
+/// Order commands, `orders.events.<order-token>`.
+pub const ORDER_EVENTS: &str = "ORDER_EVENTS";
+/// Order decisions, `orders.results.<order-token>`.
+pub const ORDER_RESULTS: &str = "ORDER_RESULTS";
+
+/// Longest SKU, in bytes.
+pub const MAX_SKU_BYTES: usize = 128;
+
+/// Header naming why a message was dead-lettered.
+pub const HEADER_DEAD_LETTER_REASON: &str = "Stockflow-Dead-Letter-Reason";
+/// Header: subject the dead-lettered message was published on.
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Stockflow-Original-Subject";
+/// Header: stream the dead-lettered message was stored in.
+pub const HEADER_ORIGINAL_STREAM: &str = "Stockflow-Original-Stream";
+/// Header: its sequence in that stream.
+pub const HEADER_ORIGINAL_SEQUENCE: &str = "Stockflow-Original-Sequence";
+/// Header: its original `Nats-Msg-Id`.
+pub const HEADER_ORIGINAL_MSG_ID: &str = "Stockflow-Original-Msg-Id";
+
+/// Encodes an identifier (SKU, order id) as one subject token.
+pub fn encode_token(id: &str) -> String {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        id.to_owned()
+    } else {
+        format!("~{}", URL_SAFE_NO_PAD.encode(id.as_bytes()))
+    }
+}
+
+/// Decodes a token made by [`encode_token`]; `None` if it is not one.
+pub fn decode_token(token: &str) -> Option<String> {
+    match token.strip_prefix('~') {
+        Some(encoded) => {
+            let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+            let id = String::from_utf8(bytes).ok()?;
+            // A verbatim-able id is never encoded: keeps one token per id.
+            (encode_token(&id) == token).then_some(id)
+        }
+        None => (!token.is_empty() && encode_token(token) == token).then(|| token.to_owned()),
+    }
+}
+
+/// `stock.events.<sku-token>`.
+pub fn stock_event(sku: &str) -> String {
+    format!("stock.events.{}", encode_token(sku))
+}
+
+/// `stock.changes.<sku-token>`.
+pub fn stock_changed(sku: &str) -> String {
+    format!("stock.changes.{}", encode_token(sku))
+}
+
+/// `stock.outcomes.<sku-token>`.
+pub fn stock_outcome(sku: &str) -> String {
+    format!("stock.outcomes.{}", encode_token(sku))
+}
+
+/// `alerts.<kind>.<sku-token>`, kind being `low_stock`, `out_of_stock`, ...
+pub fn alert(kind: &str, sku: &str) -> String {
+    format!("alerts.{kind}.{}", encode_token(sku))
+}
+
+/// `deadletter.<stream>`.
+pub fn dead_letter(stream: &str) -> String {
+    format!("deadletter.{stream}")
+}
+
+/// `orders.events.<order-token>`.
+pub fn order_event(order_id: &str) -> String {
+    format!("orders.events.{}", encode_token(order_id))
+}
+
+/// `orders.results.<order-token>`.
+pub fn order_result(order_id: &str) -> String {
+    format!("orders.results.{}", encode_token(order_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_skus_are_verbatim() {
+        assert_eq!(encode_token("TSHIRT-RED_M"), "TSHIRT-RED_M");
+        assert_eq!(stock_event("A1"), "stock.events.A1");
+    }
+
+    #[test]
+    fn unsafe_skus_are_encoded_reversibly() {
+        for sku in ["a.b", "with space", "*", ">", "ünï", "~x", "a{b}c", "x\u{1F600}"] {
+            let token = encode_token(sku);
+            assert!(token.starts_with('~'), "{sku} -> {token}");
+            assert!(token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_~".contains(&b)));
+            assert_eq!(decode_token(&token).as_deref(), Some(sku));
+        }
+    }
+
+    #[test]
+    fn foreign_tokens_do_not_decode() {
+        assert_eq!(decode_token(""), None);
+        assert_eq!(decode_token("a.b"), None);
+        assert_eq!(decode_token("~!!"), None);
+        // "abc" must be verbatim, so its encoded form is not a valid token.
+        assert_eq!(decode_token(&format!("~{}", URL_SAFE_NO_PAD.encode("abc"))), None);
+    }
+}

@@ -1,0 +1,411 @@
+//! The consume loop, written once: pull, dispatch to a [`Handler`], then ack, NAK with back-off,
+//! or dead-letter and terminate — with metrics, a stall watchdog and a bounded, graceful shutdown.
+//!
+//! The loop never ends on a stream error: a failed pull, missed heartbeats, a deleted consumer or
+//! a quietly stalled subscription all lead to re-binding the consumer after a back-off.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt as _;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{deadletter::DeadLetters, health::HealthCheck, topology::ConsumerSpec};
+
+/// How one input event ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its effect was applied now.
+    Applied,
+    /// Its `event_id` was seen before: nothing changed.
+    Duplicate,
+    /// Valid, but refused by a rule (e.g. a stale count): nothing changed, an outcome was emitted.
+    Rejected,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// What a handler reports for a message it finished.
+#[derive(Debug, Clone, Copy)]
+pub struct Handled {
+    /// Event type label, e.g. `received`.
+    pub event_type: &'static str,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// A dependency a transient failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// Redis.
+    Redis,
+    /// NATS / JetStream.
+    Nats,
+}
+
+impl Dependency {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// Why a handler did not finish a message; the variant decides what the loop does with it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The input can never be applied: it goes to `DEAD_LETTERS` with `reason`, and is
+    /// terminated so it never blocks the stream.
+    #[error("malformed {event_type} event: {reason}")]
+    Malformed {
+        /// Event type label (`unknown` when undecodable).
+        event_type: &'static str,
+        /// Metric label: a short, fixed category such as `decode` or `invalid_quantity`.
+        category: &'static str,
+        /// Human-readable reason, stored in the dead letter's header.
+        reason: String,
+    },
+    /// A dependency failed; the input is NAKed with a back-off and retried. Never dead-lettered.
+    #[error("{} unavailable: {source:#}", dependency.as_str())]
+    Transient {
+        /// Which dependency.
+        dependency: Dependency,
+        /// The underlying error.
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl HandleError {
+    /// A malformed-input error.
+    pub fn malformed(
+        event_type: &'static str,
+        category: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::Malformed {
+            event_type,
+            category,
+            reason: reason.into(),
+        }
+    }
+
+    /// A Redis failure.
+    pub fn redis(source: impl Into<anyhow::Error>) -> Self {
+        Self::Transient {
+            dependency: Dependency::Redis,
+            source: source.into(),
+        }
+    }
+
+    /// A NATS failure.
+    pub fn nats(source: impl Into<anyhow::Error>) -> Self {
+        Self::Transient {
+            dependency: Dependency::Nats,
+            source: source.into(),
+        }
+    }
+}
+
+/// A worker's logic for one input message. The loop acks only after `handle` returns `Ok`, so
+/// everything `handle` makes durable (Redis writes, derived publishes) must be done by then.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. Must be idempotent: the same message may arrive again at any time.
+    fn handle(
+        &self,
+        message: &jetstream::Message,
+    ) -> impl Future<Output = Result<Handled, HandleError>> + Send;
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct ConsumeSettings {
+    /// Messages processed concurrently (and the pull batch size).
+    pub max_in_flight: usize,
+    /// Bound on waiting for in-flight messages at shutdown.
+    pub drain_timeout: Duration,
+    /// Pending messages but no delivery for this long: the subscription is re-bound.
+    pub stall_after: Duration,
+    /// How often consumer info is polled (lag gauges, stall check).
+    pub poll_interval: Duration,
+}
+
+impl Default for ConsumeSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            drain_timeout: Duration::from_secs(20),
+            stall_after: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the loop needs besides the handler.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// JetStream context.
+    pub js: jetstream::Context,
+    /// Which durable consumer.
+    pub spec: ConsumerSpec,
+    /// Where malformed inputs go.
+    pub dead_letters: DeadLetters,
+    /// Flipped to ready while the consumer is bound.
+    pub bound: HealthCheck,
+    /// Checked before each pull: while false (e.g. Redis down) the loop takes no new messages.
+    pub can_process: HealthCheck,
+    /// Tuning.
+    pub settings: ConsumeSettings,
+}
+
+/// Back-off for re-binding and NAKs: doubling from `base`, capped, with jitter.
+fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let capped = exp.min(cap);
+    // Up to 20% jitter, from the clock's low bits: enough to spread retries of one batch.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    capped + capped.mul_f64(f64::from(nanos % 200) / 1000.0)
+}
+
+impl Consumer {
+    /// Runs until `shutdown`; then stops pulling, lets in-flight messages finish (bounded by
+    /// `drain_timeout`) and returns.
+    pub async fn run<H: Handler>(self, handler: Arc<H>, shutdown: CancellationToken) {
+        let worker = self.spec.durable;
+        let permits = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.bind().await {
+                Ok((consumer, messages)) => {
+                    self.bound.set(true);
+                    metrics::gauge!("stockflow_ready", "worker" => worker).set(1.0);
+                    let cause = self
+                        .pump(consumer, messages, &handler, &permits, &mut tasks, &shutdown)
+                        .await;
+                    self.bound.set(false);
+                    metrics::gauge!("stockflow_ready", "worker" => worker).set(0.0);
+                    match cause {
+                        None => break,
+                        Some(cause) => {
+                            tracing::warn!(worker, cause, "consumer subscription ended; re-binding");
+                            metrics::counter!("stockflow_consumer_restarts_total", "worker" => worker, "cause" => cause)
+                                .increment(1);
+                            failures = 0;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(worker, error = %e, "cannot bind consumer; retrying");
+                }
+            }
+            let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!(worker, in_flight = tasks.len(), "draining in-flight messages");
+        let drained = tokio::time::timeout(self.settings.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            // Unfinished messages are not acked: JetStream redelivers them after ack_wait.
+            tracing::warn!(worker, left = tasks.len(), "drain timed out");
+            tasks.abort_all();
+        }
+    }
+
+    async fn bind(&self) -> anyhow::Result<(PullConsumer, jetstream::consumer::pull::Stream)> {
+        let stream = self.js.get_stream(self.spec.stream).await?;
+        let consumer: PullConsumer = stream
+            .get_consumer(self.spec.durable)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.max_in_flight)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await?;
+        Ok((consumer, messages))
+    }
+
+    /// Feeds messages to tasks until shutdown (`None`) or until the subscription must be re-bound
+    /// (`Some(cause)`).
+    async fn pump<H: Handler>(
+        &self,
+        mut consumer: PullConsumer,
+        mut messages: jetstream::consumer::pull::Stream,
+        handler: &Arc<H>,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Option<&'static str> {
+        let worker = self.spec.durable;
+        let mut last_delivery = Instant::now();
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(worker, error = %e, "message task panicked");
+                }
+            }
+            // A dependency is down: take nothing new until it is back; what is in flight NAKs
+            // itself with a back-off.
+            while !self.can_process.get() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                permit = permits.clone().acquire_owned() => permit.ok()?,
+            };
+            let next = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    _ = poll.tick() => {
+                        if let Some(cause) = self.watch(&mut consumer, last_delivery, permits).await {
+                            return Some(cause);
+                        }
+                    }
+                    next = messages.next() => break next,
+                }
+            };
+            match next {
+                Some(Ok(message)) => {
+                    last_delivery = Instant::now();
+                    let handler = handler.clone();
+                    let this = self.clone();
+                    tasks.spawn(async move {
+                        this.process(handler.as_ref(), message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(worker, error = %e, "pull failed");
+                    return Some(match e.kind() {
+                        jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => "missing_heartbeat",
+                        jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted => "consumer_deleted",
+                        _ => "pull_error",
+                    });
+                }
+                None => return Some("stream_ended"),
+            }
+        }
+    }
+
+    /// Publishes lag gauges; reports a stall when messages wait but none were delivered lately
+    /// although there is room for them.
+    async fn watch(
+        &self,
+        consumer: &mut PullConsumer,
+        last_delivery: Instant,
+        permits: &Semaphore,
+    ) -> Option<&'static str> {
+        let worker = self.spec.durable;
+        let info = match consumer.info().await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(worker, error = %e, "consumer info unavailable");
+                return None;
+            }
+        };
+        // Gauges are f64; counts stay far below 2^53.
+        metrics::gauge!("stockflow_consumer_pending_messages", "worker" => worker)
+            .set(info.num_pending as f64);
+        metrics::gauge!("stockflow_consumer_ack_pending_messages", "worker" => worker)
+            .set(info.num_ack_pending as f64);
+        let idle = last_delivery.elapsed() >= self.settings.stall_after;
+        let has_room = permits.available_permits() > 0;
+        (info.num_pending > 0 && idle && has_room).then_some("stalled")
+    }
+
+    async fn process<H: Handler>(&self, handler: &H, message: jetstream::Message) {
+        let worker = self.spec.durable;
+        let in_flight = metrics::gauge!("stockflow_messages_in_flight", "worker" => worker);
+        in_flight.increment(1.0);
+        let result = handler.handle(&message).await;
+        match result {
+            Ok(handled) => {
+                if let Err(e) = message.ack().await {
+                    // Not acked means redelivered, and the handler is idempotent.
+                    tracing::warn!(worker, error = %e, "ack failed");
+                }
+                metrics::counter!("stockflow_events_total", "worker" => worker, "type" => handled.event_type, "outcome" => handled.outcome.as_str())
+                    .increment(1);
+                if let Ok(info) = message.info() {
+                    let stored = info.published;
+                    let now = time::OffsetDateTime::now_utc();
+                    let seconds = (now - stored).as_seconds_f64().max(0.0);
+                    metrics::histogram!("stockflow_event_latency_seconds", "worker" => worker)
+                        .record(seconds);
+                }
+            }
+            Err(HandleError::Malformed {
+                event_type,
+                category,
+                reason,
+            }) => {
+                tracing::warn!(worker, event_type, %reason, subject = %message.subject, "dead-lettering malformed input");
+                match self.dead_letters.store(&message, &reason).await {
+                    Ok(()) => {
+                        if let Err(e) = message.ack_with(AckKind::Term).await {
+                            tracing::warn!(worker, error = %e, "terminate failed");
+                        }
+                        metrics::counter!("stockflow_events_total", "worker" => worker, "type" => event_type, "outcome" => "dead_lettered")
+                            .increment(1);
+                        metrics::counter!("stockflow_dead_letters_total", "worker" => worker, "reason" => category)
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker, error = %e, "dead letter not stored; will retry");
+                        self.nak(&message, Dependency::Nats).await;
+                    }
+                }
+            }
+            Err(HandleError::Transient { dependency, source }) => {
+                tracing::warn!(worker, dependency = dependency.as_str(), error = %format!("{source:#}"), "transient failure; retrying");
+                self.nak(&message, dependency).await;
+            }
+        }
+        in_flight.decrement(1.0);
+    }
+
+    async fn nak(&self, message: &jetstream::Message, dependency: Dependency) {
+        let worker = self.spec.durable;
+        metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => dependency.as_str())
+            .increment(1);
+        let attempt = message
+            .info()
+            .map(|i| u32::try_from(i.delivered.max(1) - 1).unwrap_or(u32::MAX))
+            .unwrap_or(0);
+        let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(20));
+        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(worker, error = %e, "nak failed; redelivery after ack_wait");
+        }
+    }
+}

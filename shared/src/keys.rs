@@ -1,0 +1,60 @@
+//! The Redis key layout. Every key of one SKU carries the SKU's hash tag `{<sku-token>}`, so
+//! each script touches a single slot and runs unchanged on Redis Cluster.
+
+use stockflow_proto::subjects::encode_token;
+
+/// Builds keys under one prefix (`STOCKFLOW_KEY_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash of on_hand (`oh:<location>`) and reserved (`rs:<location>`) per location.
+    pub fn stock(&self, sku: &str) -> String {
+        format!("{}:{{{}}}:stock", self.prefix, encode_token(sku))
+    }
+
+    /// Hash of the SKU's policy: `thr`, `ss` (defaults), `thr:<location>`, `ss:<location>`.
+    pub fn policy(&self, sku: &str) -> String {
+        format!("{}:{{{}}}:policy", self.prefix, encode_token(sku))
+    }
+
+    /// Dedup record of one event of this SKU.
+    pub fn event(&self, sku: &str, event_id: &str) -> String {
+        format!("{}:{{{}}}:evt:{event_id}", self.prefix, encode_token(sku))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_a_sku_share_one_hash_tag() {
+        let keys = Keys::new("sf");
+        for sku in ["A1", "a.b{c}", "ünï"] {
+            let tag = |key: &str| {
+                let open = key.find('{').expect("has a tag");
+                let close = key[open..].find('}').expect("closed") + open;
+                key[open + 1..close].to_owned()
+            };
+            let stock = keys.stock(sku);
+            assert_eq!(tag(&stock), tag(&keys.policy(sku)));
+            assert_eq!(tag(&stock), tag(&keys.event(sku, "e-1")));
+            assert!(!tag(&stock).is_empty());
+        }
+    }
+}

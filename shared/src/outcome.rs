@@ -1,0 +1,163 @@
+//! What a stock script returns: the levels it changed and the alerts those changes crossed.
+//! The encoding is described in `lua/prelude.lua`.
+
+use stockflow_proto::v1::{AlertKind, Levels};
+
+/// One (sku, location) changed by one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelChange {
+    /// Location ('' only for a SKU-wide policy with no stock anywhere).
+    pub location: String,
+    /// Ledger kind, e.g. `sold`, `transferred_in`, `reserved`.
+    pub kind: String,
+    /// Levels before.
+    pub before: Levels,
+    /// Levels after.
+    pub after: Levels,
+    /// Low-stock threshold in force, if any.
+    pub threshold: Option<i64>,
+    /// Alerts the change crossed into.
+    pub alerts: Vec<AlertKind>,
+}
+
+/// How a script ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The changes were applied.
+    Applied,
+    /// A count's expected on_hand did not match: nothing changed.
+    StaleCount {
+        /// What the count expected.
+        expected: i64,
+        /// What on_hand was.
+        actual: i64,
+    },
+    /// A rule refused the event (orders): a short name and numbers for the caller.
+    Refused(String, String),
+}
+
+/// The outcome of one event, as stored in its dedup record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Redis server time of the change, ms since the Unix epoch.
+    pub applied_at_ms: i64,
+    /// Applied or not.
+    pub verdict: Verdict,
+    /// Levels changed, in order.
+    pub changes: Vec<LevelChange>,
+}
+
+/// A stored outcome that does not parse: a bug or a foreign writer, never bad input.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable script outcome: {0}")]
+pub struct OutcomeParseError(String);
+
+const RECORD: char = '\u{1e}';
+const FIELD: char = '\u{1f}';
+
+fn int(field: Option<&str>, what: &str) -> Result<i64, OutcomeParseError> {
+    field
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| OutcomeParseError(format!("{what} is not an integer")))
+}
+
+fn alert_kind(name: &str) -> Result<AlertKind, OutcomeParseError> {
+    Ok(match name {
+        "low_stock" => AlertKind::LowStock,
+        "out_of_stock" => AlertKind::OutOfStock,
+        "back_in_stock" => AlertKind::BackInStock,
+        "negative_stock" => AlertKind::NegativeStock,
+        other => return Err(OutcomeParseError(format!("unknown alert {other:?}"))),
+    })
+}
+
+/// The subject segment and metric label of an alert kind.
+pub fn alert_name(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::LowStock => "low_stock",
+        AlertKind::OutOfStock => "out_of_stock",
+        AlertKind::BackInStock => "back_in_stock",
+        AlertKind::NegativeStock => "negative_stock",
+        AlertKind::Unspecified => "unspecified",
+    }
+}
+
+impl Outcome {
+    /// Parses a stored outcome.
+    pub fn parse(text: &str) -> Result<Self, OutcomeParseError> {
+        let mut records = text.split(RECORD);
+        let head: Vec<&str> = records.next().unwrap_or_default().split(FIELD).collect();
+        if head.first() != Some(&"1") || head.len() != 5 {
+            return Err(OutcomeParseError("bad header".into()));
+        }
+        let applied_at_ms = int(head.get(1).copied(), "applied_at")?;
+        let verdict = match head[2] {
+            "applied" => Verdict::Applied,
+            "stale" => Verdict::StaleCount {
+                expected: int(Some(head[3]), "expected")?,
+                actual: int(Some(head[4]), "actual")?,
+            },
+            other => Verdict::Refused(other.to_owned(), format!("{}{FIELD}{}", head[3], head[4])),
+        };
+        let changes = records.map(parse_change).collect::<Result<_, _>>()?;
+        Ok(Self {
+            applied_at_ms,
+            verdict,
+            changes,
+        })
+    }
+}
+
+fn parse_change(record: &str) -> Result<LevelChange, OutcomeParseError> {
+    let f: Vec<&str> = record.split(FIELD).collect();
+    if f.len() != 12 {
+        return Err(OutcomeParseError(format!("change has {} fields", f.len())));
+    }
+    let levels = |i: usize| -> Result<Levels, OutcomeParseError> {
+        Ok(Levels {
+            on_hand: int(Some(f[i]), "on_hand")?,
+            reserved: int(Some(f[i + 1]), "reserved")?,
+            safety_stock: int(Some(f[i + 2]), "safety_stock")?,
+            available: int(Some(f[i + 3]), "available")?,
+        })
+    };
+    Ok(LevelChange {
+        location: f[0].to_owned(),
+        kind: f[1].to_owned(),
+        before: levels(2)?,
+        after: levels(6)?,
+        threshold: if f[10].is_empty() {
+            None
+        } else {
+            Some(int(Some(f[10]), "threshold")?)
+        },
+        alerts: f[11]
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(alert_kind)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_transfer() {
+        let text = "1\u{1f}1700\u{1f}applied\u{1f}\u{1f}\u{1e}a\u{1f}transferred_out\u{1f}5\u{1f}0\u{1f}0\u{1f}5\u{1f}0\u{1f}0\u{1f}0\u{1f}0\u{1f}\u{1f}out_of_stock\u{1e}b\u{1f}transferred_in\u{1f}0\u{1f}0\u{1f}1\u{1f}-1\u{1f}5\u{1f}0\u{1f}1\u{1f}4\u{1f}2\u{1f}back_in_stock";
+        let outcome = Outcome::parse(text).expect("valid");
+        assert_eq!(outcome.applied_at_ms, 1700);
+        assert_eq!(outcome.verdict, Verdict::Applied);
+        assert_eq!(outcome.changes.len(), 2);
+        assert_eq!(outcome.changes[0].alerts, vec![AlertKind::OutOfStock]);
+        assert_eq!(outcome.changes[1].threshold, Some(2));
+        assert_eq!(outcome.changes[1].before.available, -1);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Outcome::parse("nonsense").is_err());
+        assert!(Outcome::parse("1\u{1f}x\u{1f}applied\u{1f}\u{1f}").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Typed settings, read once from environment variables with local defaults.
+//!
+//! Every parse error names the variable; secrets are wrapped in [`Secret`] so they never print.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+/// A configuration value that is wrong or missing. The message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is set but its value does not parse.
+    #[error("{var}: {reason}")]
+    Invalid {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong with it (never the value of a secret).
+        reason: String,
+    },
+    /// A file named by a `*_FILE` variable cannot be read.
+    #[error("{var}: cannot read {path}: {source}")]
+    File {
+        /// The environment variable naming the file.
+        var: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+}
+
+/// A secret value: its `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call it only where the value is handed to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Reads variables from a source (the process environment, or a map in tests).
+pub struct Env {
+    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Env").finish_non_exhaustive()
+    }
+}
+
+impl Env {
+    /// The process environment.
+    pub fn process() -> Self {
+        Self::from_fn(|name| std::env::var(name).ok())
+    }
+
+    /// Any lookup function; tests use a map.
+    pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self {
+            lookup: Box::new(lookup),
+        }
+    }
+
+    /// From `(name, value)` pairs.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let map: std::collections::HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self::from_fn(move |name| map.get(name).cloned())
+    }
+
+    /// The raw value; an empty value counts as unset.
+    pub fn raw(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A string, or the default.
+    pub fn string(&self, var: &'static str, default: &str) -> String {
+        self.raw(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A parsed value, or the default.
+    pub fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                reason: format!("{value:?} is not valid: {e}"),
+            }),
+        }
+    }
+
+    /// A whole number within `range`, or the default.
+    pub fn bounded(
+        &self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let value = self.parse(var, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid {
+                var,
+                reason: format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            })
+        }
+    }
+
+    /// Whole seconds within `range`, or the default.
+    pub fn seconds(
+        &self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(var, default, range).map(Duration::from_secs)
+    }
+
+    /// A socket address such as `127.0.0.1:9464`.
+    pub fn addr(&self, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let value = self.string(var, default);
+        value.parse().map_err(|e| ConfigError::Invalid {
+            var,
+            reason: format!("{value:?} is not a socket address like 127.0.0.1:9464: {e}"),
+        })
+    }
+
+    /// A secret from `VAR`, or from the file named by `VAR_FILE` (`file_var`); never both.
+    pub fn secret(
+        &self,
+        var: &'static str,
+        file_var: &'static str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (self.raw(var), self.raw(file_var)) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                var,
+                reason: format!("set either {var} or {file_var}, not both"),
+            }),
+            (Some(value), None) => Ok(Some(Secret::new(value))),
+            (None, Some(path)) => {
+                let path = PathBuf::from(path);
+                let value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                    var: file_var,
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Some(Secret::new(value.trim_end_matches(['\n', '\r']))))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// A path, if set.
+    pub fn path(&self, var: &'static str) -> Option<PathBuf> {
+        self.raw(var).map(PathBuf::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_variable() {
+        let env = Env::from_pairs([("STOCKFLOW_MAX_IN_FLIGHT", "lots")]);
+        let err = env
+            .bounded("STOCKFLOW_MAX_IN_FLIGHT", 10, 1..=100)
+            .expect_err("not a number");
+        assert!(err.to_string().starts_with("STOCKFLOW_MAX_IN_FLIGHT:"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let env = Env::from_pairs([("X", "0")]);
+        let err = env.bounded("X", 10, 1..=100).expect_err("zero");
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+
+    #[test]
+    fn secret_from_file_and_not_both() {
+        let dir = std::env::temp_dir().join(format!("sf-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let env = Env::from_fn(move |name| (name == "T_FILE").then(|| path.clone()));
+        let secret = env.secret("T", "T_FILE").expect("readable").expect("set");
+        assert_eq!(secret.expose(), "s3cret");
+
+        let both = Env::from_pairs([("T", "a"), ("T_FILE", "/x")]);
+        assert!(both.secret("T", "T_FILE").is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,287 @@
+//! The streams and durable consumers stockflow runs on, declared in one place.
+//!
+//! [`ensure`] creates what is missing and verifies what exists. It never silently rewrites an
+//! existing stream or consumer: a difference in a setting the workers rely on is an error that
+//! names it; `setup` with `update` applies the declared configuration deliberately.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use stockflow_proto::subjects;
+
+/// How streams are created.
+#[derive(Debug, Clone)]
+pub struct TopologySettings {
+    /// Replicas per stream (1 on one server, 3 on a cluster).
+    pub replicas: usize,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self { replicas: 1 }
+    }
+}
+
+/// A worker's durable pull consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSpec {
+    /// The stream it reads.
+    pub stream: &'static str,
+    /// Durable consumer name (also the worker name in metrics).
+    pub durable: &'static str,
+    /// How long a delivered message may stay unacknowledged before it is redelivered.
+    pub ack_wait: Duration,
+}
+
+/// The stock worker's consumer.
+pub const STOCK_WORKER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::STOCK_EVENTS,
+    durable: "stock-worker",
+    ack_wait: Duration::from_secs(30),
+};
+
+/// The order worker's consumer.
+pub const ORDER_WORKER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::ORDER_EVENTS,
+    durable: "order-worker",
+    ack_wait: Duration::from_secs(30),
+};
+
+/// Every durable consumer `setup` declares.
+pub const CONSUMERS: &[ConsumerSpec] = &[STOCK_WORKER, ORDER_WORKER];
+
+/// Longest a message may wait between two deliveries (NAK back-off cap, ack wait): the duplicate
+/// windows below must exceed it.
+pub const MAX_REDELIVERY_SPAN: Duration = Duration::from_secs(60);
+
+/// The declared stream configurations.
+pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
+    let day = Duration::from_secs(24 * 3600);
+    let stream = |name: &str, subjects: &[&str], max_age: Duration, duplicate_window: Duration| {
+        stream::Config {
+            name: name.to_owned(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            num_replicas: settings.replicas,
+            max_age,
+            duplicate_window,
+            ..Default::default()
+        }
+    };
+    // Inputs are kept a week (replay, audit); the ledger and dead letters are kept until an
+    // operator decides otherwise (rebuild needs the ledger); alerts are notifications.
+    vec![
+        stream(subjects::STOCK_EVENTS, &["stock.events.>"], 7 * day, Duration::from_secs(120)),
+        stream(
+            subjects::STOCK_CHANGES,
+            &["stock.changes.>", "stock.outcomes.>"],
+            Duration::ZERO,
+            5 * MAX_REDELIVERY_SPAN,
+        ),
+        stream(subjects::ALERTS, &["alerts.>"], 30 * day, 5 * MAX_REDELIVERY_SPAN),
+        stream(subjects::DEAD_LETTERS, &["deadletter.>"], Duration::ZERO, 5 * MAX_REDELIVERY_SPAN),
+        stream(subjects::ORDER_EVENTS, &["orders.events.>"], 7 * day, Duration::from_secs(120)),
+        stream(
+            subjects::ORDER_RESULTS,
+            &["orders.results.>"],
+            Duration::ZERO,
+            5 * MAX_REDELIVERY_SPAN,
+        ),
+    ]
+}
+
+/// The declared configuration of a durable consumer.
+pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(spec.durable.to_owned()),
+        description: Some(format!("stockflow {}", spec.durable)),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        // Transient failures are retried until they succeed: never dropped after N attempts.
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        // Durable consumers never expire from inactivity (KEDA scales to max on a missing one).
+        inactive_threshold: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// A declared object differs from what exists.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// An existing stream or consumer has a setting the workers rely on set differently.
+    #[error("{object} exists with {setting} = {actual}, expected {expected}; run `setup --update` to apply the declared configuration")]
+    Mismatch {
+        /// `stream X` or `consumer X/Y`.
+        object: String,
+        /// The setting.
+        setting: &'static str,
+        /// What exists.
+        actual: String,
+        /// What is declared.
+        expected: String,
+    },
+    /// JetStream refused or did not answer.
+    #[error("{action}: {source}")]
+    JetStream {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Whether [`ensure`] may change existing objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create what is missing; report differences as errors.
+    Verify,
+    /// Create what is missing; update what differs.
+    Update,
+}
+
+/// Declares every stream and durable consumer.
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &TopologySettings,
+    mode: Mode,
+) -> Result<(), TopologyError> {
+    for config in streams(settings) {
+        ensure_stream(js, config, mode).await?;
+    }
+    for spec in CONSUMERS {
+        ensure_consumer(js, spec, mode).await?;
+    }
+    Ok(())
+}
+
+fn js_error(action: String) -> impl FnOnce(async_nats::Error) -> TopologyError {
+    move |source| TopologyError::JetStream { action, source }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    mode: Mode,
+) -> Result<(), TopologyError> {
+    let name = config.name.clone();
+    let existing = match js.get_stream(&name).await {
+        Ok(mut stream) => Some(
+            stream
+                .info()
+                .await
+                .map_err(|e| js_error(format!("reading stream {name}"))(e.into()))?
+                .config
+                .clone(),
+        ),
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => None,
+        Err(e) => return Err(js_error(format!("looking up stream {name}"))(e.into())),
+    };
+    let Some(actual) = existing else {
+        js.create_stream(config)
+            .await
+            .map_err(|e| js_error(format!("creating stream {name}"))(e.into()))?;
+        tracing::info!(stream = %name, "created stream");
+        return Ok(());
+    };
+    let mismatch = stream_mismatch(&actual, &config);
+    match (mismatch, mode) {
+        (None, _) => Ok(()),
+        (Some(_), Mode::Update) => {
+            js.update_stream(config)
+                .await
+                .map_err(|e| js_error(format!("updating stream {name}"))(e.into()))?;
+            tracing::info!(stream = %name, "updated stream");
+            Ok(())
+        }
+        (Some((setting, actual, expected)), Mode::Verify) => Err(TopologyError::Mismatch {
+            object: format!("stream {name}"),
+            setting,
+            actual,
+            expected,
+        }),
+    }
+}
+
+fn stream_mismatch(
+    actual: &stream::Config,
+    expected: &stream::Config,
+) -> Option<(&'static str, String, String)> {
+    let mut want = expected.subjects.clone();
+    let mut have = actual.subjects.clone();
+    want.sort();
+    have.sort();
+    if want != have {
+        return Some(("subjects", format!("{have:?}"), format!("{want:?}")));
+    }
+    if actual.duplicate_window < expected.duplicate_window {
+        return Some((
+            "duplicate_window",
+            format!("{:?}", actual.duplicate_window),
+            format!("at least {:?}", expected.duplicate_window),
+        ));
+    }
+    if actual.retention != expected.retention {
+        return Some((
+            "retention",
+            format!("{:?}", actual.retention),
+            format!("{:?}", expected.retention),
+        ));
+    }
+    None
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    mode: Mode,
+) -> Result<(), TopologyError> {
+    let object = format!("consumer {}/{}", spec.stream, spec.durable);
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| js_error(format!("looking up stream {}", spec.stream))(e.into()))?;
+    let config = consumer_config(spec);
+    let existing = stream.get_consumer::<consumer::pull::Config>(spec.durable).await;
+    let actual = match existing {
+        Ok(consumer) => consumer.cached_info().config.clone(),
+        Err(_) => {
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| js_error(format!("creating {object}"))(e.into()))?;
+            tracing::info!(%object, "created consumer");
+            return Ok(());
+        }
+    };
+    let mismatch = if actual.ack_policy != consumer::AckPolicy::Explicit {
+        Some(("ack_policy", format!("{:?}", actual.ack_policy), "Explicit".to_owned()))
+    } else if actual.inactive_threshold != Duration::ZERO && actual.durable_name.is_none() {
+        Some(("durable_name", "none".to_owned(), spec.durable.to_owned()))
+    } else if !actual.filter_subject.is_empty() || !actual.filter_subjects.is_empty() {
+        Some(("filter_subject", actual.filter_subject.clone(), String::new()))
+    } else if actual.max_deliver != -1 {
+        Some(("max_deliver", actual.max_deliver.to_string(), "-1".to_owned()))
+    } else {
+        None
+    };
+    match (mismatch, mode) {
+        (None, _) => Ok(()),
+        (Some(_), Mode::Update) => {
+            stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| js_error(format!("updating {object}"))(e.into()))?;
+            tracing::info!(%object, "updated consumer");
+            Ok(())
+        }
+        (Some((setting, actual, expected)), Mode::Verify) => Err(TopologyError::Mismatch {
+            object,
+            setting,
+            actual,
+            expected,
+        }),
+    }
+}

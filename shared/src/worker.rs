@@ -1,0 +1,223 @@
+//! The composition every worker shares: settings, connections, topology check, health listener,
+//! dependency monitor, and the consume loop — so a worker is its [`Handler`] plus a few lines.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    connect::{NatsSettings, RedisSettings},
+    consume::{ConsumeSettings, Consumer, Handler},
+    deadletter::DeadLetters,
+    health::{self, Health, HealthCheck},
+    settings::{ConfigError, Env},
+    telemetry::{self, LogSettings},
+    topology::{self, ConsumerSpec, Mode, TopologySettings},
+};
+
+/// Settings every worker reads.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// Redis connection and key prefix.
+    pub redis: RedisSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// `/metrics`, `/healthz`, `/readyz` listener.
+    pub metrics_addr: SocketAddr,
+    /// Consume loop tuning.
+    pub consume: ConsumeSettings,
+    /// Stream creation.
+    pub topology: TopologySettings,
+    /// How long an `event_id` is remembered.
+    pub dedup_ttl: Duration,
+}
+
+impl WorkerSettings {
+    /// Reads the shared variables; `name` is the client name, `metrics_addr` the local default.
+    pub fn from_env(env: &Env, name: &str, metrics_addr: &str) -> Result<Self, ConfigError> {
+        let shutdown = env.seconds("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", 20, 1..=600)?;
+        let max_in_flight = env.bounded("STOCKFLOW_MAX_IN_FLIGHT", 256, 1..=10_000)?;
+        Ok(Self {
+            nats: NatsSettings::from_env(env, name)?,
+            redis: RedisSettings::from_env(env)?,
+            log: LogSettings::from_env(env)?,
+            metrics_addr: env.addr("STOCKFLOW_METRICS_ADDR", metrics_addr)?,
+            consume: ConsumeSettings {
+                // Bounded above by the range check.
+                max_in_flight: usize::try_from(max_in_flight).unwrap_or(256),
+                drain_timeout: shutdown,
+                ..ConsumeSettings::default()
+            },
+            topology: TopologySettings {
+                replicas: usize::try_from(env.bounded("STOCKFLOW_STREAM_REPLICAS", 1, 1..=5)?)
+                    .unwrap_or(1),
+            },
+            // Longer than any redelivery span and JetStream's duplicate windows (minutes).
+            dedup_ttl: env.seconds("STOCKFLOW_DEDUP_TTL_SECONDS", 86_400, 600..=90 * 86_400)?,
+        })
+    }
+}
+
+/// A worker's command line: no argument runs it, `setup` declares streams and consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run the worker.
+    Run,
+    /// Declare (or, with `--update`, update) the topology and exit.
+    Setup(Mode),
+}
+
+impl Command {
+    /// Parses `std::env::args`.
+    pub fn from_args(usage: &str) -> anyhow::Result<Self> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match args.as_slice() {
+            [] => Ok(Self::Run),
+            ["setup"] => Ok(Self::Setup(Mode::Verify)),
+            ["setup", "--update"] => Ok(Self::Setup(Mode::Update)),
+            _ => anyhow::bail!("usage: {usage} [setup [--update]]"),
+        }
+    }
+}
+
+/// Declares streams and consumers and reports what it did.
+pub async fn setup(settings: &WorkerSettings, mode: Mode) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let client = settings.nats.connect().await?;
+    let js = jetstream::new(client.clone());
+    topology::ensure(&js, &settings.topology, mode)
+        .await
+        .context("declaring streams and consumers")?;
+    client.drain().await.ok();
+    tracing::info!("streams and consumers are in place");
+    Ok(())
+}
+
+/// A connected worker: clients, health, and the shutdown token.
+#[derive(Debug)]
+pub struct Runtime {
+    /// NATS client.
+    pub nats: async_nats::Client,
+    /// JetStream context.
+    pub js: jetstream::Context,
+    /// Redis connection (multiplexed, reconnecting).
+    pub redis: redis::aio::ConnectionManager,
+    /// Readiness checks.
+    pub health: Health,
+    /// Where `/metrics` is served (the bound port when configured with port 0).
+    pub metrics_addr: SocketAddr,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    redis_up: HealthCheck,
+    settings: WorkerSettings,
+}
+
+impl Runtime {
+    /// Connects, verifies the topology (creating what is missing), starts the health listener
+    /// and the dependency monitor. `shutdown` ends the worker when it resolves.
+    pub async fn start(
+        settings: WorkerSettings,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let token = CancellationToken::new();
+        let on_signal = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            on_signal.cancel();
+        });
+        let nats = settings.nats.connect().await?;
+        let js = jetstream::new(nats.clone());
+        topology::ensure(&js, &settings.topology, Mode::Verify)
+            .await
+            .context("checking streams and consumers")?;
+        let redis = settings.redis.connect().await?;
+        let health = Health::default();
+        let metrics_addr = health::serve(
+            settings.metrics_addr,
+            health.clone(),
+            telemetry::metrics_handle(),
+            token.clone(),
+        )
+        .await?;
+        let nats_up = health.check("nats");
+        let redis_up = health.check("redis");
+        tokio::spawn(monitor(
+            nats.clone(),
+            redis.clone(),
+            nats_up,
+            redis_up.clone(),
+            token.clone(),
+        ));
+        Ok(Self {
+            nats,
+            js,
+            redis,
+            health,
+            metrics_addr,
+            shutdown: token,
+            redis_up,
+            settings,
+        })
+    }
+
+    /// The settings the worker started with.
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.settings
+    }
+
+    /// Runs `handler` on `spec`'s consumer until shutdown, then drains the NATS connection.
+    pub async fn consume<H: Handler>(self, spec: ConsumerSpec, handler: H) -> anyhow::Result<()> {
+        let consumer = Consumer {
+            js: self.js.clone(),
+            spec,
+            dead_letters: DeadLetters::new(self.js.clone()),
+            bound: self.health.check("consumer"),
+            can_process: self.redis_up.clone(),
+            settings: self.settings.consume.clone(),
+        };
+        consumer.run(Arc::new(handler), self.shutdown.clone()).await;
+        // Flush acks and publishes still buffered, then close.
+        if let Err(e) = self.nats.drain().await {
+            tracing::warn!(error = %e, "nats drain failed");
+        }
+        tracing::info!(worker = spec.durable, "stopped");
+        Ok(())
+    }
+}
+
+/// Keeps the `nats` and `redis` readiness checks current.
+async fn monitor(
+    nats: async_nats::Client,
+    mut redis: redis::aio::ConnectionManager,
+    nats_up: HealthCheck,
+    redis_up: HealthCheck,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        nats_up.set(nats.connection_state() == async_nats::connection::State::Connected);
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut redis),
+        )
+        .await;
+        let up = matches!(ping, Ok(Ok(_)));
+        if up != redis_up.get() {
+            if up {
+                tracing::info!("redis is reachable");
+            } else {
+                tracing::warn!("redis is unreachable; pausing intake");
+            }
+        }
+        redis_up.set(up);
+    }
+}

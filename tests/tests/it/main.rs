@@ -1,0 +1,9 @@
+//! Integration tests against real `nats-server` and `redis-server`. One binary with modules
+//! keeps link times down.
+
+mod world;
+
+mod crash;
+mod malformed;
+mod model;
+mod stock_facts;

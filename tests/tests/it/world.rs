@@ -1,0 +1,237 @@
+//! One test's world: its own servers, clients, and the workers it starts.
+
+use std::process::Child;
+
+use async_nats::{jetstream, HeaderMap};
+use prost::Message as _;
+use redis::AsyncCommands as _;
+use stockflow_proto::{
+    subjects,
+    v1::{stock_event::Change, EventMeta, Levels, StockEvent},
+};
+use stockflow_shared::{keys::Keys, settings::Env, topology};
+use stockflow_tests::{eventually, NatsServer, RedisServer, DEADLINE};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct World {
+    pub(crate) nats: NatsServer,
+    pub(crate) redis: RedisServer,
+    pub(crate) js: jetstream::Context,
+    pub(crate) keys: Keys,
+}
+
+/// A worker running inside the test process.
+pub(crate) struct RunningWorker {
+    pub(crate) stop: CancellationToken,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Graceful shutdown; waits for the worker to finish.
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
+            .expect("worker ends cleanly");
+    }
+}
+
+impl World {
+    pub(crate) async fn start() -> Self {
+        let nats = NatsServer::start();
+        let redis = RedisServer::start();
+        let client = async_nats::connect(nats.url()).await.expect("connect nats");
+        let js = jetstream::new(client);
+        topology::ensure(&js, &Default::default(), topology::Mode::Verify)
+            .await
+            .expect("topology");
+        Self {
+            nats,
+            redis,
+            js,
+            keys: Keys::new("sf"),
+        }
+    }
+
+    /// Environment for a worker of this world.
+    pub(crate) fn env(&self, extra: &[(&str, &str)]) -> Env {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("STOCKFLOW_NATS_URL".into(), self.nats.url()),
+            ("STOCKFLOW_REDIS_URL".into(), self.redis.url()),
+            ("STOCKFLOW_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+            ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS".into(), "10".into()),
+            ("STOCKFLOW_LOG".into(), "warn".into()),
+        ];
+        pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let map: std::collections::HashMap<String, String> = pairs.into_iter().collect();
+        Env::from_fn(move |name| map.get(name).cloned())
+    }
+
+    pub(crate) fn stock_worker(&self) -> RunningWorker {
+        self.stock_worker_with(&[])
+    }
+
+    pub(crate) fn stock_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
+        let settings = stock_worker::Settings::from_env(&self.env(extra)).expect("settings");
+        settings.worker.log.init();
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(stock_worker::run(settings, async move {
+            signal.cancelled().await;
+        }));
+        RunningWorker { stop, task }
+    }
+
+    /// The stock-worker binary as a child process (for kill -9).
+    pub(crate) fn stock_worker_process(&self) -> Child {
+        std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
+            .env("STOCKFLOW_NATS_URL", self.nats.url())
+            .env("STOCKFLOW_REDIS_URL", self.redis.url())
+            .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+            .env("STOCKFLOW_LOG", "warn")
+            .spawn()
+            .expect("spawn stock-worker")
+    }
+
+    /// Publishes `event` on its SKU's subject with a fresh `Nats-Msg-Id`; waits for the PubAck.
+    pub(crate) async fn publish(&self, event: &StockEvent) {
+        self.publish_raw(&subjects::stock_event(&event.sku), event.encode_to_vec())
+            .await;
+    }
+
+    pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", uuid_like().as_str());
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    /// Waits until the durable consumer `durable` has acknowledged everything in its stream:
+    /// every input was handled (applied, absorbed as a duplicate, or dead-lettered).
+    pub(crate) async fn wait_idle(&self, stream: &str, durable: &str) {
+        eventually(&format!("{durable} idle"), DEADLINE, || async {
+            let stream = self.js.get_stream(stream).await.ok()?;
+            let last = stream.cached_info().state.last_sequence;
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer(durable).await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.ack_floor.stream_sequence >= last)
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub(crate) async fn wait_stock_idle(&self) {
+        self.wait_idle(subjects::STOCK_EVENTS, "stock-worker").await;
+    }
+
+    /// Current levels of (sku, location), without safety stock.
+    pub(crate) async fn on_hand_reserved(&self, sku: &str, location: &str) -> (i64, i64) {
+        let mut conn = self.redis.connection().await;
+        let (oh, rs): (Option<i64>, Option<i64>) = conn
+            .hmget(self.keys.stock(sku), &[format!("oh:{location}"), format!("rs:{location}")])
+            .await
+            .expect("hget");
+        (oh.unwrap_or(0), rs.unwrap_or(0))
+    }
+
+    /// Waits until `sku` at `location` has `on_hand`.
+    pub(crate) async fn wait_on_hand(&self, sku: &str, location: &str, on_hand: i64) {
+        eventually(&format!("{sku}@{location} on_hand {on_hand}"), DEADLINE, || async {
+            (self.on_hand_reserved(sku, location).await.0 == on_hand).then_some(())
+        })
+        .await;
+    }
+
+    /// Ledger entries of `sku`, in order.
+    pub(crate) async fn ledger(&self, sku: &str) -> Vec<stockflow_proto::v1::StockChanged> {
+        stockflow_tests::read_stream(&self.js, subjects::STOCK_CHANGES, &subjects::stock_changed(sku))
+            .await
+            .iter()
+            .map(|m| stockflow_proto::v1::StockChanged::decode(m.payload.clone()).expect("ledger entry"))
+            .collect()
+    }
+
+    pub(crate) async fn alerts(&self, sku: &str) -> Vec<stockflow_proto::v1::StockAlert> {
+        stockflow_tests::read_stream(&self.js, subjects::ALERTS, &format!("alerts.*.{}", subjects::encode_token(sku)))
+            .await
+            .iter()
+            .map(|m| stockflow_proto::v1::StockAlert::decode(m.payload.clone()).expect("alert"))
+            .collect()
+    }
+}
+
+/// A unique id without another dependency: time, process and a counter.
+pub(crate) fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A stock event with an envelope.
+pub(crate) fn event(id: &str, sku: &str, location: &str, change: Change) -> StockEvent {
+    StockEvent {
+        meta: Some(EventMeta {
+            event_id: id.to_owned(),
+            occurred_at_ms: 1_700_000_000_000,
+            source: "test:harness".into(),
+            reason: 0,
+            reference: format!("urn:test:{id}"),
+        }),
+        sku: sku.to_owned(),
+        location: location.to_owned(),
+        change: Some(change),
+    }
+}
+
+pub(crate) fn received(q: i64) -> Change {
+    Change::Received(stockflow_proto::v1::Received { quantity: q })
+}
+pub(crate) fn sold(q: i64) -> Change {
+    Change::Sold(stockflow_proto::v1::Sold { quantity: q })
+}
+pub(crate) fn returned(q: i64) -> Change {
+    Change::Returned(stockflow_proto::v1::Returned { quantity: q })
+}
+pub(crate) fn adjusted(delta: i64) -> Change {
+    Change::Adjusted(stockflow_proto::v1::Adjusted { delta })
+}
+pub(crate) fn counted(on_hand: i64, expected: Option<i64>) -> Change {
+    Change::Counted(stockflow_proto::v1::Counted {
+        on_hand,
+        expected_on_hand: expected,
+    })
+}
+pub(crate) fn transferred(to: &str, quantity: i64) -> Change {
+    Change::Transferred(stockflow_proto::v1::Transferred {
+        to_location: to.to_owned(),
+        quantity,
+    })
+}
+pub(crate) fn policy(threshold: Option<i64>, safety_stock: Option<i64>) -> Change {
+    Change::PolicySet(stockflow_proto::v1::PolicySet {
+        low_stock_threshold: threshold,
+        safety_stock,
+    })
+}
+
+pub(crate) fn levels(on_hand: i64, reserved: i64, safety_stock: i64) -> Levels {
+    Levels {
+        on_hand,
+        reserved,
+        safety_stock,
+        available: on_hand - reserved - safety_stock,
+    }
+}

@@ -1,0 +1,274 @@
+//! Decoding and validating a stock fact: everything wrong with an input is found here, before
+//! Redis is touched, and reported as a reason a person can act on.
+
+use prost::Message as _;
+use stockflow_proto::{
+    subjects::{self, MAX_SKU_BYTES},
+    v1::{stock_event::Change, EventMeta, StockEvent},
+};
+use stockflow_shared::consume::HandleError;
+
+/// Largest quantity in one fact, in units.
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+/// Longest `event_id`, in bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// Longest location, in bytes.
+pub const MAX_LOCATION_BYTES: usize = 64;
+/// Longest `source`, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 128;
+/// Longest `reference`, in bytes.
+pub const MAX_REFERENCE_BYTES: usize = 512;
+
+/// What a valid fact does, in the terms of the `apply_stock` script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// on_hand += quantity.
+    Received(i64),
+    /// on_hand -= quantity.
+    Sold(i64),
+    /// on_hand += quantity.
+    Returned(i64),
+    /// on_hand += delta.
+    Adjusted(i64),
+    /// on_hand := on_hand, if it equals `expected` (when given).
+    Counted {
+        /// Counted units.
+        on_hand: i64,
+        /// Compare-and-set guard.
+        expected: Option<i64>,
+    },
+    /// Moves `quantity` to `to`.
+    Transferred {
+        /// Destination location.
+        to: String,
+        /// Units.
+        quantity: i64,
+    },
+    /// Sets (>= 0) or removes (< 0) policy values; `None` leaves one alone.
+    PolicySet {
+        /// Low-stock threshold.
+        threshold: Option<i64>,
+        /// Safety stock.
+        safety_stock: Option<i64>,
+    },
+}
+
+impl Op {
+    /// Event type label for metrics and the script's `op` argument.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Received(_) => "received",
+            Self::Sold(_) => "sold",
+            Self::Returned(_) => "returned",
+            Self::Adjusted(_) => "adjusted",
+            Self::Counted { .. } => "counted",
+            Self::Transferred { .. } => "transferred",
+            Self::PolicySet { .. } => "policy_set",
+        }
+    }
+}
+
+/// A decoded, valid stock fact.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    /// Envelope.
+    pub meta: EventMeta,
+    /// SKU.
+    pub sku: String,
+    /// Location ('' only for a SKU-wide policy).
+    pub location: String,
+    /// The change.
+    pub op: Op,
+}
+
+fn optional(value: Option<i64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl Fact {
+    /// The script arguments after the location: quantity, expected, destination, threshold,
+    /// safety stock.
+    pub fn script_args(&self) -> [String; 5] {
+        let none = String::new;
+        match &self.op {
+            Op::Received(q) | Op::Sold(q) | Op::Returned(q) | Op::Adjusted(q) => {
+                [q.to_string(), none(), none(), none(), none()]
+            }
+            Op::Counted { on_hand, expected } => {
+                [on_hand.to_string(), optional(*expected), none(), none(), none()]
+            }
+            Op::Transferred { to, quantity } => {
+                [quantity.to_string(), none(), to.clone(), none(), none()]
+            }
+            Op::PolicySet {
+                threshold,
+                safety_stock,
+            } => [none(), none(), none(), optional(*threshold), optional(*safety_stock)],
+        }
+    }
+
+    /// What the event does, as compared between two deliveries of one `event_id`: the same id
+    /// with a different change is a conflict, not a duplicate.
+    pub fn fingerprint(&self) -> String {
+        let [a, b, c, d, e] = self.script_args();
+        format!("{}|{}|{a}|{b}|{c}|{d}|{e}", self.op.name(), self.location)
+    }
+}
+
+/// Decodes and validates `payload` received on `subject`.
+pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
+    let event = StockEvent::decode(payload).map_err(|e| {
+        HandleError::malformed("unknown", "decode", format!("not a StockEvent: {e}"))
+    })?;
+    let Some(change) = event.change else {
+        return Err(HandleError::malformed(
+            "unknown",
+            "unknown_type",
+            "no change set (missing or unknown fact type)",
+        ));
+    };
+    let op = match change {
+        Change::Received(c) => Op::Received(c.quantity),
+        Change::Sold(c) => Op::Sold(c.quantity),
+        Change::Returned(c) => Op::Returned(c.quantity),
+        Change::Adjusted(c) => Op::Adjusted(c.delta),
+        Change::Counted(c) => Op::Counted {
+            on_hand: c.on_hand,
+            expected: c.expected_on_hand,
+        },
+        Change::Transferred(c) => Op::Transferred {
+            to: c.to_location,
+            quantity: c.quantity,
+        },
+        Change::PolicySet(c) => Op::PolicySet {
+            threshold: c.low_stock_threshold,
+            safety_stock: c.safety_stock,
+        },
+    };
+    let kind = op.name();
+    let bad = |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
+
+    let meta = event.meta.unwrap_or_default();
+    validate_meta(&meta).map_err(|reason| bad("invalid_meta", reason))?;
+    validate_sku(&event.sku).map_err(|reason| bad("invalid_sku", reason))?;
+    let expected_subject = subjects::stock_event(&event.sku);
+    if subject != expected_subject {
+        return Err(bad(
+            "subject_mismatch",
+            format!("published on {subject} but its sku belongs on {expected_subject}"),
+        ));
+    }
+    let sku_wide_policy = matches!(op, Op::PolicySet { .. }) && event.location.is_empty();
+    if !sku_wide_policy {
+        validate_location("location", &event.location).map_err(|r| bad("invalid_location", r))?;
+    }
+    validate_op(&op, &event.location).map_err(|reason| bad("invalid_quantity", reason))?;
+    Ok(Fact {
+        meta,
+        sku: event.sku,
+        location: event.location,
+        op,
+    })
+}
+
+/// Checks the envelope every input event carries.
+pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
+    let id = &meta.event_id;
+    if id.is_empty() {
+        return Err("event_id is missing".into());
+    }
+    if id.len() > MAX_EVENT_ID_BYTES {
+        return Err(format!("event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}", id.len()));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("event_id must be printable ASCII without spaces".into());
+    }
+    if meta.source.len() > MAX_SOURCE_BYTES {
+        return Err(format!("source is longer than {MAX_SOURCE_BYTES} bytes"));
+    }
+    if meta.reference.len() > MAX_REFERENCE_BYTES {
+        return Err(format!("reference is longer than {MAX_REFERENCE_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// A SKU is any non-empty UTF-8 string of at most 128 bytes.
+pub fn validate_sku(sku: &str) -> Result<(), String> {
+    if sku.is_empty() {
+        return Err("sku is missing".into());
+    }
+    if sku.len() > MAX_SKU_BYTES {
+        return Err(format!("sku is {} bytes, at most {MAX_SKU_BYTES}", sku.len()));
+    }
+    Ok(())
+}
+
+/// A location is 1..=64 bytes without control characters.
+pub fn validate_location(field: &str, location: &str) -> Result<(), String> {
+    if location.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if location.len() > MAX_LOCATION_BYTES {
+        return Err(format!("{field} is longer than {MAX_LOCATION_BYTES} bytes"));
+    }
+    if location.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+fn positive(field: &str, value: i64) -> Result<(), String> {
+    if (1..=MAX_QUANTITY).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field} must be 1..={MAX_QUANTITY}, got {value}"))
+    }
+}
+
+fn validate_op(op: &Op, location: &str) -> Result<(), String> {
+    match op {
+        Op::Received(q) | Op::Sold(q) | Op::Returned(q) => positive("quantity", *q),
+        Op::Adjusted(delta) => {
+            if *delta == 0 || delta.abs() > MAX_QUANTITY {
+                Err(format!("delta must be non-zero within ±{MAX_QUANTITY}, got {delta}"))
+            } else {
+                Ok(())
+            }
+        }
+        Op::Counted { on_hand, expected } => {
+            if !(0..=MAX_QUANTITY).contains(on_hand) {
+                return Err(format!("on_hand must be 0..={MAX_QUANTITY}, got {on_hand}"));
+            }
+            match expected {
+                Some(e) if e.abs() > 1_000_000_000_000_000 => {
+                    Err(format!("expected_on_hand {e} is out of range"))
+                }
+                _ => Ok(()),
+            }
+        }
+        Op::Transferred { to, quantity } => {
+            positive("quantity", *quantity)?;
+            validate_location("to_location", to)?;
+            if to == location {
+                return Err("to_location equals location".into());
+            }
+            Ok(())
+        }
+        Op::PolicySet {
+            threshold,
+            safety_stock,
+        } => {
+            if threshold.is_none() && safety_stock.is_none() {
+                return Err("policy_set sets neither low_stock_threshold nor safety_stock".into());
+            }
+            for (field, value) in [("low_stock_threshold", threshold), ("safety_stock", safety_stock)] {
+                if let Some(v) = value {
+                    if *v > MAX_QUANTITY {
+                        return Err(format!("{field} must be at most {MAX_QUANTITY}, got {v}"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,206 @@
+#![doc = include_str!("../README.md")]
+
+pub mod fact;
+
+use std::{future::Future, time::Instant};
+
+use async_nats::jetstream;
+use stockflow_shared::{
+    consume::{Handled, HandleError, Handler, Outcome},
+    keys::Keys,
+    ledger::{Cause, Ledger},
+    outcome::{self, Verdict},
+    settings::{ConfigError, Env},
+    topology::STOCK_WORKER,
+    worker::{Runtime, WorkerSettings},
+};
+
+use crate::fact::Fact;
+
+/// The stock worker's settings: only the shared ones so far.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Connections, listener, consume loop.
+    pub worker: WorkerSettings,
+}
+
+impl Settings {
+    /// Reads the environment; errors name the variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            worker: WorkerSettings::from_env(env, "stock-worker", "127.0.0.1:9464")?,
+        })
+    }
+}
+
+/// Runs the stock worker until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::start(settings.worker, shutdown).await?;
+    let handler = StockHandler::new(&runtime);
+    runtime.consume(STOCK_WORKER, handler).await
+}
+
+/// What the `apply_stock` script answered.
+#[derive(Debug)]
+pub enum Applied {
+    /// First delivery: applied now.
+    New(outcome::Outcome),
+    /// Seen before; `published` tells whether its derived events are known to be stored.
+    Seen {
+        /// The stored outcome.
+        outcome: outcome::Outcome,
+        /// Derived events are in JetStream.
+        published: bool,
+    },
+    /// The same `event_id` came with a different change.
+    Conflict,
+    /// The change would take a level beyond ±10^15 at `location`.
+    OutOfRange(String),
+}
+
+/// Applies stock facts: one atomic script per event, then the derived events, then the ack.
+#[derive(Debug, Clone)]
+pub struct StockHandler {
+    redis: redis::aio::ConnectionManager,
+    keys: Keys,
+    ledger: Ledger,
+    apply: redis::Script,
+    mark_published: redis::Script,
+    dedup_ttl_seconds: u64,
+}
+
+impl StockHandler {
+    /// A handler using the runtime's connections and settings.
+    pub fn new(runtime: &Runtime) -> Self {
+        Self::with(
+            runtime.redis.clone(),
+            runtime.js.clone(),
+            Keys::new(runtime.settings().redis.key_prefix.clone()),
+            runtime.settings().dedup_ttl.as_secs(),
+        )
+    }
+
+    /// A handler from its parts (tests drive it directly).
+    pub fn with(
+        redis: redis::aio::ConnectionManager,
+        js: jetstream::Context,
+        keys: Keys,
+        dedup_ttl_seconds: u64,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            ledger: Ledger::new(js),
+            apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
+            mark_published: stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+            dedup_ttl_seconds,
+        }
+    }
+
+    /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
+    pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
+        let [quantity, expected, to, threshold, safety] = fact.script_args();
+        let started = Instant::now();
+        let mut redis = self.redis.clone();
+        let reply: Vec<String> = self
+            .apply
+            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
+            .key(self.keys.stock(&fact.sku))
+            .key(self.keys.policy(&fact.sku))
+            .arg(fact.op.name())
+            .arg(&fact.location)
+            .arg(quantity)
+            .arg(expected)
+            .arg(to)
+            .arg(fact.fingerprint())
+            .arg(self.dedup_ttl_seconds)
+            .arg(threshold)
+            .arg(safety)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock")
+            .record(started.elapsed().as_secs_f64());
+        let parse = |text: &str| outcome::Outcome::parse(text).map_err(HandleError::redis);
+        match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["applied", text, _] => Ok(Applied::New(parse(text)?)),
+            ["duplicate", text, published] => Ok(Applied::Seen {
+                outcome: parse(text)?,
+                published: *published == "1",
+            }),
+            ["conflict", _] => Ok(Applied::Conflict),
+            ["out_of_range", location] => Ok(Applied::OutOfRange((*location).to_owned())),
+            other => Err(HandleError::redis(anyhow::anyhow!(
+                "apply_stock answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn publish(&self, fact: &Fact, outcome: &outcome::Outcome) -> Result<(), HandleError> {
+        let cause = Cause {
+            sku: &fact.sku,
+            cause_id: &fact.meta.event_id,
+            location: &fact.location,
+            meta: &fact.meta,
+        };
+        self.ledger
+            .publish(cause, outcome)
+            .await
+            .map_err(HandleError::nats)?;
+        let mut redis = self.redis.clone();
+        self.mark_published
+            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        Ok(())
+    }
+}
+
+impl Handler for StockHandler {
+    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
+        let fact = fact::parse(message.subject.as_str(), &message.payload)?;
+        let event_type = fact.op.name();
+        let outcome = match self.apply(&fact).await? {
+            Applied::New(outcome) => {
+                self.publish(&fact, &outcome).await?;
+                match outcome.verdict {
+                    Verdict::Applied => Outcome::Applied,
+                    _ => Outcome::Rejected,
+                }
+            }
+            Applied::Seen { outcome, published } => {
+                // A crash between the script and the publish leaves `published` unset: finish
+                // the job; JetStream drops what was already stored.
+                if !published {
+                    self.publish(&fact, &outcome).await?;
+                }
+                Outcome::Duplicate
+            }
+            Applied::Conflict => {
+                return Err(HandleError::malformed(
+                    event_type,
+                    "event_id_conflict",
+                    format!(
+                        "event_id {:?} was already used for a different change of this sku",
+                        fact.meta.event_id
+                    ),
+                ))
+            }
+            Applied::OutOfRange(location) => {
+                return Err(HandleError::malformed(
+                    event_type,
+                    "invalid_quantity",
+                    format!("the change would take on_hand at {location:?} beyond ±10^15"),
+                ))
+            }
+        };
+        Ok(Handled {
+            event_type,
+            outcome,
+        })
+    }
+}
