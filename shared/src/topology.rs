@@ -14,11 +14,17 @@ use stockflow_proto::subjects;
 pub struct TopologySettings {
     /// Replicas per stream (1 on one server, 3 on a cluster).
     pub replicas: usize,
+    /// How long a delivered message may stay unacknowledged before JetStream redelivers it: the
+    /// time a crashed worker's messages wait before another worker gets them.
+    pub ack_wait: Duration,
 }
 
 impl Default for TopologySettings {
     fn default() -> Self {
-        Self { replicas: 1 }
+        Self {
+            replicas: 1,
+            ack_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -29,22 +35,18 @@ pub struct ConsumerSpec {
     pub stream: &'static str,
     /// Durable consumer name (also the worker name in metrics).
     pub durable: &'static str,
-    /// How long a delivered message may stay unacknowledged before it is redelivered.
-    pub ack_wait: Duration,
 }
 
 /// The stock worker's consumer.
 pub const STOCK_WORKER: ConsumerSpec = ConsumerSpec {
     stream: subjects::STOCK_EVENTS,
     durable: "stock-worker",
-    ack_wait: Duration::from_secs(30),
 };
 
 /// The order worker's consumer.
 pub const ORDER_WORKER: ConsumerSpec = ConsumerSpec {
     stream: subjects::ORDER_EVENTS,
     durable: "order-worker",
-    ack_wait: Duration::from_secs(30),
 };
 
 /// Every durable consumer `setup` declares.
@@ -92,12 +94,12 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
 }
 
 /// The declared configuration of a durable consumer.
-pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
+pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         description: Some(format!("stockflow {}", spec.durable)),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: spec.ack_wait,
+        ack_wait: settings.ack_wait,
         // Transient failures are retried until they succeed: never dropped after N attempts.
         max_deliver: -1,
         max_ack_pending: 20_000,
@@ -152,7 +154,7 @@ pub async fn ensure(
         ensure_stream(js, config, mode).await?;
     }
     for spec in CONSUMERS {
-        ensure_consumer(js, spec, mode).await?;
+        ensure_consumer(js, spec, settings, mode).await?;
     }
     Ok(())
 }
@@ -236,6 +238,7 @@ fn stream_mismatch(
 async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
+    settings: &TopologySettings,
     mode: Mode,
 ) -> Result<(), TopologyError> {
     let object = format!("consumer {}/{}", spec.stream, spec.durable);
@@ -243,7 +246,7 @@ async fn ensure_consumer(
         .get_stream(spec.stream)
         .await
         .map_err(|e| js_error(format!("looking up stream {}", spec.stream))(e.into()))?;
-    let config = consumer_config(spec);
+    let config = consumer_config(spec, settings);
     let existing = stream.get_consumer::<consumer::pull::Config>(spec.durable).await;
     let actual = match existing {
         Ok(consumer) => consumer.cached_info().config.clone(),

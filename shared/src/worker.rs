@@ -54,6 +54,7 @@ impl WorkerSettings {
             topology: TopologySettings {
                 replicas: usize::try_from(env.bounded("STOCKFLOW_STREAM_REPLICAS", 1, 1..=5)?)
                     .unwrap_or(1),
+                ack_wait: env.seconds("STOCKFLOW_ACK_WAIT_SECONDS", 30, 1..=3600)?,
             },
             // Longer than any redelivery span and JetStream's duplicate windows (minutes).
             dedup_ttl: env.seconds("STOCKFLOW_DEDUP_TTL_SECONDS", 86_400, 600..=90 * 86_400)?,

@@ -73,6 +73,24 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A child process that is killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// `kill -9`, and reap it.
+    pub fn kill(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Waits until `check` returns `Some`, polling every 10 ms, failing after `deadline`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -81,13 +81,11 @@ async fn kill_9_at_random_moments_loses_nothing_and_double_counts_nothing() {
             (seen + 200).min(n as u64 * round / 4),
         )
         .await;
-        child.kill().expect("kill -9");
-        child.wait().expect("reaped");
+        child.kill();
     }
     let mut child = world.stock_worker_process();
     world.wait_stock_idle().await;
-    child.kill().ok();
-    child.wait().ok();
+    child.kill();
     assert_all_applied_once(&world, n, skus).await;
 }
 

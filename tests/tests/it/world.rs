@@ -1,6 +1,5 @@
 //! One test's world: its own servers, clients, and the workers it starts.
 
-use std::process::Child;
 
 use async_nats::{jetstream, HeaderMap};
 use prost::Message as _;
@@ -44,7 +43,12 @@ impl World {
         let redis = RedisServer::start();
         let client = async_nats::connect(nats.url()).await.expect("connect nats");
         let js = jetstream::new(client);
-        topology::ensure(&js, &Default::default(), topology::Mode::Verify)
+        // A short ack wait: a killed worker's messages come back within the test's deadline.
+        let topology = topology::TopologySettings {
+            ack_wait: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        topology::ensure(&js, &topology, topology::Mode::Verify)
             .await
             .expect("topology");
         Self {
@@ -85,14 +89,14 @@ impl World {
     }
 
     /// The stock-worker binary as a child process (for kill -9).
-    pub(crate) fn stock_worker_process(&self) -> Child {
-        std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
+    pub(crate) fn stock_worker_process(&self) -> stockflow_tests::KillOnDrop {
+        stockflow_tests::KillOnDrop(std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
             .env("STOCKFLOW_NATS_URL", self.nats.url())
             .env("STOCKFLOW_REDIS_URL", self.redis.url())
             .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
             .env("STOCKFLOW_LOG", "warn")
             .spawn()
-            .expect("spawn stock-worker")
+            .expect("spawn stock-worker"))
     }
 
     /// Publishes `event` on its SKU's subject with a fresh `Nats-Msg-Id`; waits for the PubAck.
