@@ -11,9 +11,12 @@ export PATH := justfile_directory() / ".dev/bin" + ":" + env_var("PATH")
 _default:
     @"{{just_executable()}}" --list --justfile "{{justfile()}}"
 
-# Run all tests; integration tests start their own nats-server/redis-server on free ports
+# Run all tests: Rust (integration tests start their own nats-server/redis-server on free
+# ports and run the worker binaries, hence the build first), then the Helm chart checks
 test:
+    cargo build --workspace --bins --locked
     cargo test --workspace --locked
+    python3 helm/tests/check_chart.py
 
 # Run the demo against the local dev services (left running afterwards)
 demo *args: services-start
@@ -21,7 +24,7 @@ demo *args: services-start
     set -euo pipefail
     trap 'echo "dev services are still running; stop them with: ./dev services-stop"' EXIT
     eval "$(scripts/dev-services env)"  # STOCKFLOW_NATS_URL, STOCKFLOW_REDIS_URL
-    cargo run --release --locked -p stockflow-demo -- "$@"
+    cargo run --release --locked -p stockflow-cli --bin stockflow-demo -- "$@"
 
 # Start local nats-server (JetStream) and redis-server, state in .dev/
 services-start:

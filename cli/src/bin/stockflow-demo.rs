@@ -1,0 +1,230 @@
+//! `stockflow-demo`: a day of multi-channel traffic through a real stock worker.
+//!
+//! Starts a stock worker (against `STOCKFLOW_NATS_URL` / `STOCKFLOW_REDIS_URL`), replays a
+//! store chain's day — a warehouse receipt, transfers, POS sales at three stores, a marketplace
+//! feed that re-sends some events, returns, damage, a cycle count (one of them stale), a restock,
+//! and a few malformed messages — then prints the final levels, the alerts, the duplicates
+//! absorbed and the dead letters. Every run uses its own key prefix, so it starts from zero.
+
+use std::{collections::BTreeMap, io::Write as _, time::Duration};
+
+use anyhow::Context as _;
+use prost::Message as _;
+use stockflow_cli::{events, last_sequence, read_after, read_levels, wait_until_caught_up};
+use stockflow_proto::{
+    subjects,
+    v1::{
+        stock_event::Change, Adjusted, Counted, PolicySet, Reason, Received, Returned, Sold,
+        StockAlert, StockEvent, Transferred,
+    },
+};
+use stockflow_shared::{keys::Keys, settings::Env};
+use tokio_util::sync::CancellationToken;
+
+const SKUS: &[&str] = &["TSHIRT-BLK-M", "TSHIRT-BLK-L", "HOODIE-GRY-S", "SNEAKER-42", "MUG-LOGO", "Café crème 250g"];
+const STORES: &[&str] = &["store-01", "store-02", "store-03"];
+const WAREHOUSE: &str = "wh-east";
+const WEB: &str = "web";
+
+/// A tiny deterministic generator: the same day every run.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        // n is small; the modulo bias is irrelevant for a demo.
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// One phase of the day: its events are published, then the worker catches up.
+struct Phase {
+    title: &'static str,
+    events: Vec<Outgoing>,
+}
+
+enum Outgoing {
+    Fact(StockEvent),
+    /// A re-send of an earlier event: same event_id, new Nats-Msg-Id.
+    Resend(StockEvent),
+    Malformed(&'static str, String, Vec<u8>),
+}
+
+fn day(run: &str) -> Vec<Phase> {
+    let mut dice = Dice(0x5eed_cafe);
+    let mut n = 0;
+    let mut id = |prefix: &str| {
+        n += 1;
+        format!("{run}-{prefix}-{n:05}")
+    };
+    let fact = |id: String, source: &str, reason: Reason, sku: &str, loc: &str, change: Change| {
+        Outgoing::Fact(events::fact(id, source, reason, sku, loc, change))
+    };
+    let mut phases = Vec::new();
+
+    let mut opening = Vec::new();
+    for sku in SKUS {
+        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, "", Change::PolicySet(PolicySet { low_stock_threshold: Some(5), safety_stock: None })));
+        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, WEB, Change::PolicySet(PolicySet { low_stock_threshold: Some(8), safety_stock: Some(2) })));
+        opening.push(fact(id("rcv"), "wms", Reason::Received, sku, WAREHOUSE, Change::Received(Received { quantity: 400 })));
+    }
+    phases.push(Phase { title: "07:00 policies and the warehouse receipt", events: opening });
+
+    let mut transfers = Vec::new();
+    for sku in SKUS {
+        for store in STORES {
+            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" { 12 } else { 80 };
+            transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: (*store).into(), quantity })));
+        }
+        transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: WEB.into(), quantity: 80 })));
+    }
+    phases.push(Phase { title: "08:00 transfers to the stores and the web shop", events: transfers });
+
+    let mut trading = Vec::new();
+    let mut marketplace = Vec::new();
+    for i in 0..1000 {
+        let sku = SKUS[dice.next(SKUS.len())];
+        if i % 5 == 0 {
+            let event = events::fact(id("mkt"), "marketplace:acme", Reason::Sold, sku, WEB, Change::Sold(Sold { quantity: 1 }));
+            // The marketplace feed re-sends about one order in eight, some of them at once.
+            if dice.next(8) == 0 {
+                trading.push(Outgoing::Resend(event.clone()));
+                marketplace.push(event.clone());
+            }
+            trading.push(Outgoing::Fact(event));
+        } else {
+            let store = STORES[dice.next(STORES.len())];
+            let sku = if store == "store-02" && dice.next(12) == 0 { "SNEAKER-42" } else { sku };
+            let quantity = 1 + i64::try_from(dice.next(2)).unwrap_or(0);
+            trading.push(fact(id("pos"), &format!("pos:{store}"), Reason::Sold, sku, store, Change::Sold(Sold { quantity })));
+        }
+        if i % 90 == 0 {
+            let store = STORES[dice.next(STORES.len())];
+            trading.push(fact(id("ret"), &format!("pos:{store}"), Reason::Returned, sku, store, Change::Returned(Returned { quantity: 1 })));
+        }
+    }
+    trading.push(fact(id("dmg"), "pos:store-03", Reason::Damaged, "MUG-LOGO", "store-03", Change::Adjusted(Adjusted { delta: -2 })));
+    trading.push(Outgoing::Malformed("undecodable bytes", subjects::stock_event("MUG-LOGO"), b"\x08\x96\x01garbage".to_vec()));
+    let mut zero = events::fact(id("bad"), "pos:store-01", Reason::Sold, "MUG-LOGO", "store-01", Change::Sold(Sold { quantity: 0 }));
+    trading.push(Outgoing::Malformed("zero quantity", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
+    zero.meta.as_mut().map(|m| m.event_id.clear());
+    trading.push(Outgoing::Malformed("missing event_id", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
+    zero.change = None;
+    zero.meta.as_mut().map(|m| m.event_id = "no-type".into());
+    trading.push(Outgoing::Malformed("unknown fact type", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
+    phases.push(Phase { title: "09:00-21:00 POS sales, marketplace feed, returns, damage", events: trading });
+
+    let mut evening = vec![
+        fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "MUG-LOGO", "store-01", Change::Counted(Counted { on_hand: 3, expected_on_hand: Some(9_999) })),
+        fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "HOODIE-GRY-S", "store-01", Change::Counted(Counted { on_hand: 7, expected_on_hand: None })),
+        fact(id("trf"), "wms", Reason::Transfer, "SNEAKER-42", WAREHOUSE, Change::Transferred(Transferred { to_location: "store-02".into(), quantity: 40 })),
+    ];
+    // Late re-sends from the marketplace, hours after the originals.
+    evening.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
+    phases.push(Phase { title: "21:30 cycle counts, restock, late marketplace re-sends", events: evening });
+    phases
+}
+
+fn progress(done: usize, total: usize, title: &str) {
+    let width = 30;
+    let filled = done * width / total.max(1);
+    eprint!("\r  [{}{}] {done:>5}/{total} {title:<60}", "#".repeat(filled), ".".repeat(width - filled));
+    std::io::stderr().flush().ok();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let run = format!("demo{}", events::now_ms());
+    let env = Env::process();
+    let prefix = env.string("STOCKFLOW_KEY_PREFIX", &run);
+    let map: BTreeMap<String, String> = [("STOCKFLOW_KEY_PREFIX".to_owned(), prefix.clone())].into();
+    let worker_env = Env::from_fn(move |name| map.get(name).cloned().or_else(|| std::env::var(name).ok()));
+    let settings = stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+    stockflow_shared::telemetry::LogSettings { filter: env.string("STOCKFLOW_LOG", "error"), json: false }.init();
+
+    let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
+    stockflow_shared::topology::ensure(&js, &settings.worker.topology, stockflow_shared::topology::Mode::Verify).await?;
+    let metrics_addr = settings.worker.metrics_addr;
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    let worker = tokio::spawn(stock_worker::run(settings.clone(), async move { signal.cancelled().await }));
+
+    let start = [subjects::STOCK_CHANGES, subjects::ALERTS, subjects::DEAD_LETTERS];
+    let mut marks = BTreeMap::new();
+    for stream in start {
+        marks.insert(stream, last_sequence(&js, stream).await?);
+    }
+    println!("stockflow demo — run {run}: a day at a three-store chain with a web shop\n");
+    let phases = day(&run);
+    let total: usize = phases.iter().map(|p| p.events.len()).sum();
+    let (mut done, mut resent, mut malformed) = (0, 0, Vec::new());
+    for phase in &phases {
+        for (i, event) in phase.events.iter().enumerate() {
+            let msg_id = format!("{run}-msg-{done}");
+            match event {
+                Outgoing::Fact(e) => events::publish(&js, e, &msg_id).await?,
+                Outgoing::Resend(e) => {
+                    resent += 1;
+                    events::publish(&js, e, &msg_id).await?;
+                }
+                Outgoing::Malformed(what, subject, bytes) => {
+                    malformed.push(*what);
+                    events::publish_raw(&js, subject, bytes.clone(), &msg_id).await?;
+                }
+            }
+            done += 1;
+            if i % 25 == 0 {
+                progress(done, total, phase.title);
+            }
+        }
+        wait_until_caught_up(&js, subjects::STOCK_EVENTS, "stock-worker", Duration::from_secs(120)).await?;
+        progress(done, total, phase.title);
+    }
+    eprintln!();
+
+    let mut redis = settings.worker.redis.connect().await?;
+    let keys = Keys::new(prefix);
+    println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
+    println!("  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}", "sku", "location", "on_hand", "reserved", "safety", "available");
+    for sku in SKUS {
+        for (location, l) in read_levels(&mut redis, &keys, sku).await? {
+            println!("  {sku:<18} {location:<10} {:>8} {:>9} {:>7} {:>10}", l.on_hand, l.reserved, l.safety_stock, l.available());
+        }
+    }
+
+    let ledger = read_after(&js, subjects::STOCK_CHANGES, "stock.changes.>", marks[subjects::STOCK_CHANGES]).await?;
+    let outcomes = read_after(&js, subjects::STOCK_CHANGES, "stock.outcomes.>", marks[subjects::STOCK_CHANGES]).await?;
+    let alerts = read_after(&js, subjects::ALERTS, "alerts.>", marks[subjects::ALERTS]).await?;
+    let letters = read_after(&js, subjects::DEAD_LETTERS, "deadletter.>", marks[subjects::DEAD_LETTERS]).await?;
+    let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for message in &alerts {
+        let alert = StockAlert::decode(message.payload.clone())?;
+        let kind = message.subject.split('.').nth(1).unwrap_or("?").to_owned();
+        by_kind.entry(kind).or_default().push(format!("{}@{}", alert.sku, alert.location));
+    }
+    println!("\nAlerts raised ({} in all, one per threshold crossing)\n", alerts.len());
+    for (kind, places) in &by_kind {
+        let mut shown: Vec<&String> = places.iter().take(4).collect();
+        shown.dedup();
+        let more = places.len().saturating_sub(4);
+        println!("  {kind:<15} {:>3}  {}{}", places.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), if more > 0 { format!(", … {more} more") } else { String::new() });
+    }
+    println!("\nEvents published: {total}  ledger entries: {}  duplicates re-sent and absorbed: {resent}  stale counts refused: {}", ledger.len(), outcomes.len());
+    println!("\nDead letters ({} malformed messages sent)\n", malformed.len());
+    for letter in &letters {
+        let reason = letter.headers.as_ref().and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON)).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        println!("  {reason}");
+    }
+    println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
+
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        println!("The stock worker keeps running so you can look; press Ctrl-C to stop.");
+        stockflow_shared::shutdown_signal().await;
+    }
+    stop.cancel();
+    worker.await.context("worker task")??;
+    Ok(())
+}

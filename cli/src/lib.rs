@@ -1,0 +1,126 @@
+//! Operator tools: `stockctl` and `stockflow-demo`.
+//!
+//! The library holds what both binaries use: event builders, reading levels back from Redis,
+//! reading derived streams, and waiting for a worker to catch up.
+
+pub mod events;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use stockflow_shared::keys::Keys;
+
+/// Levels of one location, as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocationLevels {
+    /// Units present.
+    pub on_hand: i64,
+    /// Units held for orders.
+    pub reserved: i64,
+    /// Units kept back.
+    pub safety_stock: i64,
+}
+
+impl LocationLevels {
+    /// `on_hand - reserved - safety_stock`, signed.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved - self.safety_stock
+    }
+}
+
+/// Every location of `sku` with its levels, sorted by location.
+pub async fn read_levels(
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    sku: &str,
+) -> anyhow::Result<BTreeMap<String, LocationLevels>> {
+    let stock: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.stock(sku))
+        .query_async(redis)
+        .await
+        .context("reading stock levels")?;
+    let policy: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.policy(sku))
+        .query_async(redis)
+        .await
+        .context("reading stock policy")?;
+    let mut out: BTreeMap<String, LocationLevels> = BTreeMap::new();
+    for (field, value) in stock {
+        if let Some(location) = field.strip_prefix("oh:") {
+            out.entry(location.to_owned()).or_default().on_hand = value;
+        } else if let Some(location) = field.strip_prefix("rs:") {
+            out.entry(location.to_owned()).or_default().reserved = value;
+        }
+    }
+    for (location, levels) in &mut out {
+        levels.safety_stock = policy
+            .get(&format!("ss:{location}"))
+            .or_else(|| policy.get("ss"))
+            .copied()
+            .unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// Messages of `stream` matching `filter` stored after sequence `after`.
+pub async fn read_after(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    after: u64,
+) -> anyhow::Result<Vec<jetstream::Message>> {
+    let stream = js.get_stream(stream).await?;
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.info().await?.num_pending;
+    let mut messages = consumer.messages().await?;
+    let mut out = Vec::new();
+    while (out.len() as u64) < pending {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(message))) => out.push(message),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) | Err(_) => anyhow::bail!("reading {filter} stopped early"),
+        }
+    }
+    Ok(out)
+}
+
+/// Last sequence of `stream` (0 when empty).
+pub async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    let mut stream = js.get_stream(stream).await?;
+    Ok(stream.info().await?.state.last_sequence)
+}
+
+/// Waits until `durable` on `stream` has acknowledged everything stored so far.
+pub async fn wait_until_caught_up(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let target = last_sequence(js, stream).await?;
+    loop {
+        let stream_handle = js.get_stream(stream).await?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream_handle.get_consumer(durable).await.map_err(|e| anyhow::anyhow!(e))?;
+        let info = consumer.info().await?;
+        if info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "{durable} did not catch up with {stream} within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
