@@ -75,7 +75,7 @@ fn day(run: &str) -> Vec<Phase> {
     let mut transfers = Vec::new();
     for sku in SKUS {
         for store in STORES {
-            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" { 12 } else { 80 };
+            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" { 30 } else { 80 };
             transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: (*store).into(), quantity })));
         }
         transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: WEB.into(), quantity: 80 })));
@@ -119,7 +119,7 @@ fn day(run: &str) -> Vec<Phase> {
     let mut evening = vec![
         fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "MUG-LOGO", "store-01", Change::Counted(Counted { on_hand: 3, expected_on_hand: Some(9_999) })),
         fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "HOODIE-GRY-S", "store-01", Change::Counted(Counted { on_hand: 7, expected_on_hand: None })),
-        fact(id("trf"), "wms", Reason::Transfer, "SNEAKER-42", WAREHOUSE, Change::Transferred(Transferred { to_location: "store-02".into(), quantity: 40 })),
+        fact(id("trf"), "wms", Reason::Transfer, "SNEAKER-42", WAREHOUSE, Change::Transferred(Transferred { to_location: "store-02".into(), quantity: 80 })),
     ];
     // Late re-sends from the marketplace, hours after the originals.
     evening.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
