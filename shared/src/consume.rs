@@ -24,8 +24,8 @@ pub enum Outcome {
     Applied,
     /// Its `event_id` was seen before: nothing changed.
     Duplicate,
-    /// Valid, but refused by a rule (e.g. a stale count): nothing changed, an outcome was emitted.
-    Rejected,
+    /// A count whose `expected_on_hand` did not match: nothing changed, a rejection was emitted.
+    Stale,
 }
 
 impl Outcome {
@@ -34,7 +34,7 @@ impl Outcome {
         match self {
             Self::Applied => "applied",
             Self::Duplicate => "duplicate",
-            Self::Rejected => "rejected",
+            Self::Stale => "stale",
         }
     }
 }

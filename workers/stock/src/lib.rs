@@ -169,7 +169,7 @@ impl Handler for StockHandler {
                 self.publish(&fact, &outcome).await?;
                 match outcome.verdict {
                     Verdict::Applied => Outcome::Applied,
-                    _ => Outcome::Rejected,
+                    _ => Outcome::Stale,
                 }
             }
             Applied::Seen { outcome, published } => {
