@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     files.retain(|path| path.extension().is_some_and(|ext| ext == "proto"));
     files.sort();
+    println!("cargo:rerun-if-changed={}", dir.display());
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

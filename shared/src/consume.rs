@@ -81,6 +81,10 @@ pub enum HandleError {
         /// Human-readable reason, stored in the dead letter's header.
         reason: String,
     },
+    /// The input arrived before what it depends on (e.g. a fulfilment before its order's
+    /// decision): NAKed with a back-off and retried, like a transient failure.
+    #[error("not yet applicable: {0}")]
+    NotYet(String),
     /// A dependency failed; the input is NAKed with a back-off and retried. Never dead-lettered.
     #[error("{} unavailable: {source:#}", dependency.as_str())]
     Transient {
@@ -383,22 +387,30 @@ impl Consumer {
                     }
                     Err(e) => {
                         tracing::warn!(worker, error = %e, "dead letter not stored; will retry");
-                        self.nak(&message, Dependency::Nats).await;
+                        self.nak(&message, Some(Dependency::Nats)).await;
                     }
                 }
             }
+            Err(HandleError::NotYet(reason)) => {
+                tracing::debug!(worker, %reason, "not yet applicable; retrying later");
+                metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => "not_yet")
+                    .increment(1);
+                self.nak(&message, None).await;
+            }
             Err(HandleError::Transient { dependency, source }) => {
                 tracing::warn!(worker, dependency = dependency.as_str(), error = %format!("{source:#}"), "transient failure; retrying");
-                self.nak(&message, dependency).await;
+                self.nak(&message, Some(dependency)).await;
             }
         }
         in_flight.decrement(1.0);
     }
 
-    async fn nak(&self, message: &jetstream::Message, dependency: Dependency) {
+    async fn nak(&self, message: &jetstream::Message, dependency: Option<Dependency>) {
         let worker = self.spec.durable;
-        metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => dependency.as_str())
-            .increment(1);
+        if let Some(dependency) = dependency {
+            metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => dependency.as_str())
+                .increment(1);
+        }
         let attempt = message
             .info()
             .map(|i| u32::try_from(i.delivered.max(1) - 1).unwrap_or(u32::MAX))

@@ -32,6 +32,26 @@ impl Keys {
         format!("{}:{{{}}}:policy", self.prefix, encode_token(sku))
     }
 
+    /// Reservation record of one order line, in the SKU's slot.
+    pub fn order_line(&self, sku: &str, order_id: &str, line_id: &str) -> String {
+        format!(
+            "{}:{{{}}}:res:{}:{line_id}",
+            self.prefix,
+            encode_token(sku),
+            encode_token(order_id)
+        )
+    }
+
+    /// The order's own record, in the order's slot.
+    pub fn order(&self, order_id: &str) -> String {
+        format!("{}:{{o:{}}}:order", self.prefix, encode_token(order_id))
+    }
+
+    /// Schedule of checkout holds: a sorted set of order ids by due time (ms).
+    pub fn holds_due(&self) -> String {
+        format!("{}:{{holds}}:due", self.prefix)
+    }
+
     /// Dedup record of one event of this SKU.
     pub fn event(&self, sku: &str, event_id: &str) -> String {
         format!("{}:{{{}}}:evt:{event_id}", self.prefix, encode_token(sku))

@@ -6,4 +6,5 @@ mod world;
 mod crash;
 mod malformed;
 mod model;
+mod orders;
 mod stock_facts;

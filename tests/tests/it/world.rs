@@ -88,6 +88,48 @@ impl World {
         RunningWorker { stop, task }
     }
 
+    pub(crate) fn order_worker(&self) -> RunningWorker {
+        let settings = order_worker::Settings::from_env(&self.env(&[("STOCKFLOW_HOLD_POLL_MILLIS", "20")]))
+            .expect("settings");
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(order_worker::run(settings, async move {
+            signal.cancelled().await;
+        }));
+        RunningWorker { stop, task }
+    }
+
+    /// The order-worker binary as a child process (for kill -9).
+    pub(crate) fn order_worker_process(&self) -> stockflow_tests::KillOnDrop {
+        stockflow_tests::KillOnDrop(
+            std::process::Command::new(stockflow_tests::workspace_binary("order-worker"))
+                .env("STOCKFLOW_NATS_URL", self.nats.url())
+                .env("STOCKFLOW_REDIS_URL", self.redis.url())
+                .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+                .env("STOCKFLOW_LOG", "warn")
+                .spawn()
+                .expect("spawn order-worker"),
+        )
+    }
+
+    /// Publishes an order command with a fresh `Nats-Msg-Id`.
+    pub(crate) async fn publish_order(&self, event: &stockflow_proto::v1::OrderEvent) {
+        self.publish_raw(&subjects::order_event(&event.order_id), event.encode_to_vec()).await;
+    }
+
+    pub(crate) async fn wait_orders_idle(&self) {
+        self.wait_idle(subjects::ORDER_EVENTS, "order-worker").await;
+    }
+
+    /// Every order result, decoded.
+    pub(crate) async fn order_results(&self) -> Vec<stockflow_proto::v1::OrderResult> {
+        stockflow_tests::read_stream(&self.js, subjects::ORDER_RESULTS, "orders.results.>")
+            .await
+            .iter()
+            .map(|m| stockflow_proto::v1::OrderResult::decode(m.payload.clone()).expect("order result"))
+            .collect()
+    }
+
     /// The stock-worker binary as a child process (for kill -9).
     pub(crate) fn stock_worker_process(&self) -> stockflow_tests::KillOnDrop {
         stockflow_tests::KillOnDrop(std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
@@ -238,4 +280,27 @@ pub(crate) fn levels(on_hand: i64, reserved: i64, safety_stock: i64) -> Levels {
         safety_stock,
         available: on_hand - reserved - safety_stock,
     }
+}
+
+pub(crate) fn order(id: &str, order_id: &str, command: stockflow_proto::v1::order_event::Command) -> stockflow_proto::v1::OrderEvent {
+    stockflow_proto::v1::OrderEvent {
+        meta: Some(EventMeta { event_id: id.to_owned(), source: "test:checkout".into(), ..Default::default() }),
+        order_id: order_id.to_owned(),
+        command: Some(command),
+    }
+}
+
+pub(crate) fn placed(lines: &[(&str, &str, i64, &str)], hold_seconds: i64) -> stockflow_proto::v1::order_event::Command {
+    stockflow_proto::v1::order_event::Command::Placed(stockflow_proto::v1::OrderPlaced {
+        lines: lines
+            .iter()
+            .map(|(line_id, sku, quantity, location)| stockflow_proto::v1::OrderLine {
+                line_id: (*line_id).into(),
+                sku: (*sku).into(),
+                quantity: *quantity,
+                location: (*location).into(),
+            })
+            .collect(),
+        hold_seconds,
+    })
 }

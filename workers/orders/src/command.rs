@@ -1,0 +1,181 @@
+//! Decoding and validating order commands.
+
+use std::collections::HashSet;
+
+use prost::Message as _;
+use stock_worker::fact::{validate_location, validate_meta, validate_sku};
+use stockflow_proto::{
+    subjects,
+    v1::{order_event::Command as Proto, EventMeta, OrderEvent},
+};
+use stockflow_shared::consume::HandleError;
+
+/// Most lines in one order.
+pub const MAX_LINES: usize = 100;
+/// Most units in one line.
+pub const MAX_LINE_QUANTITY: i64 = 1_000_000;
+/// Longest checkout hold, seconds.
+pub const MAX_HOLD_SECONDS: i64 = 86_400;
+
+/// One order line, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Unique within the order.
+    pub line_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+    /// Requested location, '' to choose.
+    pub location: String,
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Reserve every line or none.
+    Placed {
+        /// The lines.
+        lines: Vec<Line>,
+        /// Checkout hold, seconds (0: none).
+        hold_seconds: i64,
+    },
+    /// Payment done.
+    Committed,
+    /// Release everything.
+    Cancelled,
+    /// Ship units of some lines.
+    Fulfilled {
+        /// (line_id, units).
+        lines: Vec<(String, i64)>,
+        /// Release the rest afterwards.
+        last_shipment: bool,
+    },
+    /// The hold is due (published by the worker itself).
+    HoldExpired {
+        /// Due time, ms since the Unix epoch.
+        due_at_ms: i64,
+    },
+}
+
+impl Command {
+    /// Metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Placed { .. } => "order_placed",
+            Self::Committed => "order_committed",
+            Self::Cancelled => "order_cancelled",
+            Self::Fulfilled { .. } => "order_fulfilled",
+            Self::HoldExpired { .. } => "hold_expired",
+        }
+    }
+}
+
+/// A decoded, valid order command.
+#[derive(Debug, Clone)]
+pub struct OrderCommand {
+    /// Envelope.
+    pub meta: EventMeta,
+    /// The order.
+    pub order_id: String,
+    /// The command.
+    pub command: Command,
+}
+
+/// Encodes lines for the order record (fields `\x1f`, lines `\x1e`; ids hold no control chars).
+pub fn encode_lines(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", l.line_id, l.sku, l.quantity, l.location))
+        .collect::<Vec<_>>()
+        .join("\u{1e}")
+}
+
+/// Decodes what [`encode_lines`] made.
+pub fn decode_lines(text: &str) -> Vec<Line> {
+    text.split('\u{1e}')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\u{1f}').collect();
+            Some(Line {
+                line_id: (*f.first()?).to_owned(),
+                sku: (*f.get(1)?).to_owned(),
+                quantity: f.get(2)?.parse().ok()?,
+                location: (*f.get(3)?).to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Decodes and validates `payload` received on `subject`.
+pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError> {
+    let event = OrderEvent::decode(payload).map_err(|e| {
+        HandleError::malformed("unknown", "decode", format!("not an OrderEvent: {e}"))
+    })?;
+    let Some(proto) = event.command else {
+        return Err(HandleError::malformed("unknown", "unknown_type", "no command set (missing or unknown type)"));
+    };
+    let command = match proto {
+        Proto::Placed(p) => Command::Placed {
+            lines: p
+                .lines
+                .into_iter()
+                .map(|l| Line { line_id: l.line_id, sku: l.sku, quantity: l.quantity, location: l.location })
+                .collect(),
+            hold_seconds: p.hold_seconds,
+        },
+        Proto::Committed(_) => Command::Committed,
+        Proto::Cancelled(_) => Command::Cancelled,
+        Proto::Fulfilled(f) => Command::Fulfilled {
+            lines: f.lines.into_iter().map(|l| (l.line_id, l.quantity)).collect(),
+            last_shipment: f.last_shipment,
+        },
+        Proto::HoldExpired(h) => Command::HoldExpired { due_at_ms: h.due_at_ms },
+    };
+    let kind = command.name();
+    let bad = |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
+    let meta = event.meta.unwrap_or_default();
+    validate_meta(&meta).map_err(|r| bad("invalid_meta", r))?;
+    let id = &event.order_id;
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("invalid_order_id", "order_id must be 1..=128 bytes of printable ASCII".into()));
+    }
+    let expected = subjects::order_event(id);
+    if subject != expected {
+        return Err(bad("subject_mismatch", format!("published on {subject} but its order belongs on {expected}")));
+    }
+    match &command {
+        Command::Placed { lines, hold_seconds } => {
+            if lines.is_empty() || lines.len() > MAX_LINES {
+                return Err(bad("invalid_lines", format!("an order has 1..={MAX_LINES} lines, got {}", lines.len())));
+            }
+            if !(0..=MAX_HOLD_SECONDS).contains(hold_seconds) {
+                return Err(bad("invalid_hold", format!("hold_seconds must be 0..={MAX_HOLD_SECONDS}")));
+            }
+            let mut ids = HashSet::new();
+            for line in lines {
+                validate_location("line_id", &line.line_id).map_err(|r| bad("invalid_lines", r))?;
+                if !ids.insert(&line.line_id) {
+                    return Err(bad("invalid_lines", format!("line_id {:?} appears twice", line.line_id)));
+                }
+                validate_sku(&line.sku).map_err(|r| bad("invalid_sku", r))?;
+                if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
+                    return Err(bad("invalid_quantity", format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {}", line.quantity)));
+                }
+                if !line.location.is_empty() {
+                    validate_location("location", &line.location).map_err(|r| bad("invalid_location", r))?;
+                }
+            }
+        }
+        Command::Fulfilled { lines, .. } => {
+            for (line_id, quantity) in lines {
+                validate_location("line_id", line_id).map_err(|r| bad("invalid_lines", r))?;
+                if !(1..=MAX_LINE_QUANTITY).contains(quantity) {
+                    return Err(bad("invalid_quantity", format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {quantity}")));
+                }
+            }
+        }
+        Command::Committed | Command::Cancelled | Command::HoldExpired { .. } => {}
+    }
+    Ok(OrderCommand { meta, order_id: event.order_id, command })
+}
