@@ -66,8 +66,8 @@ fn day(run: &str) -> Vec<Phase> {
 
     let mut opening = Vec::new();
     for sku in SKUS {
-        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, "", Change::PolicySet(PolicySet { low_stock_threshold: Some(5), safety_stock: None })));
-        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, WEB, Change::PolicySet(PolicySet { low_stock_threshold: Some(8), safety_stock: Some(2) })));
+        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, "", Change::PolicySet(PolicySet { low_stock_threshold: Some(5), safety_stock: None, location_priority: vec![] })));
+        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, WEB, Change::PolicySet(PolicySet { low_stock_threshold: Some(8), safety_stock: Some(2), location_priority: vec![] })));
         opening.push(fact(id("rcv"), "wms", Reason::Received, sku, WAREHOUSE, Change::Received(Received { quantity: 400 })));
     }
     phases.push(Phase { title: "07:00 policies and the warehouse receipt", events: opening });

@@ -34,7 +34,7 @@ fn op() -> impl Strategy<Value = (Op, usize)> {
         (1..10i64, loc.clone()).prop_map(|(q, l)| (Op::Transferred { to: LOCATIONS[1 - l].into(), quantity: q }, l)),
         (prop::option::of(-1..15i64), prop::option::of(-1..5i64), 0..=LOCATIONS.len())
             .prop_filter("sets something", |(t, s, _)| t.is_some() || s.is_some())
-            .prop_map(|(t, s, l)| (Op::PolicySet { threshold: t, safety_stock: s }, l)),
+            .prop_map(|(t, s, l)| (Op::PolicySet { threshold: t, safety_stock: s, location_priority: String::new() }, l)),
     ]
 }
 
@@ -89,7 +89,7 @@ impl Model {
                 *self.on_hand.entry(to.clone()).or_default() += quantity;
                 touched.push(to.clone());
             }
-            Op::PolicySet { threshold, safety_stock } => {
+            Op::PolicySet { threshold, safety_stock, .. } => {
                 let key = if loc.is_empty() { String::new() } else { format!(":{loc}") };
                 for (map, value) in [(&mut self.threshold, threshold), (&mut self.safety, safety_stock)] {
                     match value {

@@ -193,3 +193,34 @@ async fn order_workers_killed_mid_saga_finish_or_compensate() {
     assert_eq!(world.on_hand_reserved("C", "wh").await.1, c_expected);
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn lines_without_a_location_follow_the_sku_priority_then_the_global_one() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    for (i, (sku, loc, q)) in [("TV", "wh-a", 5), ("TV", "wh-b", 5), ("TV", "store", 5), ("RADIO", "wh-a", 5), ("RADIO", "wh-b", 5)].iter().enumerate() {
+        world.publish(&event(&format!("r{i}"), sku, loc, received(*q))).await;
+    }
+    let mut prio = event("prio", "TV", "", policy(None, None));
+    if let Some(stockflow_proto::v1::stock_event::Change::PolicySet(p)) = prio.change.as_mut() {
+        p.location_priority = vec!["store".into(), "wh-b".into()];
+    }
+    world.publish(&prio).await;
+    world.wait_stock_idle().await;
+    let settings = order_worker::Settings::from_env(&world.env(&[("STOCKFLOW_LOCATION_PRIORITY", "wh-b,wh-a")])).expect("settings");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    let task = tokio::spawn(order_worker::run(settings, async move { signal.cancelled().await }));
+    // TV: its own priority (store first); RADIO: the global one (wh-b first); a line that no
+    // single location covers whole is short even though the SKU has enough in total.
+    world.publish_order(&order("p1", "tv", placed(&[("1", "TV", 4, "")], 0))).await;
+    world.publish_order(&order("p2", "radio", placed(&[("1", "RADIO", 4, "")], 0))).await;
+    world.publish_order(&order("p3", "big", placed(&[("1", "RADIO", 6, "")], 0))).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("TV", "store").await.1, 4);
+    assert_eq!(world.on_hand_reserved("RADIO", "wh-b").await.1, 4);
+    assert_eq!(world.on_hand_reserved("RADIO", "wh-a").await.1, 0, "no split shipments");
+    stop.cancel();
+    task.await.expect("join").expect("clean stop");
+    stock.shutdown().await;
+}

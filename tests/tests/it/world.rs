@@ -270,6 +270,7 @@ pub(crate) fn policy(threshold: Option<i64>, safety_stock: Option<i64>) -> Chang
     Change::PolicySet(stockflow_proto::v1::PolicySet {
         low_stock_threshold: threshold,
         safety_stock,
+        location_priority: vec![],
     })
 }
 

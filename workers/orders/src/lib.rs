@@ -1,6 +1,5 @@
-//! `order-worker`: reservations for orders — all-or-nothing across lines (a saga of idempotent
-//! per-line steps, so it also holds on Redis Cluster where lines live in different slots),
-//! expiring checkout holds, cancel, commit and fulfilment.
+#![doc = include_str!("../README.md")]
+
 
 pub mod command;
 

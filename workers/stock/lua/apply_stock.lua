@@ -12,6 +12,7 @@
 -- ARGV[7]  dedup TTL, seconds
 -- ARGV[8]  policy_set: low-stock threshold, '' unchanged, negative removes
 -- ARGV[9]  policy_set: safety stock, '' unchanged, negative removes
+-- ARGV[10] policy_set: location priority for orders (comma-separated), '' unchanged
 --
 -- Returns {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
@@ -87,6 +88,7 @@ if op == 'policy_set' then
       end
     end
   end
+  if ARGV[10] ~= '' then redis.call('HSET', policy_key, 'prio', ARGV[10]) end
   for i, l in ipairs(locs) do
     local a = levels(stock_key, policy_key, l)
     records[#records + 1] = change_record(l, 'policy_set', before[i], a, policy(policy_key, 'thr', l))

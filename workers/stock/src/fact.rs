@@ -50,6 +50,8 @@ pub enum Op {
         threshold: Option<i64>,
         /// Safety stock.
         safety_stock: Option<i64>,
+        /// Location priority for order allocation, comma-joined ('' leaves it alone).
+        location_priority: String,
     },
 }
 
@@ -87,31 +89,39 @@ fn optional(value: Option<i64>) -> String {
 
 impl Fact {
     /// The script arguments after the location: quantity, expected, destination, threshold,
-    /// safety stock.
-    pub fn script_args(&self) -> [String; 5] {
+    /// safety stock, location priority.
+    pub fn script_args(&self) -> [String; 6] {
         let none = String::new;
         match &self.op {
             Op::Received(q) | Op::Sold(q) | Op::Returned(q) | Op::Adjusted(q) => {
-                [q.to_string(), none(), none(), none(), none()]
+                [q.to_string(), none(), none(), none(), none(), none()]
             }
             Op::Counted { on_hand, expected } => {
-                [on_hand.to_string(), optional(*expected), none(), none(), none()]
+                [on_hand.to_string(), optional(*expected), none(), none(), none(), none()]
             }
             Op::Transferred { to, quantity } => {
-                [quantity.to_string(), none(), to.clone(), none(), none()]
+                [quantity.to_string(), none(), to.clone(), none(), none(), none()]
             }
             Op::PolicySet {
                 threshold,
                 safety_stock,
-            } => [none(), none(), none(), optional(*threshold), optional(*safety_stock)],
+                location_priority,
+            } => [
+                none(),
+                none(),
+                none(),
+                optional(*threshold),
+                optional(*safety_stock),
+                location_priority.clone(),
+            ],
         }
     }
 
     /// What the event does, as compared between two deliveries of one `event_id`: the same id
     /// with a different change is a conflict, not a duplicate.
     pub fn fingerprint(&self) -> String {
-        let [a, b, c, d, e] = self.script_args();
-        format!("{}|{}|{a}|{b}|{c}|{d}|{e}", self.op.name(), self.location)
+        let [a, b, c, d, e, f] = self.script_args();
+        format!("{}|{}|{a}|{b}|{c}|{d}|{e}|{f}", self.op.name(), self.location)
     }
 }
 
@@ -143,6 +153,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
         Change::PolicySet(c) => Op::PolicySet {
             threshold: c.low_stock_threshold,
             safety_stock: c.safety_stock,
+            location_priority: c.location_priority.join(","),
         },
     };
     let kind = op.name();
@@ -257,9 +268,28 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
         Op::PolicySet {
             threshold,
             safety_stock,
+            location_priority,
         } => {
-            if threshold.is_none() && safety_stock.is_none() {
-                return Err("policy_set sets neither low_stock_threshold nor safety_stock".into());
+            if threshold.is_none() && safety_stock.is_none() && location_priority.is_empty() {
+                return Err(
+                    "policy_set sets none of low_stock_threshold, safety_stock, location_priority"
+                        .into(),
+                );
+            }
+            if !location_priority.is_empty() {
+                if !location.is_empty() {
+                    return Err("location_priority is SKU-wide: leave location empty".into());
+                }
+                let locations: Vec<&str> = location_priority.split(',').collect();
+                if locations.len() > 32 {
+                    return Err("location_priority lists more than 32 locations".into());
+                }
+                for l in locations {
+                    validate_location("location_priority", l)?;
+                    if l.contains(',') {
+                        return Err("location_priority entries cannot contain ','".into());
+                    }
+                }
             }
             for (field, value) in [("low_stock_threshold", threshold), ("safety_stock", safety_stock)] {
                 if let Some(v) = value {

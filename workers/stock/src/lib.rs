@@ -102,7 +102,7 @@ impl StockHandler {
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
-        let [quantity, expected, to, threshold, safety] = fact.script_args();
+        let [quantity, expected, to, threshold, safety, priority] = fact.script_args();
         let started = Instant::now();
         let mut redis = self.redis.clone();
         let reply: Vec<String> = self
@@ -119,6 +119,7 @@ impl StockHandler {
             .arg(self.dedup_ttl_seconds)
             .arg(threshold)
             .arg(safety)
+            .arg(priority)
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
