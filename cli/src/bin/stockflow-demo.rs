@@ -14,6 +14,7 @@ use stockflow_cli::{events, last_sequence, read_after, read_levels, wait_until_c
 use stockflow_proto::{
     subjects,
     v1::{
+        order_event, order_result, EventMeta, OrderEvent, OrderLine, OrderPlaced, OrderResult, ReleaseReason,
         stock_event::Change, Adjusted, Counted, PolicySet, Reason, Received, Returned, Sold,
         StockAlert, StockEvent, Transferred,
     },
@@ -150,6 +151,11 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let signal = stop.clone();
     let worker = tokio::spawn(stock_worker::run(settings.clone(), async move { signal.cancelled().await }));
+    let mut order_settings = order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+    order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    order_settings.hold_poll = Duration::from_millis(50);
+    let signal = stop.clone();
+    let orders = tokio::spawn(order_worker::run(order_settings, async move { signal.cancelled().await }));
 
     let start = [subjects::STOCK_CHANGES, subjects::ALERTS, subjects::DEAD_LETTERS];
     let mut marks = BTreeMap::new();
@@ -184,6 +190,33 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!();
 
+    // The web shop's checkouts: orders that fit, one that asks for more than any single
+    // location holds, and abandoned carts whose 1-second holds expire.
+    let results_mark = last_sequence(&js, subjects::ORDER_RESULTS).await?;
+    let checkout = |n: usize, sku: &str, quantity: i64, hold_seconds: i64| OrderEvent {
+        meta: Some(EventMeta { event_id: format!("{run}-chk-{n}"), source: "web:checkout".into(), ..Default::default() }),
+        order_id: format!("{run}-order-{n}"),
+        command: Some(order_event::Command::Placed(OrderPlaced {
+            lines: vec![OrderLine { line_id: "1".into(), sku: sku.into(), quantity, location: String::new() }],
+            hold_seconds,
+        })),
+    };
+    let carts = [checkout(1, "TSHIRT-BLK-M", 2, 0), checkout(2, "MUG-LOGO", 1, 0), checkout(3, "SNEAKER-42", 500, 0),
+        checkout(4, "HOODIE-GRY-S", 1, 1), checkout(5, "Café crème 250g", 3, 1)];
+    for cart in &carts {
+        events::publish_raw(&js, &subjects::order_event(&cart.order_id), cart.encode_to_vec(), &format!("{}-msg", cart.order_id)).await?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let order_results = loop {
+        let results = read_after(&js, subjects::ORDER_RESULTS, "orders.results.>", results_mark).await?;
+        // 5 decisions and 2 expiries.
+        if results.len() >= carts.len() + 2 || std::time::Instant::now() > deadline {
+            break results;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_until_caught_up(&js, subjects::STOCK_EVENTS, "stock-worker", Duration::from_secs(60)).await?;
+
     let mut redis = settings.worker.redis.connect().await?;
     let keys = Keys::new(prefix);
     println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
@@ -217,6 +250,17 @@ async fn main() -> anyhow::Result<()> {
         let reason = letter.headers.as_ref().and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON)).map(|v| v.as_str().to_owned()).unwrap_or_default();
         println!("  {reason}");
     }
+    println!("\nOrders from the web shop's checkout\n");
+    for message in &order_results {
+        let result = OrderResult::decode(message.payload.clone())?;
+        let line = match result.result {
+            Some(order_result::Result::Confirmed(c)) => format!("confirmed: {}", c.lines.iter().map(|l| format!("{} x{} from {}", l.sku, l.quantity, l.location)).collect::<Vec<_>>().join(", ")),
+            Some(order_result::Result::Rejected(r)) => format!("rejected: {}", r.short_lines.iter().map(|s| format!("{} wanted {}, at most {} at one location", s.sku, s.requested, s.available)).collect::<Vec<_>>().join(", ")),
+            Some(order_result::Result::Released(r)) => format!("released: {:?}", ReleaseReason::try_from(r.reason).unwrap_or_default()),
+            None => "?".into(),
+        };
+        println!("  {:<26} {line}", result.order_id.trim_start_matches(&format!("{run}-")));
+    }
     println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
 
     use std::io::IsTerminal as _;
@@ -226,5 +270,6 @@ async fn main() -> anyhow::Result<()> {
     }
     stop.cancel();
     worker.await.context("worker task")??;
+    orders.await.context("order worker task")??;
     Ok(())
 }
