@@ -224,3 +224,25 @@ async fn lines_without_a_location_follow_the_sku_priority_then_the_global_one() 
     task.await.expect("join").expect("clean stop");
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_confirmed_order_releases_its_reservations_once() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "LAMP", "wh", received(6))).await;
+    world.wait_on_hand("LAMP", "wh", 6).await;
+    let orders = world.order_worker();
+    world.publish_order(&order("p", "keep-then-cancel", placed(&[("1", "LAMP", 4, "")], 0))).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("LAMP", "wh").await, (6, 4));
+    let cancel = order("c", "keep-then-cancel", Command::Cancelled(OrderCancelled {}));
+    world.publish_order(&cancel).await;
+    world.publish_order(&cancel).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("LAMP", "wh").await, (6, 0));
+    assert_eq!(decisions(&world.order_results().await), (1, 0, 1));
+    let kinds: Vec<String> = world.ledger("LAMP").await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["received", "reserved", "released"]);
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
