@@ -45,7 +45,13 @@ pub async fn publish(
     event: &StockEvent,
     msg_id: &str,
 ) -> anyhow::Result<()> {
-    publish_raw(js, &subjects::stock_event(&event.sku), event.encode_to_vec(), msg_id).await
+    publish_raw(
+        js,
+        &subjects::stock_event(&event.sku),
+        event.encode_to_vec(),
+        msg_id,
+    )
+    .await
 }
 
 /// Publishes raw bytes (e.g. a deliberately malformed message).

@@ -111,8 +111,10 @@ pub async fn wait_until_caught_up(
     let target = last_sequence(js, stream).await?;
     loop {
         let stream_handle = js.get_stream(stream).await?;
-        let mut consumer: jetstream::consumer::PullConsumer =
-            stream_handle.get_consumer(durable).await.map_err(|e| anyhow::anyhow!(e))?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream_handle
+            .get_consumer(durable)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let info = consumer.info().await?;
         if info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0 {
             return Ok(());

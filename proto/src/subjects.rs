@@ -107,7 +107,16 @@ mod tests {
 
     #[test]
     fn unsafe_skus_are_encoded_reversibly() {
-        for sku in ["a.b", "with space", "*", ">", "ünï", "~x", "a{b}c", "x\u{1F600}"] {
+        for sku in [
+            "a.b",
+            "with space",
+            "*",
+            ">",
+            "ünï",
+            "~x",
+            "a{b}c",
+            "x\u{1F600}",
+        ] {
             let token = encode_token(sku);
             assert!(token.starts_with('~'), "{sku} -> {token}");
             assert!(token
@@ -123,6 +132,9 @@ mod tests {
         assert_eq!(decode_token("a.b"), None);
         assert_eq!(decode_token("~!!"), None);
         // "abc" must be verbatim, so its encoded form is not a valid token.
-        assert_eq!(decode_token(&format!("~{}", URL_SAFE_NO_PAD.encode("abc"))), None);
+        assert_eq!(
+            decode_token(&format!("~{}", URL_SAFE_NO_PAD.encode("abc"))),
+            None
+        );
     }
 }

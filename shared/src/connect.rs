@@ -46,7 +46,8 @@ impl NatsSettings {
         if user.is_some() != password.is_some() {
             return Err(ConfigError::Invalid {
                 var: "STOCKFLOW_NATS_USER",
-                reason: "set both STOCKFLOW_NATS_USER and STOCKFLOW_NATS_PASSWORD, or neither".into(),
+                reason: "set both STOCKFLOW_NATS_USER and STOCKFLOW_NATS_PASSWORD, or neither"
+                    .into(),
             });
         }
         Ok(Self {
@@ -186,11 +187,9 @@ impl RedisSettings {
     }
 
     fn connection_info(&self) -> anyhow::Result<redis::ConnectionInfo> {
-        let info = self
-            .url
-            .expose()
-            .into_connection_info()
-            .map_err(|e| anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind()))?;
+        let info = self.url.expose().into_connection_info().map_err(|e| {
+            anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind())
+        })?;
         let mut redis_info = info.redis_settings().clone();
         if let Some(user) = &self.username {
             redis_info = redis_info.set_username(user);

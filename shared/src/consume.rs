@@ -204,14 +204,20 @@ impl Consumer {
                     self.bound.set(true);
                     metrics::gauge!("stockflow_ready", "worker" => worker).set(1.0);
                     let cause = self
-                        .pump(consumer, messages, &handler, &permits, &mut tasks, &shutdown)
+                        .pump(
+                            consumer, messages, &handler, &permits, &mut tasks, &shutdown,
+                        )
                         .await;
                     self.bound.set(false);
                     metrics::gauge!("stockflow_ready", "worker" => worker).set(0.0);
                     match cause {
                         None => break,
                         Some(cause) => {
-                            tracing::warn!(worker, cause, "consumer subscription ended; re-binding");
+                            tracing::warn!(
+                                worker,
+                                cause,
+                                "consumer subscription ended; re-binding"
+                            );
                             metrics::counter!("stockflow_consumer_restarts_total", "worker" => worker, "cause" => cause)
                                 .increment(1);
                             failures = 0;
@@ -229,7 +235,11 @@ impl Consumer {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        tracing::info!(worker, in_flight = tasks.len(), "draining in-flight messages");
+        tracing::info!(
+            worker,
+            in_flight = tasks.len(),
+            "draining in-flight messages"
+        );
         let drained = tokio::time::timeout(self.settings.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -312,8 +322,12 @@ impl Consumer {
                 Some(Err(e)) => {
                     tracing::warn!(worker, error = %e, "pull failed");
                     return Some(match e.kind() {
-                        jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => "missing_heartbeat",
-                        jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted => "consumer_deleted",
+                        jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                            "missing_heartbeat"
+                        }
+                        jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted => {
+                            "consumer_deleted"
+                        }
                         _ => "pull_error",
                     });
                 }

@@ -41,7 +41,10 @@ impl DeadLetters {
         headers.insert(subjects::HEADER_DEAD_LETTER_REASON, truncate(reason, 1024));
         headers.insert(subjects::HEADER_ORIGINAL_SUBJECT, message.subject.as_str());
         headers.insert(subjects::HEADER_ORIGINAL_STREAM, stream.as_str());
-        headers.insert(subjects::HEADER_ORIGINAL_SEQUENCE, sequence.to_string().as_str());
+        headers.insert(
+            subjects::HEADER_ORIGINAL_SEQUENCE,
+            sequence.to_string().as_str(),
+        );
         if let Some(id) = original_id {
             headers.insert(subjects::HEADER_ORIGINAL_MSG_ID, id);
         }
@@ -59,7 +62,10 @@ impl DeadLetters {
 
 /// Header values must be one line; reasons are clipped on a character boundary.
 fn truncate(text: &str, max: usize) -> String {
-    let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let mut end = one_line.len().min(max);
     while !one_line.is_char_boundary(end) {
         end -= 1;

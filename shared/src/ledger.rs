@@ -130,7 +130,9 @@ impl Ledger {
     ) -> anyhow::Result<()> {
         let mut acks = Vec::with_capacity(messages.len());
         for (kind, subject, id, payload) in messages {
-            let publish = PublishMessage::build().payload(payload.into()).message_id(id);
+            let publish = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(id);
             acks.push((kind, self.js.send_publish(subject, publish).await?));
         }
         for (kind, ack) in acks {

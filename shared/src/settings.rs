@@ -106,10 +106,13 @@ impl Env {
     {
         match self.raw(var) {
             None => Ok(default),
-            Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-                var,
-                reason: format!("{value:?} is not valid: {e}"),
-            }),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    var,
+                    reason: format!("{value:?} is not valid: {e}"),
+                }),
         }
     }
 
@@ -195,7 +198,10 @@ mod tests {
         let err = env
             .bounded("STOCKFLOW_MAX_IN_FLIGHT", 10, 1..=100)
             .expect_err("not a number");
-        assert!(err.to_string().starts_with("STOCKFLOW_MAX_IN_FLIGHT:"), "{err}");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_MAX_IN_FLIGHT:"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub fn metrics_handle() -> PrometheusHandle {
                     Matcher::Full("stockflow_hold_expiry_lag_seconds".into()),
                     LAG_BUCKETS,
                 )
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                })
                 // Only fails for an empty bucket list; ours are constants.
                 .expect("bucket lists are non-empty")
                 .build_recorder();
@@ -108,13 +110,31 @@ fn describe() {
         Unit::Seconds,
         "One atomic Redis operation"
     );
-    describe_counter!("stockflow_derived_published_total", "Derived events stored by JetStream");
+    describe_counter!(
+        "stockflow_derived_published_total",
+        "Derived events stored by JetStream"
+    );
     describe_counter!("stockflow_alerts_total", "Stock alerts raised");
-    describe_counter!("stockflow_dead_letters_total", "Inputs sent to DEAD_LETTERS");
-    describe_counter!("stockflow_transient_failures_total", "Inputs NAKed for a retry");
+    describe_counter!(
+        "stockflow_dead_letters_total",
+        "Inputs sent to DEAD_LETTERS"
+    );
+    describe_counter!(
+        "stockflow_transient_failures_total",
+        "Inputs NAKed for a retry"
+    );
     describe_gauge!("stockflow_messages_in_flight", "Inputs being processed now");
-    describe_counter!("stockflow_consumer_restarts_total", "Consume loop re-subscriptions");
+    describe_counter!(
+        "stockflow_consumer_restarts_total",
+        "Consume loop re-subscriptions"
+    );
     describe_gauge!("stockflow_ready", "1 when the worker is ready");
-    describe_gauge!("stockflow_consumer_pending_messages", "Messages not yet delivered");
-    describe_gauge!("stockflow_consumer_ack_pending_messages", "Delivered, not yet acknowledged");
+    describe_gauge!(
+        "stockflow_consumer_pending_messages",
+        "Messages not yet delivered"
+    );
+    describe_gauge!(
+        "stockflow_consumer_ack_pending_messages",
+        "Delivered, not yet acknowledged"
+    );
 }

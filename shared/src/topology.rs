@@ -74,16 +74,36 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
     // Inputs are kept a week (replay, audit); the ledger and dead letters are kept until an
     // operator decides otherwise (rebuild needs the ledger); alerts are notifications.
     vec![
-        stream(subjects::STOCK_EVENTS, &["stock.events.>"], 7 * day, Duration::from_secs(120)),
+        stream(
+            subjects::STOCK_EVENTS,
+            &["stock.events.>"],
+            7 * day,
+            Duration::from_secs(120),
+        ),
         stream(
             subjects::STOCK_CHANGES,
             &["stock.changes.>", "stock.outcomes.>"],
             Duration::ZERO,
             5 * MAX_REDELIVERY_SPAN,
         ),
-        stream(subjects::ALERTS, &["alerts.>"], 30 * day, 5 * MAX_REDELIVERY_SPAN),
-        stream(subjects::DEAD_LETTERS, &["deadletter.>"], Duration::ZERO, 5 * MAX_REDELIVERY_SPAN),
-        stream(subjects::ORDER_EVENTS, &["orders.events.>"], 7 * day, Duration::from_secs(120)),
+        stream(
+            subjects::ALERTS,
+            &["alerts.>"],
+            30 * day,
+            5 * MAX_REDELIVERY_SPAN,
+        ),
+        stream(
+            subjects::DEAD_LETTERS,
+            &["deadletter.>"],
+            Duration::ZERO,
+            5 * MAX_REDELIVERY_SPAN,
+        ),
+        stream(
+            subjects::ORDER_EVENTS,
+            &["orders.events.>"],
+            7 * day,
+            Duration::from_secs(120),
+        ),
         stream(
             subjects::ORDER_RESULTS,
             &["orders.results.>"],
@@ -178,7 +198,9 @@ async fn ensure_stream(
                 .config
                 .clone(),
         ),
-        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => None,
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+            None
+        }
         Err(e) => return Err(js_error(format!("looking up stream {name}"))(e.into())),
     };
     let Some(actual) = existing else {
@@ -247,7 +269,9 @@ async fn ensure_consumer(
         .await
         .map_err(|e| js_error(format!("looking up stream {}", spec.stream))(e.into()))?;
     let config = consumer_config(spec, settings);
-    let existing = stream.get_consumer::<consumer::pull::Config>(spec.durable).await;
+    let existing = stream
+        .get_consumer::<consumer::pull::Config>(spec.durable)
+        .await;
     let actual = match existing {
         Ok(consumer) => consumer.cached_info().config.clone(),
         Err(_) => {
@@ -260,13 +284,25 @@ async fn ensure_consumer(
         }
     };
     let mismatch = if actual.ack_policy != consumer::AckPolicy::Explicit {
-        Some(("ack_policy", format!("{:?}", actual.ack_policy), "Explicit".to_owned()))
+        Some((
+            "ack_policy",
+            format!("{:?}", actual.ack_policy),
+            "Explicit".to_owned(),
+        ))
     } else if actual.inactive_threshold != Duration::ZERO && actual.durable_name.is_none() {
         Some(("durable_name", "none".to_owned(), spec.durable.to_owned()))
     } else if !actual.filter_subject.is_empty() || !actual.filter_subjects.is_empty() {
-        Some(("filter_subject", actual.filter_subject.clone(), String::new()))
+        Some((
+            "filter_subject",
+            actual.filter_subject.clone(),
+            String::new(),
+        ))
     } else if actual.max_deliver != -1 {
-        Some(("max_deliver", actual.max_deliver.to_string(), "-1".to_owned()))
+        Some((
+            "max_deliver",
+            actual.max_deliver.to_string(),
+            "-1".to_owned(),
+        ))
     } else {
         None
     };

@@ -102,7 +102,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -113,7 +116,10 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, name: &str) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{name} exited during start-up: {status}");
         }
-        assert!(started.elapsed() < DEADLINE, "{name} did not listen on {addr}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{name} did not listen on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -143,7 +149,14 @@ impl NatsServer {
         let store = self.dir.path().join("js");
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
         let mut child = Command::new(server_binary("nats-server"))
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&store)
             .stdout(Stdio::null())
             .stderr(log)
@@ -207,14 +220,25 @@ impl RedisServer {
     fn spawn(&mut self) {
         let mut child = Command::new(server_binary("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), &mut child, "redis-server");
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &mut child,
+            "redis-server",
+        );
         self.child = Some(child);
     }
 

@@ -15,9 +15,7 @@ use stockflow_proto::{
     subjects,
     v1::{stock_event::Change, Reason, Received, StockChanged},
 };
-use stockflow_shared::{
-    keys::Keys, settings::Env, topology::Mode, worker::WorkerSettings,
-};
+use stockflow_shared::{keys::Keys, settings::Env, topology::Mode, worker::WorkerSettings};
 
 const USAGE: &str = "usage: stockctl setup [--update] | selftest | stock <sku>";
 
@@ -27,7 +25,12 @@ async fn main() -> anyhow::Result<()> {
         .context("invalid configuration")?;
     settings.log.init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["setup"] => stockflow_shared::worker::setup(&settings, Mode::Verify).await,
         ["setup", "--update"] => stockflow_shared::worker::setup(&settings, Mode::Update).await,
         ["selftest"] => selftest(&settings).await,
@@ -43,16 +46,30 @@ async fn selftest(settings: &WorkerSettings) -> anyhow::Result<()> {
     let id = format!("selftest-{}", events::now_ms());
     let sku = format!("stockflow-selftest-{}", events::now_ms());
     let mut ledger = client_subscription(&js, &sku).await?;
-    let event = events::fact(&id, "stockctl:selftest", Reason::Received, &sku, "selftest",
-        Change::Received(Received { quantity: 1 }));
-    events::publish(&js, &event, &id).await.context("publishing the selftest event")?;
+    let event = events::fact(
+        &id,
+        "stockctl:selftest",
+        Reason::Received,
+        &sku,
+        "selftest",
+        Change::Received(Received { quantity: 1 }),
+    );
+    events::publish(&js, &event, &id)
+        .await
+        .context("publishing the selftest event")?;
     let entry = tokio::time::timeout(Duration::from_secs(30), ledger.next())
         .await
         .context("no ledger entry within 30 s: is the stock worker running?")?
         .context("ledger subscription ended")?;
     let entry: StockChanged = prost::Message::decode(entry.payload)?;
-    anyhow::ensure!(entry.cause_event_id == id, "unexpected ledger entry {entry:?}");
-    println!("selftest ok: {sku} applied, on_hand {}", entry.after.unwrap_or_default().on_hand);
+    anyhow::ensure!(
+        entry.cause_event_id == id,
+        "unexpected ledger entry {entry:?}"
+    );
+    println!(
+        "selftest ok: {sku} applied, on_hand {}",
+        entry.after.unwrap_or_default().on_hand
+    );
     Ok(())
 }
 
@@ -73,9 +90,18 @@ async fn stock(settings: &WorkerSettings, sku: &str) -> anyhow::Result<()> {
         println!("{sku}: no stock recorded");
         return Ok(());
     }
-    println!("{:<16} {:>10} {:>10} {:>10} {:>10}", "location", "on_hand", "reserved", "safety", "available");
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10}",
+        "location", "on_hand", "reserved", "safety", "available"
+    );
     for (location, l) in &levels {
-        println!("{location:<16} {:>10} {:>10} {:>10} {:>10}", l.on_hand, l.reserved, l.safety_stock, l.available());
+        println!(
+            "{location:<16} {:>10} {:>10} {:>10} {:>10}",
+            l.on_hand,
+            l.reserved,
+            l.safety_stock,
+            l.available()
+        );
     }
     Ok(())
 }

@@ -14,15 +14,22 @@ use stockflow_cli::{events, last_sequence, read_after, read_levels, wait_until_c
 use stockflow_proto::{
     subjects,
     v1::{
-        order_event, order_result, EventMeta, OrderEvent, OrderLine, OrderPlaced, OrderResult, ReleaseReason,
-        stock_event::Change, Adjusted, Counted, PolicySet, Reason, Received, Returned, Sold,
-        StockAlert, StockEvent, Transferred,
+        order_event, order_result, stock_event::Change, Adjusted, Counted, EventMeta, OrderEvent,
+        OrderLine, OrderPlaced, OrderResult, PolicySet, Reason, Received, ReleaseReason, Returned,
+        Sold, StockAlert, StockEvent, Transferred,
     },
 };
 use stockflow_shared::{keys::Keys, settings::Env};
 use tokio_util::sync::CancellationToken;
 
-const SKUS: &[&str] = &["TSHIRT-BLK-M", "TSHIRT-BLK-L", "HOODIE-GRY-S", "SNEAKER-42", "MUG-LOGO", "Café crème 250g"];
+const SKUS: &[&str] = &[
+    "TSHIRT-BLK-M",
+    "TSHIRT-BLK-L",
+    "HOODIE-GRY-S",
+    "SNEAKER-42",
+    "MUG-LOGO",
+    "Café crème 250g",
+];
 const STORES: &[&str] = &["store-01", "store-02", "store-03"];
 const WAREHOUSE: &str = "wh-east";
 const WEB: &str = "web";
@@ -67,28 +74,94 @@ fn day(run: &str) -> Vec<Phase> {
 
     let mut opening = Vec::new();
     for sku in SKUS {
-        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, "", Change::PolicySet(PolicySet { low_stock_threshold: Some(5), safety_stock: None, location_priority: vec![] })));
-        opening.push(fact(id("pol"), "erp", Reason::Policy, sku, WEB, Change::PolicySet(PolicySet { low_stock_threshold: Some(8), safety_stock: Some(2), location_priority: vec![] })));
-        opening.push(fact(id("rcv"), "wms", Reason::Received, sku, WAREHOUSE, Change::Received(Received { quantity: 400 })));
+        opening.push(fact(
+            id("pol"),
+            "erp",
+            Reason::Policy,
+            sku,
+            "",
+            Change::PolicySet(PolicySet {
+                low_stock_threshold: Some(5),
+                safety_stock: None,
+                location_priority: vec![],
+            }),
+        ));
+        opening.push(fact(
+            id("pol"),
+            "erp",
+            Reason::Policy,
+            sku,
+            WEB,
+            Change::PolicySet(PolicySet {
+                low_stock_threshold: Some(8),
+                safety_stock: Some(2),
+                location_priority: vec![],
+            }),
+        ));
+        opening.push(fact(
+            id("rcv"),
+            "wms",
+            Reason::Received,
+            sku,
+            WAREHOUSE,
+            Change::Received(Received { quantity: 400 }),
+        ));
     }
-    phases.push(Phase { title: "07:00 policies and the warehouse receipt", events: opening });
+    phases.push(Phase {
+        title: "07:00 policies and the warehouse receipt",
+        events: opening,
+    });
 
     let mut transfers = Vec::new();
     for sku in SKUS {
         for store in STORES {
-            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" { 30 } else { 80 };
-            transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: (*store).into(), quantity })));
+            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" {
+                30
+            } else {
+                80
+            };
+            transfers.push(fact(
+                id("trf"),
+                "wms",
+                Reason::Transfer,
+                sku,
+                WAREHOUSE,
+                Change::Transferred(Transferred {
+                    to_location: (*store).into(),
+                    quantity,
+                }),
+            ));
         }
-        transfers.push(fact(id("trf"), "wms", Reason::Transfer, sku, WAREHOUSE, Change::Transferred(Transferred { to_location: WEB.into(), quantity: 80 })));
+        transfers.push(fact(
+            id("trf"),
+            "wms",
+            Reason::Transfer,
+            sku,
+            WAREHOUSE,
+            Change::Transferred(Transferred {
+                to_location: WEB.into(),
+                quantity: 80,
+            }),
+        ));
     }
-    phases.push(Phase { title: "08:00 transfers to the stores and the web shop", events: transfers });
+    phases.push(Phase {
+        title: "08:00 transfers to the stores and the web shop",
+        events: transfers,
+    });
 
     let mut trading = Vec::new();
     let mut marketplace = Vec::new();
     for i in 0..1000 {
         let sku = SKUS[dice.next(SKUS.len())];
         if i % 5 == 0 {
-            let event = events::fact(id("mkt"), "marketplace:acme", Reason::Sold, sku, WEB, Change::Sold(Sold { quantity: 1 }));
+            let event = events::fact(
+                id("mkt"),
+                "marketplace:acme",
+                Reason::Sold,
+                sku,
+                WEB,
+                Change::Sold(Sold { quantity: 1 }),
+            );
             // The marketplace feed re-sends about one order in eight, some of them at once.
             if dice.next(8) == 0 {
                 trading.push(Outgoing::Resend(event.clone()));
@@ -97,41 +170,129 @@ fn day(run: &str) -> Vec<Phase> {
             trading.push(Outgoing::Fact(event));
         } else {
             let store = STORES[dice.next(STORES.len())];
-            let sku = if store == "store-02" && dice.next(12) == 0 { "SNEAKER-42" } else { sku };
+            let sku = if store == "store-02" && dice.next(12) == 0 {
+                "SNEAKER-42"
+            } else {
+                sku
+            };
             let quantity = 1 + i64::try_from(dice.next(2)).unwrap_or(0);
-            trading.push(fact(id("pos"), &format!("pos:{store}"), Reason::Sold, sku, store, Change::Sold(Sold { quantity })));
+            trading.push(fact(
+                id("pos"),
+                &format!("pos:{store}"),
+                Reason::Sold,
+                sku,
+                store,
+                Change::Sold(Sold { quantity }),
+            ));
         }
         if i % 90 == 0 {
             let store = STORES[dice.next(STORES.len())];
-            trading.push(fact(id("ret"), &format!("pos:{store}"), Reason::Returned, sku, store, Change::Returned(Returned { quantity: 1 })));
+            trading.push(fact(
+                id("ret"),
+                &format!("pos:{store}"),
+                Reason::Returned,
+                sku,
+                store,
+                Change::Returned(Returned { quantity: 1 }),
+            ));
         }
     }
-    trading.push(fact(id("dmg"), "pos:store-03", Reason::Damaged, "MUG-LOGO", "store-03", Change::Adjusted(Adjusted { delta: -2 })));
-    trading.push(Outgoing::Malformed("undecodable bytes", subjects::stock_event("MUG-LOGO"), b"\x08\x96\x01garbage".to_vec()));
-    let mut zero = events::fact(id("bad"), "pos:store-01", Reason::Sold, "MUG-LOGO", "store-01", Change::Sold(Sold { quantity: 0 }));
-    trading.push(Outgoing::Malformed("zero quantity", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
+    trading.push(fact(
+        id("dmg"),
+        "pos:store-03",
+        Reason::Damaged,
+        "MUG-LOGO",
+        "store-03",
+        Change::Adjusted(Adjusted { delta: -2 }),
+    ));
+    trading.push(Outgoing::Malformed(
+        "undecodable bytes",
+        subjects::stock_event("MUG-LOGO"),
+        b"\x08\x96\x01garbage".to_vec(),
+    ));
+    let mut zero = events::fact(
+        id("bad"),
+        "pos:store-01",
+        Reason::Sold,
+        "MUG-LOGO",
+        "store-01",
+        Change::Sold(Sold { quantity: 0 }),
+    );
+    trading.push(Outgoing::Malformed(
+        "zero quantity",
+        subjects::stock_event("MUG-LOGO"),
+        zero.encode_to_vec(),
+    ));
     zero.meta.as_mut().map(|m| m.event_id.clear());
-    trading.push(Outgoing::Malformed("missing event_id", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
+    trading.push(Outgoing::Malformed(
+        "missing event_id",
+        subjects::stock_event("MUG-LOGO"),
+        zero.encode_to_vec(),
+    ));
     zero.change = None;
     zero.meta.as_mut().map(|m| m.event_id = "no-type".into());
-    trading.push(Outgoing::Malformed("unknown fact type", subjects::stock_event("MUG-LOGO"), zero.encode_to_vec()));
-    phases.push(Phase { title: "09:00-21:00 POS sales, marketplace feed, returns, damage", events: trading });
+    trading.push(Outgoing::Malformed(
+        "unknown fact type",
+        subjects::stock_event("MUG-LOGO"),
+        zero.encode_to_vec(),
+    ));
+    phases.push(Phase {
+        title: "09:00-21:00 POS sales, marketplace feed, returns, damage",
+        events: trading,
+    });
 
     let mut evening = vec![
-        fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "MUG-LOGO", "store-01", Change::Counted(Counted { on_hand: 3, expected_on_hand: Some(9_999) })),
-        fact(id("cnt"), "handheld:store-01", Reason::CycleCount, "HOODIE-GRY-S", "store-01", Change::Counted(Counted { on_hand: 7, expected_on_hand: None })),
-        fact(id("trf"), "wms", Reason::Transfer, "SNEAKER-42", WAREHOUSE, Change::Transferred(Transferred { to_location: "store-02".into(), quantity: 80 })),
+        fact(
+            id("cnt"),
+            "handheld:store-01",
+            Reason::CycleCount,
+            "MUG-LOGO",
+            "store-01",
+            Change::Counted(Counted {
+                on_hand: 3,
+                expected_on_hand: Some(9_999),
+            }),
+        ),
+        fact(
+            id("cnt"),
+            "handheld:store-01",
+            Reason::CycleCount,
+            "HOODIE-GRY-S",
+            "store-01",
+            Change::Counted(Counted {
+                on_hand: 7,
+                expected_on_hand: None,
+            }),
+        ),
+        fact(
+            id("trf"),
+            "wms",
+            Reason::Transfer,
+            "SNEAKER-42",
+            WAREHOUSE,
+            Change::Transferred(Transferred {
+                to_location: "store-02".into(),
+                quantity: 80,
+            }),
+        ),
     ];
     // Late re-sends from the marketplace, hours after the originals.
     evening.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
-    phases.push(Phase { title: "21:30 cycle counts, restock, late marketplace re-sends", events: evening });
+    phases.push(Phase {
+        title: "21:30 cycle counts, restock, late marketplace re-sends",
+        events: evening,
+    });
     phases
 }
 
 fn progress(done: usize, total: usize, title: &str) {
     let width = 30;
     let filled = done * width / total.max(1);
-    eprint!("\r  [{}{}] {done:>5}/{total} {title:<60}", "#".repeat(filled), ".".repeat(width - filled));
+    eprint!(
+        "\r  [{}{}] {done:>5}/{total} {title:<60}",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
+    );
     std::io::stderr().flush().ok();
 }
 
@@ -140,24 +301,45 @@ async fn main() -> anyhow::Result<()> {
     let run = format!("demo{}", events::now_ms());
     let env = Env::process();
     let prefix = env.string("STOCKFLOW_KEY_PREFIX", &run);
-    let map: BTreeMap<String, String> = [("STOCKFLOW_KEY_PREFIX".to_owned(), prefix.clone())].into();
-    let worker_env = Env::from_fn(move |name| map.get(name).cloned().or_else(|| std::env::var(name).ok()));
-    let settings = stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
-    stockflow_shared::telemetry::LogSettings { filter: env.string("STOCKFLOW_LOG", "error"), json: false }.init();
+    let map: BTreeMap<String, String> =
+        [("STOCKFLOW_KEY_PREFIX".to_owned(), prefix.clone())].into();
+    let worker_env =
+        Env::from_fn(move |name| map.get(name).cloned().or_else(|| std::env::var(name).ok()));
+    let settings =
+        stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+    stockflow_shared::telemetry::LogSettings {
+        filter: env.string("STOCKFLOW_LOG", "error"),
+        json: false,
+    }
+    .init();
 
     let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
-    stockflow_shared::topology::ensure(&js, &settings.worker.topology, stockflow_shared::topology::Mode::Verify).await?;
+    stockflow_shared::topology::ensure(
+        &js,
+        &settings.worker.topology,
+        stockflow_shared::topology::Mode::Verify,
+    )
+    .await?;
     let metrics_addr = settings.worker.metrics_addr;
     let stop = CancellationToken::new();
     let signal = stop.clone();
-    let worker = tokio::spawn(stock_worker::run(settings.clone(), async move { signal.cancelled().await }));
-    let mut order_settings = order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+    let worker = tokio::spawn(stock_worker::run(settings.clone(), async move {
+        signal.cancelled().await
+    }));
+    let mut order_settings =
+        order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
     order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     order_settings.hold_poll = Duration::from_millis(50);
     let signal = stop.clone();
-    let orders = tokio::spawn(order_worker::run(order_settings, async move { signal.cancelled().await }));
+    let orders = tokio::spawn(order_worker::run(order_settings, async move {
+        signal.cancelled().await
+    }));
 
-    let start = [subjects::STOCK_CHANGES, subjects::ALERTS, subjects::DEAD_LETTERS];
+    let start = [
+        subjects::STOCK_CHANGES,
+        subjects::ALERTS,
+        subjects::DEAD_LETTERS,
+    ];
     let mut marks = BTreeMap::new();
     for stream in start {
         marks.insert(stream, last_sequence(&js, stream).await?);
@@ -185,7 +367,13 @@ async fn main() -> anyhow::Result<()> {
                 progress(done, total, phase.title);
             }
         }
-        wait_until_caught_up(&js, subjects::STOCK_EVENTS, "stock-worker", Duration::from_secs(120)).await?;
+        wait_until_caught_up(
+            &js,
+            subjects::STOCK_EVENTS,
+            "stock-worker",
+            Duration::from_secs(120),
+        )
+        .await?;
         progress(done, total, phase.title);
     }
     eprintln!();
@@ -194,72 +382,181 @@ async fn main() -> anyhow::Result<()> {
     // location holds, and abandoned carts whose 1-second holds expire.
     let results_mark = last_sequence(&js, subjects::ORDER_RESULTS).await?;
     let checkout = |n: usize, sku: &str, quantity: i64, hold_seconds: i64| OrderEvent {
-        meta: Some(EventMeta { event_id: format!("{run}-chk-{n}"), source: "web:checkout".into(), ..Default::default() }),
+        meta: Some(EventMeta {
+            event_id: format!("{run}-chk-{n}"),
+            source: "web:checkout".into(),
+            ..Default::default()
+        }),
         order_id: format!("{run}-order-{n}"),
         command: Some(order_event::Command::Placed(OrderPlaced {
-            lines: vec![OrderLine { line_id: "1".into(), sku: sku.into(), quantity, location: String::new() }],
+            lines: vec![OrderLine {
+                line_id: "1".into(),
+                sku: sku.into(),
+                quantity,
+                location: String::new(),
+            }],
             hold_seconds,
         })),
     };
-    let carts = [checkout(1, "TSHIRT-BLK-M", 2, 0), checkout(2, "MUG-LOGO", 1, 0), checkout(3, "SNEAKER-42", 500, 0),
-        checkout(4, "HOODIE-GRY-S", 1, 1), checkout(5, "Café crème 250g", 3, 1)];
+    let carts = [
+        checkout(1, "TSHIRT-BLK-M", 2, 0),
+        checkout(2, "MUG-LOGO", 1, 0),
+        checkout(3, "SNEAKER-42", 500, 0),
+        checkout(4, "HOODIE-GRY-S", 1, 1),
+        checkout(5, "Café crème 250g", 3, 1),
+    ];
     for cart in &carts {
-        events::publish_raw(&js, &subjects::order_event(&cart.order_id), cart.encode_to_vec(), &format!("{}-msg", cart.order_id)).await?;
+        events::publish_raw(
+            &js,
+            &subjects::order_event(&cart.order_id),
+            cart.encode_to_vec(),
+            &format!("{}-msg", cart.order_id),
+        )
+        .await?;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let order_results = loop {
-        let results = read_after(&js, subjects::ORDER_RESULTS, "orders.results.>", results_mark).await?;
+        let results = read_after(
+            &js,
+            subjects::ORDER_RESULTS,
+            "orders.results.>",
+            results_mark,
+        )
+        .await?;
         // 5 decisions and 2 expiries.
         if results.len() >= carts.len() + 2 || std::time::Instant::now() > deadline {
             break results;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    wait_until_caught_up(&js, subjects::STOCK_EVENTS, "stock-worker", Duration::from_secs(60)).await?;
+    wait_until_caught_up(
+        &js,
+        subjects::STOCK_EVENTS,
+        "stock-worker",
+        Duration::from_secs(60),
+    )
+    .await?;
 
     let mut redis = settings.worker.redis.connect().await?;
     let keys = Keys::new(prefix);
     println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
-    println!("  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}", "sku", "location", "on_hand", "reserved", "safety", "available");
+    println!(
+        "  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}",
+        "sku", "location", "on_hand", "reserved", "safety", "available"
+    );
     for sku in SKUS {
         for (location, l) in read_levels(&mut redis, &keys, sku).await? {
-            println!("  {sku:<18} {location:<10} {:>8} {:>9} {:>7} {:>10}", l.on_hand, l.reserved, l.safety_stock, l.available());
+            println!(
+                "  {sku:<18} {location:<10} {:>8} {:>9} {:>7} {:>10}",
+                l.on_hand,
+                l.reserved,
+                l.safety_stock,
+                l.available()
+            );
         }
     }
 
-    let ledger = read_after(&js, subjects::STOCK_CHANGES, "stock.changes.>", marks[subjects::STOCK_CHANGES]).await?;
-    let outcomes = read_after(&js, subjects::STOCK_CHANGES, "stock.outcomes.>", marks[subjects::STOCK_CHANGES]).await?;
+    let ledger = read_after(
+        &js,
+        subjects::STOCK_CHANGES,
+        "stock.changes.>",
+        marks[subjects::STOCK_CHANGES],
+    )
+    .await?;
+    let outcomes = read_after(
+        &js,
+        subjects::STOCK_CHANGES,
+        "stock.outcomes.>",
+        marks[subjects::STOCK_CHANGES],
+    )
+    .await?;
     let alerts = read_after(&js, subjects::ALERTS, "alerts.>", marks[subjects::ALERTS]).await?;
-    let letters = read_after(&js, subjects::DEAD_LETTERS, "deadletter.>", marks[subjects::DEAD_LETTERS]).await?;
+    let letters = read_after(
+        &js,
+        subjects::DEAD_LETTERS,
+        "deadletter.>",
+        marks[subjects::DEAD_LETTERS],
+    )
+    .await?;
     let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for message in &alerts {
         let alert = StockAlert::decode(message.payload.clone())?;
         let kind = message.subject.split('.').nth(1).unwrap_or("?").to_owned();
-        by_kind.entry(kind).or_default().push(format!("{}@{}", alert.sku, alert.location));
+        by_kind
+            .entry(kind)
+            .or_default()
+            .push(format!("{}@{}", alert.sku, alert.location));
     }
-    println!("\nAlerts raised ({} in all, one per threshold crossing)\n", alerts.len());
+    println!(
+        "\nAlerts raised ({} in all, one per threshold crossing)\n",
+        alerts.len()
+    );
     for (kind, places) in &by_kind {
         let mut shown: Vec<&String> = places.iter().take(4).collect();
         shown.dedup();
         let more = places.len().saturating_sub(4);
-        println!("  {kind:<15} {:>3}  {}{}", places.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), if more > 0 { format!(", … {more} more") } else { String::new() });
+        println!(
+            "  {kind:<15} {:>3}  {}{}",
+            places.len(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if more > 0 {
+                format!(", … {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
     println!("\nEvents published: {total}  ledger entries: {}  duplicates re-sent and absorbed: {resent}  stale counts refused: {}", ledger.len(), outcomes.len());
-    println!("\nDead letters ({} malformed messages sent)\n", malformed.len());
+    println!(
+        "\nDead letters ({} malformed messages sent)\n",
+        malformed.len()
+    );
     for letter in &letters {
-        let reason = letter.headers.as_ref().and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON)).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let reason = letter
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
         println!("  {reason}");
     }
     println!("\nOrders from the web shop's checkout\n");
     for message in &order_results {
         let result = OrderResult::decode(message.payload.clone())?;
         let line = match result.result {
-            Some(order_result::Result::Confirmed(c)) => format!("confirmed: {}", c.lines.iter().map(|l| format!("{} x{} from {}", l.sku, l.quantity, l.location)).collect::<Vec<_>>().join(", ")),
-            Some(order_result::Result::Rejected(r)) => format!("rejected: {}", r.short_lines.iter().map(|s| format!("{} wanted {}, at most {} at one location", s.sku, s.requested, s.available)).collect::<Vec<_>>().join(", ")),
-            Some(order_result::Result::Released(r)) => format!("released: {:?}", ReleaseReason::try_from(r.reason).unwrap_or_default()),
+            Some(order_result::Result::Confirmed(c)) => format!(
+                "confirmed: {}",
+                c.lines
+                    .iter()
+                    .map(|l| format!("{} x{} from {}", l.sku, l.quantity, l.location))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(order_result::Result::Rejected(r)) => format!(
+                "rejected: {}",
+                r.short_lines
+                    .iter()
+                    .map(|s| format!(
+                        "{} wanted {}, at most {} at one location",
+                        s.sku, s.requested, s.available
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(order_result::Result::Released(r)) => format!(
+                "released: {:?}",
+                ReleaseReason::try_from(r.reason).unwrap_or_default()
+            ),
             None => "?".into(),
         };
-        println!("  {:<26} {line}", result.order_id.trim_start_matches(&format!("{run}-")));
+        println!(
+            "  {:<26} {line}",
+            result.order_id.trim_start_matches(&format!("{run}-"))
+        );
     }
     println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
 

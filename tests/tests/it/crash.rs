@@ -25,15 +25,26 @@ async fn a_redelivery_after_the_effect_was_committed_changes_nothing() {
         &prost::Message::encode_to_vec(&fact),
     )
     .expect("valid");
-    assert!(matches!(handler.apply(&parsed).await, Ok(stock_worker::Applied::New(_))));
+    assert!(matches!(
+        handler.apply(&parsed).await,
+        Ok(stock_worker::Applied::New(_))
+    ));
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (7, 0));
 
     // The message is still unacked: a worker now receives it.
     let worker = world.stock_worker();
     world.wait_stock_idle().await;
-    assert_eq!(world.on_hand_reserved(sku, "wh").await, (7, 0), "not applied twice");
+    assert_eq!(
+        world.on_hand_reserved(sku, "wh").await,
+        (7, 0),
+        "not applied twice"
+    );
     let ledger = world.ledger(sku).await;
-    assert_eq!(ledger.len(), 1, "the missing ledger entry was published, once");
+    assert_eq!(
+        ledger.len(),
+        1,
+        "the missing ledger entry was published, once"
+    );
     assert_eq!(ledger[0].after, Some(levels(7, 0, 0)));
 
     // And again later (e.g. a POS re-sending): still nothing changes, nothing is re-published.
@@ -48,7 +59,14 @@ async fn shutdown_with_events_in_flight_loses_nothing() {
     let world = World::start().await;
     let n = 1500;
     let events: Vec<_> = (0..n)
-        .map(|i| event(&format!("e{i}"), &format!("SKU-{}", i % 7), "store", received(1)))
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                &format!("SKU-{}", i % 7),
+                "store",
+                received(1),
+            )
+        })
         .collect();
     futures::future::join_all(events.iter().map(|e| world.publish(e))).await;
     let worker = world.stock_worker();
@@ -67,7 +85,14 @@ async fn kill_9_at_random_moments_loses_nothing_and_double_counts_nothing() {
     let n = 3000;
     let skus = 11;
     let events: Vec<_> = (0..n)
-        .map(|i| event(&format!("k{i}"), &format!("SKU-{}", i % skus), "store", received(1)))
+        .map(|i| {
+            event(
+                &format!("k{i}"),
+                &format!("SKU-{}", i % skus),
+                "store",
+                received(1),
+            )
+        })
         .collect();
     futures::future::join_all(events.iter().map(|e| world.publish(e))).await;
     let mut seen = 0;
@@ -96,10 +121,18 @@ async fn assert_all_applied_once(world: &World, n: usize, skus: usize) {
     for s in 0..skus {
         let sku = format!("SKU-{s}");
         let expected = (0..n).filter(|i| i % skus == s).count() as i64;
-        assert_eq!(world.on_hand_reserved(&sku, "store").await.0, expected, "{sku}");
+        assert_eq!(
+            world.on_hand_reserved(&sku, "store").await.0,
+            expected,
+            "{sku}"
+        );
         let ledger = world.ledger(&sku).await;
         let causes: HashSet<_> = ledger.iter().map(|e| e.cause_event_id.clone()).collect();
-        assert_eq!(causes.len(), ledger.len(), "{sku}: a ledger entry was written twice");
+        assert_eq!(
+            causes.len(),
+            ledger.len(),
+            "{sku}: a ledger entry was written twice"
+        );
         assert_eq!(ledger.len() as i64, expected, "{sku}: ledger entries");
         total += ledger.len();
     }

@@ -16,33 +16,87 @@ async fn each_class_of_malformed_input_is_dead_lettered_with_its_reason() {
     let mut no_change = event("nc", sku, "a", received(1));
     no_change.change = None;
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
-        ("not a StockEvent", subjects::stock_event(sku), b"\xff\xff\xff garbage".to_vec()),
-        ("sku is missing", "stock.events.x".into(), event("e", "", "a", received(1)).encode_to_vec()),
-        ("event_id is missing", subjects::stock_event(sku), missing_id.encode_to_vec()),
-        ("quantity must be", subjects::stock_event(sku), event("z", sku, "a", received(0)).encode_to_vec()),
-        ("quantity must be", subjects::stock_event(sku), event("n", sku, "a", sold(-4)).encode_to_vec()),
-        ("no change set", subjects::stock_event(sku), no_change.encode_to_vec()),
-        ("location is longer", subjects::stock_event(sku), event("l", sku, &"L".repeat(65), received(1)).encode_to_vec()),
-        ("sku is 129 bytes", subjects::stock_event(&"S".repeat(129)), event("s", &"S".repeat(129), "a", received(1)).encode_to_vec()),
-        ("belongs on", subjects::stock_event("OTHER"), event("w", sku, "a", received(1)).encode_to_vec()),
+        (
+            "not a StockEvent",
+            subjects::stock_event(sku),
+            b"\xff\xff\xff garbage".to_vec(),
+        ),
+        (
+            "sku is missing",
+            "stock.events.x".into(),
+            event("e", "", "a", received(1)).encode_to_vec(),
+        ),
+        (
+            "event_id is missing",
+            subjects::stock_event(sku),
+            missing_id.encode_to_vec(),
+        ),
+        (
+            "quantity must be",
+            subjects::stock_event(sku),
+            event("z", sku, "a", received(0)).encode_to_vec(),
+        ),
+        (
+            "quantity must be",
+            subjects::stock_event(sku),
+            event("n", sku, "a", sold(-4)).encode_to_vec(),
+        ),
+        (
+            "no change set",
+            subjects::stock_event(sku),
+            no_change.encode_to_vec(),
+        ),
+        (
+            "location is longer",
+            subjects::stock_event(sku),
+            event("l", sku, &"L".repeat(65), received(1)).encode_to_vec(),
+        ),
+        (
+            "sku is 129 bytes",
+            subjects::stock_event(&"S".repeat(129)),
+            event("s", &"S".repeat(129), "a", received(1)).encode_to_vec(),
+        ),
+        (
+            "belongs on",
+            subjects::stock_event("OTHER"),
+            event("w", sku, "a", received(1)).encode_to_vec(),
+        ),
     ];
     for (i, (_, subject, payload)) in cases.iter().enumerate() {
         world.publish_raw(subject, payload.clone()).await;
         // A valid event after each bad one: the worker keeps going.
-        world.publish(&event(&format!("ok{i}"), sku, "a", received(1))).await;
+        world
+            .publish(&event(&format!("ok{i}"), sku, "a", received(1)))
+            .await;
     }
     world.wait_on_hand(sku, "a", cases.len() as i64).await;
     world.wait_stock_idle().await;
 
-    let letters = stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
     assert_eq!(letters.len(), cases.len());
     for ((expected_reason, subject, payload), letter) in cases.iter().zip(&letters) {
         let headers = letter.headers.as_ref().expect("headers");
-        let reason = headers.get(HEADER_DEAD_LETTER_REASON).expect("reason").as_str();
-        assert!(reason.contains(expected_reason), "{reason:?} should mention {expected_reason:?}");
-        assert_eq!(headers.get(HEADER_ORIGINAL_SUBJECT).expect("subject").as_str(), subject);
+        let reason = headers
+            .get(HEADER_DEAD_LETTER_REASON)
+            .expect("reason")
+            .as_str();
+        assert!(
+            reason.contains(expected_reason),
+            "{reason:?} should mention {expected_reason:?}"
+        );
+        assert_eq!(
+            headers
+                .get(HEADER_ORIGINAL_SUBJECT)
+                .expect("subject")
+                .as_str(),
+            subject
+        );
         assert_eq!(&letter.payload[..], &payload[..], "original bytes are kept");
-        assert!(headers.get(subjects::HEADER_ORIGINAL_MSG_ID).is_some(), "original headers are kept");
+        assert!(
+            headers.get(subjects::HEADER_ORIGINAL_MSG_ID).is_some(),
+            "original headers are kept"
+        );
     }
     assert_eq!(world.ledger(sku).await.len(), cases.len());
     worker.shutdown().await;
@@ -53,12 +107,19 @@ async fn an_event_id_reused_for_a_different_change_is_a_conflict() {
     let world = World::start().await;
     let worker = world.stock_worker();
     world.publish(&event("dup", "LAMP", "a", received(5))).await;
-    world.publish(&event("dup", "LAMP", "a", received(50))).await;
+    world
+        .publish(&event("dup", "LAMP", "a", received(50)))
+        .await;
     world.wait_stock_idle().await;
     assert_eq!(world.on_hand_reserved("LAMP", "a").await, (5, 0));
-    let letters = stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
     assert_eq!(letters.len(), 1);
-    let reason = letters[0].headers.as_ref().and_then(|h| h.get(HEADER_DEAD_LETTER_REASON)).expect("reason");
+    let reason = letters[0]
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_DEAD_LETTER_REASON))
+        .expect("reason");
     assert!(reason.as_str().contains("different change"), "{reason:?}");
     worker.shutdown().await;
 }

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use stockflow_proto::v1::AlertKind;
-use stockflow_shared::{keys::Keys, outcome::Verdict};
 use stock_worker::{
     fact::{Fact, Op},
     Applied,
 };
+use stockflow_proto::v1::AlertKind;
+use stockflow_shared::{keys::Keys, outcome::Verdict};
 
 use stockflow_tests::{NatsServer, RedisServer};
 
@@ -28,13 +28,37 @@ fn op() -> impl Strategy<Value = (Op, usize)> {
         (1..20i64, loc.clone()).prop_map(|(q, l)| (Op::Received(q), l)),
         (1..20i64, loc.clone()).prop_map(|(q, l)| (Op::Sold(q), l)),
         (1..5i64, loc.clone()).prop_map(|(q, l)| (Op::Returned(q), l)),
-        (-10..10i64, loc.clone()).prop_filter("non-zero", |(d, _)| *d != 0).prop_map(|(d, l)| (Op::Adjusted(d), l)),
-        (0..30i64, prop::option::of(0..30i64), loc.clone())
-            .prop_map(|(oh, expected, l)| (Op::Counted { on_hand: oh, expected }, l)),
-        (1..10i64, loc.clone()).prop_map(|(q, l)| (Op::Transferred { to: LOCATIONS[1 - l].into(), quantity: q }, l)),
-        (prop::option::of(-1..15i64), prop::option::of(-1..5i64), 0..=LOCATIONS.len())
+        (-10..10i64, loc.clone())
+            .prop_filter("non-zero", |(d, _)| *d != 0)
+            .prop_map(|(d, l)| (Op::Adjusted(d), l)),
+        (0..30i64, prop::option::of(0..30i64), loc.clone()).prop_map(|(oh, expected, l)| (
+            Op::Counted {
+                on_hand: oh,
+                expected
+            },
+            l
+        )),
+        (1..10i64, loc.clone()).prop_map(|(q, l)| (
+            Op::Transferred {
+                to: LOCATIONS[1 - l].into(),
+                quantity: q
+            },
+            l
+        )),
+        (
+            prop::option::of(-1..15i64),
+            prop::option::of(-1..5i64),
+            0..=LOCATIONS.len()
+        )
             .prop_filter("sets something", |(t, s, _)| t.is_some() || s.is_some())
-            .prop_map(|(t, s, l)| (Op::PolicySet { threshold: t, safety_stock: s, location_priority: String::new() }, l)),
+            .prop_map(|(t, s, l)| (
+                Op::PolicySet {
+                    threshold: t,
+                    safety_stock: s,
+                    location_priority: String::new()
+                },
+                l
+            )),
     ]
 }
 
@@ -89,9 +113,20 @@ impl Model {
                 *self.on_hand.entry(to.clone()).or_default() += quantity;
                 touched.push(to.clone());
             }
-            Op::PolicySet { threshold, safety_stock, .. } => {
-                let key = if loc.is_empty() { String::new() } else { format!(":{loc}") };
-                for (map, value) in [(&mut self.threshold, threshold), (&mut self.safety, safety_stock)] {
+            Op::PolicySet {
+                threshold,
+                safety_stock,
+                ..
+            } => {
+                let key = if loc.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{loc}")
+                };
+                for (map, value) in [
+                    (&mut self.threshold, threshold),
+                    (&mut self.safety, safety_stock),
+                ] {
                     match value {
                         Some(v) if *v < 0 => {
                             map.remove(&key);
@@ -102,7 +137,11 @@ impl Model {
                         None => {}
                     }
                 }
-                touched = if loc.is_empty() { known } else { vec![loc.into()] };
+                touched = if loc.is_empty() {
+                    known
+                } else {
+                    vec![loc.into()]
+                };
                 if touched.is_empty() {
                     return Some(vec![(String::new(), 0, vec![])]);
                 }
@@ -147,10 +186,19 @@ fn apply_stock_agrees_with_an_in_memory_model() {
             .await
             .expect("redis");
         let client = async_nats::connect(nats.url()).await.expect("nats");
-        stock_worker::StockHandler::with(conn, async_nats::jetstream::new(client), Keys::new("sf"), 3600)
+        stock_worker::StockHandler::with(
+            conn,
+            async_nats::jetstream::new(client),
+            Keys::new("sf"),
+            3600,
+        )
     });
     let case = std::sync::atomic::AtomicU32::new(0);
-    let config = ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(steps in prop::collection::vec(step(), 1..40))| {
         let sku = format!("PROP-{}", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let mut model = Model::default();

@@ -8,9 +8,18 @@ use stockflow_proto::v1::{
 use crate::world::*;
 
 fn decisions(results: &[stockflow_proto::v1::OrderResult]) -> (usize, usize, usize) {
-    let confirmed = results.iter().filter(|r| matches!(r.result, Some(Decision::Confirmed(_)))).count();
-    let rejected = results.iter().filter(|r| matches!(r.result, Some(Decision::Rejected(_)))).count();
-    let released = results.iter().filter(|r| matches!(r.result, Some(Decision::Released(_)))).count();
+    let confirmed = results
+        .iter()
+        .filter(|r| matches!(r.result, Some(Decision::Confirmed(_))))
+        .count();
+    let rejected = results
+        .iter()
+        .filter(|r| matches!(r.result, Some(Decision::Rejected(_))))
+        .count();
+    let released = results
+        .iter()
+        .filter(|r| matches!(r.result, Some(Decision::Released(_))))
+        .count();
     (confirmed, rejected, released)
 }
 
@@ -18,11 +27,23 @@ fn decisions(results: &[stockflow_proto::v1::OrderResult]) -> (usize, usize, usi
 async fn flash_sale_never_oversells_with_three_workers() {
     let world = World::start().await;
     let stock = world.stock_worker();
-    world.publish(&event("stock", "DROP-1", "wh", received(1000))).await;
+    world
+        .publish(&event("stock", "DROP-1", "wh", received(1000)))
+        .await;
     world.wait_on_hand("DROP-1", "wh", 1000).await;
-    let workers = [world.order_worker(), world.order_worker(), world.order_worker()];
+    let workers = [
+        world.order_worker(),
+        world.order_worker(),
+        world.order_worker(),
+    ];
     let orders: Vec<_> = (0..5000)
-        .map(|i| order(&format!("p{i}"), &format!("o{i}"), placed(&[("1", "DROP-1", 1, "")], 0)))
+        .map(|i| {
+            order(
+                &format!("p{i}"),
+                &format!("o{i}"),
+                placed(&[("1", "DROP-1", 1, "")], 0),
+            )
+        })
         .collect();
     for chunk in orders.chunks(500) {
         futures::future::join_all(chunk.iter().map(|o| world.publish_order(o))).await;
@@ -34,7 +55,9 @@ async fn flash_sale_never_oversells_with_three_workers() {
     let ledger = world.ledger("DROP-1").await;
     assert_eq!(ledger.iter().filter(|e| e.kind == "reserved").count(), 1000);
     assert!(
-        ledger.iter().all(|e| e.after.expect("after").available >= 0),
+        ledger
+            .iter()
+            .all(|e| e.after.expect("after").available >= 0),
         "a reservation made available negative"
     );
     for worker in workers {
@@ -51,16 +74,40 @@ async fn a_short_line_rejects_the_whole_order_and_leaves_nothing_reserved() {
     world.publish(&event("b", "INK", "wh", received(1))).await;
     world.wait_on_hand("INK", "wh", 1).await;
     let orders = world.order_worker();
-    world.publish_order(&order("p1", "multi", placed(&[("1", "PEN", 4, ""), ("2", "INK", 2, "")], 0))).await;
+    world
+        .publish_order(&order(
+            "p1",
+            "multi",
+            placed(&[("1", "PEN", 4, ""), ("2", "INK", 2, "")], 0),
+        ))
+        .await;
     world.wait_orders_idle().await;
-    assert_eq!(world.on_hand_reserved("PEN", "wh").await, (10, 0), "compensated");
+    assert_eq!(
+        world.on_hand_reserved("PEN", "wh").await,
+        (10, 0),
+        "compensated"
+    );
     assert_eq!(world.on_hand_reserved("INK", "wh").await, (1, 0));
     let results = world.order_results().await;
-    let Some(Decision::Rejected(rejected)) = &results[0].result else { panic!("{results:?}") };
+    let Some(Decision::Rejected(rejected)) = &results[0].result else {
+        panic!("{results:?}")
+    };
     assert_eq!(rejected.short_lines.len(), 1);
-    assert_eq!((rejected.short_lines[0].sku.as_str(), rejected.short_lines[0].requested, rejected.short_lines[0].available), ("INK", 2, 1));
+    assert_eq!(
+        (
+            rejected.short_lines[0].sku.as_str(),
+            rejected.short_lines[0].requested,
+            rejected.short_lines[0].available
+        ),
+        ("INK", 2, 1)
+    );
     // The ledger shows the reservation taken and given back.
-    let kinds: Vec<String> = world.ledger("PEN").await.into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = world
+        .ledger("PEN")
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, ["received", "reserved", "released"]);
     orders.shutdown().await;
     stock.shutdown().await;
@@ -77,11 +124,14 @@ async fn duplicates_change_nothing_and_a_conflicting_placement_is_dead_lettered(
     for _ in 0..3 {
         world.publish_order(&place).await;
     }
-    world.publish_order(&order("p1b", "o1", placed(&[("1", "BOOK", 9, "")], 0))).await;
+    world
+        .publish_order(&order("p1b", "o1", placed(&[("1", "BOOK", 9, "")], 0)))
+        .await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("BOOK", "wh").await, (10, 3));
     assert_eq!(decisions(&world.order_results().await), (1, 0, 0));
-    let letters = stockflow_tests::read_stream(&world.js, "DEAD_LETTERS", "deadletter.ORDER_EVENTS").await;
+    let letters =
+        stockflow_tests::read_stream(&world.js, "DEAD_LETTERS", "deadletter.ORDER_EVENTS").await;
     assert_eq!(letters.len(), 1);
     orders.shutdown().await;
     stock.shutdown().await;
@@ -94,8 +144,12 @@ async fn a_cancel_before_the_placement_leaves_nothing_reserved() {
     world.publish(&event("a", "CUP", "wh", received(5))).await;
     world.wait_on_hand("CUP", "wh", 5).await;
     // Published in the wrong order, processed by two replicas.
-    world.publish_order(&order("c1", "late", Command::Cancelled(OrderCancelled {}))).await;
-    world.publish_order(&order("p1", "late", placed(&[("1", "CUP", 2, "")], 0))).await;
+    world
+        .publish_order(&order("c1", "late", Command::Cancelled(OrderCancelled {})))
+        .await;
+    world
+        .publish_order(&order("p1", "late", placed(&[("1", "CUP", 2, "")], 0)))
+        .await;
     let orders = [world.order_worker(), world.order_worker()];
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("CUP", "wh").await, (5, 0));
@@ -114,9 +168,21 @@ async fn partial_fulfilment_ships_then_the_last_shipment_releases_the_rest() {
     world.publish(&event("a", "SOCK", "wh", received(20))).await;
     world.wait_on_hand("SOCK", "wh", 20).await;
     let orders = world.order_worker();
-    world.publish_order(&order("p", "f1", placed(&[("1", "SOCK", 5, "wh")], 0))).await;
+    world
+        .publish_order(&order("p", "f1", placed(&[("1", "SOCK", 5, "wh")], 0)))
+        .await;
     let ship = |id: &str, q: i64, last: bool| {
-        order(id, "f1", Command::Fulfilled(OrderFulfilled { lines: vec![FulfilledLine { line_id: "1".into(), quantity: q }], last_shipment: last }))
+        order(
+            id,
+            "f1",
+            Command::Fulfilled(OrderFulfilled {
+                lines: vec![FulfilledLine {
+                    line_id: "1".into(),
+                    quantity: q,
+                }],
+                last_shipment: last,
+            }),
+        )
     };
     world.publish_order(&ship("s1", 2, false)).await;
     world.publish_order(&ship("s1", 2, false)).await; // a duplicate ships nothing more
@@ -124,7 +190,11 @@ async fn partial_fulfilment_ships_then_the_last_shipment_releases_the_rest() {
     assert_eq!(world.on_hand_reserved("SOCK", "wh").await, (18, 3));
     world.publish_order(&ship("s2", 1, true)).await;
     world.wait_orders_idle().await;
-    assert_eq!(world.on_hand_reserved("SOCK", "wh").await, (17, 0), "remainder released");
+    assert_eq!(
+        world.on_hand_reserved("SOCK", "wh").await,
+        (17, 0),
+        "remainder released"
+    );
     let results = world.order_results().await;
     assert!(matches!(results.last().and_then(|r| r.result.clone()),
         Some(Decision::Released(r)) if r.reason == ReleaseReason::FulfilledRemainder as i32));
@@ -136,23 +206,49 @@ async fn partial_fulfilment_ships_then_the_last_shipment_releases_the_rest() {
 async fn an_uncommitted_hold_expires_once_and_a_committed_one_does_not() {
     let world = World::start().await;
     let stock = world.stock_worker();
-    world.publish(&event("a", "SEAT", "venue", received(10))).await;
+    world
+        .publish(&event("a", "SEAT", "venue", received(10)))
+        .await;
     world.wait_on_hand("SEAT", "venue", 10).await;
     let orders = [world.order_worker(), world.order_worker()];
-    world.publish_order(&order("p1", "abandoned", placed(&[("1", "SEAT", 2, "")], 1))).await;
-    world.publish_order(&order("p2", "paid", placed(&[("1", "SEAT", 3, "")], 1))).await;
-    world.publish_order(&order("c2", "paid", Command::Committed(OrderCommitted {}))).await;
+    world
+        .publish_order(&order(
+            "p1",
+            "abandoned",
+            placed(&[("1", "SEAT", 2, "")], 1),
+        ))
+        .await;
+    world
+        .publish_order(&order("p2", "paid", placed(&[("1", "SEAT", 3, "")], 1)))
+        .await;
+    world
+        .publish_order(&order("c2", "paid", Command::Committed(OrderCommitted {})))
+        .await;
     // A short hold: wait for its release, not for time.
     stockflow_tests::eventually("hold released", stockflow_tests::DEADLINE, || async {
         let results = world.order_results().await;
-        results.iter().any(|r| r.order_id == "abandoned" && matches!(&r.result,
-            Some(Decision::Released(x)) if x.reason == ReleaseReason::Expired as i32)).then_some(())
+        results
+            .iter()
+            .any(|r| {
+                r.order_id == "abandoned"
+                    && matches!(&r.result,
+            Some(Decision::Released(x)) if x.reason == ReleaseReason::Expired as i32)
+            })
+            .then_some(())
     })
     .await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("SEAT", "venue").await, (10, 3));
-    let released = world.order_results().await.into_iter().filter(|r| matches!(r.result, Some(Decision::Released(_)))).count();
-    assert_eq!(released, 1, "expired exactly once, the committed order kept its seats");
+    let released = world
+        .order_results()
+        .await
+        .into_iter()
+        .filter(|r| matches!(r.result, Some(Decision::Released(_))))
+        .count();
+    assert_eq!(
+        released, 1,
+        "expired exactly once, the committed order kept its seats"
+    );
     for o in orders {
         o.shutdown().await;
     }
@@ -164,17 +260,33 @@ async fn order_workers_killed_mid_saga_finish_or_compensate() {
     let world = World::start().await;
     let stock = world.stock_worker();
     for (i, sku) in ["A", "B", "C"].iter().enumerate() {
-        world.publish(&event(&format!("r{i}"), sku, "wh", received(300))).await;
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(300)))
+            .await;
     }
     world.wait_on_hand("C", "wh", 300).await;
     let n: usize = 600;
     let orders: Vec<_> = (0..n)
-        .map(|i| order(&format!("p{i}"), &format!("m{i}"), placed(&[("1", "A", 1, ""), ("2", "B", 1, ""), ("3", "C", 1 + (i % 2) as i64, "")], 0)))
+        .map(|i| {
+            order(
+                &format!("p{i}"),
+                &format!("m{i}"),
+                placed(
+                    &[
+                        ("1", "A", 1, ""),
+                        ("2", "B", 1, ""),
+                        ("3", "C", 1 + (i % 2) as i64, ""),
+                    ],
+                    0,
+                ),
+            )
+        })
         .collect();
     futures::future::join_all(orders.iter().map(|o| world.publish_order(o))).await;
     for target in [60, 200] {
         let mut child = world.order_worker_process();
-        stockflow_tests::wait_for_count(&world.js, "ORDER_RESULTS", "orders.results.>", target).await;
+        stockflow_tests::wait_for_count(&world.js, "ORDER_RESULTS", "orders.results.>", target)
+            .await;
         child.kill();
     }
     let _last = world.order_worker_process();
@@ -188,7 +300,10 @@ async fn order_workers_killed_mid_saga_finish_or_compensate() {
     assert_eq!((a, b), (confirmed as i64, confirmed as i64));
     let c_expected: i64 = results
         .iter()
-        .filter_map(|r| match &r.result { Some(Decision::Confirmed(c)) => Some(c.lines[2].quantity), _ => None })
+        .filter_map(|r| match &r.result {
+            Some(Decision::Confirmed(c)) => Some(c.lines[2].quantity),
+            _ => None,
+        })
         .sum();
     assert_eq!(world.on_hand_reserved("C", "wh").await.1, c_expected);
     stock.shutdown().await;
@@ -198,8 +313,19 @@ async fn order_workers_killed_mid_saga_finish_or_compensate() {
 async fn lines_without_a_location_follow_the_sku_priority_then_the_global_one() {
     let world = World::start().await;
     let stock = world.stock_worker();
-    for (i, (sku, loc, q)) in [("TV", "wh-a", 5), ("TV", "wh-b", 5), ("TV", "store", 5), ("RADIO", "wh-a", 5), ("RADIO", "wh-b", 5)].iter().enumerate() {
-        world.publish(&event(&format!("r{i}"), sku, loc, received(*q))).await;
+    for (i, (sku, loc, q)) in [
+        ("TV", "wh-a", 5),
+        ("TV", "wh-b", 5),
+        ("TV", "store", 5),
+        ("RADIO", "wh-a", 5),
+        ("RADIO", "wh-b", 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        world
+            .publish(&event(&format!("r{i}"), sku, loc, received(*q)))
+            .await;
     }
     let mut prio = event("prio", "TV", "", policy(None, None));
     if let Some(stockflow_proto::v1::stock_event::Change::PolicySet(p)) = prio.change.as_mut() {
@@ -207,19 +333,34 @@ async fn lines_without_a_location_follow_the_sku_priority_then_the_global_one() 
     }
     world.publish(&prio).await;
     world.wait_stock_idle().await;
-    let settings = order_worker::Settings::from_env(&world.env(&[("STOCKFLOW_LOCATION_PRIORITY", "wh-b,wh-a")])).expect("settings");
+    let settings = order_worker::Settings::from_env(
+        &world.env(&[("STOCKFLOW_LOCATION_PRIORITY", "wh-b,wh-a")]),
+    )
+    .expect("settings");
     let stop = tokio_util::sync::CancellationToken::new();
     let signal = stop.clone();
-    let task = tokio::spawn(order_worker::run(settings, async move { signal.cancelled().await }));
+    let task = tokio::spawn(order_worker::run(settings, async move {
+        signal.cancelled().await
+    }));
     // TV: its own priority (store first); RADIO: the global one (wh-b first); a line that no
     // single location covers whole is short even though the SKU has enough in total.
-    world.publish_order(&order("p1", "tv", placed(&[("1", "TV", 4, "")], 0))).await;
-    world.publish_order(&order("p2", "radio", placed(&[("1", "RADIO", 4, "")], 0))).await;
-    world.publish_order(&order("p3", "big", placed(&[("1", "RADIO", 6, "")], 0))).await;
+    world
+        .publish_order(&order("p1", "tv", placed(&[("1", "TV", 4, "")], 0)))
+        .await;
+    world
+        .publish_order(&order("p2", "radio", placed(&[("1", "RADIO", 4, "")], 0)))
+        .await;
+    world
+        .publish_order(&order("p3", "big", placed(&[("1", "RADIO", 6, "")], 0)))
+        .await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("TV", "store").await.1, 4);
     assert_eq!(world.on_hand_reserved("RADIO", "wh-b").await.1, 4);
-    assert_eq!(world.on_hand_reserved("RADIO", "wh-a").await.1, 0, "no split shipments");
+    assert_eq!(
+        world.on_hand_reserved("RADIO", "wh-a").await.1,
+        0,
+        "no split shipments"
+    );
     stop.cancel();
     task.await.expect("join").expect("clean stop");
     stock.shutdown().await;
@@ -232,16 +373,31 @@ async fn cancelling_a_confirmed_order_releases_its_reservations_once() {
     world.publish(&event("a", "LAMP", "wh", received(6))).await;
     world.wait_on_hand("LAMP", "wh", 6).await;
     let orders = world.order_worker();
-    world.publish_order(&order("p", "keep-then-cancel", placed(&[("1", "LAMP", 4, "")], 0))).await;
+    world
+        .publish_order(&order(
+            "p",
+            "keep-then-cancel",
+            placed(&[("1", "LAMP", 4, "")], 0),
+        ))
+        .await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("LAMP", "wh").await, (6, 4));
-    let cancel = order("c", "keep-then-cancel", Command::Cancelled(OrderCancelled {}));
+    let cancel = order(
+        "c",
+        "keep-then-cancel",
+        Command::Cancelled(OrderCancelled {}),
+    );
     world.publish_order(&cancel).await;
     world.publish_order(&cancel).await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("LAMP", "wh").await, (6, 0));
     assert_eq!(decisions(&world.order_results().await), (1, 0, 1));
-    let kinds: Vec<String> = world.ledger("LAMP").await.into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = world
+        .ledger("LAMP")
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, ["received", "reserved", "released"]);
     orders.shutdown().await;
     stock.shutdown().await;

@@ -9,26 +9,44 @@ async fn every_fact_type_changes_levels_and_writes_one_ledger_entry_each() {
     let world = World::start().await;
     let worker = world.stock_worker();
     let sku = "TSHIRT-RED-M";
-    world.publish(&event("e1", sku, "store-1", received(10))).await;
+    world
+        .publish(&event("e1", sku, "store-1", received(10)))
+        .await;
     world.wait_on_hand(sku, "store-1", 10).await;
     world.publish(&event("e2", sku, "store-1", sold(3))).await;
     world.wait_on_hand(sku, "store-1", 7).await;
-    world.publish(&event("e3", sku, "store-1", returned(1))).await;
+    world
+        .publish(&event("e3", sku, "store-1", returned(1)))
+        .await;
     world.wait_on_hand(sku, "store-1", 8).await;
-    world.publish(&event("e4", sku, "store-1", adjusted(-2))).await;
+    world
+        .publish(&event("e4", sku, "store-1", adjusted(-2)))
+        .await;
     world.wait_on_hand(sku, "store-1", 6).await;
-    world.publish(&event("e5", sku, "store-1", counted(9, None))).await;
+    world
+        .publish(&event("e5", sku, "store-1", counted(9, None)))
+        .await;
     world.wait_on_hand(sku, "store-1", 9).await;
-    world.publish(&event("e6", sku, "store-1", transferred("wh-east", 4))).await;
+    world
+        .publish(&event("e6", sku, "store-1", transferred("wh-east", 4)))
+        .await;
     world.wait_on_hand(sku, "wh-east", 4).await;
-    world.publish(&event("e7", sku, "store-1", policy(Some(2), Some(1)))).await;
+    world
+        .publish(&event("e7", sku, "store-1", policy(Some(2), Some(1))))
+        .await;
     world.wait_stock_idle().await;
 
     assert_eq!(world.on_hand_reserved(sku, "store-1").await, (5, 0));
     let ledger = world.ledger(sku).await;
     let kinds: Vec<(&str, &str, &str)> = ledger
         .iter()
-        .map(|e| (e.cause_event_id.as_str(), e.kind.as_str(), e.location.as_str()))
+        .map(|e| {
+            (
+                e.cause_event_id.as_str(),
+                e.kind.as_str(),
+                e.location.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
@@ -51,7 +69,11 @@ async fn every_fact_type_changes_levels_and_writes_one_ledger_entry_each() {
     assert_eq!(ledger[1].reference, "urn:test:e2");
     assert_eq!(ledger[4].reason, Reason::CycleCount as i32);
     assert_eq!(ledger[7].before, Some(levels(5, 0, 0)));
-    assert_eq!(ledger[7].after, Some(levels(5, 0, 1)), "safety stock lowers available");
+    assert_eq!(
+        ledger[7].after,
+        Some(levels(5, 0, 1)),
+        "safety stock lowers available"
+    );
     worker.shutdown().await;
 }
 
@@ -76,12 +98,16 @@ async fn alerts_fire_once_per_crossing_under_concurrent_sales() {
     let world = World::start().await;
     let worker = world.stock_worker_with(&[("STOCKFLOW_MAX_IN_FLIGHT", "64")]);
     let sku = "HOT-SKU";
-    world.publish(&event("p", sku, "", policy(Some(10), None))).await;
+    world
+        .publish(&event("p", sku, "", policy(Some(10), None)))
+        .await;
     world.publish(&event("r", sku, "web", received(100))).await;
     world.wait_on_hand(sku, "web", 100).await;
     // 120 single-unit sales at once: crosses low-stock once, out-of-stock once, and goes
     // negative once; sales are never refused because the goods really left.
-    let sales: Vec<_> = (0..120).map(|i| event(&format!("s{i}"), sku, "web", sold(1))).collect();
+    let sales: Vec<_> = (0..120)
+        .map(|i| event(&format!("s{i}"), sku, "web", sold(1)))
+        .collect();
     futures::future::join_all(sales.iter().map(|e| world.publish(e))).await;
     world.wait_on_hand(sku, "web", -20).await;
     world.publish(&event("r2", sku, "web", received(50))).await;
@@ -100,7 +126,10 @@ async fn alerts_fire_once_per_crossing_under_concurrent_sales() {
         .map(|a| a.cause_event_id.as_str())
         .collect();
     assert_eq!(back, ["r", "r2"]);
-    let low = alerts.iter().find(|a| a.kind == AlertKind::LowStock as i32).expect("low");
+    let low = alerts
+        .iter()
+        .find(|a| a.kind == AlertKind::LowStock as i32)
+        .expect("low");
     assert_eq!(low.threshold, 10);
     assert_eq!(low.levels.expect("levels").available, 10);
     assert_eq!(world.ledger(sku).await.len(), 1 + 1 + 120 + 1);
@@ -111,15 +140,26 @@ async fn alerts_fire_once_per_crossing_under_concurrent_sales() {
 async fn a_sale_below_zero_is_applied_and_raises_negative_stock() {
     let world = World::start().await;
     let worker = world.stock_worker();
-    world.publish(&event("r", "CABLE", "store-3", received(1))).await;
-    world.publish(&event("s", "CABLE", "store-3", sold(3))).await;
+    world
+        .publish(&event("r", "CABLE", "store-3", received(1)))
+        .await;
+    world
+        .publish(&event("s", "CABLE", "store-3", sold(3)))
+        .await;
     world.wait_on_hand("CABLE", "store-3", -2).await;
     world.wait_stock_idle().await;
     let alerts = world.alerts("CABLE").await;
     let kinds: Vec<i32> = alerts.iter().map(|a| a.kind).collect();
-    assert!(kinds.contains(&(AlertKind::NegativeStock as i32)), "{kinds:?}");
+    assert!(
+        kinds.contains(&(AlertKind::NegativeStock as i32)),
+        "{kinds:?}"
+    );
     let last = world.ledger("CABLE").await.pop().expect("entry");
-    assert_eq!(last.after, Some(levels(-2, 0, 0)), "available shows the deficit, signed");
+    assert_eq!(
+        last.after,
+        Some(levels(-2, 0, 0)),
+        "available shows the deficit, signed"
+    );
     worker.shutdown().await;
 }
 
@@ -132,8 +172,12 @@ async fn a_count_with_a_stale_expectation_changes_nothing_and_says_so() {
     world.publish(&event("s", sku, "wh", sold(2))).await;
     world.wait_on_hand(sku, "wh", 8).await;
     // The counter started when on_hand was 10; a sale happened meanwhile.
-    world.publish(&event("c-stale", sku, "wh", counted(7, Some(10)))).await;
-    world.publish(&event("c-fresh", sku, "wh", counted(7, Some(8)))).await;
+    world
+        .publish(&event("c-stale", sku, "wh", counted(7, Some(10))))
+        .await;
+    world
+        .publish(&event("c-fresh", sku, "wh", counted(7, Some(8))))
+        .await;
     world.wait_on_hand(sku, "wh", 7).await;
     world.wait_stock_idle().await;
     let outcomes = stockflow_tests::read_stream(
@@ -149,8 +193,16 @@ async fn a_count_with_a_stale_expectation_changes_nothing_and_says_so() {
     .expect("rejection");
     assert_eq!(rejected.event_id, "c-stale");
     assert_eq!(rejected.location, "wh");
-    assert_eq!((rejected.expected_on_hand, rejected.actual_on_hand), (10, 8));
-    let causes: Vec<String> = world.ledger(sku).await.into_iter().map(|e| e.cause_event_id).collect();
+    assert_eq!(
+        (rejected.expected_on_hand, rejected.actual_on_hand),
+        (10, 8)
+    );
+    let causes: Vec<String> = world
+        .ledger(sku)
+        .await
+        .into_iter()
+        .map(|e| e.cause_event_id)
+        .collect();
     assert_eq!(causes, ["r", "s", "c-fresh"]);
     worker.shutdown().await;
 }
@@ -160,7 +212,9 @@ async fn skus_that_are_not_subject_tokens_round_trip() {
     let world = World::start().await;
     let worker = world.stock_worker();
     let sku = "Café crème 250g.v2 *promo*";
-    world.publish(&event("r", sku, "store-1", received(4))).await;
+    world
+        .publish(&event("r", sku, "store-1", received(4)))
+        .await;
     world.wait_on_hand(sku, "store-1", 4).await;
     world.wait_stock_idle().await;
     let ledger = world.ledger(sku).await;
@@ -190,31 +244,47 @@ async fn health_and_metrics_are_served() {
         Some(body)
     };
     stockflow_tests::eventually("ready", stockflow_tests::DEADLINE, || async {
-        get("/readyz").await.filter(|r| r.starts_with("HTTP/1.1 200"))
+        get("/readyz")
+            .await
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
     })
     .await;
-    world.publish(&event("m1", "METRIC", "a", received(1))).await;
+    world
+        .publish(&event("m1", "METRIC", "a", received(1)))
+        .await;
     world.wait_on_hand("METRIC", "a", 1).await;
     let metrics = stockflow_tests::eventually("metrics", stockflow_tests::DEADLINE, || async {
-        get("/metrics").await.filter(|m| m.contains("stockflow_event_latency_seconds_bucket"))
+        get("/metrics")
+            .await
+            .filter(|m| m.contains("stockflow_event_latency_seconds_bucket"))
     })
     .await;
     assert!(metrics.contains("stockflow_events_total{"), "{metrics}");
     assert!(metrics.contains("outcome=\"applied\""), "{metrics}");
-    assert!(metrics.contains("stockflow_redis_script_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("stockflow_redis_script_seconds_bucket"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("METRIC"), "no SKU in labels");
-    assert!(get("/healthz").await.expect("healthz").starts_with("HTTP/1.1 200"));
+    assert!(get("/healthz")
+        .await
+        .expect("healthz")
+        .starts_with("HTTP/1.1 200"));
 
     // Redis gone: not ready; back: ready again, by itself.
     let mut world = world;
     world.redis.stop();
     stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
-        get("/readyz").await.filter(|r| r.starts_with("HTTP/1.1 503") && r.contains("redis"))
+        get("/readyz")
+            .await
+            .filter(|r| r.starts_with("HTTP/1.1 503") && r.contains("redis"))
     })
     .await;
     world.redis.resume();
     stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, || async {
-        get("/readyz").await.filter(|r| r.starts_with("HTTP/1.1 200"))
+        get("/readyz")
+            .await
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
     })
     .await;
     shutdown.cancel();

@@ -1,6 +1,5 @@
 //! One test's world: its own servers, clients, and the workers it starts.
 
-
 use async_nats::{jetstream, HeaderMap};
 use prost::Message as _;
 use redis::AsyncCommands as _;
@@ -68,7 +67,11 @@ impl World {
             ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS".into(), "10".into()),
             ("STOCKFLOW_LOG".into(), "warn".into()),
         ];
-        pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        pairs.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let map: std::collections::HashMap<String, String> = pairs.into_iter().collect();
         Env::from_fn(move |name| map.get(name).cloned())
     }
@@ -89,8 +92,9 @@ impl World {
     }
 
     pub(crate) fn order_worker(&self) -> RunningWorker {
-        let settings = order_worker::Settings::from_env(&self.env(&[("STOCKFLOW_HOLD_POLL_MILLIS", "20")]))
-            .expect("settings");
+        let settings =
+            order_worker::Settings::from_env(&self.env(&[("STOCKFLOW_HOLD_POLL_MILLIS", "20")]))
+                .expect("settings");
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(order_worker::run(settings, async move {
@@ -114,7 +118,11 @@ impl World {
 
     /// Publishes an order command with a fresh `Nats-Msg-Id`.
     pub(crate) async fn publish_order(&self, event: &stockflow_proto::v1::OrderEvent) {
-        self.publish_raw(&subjects::order_event(&event.order_id), event.encode_to_vec()).await;
+        self.publish_raw(
+            &subjects::order_event(&event.order_id),
+            event.encode_to_vec(),
+        )
+        .await;
     }
 
     pub(crate) async fn wait_orders_idle(&self) {
@@ -126,19 +134,23 @@ impl World {
         stockflow_tests::read_stream(&self.js, subjects::ORDER_RESULTS, "orders.results.>")
             .await
             .iter()
-            .map(|m| stockflow_proto::v1::OrderResult::decode(m.payload.clone()).expect("order result"))
+            .map(|m| {
+                stockflow_proto::v1::OrderResult::decode(m.payload.clone()).expect("order result")
+            })
             .collect()
     }
 
     /// The stock-worker binary as a child process (for kill -9).
     pub(crate) fn stock_worker_process(&self) -> stockflow_tests::KillOnDrop {
-        stockflow_tests::KillOnDrop(std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
-            .env("STOCKFLOW_NATS_URL", self.nats.url())
-            .env("STOCKFLOW_REDIS_URL", self.redis.url())
-            .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
-            .env("STOCKFLOW_LOG", "warn")
-            .spawn()
-            .expect("spawn stock-worker"))
+        stockflow_tests::KillOnDrop(
+            std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
+                .env("STOCKFLOW_NATS_URL", self.nats.url())
+                .env("STOCKFLOW_REDIS_URL", self.redis.url())
+                .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+                .env("STOCKFLOW_LOG", "warn")
+                .spawn()
+                .expect("spawn stock-worker"),
+        )
     }
 
     /// Publishes `event` on its SKU's subject with a fresh `Nats-Msg-Id`; waits for the PubAck.
@@ -183,7 +195,10 @@ impl World {
     pub(crate) async fn on_hand_reserved(&self, sku: &str, location: &str) -> (i64, i64) {
         let mut conn = self.redis.connection().await;
         let (oh, rs): (Option<i64>, Option<i64>) = conn
-            .hmget(self.keys.stock(sku), &[format!("oh:{location}"), format!("rs:{location}")])
+            .hmget(
+                self.keys.stock(sku),
+                &[format!("oh:{location}"), format!("rs:{location}")],
+            )
             .await
             .expect("hget");
         (oh.unwrap_or(0), rs.unwrap_or(0))
@@ -191,27 +206,39 @@ impl World {
 
     /// Waits until `sku` at `location` has `on_hand`.
     pub(crate) async fn wait_on_hand(&self, sku: &str, location: &str, on_hand: i64) {
-        eventually(&format!("{sku}@{location} on_hand {on_hand}"), DEADLINE, || async {
-            (self.on_hand_reserved(sku, location).await.0 == on_hand).then_some(())
-        })
+        eventually(
+            &format!("{sku}@{location} on_hand {on_hand}"),
+            DEADLINE,
+            || async { (self.on_hand_reserved(sku, location).await.0 == on_hand).then_some(()) },
+        )
         .await;
     }
 
     /// Ledger entries of `sku`, in order.
     pub(crate) async fn ledger(&self, sku: &str) -> Vec<stockflow_proto::v1::StockChanged> {
-        stockflow_tests::read_stream(&self.js, subjects::STOCK_CHANGES, &subjects::stock_changed(sku))
-            .await
-            .iter()
-            .map(|m| stockflow_proto::v1::StockChanged::decode(m.payload.clone()).expect("ledger entry"))
-            .collect()
+        stockflow_tests::read_stream(
+            &self.js,
+            subjects::STOCK_CHANGES,
+            &subjects::stock_changed(sku),
+        )
+        .await
+        .iter()
+        .map(|m| {
+            stockflow_proto::v1::StockChanged::decode(m.payload.clone()).expect("ledger entry")
+        })
+        .collect()
     }
 
     pub(crate) async fn alerts(&self, sku: &str) -> Vec<stockflow_proto::v1::StockAlert> {
-        stockflow_tests::read_stream(&self.js, subjects::ALERTS, &format!("alerts.*.{}", subjects::encode_token(sku)))
-            .await
-            .iter()
-            .map(|m| stockflow_proto::v1::StockAlert::decode(m.payload.clone()).expect("alert"))
-            .collect()
+        stockflow_tests::read_stream(
+            &self.js,
+            subjects::ALERTS,
+            &format!("alerts.*.{}", subjects::encode_token(sku)),
+        )
+        .await
+        .iter()
+        .map(|m| stockflow_proto::v1::StockAlert::decode(m.payload.clone()).expect("alert"))
+        .collect()
     }
 }
 
@@ -223,7 +250,11 @@ pub(crate) fn uuid_like() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{nanos:x}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{nanos:x}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A stock event with an envelope.
@@ -283,24 +314,37 @@ pub(crate) fn levels(on_hand: i64, reserved: i64, safety_stock: i64) -> Levels {
     }
 }
 
-pub(crate) fn order(id: &str, order_id: &str, command: stockflow_proto::v1::order_event::Command) -> stockflow_proto::v1::OrderEvent {
+pub(crate) fn order(
+    id: &str,
+    order_id: &str,
+    command: stockflow_proto::v1::order_event::Command,
+) -> stockflow_proto::v1::OrderEvent {
     stockflow_proto::v1::OrderEvent {
-        meta: Some(EventMeta { event_id: id.to_owned(), source: "test:checkout".into(), ..Default::default() }),
+        meta: Some(EventMeta {
+            event_id: id.to_owned(),
+            source: "test:checkout".into(),
+            ..Default::default()
+        }),
         order_id: order_id.to_owned(),
         command: Some(command),
     }
 }
 
-pub(crate) fn placed(lines: &[(&str, &str, i64, &str)], hold_seconds: i64) -> stockflow_proto::v1::order_event::Command {
+pub(crate) fn placed(
+    lines: &[(&str, &str, i64, &str)],
+    hold_seconds: i64,
+) -> stockflow_proto::v1::order_event::Command {
     stockflow_proto::v1::order_event::Command::Placed(stockflow_proto::v1::OrderPlaced {
         lines: lines
             .iter()
-            .map(|(line_id, sku, quantity, location)| stockflow_proto::v1::OrderLine {
-                line_id: (*line_id).into(),
-                sku: (*sku).into(),
-                quantity: *quantity,
-                location: (*location).into(),
-            })
+            .map(
+                |(line_id, sku, quantity, location)| stockflow_proto::v1::OrderLine {
+                    line_id: (*line_id).into(),
+                    sku: (*sku).into(),
+                    quantity: *quantity,
+                    location: (*location).into(),
+                },
+            )
             .collect(),
         hold_seconds,
     })

@@ -86,7 +86,12 @@ pub struct OrderCommand {
 pub fn encode_lines(lines: &[Line]) -> String {
     lines
         .iter()
-        .map(|l| format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", l.line_id, l.sku, l.quantity, l.location))
+        .map(|l| {
+            format!(
+                "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                l.line_id, l.sku, l.quantity, l.location
+            )
+        })
         .collect::<Vec<_>>()
         .join("\u{1e}")
 }
@@ -113,57 +118,98 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError>
         HandleError::malformed("unknown", "decode", format!("not an OrderEvent: {e}"))
     })?;
     let Some(proto) = event.command else {
-        return Err(HandleError::malformed("unknown", "unknown_type", "no command set (missing or unknown type)"));
+        return Err(HandleError::malformed(
+            "unknown",
+            "unknown_type",
+            "no command set (missing or unknown type)",
+        ));
     };
     let command = match proto {
         Proto::Placed(p) => Command::Placed {
             lines: p
                 .lines
                 .into_iter()
-                .map(|l| Line { line_id: l.line_id, sku: l.sku, quantity: l.quantity, location: l.location })
+                .map(|l| Line {
+                    line_id: l.line_id,
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    location: l.location,
+                })
                 .collect(),
             hold_seconds: p.hold_seconds,
         },
         Proto::Committed(_) => Command::Committed,
         Proto::Cancelled(_) => Command::Cancelled,
         Proto::Fulfilled(f) => Command::Fulfilled {
-            lines: f.lines.into_iter().map(|l| (l.line_id, l.quantity)).collect(),
+            lines: f
+                .lines
+                .into_iter()
+                .map(|l| (l.line_id, l.quantity))
+                .collect(),
             last_shipment: f.last_shipment,
         },
-        Proto::HoldExpired(h) => Command::HoldExpired { due_at_ms: h.due_at_ms },
+        Proto::HoldExpired(h) => Command::HoldExpired {
+            due_at_ms: h.due_at_ms,
+        },
     };
     let kind = command.name();
-    let bad = |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
+    let bad =
+        |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
     let meta = event.meta.unwrap_or_default();
     validate_meta(&meta).map_err(|r| bad("invalid_meta", r))?;
     let id = &event.order_id;
     if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("invalid_order_id", "order_id must be 1..=128 bytes of printable ASCII".into()));
+        return Err(bad(
+            "invalid_order_id",
+            "order_id must be 1..=128 bytes of printable ASCII".into(),
+        ));
     }
     let expected = subjects::order_event(id);
     if subject != expected {
-        return Err(bad("subject_mismatch", format!("published on {subject} but its order belongs on {expected}")));
+        return Err(bad(
+            "subject_mismatch",
+            format!("published on {subject} but its order belongs on {expected}"),
+        ));
     }
     match &command {
-        Command::Placed { lines, hold_seconds } => {
+        Command::Placed {
+            lines,
+            hold_seconds,
+        } => {
             if lines.is_empty() || lines.len() > MAX_LINES {
-                return Err(bad("invalid_lines", format!("an order has 1..={MAX_LINES} lines, got {}", lines.len())));
+                return Err(bad(
+                    "invalid_lines",
+                    format!("an order has 1..={MAX_LINES} lines, got {}", lines.len()),
+                ));
             }
             if !(0..=MAX_HOLD_SECONDS).contains(hold_seconds) {
-                return Err(bad("invalid_hold", format!("hold_seconds must be 0..={MAX_HOLD_SECONDS}")));
+                return Err(bad(
+                    "invalid_hold",
+                    format!("hold_seconds must be 0..={MAX_HOLD_SECONDS}"),
+                ));
             }
             let mut ids = HashSet::new();
             for line in lines {
                 validate_location("line_id", &line.line_id).map_err(|r| bad("invalid_lines", r))?;
                 if !ids.insert(&line.line_id) {
-                    return Err(bad("invalid_lines", format!("line_id {:?} appears twice", line.line_id)));
+                    return Err(bad(
+                        "invalid_lines",
+                        format!("line_id {:?} appears twice", line.line_id),
+                    ));
                 }
                 validate_sku(&line.sku).map_err(|r| bad("invalid_sku", r))?;
                 if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
-                    return Err(bad("invalid_quantity", format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {}", line.quantity)));
+                    return Err(bad(
+                        "invalid_quantity",
+                        format!(
+                            "quantity must be 1..={MAX_LINE_QUANTITY}, got {}",
+                            line.quantity
+                        ),
+                    ));
                 }
                 if !line.location.is_empty() {
-                    validate_location("location", &line.location).map_err(|r| bad("invalid_location", r))?;
+                    validate_location("location", &line.location)
+                        .map_err(|r| bad("invalid_location", r))?;
                 }
             }
         }
@@ -171,11 +217,18 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError>
             for (line_id, quantity) in lines {
                 validate_location("line_id", line_id).map_err(|r| bad("invalid_lines", r))?;
                 if !(1..=MAX_LINE_QUANTITY).contains(quantity) {
-                    return Err(bad("invalid_quantity", format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {quantity}")));
+                    return Err(bad(
+                        "invalid_quantity",
+                        format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {quantity}"),
+                    ));
                 }
             }
         }
         Command::Committed | Command::Cancelled | Command::HoldExpired { .. } => {}
     }
-    Ok(OrderCommand { meta, order_id: event.order_id, command })
+    Ok(OrderCommand {
+        meta,
+        order_id: event.order_id,
+        command,
+    })
 }

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-
 pub mod command;
 
 use std::{future::Future, time::Duration};
@@ -46,22 +45,36 @@ impl Settings {
         let location_priority = env.string("STOCKFLOW_LOCATION_PRIORITY", "");
         for location in location_priority.split(',').filter(|l| !l.is_empty()) {
             stock_worker::fact::validate_location("location", location).map_err(|reason| {
-                ConfigError::Invalid { var: "STOCKFLOW_LOCATION_PRIORITY", reason }
+                ConfigError::Invalid {
+                    var: "STOCKFLOW_LOCATION_PRIORITY",
+                    reason,
+                }
             })?;
         }
         Ok(Self {
             worker: WorkerSettings::from_env(env, "order-worker", "127.0.0.1:9465")?,
             location_priority,
-            hold_poll: Duration::from_millis(env.bounded("STOCKFLOW_HOLD_POLL_MILLIS", 200, 10..=60_000)?),
+            hold_poll: Duration::from_millis(env.bounded(
+                "STOCKFLOW_HOLD_POLL_MILLIS",
+                200,
+                10..=60_000,
+            )?),
         })
     }
 }
 
 /// Runs the order worker until `shutdown` resolves.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let runtime = Runtime::start(settings.worker.clone(), shutdown).await?;
     let handler = OrderHandler::new(&runtime, &settings);
-    tokio::spawn(expire_holds(handler.clone(), settings.hold_poll, runtime.shutdown.clone()));
+    tokio::spawn(expire_holds(
+        handler.clone(),
+        settings.hold_poll,
+        runtime.shutdown.clone(),
+    ));
     runtime.consume(ORDER_WORKER, handler).await
 }
 
@@ -111,66 +124,142 @@ impl OrderHandler {
         }
     }
 
-    async fn order_script(&self, order_id: &str, args: &[String]) -> Result<Vec<String>, HandleError> {
+    async fn order_script(
+        &self,
+        order_id: &str,
+        args: &[String],
+    ) -> Result<Vec<String>, HandleError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.order.key(self.keys.order(order_id));
         for arg in args {
             invocation.arg(arg);
         }
-        invocation.invoke_async(&mut redis).await.map_err(HandleError::redis)
+        invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)
     }
 
-    async fn line_script(&self, script: &redis::Script, order_id: &str, line: &Line, args: &[String]) -> Result<Vec<String>, HandleError> {
+    async fn line_script(
+        &self,
+        script: &redis::Script,
+        order_id: &str,
+        line: &Line,
+        args: &[String],
+    ) -> Result<Vec<String>, HandleError> {
         let started = std::time::Instant::now();
         let mut redis = self.redis.clone();
         let mut invocation = script.key(self.keys.order_line(&line.sku, order_id, &line.line_id));
-        invocation.key(self.keys.stock(&line.sku)).key(self.keys.policy(&line.sku));
+        invocation
+            .key(self.keys.stock(&line.sku))
+            .key(self.keys.policy(&line.sku));
         for arg in args {
             invocation.arg(arg);
         }
-        let reply = invocation.invoke_async(&mut redis).await.map_err(HandleError::redis);
-        metrics::histogram!("stockflow_redis_script_seconds", "script" => "order_line").record(started.elapsed().as_secs_f64());
+        let reply = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(HandleError::redis);
+        metrics::histogram!("stockflow_redis_script_seconds", "script" => "order_line")
+            .record(started.elapsed().as_secs_f64());
         reply
     }
 
     /// Publishes the ledger entry a line step produced.
-    async fn publish_change(&self, order: &OrderCommand, line: &Line, step: &str, text: &str) -> Result<(), HandleError> {
+    async fn publish_change(
+        &self,
+        order: &OrderCommand,
+        line: &Line,
+        step: &str,
+        text: &str,
+    ) -> Result<(), HandleError> {
         if text.is_empty() {
             return Ok(());
         }
         let parsed = outcome::Outcome::parse(text).map_err(HandleError::redis)?;
         let cause_id = format!("{}/{}/{step}", order.order_id, line.line_id);
-        let meta = EventMeta { event_id: cause_id.clone(), ..order.meta.clone() };
-        let cause = Cause { sku: &line.sku, cause_id: &cause_id, location: &line.location, meta: &meta };
-        self.ledger.publish(cause, &parsed).await.map_err(HandleError::nats)
+        let meta = EventMeta {
+            event_id: cause_id.clone(),
+            ..order.meta.clone()
+        };
+        let cause = Cause {
+            sku: &line.sku,
+            cause_id: &cause_id,
+            location: &line.location,
+            meta: &meta,
+        };
+        self.ledger
+            .publish(cause, &parsed)
+            .await
+            .map_err(HandleError::nats)
     }
 
-    async fn reserve_line(&self, order: &OrderCommand, line: &Line) -> Result<LineResult, HandleError> {
-        let args = [line.quantity.to_string(), line.location.clone(), self.location_priority.clone(), self.ttl.to_string()];
-        let reply = self.line_script(&self.reserve, &order.order_id, line, &args).await?;
-        match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    async fn reserve_line(
+        &self,
+        order: &OrderCommand,
+        line: &Line,
+    ) -> Result<LineResult, HandleError> {
+        let args = [
+            line.quantity.to_string(),
+            line.location.clone(),
+            self.location_priority.clone(),
+            self.ttl.to_string(),
+        ];
+        let reply = self
+            .line_script(&self.reserve, &order.order_id, line, &args)
+            .await?;
+        match reply
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["reserved", location, text] => {
                 self.publish_change(order, line, "reserve", text).await?;
-                Ok(LineResult::Reserved { location: (*location).to_owned() })
+                Ok(LineResult::Reserved {
+                    location: (*location).to_owned(),
+                })
             }
-            ["short", available] => Ok(LineResult::Short { available: available.parse().unwrap_or(0) }),
+            ["short", available] => Ok(LineResult::Short {
+                available: available.parse().unwrap_or(0),
+            }),
             ["released"] => Ok(LineResult::Released),
-            other => Err(HandleError::redis(anyhow::anyhow!("reserve_line answered {other:?}"))),
+            other => Err(HandleError::redis(anyhow::anyhow!(
+                "reserve_line answered {other:?}"
+            ))),
         }
     }
 
     async fn release_lines(&self, order: &OrderCommand, lines: &[Line]) -> Result<(), HandleError> {
         for line in lines {
-            let reply = self.line_script(&self.release, &order.order_id, line, &[self.ttl.to_string()]).await?;
-            if let ["released", text] = reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            let reply = self
+                .line_script(
+                    &self.release,
+                    &order.order_id,
+                    line,
+                    &[self.ttl.to_string()],
+                )
+                .await?;
+            if let ["released", text] = reply
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
                 self.publish_change(order, line, "release", text).await?;
-                metrics::counter!("stockflow_reservations_total", "outcome" => "released").increment(1);
+                metrics::counter!("stockflow_reservations_total", "outcome" => "released")
+                    .increment(1);
             }
         }
         Ok(())
     }
 
-    async fn publish_result(&self, order: &OrderCommand, id: &str, result: order_result::Result) -> Result<(), HandleError> {
+    async fn publish_result(
+        &self,
+        order: &OrderCommand,
+        id: &str,
+        result: order_result::Result,
+    ) -> Result<(), HandleError> {
         let message = OrderResult {
             order_id: order.order_id.clone(),
             cause_event_id: order.meta.event_id.clone(),
@@ -178,7 +267,9 @@ impl OrderHandler {
             result: Some(result),
         };
         let msg_id = format!("res:{}:{id}", encode_token(&order.order_id));
-        let publish = PublishMessage::build().payload(message.encode_to_vec().into()).message_id(msg_id);
+        let publish = PublishMessage::build()
+            .payload(message.encode_to_vec().into())
+            .message_id(msg_id);
         let ack = self
             .js
             .send_publish(subjects::order_result(&order.order_id), publish)
@@ -187,26 +278,55 @@ impl OrderHandler {
             .await
             .map_err(HandleError::nats)?;
         if !ack.duplicate {
-            metrics::counter!("stockflow_derived_published_total", "kind" => "order_result").increment(1);
+            metrics::counter!("stockflow_derived_published_total", "kind" => "order_result")
+                .increment(1);
         }
         Ok(())
     }
 
-    async fn released(&self, order: &OrderCommand, reason: ReleaseReason) -> Result<(), HandleError> {
-        let result = order_result::Result::Released(ReservationReleased { reason: reason.into() });
+    async fn released(
+        &self,
+        order: &OrderCommand,
+        reason: ReleaseReason,
+    ) -> Result<(), HandleError> {
+        let result = order_result::Result::Released(ReservationReleased {
+            reason: reason.into(),
+        });
         self.publish_result(order, "released", result).await
     }
 
     /// The placement saga. Every step is idempotent, so a redelivery after a crash anywhere
     /// replays it to the same end.
-    async fn place(&self, order: &OrderCommand, lines: &[Line], hold_seconds: i64) -> Result<Outcome, HandleError> {
+    async fn place(
+        &self,
+        order: &OrderCommand,
+        lines: &[Line],
+        hold_seconds: i64,
+    ) -> Result<Outcome, HandleError> {
         let encoded = encode_lines(lines);
         let fingerprint = format!("{hold_seconds}\u{1d}{encoded}");
-        let begin = self.order_script(&order.order_id, &["place".into(), fingerprint, encoded, hold_seconds.to_string()]).await?;
+        let begin = self
+            .order_script(
+                &order.order_id,
+                &[
+                    "place".into(),
+                    fingerprint,
+                    encoded,
+                    hold_seconds.to_string(),
+                ],
+            )
+            .await?;
         let mut outcome = Outcome::Applied;
         match begin.first().map(String::as_str) {
             Some("conflict") => {
-                return Err(HandleError::malformed("order_placed", "order_conflict", format!("order {:?} was already placed with different lines", order.order_id)));
+                return Err(HandleError::malformed(
+                    "order_placed",
+                    "order_conflict",
+                    format!(
+                        "order {:?} was already placed with different lines",
+                        order.order_id
+                    ),
+                ));
             }
             Some("cancelled") => {
                 self.released(order, ReleaseReason::Cancelled).await?;
@@ -214,29 +334,53 @@ impl OrderHandler {
             }
             Some("decided") => {
                 outcome = Outcome::Duplicate;
-                if !matches!(begin.get(1).map(String::as_str), Some("confirmed" | "rejected")) {
+                if !matches!(
+                    begin.get(1).map(String::as_str),
+                    Some("confirmed" | "rejected")
+                ) {
                     return Ok(outcome);
                 }
             }
             Some("go") => {}
-            other => return Err(HandleError::redis(anyhow::anyhow!("order place answered {other:?}"))),
+            other => {
+                return Err(HandleError::redis(anyhow::anyhow!(
+                    "order place answered {other:?}"
+                )))
+            }
         }
         // Reserve line by line; records answer replays identically.
         let mut results = Vec::with_capacity(lines.len());
         for line in lines {
             results.push(self.reserve_line(order, line).await?);
         }
-        let confirmed = results.iter().all(|r| matches!(r, LineResult::Reserved { .. }));
+        let confirmed = results
+            .iter()
+            .all(|r| matches!(r, LineResult::Reserved { .. }));
         if !confirmed {
             // Compensate: give back what was taken (idempotent; blocks late reservations too).
             self.release_lines(order, lines).await?;
         }
-        let expires_at_ms = if confirmed && hold_seconds > 0 { now_ms() + hold_seconds * 1000 } else { 0 };
+        let expires_at_ms = if confirmed && hold_seconds > 0 {
+            now_ms() + hold_seconds * 1000
+        } else {
+            0
+        };
         let verdict = if confirmed { "confirmed" } else { "rejected" };
-        let decide = self.order_script(&order.order_id, &["decide".into(), verdict.into(), String::new(), expires_at_ms.to_string()]).await?;
+        let decide = self
+            .order_script(
+                &order.order_id,
+                &[
+                    "decide".into(),
+                    verdict.into(),
+                    String::new(),
+                    expires_at_ms.to_string(),
+                ],
+            )
+            .await?;
         let expires_at_ms = match decide.first().map(String::as_str) {
             Some("ok") => {
-                metrics::counter!("stockflow_reservations_total", "outcome" => verdict).increment(1);
+                metrics::counter!("stockflow_reservations_total", "outcome" => verdict)
+                    .increment(1);
                 expires_at_ms
             }
             Some("cancelled") => {
@@ -249,21 +393,42 @@ impl OrderHandler {
         };
         if confirmed && expires_at_ms > 0 {
             let mut redis = self.redis.clone();
-            redis::cmd("ZADD").arg(self.keys.holds_due()).arg("NX").arg(expires_at_ms).arg(&order.order_id)
-                .query_async::<i64>(&mut redis).await.map_err(HandleError::redis)?;
+            redis::cmd("ZADD")
+                .arg(self.keys.holds_due())
+                .arg("NX")
+                .arg(expires_at_ms)
+                .arg(&order.order_id)
+                .query_async::<i64>(&mut redis)
+                .await
+                .map_err(HandleError::redis)?;
         }
         let result = if confirmed {
             let allocations = lines.iter().zip(&results).filter_map(|(line, r)| match r {
-                LineResult::Reserved { location } => Some(Allocation { line_id: line.line_id.clone(), sku: line.sku.clone(), location: location.clone(), quantity: line.quantity }),
+                LineResult::Reserved { location } => Some(Allocation {
+                    line_id: line.line_id.clone(),
+                    sku: line.sku.clone(),
+                    location: location.clone(),
+                    quantity: line.quantity,
+                }),
                 _ => None,
             });
-            order_result::Result::Confirmed(OrderConfirmed { lines: allocations.collect(), expires_at_ms })
+            order_result::Result::Confirmed(OrderConfirmed {
+                lines: allocations.collect(),
+                expires_at_ms,
+            })
         } else {
             let short = lines.iter().zip(&results).filter_map(|(line, r)| match r {
-                LineResult::Short { available } => Some(Shortfall { line_id: line.line_id.clone(), sku: line.sku.clone(), requested: line.quantity, available: *available }),
+                LineResult::Short { available } => Some(Shortfall {
+                    line_id: line.line_id.clone(),
+                    sku: line.sku.clone(),
+                    requested: line.quantity,
+                    available: *available,
+                }),
                 _ => None,
             });
-            order_result::Result::Rejected(OrderRejected { short_lines: short.collect() })
+            order_result::Result::Rejected(OrderRejected {
+                short_lines: short.collect(),
+            })
         };
         self.publish_result(order, "decision", result).await?;
         Ok(outcome)
@@ -271,19 +436,37 @@ impl OrderHandler {
 
     async fn stored_expiry(&self, order_id: &str) -> Result<i64, HandleError> {
         let mut redis = self.redis.clone();
-        let value: Option<i64> = redis::cmd("HGET").arg(self.keys.order(order_id)).arg("expires")
-            .query_async(&mut redis).await.map_err(HandleError::redis)?;
+        let value: Option<i64> = redis::cmd("HGET")
+            .arg(self.keys.order(order_id))
+            .arg("expires")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
         Ok(value.unwrap_or(0))
     }
 
     /// Cancel, expire or finish: release whatever the order holds and say why.
-    async fn end(&self, order: &OrderCommand, action: &str, reason: ReleaseReason) -> Result<Outcome, HandleError> {
+    async fn end(
+        &self,
+        order: &OrderCommand,
+        action: &str,
+        reason: ReleaseReason,
+    ) -> Result<Outcome, HandleError> {
         let reply = self.order_script(&order.order_id, &[action.into()]).await?;
-        if let ["release", before, lines] = reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        if let ["release", before, lines] = reply
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             self.release_lines(order, &decode_lines(lines)).await?;
             let mut redis = self.redis.clone();
-            redis::cmd("ZREM").arg(self.keys.holds_due()).arg(&order.order_id)
-                .query_async::<i64>(&mut redis).await.map_err(HandleError::redis)?;
+            redis::cmd("ZREM")
+                .arg(self.keys.holds_due())
+                .arg(&order.order_id)
+                .query_async::<i64>(&mut redis)
+                .await
+                .map_err(HandleError::redis)?;
             if *before == "confirmed" {
                 self.released(order, reason).await?;
             }
@@ -292,29 +475,70 @@ impl OrderHandler {
         Ok(Outcome::Duplicate)
     }
 
-    async fn fulfil(&self, order: &OrderCommand, shipped: &[(String, i64)], last: bool) -> Result<Outcome, HandleError> {
+    async fn fulfil(
+        &self,
+        order: &OrderCommand,
+        shipped: &[(String, i64)],
+        last: bool,
+    ) -> Result<Outcome, HandleError> {
         let mut redis = self.redis.clone();
-        let (status, stored): (Option<String>, Option<String>) = redis::cmd("HMGET").arg(self.keys.order(&order.order_id)).arg("status").arg("lines")
-            .query_async(&mut redis).await.map_err(HandleError::redis)?;
+        let (status, stored): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.order(&order.order_id))
+            .arg("status")
+            .arg("lines")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
         match status.as_deref() {
             None | Some("placing") => {
-                return Err(HandleError::NotYet(format!("order {:?} is not decided yet", order.order_id)));
+                return Err(HandleError::NotYet(format!(
+                    "order {:?} is not decided yet",
+                    order.order_id
+                )));
             }
             Some("confirmed" | "fulfilled") => {}
             Some(other) => {
-                return Err(HandleError::malformed("order_fulfilled", "nothing_to_fulfil", format!("order {:?} is {other}: it holds nothing to ship", order.order_id)));
+                return Err(HandleError::malformed(
+                    "order_fulfilled",
+                    "nothing_to_fulfil",
+                    format!(
+                        "order {:?} is {other}: it holds nothing to ship",
+                        order.order_id
+                    ),
+                ));
             }
         }
         let lines = decode_lines(&stored.unwrap_or_default());
         let mut complete = true;
         for line in &lines {
-            let units = shipped.iter().find(|(id, _)| *id == line.line_id).map(|(_, q)| *q);
+            let units = shipped
+                .iter()
+                .find(|(id, _)| *id == line.line_id)
+                .map(|(_, q)| *q);
             let left = match units {
                 Some(units) => {
-                    let reply = self.line_script(&self.ship, &order.order_id, line, &[units.to_string(), order.meta.event_id.clone()]).await?;
-                    match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                    let reply = self
+                        .line_script(
+                            &self.ship,
+                            &order.order_id,
+                            line,
+                            &[units.to_string(), order.meta.event_id.clone()],
+                        )
+                        .await?;
+                    match reply
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .as_slice()
+                    {
                         ["shipped", _, left, text] => {
-                            self.publish_change(order, line, &format!("ship/{}", order.meta.event_id), text).await?;
+                            self.publish_change(
+                                order,
+                                line,
+                                &format!("ship/{}", order.meta.event_id),
+                                text,
+                            )
+                            .await?;
                             left.parse().unwrap_or(0)
                         }
                         _ => 0,
@@ -322,15 +546,23 @@ impl OrderHandler {
                 }
                 None => {
                     let (qty, done): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-                        .arg(self.keys.order_line(&line.sku, &order.order_id, &line.line_id)).arg("qty").arg("shipped")
-                        .query_async(&mut redis).await.map_err(HandleError::redis)?;
+                        .arg(
+                            self.keys
+                                .order_line(&line.sku, &order.order_id, &line.line_id),
+                        )
+                        .arg("qty")
+                        .arg("shipped")
+                        .query_async(&mut redis)
+                        .await
+                        .map_err(HandleError::redis)?;
                     qty.unwrap_or(0) - done.unwrap_or(0)
                 }
             };
             complete &= left <= 0;
         }
         if last || complete {
-            self.end(order, "fulfilled", ReleaseReason::FulfilledRemainder).await?;
+            self.end(order, "fulfilled", ReleaseReason::FulfilledRemainder)
+                .await?;
         }
         Ok(Outcome::Applied)
     }
@@ -341,7 +573,10 @@ impl Handler for OrderHandler {
         let order = command::parse(message.subject.as_str(), &message.payload)?;
         let event_type = order.command.name();
         let outcome = match &order.command {
-            Command::Placed { lines, hold_seconds } => self.place(&order, lines, *hold_seconds).await?,
+            Command::Placed {
+                lines,
+                hold_seconds,
+            } => self.place(&order, lines, *hold_seconds).await?,
             Command::Cancelled => self.end(&order, "cancel", ReleaseReason::Cancelled).await?,
             Command::HoldExpired { due_at_ms } => {
                 let outcome = self.end(&order, "expire", ReleaseReason::Expired).await?;
@@ -353,15 +588,26 @@ impl Handler for OrderHandler {
                 outcome
             }
             Command::Committed => {
-                self.order_script(&order.order_id, &["commit".into()]).await?;
+                self.order_script(&order.order_id, &["commit".into()])
+                    .await?;
                 let mut redis = self.redis.clone();
-                redis::cmd("ZREM").arg(self.keys.holds_due()).arg(&order.order_id)
-                    .query_async::<i64>(&mut redis).await.map_err(HandleError::redis)?;
+                redis::cmd("ZREM")
+                    .arg(self.keys.holds_due())
+                    .arg(&order.order_id)
+                    .query_async::<i64>(&mut redis)
+                    .await
+                    .map_err(HandleError::redis)?;
                 Outcome::Applied
             }
-            Command::Fulfilled { lines, last_shipment } => self.fulfil(&order, lines, *last_shipment).await?,
+            Command::Fulfilled {
+                lines,
+                last_shipment,
+            } => self.fulfil(&order, lines, *last_shipment).await?,
         };
-        Ok(Handled { event_type, outcome })
+        Ok(Handled {
+            event_type,
+            outcome,
+        })
     }
 }
 
@@ -382,17 +628,42 @@ pub async fn expire_holds(handler: OrderHandler, every: Duration, shutdown: Canc
 
 async fn expire_due(handler: &OrderHandler) -> anyhow::Result<()> {
     let mut redis = handler.redis.clone();
-    let due: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE").arg(handler.keys.holds_due()).arg("-inf").arg(now_ms())
-        .arg("WITHSCORES").arg("LIMIT").arg(0).arg(200).query_async(&mut redis).await?;
+    let due: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+        .arg(handler.keys.holds_due())
+        .arg("-inf")
+        .arg(now_ms())
+        .arg("WITHSCORES")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(200)
+        .query_async(&mut redis)
+        .await?;
     for (order_id, due_at_ms) in due {
         let event = OrderEvent {
-            meta: Some(EventMeta { event_id: format!("expire:{order_id}"), occurred_at_ms: due_at_ms, source: "order-worker:hold".into(), ..Default::default() }),
+            meta: Some(EventMeta {
+                event_id: format!("expire:{order_id}"),
+                occurred_at_ms: due_at_ms,
+                source: "order-worker:hold".into(),
+                ..Default::default()
+            }),
             order_id: order_id.clone(),
-            command: Some(order_event::Command::HoldExpired(OrderHoldExpired { due_at_ms })),
+            command: Some(order_event::Command::HoldExpired(OrderHoldExpired {
+                due_at_ms,
+            })),
         };
-        let publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(format!("expire:{}", encode_token(&order_id)));
-        handler.js.send_publish(subjects::order_event(&order_id), publish).await?.await?;
-        redis::cmd("ZREM").arg(handler.keys.holds_due()).arg(&order_id).query_async::<i64>(&mut redis).await?;
+        let publish = PublishMessage::build()
+            .payload(event.encode_to_vec().into())
+            .message_id(format!("expire:{}", encode_token(&order_id)));
+        handler
+            .js
+            .send_publish(subjects::order_event(&order_id), publish)
+            .await?
+            .await?;
+        redis::cmd("ZREM")
+            .arg(handler.keys.holds_due())
+            .arg(&order_id)
+            .query_async::<i64>(&mut redis)
+            .await?;
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use stockflow_shared::{settings::Env, shutdown_signal, worker::Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = order_worker::Settings::from_env(&Env::process()).context("invalid configuration")?;
+    let settings =
+        order_worker::Settings::from_env(&Env::process()).context("invalid configuration")?;
     settings.worker.log.init();
     match Command::from_args("order-worker")? {
         Command::Run => order_worker::run(settings, shutdown_signal()).await,

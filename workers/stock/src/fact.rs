@@ -96,12 +96,22 @@ impl Fact {
             Op::Received(q) | Op::Sold(q) | Op::Returned(q) | Op::Adjusted(q) => {
                 [q.to_string(), none(), none(), none(), none(), none()]
             }
-            Op::Counted { on_hand, expected } => {
-                [on_hand.to_string(), optional(*expected), none(), none(), none(), none()]
-            }
-            Op::Transferred { to, quantity } => {
-                [quantity.to_string(), none(), to.clone(), none(), none(), none()]
-            }
+            Op::Counted { on_hand, expected } => [
+                on_hand.to_string(),
+                optional(*expected),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::Transferred { to, quantity } => [
+                quantity.to_string(),
+                none(),
+                to.clone(),
+                none(),
+                none(),
+                none(),
+            ],
             Op::PolicySet {
                 threshold,
                 safety_stock,
@@ -121,7 +131,11 @@ impl Fact {
     /// with a different change is a conflict, not a duplicate.
     pub fn fingerprint(&self) -> String {
         let [a, b, c, d, e, f] = self.script_args();
-        format!("{}|{}|{a}|{b}|{c}|{d}|{e}|{f}", self.op.name(), self.location)
+        format!(
+            "{}|{}|{a}|{b}|{c}|{d}|{e}|{f}",
+            self.op.name(),
+            self.location
+        )
     }
 }
 
@@ -157,7 +171,8 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
         },
     };
     let kind = op.name();
-    let bad = |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
+    let bad =
+        |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
 
     let meta = event.meta.unwrap_or_default();
     validate_meta(&meta).map_err(|reason| bad("invalid_meta", reason))?;
@@ -189,7 +204,10 @@ pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
         return Err("event_id is missing".into());
     }
     if id.len() > MAX_EVENT_ID_BYTES {
-        return Err(format!("event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}", id.len()));
+        return Err(format!(
+            "event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}",
+            id.len()
+        ));
     }
     if !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("event_id must be printable ASCII without spaces".into());
@@ -198,7 +216,9 @@ pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
         return Err(format!("source is longer than {MAX_SOURCE_BYTES} bytes"));
     }
     if meta.reference.len() > MAX_REFERENCE_BYTES {
-        return Err(format!("reference is longer than {MAX_REFERENCE_BYTES} bytes"));
+        return Err(format!(
+            "reference is longer than {MAX_REFERENCE_BYTES} bytes"
+        ));
     }
     Ok(())
 }
@@ -209,7 +229,10 @@ pub fn validate_sku(sku: &str) -> Result<(), String> {
         return Err("sku is missing".into());
     }
     if sku.len() > MAX_SKU_BYTES {
-        return Err(format!("sku is {} bytes, at most {MAX_SKU_BYTES}", sku.len()));
+        return Err(format!(
+            "sku is {} bytes, at most {MAX_SKU_BYTES}",
+            sku.len()
+        ));
     }
     Ok(())
 }
@@ -241,7 +264,9 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
         Op::Received(q) | Op::Sold(q) | Op::Returned(q) => positive("quantity", *q),
         Op::Adjusted(delta) => {
             if *delta == 0 || delta.abs() > MAX_QUANTITY {
-                Err(format!("delta must be non-zero within ±{MAX_QUANTITY}, got {delta}"))
+                Err(format!(
+                    "delta must be non-zero within ±{MAX_QUANTITY}, got {delta}"
+                ))
             } else {
                 Ok(())
             }
@@ -291,7 +316,10 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
                     }
                 }
             }
-            for (field, value) in [("low_stock_threshold", threshold), ("safety_stock", safety_stock)] {
+            for (field, value) in [
+                ("low_stock_threshold", threshold),
+                ("safety_stock", safety_stock),
+            ] {
                 if let Some(v) = value {
                     if *v > MAX_QUANTITY {
                         return Err(format!("{field} must be at most {MAX_QUANTITY}, got {v}"));

@@ -6,7 +6,7 @@ use std::{future::Future, time::Instant};
 
 use async_nats::jetstream;
 use stockflow_shared::{
-    consume::{Handled, HandleError, Handler, Outcome},
+    consume::{HandleError, Handled, Handler, Outcome},
     keys::Keys,
     ledger::{Cause, Ledger},
     outcome::{self, Verdict},
@@ -126,7 +126,12 @@ impl StockHandler {
         metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock")
             .record(started.elapsed().as_secs_f64());
         let parse = |text: &str| outcome::Outcome::parse(text).map_err(HandleError::redis);
-        match reply.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match reply
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["applied", text, _] => Ok(Applied::New(parse(text)?)),
             ["duplicate", text, published] => Ok(Applied::Seen {
                 outcome: parse(text)?,

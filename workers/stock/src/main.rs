@@ -5,8 +5,8 @@ use stockflow_shared::{settings::Env, shutdown_signal, worker::Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = stock_worker::Settings::from_env(&Env::process())
-        .context("invalid configuration")?;
+    let settings =
+        stock_worker::Settings::from_env(&Env::process()).context("invalid configuration")?;
     settings.worker.log.init();
     match Command::from_args("stock-worker")? {
         Command::Run => stock_worker::run(settings, shutdown_signal()).await,
