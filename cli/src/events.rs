@@ -6,6 +6,7 @@ use stockflow_proto::{
     subjects,
     v1::{stock_event::Change, EventMeta, Reason, StockEvent},
 };
+pub use stockflow_shared::now_ms;
 
 /// A stock fact with its envelope.
 pub fn fact(
@@ -29,14 +30,6 @@ pub fn fact(
         location: location.to_owned(),
         change: Some(change),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Publishes `event` on its subject with `msg_id` and waits until JetStream stored it.

@@ -123,6 +123,7 @@ pub async fn wait_until_caught_up(
             started.elapsed() < deadline,
             "{durable} did not catch up with {stream} within {deadline:?}"
         );
+        // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

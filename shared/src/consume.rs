@@ -162,7 +162,7 @@ impl Default for ConsumeSettings {
 }
 
 /// Everything the loop needs besides the handler.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Consumer {
     /// JetStream context.
     pub js: jetstream::Context,
@@ -194,6 +194,16 @@ impl Consumer {
     /// Runs until `shutdown`; then stops pulling, lets in-flight messages finish (bounded by
     /// `drain_timeout`) and returns.
     pub async fn run<H: Handler>(self, handler: Arc<H>, shutdown: CancellationToken) {
+        // Shared with every message task: one reference count per message, not a deep clone.
+        let this = Arc::new(self);
+        this.run_shared(handler, shutdown).await;
+    }
+
+    async fn run_shared<H: Handler>(
+        self: &Arc<Self>,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) {
         let worker = self.spec.durable;
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks = JoinSet::new();
@@ -229,6 +239,7 @@ impl Consumer {
                     tracing::warn!(worker, error = %e, "cannot bind consumer; retrying");
                 }
             }
+            // Back off before re-binding so a server that is down is not hammered.
             let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -269,7 +280,7 @@ impl Consumer {
     /// Feeds messages to tasks until shutdown (`None`) or until the subscription must be re-bound
     /// (`Some(cause)`).
     async fn pump<H: Handler>(
-        &self,
+        self: &Arc<Self>,
         mut consumer: PullConsumer,
         mut messages: jetstream::consumer::pull::Stream,
         handler: &Arc<H>,
@@ -287,7 +298,8 @@ impl Consumer {
                 }
             }
             // A dependency is down: take nothing new until it is back; what is in flight NAKs
-            // itself with a back-off.
+            // itself with a back-off. The monitor refreshes the flag every 500 ms, so polling it
+            // at half that notices recovery promptly.
             while !self.can_process.get() {
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
@@ -313,7 +325,7 @@ impl Consumer {
                 Some(Ok(message)) => {
                     last_delivery = Instant::now();
                     let handler = handler.clone();
-                    let this = self.clone();
+                    let this = Arc::clone(self);
                     tasks.spawn(async move {
                         this.process(handler.as_ref(), message).await;
                         drop(permit);

@@ -5,7 +5,9 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message as _;
 use stockflow_proto::{
     subjects::{self, encode_token},
-    v1::{EventMeta, Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected},
+    v1::{
+        AlertKind, EventMeta, Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected,
+    },
 };
 
 use crate::outcome::{alert_name, Outcome, Verdict};
@@ -69,13 +71,14 @@ impl Ledger {
                 source: cause.meta.source.clone(),
                 reference: cause.meta.reference.clone(),
             };
-            pending.push((
-                "outcome",
-                subjects::stock_outcome(cause.sku),
-                format!("out:{token}:{}", cause.cause_id),
-                rejected.encode_to_vec(),
-            ));
+            pending.push(Derived {
+                kind: DerivedKind::Rejection,
+                subject: subjects::stock_outcome(cause.sku),
+                msg_id: format!("out:{token}:{}", cause.cause_id),
+                payload: rejected.encode_to_vec(),
+            });
         }
+        let changed_subject = subjects::stock_changed(cause.sku);
         for (index, change) in outcome.changes.iter().enumerate() {
             let reason = match Reason::try_from(cause.meta.reason) {
                 Ok(Reason::Unspecified) | Err(_) => default_reason(&change.kind),
@@ -94,12 +97,12 @@ impl Ledger {
                 applied_at_ms: outcome.applied_at_ms,
                 kind: change.kind.clone(),
             };
-            pending.push((
-                "stock_changed",
-                subjects::stock_changed(cause.sku),
-                format!("chg:{token}:{}:{index}", cause.cause_id),
-                entry.encode_to_vec(),
-            ));
+            pending.push(Derived {
+                kind: DerivedKind::StockChanged,
+                subject: changed_subject.clone(),
+                msg_id: format!("chg:{token}:{}:{index}", cause.cause_id),
+                payload: entry.encode_to_vec(),
+            });
             for kind in &change.alerts {
                 let name = alert_name(*kind);
                 let alert = StockAlert {
@@ -111,44 +114,78 @@ impl Ledger {
                     threshold: change.threshold.unwrap_or_default(),
                     raised_at_ms: outcome.applied_at_ms,
                 };
-                pending.push((
-                    name,
-                    subjects::alert(name, cause.sku),
-                    format!("alr:{token}:{}:{index}:{name}", cause.cause_id),
-                    alert.encode_to_vec(),
-                ));
+                pending.push(Derived {
+                    kind: DerivedKind::Alert(*kind),
+                    subject: format!("alerts.{name}.{token}"),
+                    msg_id: format!("alr:{token}:{}:{index}:{name}", cause.cause_id),
+                    payload: alert.encode_to_vec(),
+                });
             }
         }
         self.publish_all(pending).await
     }
 
-    /// Publishes `(kind, subject, msg_id, payload)` messages concurrently and waits for every
-    /// acknowledgement.
-    pub async fn publish_all(
-        &self,
-        messages: Vec<(&'static str, String, String, Vec<u8>)>,
-    ) -> anyhow::Result<()> {
+    /// Publishes `messages` concurrently and waits for every acknowledgement.
+    pub async fn publish_all(&self, messages: Vec<Derived>) -> anyhow::Result<()> {
         let mut acks = Vec::with_capacity(messages.len());
-        for (kind, subject, id, payload) in messages {
+        for message in messages {
             let publish = PublishMessage::build()
-                .payload(payload.into())
-                .message_id(id);
-            acks.push((kind, self.js.send_publish(subject, publish).await?));
+                .payload(message.payload.into())
+                .message_id(message.msg_id);
+            acks.push((
+                message.kind,
+                self.js.send_publish(message.subject, publish).await?,
+            ));
         }
         for (kind, ack) in acks {
-            let ack = ack.await?;
-            if !ack.duplicate {
-                let (metric_kind, alert) = match kind {
-                    "stock_changed" | "outcome" | "order_result" => (kind, None),
-                    alert => ("alert", Some(alert)),
-                };
-                metrics::counter!("stockflow_derived_published_total", "kind" => metric_kind)
+            // A duplicate was counted when it was first stored.
+            if ack.await?.duplicate {
+                continue;
+            }
+            metrics::counter!("stockflow_derived_published_total", "kind" => kind.label())
+                .increment(1);
+            if let DerivedKind::Alert(alert) = kind {
+                metrics::counter!("stockflow_alerts_total", "kind" => alert_name(alert))
                     .increment(1);
-                if let Some(alert) = alert {
-                    metrics::counter!("stockflow_alerts_total", "kind" => alert).increment(1);
-                }
             }
         }
         Ok(())
     }
+}
+
+/// What a derived message is, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum DerivedKind {
+    /// A ledger entry.
+    StockChanged,
+    /// A `StockEventRejected`.
+    Rejection,
+    /// A stock alert.
+    Alert(AlertKind),
+    /// An order decision or release.
+    OrderResult,
+}
+
+impl DerivedKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::StockChanged => "stock_changed",
+            Self::Rejection => "outcome",
+            Self::Alert(_) => "alert",
+            Self::OrderResult => "order_result",
+        }
+    }
+}
+
+/// A derived message ready to publish.
+#[derive(Debug)]
+pub struct Derived {
+    /// For metrics.
+    pub kind: DerivedKind,
+    /// Where it goes.
+    pub subject: String,
+    /// Its `Nats-Msg-Id`, computed from its cause.
+    pub msg_id: String,
+    /// Encoded protobuf.
+    pub payload: Vec<u8>,
 }

@@ -26,3 +26,11 @@ pub fn script(body: &str) -> redis::Script {
 }
 
 pub use shutdown::shutdown_signal;
+
+/// Wall-clock milliseconds since the Unix epoch, the unit of every `*_ms` field.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

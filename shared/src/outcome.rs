@@ -32,8 +32,6 @@ pub enum Verdict {
         /// What on_hand was.
         actual: i64,
     },
-    /// A rule refused the event (orders): a short name and numbers for the caller.
-    Refused(String, String),
 }
 
 /// The outcome of one event, as stored in its dedup record.
@@ -97,7 +95,7 @@ impl Outcome {
                 expected: int(Some(head[3]), "expected")?,
                 actual: int(Some(head[4]), "actual")?,
             },
-            other => Verdict::Refused(other.to_owned(), format!("{}{FIELD}{}", head[3], head[4])),
+            other => return Err(OutcomeParseError(format!("unknown result {other:?}"))),
         };
         let changes = records.map(parse_change).collect::<Result<_, _>>()?;
         Ok(Self {

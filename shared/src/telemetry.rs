@@ -83,6 +83,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
+            // Histograms buffer samples until upkeep drains them; the exporter runs upkeep
+            // itself only with its own HTTP listener, which we don't use (ours serves /readyz
+            // too), so a low-priority thread does it. Rendering also drains, so 5 s is plenty.
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())

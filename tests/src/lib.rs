@@ -285,27 +285,9 @@ pub async fn read_stream(
     stream: &str,
     filter: &str,
 ) -> Vec<jetstream::Message> {
-    let stream = js.get_stream(stream).await.expect("stream exists");
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            ..Default::default()
-        })
+    stockflow_cli::read_after(js, stream, filter, 0)
         .await
-        .expect("ordered consumer");
-    let mut consumer = consumer;
-    let expected = consumer.info().await.expect("consumer info").num_pending;
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut out = Vec::new();
-    while (out.len() as u64) < expected {
-        let next = tokio::time::timeout(DEADLINE, messages.next())
-            .await
-            .expect("stream read timed out")
-            .expect("stream ended")
-            .expect("message");
-        out.push(next);
-    }
-    out
+        .unwrap_or_else(|e| panic!("reading {stream} {filter}: {e:#}"))
 }
 
 /// Number of messages in `stream` matching `filter`.

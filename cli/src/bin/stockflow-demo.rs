@@ -427,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
         if results.len() >= carts.len() + 2 || std::time::Instant::now() > deadline {
             break results;
         }
+        // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     wait_until_caught_up(

@@ -173,18 +173,9 @@ impl World {
     /// Waits until the durable consumer `durable` has acknowledged everything in its stream:
     /// every input was handled (applied, absorbed as a duplicate, or dead-lettered).
     pub(crate) async fn wait_idle(&self, stream: &str, durable: &str) {
-        eventually(&format!("{durable} idle"), DEADLINE, || async {
-            let stream = self.js.get_stream(stream).await.ok()?;
-            let last = stream.cached_info().state.last_sequence;
-            let mut consumer: jetstream::consumer::PullConsumer =
-                stream.get_consumer(durable).await.ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.ack_floor.stream_sequence >= last)
-                .then_some(())
-        })
-        .await;
+        stockflow_cli::wait_until_caught_up(&self.js, stream, durable, DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     pub(crate) async fn wait_stock_idle(&self) {

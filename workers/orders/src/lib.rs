@@ -14,10 +14,11 @@ use stockflow_proto::{
         Shortfall,
     },
 };
+use stockflow_shared::now_ms;
 use stockflow_shared::{
     consume::{HandleError, Handled, Handler, Outcome},
     keys::Keys,
-    ledger::{Cause, Ledger},
+    ledger::{Cause, Derived, DerivedKind, Ledger},
     outcome,
     settings::{ConfigError, Env},
     topology::ORDER_WORKER,
@@ -98,13 +99,6 @@ enum LineResult {
     Reserved { location: String },
     Short { available: i64 },
     Released,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl OrderHandler {
@@ -266,21 +260,16 @@ impl OrderHandler {
             decided_at_ms: now_ms(),
             result: Some(result),
         };
-        let msg_id = format!("res:{}:{id}", encode_token(&order.order_id));
-        let publish = PublishMessage::build()
-            .payload(message.encode_to_vec().into())
-            .message_id(msg_id);
-        let ack = self
-            .js
-            .send_publish(subjects::order_result(&order.order_id), publish)
-            .await
-            .map_err(HandleError::nats)?
+        let derived = Derived {
+            kind: DerivedKind::OrderResult,
+            subject: subjects::order_result(&order.order_id),
+            msg_id: format!("res:{}:{id}", encode_token(&order.order_id)),
+            payload: message.encode_to_vec(),
+        };
+        self.ledger
+            .publish_all(vec![derived])
             .await
             .map_err(HandleError::nats)?;
-        if !ack.duplicate {
-            metrics::counter!("stockflow_derived_published_total", "kind" => "order_result")
-                .increment(1);
-        }
         Ok(())
     }
 

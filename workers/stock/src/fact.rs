@@ -128,9 +128,10 @@ impl Fact {
     }
 
     /// What the event does, as compared between two deliveries of one `event_id`: the same id
-    /// with a different change is a conflict, not a duplicate.
-    pub fn fingerprint(&self) -> String {
-        let [a, b, c, d, e, f] = self.script_args();
+    /// with a different change is a conflict, not a duplicate. `args` are [`Self::script_args`],
+    /// passed in so they are built once per event.
+    pub fn fingerprint(&self, args: &[String; 6]) -> String {
+        let [a, b, c, d, e, f] = args;
         format!(
             "{}|{}|{a}|{b}|{c}|{d}|{e}|{f}",
             self.op.name(),

@@ -102,7 +102,9 @@ impl StockHandler {
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
-        let [quantity, expected, to, threshold, safety, priority] = fact.script_args();
+        let args = fact.script_args();
+        let fingerprint = fact.fingerprint(&args);
+        let [quantity, expected, to, threshold, safety, priority] = args;
         let started = Instant::now();
         let mut redis = self.redis.clone();
         let reply: Vec<String> = self
@@ -115,7 +117,7 @@ impl StockHandler {
             .arg(quantity)
             .arg(expected)
             .arg(to)
-            .arg(fact.fingerprint())
+            .arg(fingerprint)
             .arg(self.dedup_ttl_seconds)
             .arg(threshold)
             .arg(safety)
