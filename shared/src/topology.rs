@@ -289,8 +289,13 @@ async fn ensure_consumer(
             format!("{:?}", actual.ack_policy),
             "Explicit".to_owned(),
         ))
-    } else if actual.inactive_threshold != Duration::ZERO && actual.durable_name.is_none() {
-        Some(("durable_name", "none".to_owned(), spec.durable.to_owned()))
+    } else if actual.inactive_threshold != Duration::ZERO {
+        // A consumer that expires when idle makes KEDA scale to the maximum once it is gone.
+        Some((
+            "inactive_threshold",
+            format!("{:?}", actual.inactive_threshold),
+            "0 (never expires)".to_owned(),
+        ))
     } else if !actual.filter_subject.is_empty() || !actual.filter_subjects.is_empty() {
         Some((
             "filter_subject",

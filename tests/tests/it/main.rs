@@ -8,3 +8,4 @@ mod malformed;
 mod model;
 mod orders;
 mod stock_facts;
+mod topology;

@@ -402,3 +402,58 @@ async fn cancelling_a_confirmed_order_releases_its_reservations_once() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hold_that_falls_due_while_no_worker_runs_expires_after_a_restart() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world
+        .publish(&event("a", "BIKE", "shop", received(5)))
+        .await;
+    world.wait_on_hand("BIKE", "shop", 5).await;
+    let orders = world.order_worker();
+    world
+        .publish_order(&order("p", "cart", placed(&[("1", "BIKE", 2, "")], 5)))
+        .await;
+    let expires_at_ms =
+        stockflow_tests::eventually("confirmed", stockflow_tests::DEADLINE, || async {
+            world
+                .order_results()
+                .await
+                .into_iter()
+                .find_map(|r| match r.result {
+                    Some(Decision::Confirmed(c)) => Some(c.expires_at_ms),
+                    _ => None,
+                })
+        })
+        .await;
+    orders.shutdown().await;
+    assert_eq!(
+        decisions(&world.order_results().await),
+        (1, 0, 0),
+        "not released before due"
+    );
+
+    // The hold falls due with no order worker running: the schedule lives in Redis.
+    stockflow_tests::eventually("hold due", stockflow_tests::DEADLINE, || async {
+        (stockflow_shared::now_ms() > expires_at_ms).then_some(())
+    })
+    .await;
+    assert_eq!(world.on_hand_reserved("BIKE", "shop").await, (5, 2));
+    let orders = world.order_worker();
+    stockflow_tests::eventually(
+        "expired after restart",
+        stockflow_tests::DEADLINE,
+        || async { (decisions(&world.order_results().await).2 == 1).then_some(()) },
+    )
+    .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("BIKE", "shop").await, (5, 0));
+    let metrics = stockflow_shared::telemetry::metrics_handle().render();
+    assert!(
+        metrics.contains("stockflow_hold_expiry_lag_seconds_bucket"),
+        "expiry lag is measured"
+    );
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
