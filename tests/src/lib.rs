@@ -255,6 +255,20 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with SIGTERM: it flushes its AOF first, so nothing acknowledged is lost.
+    pub fn shutdown(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let terminated = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !terminated {
+                child.kill().ok();
+            }
+            child.wait().ok();
+        }
+    }
+
     /// Starts a stopped server again on the same port and directory.
     pub fn resume(&mut self) {
         if self.child.is_none() {

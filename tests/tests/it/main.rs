@@ -4,6 +4,7 @@
 mod world;
 
 mod crash;
+mod degraded;
 mod malformed;
 mod model;
 mod orders;

@@ -159,6 +159,21 @@ impl World {
             .await;
     }
 
+    /// Like [`Self::publish`], but reports failure instead of panicking (servers restarting).
+    pub(crate) async fn try_publish(&self, event: &StockEvent) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", uuid_like().as_str());
+        let subject = subjects::stock_event(&event.sku);
+        match self
+            .js
+            .publish_with_headers(subject, headers, event.encode_to_vec().into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", uuid_like().as_str());
