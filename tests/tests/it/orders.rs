@@ -457,3 +457,69 @@ async fn a_hold_that_falls_due_while_no_worker_runs_expires_after_a_restart() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_release_interrupted_by_a_crash_is_finished_by_the_redelivery() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "DRUM", "wh", received(6))).await;
+    world.wait_on_hand("DRUM", "wh", 6).await;
+    let orders = world.order_worker();
+    world
+        .publish_order(&order("p", "crashy", placed(&[("1", "DRUM", 4, "")], 0)))
+        .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("DRUM", "wh").await, (6, 4));
+    // A worker moved the order to cancelled and died before releasing its lines.
+    let mut redis = world.redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg(world.keys.order("crashy"))
+        .arg(&["status", "cancelled", "from", "confirmed", "cancelled", "1"])
+        .query_async(&mut redis)
+        .await
+        .expect("hset");
+    // The cancel is redelivered.
+    world
+        .publish_order(&order("c", "crashy", Command::Cancelled(OrderCancelled {})))
+        .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("DRUM", "wh").await, (6, 0));
+    assert_eq!(decisions(&world.order_results().await), (1, 0, 1));
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_placement_long_after_publishes_no_second_decision() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "HARP", "wh", received(3))).await;
+    world.wait_on_hand("HARP", "wh", 3).await;
+    let orders = world.order_worker();
+    let place = order("p", "late-dup", placed(&[("1", "HARP", 1, "")], 0));
+    world.publish_order(&place).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.order_results().await.len(), 1);
+    // JetStream's duplicate window has passed: recreating the stream forgets every msg id.
+    let mut config = world
+        .js
+        .get_stream("ORDER_RESULTS")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    config.subjects = vec!["orders.results.>".into()];
+    world
+        .js
+        .delete_stream("ORDER_RESULTS")
+        .await
+        .expect("delete");
+    world.js.create_stream(config).await.expect("recreate");
+    world.publish_order(&place).await;
+    world.wait_orders_idle().await;
+    assert!(world.order_results().await.is_empty(), "no second decision");
+    assert_eq!(world.on_hand_reserved("HARP", "wh").await, (3, 1));
+    orders.shutdown().await;
+    stock.shutdown().await;
+}

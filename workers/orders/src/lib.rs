@@ -319,14 +319,23 @@ impl OrderHandler {
             }
             Some("cancelled") => {
                 self.released(order, ReleaseReason::Cancelled).await?;
+                self.order_script(&order.order_id, &["settled".into()])
+                    .await?;
                 return Ok(Outcome::Applied);
             }
             Some("decided") => {
                 outcome = Outcome::Duplicate;
-                if !matches!(
+                // Replay the saga only to finish a decision a crash left unpublished; for an
+                // ended order, finish a release a crash may have interrupted.
+                let decided = matches!(
                     begin.get(1).map(String::as_str),
                     Some("confirmed" | "rejected")
-                ) {
+                );
+                if !decided {
+                    self.end(order, "finish").await?;
+                    return Ok(outcome);
+                }
+                if begin.get(2).map(String::as_str) == Some("1") {
                     return Ok(outcome);
                 }
             }
@@ -358,12 +367,7 @@ impl OrderHandler {
         let decide = self
             .order_script(
                 &order.order_id,
-                &[
-                    "decide".into(),
-                    verdict.into(),
-                    String::new(),
-                    expires_at_ms.to_string(),
-                ],
+                &["decide".into(), verdict.into(), expires_at_ms.to_string()],
             )
             .await?;
         let expires_at_ms = match decide.first().map(String::as_str) {
@@ -375,6 +379,8 @@ impl OrderHandler {
             Some("cancelled") => {
                 self.release_lines(order, lines).await?;
                 self.released(order, ReleaseReason::Cancelled).await?;
+                self.order_script(&order.order_id, &["settled".into()])
+                    .await?;
                 return Ok(outcome);
             }
             // Decided by an earlier delivery: publish that same decision again.
@@ -420,6 +426,9 @@ impl OrderHandler {
             })
         };
         self.publish_result(order, "decision", result).await?;
+        // Later duplicates of the placement publish nothing, even past JetStream's window.
+        self.order_script(&order.order_id, &["published".into()])
+            .await?;
         Ok(outcome)
     }
 
@@ -435,33 +444,39 @@ impl OrderHandler {
     }
 
     /// Cancel, expire or finish: release whatever the order holds and say why.
-    async fn end(
-        &self,
-        order: &OrderCommand,
-        action: &str,
-        reason: ReleaseReason,
-    ) -> Result<Outcome, HandleError> {
+    /// Cancel, expire, finish the fulfilment — or `finish` a release a crash interrupted:
+    /// release whatever the order holds and say why. Every step is idempotent; the order is
+    /// marked settled only at the end, so a redelivery completes an interrupted release.
+    async fn end(&self, order: &OrderCommand, action: &str) -> Result<Outcome, HandleError> {
         let reply = self.order_script(&order.order_id, &[action.into()]).await?;
-        if let ["release", before, lines] = reply
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            self.release_lines(order, &decode_lines(lines)).await?;
-            let mut redis = self.redis.clone();
-            redis::cmd("ZREM")
-                .arg(self.keys.holds_due())
-                .arg(&order.order_id)
-                .query_async::<i64>(&mut redis)
-                .await
-                .map_err(HandleError::redis)?;
-            if *before == "confirmed" {
-                self.released(order, reason).await?;
-            }
+        let ["release", before, lines, now] =
+            reply.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        else {
+            return Ok(Outcome::Duplicate);
+        };
+        self.release_lines(order, &decode_lines(lines)).await?;
+        if before == "placing" {
+            // A cancel that overtook the decision: the placer finishes the order.
             return Ok(Outcome::Applied);
         }
-        Ok(Outcome::Duplicate)
+        let mut redis = self.redis.clone();
+        redis::cmd("ZREM")
+            .arg(self.keys.holds_due())
+            .arg(&order.order_id)
+            .query_async::<i64>(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        if before == "confirmed" {
+            let reason = match now {
+                "expired" => ReleaseReason::Expired,
+                "fulfilled" => ReleaseReason::FulfilledRemainder,
+                _ => ReleaseReason::Cancelled,
+            };
+            self.released(order, reason).await?;
+        }
+        self.order_script(&order.order_id, &["settled".into()])
+            .await?;
+        Ok(Outcome::Applied)
     }
 
     async fn fulfil(
@@ -550,8 +565,7 @@ impl OrderHandler {
             complete &= left <= 0;
         }
         if last || complete {
-            self.end(order, "fulfilled", ReleaseReason::FulfilledRemainder)
-                .await?;
+            self.end(order, "fulfilled").await?;
         }
         Ok(Outcome::Applied)
     }
@@ -566,9 +580,9 @@ impl Handler for OrderHandler {
                 lines,
                 hold_seconds,
             } => self.place(&order, lines, *hold_seconds).await?,
-            Command::Cancelled => self.end(&order, "cancel", ReleaseReason::Cancelled).await?,
+            Command::Cancelled => self.end(&order, "cancel").await?,
             Command::HoldExpired { due_at_ms } => {
-                let outcome = self.end(&order, "expire", ReleaseReason::Expired).await?;
+                let outcome = self.end(&order, "expire").await?;
                 if outcome == Outcome::Applied {
                     metrics::counter!("stockflow_holds_expired_total").increment(1);
                     let lag = (now_ms() - due_at_ms).max(0) as f64 / 1000.0;
