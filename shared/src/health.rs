@@ -12,10 +12,13 @@ use axum::{extract::State, http::StatusCode, routing::get, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Named readiness flags.
+type Checks = Vec<(&'static str, Arc<AtomicBool>)>;
+
 /// Readiness: a set of named checks, each flipped by the component it watches.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    checks: Arc<Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+    checks: Arc<Mutex<Checks>>,
 }
 
 /// One readiness check; starts not ready.
@@ -51,7 +54,7 @@ impl Health {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, Arc<AtomicBool>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Checks> {
         // A panic while holding this lock cannot leave the Vec inconsistent: recover it.
         self.checks.lock().unwrap_or_else(|e| e.into_inner())
     }

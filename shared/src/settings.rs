@@ -55,9 +55,12 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Looks a variable up by name.
+type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Reads variables from a source (the process environment, or a map in tests).
 pub struct Env {
-    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    lookup: Lookup,
 }
 
 impl fmt::Debug for Env {

@@ -223,14 +223,18 @@ fn day(run: &str) -> Vec<Phase> {
         subjects::stock_event("MUG-LOGO"),
         zero.encode_to_vec(),
     ));
-    zero.meta.as_mut().map(|m| m.event_id.clear());
+    if let Some(meta) = zero.meta.as_mut() {
+        meta.event_id.clear();
+    }
     trading.push(Outgoing::Malformed(
         "missing event_id",
         subjects::stock_event("MUG-LOGO"),
         zero.encode_to_vec(),
     ));
     zero.change = None;
-    zero.meta.as_mut().map(|m| m.event_id = "no-type".into());
+    if let Some(meta) = zero.meta.as_mut() {
+        meta.event_id = "no-type".into();
+    }
     trading.push(Outgoing::Malformed(
         "unknown fact type",
         subjects::stock_event("MUG-LOGO"),
