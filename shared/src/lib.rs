@@ -6,11 +6,13 @@ pub mod deadletter;
 pub mod health;
 pub mod keys;
 pub mod ledger;
+pub mod levels;
 pub mod outcome;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod validate;
 pub mod worker;
 
 /// Helpers prepended to every Lua script (key layout, outcome encoding, alert crossings).

@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 
 use prost::Message as _;
-use stock_worker::fact::{validate_location, validate_meta, validate_sku};
 use stockflow_proto::{
     subjects,
     v1::{order_event::Command as Proto, EventMeta, OrderEvent},
 };
 use stockflow_shared::consume::HandleError;
+use stockflow_shared::validate::{validate_location, validate_meta, validate_sku};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 100;

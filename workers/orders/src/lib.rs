@@ -45,12 +45,12 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let location_priority = env.string("STOCKFLOW_LOCATION_PRIORITY", "");
         for location in location_priority.split(',').filter(|l| !l.is_empty()) {
-            stock_worker::fact::validate_location("location", location).map_err(|reason| {
-                ConfigError::Invalid {
+            stockflow_shared::validate::validate_location("location", location).map_err(
+                |reason| ConfigError::Invalid {
                     var: "STOCKFLOW_LOCATION_PRIORITY",
                     reason,
-                }
-            })?;
+                },
+            )?;
         }
         Ok(Self {
             worker: WorkerSettings::from_env(env, "order-worker", "127.0.0.1:9465")?,

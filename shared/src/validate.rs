@@ -1,0 +1,78 @@
+//! Limits and checks every entry point applies to input (workers, gateway, CLI), so a value is
+//! judged the same wherever it arrives. Each check returns a reason that names the field.
+
+use stockflow_proto::{subjects::MAX_SKU_BYTES, v1::EventMeta};
+
+/// Largest quantity in one fact, in units.
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+/// Longest `event_id`, in bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// Longest location, in bytes.
+pub const MAX_LOCATION_BYTES: usize = 64;
+/// Longest `source`, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 128;
+/// Longest `reference`, in bytes.
+pub const MAX_REFERENCE_BYTES: usize = 512;
+
+/// Checks the envelope every input event carries.
+pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
+    let id = &meta.event_id;
+    if id.is_empty() {
+        return Err("event_id is missing".into());
+    }
+    if id.len() > MAX_EVENT_ID_BYTES {
+        return Err(format!(
+            "event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("event_id must be printable ASCII without spaces".into());
+    }
+    if meta.source.len() > MAX_SOURCE_BYTES {
+        return Err(format!("source is longer than {MAX_SOURCE_BYTES} bytes"));
+    }
+    if meta.reference.len() > MAX_REFERENCE_BYTES {
+        return Err(format!(
+            "reference is longer than {MAX_REFERENCE_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// A SKU is any non-empty UTF-8 string of at most 128 bytes.
+pub fn validate_sku(sku: &str) -> Result<(), String> {
+    if sku.is_empty() {
+        return Err("sku is missing".into());
+    }
+    if sku.len() > MAX_SKU_BYTES {
+        return Err(format!(
+            "sku is {} bytes, at most {MAX_SKU_BYTES}",
+            sku.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A location is 1..=64 bytes without control characters.
+pub fn validate_location(field: &str, location: &str) -> Result<(), String> {
+    if location.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if location.len() > MAX_LOCATION_BYTES {
+        return Err(format!("{field} is longer than {MAX_LOCATION_BYTES} bytes"));
+    }
+    if location.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+/// `value` is a quantity of 1..=MAX_QUANTITY.
+pub fn positive(field: &str, value: i64) -> Result<(), String> {
+    if (1..=MAX_QUANTITY).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field} must be 1..={MAX_QUANTITY}, got {value}"))
+    }
+}

@@ -1,0 +1,1 @@
+//! HTTP/JSON front door: ingest facts and orders, query stock and orders.

@@ -1,0 +1,1 @@
+//! Delivers derived events to webhook subscriptions, signed, retried, dead-lettered.
