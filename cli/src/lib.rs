@@ -4,6 +4,7 @@
 //! reading derived streams, and waiting for a worker to catch up.
 
 pub mod events;
+pub mod rebuild;
 
 use std::time::Duration;
 

@@ -6,7 +6,8 @@ use prost::Message as _;
 use stockflow_proto::{
     subjects::{self, encode_token},
     v1::{
-        AlertKind, EventMeta, Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected,
+        AlertKind, EventMeta, PolicySet, Reason, RejectionReason, StockAlert, StockChanged,
+        StockEventRejected,
     },
 };
 
@@ -24,6 +25,10 @@ pub struct Cause<'a> {
     pub location: &'a str,
     /// Envelope of the input (reason, source, reference, occurred_at).
     pub meta: &'a EventMeta,
+    /// The policy change of a `policy_set` input, recorded on its ledger entries.
+    pub policy: Option<&'a PolicySet>,
+    /// The order line an order step acts on: (order_id, line_id).
+    pub order_line: Option<(&'a str, &'a str)>,
 }
 
 /// The natural reason of a ledger kind, used when the input gave none.
@@ -96,6 +101,20 @@ impl Ledger {
                 occurred_at_ms: cause.meta.occurred_at_ms,
                 applied_at_ms: outcome.applied_at_ms,
                 kind: change.kind.clone(),
+                policy: cause.policy.cloned(),
+                policy_location: if cause.policy.is_some() {
+                    cause.location.to_owned()
+                } else {
+                    String::new()
+                },
+                order_id: cause
+                    .order_line
+                    .map(|(o, _)| o.to_owned())
+                    .unwrap_or_default(),
+                line_id: cause
+                    .order_line
+                    .map(|(_, l)| l.to_owned())
+                    .unwrap_or_default(),
             };
             pending.push(Derived {
                 kind: DerivedKind::StockChanged,

@@ -36,7 +36,8 @@ pub async fn read_levels(
         .query_async(redis)
         .await
         .context("reading stock levels")?;
-    let policy: BTreeMap<String, i64> = redis::cmd("HGETALL")
+    // Mixed values: numbers, and the `prio` list of locations.
+    let policy: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.policy(sku))
         .query_async(redis)
         .await
@@ -53,7 +54,7 @@ pub async fn read_levels(
         levels.safety_stock = policy
             .get(&format!("ss:{location}"))
             .or_else(|| policy.get("ss"))
-            .copied()
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
     }
     Ok(out)

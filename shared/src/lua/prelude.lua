@@ -70,7 +70,8 @@ end
 local function seen(dedup_key, fingerprint)
   local stored = redis.call('HMGET', dedup_key, 'o', 'f', 'p')
   if not stored[1] then return nil end
-  if stored[2] ~= fingerprint then return { 'conflict', stored[2] } end
+  -- '*': a record restored from the ledger (`stockctl rebuild`), which does not keep content.
+  if stored[2] ~= fingerprint and stored[2] ~= '*' then return { 'conflict', stored[2] } end
   return { 'duplicate', stored[1], stored[3] or '0' }
 end
 

@@ -8,5 +8,6 @@ mod degraded;
 mod malformed;
 mod model;
 mod orders;
+mod rebuild;
 mod stock_facts;
 mod topology;

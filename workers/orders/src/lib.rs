@@ -181,6 +181,8 @@ impl OrderHandler {
             cause_id: &cause_id,
             location: &line.location,
             meta: &meta,
+            policy: None,
+            order_line: Some((&order.order_id, &line.line_id)),
         };
         self.ledger
             .publish(cause, &parsed)

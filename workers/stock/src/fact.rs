@@ -4,7 +4,7 @@
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
-    v1::{stock_event::Change, EventMeta, StockEvent},
+    v1::{stock_event::Change, EventMeta, PolicySet, StockEvent},
 };
 use stockflow_shared::{
     consume::HandleError,
@@ -80,6 +80,26 @@ fn optional(value: Option<i64>) -> String {
 }
 
 impl Fact {
+    /// The policy change of a `policy_set`, as the contract states it (for the ledger).
+    pub fn policy(&self) -> Option<PolicySet> {
+        match &self.op {
+            Op::PolicySet {
+                threshold,
+                safety_stock,
+                location_priority,
+            } => Some(PolicySet {
+                low_stock_threshold: *threshold,
+                safety_stock: *safety_stock,
+                location_priority: location_priority
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The script arguments after the location: quantity, expected, destination, threshold,
     /// safety stock, location priority.
     pub fn script_args(&self) -> [String; 6] {

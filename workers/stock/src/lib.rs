@@ -148,11 +148,14 @@ impl StockHandler {
     }
 
     async fn publish(&self, fact: &Fact, outcome: &outcome::Outcome) -> Result<(), HandleError> {
+        let policy = fact.policy();
         let cause = Cause {
             sku: &fact.sku,
             cause_id: &fact.meta.event_id,
             location: &fact.location,
             meta: &fact.meta,
+            policy: policy.as_ref(),
+            order_line: None,
         };
         self.ledger
             .publish(cause, outcome)

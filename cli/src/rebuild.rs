@@ -1,0 +1,668 @@
+//! Rebuilding Redis from JetStream (`stockctl rebuild`) and checking Redis against it
+//! (`stockctl reconcile`).
+//!
+//! The ledger (`STOCK_CHANGES`, kept forever) is the source of truth: every change to a level
+//! is one entry with the levels before and after, so the sum of `after - before` per
+//! (sku, location) is the level, in whatever order concurrent workers stored the entries.
+//! Policy entries carry the change as the input gave it, and order steps name their order line.
+//! Order decisions come from `ORDER_RESULTS` (kept forever); commits of orders whose hold is
+//! still running come from `ORDER_EVENTS` (kept a week, holds last at most a day).
+//!
+//! Rebuild expects the workers to be stopped (scaled to zero): inputs wait in their streams and
+//! are applied on top of the rebuilt state when the workers start again.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use prost::Message as _;
+use stockflow_proto::{
+    subjects,
+    v1::{
+        order_event, order_result, stock_event::Change, EventMeta, OrderEvent, OrderResult, Reason,
+        ReleaseReason, StockChanged, StockEvent, StockEventRejected,
+    },
+};
+use stockflow_shared::keys::Keys;
+
+/// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
+/// to the ledger, so the ledger's own sums leave them out.
+pub const RECONCILE_SOURCE: &str = "stockctl:reconcile";
+
+/// Ledger kinds written by order steps.
+const ORDER_KINDS: [&str; 3] = ["reserved", "released", "shipped"];
+
+/// On-hand and reserved units of one (sku, location), as the ledger sums them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Units present.
+    pub on_hand: i64,
+    /// Units held for orders.
+    pub reserved: i64,
+    touched_on_hand: bool,
+    touched_reserved: bool,
+}
+
+/// One order line as the ledger describes it.
+#[derive(Debug, Clone, Default)]
+struct LineState {
+    sku: String,
+    location: String,
+    quantity: i64,
+    shipped: i64,
+    released: bool,
+    /// Fulfilment event id -> (units, units still held after it).
+    shipments: Vec<(String, i64, i64)>,
+}
+
+/// One order as `ORDER_RESULTS` describes it.
+#[derive(Debug, Clone, Default)]
+struct OrderState {
+    status: &'static str,
+    confirmed: bool,
+    lines: String,
+    expires_at_ms: i64,
+    cancelled: bool,
+    committed: bool,
+}
+
+/// Everything the streams say about the state Redis should hold.
+#[derive(Debug, Default)]
+pub struct Fold {
+    /// Levels per (sku, location).
+    pub levels: BTreeMap<(String, String), Totals>,
+    /// Policy hash fields per SKU (`thr`, `ss`, `thr:<loc>`, `ss:<loc>`, `prio`).
+    pub policies: BTreeMap<String, BTreeMap<String, String>>,
+    /// Stock inputs seen: (sku, event_id) -> (applied_at_ms, stored outcome).
+    stock_events: HashMap<(String, String), (i64, String)>,
+    policy_causes: HashSet<(String, String)>,
+    lines: BTreeMap<(String, String), LineState>,
+    orders: BTreeMap<String, OrderState>,
+    /// Ledger entries read.
+    pub entries: u64,
+    /// Bytes the ledger stream stores.
+    pub ledger_bytes: u64,
+}
+
+/// What a rebuild wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Ledger entries read.
+    pub entries: u64,
+    /// (sku, location) levels written.
+    pub locations: usize,
+    /// SKUs with a policy.
+    pub policies: usize,
+    /// Dedup records restored (still inside the dedup window).
+    pub dedup_records: usize,
+    /// Orders restored.
+    pub orders: usize,
+    /// Order lines restored.
+    pub lines: usize,
+    /// Checkout holds scheduled again.
+    pub holds: usize,
+    /// Average stored bytes per ledger message (for retention planning).
+    pub bytes_per_entry: u64,
+}
+
+/// A level on which Redis and the ledger disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// SKU.
+    pub sku: String,
+    /// Location.
+    pub location: String,
+    /// `on_hand` or `reserved`.
+    pub field: &'static str,
+    /// What the ledger sums to.
+    pub ledger: i64,
+    /// What Redis holds.
+    pub redis: i64,
+}
+
+/// Calls `each` for every message of `stream` stored up to now, in stream order.
+async fn for_each_message(
+    js: &jetstream::Context,
+    stream: &str,
+    mut each: impl FnMut(&jetstream::Message) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut handle = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("opening stream {stream}"))?;
+    let state = handle.info().await?.state.clone();
+    if state.messages == 0 {
+        return Ok(state.bytes);
+    }
+    let consumer = handle
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let message = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) | Err(_) => anyhow::bail!("reading {stream} stopped early"),
+        };
+        each(&message).with_context(|| format!("{stream} message on {}", message.subject))?;
+        let sequence = message
+            .info()
+            .map_err(|e| anyhow::anyhow!(e))?
+            .stream_sequence;
+        if sequence >= state.last_sequence {
+            return Ok(state.bytes);
+        }
+    }
+}
+
+fn applied_header(at_ms: i64) -> String {
+    format!("1\u{1f}{at_ms}\u{1f}applied\u{1f}\u{1f}")
+}
+
+fn published_ms(message: &jetstream::Message) -> i64 {
+    message
+        .info()
+        .map(|info| (info.published.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or_default()
+}
+
+impl Fold {
+    /// Reads the ledger only: the levels and policies (what `reconcile` compares).
+    pub async fn ledger(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let mut fold = Self::default();
+        fold.ledger_bytes = for_each_message(js, subjects::STOCK_CHANGES, |message| {
+            fold.stock_message(message)
+        })
+        .await?;
+        Ok(fold)
+    }
+
+    /// Reads the ledger, order results and recent order commands.
+    pub async fn everything(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let mut fold = Self::ledger(js).await?;
+        for_each_message(js, subjects::ORDER_RESULTS, |message| {
+            fold.order_result(message)
+        })
+        .await?;
+        for_each_message(js, subjects::ORDER_EVENTS, |message| {
+            fold.order_event(message)
+        })
+        .await?;
+        Ok(fold)
+    }
+
+    fn stock_message(&mut self, message: &jetstream::Message) -> anyhow::Result<()> {
+        if message.subject.starts_with("stock.outcomes.") {
+            let rejected = StockEventRejected::decode(message.payload.as_ref())?;
+            let outcome = format!(
+                "1\u{1f}{}\u{1f}stale\u{1f}{}\u{1f}{}",
+                published_ms(message),
+                rejected.expected_on_hand,
+                rejected.actual_on_hand
+            );
+            self.stock_events.insert(
+                (rejected.sku, rejected.event_id),
+                (published_ms(message), outcome),
+            );
+            return Ok(());
+        }
+        let entry = StockChanged::decode(message.payload.as_ref())?;
+        self.entries += 1;
+        let (before, after) = (
+            entry.before.unwrap_or_default(),
+            entry.after.unwrap_or_default(),
+        );
+        if !entry.location.is_empty() && entry.source != RECONCILE_SOURCE {
+            let totals = self
+                .levels
+                .entry((entry.sku.clone(), entry.location.clone()))
+                .or_default();
+            totals.on_hand += after.on_hand - before.on_hand;
+            totals.reserved += after.reserved - before.reserved;
+            if entry.kind != "policy_set" {
+                totals.touched_on_hand = true;
+            }
+            totals.touched_reserved |= ORDER_KINDS.contains(&entry.kind.as_str());
+        }
+        if ORDER_KINDS.contains(&entry.kind.as_str()) {
+            self.order_step(&entry, before.on_hand - after.on_hand);
+            return Ok(());
+        }
+        if let Some(policy) = &entry.policy {
+            if self
+                .policy_causes
+                .insert((entry.sku.clone(), entry.cause_event_id.clone()))
+            {
+                let fields = self.policies.entry(entry.sku.clone()).or_default();
+                let suffix = if entry.policy_location.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{}", entry.policy_location)
+                };
+                for (name, value) in [
+                    ("thr", policy.low_stock_threshold),
+                    ("ss", policy.safety_stock),
+                ] {
+                    match value {
+                        Some(v) if v < 0 => {
+                            fields.remove(&format!("{name}{suffix}"));
+                        }
+                        Some(v) => {
+                            fields.insert(format!("{name}{suffix}"), v.to_string());
+                        }
+                        None => {}
+                    }
+                }
+                if !policy.location_priority.is_empty() {
+                    fields.insert("prio".into(), policy.location_priority.join(","));
+                }
+            }
+        }
+        self.stock_events.insert(
+            (entry.sku, entry.cause_event_id),
+            (entry.applied_at_ms, applied_header(entry.applied_at_ms)),
+        );
+        Ok(())
+    }
+
+    fn order_step(&mut self, entry: &StockChanged, shipped_units: i64) {
+        let line = self
+            .lines
+            .entry((entry.order_id.clone(), entry.line_id.clone()))
+            .or_default();
+        line.sku.clone_from(&entry.sku);
+        line.location.clone_from(&entry.location);
+        let (before, after) = (
+            entry.before.unwrap_or_default(),
+            entry.after.unwrap_or_default(),
+        );
+        match entry.kind.as_str() {
+            "reserved" => line.quantity = after.reserved - before.reserved,
+            "released" => line.released = true,
+            _ => {
+                line.shipped += shipped_units;
+                let prefix = format!("{}/{}/ship/", entry.order_id, entry.line_id);
+                if let Some(fulfilment) = entry.cause_event_id.strip_prefix(&prefix) {
+                    line.shipments.push((
+                        fulfilment.to_owned(),
+                        shipped_units,
+                        line.quantity - line.shipped,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn order_result(&mut self, message: &jetstream::Message) -> anyhow::Result<()> {
+        let result = OrderResult::decode(message.payload.as_ref())?;
+        let order = self.orders.entry(result.order_id).or_default();
+        match result.result {
+            Some(order_result::Result::Confirmed(confirmed)) => {
+                order.confirmed = true;
+                if order.status.is_empty() {
+                    order.status = "confirmed";
+                }
+                order.expires_at_ms = confirmed.expires_at_ms;
+                order.lines = confirmed
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                            l.line_id, l.sku, l.quantity, l.location
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\u{1e}");
+            }
+            Some(order_result::Result::Rejected(_)) => order.status = "rejected",
+            Some(order_result::Result::Released(released)) => {
+                order.status = match ReleaseReason::try_from(released.reason) {
+                    Ok(ReleaseReason::Expired) => "expired",
+                    Ok(ReleaseReason::FulfilledRemainder) => "fulfilled",
+                    _ => "cancelled",
+                };
+                order.cancelled |= order.status == "cancelled";
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn order_event(&mut self, message: &jetstream::Message) -> anyhow::Result<()> {
+        // Inputs may be malformed (they went to dead letters); only commits matter here.
+        let Ok(event) = OrderEvent::decode(message.payload.as_ref()) else {
+            return Ok(());
+        };
+        if let Some(order_event::Command::Committed(_)) = event.command {
+            if let Some(order) = self.orders.get_mut(&event.order_id) {
+                order.committed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the fold into Redis. Dedup records older than `dedup_ttl` are not restored.
+    pub async fn write(
+        &self,
+        redis: &mut impl redis::aio::ConnectionLike,
+        keys: &Keys,
+        dedup_ttl: Duration,
+    ) -> anyhow::Result<RebuildReport> {
+        let now = stockflow_shared::now_ms();
+        let ttl_ms = i64::try_from(dedup_ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut report = RebuildReport {
+            entries: self.entries,
+            bytes_per_entry: self.ledger_bytes / self.entries.max(1),
+            ..Default::default()
+        };
+        let mut batch = Batch::default();
+        for ((sku, location), totals) in &self.levels {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(keys.stock(sku));
+            if totals.touched_on_hand {
+                cmd.arg(format!("oh:{location}")).arg(totals.on_hand);
+            }
+            if totals.touched_reserved {
+                cmd.arg(format!("rs:{location}")).arg(totals.reserved);
+            }
+            if totals.touched_on_hand || totals.touched_reserved {
+                batch.add(cmd, redis).await?;
+                report.locations += 1;
+            }
+        }
+        for (sku, fields) in &self.policies {
+            if fields.is_empty() {
+                continue;
+            }
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(keys.policy(sku));
+            for (name, value) in fields {
+                cmd.arg(name).arg(value);
+            }
+            batch.add(cmd, redis).await?;
+            report.policies += 1;
+        }
+        for ((sku, event_id), (applied_at, outcome)) in &self.stock_events {
+            let left_ms = ttl_ms - (now - applied_at);
+            if left_ms <= 0 {
+                continue;
+            }
+            let key = keys.event(sku, event_id);
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&key)
+                .arg("o")
+                .arg(outcome)
+                .arg("f")
+                .arg("*")
+                .arg("p")
+                .arg("1");
+            batch.add(cmd, redis).await?;
+            let mut expire = redis::cmd("PEXPIRE");
+            expire.arg(&key).arg(left_ms);
+            batch.add(expire, redis).await?;
+            report.dedup_records += 1;
+        }
+        for ((order_id, line_id), line) in &self.lines {
+            let key = keys.order_line(&line.sku, order_id, line_id);
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&key)
+                .arg("state")
+                .arg(if line.released {
+                    "released"
+                } else {
+                    "reserved"
+                })
+                .arg("loc")
+                .arg(&line.location)
+                .arg("qty")
+                .arg(line.quantity)
+                .arg("shipped")
+                .arg(line.shipped)
+                .arg("o")
+                .arg(applied_header(now));
+            for (fulfilment, units, left) in &line.shipments {
+                cmd.arg(format!("f:{fulfilment}"))
+                    .arg(format!("{units}\u{1f}{left}\u{1f}"));
+            }
+            batch.add(cmd, redis).await?;
+            if line.released {
+                let mut expire = redis::cmd("EXPIRE");
+                expire.arg(&key).arg(dedup_ttl.as_secs());
+                batch.add(expire, redis).await?;
+            }
+            report.lines += 1;
+        }
+        for (order_id, order) in &self.orders {
+            if order.status.is_empty() {
+                continue;
+            }
+            let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(keys.order(order_id))
+                .arg("status")
+                .arg(order.status)
+                .arg("lines")
+                .arg(&order.lines)
+                .arg("published")
+                .arg("1")
+                .arg("expires")
+                .arg(order.expires_at_ms)
+                .arg("hold")
+                .arg(0);
+            if ended {
+                let from = if order.confirmed {
+                    "confirmed"
+                } else {
+                    "placing"
+                };
+                cmd.arg("from").arg(from).arg("settled").arg("1");
+            }
+            if order.cancelled {
+                cmd.arg("cancelled").arg("1");
+            }
+            if order.committed {
+                cmd.arg("committed").arg("1");
+            }
+            batch.add(cmd, redis).await?;
+            report.orders += 1;
+            if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg(keys.holds_due())
+                    .arg(order.expires_at_ms)
+                    .arg(order_id);
+                batch.add(zadd, redis).await?;
+                report.holds += 1;
+            }
+        }
+        batch.flush(redis).await?;
+        Ok(report)
+    }
+}
+
+/// Commands sent in pipelines of a bounded size.
+#[derive(Default)]
+struct Batch {
+    pipe: redis::Pipeline,
+    len: usize,
+}
+
+impl Batch {
+    async fn add(
+        &mut self,
+        cmd: redis::Cmd,
+        redis: &mut impl redis::aio::ConnectionLike,
+    ) -> anyhow::Result<()> {
+        self.pipe.add_command(cmd).ignore();
+        self.len += 1;
+        if self.len >= 1_000 {
+            self.flush(redis).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, redis: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<()> {
+        if self.len > 0 {
+            self.pipe
+                .query_async::<()>(redis)
+                .await
+                .context("writing rebuilt state to Redis")?;
+            self.pipe = redis::pipe();
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+/// True when Redis holds no key under the prefix.
+pub async fn is_empty(
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+) -> anyhow::Result<bool> {
+    let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("{}:*", keys.prefix()))
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async(redis)
+        .await?;
+    // One SCAN step may find nothing while keys exist further on: check with the key count too.
+    if !found.is_empty() {
+        return Ok(false);
+    }
+    let size: u64 = redis::cmd("DBSIZE").query_async(redis).await?;
+    Ok(size == 0)
+}
+
+/// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state.
+pub async fn rebuild(
+    js: &jetstream::Context,
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    dedup_ttl: Duration,
+) -> anyhow::Result<RebuildReport> {
+    anyhow::ensure!(
+        is_empty(redis, keys).await?,
+        "Redis already holds data: rebuild writes only into an empty database (stop the \
+         workers, FLUSHDB, then rebuild)"
+    );
+    let fold = Fold::everything(js).await?;
+    fold.write(redis, keys, dedup_ttl).await
+}
+
+/// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.
+pub async fn drift(
+    js: &jetstream::Context,
+    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    keys: &Keys,
+) -> anyhow::Result<Vec<Drift>> {
+    let fold = Fold::ledger(js).await?;
+    let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
+    let pattern = format!("{}:{{*}}:stock", keys.prefix());
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(redis)
+            .await?;
+        for key in found {
+            let token = key
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map(|(token, _)| token);
+            if let Some(sku) = token.and_then(subjects::decode_token) {
+                skus.insert(sku);
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    let mut skus: Vec<String> = skus.into_iter().collect();
+    skus.sort();
+    for sku in skus {
+        let stored = stockflow_shared::levels::read_levels(redis, keys, &sku).await?;
+        let mut locations: Vec<&String> = stored.keys().collect();
+        locations.extend(
+            fold.levels
+                .keys()
+                .filter(|(s, _)| *s == sku)
+                .map(|(_, l)| l),
+        );
+        locations.sort();
+        locations.dedup();
+        for location in locations {
+            let ledger = fold
+                .levels
+                .get(&(sku.clone(), location.clone()))
+                .copied()
+                .unwrap_or_default();
+            let held = stored.get(location).copied().unwrap_or_default();
+            for (field, ledger, redis) in [
+                ("on_hand", ledger.on_hand, held.on_hand),
+                ("reserved", ledger.reserved, held.reserved),
+            ] {
+                if ledger != redis {
+                    out.push(Drift {
+                        sku: sku.clone(),
+                        location: location.clone(),
+                        field,
+                        ledger,
+                        redis,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes one `adjusted` fact per on-hand drift that brings Redis back to the ledger, with
+/// `source` [`RECONCILE_SOURCE`] and an event id fixed by the drift, so running the fix twice
+/// for the same drift applies it once. Reserved drift has no stock fact that repairs it: rebuild.
+pub async fn publish_corrections(
+    js: &jetstream::Context,
+    drifts: &[Drift],
+) -> anyhow::Result<usize> {
+    let mut published = 0;
+    for d in drifts.iter().filter(|d| d.field == "on_hand") {
+        let event_id = format!(
+            "reconcile:{}:{}:{}",
+            subjects::encode_token(&d.location),
+            d.redis,
+            d.ledger
+        );
+        let event = StockEvent {
+            meta: Some(EventMeta {
+                event_id: event_id.clone(),
+                occurred_at_ms: stockflow_shared::now_ms(),
+                source: RECONCILE_SOURCE.to_owned(),
+                reason: Reason::Correction.into(),
+                reference: String::new(),
+            }),
+            sku: d.sku.clone(),
+            location: d.location.clone(),
+            change: Some(Change::Adjusted(stockflow_proto::v1::Adjusted {
+                delta: d.ledger - d.redis,
+            })),
+        };
+        let msg_id = format!("{}:{event_id}", subjects::encode_token(&d.sku));
+        crate::events::publish(js, &event, &msg_id).await?;
+        published += 1;
+    }
+    Ok(published)
+}

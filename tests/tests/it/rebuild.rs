@@ -1,0 +1,266 @@
+//! Rebuilding Redis from JetStream after it lost everything, and reconciling it with the ledger.
+
+use std::collections::BTreeMap;
+
+use redis::AsyncCommands as _;
+use stockflow_cli::rebuild;
+use stockflow_proto::v1::{
+    order_event::Command, stock_event::Change, FulfilledLine, OrderCancelled, OrderCommitted,
+    OrderFulfilled, PolicySet,
+};
+
+use crate::world::*;
+
+const SKUS: usize = 12;
+const TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+fn sku(i: usize) -> String {
+    format!("RB-{i}")
+}
+
+/// Everything of stockflow's Redis state a test can compare: levels, policies, holds, orders.
+async fn snapshot(world: &World) -> BTreeMap<String, String> {
+    let mut conn = world.redis.connection().await;
+    let mut out = BTreeMap::new();
+    for i in 0..SKUS {
+        let sku = sku(i);
+        let levels = stockflow_shared::levels::read_levels(&mut conn, &world.keys, &sku)
+            .await
+            .expect("levels");
+        out.insert(format!("levels {sku}"), format!("{levels:?}"));
+        let policy: BTreeMap<String, String> =
+            conn.hgetall(world.keys.policy(&sku)).await.expect("policy");
+        out.insert(format!("policy {sku}"), format!("{policy:?}"));
+    }
+    let holds: Vec<(String, i64)> = conn
+        .zrange_withscores(world.keys.holds_due(), 0, -1)
+        .await
+        .expect("holds");
+    out.insert("holds".into(), format!("{holds:?}"));
+    for order in ["held", "paid", "gone", "shipped", "short"] {
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(world.keys.order(order))
+            .arg(&["status", "committed", "expires"])
+            .query_async(&mut conn)
+            .await
+            .expect("order");
+        out.insert(format!("order {order}"), format!("{fields:?}"));
+    }
+    out
+}
+
+fn ship(id: &str, order_id: &str, quantity: i64, last: bool) -> stockflow_proto::v1::OrderEvent {
+    order(
+        id,
+        order_id,
+        Command::Fulfilled(OrderFulfilled {
+            lines: vec![FulfilledLine {
+                line_id: "1".into(),
+                quantity,
+            }],
+            last_shipment: last,
+        }),
+    )
+}
+
+/// Stock facts of every kind over [`SKUS`] SKUs and two locations, and orders in every state.
+async fn workload(world: &World) -> Vec<stockflow_proto::v1::StockEvent> {
+    let mut facts = Vec::new();
+    for i in 0..SKUS {
+        let s = sku(i);
+        facts.push(event(&format!("r{i}"), &s, "wh", received(40 + i as i64)));
+        facts.push(event(&format!("s{i}"), &s, "wh", sold(3)));
+        facts.push(event(&format!("t{i}"), &s, "wh", transferred("store", 5)));
+        facts.push(event(&format!("c{i}"), &s, "store", counted(4, Some(5))));
+        facts.push(event(
+            &format!("stale{i}"),
+            &s,
+            "store",
+            counted(9, Some(99)),
+        ));
+        facts.push(event(
+            &format!("p{i}"),
+            &s,
+            "store",
+            policy(Some(2), Some(1)),
+        ));
+        facts.push(event(
+            &format!("pd{i}"),
+            &s,
+            "",
+            Change::PolicySet(PolicySet {
+                low_stock_threshold: Some(6),
+                safety_stock: None,
+                location_priority: vec!["store".into(), "wh".into()],
+            }),
+        ));
+    }
+    for fact in &facts {
+        world.publish(fact).await;
+    }
+    world.wait_stock_idle().await;
+    let orders = [
+        order("o1", "held", placed(&[("1", &sku(0), 2, "wh")], 3_600)),
+        order("o2", "paid", placed(&[("1", &sku(1), 3, "")], 3_600)),
+        order("o3", "paid", Command::Committed(OrderCommitted {})),
+        order("o4", "gone", placed(&[("1", &sku(2), 4, "wh")], 0)),
+        order("o5", "gone", Command::Cancelled(OrderCancelled {})),
+        order("o6", "shipped", placed(&[("1", &sku(3), 5, "wh")], 0)),
+        ship("o7", "shipped", 2, false),
+        order("o8", "short", placed(&[("1", &sku(4), 10_000, "wh")], 0)),
+    ];
+    for o in &orders {
+        world.publish_order(o).await;
+        world.wait_orders_idle().await;
+    }
+    facts
+}
+
+#[tokio::test]
+async fn a_flushed_redis_is_rebuilt_from_jetstream_and_stays_idempotent() {
+    let world = World::start().await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    let facts = workload(&world).await;
+    let before = snapshot(&world).await;
+    assert!(before["holds"].contains("held"), "{before:?}");
+    stock.shutdown().await;
+    orders.shutdown().await;
+
+    let mut conn = world.redis.connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let report = rebuild::rebuild(&world.js, &mut conn, &world.keys, TTL)
+        .await
+        .expect("rebuild");
+    println!("rebuild: {report:?}");
+    assert_eq!(
+        report.holds, 1,
+        "only the uncommitted confirmed order is held"
+    );
+    assert!(report.dedup_records >= facts.len(), "{report:?}");
+    assert_eq!(
+        snapshot(&world).await,
+        before,
+        "rebuilt state equals the lost one"
+    );
+    let refused = rebuild::rebuild(&world.js, &mut conn, &world.keys, TTL).await;
+    assert!(
+        refused.is_err(),
+        "rebuild refuses to write over existing state"
+    );
+
+    // Every input again, under new message ids: the restored dedup state absorbs them all.
+    let ledger_before = stockflow_tests::count(
+        &world.js,
+        stockflow_proto::subjects::STOCK_CHANGES,
+        "stock.changes.>",
+    )
+    .await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    for fact in &facts {
+        world.publish(fact).await;
+    }
+    world.publish_order(&ship("o7", "shipped", 2, false)).await;
+    world.wait_stock_idle().await;
+    world.wait_orders_idle().await;
+    assert_eq!(snapshot(&world).await, before, "duplicates changed nothing");
+    assert_eq!(
+        stockflow_tests::count(
+            &world.js,
+            stockflow_proto::subjects::STOCK_CHANGES,
+            "stock.changes.>"
+        )
+        .await,
+        ledger_before,
+        "no second ledger entry for any event"
+    );
+
+    // Work goes on from the rebuilt state: a new sale, the held order cancelled once.
+    let (oh, rs) = world.on_hand_reserved(&sku(0), "wh").await;
+    world
+        .publish(&event("after-1", &sku(0), "wh", sold(1)))
+        .await;
+    world
+        .publish_order(&order("o9", "held", Command::Cancelled(OrderCancelled {})))
+        .await;
+    world
+        .publish_order(&order("o9b", "held", Command::Cancelled(OrderCancelled {})))
+        .await;
+    world.wait_stock_idle().await;
+    world.wait_orders_idle().await;
+    assert_eq!(
+        world.on_hand_reserved(&sku(0), "wh").await,
+        (oh - 1, rs - 2)
+    );
+    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift")
+        .is_empty());
+    stock.shutdown().await;
+    orders.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
+    let world = World::start().await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    workload(&world).await;
+    let mut conn = world.redis.connection().await;
+    assert_eq!(
+        rebuild::drift(&world.js, &mut conn, &world.keys)
+            .await
+            .expect("drift"),
+        vec![],
+        "Redis agrees with the ledger"
+    );
+    let before = snapshot(&world).await;
+
+    // Redis loses the last write of one level (as after a crash with AOF everysec).
+    let _: i64 = conn
+        .hincr(world.keys.stock(&sku(5)), "oh:wh", -3)
+        .await
+        .expect("hincr");
+    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    let (oh, _) = world.on_hand_reserved(&sku(5), "wh").await;
+    assert_eq!(
+        drift,
+        vec![rebuild::Drift {
+            sku: sku(5),
+            location: "wh".into(),
+            field: "on_hand",
+            ledger: oh + 3,
+            redis: oh,
+        }]
+    );
+    for _ in 0..2 {
+        // Twice: the correction of one drift is applied once.
+        assert_eq!(
+            rebuild::publish_corrections(&world.js, &drift)
+                .await
+                .expect("fix"),
+            1
+        );
+    }
+    world.wait_stock_idle().await;
+    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift")
+        .is_empty());
+    assert_eq!(snapshot(&world).await, before, "repaired");
+
+    // The correction is in the ledger for the audit, but a rebuild does not count it twice.
+    stock.shutdown().await;
+    orders.shutdown().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    rebuild::rebuild(&world.js, &mut conn, &world.keys, TTL)
+        .await
+        .expect("rebuild");
+    assert_eq!(snapshot(&world).await, before);
+}
