@@ -27,7 +27,7 @@ use stockflow_proto::{
         ReleaseReason, StockChanged, StockEvent, StockEventRejected,
     },
 };
-use stockflow_shared::keys::Keys;
+use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 /// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
 /// to the ledger, so the ledger's own sums leave them out.
@@ -352,7 +352,7 @@ impl Fold {
     /// Writes the fold into Redis. Dedup records older than `dedup_ttl` are not restored.
     pub async fn write(
         &self,
-        redis: &mut impl redis::aio::ConnectionLike,
+        redis: &mut RedisConnection,
         keys: &Keys,
         dedup_ttl: Duration,
     ) -> anyhow::Result<RebuildReport> {
@@ -487,65 +487,59 @@ impl Fold {
     }
 }
 
-/// Commands sent in pipelines of a bounded size.
+/// Commands sent in pipelines of a bounded size; on Redis Cluster, where a pipeline must stay
+/// in one slot, as concurrent single commands instead.
 #[derive(Default)]
 struct Batch {
-    pipe: redis::Pipeline,
-    len: usize,
+    cmds: Vec<redis::Cmd>,
 }
 
 impl Batch {
-    async fn add(
-        &mut self,
-        cmd: redis::Cmd,
-        redis: &mut impl redis::aio::ConnectionLike,
-    ) -> anyhow::Result<()> {
-        self.pipe.add_command(cmd).ignore();
-        self.len += 1;
-        if self.len >= 1_000 {
+    async fn add(&mut self, cmd: redis::Cmd, redis: &mut RedisConnection) -> anyhow::Result<()> {
+        self.cmds.push(cmd);
+        if self.cmds.len() >= 1_000 {
             self.flush(redis).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, redis: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<()> {
-        if self.len > 0 {
-            self.pipe
-                .query_async::<()>(redis)
+    async fn flush(&mut self, redis: &mut RedisConnection) -> anyhow::Result<()> {
+        let cmds = std::mem::take(&mut self.cmds);
+        if redis.is_cluster() {
+            futures::stream::iter(cmds)
+                .map(|cmd| {
+                    let mut conn = redis.clone();
+                    async move { cmd.query_async::<()>(&mut conn).await }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .context("writing rebuilt state to Redis")?;
+        } else if !cmds.is_empty() {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd).ignore();
+            }
+            pipe.query_async::<()>(redis)
                 .await
                 .context("writing rebuilt state to Redis")?;
-            self.pipe = redis::pipe();
-            self.len = 0;
         }
         Ok(())
     }
 }
 
 /// True when Redis holds no key under the prefix.
-pub async fn is_empty(
-    redis: &mut impl redis::aio::ConnectionLike,
-    keys: &Keys,
-) -> anyhow::Result<bool> {
-    let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
-        .arg(0)
-        .arg("MATCH")
-        .arg(format!("{}:*", keys.prefix()))
-        .arg("COUNT")
-        .arg(10_000)
-        .query_async(redis)
-        .await?;
-    // One SCAN step may find nothing while keys exist further on: check with the key count too.
-    if !found.is_empty() {
-        return Ok(false);
-    }
-    let size: u64 = redis::cmd("DBSIZE").query_async(redis).await?;
-    Ok(size == 0)
+pub async fn is_empty(redis: &mut RedisConnection, keys: &Keys) -> anyhow::Result<bool> {
+    let found = redis.scan_match(&format!("{}:*", keys.prefix())).await?;
+    Ok(found.is_empty())
 }
 
 /// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state.
 pub async fn rebuild(
     js: &jetstream::Context,
-    redis: &mut impl redis::aio::ConnectionLike,
+    redis: &mut RedisConnection,
     keys: &Keys,
     dedup_ttl: Duration,
 ) -> anyhow::Result<RebuildReport> {
@@ -561,35 +555,22 @@ pub async fn rebuild(
 /// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.
 pub async fn drift(
     js: &jetstream::Context,
-    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    redis: &mut RedisConnection,
     keys: &Keys,
 ) -> anyhow::Result<Vec<Drift>> {
     let fold = Fold::ledger(js).await?;
     let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
-    let pattern = format!("{}:{{*}}:stock", keys.prefix());
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(redis)
-            .await?;
-        for key in found {
-            let token = key
-                .split_once('{')
-                .and_then(|(_, rest)| rest.split_once('}'))
-                .map(|(token, _)| token);
-            if let Some(sku) = token.and_then(subjects::decode_token) {
-                skus.insert(sku);
-            }
+    for key in redis
+        .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
+        .await?
+    {
+        let token = key
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(token, _)| token);
+        if let Some(sku) = token.and_then(subjects::decode_token) {
+            skus.insert(sku);
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     let mut out = Vec::new();
     let mut skus: Vec<String> = skus.into_iter().collect();

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod ledger;
 pub mod levels;
 pub mod outcome;
+pub mod redis_conn;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

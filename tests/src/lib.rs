@@ -2,6 +2,8 @@
 //! with its own data directory, stopped and removed on `Drop`; plus helpers that wait on
 //! conditions with a deadline instead of sleeping.
 
+pub mod cluster;
+
 use std::{
     future::Future,
     net::{SocketAddr, TcpListener, TcpStream},

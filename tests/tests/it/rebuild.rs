@@ -126,7 +126,7 @@ async fn a_flushed_redis_is_rebuilt_from_jetstream_and_stays_idempotent() {
     stock.shutdown().await;
     orders.shutdown().await;
 
-    let mut conn = world.redis.connection().await;
+    let mut conn = world.redis_connection().await;
     let _: () = redis::cmd("FLUSHALL")
         .query_async(&mut conn)
         .await
@@ -207,7 +207,7 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
     let world = World::start().await;
     let (stock, orders) = (world.stock_worker(), world.order_worker());
     workload(&world).await;
-    let mut conn = world.redis.connection().await;
+    let mut conn = world.redis_connection().await;
     assert_eq!(
         rebuild::drift(&world.js, &mut conn, &world.keys)
             .await

@@ -197,6 +197,16 @@ impl World {
         self.wait_idle(subjects::STOCK_EVENTS, "stock-worker").await;
     }
 
+    /// The connection type the workers and `stockctl` use.
+    pub(crate) async fn redis_connection(&self) -> stockflow_shared::redis_conn::RedisConnection {
+        let client = redis::Client::open(self.redis.url()).expect("redis url");
+        stockflow_shared::redis_conn::RedisConnection::Single(
+            redis::aio::ConnectionManager::new(client)
+                .await
+                .expect("connect to test redis"),
+        )
+    }
+
     /// Current levels of (sku, location), without safety stock.
     pub(crate) async fn on_hand_reserved(&self, sku: &str, location: &str) -> (i64, i64) {
         let mut conn = self.redis.connection().await;

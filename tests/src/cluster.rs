@@ -1,0 +1,319 @@
+//! Clusters on loopback: a 3-node NATS cluster with JetStream, and a Redis Cluster of three
+//! primaries with one replica each (`redis-cli --cluster create`). Nodes can be stopped and
+//! started one at a time, for failover tests.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{free_port, server_binary, wait_for_port, DEADLINE};
+
+/// One node of a [`NatsCluster`].
+#[derive(Debug)]
+struct NatsNode {
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three `nats-server`s with JetStream, routed to each other.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsNode>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until each answers.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = (0..3)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                let (port, monitor_port) = (free_port(), free_port());
+                let store = dir.path().join(&name);
+                let config = dir.path().join(format!("{name}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                         http: 127.0.0.1:{monitor_port}\n\
+                         jetstream {{ store_dir: {store:?} }}\n\
+                         cluster {{ name: stockflow, listen: 127.0.0.1:{route}, \
+                         routes: [{route_list}] }}\n",
+                        route = routes[i],
+                    ),
+                )
+                .expect("write nats config");
+                NatsNode {
+                    name,
+                    port,
+                    monitor_port,
+                    config,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { nodes, dir };
+        for i in 0..3 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// Starts node `i` (again).
+    pub fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", node.name)))
+            .expect("log file");
+        let mut child = Command::new(server_binary("nats-server"))
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], node.port)),
+            &mut child,
+            "nats-server",
+        );
+        node.child = Some(child);
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Every node's URL, comma-separated (`STOCKFLOW_NATS_URL`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node named `server_name` (as in a stream's cluster info).
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == server_name)
+    }
+
+    /// Monitoring port of node `i`.
+    pub fn monitor_port(&self, i: usize) -> u16 {
+        self.nodes[i].monitor_port
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+}
+
+/// One node of a [`RedisCluster`].
+#[derive(Debug)]
+struct RedisNode {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Six `redis-server`s in cluster mode: three primaries, one replica each.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every slot is served.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes = (0..6)
+            .map(|i| {
+                let node_dir = dir.path().join(format!("r{i}"));
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                RedisNode {
+                    port: free_port(),
+                    dir: node_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { nodes, _dir: dir };
+        for i in 0..6 {
+            cluster.start_node(i);
+        }
+        let mut create = Command::new(server_binary("redis-cli"));
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Starts node `i` (again, from its own directory: it rejoins with its identity).
+    pub fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            return;
+        }
+        let mut child = Command::new(server_binary("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &node.port.to_string()])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(&node.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], node.port)),
+            &mut child,
+            "redis-server",
+        );
+        node.child = Some(child);
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Every node's URL, comma-separated (`STOCKFLOW_REDIS_URL` in cluster mode).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new(server_binary("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Index of the node that is primary for `key`'s slot now.
+    pub fn primary_for(&self, key: &str) -> usize {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let slot: u16 = self
+            .cli(live.port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        let nodes = self
+            .cli(live.port, &["CLUSTER", "NODES"])
+            .expect("CLUSTER NODES");
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
+                None => range.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("node address");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("a node of ours");
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and all slots are assigned.
+    pub fn wait_until_ok(&self) {
+        let started = Instant::now();
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                self.cli(n.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "Redis Cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+}
