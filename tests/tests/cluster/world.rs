@@ -1,0 +1,237 @@
+//! One test's clusters, clients and in-process workers.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::{jetstream, HeaderMap};
+use prost::Message as _;
+use stockflow_proto::{
+    subjects,
+    v1::{order_event::Command, stock_event::Change, EventMeta, OrderEvent, OrderLine, StockEvent},
+};
+use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, settings::Env, topology};
+use stockflow_tests::{
+    cluster::{NatsCluster, RedisCluster},
+    eventually, DEADLINE,
+};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct ClusterWorld {
+    pub(crate) nats: NatsCluster,
+    pub(crate) redis: RedisCluster,
+    pub(crate) js: jetstream::Context,
+    pub(crate) keys: Keys,
+}
+
+pub(crate) struct RunningWorker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
+            .expect("worker ends cleanly");
+    }
+}
+
+impl ClusterWorld {
+    pub(crate) async fn start() -> Self {
+        let nats = NatsCluster::start();
+        let redis = RedisCluster::start();
+        let client = async_nats::connect(nats.urls()).await.expect("connect nats");
+        let js = jetstream::new(client);
+        let settings = topology::TopologySettings {
+            replicas: 3,
+            ack_wait: Duration::from_secs(2),
+        };
+        // The cluster elects its JetStream meta leader after start: retry until it has one.
+        eventually("JetStream cluster ready", DEADLINE, || async {
+            topology::ensure(&js, &settings, topology::Mode::Verify)
+                .await
+                .ok()
+        })
+        .await;
+        Self {
+            nats,
+            redis,
+            js,
+            keys: Keys::new("sf"),
+        }
+    }
+
+    pub(crate) fn env(&self) -> Env {
+        let map: HashMap<String, String> = [
+            ("STOCKFLOW_NATS_URL", self.nats.urls()),
+            ("STOCKFLOW_REDIS_URL", self.redis.urls()),
+            ("STOCKFLOW_REDIS_CLUSTER", "true".into()),
+            ("STOCKFLOW_STREAM_REPLICAS", "3".into()),
+            ("STOCKFLOW_ACK_WAIT_SECONDS", "2".into()),
+            ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
+            ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", "10".into()),
+            ("STOCKFLOW_HOLD_POLL_MILLIS", "20".into()),
+            ("STOCKFLOW_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Env::from_fn(move |name| map.get(name).cloned())
+    }
+
+    pub(crate) fn stock_worker(&self) -> RunningWorker {
+        let settings = stock_worker::Settings::from_env(&self.env()).expect("settings");
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(stock_worker::run(settings, async move {
+            signal.cancelled().await;
+        }));
+        RunningWorker { stop, task }
+    }
+
+    pub(crate) fn order_worker(&self) -> RunningWorker {
+        let settings = order_worker::Settings::from_env(&self.env()).expect("settings");
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(order_worker::run(settings, async move {
+            signal.cancelled().await;
+        }));
+        RunningWorker { stop, task }
+    }
+
+    /// A cluster-aware connection, as the workers use.
+    pub(crate) async fn redis_connection(&self) -> RedisConnection {
+        stockflow_shared::connect::RedisSettings::from_env(&self.env())
+            .expect("redis settings")
+            .connect()
+            .await
+            .expect("connect to the Redis Cluster")
+    }
+
+    /// Publishes with a fresh message id, retrying while the cluster fails over.
+    pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+        let msg_id = uuid_like();
+        eventually(&format!("publish to {subject}"), DEADLINE, || async {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject.to_owned(), headers, payload.clone().into())
+                .await
+                .ok()?;
+            ack.await.ok()
+        })
+        .await;
+    }
+
+    pub(crate) async fn publish(&self, event: &StockEvent) {
+        self.publish_raw(&subjects::stock_event(&event.sku), event.encode_to_vec())
+            .await;
+    }
+
+    pub(crate) async fn publish_order(&self, event: &OrderEvent) {
+        self.publish_raw(&subjects::order_event(&event.order_id), event.encode_to_vec())
+            .await;
+    }
+
+    pub(crate) async fn wait_idle(&self, stream: &str, durable: &str) {
+        eventually(&format!("{durable} caught up"), DEADLINE, || async {
+            // Short inner waits: during a failover the consumer may be briefly unreachable.
+            stockflow_cli::wait_until_caught_up(&self.js, stream, durable, Duration::from_secs(5))
+                .await
+                .ok()
+        })
+        .await;
+    }
+
+    pub(crate) async fn wait_stock_idle(&self) {
+        self.wait_idle(subjects::STOCK_EVENTS, "stock-worker").await;
+    }
+
+    pub(crate) async fn wait_orders_idle(&self) {
+        self.wait_idle(subjects::ORDER_EVENTS, "order-worker").await;
+    }
+
+    /// (on_hand, reserved) of (sku, location).
+    pub(crate) async fn on_hand_reserved(&self, sku: &str, location: &str) -> (i64, i64) {
+        let mut conn = self.redis_connection().await;
+        let levels = stockflow_shared::levels::read_levels(&mut conn, &self.keys, sku)
+            .await
+            .expect("levels");
+        levels
+            .get(location)
+            .map(|l| (l.on_hand, l.reserved))
+            .unwrap_or_default()
+    }
+
+    /// Every message of `stream` matching `filter`, decoded as `T`.
+    pub(crate) async fn read<T: prost::Message + Default>(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Vec<T> {
+        stockflow_cli::read_after(&self.js, stream, filter, 0)
+            .await
+            .expect("read stream")
+            .iter()
+            .map(|m| T::decode(m.payload.clone()).expect("decode"))
+            .collect()
+    }
+}
+
+pub(crate) fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        stockflow_shared::now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) fn fact(id: &str, sku: &str, location: &str, change: Change) -> StockEvent {
+    StockEvent {
+        meta: Some(EventMeta {
+            event_id: id.to_owned(),
+            source: "test:cluster".into(),
+            ..Default::default()
+        }),
+        sku: sku.to_owned(),
+        location: location.to_owned(),
+        change: Some(change),
+    }
+}
+
+pub(crate) fn received(quantity: i64) -> Change {
+    Change::Received(stockflow_proto::v1::Received { quantity })
+}
+
+pub(crate) fn order(id: &str, order_id: &str, command: Command) -> OrderEvent {
+    OrderEvent {
+        meta: Some(EventMeta {
+            event_id: id.to_owned(),
+            source: "test:cluster".into(),
+            ..Default::default()
+        }),
+        order_id: order_id.to_owned(),
+        command: Some(command),
+    }
+}
+
+/// A placement of `(line_id, sku, quantity)` lines at location `wh`.
+pub(crate) fn placed(lines: &[(&str, &str, i64)], hold_seconds: i64) -> Command {
+    Command::Placed(stockflow_proto::v1::OrderPlaced {
+        lines: lines
+            .iter()
+            .map(|(line_id, sku, quantity)| OrderLine {
+                line_id: (*line_id).into(),
+                sku: (*sku).into(),
+                quantity: *quantity,
+                location: "wh".into(),
+            })
+            .collect(),
+        hold_seconds,
+    })
+}
