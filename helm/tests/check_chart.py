@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from queries import alert_rules, dashboard_queries, grafana_to_promql, metric_names
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "stockflow"
 TESTS = ROOT / "helm" / "tests"
@@ -863,52 +865,6 @@ def check_refused(helm) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Alerts and dashboard
 # --------------------------------------------------------------------------------------------
-
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-                "offset", "bool", "inf", "nan", "le"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (good enough for our own expressions)."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                      # strings
-    e = re.sub(r"\{[^}]*\}", "", e)                                   # label matchers
-    e = re.sub(r"\[[^\]]*\]", "", e)                                  # ranges
-    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)  # label lists
-    e = re.sub(r"\boffset\s+\w+", " ", e)
-    names = set()
-    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        word = m.group(0)
-        rest = e[m.end():].lstrip()
-        if rest.startswith("(") or word.lower() in PROMQL_WORDS:
-            continue
-        names.add(word)
-    return names
-
-
-def alert_rules() -> list[dict]:
-    import yaml
-
-    doc = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
-    return [r for g in doc["groups"] for r in g["rules"]]
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    dash = json.loads((CHART / "files" / "dashboard.json").read_text())
-    out = []
-
-    def walk(panels):
-        for p in panels:
-            for t in p.get("targets", []):
-                out.append((p.get("title", "?"), t["expr"]))
-            walk(p.get("panels", []))
-
-    walk(dash["panels"])
-    return out
-
-
-def grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "5m").replace("$namespace", ".*")
-
 
 def check_metric_names(contract: Contract) -> list[str]:
     problems = []

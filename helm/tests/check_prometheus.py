@@ -1,0 +1,619 @@
+#!/usr/bin/env python3
+"""A real Prometheus scrapes the running workers; every query of the chart's alert rules and
+dashboard executes and returns data.
+
+    python3 helm/tests/check_prometheus.py [-v] [--keep]
+
+Starts, on free loopback ports and in a temporary directory: nats-server (JetStream),
+redis-server, `stockctl setup`, the worker binaries (cargo build --workspace --bins first) with
+STOCKFLOW_METRICS_ADDR set, and Prometheus (Debian package `prometheus`, installed by
+scripts/bootstrap.py) scraping them every second. Then `stockflow-traffic` sends traffic that
+exercises every metric (alerts, duplicates, a stale count, a dead letter, confirmed, rejected and
+cancelled orders, expiring holds, a NAK for an event that arrived too early), then the stock
+worker's durable consumer is deleted and declared again (a consumer restart, lag, duplicates
+as the stream is read again). Once Prometheus has scraped the
+aftermath, every dashboard query (Grafana's variables substituted) and every alert expression
+is sent to /api/v1/query; each must execute, and each must return series — for an alert, the
+expressions its condition is made of (see queries.data_legs). Every process started is stopped
+on exit, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from check_chart import ensure_python_deps
+from queries import alert_rules, dashboard_queries, data_legs, grafana_to_promql, metric_names
+
+ROOT = Path(__file__).resolve().parents[2]
+DEV_BIN = ROOT / ".dev" / "bin"
+
+# Every component Prometheus scrapes in production (the chart's jobs). A component in PENDING may
+# still be a skeleton that exits at once: it is started if it works, and queries that only its
+# metrics can answer are reported, not failed, while it is absent. Empty PENDING once the
+# notify worker and the gateway are built: then all four are required, and the traffic must
+# cover them too (a webhook subscription whose endpoint fails, so `outcome="failed"` exists;
+# gateway requests) — add their series to TRAFFIC below.
+COMPONENTS = ["stock-worker", "order-worker", "notify-worker", "gateway"]
+PENDING = {"notify-worker", "gateway"}
+
+# Metrics only one component exports (everything else comes from the shared consume loop of
+# every worker, or from the stock and order workers).
+EXPORTED_ONLY_BY = {
+    "stockflow_webhook_deliveries_total": "notify-worker",
+    "stockflow_webhook_delivery_seconds_bucket": "notify-worker",
+    "stockflow_http_requests_total": "gateway",
+    "stockflow_http_request_seconds_bucket": "gateway",
+}
+
+NAMESPACE = "stockflow-check"  # the label the chart's Pod/ServiceMonitors attach
+SCRAPE_INTERVAL = 1.0  # seconds
+# Grafana's $__rate_interval is max(4 x scrape interval, step + scrape interval); 15 s covers a
+# 1 s scrape with room, and the run is shorter than the alerts' own windows (5m..15m) anyway.
+RATE_INTERVAL = "15s"
+STARTUP_DEADLINE = 20.0  # seconds for a server or worker to answer
+RECOVERY_DEADLINE = 30.0  # seconds for a worker to notice its consumer is gone, and to re-bind
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(what: str, deadline: float, check, interval: float = 0.1):
+    """Polls `check` until it returns a truthy value; CheckFailed after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    last = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except CheckFailed:
+            raise  # e.g. the process waited for has exited: no point in waiting longer
+        except Exception as exc:  # noqa: BLE001 - not ready yet; reported if it stays so
+            last = exc
+        if time.monotonic() > end:
+            raise CheckFailed(f"{what}: not within {deadline:.0f}s" + (f" (last error: {last})" if last else ""))
+        time.sleep(interval)  # poll interval of a wait bounded by `deadline`
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def nats_request(port: int, subject: str, payload: bytes = b"", timeout: float = 5.0) -> dict:
+    """One request over the NATS client protocol; the JSON reply. Enough for JetStream's API."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        stream = sock.makefile("rb")
+        if not stream.readline().startswith(b"INFO "):
+            raise CheckFailed(f"127.0.0.1:{port} does not speak NATS")
+        inbox = f"_INBOX.check{os.getpid()}"
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"no_responders":true,"headers":true}\r\n'
+                     + f"SUB {inbox} 1\r\nPUB {subject} {inbox} {len(payload)}\r\n".encode() + payload + b"\r\n")
+        while True:
+            line = stream.readline()
+            if not line:
+                raise CheckFailed(f"NATS closed the connection before answering {subject}")
+            if line.startswith(b"PING"):
+                sock.sendall(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise CheckFailed(f"NATS refused {subject}: {line.decode().strip()}")
+            elif line.startswith((b"MSG ", b"HMSG ")):
+                size = int(line.split()[-1])
+                body = stream.read(size + 2)[:size]
+                if line.startswith(b"HMSG "):  # only a status (e.g. 503 no responders), no JSON
+                    status = body.splitlines()[0].decode(errors="replace")
+                    raise CheckFailed(f"no answer to {subject}: {status}")
+                return json.loads(body)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process this check starts, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.log_path(name), "ab")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **(env or {})), cwd=self.workdir)
+        log.close()
+        self.running[name] = proc
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"      | {line}" for line in text[-lines:])
+
+    def first_error(self, name: str) -> str:
+        """The `Error: ...` line a Rust main prints when it fails, else the log's first line."""
+        lines = self.log_path(name).read_text(errors="replace").splitlines() or ["(no output)"]
+        return next((line for line in lines if line.startswith("Error:")), lines[0]).strip()
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.running)):
+            self.stop(name)
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=os.pathsep.join([str(DEV_BIN), os.environ.get("PATH", "")]))
+    if not found:
+        raise CheckFailed(f"{name} not found on PATH or in .dev/bin: run python3 scripts/bootstrap.py")
+    return found
+
+
+def cargo_bin_dir() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    if not target.is_absolute():
+        target = ROOT / target
+    return target / "debug"
+
+
+def workspace_binary(name: str) -> Path:
+    path = cargo_bin_dir() / name
+    if not path.is_file():
+        raise CheckFailed(f"{path} is missing: build the binaries first (cargo build --workspace --bins, "
+                          "which ./dev test does)")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The system under test
+# --------------------------------------------------------------------------------------------
+
+
+class System:
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
+        self.nats_port = free_port()
+        self.redis_port = free_port()
+        self.nats_store = procs.workdir / "nats"
+        self.env = {
+            "STOCKFLOW_NATS_URL": f"nats://127.0.0.1:{self.nats_port}",
+            "STOCKFLOW_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
+            "STOCKFLOW_KEY_PREFIX": "check",
+            "STOCKFLOW_LOG": "info",
+        }
+        self.metrics_ports: dict[str, int] = {}  # component -> port, for those that run
+        self.absent: dict[str, str] = {}  # pending component -> why it does not run
+
+    def start_nats(self) -> None:
+        self.procs.start("nats-server", [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
+                                         "-sd", str(self.nats_store)])
+        self._wait_port("nats-server", self.nats_port)
+
+    def start_redis(self) -> None:
+        self.procs.start("redis-server", [tool("redis-server"), "--bind", "127.0.0.1", "--port", str(self.redis_port),
+                                          "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                                          "--dir", str(self.procs.workdir)])
+        self._wait_port("redis-server", self.redis_port)
+
+    def _wait_port(self, name: str, port: int) -> None:
+        proc = self.procs.running[name]
+
+        def up():
+            if proc.poll() is not None:
+                raise CheckFailed(f"{name} exited with {proc.returncode}:\n{self.procs.tail(name)}")
+            return port_open(port)
+
+        eventually(f"{name} listening on 127.0.0.1:{port}", STARTUP_DEADLINE, up)
+
+    def setup(self) -> None:
+        try:
+            r = subprocess.run([str(workspace_binary("stockctl")), "setup"], env=dict(os.environ, **self.env),
+                               capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed("stockctl setup did not finish within 60s") from None
+        if r.returncode != 0:
+            raise CheckFailed(f"stockctl setup failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+
+    def start_components(self) -> None:
+        for name in COMPONENTS:
+            path = cargo_bin_dir() / name
+            if not path.is_file():
+                if name in PENDING:
+                    self.absent[name] = f"{path} is not built"
+                    continue
+                workspace_binary(name)  # raises with the message
+            port = free_port()
+            env = dict(self.env, STOCKFLOW_METRICS_ADDR=f"127.0.0.1:{port}")
+            if name == "gateway":
+                env["STOCKFLOW_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"
+            proc = self.procs.start(name, [str(path)], env)
+
+            def ready(proc=proc, port=port):
+                if proc.poll() is not None:
+                    return "exited"
+                return http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200 and "ready"
+
+            try:
+                state = eventually(f"{name} ready on 127.0.0.1:{port}/readyz", STARTUP_DEADLINE, ready)
+            except CheckFailed as exc:
+                raise CheckFailed(f"{exc}\n{self.procs.tail(name)}") from None
+            if state == "exited":
+                why = f"exited with {proc.returncode}: {self.procs.first_error(name)}"
+                self.procs.running.pop(name, None)
+                if name not in PENDING:
+                    raise CheckFailed(f"{name} {why}\n{self.procs.tail(name)}")
+                self.absent[name] = why
+                continue
+            self.metrics_ports[name] = port
+        for name, why in self.absent.items():
+            say(f"NOTE  {name} does not run ({why}); it is not scraped")
+        say(f"workers running: {', '.join(f'{n} (metrics :{p})' for n, p in self.metrics_ports.items())}")
+
+    def delete_consumer(self, stream: str, durable: str) -> None:
+        """Deletes a durable consumer through the JetStream API (plain NATS protocol)."""
+        reply = nats_request(self.nats_port, f"$JS.API.CONSUMER.DELETE.{stream}.{durable}")
+        if not reply.get("success"):
+            raise CheckFailed(f"deleting consumer {durable} on {stream}: {reply}")
+
+    def metrics_text(self, name: str) -> str:
+        status, body = http_get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics")
+        return body if status == 200 else ""
+
+    def ready(self, name: str) -> bool:
+        return http_get(f"http://127.0.0.1:{self.metrics_ports[name]}/readyz")[0] == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Prometheus
+# --------------------------------------------------------------------------------------------
+
+
+class Prometheus:
+    def __init__(self, procs: Processes, targets: dict[str, int]) -> None:
+        self.procs = procs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets = targets
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_INTERVAL:g}s", "scrape_timeout": f"{SCRAPE_INTERVAL:g}s",
+                       "evaluation_interval": f"{SCRAPE_INTERVAL:g}s"},
+            "scrape_configs": [
+                {"job_name": name, "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": NAMESPACE, "pod": f"{name}-0"}}]}
+                for name, port in targets.items()
+            ],
+        }
+        self.config_path = procs.workdir / "prometheus.yml"
+        self.config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+
+    def start(self) -> None:
+        self.procs.start("prometheus", [
+            tool("prometheus"),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.procs.workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ])
+        proc = self.procs.running["prometheus"]
+
+        def ready():
+            if proc.poll() is not None:
+                raise CheckFailed(f"prometheus exited with {proc.returncode}:\n{self.procs.tail('prometheus')}")
+            return http_get(f"{self.url}/-/ready")[0] == 200
+
+        eventually(f"prometheus ready on {self.url}", STARTUP_DEADLINE, ready)
+
+    def api(self, path: str, **params) -> dict:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, body = http_get(url, timeout=10)
+        try:
+            doc = json.loads(body)
+        except json.JSONDecodeError:
+            raise CheckFailed(f"GET {url}: HTTP {status}, not JSON: {body[:200]}") from None
+        return doc
+
+    def query(self, expr: str, at: float) -> tuple[list | None, str]:
+        """(result, "") or (None, error) for an instant query at `at`."""
+        doc = self.api("query", query=expr, time=f"{at:.3f}")
+        if doc.get("status") != "success":
+            return None, f"{doc.get('errorType')}: {doc.get('error')}"
+        data = doc["data"]
+        if data["resultType"] != "vector":
+            return None, f"result type {data['resultType']}, expected an instant vector"
+        return data["result"], ""
+
+    def scraped_since(self, since: float, scrapes: int) -> bool:
+        """Every target is up and has been scraped `scrapes` times after `since` (epoch seconds)."""
+        active = self.api("targets", state="active")["data"]["activeTargets"]
+        if {t["labels"]["job"] for t in active} != set(self.targets):
+            return False
+        for t in active:
+            if t["health"] != "up":
+                return False
+        now = time.time()
+        result, error = self.query(f"count_over_time(up[{int((now - since) * 1000)}ms])", now)
+        if error or not result:
+            return False
+        counts = {r["metric"]["job"]: float(r["value"][1]) for r in result}
+        # count_over_time counts the scrapes inside the window, which starts at `since`.
+        return all(counts.get(job, 0) >= scrapes for job in self.targets)
+
+
+# --------------------------------------------------------------------------------------------
+# The queries
+# --------------------------------------------------------------------------------------------
+
+
+class Query:
+    """One expression to run. `data`: it must return series (else it only has to execute);
+    `needs`: components whose absence alone would explain an empty result."""
+
+    def __init__(self, source: str, expr: str, data: bool, needs: set[str] | None = None) -> None:
+        self.source, self.expr, self.data = source, expr, data
+        self.needs = {EXPORTED_ONLY_BY[m] for m in metric_names(expr) if m in EXPORTED_ONLY_BY} | (needs or set())
+
+
+# `outcome=~"stale|dead_lettered"`: a regular expression listing label values.
+ALTERNATIVES = re.compile(r'\b(\w+)=~"([\w-]+(?:\|[\w-]+)+)"')
+
+
+def with_each_alternative(q: Query) -> list[Query]:
+    """A query per value its label regexes list: `a|b` matching data through `a` alone would hide
+    a `b` that no worker exports (a misspelt or undocumented value shows an empty panel line)."""
+    out = []
+    for m in ALTERNATIVES.finditer(q.expr):
+        label, values = m.group(1), m.group(2).split("|")
+        for value in values:
+            expr = q.expr[:m.start()] + f'{label}="{value}"' + q.expr[m.end():]
+            needs = {value} if value in COMPONENTS else set()
+            out.append(Query(f"{q.source} [{label}={value}]", expr, True, needs))
+    return out
+
+
+def queries() -> list[Query]:
+    out = []
+    for title, expr in dashboard_queries():
+        q = Query(f"panel {title!r}", grafana_to_promql(expr, RATE_INTERVAL), True)
+        out += [q, *with_each_alternative(q)]
+    for rule in alert_rules():
+        name = rule.get("alert") or rule.get("record")
+        expr = " ".join(rule["expr"].split())
+        legs = data_legs(expr)
+        # The whole condition is empty while all is well: it must parse and execute, no more.
+        if legs != [expr]:
+            out.append(Query(f"alert {name} (condition)", expr, False))
+        for leg in legs:
+            q = Query(f"alert {name}", leg, True)
+            out += [q, *with_each_alternative(q)]
+    return out
+
+
+# What stockflow-traffic claims to cause, by the label values it must leave behind. Checked first,
+# so that a query passing on partial traffic cannot go unnoticed.
+TRAFFIC = {
+    "stockflow_events_total": ("outcome", {"applied", "duplicate", "stale", "dead_lettered"}),
+    "stockflow_alerts_total": ("kind", {"low_stock", "out_of_stock", "back_in_stock"}),
+    "stockflow_derived_published_total": ("kind", {"stock_changed", "alert", "outcome", "order_result"}),
+    "stockflow_dead_letters_total": ("worker", {"stock-worker"}),
+    "stockflow_reservations_total": ("outcome", {"confirmed", "rejected", "released"}),
+    "stockflow_transient_failures_total": ("kind", {"not_yet"}),
+    "stockflow_consumer_restarts_total": ("worker", {"stock-worker"}),
+    "stockflow_holds_expired_total": (None, {"2"}),
+}
+
+
+def check_traffic(prom: Prometheus, at: float) -> list[str]:
+    problems = []
+    for metric, (label, wanted) in TRAFFIC.items():
+        if label is None:  # the value itself
+            result, error = prom.query(f"sum({metric})", at)
+            seen = {r["value"][1] for r in result or []}
+        else:
+            result, error = prom.query(f"count by ({label}) ({metric})", at)
+            seen = {r["metric"].get(label, "") for r in result or []}
+        if error:
+            problems.append(f"{metric}: {error}")
+        elif not wanted <= seen:
+            what = "value" if label is None else f"{label} values"
+            problems.append(f"traffic left {metric} without {what} {sorted(wanted - seen)} (has {sorted(seen)})")
+    return problems
+
+
+def seconds(n: str, unit: str) -> int:
+    return int(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def evaluate(prom: Prometheus, at: float, history: float, absent: dict[str, str], verbose: bool) -> list[str]:
+    """Runs every query at `at`; returns the failures, prints a table."""
+    failures, rows, notes = [], [], []
+    for q in queries():
+        result, error = prom.query(q.expr, at)
+        if error:
+            failures.append(f"{q.source}: {error}\n        query: {q.expr}")
+            rows.append((q.source, "ERROR", q.expr))
+            continue
+        if not q.data:
+            rows.append((q.source, f"{len(result)} (runs)", q.expr))
+            continue
+        if not result:
+            # `x offset 15m` looks at history from before this Prometheus existed: empty is
+            # right (the alert relies on exactly that for a first dead letter). The selector
+            # itself must still match what the workers export, so it is checked without offset.
+            offsets = re.findall(r"\boffset\s+(\d+)([smhd])\b", q.expr)
+            if offsets and all(seconds(n, u) >= history for n, u in offsets):
+                plain = re.sub(r"\s+offset\s+\w+", "", q.expr)
+                plain_result, _ = prom.query(plain, at)
+                if plain_result:
+                    notes.append(f"{q.source}: empty because its offset reaches back before Prometheus started; "
+                                 f"{len(plain_result)} series without the offset")
+                    rows.append((q.source, "0 (offset)", q.expr))
+                    continue
+            missing = sorted(q.needs & set(absent))
+            if missing:
+                notes.append(f"{q.source}: no data because {', '.join(missing)} does not run "
+                             f"({'; '.join(absent[m] for m in missing)})")
+                rows.append((q.source, "0 (absent)", q.expr))
+                continue
+            failures.append(f"{q.source}: no series\n        query: {q.expr}\n"
+                            f"        metrics: {', '.join(sorted(metric_names(q.expr)))}")
+            rows.append((q.source, "0 FAIL", q.expr))
+            continue
+        if all(r["value"][1] == "NaN" for r in result):
+            # histogram_quantile of buckets that did not move in the window: the panel is blank.
+            failures.append(f"{q.source}: every series is NaN (no change inside the window)\n        query: {q.expr}")
+            rows.append((q.source, "NaN FAIL", q.expr))
+            continue
+        rows.append((q.source, str(len(result)), q.expr))
+    width = max(len(r[0]) for r in rows)
+    say(f"\n{'query':<{width}}  {'series':<10}  expression")
+    for source, n, expr in rows:
+        shown = expr if verbose or len(expr) <= 100 else expr[:97] + "..."
+        say(f"{source:<{width}}  {n:<10}  {shown}")
+    if notes:
+        say("")
+        for n in notes:
+            say(f"NOTE  {n}")
+    return failures
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="stockflow-prometheus-"))
+    procs = Processes(workdir)
+    failed = True
+    try:
+        for name in ("stockctl", "stockflow-traffic", "stock-worker", "order-worker"):
+            workspace_binary(name)
+        system = System(procs)
+        system.start_nats()
+        system.start_redis()
+        system.setup()
+        system.start_components()
+        prom = Prometheus(procs, system.metrics_ports)
+        prom.start()
+        prom_started = time.time()
+        eventually("Prometheus scrapes every worker", STARTUP_DEADLINE, lambda: prom.scraped_since(prom_started, 2),
+                   interval=0.25)
+        say(f"prometheus {prom.url} scrapes {len(system.metrics_ports)} targets every {SCRAPE_INTERVAL:g}s "
+            f"(work dir {workdir})")
+
+        say("traffic: stock facts, alerts, duplicates, a stale count, a dead letter, orders, expiring holds ...")
+        try:
+            r = subprocess.run([str(workspace_binary("stockflow-traffic"))], env=dict(os.environ, **system.env),
+                               capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired as exc:
+            raise CheckFailed(f"stockflow-traffic did not finish within {exc.timeout:.0f}s") from None
+        if r.returncode != 0:
+            raise CheckFailed(f"stockflow-traffic failed ({r.returncode}):\n{r.stdout}{r.stderr}\n"
+                              + "\n".join(f"    {n}:\n{procs.tail(n)}" for n in system.metrics_ports))
+
+        # An operator deletes a durable consumer by mistake and `setup` declares it again: the
+        # worker's subscription ends (a consumer restart), it is not ready until the consumer is
+        # back, then re-reads the stream from the start (lag, and duplicates absorbed).
+        say("deleting the stock-worker consumer, then stockctl setup: the worker must re-bind ...")
+        system.delete_consumer("STOCK_EVENTS", "stock-worker")
+        eventually("stock-worker counts a consumer restart", RECOVERY_DEADLINE,
+                   lambda: "stockflow_consumer_restarts_total" in system.metrics_text("stock-worker"))
+        system.setup()
+        eventually("stock-worker ready again", RECOVERY_DEADLINE, lambda: system.ready("stock-worker"))
+        traffic_done = time.time()
+        # Three scrapes after the last change, so every counter's latest value is in, and rate()
+        # has at least two samples of each new series (the restart counter appears only now).
+        eventually("Prometheus scrapes the aftermath", STARTUP_DEADLINE,
+                   lambda: prom.scraped_since(traffic_done, 3), interval=0.25)
+
+        at = time.time()
+        failures = check_traffic(prom, at)
+        failures += evaluate(prom, at, at - prom_started, system.absent, args.verbose)
+        say(f"\nprometheus check took {time.monotonic() - started:.1f}s")
+        if failures:
+            say(f"\nFAIL  {len(failures)} problems:")
+            for f in failures:
+                say(f"  - {f}")
+            say(f"\nlogs in {workdir}")
+            return 1
+        failed = False
+        say("ok    every alert and dashboard query executes and returns data")
+        return 0
+    except CheckFailed as exc:
+        say(f"\nFAIL  {exc}\nlogs in {workdir}")
+        return 1
+    except KeyboardInterrupt as exc:
+        say(f"\ninterrupted ({exc or 'Ctrl-C'}); every process started is stopped; logs in {workdir}")
+        return 130
+    finally:
+        procs.stop_all()
+        if not (failed or args.keep):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="print whole expressions")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, tsdb)")
+    args = parser.parse_args()
+
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so the `finally` stops every process.
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    ensure_python_deps()  # pyyaml, for the alert rules
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
