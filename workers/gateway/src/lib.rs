@@ -223,3 +223,63 @@ pub async fn start(
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_tokens_the_gateway_refuses_to_start_unless_told_to() {
+        let err = Settings::from_env(&Env::from_pairs([])).expect_err("no tokens");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_GATEWAY_TOKENS:"),
+            "{err}"
+        );
+        let open = Settings::from_env(&Env::from_pairs([("STOCKFLOW_GATEWAY_AUTH", "none")]))
+            .expect("explicitly open");
+        assert!(matches!(open.auth, Auth::Disabled));
+        let both = Settings::from_env(&Env::from_pairs([
+            ("STOCKFLOW_GATEWAY_AUTH", "none"),
+            ("STOCKFLOW_GATEWAY_TOKENS", "read:rrrrrrrrrrrrrrrrrrrr"),
+        ]))
+        .expect_err("contradictory");
+        assert!(err_names(&both, "STOCKFLOW_GATEWAY_AUTH"));
+    }
+
+    #[test]
+    fn tokens_come_from_a_file_and_settings_never_print_them() {
+        let dir = tempfile_dir();
+        let file = dir.join("tokens");
+        std::fs::write(&file, "# gateway tokens\nadmin:aaaaaaaaaaaaaaaaaaaa\nread:rrrrrrrrrrrrrrrrrrrr\n")
+            .expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let settings = Settings::from_env(&Env::from_pairs([(
+            "STOCKFLOW_GATEWAY_TOKENS_FILE",
+            path.as_str(),
+        )]))
+        .expect("valid");
+        let Auth::Tokens(tokens) = &settings.auth else {
+            panic!("tokens expected")
+        };
+        assert_eq!(tokens.len(), 2);
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("aaaaaaaa") && !shown.contains("rrrrrrrr"), "{shown}");
+        let bad = Settings::from_env(&Env::from_pairs([(
+            "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES",
+            "10",
+        ), ("STOCKFLOW_GATEWAY_AUTH", "none")]))
+        .expect_err("too small");
+        assert!(err_names(&bad, "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn err_names(err: &ConfigError, var: &str) -> bool {
+        err.to_string().starts_with(&format!("{var}:"))
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sf-gateway-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+}
