@@ -11,7 +11,8 @@ use crate::world::*;
 
 const READ: &str = "read-token-0123456789";
 const WRITE: &str = "write-token-0123456789";
-const TOKENS: &str = "read:read-token-0123456789,write:write-token-0123456789,admin:admin-token-0123456789";
+const TOKENS: &str =
+    "read:read-token-0123456789,write:write-token-0123456789,admin:admin-token-0123456789";
 
 /// A gateway running inside the test process, and a client for it.
 struct Gateway {
@@ -145,12 +146,23 @@ async fn tokens_are_required_and_scopes_enforced() {
     assert_eq!(error["error"], "unauthorized");
 
     let (status, error) = gw
-        .post("/v1/stock/events", "not-a-token-0123456789", Some("k"), &body)
+        .post(
+            "/v1/stock/events",
+            "not-a-token-0123456789",
+            Some("k"),
+            &body,
+        )
         .await;
-    assert_eq!((status, error["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
 
     let (status, error) = gw.post("/v1/stock/events", READ, Some("k"), &body).await;
-    assert_eq!((status, error["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     assert_eq!(
         count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
         0,
@@ -159,8 +171,14 @@ async fn tokens_are_required_and_scopes_enforced() {
 
     // A read token reads; the write token includes read.
     let (status, error) = gw.get("/v1/stock/AUTH-1", READ).await;
-    assert_eq!((status, error["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-    assert_eq!(gw.get("/v1/stock/AUTH-1", WRITE).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert_eq!(
+        gw.get("/v1/stock/AUTH-1", WRITE).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // Every operation in the OpenAPI document is served and guarded: without a token it is
     // 401, never 404 or 405; the document itself needs none.
@@ -203,12 +221,36 @@ async fn invalid_input_names_the_field_and_oversized_bodies_get_413() {
     let world = World::start().await;
     let gw = Gateway::start(&world, &[("STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES", "2048")]).await;
     let cases = [
-        (json!({"type": "received", "sku": "V1", "location": "wh", "quantity": 0}), Some("k1"), "quantity"),
-        (json!({"type": "received", "sku": "", "location": "wh", "quantity": 1}), Some("k2"), "sku"),
-        (json!({"type": "received", "sku": "V1", "quantity": 1}), Some("k3"), "location"),
-        (json!({"type": "teleported", "sku": "V1", "location": "wh"}), Some("k4"), "type"),
-        (json!({"type": "adjusted", "sku": "V1", "location": "wh", "delta": "many"}), Some("k5"), "delta"),
-        (json!({"type": "received", "sku": "V1", "location": "wh", "quantity": 1}), None, "event_id"),
+        (
+            json!({"type": "received", "sku": "V1", "location": "wh", "quantity": 0}),
+            Some("k1"),
+            "quantity",
+        ),
+        (
+            json!({"type": "received", "sku": "", "location": "wh", "quantity": 1}),
+            Some("k2"),
+            "sku",
+        ),
+        (
+            json!({"type": "received", "sku": "V1", "quantity": 1}),
+            Some("k3"),
+            "location",
+        ),
+        (
+            json!({"type": "teleported", "sku": "V1", "location": "wh"}),
+            Some("k4"),
+            "type",
+        ),
+        (
+            json!({"type": "adjusted", "sku": "V1", "location": "wh", "delta": "many"}),
+            Some("k5"),
+            "delta",
+        ),
+        (
+            json!({"type": "received", "sku": "V1", "location": "wh", "quantity": 1}),
+            None,
+            "event_id",
+        ),
         (
             json!([{"type": "sold", "sku": "V1", "location": "wh", "quantity": 1},
                    {"type": "sold", "sku": "V1", "location": "wh", "quantity": -3}]),
@@ -230,7 +272,11 @@ async fn invalid_input_names_the_field_and_oversized_bodies_get_413() {
             &json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "V1", "quantity": 2_000_000}]}),
         )
         .await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("quantity")), "{error}");
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("quantity")),
+        "{error}"
+    );
     let (status, error) = gw
         .post(
             "/v1/orders?wait=soon",
@@ -239,7 +285,11 @@ async fn invalid_input_names_the_field_and_oversized_bodies_get_413() {
             &json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "V1", "quantity": 1}]}),
         )
         .await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("wait")), "{error}");
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("wait")),
+        "{error}"
+    );
 
     let big = json!({"type": "received", "sku": "V1", "location": "wh", "quantity": 1, "reference": "x".repeat(4000)});
     let (status, error) = gw.post("/v1/stock/events", WRITE, Some("big"), &big).await;
@@ -264,10 +314,17 @@ async fn a_re_post_is_stored_once_and_applied_once_and_stock_reads_back() {
     let body = received_json(sku, "wh", 5);
     let accepted_before = accepted_posts(&gw.metrics_text().await);
 
-    let (status, first) = gw.post("/v1/stock/events", WRITE, Some("rcv-1"), &body).await;
+    let (status, first) = gw
+        .post("/v1/stock/events", WRITE, Some("rcv-1"), &body)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
-    assert_eq!((first["event_id"].as_str(), first["duplicate"].as_bool()), (Some("rcv-1"), Some(false)));
-    let (status, second) = gw.post("/v1/stock/events", WRITE, Some("rcv-1"), &body).await;
+    assert_eq!(
+        (first["event_id"].as_str(), first["duplicate"].as_bool()),
+        (Some("rcv-1"), Some(false))
+    );
+    let (status, second) = gw
+        .post("/v1/stock/events", WRITE, Some("rcv-1"), &body)
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{second}");
     assert_eq!(second["duplicate"], true, "{second}");
     assert_eq!(second["seq"], first["seq"]);
@@ -315,20 +372,32 @@ async fn a_re_post_is_stored_once_and_applied_once_and_stock_reads_back() {
     );
     let (status, one) = gw.get(&format!("{path}/shop"), READ).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((one["on_hand"].as_i64(), one["available"].as_i64()), (Some(4), Some(3)));
-    assert_eq!(gw.get(&format!("{path}/nowhere"), READ).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (one["on_hand"].as_i64(), one["available"].as_i64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(
+        gw.get(&format!("{path}/nowhere"), READ).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // Request metrics carry the route template, never the SKU.
     // The recorder is process-wide and other tests run alongside: compare with the count
     // taken before this test's posts.
     let metrics = gw.metrics_text().await;
+    assert!(accepted_posts(&metrics) >= accepted_before + 3, "{metrics}");
     assert!(
-        accepted_posts(&metrics) >= accepted_before + 3,
+        metrics.contains(r#"route="/v1/stock/{sku}/{location}""#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"route="/v1/stock/{sku}/{location}""#), "{metrics}");
-    assert!(metrics.contains("stockflow_http_request_seconds_bucket"), "{metrics}");
-    assert!(!metrics.contains("GW TEE") && !metrics.contains("GW%20TEE"), "{metrics}");
+    assert!(
+        metrics.contains("stockflow_http_request_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("GW TEE") && !metrics.contains("GW%20TEE"),
+        "{metrics}"
+    );
 
     gw.shutdown().await;
     stock.shutdown().await;
@@ -345,13 +414,23 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
     let orders = world.order_worker();
     let gw = Gateway::start(&world, &[]).await;
     let (status, _) = gw
-        .post("/v1/stock/events", WRITE, Some("rcv"), &received_json("GW-MUG", "wh", 5))
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("rcv"),
+            &received_json("GW-MUG", "wh", 5),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     world.wait_on_hand("GW-MUG", "wh", 5).await;
 
     let (status, confirmed) = gw
-        .post("/v1/orders?wait=5s", WRITE, Some("place-a"), &checkout("web-a", "GW-MUG", 3))
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("place-a"),
+            &checkout("web-a", "GW-MUG", 3),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{confirmed}");
     assert_eq!(confirmed["decision"], "confirmed");
@@ -361,7 +440,12 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
     );
 
     let (status, rejected) = gw
-        .post("/v1/orders?wait=5s", WRITE, Some("place-b"), &checkout("web-b", "GW-MUG", 4))
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("place-b"),
+            &checkout("web-b", "GW-MUG", 4),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{rejected}");
     assert_eq!(rejected["decision"], "rejected");
@@ -373,14 +457,28 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
     // A re-post of a decided order (new key, so JetStream stores it; the worker publishes no
     // second decision) answers from the stored decision.
     let (status, again) = gw
-        .post("/v1/orders?wait=5s", WRITE, Some("place-a-retry"), &checkout("web-a", "GW-MUG", 3))
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("place-a-retry"),
+            &checkout("web-a", "GW-MUG", 3),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(again["allocations"], confirmed["allocations"]);
     let (status, conflict) = gw
-        .post("/v1/orders?wait=5s", WRITE, Some("place-a-other"), &checkout("web-a", "GW-MUG", 1))
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("place-a-other"),
+            &checkout("web-a", "GW-MUG", 1),
+        )
         .await;
-    assert_eq!((status, conflict["error"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{conflict}");
+    assert_eq!(
+        (status, conflict["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{conflict}"
+    );
 
     let (status, order) = gw.get("/v1/orders/web-a", READ).await;
     assert_eq!(status, StatusCode::OK, "{order}");
@@ -388,14 +486,25 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
     assert_eq!(order["allocations"], confirmed["allocations"]);
     assert_eq!(order["lines"][0]["state"], "reserved");
     let (_, order_b) = gw.get("/v1/orders/web-b", READ).await;
-    assert_eq!((order_b["status"].as_str(), order_b["decision"].as_str()), (Some("rejected"), Some("rejected")));
+    assert_eq!(
+        (order_b["status"].as_str(), order_b["decision"].as_str()),
+        (Some("rejected"), Some("rejected"))
+    );
     assert_eq!(order_b["shortfalls"], rejected["shortfalls"]);
-    assert_eq!(gw.get("/v1/orders/web-z", READ).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        gw.get("/v1/orders/web-z", READ).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(world.on_hand_reserved("GW-MUG", "wh").await, (5, 3));
 
     // Cancel releases the reservation.
     let (status, cancelled) = gw
-        .post("/v1/orders/web-a/cancel", WRITE, Some("cancel-a"), &json!({"source": "web"}))
+        .post(
+            "/v1/orders/web-a/cancel",
+            WRITE,
+            Some("cancel-a"),
+            &json!({"source": "web"}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
     eventually("web-a cancelled", DEADLINE, || async {
@@ -416,17 +525,30 @@ async fn with_no_order_worker_the_wait_ends_in_202() {
     let world = World::start().await;
     let gw = Gateway::start(&world, &[]).await;
     let (status, pending) = gw
-        .post("/v1/orders?wait=300ms", WRITE, Some("place-late"), &checkout("late", "GW-X", 1))
+        .post(
+            "/v1/orders?wait=300ms",
+            WRITE,
+            Some("place-late"),
+            &checkout("late", "GW-X", 1),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
     assert_eq!(pending["status"], "pending");
     assert_eq!(pending["duplicate"], false);
     assert_eq!(
-        count(&world.js, subjects::ORDER_EVENTS, &subjects::order_event("late")).await,
+        count(
+            &world.js,
+            subjects::ORDER_EVENTS,
+            &subjects::order_event("late")
+        )
+        .await,
         1,
         "the placement is stored for the worker to decide later"
     );
-    assert_eq!(gw.get("/v1/orders/late", READ).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        gw.get("/v1/orders/late", READ).await.0,
+        StatusCode::NOT_FOUND
+    );
     gw.shutdown().await;
 }
 
@@ -436,12 +558,22 @@ async fn when_jetstream_is_down_nothing_is_acknowledged() {
     let gw = Gateway::start(&world, &[]).await;
     world.nats.stop();
     let (status, error) = gw
-        .post("/v1/stock/events", WRITE, Some("lost-1"), &received_json("GW-DOWN", "wh", 1))
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("lost-1"),
+            &received_json("GW-DOWN", "wh", 1),
+        )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     assert_eq!(error["error"], "unavailable");
     let (status, error) = gw
-        .post("/v1/orders?wait=1s", WRITE, Some("lost-2"), &checkout("down", "GW-DOWN", 1))
+        .post(
+            "/v1/orders?wait=1s",
+            WRITE,
+            Some("lost-2"),
+            &checkout("down", "GW-DOWN", 1),
+        )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     eventually("readyz reports nats", DEADLINE, || async {

@@ -151,9 +151,7 @@ impl Auth {
             Self::Tokens(tokens) => tokens,
         };
         let Some(value) = authorization else {
-            return Err(ApiError::unauthorized(
-                "send Authorization: Bearer <token>",
-            ));
+            return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
         };
         let token = value
             .strip_prefix("Bearer ")
@@ -243,7 +241,10 @@ mod tests {
             "xxxxxxxxxxxxxxxxxxxx",
         ] {
             let err = tokens(text).expect_err(text).to_string();
-            assert!(err.starts_with("STOCKFLOW_GATEWAY_TOKENS: entry 1:"), "{err}");
+            assert!(
+                err.starts_with("STOCKFLOW_GATEWAY_TOKENS: entry 1:"),
+                "{err}"
+            );
             assert!(!err.contains("xxxxxxxx") && !err.contains("tiny"), "{err}");
         }
     }

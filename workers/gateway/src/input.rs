@@ -370,7 +370,10 @@ impl StockFactJson {
             }),
             "transferred" => Change::Transferred(Transferred {
                 to_location: self.to_location.clone().ok_or_else(|| {
-                    ApiError::invalid("to_location", "to_location is required for type transferred")
+                    ApiError::invalid(
+                        "to_location",
+                        "to_location is required for type transferred",
+                    )
                 })?,
                 quantity: require(self.quantity, "quantity", kind)?,
             }),
@@ -400,10 +403,7 @@ impl StockFactJson {
         let payload = event.encode_to_vec();
         stock_worker::fact::parse(&subject, &payload).map_err(rejected)?;
         Ok(Outgoing {
-            msg_id: format!(
-                "fact:{}:{event_id}",
-                subjects::encode_token(&event.sku)
-            ),
+            msg_id: format!("fact:{}:{event_id}", subjects::encode_token(&event.sku)),
             event_id,
             subject,
             payload,
@@ -411,7 +411,9 @@ impl StockFactJson {
     }
 }
 
-fn order_outgoing(event: OrderEvent) -> Result<(Outgoing, order_worker::command::OrderCommand), ApiError> {
+fn order_outgoing(
+    event: OrderEvent,
+) -> Result<(Outgoing, order_worker::command::OrderCommand), ApiError> {
     let subject = subjects::order_event(&event.order_id);
     let payload = event.encode_to_vec();
     let command = order_worker::command::parse(&subject, &payload).map_err(rejected)?;
@@ -532,24 +534,60 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (json!({"type": "received", "sku": "A", "location": "wh", "quantity": 0}), "quantity"),
-            (json!({"type": "received", "sku": "", "location": "wh", "quantity": 1}), "sku"),
-            (json!({"type": "received", "sku": "A", "quantity": 1}), "location"),
-            (json!({"type": "received", "sku": "A", "location": "wh"}), "quantity"),
-            (json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "delta": 2}), "delta"),
-            (json!({"type": "gifted", "sku": "A", "location": "wh"}), "type"),
-            (json!({"type": "received", "sku": "A", "location": "wh", "quantity": "x"}), "quantity"),
-            (json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "colour": "red"}), "colour"),
-            (json!({"type": "adjusted", "sku": "A", "location": "wh", "delta": 0}), "delta"),
-            (json!({"type": "transferred", "sku": "A", "location": "wh", "to_location": "wh", "quantity": 1}), "to_location"),
-            (json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1, "reason": "lost"}), "reason"),
+            (
+                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 0}),
+                "quantity",
+            ),
+            (
+                json!({"type": "received", "sku": "", "location": "wh", "quantity": 1}),
+                "sku",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "quantity": 1}),
+                "location",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "location": "wh"}),
+                "quantity",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "delta": 2}),
+                "delta",
+            ),
+            (
+                json!({"type": "gifted", "sku": "A", "location": "wh"}),
+                "type",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "location": "wh", "quantity": "x"}),
+                "quantity",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "colour": "red"}),
+                "colour",
+            ),
+            (
+                json!({"type": "adjusted", "sku": "A", "location": "wh", "delta": 0}),
+                "delta",
+            ),
+            (
+                json!({"type": "transferred", "sku": "A", "location": "wh", "to_location": "wh", "quantity": 1}),
+                "to_location",
+            ),
+            (
+                json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1, "reason": "lost"}),
+                "reason",
+            ),
         ];
         for (body, field) in cases {
             let err = fact(body.clone(), Some("k")).expect_err(&body.to_string());
             assert_eq!(err.field.as_deref(), Some(field), "{body}: {err:?}");
         }
-        let err = fact(json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}), None)
-            .expect_err("no id");
+        let err = fact(
+            json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}),
+            None,
+        )
+        .expect_err("no id");
         assert_eq!(err.field.as_deref(), Some("event_id"));
     }
 
@@ -571,17 +609,23 @@ mod tests {
         let place = |body: serde_json::Value| {
             from_value::<PlaceOrderJson>(body)?.into_outgoing(Some("p-1"), None)
         };
-        let (out, command) = place(json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}))
-            .expect("valid");
+        let (out, command) = place(
+            json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}),
+        )
+        .expect("valid");
         assert_eq!(out.subject, "orders.events.o-1");
         assert_eq!(command.order_id, "o-1");
         let err = place(json!({"order_id": "o-1", "lines": []})).expect_err("no lines");
         assert_eq!(err.field.as_deref(), Some("lines"));
-        let err = place(json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 0}]}))
-            .expect_err("zero");
+        let err = place(
+            json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 0}]}),
+        )
+        .expect_err("zero");
         assert_eq!(err.field.as_deref(), Some("quantity"));
-        let err = place(json!({"order_id": "o 1", "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}))
-            .expect_err("space");
+        let err = place(
+            json!({"order_id": "o 1", "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}),
+        )
+        .expect_err("space");
         assert_eq!(err.field.as_deref(), Some("order_id"));
         let err = order_action("o-1".into(), OrderAction::Fulfil, json!({}), Some("f-1"))
             .expect_err("nothing shipped");

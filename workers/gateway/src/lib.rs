@@ -69,8 +69,12 @@ impl Settings {
                 1024..=64 << 20,
             )?)
             .unwrap_or(1 << 20),
-            max_batch: usize::try_from(env.bounded("STOCKFLOW_GATEWAY_MAX_BATCH", 500, 1..=10_000)?)
-                .unwrap_or(500),
+            max_batch: usize::try_from(env.bounded(
+                "STOCKFLOW_GATEWAY_MAX_BATCH",
+                500,
+                1..=10_000,
+            )?)
+            .unwrap_or(500),
             max_wait: env.seconds("STOCKFLOW_GATEWAY_MAX_WAIT_SECONDS", 10, 1..=60)?,
             publish_timeout: env.seconds("STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS", 5, 1..=60)?,
             shutdown_timeout: env.seconds("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", 20, 1..=600)?,
@@ -85,7 +89,11 @@ fn auth_from_env(env: &Env) -> Result<Auth, ConfigError> {
     const FILE_VAR: &str = "STOCKFLOW_GATEWAY_TOKENS_FILE";
     let tokens = match env.secret(VAR, FILE_VAR)? {
         Some(text) => {
-            let var = if env.raw(VAR).is_some() { VAR } else { FILE_VAR };
+            let var = if env.raw(VAR).is_some() {
+                VAR
+            } else {
+                FILE_VAR
+            };
             Tokens::parse(var, &text)?
         }
         None => Tokens::default(),
@@ -250,8 +258,11 @@ mod tests {
     fn tokens_come_from_a_file_and_settings_never_print_them() {
         let dir = tempfile_dir();
         let file = dir.join("tokens");
-        std::fs::write(&file, "# gateway tokens\nadmin:aaaaaaaaaaaaaaaaaaaa\nread:rrrrrrrrrrrrrrrrrrrr\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "# gateway tokens\nadmin:aaaaaaaaaaaaaaaaaaaa\nread:rrrrrrrrrrrrrrrrrrrr\n",
+        )
+        .expect("write");
         let path = file.to_string_lossy().into_owned();
         let settings = Settings::from_env(&Env::from_pairs([(
             "STOCKFLOW_GATEWAY_TOKENS_FILE",
@@ -263,11 +274,14 @@ mod tests {
         };
         assert_eq!(tokens.len(), 2);
         let shown = format!("{settings:?}");
-        assert!(!shown.contains("aaaaaaaa") && !shown.contains("rrrrrrrr"), "{shown}");
-        let bad = Settings::from_env(&Env::from_pairs([(
-            "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES",
-            "10",
-        ), ("STOCKFLOW_GATEWAY_AUTH", "none")]))
+        assert!(
+            !shown.contains("aaaaaaaa") && !shown.contains("rrrrrrrr"),
+            "{shown}"
+        );
+        let bad = Settings::from_env(&Env::from_pairs([
+            ("STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES", "10"),
+            ("STOCKFLOW_GATEWAY_AUTH", "none"),
+        ]))
         .expect_err("too small");
         assert!(err_names(&bad, "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES"));
         std::fs::remove_dir_all(dir).ok();

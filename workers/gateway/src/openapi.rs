@@ -23,9 +23,7 @@ mod tests {
     #[test]
     fn the_document_lists_exactly_the_served_routes() {
         let doc = document();
-        assert!(doc["openapi"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("3.")));
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
         let mut documented = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for method in METHODS {
@@ -77,7 +75,11 @@ mod tests {
             for (name, example) in examples {
                 let value = example["value"].clone();
                 let items = match value {
-                    Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+                    Value::Array(items) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (Some(i), v))
+                        .collect(),
                     one => vec![(None, one)],
                 };
                 for (index, value) in items {
@@ -91,13 +93,16 @@ mod tests {
                             .and_then(|p| p.into_outgoing(key, index))
                             .map(|_| ()),
                         "/v1/orders/{order_id}/cancel" => {
-                            input::order_action("o-1".into(), OrderAction::Cancel, value, key).map(|_| ())
+                            input::order_action("o-1".into(), OrderAction::Cancel, value, key)
+                                .map(|_| ())
                         }
                         "/v1/orders/{order_id}/commit" => {
-                            input::order_action("o-1".into(), OrderAction::Commit, value, key).map(|_| ())
+                            input::order_action("o-1".into(), OrderAction::Commit, value, key)
+                                .map(|_| ())
                         }
                         "/v1/orders/{order_id}/fulfil" => {
-                            input::order_action("o-1".into(), OrderAction::Fulfil, value, key).map(|_| ())
+                            input::order_action("o-1".into(), OrderAction::Fulfil, value, key)
+                                .map(|_| ())
                         }
                         other => panic!("no example check for POST {other}"),
                     };

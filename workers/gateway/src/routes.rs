@@ -104,7 +104,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 fn unavailable(error: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %error, "dependency unavailable");
-    ApiError::unavailable(format!("not stored, retry with the same idempotency key: {error}"))
+    ApiError::unavailable(format!(
+        "not stored, retry with the same idempotency key: {error}"
+    ))
 }
 
 /// Parses a body that is one item or a batch, validating every item before anything is sent.
@@ -505,7 +507,9 @@ async fn get_stock(
         .await
         .map_err(read_failed)?;
     if levels.is_empty() {
-        return Err(ApiError::not_found(format!("no stock recorded for sku {sku:?}")));
+        return Err(ApiError::not_found(format!(
+            "no stock recorded for sku {sku:?}"
+        )));
     }
     let mut totals = LevelsJson::default();
     let locations: Vec<serde_json::Value> = levels
@@ -569,17 +573,18 @@ async fn get_order(
             });
             let (state, extra) = match &l.state {
                 LineState::Pending => ("pending", json!({})),
-                LineState::Reserved { location, shipped } => {
-                    ("reserved", json!({"location": location, "shipped": shipped}))
-                }
+                LineState::Reserved { location, shipped } => (
+                    "reserved",
+                    json!({"location": location, "shipped": shipped}),
+                ),
                 LineState::Short { available } => ("short", json!({"available": available})),
-                LineState::Released { location, shipped } => {
-                    ("released", json!({"location": location, "shipped": shipped}))
-                }
+                LineState::Released { location, shipped } => (
+                    "released",
+                    json!({"location": location, "shipped": shipped}),
+                ),
             };
             value["state"] = json!(state);
-            if let (Some(target), serde_json::Value::Object(extra)) =
-                (value.as_object_mut(), extra)
+            if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra)
             {
                 target.extend(extra);
             }

@@ -120,7 +120,8 @@ impl StoredOrder {
     /// Whether the order was placed with other lines or another hold than these: a new
     /// placement with these would be a conflict, which the worker dead-letters.
     pub fn placed_otherwise(&self, lines: &[Line], hold_seconds: i64) -> bool {
-        !self.fingerprint.is_empty() && self.fingerprint != placement_fingerprint(lines, hold_seconds)
+        !self.fingerprint.is_empty()
+            && self.fingerprint != placement_fingerprint(lines, hold_seconds)
     }
 
     /// The decision on its placement, once there is one.
