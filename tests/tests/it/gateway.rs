@@ -454,6 +454,19 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
         json!([{"line_id": "1", "sku": "GW-MUG", "requested": 4, "available": 2}])
     );
 
+    // The same request again: JetStream reports the duplicate, the decision is read back.
+    let (status, same) = gw
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("place-a"),
+            &checkout("web-a", "GW-MUG", 3),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{same}");
+    assert_eq!(same["duplicate"], true, "{same}");
+    assert_eq!(same["allocations"], confirmed["allocations"]);
+
     // A re-post of a decided order (new key, so JetStream stores it; the worker publishes no
     // second decision) answers from the stored decision.
     let (status, again) = gw
@@ -514,6 +527,10 @@ async fn a_checkout_waits_for_confirmation_or_rejection() {
     .await;
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("GW-MUG", "wh").await, (5, 0));
+    let (_, order) = gw.get("/v1/orders/web-a", READ).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(order["decision"], "confirmed", "{order}");
+    assert_eq!(order["lines"][0]["state"], "released", "{order}");
 
     gw.shutdown().await;
     orders.shutdown().await;
@@ -553,7 +570,7 @@ async fn with_no_order_worker_the_wait_ends_in_202() {
 }
 
 #[tokio::test]
-async fn when_jetstream_is_down_nothing_is_acknowledged() {
+async fn with_nats_or_redis_down_the_answer_is_503() {
     let mut world = World::start().await;
     let gw = Gateway::start(&world, &[]).await;
     world.nats.stop();
@@ -588,5 +605,11 @@ async fn when_jetstream_is_down_nothing_is_acknowledged() {
         (status == StatusCode::SERVICE_UNAVAILABLE && text.contains("nats")).then_some(())
     })
     .await;
+
+    // Queries need Redis: without it they are 503, not 404.
+    world.redis.stop();
+    let (status, error) = gw.get("/v1/stock/GW-DOWN", READ).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"], "unavailable");
     gw.shutdown().await;
 }
