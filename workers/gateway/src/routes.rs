@@ -491,6 +491,57 @@ impl From<&LocationLevels> for LevelsJson {
     }
 }
 
+#[derive(Debug, Serialize)]
+struct LocationJson {
+    location: String,
+    #[serde(flatten)]
+    levels: LevelsJson,
+}
+
+/// One line of `GET /v1/orders/{order_id}`.
+#[derive(Debug, Serialize)]
+struct LineJson<'a> {
+    line_id: &'a str,
+    sku: &'a str,
+    quantity: i64,
+    /// As placed; '' when the worker chose.
+    requested_location: &'a str,
+    state: &'static str,
+    /// Where it is (or was) held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shipped: Option<i64>,
+    /// Most any candidate location had, for a short line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<i64>,
+}
+
+impl<'a> From<&'a order_worker::StoredLine> for LineJson<'a> {
+    fn from(l: &'a order_worker::StoredLine) -> Self {
+        let (state, location, shipped, available) = match &l.state {
+            LineState::Pending => ("pending", None, None, None),
+            LineState::Reserved { location, shipped } => {
+                ("reserved", Some(location.as_str()), Some(*shipped), None)
+            }
+            LineState::Short { available } => ("short", None, None, Some(*available)),
+            LineState::Released { location, shipped } => {
+                ("released", location.as_deref(), Some(*shipped), None)
+            }
+        };
+        Self {
+            line_id: &l.line.line_id,
+            sku: &l.line.sku,
+            quantity: l.line.quantity,
+            requested_location: &l.line.location,
+            state,
+            location,
+            shipped,
+            available,
+        }
+    }
+}
+
 fn read_failed(e: anyhow::Error) -> ApiError {
     tracing::warn!(error = %format!("{e:#}"), "reading from Redis failed");
     ApiError::unavailable("the stock store did not answer; retry")
@@ -512,16 +563,17 @@ async fn get_stock(
         )));
     }
     let mut totals = LevelsJson::default();
-    let locations: Vec<serde_json::Value> = levels
+    let locations: Vec<LocationJson> = levels
         .iter()
         .map(|(location, l)| {
             totals.on_hand += l.on_hand;
             totals.reserved += l.reserved;
             totals.safety_stock += l.safety_stock;
             totals.available += l.available();
-            let mut value = serde_json::to_value(LevelsJson::from(l)).unwrap_or_default();
-            value["location"] = json!(location);
-            value
+            LocationJson {
+                location: location.clone(),
+                levels: l.into(),
+            }
         })
         .collect();
     Ok(Json(json!({"sku": sku, "locations": locations, "totals": totals})).into_response())
@@ -543,10 +595,15 @@ async fn get_stock_location(
             "no stock recorded for sku {sku:?} at {location:?}"
         )));
     };
-    let mut value = serde_json::to_value(LevelsJson::from(l)).unwrap_or_default();
-    value["sku"] = json!(sku);
-    value["location"] = json!(location);
-    Ok(Json(value).into_response())
+    Ok(Json(json!({
+        "sku": sku,
+        "location": location,
+        "on_hand": l.on_hand,
+        "reserved": l.reserved,
+        "safety_stock": l.safety_stock,
+        "available": l.available(),
+    }))
+    .into_response())
 }
 
 async fn get_order(
@@ -561,36 +618,7 @@ async fn get_order(
     else {
         return Err(ApiError::not_found(format!("no order {order_id:?}")));
     };
-    let lines: Vec<serde_json::Value> = order
-        .lines
-        .iter()
-        .map(|l| {
-            let mut value = json!({
-                "line_id": l.line.line_id,
-                "sku": l.line.sku,
-                "quantity": l.line.quantity,
-                "requested_location": l.line.location,
-            });
-            let (state, extra) = match &l.state {
-                LineState::Pending => ("pending", json!({})),
-                LineState::Reserved { location, shipped } => (
-                    "reserved",
-                    json!({"location": location, "shipped": shipped}),
-                ),
-                LineState::Short { available } => ("short", json!({"available": available})),
-                LineState::Released { location, shipped } => (
-                    "released",
-                    json!({"location": location, "shipped": shipped}),
-                ),
-            };
-            value["state"] = json!(state);
-            if let (Some(target), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra)
-            {
-                target.extend(extra);
-            }
-            value
-        })
-        .collect();
+    let lines: Vec<LineJson<'_>> = order.lines.iter().map(Into::into).collect();
     let decision = order.decision().map(|d| match d {
         Decision::Confirmed => "confirmed",
         Decision::Rejected => "rejected",
