@@ -191,8 +191,9 @@ impl Runtime {
     }
 }
 
-/// Keeps the `nats` and `redis` readiness checks current.
-async fn monitor(
+/// Keeps the `nats` and `redis` readiness checks current until `shutdown` (every worker, and the
+/// gateway, which has no consumer).
+pub async fn monitor(
     nats: async_nats::Client,
     mut redis: redis::aio::ConnectionManager,
     nats_up: HealthCheck,

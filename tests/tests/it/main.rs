@@ -5,6 +5,7 @@ mod world;
 
 mod crash;
 mod degraded;
+mod gateway;
 mod malformed;
 mod model;
 mod orders;

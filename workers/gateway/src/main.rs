@@ -1,5 +1,13 @@
 //! `gateway`: HTTP/JSON front door: ingest facts and orders, query stock and orders.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("gateway is not built yet")
+use stockflow_shared::settings::Env;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = gateway::Settings::from_env(&Env::process())?;
+    settings.log.init();
+    gateway::start(settings, stockflow_shared::shutdown_signal())
+        .await?
+        .wait()
+        .await
 }

@@ -96,6 +96,12 @@ pub fn encode_lines(lines: &[Line]) -> String {
         .join("\u{1e}")
 }
 
+/// What identifies a placement: two placements of one order with the same fingerprint are the
+/// same order; a different one is a conflict.
+pub fn placement_fingerprint(lines: &[Line], hold_seconds: i64) -> String {
+    format!("{hold_seconds}\u{1d}{}", encode_lines(lines))
+}
+
 /// Decodes what [`encode_lines`] made.
 pub fn decode_lines(text: &str) -> Vec<Line> {
     text.split('\u{1e}')

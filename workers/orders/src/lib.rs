@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod command;
+mod read;
+
+pub use read::{read_order, Decision, LineState, OrderStatus, StoredLine, StoredOrder};
 
 use std::{future::Future, time::Duration};
 
@@ -26,7 +29,9 @@ use stockflow_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{decode_lines, encode_lines, Command, Line, OrderCommand};
+use crate::command::{
+    decode_lines, encode_lines, placement_fingerprint, Command, Line, OrderCommand,
+};
 
 /// The order worker's settings.
 #[derive(Debug, Clone)]
@@ -295,7 +300,7 @@ impl OrderHandler {
         hold_seconds: i64,
     ) -> Result<Outcome, HandleError> {
         let encoded = encode_lines(lines);
-        let fingerprint = format!("{hold_seconds}\u{1d}{encoded}");
+        let fingerprint = placement_fingerprint(lines, hold_seconds);
         let begin = self
             .order_script(
                 &order.order_id,

@@ -1,0 +1,116 @@
+//! The OpenAPI 3 document, checked in as `openapi.json` and served at `/openapi.json`. The
+//! tests below keep it honest: it lists exactly the routes the router serves, and every request
+//! example in it is accepted by the gateway's own input parsing.
+
+/// The document.
+pub const DOCUMENT: &str = include_str!("../openapi.json");
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::DOCUMENT;
+    use crate::input::{self, OrderAction, PlaceOrderJson, StockFactJson};
+
+    fn document() -> Value {
+        serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
+    }
+
+    const METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
+
+    #[test]
+    fn the_document_lists_exactly_the_served_routes() {
+        let doc = document();
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in METHODS {
+                if item.get(*method).is_some() {
+                    documented.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        let (_, served) = crate::routes::api_routes();
+        let served: BTreeSet<(String, String)> = served
+            .into_iter()
+            .map(|(m, p)| (m.to_owned(), p.to_owned()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    /// Every `$ref` points at something that exists.
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(doc: &Value, value: &Value) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(target)) = map.get("$ref") {
+                        let pointer = target.strip_prefix('#').expect("local ref");
+                        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+                    }
+                    map.values().for_each(|v| walk(doc, v));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(doc, v)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        walk(&doc, &doc);
+    }
+
+    /// Request examples pass the same parsing and validation as real requests.
+    #[test]
+    fn request_examples_are_accepted() {
+        let doc = document();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let Some(op) = item.get("post") else { continue };
+            let examples = op["requestBody"]["content"]["application/json"]["examples"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            assert!(!examples.is_empty(), "POST {path} has no request example");
+            for (name, example) in examples {
+                let value = example["value"].clone();
+                let items = match value {
+                    Value::Array(items) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (Some(i), v))
+                        .collect(),
+                    one => vec![(None, one)],
+                };
+                for (index, value) in items {
+                    let has_id = value.get("event_id").is_some();
+                    let key = (!has_id).then_some("example");
+                    let result = match path.as_str() {
+                        "/v1/stock/events" => input::from_value::<StockFactJson>(value)
+                            .and_then(|f| f.into_outgoing(key, index))
+                            .map(|_| ()),
+                        "/v1/orders" => input::from_value::<PlaceOrderJson>(value)
+                            .and_then(|p| p.into_outgoing(key, index))
+                            .map(|_| ()),
+                        "/v1/orders/{order_id}/cancel" => {
+                            input::order_action("o-1".into(), OrderAction::Cancel, value, key)
+                                .map(|_| ())
+                        }
+                        "/v1/orders/{order_id}/commit" => {
+                            input::order_action("o-1".into(), OrderAction::Commit, value, key)
+                                .map(|_| ())
+                        }
+                        "/v1/orders/{order_id}/fulfil" => {
+                            input::order_action("o-1".into(), OrderAction::Fulfil, value, key)
+                                .map(|_| ())
+                        }
+                        other => panic!("no example check for POST {other}"),
+                    };
+                    result.unwrap_or_else(|e| panic!("POST {path} example {name}: {e:?}"));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 5);
+    }
+}

@@ -1,0 +1,644 @@
+//! The router and its handlers: ingest, order decisions, queries.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, MatchedPath, Path, Query, Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, MethodRouter},
+    Json, Router,
+};
+use futures::StreamExt as _;
+use order_worker::{command::Command, read_order, Decision, LineState, StoredOrder};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stockflow_proto::{
+    subjects,
+    v1::{order_result, Allocation, OrderResult, Shortfall},
+};
+use stockflow_shared::{
+    levels::{read_levels, LocationLevels},
+    validate::{validate_location, validate_sku},
+};
+
+use crate::{
+    auth::{Authorized, Read, Write},
+    error::ApiError,
+    input::{self, OrderAction, Outgoing, PlaceOrderJson, StockFactJson},
+    publish::{publish, publish_all, Stored},
+    AppState,
+};
+
+/// The routes the API serves, as (method, path template) — the OpenAPI document must list
+/// exactly these (checked by a test).
+pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str)>) {
+    let table: Vec<(&'static str, &'static str, MethodRouter<AppState>)> = vec![
+        ("post", "/v1/stock/events", post(post_stock_events)),
+        ("get", "/v1/stock/{sku}", get(get_stock)),
+        ("get", "/v1/stock/{sku}/{location}", get(get_stock_location)),
+        ("post", "/v1/orders", post(post_orders)),
+        ("get", "/v1/orders/{order_id}", get(get_order)),
+        ("post", "/v1/orders/{order_id}/cancel", post(post_cancel)),
+        ("post", "/v1/orders/{order_id}/commit", post(post_commit)),
+        ("post", "/v1/orders/{order_id}/fulfil", post(post_fulfil)),
+        ("get", "/openapi.json", get(openapi)),
+    ];
+    let mut router = Router::new();
+    let mut served = Vec::with_capacity(table.len());
+    for (method, path, handler) in table {
+        router = router.route(path, handler);
+        served.push((method, path));
+    }
+    (router, served)
+}
+
+/// The API: routes, body limit, request metrics, JSON 404s.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let (routes, _) = api_routes();
+    routes
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Counts and times requests by route template (never the raw path: it holds SKUs and ids).
+async fn track(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let route = matched
+        .as_ref()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::counter!(
+        "stockflow_http_requests_total",
+        "route" => route.clone(),
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!("stockflow_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key", "Idempotency-Key must be ASCII"))
+        })
+        .transpose()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %error, "dependency unavailable");
+    ApiError::unavailable(format!(
+        "not stored, retry with the same idempotency key: {error}"
+    ))
+}
+
+/// Parses a body that is one item or a batch, validating every item before anything is sent.
+fn parse_items<T>(
+    state: &AppState,
+    body: &[u8],
+    build: impl Fn(serde_json::Value, Option<usize>) -> Result<T, ApiError>,
+) -> Result<(Vec<T>, bool), ApiError> {
+    let (values, batch) = input::one_or_many(body)?;
+    if batch && values.is_empty() {
+        return Err(ApiError::invalid("body", "the batch is empty"));
+    }
+    if values.len() > state.max_batch {
+        return Err(ApiError::invalid(
+            "body",
+            format!("a batch holds at most {} events", state.max_batch),
+        ));
+    }
+    let items = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let index = batch.then_some(i);
+            build(value, index).map_err(|e| if batch { e.at_index(i) } else { e })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((items, batch))
+}
+
+/// 202 when every event is stored; 503 (listing what was stored) when any is not.
+async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response {
+    let results = publish_all(&state.js, events, state.publish_timeout).await;
+    let all_stored = results.iter().all(Result::is_ok);
+    if !batch {
+        return match results.into_iter().next() {
+            Some(Ok(stored)) => (StatusCode::ACCEPTED, Json(stored)).into_response(),
+            Some(Err(e)) => unavailable(e).into_response(),
+            None => ApiError::invalid("body", "no event").into_response(),
+        };
+    }
+    let items: Vec<serde_json::Value> = results
+        .into_iter()
+        .zip(events)
+        .map(|(result, event)| match result {
+            Ok(stored) => json!({"stored": true, "event_id": stored.event_id, "duplicate": stored.duplicate, "stream": stored.stream, "seq": stored.seq}),
+            Err(error) => json!({"stored": false, "event_id": event.event_id, "message": error}),
+        })
+        .collect();
+    if all_stored {
+        (StatusCode::ACCEPTED, Json(json!({ "events": items }))).into_response()
+    } else {
+        tracing::warn!("part of a batch was not stored");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": "unavailable",
+                "message": "some events were not stored; re-post the batch with the same ids",
+                "events": items,
+            })),
+        )
+            .into_response()
+    }
+}
+
+async fn post_stock_events(
+    _: Authorized<Write>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let key = idempotency_key(&headers)?;
+    let (events, batch) = parse_items(&state, &body, |value, index| {
+        input::from_value::<StockFactJson>(value)?.into_outgoing(key, index)
+    })?;
+    Ok(ingest(&state, &events, batch).await)
+}
+
+/// `?wait=2s` / `500ms` / `2` (seconds).
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+fn parse_wait(text: &str, max: Duration) -> Result<Duration, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "wait",
+            format!("wait {text:?} is not a duration like 2s or 500ms"),
+        )
+    };
+    let (number, unit_ms) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1000)
+    } else {
+        (text, 1000)
+    };
+    let value: u64 = number.trim().parse().map_err(|_| bad())?;
+    let wait = Duration::from_millis(value.checked_mul(unit_ms).ok_or_else(bad)?);
+    if wait > max {
+        return Err(ApiError::invalid(
+            "wait",
+            format!(
+                "wait is at most {}s (STOCKFLOW_GATEWAY_MAX_WAIT_SECONDS)",
+                max.as_secs()
+            ),
+        ));
+    }
+    Ok(wait)
+}
+
+async fn post_orders(
+    _: Authorized<Write>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<WaitQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let key = idempotency_key(&headers)?;
+    let wait = query
+        .wait
+        .as_deref()
+        .map(|w| parse_wait(w, state.max_wait))
+        .transpose()?;
+    let (placements, batch) = parse_items(&state, &body, |value, index| {
+        input::from_value::<PlaceOrderJson>(value)?.into_outgoing(key, index)
+    })?;
+    match (wait, batch) {
+        (Some(_), true) => Err(ApiError::invalid(
+            "wait",
+            "wait applies to one order, not a batch",
+        )),
+        (Some(wait), false) => {
+            let Some((event, command)) = placements.into_iter().next() else {
+                return Err(ApiError::invalid("body", "no order"));
+            };
+            place_and_wait(&state, event, command, wait).await
+        }
+        (None, _) => {
+            let events: Vec<Outgoing> = placements.into_iter().map(|(e, _)| e).collect();
+            Ok(ingest(&state, &events, batch).await)
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AllocationJson {
+    line_id: String,
+    sku: String,
+    location: String,
+    quantity: i64,
+}
+
+impl From<Allocation> for AllocationJson {
+    fn from(a: Allocation) -> Self {
+        Self {
+            line_id: a.line_id,
+            sku: a.sku,
+            location: a.location,
+            quantity: a.quantity,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ShortfallJson {
+    line_id: String,
+    sku: String,
+    requested: i64,
+    available: i64,
+}
+
+impl From<Shortfall> for ShortfallJson {
+    fn from(s: Shortfall) -> Self {
+        Self {
+            line_id: s.line_id,
+            sku: s.sku,
+            requested: s.requested,
+            available: s.available,
+        }
+    }
+}
+
+fn confirmed(
+    stored: &Stored,
+    order_id: &str,
+    status: &str,
+    allocations: Vec<Allocation>,
+    expires_at_ms: i64,
+) -> Response {
+    let allocations: Vec<AllocationJson> = allocations.into_iter().map(Into::into).collect();
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "order_id": order_id,
+            "event_id": stored.event_id,
+            "duplicate": stored.duplicate,
+            "decision": "confirmed",
+            "status": status,
+            "allocations": allocations,
+            "expires_at_ms": expires_at_ms,
+        })),
+    )
+        .into_response()
+}
+
+fn rejected(stored: &Stored, order_id: &str, shortfalls: Vec<Shortfall>) -> Response {
+    let shortfalls: Vec<ShortfallJson> = shortfalls.into_iter().map(Into::into).collect();
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "error": "rejected",
+            "message": format!("order {order_id:?} is rejected: not enough stock for every line"),
+            "order_id": order_id,
+            "event_id": stored.event_id,
+            "duplicate": stored.duplicate,
+            "decision": "rejected",
+            "status": "rejected",
+            "shortfalls": shortfalls,
+        })),
+    )
+        .into_response()
+}
+
+fn from_record(stored: &Stored, order: StoredOrder) -> Option<Response> {
+    match order.decision()? {
+        Decision::Confirmed => Some(confirmed(
+            stored,
+            &order.order_id,
+            order.status.as_str(),
+            order.allocations(),
+            order.expires_at_ms,
+        )),
+        Decision::Rejected => Some(rejected(stored, &order.order_id, order.shortfalls())),
+    }
+}
+
+/// Publishes a placement and waits up to `wait` for its decision. The subscription to the
+/// order's results exists before the publish, so a decision made right after it is not missed;
+/// a decision made before (a re-post of a decided order) is read from the worker's records.
+async fn place_and_wait(
+    state: &AppState,
+    event: Outgoing,
+    command: order_worker::command::OrderCommand,
+    wait: Duration,
+) -> Result<Response, ApiError> {
+    let order_id = command.order_id.clone();
+    let Command::Placed {
+        lines,
+        hold_seconds,
+    } = &command.command
+    else {
+        return Err(ApiError::invalid("body", "not a placement"));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut results = state
+        .nats
+        .subscribe(subjects::order_result(&order_id))
+        .await
+        .map_err(unavailable)?;
+    let stored = publish(&state.js, &event, state.publish_timeout)
+        .await
+        .map_err(unavailable)?;
+    let mut redis = state.redis.clone();
+    match read_order(&mut redis, &state.keys, &order_id).await {
+        Ok(Some(order)) if order.placed_otherwise(lines, *hold_seconds) => {
+            return Err(ApiError::conflict(format!(
+                "order {order_id:?} was already placed with other lines or another hold"
+            )));
+        }
+        Ok(Some(order)) => {
+            if let Some(response) = from_record(&stored, order) {
+                return Ok(response);
+            }
+        }
+        Ok(None) => {}
+        // The decision may still come in on the subscription.
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading the order record failed"),
+    }
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, results.next()).await {
+        let Ok(result) = OrderResult::decode(message.payload) else {
+            continue;
+        };
+        match result.result {
+            Some(order_result::Result::Confirmed(c)) => {
+                return Ok(confirmed(
+                    &stored,
+                    &order_id,
+                    "confirmed",
+                    c.lines,
+                    c.expires_at_ms,
+                ))
+            }
+            Some(order_result::Result::Rejected(r)) => {
+                return Ok(rejected(&stored, &order_id, r.short_lines))
+            }
+            // A release is not the decision this request waits for.
+            Some(order_result::Result::Released(_)) | None => {}
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "order_id": order_id,
+            "event_id": stored.event_id,
+            "duplicate": stored.duplicate,
+            "stream": stored.stream,
+            "seq": stored.seq,
+            "status": "pending",
+        })),
+    )
+        .into_response())
+}
+
+async fn order_action(
+    state: AppState,
+    order_id: String,
+    action: OrderAction,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let key = idempotency_key(&headers)?;
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?
+    };
+    let event = input::order_action(order_id, action, value, key)?;
+    Ok(ingest(&state, &[event], false).await)
+}
+
+async fn post_cancel(
+    _: Authorized<Write>,
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    order_action(state, order_id, OrderAction::Cancel, headers, body).await
+}
+
+async fn post_commit(
+    _: Authorized<Write>,
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    order_action(state, order_id, OrderAction::Commit, headers, body).await
+}
+
+async fn post_fulfil(
+    _: Authorized<Write>,
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    order_action(state, order_id, OrderAction::Fulfil, headers, body).await
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LevelsJson {
+    on_hand: i64,
+    reserved: i64,
+    safety_stock: i64,
+    available: i64,
+}
+
+impl From<&LocationLevels> for LevelsJson {
+    fn from(l: &LocationLevels) -> Self {
+        Self {
+            on_hand: l.on_hand,
+            reserved: l.reserved,
+            safety_stock: l.safety_stock,
+            available: l.available(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct LocationJson {
+    location: String,
+    #[serde(flatten)]
+    levels: LevelsJson,
+}
+
+/// One line of `GET /v1/orders/{order_id}`.
+#[derive(Debug, Serialize)]
+struct LineJson<'a> {
+    line_id: &'a str,
+    sku: &'a str,
+    quantity: i64,
+    /// As placed; '' when the worker chose.
+    requested_location: &'a str,
+    state: &'static str,
+    /// Where it is (or was) held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shipped: Option<i64>,
+    /// Most any candidate location had, for a short line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<i64>,
+}
+
+impl<'a> From<&'a order_worker::StoredLine> for LineJson<'a> {
+    fn from(l: &'a order_worker::StoredLine) -> Self {
+        let (state, location, shipped, available) = match &l.state {
+            LineState::Pending => ("pending", None, None, None),
+            LineState::Reserved { location, shipped } => {
+                ("reserved", Some(location.as_str()), Some(*shipped), None)
+            }
+            LineState::Short { available } => ("short", None, None, Some(*available)),
+            LineState::Released { location, shipped } => {
+                ("released", location.as_deref(), Some(*shipped), None)
+            }
+        };
+        Self {
+            line_id: &l.line.line_id,
+            sku: &l.line.sku,
+            quantity: l.line.quantity,
+            requested_location: &l.line.location,
+            state,
+            location,
+            shipped,
+            available,
+        }
+    }
+}
+
+fn read_failed(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %format!("{e:#}"), "reading from Redis failed");
+    ApiError::unavailable("the stock store did not answer; retry")
+}
+
+async fn get_stock(
+    _: Authorized<Read>,
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_sku(&sku).map_err(|r| ApiError::invalid("sku", r))?;
+    let mut redis = state.redis.clone();
+    let levels = read_levels(&mut redis, &state.keys, &sku)
+        .await
+        .map_err(read_failed)?;
+    if levels.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no stock recorded for sku {sku:?}"
+        )));
+    }
+    let mut totals = LevelsJson::default();
+    let locations: Vec<LocationJson> = levels
+        .iter()
+        .map(|(location, l)| {
+            totals.on_hand += l.on_hand;
+            totals.reserved += l.reserved;
+            totals.safety_stock += l.safety_stock;
+            totals.available += l.available();
+            LocationJson {
+                location: location.clone(),
+                levels: l.into(),
+            }
+        })
+        .collect();
+    Ok(Json(json!({"sku": sku, "locations": locations, "totals": totals})).into_response())
+}
+
+async fn get_stock_location(
+    _: Authorized<Read>,
+    State(state): State<AppState>,
+    Path((sku, location)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    validate_sku(&sku).map_err(|r| ApiError::invalid("sku", r))?;
+    validate_location("location", &location).map_err(|r| ApiError::invalid("location", r))?;
+    let mut redis = state.redis.clone();
+    let levels = read_levels(&mut redis, &state.keys, &sku)
+        .await
+        .map_err(read_failed)?;
+    let Some(l) = levels.get(&location) else {
+        return Err(ApiError::not_found(format!(
+            "no stock recorded for sku {sku:?} at {location:?}"
+        )));
+    };
+    Ok(Json(json!({
+        "sku": sku,
+        "location": location,
+        "on_hand": l.on_hand,
+        "reserved": l.reserved,
+        "safety_stock": l.safety_stock,
+        "available": l.available(),
+    }))
+    .into_response())
+}
+
+async fn get_order(
+    _: Authorized<Read>,
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut redis = state.redis.clone();
+    let Some(order) = read_order(&mut redis, &state.keys, &order_id)
+        .await
+        .map_err(read_failed)?
+    else {
+        return Err(ApiError::not_found(format!("no order {order_id:?}")));
+    };
+    let lines: Vec<LineJson<'_>> = order.lines.iter().map(Into::into).collect();
+    let decision = order.decision().map(|d| match d {
+        Decision::Confirmed => "confirmed",
+        Decision::Rejected => "rejected",
+    });
+    let allocations: Vec<AllocationJson> = if decision == Some("confirmed") {
+        order.allocations().into_iter().map(Into::into).collect()
+    } else {
+        Vec::new()
+    };
+    let shortfalls: Vec<ShortfallJson> = order.shortfalls().into_iter().map(Into::into).collect();
+    Ok(Json(json!({
+        "order_id": order.order_id,
+        "status": order.status.as_str(),
+        "decision": decision,
+        "hold_seconds": order.hold_seconds,
+        "expires_at_ms": order.expires_at_ms,
+        "committed": order.committed,
+        "lines": lines,
+        "allocations": allocations,
+        "shortfalls": shortfalls,
+    }))
+    .into_response())
+}

@@ -1,0 +1,245 @@
+//! Reading an order back from the records the worker keeps (`lua/order.lua` for the order,
+//! `lua/reserve_line.lua` for each line): what the gateway's queries and checkouts see.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use stockflow_proto::v1::{Allocation, Shortfall};
+use stockflow_shared::keys::Keys;
+
+use crate::command::{decode_lines, placement_fingerprint, Line};
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Placed, not decided yet.
+    Placing,
+    /// Every line is reserved.
+    Confirmed,
+    /// A line could not be covered: nothing is reserved.
+    Rejected,
+    /// Cancelled (before or after the decision).
+    Cancelled,
+    /// The checkout hold ran out.
+    Expired,
+    /// Shipped; whatever was left is released.
+    Fulfilled,
+}
+
+impl OrderStatus {
+    /// The status as the API and the records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Placing => "placing",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Fulfilled => "fulfilled",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "placing" => Self::Placing,
+            "confirmed" => Self::Confirmed,
+            "rejected" => Self::Rejected,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            "fulfilled" => Self::Fulfilled,
+            _ => return None,
+        })
+    }
+}
+
+/// What one line holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineState {
+    /// No record: not reserved yet (or the record of a released line has expired).
+    Pending,
+    /// Units held at `location`; `shipped` of them already left.
+    Reserved {
+        /// Where.
+        location: String,
+        /// Units shipped so far.
+        shipped: i64,
+    },
+    /// The line could not be covered; `available` is the most any candidate location had.
+    Short {
+        /// Units.
+        available: i64,
+    },
+    /// Held once, given back since (cancel, expiry, rejection of another line, last shipment).
+    Released {
+        /// Where it was held, if it ever was.
+        location: Option<String>,
+        /// Units shipped before the release.
+        shipped: i64,
+    },
+}
+
+/// One line of a stored order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLine {
+    /// The line as placed.
+    pub line: Line,
+    /// What it holds now.
+    pub state: LineState,
+}
+
+/// The decision on a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every line was reserved.
+    Confirmed,
+    /// Nothing was reserved.
+    Rejected,
+}
+
+/// An order as the worker's records hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    /// The order.
+    pub order_id: String,
+    /// Where it is.
+    pub status: OrderStatus,
+    /// Its lines (empty for an order cancelled before it was placed).
+    pub lines: Vec<StoredLine>,
+    /// Checkout hold asked for, seconds (0: none).
+    pub hold_seconds: i64,
+    /// When the hold expires, ms since the Unix epoch; 0: no expiry.
+    pub expires_at_ms: i64,
+    /// Payment is done: the hold no longer expires.
+    pub committed: bool,
+    /// The status before the order ended (`confirmed`, `placing`, ...), '' while it runs.
+    previous: String,
+    fingerprint: String,
+}
+
+impl StoredOrder {
+    /// Whether the order was placed with other lines or another hold than these: a new
+    /// placement with these would be a conflict, which the worker dead-letters.
+    pub fn placed_otherwise(&self, lines: &[Line], hold_seconds: i64) -> bool {
+        !self.fingerprint.is_empty()
+            && self.fingerprint != placement_fingerprint(lines, hold_seconds)
+    }
+
+    /// The decision on its placement, once there is one.
+    pub fn decision(&self) -> Option<Decision> {
+        match self.status {
+            OrderStatus::Placing => None,
+            OrderStatus::Rejected => Some(Decision::Rejected),
+            OrderStatus::Confirmed | OrderStatus::Fulfilled => Some(Decision::Confirmed),
+            OrderStatus::Expired | OrderStatus::Cancelled => {
+                (self.previous == "confirmed").then_some(Decision::Confirmed)
+            }
+        }
+    }
+
+    /// Where each line was reserved (for a confirmed order).
+    pub fn allocations(&self) -> Vec<Allocation> {
+        self.lines
+            .iter()
+            .filter_map(|l| {
+                let location = match &l.state {
+                    LineState::Reserved { location, .. } => location.clone(),
+                    LineState::Released {
+                        location: Some(location),
+                        ..
+                    } => location.clone(),
+                    _ => return None,
+                };
+                Some(Allocation {
+                    line_id: l.line.line_id.clone(),
+                    sku: l.line.sku.clone(),
+                    location,
+                    quantity: l.line.quantity,
+                })
+            })
+            .collect()
+    }
+
+    /// The lines that could not be covered (for a rejected order).
+    pub fn shortfalls(&self) -> Vec<Shortfall> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l.state {
+                LineState::Short { available } => Some(Shortfall {
+                    line_id: l.line.line_id.clone(),
+                    sku: l.line.sku.clone(),
+                    requested: l.line.quantity,
+                    available,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Reads `order_id`'s records; `None` when the worker has never seen the order.
+pub async fn read_order(
+    redis: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    order_id: &str,
+) -> anyhow::Result<Option<StoredOrder>> {
+    let order: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.order(order_id))
+        .query_async(redis)
+        .await
+        .context("reading the order record")?;
+    if order.is_empty() {
+        return Ok(None);
+    }
+    let field = |name: &str| order.get(name).map(String::as_str).unwrap_or("");
+    let number = |name: &str| field(name).parse::<i64>().unwrap_or(0);
+    let status = match OrderStatus::parse(field("status")) {
+        Some(status) => status,
+        // A cancel that arrived before the placement leaves only the flag.
+        None if field("cancelled") == "1" => OrderStatus::Cancelled,
+        None => anyhow::bail!("order record has an unknown status {:?}", field("status")),
+    };
+    let mut lines = Vec::new();
+    for line in decode_lines(field("lines")) {
+        let record: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.order_line(&line.sku, order_id, &line.line_id))
+            .query_async(redis)
+            .await
+            .context("reading an order line record")?;
+        lines.push(StoredLine {
+            state: line_state(&record),
+            line,
+        });
+    }
+    Ok(Some(StoredOrder {
+        order_id: order_id.to_owned(),
+        status,
+        lines,
+        hold_seconds: number("hold"),
+        expires_at_ms: number("expires"),
+        committed: field("committed") == "1",
+        previous: field("from").to_owned(),
+        fingerprint: field("fp").to_owned(),
+    }))
+}
+
+fn line_state(record: &HashMap<String, String>) -> LineState {
+    let shipped = record
+        .get("shipped")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // A short line keeps `avail` after its release, which only tombstones it.
+    if let Some(available) = record.get("avail").and_then(|a| a.parse().ok()) {
+        return LineState::Short { available };
+    }
+    match record.get("state").map(String::as_str) {
+        Some("reserved") => LineState::Reserved {
+            location: record.get("loc").cloned().unwrap_or_default(),
+            shipped,
+        },
+        Some(_) => LineState::Released {
+            location: record.get("loc").cloned(),
+            shipped,
+        },
+        None => LineState::Pending,
+    }
+}
