@@ -6,8 +6,8 @@
 use serde_json::{json, Map, Value};
 use stockflow_proto::v1::{
     order_event::Command, order_result::Result as Decision, stock_event::Change, AlertKind,
-    EventMeta, Levels, OrderEvent, OrderResult, Reason, RejectionReason, ReleaseReason,
-    StockAlert, StockChanged, StockEvent, StockEventRejected,
+    EventMeta, Levels, OrderEvent, OrderResult, Reason, RejectionReason, ReleaseReason, StockAlert,
+    StockChanged, StockEvent, StockEventRejected,
 };
 
 /// A message decoded both ways.
@@ -65,7 +65,9 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Decoded, DecodeError> {
 
 /// `REASON_CYCLE_COUNT` with prefix `REASON_` → `cycle_count`.
 fn short_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
 /// The lower-case name of a [`Reason`] (`damaged`, `cycle_count`, ...).
@@ -304,7 +306,10 @@ pub fn stock_changed(entry: &StockChanged) -> Decoded {
             before.safety_stock, after.safety_stock
         ));
     }
-    changes.push(format!("available {}→{}", before.available, after.available));
+    changes.push(format!(
+        "available {}→{}",
+        before.available, after.available
+    ));
     Decoded {
         kind: "stock_changed".into(),
         text: format!(
@@ -404,7 +409,10 @@ pub fn order_result(result: &OrderResult) -> Decoded {
                 "lines": c.lines.iter().map(|a| json!({"line_id": a.line_id, "sku": a.sku, "location": a.location, "quantity": a.quantity})).collect::<Vec<_>>(),
                 "expires_at_ms": c.expires_at_ms,
             });
-            ("confirmed", (format!("confirmed {}", lines.join("; ")), detail))
+            (
+                "confirmed",
+                (format!("confirmed {}", lines.join("; ")), detail),
+            )
         }
         Some(Decision::Rejected(r)) => {
             let lines: Vec<String> = r
@@ -420,7 +428,10 @@ pub fn order_result(result: &OrderResult) -> Decoded {
             let detail = json!({
                 "short_lines": r.short_lines.iter().map(|s| json!({"line_id": s.line_id, "sku": s.sku, "requested": s.requested, "available": s.available})).collect::<Vec<_>>(),
             });
-            ("rejected", (format!("rejected, short {}", lines.join("; ")), detail))
+            (
+                "rejected",
+                (format!("rejected, short {}", lines.join("; ")), detail),
+            )
         }
         Some(Decision::Released(r)) => {
             let reason = ReleaseReason::try_from(r.reason)

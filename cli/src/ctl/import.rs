@@ -110,7 +110,9 @@ pub struct Sheet {
 #[derive(Debug, thiserror::Error)]
 pub enum SheetError {
     /// The header row is missing a required column, names one twice, or names an unknown one.
-    #[error("header row: {0}; expected the columns sku, location, on_hand[, threshold, safety_stock]")]
+    #[error(
+        "header row: {0}; expected the columns sku, location, on_hand[, threshold, safety_stock]"
+    )]
     Header(String),
     /// The CSV cannot be read at all.
     #[error("reading the CSV: {0}")]
@@ -169,7 +171,8 @@ pub fn read_sheet(bytes: &[u8]) -> Result<Sheet, SheetError> {
     let header = reader.headers()?.clone();
     let mut columns: Vec<Column> = Vec::new();
     for name in &header {
-        let c = column(name).ok_or_else(|| SheetError::Header(format!("unknown column {name:?}")))?;
+        let c =
+            column(name).ok_or_else(|| SheetError::Header(format!("unknown column {name:?}")))?;
         if columns.contains(&c) {
             return Err(SheetError::Header(format!("column {name:?} appears twice")));
         }
@@ -427,11 +430,7 @@ impl fmt::Display for Summary {
         if !self.invalid.is_empty() {
             let shown = self.invalid.len().min(self.show_invalid);
             if shown < self.invalid.len() {
-                writeln!(
-                    f,
-                    "invalid rows (first {shown} of {}):",
-                    self.invalid.len()
-                )?;
+                writeln!(f, "invalid rows (first {shown} of {}):", self.invalid.len())?;
             } else {
                 writeln!(f, "invalid rows:")?;
             }
@@ -684,7 +683,11 @@ mod tests {
         assert_eq!(sheet.rows[1].line, 8);
         let lines: Vec<u64> = sheet.invalid.iter().map(|i| i.line).collect();
         assert_eq!(lines, vec![3, 4, 5, 6, 7]);
-        assert!(sheet.invalid[0].reason.contains("on_hand"), "{:?}", sheet.invalid);
+        assert!(
+            sheet.invalid[0].reason.contains("on_hand"),
+            "{:?}",
+            sheet.invalid
+        );
         assert!(sheet.invalid[1].reason.contains("sku"));
         assert!(sheet.invalid[3].reason.contains("line 2"));
         assert!(sheet.invalid[4].reason.contains("fields"));
@@ -708,7 +711,11 @@ mod tests {
         let again = read_sheet(b"sku,location,on_hand\nA,s,1\nB,s,1\n").expect("ok");
         let other = read_sheet(b"sku,location,on_hand\nA,s,1\nB,s,2\n").expect("ok");
         let id = |s: &Sheet, i: usize| {
-            s.rows[i].count(&s.digest, "t").meta.unwrap_or_default().event_id
+            s.rows[i]
+                .count(&s.digest, "t")
+                .meta
+                .unwrap_or_default()
+                .event_id
         };
         assert_eq!(id(&sheet, 0), id(&again, 0));
         assert_ne!(id(&sheet, 0), id(&sheet, 1));

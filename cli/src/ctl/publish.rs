@@ -23,18 +23,33 @@ use crate::render;
 
 /// `stockctl publish` arguments: a fact subcommand, or `--json` / `--json-file`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, after_help = JSON_HELP)]
 pub struct PublishArgs {
     /// The event given by flags.
     #[command(subcommand)]
     pub event: Option<FactArgs>,
-    /// The event as a JSON object with a "type" (see `stockctl publish --help` and cli/README.md).
+    /// The event as a JSON object with a "type" (shapes below).
     #[arg(long, value_name = "JSON", conflicts_with = "json_file")]
     pub json: Option<String>,
     /// Reads the JSON event from a file; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     pub json_file: Option<PathBuf>,
 }
+
+const JSON_HELP: &str = "\
+JSON events: an object with a \"type\" and the proto's field names; every type takes the envelope
+fields event_id, source, reason, reference and occurred_at_ms (all optional; event_id is made
+fresh when left out). Unknown fields are refused.
+  received | sold | returned  sku, location, quantity
+  adjusted                    sku, location, delta
+  counted                     sku, location, on_hand[, expected_on_hand]
+  transferred                 sku, location, to_location, quantity
+  policy_set                  sku[, location][, low_stock_threshold][, safety_stock][, location_priority]
+  order_placed                order_id, lines: [{[line_id,] sku, quantity[, location]}][, hold_seconds]
+  order_committed | order_cancelled   order_id
+  order_fulfilled             order_id, lines: [{line_id, quantity}][, last_shipment]
+Example:
+  stockctl publish --json '{\"type\":\"received\",\"sku\":\"A1\",\"location\":\"wh\",\"quantity\":5,\"event_id\":\"rcv-1\"}'";
 
 /// The envelope every input carries.
 #[derive(Debug, Clone, Args)]
@@ -323,9 +338,7 @@ impl Input {
             Self::Stock(_) => stock_worker::fact::parse(&subject, &bytes).map(|_| ()),
             Self::Order(e) => {
                 if matches!(e.command, Some(order_event::Command::HoldExpired(_))) {
-                    return Err(
-                        "order_hold_expired is published by the order worker itself".into()
-                    );
+                    return Err("order_hold_expired is published by the order worker itself".into());
                 }
                 order_worker::command::parse(&subject, &bytes).map(|_| ())
             }
@@ -348,7 +361,11 @@ fn event_id(meta: Option<&EventMeta>) -> String {
 
 /// A fresh event id: time and process, unique per invocation.
 fn fresh_event_id() -> String {
-    format!("stockctl-{}-{}", crate::events::now_ms(), std::process::id())
+    format!(
+        "stockctl-{}-{}",
+        crate::events::now_ms(),
+        std::process::id()
+    )
 }
 
 impl EnvelopeArgs {
@@ -522,12 +539,18 @@ impl FactArgs {
                         *hold_seconds,
                     ),
                 ),
-                OrderArgs::Commit { order: id, envelope } => order(
+                OrderArgs::Commit {
+                    order: id,
+                    envelope,
+                } => order(
                     envelope,
                     id,
                     order_event::Command::Committed(OrderCommitted {}),
                 ),
-                OrderArgs::Cancel { order: id, envelope } => order(
+                OrderArgs::Cancel {
+                    order: id,
+                    envelope,
+                } => order(
                     envelope,
                     id,
                     order_event::Command::Cancelled(OrderCancelled {}),
@@ -764,8 +787,11 @@ pub fn input_from_json(text: &str) -> anyhow::Result<Input> {
         }
         "order_fulfilled" => {
             let b: FulfilledJson = body(&kind, map)?;
-            let lines: Vec<(String, i64)> =
-                b.lines.into_iter().map(|l| (l.line_id, l.quantity)).collect();
+            let lines: Vec<(String, i64)> = b
+                .lines
+                .into_iter()
+                .map(|l| (l.line_id, l.quantity))
+                .collect();
             order(&envelope, &b.order_id, fulfilled(&lines, b.last_shipment))
         }
         other => anyhow::bail!(

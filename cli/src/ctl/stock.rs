@@ -86,7 +86,16 @@ mod tests {
             .lines()
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(lines[1], ["location", "on_hand", "reserved", "safety_stock", "available"]);
+        assert_eq!(
+            lines[1],
+            [
+                "location",
+                "on_hand",
+                "reserved",
+                "safety_stock",
+                "available"
+            ]
+        );
         assert_eq!(lines[2], ["store-1", "10", "2", "1", "7"]);
         assert_eq!(lines[5], ["total", "15", "2", "1", "12"]);
         assert_eq!(table("B", &BTreeMap::new()), "B: no stock recorded\n");

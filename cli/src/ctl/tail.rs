@@ -127,10 +127,7 @@ pub fn line(
     }
     let text = match decoded {
         Ok(d) => d.text,
-        Err(e) => format!(
-            "{subject}: undecodable ({} bytes): {e}",
-            payload.len()
-        ),
+        Err(e) => format!("{subject}: undecodable ({} bytes): {e}", payload.len()),
     };
     let prefix = format!("{} {stream} #{sequence}", timestamp(stored));
     if dead_letter {

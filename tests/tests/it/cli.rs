@@ -100,9 +100,12 @@ async fn snapshot(world: &World, skus: &[String]) -> BTreeMap<String, BTreeMap<S
     out
 }
 
+/// sku, location, on_hand, threshold, safety_stock.
+type SheetRow = (String, String, i64, Option<i64>, Option<i64>);
+
 /// A 10,000-row sheet: 2,500 SKUs at 4 locations; every third row sets a threshold, every
 /// fifth a safety stock.
-fn big_sheet(path: &Path) -> Vec<(String, String, i64, Option<i64>, Option<i64>)> {
+fn big_sheet(path: &Path) -> Vec<SheetRow> {
     let rows: Vec<_> = (0..10_000i64)
         .map(|i| {
             (
@@ -163,7 +166,11 @@ async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
         .filter(|r| r.3.is_some() || r.4.is_some())
         .count() as u64;
     let ledger = count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await;
-    assert_eq!(ledger, 10_000 + with_policy, "one entry per count and per policy");
+    assert_eq!(
+        ledger,
+        10_000 + with_policy,
+        "one entry per count and per policy"
+    );
 
     let skus: Vec<String> = (0..2_500).map(|i| format!("IMP-{i:05}")).collect();
     let before = snapshot(&world, &skus).await;
@@ -194,7 +201,14 @@ async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
     ok(
         &world,
         &[
-            "publish", "sold", "--sku", "IMP-00001", "--location", "loc-1", "--quantity", "3",
+            "publish",
+            "sold",
+            "--sku",
+            "IMP-00001",
+            "--location",
+            "loc-1",
+            "--quantity",
+            "3",
         ],
     )
     .await;
@@ -205,7 +219,9 @@ async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
     assert_eq!(third.figure("applied"), 0, "{}", third.stdout);
     assert_eq!(third.figure("unchanged"), 10_000);
     assert!(
-        third.stdout.contains("(9999 already as in the file, 1 already imported)"),
+        third
+            .stdout
+            .contains("(9999 already as in the file, 1 already imported)"),
         "{}",
         third.stdout
     );
@@ -238,7 +254,11 @@ async fn invalid_rows_are_listed_with_their_line_and_reason() {
     .expect("write");
     let file = file.to_str().expect("utf-8 path");
     let ran = stockctl(&world, &["import", file]).await;
-    assert_eq!(ran.code, 3, "some rows refused:\n{}{}", ran.stdout, ran.stderr);
+    assert_eq!(
+        ran.code, 3,
+        "some rows refused:\n{}{}",
+        ran.stdout, ran.stderr
+    );
     assert_eq!(ran.figure("published"), 2, "{}", ran.stdout);
     assert_eq!(ran.figure("invalid"), 4);
     for expected in [
@@ -247,7 +267,11 @@ async fn invalid_rows_are_listed_with_their_line_and_reason() {
         "line 6: safety_stock \"many\" is not a whole number",
         "line 7: sku \"OK-1\" at location \"s1\" is already on line 2",
     ] {
-        assert!(ran.stdout.contains(expected), "{expected:?} in\n{}", ran.stdout);
+        assert!(
+            ran.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            ran.stdout
+        );
     }
     assert_eq!(
         count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
@@ -256,7 +280,11 @@ async fn invalid_rows_are_listed_with_their_line_and_reason() {
     );
 
     let limited = stockctl(&world, &["import", file, "--show-invalid", "1"]).await;
-    assert!(limited.stdout.contains("invalid rows (first 1 of 4):"), "{}", limited.stdout);
+    assert!(
+        limited.stdout.contains("invalid rows (first 1 of 4):"),
+        "{}",
+        limited.stdout
+    );
     assert!(limited.stdout.contains("... and 3 more"));
 
     let headless = dir.path().join("headless.csv");
@@ -288,7 +316,9 @@ async fn publish_validates_stores_once_and_stock_shows_the_levels() {
         "{}",
         first.stdout
     );
-    assert!(first.stdout.contains("stored: STOCK_EVENTS sequence 1, duplicate: no"));
+    assert!(first
+        .stdout
+        .contains("stored: STOCK_EVENTS sequence 1, duplicate: no"));
     let again = ok(&world, &args).await;
     assert!(
         again.stdout.contains("sequence 1, duplicate: yes"),
@@ -318,22 +348,47 @@ async fn publish_validates_stores_once_and_stock_shows_the_levels() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert!(
-        rows.contains(&vec!["location", "on_hand", "reserved", "safety_stock", "available"]),
+        rows.contains(&vec![
+            "location",
+            "on_hand",
+            "reserved",
+            "safety_stock",
+            "available"
+        ]),
         "{table}"
     );
-    assert!(rows.contains(&vec!["store-1", "5", "0", "2", "3"]), "{table}");
+    assert!(
+        rows.contains(&vec!["store-1", "5", "0", "2", "3"]),
+        "{table}"
+    );
     assert!(rows.contains(&vec!["wh", "10", "0", "0", "10"]), "{table}");
-    assert!(rows.contains(&vec!["total", "15", "0", "2", "13"]), "{table}");
+    assert!(
+        rows.contains(&vec!["total", "15", "0", "2", "13"]),
+        "{table}"
+    );
 
     // Refused before publishing, with the worker's own reason.
     let stored = count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await;
     let bad = stockctl(
         &world,
-        &["publish", "sold", "--sku", "PUB-1", "--location", "store-1", "--quantity", "0"],
+        &[
+            "publish",
+            "sold",
+            "--sku",
+            "PUB-1",
+            "--location",
+            "store-1",
+            "--quantity",
+            "0",
+        ],
     )
     .await;
     assert_eq!(bad.code, 1);
-    assert!(bad.stderr.contains("quantity must be 1..="), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("quantity must be 1..="),
+        "{}",
+        bad.stderr
+    );
     let misspelt = stockctl(
         &world,
         &[
@@ -344,7 +399,11 @@ async fn publish_validates_stores_once_and_stock_shows_the_levels() {
     )
     .await;
     assert_eq!(misspelt.code, 1);
-    assert!(misspelt.stderr.contains("expected_onhand"), "{}", misspelt.stderr);
+    assert!(
+        misspelt.stderr.contains("expected_onhand"),
+        "{}",
+        misspelt.stderr
+    );
     assert_eq!(
         count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
         stored,
@@ -354,10 +413,22 @@ async fn publish_validates_stores_once_and_stock_shows_the_levels() {
     // An order from flags reaches ORDER_EVENTS.
     let order = ok(
         &world,
-        &["publish", "order", "place", "--order", "O-1", "--line", "PUB-1:2:store-1"],
+        &[
+            "publish",
+            "order",
+            "place",
+            "--order",
+            "O-1",
+            "--line",
+            "PUB-1:2:store-1",
+        ],
     )
     .await;
-    assert!(order.stdout.contains("stored: ORDER_EVENTS"), "{}", order.stdout);
+    assert!(
+        order.stdout.contains("stored: ORDER_EVENTS"),
+        "{}",
+        order.stdout
+    );
     worker.shutdown().await;
 }
 
@@ -371,7 +442,11 @@ async fn tail_prints_stored_and_new_events_decoded() {
     world.publish(&event("t2", "TAIL-1", "s1", sold(1))).await;
     world.wait_stock_idle().await;
 
-    let text = ok(&world, &["tail", "stock.changes.>", "--all", "--count", "2"]).await;
+    let text = ok(
+        &world,
+        &["tail", "stock.changes.>", "--all", "--count", "2"],
+    )
+    .await;
     let lines: Vec<&str> = text.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", text.stdout);
     assert!(
@@ -407,7 +482,9 @@ async fn tail_prints_stored_and_new_events_decoded() {
         .expect("tail starts")
         .expect("read stderr");
     assert!(
-        started.as_deref().is_some_and(|l| l.starts_with("tailing alerts.>")),
+        started
+            .as_deref()
+            .is_some_and(|l| l.starts_with("tailing alerts.>")),
         "{started:?}"
     );
     world.publish(&event("t3", "TAIL-1", "s1", sold(3))).await;
@@ -455,8 +532,14 @@ async fn dead_letters_are_listed_shown_and_replayed() {
     let show = ok(&world, &["dlq", "show", "1"]).await.stdout;
     assert!(show.contains("does not decode"), "{show}");
     assert!(show.contains("X-Channel: pos-7"), "{show}");
-    assert!(show.contains("Stockflow-Original-Msg-Id: garbage-1"), "{show}");
-    assert!(show.contains(r#"escaped: "\xff\xfe not protobuf""#), "{show}");
+    assert!(
+        show.contains("Stockflow-Original-Msg-Id: garbage-1"),
+        "{show}"
+    );
+    assert!(
+        show.contains(r#"escaped: "\xff\xfe not protobuf""#),
+        "{show}"
+    );
     assert!(show.contains("fffe206e6f74"), "{show}");
 
     let inputs = stockflow_cli::last_sequence(&world.js, subjects::STOCK_EVENTS)
@@ -474,15 +557,17 @@ async fn dead_letters_are_listed_shown_and_replayed() {
         .await
         .expect("the replay is stored");
     assert_eq!(replayed.subject.as_str(), subject);
-    assert_eq!(replayed.payload.as_ref(), garbage.as_slice(), "the same bytes");
-    let header = |name: &str| {
-        replayed
-            .headers
-            .get(name)
-            .map(|v| v.as_str().to_owned())
-    };
+    assert_eq!(
+        replayed.payload.as_ref(),
+        garbage.as_slice(),
+        "the same bytes"
+    );
+    let header = |name: &str| replayed.headers.get(name).map(|v| v.as_str().to_owned());
     assert_eq!(header("X-Channel").as_deref(), Some("pos-7"));
-    assert_eq!(header("Nats-Msg-Id").as_deref(), Some("replay:DEAD_LETTERS:1"));
+    assert_eq!(
+        header("Nats-Msg-Id").as_deref(),
+        Some("replay:DEAD_LETTERS:1")
+    );
     assert_eq!(
         header("Stockflow-Replayed-From").as_deref(),
         Some("DEAD_LETTERS:1")
@@ -493,7 +578,10 @@ async fn dead_letters_are_listed_shown_and_replayed() {
         .get_stream(subjects::DEAD_LETTERS)
         .await
         .expect("stream");
-    assert!(dead.get_raw_message(1).await.is_err(), "removed from DEAD_LETTERS");
+    assert!(
+        dead.get_raw_message(1).await.is_err(),
+        "removed from DEAD_LETTERS"
+    );
     // Still garbage: the worker dead-letters it again, as a new entry.
     eventually("the replay dead-lettered again", DEADLINE, || async {
         dead.get_raw_message(2).await.ok()
@@ -536,14 +624,20 @@ async fn dead_letters_are_listed_shown_and_replayed() {
     let list = ok(&world, &["dlq", "list", "--json"]).await.stdout;
     let sequences: Vec<String> = list
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line")["sequence"].to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["sequence"].to_string()
+        })
         .collect();
     assert!(!sequences.contains(&seq), "replayed, so removed: {list}");
 
     // Unknown sequence: a clear error.
     let missing = stockctl(&world, &["dlq", "show", "999"]).await;
     assert_eq!(missing.code, 1);
-    assert!(missing.stderr.contains("DEAD_LETTERS has no message 999"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("DEAD_LETTERS has no message 999"),
+        "{}",
+        missing.stderr
+    );
     worker.shutdown().await;
 }
 
@@ -553,7 +647,11 @@ async fn connection_errors_are_clear() {
     let ran = stockctl(&world, &["--nats-url", "not a url", "dlq", "list"]).await;
     assert_eq!(ran.code, 1);
     assert!(ran.stderr.contains("--nats-url"), "{}", ran.stderr);
-    let ran = stockctl(&world, &["--redis-url", "redis://u:s3cret@127.0.0.1:1", "stock", "A"]).await;
+    let ran = stockctl(
+        &world,
+        &["--redis-url", "redis://u:s3cret@127.0.0.1:1", "stock", "A"],
+    )
+    .await;
     assert_eq!(ran.code, 1);
     assert!(ran.stderr.contains("connecting to Redis"), "{}", ran.stderr);
     assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
