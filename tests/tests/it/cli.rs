@@ -143,6 +143,11 @@ async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
     assert_eq!(first.figure("applied"), 10_000, "{}", first.stdout);
     assert_eq!(first.figure("unchanged"), 0);
     assert_eq!(first.figure("invalid"), 0);
+    assert!(
+        !first.stderr.contains("events ("),
+        "no progress bar when stderr is not a terminal: {}",
+        first.stderr
+    );
 
     // Redis holds exactly the file.
     let mut redis = world.redis.connection().await;
@@ -629,6 +634,37 @@ async fn dead_letters_are_listed_shown_and_replayed() {
         })
         .collect();
     assert!(!sequences.contains(&seq), "replayed, so removed: {list}");
+
+    // `replay --all` replays what came from an input stream and leaves the rest alone.
+    let mut foreign = HeaderMap::new();
+    foreign.insert(subjects::HEADER_ORIGINAL_STREAM, subjects::ALERTS);
+    foreign.insert(subjects::HEADER_ORIGINAL_SUBJECT, "alerts.low_stock.X");
+    foreign.insert(subjects::HEADER_DEAD_LETTER_REASON, "undeliverable");
+    world
+        .js
+        .publish_with_headers(subjects::dead_letter(subjects::ALERTS), foreign, "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let dead_before = stockflow_cli::last_sequence(&world.js, subjects::DEAD_LETTERS)
+        .await
+        .expect("seq");
+    let all = ok(&world, &["dlq", "replay", "--all"]).await.stdout;
+    assert!(all.contains("replayed 1, skipped 1"), "{all}");
+    assert!(
+        all.contains("only inputs of STOCK_EVENTS and ORDER_EVENTS"),
+        "{all}"
+    );
+    assert!(
+        dead.get_raw_message(dead_before).await.is_ok(),
+        "the skipped one stays"
+    );
+    // The garbage, replayed once more, is dead-lettered once more.
+    eventually("the garbage dead-lettered again", DEADLINE, || async {
+        dead.get_raw_message(dead_before + 1).await.ok()
+    })
+    .await;
 
     // Unknown sequence: a clear error.
     let missing = stockctl(&world, &["dlq", "show", "999"]).await;
