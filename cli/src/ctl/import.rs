@@ -459,69 +459,72 @@ fn progress(len: u64) -> ProgressBar {
     bar
 }
 
-/// `stockctl import`.
-pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result<Outcome> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let sheet = read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
-    let mut summary = Summary {
-        file: args.file.display().to_string(),
-        rows: sheet.rows.len() + sheet.invalid.len(),
-        invalid: sheet.invalid.clone(),
-        show_invalid: args.show_invalid,
-        waited: args.wait,
-        ..Summary::default()
-    };
+/// Rows to publish, with the events each needs; the others' fates are already known.
+#[derive(Debug, Default)]
+struct Plan {
+    /// (row index, events) for rows whose location differs from the file.
+    publish: Vec<(usize, Vec<Input>)>,
+    /// Rows decided without publishing.
+    fates: BTreeMap<usize, Fate>,
+    /// Rows whose events the worker's parser refuses.
+    invalid: Vec<Invalid>,
+}
 
-    // Every event is checked by the worker's own parser before anything is published.
-    let mut plan: Vec<(usize, Vec<Input>)> = Vec::new();
-    let mut redis = settings.redis.connect().await?;
-    let keys = Keys::new(settings.redis.key_prefix.clone());
-    let now = current(&mut redis, &keys, &sheet.rows).await?;
-    let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
-    for (index, (row, have)) in sheet.rows.iter().zip(&now).enumerate() {
+/// Compares every row with what Redis holds and builds the events for those that differ, each
+/// checked by the worker's own parser.
+fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
+    let mut plan = Plan::default();
+    for (index, (row, have)) in sheet.rows.iter().zip(now).enumerate() {
         let mut inputs = Vec::new();
         if have.on_hand != Some(row.on_hand) {
-            inputs.push(Input::Stock(row.count(&sheet.digest, &args.source)));
+            inputs.push(Input::Stock(row.count(&sheet.digest, source)));
         }
         let policy_differs = (row.threshold.is_some() && have.threshold != row.threshold)
             || (row.safety_stock.is_some() && have.safety_stock != row.safety_stock);
         if policy_differs {
-            if let Some(policy) = row.policy(&sheet.digest, &args.source) {
+            if let Some(policy) = row.policy(&sheet.digest, source) {
                 inputs.push(Input::Stock(policy));
             }
         }
         if inputs.is_empty() {
-            fates.insert(index, Fate::AlreadyAsInFile);
-            continue;
-        }
-        if let Some(reason) = inputs.iter().find_map(|i| i.validate().err()) {
-            summary.invalid.push(Invalid {
+            plan.fates.insert(index, Fate::AlreadyAsInFile);
+        } else if let Some(reason) = inputs.iter().find_map(|i| i.validate().err()) {
+            plan.invalid.push(Invalid {
                 line: row.line,
                 reason,
             });
-            continue;
+        } else {
+            plan.publish.push((index, inputs));
         }
-        plan.push((index, inputs));
     }
+    plan
+}
 
-    let client = settings.nats.connect().await?;
-    let js = jetstream::new(client.clone());
-    super::stream(&js, subjects::STOCK_EVENTS).await?;
-    let ledger_from = crate::last_sequence(&js, subjects::STOCK_CHANGES).await?;
-    let dead_from = crate::last_sequence(&js, subjects::DEAD_LETTERS).await?;
+/// What JetStream answered for a plan's publishes.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Rows with at least one event stored anew (false: every event was a duplicate).
+    anew: HashMap<usize, bool>,
+    /// Highest sequence stored.
+    last_sequence: u64,
+}
 
-    let total: u64 = plan.iter().map(|(_, inputs)| inputs.len() as u64).sum();
+/// Publishes every planned event with at most `in_flight` acknowledgements outstanding.
+async fn publish_plan(
+    js: &jetstream::Context,
+    sheet: &Sheet,
+    publish: &[(usize, Vec<Input>)],
+    in_flight: usize,
+) -> anyhow::Result<Stored> {
+    let total: u64 = publish.iter().map(|(_, inputs)| inputs.len() as u64).sum();
     let bar = progress(total);
-    let mut stored_new: HashMap<usize, bool> = HashMap::new();
-    let mut last_stored = 0u64;
+    let mut stored = Stored::default();
     let mut pending = FuturesUnordered::new();
-    let in_flight = usize::try_from(args.in_flight).unwrap_or(256);
-    for (index, inputs) in &plan {
+    for (index, inputs) in publish {
         for input in inputs {
             if pending.len() >= in_flight {
                 if let Some(done) = pending.next().await {
-                    note_ack(done, &sheet, &mut stored_new, &mut last_stored)?;
+                    note_ack(done, sheet, &mut stored)?;
                     bar.inc(1);
                 }
             }
@@ -538,13 +541,74 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
         }
     }
     while let Some(done) = pending.next().await {
-        note_ack(done, &sheet, &mut stored_new, &mut last_stored)?;
+        note_ack(done, sheet, &mut stored)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
+    Ok(stored)
+}
 
-    for (index, inputs) in &plan {
-        let fate = if stored_new.get(index).copied().unwrap_or(false) {
+/// Per event id: `Ok` when the ledger has an entry it caused after `ledger_from`, `Err(reason)`
+/// when it was dead-lettered after `dead_from`.
+async fn outcomes(
+    js: &jetstream::Context,
+    ledger_from: u64,
+    dead_from: u64,
+) -> anyhow::Result<HashMap<String, Result<(), String>>> {
+    let mut outcome_of = HashMap::new();
+    let ledger = crate::read_after(js, subjects::STOCK_CHANGES, "stock.changes.>", ledger_from)
+        .await
+        .context("reading the ledger")?;
+    for entry in ledger {
+        if let Ok(change) = StockChanged::decode(entry.payload.clone()) {
+            outcome_of.insert(change.cause_event_id, Ok(()));
+        }
+    }
+    let dead = crate::read_after(
+        js,
+        subjects::DEAD_LETTERS,
+        &subjects::dead_letter(subjects::STOCK_EVENTS),
+        dead_from,
+    )
+    .await
+    .context("reading dead letters")?;
+    for letter in dead {
+        if let Ok(event) = StockEvent::decode(letter.payload.clone()) {
+            let reason = letter
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            outcome_of.insert(event.meta.unwrap_or_default().event_id, Err(reason));
+        }
+    }
+    Ok(outcome_of)
+}
+
+/// `stockctl import`.
+pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result<Outcome> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let sheet = read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
+    let mut redis = settings.redis.connect().await?;
+    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let now = current(&mut redis, &keys, &sheet.rows).await?;
+    let Plan {
+        publish,
+        mut fates,
+        invalid,
+    } = plan(&sheet, &now, &args.source);
+
+    let client = settings.nats.connect().await?;
+    let js = jetstream::new(client.clone());
+    super::stream(&js, subjects::STOCK_EVENTS).await?;
+    let ledger_from = crate::last_sequence(&js, subjects::STOCK_CHANGES).await?;
+    let dead_from = crate::last_sequence(&js, subjects::DEAD_LETTERS).await?;
+    let in_flight = usize::try_from(args.in_flight).unwrap_or(256);
+    let stored = publish_plan(&js, &sheet, &publish, in_flight).await?;
+    for (index, inputs) in &publish {
+        let fate = if stored.anew.get(index).copied().unwrap_or(false) {
             Fate::Published(inputs.iter().map(event_id).collect())
         } else {
             Fate::AlreadyStored
@@ -552,67 +616,49 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
         fates.insert(*index, fate);
     }
 
-    let mut outcome_of: HashMap<String, Result<(), String>> = HashMap::new();
-    if args.wait && last_stored > 0 {
-        eprintln!(
-            "waiting for the stock worker to apply {} rows ...",
-            fates
-                .values()
-                .filter(|f| matches!(f, Fate::Published(_)))
-                .count()
-        );
+    let mut outcome_of = HashMap::new();
+    let waiting = fates
+        .values()
+        .filter(|f| matches!(f, Fate::Published(_)))
+        .count();
+    if args.wait && waiting > 0 {
+        eprintln!("waiting for the stock worker to apply {waiting} rows ...");
         crate::wait_until_acked(
             &js,
             STOCK_WORKER.stream,
             STOCK_WORKER.durable,
-            last_stored,
+            stored.last_sequence,
             Duration::from_secs(args.timeout),
         )
         .await
         .context("the import is published (re-running it is safe), but not yet applied")?;
-        for entry in crate::read_after(&js, subjects::STOCK_CHANGES, "stock.changes.>", ledger_from)
-            .await
-            .context("reading the ledger")?
-        {
-            if let Ok(change) = StockChanged::decode(entry.payload.clone()) {
-                outcome_of.insert(change.cause_event_id, Ok(()));
-            }
-        }
-        let dead = crate::read_after(
-            &js,
-            subjects::DEAD_LETTERS,
-            &subjects::dead_letter(subjects::STOCK_EVENTS),
-            dead_from,
-        )
-        .await
-        .context("reading dead letters")?;
-        for letter in dead {
-            if let Ok(event) = StockEvent::decode(letter.payload.clone()) {
-                let reason = letter
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                outcome_of.insert(event.meta.unwrap_or_default().event_id, Err(reason));
-            }
-        }
+        outcome_of = outcomes(&js, ledger_from, dead_from).await?;
     }
+    client.drain().await.ok();
 
+    let mut summary = Summary {
+        file: args.file.display().to_string(),
+        rows: sheet.rows.len() + sheet.invalid.len(),
+        invalid: sheet.invalid.iter().cloned().chain(invalid).collect(),
+        show_invalid: args.show_invalid,
+        waited: args.wait,
+        ..Summary::default()
+    };
     for (index, fate) in fates {
         match fate {
             Fate::AlreadyAsInFile => summary.unchanged_as_in_file += 1,
             Fate::AlreadyStored => summary.unchanged_duplicate += 1,
             Fate::Published(_) if !args.wait => summary.published += 1,
             Fate::Published(ids) => {
-                let outcomes: Vec<&Result<(), String>> =
+                let known: Vec<&Result<(), String>> =
                     ids.iter().filter_map(|id| outcome_of.get(id)).collect();
-                if let Some(Err(reason)) = outcomes.iter().find(|o| o.is_err()) {
+                if let Some(Err(reason)) = known.iter().find(|o| o.is_err()) {
                     summary.invalid.push(Invalid {
                         line: sheet.rows[index].line,
                         reason: format!("dead-lettered by the stock worker: {reason}"),
                     });
-                } else if outcomes.is_empty() {
+                } else if known.is_empty() {
+                    // No ledger entry and no dead letter: absorbed as a duplicate.
                     summary.unchanged_duplicate += 1;
                 } else {
                     summary.applied += 1;
@@ -621,7 +667,6 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
         }
     }
     summary.invalid.sort_by_key(|i| i.line);
-    client.drain().await.ok();
     print!("{summary}");
     Ok(if summary.invalid.is_empty() {
         Outcome::Done
@@ -643,12 +688,7 @@ type Acked = (
     Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 );
 
-fn note_ack(
-    (index, ack): Acked,
-    sheet: &Sheet,
-    stored_new: &mut HashMap<usize, bool>,
-    last_stored: &mut u64,
-) -> anyhow::Result<()> {
+fn note_ack((index, ack): Acked, sheet: &Sheet, stored: &mut Stored) -> anyhow::Result<()> {
     let ack = ack.with_context(|| {
         format!(
             "line {}: JetStream did not store the event (rows before it may be stored; \
@@ -656,8 +696,8 @@ fn note_ack(
             sheet.rows[index].line
         )
     })?;
-    *last_stored = (*last_stored).max(ack.sequence);
-    let entry = stored_new.entry(index).or_insert(false);
+    stored.last_sequence = stored.last_sequence.max(ack.sequence);
+    let entry = stored.anew.entry(index).or_insert(false);
     *entry |= !ack.duplicate;
     Ok(())
 }
