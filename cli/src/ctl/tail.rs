@@ -210,4 +210,60 @@ mod tests {
         assert!(stream_of("stock.>").is_err());
         assert!(stream_of("elsewhere").is_err());
     }
+
+    #[test]
+    fn dead_letters_are_decoded_by_their_original_subject() {
+        use prost::Message as _;
+        use stockflow_proto::v1::{stock_event::Change, EventMeta, Received, StockEvent};
+        let event = StockEvent {
+            meta: Some(EventMeta {
+                event_id: "e1".into(),
+                ..Default::default()
+            }),
+            sku: "A1".into(),
+            location: "s1".into(),
+            change: Some(Change::Received(Received { quantity: 0 })),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::HEADER_ORIGINAL_SUBJECT, "stock.events.A1");
+        headers.insert(subjects::HEADER_DEAD_LETTER_REASON, "quantity must be 1..");
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let payload = event.encode_to_vec();
+        let text = line(
+            "DEAD_LETTERS",
+            4,
+            "deadletter.STOCK_EVENTS",
+            at,
+            Some(&headers),
+            &payload,
+            false,
+        );
+        assert_eq!(
+            text,
+            "1970-01-01 00:00:00.000Z DEAD_LETTERS #4 DEAD LETTER from stock.events.A1 \
+             (quantity must be 1..): A1 @ s1: received 0 [event_id e1]"
+        );
+        let json: serde_json::Value = serde_json::from_str(&line(
+            "DEAD_LETTERS",
+            4,
+            "deadletter.STOCK_EVENTS",
+            at,
+            Some(&headers),
+            &payload,
+            true,
+        ))
+        .expect("json");
+        assert_eq!(json["dead_letter_reason"], "quantity must be 1..");
+        assert_eq!(json["event"]["quantity"], 0);
+        let garbage = line(
+            "STOCK_CHANGES",
+            1,
+            "stock.changes.A1",
+            at,
+            None,
+            b"\xff",
+            false,
+        );
+        assert!(garbage.contains("undecodable (1 bytes)"), "{garbage}");
+    }
 }
