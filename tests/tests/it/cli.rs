@@ -429,6 +429,37 @@ async fn publish_validates_stores_once_and_stock_shows_the_levels() {
         ],
     )
     .await;
+    let empty = stockctl(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"order_placed","order_id":"O-2","lines":[]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.stderr.contains("an order has 1..=100 lines"),
+        "{}",
+        empty.stderr
+    );
+    let cancel = ok(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"order_cancelled","order_id":"O-1","event_id":"cx-1"}"#,
+        ],
+    )
+    .await;
+    assert!(
+        cancel
+            .stdout
+            .contains("order O-1: cancelled [event_id cx-1"),
+        "{}",
+        cancel.stdout
+    );
     assert!(
         order.stdout.contains("stored: ORDER_EVENTS"),
         "{}",
