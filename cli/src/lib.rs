@@ -1,10 +1,9 @@
-//! Operator tools: `stockctl` and `stockflow-demo`.
-//!
-//! The library holds what both binaries use: event builders, reading levels back from Redis,
-//! reading derived streams, and waiting for a worker to catch up.
+#![doc = include_str!("../README.md")]
 
+pub mod ctl;
 pub mod events;
 pub mod rebuild;
+pub mod render;
 
 use std::time::Duration;
 
@@ -47,6 +46,37 @@ pub async fn read_after(
 pub async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
     let mut stream = js.get_stream(stream).await?;
     Ok(stream.info().await?.state.last_sequence)
+}
+
+/// Waits until `durable` on `stream` has acknowledged every message up to `sequence` (its ack
+/// floor reached it), however much else is in flight.
+pub async fn wait_until_acked(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    sequence: u64,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let stream_handle = js.get_stream(stream).await?;
+    let mut consumer: jetstream::consumer::PullConsumer = stream_handle
+        .get_consumer(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("no consumer {durable} on {stream}: {e}"))?;
+    loop {
+        let info = consumer.info().await?;
+        if info.ack_floor.stream_sequence >= sequence {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "{durable} has not processed {stream} up to sequence {sequence} within {deadline:?} \
+             (it is at {}): is it running?",
+            info.ack_floor.stream_sequence
+        );
+        // Poll interval of a wait bounded by `deadline`.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `durable` on `stream` has acknowledged everything stored so far.

@@ -3,6 +3,7 @@
 
 mod world;
 
+mod cli;
 mod crash;
 mod degraded;
 mod gateway;

@@ -1,0 +1,186 @@
+//! `stockctl`, the operator command line: its arguments, its settings, and one module per
+//! command.
+
+pub mod dlq;
+pub mod import;
+pub mod publish;
+pub mod selftest;
+pub mod stock;
+pub mod tail;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use clap::{Parser, Subcommand};
+use stockflow_shared::{
+    settings::{ConfigError, Env},
+    topology::Mode,
+    worker::WorkerSettings,
+};
+
+/// Operate stockflow: streams, facts, bulk imports, levels, derived events, dead letters.
+///
+/// Connection settings come from the same environment variables as the workers
+/// (STOCKFLOW_NATS_URL, STOCKFLOW_REDIS_URL, STOCKFLOW_KEY_PREFIX, ...; see docs/operations.md).
+#[derive(Debug, Parser)]
+#[command(name = "stockctl", version)]
+pub struct Cli {
+    /// NATS server URL(s), comma-separated; overrides STOCKFLOW_NATS_URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Redis URL; overrides STOCKFLOW_REDIS_URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare every stream and durable consumer (idempotent; the Helm chart's hook runs it).
+    Setup {
+        /// Apply the declared configuration to streams and consumers that differ.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Publish a receipt for a fresh SKU and wait until the stock worker applied it.
+    Selftest,
+    /// Publish one stock fact or order command, from flags or JSON.
+    Publish(publish::PublishArgs),
+    /// Import initial stock or counts from a CSV file (sku,location,on_hand[,threshold,safety_stock]).
+    Import(import::ImportArgs),
+    /// Levels of a SKU per location, with totals.
+    Stock {
+        /// The SKU.
+        sku: String,
+    },
+    /// Print the events of a subject as they are stored (e.g. `stock.changes.>`, `alerts.>`).
+    Tail(tail::TailArgs),
+    /// List, show and replay dead letters.
+    Dlq {
+        /// Which.
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+}
+
+/// What `stockctl` reads from its environment: the workers' settings (connections, key
+/// prefix, topology), with the command line's URL overrides applied.
+pub fn settings(env: Env, cli: &Cli) -> Result<WorkerSettings, ConfigError> {
+    let nats_url = cli.nats_url.clone();
+    let redis_url = cli.redis_url.clone();
+    let layered = Env::from_fn(move |name| match name {
+        "STOCKFLOW_NATS_URL" if nats_url.is_some() => nats_url.clone(),
+        "STOCKFLOW_REDIS_URL" if redis_url.is_some() => redis_url.clone(),
+        // Results go to stdout; only warnings and errors are logged unless asked for.
+        "STOCKFLOW_LOG" => env.raw(name).or_else(|| Some("warn".into())),
+        _ => env.raw(name),
+    });
+    WorkerSettings::from_env(&layered, "stockctl", "127.0.0.1:0").map_err(|e| match e {
+        ConfigError::Invalid { var, reason }
+            if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
+        {
+            ConfigError::Invalid {
+                var: "--nats-url",
+                reason,
+            }
+        }
+        ConfigError::Invalid { var, reason }
+            if var == "STOCKFLOW_REDIS_URL" && cli.redis_url.is_some() =>
+        {
+            ConfigError::Invalid {
+                var: "--redis-url",
+                reason,
+            }
+        }
+        other => other,
+    })
+}
+
+/// Connects to NATS and returns a JetStream context.
+async fn jetstream(settings: &WorkerSettings) -> anyhow::Result<jetstream::Context> {
+    Ok(jetstream::new(settings.nats.connect().await?))
+}
+
+/// Runs one command; what it prints goes to stdout, progress and logs to stderr.
+pub async fn run(cli: Cli, settings: WorkerSettings) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Setup { update } => {
+            let mode = if update { Mode::Update } else { Mode::Verify };
+            stockflow_shared::worker::setup(&settings, mode).await?;
+            println!("streams and consumers are in place");
+        }
+        Command::Selftest => selftest::run(&settings).await?,
+        Command::Publish(args) => publish::run(&jetstream(&settings).await?, &args).await?,
+        Command::Import(args) => return import::run(&settings, &args).await,
+        Command::Stock { sku } => stock::run(&settings, &sku).await?,
+        Command::Tail(args) => tail::run(&jetstream(&settings).await?, &args).await?,
+        Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
+    }
+    Ok(Outcome::Done)
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done (exit 0).
+    Done,
+    /// Done, but some input was refused, e.g. invalid CSV rows (exit 3).
+    SomeRefused,
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Done => 0,
+            Self::SomeRefused => 3,
+        }
+    }
+}
+
+/// Looks a stream up, saying what to do when it is missing.
+async fn stream(js: &jetstream::Context, name: &str) -> anyhow::Result<jetstream::stream::Stream> {
+    js.get_stream(name)
+        .await
+        .with_context(|| format!("stream {name} is not available (has `stockctl setup` run?)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_helm_chart_invocations_still_parse() {
+        for args in [
+            &["stockctl", "setup"][..],
+            &["stockctl", "setup", "--update"],
+            &["stockctl", "selftest"],
+            &["stockctl", "stock", "A1"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn url_overrides_win_and_bad_ones_name_the_flag() {
+        let env = Env::from_pairs([("STOCKFLOW_NATS_URL", "nats://elsewhere:4222")]);
+        let cli = Cli::try_parse_from(["stockctl", "--nats-url", "nats://127.0.0.1:5", "selftest"])
+            .expect("parses");
+        let s = settings(env, &cli).expect("valid");
+        assert_eq!(s.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
+        assert_eq!(s.log.filter, "warn");
+        let cli = Cli::try_parse_from(["stockctl", "--redis-url", "http://x", "selftest"])
+            .expect("parses");
+        let env = Env::from_pairs([]);
+        let err = settings(env, &cli).expect_err("not redis");
+        assert!(err.to_string().starts_with("--redis-url:"), "{err}");
+    }
+}

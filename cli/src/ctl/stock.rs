@@ -1,0 +1,103 @@
+//! `stockctl stock <sku>`: a SKU's levels per location as a table, with totals.
+
+use std::collections::BTreeMap;
+
+use stockflow_shared::{
+    keys::Keys,
+    levels::{read_levels, LocationLevels},
+    worker::WorkerSettings,
+};
+
+/// Prints the levels of `sku`.
+pub async fn run(settings: &WorkerSettings, sku: &str) -> anyhow::Result<()> {
+    let mut redis = settings.redis.connect().await?;
+    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let levels = read_levels(&mut redis, &keys, sku).await?;
+    print!("{}", table(sku, &levels));
+    Ok(())
+}
+
+/// The table `stockctl stock` prints: one row per location, then the totals.
+pub fn table(sku: &str, levels: &BTreeMap<String, LocationLevels>) -> String {
+    if levels.is_empty() {
+        return format!("{sku}: no stock recorded\n");
+    }
+    let total = levels
+        .values()
+        .fold(LocationLevels::default(), |sum, l| LocationLevels {
+            on_hand: sum.on_hand + l.on_hand,
+            reserved: sum.reserved + l.reserved,
+            safety_stock: sum.safety_stock + l.safety_stock,
+        });
+    let width = levels
+        .keys()
+        .map(|l| l.chars().count())
+        .chain(["location".len(), "total".len()])
+        .max()
+        .unwrap_or(8);
+    let row = |name: &str, l: &LocationLevels| {
+        format!(
+            "{name:<width$}  {:>12}  {:>12}  {:>12}  {:>12}\n",
+            l.on_hand,
+            l.reserved,
+            l.safety_stock,
+            l.available()
+        )
+    };
+    let mut out = format!("{sku}\n");
+    out.push_str(&format!(
+        "{:<width$}  {:>12}  {:>12}  {:>12}  {:>12}\n",
+        "location", "on_hand", "reserved", "safety_stock", "available"
+    ));
+    for (location, l) in levels {
+        out.push_str(&row(location, l));
+    }
+    out.push_str(&format!("{}\n", "-".repeat(width + 4 * 14)));
+    out.push_str(&row("total", &total));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_totals() {
+        let levels = BTreeMap::from([
+            (
+                "store-1".to_owned(),
+                LocationLevels {
+                    on_hand: 10,
+                    reserved: 2,
+                    safety_stock: 1,
+                },
+            ),
+            (
+                "wh".to_owned(),
+                LocationLevels {
+                    on_hand: 5,
+                    reserved: 0,
+                    safety_stock: 0,
+                },
+            ),
+        ]);
+        let text = table("A1", &levels);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[1],
+            [
+                "location",
+                "on_hand",
+                "reserved",
+                "safety_stock",
+                "available"
+            ]
+        );
+        assert_eq!(lines[2], ["store-1", "10", "2", "1", "7"]);
+        assert_eq!(lines[5], ["total", "15", "2", "1", "12"]);
+        assert_eq!(table("B", &BTreeMap::new()), "B: no stock recorded\n");
+    }
+}

@@ -1,0 +1,725 @@
+//! `stockctl`, the real binary run as a child process against this test's servers: bulk import
+//! (idempotent on 10,000 rows), invalid rows, publish, the stock table, tail, and the
+//! dead-letter commands.
+
+use std::{collections::BTreeMap, path::Path, process::Stdio, time::Duration};
+
+use async_nats::HeaderMap;
+use redis::AsyncCommands as _;
+use stockflow_proto::subjects;
+use stockflow_tests::{count, eventually, workspace_binary, DEADLINE};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::world::*;
+
+/// What a `stockctl` run left behind.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// The number after `label` at the start of a summary line (`  applied   10000`).
+    fn figure(&self, label: &str) -> usize {
+        self.stdout
+            .lines()
+            .find_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(label))
+                    .then(|| words.next().and_then(|n| n.parse().ok()))
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no {label} figure in:\n{}", self.stdout))
+    }
+}
+
+fn command(world: &World, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(workspace_binary("stockctl"));
+    command
+        .args(args)
+        .env("STOCKFLOW_NATS_URL", world.nats.url())
+        .env("STOCKFLOW_REDIS_URL", world.redis.url())
+        .env("STOCKFLOW_LOG", "warn")
+        .env_remove("STOCKFLOW_KEY_PREFIX")
+        .kill_on_drop(true);
+    command
+}
+
+async fn stockctl_with_stdin(world: &World, args: &[&str], stdin: Option<&[u8]>) -> Ran {
+    let mut command = command(world, args);
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn stockctl");
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt as _;
+        pipe.write_all(bytes).await.expect("write stdin");
+    }
+    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("stockctl {args:?} did not finish"))
+        .expect("stockctl output");
+    Ran {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn stockctl(world: &World, args: &[&str]) -> Ran {
+    stockctl_with_stdin(world, args, None).await
+}
+
+/// `stockctl` that must succeed.
+async fn ok(world: &World, args: &[&str]) -> Ran {
+    let ran = stockctl(world, args).await;
+    assert_eq!(
+        ran.code, 0,
+        "stockctl {args:?} failed:\n{}\n{}",
+        ran.stdout, ran.stderr
+    );
+    ran
+}
+
+/// Every Redis hash of the given SKUs (stock and policy), to compare states.
+async fn snapshot(world: &World, skus: &[String]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut redis = world.redis.connection().await;
+    let mut out = BTreeMap::new();
+    for sku in skus {
+        for key in [world.keys.stock(sku), world.keys.policy(sku)] {
+            let hash: BTreeMap<String, String> = redis.hgetall(&key).await.expect("hgetall");
+            out.insert(key, hash);
+        }
+    }
+    out
+}
+
+/// sku, location, on_hand, threshold, safety_stock.
+type SheetRow = (String, String, i64, Option<i64>, Option<i64>);
+
+/// A 10,000-row sheet: 2,500 SKUs at 4 locations; every third row sets a threshold, every
+/// fifth a safety stock.
+fn big_sheet(path: &Path) -> Vec<SheetRow> {
+    let rows: Vec<_> = (0..10_000i64)
+        .map(|i| {
+            (
+                format!("IMP-{:05}", i / 4),
+                format!("loc-{}", i % 4),
+                (i * 7) % 500,
+                (i % 3 == 0).then_some(i % 10),
+                (i % 5 == 0).then_some(i % 4),
+            )
+        })
+        .collect();
+    let mut text = String::from("sku,location,on_hand,threshold,safety_stock\n");
+    for (sku, location, on_hand, threshold, safety) in &rows {
+        let opt = |v: &Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        text.push_str(&format!(
+            "{sku},{location},{on_hand},{},{}\n",
+            opt(threshold),
+            opt(safety)
+        ));
+    }
+    std::fs::write(path, text).expect("write csv");
+    rows
+}
+
+#[tokio::test]
+async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("stock.csv");
+    let rows = big_sheet(&file);
+    let file = file.to_str().expect("utf-8 path");
+
+    let first = ok(&world, &["import", file, "--wait"]).await;
+    assert_eq!(first.figure("applied"), 10_000, "{}", first.stdout);
+    assert_eq!(first.figure("unchanged"), 0);
+    assert_eq!(first.figure("invalid"), 0);
+    assert!(
+        !first.stderr.contains("events ("),
+        "no progress bar when stderr is not a terminal: {}",
+        first.stderr
+    );
+
+    // Redis holds exactly the file.
+    let mut redis = world.redis.connection().await;
+    for (sku, location, on_hand, threshold, safety) in &rows {
+        let oh: Option<i64> = redis
+            .hget(world.keys.stock(sku), format!("oh:{location}"))
+            .await
+            .expect("hget");
+        assert_eq!(oh, Some(*on_hand), "{sku}@{location}");
+        let policy: (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(world.keys.policy(sku))
+            .arg(format!("thr:{location}"))
+            .arg(format!("ss:{location}"))
+            .query_async(&mut redis)
+            .await
+            .expect("hmget");
+        assert_eq!(policy, (*threshold, *safety), "{sku}@{location} policy");
+    }
+    let with_policy = rows
+        .iter()
+        .filter(|r| r.3.is_some() || r.4.is_some())
+        .count() as u64;
+    let ledger = count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await;
+    assert_eq!(
+        ledger,
+        10_000 + with_policy,
+        "one entry per count and per policy"
+    );
+
+    let skus: Vec<String> = (0..2_500).map(|i| format!("IMP-{i:05}")).collect();
+    let before = snapshot(&world, &skus).await;
+    let inputs_before = stockflow_cli::last_sequence(&world.js, subjects::STOCK_EVENTS)
+        .await
+        .expect("seq");
+
+    let second = ok(&world, &["import", file, "--wait"]).await;
+    assert_eq!(second.figure("applied"), 0, "{}", second.stdout);
+    assert_eq!(second.figure("unchanged"), 10_000);
+    assert_eq!(second.figure("invalid"), 0);
+    assert_eq!(snapshot(&world, &skus).await, before, "levels identical");
+    assert_eq!(
+        count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await,
+        ledger,
+        "no new ledger entries"
+    );
+    assert_eq!(
+        stockflow_cli::last_sequence(&world.js, subjects::STOCK_EVENTS)
+            .await
+            .expect("seq"),
+        inputs_before,
+        "rows already as in the file are not even published"
+    );
+
+    // A sale after the import: the same file again must not reset it. The row is published
+    // (its level differs) and the worker absorbs it as a duplicate of the first import.
+    ok(
+        &world,
+        &[
+            "publish",
+            "sold",
+            "--sku",
+            "IMP-00001",
+            "--location",
+            "loc-1",
+            "--quantity",
+            "3",
+        ],
+    )
+    .await;
+    let sold_to = rows[5].2 - 3;
+    world.wait_on_hand("IMP-00001", "loc-1", sold_to).await;
+    let ledger = count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await;
+    let third = ok(&world, &["import", file, "--wait"]).await;
+    assert_eq!(third.figure("applied"), 0, "{}", third.stdout);
+    assert_eq!(third.figure("unchanged"), 10_000);
+    assert!(
+        third
+            .stdout
+            .contains("(9999 already as in the file, 1 already imported)"),
+        "{}",
+        third.stdout
+    );
+    assert_eq!(
+        world.on_hand_reserved("IMP-00001", "loc-1").await.0,
+        sold_to
+    );
+    assert_eq!(
+        count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await,
+        ledger
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_rows_are_listed_with_their_line_and_reason() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("counts.csv");
+    std::fs::write(
+        &file,
+        "sku,location,on_hand,safety_stock\n\
+         OK-1,s1,5,\n\
+         BAD-1,s1,-2,\n\
+         ,s1,3,\n\
+         OK-2,s1,7,1\n\
+         BAD-2,s1,4,many\n\
+         OK-1,s1,6,\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let ran = stockctl(&world, &["import", file]).await;
+    assert_eq!(
+        ran.code, 3,
+        "some rows refused:\n{}{}",
+        ran.stdout, ran.stderr
+    );
+    assert_eq!(ran.figure("published"), 2, "{}", ran.stdout);
+    assert_eq!(ran.figure("invalid"), 4);
+    for expected in [
+        "line 3: on_hand must be 0..=1000000000, got -2",
+        "line 4: sku is missing",
+        "line 6: safety_stock \"many\" is not a whole number",
+        "line 7: sku \"OK-1\" at location \"s1\" is already on line 2",
+    ] {
+        assert!(
+            ran.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            ran.stdout
+        );
+    }
+    assert_eq!(
+        count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
+        3,
+        "two counts and one policy, nothing for the invalid rows"
+    );
+
+    let limited = stockctl(&world, &["import", file, "--show-invalid", "1"]).await;
+    assert!(
+        limited.stdout.contains("invalid rows (first 1 of 4):"),
+        "{}",
+        limited.stdout
+    );
+    assert!(limited.stdout.contains("... and 3 more"));
+
+    let headless = dir.path().join("headless.csv");
+    std::fs::write(&headless, "sku,location\nA,b\n").expect("write");
+    let ran = stockctl(&world, &["import", headless.to_str().expect("utf-8")]).await;
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("no on_hand column"), "{}", ran.stderr);
+}
+
+#[tokio::test]
+async fn publish_validates_stores_once_and_stock_shows_the_levels() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let args = [
+        "publish",
+        "received",
+        "--sku",
+        "PUB-1",
+        "--location",
+        "store-1",
+        "--quantity",
+        "5",
+        "--event-id",
+        "pub-e1",
+    ];
+    let first = ok(&world, &args).await;
+    assert!(
+        first.stdout.contains("PUB-1 @ store-1: received 5"),
+        "{}",
+        first.stdout
+    );
+    assert!(first
+        .stdout
+        .contains("stored: STOCK_EVENTS sequence 1, duplicate: no"));
+    let again = ok(&world, &args).await;
+    assert!(
+        again.stdout.contains("sequence 1, duplicate: yes"),
+        "{}",
+        again.stdout
+    );
+    world.wait_on_hand("PUB-1", "store-1", 5).await;
+
+    // JSON from standard input, in the shape `dlq show` prints.
+    let json = br#"{"type":"policy_set","sku":"PUB-1","location":"store-1","safety_stock":2,"event_id":"pub-p1"}"#;
+    let ran = stockctl_with_stdin(&world, &["publish", "--json-file", "-"], Some(json)).await;
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    ok(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"received","sku":"PUB-1","location":"wh","quantity":10,"event_id":"pub-e2"}"#,
+        ],
+    )
+    .await;
+    world.wait_stock_idle().await;
+
+    let table = ok(&world, &["stock", "PUB-1"]).await.stdout;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.contains(&vec![
+            "location",
+            "on_hand",
+            "reserved",
+            "safety_stock",
+            "available"
+        ]),
+        "{table}"
+    );
+    assert!(
+        rows.contains(&vec!["store-1", "5", "0", "2", "3"]),
+        "{table}"
+    );
+    assert!(rows.contains(&vec!["wh", "10", "0", "0", "10"]), "{table}");
+    assert!(
+        rows.contains(&vec!["total", "15", "0", "2", "13"]),
+        "{table}"
+    );
+
+    // Refused before publishing, with the worker's own reason.
+    let stored = count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await;
+    let bad = stockctl(
+        &world,
+        &[
+            "publish",
+            "sold",
+            "--sku",
+            "PUB-1",
+            "--location",
+            "store-1",
+            "--quantity",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains("quantity must be 1..="),
+        "{}",
+        bad.stderr
+    );
+    let misspelt = stockctl(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"counted","sku":"PUB-1","location":"store-1","on_hand":1,"expected_onhand":5}"#,
+        ],
+    )
+    .await;
+    assert_eq!(misspelt.code, 1);
+    assert!(
+        misspelt.stderr.contains("expected_onhand"),
+        "{}",
+        misspelt.stderr
+    );
+    assert_eq!(
+        count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
+        stored,
+        "nothing invalid was published"
+    );
+
+    // An order from flags reaches ORDER_EVENTS.
+    let order = ok(
+        &world,
+        &[
+            "publish",
+            "order",
+            "place",
+            "--order",
+            "O-1",
+            "--line",
+            "PUB-1:2:store-1",
+        ],
+    )
+    .await;
+    let empty = stockctl(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"order_placed","order_id":"O-2","lines":[]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.stderr.contains("an order has 1..=100 lines"),
+        "{}",
+        empty.stderr
+    );
+    let cancel = ok(
+        &world,
+        &[
+            "publish",
+            "--json",
+            r#"{"type":"order_cancelled","order_id":"O-1","event_id":"cx-1"}"#,
+        ],
+    )
+    .await;
+    assert!(
+        cancel
+            .stdout
+            .contains("order O-1: cancelled [event_id cx-1"),
+        "{}",
+        cancel.stdout
+    );
+    assert!(
+        order.stdout.contains("stored: ORDER_EVENTS"),
+        "{}",
+        order.stdout
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn tail_prints_stored_and_new_events_decoded() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    world
+        .publish(&event("t1", "TAIL-1", "s1", received(4)))
+        .await;
+    world.publish(&event("t2", "TAIL-1", "s1", sold(1))).await;
+    world.wait_stock_idle().await;
+
+    let text = ok(
+        &world,
+        &["tail", "stock.changes.>", "--all", "--count", "2"],
+    )
+    .await;
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", text.stdout);
+    assert!(
+        lines[0].contains("TAIL-1 @ s1: received on_hand 0→4") && lines[0].contains("cause t1"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("sold on_hand 4→3"), "{}", lines[1]);
+
+    let json = ok(
+        &world,
+        &["tail", "stock.changes.>", "--all", "--count", "2", "--json"],
+    )
+    .await;
+    let events: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events[1]["event"]["type"], "stock_changed");
+    assert_eq!(events[1]["event"]["after"]["on_hand"], 3);
+    assert_eq!(events[1]["sequence"], 2);
+
+    // Live: only what is stored after it started.
+    let mut child = command(&world, &["tail", "alerts.>", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let started = tokio::time::timeout(DEADLINE, stderr.next_line())
+        .await
+        .expect("tail starts")
+        .expect("read stderr");
+    assert!(
+        started
+            .as_deref()
+            .is_some_and(|l| l.starts_with("tailing alerts.>")),
+        "{started:?}"
+    );
+    world.publish(&event("t3", "TAIL-1", "s1", sold(3))).await;
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("tail stops after one event")
+        .expect("output");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("TAIL-1 @ s1: ALERT out_of_stock: available 0") && out.contains("cause t3"),
+        "{out}"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_replayed() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+
+    // 1. Undecodable bytes: replay re-publishes exactly them on the original subject.
+    let garbage = b"\xff\xfe not protobuf".to_vec();
+    let subject = subjects::stock_event("DLQ-1");
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "garbage-1");
+    headers.insert("X-Channel", "pos-7");
+    world
+        .js
+        .publish_with_headers(subject.clone(), headers, garbage.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    stockflow_tests::wait_for_count(&world.js, subjects::DEAD_LETTERS, "deadletter.>", 1).await;
+
+    let list = ok(&world, &["dlq", "list"]).await.stdout;
+    let row = list
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("seq 1 listed:\n{list}"));
+    assert!(row.contains("STOCK_EVENTS"), "{row}");
+    assert!(row.contains(&subject), "{row}");
+    assert!(row.contains("not a StockEvent"), "{row}");
+
+    let show = ok(&world, &["dlq", "show", "1"]).await.stdout;
+    assert!(show.contains("does not decode"), "{show}");
+    assert!(show.contains("X-Channel: pos-7"), "{show}");
+    assert!(
+        show.contains("Stockflow-Original-Msg-Id: garbage-1"),
+        "{show}"
+    );
+    assert!(
+        show.contains(r#"escaped: "\xff\xfe not protobuf""#),
+        "{show}"
+    );
+    assert!(show.contains("fffe206e6f74"), "{show}");
+
+    let inputs = stockflow_cli::last_sequence(&world.js, subjects::STOCK_EVENTS)
+        .await
+        .expect("seq");
+    let replay = ok(&world, &["dlq", "replay", "1"]).await.stdout;
+    assert!(replay.contains("replayed dead letter 1"), "{replay}");
+    let stream = world
+        .js
+        .get_stream(subjects::STOCK_EVENTS)
+        .await
+        .expect("stream");
+    let replayed = stream
+        .get_raw_message(inputs + 1)
+        .await
+        .expect("the replay is stored");
+    assert_eq!(replayed.subject.as_str(), subject);
+    assert_eq!(
+        replayed.payload.as_ref(),
+        garbage.as_slice(),
+        "the same bytes"
+    );
+    let header = |name: &str| replayed.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("X-Channel").as_deref(), Some("pos-7"));
+    assert_eq!(
+        header("Nats-Msg-Id").as_deref(),
+        Some("replay:DEAD_LETTERS:1")
+    );
+    assert_eq!(
+        header("Stockflow-Replayed-From").as_deref(),
+        Some("DEAD_LETTERS:1")
+    );
+    assert!(header(subjects::HEADER_DEAD_LETTER_REASON).is_none());
+    let dead = world
+        .js
+        .get_stream(subjects::DEAD_LETTERS)
+        .await
+        .expect("stream");
+    assert!(
+        dead.get_raw_message(1).await.is_err(),
+        "removed from DEAD_LETTERS"
+    );
+    // Still garbage: the worker dead-letters it again, as a new entry.
+    eventually("the replay dead-lettered again", DEADLINE, || async {
+        dead.get_raw_message(2).await.ok()
+    })
+    .await;
+
+    // 2. An event_id conflict can succeed once the first use is forgotten (its dedup record
+    //    expired; deleted here instead of waiting a day).
+    world
+        .publish(&event("c1", "DLQ-2", "s1", received(5)))
+        .await;
+    world.wait_on_hand("DLQ-2", "s1", 5).await;
+    world
+        .publish(&event("c1", "DLQ-2", "s1", received(7)))
+        .await;
+    stockflow_tests::wait_for_count(&world.js, subjects::DEAD_LETTERS, "deadletter.>", 2).await;
+    world.wait_stock_idle().await;
+    let list = ok(&world, &["dlq", "list", "--json"]).await.stdout;
+    let conflict: serde_json::Value = list
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .find(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("already used"))
+        })
+        .unwrap_or_else(|| panic!("the conflict is listed:\n{list}"));
+    let seq = conflict["sequence"].as_u64().expect("sequence").to_string();
+    let show = ok(&world, &["dlq", "show", &seq]).await.stdout;
+    assert!(show.contains("decoded as received"), "{show}");
+    assert!(show.contains("\"quantity\": 7"), "{show}");
+
+    let mut redis = world.redis.connection().await;
+    let _: () = redis
+        .del(world.keys.event("DLQ-2", "c1"))
+        .await
+        .expect("del");
+    ok(&world, &["dlq", "replay", &seq]).await;
+    world.wait_on_hand("DLQ-2", "s1", 12).await;
+    let list = ok(&world, &["dlq", "list", "--json"]).await.stdout;
+    let sequences: Vec<String> = list
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["sequence"].to_string()
+        })
+        .collect();
+    assert!(!sequences.contains(&seq), "replayed, so removed: {list}");
+
+    // `replay --all` replays what came from an input stream and leaves the rest alone.
+    let mut foreign = HeaderMap::new();
+    foreign.insert(subjects::HEADER_ORIGINAL_STREAM, subjects::ALERTS);
+    foreign.insert(subjects::HEADER_ORIGINAL_SUBJECT, "alerts.low_stock.X");
+    foreign.insert(subjects::HEADER_DEAD_LETTER_REASON, "undeliverable");
+    world
+        .js
+        .publish_with_headers(subjects::dead_letter(subjects::ALERTS), foreign, "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let dead_before = stockflow_cli::last_sequence(&world.js, subjects::DEAD_LETTERS)
+        .await
+        .expect("seq");
+    let all = ok(&world, &["dlq", "replay", "--all"]).await.stdout;
+    assert!(all.contains("replayed 1, skipped 1"), "{all}");
+    assert!(
+        all.contains("only inputs of STOCK_EVENTS and ORDER_EVENTS"),
+        "{all}"
+    );
+    assert!(
+        dead.get_raw_message(dead_before).await.is_ok(),
+        "the skipped one stays"
+    );
+    // The garbage, replayed once more, is dead-lettered once more.
+    eventually("the garbage dead-lettered again", DEADLINE, || async {
+        dead.get_raw_message(dead_before + 1).await.ok()
+    })
+    .await;
+
+    // Unknown sequence: a clear error.
+    let missing = stockctl(&world, &["dlq", "show", "999"]).await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("DEAD_LETTERS has no message 999"),
+        "{}",
+        missing.stderr
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_errors_are_clear() {
+    let world = World::start().await;
+    let ran = stockctl(&world, &["--nats-url", "not a url", "dlq", "list"]).await;
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("--nats-url"), "{}", ran.stderr);
+    let ran = stockctl(
+        &world,
+        &["--redis-url", "redis://u:s3cret@127.0.0.1:1", "stock", "A"],
+    )
+    .await;
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("connecting to Redis"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
+}
