@@ -4,6 +4,7 @@
 pub mod dlq;
 pub mod import;
 pub mod publish;
+pub mod repair;
 pub mod selftest;
 pub mod stock;
 pub mod tail;
@@ -63,6 +64,14 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Rebuild every Redis key from JetStream (workers stopped, Redis empty).
+    Rebuild,
+    /// Compare Redis with the ledger; exit 4 when they differ.
+    Reconcile {
+        /// Publish `adjusted` facts that bring on-hand levels back to the ledger.
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
 /// What `stockctl` reads from its environment: the workers' settings (connections, key
@@ -117,6 +126,8 @@ pub async fn run(cli: Cli, settings: WorkerSettings) -> anyhow::Result<Outcome> 
         Command::Stock { sku } => stock::run(&settings, &sku).await?,
         Command::Tail(args) => tail::run(&jetstream(&settings).await?, &args).await?,
         Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
+        Command::Rebuild => repair::rebuild(&settings).await?,
+        Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
     }
     Ok(Outcome::Done)
 }
@@ -128,6 +139,8 @@ pub enum Outcome {
     Done,
     /// Done, but some input was refused, e.g. invalid CSV rows (exit 3).
     SomeRefused,
+    /// Redis and the ledger differ (exit 4).
+    Drift,
 }
 
 impl Outcome {
@@ -136,6 +149,7 @@ impl Outcome {
         match self {
             Self::Done => 0,
             Self::SomeRefused => 3,
+            Self::Drift => 4,
         }
     }
 }

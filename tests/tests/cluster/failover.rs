@@ -45,9 +45,7 @@ async fn levels(world: &ClusterWorld) -> BTreeMap<String, i64> {
 
 /// One ledger entry per input event, none twice.
 async fn assert_one_entry_per_event(world: &ClusterWorld) {
-    let ledger: Vec<StockChanged> = world
-        .read(subjects::STOCK_CHANGES, "stock.changes.>")
-        .await;
+    let ledger: Vec<StockChanged> = world.read(subjects::STOCK_CHANGES, "stock.changes.>").await;
     let mut causes: Vec<&str> = ledger.iter().map(|e| e.cause_event_id.as_str()).collect();
     causes.sort_unstable();
     causes.dedup();
@@ -91,7 +89,11 @@ async fn a_promoted_replica_misses_at_most_what_reconcile_repairs() {
     let primary = world.redis.primary_for(&world.keys.stock(&sku(0)));
     world.redis.stop_node(primary);
     world.redis.wait_until_ok();
-    println!("killed the Redis primary of {} after {} events", sku(0), EVENTS / 2);
+    println!(
+        "killed the Redis primary of {} after {} events",
+        sku(0),
+        EVENTS / 2
+    );
     publish_range(&world, EVENTS / 2..EVENTS).await;
     world.wait_stock_idle().await;
     assert_one_entry_per_event(&world).await;

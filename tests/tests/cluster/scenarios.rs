@@ -61,9 +61,7 @@ async fn facts_and_multi_slot_orders_are_exact_on_clusters() {
             (10, expect_reserved(2))
         );
     }
-    let ledger: Vec<StockChanged> = world
-        .read(subjects::STOCK_CHANGES, "stock.changes.>")
-        .await;
+    let ledger: Vec<StockChanged> = world.read(subjects::STOCK_CHANGES, "stock.changes.>").await;
     assert_eq!(ledger.iter().filter(|e| e.kind == "received").count(), 30);
     for w in orders.into_iter().chain(workers) {
         w.shutdown().await;
@@ -119,10 +117,18 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
     }
     world.wait_stock_idle().await;
     world
-        .publish_order(&order("p-short", "short-hold", placed(&[("1", &skus[0], 2)], 1)))
+        .publish_order(&order(
+            "p-short",
+            "short-hold",
+            placed(&[("1", &skus[0], 2)], 1),
+        ))
         .await;
     world
-        .publish_order(&order("p-long", "long-hold", placed(&[("1", &skus[1], 3)], 3_600)))
+        .publish_order(&order(
+            "p-long",
+            "long-hold",
+            placed(&[("1", &skus[1], 3)], 3_600),
+        ))
         .await;
     eventually("the short hold expires", DEADLINE, || async {
         let results: Vec<OrderResult> = world
@@ -153,7 +159,9 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
         .query_async(&mut conn)
         .await
         .expect("flush every primary");
-    assert!(rebuild::is_empty(&mut conn, &world.keys).await.expect("scan"));
+    assert!(rebuild::is_empty(&mut conn, &world.keys)
+        .await
+        .expect("scan"));
     let report = rebuild::rebuild(
         &world.js,
         &mut conn,

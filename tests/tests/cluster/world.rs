@@ -42,7 +42,9 @@ impl ClusterWorld {
     pub(crate) async fn start() -> Self {
         let nats = NatsCluster::start();
         let redis = RedisCluster::start();
-        let client = async_nats::connect(nats.urls()).await.expect("connect nats");
+        let client = async_nats::connect(nats.urls())
+            .await
+            .expect("connect nats");
         let js = jetstream::new(client);
         let settings = topology::TopologySettings {
             replicas: 3,
@@ -132,8 +134,11 @@ impl ClusterWorld {
     }
 
     pub(crate) async fn publish_order(&self, event: &OrderEvent) {
-        self.publish_raw(&subjects::order_event(&event.order_id), event.encode_to_vec())
-            .await;
+        self.publish_raw(
+            &subjects::order_event(&event.order_id),
+            event.encode_to_vec(),
+        )
+        .await;
     }
 
     pub(crate) async fn wait_idle(&self, stream: &str, durable: &str) {

@@ -13,10 +13,10 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use crate::world::*;
 
 /// What a `stockctl` run left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Ran {
@@ -72,7 +72,7 @@ async fn stockctl_with_stdin(world: &World, args: &[&str], stdin: Option<&[u8]>)
     }
 }
 
-async fn stockctl(world: &World, args: &[&str]) -> Ran {
+pub(crate) async fn stockctl(world: &World, args: &[&str]) -> Ran {
     stockctl_with_stdin(world, args, None).await
 }
 

@@ -264,3 +264,46 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
         .expect("rebuild");
     assert_eq!(snapshot(&world).await, before);
 }
+
+#[tokio::test]
+async fn stockctl_reconcile_exits_4_on_drift_and_rebuild_refuses_a_full_redis() {
+    use crate::cli::stockctl;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "CTL", "wh", received(7))).await;
+    world.wait_stock_idle().await;
+    assert_eq!(stockctl(&world, &["reconcile"]).await.code, 0);
+
+    let mut conn = world.redis_connection().await;
+    let _: i64 = conn
+        .hincr(world.keys.stock("CTL"), "oh:wh", 2)
+        .await
+        .expect("hincr");
+    let ran = stockctl(&world, &["reconcile"]).await;
+    assert_eq!(ran.code, 4, "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("CTL") && ran.stdout.contains("on_hand"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(stockctl(&world, &["reconcile", "--fix"]).await.code, 4);
+    world.wait_stock_idle().await;
+    assert_eq!(stockctl(&world, &["reconcile"]).await.code, 0);
+    assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
+
+    let refused = stockctl(&world, &["rebuild"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("already holds data"),
+        "{}",
+        refused.stderr
+    );
+    stock.shutdown().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let ran = stockctl(&world, &["rebuild"]).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
+}

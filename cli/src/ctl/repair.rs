@@ -1,0 +1,76 @@
+//! `stockctl rebuild` and `stockctl reconcile`: see [`crate::rebuild`].
+
+use std::time::Duration;
+
+use stockflow_proto::subjects;
+use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, worker::WorkerSettings};
+
+use super::Outcome;
+use crate::rebuild;
+
+async fn connect(
+    settings: &WorkerSettings,
+) -> anyhow::Result<(async_nats::jetstream::Context, RedisConnection, Keys)> {
+    let js = super::jetstream(settings).await?;
+    let redis = RedisConnection::Single(settings.redis.connect().await?);
+    Ok((js, redis, Keys::new(settings.redis.key_prefix.clone())))
+}
+
+/// Restores Redis from JetStream; refuses when Redis already holds data.
+pub async fn rebuild(settings: &WorkerSettings) -> anyhow::Result<()> {
+    let (js, mut redis, keys) = connect(settings).await?;
+    let report = rebuild::rebuild(&js, &mut redis, &keys, settings.dedup_ttl).await?;
+    println!(
+        "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
+         {} order lines, {} holds scheduled, {} dedup records",
+        report.entries,
+        report.bytes_per_entry,
+        report.locations,
+        report.policies,
+        report.orders,
+        report.lines,
+        report.holds,
+        report.dedup_records
+    );
+    Ok(())
+}
+
+/// Compares Redis with the ledger; prints the drift, and with `fix` publishes corrections.
+pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<Outcome> {
+    let (js, mut redis, keys) = connect(settings).await?;
+    let mut drift = rebuild::drift(&js, &mut redis, &keys).await?;
+    if !drift.is_empty() {
+        // An event applied in Redis whose ledger entry is still being stored looks like drift
+        // for an instant: look again once the workers have caught up (best effort).
+        for (stream, durable) in [
+            (subjects::STOCK_EVENTS, "stock-worker"),
+            (subjects::ORDER_EVENTS, "order-worker"),
+        ] {
+            let caught_up =
+                crate::wait_until_caught_up(&js, stream, durable, Duration::from_secs(30)).await;
+            if let Err(e) = caught_up {
+                eprintln!("stockctl: {e:#}; comparing anyway");
+            }
+        }
+        drift = rebuild::drift(&js, &mut redis, &keys).await?;
+    }
+    if drift.is_empty() {
+        println!("Redis agrees with the ledger");
+        return Ok(Outcome::Done);
+    }
+    println!(
+        "{:<24} {:<16} {:<9} {:>12} {:>12}",
+        "sku", "location", "field", "ledger", "redis"
+    );
+    for d in &drift {
+        println!(
+            "{:<24} {:<16} {:<9} {:>12} {:>12}",
+            d.sku, d.location, d.field, d.ledger, d.redis
+        );
+    }
+    if fix {
+        let published = rebuild::publish_corrections(&js, &drift).await?;
+        println!("published {published} correction(s); reserved drift needs `stockctl rebuild`");
+    }
+    Ok(Outcome::Drift)
+}
