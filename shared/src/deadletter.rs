@@ -73,10 +73,7 @@ impl DeadLetters {
             .payload(message.payload.clone())
             .headers(headers)
             .message_id(message_id);
-        self.js
-            .send_publish(subject, publish)
-            .await?
-            .await?;
+        self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }
 }

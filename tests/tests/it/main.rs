@@ -7,6 +7,7 @@ mod crash;
 mod degraded;
 mod malformed;
 mod model;
+mod notify;
 mod orders;
 mod stock_facts;
 mod topology;

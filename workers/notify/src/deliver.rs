@@ -109,7 +109,9 @@ enum Attempt {
         retry_after: Option<Duration>,
     },
     /// Any other status: the endpoint refuses this request for good.
-    Permanent { reason: String },
+    Permanent {
+        reason: String,
+    },
 }
 
 /// Delivers notifications; shared by every message task.
@@ -367,14 +369,23 @@ mod tests {
     #[test]
     fn statuses_are_classified() {
         let none = reqwest::header::HeaderMap::new();
-        assert!(matches!(classify(StatusCode::NO_CONTENT, &none), Attempt::Delivered));
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, &none),
+            Attempt::Delivered
+        ));
         for retry in [500, 502, 503, 408, 429] {
             let status = StatusCode::from_u16(retry).expect("status");
-            assert!(matches!(classify(status, &none), Attempt::Retryable { .. }), "{retry}");
+            assert!(
+                matches!(classify(status, &none), Attempt::Retryable { .. }),
+                "{retry}"
+            );
         }
         for permanent in [400, 401, 404, 410, 301] {
             let status = StatusCode::from_u16(permanent).expect("status");
-            assert!(matches!(classify(status, &none), Attempt::Permanent { .. }), "{permanent}");
+            assert!(
+                matches!(classify(status, &none), Attempt::Permanent { .. }),
+                "{permanent}"
+            );
         }
     }
 }

@@ -91,8 +91,8 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
         HandleError::malformed(what, "decode", format!("not a {what}: {e}"))
     };
     let (event_type, skus, locations, data) = if subject.starts_with("alerts.") {
-        let alert = StockAlert::decode(message.payload.clone())
-            .map_err(|e| malformed("stock_alert", e))?;
+        let alert =
+            StockAlert::decode(message.payload.clone()).map_err(|e| malformed("stock_alert", e))?;
         let event_type = match alert.kind() {
             AlertKind::LowStock => EventType::LowStock,
             AlertKind::OutOfStock => EventType::OutOfStock,
@@ -242,7 +242,9 @@ fn levels(levels: Option<&Levels>) -> Value {
 
 /// `REASON_CYCLE_COUNT` -> `cycle_count`.
 fn enum_name(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_ascii_lowercase()
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

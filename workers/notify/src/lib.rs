@@ -15,7 +15,9 @@ use stockflow_shared::{
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
     telemetry,
-    topology::{self, ConsumerSpec, Mode, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS, NOTIFY_STOCK_CHANGES},
+    topology::{
+        self, ConsumerSpec, Mode, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS, NOTIFY_STOCK_CHANGES,
+    },
     worker::WorkerSettings,
 };
 use tokio_util::sync::CancellationToken;
@@ -57,17 +59,23 @@ impl Settings {
         if env.raw("STOCKFLOW_MAX_IN_FLIGHT").is_none() {
             worker.consume.max_in_flight = DEFAULT_MAX_IN_FLIGHT;
         }
-        let millis = |var, default, range| {
-            env.bounded(var, default, range)
-                .map(Duration::from_millis)
-        };
+        let millis =
+            |var, default, range| env.bounded(var, default, range).map(Duration::from_millis);
         let retry = RetryPolicy {
             // Bounded by the range check.
-            max_attempts: u32::try_from(env.bounded("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", 8, 1..=100)?)
-                .unwrap_or(8),
+            max_attempts: u32::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
+                8,
+                1..=100,
+            )?)
+            .unwrap_or(8),
             timeout: millis("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", 10_000, 10..=300_000)?,
             backoff_base: millis("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", 1_000, 1..=600_000)?,
-            backoff_max: millis("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", 60_000, 1..=3_600_000)?,
+            backoff_max: millis(
+                "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS",
+                60_000,
+                1..=3_600_000,
+            )?,
         };
         if retry.backoff_base > retry.backoff_max {
             return Err(ConfigError::Invalid {
@@ -79,8 +87,12 @@ impl Settings {
             worker,
             subscriptions: subscriptions::from_env(env)?,
             retry,
-            concurrency: usize::try_from(env.bounded("STOCKFLOW_WEBHOOK_CONCURRENCY", 8, 1..=256)?)
-                .unwrap_or(8),
+            concurrency: usize::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_CONCURRENCY",
+                8,
+                1..=256,
+            )?)
+            .unwrap_or(8),
         })
     }
 }

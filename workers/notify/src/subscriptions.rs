@@ -124,10 +124,10 @@ pub fn parse(
     let mut subscriptions = Vec::with_capacity(file.subscriptions.len());
     for (index, value) in file.subscriptions.into_iter().enumerate() {
         // Name the entry by its id when it has one, by its position otherwise.
-        let label = value
-            .get("id")
-            .and_then(|id| id.as_str())
-            .map_or_else(|| format!("subscriptions[{index}]"), |id| format!("subscription {id:?}"));
+        let label = value.get("id").and_then(|id| id.as_str()).map_or_else(
+            || format!("subscriptions[{index}]"),
+            |id| format!("subscription {id:?}"),
+        );
         let entry: Entry = serde_json::from_value(value).map_err(|e| format!("{label}: {e}"))?;
         let subscription =
             validate(entry, env, default_secret).map_err(|e| format!("{label}: {e}"))?;
@@ -265,14 +265,38 @@ mod tests {
     #[test]
     fn errors_name_the_subscription_and_field() {
         let cases = [
-            (r#"{"id": "a", "url": "ftp://x/y", "events": ["*"]}"#, "subscription \"a\": url"),
-            (r#"{"id": "b", "url": "http://x/y", "events": ["sold"]}"#, "subscription \"b\": events: unknown event type \"sold\""),
-            (r#"{"id": "c", "url": "http://x/y", "events": []}"#, "subscription \"c\": events: empty"),
-            (r#"{"id": "d e", "url": "http://x/y", "events": ["*"]}"#, "subscription \"d e\": id"),
-            (r#"{"id": "f", "url": "http://x/y", "events": ["*"], "secret_env": "NOPE"}"#, "subscription \"f\": secret_env: the variable NOPE is not set"),
-            (r#"{"id": "g", "url": "http://x/y", "events": ["*"], "sku": ["typo"]}"#, "subscription \"g\": unknown field `sku`"),
-            (r#"{"url": "http://x/y", "events": ["*"]}"#, "subscriptions[0]: missing field `id`"),
-            (r#"{"id": "h", "url": "http://x/y", "events": ["*"], "skus": []}"#, "subscription \"h\": skus"),
+            (
+                r#"{"id": "a", "url": "ftp://x/y", "events": ["*"]}"#,
+                "subscription \"a\": url",
+            ),
+            (
+                r#"{"id": "b", "url": "http://x/y", "events": ["sold"]}"#,
+                "subscription \"b\": events: unknown event type \"sold\"",
+            ),
+            (
+                r#"{"id": "c", "url": "http://x/y", "events": []}"#,
+                "subscription \"c\": events: empty",
+            ),
+            (
+                r#"{"id": "d e", "url": "http://x/y", "events": ["*"]}"#,
+                "subscription \"d e\": id",
+            ),
+            (
+                r#"{"id": "f", "url": "http://x/y", "events": ["*"], "secret_env": "NOPE"}"#,
+                "subscription \"f\": secret_env: the variable NOPE is not set",
+            ),
+            (
+                r#"{"id": "g", "url": "http://x/y", "events": ["*"], "sku": ["typo"]}"#,
+                "subscription \"g\": unknown field `sku`",
+            ),
+            (
+                r#"{"url": "http://x/y", "events": ["*"]}"#,
+                "subscriptions[0]: missing field `id`",
+            ),
+            (
+                r#"{"id": "h", "url": "http://x/y", "events": ["*"], "skus": []}"#,
+                "subscription \"h\": skus",
+            ),
         ];
         for (entry, expected) in cases {
             let err = parse_one(entry).expect_err(entry);
@@ -286,7 +310,10 @@ mod tests {
             {"id": "a", "url": "http://x/1", "events": ["*"]},
             {"id": "a", "url": "http://x/2", "events": ["*"]}]}"#;
         let err = parse(twice, &env(), Some(&Secret::new("s"))).expect_err("twice");
-        assert!(err.contains("subscription \"a\": id is used twice"), "{err}");
+        assert!(
+            err.contains("subscription \"a\": id is used twice"),
+            "{err}"
+        );
 
         let no_secret = r#"{"subscriptions": [{"id": "a", "url": "http://x/1", "events": ["*"]}]}"#;
         let err = parse(no_secret, &env(), None).expect_err("no secret");
@@ -296,6 +323,9 @@ mod tests {
     #[test]
     fn the_file_variable_is_required_and_named() {
         let err = from_env(&Env::from_pairs([])).expect_err("unset");
-        assert!(err.to_string().starts_with("STOCKFLOW_WEBHOOKS_FILE:"), "{err}");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_WEBHOOKS_FILE:"),
+            "{err}"
+        );
     }
 }
