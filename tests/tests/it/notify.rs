@@ -41,6 +41,8 @@ struct ReceiverState {
     bad_signatures: Mutex<Vec<String>>,
     /// Pacing of each answer (lets a test kill the worker mid-stream).
     delay: Duration,
+    /// Status once the script is used up.
+    fallback: u16,
 }
 
 /// A webhook receiver on a free port that verifies every signature the way a customer would.
@@ -52,11 +54,26 @@ struct Receiver {
 
 impl Receiver {
     async fn start(script: &[u16], delay: Duration) -> Self {
-        let state = Arc::new(ReceiverState {
+        Self::serve(ReceiverState {
             script: Mutex::new(script.iter().copied().collect()),
             delay,
+            fallback: 204,
             ..Default::default()
-        });
+        })
+        .await
+    }
+
+    /// Answers every POST with `status`.
+    async fn failing(status: u16) -> Self {
+        Self::serve(ReceiverState {
+            fallback: status,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn serve(state: ReceiverState) -> Self {
+        let state = Arc::new(state);
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(state.clone());
@@ -149,7 +166,7 @@ async fn receive(
         .lock()
         .expect("lock")
         .pop_front()
-        .unwrap_or(204);
+        .unwrap_or(state.fallback);
     StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT)
 }
 
@@ -350,6 +367,8 @@ async fn a_dead_endpoint_does_not_hold_back_a_healthy_one() {
                 ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
                 ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "500"),
                 ("STOCKFLOW_WEBHOOK_CONCURRENCY", "2"),
+                // Without the breaker: isolation must hold on its own while they retry.
+                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "0"),
             ],
         ),
     );
@@ -655,4 +674,68 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
     .await;
     wait_alerts_delivered(&world).await;
     receiver.assert_signatures_verified();
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_opens_its_breaker_and_stops_holding_the_stream() {
+    let world = World::start().await;
+    let failing = Receiver::failing(503).await;
+    let healthy = Receiver::start(&[], Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "failing", "url": failing.url, "events": ["*"]},
+            {"id": "healthy", "url": healthy.url, "events": ["*"]},
+        ]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    // Without the breaker each input would stay unacked for 100 attempts.
+    let worker = notify_worker(
+        &world,
+        &fast(
+            &file,
+            &[
+                ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
+                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "3"),
+                ("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", "600"),
+                ("STOCKFLOW_WEBHOOK_CONCURRENCY", "1"),
+            ],
+        ),
+    );
+    let n = 20;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("F-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+    wait_alerts_delivered(&world).await;
+
+    assert_eq!(healthy.ids(), ids);
+    assert_eq!(
+        stockflow_tests::count(
+            &world.js,
+            subjects::DEAD_LETTERS,
+            "deadletter.webhooks.failing"
+        )
+        .await,
+        n as u64,
+        "every event of the failing endpoint is recorded"
+    );
+    let posts = failing.received().len();
+    assert_eq!(posts, 3, "no POST once the breaker is open");
+    let letters = stockflow_tests::read_stream(
+        &world.js,
+        subjects::DEAD_LETTERS,
+        "deadletter.webhooks.failing",
+    )
+    .await;
+    assert!(letters.iter().any(|l| l
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Stockflow-Dead-Letter-Reason"))
+        .is_some_and(|r| r
+            .as_str()
+            .contains("breaker open after 3 consecutive failed attempts, last: HTTP 503"))));
+    worker.shutdown().await;
 }

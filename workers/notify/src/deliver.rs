@@ -1,7 +1,7 @@
 //! One delivery of one event to one endpoint: signed POSTs, retried with exponential back-off and
 //! full jitter, and a dead letter once the endpoint refuses it for good or attempts run out.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use async_nats::jetstream;
 use hmac::{Hmac, Mac as _};
@@ -40,6 +40,12 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     /// Largest back-off ceiling (`STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS`).
     pub backoff_max: Duration,
+    /// Consecutive failed POSTs that open an endpoint's breaker; 0 never opens it
+    /// (`STOCKFLOW_WEBHOOK_BREAKER_FAILURES`).
+    pub breaker_failures: u32,
+    /// How long an open breaker dead-letters without POSTing before it lets a POST try again
+    /// (`STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS`).
+    pub breaker_open: Duration,
 }
 
 impl RetryPolicy {
@@ -70,13 +76,25 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     out
 }
 
-/// An endpoint and its own bound on concurrent POSTs: a slow endpoint uses up its own permits,
-/// never another's.
+/// An endpoint, its own bound on concurrent POSTs (a slow endpoint uses up its own permits, never
+/// another's) and its breaker.
 #[derive(Debug)]
 pub struct Endpoint {
     /// The subscription.
     pub subscription: Subscription,
     permits: Semaphore,
+    breaker: Mutex<Breaker>,
+}
+
+/// Consecutive failures of one endpoint. Once open, deliveries are dead-lettered without a POST
+/// until `open_until`: inputs are acked only when every endpoint has them, so a dead endpoint
+/// that kept every input for its full retry schedule would end up holding the whole in-flight
+/// window, and with it every healthy endpoint.
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    last_failure: String,
 }
 
 impl Endpoint {
@@ -85,6 +103,55 @@ impl Endpoint {
         Self {
             subscription,
             permits: Semaphore::new(concurrency),
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        // The breaker holds plain counters: a panic elsewhere cannot leave it inconsistent.
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why deliveries are dead-lettered at once right now, if they are.
+    fn open_reason(&self) -> Option<String> {
+        let breaker = self.breaker();
+        let open = breaker
+            .open_until
+            .is_some_and(|until| Instant::now() < until);
+        open.then(|| {
+            format!(
+                "breaker open after {} consecutive failed attempts, last: {}",
+                breaker.consecutive_failures, breaker.last_failure
+            )
+        })
+    }
+
+    fn record(&self, failure: Option<&str>, policy: &RetryPolicy) {
+        let id = self.subscription.id.clone();
+        let mut breaker = self.breaker();
+        match failure {
+            None => {
+                if breaker.open_until.take().is_some() {
+                    tracing::info!(endpoint = %id, "webhook endpoint recovered; breaker closed");
+                    metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id).set(0.0);
+                }
+                breaker.consecutive_failures = 0;
+            }
+            Some(reason) => {
+                breaker.consecutive_failures = breaker.consecutive_failures.saturating_add(1);
+                breaker.last_failure = reason.to_owned();
+                // Past the threshold every failure (e.g. the probe after the open period)
+                // re-opens it for a full period.
+                if policy.breaker_failures > 0
+                    && breaker.consecutive_failures >= policy.breaker_failures
+                {
+                    if breaker.open_until.is_none() {
+                        tracing::warn!(endpoint = %id, failures = breaker.consecutive_failures, "webhook endpoint failing; breaker open");
+                    }
+                    breaker.open_until = Some(Instant::now() + policy.breaker_open);
+                    metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id).set(1.0);
+                }
+            }
         }
     }
 }
@@ -155,13 +222,32 @@ impl Deliverer {
         let id = endpoint.subscription.id.as_str();
         let mut attempt = 0u32;
         loop {
-            attempt += 1;
             let permit = tokio::select! {
                 () = self.shutdown.cancelled() => return Delivery::Interrupted,
                 permit = endpoint.permits.acquire() => permit,
             };
+            // Checked after waiting for a permit: the breaker may have opened meanwhile.
+            if let Some(reason) = endpoint.open_reason() {
+                drop(permit);
+                metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "failed")
+                    .increment(1);
+                tracing::debug!(endpoint = id, event_id = %notification.event_id, "breaker open; dead-lettering");
+                return self
+                    .dead_letter(endpoint, notification, message, &reason, attempt)
+                    .await;
+            }
+            attempt += 1;
             let outcome = self.post(endpoint, notification).await;
             drop(permit);
+            endpoint.record(
+                match &outcome {
+                    Attempt::Delivered => None,
+                    Attempt::Retryable { reason, .. } | Attempt::Permanent { reason } => {
+                        Some(reason)
+                    }
+                },
+                &self.policy,
+            );
             let reason = match outcome {
                 Attempt::Delivered => {
                     metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "delivered")
@@ -357,6 +443,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_millis(1000),
+            breaker_failures: 0,
+            breaker_open: Duration::from_secs(1),
         };
         for attempt in 1..=10 {
             let cap = Duration::from_millis(100 * (1 << (attempt - 1))).min(Duration::from_secs(1));

@@ -76,6 +76,13 @@ impl Settings {
                 60_000,
                 1..=3_600_000,
             )?,
+            breaker_failures: u32::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_BREAKER_FAILURES",
+                20,
+                0..=100_000,
+            )?)
+            .unwrap_or(20),
+            breaker_open: env.seconds("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", 30, 1..=86_400)?,
         };
         if retry.backoff_base > retry.backoff_max {
             return Err(ConfigError::Invalid {
