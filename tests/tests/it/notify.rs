@@ -635,11 +635,15 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
         &dir,
         serde_json::json!([{"id": "crm", "url": receiver.url, "events": ["*"]}]),
     );
+    let metrics_addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
     let spawn = || {
         stockflow_tests::KillOnDrop(
             std::process::Command::new(stockflow_tests::workspace_binary("notify-worker"))
                 .env("STOCKFLOW_NATS_URL", world.nats.url())
-                .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+                .env("STOCKFLOW_METRICS_ADDR", &metrics_addr)
                 .env("STOCKFLOW_LOG", "warn")
                 .env("STOCKFLOW_WEBHOOKS_FILE", &file)
                 .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
@@ -674,6 +678,39 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
     .await;
     wait_alerts_delivered(&world).await;
     receiver.assert_signatures_verified();
+
+    // The restarted process counted its deliveries per endpoint, with no SKU in any label.
+    let metrics = scrape(&metrics_addr).await;
+    let delivered = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("stockflow_webhook_deliveries_total{")
+                && l.contains("endpoint=\"crm\"")
+                && l.contains("outcome=\"delivered\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(delivered >= 1.0, "{metrics}");
+    assert!(metrics.contains("stockflow_webhook_delivery_seconds_bucket{endpoint=\"crm\""));
+    assert!(!metrics.contains("K-1"), "no SKU in labels");
+}
+
+/// `GET /metrics` over a plain socket.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    socket
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    socket
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
 }
 
 #[tokio::test]

@@ -121,6 +121,7 @@ pub async fn run(
     topology::ensure(&js, &settings.worker.topology, Mode::Verify)
         .await
         .context("checking streams and consumers")?;
+    describe_metrics();
     let health = Health::default();
     let nats_up = health.check("nats");
     health::serve(
@@ -165,6 +166,23 @@ pub async fn run(
     }
     tracing::info!("notify-worker stopped");
     Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "stockflow_webhook_deliveries_total",
+        "Webhook POSTs by endpoint and outcome (delivered, retried, failed)"
+    );
+    describe_histogram!(
+        "stockflow_webhook_delivery_seconds",
+        Unit::Seconds,
+        "One webhook POST round trip"
+    );
+    describe_gauge!(
+        "stockflow_webhook_breaker_open",
+        "1 while an endpoint's breaker dead-letters without POSTing"
+    );
 }
 
 /// How often an input whose deliveries are still retrying tells JetStream it is being worked
@@ -261,5 +279,50 @@ impl Handler for NotifyHandler {
             ));
         }
         Ok(handled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_errors_name_the_variable() {
+        let dir = std::env::temp_dir().join(format!("sf-notify-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("webhooks.json");
+        std::fs::write(&file, r#"{"subscriptions": []}"#).expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("STOCKFLOW_WEBHOOKS_FILE".to_owned(), path.clone())];
+            pairs.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            let map: std::collections::HashMap<_, _> = pairs.into_iter().collect();
+            Env::from_fn(move |name| map.get(name).cloned())
+        };
+        let settings = Settings::from_env(&env(&[])).expect("defaults");
+        assert_eq!(settings.worker.consume.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        assert_eq!(settings.retry.max_attempts, 8);
+        for (extra, var) in [
+            (
+                [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "0")],
+                "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "999999")],
+                "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "soon")],
+                "STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS",
+            ),
+        ] {
+            let err = Settings::from_env(&env(&extra)).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 }
