@@ -58,7 +58,6 @@ COMPONENTS = WORKERS + ["gateway"]
 PROPOSED_ENV = {
     "STOCKFLOW_REDIS_TLS_CA_FILE": "CA bundle for rediss:// with a private CA",
     "STOCKFLOW_GATEWAY_TOKENS": "bearer tokens the gateway accepts, comma-separated",
-    "STOCKFLOW_WEBHOOK_SECRET": "secret that signs webhook deliveries",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -749,6 +748,36 @@ def check_monitoring(s: Scenario) -> list[str]:
     return problems
 
 
+def check_webhooks(s: Scenario) -> list[str]:
+    """The subscriptions reach the notify worker as the file STOCKFLOW_WEBHOOKS_FILE names."""
+    problems = []
+    cm = named(s.objects, "ConfigMap", f"{RELEASE}-webhooks")
+    if not cm:
+        return ["webhooks: no ConfigMap <release>-webhooks"]
+    rendered = json.loads((cm.get("data") or {}).get("webhooks.json", "null"))
+    if rendered != {"subscriptions": s.v["workers"]["notify"]["webhooks"]["subscriptions"]}:
+        problems.append(f"webhooks: ConfigMap holds {rendered}, not the subscriptions from values")
+    notify = [d for d in by_kind(s.objects, "Deployment") if component_of(d) == "notify-worker"]
+    if len(notify) != 1:
+        return problems + ["webhooks: no notify-worker Deployment"]
+    spec = pod_spec(notify[0])
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    path = env.get("STOCKFLOW_WEBHOOKS_FILE") or ""
+    if volumes.get("webhooks", {}).get("configMap", {}).get("name") != f"{RELEASE}-webhooks":
+        problems.append("webhooks: the ConfigMap is not a volume of the notify pods")
+    if not mounts.get("webhooks") or path != f"{mounts['webhooks']}/webhooks.json":
+        problems.append(f"webhooks: STOCKFLOW_WEBHOOKS_FILE={path!r} is not the mounted file")
+    if "checksum/webhooks" not in (notify[0]["spec"]["template"]["metadata"].get("annotations") or {}):
+        problems.append("webhooks: a subscription change would not roll the notify pods")
+    for d in by_kind(s.objects, "Deployment"):
+        if d is not notify[0] and any(e["name"] == "STOCKFLOW_WEBHOOKS_FILE" for e in pod_spec(d)["containers"][0].get("env", [])):
+            problems.append(f"webhooks: {component_of(d)} gets STOCKFLOW_WEBHOOKS_FILE")
+    return problems
+
+
 # Per values file: what must be true beyond the general checks.
 def expectations(s: Scenario) -> list[str]:
     problems = []
@@ -797,6 +826,7 @@ def expectations(s: Scenario) -> list[str]:
     elif s.name == "inline-secrets.yaml":
         if not named(s.objects, "Secret", RELEASE):
             problems.append("inline secrets: no Secret rendered")
+        problems += check_webhooks(s)
     elif s.name == "monitoring.yaml":
         if not kinds >= {"PodMonitor", "ServiceMonitor", "PrometheusRule"}:
             problems.append(f"monitoring: missing {sorted({'PodMonitor', 'ServiceMonitor', 'PrometheusRule'} - kinds)}")

@@ -21,6 +21,18 @@ impl DeadLetters {
     /// Stores `message` with `reason`, and returns once JetStream has it. Its `Nats-Msg-Id` is
     /// derived from the input's stream position, so a retry after a crash stores it once.
     pub async fn store(&self, message: &jetstream::Message, reason: &str) -> anyhow::Result<()> {
+        self.store_with(message, reason, Route::default()).await
+    }
+
+    /// Like [`Self::store`], on `route`'s subject and message id, with its extra headers: for
+    /// failures that are not about the input itself (e.g. a webhook that never accepted it), where
+    /// one input may give several dead letters.
+    pub async fn store_with(
+        &self,
+        message: &jetstream::Message,
+        reason: &str,
+        route: Route,
+    ) -> anyhow::Result<()> {
         let mut headers = HeaderMap::new();
         let mut original_id = None;
         if let Some(original) = &message.headers {
@@ -48,16 +60,34 @@ impl DeadLetters {
         if let Some(id) = original_id {
             headers.insert(subjects::HEADER_ORIGINAL_MSG_ID, id);
         }
+        for (name, value) in route.headers {
+            headers.insert(name, truncate(&value, 1024));
+        }
+        let message_id = route
+            .message_id
+            .unwrap_or_else(|| format!("dlq:{stream}:{sequence}"));
+        let subject = route
+            .subject
+            .unwrap_or_else(|| subjects::dead_letter(&stream));
         let publish = PublishMessage::build()
             .payload(message.payload.clone())
             .headers(headers)
-            .message_id(format!("dlq:{stream}:{sequence}"));
-        self.js
-            .send_publish(subjects::dead_letter(&stream), publish)
-            .await?
-            .await?;
+            .message_id(message_id);
+        self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }
+}
+
+/// Where a dead letter goes and what it adds; the default is `deadletter.<source stream>` with the
+/// `Nats-Msg-Id` `dlq:<stream>:<sequence>`.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// Subject under `deadletter.>` (default `deadletter.<source stream>`).
+    pub subject: Option<String>,
+    /// `Nats-Msg-Id`; must be stable for the same failure so a retry stores it once.
+    pub message_id: Option<String>,
+    /// Extra headers (values are clipped to one line).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Header values must be one line; reasons are clipped on a character boundary.

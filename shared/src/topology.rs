@@ -49,8 +49,33 @@ pub const ORDER_WORKER: ConsumerSpec = ConsumerSpec {
     durable: "order-worker",
 };
 
+/// The notify worker's consumer of alerts.
+pub const NOTIFY_ALERTS: ConsumerSpec = ConsumerSpec {
+    stream: subjects::ALERTS,
+    durable: "notify-worker",
+};
+
+/// The notify worker's consumer of the ledger (it skips `stock.outcomes.>` itself: a filtered
+/// consumer would be refused by the checks below).
+pub const NOTIFY_STOCK_CHANGES: ConsumerSpec = ConsumerSpec {
+    stream: subjects::STOCK_CHANGES,
+    durable: "notify-worker",
+};
+
+/// The notify worker's consumer of order results.
+pub const NOTIFY_ORDER_RESULTS: ConsumerSpec = ConsumerSpec {
+    stream: subjects::ORDER_RESULTS,
+    durable: "notify-worker",
+};
+
 /// Every durable consumer `setup` declares.
-pub const CONSUMERS: &[ConsumerSpec] = &[STOCK_WORKER, ORDER_WORKER];
+pub const CONSUMERS: &[ConsumerSpec] = &[
+    STOCK_WORKER,
+    ORDER_WORKER,
+    NOTIFY_ALERTS,
+    NOTIFY_STOCK_CHANGES,
+    NOTIFY_ORDER_RESULTS,
+];
 
 /// Longest a message may wait between two deliveries (NAK back-off cap, ack wait): the duplicate
 /// windows below must exceed it.

@@ -390,11 +390,17 @@ containers:
       {{- if $secretVolume }}
       - {name: secrets, mountPath: {{ include "stockflow.secretDir" $root }}, readOnly: true}
       {{- end }}
+      {{- with .extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 volumes:
   - name: tmp
     emptyDir: {sizeLimit: 64Mi}
   {{- with $secretVolume }}
   {{- . | nindent 2 }}
+  {{- end }}
+  {{- with .extraVolumes }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- with $v.nodeSelector }}
 nodeSelector:
@@ -412,6 +418,15 @@ tolerations:
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* Where the notify worker reads its webhook subscriptions. */}}
+{{- define "stockflow.webhooksDir" -}}/etc/stockflow/webhooks{{- end }}
+{{- define "stockflow.webhooksConfigMap" -}}{{ include "stockflow.fullname" . }}-webhooks{{- end }}
+
+{{/* The subscriptions file's content (JSON); its checksum rolls the notify pods. */}}
+{{- define "stockflow.webhooksFile" -}}
+{{- toJson (dict "subscriptions" (.Values.workers.notify.webhooks.subscriptions | default list)) }}
 {{- end }}
 
 {{/* The configuration as an EnvVar list, for the pre-install hook (the ConfigMap does not exist yet). */}}

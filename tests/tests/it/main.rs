@@ -9,6 +9,7 @@ mod degraded;
 mod gateway;
 mod malformed;
 mod model;
+mod notify;
 mod orders;
 mod rebuild;
 mod stock_facts;

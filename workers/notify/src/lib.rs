@@ -1,1 +1,328 @@
-//! Delivers derived events to webhook subscriptions, signed, retried, dead-lettered.
+#![doc = include_str!("../README.md")]
+
+pub mod deliver;
+pub mod event;
+pub mod subscriptions;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind};
+use futures::{stream::FuturesUnordered, StreamExt as _};
+use stockflow_shared::{
+    consume::{Consumer, HandleError, Handled, Handler, Outcome},
+    deadletter::DeadLetters,
+    health::{self, Health, HealthCheck},
+    settings::{ConfigError, Env},
+    telemetry,
+    topology::{
+        self, ConsumerSpec, Mode, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS, NOTIFY_STOCK_CHANGES,
+    },
+    worker::WorkerSettings,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    deliver::{Deliverer, Delivery, Endpoint, RetryPolicy},
+    subscriptions::Subscription,
+};
+
+/// The consumers this worker reads, each with the name of its readiness check.
+const CONSUMERS: [(ConsumerSpec, &str); 3] = [
+    (NOTIFY_ALERTS, "consumer_alerts"),
+    (NOTIFY_STOCK_CHANGES, "consumer_stock_changes"),
+    (NOTIFY_ORDER_RESULTS, "consumer_order_results"),
+];
+
+/// Default in-flight window per stream: an input stays in flight until every endpoint has its
+/// delivery, so the window must hold the inputs a retrying endpoint keeps open.
+const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The notify worker's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Connections, listener, consume loop (Redis settings are read but unused).
+    pub worker: WorkerSettings,
+    /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`).
+    pub subscriptions: Vec<Subscription>,
+    /// Retries and timeouts.
+    pub retry: RetryPolicy,
+    /// POSTs in flight per endpoint (`STOCKFLOW_WEBHOOK_CONCURRENCY`).
+    pub concurrency: usize,
+}
+
+impl Settings {
+    /// Reads the environment and the subscriptions file; errors name the variable (and the
+    /// subscription).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut worker = WorkerSettings::from_env(env, "notify-worker", "127.0.0.1:9466")?;
+        if env.raw("STOCKFLOW_MAX_IN_FLIGHT").is_none() {
+            worker.consume.max_in_flight = DEFAULT_MAX_IN_FLIGHT;
+        }
+        let millis =
+            |var, default, range| env.bounded(var, default, range).map(Duration::from_millis);
+        let retry = RetryPolicy {
+            // Bounded by the range check.
+            max_attempts: u32::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
+                8,
+                1..=100,
+            )?)
+            .unwrap_or(8),
+            timeout: millis("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", 10_000, 10..=300_000)?,
+            backoff_base: millis("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", 1_000, 1..=600_000)?,
+            backoff_max: millis(
+                "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS",
+                60_000,
+                1..=3_600_000,
+            )?,
+            breaker_failures: u32::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_BREAKER_FAILURES",
+                20,
+                0..=100_000,
+            )?)
+            .unwrap_or(20),
+            breaker_open: env.seconds("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", 30, 1..=86_400)?,
+        };
+        if retry.backoff_base > retry.backoff_max {
+            return Err(ConfigError::Invalid {
+                var: "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
+                reason: "must not exceed STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS".into(),
+            });
+        }
+        Ok(Self {
+            worker,
+            subscriptions: subscriptions::from_env(env)?,
+            retry,
+            concurrency: usize::try_from(env.bounded(
+                "STOCKFLOW_WEBHOOK_CONCURRENCY",
+                8,
+                1..=256,
+            )?)
+            .unwrap_or(8),
+        })
+    }
+}
+
+/// Runs the notify worker until `shutdown` resolves: one consume loop per stream, all feeding
+/// the same endpoints.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_signal.cancel();
+    });
+    let nats = settings.worker.nats.connect().await?;
+    let js = jetstream::new(nats.clone());
+    topology::ensure(&js, &settings.worker.topology, Mode::Verify)
+        .await
+        .context("checking streams and consumers")?;
+    describe_metrics();
+    let health = Health::default();
+    let nats_up = health.check("nats");
+    health::serve(
+        settings.worker.metrics_addr,
+        health.clone(),
+        telemetry::metrics_handle(),
+        token.clone(),
+    )
+    .await?;
+    tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
+    if settings.subscriptions.is_empty() {
+        tracing::warn!("no webhook subscriptions: every event is acknowledged undelivered");
+    }
+    let handler = Arc::new(NotifyHandler {
+        endpoints: settings
+            .subscriptions
+            .iter()
+            .map(|s| Endpoint::new(s.clone(), settings.concurrency))
+            .collect(),
+        deliverer: Deliverer::new(
+            settings.retry.clone(),
+            DeadLetters::new(js.clone()),
+            token.clone(),
+        )
+        .context("building the HTTP client")?,
+        progress_every: progress_interval(&js).await?,
+    });
+    let loops = CONSUMERS.map(|(spec, check)| {
+        let consumer = Consumer {
+            js: js.clone(),
+            spec,
+            dead_letters: DeadLetters::new(js.clone()),
+            bound: health.check(check),
+            can_process: nats_up.clone(),
+            settings: settings.worker.consume.clone(),
+        };
+        consumer.run(handler.clone(), token.clone())
+    });
+    futures::future::join_all(loops).await;
+    if let Err(e) = nats.drain().await {
+        tracing::warn!(error = %e, "nats drain failed");
+    }
+    tracing::info!("notify-worker stopped");
+    Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "stockflow_webhook_deliveries_total",
+        "Webhook POSTs by endpoint and outcome (delivered, retried, failed)"
+    );
+    describe_histogram!(
+        "stockflow_webhook_delivery_seconds",
+        Unit::Seconds,
+        "One webhook POST round trip"
+    );
+    describe_gauge!(
+        "stockflow_webhook_breaker_open",
+        "1 while an endpoint's breaker dead-letters without POSTing"
+    );
+}
+
+/// How often an input whose deliveries are still retrying tells JetStream it is being worked
+/// on: a third of the shortest ack wait of our consumers, read from the server because that is
+/// the one in force.
+async fn progress_interval(js: &jetstream::Context) -> anyhow::Result<Duration> {
+    let mut shortest = Duration::MAX;
+    for (spec, _) in CONSUMERS {
+        let stream = js
+            .get_stream(spec.stream)
+            .await
+            .with_context(|| format!("looking up stream {}", spec.stream))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(spec.durable)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("looking up consumer {}/{}", spec.stream, spec.durable))?;
+        shortest = shortest.min(consumer.cached_info().config.ack_wait);
+    }
+    Ok((shortest / 3).max(Duration::from_millis(100)))
+}
+
+/// Keeps the `nats` readiness check current; the consume loops take no input while it is down.
+async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        nats_up.set(nats.connection_state() == async_nats::connection::State::Connected);
+    }
+}
+
+/// Fans one derived event out to the endpoints that want it, and reports it handled (so it is
+/// acked) only when every one of them has it or has a dead letter for it.
+#[derive(Debug)]
+struct NotifyHandler {
+    endpoints: Vec<Endpoint>,
+    deliverer: Deliverer,
+    progress_every: Duration,
+}
+
+impl Handler for NotifyHandler {
+    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
+        let Some(notification) = event::decode(message)? else {
+            return Ok(Handled {
+                event_type: "stock_outcome",
+                outcome: Outcome::Applied,
+            });
+        };
+        let handled = Handled {
+            event_type: notification.event_type.as_str(),
+            outcome: Outcome::Applied,
+        };
+        // Each endpoint's delivery runs on its own: a slow one waits for its own permits and
+        // back-off, while the others finish and free nothing but their own share of this input.
+        let mut deliveries: FuturesUnordered<_> = self
+            .endpoints
+            .iter()
+            .filter(|e| {
+                e.subscription.wants(
+                    notification.event_type,
+                    &notification.skus,
+                    &notification.locations,
+                )
+            })
+            .map(|endpoint| self.deliverer.deliver(endpoint, &notification, message))
+            .collect();
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.progress_every,
+            self.progress_every,
+        );
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                done = deliveries.next() => match done {
+                    None => break,
+                    Some(Delivery::Interrupted) => interrupted = true,
+                    Some(Delivery::Delivered | Delivery::DeadLettered) => {}
+                },
+                _ = progress.tick() => {
+                    // Keeps JetStream from redelivering an input whose retries outlast ack_wait.
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "in-progress ack failed");
+                    }
+                }
+            }
+        }
+        if interrupted {
+            // Some endpoint neither has it nor a dead letter: the input must come back.
+            return Err(HandleError::NotYet(
+                "webhook deliveries interrupted by shutdown".into(),
+            ));
+        }
+        Ok(handled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_errors_name_the_variable() {
+        let dir = std::env::temp_dir().join(format!("sf-notify-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("webhooks.json");
+        std::fs::write(&file, r#"{"subscriptions": []}"#).expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("STOCKFLOW_WEBHOOKS_FILE".to_owned(), path.clone())];
+            pairs.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            let map: std::collections::HashMap<_, _> = pairs.into_iter().collect();
+            Env::from_fn(move |name| map.get(name).cloned())
+        };
+        let settings = Settings::from_env(&env(&[])).expect("defaults");
+        assert_eq!(settings.worker.consume.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        assert_eq!(settings.retry.max_attempts, 8);
+        for (extra, var) in [
+            (
+                [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "0")],
+                "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "999999")],
+                "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "soon")],
+                "STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS",
+            ),
+        ] {
+            let err = Settings::from_env(&env(&extra)).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

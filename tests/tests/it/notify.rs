@@ -1,0 +1,778 @@
+//! Webhook deliveries against real HTTP receivers on 127.0.0.1: signatures, retries, isolation
+//! of a dead endpoint, dead letters, filters, and at-least-once across a kill -9.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::HeaderMap;
+use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
+use hmac::{Hmac, Mac as _};
+use prost::Message as _;
+use sha2::Sha256;
+use stockflow_proto::{
+    subjects,
+    v1::{order_result, AlertKind, OrderRejected, OrderResult, Shortfall, StockAlert},
+};
+use stockflow_tests::{eventually, DEADLINE};
+use tokio_util::sync::CancellationToken;
+
+use crate::world::*;
+
+const SECRET: &str = "whsec-test-1";
+
+/// One POST as the receiver saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    event_id: String,
+    event_type: String,
+    body: serde_json::Value,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    /// Statuses to answer first, in order; 204 afterwards.
+    script: Mutex<VecDeque<u16>>,
+    /// Requests whose signature did not verify.
+    bad_signatures: Mutex<Vec<String>>,
+    /// Pacing of each answer (lets a test kill the worker mid-stream).
+    delay: Duration,
+    /// Status once the script is used up.
+    fallback: u16,
+}
+
+/// A webhook receiver on a free port that verifies every signature the way a customer would.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    async fn start(script: &[u16], delay: Duration) -> Self {
+        Self::serve(ReceiverState {
+            script: Mutex::new(script.iter().copied().collect()),
+            delay,
+            fallback: 204,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Answers every POST with `status`.
+    async fn failing(status: u16) -> Self {
+        Self::serve(ReceiverState {
+            fallback: status,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn serve(state: ReceiverState) -> Self {
+        let state = Arc::new(state);
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.received.lock().expect("lock").clone()
+    }
+
+    fn ids(&self) -> HashSet<String> {
+        self.received().into_iter().map(|r| r.event_id).collect()
+    }
+
+    fn assert_signatures_verified(&self) {
+        let bad = self.state.bad_signatures.lock().expect("lock").clone();
+        assert!(bad.is_empty(), "signatures that did not verify: {bad:?}");
+    }
+}
+
+/// Verifies `X-Stockflow-Signature` as documented: HMAC-SHA256 over `<timestamp>.<body>`.
+fn verify(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("missing {name}"))
+    };
+    let timestamp = header("x-stockflow-timestamp")?;
+    let signature = header("x-stockflow-signature")?;
+    let seconds: u64 = timestamp.parse().map_err(|_| "timestamp not a number")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if now.abs_diff(seconds) > 300 {
+        return Err(format!("timestamp {seconds} too far from {now}"));
+    }
+    let hex = signature
+        .strip_prefix("sha256=")
+        .ok_or("no sha256= prefix")?;
+    let expected: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "signature is not hex")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    // Constant-time comparison, as a receiver should do it.
+    mac.verify_slice(&expected)
+        .map_err(|_| "signature mismatch".to_owned())
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if let Err(e) = verify(&headers, &body) {
+        state.bad_signatures.lock().expect("lock").push(e);
+    }
+    state.received.lock().expect("lock").push(Received {
+        event_id: header("x-stockflow-event-id"),
+        event_type: header("x-stockflow-event-type"),
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    });
+    let status = state
+        .script
+        .lock()
+        .expect("lock")
+        .pop_front()
+        .unwrap_or(state.fallback);
+    StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT)
+}
+
+/// A TCP endpoint that accepts connections and never answers: every POST times out.
+struct Hanging {
+    url: String,
+    accepted: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hanging {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(Mutex::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                *counter.lock().expect("lock") += 1;
+                held.push(socket);
+            }
+        });
+        Self {
+            url: format!("http://{addr}/hook"),
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        *self.accepted.lock().expect("lock")
+    }
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A URL nobody listens on: connections are refused.
+fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}/hook")
+}
+
+/// Writes the subscriptions file into `dir`.
+fn subscriptions_file(dir: &tempfile::TempDir, subscriptions: serde_json::Value) -> PathBuf {
+    let path = dir.path().join("webhooks.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&serde_json::json!({ "subscriptions": subscriptions })).expect("json"),
+    )
+    .expect("write subscriptions");
+    path
+}
+
+/// Settings for a fast test: short timeouts and back-off.
+fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("STOCKFLOW_WEBHOOKS_FILE", file),
+        ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
+        ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "2000"),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "20"),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "200"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+fn notify_worker(world: &World, env: &[(&str, &str)]) -> RunningWorker {
+    let settings = notify_worker::Settings::from_env(&world.env(env)).expect("notify settings");
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    let task = tokio::spawn(notify_worker::run(settings, async move {
+        signal.cancelled().await;
+    }));
+    RunningWorker { stop, task }
+}
+
+fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> StockAlert {
+    StockAlert {
+        kind: kind.into(),
+        sku: sku.to_owned(),
+        location: location.to_owned(),
+        cause_event_id: cause.to_owned(),
+        levels: Some(levels(3, 0, 0)),
+        threshold: 5,
+        raised_at_ms: 1_700_000_000_000,
+    }
+}
+
+/// Publishes an alert the way the stock worker does, with its derived `Nats-Msg-Id`.
+async fn publish_alert(world: &World, alert: &StockAlert) -> String {
+    let kind = match alert.kind() {
+        AlertKind::LowStock => "low_stock",
+        AlertKind::OutOfStock => "out_of_stock",
+        AlertKind::BackInStock => "back_in_stock",
+        _ => "negative_stock",
+    };
+    let msg_id = format!(
+        "alr:{}:{}:0:{kind}",
+        subjects::encode_token(&alert.sku),
+        alert.cause_event_id
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    world
+        .js
+        .publish_with_headers(
+            subjects::alert(kind, &alert.sku),
+            headers,
+            alert.encode_to_vec().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    msg_id
+}
+
+async fn wait_alerts_delivered(world: &World) {
+    world.wait_idle(subjects::ALERTS, "notify-worker").await;
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_and_retried_after_500_with_the_same_event_id() {
+    let world = World::start().await;
+    let receiver = Receiver::start(&[500, 503], Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "crm", "url": receiver.url, "events": ["low_stock"]}]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let worker = notify_worker(&world, &fast(&file, &[]));
+
+    let msg_id = publish_alert(&world, &alert(AlertKind::LowStock, "A1", "store-1", "e-1")).await;
+    let attempts = eventually("three attempts", DEADLINE, || async {
+        let got = receiver.received();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    wait_alerts_delivered(&world).await;
+
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "two failures, then one success"
+    );
+    receiver.assert_signatures_verified();
+    for attempt in &attempts {
+        assert_eq!(attempt.event_id, msg_id, "same event id on every attempt");
+        assert_eq!(attempt.event_type, "low_stock");
+        assert_eq!(attempt.body, attempts[0].body, "same body on every attempt");
+    }
+    let body = &attempts[0].body;
+    assert_eq!(body["event_id"], msg_id.as_str());
+    assert_eq!(body["type"], "low_stock");
+    assert_eq!(body["data"]["sku"], "A1");
+    assert_eq!(body["data"]["location"], "store-1");
+    assert_eq!(body["data"]["levels"]["on_hand"], 3);
+    assert_eq!(body["data"]["threshold"], 5);
+    assert_eq!(
+        stockflow_tests::count(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await,
+        0
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_does_not_hold_back_a_healthy_one() {
+    let world = World::start().await;
+    let healthy = Receiver::start(&[], Duration::ZERO).await;
+    let hanging = Hanging::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            // Listed first, so a delivery that waited for them would starve the healthy one.
+            {"id": "hanging", "url": hanging.url, "events": ["*"]},
+            {"id": "refusing", "url": closed_url(), "events": ["*"]},
+            {"id": "healthy", "url": healthy.url, "events": ["*"]},
+        ]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    // The dead endpoints retry for far longer than this test runs.
+    let worker = notify_worker(
+        &world,
+        &fast(
+            &file,
+            &[
+                ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
+                ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "500"),
+                ("STOCKFLOW_WEBHOOK_CONCURRENCY", "2"),
+                // Without the breaker: isolation must hold on its own while they retry.
+                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "0"),
+            ],
+        ),
+    );
+
+    let mut ids = HashSet::new();
+    for n in 0..40 {
+        let sku = format!("SKU-{n}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::OutOfStock, &sku, "wh", "e-1")).await);
+    }
+    eventually("the healthy endpoint has every event", DEADLINE, || async {
+        (healthy.ids() == ids).then_some(())
+    })
+    .await;
+    healthy.assert_signatures_verified();
+
+    // Meanwhile the dead endpoints are still being retried: nothing dead-lettered, inputs unacked.
+    assert!(hanging.accepted() >= 1, "the hanging endpoint was tried");
+    assert_eq!(
+        stockflow_tests::count(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await,
+        0,
+        "still retrying"
+    );
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = world
+        .js
+        .get_stream(subjects::ALERTS)
+        .await
+        .expect("stream")
+        .get_consumer("notify-worker")
+        .await
+        .expect("consumer");
+    let info = consumer.info().await.expect("info");
+    assert!(
+        info.num_ack_pending > 0,
+        "inputs stay unacked while an endpoint lacks them"
+    );
+    // Shutdown interrupts the retries promptly and leaves the inputs for a redelivery.
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_are_dead_lettered_after_max_attempts_and_4xx_at_once() {
+    let world = World::start().await;
+    let gone = Receiver::start(&[410], Duration::ZERO).await;
+    let healthy = Receiver::start(&[], Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "refusing", "url": closed_url(), "events": ["back_in_stock"]},
+            {"id": "gone", "url": gone.url, "events": ["back_in_stock"]},
+            {"id": "healthy", "url": healthy.url, "events": ["back_in_stock"]},
+        ]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let worker = notify_worker(
+        &world,
+        &fast(&file, &[("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "3")]),
+    );
+
+    let payload = alert(AlertKind::BackInStock, "B2", "wh", "e-9");
+    let msg_id = publish_alert(&world, &payload).await;
+    stockflow_tests::wait_for_count(
+        &world.js,
+        subjects::DEAD_LETTERS,
+        "deadletter.webhooks.>",
+        2,
+    )
+    .await;
+    wait_alerts_delivered(&world).await;
+
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.webhooks.>")
+            .await;
+    assert_eq!(letters.len(), 2, "one per failed endpoint");
+    for letter in &letters {
+        let headers = letter.headers.as_ref().expect("headers");
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        let endpoint = header("Stockflow-Webhook-Endpoint");
+        assert_eq!(
+            letter.subject.as_str(),
+            format!("deadletter.webhooks.{endpoint}")
+        );
+        assert_eq!(header("Stockflow-Webhook-Event-Id"), msg_id);
+        assert_eq!(header("Stockflow-Original-Stream"), subjects::ALERTS);
+        assert_eq!(
+            header("Stockflow-Original-Subject"),
+            subjects::alert("back_in_stock", "B2")
+        );
+        assert_eq!(
+            letter.payload.as_ref(),
+            payload.encode_to_vec().as_slice(),
+            "the original event"
+        );
+        let reason = header("Stockflow-Dead-Letter-Reason");
+        match endpoint.as_str() {
+            "refusing" => {
+                assert_eq!(header("Stockflow-Webhook-Attempts"), "3");
+                assert!(
+                    reason.contains("webhook refusing: connection failed"),
+                    "{reason}"
+                );
+            }
+            "gone" => {
+                assert_eq!(
+                    header("Stockflow-Webhook-Attempts"),
+                    "1",
+                    "4xx is not retried"
+                );
+                assert!(reason.contains("webhook gone: HTTP 410"), "{reason}");
+            }
+            other => panic!("unexpected dead letter for {other}"),
+        }
+    }
+    assert_eq!(gone.received().len(), 1);
+    assert_eq!(healthy.ids(), HashSet::from([msg_id]));
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscriptions_get_only_the_types_skus_and_locations_they_asked_for() {
+    let world = World::start().await;
+    let lows = Receiver::start(&[], Duration::ZERO).await;
+    let ledger = Receiver::start(&[], Duration::ZERO).await;
+    let orders = Receiver::start(&[], Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "lows", "url": lows.url, "events": ["low_stock", "out_of_stock"], "skus": ["A1"]},
+            {"id": "ledger", "url": ledger.url, "events": ["stock_changed"], "locations": ["store-1"]},
+            {"id": "orders", "url": orders.url, "events": ["order_rejected"], "skus": ["A1"]},
+        ]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let stock = world.stock_worker();
+    let worker = notify_worker(&world, &fast(&file, &[]));
+
+    // The real stock worker derives the events: A1 and B2 both cross low and out of stock at
+    // store-1; A1 also moves at wh; a stale count emits a rejection (never delivered).
+    for (n, (sku, location, change)) in [
+        ("A1", "store-1", policy(Some(5), None)),
+        ("A1", "store-1", received(10)),
+        ("A1", "store-1", sold(6)),
+        ("A1", "store-1", sold(4)),
+        ("B2", "store-1", policy(Some(5), None)),
+        ("B2", "store-1", received(10)),
+        ("B2", "store-1", sold(10)),
+        ("A1", "wh", received(3)),
+        ("A1", "wh", counted(1, Some(99))),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        world
+            .publish(&event(&format!("f-{n}"), sku, location, change))
+            .await;
+    }
+    // Order results straight onto their stream: one rejected for A1, one for B2.
+    for (order_id, sku) in [("o-1", "A1"), ("o-2", "B2")] {
+        let result = OrderResult {
+            order_id: order_id.into(),
+            cause_event_id: format!("place-{order_id}"),
+            decided_at_ms: 1,
+            result: Some(order_result::Result::Rejected(OrderRejected {
+                short_lines: vec![Shortfall {
+                    line_id: "l1".into(),
+                    sku: sku.into(),
+                    requested: 5,
+                    available: 0,
+                }],
+            })),
+        };
+        world
+            .publish_raw(&subjects::order_result(order_id), result.encode_to_vec())
+            .await;
+    }
+    world.wait_stock_idle().await;
+    for stream in [
+        subjects::ALERTS,
+        subjects::STOCK_CHANGES,
+        subjects::ORDER_RESULTS,
+    ] {
+        world.wait_idle(stream, "notify-worker").await;
+    }
+
+    let mut low_kinds: Vec<(String, String)> = lows
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r.event_type.clone(),
+                r.body["data"]["sku"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    low_kinds.sort();
+    low_kinds.dedup();
+    assert_eq!(
+        low_kinds,
+        vec![
+            ("low_stock".to_owned(), "A1".to_owned()),
+            ("out_of_stock".to_owned(), "A1".to_owned())
+        ]
+    );
+
+    // Exactly the ledger entries at store-1, identified by their Nats-Msg-Ids.
+    let expected: HashSet<String> =
+        stockflow_tests::read_stream(&world.js, subjects::STOCK_CHANGES, "stock.changes.>")
+            .await
+            .iter()
+            .filter(|m| {
+                stockflow_proto::v1::StockChanged::decode(m.payload.clone())
+                    .is_ok_and(|c| c.location == "store-1")
+            })
+            .filter_map(|m| {
+                m.headers
+                    .as_ref()?
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+            })
+            .collect();
+    let all = stockflow_tests::count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await;
+    assert!(
+        expected.len() >= 5,
+        "receipts and sales of A1 and B2 at store-1"
+    );
+    assert!(
+        (expected.len() as u64) < all,
+        "the wh entries exist and are left out"
+    );
+    assert_eq!(ledger.ids(), expected);
+    assert!(ledger
+        .received()
+        .iter()
+        .all(|r| r.event_type == "stock_changed" && r.body["data"]["location"] == "store-1"));
+
+    let rejected = orders.received();
+    assert!(!rejected.is_empty());
+    assert!(rejected
+        .iter()
+        .all(|r| r.event_type == "order_rejected" && r.body["data"]["order_id"] == "o-1"));
+    for receiver in [&lows, &ledger, &orders] {
+        receiver.assert_signatures_verified();
+    }
+    worker.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_event_is_delivered_at_least_once_across_a_kill() {
+    let world = World::start().await;
+    // Paced answers, one at a time: the kill lands in the middle of the stream.
+    let receiver = Receiver::start(&[], Duration::from_millis(5)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "crm", "url": receiver.url, "events": ["*"]}]),
+    );
+    let metrics_addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let spawn = || {
+        stockflow_tests::KillOnDrop(
+            std::process::Command::new(stockflow_tests::workspace_binary("notify-worker"))
+                .env("STOCKFLOW_NATS_URL", world.nats.url())
+                .env("STOCKFLOW_METRICS_ADDR", &metrics_addr)
+                .env("STOCKFLOW_LOG", "warn")
+                .env("STOCKFLOW_WEBHOOKS_FILE", &file)
+                .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
+                .env("STOCKFLOW_WEBHOOK_CONCURRENCY", "1")
+                .env("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "20")
+                .env("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "200")
+                .spawn()
+                .expect("spawn notify-worker"),
+        )
+    };
+    let n = 300;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("K-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+
+    let mut first = spawn();
+    let seen = eventually("some deliveries", DEADLINE, || async {
+        let seen = receiver.ids().len();
+        (seen >= 30).then_some(seen)
+    })
+    .await;
+    first.kill();
+    let at_kill = receiver.ids().len();
+    assert!(at_kill < n, "killed mid-way ({seen}..{at_kill} of {n})");
+
+    let _second = spawn();
+    eventually("every event delivered", DEADLINE, || async {
+        (receiver.ids() == ids).then_some(())
+    })
+    .await;
+    wait_alerts_delivered(&world).await;
+    receiver.assert_signatures_verified();
+
+    // The restarted process counted its deliveries per endpoint, with no SKU in any label.
+    let metrics = scrape(&metrics_addr).await;
+    let delivered = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("stockflow_webhook_deliveries_total{")
+                && l.contains("endpoint=\"crm\"")
+                && l.contains("outcome=\"delivered\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(delivered >= 1.0, "{metrics}");
+    assert!(metrics.contains("stockflow_webhook_delivery_seconds_bucket{endpoint=\"crm\""));
+    assert!(!metrics.contains("K-1"), "no SKU in labels");
+}
+
+/// `GET /metrics` over a plain socket.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    socket
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    socket
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_opens_its_breaker_and_stops_holding_the_stream() {
+    let world = World::start().await;
+    let failing = Receiver::failing(503).await;
+    let healthy = Receiver::start(&[], Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "failing", "url": failing.url, "events": ["*"]},
+            {"id": "healthy", "url": healthy.url, "events": ["*"]},
+        ]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    // Without the breaker each input would stay unacked for 100 attempts.
+    let worker = notify_worker(
+        &world,
+        &fast(
+            &file,
+            &[
+                ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
+                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "3"),
+                ("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", "600"),
+                ("STOCKFLOW_WEBHOOK_CONCURRENCY", "1"),
+            ],
+        ),
+    );
+    let n = 20;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("F-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+    wait_alerts_delivered(&world).await;
+
+    assert_eq!(healthy.ids(), ids);
+    assert_eq!(
+        stockflow_tests::count(
+            &world.js,
+            subjects::DEAD_LETTERS,
+            "deadletter.webhooks.failing"
+        )
+        .await,
+        n as u64,
+        "every event of the failing endpoint is recorded"
+    );
+    let posts = failing.received().len();
+    assert_eq!(posts, 3, "no POST once the breaker is open");
+    let letters = stockflow_tests::read_stream(
+        &world.js,
+        subjects::DEAD_LETTERS,
+        "deadletter.webhooks.failing",
+    )
+    .await;
+    assert!(letters.iter().any(|l| l
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Stockflow-Dead-Letter-Reason"))
+        .is_some_and(|r| r
+            .as_str()
+            .contains("breaker open after 3 consecutive failed attempts, last: HTTP 503"))));
+    worker.shutdown().await;
+}
