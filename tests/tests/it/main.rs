@@ -8,5 +8,6 @@ mod degraded;
 mod malformed;
 mod model;
 mod orders;
+mod security;
 mod stock_facts;
 mod topology;
