@@ -8,6 +8,7 @@ mod degraded;
 mod malformed;
 mod model;
 mod orders;
+mod secrets;
 mod security;
 mod stock_facts;
 mod topology;
