@@ -5,6 +5,10 @@ use stockflow_proto::{subjects::MAX_SKU_BYTES, v1::EventMeta};
 
 /// Largest quantity in one fact, in units.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
+/// Largest magnitude of a stored level (on_hand), in units. Redis scripts compute in Lua
+/// doubles, exact up to 2^53 (about 9 * 10^15); a change that would take a level beyond
+/// ±10^15 is refused. The scripts' prelude holds the same number.
+pub const MAX_LEVEL: i64 = 1_000_000_000_000_000;
 /// Longest `event_id`, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Longest location, in bytes.
@@ -74,5 +78,22 @@ pub fn positive(field: &str, value: i64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{field} must be 1..={MAX_QUANTITY}, got {value}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_use_the_same_level_limit() {
+        assert!(
+            crate::LUA_PRELUDE.contains(&format!("local MAX_LEVEL = {MAX_LEVEL}\n")),
+            "shared/src/lua/prelude.lua must define MAX_LEVEL = {MAX_LEVEL}"
+        );
+        // Exact in a double: every integer up to it round-trips.
+        let largest = MAX_LEVEL as f64;
+        assert_eq!(largest as i64, MAX_LEVEL);
+        assert!(MAX_LEVEL < 1 << 53);
     }
 }
