@@ -44,7 +44,8 @@ pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
     Ok(())
 }
 
-/// A SKU is any non-empty UTF-8 string of at most 128 bytes.
+/// A SKU is any non-empty UTF-8 string of at most 128 bytes without control characters (they
+/// separate fields in the order records kept in Redis, and have no place in a product code).
 pub fn validate_sku(sku: &str) -> Result<(), String> {
     if sku.is_empty() {
         return Err("sku is missing".into());
@@ -54,6 +55,9 @@ pub fn validate_sku(sku: &str) -> Result<(), String> {
             "sku is {} bytes, at most {MAX_SKU_BYTES}",
             sku.len()
         ));
+    }
+    if sku.chars().any(char::is_control) {
+        return Err("sku contains control characters".into());
     }
     Ok(())
 }

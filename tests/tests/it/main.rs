@@ -5,6 +5,7 @@ mod world;
 
 mod crash;
 mod degraded;
+mod fuzz;
 mod limits;
 mod malformed;
 mod model;
