@@ -424,6 +424,78 @@ mod tests {
     }
 
     #[test]
+    fn one_nats_auth_method_at_a_time() {
+        let env = Env::from_pairs([
+            ("STOCKFLOW_NATS_TOKEN", "t0k-1"),
+            ("STOCKFLOW_NATS_USER", "app"),
+            ("STOCKFLOW_NATS_PASSWORD", "pw-1"),
+        ]);
+        let text = NatsSettings::from_env(&env, "t")
+            .expect_err("two methods")
+            .to_string();
+        assert!(text.contains("STOCKFLOW_NATS_TOKEN"), "{text}");
+        assert!(!text.contains("t0k-1") && !text.contains("pw-1"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_nkey_seed_fails_at_start_without_showing_it() {
+        let account_seed = nkeys::KeyPair::new_account().seed().expect("seed");
+        for seed in ["SUnot-a-seed", account_seed.as_str()] {
+            let env = Env::from_pairs([("STOCKFLOW_NATS_NKEY", seed)]);
+            let text = NatsSettings::from_env(&env, "t")
+                .expect_err("not a user seed")
+                .to_string();
+            assert!(text.starts_with("STOCKFLOW_NATS_NKEY:"), "{text}");
+            assert!(!text.contains(seed), "{text}");
+        }
+        let user_seed = nkeys::KeyPair::new_user().seed().expect("seed");
+        let env = Env::from_pairs([("STOCKFLOW_NATS_NKEY", user_seed.as_str())]);
+        let settings = NatsSettings::from_env(&env, "t").expect("a user seed");
+        assert!(matches!(settings.auth, NatsAuth::NKey(_)));
+        assert!(!format!("{settings:?}").contains(&user_seed));
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_come_in_pairs() {
+        let env = Env::from_pairs([("STOCKFLOW_NATS_TLS_CA_FILE", "/nonexistent/ca.pem")]);
+        let err = NatsSettings::from_env(&env, "t").expect_err("missing file");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_NATS_TLS_CA_FILE:"),
+            "{err}"
+        );
+        let this_file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/connect.rs");
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("STOCKFLOW_REDIS_TLS_CERT_FILE", this_file),
+        ]);
+        let err = RedisSettings::from_env(&env).expect_err("cert without key");
+        assert!(
+            err.to_string()
+                .starts_with("STOCKFLOW_REDIS_TLS_CERT_FILE:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_need_a_rediss_url() {
+        let this_file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/connect.rs");
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STOCKFLOW_REDIS_TLS_CA_FILE", this_file),
+        ]);
+        let err = RedisSettings::from_env(&env).expect_err("plain url");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_REDIS_TLS_CA_FILE:"),
+            "{err}"
+        );
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("STOCKFLOW_REDIS_TLS_CA_FILE", this_file),
+        ]);
+        assert!(RedisSettings::from_env(&env).is_ok());
+    }
+
+    #[test]
     fn nats_user_needs_a_password() {
         let env = Env::from_pairs([("STOCKFLOW_NATS_USER", "app")]);
         let err = NatsSettings::from_env(&env, "t").expect_err("no password");
