@@ -67,7 +67,7 @@ async fn levels_are_exact_up_to_the_maximum_and_a_change_beyond_is_refused() {
         .await
         .iter()
         .map(|entry| {
-            let levels = entry.after.clone().unwrap_or_default();
+            let levels = entry.after.unwrap_or_default();
             (entry.location.clone(), levels.on_hand, levels.available)
         })
         .collect();
