@@ -75,7 +75,7 @@ impl NatsAuth {
             0 => Ok(Self::None),
             1 => Ok(methods.remove(0)),
             _ => Err(ConfigError::Invalid {
-                var: "STOCKFLOW_NATS_USER",
+                var: methods[0].variables(),
                 reason: format!(
                     "several NATS auth methods are set ({}); set only one",
                     methods
