@@ -1,6 +1,11 @@
 //! Test harness: real `nats-server` (JetStream) and `redis-server` on free loopback ports, each
 //! with its own data directory, stopped and removed on `Drop`; plus helpers that wait on
 //! conditions with a deadline instead of sleeping.
+//!
+//! Servers start plain ([`NatsServer::start`], [`RedisServer::start`]) or with a configuration:
+//! [`NatsServer::start_with`] takes a nats-server config snippet (auth, TLS, limits),
+//! [`RedisServer::start_with`] ACL users, a default password and TLS. [`TestPki`] makes a private
+//! CA with server and client certificates at test time (`openssl` CLI); none is committed.
 
 use std::{
     future::Future,
@@ -265,27 +270,11 @@ impl TestPki {
         let pki = Self {
             dir: tempfile::tempdir().expect("temp dir"),
         };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=stockflow test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+        pki.openssl(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+             -out ca.pem -days 2 -subj /CN=stockflow-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+        );
         std::fs::write(
             pki.dir.path().join("leaf.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
@@ -293,49 +282,23 @@ impl TestPki {
         )
         .expect("write leaf.ext");
         for name in ["server", "client"] {
-            let (key, csr, pem) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-            );
-            pki.openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=stockflow-{name}"),
-            ]);
-            pki.openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                "leaf.ext",
-            ]);
+            pki.openssl(&format!(
+                "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
+                 -out {name}.csr -subj /CN=stockflow-{name}"
+            ));
+            pki.openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 2 -extfile leaf.ext"
+            ));
         }
         pki
     }
 
-    fn openssl(&self, args: &[&str]) {
+    /// Runs `openssl` with whitespace-separated `args` in the PKI's directory.
+    fn openssl(&self, args: &str) {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let output = Command::new("openssl")
-            .args(args)
+            .args(&args)
             .current_dir(self.dir.path())
             .output()
             .unwrap_or_else(|e| {
