@@ -190,6 +190,8 @@ async fn secrets_stay_out_of_logs_metrics_and_errors(auth: NatsAuth) {
             b"\xff not protobuf".to_vec(),
         )
         .await;
+    // The order is decided against the stock: wait until it is there.
+    world.wait_on_hand("VAULT", "wh", 3).await;
     world
         .publish_order(&order(
             "o1",
