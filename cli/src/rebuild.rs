@@ -487,8 +487,7 @@ impl Fold {
     }
 }
 
-/// Commands sent in pipelines of a bounded size; on Redis Cluster, where a pipeline must stay
-/// in one slot, as concurrent single commands instead.
+/// Commands sent in batches of a bounded size (see [`RedisConnection::run_all`]).
 #[derive(Default)]
 struct Batch {
     cmds: Vec<redis::Cmd>,
@@ -504,28 +503,10 @@ impl Batch {
     }
 
     async fn flush(&mut self, redis: &mut RedisConnection) -> anyhow::Result<()> {
-        let cmds = std::mem::take(&mut self.cmds);
-        if redis.is_cluster() {
-            futures::stream::iter(cmds)
-                .map(|cmd| {
-                    let mut conn = redis.clone();
-                    async move { cmd.query_async::<()>(&mut conn).await }
-                })
-                .buffer_unordered(64)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<Vec<()>, _>>()
-                .context("writing rebuilt state to Redis")?;
-        } else if !cmds.is_empty() {
-            let mut pipe = redis::pipe();
-            for cmd in cmds {
-                pipe.add_command(cmd).ignore();
-            }
-            pipe.query_async::<()>(redis)
-                .await
-                .context("writing rebuilt state to Redis")?;
-        }
+        redis
+            .run_all(std::mem::take(&mut self.cmds))
+            .await
+            .context("writing rebuilt state to Redis")?;
         Ok(())
     }
 }

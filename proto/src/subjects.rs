@@ -31,6 +31,9 @@ pub const HEADER_ORIGINAL_SUBJECT: &str = "Stockflow-Original-Subject";
 pub const HEADER_ORIGINAL_STREAM: &str = "Stockflow-Original-Stream";
 /// Header: its sequence in that stream.
 pub const HEADER_ORIGINAL_SEQUENCE: &str = "Stockflow-Original-Sequence";
+/// Header on a dead letter whose payload was clipped to fit within the server's `max_payload`
+/// next to these headers: the original payload's size in bytes.
+pub const HEADER_PAYLOAD_TRUNCATED: &str = "Stockflow-Payload-Truncated";
 /// Header: its original `Nats-Msg-Id`.
 pub const HEADER_ORIGINAL_MSG_ID: &str = "Stockflow-Original-Msg-Id";
 

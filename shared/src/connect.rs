@@ -4,23 +4,144 @@ use std::{path::PathBuf, time::Duration};
 
 use redis::IntoConnectionInfo;
 
-use crate::settings::{ConfigError, Env, Secret};
+use crate::{
+    redis_conn::RedisConnection,
+    settings::{ConfigError, Env, Secret},
+};
+
+/// How the NATS client proves who it is. At most one method may be configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials.
+    None,
+    /// `STOCKFLOW_NATS_USER` and `STOCKFLOW_NATS_PASSWORD(_FILE)`.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// Its password.
+        password: Secret,
+    },
+    /// `STOCKFLOW_NATS_TOKEN(_FILE)`.
+    Token(Secret),
+    /// `STOCKFLOW_NATS_NKEY(_FILE)`: a user nkey seed (`SU...`); the server knows its public key.
+    NKey(Secret),
+    /// `STOCKFLOW_NATS_CREDS_FILE`: a `.creds` file (user JWT + nkey seed), for servers in
+    /// operator (JWT) mode.
+    Creds(PathBuf),
+}
+
+impl NatsAuth {
+    /// The variables this method was configured with, for error messages (never the values).
+    pub fn variables(&self) -> &'static str {
+        match self {
+            Self::None => "no credentials",
+            Self::UserPassword { .. } => "STOCKFLOW_NATS_USER/STOCKFLOW_NATS_PASSWORD",
+            Self::Token(_) => "STOCKFLOW_NATS_TOKEN",
+            Self::NKey(_) => "STOCKFLOW_NATS_NKEY",
+            Self::Creds(_) => "STOCKFLOW_NATS_CREDS_FILE",
+        }
+    }
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let user = env.raw("STOCKFLOW_NATS_USER");
+        let password = env.secret("STOCKFLOW_NATS_PASSWORD", "STOCKFLOW_NATS_PASSWORD_FILE")?;
+        let token = env.secret("STOCKFLOW_NATS_TOKEN", "STOCKFLOW_NATS_TOKEN_FILE")?;
+        let nkey = env.secret("STOCKFLOW_NATS_NKEY", "STOCKFLOW_NATS_NKEY_FILE")?;
+        let creds = env.readable_path("STOCKFLOW_NATS_CREDS_FILE")?;
+        let mut methods = Vec::new();
+        match (user, password) {
+            (Some(user), Some(password)) => methods.push(Self::UserPassword { user, password }),
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    var: "STOCKFLOW_NATS_USER",
+                    reason: "set both STOCKFLOW_NATS_USER and STOCKFLOW_NATS_PASSWORD, or neither"
+                        .into(),
+                })
+            }
+        }
+        methods.extend(token.map(Self::Token));
+        if let Some(seed) = nkey {
+            // Checked here: the client would otherwise log the problem and connect without it.
+            let valid = nkeys::KeyPair::from_seed(seed.expose().trim())
+                .is_ok_and(|pair| pair.key_pair_type() == nkeys::KeyPairType::User);
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    var: "STOCKFLOW_NATS_NKEY",
+                    reason: "is not a user nkey seed (a line starting with SU)".into(),
+                });
+            }
+            methods.push(Self::NKey(Secret::new(seed.expose().trim())));
+        }
+        methods.extend(creds.map(Self::Creds));
+        match methods.len() {
+            0 => Ok(Self::None),
+            1 => Ok(methods.remove(0)),
+            _ => Err(ConfigError::Invalid {
+                var: methods[0].variables(),
+                reason: format!(
+                    "several NATS auth methods are set ({}); set only one",
+                    methods
+                        .iter()
+                        .map(Self::variables)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+/// TLS towards NATS or Redis: a private CA and an optional client certificate (mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM bundle of the CA(s) that signed the server certificate; the system roots when unset.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and its key, for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Reads `<prefix>_TLS_CA_FILE`, `<prefix>_TLS_CERT_FILE` and `<prefix>_TLS_KEY_FILE`
+    /// (the variable names are passed whole so errors can name them).
+    fn from_env(
+        env: &Env,
+        ca_var: &'static str,
+        cert_var: &'static str,
+        key_var: &'static str,
+    ) -> Result<Self, ConfigError> {
+        let ca_file = env.readable_path(ca_var)?;
+        let client_cert = match (env.readable_path(cert_var)?, env.readable_path(key_var)?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    var: cert_var,
+                    reason: format!("set both {cert_var} and {key_var}, or neither"),
+                })
+            }
+        };
+        Ok(Self {
+            ca_file,
+            client_cert,
+        })
+    }
+
+    /// True when any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some()
+    }
+}
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
     /// Server URLs (`STOCKFLOW_NATS_URL`, comma-separated).
     pub urls: Vec<String>,
-    /// A `.creds` file (JWT + nkey seed).
-    pub creds_file: Option<PathBuf>,
-    /// User for user/password auth.
-    pub user: Option<String>,
-    /// Password for user/password auth.
-    pub password: Option<Secret>,
-    /// Token auth.
-    pub token: Option<Secret>,
-    /// CA bundle; setting it requires TLS.
-    pub tls_ca_file: Option<PathBuf>,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS files (`STOCKFLOW_NATS_TLS_*`); setting any requires TLS.
+    pub tls: TlsFiles,
     /// Name the connection shows in the server's monitoring.
     pub client_name: String,
 }
@@ -41,22 +162,15 @@ impl NatsSettings {
                     reason: format!("{:?} is not a NATS URL: {e}", redact_url(url)),
                 })?;
         }
-        let user = env.raw("STOCKFLOW_NATS_USER");
-        let password = env.secret("STOCKFLOW_NATS_PASSWORD", "STOCKFLOW_NATS_PASSWORD_FILE")?;
-        if user.is_some() != password.is_some() {
-            return Err(ConfigError::Invalid {
-                var: "STOCKFLOW_NATS_USER",
-                reason: "set both STOCKFLOW_NATS_USER and STOCKFLOW_NATS_PASSWORD, or neither"
-                    .into(),
-            });
-        }
         Ok(Self {
             urls,
-            creds_file: env.path("STOCKFLOW_NATS_CREDS_FILE"),
-            user,
-            password,
-            token: env.secret("STOCKFLOW_NATS_TOKEN", "STOCKFLOW_NATS_TOKEN_FILE")?,
-            tls_ca_file: env.path("STOCKFLOW_NATS_TLS_CA_FILE"),
+            auth: NatsAuth::from_env(env)?,
+            tls: TlsFiles::from_env(
+                env,
+                "STOCKFLOW_NATS_TLS_CA_FILE",
+                "STOCKFLOW_NATS_TLS_CERT_FILE",
+                "STOCKFLOW_NATS_TLS_KEY_FILE",
+            )?,
             client_name: client_name.to_owned(),
         })
     }
@@ -65,16 +179,14 @@ impl NatsSettings {
     pub fn local(url: &str) -> Self {
         Self {
             urls: vec![url.to_owned()],
-            creds_file: None,
-            user: None,
-            password: None,
-            token: None,
-            tls_ca_file: None,
+            auth: NatsAuth::None,
+            tls: TlsFiles::default(),
             client_name: "stockflow".into(),
         }
     }
 
-    /// Connects; the client reconnects by itself forever after the first connection.
+    /// Connects; the client reconnects by itself forever after the first connection. A failure
+    /// names the servers (without credentials) and the variables the credentials came from.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         use anyhow::Context as _;
         let mut options = async_nats::ConnectOptions::new()
@@ -88,20 +200,28 @@ impl NatsSettings {
                     other => tracing::info!(event = %other, "nats event"),
                 }
             });
-        if let Some(path) = &self.creds_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .with_context(|| format!("reading STOCKFLOW_NATS_CREDS_FILE {}", path.display()))?;
+        match &self.auth {
+            NatsAuth::None => {}
+            NatsAuth::UserPassword { user, password } => {
+                options = options.user_and_password(user.clone(), password.expose().to_owned());
+            }
+            NatsAuth::Token(token) => options = options.token(token.expose().to_owned()),
+            NatsAuth::NKey(seed) => options = options.nkey(seed.expose().to_owned()),
+            NatsAuth::Creds(path) => {
+                // The parse error of async-nats never quotes the file's content.
+                options = options.credentials_file(path).await.with_context(|| {
+                    format!("reading STOCKFLOW_NATS_CREDS_FILE {}", path.display())
+                })?;
+            }
         }
-        if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        if let Some(ca) = &self.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
         }
-        if let Some(token) = &self.token {
-            options = options.token(token.expose().to_owned());
+        if let Some((cert, key)) = &self.tls.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        if let Some(ca) = &self.tls_ca_file {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        if self.tls.is_set() {
+            options = options.require_tls(true);
         }
         let urls: Vec<async_nats::ServerAddr> = self
             .urls
@@ -110,23 +230,30 @@ impl NatsSettings {
             .collect::<Result<_, _>>()
             .context("parsing STOCKFLOW_NATS_URL")?;
         let shown: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
-        options
-            .connect(urls)
-            .await
-            .with_context(|| format!("connecting to NATS at {}", shown.join(",")))
+        options.connect(urls).await.with_context(|| {
+            format!(
+                "connecting to NATS at {} (credentials: {})",
+                shown.join(","),
+                self.auth.variables()
+            )
+        })
     }
 }
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL (`STOCKFLOW_REDIS_URL`); may carry credentials, so it is
-    /// kept as a secret.
+    /// `redis://` or `rediss://` URL (`STOCKFLOW_REDIS_URL`), or comma-separated seed nodes of a
+    /// Redis Cluster; may carry credentials, so it is kept as a secret.
     pub url: Secret,
     /// ACL user.
     pub username: Option<String>,
     /// Password (for the ACL user, or the default user).
     pub password: Option<Secret>,
+    /// TLS files (`STOCKFLOW_REDIS_TLS_*`); they need a `rediss://` URL.
+    pub tls: TlsFiles,
+    /// Redis Cluster (`STOCKFLOW_REDIS_CLUSTER`): commands follow their key's slot.
+    pub cluster: bool,
     /// Prefix of every key (`STOCKFLOW_KEY_PREFIX`).
     pub key_prefix: String,
 }
@@ -135,12 +262,42 @@ impl RedisSettings {
     /// Reads `STOCKFLOW_REDIS_*` and `STOCKFLOW_KEY_PREFIX`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.string("STOCKFLOW_REDIS_URL", "redis://127.0.0.1:6379");
-        url.as_str()
-            .into_connection_info()
-            .map_err(|e| ConfigError::Invalid {
+        let cluster: bool = env.parse("STOCKFLOW_REDIS_CLUSTER", false)?;
+        let mut infos = Vec::new();
+        for one in url.split(',').map(str::trim) {
+            infos.push(
+                one.into_connection_info()
+                    .map_err(|e| ConfigError::Invalid {
+                        var: "STOCKFLOW_REDIS_URL",
+                        reason: format!("{:?} is not a Redis URL: {:?}", redact_url(one), e.kind()),
+                    })?,
+            );
+        }
+        if infos.len() > 1 && !cluster {
+            return Err(ConfigError::Invalid {
                 var: "STOCKFLOW_REDIS_URL",
-                reason: format!("{:?} is not a Redis URL: {:?}", redact_url(&url), e.kind()),
-            })?;
+                reason: "several URLs are the seed nodes of a Redis Cluster: set \
+                         STOCKFLOW_REDIS_CLUSTER=true"
+                    .into(),
+            });
+        }
+        let info = infos.remove(0);
+        let tls = TlsFiles::from_env(
+            env,
+            "STOCKFLOW_REDIS_TLS_CA_FILE",
+            "STOCKFLOW_REDIS_TLS_CERT_FILE",
+            "STOCKFLOW_REDIS_TLS_KEY_FILE",
+        )?;
+        if tls.is_set() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(ConfigError::Invalid {
+                var: if tls.ca_file.is_some() {
+                    "STOCKFLOW_REDIS_TLS_CA_FILE"
+                } else {
+                    "STOCKFLOW_REDIS_TLS_CERT_FILE"
+                },
+                reason: "TLS files need a rediss:// STOCKFLOW_REDIS_URL".into(),
+            });
+        }
         let key_prefix = env.string("STOCKFLOW_KEY_PREFIX", "sf");
         if key_prefix.is_empty()
             || !key_prefix
@@ -156,6 +313,8 @@ impl RedisSettings {
             url: Secret::new(url),
             username: env.raw("STOCKFLOW_REDIS_USERNAME"),
             password: env.secret("STOCKFLOW_REDIS_PASSWORD", "STOCKFLOW_REDIS_PASSWORD_FILE")?,
+            tls,
+            cluster,
             key_prefix,
         })
     }
@@ -166,28 +325,120 @@ impl RedisSettings {
             url: Secret::new(url),
             username: None,
             password: None,
+            tls: TlsFiles::default(),
+            cluster: false,
             key_prefix: key_prefix.to_owned(),
         }
     }
 
-    /// A client that reconnects by itself; one multiplexed connection serves every task.
-    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+    /// A connection that reconnects by itself; one multiplexed connection (per cluster node)
+    /// serves every task.
+    pub async fn connect(&self) -> anyhow::Result<RedisConnection> {
         use anyhow::Context as _;
-        let shown = redact_url(self.url.expose());
-        let client = redis::Client::open(self.connection_info()?)
-            .with_context(|| format!("opening Redis client for {shown}"))?;
+        if self.cluster {
+            let client = self.cluster_client()?;
+            let connection = client
+                .get_async_connection()
+                .await
+                .with_context(|| self.describe("connecting to the Redis Cluster"))?;
+            return Ok(RedisConnection::Cluster(connection));
+        }
+        let client = self.client()?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        redis::aio::ConnectionManager::new_with_config(client, config)
+        let manager = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
-            .with_context(|| format!("connecting to Redis at {shown}"))
+            .with_context(|| self.describe("connecting to Redis"))?;
+        Ok(RedisConnection::Single(manager))
+    }
+
+    /// A Redis Cluster client seeded with every URL of `STOCKFLOW_REDIS_URL`.
+    fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
+        use anyhow::Context as _;
+        let mut seeds = Vec::new();
+        for one in self.url.expose().split(',').map(str::trim) {
+            seeds.push(one.into_connection_info().map_err(|e| {
+                anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind())
+            })?);
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(5))
+            .retries(6);
+        if let Some(user) = &self.username {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password.expose());
+        }
+        if self.tls.is_set() {
+            builder = builder.certs(self.tls_certificates()?);
+        }
+        builder
+            .build()
+            .with_context(|| self.describe("opening Redis Cluster client"))
+    }
+
+    /// The client these settings describe (TLS and credentials applied), not yet connected.
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        use anyhow::Context as _;
+        let info = self.connection_info()?;
+        let client = if self.tls.is_set() {
+            redis::Client::build_with_tls(info, self.tls_certificates()?)
+        } else {
+            redis::Client::open(info)
+        };
+        client.with_context(|| self.describe("opening Redis client"))
+    }
+
+    /// The CA and client certificate of `STOCKFLOW_REDIS_TLS_*`, read from their files.
+    fn tls_certificates(&self) -> anyhow::Result<redis::TlsCertificates> {
+        use anyhow::Context as _;
+        let read = |var: &str, path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {var} {}", path.display()))
+        };
+        let root_cert = match &self.tls.ca_file {
+            Some(path) => Some(read("STOCKFLOW_REDIS_TLS_CA_FILE", path)?),
+            None => None,
+        };
+        let client_tls = match &self.tls.client_cert {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("STOCKFLOW_REDIS_TLS_CERT_FILE", cert)?,
+                client_key: read("STOCKFLOW_REDIS_TLS_KEY_FILE", key)?,
+            }),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+
+    /// `what` at the redacted URL, naming the variables credentials and TLS came from.
+    fn describe(&self, what: &str) -> String {
+        let mut text = format!("{what} at {}", redact_url(self.url.expose()));
+        match (&self.username, &self.password) {
+            (Some(user), Some(_)) => text.push_str(&format!(
+                " as user {user:?} (STOCKFLOW_REDIS_USERNAME/STOCKFLOW_REDIS_PASSWORD)"
+            )),
+            (Some(user), None) => {
+                text.push_str(&format!(" as user {user:?} (STOCKFLOW_REDIS_USERNAME)"));
+            }
+            (None, Some(_)) => text.push_str(" with STOCKFLOW_REDIS_PASSWORD"),
+            (None, None) => {}
+        }
+        if self.tls.ca_file.is_some() {
+            text.push_str(", trusting STOCKFLOW_REDIS_TLS_CA_FILE");
+        }
+        text
     }
 
     fn connection_info(&self) -> anyhow::Result<redis::ConnectionInfo> {
-        let info = self.url.expose().into_connection_info().map_err(|e| {
+        let first = self.url.expose().split(',').next().unwrap_or_default();
+        let info = first.into_connection_info().map_err(|e| {
             anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind())
         })?;
         let mut redis_info = info.redis_settings().clone();
@@ -231,6 +482,78 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("STOCKFLOW_REDIS_URL:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn one_nats_auth_method_at_a_time() {
+        let env = Env::from_pairs([
+            ("STOCKFLOW_NATS_TOKEN", "t0k-1"),
+            ("STOCKFLOW_NATS_USER", "app"),
+            ("STOCKFLOW_NATS_PASSWORD", "pw-1"),
+        ]);
+        let text = NatsSettings::from_env(&env, "t")
+            .expect_err("two methods")
+            .to_string();
+        assert!(text.contains("STOCKFLOW_NATS_TOKEN"), "{text}");
+        assert!(!text.contains("t0k-1") && !text.contains("pw-1"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_nkey_seed_fails_at_start_without_showing_it() {
+        let account_seed = nkeys::KeyPair::new_account().seed().expect("seed");
+        for seed in ["SUnot-a-seed", account_seed.as_str()] {
+            let env = Env::from_pairs([("STOCKFLOW_NATS_NKEY", seed)]);
+            let text = NatsSettings::from_env(&env, "t")
+                .expect_err("not a user seed")
+                .to_string();
+            assert!(text.starts_with("STOCKFLOW_NATS_NKEY:"), "{text}");
+            assert!(!text.contains(seed), "{text}");
+        }
+        let user_seed = nkeys::KeyPair::new_user().seed().expect("seed");
+        let env = Env::from_pairs([("STOCKFLOW_NATS_NKEY", user_seed.as_str())]);
+        let settings = NatsSettings::from_env(&env, "t").expect("a user seed");
+        assert!(matches!(settings.auth, NatsAuth::NKey(_)));
+        assert!(!format!("{settings:?}").contains(&user_seed));
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_come_in_pairs() {
+        let env = Env::from_pairs([("STOCKFLOW_NATS_TLS_CA_FILE", "/nonexistent/ca.pem")]);
+        let err = NatsSettings::from_env(&env, "t").expect_err("missing file");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_NATS_TLS_CA_FILE:"),
+            "{err}"
+        );
+        let this_file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/connect.rs");
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("STOCKFLOW_REDIS_TLS_CERT_FILE", this_file),
+        ]);
+        let err = RedisSettings::from_env(&env).expect_err("cert without key");
+        assert!(
+            err.to_string()
+                .starts_with("STOCKFLOW_REDIS_TLS_CERT_FILE:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_need_a_rediss_url() {
+        let this_file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/connect.rs");
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STOCKFLOW_REDIS_TLS_CA_FILE", this_file),
+        ]);
+        let err = RedisSettings::from_env(&env).expect_err("plain url");
+        assert!(
+            err.to_string().starts_with("STOCKFLOW_REDIS_TLS_CA_FILE:"),
+            "{err}"
+        );
+        let env = Env::from_pairs([
+            ("STOCKFLOW_REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("STOCKFLOW_REDIS_TLS_CA_FILE", this_file),
+        ]);
+        assert!(RedisSettings::from_env(&env).is_ok());
     }
 
     #[test]

@@ -69,8 +69,15 @@ impl DeadLetters {
         let subject = route
             .subject
             .unwrap_or_else(|| subjects::dead_letter(&stream));
+        let max_payload = self.js.client().server_info().max_payload;
+        let payload = fit(
+            &mut headers,
+            &message_id,
+            message.payload.clone(),
+            max_payload,
+        );
         let publish = PublishMessage::build()
-            .payload(message.payload.clone())
+            .payload(payload)
             .headers(headers)
             .message_id(message_id);
         self.js.send_publish(subject, publish).await?.await?;
@@ -90,6 +97,46 @@ pub struct Route {
     pub headers: Vec<(&'static str, String)>,
 }
 
+/// Bytes `headers` take on the wire (`NATS/1.0` line, `name: value` lines, blank line).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
+}
+
+/// A malformed input as large as the server accepts would not fit next to the dead-letter
+/// headers, and would then be retried forever: its payload is clipped to fit and the original
+/// size recorded in a header. `max_payload` 0 means unknown (nothing is clipped).
+fn fit(
+    headers: &mut HeaderMap,
+    message_id: &str,
+    payload: bytes::Bytes,
+    max_payload: usize,
+) -> bytes::Bytes {
+    // The message id header is added by the publish; a margin covers the truncation header.
+    let overhead = header_bytes(headers) + "Nats-Msg-Id".len() + message_id.len() + 4;
+    let margin = subjects::HEADER_PAYLOAD_TRUNCATED.len() + 24;
+    if max_payload == 0 || overhead + payload.len() <= max_payload {
+        return payload;
+    }
+    headers.insert(
+        subjects::HEADER_PAYLOAD_TRUNCATED,
+        payload.len().to_string().as_str(),
+    );
+    let keep = max_payload
+        .saturating_sub(overhead + margin)
+        .min(payload.len());
+    payload.slice(..keep)
+}
+
 /// Header values must be one line; reasons are clipped on a character boundary.
 fn truncate(text: &str, max: usize) -> String {
     let one_line: String = text
@@ -101,4 +148,32 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     one_line[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_does_not_fit_next_to_the_headers_is_clipped_and_its_size_recorded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(subjects::HEADER_DEAD_LETTER_REASON, "not a StockEvent");
+        let payload = bytes::Bytes::from(vec![7_u8; 1000]);
+        let clipped = fit(&mut headers, "dlq:S:1", payload.clone(), 1024);
+        assert!(clipped.len() < 1000);
+        assert!(header_bytes(&headers) + clipped.len() + "Nats-Msg-Id: dlq:S:1\r\n".len() <= 1024);
+        assert_eq!(
+            headers
+                .get(subjects::HEADER_PAYLOAD_TRUNCATED)
+                .map(|v| v.as_str()),
+            Some("1000")
+        );
+
+        let mut roomy = HeaderMap::new();
+        assert_eq!(
+            fit(&mut roomy, "dlq:S:1", payload.clone(), 1 << 20),
+            payload
+        );
+        assert!(roomy.get(subjects::HEADER_PAYLOAD_TRUNCATED).is_none());
+    }
 }

@@ -34,6 +34,34 @@ impl RedisConnection {
         matches!(self, Self::Cluster(_))
     }
 
+    /// Runs `cmds` and returns their replies in order: as one pipeline on a single server; on a
+    /// cluster, where a pipeline must stay in one slot, as concurrent single commands.
+    pub async fn run_all(&mut self, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<redis::Value>> {
+        use futures::StreamExt as _;
+        match self {
+            Self::Single(c) => {
+                if cmds.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(c).await
+            }
+            Self::Cluster(c) => futures::stream::iter(cmds)
+                .map(|cmd| {
+                    let mut conn = c.clone();
+                    async move { cmd.query_async::<redis::Value>(&mut conn).await }
+                })
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Every key matching `pattern`, by `SCAN` (on a cluster: on every primary in turn), so
     /// the server is never blocked the way `KEYS` would block it.
     pub async fn scan_match(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {

@@ -189,6 +189,20 @@ impl Env {
     pub fn path(&self, var: &'static str) -> Option<PathBuf> {
         self.raw(var).map(PathBuf::from)
     }
+
+    /// A path to a file that must be readable now, so a wrong mount fails at start-up rather
+    /// than at the first connection.
+    pub fn readable_path(&self, var: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(path) = self.path(var) else {
+            return Ok(None);
+        };
+        std::fs::File::open(&path).map_err(|source| ConfigError::File {
+            var,
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(path))
+    }
 }
 
 #[cfg(test)]

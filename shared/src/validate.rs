@@ -5,6 +5,12 @@ use stockflow_proto::{subjects::MAX_SKU_BYTES, v1::EventMeta};
 
 /// Largest quantity in one fact, in units.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
+/// Largest magnitude of a stored level (on_hand), in units. Redis scripts compute in Lua
+/// doubles, exact up to 2^53 (about 9 * 10^15); a change that would take a level beyond
+/// ±10^15 is refused. The scripts' prelude holds the same number.
+pub const MAX_LEVEL: i64 = 1_000_000_000_000_000;
+// Every integer up to 2^53 is exact in a double.
+const _: () = assert!(MAX_LEVEL < 1 << 53);
 /// Longest `event_id`, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Longest location, in bytes.
@@ -40,7 +46,8 @@ pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
     Ok(())
 }
 
-/// A SKU is any non-empty UTF-8 string of at most 128 bytes.
+/// A SKU is any non-empty UTF-8 string of at most 128 bytes without control characters (they
+/// separate fields in the order records kept in Redis, and have no place in a product code).
 pub fn validate_sku(sku: &str) -> Result<(), String> {
     if sku.is_empty() {
         return Err("sku is missing".into());
@@ -50,6 +57,9 @@ pub fn validate_sku(sku: &str) -> Result<(), String> {
             "sku is {} bytes, at most {MAX_SKU_BYTES}",
             sku.len()
         ));
+    }
+    if sku.chars().any(char::is_control) {
+        return Err("sku contains control characters".into());
     }
     Ok(())
 }
@@ -74,5 +84,18 @@ pub fn positive(field: &str, value: i64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{field} must be 1..={MAX_QUANTITY}, got {value}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_use_the_same_level_limit() {
+        assert!(
+            crate::LUA_PRELUDE.contains(&format!("local MAX_LEVEL = {MAX_LEVEL}\n")),
+            "shared/src/lua/prelude.lua must define MAX_LEVEL = {MAX_LEVEL}"
+        );
     }
 }

@@ -106,7 +106,7 @@ pub struct Runtime {
     /// JetStream context.
     pub js: jetstream::Context,
     /// Redis connection (multiplexed, reconnecting).
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::redis_conn::RedisConnection,
     /// Readiness checks.
     pub health: Health,
     /// Where `/metrics` is served (the bound port when configured with port 0).
@@ -195,7 +195,7 @@ impl Runtime {
 /// gateway, which has no consumer).
 pub async fn monitor(
     nats: async_nats::Client,
-    mut redis: redis::aio::ConnectionManager,
+    mut redis: crate::redis_conn::RedisConnection,
     nats_up: HealthCheck,
     redis_up: HealthCheck,
     shutdown: CancellationToken,

@@ -94,6 +94,7 @@ impl NatsCluster {
             SocketAddr::from(([127, 0, 0, 1], node.port)),
             &mut child,
             "nats-server",
+            None,
         );
         node.child = Some(child);
     }
@@ -215,6 +216,7 @@ impl RedisCluster {
             SocketAddr::from(([127, 0, 0, 1], node.port)),
             &mut child,
             "redis-server",
+            None,
         );
         node.child = Some(child);
     }

@@ -1,6 +1,11 @@
 //! Test harness: real `nats-server` (JetStream) and `redis-server` on free loopback ports, each
 //! with its own data directory, stopped and removed on `Drop`; plus helpers that wait on
 //! conditions with a deadline instead of sleeping.
+//!
+//! Servers start plain ([`NatsServer::start`], [`RedisServer::start`]) or with a configuration:
+//! [`NatsServer::start_with`] takes a nats-server config snippet (auth, TLS, limits),
+//! [`RedisServer::start_with`] ACL users, a default password and TLS. [`TestPki`] makes a private
+//! CA with server and client certificates at test time (`openssl` CLI); none is committed.
 
 pub mod cluster;
 
@@ -68,7 +73,8 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -112,11 +118,14 @@ where
     }
 }
 
-fn wait_for_port(addr: SocketAddr, child: &mut Child, name: &str) {
+fn wait_for_port(addr: SocketAddr, child: &mut Child, name: &str, log: Option<&Path>) {
     let started = Instant::now();
     while TcpStream::connect(addr).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{name} exited during start-up: {status}");
+            let log = log
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .unwrap_or_default();
+            panic!("{name} exited during start-up: {status}\n{log}");
         }
         assert!(
             started.elapsed() < DEADLINE,
@@ -132,6 +141,9 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The configuration file, when started with [`Self::start_with`].
+    config: Option<PathBuf>,
+    tls: bool,
 }
 
 impl NatsServer {
@@ -142,6 +154,34 @@ impl NatsServer {
             child: None,
             port: free_port(),
             dir,
+            config: None,
+            tls: false,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server like [`Self::start`] whose configuration file also holds `snippet`
+    /// (nats-server config syntax: an `authorization { ... }` block, a `tls { ... }` block,
+    /// `max_payload`, ...). A snippet with a `tls` block makes [`Self::url`] a `tls://` URL.
+    pub fn start_with(snippet: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("nats.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {store:?} }}\n{snippet}\n"
+            ),
+        )
+        .expect("write nats.conf");
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            config: Some(config),
+            tls: snippet.contains("tls {") || snippet.contains("tls:"),
         };
         server.spawn();
         server
@@ -150,27 +190,47 @@ impl NatsServer {
     fn spawn(&mut self) {
         let store = self.dir.path().join("js");
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
-        let mut child = Command::new(server_binary("nats-server"))
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&store)
+        let mut command = Command::new(server_binary("nats-server"));
+        match &self.config {
+            Some(config) => {
+                command.arg("-c").arg(config);
+            }
+            None => {
+                command
+                    .args([
+                        "-js",
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-sd",
+                    ])
+                    .arg(&store);
+            }
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn nats-server");
-        wait_for_port(self.addr(), &mut child, "nats-server");
+        wait_for_port(
+            self.addr(),
+            &mut child,
+            "nats-server",
+            Some(&self.dir.path().join("nats.log")),
+        );
         self.child = Some(child);
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` when the server requires TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// What the server wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     fn addr(&self) -> SocketAddr {
@@ -198,30 +258,165 @@ impl Drop for NatsServer {
     }
 }
 
+/// A private certificate authority made for one test with the `openssl` CLI: a CA, a server
+/// certificate for `127.0.0.1`/`localhost` and a client certificate, all in a temporary
+/// directory removed on `Drop`. Nothing is ever committed.
+#[derive(Debug)]
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// Generates the CA and both certificates (EC P-256, valid for two days).
+    pub fn generate() -> Self {
+        let pki = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        pki.openssl(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+             -out ca.pem -days 2 -subj /CN=stockflow-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+        );
+        std::fs::write(
+            pki.dir.path().join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("write leaf.ext");
+        for name in ["server", "client"] {
+            pki.openssl(&format!(
+                "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
+                 -out {name}.csr -subj /CN=stockflow-{name}"
+            ));
+            pki.openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 2 -extfile leaf.ext"
+            ));
+        }
+        pki
+    }
+
+    /// Runs `openssl` with whitespace-separated `args` in the PKI's directory.
+    fn openssl(&self, args: &str) {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let output = Command::new("openssl")
+            .args(&args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("openssl not runnable ({e}): install it (`apt-get install openssl`)")
+            });
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The CA certificate (PEM): what clients trust.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    /// The server certificate (PEM).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    /// The server key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+    /// The client certificate (PEM), for mutual TLS.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    /// The client key (PEM).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    /// A nats-server `tls { ... }` block serving this PKI's server certificate; with `verify`
+    /// the server also requires a client certificate signed by the CA.
+    pub fn nats_tls_block(&self, verify: bool) -> String {
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n}}\n",
+            self.server_cert(),
+            self.server_key(),
+            self.ca()
+        )
+    }
+}
+
+/// How to start a [`RedisServer`] that is not the default.
+#[derive(Debug, Default)]
+pub struct RedisOptions<'a> {
+    /// Extra `redis.conf` lines, e.g. `user app on >secret ~sf:* +@all`.
+    pub conf: String,
+    /// Serve TLS only (no plaintext port), with this PKI's server certificate; URLs become
+    /// `rediss://`. Client certificates are optional unless `conf` says `tls-auth-clients yes`.
+    pub tls: Option<&'a TestPki>,
+    /// Password of the `default` user (`requirepass`); [`RedisServer::connection`] uses it.
+    pub default_password: Option<String>,
+}
+
 /// A `redis-server` of its own.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// `redis.conf` lines beyond the defaults.
+    conf: String,
+    /// CA the server certificate is signed by, when serving TLS.
+    tls_ca: Option<PathBuf>,
+    default_password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port with its own directory (AOF on, fsync every second).
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server like [`Self::start`] with ACL users, a default password or TLS.
+    pub fn start_with(options: RedisOptions<'_>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut conf = String::new();
+        if let Some(pki) = options.tls {
+            conf.push_str(&format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients optional\n",
+                pki.server_cert().display(),
+                pki.server_key().display(),
+                pki.ca().display()
+            ));
+        }
+        if let Some(password) = &options.default_password {
+            conf.push_str(&format!("requirepass {password}\n"));
+        }
+        conf.push_str(&options.conf);
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             dir,
+            conf,
+            tls_ca: options.tls.map(TestPki::ca),
+            default_password: options.default_password,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(server_binary("redis-server"))
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let config = self.dir.path().join("redis.conf");
+        std::fs::write(&config, &self.conf).expect("write redis.conf");
+        let mut command = Command::new(server_binary("redis-server"));
+        command.arg(&config);
+        if self.tls_ca.is_none() {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let mut child = command
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -240,13 +435,19 @@ impl RedisServer {
             SocketAddr::from(([127, 0, 0, 1], self.port)),
             &mut child,
             "redis-server",
+            None,
         );
         self.child = Some(child);
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` when serving TLS), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL); [`Self::resume`] starts it again from its AOF.
@@ -278,10 +479,22 @@ impl RedisServer {
         }
     }
 
-    /// A plain connection for assertions.
+    /// Settings that reach this server as its `default` user (TLS and password applied).
+    pub fn admin_settings(&self) -> stockflow_shared::connect::RedisSettings {
+        let mut settings = stockflow_shared::connect::RedisSettings::local(&self.url(), "sf");
+        settings.password = self
+            .default_password
+            .as_deref()
+            .map(stockflow_shared::settings::Secret::new);
+        settings.tls.ca_file = self.tls_ca.clone();
+        settings
+    }
+
+    /// A plain connection for assertions, as the `default` user.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("redis url")
+        self.admin_settings()
+            .client()
+            .expect("redis client")
             .get_multiplexed_async_connection()
             .await
             .expect("connect to test redis")
@@ -292,6 +505,20 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `GET path` over HTTP/1.1 on `addr`: the status and the body, or `None` when nothing answers.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
 }
 
 /// Reads every message of `stream` whose subject matches `filter` (e.g. `stock.changes.>`), in

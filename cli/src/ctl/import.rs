@@ -334,25 +334,30 @@ struct Current {
 
 /// Reads the current on_hand and the location's own policy for every row, pipelined.
 async fn current(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut stockflow_shared::redis_conn::RedisConnection,
     keys: &Keys,
     rows: &[Row],
 ) -> anyhow::Result<Vec<Current>> {
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(1000) {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(2 * chunk.len());
         for row in chunk {
-            pipe.cmd("HMGET")
+            let mut stock = redis::cmd("HMGET");
+            stock
                 .arg(keys.stock(&row.sku))
                 .arg(format!("oh:{}", row.location));
-            pipe.cmd("HMGET")
+            let mut policy = redis::cmd("HMGET");
+            policy
                 .arg(keys.policy(&row.sku))
                 .arg(format!("thr:{}", row.location))
                 .arg(format!("ss:{}", row.location));
+            cmds.extend([stock, policy]);
         }
-        let values: Vec<Vec<Option<i64>>> = pipe
-            .query_async(redis)
+        let replies = redis
+            .run_all(cmds)
             .await
+            .context("reading current levels from Redis")?;
+        let values: Vec<Vec<Option<i64>>> = redis::from_redis_value(redis::Value::Array(replies))
             .context("reading current levels from Redis")?;
         for pair in values.chunks(2) {
             let get = |i: usize, j: usize| pair.get(i).and_then(|v| v.get(j)).copied().flatten();

@@ -12,7 +12,7 @@ async fn connect(
     settings: &WorkerSettings,
 ) -> anyhow::Result<(async_nats::jetstream::Context, RedisConnection, Keys)> {
     let js = super::jetstream(settings).await?;
-    let redis = RedisConnection::Single(settings.redis.connect().await?);
+    let redis = settings.redis.connect().await?;
     Ok((js, redis, Keys::new(settings.redis.key_prefix.clone())))
 }
 

@@ -2,6 +2,8 @@
 
 use async_nats::{jetstream, HeaderMap};
 use prost::Message as _;
+use std::process::Command;
+
 use redis::AsyncCommands as _;
 use stockflow_proto::{
     subjects,
@@ -16,6 +18,9 @@ pub(crate) struct World {
     pub(crate) redis: RedisServer,
     pub(crate) js: jetstream::Context,
     pub(crate) keys: Keys,
+    /// How a worker of this world reaches its servers: URLs, and credentials and TLS files when
+    /// the servers require them.
+    connection_env: Vec<(String, String)>,
 }
 
 /// A worker running inside the test process.
@@ -38,9 +43,29 @@ impl RunningWorker {
 
 impl World {
     pub(crate) async fn start() -> Self {
-        let nats = NatsServer::start();
-        let redis = RedisServer::start();
-        let client = async_nats::connect(nats.url()).await.expect("connect nats");
+        Self::start_on(NatsServer::start(), RedisServer::start(), &[]).await
+    }
+
+    /// A world on servers that require credentials or TLS: `connection_env` holds the
+    /// `STOCKFLOW_*` variables that reach them, and the test's own NATS client is built from
+    /// them through the same code as the workers'.
+    pub(crate) async fn start_on(
+        nats: NatsServer,
+        redis: RedisServer,
+        connection_env: &[(&str, &str)],
+    ) -> Self {
+        let mut env: Vec<(String, String)> = vec![
+            ("STOCKFLOW_NATS_URL".into(), nats.url()),
+            ("STOCKFLOW_REDIS_URL".into(), redis.url()),
+        ];
+        env.extend(
+            connection_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let settings = stockflow_shared::connect::NatsSettings::from_env(&env_of(&env), "test")
+            .expect("test connection settings");
+        let client = settings.connect().await.expect("connect nats");
         let js = jetstream::new(client);
         // A short ack wait: a killed worker's messages come back within the test's deadline.
         let topology = topology::TopologySettings {
@@ -55,25 +80,36 @@ impl World {
             redis,
             js,
             keys: Keys::new("sf"),
+            connection_env: env,
         }
     }
 
     /// Environment for a worker of this world.
     pub(crate) fn env(&self, extra: &[(&str, &str)]) -> Env {
-        let mut pairs: Vec<(String, String)> = vec![
-            ("STOCKFLOW_NATS_URL".into(), self.nats.url()),
-            ("STOCKFLOW_REDIS_URL".into(), self.redis.url()),
+        let mut pairs = self.connection_env.clone();
+        pairs.extend([
             ("STOCKFLOW_METRICS_ADDR".into(), "127.0.0.1:0".into()),
             ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS".into(), "10".into()),
             ("STOCKFLOW_LOG".into(), "warn".into()),
-        ];
+        ]);
         pairs.extend(
             extra
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let map: std::collections::HashMap<String, String> = pairs.into_iter().collect();
-        Env::from_fn(move |name| map.get(name).cloned())
+        env_of(&pairs)
+    }
+
+    /// A worker binary as a child process, with this world's connection variables and `extra`
+    /// (later values win).
+    pub(crate) fn worker_command(&self, binary: &str, extra: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(stockflow_tests::workspace_binary(binary));
+        command
+            .envs(self.connection_env.iter().map(|(k, v)| (k, v)))
+            .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+            .env("STOCKFLOW_LOG", "warn")
+            .envs(extra.iter().copied());
+        command
     }
 
     pub(crate) fn stock_worker(&self) -> RunningWorker {
@@ -106,11 +142,7 @@ impl World {
     /// The order-worker binary as a child process (for kill -9).
     pub(crate) fn order_worker_process(&self) -> stockflow_tests::KillOnDrop {
         stockflow_tests::KillOnDrop(
-            std::process::Command::new(stockflow_tests::workspace_binary("order-worker"))
-                .env("STOCKFLOW_NATS_URL", self.nats.url())
-                .env("STOCKFLOW_REDIS_URL", self.redis.url())
-                .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
-                .env("STOCKFLOW_LOG", "warn")
+            self.worker_command("order-worker", &[])
                 .spawn()
                 .expect("spawn order-worker"),
         )
@@ -143,11 +175,7 @@ impl World {
     /// The stock-worker binary as a child process (for kill -9).
     pub(crate) fn stock_worker_process(&self) -> stockflow_tests::KillOnDrop {
         stockflow_tests::KillOnDrop(
-            std::process::Command::new(stockflow_tests::workspace_binary("stock-worker"))
-                .env("STOCKFLOW_NATS_URL", self.nats.url())
-                .env("STOCKFLOW_REDIS_URL", self.redis.url())
-                .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
-                .env("STOCKFLOW_LOG", "warn")
+            self.worker_command("stock-worker", &[])
                 .spawn()
                 .expect("spawn stock-worker"),
         )
@@ -256,6 +284,12 @@ impl World {
         .map(|m| stockflow_proto::v1::StockAlert::decode(m.payload.clone()).expect("alert"))
         .collect()
     }
+}
+
+/// An `Env` over `(name, value)` pairs.
+fn env_of(pairs: &[(String, String)]) -> Env {
+    let map: std::collections::HashMap<String, String> = pairs.iter().cloned().collect();
+    Env::from_fn(move |name| map.get(name).cloned())
 }
 
 /// A unique id without another dependency: time, process and a counter.

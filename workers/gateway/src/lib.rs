@@ -124,7 +124,7 @@ fn auth_from_env(env: &Env) -> Result<Auth, ConfigError> {
 pub struct AppState {
     js: jetstream::Context,
     nats: async_nats::Client,
-    redis: redis::aio::ConnectionManager,
+    redis: stockflow_shared::redis_conn::RedisConnection,
     keys: Keys,
     auth: Auth,
     max_batch: usize,

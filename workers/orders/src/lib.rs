@@ -87,7 +87,7 @@ pub async fn run(
 /// The order worker's handler.
 #[derive(Debug, Clone)]
 pub struct OrderHandler {
-    redis: redis::aio::ConnectionManager,
+    redis: stockflow_shared::redis_conn::RedisConnection,
     js: jetstream::Context,
     keys: Keys,
     ledger: Ledger,

@@ -8,7 +8,7 @@ use stockflow_proto::{
 };
 use stockflow_shared::{
     consume::HandleError,
-    validate::{positive, validate_location, validate_meta, validate_sku, MAX_QUANTITY},
+    validate::{positive, validate_location, validate_meta, validate_sku, MAX_LEVEL, MAX_QUANTITY},
 };
 
 /// What a valid fact does, in the terms of the `apply_stock` script.
@@ -214,7 +214,8 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
     match op {
         Op::Received(q) | Op::Sold(q) | Op::Returned(q) => positive("quantity", *q),
         Op::Adjusted(delta) => {
-            if *delta == 0 || delta.abs() > MAX_QUANTITY {
+            // unsigned_abs: `abs` of i64::MIN overflows.
+            if *delta == 0 || delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
                 Err(format!(
                     "delta must be non-zero within ±{MAX_QUANTITY}, got {delta}"
                 ))
@@ -227,7 +228,7 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
                 return Err(format!("on_hand must be 0..={MAX_QUANTITY}, got {on_hand}"));
             }
             match expected {
-                Some(e) if e.abs() > 1_000_000_000_000_000 => {
+                Some(e) if e.unsigned_abs() > MAX_LEVEL.unsigned_abs() => {
                     Err(format!("expected_on_hand {e} is out of range"))
                 }
                 _ => Ok(()),
@@ -278,6 +279,50 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use stockflow_proto::v1::{Adjusted, Counted};
+
+    use super::*;
+
+    fn event(change: Change) -> Vec<u8> {
+        StockEvent {
+            meta: Some(EventMeta {
+                event_id: "e1".into(),
+                ..Default::default()
+            }),
+            sku: "A".into(),
+            location: "wh".into(),
+            change: Some(change),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn extreme_integers_are_malformed_not_a_panic() {
+        for change in [
+            Change::Adjusted(Adjusted { delta: i64::MIN }),
+            Change::Counted(Counted {
+                on_hand: 1,
+                expected_on_hand: Some(i64::MIN),
+            }),
+        ] {
+            let error = parse("stock.events.A", &event(change)).expect_err("out of range");
+            assert!(
+                matches!(
+                    error,
+                    HandleError::Malformed {
+                        category: "invalid_quantity",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
         }
     }
 }

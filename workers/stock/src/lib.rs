@@ -64,7 +64,7 @@ pub enum Applied {
 /// Applies stock facts: one atomic script per event, then the derived events, then the ack.
 #[derive(Debug, Clone)]
 pub struct StockHandler {
-    redis: redis::aio::ConnectionManager,
+    redis: stockflow_shared::redis_conn::RedisConnection,
     keys: Keys,
     ledger: Ledger,
     apply: redis::Script,
@@ -85,7 +85,7 @@ impl StockHandler {
 
     /// A handler from its parts (tests drive it directly).
     pub fn with(
-        redis: redis::aio::ConnectionManager,
+        redis: stockflow_shared::redis_conn::RedisConnection,
         js: jetstream::Context,
         keys: Keys,
         dedup_ttl_seconds: u64,
