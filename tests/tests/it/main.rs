@@ -5,6 +5,7 @@ mod world;
 
 mod crash;
 mod degraded;
+mod faults;
 mod malformed;
 mod model;
 mod orders;
