@@ -11,6 +11,7 @@
 
 mod check;
 mod fleet;
+mod regressions;
 mod workload;
 
 use std::{
