@@ -14,7 +14,7 @@ use std::{
     fs::{File, OpenOptions},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream;
@@ -94,6 +94,8 @@ pub(crate) struct Tally {
     pub(crate) nats_restarts: usize,
     pub(crate) redis_restarts: usize,
     pub(crate) outages: usize,
+    /// Stock inputs acknowledged per second while a group was down (fault isolation).
+    pub(crate) stock_rate_during_outages: Vec<(Group, f64)>,
 }
 
 /// The running replicas of every group.
@@ -227,7 +229,8 @@ impl Fleet {
         }
     }
 
-    /// Runs `strikes` in order, each once its moment has come.
+    /// Runs `strikes` in order, each once its moment has come (within `deadline`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         &mut self,
         strikes: &[Strike],
@@ -236,7 +239,9 @@ impl Fleet {
         redis: &mut RedisServer,
         rng: &mut Rng,
         tally: &mut Tally,
+        deadline: Duration,
     ) {
+        let mut down_since = BTreeMap::new();
         for strike in strikes {
             let spec = strike.when.consumer();
             eventually(
@@ -244,7 +249,7 @@ impl Fleet {
                     "{} acknowledging up to {} before {:?}",
                     spec.durable, strike.ack_floor, strike.fault
                 ),
-                Duration::from_secs(240),
+                deadline,
                 || async {
                     // Unanswered while nats-server restarts: ask again.
                     let floor = ack_floor(js, spec).await?;
@@ -252,6 +257,26 @@ impl Fleet {
                 },
             )
             .await;
+            // How far the stock workers get while a group is down.
+            let stock_floor = || async {
+                eventually("stock-worker's ack floor", deadline, || {
+                    ack_floor(js, STOCK_WORKER)
+                })
+                .await
+            };
+            match strike.fault {
+                Fault::Down(group) => {
+                    down_since.insert(group, (Instant::now(), stock_floor().await));
+                }
+                Fault::Up(group) => {
+                    if let Some((since, floor)) = down_since.remove(&group) {
+                        let done = stock_floor().await.saturating_sub(floor);
+                        let rate = done as f64 / since.elapsed().as_secs_f64();
+                        tally.stock_rate_during_outages.push((group, rate));
+                    }
+                }
+                _ => {}
+            }
             self.strike(strike.fault, nats, redis, rng, tally);
         }
     }

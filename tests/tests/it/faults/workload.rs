@@ -103,6 +103,8 @@ pub(crate) struct Scale {
     pub(crate) publish_in_flight: usize,
     /// Valid input events the run must reach (the minimum in CI).
     pub(crate) min_events: usize,
+    /// Bound on a phase settling, and on any one fault waiting for its moment.
+    pub(crate) settle: std::time::Duration,
 }
 
 impl Scale {
@@ -111,7 +113,7 @@ impl Scale {
         Self {
             skus: 240,
             count_skus: 24,
-            facts: [25_500, 8_800, 8_800],
+            facts: [26_000, 8_800, 8_800],
             placements: [3_000, 900, 900],
             malformed: [90, 60, 40],
             immediate_duplicates: 0.07,
@@ -120,6 +122,7 @@ impl Scale {
             kills: [3, 2, 1],
             publish_in_flight: 2_000,
             min_events: 50_000,
+            settle: std::time::Duration::from_secs(240),
         }
     }
 
@@ -133,6 +136,7 @@ impl Scale {
             malformed: [300, 200, 150],
             kills: [10, 6, 4],
             min_events: 250_000,
+            settle: std::time::Duration::from_secs(1_800),
             ..Self::ci()
         }
     }
