@@ -11,8 +11,8 @@
 //!    only facts those SKUs get in this phase, so a count's `expected_on_hand` is known), fulfils,
 //!    cancels and commits of confirmed phase-1 orders, conflicting re-uses of `event_id`s, and
 //!    late duplicates of phase-1 events.
-//! 3. **closing** — deltas on every SKU (the count SKUs included, so a late duplicate of a count
-//!    that were applied again would show), more placements, late duplicates of phases 1 and 2.
+//! 3. **closing** — deltas on every SKU (the count SKUs included, so a late duplicate of a count,
+//!    were it applied again, would show), more placements, late duplicates of phases 1 and 2.
 //!
 //! Deltas commute and counts only land on SKUs that are quiet meanwhile, so applying the
 //! accepted facts in generation order gives the one correct on_hand. Which concurrent order wins
