@@ -66,8 +66,10 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![4 => op().prop_map(|(o, l)| Step::Apply(o, l)), 1 => any::<usize>().prop_map(Step::Replay)]
 }
 
-#[derive(Default, Clone)]
-struct Model {
+/// Levels and policy of one SKU, applied one fact at a time (also the fault suite's model of
+/// on_hand).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Model {
     on_hand: HashMap<String, i64>,
     threshold: HashMap<String, i64>,
     safety: HashMap<String, i64>,
@@ -77,13 +79,21 @@ impl Model {
     fn policy(map: &HashMap<String, i64>, loc: &str) -> Option<i64> {
         map.get(&format!(":{loc}")).or_else(|| map.get("")).copied()
     }
+    /// on_hand at `loc`.
+    pub(crate) fn on_hand(&self, loc: &str) -> i64 {
+        self.levels(loc).0
+    }
     fn levels(&self, loc: &str) -> (i64, i64) {
         let oh = self.on_hand.get(loc).copied().unwrap_or(0);
         (oh, oh - Self::policy(&self.safety, loc).unwrap_or(0))
     }
     /// Applies `op` at `loc`; returns (location, on_hand after, alerts) per change, or None when
     /// a stale count changed nothing.
-    fn apply(&mut self, op: &Op, loc: &str) -> Option<Vec<(String, i64, Vec<AlertKind>)>> {
+    pub(crate) fn apply(
+        &mut self,
+        op: &Op,
+        loc: &str,
+    ) -> Option<Vec<(String, i64, Vec<AlertKind>)>> {
         let known: Vec<String> = {
             let mut k: Vec<String> = self.on_hand.keys().cloned().collect();
             k.sort();

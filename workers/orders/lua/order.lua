@@ -14,8 +14,8 @@
 --               | {'decided', status, published} (decided before: a replay)
 -- published: the decision is stored                    -> {'ok'}
 -- cancel / expire / fulfilled / finish (finish only completes an interrupted release):
---            -> {'release', status before, lines, status now} while the caller must (still)
---               release the lines | {'nothing', status}
+--            -> {'release', status before, lines, status now, published} while the caller must
+--               (still) release the lines | {'nothing', status}
 -- settled:   the release is finished                   -> {'ok'}
 -- commit:                                              -> {'ok', status}
 --
@@ -62,11 +62,13 @@ elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or acti
     if status == 'placing' then
       -- The placer sees the flag when it decides, and releases; release here too, in case the
       -- placer died: releasing is idempotent and blocks later reservations of these lines.
-      return { 'release', status, o.lines or '', status }
+      return { 'release', status, o.lines or '', status, o.published or '0' }
     end
   end
   if ended[status] then
-    if o.settled ~= '1' then return { 'release', o.from or '', o.lines or '', status } end
+    if o.settled ~= '1' then
+      return { 'release', o.from or '', o.lines or '', status, o.published or '0' }
+    end
     return { 'nothing', status }
   end
   if action == 'finish' then return { 'nothing', status } end
@@ -74,7 +76,7 @@ elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or acti
   if status ~= 'confirmed' then return { 'nothing', status } end
   local final = { cancel = 'cancelled', expire = 'expired', fulfilled = 'fulfilled' }
   redis.call('HSET', key, 'status', final[action], 'from', status)
-  return { 'release', status, o.lines or '', final[action] }
+  return { 'release', status, o.lines or '', final[action], o.published or '0' }
 elseif action == 'commit' then
   redis.call('HSET', key, 'committed', '1')
   return { 'ok', status }

@@ -8,9 +8,12 @@
 -- ARGV[3]  global location priority, comma-separated ('' for none)
 -- ARGV[4]  TTL of a record that holds nothing, seconds
 --
--- Returns {'reserved', location, outcome} | {'short', best available} | {'released'}
+-- Returns {'reserved', location, outcome} | {'short', best available}
+--       | {'released', outcome of its reservation, '' if it never was reserved}
 -- A record that exists answers every replay the same way: a line is reserved at most once, and a
--- line released (or cancelled before it was reserved) is never reserved again.
+-- line released (or cancelled before it was reserved) is never reserved again. A released line
+-- still returns its reservation's outcome: a placer that died before recording the reservation
+-- in the ledger, and whose line a cancel released meanwhile, has it recorded by its redelivery.
 --
 -- Invariant: available (on_hand - reserved - safety) never goes below zero because of a
 -- reservation: a location is taken only when its available covers the whole line.
@@ -24,7 +27,7 @@ if state == 'reserved' then
 elseif state == 'short' then
   return { 'short', redis.call('HGET', record, 'avail') }
 elseif state then
-  return { 'released' }
+  return { 'released', redis.call('HGET', record, 'o') or '' }
 end
 
 local candidates, seen_loc = {}, {}

@@ -224,7 +224,12 @@ impl OrderHandler {
             ["short", available] => Ok(LineResult::Short {
                 available: available.parse().unwrap_or(0),
             }),
-            ["released"] => Ok(LineResult::Released),
+            ["released", text] => {
+                // Released before this delivery got here; if it was reserved, record that
+                // reservation in case its placer died before doing so.
+                self.publish_change(order, line, "reserve", text).await?;
+                Ok(LineResult::Released)
+            }
             other => Err(HandleError::redis(anyhow::anyhow!(
                 "reserve_line answered {other:?}"
             ))),
@@ -390,7 +395,18 @@ impl OrderHandler {
                     .await?;
                 return Ok(outcome);
             }
-            // Decided by an earlier delivery: publish that same decision again.
+            // Decided by an earlier delivery: publish that same decision again — unless the order
+            // has ended since (cancelled while this delivery was reserving): then this delivery's
+            // view of the lines is no decision; finish the release instead.
+            Some("decided")
+                if !matches!(
+                    decide.get(1).map(String::as_str),
+                    Some("confirmed" | "rejected")
+                ) =>
+            {
+                self.end(order, "finish").await?;
+                return Ok(outcome);
+            }
             _ => self.stored_expiry(&order.order_id).await?,
         };
         if confirmed && expires_at_ms > 0 {
@@ -450,19 +466,19 @@ impl OrderHandler {
         Ok(value.unwrap_or(0))
     }
 
-    /// Cancel, expire or finish: release whatever the order holds and say why.
     /// Cancel, expire, finish the fulfilment — or `finish` a release a crash interrupted:
     /// release whatever the order holds and say why. Every step is idempotent; the order is
     /// marked settled only at the end, so a redelivery completes an interrupted release.
     async fn end(&self, order: &OrderCommand, action: &str) -> Result<Outcome, HandleError> {
         let reply = self.order_script(&order.order_id, &[action.into()]).await?;
-        let ["release", before, lines, now] =
+        let ["release", before, lines, now, published] =
             reply.iter().map(String::as_str).collect::<Vec<_>>()[..]
         else {
             return Ok(Outcome::Duplicate);
         };
-        self.release_lines(order, &decode_lines(lines)).await?;
-        if before == "placing" {
+        let lines = decode_lines(lines);
+        self.release_lines(order, &lines).await?;
+        if now == "placing" {
             // A cancel that overtook the decision: the placer finishes the order.
             return Ok(Outcome::Applied);
         }
@@ -474,16 +490,61 @@ impl OrderHandler {
             .await
             .map_err(HandleError::redis)?;
         if before == "confirmed" {
+            if published != "1" {
+                // Its placer died between deciding and reporting: the confirmation comes first.
+                self.publish_stored_confirmation(order, &lines).await?;
+            }
             let reason = match now {
                 "expired" => ReleaseReason::Expired,
                 "fulfilled" => ReleaseReason::FulfilledRemainder,
                 _ => ReleaseReason::Cancelled,
             };
             self.released(order, reason).await?;
+        } else {
+            // Cancelled before its placement ('') or its decision ('placing'): the placer reports
+            // that, unless it died first — then its redelivery, or a repeated cancel, does.
+            self.released(order, ReleaseReason::Cancelled).await?;
         }
         self.order_script(&order.order_id, &["settled".into()])
             .await?;
         Ok(Outcome::Applied)
+    }
+
+    /// Publishes the confirmation an order's placer stored but did not report, rebuilt from the
+    /// line records (each keeps the location it was reserved at), and marks it published.
+    async fn publish_stored_confirmation(
+        &self,
+        order: &OrderCommand,
+        lines: &[Line],
+    ) -> Result<(), HandleError> {
+        let mut redis = self.redis.clone();
+        let mut allocations = Vec::with_capacity(lines.len());
+        for line in lines {
+            let location: Option<String> = redis::cmd("HGET")
+                .arg(
+                    self.keys
+                        .order_line(&line.sku, &order.order_id, &line.line_id),
+                )
+                .arg("loc")
+                .query_async(&mut redis)
+                .await
+                .map_err(HandleError::redis)?;
+            allocations.push(Allocation {
+                line_id: line.line_id.clone(),
+                sku: line.sku.clone(),
+                location: location.unwrap_or_default(),
+                quantity: line.quantity,
+            });
+        }
+        let expires_at_ms = self.stored_expiry(&order.order_id).await?;
+        let result = order_result::Result::Confirmed(OrderConfirmed {
+            lines: allocations,
+            expires_at_ms,
+        });
+        self.publish_result(order, "decision", result).await?;
+        self.order_script(&order.order_id, &["published".into()])
+            .await?;
+        Ok(())
     }
 
     async fn fulfil(
