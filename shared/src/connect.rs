@@ -337,11 +337,10 @@ impl RedisSettings {
         use anyhow::Context as _;
         if self.cluster {
             let client = self.cluster_client()?;
-            let connection = client
-                .get_async_connection()
+            let handle = crate::redis_conn::ClusterHandle::connect(client)
                 .await
                 .with_context(|| self.describe("connecting to the Redis Cluster"))?;
-            return Ok(RedisConnection::Cluster(connection));
+            return Ok(RedisConnection::Cluster(handle));
         }
         let client = self.client()?;
         let config = redis::aio::ConnectionManagerConfig::new()

@@ -207,12 +207,15 @@ pub async fn monitor(
             _ = tick.tick() => {}
         }
         nats_up.set(nats.connection_state() == async_nats::connection::State::Connected);
-        let ping = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async::<String>(&mut redis),
-        )
-        .await;
-        let up = matches!(ping, Ok(Ok(_)));
+        let up = tokio::time::timeout(Duration::from_secs(1), redis.is_up())
+            .await
+            .unwrap_or(false);
+        if !up && redis.is_cluster() {
+            // After a failover: read the slot map again (see `ClusterHandle`).
+            if let Err(e) = redis.refresh().await {
+                tracing::debug!(error = %e, "redis cluster refresh failed");
+            }
+        }
         if up != redis_up.get() {
             if up {
                 tracing::info!("redis is reachable");

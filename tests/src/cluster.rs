@@ -78,10 +78,11 @@ impl NatsCluster {
         if node.child.is_some() {
             return;
         }
+        let log_path = self.dir.path().join(format!("{}.log", node.name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{}.log", node.name)))
+            .open(&log_path)
             .expect("log file");
         let mut child = Command::new(server_binary("nats-server"))
             .arg("-c")
@@ -94,7 +95,7 @@ impl NatsCluster {
             SocketAddr::from(([127, 0, 0, 1], node.port)),
             &mut child,
             "nats-server",
-            None,
+            Some(&log_path),
         );
         node.child = Some(child);
     }
@@ -251,6 +252,25 @@ impl RedisCluster {
 
     /// Index of the node that is primary for `key`'s slot now.
     pub fn primary_for(&self, key: &str) -> usize {
+        self.find_primary_for(key)
+            .unwrap_or_else(|| panic!("no primary serves {key}"))
+    }
+
+    /// Kills the primary of `key`'s slot and waits until its replica has taken over and every
+    /// slot is served again; returns the killed node's index.
+    pub fn fail_over(&mut self, key: &str) -> usize {
+        let old = self.primary_for(key);
+        self.stop_node(old);
+        let started = Instant::now();
+        while self.find_primary_for(key).is_none_or(|now| now == old) {
+            assert!(started.elapsed() < DEADLINE, "no replica took over {key}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok();
+        old
+    }
+
+    fn find_primary_for(&self, key: &str) -> Option<usize> {
         let live = self
             .nodes
             .iter()
@@ -258,11 +278,8 @@ impl RedisCluster {
             .expect("a live node");
         let slot: u16 = self
             .cli(live.port, &["CLUSTER", "KEYSLOT", key])
-            .and_then(|s| s.trim().parse().ok())
-            .expect("CLUSTER KEYSLOT");
-        let nodes = self
-            .cli(live.port, &["CLUSTER", "NODES"])
-            .expect("CLUSTER NODES");
+            .and_then(|s| s.trim().parse().ok())?;
+        let nodes = self.cli(live.port, &["CLUSTER", "NODES"])?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -279,26 +296,29 @@ impl RedisCluster {
                 let port: u16 = fields[1]
                     .split(['@', ':'])
                     .nth(1)
-                    .and_then(|p| p.parse().ok())
-                    .expect("node address");
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| n.port == port)
-                    .expect("a node of ours");
+                    .and_then(|p| p.parse().ok())?;
+                return self.nodes.iter().position(|n| n.port == port);
             }
         }
-        panic!("no primary serves slot {slot}");
+        None
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and all slots are assigned.
+    /// Waits until every live node reports `cluster_state:ok` with all slots served, and every
+    /// live replica is in sync with its primary (a replica that never synced refuses to take
+    /// over: `cluster-replica-validity-factor`).
     pub fn wait_until_ok(&self) {
         let started = Instant::now();
         loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                self.cli(n.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                let serving = self.cli(n.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
                     info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-                })
+                });
+                let synced = self
+                    .cli(n.port, &["INFO", "replication"])
+                    .is_some_and(|info| {
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    });
+                serving && synced
             });
             if ok {
                 return;

@@ -86,9 +86,25 @@ async fn a_promoted_replica_misses_at_most_what_reconcile_repairs() {
     let mut world = ClusterWorld::start().await;
     let workers = [world.stock_worker(), world.stock_worker()];
     publish_range(&world, 0..EVENTS / 2).await;
-    let primary = world.redis.primary_for(&world.keys.stock(&sku(0)));
-    world.redis.stop_node(primary);
-    world.redis.wait_until_ok();
+    // Kill while the workers are writing, not before they start.
+    stockflow_tests::eventually(
+        "the workers are busy",
+        stockflow_tests::DEADLINE,
+        || async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = world
+                .js
+                .get_stream(subjects::STOCK_EVENTS)
+                .await
+                .ok()?
+                .get_consumer("stock-worker")
+                .await
+                .ok()?;
+            let acked = consumer.info().await.ok()?.ack_floor.stream_sequence;
+            (acked >= (EVENTS / 8) as u64).then_some(())
+        },
+    )
+    .await;
+    let primary = world.redis.fail_over(&world.keys.stock(&sku(0)));
     println!(
         "killed the Redis primary of {} after {} events",
         sku(0),

@@ -15,7 +15,11 @@ use stockflow_tests::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Each world runs nine servers: two at a time are what a 2-core machine carries.
+static WORLDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub(crate) struct ClusterWorld {
+    _turn: tokio::sync::SemaphorePermit<'static>,
     pub(crate) nats: NatsCluster,
     pub(crate) redis: RedisCluster,
     pub(crate) js: jetstream::Context,
@@ -40,11 +44,15 @@ impl RunningWorker {
 
 impl ClusterWorld {
     pub(crate) async fn start() -> Self {
+        let turn = WORLDS.acquire().await.expect("semaphore open");
         let nats = NatsCluster::start();
         let redis = RedisCluster::start();
-        let client = async_nats::connect(nats.urls())
-            .await
-            .expect("connect nats");
+        let urls: Vec<async_nats::ServerAddr> = nats
+            .urls()
+            .split(',')
+            .map(|u| u.parse().expect("server address"))
+            .collect();
+        let client = async_nats::connect(urls).await.expect("connect nats");
         let js = jetstream::new(client);
         let settings = topology::TopologySettings {
             replicas: 3,
@@ -58,6 +66,7 @@ impl ClusterWorld {
         })
         .await;
         Self {
+            _turn: turn,
             nats,
             redis,
             js,
@@ -75,7 +84,10 @@ impl ClusterWorld {
             ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
             ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", "10".into()),
             ("STOCKFLOW_HOLD_POLL_MILLIS", "20".into()),
-            ("STOCKFLOW_LOG", "warn".into()),
+            (
+                "STOCKFLOW_LOG",
+                std::env::var("STOCKFLOW_TEST_LOG").unwrap_or_else(|_| "warn,redis=error".into()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -85,6 +97,7 @@ impl ClusterWorld {
 
     pub(crate) fn stock_worker(&self) -> RunningWorker {
         let settings = stock_worker::Settings::from_env(&self.env()).expect("settings");
+        settings.worker.log.init();
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let task = tokio::spawn(stock_worker::run(settings, async move {
