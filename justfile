@@ -36,6 +36,15 @@ services-start:
 services-stop:
     @scripts/dev-services stop
 
+# Start a local 3-node NATS cluster and a Redis Cluster (3 primaries + 3 replicas), state in
+# .dev/cluster; `eval "$(scripts/dev-cluster env)"` points the binaries at them
+cluster-start:
+    @scripts/dev-cluster start
+
+# Stop the local clusters (state stays in .dev/cluster)
+cluster-stop:
+    @scripts/dev-cluster stop
+
 # Show whether the local services run and answer
 services-status:
     -@scripts/dev-services status
