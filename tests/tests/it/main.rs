@@ -13,6 +13,7 @@ mod limits;
 mod malformed;
 mod model;
 mod notify;
+mod ordering;
 mod orders;
 mod rebuild;
 mod secrets;
