@@ -43,8 +43,11 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Run the benchmark driver
+# Run the benchmarks (see BENCHMARKS.md): `just bench --quick` for a smoke run,
+# `just bench --write BENCHMARKS.md` to refresh the results there. Needs PostgreSQL (installed here)
 bench *args:
+    python3 scripts/bootstrap.py --with postgresql
+    cargo build --release --locked -p stock-worker -p order-worker
     cargo run --release --locked -p stockflow-bench -- "$@"
 
 # Check the Helm chart
