@@ -94,7 +94,10 @@ pub(crate) fn orders(
         .collect()
 }
 
-async fn send(js: &jetstream::Context, input: &Input) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+async fn send(
+    js: &jetstream::Context,
+    input: &Input,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", input.msg_id.as_str());
     Ok(js
@@ -262,7 +265,8 @@ pub(crate) async fn open_loop(
             None => unacked += 1,
         }
     }
-    let achieved = latencies.len() as f64 / last_ack.duration_since(started).as_secs_f64().max(1e-3);
+    let achieved =
+        latencies.len() as f64 / last_ack.duration_since(started).as_secs_f64().max(1e-3);
     let counted = latencies.split_off(warm_up.min(latencies.len()));
     let (p50_ms, p99_ms, max_ms) = summarize(counted);
     Ok(Latency {

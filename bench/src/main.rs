@@ -12,7 +12,8 @@ mod summary;
 /// The hidden subcommand that runs the raw path as its own process.
 pub(crate) const RAW_WORKER_COMMAND: &str = "raw-worker";
 
-const USAGE: &str = "usage: stockflow-bench [--quick] [--runs N] [--only SCENARIO[,SCENARIO…]] [--write FILE]
+const USAGE: &str =
+    "usage: stockflow-bench [--quick] [--runs N] [--only SCENARIO[,SCENARIO…]] [--write FILE]
   --quick        small runs (a smoke test of every scenario, about a minute)
   --runs N       runs per measurement (default 3, --quick 1)
   --only LIST    scenarios: stock, latency, scale, orders, flash, postgres

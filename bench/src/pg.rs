@@ -49,7 +49,8 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     }
     std::env::var_os("PATH")
         .and_then(|paths| {
-            std::env::split_paths(&paths).find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+            std::env::split_paths(&paths)
+                .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
         })
         .context(
             "PostgreSQL not found: run `python3 scripts/bootstrap.py --with postgresql` \
@@ -106,7 +107,11 @@ impl Postgres {
                 "UTF8".as_ref(),
             ],
         )?;
-        let socket_dir = server.data.parent().map(Path::to_path_buf).unwrap_or_default();
+        let socket_dir = server
+            .data
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=64 \
              -c shared_buffers=256MB -c synchronous_commit=off",
@@ -331,16 +336,12 @@ async fn transaction(
     event: &Event,
 ) -> anyhow::Result<bool> {
     let tx = client.transaction().await?;
-    let fresh = tx
-        .execute(&statements.dedup, &[&event.id])
-        .await?;
+    let fresh = tx.execute(&statements.dedup, &[&event.id]).await?;
     if fresh == 0 {
         tx.rollback().await?;
         return Ok(false);
     }
-    let row = tx
-        .query_one(&statements.lock, &[&event.sku])
-        .await?;
+    let row = tx.query_one(&statements.lock, &[&event.sku]).await?;
     let (on_hand, reserved): (i64, i64) = (row.get(0), row.get(1));
     let (after_on_hand, after_reserved, label) = match kind {
         Kind::Fact => (on_hand + event.quantity, reserved, "received"),

@@ -31,7 +31,11 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A worker process with its own `/readyz` listener.
+/// Environment variable: a command (and its options) every worker is started under, for profiling.
+pub(crate) const WRAPPER: &str = "STOCKFLOW_BENCH_WORKER_WRAPPER";
+
+/// A worker process with its own `/readyz` listener; stopped with SIGTERM (a graceful shutdown,
+/// which also lets a profiler write its output), killed if it does not exit in time.
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
     child: KillOnDrop,
@@ -48,7 +52,18 @@ impl WorkerProcess {
         redis_url: &str,
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let child = Command::new(program)
+        // A profiler in front of the worker, e.g. `valgrind --tool=callgrind`.
+        let wrapper = std::env::var(WRAPPER).unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut command = match wrapper.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(wrapper).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let child = command
             .args(args)
             .env("STOCKFLOW_NATS_URL", nats_url)
             .env("STOCKFLOW_REDIS_URL", redis_url)
@@ -79,8 +94,8 @@ impl WorkerProcess {
                 return Ok(());
             }
             anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "worker not ready on {} after 30 s",
+                started.elapsed() < Duration::from_secs(120),
+                "worker not ready on {} after 120 s",
                 self.metrics
             );
             // Poll interval of a wait bounded above.
@@ -90,6 +105,24 @@ impl WorkerProcess {
 
     pub(crate) fn memory(&self) -> Memory {
         Memory::of(self.pid())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let started = Instant::now();
+        while terminated && started.elapsed() < Duration::from_secs(60) {
+            if !matches!(self.child.0.try_wait(), Ok(None)) {
+                return;
+            }
+            // Poll interval of a wait bounded above; Drop cannot await.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // KillOnDrop sends SIGKILL next.
     }
 }
 
@@ -156,15 +189,18 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 /// Pid of the running `name` whose command line holds `port` (the harness does not expose its
 /// children's pids; the port is unique to this run).
 pub(crate) fn pid_of(name: &str, port: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let program = args.first()?;
-        let is_name = program.ends_with(name.as_bytes());
-        let has_port = args.iter().any(|a| *a == port.as_bytes());
-        (is_name && has_port).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let program = args.first()?;
+            let is_name = program.ends_with(name.as_bytes());
+            let has_port = args.contains(&port.as_bytes());
+            (is_name && has_port).then_some(pid)
+        })
 }
 
 /// CPU seconds of a set of processes between two instants.

@@ -12,8 +12,7 @@ use stockflow_proto::{
 use stockflow_shared::keys::Keys;
 
 use crate::{
-    load,
-    pg,
+    load, pg,
     procs::{self, CpuMeter, WorkerProcess},
     raw,
     report::{Runs, Table},
@@ -46,13 +45,13 @@ impl Config {
     pub(crate) fn full() -> Self {
         Self {
             runs: 3,
-            facts: 60_000,
+            facts: 40_000,
             skus: 1_000,
-            latency_seconds: 8.0,
-            orders: 20_000,
-            flash_orders: 10_000,
-            flash_stock: 2_500,
-            pg_events: 10_000,
+            latency_seconds: 6.0,
+            orders: 10_000,
+            flash_orders: 5_000,
+            flash_stock: 1_250,
+            pg_events: 5_000,
             pg_pools: vec![1, 2, 4, 8, 16],
             only: Vec::new(),
         }
@@ -146,7 +145,28 @@ struct DrainRun {
     per_second: f64,
     /// µs of CPU per event: workers (summed), nats-server, redis-server.
     cpu_us: [f64; 3],
+    /// µs redis-server spent inside script calls per event (`INFO commandstats`): the cost of
+    /// the Lua work itself, steadier than process CPU time.
+    script_us: f64,
     peak_mib: Vec<f64>,
+}
+
+/// Total µs redis-server spent in `EVALSHA`/`EVAL` so far.
+async fn script_usec(stack: &Stack) -> anyhow::Result<f64> {
+    let mut conn = stack.conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(',')
+                .find_map(|field| field.strip_prefix("usec="))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum())
 }
 
 const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
@@ -154,10 +174,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 async fn start_path(path: Path, stack: &Stack) -> anyhow::Result<WorkerProcess> {
     let (program, args): (_, &[&str]) = match path {
         Path::Stockflow => (procs::sibling_binary("stock-worker")?, &[]),
-        Path::Raw => (
-            std::env::current_exe()?,
-            &[crate::RAW_WORKER_COMMAND],
-        ),
+        Path::Raw => (std::env::current_exe()?, &[crate::RAW_WORKER_COMMAND]),
     };
     WorkerProcess::start(&program, args, &stack.nats_url(), &stack.redis_url()).await
 }
@@ -174,7 +191,12 @@ fn cpu_per_event(meter: &CpuMeter, workers: &[WorkerProcess], events: f64) -> [f
 }
 
 /// Publishes a backlog of stock facts, starts `workers` processes of `path`, measures the drain.
-async fn drain_stock(cfg: &Config, path: Path, workers: usize, run: usize) -> anyhow::Result<DrainRun> {
+async fn drain_stock(
+    cfg: &Config,
+    path: Path,
+    workers: usize,
+    run: usize,
+) -> anyhow::Result<DrainRun> {
     let stack = Stack::start().await?;
     if path == Path::Raw {
         raw::declare(&stack.js).await?;
@@ -198,6 +220,7 @@ async fn drain_stock(cfg: &Config, path: Path, workers: usize, run: usize) -> an
     Ok(DrainRun {
         per_second: drain.per_second,
         cpu_us: cpu_per_event(&meter, &running, inputs.len() as f64),
+        script_us: script_usec(&stack).await? / inputs.len() as f64,
         peak_mib: running.iter().map(|w| w.memory().peak_mib).collect(),
     })
 }
@@ -216,6 +239,7 @@ pub(crate) async fn stock_throughput(cfg: &Config, results: &mut Results) -> any
             "worker CPU µs/event",
             "nats-server CPU µs/event",
             "redis-server CPU µs/event",
+            "of which in scripts µs/event",
             "worker peak RSS MiB",
         ],
     );
@@ -225,11 +249,22 @@ pub(crate) async fn stock_throughput(cfg: &Config, results: &mut Results) -> any
         cfg.facts, cfg.skus
     );
     for path in [Path::Stockflow, Path::Raw] {
-        let (mut rate, mut cpu, mut peak) = (Runs::default(), <[Runs; 3]>::default(), Runs::default());
+        let (mut rate, mut cpu, mut peak, mut script) = (
+            Runs::default(),
+            <[Runs; 3]>::default(),
+            Runs::default(),
+            Runs::default(),
+        );
         for run in 0..cfg.runs {
             let r = drain_stock(cfg, path, 1, run).await?;
-            eprintln!("  {} run {}: {:.0} events/s", path.label(), run + 1, r.per_second);
+            eprintln!(
+                "  {} run {}: {:.0} events/s",
+                path.label(),
+                run + 1,
+                r.per_second
+            );
             rate.push(r.per_second);
+            script.push(r.script_us);
             for (runs, value) in cpu.iter_mut().zip(r.cpu_us) {
                 runs.push(value);
             }
@@ -243,6 +278,7 @@ pub(crate) async fn stock_throughput(cfg: &Config, results: &mut Results) -> any
         }
         let mut row = vec![path.label().to_owned(), rate.show(0)];
         row.extend(fmt_cpu(&cpu));
+        row.push(script.show(1));
         row.push(peak.show(1));
         table.row(row);
     }
@@ -254,7 +290,13 @@ pub(crate) async fn stock_throughput(cfg: &Config, results: &mut Results) -> any
 pub(crate) async fn scale(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
     let mut table = Table::new(
         "Stock facts: worker processes sharing one stream",
-        &["processes", "events/s", "workers' CPU µs/event (sum)", "nats-server", "redis-server"],
+        &[
+            "processes",
+            "events/s",
+            "workers' CPU µs/event (sum)",
+            "nats-server",
+            "redis-server",
+        ],
     );
     table.note = "Same backlog as above. On 2 cores shared with nats-server, redis-server and \
                   the load generator, more processes add contention, not capacity."
@@ -263,7 +305,11 @@ pub(crate) async fn scale(cfg: &Config, results: &mut Results) -> anyhow::Result
         let (mut rate, mut cpu) = (Runs::default(), <[Runs; 3]>::default());
         for run in 0..cfg.runs {
             let r = drain_stock(cfg, Path::Stockflow, workers, run).await?;
-            eprintln!("  {workers} workers run {}: {:.0} events/s", run + 1, r.per_second);
+            eprintln!(
+                "  {workers} workers run {}: {:.0} events/s",
+                run + 1,
+                r.per_second
+            );
             rate.push(r.per_second);
             for (runs, value) in cpu.iter_mut().zip(r.cpu_us) {
                 runs.push(value);
@@ -296,8 +342,12 @@ pub(crate) async fn latency(cfg: &Config, results: &mut Results) -> anyhow::Resu
         (Path::Raw, 10_000.0),
     ];
     for (path, rate) in loads {
-        let (mut achieved, mut p50, mut p99, mut worst) =
-            (Runs::default(), Runs::default(), Runs::default(), Runs::default());
+        let (mut achieved, mut p50, mut p99, mut worst) = (
+            Runs::default(),
+            Runs::default(),
+            Runs::default(),
+            Runs::default(),
+        );
         for run in 0..cfg.runs {
             let stack = Stack::start().await?;
             if path == Path::Raw {
@@ -307,8 +357,14 @@ pub(crate) async fn latency(cfg: &Config, results: &mut Results) -> anyhow::Resu
             let idle = worker.memory().rss_mib;
             let n = (rate * cfg.latency_seconds) as usize;
             let inputs = load::stock_facts(n, cfg.skus, &format!("l{run}"));
-            let l = load::open_loop(&stack.client, &stack.js, subjects::STOCK_EVENTS, &inputs, rate)
-                .await?;
+            let l = load::open_loop(
+                &stack.client,
+                &stack.js,
+                subjects::STOCK_EVENTS,
+                &inputs,
+                rate,
+            )
+            .await?;
             eprintln!(
                 "  {} at {rate:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms ({} unacked)",
                 path.label(),
@@ -341,7 +397,11 @@ pub(crate) async fn latency(cfg: &Config, results: &mut Results) -> anyhow::Resu
 
 const DEEP_STOCK: i64 = 1_000_000_000;
 
-async fn stock_up(stack: &Stack, skus: impl IntoIterator<Item = String>, on_hand: i64) -> anyhow::Result<()> {
+async fn stock_up(
+    stack: &Stack,
+    skus: impl IntoIterator<Item = String>,
+    on_hand: i64,
+) -> anyhow::Result<()> {
     let keys = Keys::new("sf");
     let mut conn = stack.conn.clone();
     for sku in skus {
@@ -358,7 +418,14 @@ fn sku_names(n: usize) -> impl Iterator<Item = String> {
 pub(crate) async fn orders(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
     let mut table = Table::new(
         "Orders: order-worker throughput and decision latency",
-        &["order", "orders/s (backlog)", "offered orders/s", "p50 ms", "p99 ms", "worker peak RSS MiB"],
+        &[
+            "order",
+            "orders/s (backlog)",
+            "offered orders/s",
+            "p50 ms",
+            "p99 ms",
+            "worker peak RSS MiB",
+        ],
     );
     table.note = format!(
         "{} orders over {} SKUs with ample stock; latency open loop at half the measured \
@@ -387,7 +454,11 @@ pub(crate) async fn orders(cfg: &Config, results: &mut Results) -> anyhow::Resul
                 DRAIN_DEADLINE,
             )
             .await?;
-            eprintln!("  {lines}-line orders run {}: {:.0} orders/s", run + 1, drain.per_second);
+            eprintln!(
+                "  {lines}-line orders run {}: {:.0} orders/s",
+                run + 1,
+                drain.per_second
+            );
             rate.push(drain.per_second);
             let p = worker.memory().peak_mib;
             peak.push(p);
@@ -404,8 +475,14 @@ pub(crate) async fn orders(cfg: &Config, results: &mut Results) -> anyhow::Resul
             let idle = worker.memory().rss_mib;
             let n = (offered * cfg.latency_seconds) as usize;
             let inputs = load::orders(n, lines, &format!("ol{run}"), sku);
-            let l = load::open_loop(&stack.client, &stack.js, subjects::ORDER_EVENTS, &inputs, offered)
-                .await?;
+            let l = load::open_loop(
+                &stack.client,
+                &stack.js,
+                subjects::ORDER_EVENTS,
+                &inputs,
+                offered,
+            )
+            .await?;
             eprintln!(
                 "  {lines}-line orders at {offered:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms",
                 run + 1,
@@ -431,7 +508,8 @@ pub(crate) async fn orders(cfg: &Config, results: &mut Results) -> anyhow::Resul
 
 /// Counts confirmed decisions in `ORDER_RESULTS`.
 async fn confirmed(stack: &Stack) -> anyhow::Result<u64> {
-    let messages = stockflow_tests::read_stream(&stack.js, subjects::ORDER_RESULTS, "orders.results.>").await;
+    let messages =
+        stockflow_tests::read_stream(&stack.js, subjects::ORDER_RESULTS, "orders.results.>").await;
     let mut confirmed = 0;
     for message in messages {
         let result = OrderResult::decode(message.payload.clone())?;
@@ -444,10 +522,21 @@ async fn confirmed(stack: &Stack) -> anyhow::Result<u64> {
 
 /// One SKU, many concurrent orders of one unit: throughput and proof of zero oversell, for the
 /// order-worker and for the PostgreSQL baseline (best pool size).
-pub(crate) async fn flash_sale(cfg: &Config, results: &mut Results, pg: Option<&pg::Postgres>) -> anyhow::Result<()> {
+pub(crate) async fn flash_sale(
+    cfg: &Config,
+    results: &mut Results,
+    pg: Option<&pg::Postgres>,
+) -> anyhow::Result<()> {
     let mut table = Table::new(
         "Flash sale: one hot SKU, many concurrent single-unit orders",
-        &["system", "orders/s", "confirmed", "stock", "on_hand / reserved after", "oversold"],
+        &[
+            "system",
+            "orders/s",
+            "confirmed",
+            "stock",
+            "on_hand / reserved after",
+            "oversold",
+        ],
     );
     table.note = format!(
         "{} orders for one SKU with {} in stock: every order is decided (confirmed or rejected); \
@@ -463,7 +552,8 @@ pub(crate) async fn flash_sale(cfg: &Config, results: &mut Results, pg: Option<&
         let inputs = load::orders(cfg.flash_orders, 1, &format!("f{run}"), |_, _| "HOT".into());
         load::preload(&stack.js, &inputs).await?;
         let worker =
-            WorkerProcess::start(&worker_binary, &[], &stack.nats_url(), &stack.redis_url()).await?;
+            WorkerProcess::start(&worker_binary, &[], &stack.nats_url(), &stack.redis_url())
+                .await?;
         let drain = load::measure_drain(
             &stack.js,
             subjects::ORDER_EVENTS,
@@ -516,22 +606,21 @@ pub(crate) async fn flash_sale(cfg: &Config, results: &mut Results, pg: Option<&
             format!("{} / {}", levels.0, levels.1),
             if sound { "no".into() } else { "**YES**".into() },
         ]);
-        results.tables.push(std::mem::replace(
-            &mut table,
-            Table::new("PostgreSQL baseline: connection pool sweep (flash-sale reservations)", &[]),
-        ));
-        table = Table::new(
+        let mut sweep_table = Table::new(
             "PostgreSQL baseline: connection pool sweep (flash-sale reservations)",
             &["pool size", "orders/s"],
         );
-        table.note = format!(
+        sweep_table.note = format!(
             "{} single-unit reservations of the hot SKU ({} in stock), one transaction each (as \
              for the facts, the update only when on_hand − reserved covers the order).",
             cfg.flash_orders, cfg.flash_stock
         );
         for (pool, runs) in &sweep {
-            table.row(vec![pool.to_string(), runs.show(0)]);
+            sweep_table.row(vec![pool.to_string(), runs.show(0)]);
         }
+        results.tables.push(table);
+        results.tables.push(sweep_table);
+        return Ok(());
     }
     results.tables.push(table);
     Ok(())
@@ -605,7 +694,11 @@ fn pg_events(cfg: &Config, kind: pg::Kind, run: usize) -> (Arc<Vec<pg::Event>>, 
 }
 
 /// Throughput per pool size, `cfg.runs` runs each.
-async fn pg_sweep(cfg: &Config, pg: &pg::Postgres, kind: pg::Kind) -> anyhow::Result<Vec<(usize, Runs)>> {
+async fn pg_sweep(
+    cfg: &Config,
+    pg: &pg::Postgres,
+    kind: pg::Kind,
+) -> anyhow::Result<Vec<(usize, Runs)>> {
     let mut out: Vec<(usize, Runs)> = cfg.pg_pools.iter().map(|p| (*p, Runs::default())).collect();
     for run in 0..cfg.runs {
         for (pool, runs) in &mut out {
@@ -616,7 +709,11 @@ async fn pg_sweep(cfg: &Config, pg: &pg::Postgres, kind: pg::Kind) -> anyhow::Re
             };
             pg::prepare(pg, &skus, stock).await?;
             let outcome = pg::run(pg, kind, events, *pool).await?;
-            eprintln!("  PostgreSQL {kind:?} pool {pool} run {}: {:.0}/s", run + 1, outcome.per_second);
+            eprintln!(
+                "  PostgreSQL {kind:?} pool {pool} run {}: {:.0}/s",
+                run + 1,
+                outcome.per_second
+            );
             runs.push(outcome.per_second);
         }
     }
@@ -625,7 +722,11 @@ async fn pg_sweep(cfg: &Config, pg: &pg::Postgres, kind: pg::Kind) -> anyhow::Re
 
 /// The PostgreSQL baseline on the stock facts (same events as the stock throughput), with the
 /// pool-size sweep as its own table.
-pub(crate) async fn postgres_facts(cfg: &Config, results: &mut Results, pg: &pg::Postgres) -> anyhow::Result<()> {
+pub(crate) async fn postgres_facts(
+    cfg: &Config,
+    results: &mut Results,
+    pg: &pg::Postgres,
+) -> anyhow::Result<()> {
     let facts = pg_sweep(cfg, pg, pg::Kind::Fact).await?;
     let mut table = Table::new(
         "PostgreSQL baseline: connection pool sweep (stock facts)",

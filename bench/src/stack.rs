@@ -53,11 +53,14 @@ impl Stack {
 /// redis-server rewrites its command line to `redis-server 127.0.0.1:<port>`; the port alone
 /// as an argument is the command line before that.
 fn find_redis(port: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).ok()?;
-        let ours = cmdline.contains(&format!(":{port}"))
-            || cmdline.split('\0').any(|arg| arg == port);
-        (cmdline.contains("redis-server") && ours).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).ok()?;
+            let ours =
+                cmdline.contains(&format!(":{port}")) || cmdline.split('\0').any(|arg| arg == port);
+            (cmdline.contains("redis-server") && ours).then_some(pid)
+        })
 }

@@ -14,7 +14,11 @@ fn output(program: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text).trim().to_owned()
         })
         .unwrap_or_else(|_| format!("{program}: not found"))
@@ -34,7 +38,9 @@ fn machine() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or_else(String::new, |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
+        .map_or_else(String::new, |kib| {
+            format!("{:.1} GiB", kib / 1024.0 / 1024.0)
+        });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
         "- CPU: {} — {} CPUs ({} threads per core), {}\n- memory: {memory}\n- kernel: {}\n\
@@ -44,7 +50,10 @@ fn machine() -> String {
         field("Thread(s) per core:"),
         field("Architecture:"),
         output("uname", &["-sr"]),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }
 
@@ -66,7 +75,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 fn show(value: Option<f64>, decimals: usize, unit: &str) -> String {
-    value.map_or_else(|| "not measured".into(), |v| format!("{v:.decimals$}{unit}"))
+    value.map_or_else(
+        || "not measured".into(),
+        |v| format!("{v:.decimals$}{unit}"),
+    )
 }
 
 fn met(ok: Option<bool>) -> &'static str {
@@ -78,7 +90,10 @@ fn met(ok: Option<bool>) -> &'static str {
 }
 
 fn targets(results: &Results) -> Table {
-    let mut table = Table::new("Ratios and targets", &["what", "measured", "target", "status"]);
+    let mut table = Table::new(
+        "Ratios and targets",
+        &["what", "measured", "target", "status"],
+    );
     let stock_raw = ratio(results.stock_max, results.raw_max);
     table.row(vec![
         "one stock-worker / raw path, throughput".into(),
@@ -128,7 +143,11 @@ fn targets(results: &Results) -> Table {
 fn memory_table(results: &Results) -> Table {
     let mut table = Table::new(
         "Memory: resident set of each worker process",
-        &["process", "idle (VmRSS after start)", "peak under load (VmHWM)"],
+        &[
+            "process",
+            "idle (VmRSS after start)",
+            "peak under load (VmHWM)",
+        ],
     );
     table.note = "MiB, from /proc/<pid>/status, over every run of the scenarios above.".into();
     for (worker, idle, peak) in &results.memory {

@@ -70,6 +70,8 @@ pub struct StockHandler {
     apply: redis::Script,
     mark_published: redis::Script,
     dedup_ttl_seconds: u64,
+    /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
+    apply_seconds: metrics::Histogram,
 }
 
 impl StockHandler {
@@ -97,11 +99,21 @@ impl StockHandler {
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
             mark_published: stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
             dedup_ttl_seconds,
+            apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
         }
     }
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
+        self.apply_keyed(fact, &self.dedup_key(fact)).await
+    }
+
+    /// The key of `fact`'s dedup record, built once per event for both scripts.
+    fn dedup_key(&self, fact: &Fact) -> String {
+        self.keys.event(&fact.sku, &fact.meta.event_id)
+    }
+
+    async fn apply_keyed(&self, fact: &Fact, dedup_key: &str) -> Result<Applied, HandleError> {
         let args = fact.script_args();
         let fingerprint = fact.fingerprint(&args);
         let [quantity, expected, to, threshold, safety, priority] = args;
@@ -109,7 +121,7 @@ impl StockHandler {
         let mut redis = self.redis.clone();
         let reply: Vec<String> = self
             .apply
-            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
+            .key(dedup_key)
             .key(self.keys.stock(&fact.sku))
             .key(self.keys.policy(&fact.sku))
             .arg(fact.op.name())
@@ -125,8 +137,7 @@ impl StockHandler {
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
-        metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock")
-            .record(started.elapsed().as_secs_f64());
+        self.apply_seconds.record(started.elapsed().as_secs_f64());
         let parse = |text: &str| outcome::Outcome::parse(text).map_err(HandleError::redis);
         match reply
             .iter()
@@ -147,7 +158,12 @@ impl StockHandler {
         }
     }
 
-    async fn publish(&self, fact: &Fact, outcome: &outcome::Outcome) -> Result<(), HandleError> {
+    async fn publish(
+        &self,
+        fact: &Fact,
+        dedup_key: &str,
+        outcome: &outcome::Outcome,
+    ) -> Result<(), HandleError> {
         let cause = Cause {
             sku: &fact.sku,
             cause_id: &fact.meta.event_id,
@@ -160,7 +176,7 @@ impl StockHandler {
             .map_err(HandleError::nats)?;
         let mut redis = self.redis.clone();
         self.mark_published
-            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
+            .key(dedup_key)
             .invoke_async::<i64>(&mut redis)
             .await
             .map_err(HandleError::redis)?;
@@ -172,9 +188,10 @@ impl Handler for StockHandler {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
         let fact = fact::parse(message.subject.as_str(), &message.payload)?;
         let event_type = fact.op.name();
-        let outcome = match self.apply(&fact).await? {
+        let dedup_key = self.dedup_key(&fact);
+        let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
             Applied::New(outcome) => {
-                self.publish(&fact, &outcome).await?;
+                self.publish(&fact, &dedup_key, &outcome).await?;
                 match outcome.verdict {
                     Verdict::Applied => Outcome::Applied,
                     _ => Outcome::Stale,
@@ -184,7 +201,7 @@ impl Handler for StockHandler {
                 // A crash between the script and the publish leaves `published` unset: finish
                 // the job; JetStream drops what was already stored.
                 if !published {
-                    self.publish(&fact, &outcome).await?;
+                    self.publish(&fact, &dedup_key, &outcome).await?;
                 }
                 Outcome::Duplicate
             }
