@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod fact;
+mod marks;
 
 use std::{future::Future, time::Instant};
 
@@ -68,7 +69,8 @@ pub struct StockHandler {
     keys: Keys,
     ledger: Ledger,
     apply: redis::Script,
-    mark_published: redis::Script,
+    /// `mark_published`, batched across in-flight events.
+    marks: marks::Marks,
     dedup_ttl_seconds: u64,
     /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
     apply_seconds: metrics::Histogram,
@@ -92,12 +94,16 @@ impl StockHandler {
         keys: Keys,
         dedup_ttl_seconds: u64,
     ) -> Self {
+        let marks = marks::Marks::start(
+            redis.clone(),
+            stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+        );
         Self {
             redis,
             keys,
             ledger: Ledger::new(js),
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
-            mark_published: stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+            marks,
             dedup_ttl_seconds,
             apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
         }
@@ -174,10 +180,9 @@ impl StockHandler {
             .publish(cause, outcome)
             .await
             .map_err(HandleError::nats)?;
-        let mut redis = self.redis.clone();
-        self.mark_published
-            .key(dedup_key)
-            .invoke_async::<i64>(&mut redis)
+        // Before the ack: a later duplicate must find the mark, even past JetStream's window.
+        self.marks
+            .mark(dedup_key.to_owned())
             .await
             .map_err(HandleError::redis)?;
         Ok(())
