@@ -54,9 +54,13 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Run the benchmark driver
+# Installs PostgreSQL if missing. The three packages build together: built apart, their shared
+# dependencies would compile twice with different features.
+# Run the benchmarks (BENCHMARKS.md; --quick: smoke run, --write BENCHMARKS.md: refresh it)
 bench *args:
-    cargo run --release --locked -p stockflow-bench -- "$@"
+    python3 scripts/bootstrap.py --with postgresql
+    cargo build --release --locked -p stock-worker -p order-worker -p stockflow-bench
+    "${CARGO_TARGET_DIR:-target}/release/stockflow-bench" "$@"
 
 # Check the Helm chart
 helm-check:

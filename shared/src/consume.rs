@@ -5,8 +5,9 @@
 //! a quietly stalled subscription all lead to re-binding the consumer after a back-off.
 
 use std::{
+    collections::HashMap,
     future::Future,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -178,6 +179,38 @@ pub struct Consumer {
     pub settings: ConsumeSettings,
 }
 
+/// Metric handles of the per-message path, registered once: registering builds the labelled key
+/// and looks it up in the registry, which per message showed up in the worker's profile.
+#[derive(Debug)]
+struct LoopMetrics {
+    in_flight: metrics::Gauge,
+    latency: metrics::Histogram,
+    /// `stockflow_events_total` by (type, outcome) of handled messages.
+    handled: Mutex<HashMap<(&'static str, &'static str), metrics::Counter>>,
+}
+
+impl LoopMetrics {
+    fn new(worker: &'static str) -> Self {
+        Self {
+            in_flight: metrics::gauge!("stockflow_messages_in_flight", "worker" => worker),
+            latency: metrics::histogram!("stockflow_event_latency_seconds", "worker" => worker),
+            handled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn handled(&self, worker: &'static str, handled: Handled) {
+        let key = (handled.event_type, handled.outcome.as_str());
+        // A poisoned lock only means another task panicked while holding it: the map is intact.
+        let mut counters = self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        counters
+            .entry(key)
+            .or_insert_with(|| {
+                metrics::counter!("stockflow_events_total", "worker" => worker, "type" => key.0, "outcome" => key.1)
+            })
+            .increment(1);
+    }
+}
+
 /// Back-off for re-binding and NAKs: doubling from `base`, capped, with jitter.
 fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(16));
@@ -205,6 +238,7 @@ impl Consumer {
         shutdown: CancellationToken,
     ) {
         let worker = self.spec.durable;
+        let loop_metrics = Arc::new(LoopMetrics::new(worker));
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
@@ -215,7 +249,13 @@ impl Consumer {
                     metrics::gauge!("stockflow_ready", "worker" => worker).set(1.0);
                     let cause = self
                         .pump(
-                            consumer, messages, &handler, &permits, &mut tasks, &shutdown,
+                            consumer,
+                            messages,
+                            &handler,
+                            &loop_metrics,
+                            &permits,
+                            &mut tasks,
+                            &shutdown,
                         )
                         .await;
                     self.bound.set(false);
@@ -279,11 +319,14 @@ impl Consumer {
 
     /// Feeds messages to tasks until shutdown (`None`) or until the subscription must be re-bound
     /// (`Some(cause)`).
+    // Private plumbing of `run_shared`: its state, passed down rather than bundled in a struct.
+    #[allow(clippy::too_many_arguments)]
     async fn pump<H: Handler>(
         self: &Arc<Self>,
         mut consumer: PullConsumer,
         mut messages: jetstream::consumer::pull::Stream,
         handler: &Arc<H>,
+        loop_metrics: &Arc<LoopMetrics>,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         shutdown: &CancellationToken,
@@ -326,8 +369,9 @@ impl Consumer {
                     last_delivery = Instant::now();
                     let handler = handler.clone();
                     let this = Arc::clone(self);
+                    let loop_metrics = Arc::clone(loop_metrics);
                     tasks.spawn(async move {
-                        this.process(handler.as_ref(), message).await;
+                        this.process(handler.as_ref(), &loop_metrics, message).await;
                         drop(permit);
                     });
                 }
@@ -374,9 +418,14 @@ impl Consumer {
         (info.num_pending > 0 && idle && has_room).then_some("stalled")
     }
 
-    async fn process<H: Handler>(&self, handler: &H, message: jetstream::Message) {
+    async fn process<H: Handler>(
+        &self,
+        handler: &H,
+        loop_metrics: &LoopMetrics,
+        message: jetstream::Message,
+    ) {
         let worker = self.spec.durable;
-        let in_flight = metrics::gauge!("stockflow_messages_in_flight", "worker" => worker);
+        let in_flight = &loop_metrics.in_flight;
         in_flight.increment(1.0);
         let result = handler.handle(&message).await;
         match result {
@@ -385,14 +434,12 @@ impl Consumer {
                     // Not acked means redelivered, and the handler is idempotent.
                     tracing::warn!(worker, error = %e, "ack failed");
                 }
-                metrics::counter!("stockflow_events_total", "worker" => worker, "type" => handled.event_type, "outcome" => handled.outcome.as_str())
-                    .increment(1);
+                loop_metrics.handled(worker, handled);
                 if let Ok(info) = message.info() {
                     let stored = info.published;
                     let now = time::OffsetDateTime::now_utc();
                     let seconds = (now - stored).as_seconds_f64().max(0.0);
-                    metrics::histogram!("stockflow_event_latency_seconds", "worker" => worker)
-                        .record(seconds);
+                    loop_metrics.latency.record(seconds);
                 }
             }
             Err(HandleError::Malformed {

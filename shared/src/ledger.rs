@@ -52,12 +52,23 @@ pub fn default_reason(kind: &str) -> Reason {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     js: jetstream::Context,
+    /// `stockflow_derived_published_total` by kind, registered once (not per message).
+    published: [metrics::Counter; 4],
 }
 
 impl Ledger {
     /// A ledger publishing through `js`.
     pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+        let counter = |kind: DerivedKind| metrics::counter!("stockflow_derived_published_total", "kind" => kind.label());
+        Self {
+            js,
+            published: [
+                counter(DerivedKind::StockChanged),
+                counter(DerivedKind::Rejection),
+                counter(DerivedKind::Alert(AlertKind::Unspecified)),
+                counter(DerivedKind::OrderResult),
+            ],
+        }
     }
 
     /// Publishes everything `outcome` derives for `cause` and waits until JetStream stored all of
@@ -161,8 +172,7 @@ impl Ledger {
             if ack.await?.duplicate {
                 continue;
             }
-            metrics::counter!("stockflow_derived_published_total", "kind" => kind.label())
-                .increment(1);
+            self.published[kind.index()].increment(1);
             if let DerivedKind::Alert(alert) = kind {
                 metrics::counter!("stockflow_alerts_total", "kind" => alert_name(alert))
                     .increment(1);
@@ -186,6 +196,16 @@ pub enum DerivedKind {
 }
 
 impl DerivedKind {
+    /// Position of its counter in [`Ledger`].
+    fn index(self) -> usize {
+        match self {
+            Self::StockChanged => 0,
+            Self::Rejection => 1,
+            Self::Alert(_) => 2,
+            Self::OrderResult => 3,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::StockChanged => "stock_changed",

@@ -37,11 +37,21 @@ local function policy(policy_key, name, loc)
   return nil
 end
 
+-- Levels of a location and its low-stock threshold (nil when none), in two reads: one per hash.
+local function levels_and_threshold(stock_key, policy_key, loc)
+  local s = redis.call('HMGET', stock_key, 'oh:' .. loc, 'rs:' .. loc)
+  local p = redis.call('HMGET', policy_key, 'ss:' .. loc, 'ss', 'thr:' .. loc, 'thr')
+  local oh, rs = num(s[1]), num(s[2])
+  -- A missing field is false: the location's override, else the SKU default.
+  local ss = tonumber(p[1] or p[2]) or 0
+  local thr = p[3] or p[4]
+  if thr then thr = tonumber(thr) else thr = nil end
+  return { oh = oh, rs = rs, ss = ss, av = oh - rs - ss }, thr
+end
+
 local function levels(stock_key, policy_key, loc)
-  local oh = num(redis.call('HGET', stock_key, 'oh:' .. loc))
-  local rs = num(redis.call('HGET', stock_key, 'rs:' .. loc))
-  local ss = policy(policy_key, 'ss', loc) or 0
-  return { oh = oh, rs = rs, ss = ss, av = oh - rs - ss }
+  local l = levels_and_threshold(stock_key, policy_key, loc)
+  return l
 end
 
 -- Alerts fire on crossings only, so each crossing raises exactly one.

@@ -30,8 +30,18 @@ if prior then return prior end
 local at = now_ms()
 local records = {}
 
+-- Levels and threshold of each location touched, read once (a transfer's two locations differ).
+local current = {}
+local function read(l)
+  if not current[l] then
+    local b, thr = levels_and_threshold(stock_key, policy_key, l)
+    current[l] = { b = b, thr = thr }
+  end
+  return current[l]
+end
+
 local function on_hand(l)
-  return num(redis.call('HGET', stock_key, 'oh:' .. l))
+  return read(l).b.oh
 end
 
 -- Every change is planned first and range-checked before anything is written: a script that
@@ -57,11 +67,13 @@ for _, step in ipairs(plan) do
   if math.abs(step[3]) > MAX_LEVEL then return { 'out_of_range', step[1] } end
 end
 for _, step in ipairs(plan) do
-  local l, kind = step[1], step[2]
-  local b = levels(stock_key, policy_key, l)
-  redis.call('HSET', stock_key, 'oh:' .. l, int(step[3]))
-  local a = levels(stock_key, policy_key, l)
-  records[#records + 1] = change_record(l, kind, b, a, policy(policy_key, 'thr', l))
+  local l, kind, oh = step[1], step[2], step[3]
+  local c = read(l)
+  local b = c.b
+  redis.call('HSET', stock_key, 'oh:' .. l, int(oh))
+  -- Only on_hand changed: the levels after follow without reading them back.
+  local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
+  records[#records + 1] = change_record(l, kind, b, a, c.thr)
 end
 
 if op == 'policy_set' then

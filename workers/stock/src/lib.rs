@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod fact;
+mod marks;
 
 use std::{future::Future, time::Instant};
 
@@ -68,8 +69,11 @@ pub struct StockHandler {
     keys: Keys,
     ledger: Ledger,
     apply: redis::Script,
-    mark_published: redis::Script,
+    /// `mark_published`, batched across in-flight events.
+    marks: marks::Marks,
     dedup_ttl_seconds: u64,
+    /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
+    apply_seconds: metrics::Histogram,
 }
 
 impl StockHandler {
@@ -90,18 +94,32 @@ impl StockHandler {
         keys: Keys,
         dedup_ttl_seconds: u64,
     ) -> Self {
+        let marks = marks::Marks::start(
+            redis.clone(),
+            stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+        );
         Self {
             redis,
             keys,
             ledger: Ledger::new(js),
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
-            mark_published: stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+            marks,
             dedup_ttl_seconds,
+            apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
         }
     }
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
+        self.apply_keyed(fact, &self.dedup_key(fact)).await
+    }
+
+    /// The key of `fact`'s dedup record, built once per event for both scripts.
+    fn dedup_key(&self, fact: &Fact) -> String {
+        self.keys.event(&fact.sku, &fact.meta.event_id)
+    }
+
+    async fn apply_keyed(&self, fact: &Fact, dedup_key: &str) -> Result<Applied, HandleError> {
         let args = fact.script_args();
         let fingerprint = fact.fingerprint(&args);
         let [quantity, expected, to, threshold, safety, priority] = args;
@@ -109,7 +127,7 @@ impl StockHandler {
         let mut redis = self.redis.clone();
         let reply: Vec<String> = self
             .apply
-            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
+            .key(dedup_key)
             .key(self.keys.stock(&fact.sku))
             .key(self.keys.policy(&fact.sku))
             .arg(fact.op.name())
@@ -125,8 +143,7 @@ impl StockHandler {
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
-        metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock")
-            .record(started.elapsed().as_secs_f64());
+        self.apply_seconds.record(started.elapsed().as_secs_f64());
         let parse = |text: &str| outcome::Outcome::parse(text).map_err(HandleError::redis);
         match reply
             .iter()
@@ -147,7 +164,12 @@ impl StockHandler {
         }
     }
 
-    async fn publish(&self, fact: &Fact, outcome: &outcome::Outcome) -> Result<(), HandleError> {
+    async fn publish(
+        &self,
+        fact: &Fact,
+        dedup_key: &str,
+        outcome: &outcome::Outcome,
+    ) -> Result<(), HandleError> {
         let policy = fact.policy();
         let cause = Cause {
             sku: &fact.sku,
@@ -161,10 +183,9 @@ impl StockHandler {
             .publish(cause, outcome)
             .await
             .map_err(HandleError::nats)?;
-        let mut redis = self.redis.clone();
-        self.mark_published
-            .key(self.keys.event(&fact.sku, &fact.meta.event_id))
-            .invoke_async::<i64>(&mut redis)
+        // Before the ack: a later duplicate must find the mark, even past JetStream's window.
+        self.marks
+            .mark(dedup_key.to_owned())
             .await
             .map_err(HandleError::redis)?;
         Ok(())
@@ -175,9 +196,10 @@ impl Handler for StockHandler {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
         let fact = fact::parse(message.subject.as_str(), &message.payload)?;
         let event_type = fact.op.name();
-        let outcome = match self.apply(&fact).await? {
+        let dedup_key = self.dedup_key(&fact);
+        let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
             Applied::New(outcome) => {
-                self.publish(&fact, &outcome).await?;
+                self.publish(&fact, &dedup_key, &outcome).await?;
                 match outcome.verdict {
                     Verdict::Applied => Outcome::Applied,
                     _ => Outcome::Stale,
@@ -187,7 +209,7 @@ impl Handler for StockHandler {
                 // A crash between the script and the publish leaves `published` unset: finish
                 // the job; JetStream drops what was already stored.
                 if !published {
-                    self.publish(&fact, &outcome).await?;
+                    self.publish(&fact, &dedup_key, &outcome).await?;
                 }
                 Outcome::Duplicate
             }

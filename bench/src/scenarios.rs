@@ -1,0 +1,756 @@
+//! The measurements: each starts fresh servers, loads them, runs the real worker binaries as
+//! child processes, and reports the median and range over the runs.
+
+use std::{sync::Arc, time::Duration};
+
+use prost::Message as _;
+use redis::AsyncCommands as _;
+use stockflow_proto::{
+    subjects,
+    v1::{order_result::Result as Decision, OrderResult},
+};
+use stockflow_shared::keys::Keys;
+
+use crate::{
+    load, pg,
+    procs::{self, CpuMeter, WorkerProcess},
+    raw,
+    report::{Runs, Table},
+    stack::Stack,
+};
+
+/// Sizes of one benchmark run.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) runs: usize,
+    /// Backlog of stock facts per throughput run.
+    pub(crate) facts: usize,
+    /// SKUs the facts and orders are spread over.
+    pub(crate) skus: usize,
+    /// Duration of each open-loop latency run.
+    pub(crate) latency_seconds: f64,
+    /// Backlog of orders per order throughput run.
+    pub(crate) orders: usize,
+    /// Orders for the one hot SKU, and its stock.
+    pub(crate) flash_orders: usize,
+    pub(crate) flash_stock: i64,
+    /// Stock facts per PostgreSQL run (each pool size); its flash sale takes the flash orders.
+    pub(crate) pg_events: usize,
+    pub(crate) pg_pools: Vec<usize>,
+    /// Scenario names to run; all when empty.
+    pub(crate) only: Vec<String>,
+}
+
+impl Config {
+    pub(crate) fn full() -> Self {
+        Self {
+            runs: 3,
+            facts: 40_000,
+            skus: 1_000,
+            latency_seconds: 6.0,
+            orders: 10_000,
+            flash_orders: 5_000,
+            flash_stock: 1_250,
+            pg_events: 5_000,
+            pg_pools: vec![1, 2, 4, 8, 16],
+            only: Vec::new(),
+        }
+    }
+
+    pub(crate) fn quick() -> Self {
+        Self {
+            runs: 1,
+            facts: 4_000,
+            skus: 100,
+            latency_seconds: 2.0,
+            orders: 2_000,
+            flash_orders: 1_000,
+            flash_stock: 250,
+            pg_events: 1_000,
+            pg_pools: vec![1, 4, 16],
+            only: Vec::new(),
+        }
+    }
+
+    pub(crate) fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+/// Scenario names for `--only`.
+pub(crate) const SCENARIOS: &[&str] = &["stock", "latency", "scale", "orders", "flash", "postgres"];
+
+/// Which consumer of the stock stream is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    Stockflow,
+    Raw,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stockflow => "stockflow (stock-worker)",
+            Self::Raw => "raw path",
+        }
+    }
+
+    fn durable(self) -> &'static str {
+        match self {
+            Self::Stockflow => "stock-worker",
+            Self::Raw => raw::RAW_PATH.durable,
+        }
+    }
+}
+
+/// Where the numbers of all scenarios are gathered for tables and ratios.
+#[derive(Debug, Default)]
+pub(crate) struct Results {
+    pub(crate) tables: Vec<Table>,
+    pub(crate) stock_max: Option<f64>,
+    pub(crate) raw_max: Option<f64>,
+    pub(crate) pg_facts_best: Option<f64>,
+    pub(crate) pg_flash_best: Option<f64>,
+    pub(crate) flash: Option<f64>,
+    pub(crate) flash_oversold: Option<bool>,
+    pub(crate) p99_at_10k: Option<f64>,
+    pub(crate) peak_rss_mib: Option<f64>,
+    pub(crate) memory: Vec<(String, Runs, Runs)>,
+}
+
+impl Results {
+    fn memory(&mut self, worker: &str, idle: Option<f64>, peak: f64) {
+        let entry = match self.memory.iter_mut().find(|(w, _, _)| w == worker) {
+            Some(entry) => entry,
+            None => {
+                self.memory
+                    .push((worker.to_owned(), Runs::default(), Runs::default()));
+                let last = self.memory.len() - 1;
+                &mut self.memory[last]
+            }
+        };
+        if let Some(idle) = idle {
+            entry.1.push(idle);
+        }
+        entry.2.push(peak);
+        if worker != "raw path" {
+            self.peak_rss_mib = Some(self.peak_rss_mib.unwrap_or(0.0).max(peak));
+        }
+    }
+}
+
+/// One backlog drain: rate, CPU per event of each process, peak RSS of the workers.
+#[derive(Debug)]
+struct DrainRun {
+    per_second: f64,
+    /// µs of CPU per event: workers (summed), nats-server, redis-server.
+    cpu_us: [f64; 3],
+    /// µs redis-server spent inside script calls per event (`INFO commandstats`): the cost of
+    /// the Lua work itself, steadier than process CPU time.
+    script_us: f64,
+    peak_mib: Vec<f64>,
+}
+
+/// Total µs redis-server spent in `EVALSHA`/`EVAL` so far.
+async fn script_usec(stack: &Stack) -> anyhow::Result<f64> {
+    let mut conn = stack.conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(',')
+                .find_map(|field| field.strip_prefix("usec="))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum())
+}
+
+const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+
+async fn start_path(path: Path, stack: &Stack) -> anyhow::Result<WorkerProcess> {
+    let (program, args): (_, &[&str]) = match path {
+        Path::Stockflow => (procs::sibling_binary("stock-worker")?, &[]),
+        Path::Raw => (std::env::current_exe()?, &[crate::RAW_WORKER_COMMAND]),
+    };
+    WorkerProcess::start(&program, args, &stack.nats_url(), &stack.redis_url()).await
+}
+
+fn cpu_per_event(meter: &CpuMeter, workers: &[WorkerProcess], events: f64) -> [f64; 3] {
+    let used = meter.used();
+    let per = |seconds: f64| seconds * 1e6 / events;
+    let workers_cpu: f64 = workers.iter().map(|w| procs::cpu_seconds(w.pid())).sum();
+    [
+        per(workers_cpu),
+        per(used.first().copied().unwrap_or(f64::NAN)),
+        per(used.get(1).copied().unwrap_or(f64::NAN)),
+    ]
+}
+
+/// Publishes a backlog of stock facts, starts `workers` processes of `path`, measures the drain.
+async fn drain_stock(
+    cfg: &Config,
+    path: Path,
+    workers: usize,
+    run: usize,
+) -> anyhow::Result<DrainRun> {
+    let stack = Stack::start().await?;
+    if path == Path::Raw {
+        raw::declare(&stack.js).await?;
+    }
+    let inputs = load::stock_facts(cfg.facts, cfg.skus, &format!("d{run}"));
+    load::preload(&stack.js, &inputs).await?;
+    let meter = CpuMeter::start(&stack.server_pids);
+    let mut running = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        running.push(start_path(path, &stack).await?);
+    }
+    let drain = load::measure_drain(
+        &stack.js,
+        subjects::STOCK_EVENTS,
+        path.durable(),
+        1,
+        inputs.len() as u64,
+        DRAIN_DEADLINE,
+    )
+    .await?;
+    Ok(DrainRun {
+        per_second: drain.per_second,
+        cpu_us: cpu_per_event(&meter, &running, inputs.len() as f64),
+        script_us: script_usec(&stack).await? / inputs.len() as f64,
+        peak_mib: running.iter().map(|w| w.memory().peak_mib).collect(),
+    })
+}
+
+fn fmt_cpu(runs: &[Runs; 3]) -> Vec<String> {
+    runs.iter().map(|r| r.show(1)).collect()
+}
+
+/// Max sustained throughput of one worker, stockflow and raw path interleaved run by run.
+pub(crate) async fn stock_throughput(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
+    let mut table = Table::new(
+        "Stock facts: throughput of one worker process (backlog drain)",
+        &[
+            "path",
+            "events/s",
+            "worker CPU µs/event",
+            "nats-server CPU µs/event",
+            "redis-server CPU µs/event",
+            "of which in scripts µs/event",
+            "worker peak RSS MiB",
+        ],
+    );
+    table.note = format!(
+        "{} receipts over {} SKUs stored first, then one worker started; rate from 10% of the \
+         backlog acked to all acked. CPU per event is total process CPU time / events.",
+        cfg.facts, cfg.skus
+    );
+    for path in [Path::Stockflow, Path::Raw] {
+        let (mut rate, mut cpu, mut peak, mut script) = (
+            Runs::default(),
+            <[Runs; 3]>::default(),
+            Runs::default(),
+            Runs::default(),
+        );
+        for run in 0..cfg.runs {
+            let r = drain_stock(cfg, path, 1, run).await?;
+            eprintln!(
+                "  {} run {}: {:.0} events/s",
+                path.label(),
+                run + 1,
+                r.per_second
+            );
+            rate.push(r.per_second);
+            script.push(r.script_us);
+            for (runs, value) in cpu.iter_mut().zip(r.cpu_us) {
+                runs.push(value);
+            }
+            let p = r.peak_mib.iter().copied().fold(0.0, f64::max);
+            peak.push(p);
+            results.memory(path.label(), None, p);
+        }
+        match path {
+            Path::Stockflow => results.stock_max = Some(rate.median()),
+            Path::Raw => results.raw_max = Some(rate.median()),
+        }
+        let mut row = vec![path.label().to_owned(), rate.show(0)];
+        row.extend(fmt_cpu(&cpu));
+        row.push(script.show(1));
+        row.push(peak.show(1));
+        table.row(row);
+    }
+    results.tables.push(table);
+    Ok(())
+}
+
+/// 1, 2 and 4 stock-worker processes on one durable consumer.
+pub(crate) async fn scale(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
+    let mut table = Table::new(
+        "Stock facts: worker processes sharing one stream",
+        &[
+            "processes",
+            "events/s",
+            "workers' CPU µs/event (sum)",
+            "nats-server",
+            "redis-server",
+        ],
+    );
+    table.note = "Same backlog as above. On 2 cores shared with nats-server, redis-server and \
+                  the load generator, more processes add contention, not capacity."
+        .into();
+    for workers in [1, 2, 4] {
+        let (mut rate, mut cpu) = (Runs::default(), <[Runs; 3]>::default());
+        for run in 0..cfg.runs {
+            let r = drain_stock(cfg, Path::Stockflow, workers, run).await?;
+            eprintln!(
+                "  {workers} workers run {}: {:.0} events/s",
+                run + 1,
+                r.per_second
+            );
+            rate.push(r.per_second);
+            for (runs, value) in cpu.iter_mut().zip(r.cpu_us) {
+                runs.push(value);
+            }
+        }
+        let mut row = vec![workers.to_string(), rate.show(0)];
+        row.extend(fmt_cpu(&cpu));
+        table.row(row);
+    }
+    results.tables.push(table);
+    Ok(())
+}
+
+/// Open-loop latency at 25% and 50% of the measured maximum and at 10,000 events/s.
+pub(crate) async fn latency(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
+    let max = results.stock_max.unwrap_or(10_000.0);
+    let mut table = Table::new(
+        "Stock facts: end-to-end latency, open loop (scheduled publish → ledger entry stored → input acked)",
+        &["path", "offered events/s", "achieved events/s", "p50 ms", "p99 ms", "max ms"],
+    );
+    table.note = format!(
+        "Events published on a fixed schedule for {} s per run; latency from each event's \
+         scheduled publish time to its ack as seen on `$JS.ACK`; first 5% not counted.",
+        cfg.latency_seconds
+    );
+    let loads = [
+        (Path::Stockflow, (max * 0.25).round()),
+        (Path::Stockflow, (max * 0.5).round()),
+        (Path::Stockflow, 10_000.0),
+        (Path::Raw, 10_000.0),
+    ];
+    for (path, rate) in loads {
+        let (mut achieved, mut p50, mut p99, mut worst) = (
+            Runs::default(),
+            Runs::default(),
+            Runs::default(),
+            Runs::default(),
+        );
+        for run in 0..cfg.runs {
+            let stack = Stack::start().await?;
+            if path == Path::Raw {
+                raw::declare(&stack.js).await?;
+            }
+            let worker = start_path(path, &stack).await?;
+            let idle = worker.memory().rss_mib;
+            let n = (rate * cfg.latency_seconds) as usize;
+            let inputs = load::stock_facts(n, cfg.skus, &format!("l{run}"));
+            let l = load::open_loop(
+                &stack.client,
+                &stack.js,
+                subjects::STOCK_EVENTS,
+                &inputs,
+                rate,
+            )
+            .await?;
+            eprintln!(
+                "  {} at {rate:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms ({} unacked)",
+                path.label(),
+                run + 1,
+                l.p50_ms,
+                l.p99_ms,
+                l.unacked
+            );
+            results.memory(path.label(), Some(idle), worker.memory().peak_mib);
+            achieved.push(l.achieved);
+            p50.push(l.p50_ms);
+            p99.push(l.p99_ms);
+            worst.push(l.max_ms);
+        }
+        if path == Path::Stockflow && rate == 10_000.0 {
+            results.p99_at_10k = Some(p99.median());
+        }
+        table.row(vec![
+            path.label().into(),
+            format!("{rate:.0}"),
+            achieved.show(0),
+            p50.show(2),
+            p99.show(2),
+            worst.show(1),
+        ]);
+    }
+    results.tables.push(table);
+    Ok(())
+}
+
+const DEEP_STOCK: i64 = 1_000_000_000;
+
+async fn stock_up(
+    stack: &Stack,
+    skus: impl IntoIterator<Item = String>,
+    on_hand: i64,
+) -> anyhow::Result<()> {
+    let keys = Keys::new("sf");
+    let mut conn = stack.conn.clone();
+    for sku in skus {
+        let () = conn.hset(keys.stock(&sku), "oh:wh", on_hand).await?;
+    }
+    Ok(())
+}
+
+fn sku_names(n: usize) -> impl Iterator<Item = String> {
+    (0..n).map(|i| format!("SKU-{i}"))
+}
+
+/// Orders of one and of three lines: backlog throughput and open-loop decision latency.
+pub(crate) async fn orders(cfg: &Config, results: &mut Results) -> anyhow::Result<()> {
+    let mut table = Table::new(
+        "Orders: order-worker throughput and decision latency",
+        &[
+            "order",
+            "orders/s (backlog)",
+            "offered orders/s",
+            "p50 ms",
+            "p99 ms",
+            "worker peak RSS MiB",
+        ],
+    );
+    table.note = format!(
+        "{} orders over {} SKUs with ample stock; latency open loop at half the measured \
+         rate, from scheduled publish to the input's ack (decision and reservations stored).",
+        cfg.orders, cfg.skus
+    );
+    let worker_binary = procs::sibling_binary("order-worker")?;
+    for lines in [1usize, 3] {
+        let skus = cfg.skus;
+        let sku = move |i: usize, k: usize| format!("SKU-{}", (i * 3 + k * 7) % skus);
+        let (mut rate, mut peak) = (Runs::default(), Runs::default());
+        for run in 0..cfg.runs {
+            let stack = Stack::start().await?;
+            stock_up(&stack, sku_names(cfg.skus), DEEP_STOCK).await?;
+            let inputs = load::orders(cfg.orders, lines, &format!("o{run}"), sku);
+            load::preload(&stack.js, &inputs).await?;
+            let worker =
+                WorkerProcess::start(&worker_binary, &[], &stack.nats_url(), &stack.redis_url())
+                    .await?;
+            let drain = load::measure_drain(
+                &stack.js,
+                subjects::ORDER_EVENTS,
+                "order-worker",
+                1,
+                inputs.len() as u64,
+                DRAIN_DEADLINE,
+            )
+            .await?;
+            eprintln!(
+                "  {lines}-line orders run {}: {:.0} orders/s",
+                run + 1,
+                drain.per_second
+            );
+            rate.push(drain.per_second);
+            let p = worker.memory().peak_mib;
+            peak.push(p);
+            results.memory("order-worker", None, p);
+        }
+        let offered = (rate.median() * 0.5).round().max(1.0);
+        let (mut p50, mut p99) = (Runs::default(), Runs::default());
+        for run in 0..cfg.runs {
+            let stack = Stack::start().await?;
+            stock_up(&stack, sku_names(cfg.skus), DEEP_STOCK).await?;
+            let worker =
+                WorkerProcess::start(&worker_binary, &[], &stack.nats_url(), &stack.redis_url())
+                    .await?;
+            let idle = worker.memory().rss_mib;
+            let n = (offered * cfg.latency_seconds) as usize;
+            let inputs = load::orders(n, lines, &format!("ol{run}"), sku);
+            let l = load::open_loop(
+                &stack.client,
+                &stack.js,
+                subjects::ORDER_EVENTS,
+                &inputs,
+                offered,
+            )
+            .await?;
+            eprintln!(
+                "  {lines}-line orders at {offered:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms",
+                run + 1,
+                l.p50_ms,
+                l.p99_ms
+            );
+            results.memory("order-worker", Some(idle), worker.memory().peak_mib);
+            p50.push(l.p50_ms);
+            p99.push(l.p99_ms);
+        }
+        table.row(vec![
+            format!("{lines} line{}", if lines == 1 { "" } else { "s" }),
+            rate.show(0),
+            format!("{offered:.0}"),
+            p50.show(2),
+            p99.show(2),
+            peak.show(1),
+        ]);
+    }
+    results.tables.push(table);
+    Ok(())
+}
+
+/// Counts confirmed decisions in `ORDER_RESULTS`.
+async fn confirmed(stack: &Stack) -> anyhow::Result<u64> {
+    let messages =
+        stockflow_tests::read_stream(&stack.js, subjects::ORDER_RESULTS, "orders.results.>").await;
+    let mut confirmed = 0;
+    for message in messages {
+        let result = OrderResult::decode(message.payload.clone())?;
+        if matches!(result.result, Some(Decision::Confirmed(_))) {
+            confirmed += 1;
+        }
+    }
+    Ok(confirmed)
+}
+
+/// One SKU, many concurrent orders of one unit: throughput and proof of zero oversell, for the
+/// order-worker and for the PostgreSQL baseline (best pool size).
+pub(crate) async fn flash_sale(
+    cfg: &Config,
+    results: &mut Results,
+    pg: Option<&pg::Postgres>,
+) -> anyhow::Result<()> {
+    let mut table = Table::new(
+        "Flash sale: one hot SKU, many concurrent single-unit orders",
+        &[
+            "system",
+            "orders/s",
+            "confirmed",
+            "stock",
+            "on_hand / reserved after",
+            "oversold",
+        ],
+    );
+    table.note = format!(
+        "{} orders for one SKU with {} in stock: every order is decided (confirmed or rejected); \
+         zero oversell means confirmed ≤ stock, reserved ≤ on_hand and reserved = confirmed.",
+        cfg.flash_orders, cfg.flash_stock
+    );
+    let worker_binary = procs::sibling_binary("order-worker")?;
+    let (mut rate, mut ok) = (Runs::default(), true);
+    let mut last = (0u64, 0i64, 0i64);
+    for run in 0..cfg.runs {
+        let stack = Stack::start().await?;
+        stock_up(&stack, ["HOT".to_owned()], cfg.flash_stock).await?;
+        let inputs = load::orders(cfg.flash_orders, 1, &format!("f{run}"), |_, _| "HOT".into());
+        load::preload(&stack.js, &inputs).await?;
+        let worker =
+            WorkerProcess::start(&worker_binary, &[], &stack.nats_url(), &stack.redis_url())
+                .await?;
+        let drain = load::measure_drain(
+            &stack.js,
+            subjects::ORDER_EVENTS,
+            "order-worker",
+            1,
+            inputs.len() as u64,
+            DRAIN_DEADLINE,
+        )
+        .await?;
+        let confirmed = confirmed(&stack).await?;
+        let mut conn = stack.conn.clone();
+        let (on_hand, reserved): (Option<i64>, Option<i64>) = conn
+            .hmget(Keys::new("sf").stock("HOT"), &["oh:wh", "rs:wh"])
+            .await?;
+        let (on_hand, reserved) = (on_hand.unwrap_or(0), reserved.unwrap_or(0));
+        let sound = i64::try_from(confirmed).unwrap_or(i64::MAX) <= cfg.flash_stock
+            && reserved <= on_hand
+            && u64::try_from(reserved).unwrap_or(0) == confirmed;
+        ok &= sound;
+        eprintln!(
+            "  flash sale run {}: {:.0} orders/s, {confirmed} confirmed, on_hand {on_hand} reserved {reserved}",
+            run + 1,
+            drain.per_second
+        );
+        results.memory("order-worker", None, worker.memory().peak_mib);
+        rate.push(drain.per_second);
+        last = (confirmed, on_hand, reserved);
+    }
+    results.flash = Some(rate.median());
+    results.flash_oversold = Some(!ok);
+    table.row(vec![
+        "stockflow (order-worker)".into(),
+        rate.show(0),
+        last.0.to_string(),
+        cfg.flash_stock.to_string(),
+        format!("{} / {}", last.1, last.2),
+        if ok { "no".into() } else { "**YES**".into() },
+    ]);
+    if let Some(pg) = pg {
+        let (best, pool, applied, levels, sweep) = pg_best(cfg, pg, pg::Kind::Reserve).await?;
+        let sound = i64::try_from(applied).unwrap_or(i64::MAX) <= cfg.flash_stock
+            && levels.1 <= levels.0
+            && u64::try_from(levels.1).unwrap_or(0) == applied;
+        results.pg_flash_best = Some(best.median());
+        table.row(vec![
+            format!("PostgreSQL, best pool size ({pool})"),
+            best.show(0),
+            applied.to_string(),
+            cfg.flash_stock.to_string(),
+            format!("{} / {}", levels.0, levels.1),
+            if sound { "no".into() } else { "**YES**".into() },
+        ]);
+        let mut sweep_table = Table::new(
+            "PostgreSQL baseline: connection pool sweep (flash-sale reservations)",
+            &["pool size", "orders/s"],
+        );
+        sweep_table.note = format!(
+            "{} single-unit reservations of the hot SKU ({} in stock), one transaction each (as \
+             for the facts, the update only when on_hand − reserved covers the order).",
+            cfg.flash_orders, cfg.flash_stock
+        );
+        for (pool, runs) in &sweep {
+            sweep_table.row(vec![pool.to_string(), runs.show(0)]);
+        }
+        results.tables.push(table);
+        results.tables.push(sweep_table);
+        return Ok(());
+    }
+    results.tables.push(table);
+    Ok(())
+}
+
+type PgBest = (Runs, usize, u64, (i64, i64), Vec<(usize, Runs)>);
+
+/// Per run, the best throughput over the pool sizes; the pool size most often best.
+async fn pg_best(cfg: &Config, pg: &pg::Postgres, kind: pg::Kind) -> anyhow::Result<PgBest> {
+    let mut best = Runs::default();
+    let mut wins = vec![0usize; cfg.pg_pools.len()];
+    let mut applied = 0;
+    let mut levels = (0, 0);
+    let sweep = pg_sweep(cfg, pg, kind).await?;
+    for run in 0..cfg.runs {
+        let (i, rate) = sweep
+            .iter()
+            .enumerate()
+            .map(|(i, (_, runs))| (i, runs.0[run]))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f64::NAN));
+        wins[i] += 1;
+        best.push(rate);
+    }
+    if kind == pg::Kind::Reserve {
+        // One more run at the winning size, for the oversell check.
+        let pool = cfg.pg_pools[argmax(&wins)];
+        let (events, skus) = pg_events(cfg, kind, 99);
+        pg::prepare(pg, &skus, cfg.flash_stock).await?;
+        applied = pg::run(pg, kind, events, pool).await?.applied;
+        levels = pg::levels(pg, "HOT").await?;
+    }
+    Ok((best, cfg.pg_pools[argmax(&wins)], applied, levels, sweep))
+}
+
+fn argmax(counts: &[usize]) -> usize {
+    counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+        .map_or(0, |(i, _)| i)
+}
+
+fn pg_events(cfg: &Config, kind: pg::Kind, run: usize) -> (Arc<Vec<pg::Event>>, Vec<String>) {
+    match kind {
+        pg::Kind::Fact => (
+            Arc::new(
+                (0..cfg.pg_events)
+                    .map(|i| pg::Event {
+                        id: format!("d{run}-{i}"),
+                        sku: format!("SKU-{}", i % cfg.skus),
+                        quantity: 1,
+                    })
+                    .collect(),
+            ),
+            sku_names(cfg.skus).collect(),
+        ),
+        pg::Kind::Reserve => (
+            Arc::new(
+                (0..cfg.flash_orders)
+                    .map(|i| pg::Event {
+                        id: format!("place-f{run}-{i}"),
+                        sku: "HOT".into(),
+                        quantity: 1,
+                    })
+                    .collect(),
+            ),
+            vec!["HOT".into()],
+        ),
+    }
+}
+
+/// Throughput per pool size, `cfg.runs` runs each.
+async fn pg_sweep(
+    cfg: &Config,
+    pg: &pg::Postgres,
+    kind: pg::Kind,
+) -> anyhow::Result<Vec<(usize, Runs)>> {
+    let mut out: Vec<(usize, Runs)> = cfg.pg_pools.iter().map(|p| (*p, Runs::default())).collect();
+    for run in 0..cfg.runs {
+        for (pool, runs) in &mut out {
+            let (events, skus) = pg_events(cfg, kind, run);
+            let stock = match kind {
+                pg::Kind::Fact => 0,
+                pg::Kind::Reserve => cfg.flash_stock,
+            };
+            pg::prepare(pg, &skus, stock).await?;
+            let outcome = pg::run(pg, kind, events, *pool).await?;
+            eprintln!(
+                "  PostgreSQL {kind:?} pool {pool} run {}: {:.0}/s",
+                run + 1,
+                outcome.per_second
+            );
+            runs.push(outcome.per_second);
+        }
+    }
+    Ok(out)
+}
+
+/// The PostgreSQL baseline on the stock facts (same events as the stock throughput), with the
+/// pool-size sweep as its own table.
+pub(crate) async fn postgres_facts(
+    cfg: &Config,
+    results: &mut Results,
+    pg: &pg::Postgres,
+) -> anyhow::Result<()> {
+    let facts = pg_sweep(cfg, pg, pg::Kind::Fact).await?;
+    let mut table = Table::new(
+        "PostgreSQL baseline: connection pool sweep (stock facts)",
+        &["pool size", "facts/s"],
+    );
+    table.note = format!(
+        "{} receipts over {} SKUs, one transaction each: INSERT dedup ON CONFLICT DO NOTHING, \
+         SELECT … FOR UPDATE, UPDATE, INSERT ledger row, COMMIT (prepared statements, \
+         synchronous_commit=off).",
+        cfg.pg_events, cfg.skus
+    );
+    let mut best = Runs::default();
+    for run in 0..cfg.runs {
+        best.push(
+            facts
+                .iter()
+                .map(|(_, r)| r.0[run])
+                .fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    for (pool, runs) in &facts {
+        table.row(vec![pool.to_string(), runs.show(0)]);
+    }
+    results.pg_facts_best = Some(best.median());
+    results.tables.push(table);
+    Ok(())
+}
