@@ -860,6 +860,8 @@ REFUSED = [
     ("a fractional image tag", {"image": {"tag": 1.5}}, "schema"),
     ("a worker without consumers", {"workers": {"notify": {"consumers": []}}}, "schema"),
     ("a monitoring endpoint with a scheme", {"keda": {"natsMonitoringEndpoint": "http://nats:8222"}}, "schema"),
+    ("a gateway token without its scope", {"gateway": {"auth": {"tokens": ["sentinel-gateway-token-one-5d1e"]}}}, "schema"),
+    ("a gateway token shorter than 16 characters", {"gateway": {"auth": {"tokens": ["read:short-token"]}}}, "schema"),
     ("Redis TLS with a redis:// URL", {"redis": {"tls": {"enabled": True}}}, "render"),
     ("NATS password auth without a user", {"nats": {"auth": {"method": "userPassword", "password": "x"}}}, "render"),
     ("NATS token auth without a token", {"nats": {"auth": {"method": "token"}}}, "render"),
