@@ -54,11 +54,9 @@ RELEASE, NAMESPACE = "stockflow", "shop"
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 WORKERS = ["stock-worker", "order-worker", "notify-worker"]
 COMPONENTS = WORKERS + ["gateway"]
-# Variables the chart sets that docs/operations.md does not list yet (proposed to the Rust side).
-PROPOSED_ENV = {
-    "STOCKFLOW_REDIS_TLS_CA_FILE": "CA bundle for rediss:// with a private CA",
-    "STOCKFLOW_GATEWAY_TOKENS": "bearer tokens the gateway accepts, comma-separated",
-}
+# Variables the chart sets that docs/operations.md does not list yet (proposed to the Rust side);
+# empty while the binaries read everything the chart sets.
+PROPOSED_ENV: dict[str, str] = {}
 
 # --------------------------------------------------------------------------------------------
 # Dependencies
@@ -862,6 +860,8 @@ REFUSED = [
     ("a fractional image tag", {"image": {"tag": 1.5}}, "schema"),
     ("a worker without consumers", {"workers": {"notify": {"consumers": []}}}, "schema"),
     ("a monitoring endpoint with a scheme", {"keda": {"natsMonitoringEndpoint": "http://nats:8222"}}, "schema"),
+    ("a gateway token without its scope", {"gateway": {"auth": {"tokens": ["sentinel-gateway-token-one-5d1e"]}}}, "schema"),
+    ("a gateway token shorter than 16 characters", {"gateway": {"auth": {"tokens": ["read:short-token"]}}}, "schema"),
     ("Redis TLS with a redis:// URL", {"redis": {"tls": {"enabled": True}}}, "render"),
     ("NATS password auth without a user", {"nats": {"auth": {"method": "userPassword", "password": "x"}}}, "render"),
     ("NATS token auth without a token", {"nats": {"auth": {"method": "token"}}}, "render"),

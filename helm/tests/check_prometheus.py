@@ -5,17 +5,23 @@ dashboard executes and returns data.
     python3 helm/tests/check_prometheus.py [-v] [--keep]
 
 Starts, on free loopback ports and in a temporary directory: nats-server (JetStream),
-redis-server, `stockctl setup`, the worker binaries (cargo build --workspace --bins first) with
-STOCKFLOW_METRICS_ADDR set, and Prometheus (Debian package `prometheus`, installed by
-scripts/bootstrap.py) scraping them every second. Then `stockflow-traffic` sends traffic that
-exercises every metric (alerts, duplicates, a stale count, a dead letter, confirmed, rejected and
-cancelled orders, expiring holds, a NAK for an event that arrived too early), then the stock
-worker's durable consumer is deleted and declared again (a consumer restart, lag, duplicates
-as the stream is read again). Once Prometheus has scraped the
-aftermath, every dashboard query (Grafana's variables substituted) and every alert expression
-is sent to /api/v1/query; each must execute, and each must return series — for an alert, the
-expressions its condition is made of (see queries.data_legs). Every process started is stopped
-on exit, also on failure.
+redis-server, `stockctl setup`, a webhook receiver (one endpoint that accepts, one that always
+answers 500), the four binaries (cargo build --workspace --bins first) with
+STOCKFLOW_METRICS_ADDR set — stock-worker, order-worker, notify-worker (subscribed to the
+receiver, with few and quick retries and a low breaker threshold) and gateway (with a write and a
+read token) — and Prometheus (Debian package `prometheus`, installed by scripts/bootstrap.py)
+scraping them every second. Then `stockflow-traffic` sends traffic that exercises every metric
+of the stock and order workers (alerts, duplicates, a stale count, a dead letter, confirmed,
+rejected and cancelled orders, expiring holds, a NAK for an event that arrived too early), and
+requests to the gateway (accepted, refused without a token or the scope, an unknown SKU) whose
+stock changes and alerts the notify worker delivers: delivered to one endpoint, retried and
+failed (dead-lettered, then the breaker opens) at the other. Between two rounds of gateway
+requests the stock worker's durable consumer is deleted and declared again (a consumer restart,
+lag, duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
+dashboard query (Grafana's variables substituted) and every alert expression is sent to
+/api/v1/query; each must execute, and each must return series — for an alert, the expressions
+its condition is made of (see queries.data_legs). Every process started is stopped on exit, also
+on failure.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from check_chart import ensure_python_deps
@@ -42,14 +51,12 @@ from queries import alert_rules, dashboard_queries, data_legs, grafana_to_promql
 ROOT = Path(__file__).resolve().parents[2]
 DEV_BIN = ROOT / ".dev" / "bin"
 
-# Every component Prometheus scrapes in production (the chart's jobs). A component in PENDING may
-# still be a skeleton that exits at once: it is started if it works, and queries that only its
-# metrics can answer are reported, not failed, while it is absent. Empty PENDING once the
-# notify worker and the gateway are built: then all four are required, and the traffic must
-# cover them too (a webhook subscription whose endpoint fails, so `outcome="failed"` exists;
-# gateway requests) — add their series to TRAFFIC below.
+# Every component Prometheus scrapes in production (the chart's jobs), all required. A new
+# component may join through PENDING while it is a skeleton that exits at once: it is started if
+# it works, and queries that only its metrics can answer are reported, not failed, while it is
+# absent. Once it works, take it out of PENDING and add the series it must produce to TRAFFIC.
 COMPONENTS = ["stock-worker", "order-worker", "notify-worker", "gateway"]
-PENDING = {"notify-worker", "gateway"}
+PENDING: set[str] = set()
 
 # Metrics only one component exports (everything else comes from the shared consume loop of
 # every worker, or from the stock and order workers).
@@ -67,6 +74,22 @@ SCRAPE_INTERVAL = 1.0  # seconds
 RATE_INTERVAL = "15s"
 STARTUP_DEADLINE = 20.0  # seconds for a server or worker to answer
 RECOVERY_DEADLINE = 30.0  # seconds for a worker to notice its consumer is gone, and to re-bind
+DELIVERY_DEADLINE = 30.0  # seconds for a gateway request to reach the webhook receiver
+TRAFFIC_DEADLINE = 90.0  # seconds for stockflow-traffic (it gives up on a step after 30)
+
+# What the gateway requests are about. Only events of this SKU reach the webhook receiver, so
+# the traffic of stockflow-traffic (its own SKUs) costs the notify worker no POSTs.
+HOOK_SKU = "CHECK-HOOKED-1"
+HOOK_LOCATION = "store-1"
+# The notify worker's retry settings: three POSTs per delivery, back-off of at most 200 ms, and a
+# breaker that opens after three consecutive failures — so a delivery to the failing endpoint
+# is retried and dead-lettered within a second, and the breaker opens on the first one.
+NOTIFY_RETRY_ENV = {
+    "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS": "3",
+    "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS": "50",
+    "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS": "200",
+    "STOCKFLOW_WEBHOOK_BREAKER_FAILURES": "3",
+}
 
 
 class CheckFailed(Exception):
@@ -139,6 +162,120 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`, in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(_LABEL.findall(m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Webhook receiver and gateway client
+# --------------------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """The notify worker's webhook endpoints: a plain HTTP server on a free loopback port that
+    answers 200 on /accepting and 500 on /failing (a receiver that is down), and records what
+    each POST was about."""
+
+    ANSWERS = {"/accepting": 200, "/failing": 500}
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # path -> (event type, ledger kind or None) of every POST, in arrival order
+        self.posts: dict[str, list[tuple[str, str | None]]] = {path: [] for path in self.ANSWERS}
+        receiver = self
+
+        class Endpoint(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    doc = json.loads(body)
+                    seen = (str(doc.get("type")), (doc.get("data") or {}).get("kind"))
+                except (ValueError, AttributeError):
+                    seen = ("undecodable", None)
+                status = receiver.ANSWERS.get(self.path, 404)
+                with receiver.lock:
+                    if self.path in receiver.posts:
+                        receiver.posts[self.path].append(seen)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass  # hundreds of lines of noise otherwise
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def received(self, path: str, event_type: str, kind: str | None = None) -> bool:
+        """Whether `path` has had a POST of `event_type` (and, for a stock change, `kind`)."""
+        with self.lock:
+            return any(t == event_type and (kind is None or k == kind) for t, k in self.posts[path])
+
+    def summary(self) -> str:
+        with self.lock:
+            return ", ".join(f"{len(posts)} POSTs to {path} ({self.ANSWERS[path]})" for path, posts in self.posts.items())
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+
+class GatewayClient:
+    """JSON requests to the gateway's API, each checked against the status it must answer."""
+
+    def __init__(self, port: int, write_token: str, read_token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.write_token, self.read_token = write_token, read_token
+
+    def expect(self, status: int, method: str, path: str, body=None, token: str | None = None,
+               key: str | None = None) -> dict:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if key:
+            headers["Idempotency-Key"] = key
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as r:
+                got, text = r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            got, text = e.code, e.read().decode(errors="replace")
+        except OSError as e:
+            raise CheckFailed(f"gateway {method} {path}: {e}") from None
+        if got != status:
+            raise CheckFailed(f"gateway {method} {path} answered {got}, expected {status}: {text[:300]}")
+        return json.loads(text) if text else {}
+
+    def fact(self, key: str, change: dict, status: int = 202) -> dict:
+        body = {"sku": HOOK_SKU, "location": HOOK_LOCATION, "source": "check", **change}
+        return self.expect(status, "POST", "/v1/stock/events", body, self.write_token, key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +369,7 @@ class System:
         }
         self.metrics_ports: dict[str, int] = {}  # component -> port, for those that run
         self.absent: dict[str, str] = {}  # pending component -> why it does not run
+        self.gateway: GatewayClient | None = None  # set when the gateway's env is made
 
     def start_nats(self) -> None:
         self.procs.start("nats-server", [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
@@ -263,7 +401,27 @@ class System:
         if r.returncode != 0:
             raise CheckFailed(f"stockctl setup failed ({r.returncode}):\n{r.stdout}{r.stderr}")
 
-    def start_components(self) -> None:
+    def component_env(self, name: str, receiver: WebhookReceiver) -> dict[str, str]:
+        """What `name` needs besides the connections: the gateway its listener and tokens, the
+        notify worker its subscriptions (the receiver's two endpoints) and quick retries."""
+        if name == "gateway":
+            self.gateway = GatewayClient(free_port(), f"check-write-{secrets.token_hex(12)}",
+                                         f"check-read-{secrets.token_hex(12)}")
+            return {"STOCKFLOW_HTTP_ADDR": self.gateway.url.removeprefix("http://"),
+                    "STOCKFLOW_GATEWAY_TOKENS": f"write:{self.gateway.write_token},read:{self.gateway.read_token}"}
+        if name == "notify-worker":
+            webhooks = self.procs.workdir / "webhooks.json"
+            webhooks.write_text(json.dumps({"subscriptions": [
+                {"id": "accepting", "url": receiver.url("/accepting"), "events": ["*"], "skus": [HOOK_SKU]},
+                {"id": "failing", "url": receiver.url("/failing"), "events": ["stock_changed", "low_stock"],
+                 "skus": [HOOK_SKU]},
+            ]}, indent=2))
+            return {"STOCKFLOW_WEBHOOKS_FILE": str(webhooks), "STOCKFLOW_WEBHOOK_SECRET": secrets.token_hex(16),
+                    **NOTIFY_RETRY_ENV}
+        return {}
+
+    def start_components(self, receiver: WebhookReceiver) -> None:
+        started = {}
         for name in COMPONENTS:
             path = cargo_bin_dir() / name
             if not path.is_file():
@@ -272,11 +430,9 @@ class System:
                     continue
                 workspace_binary(name)  # raises with the message
             port = free_port()
-            env = dict(self.env, STOCKFLOW_METRICS_ADDR=f"127.0.0.1:{port}")
-            if name == "gateway":
-                env["STOCKFLOW_HTTP_ADDR"] = f"127.0.0.1:{free_port()}"
-            proc = self.procs.start(name, [str(path)], env)
-
+            env = dict(self.env, STOCKFLOW_METRICS_ADDR=f"127.0.0.1:{port}", **self.component_env(name, receiver))
+            started[name] = (self.procs.start(name, [str(path)], env), port)
+        for name, (proc, port) in started.items():
             def ready(proc=proc, port=port):
                 if proc.poll() is not None:
                     return "exited"
@@ -296,7 +452,7 @@ class System:
             self.metrics_ports[name] = port
         for name, why in self.absent.items():
             say(f"NOTE  {name} does not run ({why}); it is not scraped")
-        say(f"workers running: {', '.join(f'{n} (metrics :{p})' for n, p in self.metrics_ports.items())}")
+        say(f"running: {', '.join(f'{n} (metrics :{p})' for n, p in self.metrics_ports.items())}")
 
     def delete_consumer(self, stream: str, durable: str) -> None:
         """Deletes a durable consumer through the JetStream API (plain NATS protocol)."""
@@ -310,6 +466,72 @@ class System:
 
     def ready(self, name: str) -> bool:
         return http_get(f"http://127.0.0.1:{self.metrics_ports[name]}/readyz")[0] == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway requests and webhook deliveries
+# --------------------------------------------------------------------------------------------
+
+
+def webhook_outcomes(system: System, endpoint: str) -> dict[str, float]:
+    text = system.metrics_text("notify-worker")
+    return {outcome: metric_value(text, "stockflow_webhook_deliveries_total", endpoint=endpoint, outcome=outcome)
+            for outcome in ("delivered", "retried", "failed")}
+
+
+def delivered(receiver: WebhookReceiver, what: str, event_type: str, kind: str | None = None) -> None:
+    eventually(f"the notify worker delivers {what} to the accepting endpoint", DELIVERY_DEADLINE,
+               lambda: receiver.received("/accepting", event_type, kind))
+
+
+def gateway_first_round(system: System, receiver: WebhookReceiver) -> None:
+    """A low-stock policy and a receipt through the gateway, one after the other (the sale of the
+    second round must find both applied), each delivered to the accepting endpoint, retried and
+    dead-lettered at the failing one (which opens its breaker); and requests the gateway
+    refuses: no token (401), a read token writing (403), an unknown SKU (404)."""
+    gw = system.gateway
+    gw.fact("check-policy", {"type": "policy_set", "low_stock_threshold": 5})
+    delivered(receiver, "the policy's stock change", "stock_changed", "policy_set")
+    gw.fact("check-receipt", {"type": "received", "quantity": 10})
+    delivered(receiver, "the receipt's stock change", "stock_changed", "received")
+    gw.expect(401, "POST", "/v1/stock/events", {"type": "received", "sku": HOOK_SKU, "location": HOOK_LOCATION,
+                                                "quantity": 1})
+    gw.expect(403, "POST", "/v1/stock/events", {"type": "received", "sku": HOOK_SKU, "location": HOOK_LOCATION,
+                                                "quantity": 1}, gw.read_token, "check-refused")
+    gw.expect(404, "GET", "/v1/stock/CHECK-NEVER-SEEN", token=gw.read_token)
+
+    def failing_gave_up():
+        text = system.metrics_text("notify-worker")
+        return (metric_value(text, "stockflow_webhook_deliveries_total", endpoint="failing", outcome="failed") >= 2
+                and metric_value(text, "stockflow_webhook_breaker_open", endpoint="failing") == 1)
+
+    eventually("the notify worker dead-letters both deliveries to the failing endpoint and opens its breaker",
+               DELIVERY_DEADLINE, failing_gave_up)
+
+
+def gateway_second_round(system: System, receiver: WebhookReceiver) -> None:
+    """A sale down to low stock and a checkout that waits for its decision (201), a stock query
+    (200) and an invalid fact (400), so that every gateway and webhook series changes once more
+    after Prometheus has scraped the first round: rate() needs two different samples."""
+    gw = system.gateway
+    failed_before = webhook_outcomes(system, "failing")["failed"]
+    gw.fact("check-sale", {"type": "sold", "quantity": 6})
+    order = gw.expect(201, "POST", "/v1/orders?wait=10s", {
+        "order_id": "check-order-1",
+        "lines": [{"line_id": "1", "sku": HOOK_SKU, "location": HOOK_LOCATION, "quantity": 1}],
+    }, gw.write_token, "check-checkout")
+    if order.get("decision") != "confirmed":
+        raise CheckFailed(f"the checkout was not confirmed: {order}")
+    levels = gw.expect(200, "GET", f"/v1/stock/{HOOK_SKU}", token=gw.read_token)
+    if not levels.get("totals", {}).get("on_hand"):
+        raise CheckFailed(f"GET /v1/stock/{HOOK_SKU} shows no stock after the receipt: {levels}")
+    gw.fact("check-invalid", {"type": "sold", "quantity": 0}, status=400)
+    delivered(receiver, "the low-stock alert of the sale", "low_stock")
+    delivered(receiver, "the checkout's decision", "order_confirmed")
+    # The sale's stock change and its alert, at least, reach the failing endpoint too, whose
+    # breaker dead-letters them.
+    eventually("the notify worker dead-letters the second round's deliveries to the failing endpoint",
+               DELIVERY_DEADLINE, lambda: webhook_outcomes(system, "failing")["failed"] >= failed_before + 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,23 +660,34 @@ def queries() -> list[Query]:
     return out
 
 
-# What stockflow-traffic claims to cause, by the label values it must leave behind. Checked first,
-# so that a query passing on partial traffic cannot go unnoticed.
-TRAFFIC = {
-    "stockflow_events_total": ("outcome", {"applied", "duplicate", "stale", "dead_lettered"}),
-    "stockflow_alerts_total": ("kind", {"low_stock", "out_of_stock", "back_in_stock"}),
-    "stockflow_derived_published_total": ("kind", {"stock_changed", "alert", "outcome", "order_result"}),
-    "stockflow_dead_letters_total": ("worker", {"stock-worker"}),
-    "stockflow_reservations_total": ("outcome", {"confirmed", "rejected", "released"}),
-    "stockflow_transient_failures_total": ("kind", {"not_yet"}),
-    "stockflow_consumer_restarts_total": ("worker", {"stock-worker"}),
-    "stockflow_holds_expired_total": (None, {"2"}),
-}
+# What the traffic claims to cause (stockflow-traffic, the gateway requests, the webhook
+# receiver's answers), by the label values it must leave behind: (metric, label, values).
+# Checked first, so that a query passing on partial traffic cannot go unnoticed.
+TRAFFIC = [
+    ("stockflow_events_total", "outcome", {"applied", "duplicate", "stale", "dead_lettered"}),
+    ("stockflow_events_total", "worker", {"stock-worker", "order-worker", "notify-worker"}),
+    ("stockflow_ready", "worker", {"stock-worker", "order-worker", "notify-worker"}),
+    ("stockflow_alerts_total", "kind", {"low_stock", "out_of_stock", "back_in_stock"}),
+    ("stockflow_derived_published_total", "kind", {"stock_changed", "alert", "outcome", "order_result"}),
+    ("stockflow_dead_letters_total", "worker", {"stock-worker", "notify-worker"}),
+    ("stockflow_dead_letters_total", "reason", {"webhook_failed"}),
+    ("stockflow_reservations_total", "outcome", {"confirmed", "rejected", "released"}),
+    ("stockflow_transient_failures_total", "kind", {"not_yet"}),
+    ("stockflow_consumer_restarts_total", "worker", {"stock-worker"}),
+    ("stockflow_holds_expired_total", None, {"2"}),
+    ("stockflow_webhook_deliveries_total", "outcome", {"delivered", "retried", "failed"}),
+    ("stockflow_webhook_deliveries_total", "endpoint", {"accepting", "failing"}),
+    ("stockflow_webhook_delivery_seconds_count", "endpoint", {"accepting", "failing"}),
+    ("stockflow_webhook_breaker_open", "endpoint", {"failing"}),
+    ("stockflow_http_requests_total", "route", {"/v1/stock/events", "/v1/stock/{sku}", "/v1/orders"}),
+    ("stockflow_http_requests_total", "status", {"200", "201", "202", "400", "401", "403", "404"}),
+    ("stockflow_http_request_seconds_count", "route", {"/v1/stock/events", "/v1/stock/{sku}", "/v1/orders"}),
+]
 
 
 def check_traffic(prom: Prometheus, at: float) -> list[str]:
     problems = []
-    for metric, (label, wanted) in TRAFFIC.items():
+    for metric, label, wanted in TRAFFIC:
         if label is None:  # the value itself
             result, error = prom.query(f"sum({metric})", at)
             seen = {r["value"][1] for r in result or []}
@@ -533,15 +766,17 @@ def run(args) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="stockflow-prometheus-"))
     procs = Processes(workdir)
+    receiver = WebhookReceiver()
     failed = True
     try:
-        for name in ("stockctl", "stockflow-traffic", "stock-worker", "order-worker"):
+        for name in ("stockctl", "stockflow-traffic", *(c for c in COMPONENTS if c not in PENDING)):
             workspace_binary(name)
         system = System(procs)
         system.start_nats()
         system.start_redis()
         system.setup()
-        system.start_components()
+        receiver.start()
+        system.start_components(receiver)
         prom = Prometheus(procs, system.metrics_ports)
         prom.start()
         prom_started = time.time()
@@ -550,25 +785,49 @@ def run(args) -> int:
         say(f"prometheus {prom.url} scrapes {len(system.metrics_ports)} targets every {SCRAPE_INTERVAL:g}s "
             f"(work dir {workdir})")
 
-        say("traffic: stock facts, alerts, duplicates, a stale count, a dead letter, orders, expiring holds ...")
+        # The gateway's first round runs while stockflow-traffic does (other SKUs): it keeps the
+        # time from the traffic's last changes (the hold expiries) to the queries short.
+        say("traffic: stock facts, alerts, duplicates, a stale count, a dead letter, orders, expiring holds;")
+        say("  meanwhile through the gateway: a policy and a receipt, delivered to one webhook endpoint and "
+            "dead-lettered at the other, and refused requests ...")
+        step = time.monotonic()
+        traffic = procs.start("stockflow-traffic", [str(workspace_binary("stockflow-traffic"))], system.env)
+        # Both run unless they are PENDING (then their queries are reported, not failed).
+        with_gateway = {"gateway", "notify-worker"} <= set(system.metrics_ports)
+        if with_gateway:
+            gateway_first_round(system, receiver)
+            first_round_done = time.time()
         try:
-            r = subprocess.run([str(workspace_binary("stockflow-traffic"))], env=dict(os.environ, **system.env),
-                               capture_output=True, text=True, timeout=90)
-        except subprocess.TimeoutExpired as exc:
-            raise CheckFailed(f"stockflow-traffic did not finish within {exc.timeout:.0f}s") from None
-        if r.returncode != 0:
-            raise CheckFailed(f"stockflow-traffic failed ({r.returncode}):\n{r.stdout}{r.stderr}\n"
+            traffic.wait(timeout=max(1.0, TRAFFIC_DEADLINE - (time.monotonic() - step)))
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(f"stockflow-traffic did not finish within {TRAFFIC_DEADLINE:.0f}s:\n"
+                              f"{procs.tail('stockflow-traffic')}") from None
+        procs.running.pop("stockflow-traffic", None)
+        if traffic.returncode != 0:
+            raise CheckFailed(f"stockflow-traffic failed ({traffic.returncode}):\n{procs.tail('stockflow-traffic')}\n"
                               + "\n".join(f"    {n}:\n{procs.tail(n)}" for n in system.metrics_ports))
+        say(f"      ({time.monotonic() - step:.1f}s)")
 
         # An operator deletes a durable consumer by mistake and `setup` declares it again: the
         # worker's subscription ends (a consumer restart), it is not ready until the consumer is
         # back, then re-reads the stream from the start (lag, and duplicates absorbed).
         say("deleting the stock-worker consumer, then stockctl setup: the worker must re-bind ...")
+        step = time.monotonic()
         system.delete_consumer("STOCK_EVENTS", "stock-worker")
         eventually("stock-worker counts a consumer restart", RECOVERY_DEADLINE,
                    lambda: "stockflow_consumer_restarts_total" in system.metrics_text("stock-worker"))
         system.setup()
         eventually("stock-worker ready again", RECOVERY_DEADLINE, lambda: system.ready("stock-worker"))
+        say(f"      ({time.monotonic() - step:.1f}s)")
+
+        if with_gateway:
+            # The first round's counters must be in Prometheus before the second changes them.
+            eventually("Prometheus scrapes the first gateway round", STARTUP_DEADLINE,
+                       lambda: prom.scraped_since(first_round_done, 1), interval=0.25)
+            say("gateway: a sale to low stock, a checkout, a query, an invalid fact; their deliveries ...")
+            step = time.monotonic()
+            gateway_second_round(system, receiver)
+            say(f"      ({time.monotonic() - step:.1f}s; webhook receiver: {receiver.summary()})")
         traffic_done = time.time()
         # Three scrapes after the last change, so every counter's latest value is in, and rate()
         # has at least two samples of each new series (the restart counter appears only now).
@@ -596,6 +855,7 @@ def run(args) -> int:
         return 130
     finally:
         procs.stop_all()
+        receiver.stop()
         if not (failed or args.keep):
             shutil.rmtree(workdir, ignore_errors=True)
 
