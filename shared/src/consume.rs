@@ -246,7 +246,8 @@ impl Consumer {
             match self.bind().await {
                 Ok((consumer, messages)) => {
                     self.bound.set(true);
-                    metrics::gauge!("stockflow_ready", "worker" => worker).set(1.0);
+                    metrics::gauge!("stockflow_ready", "worker" => worker, "stream" => self.spec.stream)
+                        .set(1.0);
                     let cause = self
                         .pump(
                             consumer,
@@ -259,7 +260,8 @@ impl Consumer {
                         )
                         .await;
                     self.bound.set(false);
-                    metrics::gauge!("stockflow_ready", "worker" => worker).set(0.0);
+                    metrics::gauge!("stockflow_ready", "worker" => worker, "stream" => self.spec.stream)
+                        .set(0.0);
                     match cause {
                         None => break,
                         Some(cause) => {
@@ -409,9 +411,11 @@ impl Consumer {
             }
         };
         // Gauges are f64; counts stay far below 2^53.
-        metrics::gauge!("stockflow_consumer_pending_messages", "worker" => worker)
+        // One worker may read several streams (notify-worker): one series per consumer.
+        let stream = self.spec.stream;
+        metrics::gauge!("stockflow_consumer_pending_messages", "worker" => worker, "stream" => stream)
             .set(info.num_pending as f64);
-        metrics::gauge!("stockflow_consumer_ack_pending_messages", "worker" => worker)
+        metrics::gauge!("stockflow_consumer_ack_pending_messages", "worker" => worker, "stream" => stream)
             .set(info.num_ack_pending as f64);
         let idle = last_delivery.elapsed() >= self.settings.stall_after;
         let has_room = permits.available_permits() > 0;
