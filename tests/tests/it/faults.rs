@@ -1,8 +1,10 @@
 //! The fault suite: a mixed workload of stock facts and orders — duplicates, late re-sends and
 //! malformed inputs included — runs while worker processes are killed with `kill -9` at random
-//! moments, nats-server is killed and restarted, and redis-server is restarted. At the end the
-//! levels, the ledger, the alerts, the dead letters and the order results are compared with a
-//! model computed from the accepted inputs alone; the figures are printed.
+//! moments, nats-server is killed and restarted, and redis-server is restarted. The notify worker
+//! delivers every alert and order result to a webhook receiver of the test; it is killed once,
+//! and later kept down while the stock workers finish a phase without it. At the end the levels,
+//! the ledger, the alerts, the dead letters, the order results and the webhooks received are
+//! compared with a model computed from the accepted inputs alone; the figures are printed.
 //!
 //! `cargo test -p stockflow-tests --test it -- --nocapture faults::` shows them in full; the
 //! one-line summary is printed in any case. The soak variant (five times the events, more kills)
@@ -12,6 +14,7 @@
 mod check;
 mod fleet;
 mod regressions;
+mod webhooks;
 mod workload;
 
 use std::{
@@ -23,10 +26,11 @@ use std::{
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt as _;
 use stockflow_proto::subjects;
+use stockflow_shared::topology;
 use stockflow_tests::eventually;
 
 use crate::world::World;
-use fleet::{Fault, Fleet, Group, Strike, Tally};
+use fleet::{Fault, Fleet, Group, Outage, Strike, Tally};
 use workload::{Outgoing, Rng, Scale, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,10 +75,22 @@ fn plan(scale: &Scale, phase: usize, rng: &mut Rng) -> Vec<(Group, f64, Fault)> 
     }
     match phase {
         0 => plan.push((Group::Stock, 0.3 + rng.unit() * 0.4, Fault::RestartNats)),
-        1 => plan.push((Group::Stock, 0.3 + rng.unit() * 0.4, Fault::RestartRedis)),
+        1 => {
+            plan.push((Group::Stock, 0.3 + rng.unit() * 0.4, Fault::RestartRedis));
+            plan.push((
+                Group::Stock,
+                0.1 + rng.unit() * 0.7,
+                Fault::Kill(Group::Notify),
+            ));
+        }
         _ => {
             plan.push((Group::Orders, 0.35, Fault::Down(Group::Orders)));
             plan.push((Group::Stock, 0.75, Fault::Up(Group::Orders)));
+            // The notify worker goes down mid-phase and comes back only once the stock workers
+            // have processed the whole phase: they must not need it.
+            plan.push((Group::Stock, 0.05, Fault::Mark));
+            plan.push((Group::Stock, 0.45, Fault::Down(Group::Notify)));
+            plan.push((Group::Stock, 1.0, Fault::Up(Group::Notify)));
         }
     }
     plan.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -156,6 +172,7 @@ async fn phase(
             let (start, n) = match when {
                 Group::Stock => (starts[0], stock),
                 Group::Orders => (starts[1], orders),
+                Group::Notify => panic!("the notify worker's strikes are timed by stock progress"),
             };
             Strike {
                 when,
@@ -193,13 +210,16 @@ async fn run(scale: Scale) {
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{seed}"));
     std::fs::create_dir_all(&logs).expect("log directory");
     let mut world = World::start().await;
+    let receiver = webhooks::Receiver::start().await;
     let mut fleet = Fleet::start(
         world.nats.url(),
         world.redis.url(),
         &logs,
         &[
-            (Group::Stock, scale.replicas),
-            (Group::Orders, scale.replicas),
+            (Group::Stock, scale.replicas, Vec::new()),
+            (Group::Orders, scale.replicas, Vec::new()),
+            // One replica is enough for the run's deliveries; a kill takes the whole group.
+            (Group::Notify, 1, receiver.worker_env(&logs)),
         ],
     );
     let mut workload = Workload::new(seed, &scale);
@@ -235,11 +255,23 @@ async fn run(scale: Scale) {
     })
     .await;
     settle(&world, scale.settle).await;
+    // Every derived event has been handed to the notify worker's consumers; an input is acked
+    // only once the receiver answered (or a dead letter records the failure).
+    for spec in [
+        topology::NOTIFY_ALERTS,
+        topology::NOTIFY_ORDER_RESULTS,
+        topology::NOTIFY_STOCK_CHANGES,
+    ] {
+        stockflow_cli::wait_until_caught_up(&world.js, spec.stream, spec.durable, scale.settle)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
     let processing = started.elapsed();
 
     let streams = check::Streams::read(&world.js).await;
     let levels = check::levels(&mut redis, &world.keys, &workload.skus).await;
-    let report = check::verify(&workload.book, &streams, &levels);
+    let deliveries = receiver.deliveries();
+    let report = check::verify(&workload.book, &streams, &levels, &deliveries);
     drop(fleet);
 
     let sent = &workload.book.sent;
@@ -259,11 +291,13 @@ async fn run(scale: Scale) {
          \x20 duplicates   {} (immediate {}, late {}) = {:.1}% of events\n\
          \x20 malformed    {} (event_id conflicts {})\n\
          \x20 counts       {} (stale {})\n\
-         \x20 kills        {} {} ({} processes), {} {} ({} processes); outages of order-worker {}\n\
-         \x20 isolation    stock inputs acked/s while order-worker was down {:.0?}; last phase {:.0}/s\n\
+         \x20 kills        {} {} ({} processes), {} {} ({} processes), {} {} ({} processes)\n\
+         \x20 isolation    stock inputs acked/s: {}; last phase {:.0}/s\n\
          \x20 restarts     nats-server {}, redis-server {}\n\
          \x20 orders       {} placed: {confirmed} confirmed, {rejected} rejected, {released} released\n\
          \x20 streams      {} ledger entries, {} alerts, {} rejections, {} dead letters\n\
+         \x20 webhooks     {} POSTs, {} distinct events ({} alerts + {} order results expected), \
+         {} signatures failed\n\
          \x20 time         phases {:.1?}; processed in {:.1?} ({:.0} inputs/s), checked in {:.1?}\n\
          \x20 compared     {} (sku, location) pairs\n\
          {}\
@@ -288,12 +322,15 @@ async fn run(scale: Scale) {
         Group::Orders.name(),
         kills(Group::Orders),
         killed(Group::Orders),
-        tally.outages,
+        Group::Notify.name(),
+        kills(Group::Notify),
+        killed(Group::Notify),
         tally
-            .stock_rate_during_outages
+            .outages
             .iter()
-            .map(|(_, rate)| *rate)
-            .collect::<Vec<_>>(),
+            .map(describe_outage)
+            .collect::<Vec<_>>()
+            .join("; "),
         phases[2].1 as f64 / phases[2].0.as_secs_f64(),
         tally.nats_restarts,
         tally.redis_restarts,
@@ -301,7 +338,12 @@ async fn run(scale: Scale) {
         streams.ledger.len(),
         streams.alerts.len(),
         streams.rejections.len(),
-        streams.dead_letters.len(),
+        streams.dead_letters.len() + streams.webhook_dead_letters.len(),
+        deliveries.posts,
+        deliveries.ids.len(),
+        streams.alert_ids.len(),
+        streams.result_ids.len(),
+        deliveries.bad_signatures.len(),
         phases.iter().map(|(took, _)| *took).collect::<Vec<_>>(),
         processing,
         (sent.events() + sent.duplicates() + sent.malformed) as f64 / processing.as_secs_f64(),
@@ -314,15 +356,17 @@ async fn run(scale: Scale) {
     // Straight to stderr, past the test harness' capture: CI logs always show the figures.
     writeln!(
         std::io::stderr(),
-        "faults: {} events, {} duplicates, {} malformed, kills {}+{}, restarts nats {} redis {}, \
-         {} mismatches in {:.0?} (seed {seed})",
+        "faults: {} events, {} duplicates, {} malformed, kills {}+{}+{}, restarts nats {} redis {}, \
+         {} webhooks, {} mismatches in {:.0?} (seed {seed})",
         sent.events(),
         sent.duplicates(),
         sent.malformed,
         kills(Group::Stock),
         kills(Group::Orders),
+        kills(Group::Notify),
         tally.nats_restarts,
         tally.redis_restarts,
+        deliveries.ids.len(),
         report.mismatches(),
         started.elapsed(),
     )
@@ -342,5 +386,43 @@ async fn run(scale: Scale) {
         "too few kills"
     );
     assert_eq!((tally.nats_restarts, tally.redis_restarts), (1, 1));
+    assert!(
+        kills(Group::Notify) >= 1 && !streams.alert_ids.is_empty(),
+        "the notify worker was killed while it had alerts to deliver"
+    );
+    // Fault isolation: the stock workers neither wait for the notify worker nor slow down
+    // without it.
+    let notify: Vec<&Outage> = tally.outages_of(Group::Notify).collect();
+    assert_eq!(notify.len(), 1, "one outage of the notify worker");
+    for outage in notify {
+        assert!(
+            outage.stock_caught_up,
+            "the stock workers caught up while notify-worker was down"
+        );
+        let before = outage.stock_rate_before.expect("a rate before the outage");
+        assert!(
+            outage.stock_rate_during >= before / 2.0,
+            "stock processing slowed down while notify-worker was down: {}",
+            describe_outage(outage)
+        );
+    }
     std::fs::remove_dir_all(&logs).ok();
+}
+
+/// `<group> down <s>: <rate>/s (before <rate>/s), caught up`.
+fn describe_outage(outage: &Outage) -> String {
+    format!(
+        "{} down {:.1?}: {:.0}/s (before {}){}",
+        outage.group.name(),
+        outage.lasted,
+        outage.stock_rate_during,
+        outage
+            .stock_rate_before
+            .map_or("not measured".to_owned(), |r| format!("{r:.0}/s")),
+        if outage.stock_caught_up {
+            ", stock caught up meanwhile"
+        } else {
+            ""
+        }
+    )
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::world::*;
 
-const SECRET: &str = "whsec-test-1";
+pub(crate) const SECRET: &str = "whsec-test-1";
 
 /// One POST as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl Receiver {
 }
 
 /// Verifies `X-Stockflow-Signature` as documented: HMAC-SHA256 over `<timestamp>.<body>`.
-fn verify(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), String> {
+pub(crate) fn verify(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), String> {
     let header = |name: &str| {
         headers
             .get(name)

@@ -12,7 +12,10 @@ use stockflow_proto::{
 use stockflow_shared::keys::Keys;
 use stockflow_tests::read_stream;
 
-use super::workload::{outcomes, Book, OrderOutcome, LOCATIONS};
+use super::{
+    webhooks::Deliveries,
+    workload::{outcomes, Book, OrderOutcome, LOCATIONS},
+};
 
 /// What the streams hold at the end.
 #[derive(Debug)]
@@ -20,9 +23,35 @@ pub(crate) struct Streams {
     pub(crate) ledger: Vec<StockChanged>,
     pub(crate) rejections: Vec<StockEventRejected>,
     pub(crate) alerts: Vec<StockAlert>,
-    /// `Stockflow-Original-Msg-Id` of every dead letter.
+    /// `Stockflow-Original-Msg-Id` of every dead letter of an input.
     pub(crate) dead_letters: Vec<String>,
+    /// Webhook deliveries given up (`deadletter.webhooks.>`): their event ids.
+    pub(crate) webhook_dead_letters: Vec<String>,
     pub(crate) results: Vec<OrderResult>,
+    /// The event id a webhook receiver gets for each alert and each order result: its
+    /// `Nats-Msg-Id`, or `<stream>:<sequence>` without one (workers/notify/README.md).
+    pub(crate) alert_ids: Vec<String>,
+    pub(crate) result_ids: Vec<String>,
+}
+
+fn header(message: &jetstream::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
+fn event_ids(messages: &[jetstream::Message], stream: &str) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            header(m, "Nats-Msg-Id").unwrap_or_else(|| {
+                let sequence = m.info().map_or(0, |i| i.stream_sequence);
+                format!("{stream}:{sequence}")
+            })
+        })
+        .collect()
 }
 
 fn decode<M: prost::Message + Default>(messages: &[jetstream::Message], what: &str) -> Vec<M> {
@@ -39,21 +68,24 @@ impl Streams {
         let alerts = read_stream(js, subjects::ALERTS, "alerts.>").await;
         let letters = read_stream(js, subjects::DEAD_LETTERS, "deadletter.>").await;
         let results = read_stream(js, subjects::ORDER_RESULTS, "orders.results.>").await;
+        let (webhook_letters, letters): (Vec<_>, Vec<_>) = letters
+            .into_iter()
+            .partition(|m| m.subject.starts_with("deadletter.webhooks."));
         Self {
             ledger: decode(&ledger, "ledger entry"),
             rejections: decode(&rejections, "rejection"),
             alerts: decode(&alerts, "alert"),
             dead_letters: letters
                 .iter()
-                .map(|m| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(subjects::HEADER_ORIGINAL_MSG_ID))
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default()
-                })
+                .map(|m| header(m, subjects::HEADER_ORIGINAL_MSG_ID).unwrap_or_default())
+                .collect(),
+            webhook_dead_letters: webhook_letters
+                .iter()
+                .map(|m| header(m, "Stockflow-Webhook-Event-Id").unwrap_or_default())
                 .collect(),
             results: decode(&results, "order result"),
+            alert_ids: event_ids(&alerts, subjects::ALERTS),
+            result_ids: event_ids(&results, subjects::ORDER_RESULTS),
         }
     }
 }
@@ -168,6 +200,7 @@ pub(crate) fn verify(
     book: &Book,
     streams: &Streams,
     actual: &BTreeMap<(String, String), (i64, i64)>,
+    deliveries: &Deliveries,
 ) -> Report {
     let mut report = Report::default();
     let outcomes = outcomes(&streams.results);
@@ -322,7 +355,45 @@ pub(crate) fn verify(
 
     // 7. Orders.
     check_orders(&mut report, book, &outcomes, streams);
+
+    // 8. Webhooks.
+    check_webhooks(&mut report, streams, deliveries);
     report
+}
+
+/// Every alert and every order result reached the receiver at least once, signed; none was
+/// given up (the receiver answers every POST with 204).
+fn check_webhooks(report: &mut Report, streams: &Streams, deliveries: &Deliveries) {
+    const DELIVERED: &str = "webhooks delivered at least once";
+    const SIGNED: &str = "webhook signatures verify";
+    report.ran(DELIVERED);
+    report.ran(SIGNED);
+    for (what, ids) in [
+        ("alert", &streams.alert_ids),
+        ("order result", &streams.result_ids),
+    ] {
+        for id in ids {
+            if !deliveries.ids.contains(id) {
+                report.fail(DELIVERED, format!("{what} {id}: never delivered"));
+            }
+        }
+    }
+    let known: HashSet<&String> = streams
+        .alert_ids
+        .iter()
+        .chain(&streams.result_ids)
+        .collect();
+    for id in &deliveries.ids {
+        if !known.contains(id) {
+            report.fail(DELIVERED, format!("{id:?}: delivered, but no such event"));
+        }
+    }
+    for id in &streams.webhook_dead_letters {
+        report.fail(DELIVERED, format!("{id}: dead-lettered"));
+    }
+    for problem in &deliveries.bad_signatures {
+        report.fail(SIGNED, problem.clone());
+    }
 }
 
 fn check_alerts(report: &mut Report, streams: &Streams) {

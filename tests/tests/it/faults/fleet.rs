@@ -5,9 +5,9 @@
 //! fault strikes when a group's consumer has acknowledged the stream up to a chosen sequence, so
 //! "a random moment" is a random point of progress, never a sleep.
 //!
-//! Adding the notify worker is one more [`Group`] variant (binary `notify-worker`, consumer
-//! `notify-worker`, env pointing at a webhook receiver the test runs) and two strikes in the plan:
-//! [`Fault::Down`] then [`Fault::Up`] of that group — the stock group keeps its own kills meanwhile.
+//! An outage ([`Fault::Down`] … [`Fault::Up`]) measures how fast the stock workers go meanwhile,
+//! against a [`Fault::Mark`] before it: fault isolation is a rate, and whether the stock workers
+//! caught up while the group was still down.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +18,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use stockflow_shared::topology::{ConsumerSpec, ORDER_WORKER, STOCK_WORKER};
+use stockflow_shared::topology::{ConsumerSpec, NOTIFY_ALERTS, ORDER_WORKER, STOCK_WORKER};
 use stockflow_tests::{eventually, workspace_binary, KillOnDrop, NatsServer, RedisServer};
 
 use super::workload::Rng;
@@ -28,6 +28,7 @@ use super::workload::Rng;
 pub(crate) enum Group {
     Stock,
     Orders,
+    Notify,
 }
 
 impl Group {
@@ -39,6 +40,7 @@ impl Group {
         match self {
             Self::Stock => "stock-worker",
             Self::Orders => "order-worker",
+            Self::Notify => "notify-worker",
         }
     }
 
@@ -47,6 +49,7 @@ impl Group {
         match self {
             Self::Stock => STOCK_WORKER,
             Self::Orders => ORDER_WORKER,
+            Self::Notify => NOTIFY_ALERTS,
         }
     }
 
@@ -55,6 +58,7 @@ impl Group {
             Self::Stock => &[],
             // Due holds are found quickly, so the run's last holds expire soon after it.
             Self::Orders => &[("STOCKFLOW_HOLD_POLL_MILLIS", "50")],
+            Self::Notify => &[],
         }
     }
 }
@@ -68,6 +72,8 @@ pub(crate) enum Fault {
     Down(Group),
     /// Start the group's replicas again.
     Up(Group),
+    /// No fault: notes the stock workers' progress, the baseline of the next outage's rate.
+    Mark,
     /// `kill -9` nats-server and start it again on the same port and store.
     RestartNats,
     /// SIGTERM redis-server and start it again from its AOF. A SIGTERM flushes the AOF; a
@@ -84,6 +90,24 @@ pub(crate) struct Strike {
     pub(crate) fault: Fault,
 }
 
+/// Environment variables of a group's processes, beyond the connections.
+pub(crate) type GroupEnv = Vec<(String, String)>;
+
+/// One group's outage, as the stock workers saw it (fault isolation).
+#[derive(Debug, Clone)]
+pub(crate) struct Outage {
+    pub(crate) group: Group,
+    /// How long the group was down.
+    pub(crate) lasted: Duration,
+    /// Stock inputs acknowledged per second from the last [`Fault::Mark`] to the outage.
+    pub(crate) stock_rate_before: Option<f64>,
+    /// Stock inputs acknowledged per second while the group was down.
+    pub(crate) stock_rate_during: f64,
+    /// Whether the stock workers had acknowledged every stock input published so far when the
+    /// group came back up.
+    pub(crate) stock_caught_up: bool,
+}
+
 /// How many faults struck.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Tally {
@@ -93,9 +117,15 @@ pub(crate) struct Tally {
     pub(crate) kills: BTreeMap<Group, usize>,
     pub(crate) nats_restarts: usize,
     pub(crate) redis_restarts: usize,
-    pub(crate) outages: usize,
-    /// Stock inputs acknowledged per second while a group was down (fault isolation).
-    pub(crate) stock_rate_during_outages: Vec<(Group, f64)>,
+    /// Outages that ended.
+    pub(crate) outages: Vec<Outage>,
+}
+
+impl Tally {
+    /// The outages of `group`.
+    pub(crate) fn outages_of(&self, group: Group) -> impl Iterator<Item = &Outage> {
+        self.outages.iter().filter(move |o| o.group == group)
+    }
 }
 
 /// The running replicas of every group.
@@ -105,25 +135,32 @@ pub(crate) struct Fleet {
     redis_url: String,
     logs: PathBuf,
     replicas: BTreeMap<Group, Vec<Option<KillOnDrop>>>,
+    /// Environment of one group's processes beyond the connections (e.g. where webhooks go).
+    env: BTreeMap<Group, GroupEnv>,
 }
 
 impl Fleet {
-    /// Starts `replicas` processes of each group; their output goes to `logs/<binary>-<n>.log`.
+    /// Starts `replicas` processes of each group, with the group's `env`; their output goes to
+    /// `logs/<binary>-<n>.log`.
     pub(crate) fn start(
         nats_url: String,
         redis_url: String,
         logs: &Path,
-        groups: &[(Group, usize)],
+        groups: &[(Group, usize, GroupEnv)],
     ) -> Self {
         let mut fleet = Self {
             nats_url,
             redis_url,
             logs: logs.to_owned(),
             replicas: BTreeMap::new(),
+            env: BTreeMap::new(),
         };
-        for &(group, n) in groups {
-            fleet.replicas.insert(group, (0..n).map(|_| None).collect());
-            fleet.up(group);
+        for (group, n, env) in groups {
+            fleet
+                .replicas
+                .insert(*group, (0..*n).map(|_| None).collect());
+            fleet.env.insert(*group, env.clone());
+            fleet.up(*group);
         }
         fleet
     }
@@ -147,6 +184,9 @@ impl Fleet {
             .stdout(Stdio::from(log.try_clone().expect("log file handle")))
             .stderr(Stdio::from(log));
         for (name, value) in group.env() {
+            command.env(name, value);
+        }
+        for (name, value) in self.env.get(&group).into_iter().flatten() {
             command.env(name, value);
         }
         KillOnDrop(command.spawn().expect("spawn worker"))
@@ -212,9 +252,9 @@ impl Fleet {
                 let all: Vec<usize> = (0..self.slots(group)).collect();
                 let killed = self.kill_slots(group, &all);
                 *tally.killed.entry(group).or_default() += killed;
-                tally.outages += 1;
             }
             Fault::Up(group) => self.up(group),
+            Fault::Mark => {}
             Fault::RestartNats => {
                 tokio::task::block_in_place(|| nats.restart());
                 tally.nats_restarts += 1;
@@ -242,6 +282,7 @@ impl Fleet {
         deadline: Duration,
     ) {
         let mut down_since = BTreeMap::new();
+        let mut mark = None;
         for strike in strikes {
             let spec = strike.when.consumer();
             eventually(
@@ -258,21 +299,30 @@ impl Fleet {
             )
             .await;
             // How far the stock workers get while a group is down.
-            let stock_floor = || async {
-                eventually("stock-worker's ack floor", deadline, || {
-                    ack_floor(js, STOCK_WORKER)
-                })
-                .await
+            let stock = || async {
+                eventually("stock-worker's progress", deadline, || stock_progress(js)).await
             };
             match strike.fault {
+                Fault::Mark => mark = Some((Instant::now(), stock().await.acked)),
                 Fault::Down(group) => {
-                    down_since.insert(group, (Instant::now(), stock_floor().await));
+                    let now = stock().await;
+                    let stock_rate_before = mark.map(|(since, acked): (Instant, u64)| {
+                        now.acked.saturating_sub(acked) as f64 / since.elapsed().as_secs_f64()
+                    });
+                    down_since.insert(group, (Instant::now(), now.acked, stock_rate_before));
                 }
                 Fault::Up(group) => {
-                    if let Some((since, floor)) = down_since.remove(&group) {
-                        let done = stock_floor().await.saturating_sub(floor);
-                        let rate = done as f64 / since.elapsed().as_secs_f64();
-                        tally.stock_rate_during_outages.push((group, rate));
+                    if let Some((since, acked, stock_rate_before)) = down_since.remove(&group) {
+                        let now = stock().await;
+                        let lasted = since.elapsed();
+                        tally.outages.push(Outage {
+                            group,
+                            lasted,
+                            stock_rate_before,
+                            stock_rate_during: now.acked.saturating_sub(acked) as f64
+                                / lasted.as_secs_f64(),
+                            stock_caught_up: now.caught_up,
+                        });
                     }
                 }
                 _ => {}
@@ -280,6 +330,32 @@ impl Fleet {
             self.strike(strike.fault, nats, redis, rng, tally);
         }
     }
+}
+
+/// The stock workers' progress, from their consumer.
+#[derive(Debug, Clone, Copy)]
+struct StockProgress {
+    /// Inputs acknowledged, up to an offset (rates are differences). Unlike the ack floor, this
+    /// does not stand still while a killed replica's inputs wait for their redelivery.
+    acked: u64,
+    /// Nothing published is left undelivered or unacknowledged.
+    caught_up: bool,
+}
+
+async fn stock_progress(js: &jetstream::Context) -> Option<StockProgress> {
+    let stream = js.get_stream(STOCK_WORKER.stream).await.ok()?;
+    let mut consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer(STOCK_WORKER.durable).await.ok()?;
+    let info = consumer.info().await.ok()?;
+    // Every input up to the last delivered one is either acknowledged or pending its ack.
+    let acked = info
+        .delivered
+        .stream_sequence
+        .saturating_sub(info.num_ack_pending as u64);
+    Some(StockProgress {
+        acked,
+        caught_up: info.num_pending == 0 && info.num_ack_pending == 0,
+    })
 }
 
 /// The consumer's ack floor (every message up to it is acknowledged).
