@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     deliver::{Deliverer, Delivery, Endpoint, RetryPolicy},
-    subscriptions::Subscription,
+    event::EventType,
+    subscriptions::{EventFilter, Subscription},
 };
 
 /// The consumers this worker reads, each with the name of its readiness check.
@@ -226,8 +227,25 @@ struct NotifyHandler {
     progress_every: Duration,
 }
 
+impl NotifyHandler {
+    /// Whether any endpoint may want a ledger entry: most deployments subscribe to alerts and
+    /// order results only, and the ledger is the busiest stream.
+    fn wants_stock_changes(&self) -> bool {
+        self.endpoints.iter().any(|e| match &e.subscription.events {
+            EventFilter::All => true,
+            EventFilter::Only(types) => types.contains(&EventType::StockChanged),
+        })
+    }
+}
+
 impl Handler for NotifyHandler {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
+        if message.subject.starts_with("stock.changes.") && !self.wants_stock_changes() {
+            return Ok(Handled {
+                event_type: EventType::StockChanged.as_str(),
+                outcome: Outcome::Applied,
+            });
+        }
         let Some(notification) = event::decode(message)? else {
             return Ok(Handled {
                 event_type: "stock_outcome",

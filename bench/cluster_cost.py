@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""CPU cost of one stock fact on the cluster topology, per process, for docs/capacity.md.
+
+Starts the local clusters (scripts/dev-cluster: 3 NATS nodes with streams at R3, a Redis Cluster
+of 3 primaries + 3 replicas) on their own ports, runs one release `stock-worker`, imports a CSV
+of N rows with `stockctl import --wait` (one `counted` fact per row, every row a new SKU), and
+reads the CPU time (/proc/<pid>/stat, user + system) each server and the worker used meanwhile.
+
+Usage: python3 bench/cluster_cost.py [rows]   (release binaries built first: just bench does it;
+       or cargo build --release -p stock-worker -p stockflow-cli)
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pids(name):
+    out = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main():
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    env = dict(os.environ)
+    env.update(
+        STOCKFLOW_DEV_CLUSTER_NATS_PORT="4350",
+        STOCKFLOW_DEV_CLUSTER_REDIS_PORT="7101",
+        STOCKFLOW_LOG="warn",
+        STOCKFLOW_METRICS_ADDR="127.0.0.1:0",
+    )
+    cluster = ROOT / "scripts" / "dev-cluster"
+    state = ROOT / ".dev" / "cluster"
+    if state.exists():
+        shutil.rmtree(state)
+    subprocess.run([cluster, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    worker = None
+    try:
+        for line in subprocess.run(
+            [cluster, "env"], env=env, check=True, capture_output=True, text=True
+        ).stdout.splitlines():
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value
+        subprocess.run([TARGET / "stockctl", "setup"], env=env, check=True)
+        worker = subprocess.Popen([TARGET / "stock-worker"], env=env)
+        with tempfile.TemporaryDirectory() as tmp:
+            sheet = Path(tmp) / "stock.csv"
+            with sheet.open("w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["sku", "location", "on_hand"])
+                for i in range(rows):
+                    out.writerow([f"CAP-{i}", "wh", 100])
+            processes = {
+                "stock-worker": [worker.pid],
+                "nats-server (3 nodes)": pids(f"{state}/nats-"),
+                "redis-server (6 nodes)": pids(f"redis-server 127.0.0.1:71"),
+            }
+            before = {k: sum(cpu_seconds(p) for p in v) for k, v in processes.items()}
+            started = time.monotonic()
+            subprocess.run(
+                [TARGET / "stockctl", "import", str(sheet), "--wait"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            elapsed = time.monotonic() - started
+            after = {k: sum(cpu_seconds(p) for p in v) for k, v in processes.items()}
+        print(f"{rows} counted facts, publish to applied: {elapsed:.1f} s ({rows / elapsed:.0f} events/s)")
+        print("| process | CPU µs/event |")
+        print("|---|---|")
+        for k in processes:
+            print(f"| {k} | {(after[k] - before[k]) / rows * 1e6:.1f} |")
+    finally:
+        if worker:
+            worker.terminate()
+            worker.wait()
+        subprocess.run([cluster, "stop"], env=env, stdout=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    main()
