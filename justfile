@@ -28,6 +28,25 @@ demo *args: services-start
     eval "$(scripts/dev-services env)"  # STOCKFLOW_NATS_URL, STOCKFLOW_REDIS_URL
     cargo run --release --locked -p stockflow-cli --bin stockflow-demo -- "$@"
 
+# Listens on STOCKFLOW_HTTP_ADDR (127.0.0.1:8080); dev tokens write:dev-write-token-0001 and
+# read:dev-read-token-00001 unless STOCKFLOW_GATEWAY_TOKENS is set. Ctrl-C stops all three.
+# Run the gateway with a stock and an order worker against the local dev services
+gateway: services-start
+    #!/usr/bin/env bash
+    set -euo pipefail
+    eval "$(scripts/dev-services env)"  # STOCKFLOW_NATS_URL, STOCKFLOW_REDIS_URL
+    # stockflow-cli too: the same package set as the demo's build, so both share one set of
+    # compiled dependencies (another set means other features, and a second full build).
+    cargo build --release --locked -p stock-worker -p order-worker -p gateway -p stockflow-cli --bins
+    bin="${CARGO_TARGET_DIR:-target}/release"
+    export STOCKFLOW_LOG="${STOCKFLOW_LOG:-warn}"
+    export STOCKFLOW_GATEWAY_TOKENS="${STOCKFLOW_GATEWAY_TOKENS:-write:dev-write-token-0001,read:dev-read-token-00001}"
+    "$bin/stock-worker" & stock=$!
+    "$bin/order-worker" & orders=$!
+    trap 'kill "$stock" "$orders" 2>/dev/null || true; wait; echo "dev services are still running; stop them with: ./dev services-stop"' EXIT
+    echo "gateway on http://${STOCKFLOW_HTTP_ADDR:-127.0.0.1:8080} (stock-worker pid $stock, order-worker pid $orders); Ctrl-C stops"
+    "$bin/gateway"
+
 # Start local nats-server (JetStream) and redis-server, state in .dev/
 services-start:
     @scripts/dev-services start

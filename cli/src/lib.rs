@@ -3,6 +3,7 @@
 pub mod ctl;
 pub mod events;
 pub mod rebuild;
+pub mod receiver;
 pub mod render;
 
 use std::time::Duration;

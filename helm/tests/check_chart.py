@@ -392,14 +392,16 @@ class Scenario:
         """Every piece of secret material given as a value."""
         v = self.v
         items = [v["nats"]["auth"]["password"], v["nats"]["auth"]["token"], v["nats"]["auth"]["creds"],
-                 v["redis"]["auth"]["password"], v["workers"]["notify"]["webhooks"]["secret"],
-                 *v["gateway"]["auth"]["tokens"]]
+                 v["nats"]["auth"]["nkeySeed"], v["nats"]["tls"]["clientCert"]["key"],
+                 v["redis"]["auth"]["password"], v["redis"]["tls"]["clientCert"]["key"],
+                 v["workers"]["notify"]["webhooks"]["secret"], *v["gateway"]["auth"]["tokens"]]
         return [s for s in items if s]
 
     def existing_secrets(self) -> set[str]:
         v = self.v
         return {s for s in (v["nats"]["auth"]["existingSecret"], v["nats"]["tls"]["existingSecret"],
                             v["redis"]["auth"]["existingSecret"], v["redis"]["tls"]["existingSecret"],
+                            v["nats"]["tls"]["clientCert"]["existingSecret"], v["redis"]["tls"]["clientCert"]["existingSecret"],
                             v["gateway"]["auth"]["existingSecret"], v["workers"]["notify"]["webhooks"]["existingSecret"]) if s}
 
 
@@ -789,6 +791,7 @@ def expectations(s: Scenario) -> list[str]:
             problems.append("defaults: expected exactly one HPA, for the gateway")
         if by_kind(s.objects, "Secret"):
             problems.append("defaults: no Secret expected without secret values")
+        problems += check_in_flight(s, {"notify-worker": "1024"})
     elif s.name == "keda-off.yaml":
         if by_kind(s.objects, "ScaledObject"):
             problems.append("KEDA off: ScaledObjects rendered")
@@ -798,9 +801,18 @@ def expectations(s: Scenario) -> list[str]:
             problems.append(f"KEDA off: HPAs for {sorted(got)}, expected {sorted(want)}")
     elif s.name == "external-tls-auth.yaml":
         data = named(s.objects, "ConfigMap", RELEASE)["data"]
-        for k in ("STOCKFLOW_NATS_CREDS_FILE", "STOCKFLOW_NATS_TLS_CA_FILE", "STOCKFLOW_REDIS_TLS_CA_FILE", "STOCKFLOW_REDIS_USERNAME"):
+        for k in ("STOCKFLOW_NATS_CREDS_FILE", "STOCKFLOW_NATS_TLS_CA_FILE", "STOCKFLOW_REDIS_TLS_CA_FILE", "STOCKFLOW_REDIS_USERNAME",
+                  "STOCKFLOW_NATS_TLS_CERT_FILE", "STOCKFLOW_NATS_TLS_KEY_FILE", "STOCKFLOW_REDIS_TLS_CERT_FILE", "STOCKFLOW_REDIS_TLS_KEY_FILE"):
             if k not in data:
                 problems.append(f"external: ConfigMap lacks {k}")
+        if data.get("STOCKFLOW_REDIS_CLUSTER") != "true":
+            problems.append(f"external: STOCKFLOW_REDIS_CLUSTER={data.get('STOCKFLOW_REDIS_CLUSTER')!r} for a Redis Cluster")
+        problems += check_secret_files(s, {
+            "nats-client.crt": (s.v["nats"]["tls"]["clientCert"]["existingSecret"], "tls.crt"),
+            "nats-client.key": (s.v["nats"]["tls"]["clientCert"]["existingSecret"], "tls.key"),
+            "redis-client.crt": (s.v["redis"]["tls"]["clientCert"]["existingSecret"], "client.pem"),
+            "redis-client.key": (s.v["redis"]["tls"]["clientCert"]["existingSecret"], "client-key.pem"),
+        })
         if not data["STOCKFLOW_REDIS_URL"].startswith("rediss://") or not data["STOCKFLOW_NATS_URL"].startswith("tls://"):
             problems.append("external: TLS URLs not passed through")
         if by_kind(s.objects, "Secret"):
@@ -821,6 +833,23 @@ def expectations(s: Scenario) -> list[str]:
             problems.append("external: gateway tokens reach a worker")
         if any(r[1] == "STOCKFLOW_WEBHOOK_SECRET" and r[0] != "notify-worker" for r in refs):
             problems.append("external: webhook secret reaches another component")
+    elif s.name == "mtls-nkey.yaml":
+        data = named(s.objects, "ConfigMap", RELEASE)["data"]
+        want = {
+            "STOCKFLOW_NATS_NKEY_FILE": "/etc/stockflow/secrets/nats.nkey",
+            "STOCKFLOW_NATS_TLS_CERT_FILE": "/etc/stockflow/secrets/nats-client.crt",
+            "STOCKFLOW_NATS_TLS_KEY_FILE": "/etc/stockflow/secrets/nats-client.key",
+            "STOCKFLOW_REDIS_TLS_CERT_FILE": "/etc/stockflow/secrets/redis-client.crt",
+            "STOCKFLOW_REDIS_TLS_KEY_FILE": "/etc/stockflow/secrets/redis-client.key",
+            "STOCKFLOW_REDIS_CLUSTER": "false",
+        }
+        for k, val in want.items():
+            if data.get(k) != val:
+                problems.append(f"mtls-nkey: ConfigMap {k}={data.get(k)!r}, expected {val!r}")
+        if any(k in data for k in ("STOCKFLOW_NATS_CREDS_FILE", "STOCKFLOW_NATS_TOKEN", "STOCKFLOW_NATS_USER")):
+            problems.append("mtls-nkey: another NATS auth method configured next to the nkey")
+        problems += check_secret_files(s, {f: ("", f) for f in ("nats.nkey", "nats-client.crt", "nats-client.key", "redis-client.crt", "redis-client.key")})
+        problems += check_in_flight(s, {"notify-worker": str(s.v["workers"]["notify"]["maxInFlight"])})
     elif s.name == "inline-secrets.yaml":
         if not named(s.objects, "Secret", RELEASE):
             problems.append("inline secrets: no Secret rendered")
@@ -828,6 +857,37 @@ def expectations(s: Scenario) -> list[str]:
     elif s.name == "monitoring.yaml":
         if not kinds >= {"PodMonitor", "ServiceMonitor", "PrometheusRule"}:
             problems.append(f"monitoring: missing {sorted({'PodMonitor', 'ServiceMonitor', 'PrometheusRule'} - kinds)}")
+    return problems
+
+
+def check_secret_files(s: Scenario, want: dict[str, tuple[str, str]]) -> list[str]:
+    """Every pod mounts each file (path in the secret dir -> (Secret, "" = the chart's; key))."""
+    problems = []
+    for _, obj in s.objects:
+        if obj["kind"] not in ("Deployment", "Job", "Pod"):
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        own = RELEASE if obj["kind"] != "Job" else f"{RELEASE}-setup"
+        mounted = {}
+        for vol in pod_spec(obj).get("volumes", []):
+            for src in (vol.get("projected") or {}).get("sources", []):
+                for item in (src.get("secret") or {}).get("items", []):
+                    mounted[item["path"]] = (src["secret"]["name"], item["key"])
+        for path, (secret, key) in want.items():
+            expected = (secret or own, key)
+            if mounted.get(path) != expected:
+                problems.append(f"{where}: {path} comes from {mounted.get(path)}, expected {expected}")
+    return problems
+
+
+def check_in_flight(s: Scenario, want: dict[str, str]) -> list[str]:
+    """STOCKFLOW_MAX_IN_FLIGHT set in a Deployment's own env: only for the components in `want`."""
+    problems = []
+    for d in by_kind(s.objects, "Deployment"):
+        env = {e["name"]: e.get("value") for e in pod_spec(d)["containers"][0].get("env", [])}
+        got = env.get("STOCKFLOW_MAX_IN_FLIGHT")
+        if got != want.get(component_of(d)):
+            problems.append(f"{component_of(d)}: STOCKFLOW_MAX_IN_FLIGHT={got!r} in its env, expected {want.get(component_of(d))!r}")
     return problems
 
 
@@ -868,6 +928,16 @@ REFUSED = [
     ("a shutdown timeout at the grace period", {"config": {"shutdownTimeoutSeconds": 30}}, "render"),
     ("minReplicas above maxReplicas", {"workers": {"stock": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}}, "render"),
     ("an HPA at zero replicas", {"keda": {"enabled": False}, "workers": {"stock": {"autoscaling": {"minReplicas": 0}}}}, "render"),
+    ("a gateway token without a scope", {"gateway": {"auth": {"tokens": ["a-long-enough-token-123"]}}}, "schema"),
+    ("a gateway token with an unknown scope", {"gateway": {"auth": {"tokens": ["root:a-long-enough-token-123"]}}}, "schema"),
+    ("a gateway token shorter than 16 characters", {"gateway": {"auth": {"tokens": ["read:short-token"]}}}, "schema"),
+    ("a malformed nkey seed", {"nats": {"auth": {"method": "nkey", "nkeySeed": "not-a-seed"}}}, "schema"),
+    ("a notify in-flight window of zero", {"workers": {"notify": {"maxInFlight": 0}}}, "schema"),
+    ("NATS nkey auth without a seed", {"nats": {"auth": {"method": "nkey"}}}, "render"),
+    ("several Redis URLs without cluster mode", {"redis": {"url": "redis://a:6379,redis://b:6379"}}, "render"),
+    ("a client certificate without its key", {"nats": {"url": "tls://nats:4222", "tls": {"enabled": True, "clientCert": {"cert": "PEM"}}}}, "render"),
+    ("a client certificate without TLS", {"redis": {"tls": {"clientCert": {"existingSecret": "redis-client"}}}}, "render"),
+    ("Redis TLS with one redis:// seed", {"redis": {"cluster": True, "url": "rediss://a:6379,redis://b:6379", "tls": {"enabled": True}}}, "render"),
 ]
 
 

@@ -1,25 +1,38 @@
-//! `stockflow-demo`: a day of multi-channel traffic through a real stock worker.
+//! `stockflow-demo`: a day of multi-channel traffic through real workers.
 //!
-//! Starts a stock worker (against `STOCKFLOW_NATS_URL` / `STOCKFLOW_REDIS_URL`), replays a
+//! Starts the stock, order and notify workers and the gateway in this process (against
+//! `STOCKFLOW_NATS_URL` / `STOCKFLOW_REDIS_URL`) and a webhook receiver on 127.0.0.1, replays a
 //! store chain's day — a warehouse receipt, transfers, POS sales at three stores, a marketplace
 //! feed that re-sends some events, returns, damage, a cycle count (one of them stale), a restock,
-//! and a few malformed messages — then prints the final levels, the alerts, the duplicates
-//! absorbed and the dead letters. Every run uses its own key prefix, so it starts from zero.
+//! and a few malformed messages — then sends the web shop's checkouts through the gateway and
+//! prints the final levels, the alerts, the duplicates absorbed, the dead letters, the order
+//! decisions and the signed webhook deliveries the receiver verified. Every run uses its own key
+//! prefix, so it starts from zero.
 
-use std::{collections::BTreeMap, io::Write as _, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::Write as _,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use prost::Message as _;
-use stockflow_cli::{events, last_sequence, read_after, read_levels, wait_until_caught_up};
+use stockflow_cli::{
+    events, last_sequence, read_after, read_levels,
+    receiver::{Delivery, WebhookReceiver},
+    wait_until_caught_up,
+};
 use stockflow_proto::{
     subjects,
     v1::{
-        order_event, order_result, stock_event::Change, Adjusted, Counted, EventMeta, OrderEvent,
-        OrderLine, OrderPlaced, OrderResult, PolicySet, Reason, Received, ReleaseReason, Returned,
-        Sold, StockAlert, StockEvent, Transferred,
+        order_result, stock_event::Change, Adjusted, Counted, OrderResult, PolicySet, Reason,
+        Received, ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
     },
 };
-use stockflow_shared::{keys::Keys, settings::Env};
+use stockflow_shared::{
+    keys::Keys,
+    settings::{Env, Secret},
+};
 use tokio_util::sync::CancellationToken;
 
 const SKUS: &[&str] = &[
@@ -32,6 +45,26 @@ const SKUS: &[&str] = &[
 ];
 const STORES: &[&str] = &["store-01", "store-02", "store-03"];
 const WAREHOUSE: &str = "wh-east";
+/// The demo's webhook subscriptions: id, hook path on the receiver, event types.
+const HOOKS: [(&str, &str, &[&str]); 2] = [
+    (
+        "demo-alerts",
+        "alerts",
+        &[
+            "low_stock",
+            "out_of_stock",
+            "back_in_stock",
+            "negative_stock",
+        ],
+    ),
+    (
+        "demo-orders",
+        "orders",
+        &["order_confirmed", "order_rejected", "order_released"],
+    ),
+];
+/// How long the receiver may take to see every expected delivery once the day is over.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 const WEB: &str = "web";
 
 /// A tiny deterministic generator: the same day every run.
@@ -300,15 +333,190 @@ fn progress(done: usize, total: usize, title: &str) {
     std::io::stderr().flush().ok();
 }
 
+/// The process environment with `overrides` on top: each in-process component gets its own.
+fn overlay(overrides: &[(&str, String)]) -> Env {
+    let map: BTreeMap<String, String> = overrides
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), value.clone()))
+        .collect();
+    Env::from_fn(move |name| map.get(name).cloned().or_else(|| std::env::var(name).ok()))
+}
+
+/// A secret nobody can guess from outside this run (the demo's signing secret and gateway token).
+fn fresh_secret(run: &str, purpose: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(run)
+        .chain_update(purpose)
+        .chain_update(std::process::id().to_le_bytes())
+        .chain_update(format!("{:?}", std::time::SystemTime::now()))
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes the subscriptions file that points the notify worker at `receiver`.
+fn write_subscriptions(
+    dir: &std::path::Path,
+    receiver: &WebhookReceiver,
+) -> anyhow::Result<std::path::PathBuf> {
+    let subscriptions: Vec<serde_json::Value> = HOOKS
+        .iter()
+        .map(|(id, hook, events)| {
+            serde_json::json!({"id": id, "url": receiver.url(hook), "events": events})
+        })
+        .collect();
+    let path = dir.join("webhooks.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&serde_json::json!({ "subscriptions": subscriptions }))?,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The id the notify worker delivers a derived event under: its `Nats-Msg-Id`, or
+/// `<stream>:<sequence>` without one (workers/notify/README.md).
+fn delivery_id(message: &async_nats::jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| match message.info() {
+            Ok(info) => format!("{}:{}", info.stream, info.stream_sequence),
+            Err(_) => message.subject.to_string(),
+        })
+}
+
+/// One checkout through the gateway, waiting up to 2 s for the decision.
+async fn checkout(
+    http: &reqwest::Client,
+    api: std::net::SocketAddr,
+    token: &Secret,
+    run: &str,
+    (n, sku, quantity, hold_seconds): (usize, &str, i64, i64),
+) -> anyhow::Result<String> {
+    let order_id = format!("{run}-order-{n}");
+    let answer = http
+        .post(format!("http://{api}/v1/orders?wait=2s"))
+        .bearer_auth(token.expose())
+        .header("Idempotency-Key", format!("{run}-chk-{n}"))
+        .json(&serde_json::json!({
+            "order_id": order_id,
+            "source": "web:checkout",
+            "lines": [{"line_id": "1", "sku": sku, "quantity": quantity}],
+            "hold_seconds": hold_seconds,
+        }))
+        .send()
+        .await
+        .with_context(|| format!("POST /v1/orders for {order_id}"))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer
+        .json()
+        .await
+        .context("reading the gateway's answer")?;
+    let detail = match status.as_u16() {
+        201 => body["allocations"]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} x{} from {}",
+                            l["sku"].as_str().unwrap_or("?"),
+                            l["quantity"],
+                            l["location"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        409 => body["shortfalls"]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} wanted {}, at most {} at one location",
+                            l["sku"].as_str().unwrap_or("?"),
+                            l["requested"],
+                            l["available"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        202 => "no decision within 2s".to_owned(),
+        _ => anyhow::bail!("the gateway answered {status} for {order_id}: {body}"),
+    };
+    Ok(format!(
+        "order-{n:<3} {} {:<10} {detail}",
+        status.as_u16(),
+        body["decision"].as_str().unwrap_or("pending")
+    ))
+}
+
+/// Prints the verified deliveries of this run, one line each, and a summary.
+fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<String>) {
+    let all = receiver.deliveries();
+    let (ours, earlier): (Vec<&Delivery>, Vec<&Delivery>) =
+        all.iter().partition(|d| d.body.to_string().contains(run));
+    let mut seen = HashSet::new();
+    let mut verified = 0;
+    for (_, hook, _) in HOOKS {
+        println!("\n  POST /hooks/{hook}");
+        for d in ours.iter().filter(|d| d.hook == hook) {
+            if !seen.insert(d.event_id.clone()) {
+                continue;
+            }
+            let about = if hook == "orders" {
+                format!(
+                    "{:<29}",
+                    d.data("order_id").trim_start_matches(&format!("{run}-"))
+                )
+            } else {
+                format!("{:<18} {:<10}", d.data("sku"), d.data("location"))
+            };
+            let signature = match &d.signature {
+                Ok(()) => {
+                    verified += 1;
+                    "signature ok".to_owned()
+                }
+                Err(e) => format!("SIGNATURE REFUSED: {e}"),
+            };
+            println!(
+                "    {:<16} {about} {signature}  {}",
+                d.event_type,
+                d.event_id.replace(&format!("{run}-"), "")
+            );
+        }
+    }
+    let repeats = ours.len() - seen.len();
+    println!(
+        "\nWebhooks: {} expected, {} delivered, {verified} signatures verified, {} repeated \
+         (at-least-once: receivers dedup on X-Stockflow-Event-Id){}",
+        expected.len(),
+        seen.len(),
+        repeats,
+        if earlier.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left over from earlier runs", earlier.len())
+        }
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let run = format!("demo{}", events::now_ms());
     let env = Env::process();
     let prefix = env.string("STOCKFLOW_KEY_PREFIX", &run);
-    let map: BTreeMap<String, String> =
-        [("STOCKFLOW_KEY_PREFIX".to_owned(), prefix.clone())].into();
-    let worker_env =
-        Env::from_fn(move |name| map.get(name).cloned().or_else(|| std::env::var(name).ok()));
+    let worker_env = overlay(&[("STOCKFLOW_KEY_PREFIX", prefix.clone())]);
     let settings =
         stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
     stockflow_shared::telemetry::LogSettings {
@@ -326,18 +534,59 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let metrics_addr = settings.worker.metrics_addr;
     let stop = CancellationToken::new();
-    let signal = stop.clone();
-    let worker = tokio::spawn(stock_worker::run(settings.clone(), async move {
-        signal.cancelled().await
-    }));
+    let stopped = |stop: &CancellationToken| {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let worker = tokio::spawn(stock_worker::run(settings.clone(), stopped(&stop)));
     let mut order_settings =
         order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
     order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     order_settings.hold_poll = Duration::from_millis(50);
-    let signal = stop.clone();
-    let orders = tokio::spawn(order_worker::run(order_settings, async move {
-        signal.cancelled().await
-    }));
+    let orders = tokio::spawn(order_worker::run(order_settings, stopped(&stop)));
+
+    // The alerts and order results go out as signed webhooks to a receiver of our own.
+    let webhook_secret = Secret::new(fresh_secret(&run, "webhook"));
+    let receiver = WebhookReceiver::start(webhook_secret.clone())
+        .await
+        .context("starting the webhook receiver")?;
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let notify_settings = notify_worker::Settings::from_env(&overlay(&[
+        (
+            "STOCKFLOW_WEBHOOKS_FILE",
+            write_subscriptions(scratch.path(), &receiver)?
+                .display()
+                .to_string(),
+        ),
+        (
+            "STOCKFLOW_WEBHOOK_SECRET",
+            webhook_secret.expose().to_owned(),
+        ),
+        ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "100".into()),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "2000".into()),
+    ]))
+    .context("invalid notify-worker configuration")?;
+    let notify = tokio::spawn(notify_worker::run(notify_settings, stopped(&stop)));
+
+    // The web shop talks to the gateway, with a write token made for this run.
+    let token = Secret::new(format!("demo-{}", fresh_secret(&run, "token")));
+    let gateway = gateway::start(
+        gateway::Settings::from_env(&overlay(&[
+            ("STOCKFLOW_KEY_PREFIX", prefix.clone()),
+            ("STOCKFLOW_HTTP_ADDR", "127.0.0.1:0".into()),
+            ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
+            (
+                "STOCKFLOW_GATEWAY_TOKENS",
+                format!("write:{}", token.expose()),
+            ),
+        ]))
+        .context("invalid gateway configuration")?,
+        stopped(&stop),
+    )
+    .await
+    .context("starting the gateway")?;
+    let api = gateway.api_addr;
 
     let start = [
         subjects::STOCK_CHANGES,
@@ -382,41 +631,20 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!();
 
-    // The web shop's checkouts: orders that fit, one that asks for more than any single
-    // location holds, and abandoned carts whose 1-second holds expire.
+    // The web shop's checkouts, through the gateway: orders that fit, one that asks for more
+    // than any single location holds, and abandoned carts whose 1-second holds expire.
     let results_mark = last_sequence(&js, subjects::ORDER_RESULTS).await?;
-    let checkout = |n: usize, sku: &str, quantity: i64, hold_seconds: i64| OrderEvent {
-        meta: Some(EventMeta {
-            event_id: format!("{run}-chk-{n}"),
-            source: "web:checkout".into(),
-            ..Default::default()
-        }),
-        order_id: format!("{run}-order-{n}"),
-        command: Some(order_event::Command::Placed(OrderPlaced {
-            lines: vec![OrderLine {
-                line_id: "1".into(),
-                sku: sku.into(),
-                quantity,
-                location: String::new(),
-            }],
-            hold_seconds,
-        })),
-    };
     let carts = [
-        checkout(1, "TSHIRT-BLK-M", 2, 0),
-        checkout(2, "MUG-LOGO", 1, 0),
-        checkout(3, "SNEAKER-42", 500, 0),
-        checkout(4, "HOODIE-GRY-S", 1, 1),
-        checkout(5, "Café crème 250g", 3, 1),
+        (1, "TSHIRT-BLK-M", 2, 0),
+        (2, "MUG-LOGO", 1, 0),
+        (3, "SNEAKER-42", 500, 0),
+        (4, "HOODIE-GRY-S", 1, 1),
+        (5, "Café crème 250g", 3, 1),
     ];
-    for cart in &carts {
-        events::publish_raw(
-            &js,
-            &subjects::order_event(&cart.order_id),
-            cart.encode_to_vec(),
-            &format!("{}-msg", cart.order_id),
-        )
-        .await?;
+    let http = reqwest::Client::new();
+    let mut checkouts = Vec::new();
+    for cart in carts {
+        checkouts.push(checkout(&http, api, &token, &run, cart).await?);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let order_results = loop {
@@ -460,6 +688,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let stock: serde_json::Value = http
+        .get(format!("http://{api}/v1/stock/MUG-LOGO"))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .context("GET /v1/stock/MUG-LOGO")?
+        .error_for_status()
+        .context("GET /v1/stock/MUG-LOGO")?
+        .json()
+        .await
+        .context("reading GET /v1/stock/MUG-LOGO")?;
+    println!(
+        "\n  The gateway serves the same levels: GET /v1/stock/MUG-LOGO → totals {}",
+        stock["totals"]
+    );
 
     let ledger = read_after(
         &js,
@@ -529,7 +772,11 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("  {reason}");
     }
-    println!("\nOrders from the web shop's checkout\n");
+    println!("\nCheckouts through the gateway: POST /v1/orders?wait=2s (http://{api})\n");
+    for line in &checkouts {
+        println!("  {line}");
+    }
+    println!("\nOrder results on ORDER_RESULTS (decisions, then the abandoned carts' expiries)\n");
     for message in &order_results {
         let result = OrderResult::decode(message.payload.clone())?;
         let line = match result.result {
@@ -563,15 +810,32 @@ async fn main() -> anyhow::Result<()> {
             result.order_id.trim_start_matches(&format!("{run}-"))
         );
     }
+
+    // Every alert and order result of this run must reach the receiver, signed.
+    let expected: HashSet<String> = alerts
+        .iter()
+        .chain(&order_results)
+        .map(delivery_id)
+        .collect();
+    let delivered = receiver.wait_for(&expected, DELIVERY_DEADLINE).await;
+    println!(
+        "\nWebhook deliveries received by http://{} (HMAC-SHA256 signatures checked)",
+        receiver.addr()
+    );
+    print_deliveries(&receiver, &run, &expected);
+    delivered.context("the notify worker did not deliver every alert and order result")?;
+
     println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
 
     use std::io::IsTerminal as _;
     if std::io::stdout().is_terminal() {
-        println!("The stock worker keeps running so you can look; press Ctrl-C to stop.");
+        println!("The workers and the gateway keep running so you can look; press Ctrl-C to stop.");
         stockflow_shared::shutdown_signal().await;
     }
     stop.cancel();
     worker.await.context("worker task")??;
     orders.await.context("order worker task")??;
+    notify.await.context("notify worker task")??;
+    gateway.wait().await?;
     Ok(())
 }

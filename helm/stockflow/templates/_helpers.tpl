@@ -96,14 +96,33 @@ Cross-field checks that a JSON schema cannot state readably. Rendered by configm
 {{- if and (eq .method "creds") (not .existingSecret) (not .creds) }}
 {{- fail "nats.auth.method=creds needs nats.auth.creds or nats.auth.existingSecret" }}
 {{- end }}
+{{- if and (eq .method "nkey") (not .existingSecret) (not .nkeySeed) }}
+{{- fail "nats.auth.method=nkey needs nats.auth.nkeySeed or nats.auth.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- range $backend := list "nats" "redis" }}
+{{- $tls := (index $v $backend).tls }}
+{{- with $tls.clientCert }}
+{{- if and (not .existingSecret) (ne (empty .cert) (empty .key)) }}
+{{- fail (printf "%s.tls.clientCert needs both cert and key (or existingSecret)" $backend) }}
+{{- end }}
+{{- if and (or .existingSecret .cert) (not $tls.enabled) }}
+{{- fail (printf "%s.tls.clientCert needs %s.tls.enabled" $backend $backend) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with $v.nats.tls }}
 {{- if and .enabled (not .ca) (not .existingSecret) (not (hasPrefix "tls://" $v.nats.url)) }}
 {{- fail "nats.tls.enabled without a CA (nats.tls.ca or nats.tls.existingSecret) needs tls:// URLs in nats.url" }}
 {{- end }}
 {{- end }}
-{{- if and $v.redis.tls.enabled (not (hasPrefix "rediss://" $v.redis.url)) }}
-{{- fail "redis.tls.enabled needs a rediss:// URL in redis.url" }}
+{{- range $seed := splitList "," $v.redis.url }}
+{{- if and $v.redis.tls.enabled (not (hasPrefix "rediss://" $seed)) }}
+{{- fail "redis.tls.enabled needs rediss:// URLs in redis.url" }}
+{{- end }}
+{{- end }}
+{{- if and (contains "," $v.redis.url) (not $v.redis.cluster) }}
+{{- fail "several URLs in redis.url are the seed nodes of a Redis Cluster: set redis.cluster=true" }}
 {{- end }}
 {{- if and $v.redis.auth.enabled (not $v.redis.auth.existingSecret) (not $v.redis.auth.password) }}
 {{- fail "redis.auth.enabled needs redis.auth.password or redis.auth.existingSecret" }}
@@ -174,6 +193,14 @@ Secret material, from values or existing Secrets:
 {{- $_ := set $data "STOCKFLOW_NATS_TOKEN" .token }}
 {{- $env = append $env (dict "name" "STOCKFLOW_NATS_TOKEN" "secret" "" "key" "STOCKFLOW_NATS_TOKEN" "only" (list)) }}
 {{- end }}
+{{- else if eq .method "nkey" }}
+{{- if .existingSecret }}
+{{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.nkeySeed "path" "nats.nkey") }}
+{{- else }}
+{{- $_ := set $data "nats.nkey" .nkeySeed }}
+{{- $files = append $files (dict "secret" "" "key" "nats.nkey" "path" "nats.nkey") }}
+{{- end }}
+{{- $_ := set $config "STOCKFLOW_NATS_NKEY_FILE" (printf "%s/nats.nkey" $dir) }}
 {{- else if eq .method "creds" }}
 {{- if .existingSecret }}
 {{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.creds "path" "nats.creds") }}
@@ -193,6 +220,21 @@ Secret material, from values or existing Secrets:
 {{- $files = append $files (dict "secret" "" "key" "nats-ca.crt" "path" "nats-ca.crt") }}
 {{- end }}
 {{- $_ := set $config "STOCKFLOW_NATS_TLS_CA_FILE" (printf "%s/nats-ca.crt" $dir) }}
+{{- end }}
+{{- with .clientCert }}
+{{- if and $v.nats.tls.enabled (or .existingSecret .cert) }}
+{{- if .existingSecret }}
+{{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.cert "path" "nats-client.crt") }}
+{{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.key "path" "nats-client.key") }}
+{{- else }}
+{{- $_ := set $data "nats-client.crt" .cert }}
+{{- $_ := set $data "nats-client.key" .key }}
+{{- $files = append $files (dict "secret" "" "key" "nats-client.crt" "path" "nats-client.crt") }}
+{{- $files = append $files (dict "secret" "" "key" "nats-client.key" "path" "nats-client.key") }}
+{{- end }}
+{{- $_ := set $config "STOCKFLOW_NATS_TLS_CERT_FILE" (printf "%s/nats-client.crt" $dir) }}
+{{- $_ := set $config "STOCKFLOW_NATS_TLS_KEY_FILE" (printf "%s/nats-client.key" $dir) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- /* Redis */}}
@@ -215,6 +257,21 @@ Secret material, from values or existing Secrets:
 {{- $files = append $files (dict "secret" "" "key" "redis-ca.crt" "path" "redis-ca.crt") }}
 {{- end }}
 {{- $_ := set $config "STOCKFLOW_REDIS_TLS_CA_FILE" (printf "%s/redis-ca.crt" $dir) }}
+{{- end }}
+{{- with .clientCert }}
+{{- if and $v.redis.tls.enabled (or .existingSecret .cert) }}
+{{- if .existingSecret }}
+{{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.cert "path" "redis-client.crt") }}
+{{- $files = append $files (dict "secret" .existingSecret "key" .existingSecretKeys.key "path" "redis-client.key") }}
+{{- else }}
+{{- $_ := set $data "redis-client.crt" .cert }}
+{{- $_ := set $data "redis-client.key" .key }}
+{{- $files = append $files (dict "secret" "" "key" "redis-client.crt" "path" "redis-client.crt") }}
+{{- $files = append $files (dict "secret" "" "key" "redis-client.key" "path" "redis-client.key") }}
+{{- end }}
+{{- $_ := set $config "STOCKFLOW_REDIS_TLS_CERT_FILE" (printf "%s/redis-client.crt" $dir) }}
+{{- $_ := set $config "STOCKFLOW_REDIS_TLS_KEY_FILE" (printf "%s/redis-client.key" $dir) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- /* Gateway bearer tokens */}}
@@ -245,6 +302,7 @@ Secret material, from values or existing Secrets:
   "STOCKFLOW_NATS_URL" $v.nats.url
   "STOCKFLOW_STREAM_REPLICAS" ($v.nats.streamReplicas | int64)
   "STOCKFLOW_REDIS_URL" $v.redis.url
+  "STOCKFLOW_REDIS_CLUSTER" ($v.redis.cluster | default false)
   "STOCKFLOW_KEY_PREFIX" $v.redis.keyPrefix
   "STOCKFLOW_METRICS_ADDR" (printf "0.0.0.0:%d" (int $v.ports.metrics))
   "STOCKFLOW_HTTP_ADDR" (printf "0.0.0.0:%d" (int $v.ports.http))

@@ -6,6 +6,7 @@ mod world;
 mod cli;
 mod crash;
 mod degraded;
+mod demo;
 mod faults;
 mod fuzz;
 mod gateway;
