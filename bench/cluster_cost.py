@@ -6,7 +6,10 @@ of 3 primaries + 3 replicas) on their own ports, runs one release `stock-worker`
 of N rows with `stockctl import --wait` (one `counted` fact per row, every row a new SKU), and
 reads the CPU time (/proc/<pid>/stat, user + system) each server and the worker used meanwhile.
 
-Usage: python3 bench/cluster_cost.py [rows]   (release binaries built first: just bench does it;
+With --single, the same on one nats-server and one redis-server (scripts/dev-services), for the
+comparison.
+
+Usage: python3 bench/cluster_cost.py [--single] [rows]   (release binaries built first: just bench does it;
        or cargo build --release -p stock-worker -p stockflow-cli)
 """
 
@@ -35,16 +38,28 @@ def pids(name):
 
 
 def main():
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    args = sys.argv[1:]
+    single = "--single" in args
+    args = [a for a in args if a != "--single"]
+    rows = int(args[0]) if args else 20000
     env = dict(os.environ)
     env.update(
         STOCKFLOW_DEV_CLUSTER_NATS_PORT="4350",
         STOCKFLOW_DEV_CLUSTER_REDIS_PORT="7101",
+        STOCKFLOW_DEV_NATS_PORT="4360",
+        STOCKFLOW_DEV_NATS_MONITOR_PORT="8360",
+        STOCKFLOW_DEV_REDIS_PORT="7201",
         STOCKFLOW_LOG="warn",
         STOCKFLOW_METRICS_ADDR="127.0.0.1:0",
     )
-    cluster = ROOT / "scripts" / "dev-cluster"
-    state = ROOT / ".dev" / "cluster"
+    if single:
+        cluster = ROOT / "scripts" / "dev-services"
+        state = ROOT / ".dev" / "data"
+        nats_pattern, redis_pattern = "nats-server --jetstream", "redis-server 127.0.0.1:7201"
+    else:
+        cluster = ROOT / "scripts" / "dev-cluster"
+        state = ROOT / ".dev" / "cluster"
+        nats_pattern, redis_pattern = f"{state}/nats-", "redis-server 127.0.0.1:71"
     if state.exists():
         shutil.rmtree(state)
     subprocess.run([cluster, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -66,8 +81,8 @@ def main():
                     out.writerow([f"CAP-{i}", "wh", 100])
             processes = {
                 "stock-worker": [worker.pid],
-                "nats-server (3 nodes)": pids(f"{state}/nats-"),
-                "redis-server (6 nodes)": pids(f"redis-server 127.0.0.1:71"),
+                "nats-server": pids(nats_pattern),
+                "redis-server": pids(redis_pattern),
             }
             before = {k: sum(cpu_seconds(p) for p in v) for k, v in processes.items()}
             started = time.monotonic()
@@ -79,6 +94,7 @@ def main():
             )
             elapsed = time.monotonic() - started
             after = {k: sum(cpu_seconds(p) for p in v) for k, v in processes.items()}
+        print(f"{'single servers' if single else 'clusters (R3 streams, 3+3 Redis)'}: {sum(len(v) for v in processes.values()) - 1} server processes")
         print(f"{rows} counted facts, publish to applied: {elapsed:.1f} s ({rows / elapsed:.0f} events/s)")
         print("| process | CPU µs/event |")
         print("|---|---|")
