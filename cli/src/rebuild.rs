@@ -19,6 +19,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
+use order_worker::command::{encode_lines, Line};
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
@@ -310,17 +311,17 @@ impl Fold {
                     order.status = "confirmed";
                 }
                 order.expires_at_ms = confirmed.expires_at_ms;
-                order.lines = confirmed
+                let lines: Vec<Line> = confirmed
                     .lines
-                    .iter()
-                    .map(|l| {
-                        format!(
-                            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-                            l.line_id, l.sku, l.quantity, l.location
-                        )
+                    .into_iter()
+                    .map(|a| Line {
+                        line_id: a.line_id,
+                        sku: a.sku,
+                        quantity: a.quantity,
+                        location: a.location,
                     })
-                    .collect::<Vec<_>>()
-                    .join("\u{1e}");
+                    .collect();
+                order.lines = encode_lines(&lines);
             }
             Some(order_result::Result::Rejected(_)) => order.status = "rejected",
             Some(order_result::Result::Released(released)) => {

@@ -81,6 +81,39 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A worker running inside the test process, stopped by [`RunningWorker::shutdown`].
+#[derive(Debug)]
+pub struct RunningWorker {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Spawns `run(shutdown)`, where `shutdown` resolves when [`Self::shutdown`] is called: the
+    /// signature of every worker's `run(settings, shutdown)`.
+    pub fn spawn<Fut>(
+        run: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    ) -> Self
+    where
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(run(Box::pin(async move { signal.cancelled().await })));
+        Self { stop, task }
+    }
+
+    /// Graceful shutdown; waits for the worker to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
+            .expect("worker ends cleanly");
+    }
+}
+
 /// A child process that is killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);

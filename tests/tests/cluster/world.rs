@@ -11,9 +11,8 @@ use stockflow_proto::{
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, settings::Env, topology};
 use stockflow_tests::{
     cluster::{NatsCluster, RedisCluster},
-    eventually, DEADLINE,
+    eventually, RunningWorker, DEADLINE,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Each world runs nine servers: two at a time are what a 2-core machine carries.
 static WORLDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
@@ -24,22 +23,6 @@ pub(crate) struct ClusterWorld {
     pub(crate) redis: RedisCluster,
     pub(crate) js: jetstream::Context,
     pub(crate) keys: Keys,
-}
-
-pub(crate) struct RunningWorker {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningWorker {
-    pub(crate) async fn shutdown(self) {
-        self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("worker stops in time")
-            .expect("worker task")
-            .expect("worker ends cleanly");
-    }
 }
 
 impl ClusterWorld {
@@ -98,22 +81,12 @@ impl ClusterWorld {
     pub(crate) fn stock_worker(&self) -> RunningWorker {
         let settings = stock_worker::Settings::from_env(&self.env()).expect("settings");
         settings.worker.log.init();
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        let task = tokio::spawn(stock_worker::run(settings, async move {
-            signal.cancelled().await;
-        }));
-        RunningWorker { stop, task }
+        RunningWorker::spawn(|shutdown| stock_worker::run(settings, shutdown))
     }
 
     pub(crate) fn order_worker(&self) -> RunningWorker {
         let settings = order_worker::Settings::from_env(&self.env()).expect("settings");
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        let task = tokio::spawn(order_worker::run(settings, async move {
-            signal.cancelled().await;
-        }));
-        RunningWorker { stop, task }
+        RunningWorker::spawn(|shutdown| order_worker::run(settings, shutdown))
     }
 
     /// A cluster-aware connection, as the workers use.

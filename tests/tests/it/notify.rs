@@ -18,7 +18,6 @@ use stockflow_proto::{
     v1::{order_result, AlertKind, OrderRejected, OrderResult, Shortfall, StockAlert},
 };
 use stockflow_tests::{eventually, DEADLINE};
-use tokio_util::sync::CancellationToken;
 
 use crate::world::*;
 
@@ -244,12 +243,7 @@ fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a st
 
 fn notify_worker(world: &World, env: &[(&str, &str)]) -> RunningWorker {
     let settings = notify_worker::Settings::from_env(&world.env(env)).expect("notify settings");
-    let stop = CancellationToken::new();
-    let signal = stop.clone();
-    let task = tokio::spawn(notify_worker::run(settings, async move {
-        signal.cancelled().await;
-    }));
-    RunningWorker { stop, task }
+    RunningWorker::spawn(|shutdown| notify_worker::run(settings, shutdown))
 }
 
 fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> StockAlert {

@@ -10,8 +10,8 @@ use stockflow_proto::{
     v1::{stock_event::Change, EventMeta, Levels, StockEvent},
 };
 use stockflow_shared::{keys::Keys, settings::Env, topology};
+pub(crate) use stockflow_tests::RunningWorker;
 use stockflow_tests::{eventually, NatsServer, RedisServer, DEADLINE};
-use tokio_util::sync::CancellationToken;
 
 pub(crate) struct World {
     pub(crate) nats: NatsServer,
@@ -21,24 +21,6 @@ pub(crate) struct World {
     /// How a worker of this world reaches its servers: URLs, and credentials and TLS files when
     /// the servers require them.
     connection_env: Vec<(String, String)>,
-}
-
-/// A worker running inside the test process.
-pub(crate) struct RunningWorker {
-    pub(crate) stop: CancellationToken,
-    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningWorker {
-    /// Graceful shutdown; waits for the worker to finish.
-    pub(crate) async fn shutdown(self) {
-        self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("worker stops in time")
-            .expect("worker task")
-            .expect("worker ends cleanly");
-    }
 }
 
 impl World {
@@ -119,24 +101,14 @@ impl World {
     pub(crate) fn stock_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
         let settings = stock_worker::Settings::from_env(&self.env(extra)).expect("settings");
         settings.worker.log.init();
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        let task = tokio::spawn(stock_worker::run(settings, async move {
-            signal.cancelled().await;
-        }));
-        RunningWorker { stop, task }
+        RunningWorker::spawn(|shutdown| stock_worker::run(settings, shutdown))
     }
 
     pub(crate) fn order_worker(&self) -> RunningWorker {
         let settings =
             order_worker::Settings::from_env(&self.env(&[("STOCKFLOW_HOLD_POLL_MILLIS", "20")]))
                 .expect("settings");
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        let task = tokio::spawn(order_worker::run(settings, async move {
-            signal.cancelled().await;
-        }));
-        RunningWorker { stop, task }
+        RunningWorker::spawn(|shutdown| order_worker::run(settings, shutdown))
     }
 
     /// The order-worker binary as a child process (for kill -9).
