@@ -140,6 +140,8 @@ impl Drop for NatsCluster {
 #[derive(Debug)]
 struct RedisNode {
     port: u16,
+    /// Cluster bus port: its own free port, since the default (port + 10000) may be taken.
+    bus_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -161,6 +163,7 @@ impl RedisCluster {
                 std::fs::create_dir_all(&node_dir).expect("node dir");
                 RedisNode {
                     port: free_port(),
+                    bus_port: free_port(),
                     dir: node_dir,
                     child: None,
                 }
@@ -198,6 +201,7 @@ impl RedisCluster {
         let mut child = Command::new(server_binary("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &node.port.to_string()])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-port", &node.bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
             .args([
                 "--save",
