@@ -268,6 +268,7 @@ impl RedisCluster {
         let started = Instant::now();
         while self.find_primary_for(key).is_none_or(|now| now == old) {
             assert!(started.elapsed() < DEADLINE, "no replica took over {key}");
+            // Poll interval of a wait bounded by DEADLINE.
             std::thread::sleep(Duration::from_millis(50));
         }
         self.wait_until_ok();
@@ -331,6 +332,7 @@ impl RedisCluster {
                 started.elapsed() < DEADLINE,
                 "Redis Cluster did not become ok"
             );
+            // Poll interval of a wait bounded by DEADLINE.
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -81,6 +81,21 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A unique id (e.g. a fresh `Nats-Msg-Id`) without another dependency: time, process, counter.
+pub fn unique_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{nanos:x}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A worker running inside the test process, stopped by [`RunningWorker::shutdown`].
 #[derive(Debug)]
 pub struct RunningWorker {

@@ -100,7 +100,7 @@ impl ClusterWorld {
 
     /// Publishes with a fresh message id, retrying while the cluster fails over.
     pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
-        let msg_id = uuid_like();
+        let msg_id = stockflow_tests::unique_id();
         eventually(&format!("publish to {subject}"), DEADLINE, || async {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", msg_id.as_str());
@@ -170,16 +170,6 @@ impl ClusterWorld {
             .map(|m| T::decode(m.payload.clone()).expect("decode"))
             .collect()
     }
-}
-
-pub(crate) fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        stockflow_shared::now_ms(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 pub(crate) fn fact(id: &str, sku: &str, location: &str, change: Change) -> StockEvent {

@@ -143,6 +143,7 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     if !state.delay.is_zero() {
+        // A slow endpoint is what this receiver simulates, not a wait for anything.
         tokio::time::sleep(state.delay).await;
     }
     let header = |name: &str| {

@@ -162,7 +162,7 @@ impl World {
     /// Like [`Self::publish`], but reports failure instead of panicking (servers restarting).
     pub(crate) async fn try_publish(&self, event: &StockEvent) -> bool {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", uuid_like().as_str());
+        headers.insert("Nats-Msg-Id", stockflow_tests::unique_id().as_str());
         let subject = subjects::stock_event(&event.sku);
         match self
             .js
@@ -176,7 +176,7 @@ impl World {
 
     pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", uuid_like().as_str());
+        headers.insert("Nats-Msg-Id", stockflow_tests::unique_id().as_str());
         self.js
             .publish_with_headers(subject.to_owned(), headers, payload.into())
             .await
@@ -262,21 +262,6 @@ impl World {
 fn env_of(pairs: &[(String, String)]) -> Env {
     let map: std::collections::HashMap<String, String> = pairs.iter().cloned().collect();
     Env::from_fn(move |name| map.get(name).cloned())
-}
-
-/// A unique id without another dependency: time, process and a counter.
-pub(crate) fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{nanos:x}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A stock event with an envelope.

@@ -215,6 +215,7 @@ pub async fn start(
             served = &mut serve => served.context("serving the API")?,
             () = async {
                 token.cancelled().await;
+                // The bound on graceful shutdown: in-flight requests get this long to finish.
                 tokio::time::sleep(shutdown_timeout).await;
             } => tracing::warn!("requests still in flight at the shutdown deadline"),
         }

@@ -266,6 +266,7 @@ impl Deliverer {
                         .backoff(attempt)
                         .max(retry_after.unwrap_or_default().min(self.policy.backoff_max));
                     tracing::debug!(endpoint = id, event_id = %notification.event_id, attempt, %reason, ?delay, "webhook attempt failed; retrying");
+                    // Back-off before the next attempt (with jitter, or the endpoint's Retry-After).
                     tokio::select! {
                         () = self.shutdown.cancelled() => return Delivery::Interrupted,
                         () = tokio::time::sleep(delay) => continue,
@@ -372,6 +373,7 @@ impl Deliverer {
                     let delay = Duration::from_millis(200)
                         .saturating_mul(1 << failures.min(5))
                         .min(Duration::from_secs(5));
+                    // Back-off while JetStream cannot store the dead letter.
                     tokio::select! {
                         () = self.shutdown.cancelled() => return Delivery::Interrupted,
                         () = tokio::time::sleep(delay) => {}
