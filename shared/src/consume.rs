@@ -7,16 +7,20 @@
 use std::{
     collections::HashMap,
     future::Future,
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{deadletter::DeadLetters, health::HealthCheck, topology::ConsumerSpec};
+
+/// Deliveries that may panic before the input is dead-lettered.
+const PANICS_BEFORE_DEAD_LETTER: i64 = 3;
 
 /// How one input event ended, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,7 +435,20 @@ impl Consumer {
         let worker = self.spec.durable;
         let in_flight = &loop_metrics.in_flight;
         in_flight.increment(1.0);
-        let result = handler.handle(&message).await;
+        let result = match AssertUnwindSafe(handler.handle(&message))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => match self.after_panic(&message, panic.as_ref()) {
+                Some(dead) => Err(dead),
+                None => {
+                    self.nak(&message, None).await;
+                    in_flight.decrement(1.0);
+                    return;
+                }
+            },
+        };
         match result {
             Ok(handled) => {
                 if let Err(e) = message.ack().await {
@@ -480,6 +497,32 @@ impl Consumer {
             }
         }
         in_flight.decrement(1.0);
+    }
+
+    /// A handler panic is a bug, most likely one this very input triggers: retried a few times
+    /// in case it is not, then dead-lettered so it cannot block the stream (`stockctl dlq
+    /// replay` brings it back after a fix). `None` means retry.
+    fn after_panic(
+        &self,
+        message: &jetstream::Message,
+        panic: &(dyn std::any::Any + Send),
+    ) -> Option<HandleError> {
+        let worker = self.spec.durable;
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-text panic payload".to_owned());
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+        metrics::counter!("stockflow_handler_panics_total", "worker" => worker).increment(1);
+        tracing::error!(worker, deliveries, panic = %what, subject = %message.subject, "handler panicked");
+        (deliveries >= PANICS_BEFORE_DEAD_LETTER).then(|| {
+            HandleError::malformed(
+                "unknown",
+                "handler_panic",
+                format!("the handler panicked on delivery {deliveries}: {what}"),
+            )
+        })
     }
 
     async fn nak(&self, message: &jetstream::Message, dependency: Option<Dependency>) {

@@ -139,3 +139,73 @@ async fn bad_configuration_fails_at_start_naming_the_setting() {
         assert!(err.to_string().starts_with(var), "{var}: {err}");
     }
 }
+
+/// Panics on the payload `boom`; counts the other messages it handles.
+struct PanicsOnBoom(std::sync::atomic::AtomicUsize);
+
+impl stockflow_shared::consume::Handler for PanicsOnBoom {
+    async fn handle(
+        &self,
+        message: &async_nats::jetstream::Message,
+    ) -> Result<stockflow_shared::consume::Handled, stockflow_shared::consume::HandleError> {
+        assert_ne!(&message.payload[..], b"boom", "a bug this input triggers");
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(stockflow_shared::consume::Handled {
+            event_type: "test",
+            outcome: stockflow_shared::consume::Outcome::Applied,
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_input_that_makes_the_handler_panic_is_retried_then_dead_lettered() {
+    use stockflow_shared::{consume, deadletter::DeadLetters, health::Health, topology};
+    let world = World::start().await;
+    let health = Health::default();
+    let can_process = health.check("redis");
+    can_process.set(true);
+    let consumer = consume::Consumer {
+        js: world.js.clone(),
+        spec: topology::STOCK_WORKER,
+        dead_letters: DeadLetters::new(world.js.clone()),
+        bound: health.check("consumer"),
+        can_process,
+        settings: consume::ConsumeSettings::default(),
+    };
+    let handler = std::sync::Arc::new(PanicsOnBoom(Default::default()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(consumer.run(handler.clone(), shutdown.clone()));
+
+    let boom = subjects::stock_event("BOOM");
+    world.publish_raw(&boom, b"boom".to_vec()).await;
+    for i in 0..3 {
+        world
+            .publish_raw(
+                &subjects::stock_event("FINE"),
+                format!("ok{i}").into_bytes(),
+            )
+            .await;
+    }
+    world.wait_stock_idle().await;
+
+    assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+    assert_eq!(letters.len(), 1, "only the panicking input");
+    let headers = letters[0].headers.as_ref().expect("headers");
+    let reason = headers.get(HEADER_DEAD_LETTER_REASON).expect("reason");
+    assert!(
+        reason.as_str().contains("panicked on delivery 3"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        headers
+            .get(HEADER_ORIGINAL_SUBJECT)
+            .expect("subject")
+            .as_str(),
+        boom
+    );
+    assert_eq!(&letters[0].payload[..], b"boom");
+    shutdown.cancel();
+    running.await.expect("the loop ends cleanly");
+}
