@@ -505,6 +505,7 @@ def check_config(s: Scenario) -> list[str]:
         "STOCKFLOW_STREAM_REPLICAS": str(s.v["nats"]["streamReplicas"]),
         "STOCKFLOW_NATS_URL": s.v["nats"]["url"],
         "STOCKFLOW_REDIS_URL": s.v["redis"]["url"],
+        "STOCKFLOW_REDIS_WAIT_REPLICAS": str(s.v["redis"]["waitReplicas"]),
     }
     for k, want in expect.items():
         if data.get(k) != want:

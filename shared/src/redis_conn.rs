@@ -11,7 +11,7 @@ use redis::{
     aio::ConnectionLike,
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
-    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
     Cmd, Pipeline, RedisFuture,
 };
 
@@ -132,6 +132,30 @@ impl RedisConnection {
                     .ok()
                     .and_then(|v| redis::from_redis_value::<String>(v).ok())
                     .is_some_and(|text| text.contains("cluster_state:ok"))
+            }
+        }
+    }
+
+    /// `WAIT replicas timeout_ms` on the primary that serves `key`: how many replicas hold every
+    /// write this connection sent it so far. `WAIT` counts the writes of the connection it runs
+    /// on, so it goes over the same (multiplexed) connection as the writes did.
+    pub async fn wait_for_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> redis::RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match self {
+            Self::Single(c) => wait.query_async(c).await,
+            Self::Cluster(c) => {
+                // Only the key's primary: a shard short of replicas must not stall the others.
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(redis::from_redis_value(
+                    c.current().route_command(wait, routing).await?,
+                )?)
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct WorkerSettings {
     pub topology: TopologySettings,
     /// How long an `event_id` is remembered.
     pub dedup_ttl: Duration,
+    /// Replicas that must confirm a write before its effects are published (off by default).
+    pub replica_wait: Option<crate::replication::ReplicaWait>,
 }
 
 impl WorkerSettings {
@@ -58,6 +60,7 @@ impl WorkerSettings {
             },
             // Longer than any redelivery span and JetStream's duplicate windows (minutes).
             dedup_ttl: env.seconds("STOCKFLOW_DEDUP_TTL_SECONDS", 86_400, 600..=90 * 86_400)?,
+            replica_wait: crate::replication::ReplicaWait::from_env(env)?,
         })
     }
 }

@@ -201,6 +201,8 @@ impl RedisCluster {
         let mut child = Command::new(server_binary("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &node.port.to_string()])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            // A replica that was down may still be promoted (tests that promote a stale one).
+            .args(["--cluster-replica-validity-factor", "0"])
             .args(["--cluster-port", &node.bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
             .args([
@@ -243,6 +245,69 @@ impl RedisCluster {
             .join(",")
     }
 
+    /// URL of node `i` alone: a plain connection to it, bypassing the cluster's routing.
+    pub fn node_url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Index of the replica of primary `primary`.
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let port = self.nodes[primary].port;
+        let primary_id = self
+            .cli(port, &["CLUSTER", "MYID"])
+            .map(|s| s.trim().to_owned())
+            .expect("node id");
+        let nodes = self
+            .cli(port, &["CLUSTER", "NODES"])
+            .expect("cluster nodes");
+        // Lines read `<id> <host:port@bus> <flags> <primary id> ...`.
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 3 && f[2].contains("slave") && f[3] == primary_id)
+            .find_map(|f| {
+                let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                self.nodes.iter().position(|n| n.port == port)
+            })
+            .unwrap_or_else(|| panic!("no replica of node {primary}"))
+    }
+
+    /// Waits until every live replica has applied everything its primary sent it.
+    pub fn wait_until_replicated(&self) {
+        let started = Instant::now();
+        let offset = |port: u16, field: &str| -> Option<u64> {
+            self.cli(port, &["INFO", "replication"])?
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        loop {
+            let synced = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = self
+                    .cli(n.port, &["INFO", "replication"])
+                    .unwrap_or_default();
+                if info.contains("role:master") {
+                    return true;
+                }
+                // A replica's own offset against the one its primary reached.
+                let primary_port = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("master_port:"))
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+                match (primary_port, offset(n.port, "slave_repl_offset:")) {
+                    (Some(p), Some(mine)) => offset(p, "master_repl_offset:") == Some(mine),
+                    _ => false,
+                }
+            });
+            if synced {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "replicas did not catch up");
+            // Poll interval of a wait bounded by DEADLINE.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
         let out = Command::new(server_binary("redis-cli"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -265,6 +330,26 @@ impl RedisCluster {
     pub fn fail_over(&mut self, key: &str) -> usize {
         let old = self.primary_for(key);
         self.stop_node(old);
+        self.wait_taken_over(key, old);
+        old
+    }
+
+    /// Kills `key`'s primary, then starts its replica `stale`, which was down while the primary
+    /// took writes, and waits until it has taken over: every write since `stale` went down is
+    /// gone. The old primary then rejoins as its replica, discarding them. Returns the old
+    /// primary's index.
+    pub fn promote_stale_replica(&mut self, key: &str, stale: usize) -> usize {
+        let old = self.primary_for(key);
+        self.stop_node(old);
+        self.start_node(stale);
+        self.wait_taken_over(key, old);
+        self.start_node(old);
+        self.wait_until_ok();
+        old
+    }
+
+    /// Waits until a node other than `old` serves `key` and every slot is served.
+    fn wait_taken_over(&self, key: &str, old: usize) {
         let started = Instant::now();
         while self.find_primary_for(key).is_none_or(|now| now == old) {
             assert!(started.elapsed() < DEADLINE, "no replica took over {key}");
@@ -272,7 +357,6 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.wait_until_ok();
-        old
     }
 
     fn find_primary_for(&self, key: &str) -> Option<usize> {

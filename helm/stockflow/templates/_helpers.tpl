@@ -304,6 +304,8 @@ Secret material, from values or existing Secrets:
   "STOCKFLOW_REDIS_URL" $v.redis.url
   "STOCKFLOW_REDIS_CLUSTER" ($v.redis.cluster | default false)
   "STOCKFLOW_KEY_PREFIX" $v.redis.keyPrefix
+  "STOCKFLOW_REDIS_WAIT_REPLICAS" ($v.redis.waitReplicas | int64)
+  "STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS" ($v.redis.waitTimeoutMillis | int64)
   "STOCKFLOW_METRICS_ADDR" (printf "0.0.0.0:%d" (int $v.ports.metrics))
   "STOCKFLOW_HTTP_ADDR" (printf "0.0.0.0:%d" (int $v.ports.http))
   "STOCKFLOW_MAX_IN_FLIGHT" ($v.config.maxInFlight | int64)

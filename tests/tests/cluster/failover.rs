@@ -140,3 +140,114 @@ async fn a_promoted_replica_misses_at_most_what_reconcile_repairs() {
         w.shutdown().await;
     }
 }
+
+/// How a stale replica's promotion ended.
+struct StalePromotion {
+    /// Units of events whose writes the promoted replica never received.
+    unreplicated: i64,
+    /// Units the ledger holds and Redis does not, after the workers caught up.
+    lost: i64,
+}
+
+/// Takes down the replica of `sku(0)`'s primary, runs the second half of the workload while the
+/// primary takes writes alone, then kills the primary and promotes the stale replica. This is
+/// asynchronous replication's loss window, held open long enough to be measured exactly: on a
+/// healthy cluster it is the replication lag, here it is every write since the replica went down.
+async fn promote_a_stale_replica(worker_env: &[(&str, &str)]) -> (ClusterWorld, StalePromotion) {
+    let mut world = ClusterWorld::start().await;
+    let workers = [
+        world.stock_worker_with(worker_env),
+        world.stock_worker_with(worker_env),
+    ];
+    publish_range(&world, 0..EVENTS / 2).await;
+    world.wait_stock_idle().await;
+    world.redis.wait_until_replicated();
+
+    let key = world.keys.stock(&sku(0));
+    let primary = world.redis.primary_for(&key);
+    let replica = world.redis.replica_of(primary);
+    let on_primary: Vec<String> = (0..SKUS)
+        .map(sku)
+        .filter(|s| world.redis.primary_for(&world.keys.stock(s)) == primary)
+        .collect();
+    world.redis.stop_node(replica);
+    publish_range(&world, EVENTS / 2..EVENTS).await;
+    let unreplicated = (EVENTS / 2..EVENTS)
+        .filter(|&i| on_primary.contains(&sku(i)))
+        .count() as i64;
+
+    // Every event has been applied by the primary, whether or not it was acknowledged.
+    let model = model();
+    let expected: i64 = on_primary.iter().map(|s| model[s]).sum();
+    let alone = stockflow_shared::redis_conn::RedisConnection::Single(
+        redis::aio::ConnectionManager::new(
+            redis::Client::open(world.redis.node_url(primary)).expect("node url"),
+        )
+        .await
+        .expect("connect to the primary"),
+    );
+    stockflow_tests::eventually(
+        "the lone primary applied the second half",
+        stockflow_tests::DEADLINE,
+        || async {
+            let mut alone = alone.clone();
+            let mut held = 0;
+            for s in &on_primary {
+                let levels = stockflow_shared::levels::read_levels(&mut alone, &world.keys, s)
+                    .await
+                    .ok()?;
+                held += levels.get("wh").map_or(0, |l| l.on_hand);
+            }
+            (held == expected).then_some(())
+        },
+    )
+    .await;
+
+    world.redis.promote_stale_replica(&key, replica);
+    println!(
+        "promoted the stale replica of {} ({} SKUs); {unreplicated} unit(s) were never replicated",
+        sku(0),
+        on_primary.len()
+    );
+    world.wait_stock_idle().await;
+    assert_one_entry_per_event(&world).await;
+    let mut conn = world.redis_connection().await;
+    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
+    let lost = drift.iter().map(|d| d.ledger - d.redis).sum();
+    for w in workers {
+        w.shutdown().await;
+    }
+    (world, StalePromotion { unreplicated, lost })
+}
+
+#[tokio::test]
+async fn without_replica_wait_a_promoted_stale_replica_loses_exactly_its_unreplicated_writes() {
+    let (world, promotion) = promote_a_stale_replica(&[]).await;
+    println!(
+        "without WAIT: lost {} of {} unreplicated unit(s)",
+        promotion.lost, promotion.unreplicated
+    );
+    assert!(promotion.unreplicated > 0);
+    assert_eq!(promotion.lost, promotion.unreplicated);
+    assert_ne!(levels(&world).await, model());
+}
+
+#[tokio::test]
+async fn with_replica_wait_a_promoted_stale_replica_loses_nothing() {
+    let (world, promotion) = promote_a_stale_replica(&[
+        ("STOCKFLOW_REDIS_WAIT_REPLICAS", "1"),
+        // Short: while the replica is down every wait runs to this bound.
+        ("STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS", "20"),
+    ])
+    .await;
+    println!(
+        "with WAIT 1: lost {} of {} unreplicated unit(s)",
+        promotion.lost, promotion.unreplicated
+    );
+    assert!(promotion.unreplicated > 0);
+    assert_eq!(promotion.lost, 0);
+    assert_eq!(levels(&world).await, model());
+}

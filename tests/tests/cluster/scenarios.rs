@@ -15,10 +15,16 @@ fn skus(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("CL-{i}")).collect()
 }
 
+/// Run with the replica wait on (`STOCKFLOW_REDIS_WAIT_REPLICAS=1`): every stock change and
+/// order step waits for its shard's replica; the other scenarios run without it.
 #[tokio::test]
 async fn facts_and_multi_slot_orders_are_exact_on_clusters() {
     let world = ClusterWorld::start().await;
-    let workers = [world.stock_worker(), world.stock_worker()];
+    let wait = [("STOCKFLOW_REDIS_WAIT_REPLICAS", "1")];
+    let workers = [
+        world.stock_worker_with(&wait),
+        world.stock_worker_with(&wait),
+    ];
     let skus = skus(30);
     for (i, sku) in skus.iter().enumerate() {
         world
@@ -26,7 +32,10 @@ async fn facts_and_multi_slot_orders_are_exact_on_clusters() {
             .await;
     }
     world.wait_stock_idle().await;
-    let orders = [world.order_worker(), world.order_worker()];
+    let orders = [
+        world.order_worker_with(&wait),
+        world.order_worker_with(&wait),
+    ];
     // Ten orders of three lines on three different SKUs; every fifth asks for too much of one
     // line and must leave nothing reserved on the other two.
     for o in 0..10 {

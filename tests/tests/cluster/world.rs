@@ -58,6 +58,12 @@ impl ClusterWorld {
     }
 
     pub(crate) fn env(&self) -> Env {
+        self.env_with(&[])
+    }
+
+    /// The workers' environment plus `extra`.
+    pub(crate) fn env_with(&self, extra: &[(&str, &str)]) -> Env {
+        let extra = extra.iter().map(|(k, v)| (*k, (*v).to_owned()));
         let map: HashMap<String, String> = [
             ("STOCKFLOW_NATS_URL", self.nats.urls()),
             ("STOCKFLOW_REDIS_URL", self.redis.urls()),
@@ -73,19 +79,28 @@ impl ClusterWorld {
             ),
         ]
         .into_iter()
+        .chain(extra)
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         Env::from_fn(move |name| map.get(name).cloned())
     }
 
     pub(crate) fn stock_worker(&self) -> RunningWorker {
-        let settings = stock_worker::Settings::from_env(&self.env()).expect("settings");
+        self.stock_worker_with(&[])
+    }
+
+    pub(crate) fn stock_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
+        let settings = stock_worker::Settings::from_env(&self.env_with(extra)).expect("settings");
         settings.worker.log.init();
         RunningWorker::spawn(|shutdown| stock_worker::run(settings, shutdown))
     }
 
     pub(crate) fn order_worker(&self) -> RunningWorker {
-        let settings = order_worker::Settings::from_env(&self.env()).expect("settings");
+        self.order_worker_with(&[])
+    }
+
+    pub(crate) fn order_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
+        let settings = order_worker::Settings::from_env(&self.env_with(extra)).expect("settings");
         RunningWorker::spawn(|shutdown| order_worker::run(settings, shutdown))
     }
 

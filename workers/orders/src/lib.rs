@@ -23,6 +23,7 @@ use stockflow_shared::{
     keys::Keys,
     ledger::{Cause, Derived, DerivedKind, Ledger},
     outcome,
+    replication::{self, ReplicaWait},
     settings::{ConfigError, Env},
     topology::ORDER_WORKER,
     worker::{Runtime, WorkerSettings},
@@ -97,6 +98,8 @@ pub struct OrderHandler {
     reserve: redis::Script,
     release: redis::Script,
     ship: redis::Script,
+    /// Replicas that must hold a step before what it produced is published.
+    replica_wait: Option<ReplicaWait>,
 }
 
 /// What reserving one line gave.
@@ -120,6 +123,7 @@ impl OrderHandler {
             reserve: stockflow_shared::script(include_str!("../lua/reserve_line.lua")),
             release: stockflow_shared::script(include_str!("../lua/release_line.lua")),
             ship: stockflow_shared::script(include_str!("../lua/ship_line.lua")),
+            replica_wait: runtime.settings().replica_wait.clone(),
         }
     }
 
@@ -176,6 +180,12 @@ impl OrderHandler {
             return Ok(());
         }
         let parsed = outcome::Outcome::parse(text).map_err(HandleError::redis)?;
+        replication::confirm(
+            self.replica_wait.as_ref(),
+            &self.redis,
+            &self.keys.stock(&line.sku),
+        )
+        .await?;
         let cause_id = format!("{}/{}/{step}", order.order_id, line.line_id);
         let meta = EventMeta {
             event_id: cause_id.clone(),
@@ -266,6 +276,12 @@ impl OrderHandler {
         id: &str,
         result: order_result::Result,
     ) -> Result<(), HandleError> {
+        replication::confirm(
+            self.replica_wait.as_ref(),
+            &self.redis,
+            &self.keys.order(&order.order_id),
+        )
+        .await?;
         let message = OrderResult {
             order_id: order.order_id.clone(),
             cause_event_id: order.meta.event_id.clone(),

@@ -11,6 +11,7 @@ use stockflow_shared::{
     keys::Keys,
     ledger::{Cause, Ledger},
     outcome::{self, Verdict},
+    replication::{self, ReplicaWait},
     settings::{ConfigError, Env},
     topology::STOCK_WORKER,
     worker::{Runtime, WorkerSettings},
@@ -72,6 +73,8 @@ pub struct StockHandler {
     /// `mark_published`, batched across in-flight events.
     marks: marks::Marks,
     dedup_ttl_seconds: u64,
+    /// Replicas that must hold a change before its ledger entry is published.
+    replica_wait: Option<ReplicaWait>,
     /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
     apply_seconds: metrics::Histogram,
 }
@@ -85,6 +88,7 @@ impl StockHandler {
             Keys::new(runtime.settings().redis.key_prefix.clone()),
             runtime.settings().dedup_ttl.as_secs(),
         )
+        .with_replica_wait(runtime.settings().replica_wait.clone())
     }
 
     /// A handler from its parts (tests drive it directly).
@@ -105,8 +109,15 @@ impl StockHandler {
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
             marks,
             dedup_ttl_seconds,
+            replica_wait: None,
             apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
         }
+    }
+
+    /// Waits for `wait`'s replicas before publishing each change.
+    pub fn with_replica_wait(mut self, wait: Option<ReplicaWait>) -> Self {
+        self.replica_wait = wait;
+        self
     }
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
@@ -170,6 +181,13 @@ impl StockHandler {
         dedup_key: &str,
         outcome: &outcome::Outcome,
     ) -> Result<(), HandleError> {
+        // A change the ledger records must not be one a failover can still take back.
+        replication::confirm(
+            self.replica_wait.as_ref(),
+            &self.redis,
+            &self.keys.stock(&fact.sku),
+        )
+        .await?;
         let policy = fact.policy();
         let cause = Cause {
             sku: &fact.sku,
