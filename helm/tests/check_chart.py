@@ -863,7 +863,8 @@ def check_tokens_kept(helm) -> list[str]:
     want = {"write-token": installed["write"], "read-token": installed["read"],
             GATEWAY_TOKENS_KEY: f"write:{installed['write']},read:{installed['read']}"}
     if probe["kept"] != want:
-        problems.append(f"an installed Secret's tokens are not kept: {probe['kept']}")
+        changed = sorted(k for k in want if probe["kept"].get(k) != want[k])
+        problems.append(f"an installed Secret's tokens are not kept: {', '.join(changed)} changed")
     half = probe["halfKept"]
     problems += [f"an installed Secret without read-token: {p}" for p in check_generated_tokens(half)]
     if half.get("write-token") == installed["write"]:
