@@ -87,7 +87,7 @@ root context, so the Secret and the checksum that rolls the pods agree.
 {{- define "stockflow.gatewayGeneratedTokens" -}}
 {{- if not (hasKey . "stockflowGatewayTokens") }}
 {{- $installed := lookup "v1" "Secret" .Release.Namespace (include "stockflow.gatewayTokensSecretName" .) }}
-{{- $tokens := include "stockflow.gatewayTokensKeptOrNew" ($installed.data | default dict) | fromYaml }}
+{{- $tokens := include "stockflow.gatewayTokensKeptOrNew" (dig "data" dict $installed) | fromYaml }}
 {{- $_ := set . "stockflowGatewayTokens" $tokens }}
 {{- end }}
 {{- toYaml (index . "stockflowGatewayTokens") }}
