@@ -713,7 +713,8 @@ def check_token_parser() -> list[str]:
     accepted = {
         "read:rrrrrrrrrrrrrrrrrrrr, write:wwwwwwwwwwwwwwwwwwww\n# ops\nadmin:aaaaaaaaaaaaaaaaaaaa":
             [("read", "r" * 20), ("write", "w" * 20), ("admin", "a" * 20)],
-        "write:dev-write-token-0001\r\n\n,read:dev-read-token-00001,": [("write", "dev-write-token-0001"), ("read", "dev-read-token-00001")],
+        "write:dev-write-token-0001\r\n\n,read:dev-read-token-00001,":
+            [("write", "dev-write-token-0001"), ("read", "dev-read-token-00001")],
         "": [],
     }
     for text, want in accepted.items():
@@ -749,7 +750,8 @@ def check_gateway_tokens(s: Scenario) -> list[str]:
     if bool(generated) != (source == "generated"):
         problems.append(f"tokens {source}, yet Secret/{GATEWAY_TOKENS_SECRET} is {'' if generated else 'not '}rendered")
     if ("STOCKFLOW_GATEWAY_TOKENS" in own_data) != (source == "given"):
-        problems.append(f"tokens {source}, yet Secret/{RELEASE} {'has' if 'STOCKFLOW_GATEWAY_TOKENS' in own_data else 'lacks'} STOCKFLOW_GATEWAY_TOKENS")
+        has = "has" if "STOCKFLOW_GATEWAY_TOKENS" in own_data else "lacks"
+        problems.append(f"tokens {source}, yet Secret/{RELEASE} {has} STOCKFLOW_GATEWAY_TOKENS")
     want_ref = {
         "generated": {"name": GATEWAY_TOKENS_SECRET, "key": GATEWAY_TOKENS_KEY},
         "given": {"name": RELEASE, "key": "STOCKFLOW_GATEWAY_TOKENS"},
