@@ -897,13 +897,13 @@ def check_tokens_everywhere(helm, contract: Contract) -> list[str]:
         for token in [*s.generated_tokens().values(), *s.secret_values()]:
             if token in text:
                 problems.append(f"{source}: the release notes show a token")
-        ns = f"kubectl -n {NAMESPACE} get secret {GATEWAY_TOKENS_SECRET} -o jsonpath="
+        read_secret = f"kubectl -n {NAMESPACE} get secret {GATEWAY_TOKENS_SECRET} -o jsonpath="
         want = {
             "no gateway": [],
             "no auth": ["gateway.auth.method=none"],
             "given": ["gateway.auth.tokens"],
             "existing": ["Secret shop-gateway, key entries"],
-            "generated": [ns + "'{.data.write-token}' | base64 -d", ns + "'{.data.read-token}' | base64 -d"],
+            "generated": [read_secret + "'{.data.write-token}' | base64 -d", read_secret + "'{.data.read-token}' | base64 -d"],
         }[source]
         for line in want:
             if line not in text:
