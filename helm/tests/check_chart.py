@@ -7,7 +7,8 @@
   and rendering with every values file in helm/tests/values/, plus values that must be refused.
 - kubernetes-validate --strict on every rendered core object.
 - KEDA and Prometheus Operator objects against their CRD schemas in ../shared/crds (next to the
-  repository), made strict (unknown fields are errors); skipped with a message when absent.
+  repository, or the directory CHART_CRDS_DIR names), made strict (unknown fields are errors);
+  skipped with a message when absent.
 - Assertions on the rendered objects (probes, securityContext, checksum, hooks, scaling,
   secrets, monitoring), against the contract in docs/operations.md where it has the answer.
 - promtool: `check rules` and `test rules` for helm/stockflow/files/alerts.yaml (every alert has
@@ -40,7 +41,8 @@ TESTS = ROOT / "helm" / "tests"
 VALUES_DIR = TESTS / "values"
 COMPANIONS = ROOT / "helm" / "companions"
 OPERATIONS = ROOT / "docs" / "operations.md"
-CRDS = ROOT.parent / "shared" / "crds"
+# A checkout elsewhere (a git worktree) points CHART_CRDS_DIR at the CRDs.
+CRDS = Path(os.environ.get("CHART_CRDS_DIR") or ROOT.parent / "shared" / "crds")
 DEPS = ROOT / ".dev" / "py"
 REQUIREMENTS = [
     "helm-python-sdk==0.2.2",
@@ -54,6 +56,10 @@ RELEASE, NAMESPACE = "stockflow", "shop"
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 WORKERS = ["stock-worker", "order-worker", "notify-worker"]
 COMPONENTS = WORKERS + ["gateway"]
+# The Secret and key of the gateway tokens the chart generates when none are given.
+GATEWAY_TOKENS_SECRET, GATEWAY_TOKENS_KEY = f"{RELEASE}-gateway-tokens", "gateway-tokens"
+# Given tokens for renders that must not depend on random ones (valid for the gateway).
+FIXED_TOKENS = {"gateway": {"auth": {"tokens": ["write:fixed-write-token-0001", "read:fixed-read-token-00001"]}}}
 # Variables the chart sets that docs/operations.md does not list yet (proposed to the Rust side);
 # empty while the binaries read everything the chart sets.
 PROPOSED_ENV: dict[str, str] = {}
@@ -207,13 +213,17 @@ def load_values(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(helm, values: dict, is_upgrade: bool = False) -> list[tuple[str, dict]]:
+def render_manifests(helm, values: dict, is_upgrade: bool = False, chart_dir: Path = CHART) -> dict[str, str]:
+    """Template path -> rendered text, NOTES.txt included."""
+    with helm.Chart.load(str(chart_dir)) as chart:
+        chart.validate_schema(values)
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE,
+                            is_install=not is_upgrade, is_upgrade=is_upgrade)
+
+
+def manifest_objects(manifests: dict[str, str]) -> list[tuple[str, dict]]:
     import yaml
 
-    with helm.Chart.load(str(CHART)) as chart:
-        chart.validate_schema(values)
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE,
-                                 is_install=not is_upgrade, is_upgrade=is_upgrade)
     objects = []
     for template, text in sorted(manifests.items()):
         if template.endswith("NOTES.txt"):
@@ -222,6 +232,28 @@ def render(helm, values: dict, is_upgrade: bool = False) -> list[tuple[str, dict
             if doc:
                 objects.append((template, doc))
     return objects
+
+
+def render(helm, values: dict, is_upgrade: bool = False) -> list[tuple[str, dict]]:
+    return manifest_objects(render_manifests(helm, values, is_upgrade))
+
+
+def notes(manifests: dict[str, str]) -> str:
+    return next((text for template, text in manifests.items() if template.endswith("NOTES.txt")), "")
+
+
+def without_generated_tokens(objects: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The objects with the generated gateway tokens, and the checksums over them, blanked:
+    offline every render generates new ones (`lookup` finds no installed Secret)."""
+    if not named(objects, "Secret", GATEWAY_TOKENS_SECRET):
+        return objects
+    blanked = json.loads(json.dumps(objects))
+    for _, obj in blanked:
+        if obj["kind"] == "Secret" and obj["metadata"]["name"] == GATEWAY_TOKENS_SECRET:
+            obj["data"] = {k: "<generated>" for k in obj["data"]}
+        if obj["kind"] == "Deployment":
+            obj["spec"]["template"]["metadata"]["annotations"]["checksum/config"] = "<over generated tokens>"
+    return [tuple(o) for o in blanked]
 
 
 def check_lint(helm, values: dict) -> list[str]:
@@ -368,6 +400,12 @@ def fullname(name: str) -> str:
     return f"{RELEASE}-{name}"
 
 
+def generated_tokens(objects) -> dict[str, str]:
+    """The decoded data of the Secret of generated gateway tokens ({} when not rendered)."""
+    secret = named(objects, "Secret", GATEWAY_TOKENS_SECRET) or {}
+    return {k: base64.b64decode(val).decode() for k, val in (secret.get("data") or {}).items()}
+
+
 class Scenario:
     """One values file, rendered, with the values Helm would really use."""
 
@@ -388,14 +426,30 @@ class Scenario:
             return "hpa"
         return "keda" if self.v["keda"]["enabled"] else "hpa"
 
+    def gateway_tokens_source(self) -> str:
+        """Where the gateway's tokens come from: no gateway, no auth, existing, given or generated."""
+        gateway = self.v["gateway"]
+        if not gateway["enabled"]:
+            return "no gateway"
+        if gateway["auth"]["method"] == "none":
+            return "no auth"
+        if gateway["auth"]["existingSecret"]:
+            return "existing"
+        return "given" if gateway["auth"]["tokens"] else "generated"
+
     def secret_values(self) -> list[str]:
         """Every piece of secret material given as a value."""
         v = self.v
         items = [v["nats"]["auth"]["password"], v["nats"]["auth"]["token"], v["nats"]["auth"]["creds"],
                  v["nats"]["auth"]["nkeySeed"], v["nats"]["tls"]["clientCert"]["key"],
                  v["redis"]["auth"]["password"], v["redis"]["tls"]["clientCert"]["key"],
-                 v["workers"]["notify"]["webhooks"]["secret"], *v["gateway"]["auth"]["tokens"]]
+                 v["workers"]["notify"]["webhooks"]["secret"]]
+        if self.gateway_tokens_source() == "given":
+            items += v["gateway"]["auth"]["tokens"]
         return [s for s in items if s]
+
+    def generated_tokens(self) -> dict[str, str]:
+        return generated_tokens(self.objects)
 
     def existing_secrets(self) -> set[str]:
         v = self.v
@@ -459,7 +513,7 @@ def check_deployments(s: Scenario) -> list[str]:
                     if selector_matches(p["spec"]["selector"], tmpl["metadata"]["labels"])]
             if len(pdbs) != 1:
                 problems.append(f"{where}: {len(pdbs)} PodDisruptionBudgets select its pods, expected 1")
-        problems += check_secret_refs(s, where, spec)
+        problems += check_secret_refs(s, where, spec, generated=GATEWAY_TOKENS_SECRET)
     if len(checksums) > 1:
         problems.append("the Deployments carry different config checksums")
     grace = s.v["terminationGracePeriodSeconds"]
@@ -468,11 +522,12 @@ def check_deployments(s: Scenario) -> list[str]:
     return problems
 
 
-def check_secret_refs(s: Scenario, where: str, spec: dict, own_secret: str = RELEASE) -> list[str]:
-    """Every secret a pod reads is the chart's own Secret (rendered) or a declared existing one."""
+def check_secret_refs(s: Scenario, where: str, spec: dict, own_secret: str = RELEASE, generated: str = "") -> list[str]:
+    """Every secret a pod reads is the chart's own Secret (rendered), the Secret of generated
+    tokens where `generated` names it (rendered), or a declared existing one."""
     problems = []
-    allowed = s.existing_secrets()
     rendered = {o["metadata"]["name"] for o in by_kind(s.objects, "Secret")}
+    allowed = s.existing_secrets() | ({generated} & rendered)
     names = []
     for c in spec["containers"]:
         for e in c.get("env", []):
@@ -591,6 +646,7 @@ def check_secrets(s: Scenario) -> list[str]:
     """Secret material never lands in a ConfigMap, an env value, a label or an annotation."""
     problems = []
     secrets = s.secret_values()
+    material = secrets + list(s.generated_tokens().values())
     for _, obj in s.objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
         places = []
@@ -602,7 +658,7 @@ def check_secrets(s: Scenario) -> list[str]:
         places += [(f"annotation {k}", str(v)) for k, v in annotations(obj).items()]
         places += [(f"label {k}", str(v)) for k, v in (obj["metadata"].get("labels") or {}).items()]
         for where, text in places:
-            for secret in secrets:
+            for secret in material:
                 if secret in text:
                     problems.append(f"{kind}/{name} {where} contains secret material ({secret[:6]}...)")
     own = named(s.objects, "Secret", RELEASE)
@@ -612,6 +668,249 @@ def check_secrets(s: Scenario) -> list[str]:
             problems.append(f"secret value {secret[:6]}... given in values is missing from Secret/{RELEASE}")
     if not secrets and own:
         problems.append(f"Secret/{RELEASE} rendered although no secret is given as a value")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Gateway tokens
+# --------------------------------------------------------------------------------------------
+
+GATEWAY_SCOPES = ("read", "write", "admin")
+MIN_TOKEN_BYTES = 16
+# Generated tokens must be far beyond the gateway's minimum: they are all that guards the API.
+MIN_GENERATED_TOKEN_CHARS = 32
+
+
+def parse_gateway_tokens(text: str) -> list[tuple[str, str]]:
+    """The (scope, token) entries of a STOCKFLOW_GATEWAY_TOKENS value; ValueError naming the entry.
+
+    Mirrors `Tokens::parse` in workers/gateway/src/auth.rs (keep the two in step), so a value
+    accepted here is one the gateway starts with: entries separated by commas or newlines, lines
+    starting with `#` skipped, blanks ignored; each entry `scope:token`, scope read, write or
+    admin, the token at least 16 bytes of printable ASCII without spaces.
+    """
+    entries = []
+    # Rust's str::lines splits at \n only and drops a \r before it; str.splitlines splits at more.
+    lines = (line.removesuffix("\r").strip() for line in text.split("\n"))
+    items = (item.strip() for line in lines if not line.startswith("#") for item in line.split(","))
+    for n, item in enumerate((item for item in items if item), start=1):
+        scope, colon, token = item.partition(":")
+        if not colon:
+            raise ValueError(f"entry {n}: is not scope:token")
+        if scope.strip() not in GATEWAY_SCOPES:
+            raise ValueError(f"entry {n}: scope {scope.strip()!r} is not read, write or admin")
+        raw = token.encode()
+        if len(raw) < MIN_TOKEN_BYTES:
+            raise ValueError(f"entry {n}: the token is shorter than {MIN_TOKEN_BYTES} bytes")
+        if not all(0x21 <= b <= 0x7E for b in raw):
+            raise ValueError(f"entry {n}: the token must be printable ASCII without spaces")
+        entries.append((scope.strip(), token))
+    return entries
+
+
+def check_token_parser() -> list[str]:
+    """The validator itself accepts and refuses what the gateway does (auth.rs's own cases)."""
+    problems = []
+    accepted = {
+        "read:rrrrrrrrrrrrrrrrrrrr, write:wwwwwwwwwwwwwwwwwwww\n# ops\nadmin:aaaaaaaaaaaaaaaaaaaa":
+            [("read", "r" * 20), ("write", "w" * 20), ("admin", "a" * 20)],
+        "write:dev-write-token-0001\r\n\n,read:dev-read-token-00001,":
+            [("write", "dev-write-token-0001"), ("read", "dev-read-token-00001")],
+        "": [],
+    }
+    for text, want in accepted.items():
+        try:
+            got = parse_gateway_tokens(text)
+        except ValueError as e:
+            problems.append(f"{text!r} refused ({e}), the gateway accepts it")
+            continue
+        if got != want:
+            problems.append(f"{text!r} parsed as {got}, expected {want}")
+    for text in ["reader:xxxxxxxxxxxxxxxxxxxx", "write:tiny", "xxxxxxxxxxxxxxxxxxxx",
+                 "write: xxxxxxxxxxxxxxxxxxxx", "read:xxxxxxxx xxxxxxxxxxxx", "read:xxxxxxxxxxxxxxxxxxx\u00e9"]:
+        try:
+            parse_gateway_tokens(text)
+            problems.append(f"{text!r} accepted, the gateway refuses it")
+        except ValueError:
+            pass
+    return problems
+
+
+def token_env(spec: dict) -> list[dict]:
+    return [e for c in spec["containers"] for e in c.get("env", []) if e["name"] == "STOCKFLOW_GATEWAY_TOKENS"]
+
+
+def check_gateway_tokens(s: Scenario) -> list[str]:
+    """The gateway gets its tokens from exactly one place, as a secretKeyRef, and only it does."""
+    problems = []
+    source = s.gateway_tokens_source()
+    auth = s.v["gateway"]["auth"]
+    generated = s.generated_tokens()
+    own = named(s.objects, "Secret", RELEASE) or {}
+    own_data = {k: base64.b64decode(val).decode() for k, val in (own.get("data") or {}).items()}
+    if bool(generated) != (source == "generated"):
+        problems.append(f"tokens {source}, yet Secret/{GATEWAY_TOKENS_SECRET} is {'' if generated else 'not '}rendered")
+    if ("STOCKFLOW_GATEWAY_TOKENS" in own_data) != (source == "given"):
+        has = "has" if "STOCKFLOW_GATEWAY_TOKENS" in own_data else "lacks"
+        problems.append(f"tokens {source}, yet Secret/{RELEASE} {has} STOCKFLOW_GATEWAY_TOKENS")
+    want_ref = {
+        "generated": {"name": GATEWAY_TOKENS_SECRET, "key": GATEWAY_TOKENS_KEY},
+        "given": {"name": RELEASE, "key": "STOCKFLOW_GATEWAY_TOKENS"},
+        "existing": {"name": auth["existingSecret"], "key": auth["existingSecretKey"]},
+    }.get(source)
+    for _, obj in s.objects:
+        if obj["kind"] not in ("Deployment", "Job", "Pod"):
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        env = token_env(pod_spec(obj))
+        is_gateway = obj["kind"] == "Deployment" and component_of(obj) == "gateway"
+        if not is_gateway:
+            if env:
+                problems.append(f"{where} gets STOCKFLOW_GATEWAY_TOKENS")
+            continue
+        refs = [(e.get("valueFrom") or {}).get("secretKeyRef") for e in env]
+        if any("value" in e for e in env):
+            problems.append(f"{where}: STOCKFLOW_GATEWAY_TOKENS as a plain value")
+        if want_ref is None and env:
+            problems.append(f"{where}: STOCKFLOW_GATEWAY_TOKENS set although tokens are {source}")
+        if want_ref is not None and refs != [want_ref]:
+            problems.append(f"{where}: STOCKFLOW_GATEWAY_TOKENS from {refs}, expected the secretKeyRef {want_ref}")
+        auth_env = [e for e in pod_spec(obj)["containers"][0].get("env", []) if e["name"] == "STOCKFLOW_GATEWAY_AUTH"]
+        want_auth = [{"name": "STOCKFLOW_GATEWAY_AUTH", "value": "none"}] if source == "no auth" else []
+        if auth_env != want_auth:
+            problems.append(f"{where}: STOCKFLOW_GATEWAY_AUTH env {auth_env}, expected {want_auth}")
+    if source == "given":
+        entries = own_data.get("STOCKFLOW_GATEWAY_TOKENS", "")
+        if entries != ",".join(auth["tokens"]):
+            problems.append(f"Secret/{RELEASE} STOCKFLOW_GATEWAY_TOKENS is not the given tokens verbatim, joined with commas")
+    if source == "generated":
+        problems += check_generated_tokens(generated)
+        secret = named(s.objects, "Secret", GATEWAY_TOKENS_SECRET)
+        if secret.get("type") != "Opaque" or component_of(secret) != "gateway":
+            problems.append(f"Secret/{GATEWAY_TOKENS_SECRET}: expected type Opaque and component gateway")
+        # Nothing but their Secret holds them in plain text (its data is base64).
+        for _, obj in s.objects:
+            text = json.dumps(obj)
+            for key, token in generated.items():
+                if token in text:
+                    problems.append(f"{obj['kind']}/{obj['metadata']['name']} holds the generated {key} in plain text")
+    return problems
+
+
+def check_generated_tokens(data: dict[str, str]) -> list[str]:
+    """The data of a Secret of generated tokens: a write and a read token the gateway accepts."""
+    problems = []
+    if set(data) != {GATEWAY_TOKENS_KEY, "write-token", "read-token"}:
+        return [f"generated tokens Secret has keys {sorted(data)}, expected {GATEWAY_TOKENS_KEY}, write-token, read-token"]
+    try:
+        entries = parse_gateway_tokens(data[GATEWAY_TOKENS_KEY])
+    except ValueError as e:
+        return [f"the gateway would refuse the generated {GATEWAY_TOKENS_KEY}: {e}"]
+    if entries != [("write", data["write-token"]), ("read", data["read-token"])]:
+        problems.append(f"{GATEWAY_TOKENS_KEY} is not write:<write-token>,read:<read-token> "
+                        f"(scopes {[scope for scope, _ in entries]})")
+    for key in ("write-token", "read-token"):
+        if len(data[key]) < MIN_GENERATED_TOKEN_CHARS:
+            problems.append(f"generated {key} has {len(data[key])} characters, expected at least {MIN_GENERATED_TOKEN_CHARS}")
+    if data["write-token"] == data["read-token"]:
+        problems.append("the generated write and read tokens are the same")
+    return problems
+
+
+def check_tokens_random(helm) -> list[str]:
+    """Two default renders generate different tokens (random, not a constant), and the pods'
+    checksum follows them, so new tokens restart the gateway."""
+    renders = [render(helm, {}) for _ in range(2)]
+    tokens = [generated_tokens(objects) for objects in renders]
+    checksums = [by_kind(objects, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                 for objects in renders]
+    problems = []
+    for data in tokens:
+        problems += check_generated_tokens(data)
+    if problems:
+        return problems
+    for key in ("write-token", "read-token"):
+        if tokens[0][key] == tokens[1][key]:
+            problems.append(f"two renders generated the same {key}")
+    if checksums[0] == checksums[1]:
+        problems.append("checksum/config ignores the generated tokens: new ones would not restart the gateway")
+    return problems
+
+
+# A template added to a copy of the chart: offline `lookup` finds nothing, so it hands the helper
+# the data of an installed Secret (what `lookup` returns on an upgrade, base64 values), and shows
+# what `stockflow.secrets` (which checksum/config hashes) holds in the same render.
+TOKEN_PROBE = """\
+{{- $kept := dict "write-token" (b64enc "%(write)s") "read-token" (b64enc "%(read)s") }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: token-probe
+data:
+  kept: {{ include "stockflow.gatewayTokensKeptOrNew" $kept | fromYaml | toJson | quote }}
+  halfKept: {{ include "stockflow.gatewayTokensKeptOrNew" (omit $kept "read-token") | fromYaml | toJson | quote }}
+  inSecrets: {{ (include "stockflow.secrets" . | fromYaml).generated | toJson | quote }}
+"""
+
+
+def check_tokens_kept(helm) -> list[str]:
+    """An installed Secret's tokens are kept on upgrade; the tokens are computed once per render."""
+    installed = {"write": f"installed-write-{os.urandom(8).hex()}", "read": f"installed-read-{os.urandom(8).hex()}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "stockflow"
+        shutil.copytree(CHART, chart)
+        (chart / "templates" / "token-probe.yaml").write_text(TOKEN_PROBE % installed)
+        objects = manifest_objects(render_manifests(helm, {}, is_upgrade=True, chart_dir=chart))
+    probe = {k: json.loads(v) for k, v in named(objects, "ConfigMap", "token-probe")["data"].items()}
+    problems = []
+    want = {"write-token": installed["write"], "read-token": installed["read"],
+            GATEWAY_TOKENS_KEY: f"write:{installed['write']},read:{installed['read']}"}
+    if probe["kept"] != want:
+        changed = sorted(k for k in want if probe["kept"].get(k) != want[k])
+        problems.append(f"an installed Secret's tokens are not kept: {', '.join(changed)} changed")
+    half = probe["halfKept"]
+    problems += [f"an installed Secret without read-token: {p}" for p in check_generated_tokens(half)]
+    if half.get("write-token") == installed["write"]:
+        problems.append("an installed Secret without read-token: its write-token is kept next to a new read token")
+    secret = generated_tokens(objects)
+    if probe["inSecrets"] != secret:
+        problems.append(f"Secret/{GATEWAY_TOKENS_SECRET} and stockflow.secrets (the checksum's input) hold different tokens")
+    return problems
+
+
+def check_tokens_everywhere(helm, contract: Contract) -> list[str]:
+    """Cases no values file covers: no gateway, and every source's release notes."""
+    problems = []
+    cases = {
+        "no gateway": {"gateway": {"enabled": False}},
+        "no auth": {"gateway": {"auth": {"method": "none"}}},
+        "given": FIXED_TOKENS,
+        "existing": {"gateway": {"auth": {"existingSecret": "shop-gateway", "existingSecretKey": "entries"}}},
+        "generated": {},
+    }
+    for source, values in cases.items():
+        manifests = render_manifests(helm, values)
+        s = Scenario(source, values, manifest_objects(manifests), merged_values(helm, values), contract)
+        if s.gateway_tokens_source() != source:
+            problems.append(f"{values}: tokens {s.gateway_tokens_source()}, expected {source}")
+        problems += [f"{source}: {p}" for p in check_gateway_tokens(s) + check_secrets(s)]
+        text = notes(manifests)
+        for token in [*s.generated_tokens().values(), *s.secret_values()]:
+            if token in text:
+                problems.append(f"{source}: the release notes show a token")
+        read_secret = f"kubectl -n {NAMESPACE} get secret {GATEWAY_TOKENS_SECRET} -o jsonpath="
+        want = {
+            "no gateway": [],
+            "no auth": ["gateway.auth.method=none"],
+            "given": ["gateway.auth.tokens"],
+            "existing": ["Secret shop-gateway, key entries"],
+            "generated": [read_secret + "'{.data.write-token}' | base64 -d", read_secret + "'{.data.read-token}' | base64 -d"],
+        }[source]
+        for line in want:
+            if line not in text:
+                problems.append(f"{source}: the release notes lack {line!r}")
+        if source != "generated" and GATEWAY_TOKENS_SECRET in text:
+            problems.append(f"{source}: the release notes mention {GATEWAY_TOKENS_SECRET}")
     return problems
 
 
@@ -790,8 +1089,9 @@ def expectations(s: Scenario) -> list[str]:
             problems.append("defaults: expected a ScaledObject per worker")
         if {component_of(h) for h in by_kind(s.objects, "HorizontalPodAutoscaler")} != {"gateway"}:
             problems.append("defaults: expected exactly one HPA, for the gateway")
-        if by_kind(s.objects, "Secret"):
-            problems.append("defaults: no Secret expected without secret values")
+        secrets = [o["metadata"]["name"] for o in by_kind(s.objects, "Secret")]
+        if secrets != [GATEWAY_TOKENS_SECRET]:
+            problems.append(f"defaults: Secrets {secrets}, expected only the generated {GATEWAY_TOKENS_SECRET}")
         problems += check_in_flight(s, {"notify-worker": "1024"})
     elif s.name == "keda-off.yaml":
         if by_kind(s.objects, "ScaledObject"):
@@ -932,6 +1232,11 @@ REFUSED = [
     ("a gateway token without a scope", {"gateway": {"auth": {"tokens": ["a-long-enough-token-123"]}}}, "schema"),
     ("a gateway token with an unknown scope", {"gateway": {"auth": {"tokens": ["root:a-long-enough-token-123"]}}}, "schema"),
     ("a gateway token shorter than 16 characters", {"gateway": {"auth": {"tokens": ["read:short-token"]}}}, "schema"),
+    ("an unknown gateway auth method", {"gateway": {"auth": {"method": "basic"}}}, "schema"),
+    ("gateway auth none with tokens", {"gateway": {"auth": {"method": "none", **FIXED_TOKENS["gateway"]["auth"]}}}, "render"),
+    ("gateway auth none with an existing Secret", {"gateway": {"auth": {"method": "none", "existingSecret": "gw"}}}, "render"),
+    ("STOCKFLOW_GATEWAY_AUTH in gateway.env", {"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_AUTH", "value": "none"}]}}, "render"),
+    ("STOCKFLOW_GATEWAY_AUTH in config.extra", {"config": {"extra": {"STOCKFLOW_GATEWAY_AUTH": "none"}}}, "render"),
     ("a malformed nkey seed", {"nats": {"auth": {"method": "nkey", "nkeySeed": "not-a-seed"}}}, "schema"),
     ("a notify in-flight window of zero", {"workers": {"notify": {"maxInFlight": 0}}}, "schema"),
     ("NATS nkey auth without a seed", {"nats": {"auth": {"method": "nkey"}}}, "render"),
@@ -1144,7 +1449,8 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001
             results.check(f"[{name}] render", [f"{type(exc).__name__}: {exc}"])
             continue
-        results.check(f"[{name}] render ({len(objects)} objects)", [] if objects == upgrade else ["install and upgrade renders differ"])
+        same = without_generated_tokens(objects) == without_generated_tokens(upgrade)
+        results.check(f"[{name}] render ({len(objects)} objects)", [] if same else ["install and upgrade renders differ"])
         s = Scenario(name, values, objects, merged_values(helm, values), contract)
         guarded(results, f"[{name}] kubernetes-validate --strict (k8s {', '.join(KUBE_VERSIONS)})", validate_core, objects)
         if CRDS.is_dir():
@@ -1155,13 +1461,18 @@ def main() -> int:
         guarded(results, f"[{name}] ConfigMap matches the contract", check_config, s)
         guarded(results, f"[{name}] setup hook Job and helm test Pod", check_hooks, s)
         guarded(results, f"[{name}] secrets stay in Secrets", check_secrets, s)
+        guarded(results, f"[{name}] gateway tokens ({s.gateway_tokens_source()})", check_gateway_tokens, s)
         guarded(results, f"[{name}] scaling (KEDA / HPA)", check_scaling, s)
         guarded(results, f"[{name}] gateway Service and Ingress", check_network, s)
         guarded(results, f"[{name}] monitoring objects", check_monitoring, s)
         guarded(results, f"[{name}] scenario expectations", expectations, s)
 
     if not args.only:
-        guarded(results, "checksum/config rolls pods on config and secret changes only", check_checksum_rolls, helm, {})
+        guarded(results, "checksum/config rolls pods on config and secret changes only", check_checksum_rolls, helm, FIXED_TOKENS)
+        guarded(results, "the token validator agrees with workers/gateway/src/auth.rs", check_token_parser)
+        guarded(results, "gateway tokens: generated anew by each render", check_tokens_random, helm)
+        guarded(results, "gateway tokens: an installed Secret's are kept, one set per render", check_tokens_kept, helm)
+        guarded(results, "gateway tokens: every source, its env, Secrets and release notes", check_tokens_everywhere, helm, contract)
         guarded(results, f"invalid values are refused ({len(REFUSED)} cases)", check_refused, helm)
         guarded(results, "promtool check rules files/alerts.yaml", check_promtool_rules, promtool)
         guarded(results, "promtool test rules helm/tests/alerts_test.yaml", check_promtool_tests, promtool)

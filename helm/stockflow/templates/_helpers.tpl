@@ -76,6 +76,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "stockflow.setupSecretName" -}}{{ include "stockflow.fullname" . }}-setup{{- end }}
 
 {{/*
+Gateway bearer tokens the chart generates when neither gateway.auth.tokens nor existingSecret is
+set, as the plain-text data of their Secret: {write-token, read-token, gateway-tokens: "write:<w>,read:<r>"}.
+An installed Secret of that name keeps its tokens across upgrades (`lookup` finds nothing under
+`helm template` or a client-side dry run: then new ones). Computed once per render and kept on the
+root context, so the Secret and the checksum that rolls the pods agree.
+*/}}
+{{- define "stockflow.gatewayTokensSecretName" -}}{{ include "stockflow.fullname" . }}-gateway-tokens{{- end }}
+
+{{- define "stockflow.gatewayGeneratedTokens" -}}
+{{- if not (hasKey . "stockflowGatewayTokens") }}
+{{- $installed := lookup "v1" "Secret" .Release.Namespace (include "stockflow.gatewayTokensSecretName" .) }}
+{{- $tokens := include "stockflow.gatewayTokensKeptOrNew" (dig "data" dict $installed) | fromYaml }}
+{{- $_ := set . "stockflowGatewayTokens" $tokens }}
+{{- end }}
+{{- toYaml (index . "stockflowGatewayTokens") }}
+{{- end }}
+
+{{/* The tokens in an installed Secret's data (base64, as `lookup` returns it), new random ones when it has none. */}}
+{{- define "stockflow.gatewayTokensKeptOrNew" -}}
+{{- $write := index . "write-token" | default "" | b64dec }}
+{{- $read := index . "read-token" | default "" | b64dec }}
+{{- if not (and $write $read) }}
+{{- /* 40 alphanumerics from a cryptographic source: about 238 bits, valid for the gateway's parser. */}}
+{{- $write = randAlphaNum 40 }}
+{{- $read = randAlphaNum 40 }}
+{{- end }}
+{{- toYaml (dict "write-token" $write "read-token" $read "gateway-tokens" (printf "write:%s,read:%s" $write $read)) }}
+{{- end }}
+
+{{/*
 Cross-field checks that a JSON schema cannot state readably. Rendered by configmap.yaml.
 */}}
 {{- define "stockflow.validate" -}}
@@ -127,6 +157,18 @@ Cross-field checks that a JSON schema cannot state readably. Rendered by configm
 {{- if and $v.redis.auth.enabled (not $v.redis.auth.existingSecret) (not $v.redis.auth.password) }}
 {{- fail "redis.auth.enabled needs redis.auth.password or redis.auth.existingSecret" }}
 {{- end }}
+{{- with $v.gateway.auth }}
+{{- if and (eq .method "none") (or .tokens .existingSecret) }}
+{{- fail "gateway.auth.method=none serves without tokens: leave gateway.auth.tokens and gateway.auth.existingSecret empty (the gateway refuses both at once)" }}
+{{- end }}
+{{- end }}
+{{- $authSetByHand := hasKey $v.config.extra "STOCKFLOW_GATEWAY_AUTH" }}
+{{- range $e := $v.gateway.env }}
+{{- $authSetByHand = or $authSetByHand (eq $e.name "STOCKFLOW_GATEWAY_AUTH") }}
+{{- end }}
+{{- if $authSetByHand }}
+{{- fail "set gateway.auth.method rather than STOCKFLOW_GATEWAY_AUTH: the chart gives the gateway tokens unless gateway.auth.method=none" }}
+{{- end }}
 {{- range $c := (include "stockflow.components" . | fromYaml).items }}
 {{- with $c.values.autoscaling }}
 {{- if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
@@ -164,8 +206,9 @@ The workloads, in a fixed order, with how each one scales:
 {{- end }}
 
 {{/*
-Secret material, from values or existing Secrets:
+Secret material, from values, existing Secrets or generated:
   data:   keys of the Secret the chart creates (empty when everything comes from existing Secrets)
+  generated: keys of the Secret of generated gateway tokens (empty unless the chart generates them)
   env:    [{name, secret, key, only}]  secret "" = the chart's Secret; only = components that get it ([] = all)
   files:  [{secret, key, path}]        projected into stockflow.secretDir
   config: non-secret variables that go with them (paths of the mounted files)
@@ -177,6 +220,7 @@ Secret material, from values or existing Secrets:
 {{- $env := list }}
 {{- $files := list }}
 {{- $config := dict }}
+{{- $generated := dict }}
 {{- /* NATS */}}
 {{- with $v.nats.auth }}
 {{- if eq .method "userPassword" }}
@@ -274,13 +318,17 @@ Secret material, from values or existing Secrets:
 {{- end }}
 {{- end }}
 {{- end }}
-{{- /* Gateway bearer tokens */}}
+{{- /* Gateway bearer tokens: an existing Secret, the given ones, or generated ones */}}
 {{- with $v.gateway.auth }}
-{{- if .existingSecret }}
+{{- if or (not $v.gateway.enabled) (eq .method "none") }}
+{{- else if .existingSecret }}
 {{- $env = append $env (dict "name" "STOCKFLOW_GATEWAY_TOKENS" "secret" .existingSecret "key" .existingSecretKey "only" (list $v.gateway.binary)) }}
 {{- else if .tokens }}
 {{- $_ := set $data "STOCKFLOW_GATEWAY_TOKENS" (join "," .tokens) }}
 {{- $env = append $env (dict "name" "STOCKFLOW_GATEWAY_TOKENS" "secret" "" "key" "STOCKFLOW_GATEWAY_TOKENS" "only" (list $v.gateway.binary)) }}
+{{- else }}
+{{- $generated = include "stockflow.gatewayGeneratedTokens" $ | fromYaml }}
+{{- $env = append $env (dict "name" "STOCKFLOW_GATEWAY_TOKENS" "secret" (include "stockflow.gatewayTokensSecretName" $) "key" "gateway-tokens" "only" (list $v.gateway.binary)) }}
 {{- end }}
 {{- end }}
 {{- /* Webhook signing secret */}}
@@ -292,7 +340,7 @@ Secret material, from values or existing Secrets:
 {{- $env = append $env (dict "name" "STOCKFLOW_WEBHOOK_SECRET" "secret" "" "key" "STOCKFLOW_WEBHOOK_SECRET" "only" (list $v.workers.notify.binary)) }}
 {{- end }}
 {{- end }}
-{{- toYaml (dict "data" $data "env" $env "files" $files "config" $config) }}
+{{- toYaml (dict "data" $data "generated" $generated "env" $env "files" $files "config" $config) }}
 {{- end }}
 
 {{/* Non-secret environment shared by every process: the ConfigMap's data. */}}
