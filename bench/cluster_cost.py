@@ -7,9 +7,10 @@ of N rows with `stockctl import --wait` (one `counted` fact per row, every row a
 reads the CPU time (/proc/<pid>/stat, user + system) each server and the worker used meanwhile.
 
 With --single, the same on one nats-server and one redis-server (scripts/dev-services), for the
-comparison.
+comparison. With --wait-replicas, the worker waits for each write's replica
+(STOCKFLOW_REDIS_WAIT_REPLICAS=1) before publishing its ledger entry: the price of that guarantee.
 
-Usage: python3 bench/cluster_cost.py [--single] [rows]   (release binaries built first: just bench does it;
+Usage: python3 bench/cluster_cost.py [--single] [--wait-replicas] [rows]   (release binaries built first: just bench does it;
        or cargo build --release -p stock-worker -p stockflow-cli)
 """
 
@@ -40,8 +41,11 @@ def pids(name):
 def main():
     args = sys.argv[1:]
     single = "--single" in args
-    args = [a for a in args if a != "--single"]
+    wait_replicas = "--wait-replicas" in args
+    args = [a for a in args if a not in ("--single", "--wait-replicas")]
     rows = int(args[0]) if args else 20000
+    if single and wait_replicas:
+        sys.exit("--wait-replicas needs the clusters: a single redis-server has no replica to wait for")
     env = dict(os.environ)
     env.update(
         STOCKFLOW_DEV_CLUSTER_NATS_PORT="4350",
@@ -51,6 +55,7 @@ def main():
         STOCKFLOW_DEV_REDIS_PORT="7201",
         STOCKFLOW_LOG="warn",
         STOCKFLOW_METRICS_ADDR="127.0.0.1:0",
+        STOCKFLOW_REDIS_WAIT_REPLICAS="1" if wait_replicas else "0",
     )
     if single:
         cluster = ROOT / "scripts" / "dev-services"
@@ -94,7 +99,9 @@ def main():
             )
             elapsed = time.monotonic() - started
             after = {k: sum(cpu_seconds(p) for p in v) for k, v in processes.items()}
-        print(f"{'single servers' if single else 'clusters (R3 streams, 3+3 Redis)'}: {sum(len(v) for v in processes.values()) - 1} server processes")
+        topology = "single servers" if single else "clusters (R3 streams, 3+3 Redis)"
+        waits = ", replica wait on" if wait_replicas else ""
+        print(f"{topology}{waits}: {sum(len(v) for v in processes.values()) - 1} server processes")
         print(f"{rows} counted facts, publish to applied: {elapsed:.1f} s ({rows / elapsed:.0f} events/s)")
         print("| process | CPU µs/event |")
         print("|---|---|")
