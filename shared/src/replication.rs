@@ -19,56 +19,62 @@ use crate::{
 };
 
 /// How many replicas must confirm a write, and how long to wait for them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaWait {
     /// Replicas that must hold the write (`WAIT numreplicas`).
     pub replicas: u32,
     /// Longest wait (`WAIT timeout`); past it the input is retried later.
     pub timeout: Duration,
-    confirmed_seconds: metrics::Histogram,
-    unconfirmed: metrics::Counter,
 }
 
 impl ReplicaWait {
-    /// A wait for `replicas` replicas, at most `timeout` each time.
-    pub fn new(replicas: u32, timeout: Duration) -> Self {
-        Self {
-            replicas,
-            timeout,
-            confirmed_seconds: metrics::histogram!("stockflow_redis_replica_wait_seconds"),
-            unconfirmed: metrics::counter!("stockflow_redis_replica_wait_timeouts_total"),
-        }
-    }
-
     /// `STOCKFLOW_REDIS_WAIT_REPLICAS` (0, the default, turns the wait off) and
     /// `STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS`.
     pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
         let replicas = env.bounded("STOCKFLOW_REDIS_WAIT_REPLICAS", 0, 0..=5)?;
         let timeout = env.bounded("STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS", 500, 10..=60_000)?;
-        Ok((replicas > 0).then(|| {
-            // Both bounded above by the range checks.
-            Self::new(
-                u32::try_from(replicas).unwrap_or(u32::MAX),
-                Duration::from_millis(timeout),
-            )
+        Ok((replicas > 0).then(|| Self {
+            // Bounded above by the range check.
+            replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+            timeout: Duration::from_millis(timeout),
         }))
+    }
+}
+
+/// A worker's replica wait, with its metrics registered once (after the recorder is installed,
+/// which settings are read before).
+#[derive(Debug, Clone)]
+pub struct Replicas {
+    wait: ReplicaWait,
+    confirmed_seconds: metrics::Histogram,
+    unconfirmed: metrics::Counter,
+}
+
+impl Replicas {
+    /// The waits `wait` describes, or none.
+    pub fn new(wait: Option<&ReplicaWait>) -> Option<Self> {
+        wait.map(|wait| Self {
+            wait: wait.clone(),
+            confirmed_seconds: metrics::histogram!("stockflow_redis_replica_wait_seconds"),
+            unconfirmed: metrics::counter!("stockflow_redis_replica_wait_timeouts_total"),
+        })
     }
 
     /// Waits until the primary serving `key` has its writes so far on enough replicas. A
     /// shortfall is a transient Redis failure: the caller's input is retried.
     pub async fn confirm(&self, redis: &RedisConnection, key: &str) -> Result<(), HandleError> {
         let started = Instant::now();
-        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let wanted = self.wait.replicas;
+        let timeout_ms = u64::try_from(self.wait.timeout.as_millis()).unwrap_or(u64::MAX);
         let confirmed = redis
             .clone()
-            .wait_for_replicas(key, self.replicas, timeout_ms)
+            .wait_for_replicas(key, wanted, timeout_ms)
             .await
             .map_err(HandleError::redis)?;
-        if confirmed < self.replicas {
+        if confirmed < wanted {
             self.unconfirmed.increment(1);
             return Err(HandleError::redis(anyhow::anyhow!(
-                "{confirmed} of {} replica(s) confirmed the write within {timeout_ms} ms",
-                self.replicas
+                "{confirmed} of {wanted} replica(s) confirmed the write within {timeout_ms} ms"
             )));
         }
         self.confirmed_seconds
@@ -79,12 +85,12 @@ impl ReplicaWait {
 
 /// Confirms `key`'s writes when a wait is configured; nothing otherwise.
 pub async fn confirm(
-    wait: Option<&ReplicaWait>,
+    replicas: Option<&Replicas>,
     redis: &RedisConnection,
     key: &str,
 ) -> Result<(), HandleError> {
-    match wait {
-        Some(wait) => wait.confirm(redis, key).await,
+    match replicas {
+        Some(replicas) => replicas.confirm(redis, key).await,
         None => Ok(()),
     }
 }

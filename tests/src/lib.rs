@@ -488,6 +488,11 @@ impl RedisServer {
         self.child = Some(child);
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>` (`rediss://` when serving TLS), without credentials.
     pub fn url(&self) -> String {
         let scheme = if self.tls_ca.is_some() {

@@ -68,6 +68,108 @@ async fn redis_killed_with_sigkill_under_load_loses_nothing_acknowledged() {
     worker.shutdown().await;
 }
 
+/// A counter or histogram count from a Prometheus page (0 when not exported yet).
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// With `STOCKFLOW_REDIS_WAIT_REPLICAS=1` on a single primary with one replica: a change is
+/// published only once the replica holds it; while the replica is down, changes are applied by
+/// the primary but neither published nor acknowledged, and they go through once it is back.
+#[tokio::test]
+async fn with_the_replica_wait_a_change_is_published_only_once_a_replica_holds_it() {
+    use stockflow_tests::{eventually, http_get, RedisOptions, RedisServer, DEADLINE};
+    let world = World::start().await;
+    let mut replica = RedisServer::start_with(RedisOptions {
+        conf: format!("replicaof 127.0.0.1 {}\n", world.redis.port()),
+        ..Default::default()
+    });
+    let replica_url = replica.url();
+    let replica_levels = || async {
+        let mut conn = stockflow_shared::redis_conn::RedisConnection::Single(
+            redis::aio::ConnectionManager::new(
+                redis::Client::open(replica_url.as_str()).expect("replica url"),
+            )
+            .await
+            .ok()?,
+        );
+        stockflow_shared::levels::read_levels(&mut conn, &world.keys, "GASKET")
+            .await
+            .ok()
+    };
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", stockflow_tests::free_port())
+        .parse()
+        .expect("address");
+    let _worker = stockflow_tests::KillOnDrop(
+        world
+            .worker_command(
+                "stock-worker",
+                &[
+                    ("STOCKFLOW_REDIS_WAIT_REPLICAS", "1"),
+                    ("STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS", "50"),
+                    ("STOCKFLOW_METRICS_ADDR", &metrics_addr.to_string()),
+                ],
+            )
+            .spawn()
+            .expect("spawn stock-worker"),
+    );
+    let scrape = || async {
+        http_get(metrics_addr, "/metrics")
+            .await
+            .map(|(_, page)| page)
+    };
+
+    world
+        .publish(&event("g1", "GASKET", "wh", received(5)))
+        .await;
+    world.wait_on_hand("GASKET", "wh", 5).await;
+    eventually("the first change published", DEADLINE, || async {
+        (world.ledger("GASKET").await.len() == 1).then_some(())
+    })
+    .await;
+    let levels = replica_levels().await.expect("replica levels");
+    assert_eq!(
+        levels.get("wh").map(|l| l.on_hand),
+        Some(5),
+        "the replica holds it"
+    );
+    let page = scrape().await.expect("metrics");
+    assert!(metric(&page, "stockflow_redis_replica_wait_seconds_count") >= 1.0);
+
+    replica.stop();
+    world
+        .publish(&event("g2", "GASKET", "wh", received(3)))
+        .await;
+    world.wait_on_hand("GASKET", "wh", 8).await;
+    eventually(
+        "waits time out while the replica is down",
+        DEADLINE,
+        || async {
+            let page = scrape().await?;
+            (metric(&page, "stockflow_redis_replica_wait_timeouts_total") >= 2.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        world.ledger("GASKET").await.len(),
+        1,
+        "a change no replica holds is not published"
+    );
+
+    replica.resume();
+    world.wait_stock_idle().await;
+    let ledger = world.ledger("GASKET").await;
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(
+        replica_levels()
+            .await
+            .and_then(|l| l.get("wh").map(|l| l.on_hand)),
+        Some(8)
+    );
+}
+
 #[tokio::test]
 async fn the_worker_rebinds_after_nats_restarts() {
     let mut world = World::start().await;

@@ -23,7 +23,7 @@ use stockflow_shared::{
     keys::Keys,
     ledger::{Cause, Derived, DerivedKind, Ledger},
     outcome,
-    replication::{self, ReplicaWait},
+    replication::{self, Replicas},
     settings::{ConfigError, Env},
     topology::ORDER_WORKER,
     worker::{Runtime, WorkerSettings},
@@ -99,7 +99,7 @@ pub struct OrderHandler {
     release: redis::Script,
     ship: redis::Script,
     /// Replicas that must hold a step before what it produced is published.
-    replica_wait: Option<ReplicaWait>,
+    replicas: Option<Replicas>,
 }
 
 /// What reserving one line gave.
@@ -123,7 +123,7 @@ impl OrderHandler {
             reserve: stockflow_shared::script(include_str!("../lua/reserve_line.lua")),
             release: stockflow_shared::script(include_str!("../lua/release_line.lua")),
             ship: stockflow_shared::script(include_str!("../lua/ship_line.lua")),
-            replica_wait: runtime.settings().replica_wait.clone(),
+            replicas: Replicas::new(runtime.settings().replica_wait.as_ref()),
         }
     }
 
@@ -181,7 +181,7 @@ impl OrderHandler {
         }
         let parsed = outcome::Outcome::parse(text).map_err(HandleError::redis)?;
         replication::confirm(
-            self.replica_wait.as_ref(),
+            self.replicas.as_ref(),
             &self.redis,
             &self.keys.stock(&line.sku),
         )
@@ -277,7 +277,7 @@ impl OrderHandler {
         result: order_result::Result,
     ) -> Result<(), HandleError> {
         replication::confirm(
-            self.replica_wait.as_ref(),
+            self.replicas.as_ref(),
             &self.redis,
             &self.keys.order(&order.order_id),
         )

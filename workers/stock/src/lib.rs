@@ -11,7 +11,7 @@ use stockflow_shared::{
     keys::Keys,
     ledger::{Cause, Ledger},
     outcome::{self, Verdict},
-    replication::{self, ReplicaWait},
+    replication::{self, Replicas},
     settings::{ConfigError, Env},
     topology::STOCK_WORKER,
     worker::{Runtime, WorkerSettings},
@@ -74,7 +74,7 @@ pub struct StockHandler {
     marks: marks::Marks,
     dedup_ttl_seconds: u64,
     /// Replicas that must hold a change before its ledger entry is published.
-    replica_wait: Option<ReplicaWait>,
+    replicas: Option<Replicas>,
     /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
     apply_seconds: metrics::Histogram,
 }
@@ -88,7 +88,7 @@ impl StockHandler {
             Keys::new(runtime.settings().redis.key_prefix.clone()),
             runtime.settings().dedup_ttl.as_secs(),
         )
-        .with_replica_wait(runtime.settings().replica_wait.clone())
+        .with_replicas(Replicas::new(runtime.settings().replica_wait.as_ref()))
     }
 
     /// A handler from its parts (tests drive it directly).
@@ -109,14 +109,14 @@ impl StockHandler {
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
             marks,
             dedup_ttl_seconds,
-            replica_wait: None,
+            replicas: None,
             apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
         }
     }
 
-    /// Waits for `wait`'s replicas before publishing each change.
-    pub fn with_replica_wait(mut self, wait: Option<ReplicaWait>) -> Self {
-        self.replica_wait = wait;
+    /// Waits for `replicas` before publishing each change.
+    pub fn with_replicas(mut self, replicas: Option<Replicas>) -> Self {
+        self.replicas = replicas;
         self
     }
 
@@ -183,7 +183,7 @@ impl StockHandler {
     ) -> Result<(), HandleError> {
         // A change the ledger records must not be one a failover can still take back.
         replication::confirm(
-            self.replica_wait.as_ref(),
+            self.replicas.as_ref(),
             &self.redis,
             &self.keys.stock(&fact.sku),
         )
