@@ -107,6 +107,8 @@ async fn an_event_id_reused_for_a_different_change_is_a_conflict() {
     let world = World::start().await;
     let worker = world.stock_worker();
     world.publish(&event("dup", "LAMP", "a", received(5))).await;
+    // Applied before the reuse arrives: two events in flight at once may apply in either order.
+    world.wait_on_hand("LAMP", "a", 5).await;
     world
         .publish(&event("dup", "LAMP", "a", received(50)))
         .await;
