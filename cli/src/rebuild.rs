@@ -56,6 +56,8 @@ struct LineState {
     quantity: i64,
     shipped: i64,
     released: bool,
+    /// When it was released, ms since the Unix epoch (its record lasts the dedup TTL from then).
+    released_at_ms: i64,
     /// Fulfilment event id -> (units, units still held after it).
     shipments: Vec<(String, i64, i64)>,
 }
@@ -69,6 +71,25 @@ struct OrderState {
     expires_at_ms: i64,
     cancelled: bool,
     committed: bool,
+    /// When its final result (rejection or release) was stored, ms since the Unix epoch.
+    ended_at_ms: i64,
+}
+
+/// How long restored records live: as long as the workers keep them, counted from when the
+/// workers wrote them, so a rebuild keeps nothing longer than the lost state would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an event id is remembered (`STOCKFLOW_DEDUP_TTL_SECONDS`): dedup records and
+    /// the records of released order lines.
+    pub dedup_ttl: Duration,
+    /// How long a final order's record is kept (`STOCKFLOW_ORDER_RETENTION_SECONDS`).
+    pub orders: Duration,
+}
+
+/// Milliseconds of `ttl` left for a record written at `written_at_ms`; `None` when none is.
+fn left_ms(ttl: Duration, written_at_ms: i64, now_ms: i64) -> Option<i64> {
+    let left = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX) - (now_ms - written_at_ms);
+    (left > 0).then_some(left)
 }
 
 /// Everything the streams say about the state Redis should hold.
@@ -286,7 +307,10 @@ impl Fold {
         );
         match entry.kind.as_str() {
             "reserved" => line.quantity = after.reserved - before.reserved,
-            "released" => line.released = true,
+            "released" => {
+                line.released = true;
+                line.released_at_ms = entry.applied_at_ms;
+            }
             _ => {
                 line.shipped += shipped_units;
                 let prefix = format!("{}/{}/ship/", entry.order_id, entry.line_id);
@@ -323,8 +347,12 @@ impl Fold {
                     .collect();
                 order.lines = encode_lines(&lines);
             }
-            Some(order_result::Result::Rejected(_)) => order.status = "rejected",
+            Some(order_result::Result::Rejected(_)) => {
+                order.status = "rejected";
+                order.ended_at_ms = published_ms(message);
+            }
             Some(order_result::Result::Released(released)) => {
+                order.ended_at_ms = published_ms(message);
                 order.status = match ReleaseReason::try_from(released.reason) {
                     Ok(ReleaseReason::Expired) => "expired",
                     Ok(ReleaseReason::FulfilledRemainder) => "fulfilled",
@@ -350,15 +378,16 @@ impl Fold {
         Ok(())
     }
 
-    /// Writes the fold into Redis. Dedup records older than `dedup_ttl` are not restored.
+    /// Writes the fold into Redis. Records the workers would have let expire by now (dedup
+    /// records, released lines, final orders) are not restored; the others keep what is left of
+    /// their time.
     pub async fn write(
         &self,
         redis: &mut RedisConnection,
         keys: &Keys,
-        dedup_ttl: Duration,
+        retention: Retention,
     ) -> anyhow::Result<RebuildReport> {
         let now = stockflow_shared::now_ms();
-        let ttl_ms = i64::try_from(dedup_ttl.as_millis()).unwrap_or(i64::MAX);
         let mut report = RebuildReport {
             entries: self.entries,
             bytes_per_entry: self.ledger_bytes / self.entries.max(1),
@@ -392,10 +421,9 @@ impl Fold {
             report.policies += 1;
         }
         for ((sku, event_id), (applied_at, outcome)) in &self.stock_events {
-            let left_ms = ttl_ms - (now - applied_at);
-            if left_ms <= 0 {
+            let Some(left_ms) = left_ms(retention.dedup_ttl, *applied_at, now) else {
                 continue;
-            }
+            };
             let key = keys.event(sku, event_id);
             let mut cmd = redis::cmd("HSET");
             cmd.arg(&key)
@@ -412,6 +440,14 @@ impl Fold {
             report.dedup_records += 1;
         }
         for ((order_id, line_id), line) in &self.lines {
+            let expiry = if line.released {
+                match left_ms(retention.dedup_ttl, line.released_at_ms, now) {
+                    Some(left) => Some(left),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             let key = keys.order_line(&line.sku, order_id, line_id);
             let mut cmd = redis::cmd("HSET");
             cmd.arg(&key)
@@ -434,9 +470,9 @@ impl Fold {
                     .arg(format!("{units}\u{1f}{left}\u{1f}"));
             }
             batch.add(cmd, redis).await?;
-            if line.released {
-                let mut expire = redis::cmd("EXPIRE");
-                expire.arg(&key).arg(dedup_ttl.as_secs());
+            if let Some(left) = expiry {
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(&key).arg(left);
                 batch.add(expire, redis).await?;
             }
             report.lines += 1;
@@ -446,8 +482,18 @@ impl Fold {
                 continue;
             }
             let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
+            // Final orders keep their record as long as the order worker would (see order.lua).
+            let expiry = if ended || order.status == "rejected" {
+                match left_ms(retention.orders, order.ended_at_ms, now) {
+                    Some(left) => Some(left),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let key = keys.order(order_id);
             let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.order(order_id))
+            cmd.arg(&key)
                 .arg("status")
                 .arg(order.status)
                 .arg("lines")
@@ -473,6 +519,11 @@ impl Fold {
                 cmd.arg("committed").arg("1");
             }
             batch.add(cmd, redis).await?;
+            if let Some(left) = expiry {
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(&key).arg(left);
+                batch.add(expire, redis).await?;
+            }
             report.orders += 1;
             if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
                 let mut zadd = redis::cmd("ZADD");
@@ -523,7 +574,7 @@ pub async fn rebuild(
     js: &jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
-    dedup_ttl: Duration,
+    retention: Retention,
 ) -> anyhow::Result<RebuildReport> {
     anyhow::ensure!(
         is_empty(redis, keys).await?,
@@ -531,7 +582,7 @@ pub async fn rebuild(
          workers, FLUSHDB, then rebuild)"
     );
     let fold = Fold::everything(js).await?;
-    fold.write(redis, keys, dedup_ttl).await
+    fold.write(redis, keys, retention).await
 }
 
 /// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.

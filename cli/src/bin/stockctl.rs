@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = async {
         let settings = ctl::settings(Env::process(), &cli).context("invalid configuration")?;
-        settings.log.init();
+        settings.worker.log.init();
         ctl::run(cli, settings).await
     }
     .await;

@@ -12,6 +12,7 @@ pub mod tail;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 use stockflow_shared::{
     settings::{ConfigError, Env},
     topology::Mode,
@@ -74,9 +75,19 @@ pub enum Command {
     },
 }
 
+/// What `stockctl` reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The workers' settings (connections, key prefix, topology, dedup TTL).
+    pub worker: WorkerSettings,
+    /// How long the order worker keeps a final order's record (`rebuild` restores it for what
+    /// is left of that time).
+    pub order_retention: Duration,
+}
+
 /// What `stockctl` reads from its environment: the workers' settings (connections, key
 /// prefix, topology), with the command line's URL overrides applied.
-pub fn settings(env: Env, cli: &Cli) -> Result<WorkerSettings, ConfigError> {
+pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
     let nats_url = cli.nats_url.clone();
     let redis_url = cli.redis_url.clone();
     let layered = Env::from_fn(move |name| match name {
@@ -86,24 +97,29 @@ pub fn settings(env: Env, cli: &Cli) -> Result<WorkerSettings, ConfigError> {
         "STOCKFLOW_LOG" => env.raw(name).or_else(|| Some("warn".into())),
         _ => env.raw(name),
     });
-    WorkerSettings::from_env(&layered, "stockctl", "127.0.0.1:0").map_err(|e| match e {
-        ConfigError::Invalid { var, reason }
-            if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
-        {
-            ConfigError::Invalid {
-                var: "--nats-url",
-                reason,
+    let worker =
+        WorkerSettings::from_env(&layered, "stockctl", "127.0.0.1:0").map_err(|e| match e {
+            ConfigError::Invalid { var, reason }
+                if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
+            {
+                ConfigError::Invalid {
+                    var: "--nats-url",
+                    reason,
+                }
             }
-        }
-        ConfigError::Invalid { var, reason }
-            if var == "STOCKFLOW_REDIS_URL" && cli.redis_url.is_some() =>
-        {
-            ConfigError::Invalid {
-                var: "--redis-url",
-                reason,
+            ConfigError::Invalid { var, reason }
+                if var == "STOCKFLOW_REDIS_URL" && cli.redis_url.is_some() =>
+            {
+                ConfigError::Invalid {
+                    var: "--redis-url",
+                    reason,
+                }
             }
-        }
-        other => other,
+            other => other,
+        })?;
+    Ok(Settings {
+        order_retention: order_worker::order_retention(&layered, worker.dedup_ttl)?,
+        worker,
     })
 }
 
@@ -113,21 +129,22 @@ async fn jetstream(settings: &WorkerSettings) -> anyhow::Result<jetstream::Conte
 }
 
 /// Runs one command; what it prints goes to stdout, progress and logs to stderr.
-pub async fn run(cli: Cli, settings: WorkerSettings) -> anyhow::Result<Outcome> {
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
+    let worker = &settings.worker;
     match cli.command {
         Command::Setup { update } => {
             let mode = if update { Mode::Update } else { Mode::Verify };
-            stockflow_shared::worker::setup(&settings, mode).await?;
+            stockflow_shared::worker::setup(worker, mode).await?;
             println!("streams and consumers are in place");
         }
-        Command::Selftest => selftest::run(&settings).await?,
-        Command::Publish(args) => publish::run(&jetstream(&settings).await?, &args).await?,
-        Command::Import(args) => return import::run(&settings, &args).await,
-        Command::Stock { sku } => stock::run(&settings, &sku).await?,
-        Command::Tail(args) => tail::run(&jetstream(&settings).await?, &args).await?,
-        Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
-        Command::Rebuild => repair::rebuild(&settings).await?,
-        Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
+        Command::Selftest => selftest::run(worker).await?,
+        Command::Publish(args) => publish::run(&jetstream(worker).await?, &args).await?,
+        Command::Import(args) => return import::run(worker, &args).await,
+        Command::Stock { sku } => stock::run(worker, &sku).await?,
+        Command::Tail(args) => tail::run(&jetstream(worker).await?, &args).await?,
+        Command::Dlq { command } => dlq::run(&jetstream(worker).await?, &command).await?,
+        Command::Rebuild => repair::rebuild(worker, settings.order_retention).await?,
+        Command::Reconcile { fix } => return repair::reconcile(worker, fix).await,
     }
     Ok(Outcome::Done)
 }
@@ -189,8 +206,9 @@ mod tests {
         let cli = Cli::try_parse_from(["stockctl", "--nats-url", "nats://127.0.0.1:5", "selftest"])
             .expect("parses");
         let s = settings(env, &cli).expect("valid");
-        assert_eq!(s.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
-        assert_eq!(s.log.filter, "warn");
+        assert_eq!(s.worker.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
+        assert_eq!(s.worker.log.filter, "warn");
+        assert_eq!(s.order_retention, order_worker::DEFAULT_ORDER_RETENTION);
         let cli = Cli::try_parse_from(["stockctl", "--redis-url", "http://x", "selftest"])
             .expect("parses");
         let env = Env::from_pairs([]);

@@ -17,9 +17,13 @@ async fn connect(
 }
 
 /// Restores Redis from JetStream; refuses when Redis already holds data.
-pub async fn rebuild(settings: &WorkerSettings) -> anyhow::Result<()> {
+pub async fn rebuild(settings: &WorkerSettings, order_retention: Duration) -> anyhow::Result<()> {
     let (js, mut redis, keys) = connect(settings).await?;
-    let report = rebuild::rebuild(&js, &mut redis, &keys, settings.dedup_ttl).await?;
+    let retention = rebuild::Retention {
+        dedup_ttl: settings.dedup_ttl,
+        orders: order_retention,
+    };
+    let report = rebuild::rebuild(&js, &mut redis, &keys, retention).await?;
     println!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
          {} order lines, {} holds scheduled, {} dedup records",

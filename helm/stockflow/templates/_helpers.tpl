@@ -358,6 +358,7 @@ Secret material, from values, existing Secrets or generated:
   "STOCKFLOW_HTTP_ADDR" (printf "0.0.0.0:%d" (int $v.ports.http))
   "STOCKFLOW_MAX_IN_FLIGHT" ($v.config.maxInFlight | int64)
   "STOCKFLOW_DEDUP_TTL_SECONDS" ($v.config.dedupTtlSeconds | int64)
+  "STOCKFLOW_ORDER_RETENTION_SECONDS" ($v.config.orderRetentionSeconds | int64)
   "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS" ($v.config.shutdownTimeoutSeconds | int64)
   "STOCKFLOW_LOG" $v.config.log
   "STOCKFLOW_LOG_FORMAT" $v.config.logFormat

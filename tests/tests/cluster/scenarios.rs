@@ -175,7 +175,10 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
         &world.js,
         &mut conn,
         &world.keys,
-        std::time::Duration::from_secs(86_400),
+        rebuild::Retention {
+            dedup_ttl: std::time::Duration::from_secs(86_400),
+            orders: order_worker::DEFAULT_ORDER_RETENTION,
+        },
     )
     .await
     .expect("rebuild");

@@ -14,6 +14,7 @@ mod limits;
 mod malformed;
 mod model;
 mod notify;
+mod order_retention;
 mod ordering;
 mod orders;
 mod rebuild;

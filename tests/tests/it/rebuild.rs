@@ -12,7 +12,10 @@ use stockflow_proto::v1::{
 use crate::world::*;
 
 const SKUS: usize = 12;
-const TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+const TTL: rebuild::Retention = rebuild::Retention {
+    dedup_ttl: std::time::Duration::from_secs(86_400),
+    orders: order_worker::DEFAULT_ORDER_RETENTION,
+};
 
 fn sku(i: usize) -> String {
     format!("RB-{i}")

@@ -105,9 +105,14 @@ impl World {
     }
 
     pub(crate) fn order_worker(&self) -> RunningWorker {
-        let settings =
-            order_worker::Settings::from_env(&self.env(&[("STOCKFLOW_HOLD_POLL_MILLIS", "20")]))
-                .expect("settings");
+        self.order_worker_with(&[])
+    }
+
+    /// An order worker with `extra` variables (later values win).
+    pub(crate) fn order_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
+        let mut vars = vec![("STOCKFLOW_HOLD_POLL_MILLIS", "20")];
+        vars.extend_from_slice(extra);
+        let settings = order_worker::Settings::from_env(&self.env(&vars)).expect("settings");
         RunningWorker::spawn(|shutdown| order_worker::run(settings, shutdown))
     }
 

@@ -12,17 +12,27 @@
 -- decide:    ARGV[2] confirmed | rejected, ARGV[3] expires_at_ms
 --            -> {'ok'} | {'cancelled'} (cancelled meanwhile: the caller releases every line)
 --               | {'decided', status, published} (decided before: a replay)
--- published: the decision is stored                    -> {'ok'}
+-- published: ARGV[2] retention seconds; the decision is stored            -> {'ok'}
 -- cancel / expire / fulfilled / finish (finish only completes an interrupted release):
+--            ARGV[2] retention seconds
 --            -> {'release', status before, lines, status now, published} while the caller must
 --               (still) release the lines | {'nothing', status}
--- settled:   the release is finished                   -> {'ok'}
--- commit:                                              -> {'ok', status}
+-- settled:   ARGV[2] retention seconds; the release is finished            -> {'ok'}
+-- commit:    ARGV[2] retention seconds                                     -> {'ok', status}
 --
 -- Invariants: a cancel and a placement of one order, in any interleaving, leave nothing
 -- reserved — `cancelled` and `lines` live in this one key, so whichever comes second sees the
 -- other. A release interrupted by a crash is finished by the redelivery: the status moves
 -- first, `settled` only once the caller is done.
+--
+-- Retention: the record expires (retention seconds) once the order is final — ended
+-- (cancelled, expired, fulfilled) and settled, or rejected and its decision published — and
+-- never earlier: until then a redelivery may still need it to finish a release or a report.
+-- A record a cancel or commit creates for an order not placed (yet, or any more, its record
+-- expired) expires too, unless a placement arrives first. Retention is at least the dedup TTL,
+-- and the order record's clock starts after its lines' (released before `settled` / the
+-- rejection), so while any line record of the order exists, the order record does: a late
+-- duplicate placement meets the order, never a bare line record.
 
 local key, action = KEYS[1], ARGV[1]
 local o = {}
@@ -31,16 +41,25 @@ for i = 1, #raw, 2 do o[raw[i]] = raw[i + 1] end
 local status = o.status or ''
 local ended = { cancelled = true, expired = true, fulfilled = true }
 
+-- Starts the retention clock of a record that will not change any more.
+local function retain()
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+end
+
 if action == 'place' then
   if o.fp and o.fp ~= ARGV[2] then return { 'conflict' } end
   if o.cancelled == '1' and not o.fp then
     redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'status', 'cancelled', 'from', '')
+    -- The cancel's retention stops until the caller has reported it (`settled`).
+    redis.call('PERSIST', key)
     return { 'cancelled' }
   end
   if status ~= '' and status ~= 'placing' then
     return { 'decided', status, o.published or '0' }
   end
   redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'hold', ARGV[4], 'status', 'placing')
+  -- A commit that came first set a retention on the bare record: a running order keeps it.
+  redis.call('PERSIST', key)
   return { 'go' }
 elseif action == 'decide' then
   if status ~= 'placing' then return { 'decided', status, o.published or '0' } end
@@ -51,14 +70,21 @@ elseif action == 'decide' then
   redis.call('HSET', key, 'status', ARGV[2], 'expires', ARGV[3])
   return { 'ok' }
 elseif action == 'published' then
+  -- Never recreate a record that is gone: a bare flag would read as an unknown order state.
+  if #raw == 0 then return { 'ok' } end
   redis.call('HSET', key, 'published', '1')
+  if status == 'rejected' or (ended[status] and o.settled == '1') then retain() end
   return { 'ok' }
 elseif action == 'settled' then
+  if #raw == 0 then return { 'ok' } end
   redis.call('HSET', key, 'settled', '1')
+  if ended[status] then retain() end
   return { 'ok' }
 elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or action == 'finish' then
   if action == 'cancel' then
     redis.call('HSET', key, 'cancelled', '1')
+    -- Not placed (yet, or any more): the cancel is remembered for the retention.
+    if status == '' then retain() end
     if status == 'placing' then
       -- The placer sees the flag when it decides, and releases; release here too, in case the
       -- placer died: releasing is idempotent and blocks later reservations of these lines.
@@ -79,6 +105,7 @@ elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or acti
   return { 'release', status, o.lines or '', final[action], o.published or '0' }
 elseif action == 'commit' then
   redis.call('HSET', key, 'committed', '1')
+  if status == '' then retain() end
   return { 'ok', status }
 end
 return redis.error_reply('unknown action ' .. action)

@@ -44,6 +44,44 @@ pub struct Settings {
     pub location_priority: String,
     /// How often due holds are looked for (`STOCKFLOW_HOLD_POLL_MILLIS`).
     pub hold_poll: Duration,
+    /// How long an order's record is kept once the order is final
+    /// (`STOCKFLOW_ORDER_RETENTION_SECONDS`, see [`order_retention`]).
+    pub order_retention: Duration,
+}
+
+/// The variable that sets how long a final order's record is kept.
+pub const ORDER_RETENTION_VAR: &str = "STOCKFLOW_ORDER_RETENTION_SECONDS";
+
+/// Default retention of a final order's record: a week, as long as `ORDER_EVENTS` keeps the
+/// commands, so no command still in the stream finds its order forgotten.
+pub const DEFAULT_ORDER_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// Longest retention of a final order's record: a year.
+pub const MAX_ORDER_RETENTION: Duration = Duration::from_secs(366 * 86_400);
+
+/// Reads `STOCKFLOW_ORDER_RETENTION_SECONDS`: how long an order's record is kept once the order
+/// is final (rejected, or cancelled / expired / fulfilled and released). It is at least
+/// `dedup_ttl` (`STOCKFLOW_DEDUP_TTL_SECONDS`): a late duplicate of an order's commands must meet
+/// the order's record, since the records of its released lines last `dedup_ttl`. The default is
+/// [`DEFAULT_ORDER_RETENTION`], or `dedup_ttl` when that is longer.
+pub fn order_retention(env: &Env, dedup_ttl: Duration) -> Result<Duration, ConfigError> {
+    let floor = dedup_ttl.as_secs();
+    let ceiling = MAX_ORDER_RETENTION.as_secs();
+    let seconds = env.parse(
+        ORDER_RETENTION_VAR,
+        DEFAULT_ORDER_RETENTION.as_secs().max(floor),
+    )?;
+    if !(floor..=ceiling).contains(&seconds) {
+        return Err(ConfigError::Invalid {
+            var: ORDER_RETENTION_VAR,
+            reason: format!(
+                "{seconds} is out of range {floor}..={ceiling}: a final order is kept at least \
+                 as long as an event id is remembered (STOCKFLOW_DEDUP_TTL_SECONDS = {floor}), \
+                 so late duplicates of its commands are still recognised"
+            ),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 impl Settings {
@@ -58,8 +96,10 @@ impl Settings {
                 },
             )?;
         }
+        let worker = WorkerSettings::from_env(env, "order-worker", "127.0.0.1:9465")?;
         Ok(Self {
-            worker: WorkerSettings::from_env(env, "order-worker", "127.0.0.1:9465")?,
+            order_retention: order_retention(env, worker.dedup_ttl)?,
+            worker,
             location_priority,
             hold_poll: Duration::from_millis(env.bounded(
                 "STOCKFLOW_HOLD_POLL_MILLIS",
@@ -94,6 +134,8 @@ pub struct OrderHandler {
     ledger: Ledger,
     location_priority: String,
     ttl: u64,
+    /// Seconds a final order's record is kept.
+    retention: u64,
     order: redis::Script,
     reserve: redis::Script,
     release: redis::Script,
@@ -119,6 +161,7 @@ impl OrderHandler {
             ledger: Ledger::new(runtime.js.clone()),
             location_priority: settings.location_priority.clone(),
             ttl: runtime.settings().dedup_ttl.as_secs(),
+            retention: settings.order_retention.as_secs(),
             order: stockflow_shared::script(include_str!("../lua/order.lua")),
             reserve: stockflow_shared::script(include_str!("../lua/reserve_line.lua")),
             release: stockflow_shared::script(include_str!("../lua/release_line.lua")),
@@ -141,6 +184,12 @@ impl OrderHandler {
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)
+    }
+
+    /// A state-machine step that takes no argument but the retention (`lua/order.lua`).
+    async fn order_step(&self, order_id: &str, action: &str) -> Result<Vec<String>, HandleError> {
+        self.order_script(order_id, &[action.into(), self.retention.to_string()])
+            .await
     }
 
     async fn line_script(
@@ -347,8 +396,7 @@ impl OrderHandler {
             }
             Some("cancelled") => {
                 self.released(order, ReleaseReason::Cancelled).await?;
-                self.order_script(&order.order_id, &["settled".into()])
-                    .await?;
+                self.order_step(&order.order_id, "settled").await?;
                 return Ok(Outcome::Applied);
             }
             Some("decided") => {
@@ -407,8 +455,7 @@ impl OrderHandler {
             Some("cancelled") => {
                 self.release_lines(order, lines).await?;
                 self.released(order, ReleaseReason::Cancelled).await?;
-                self.order_script(&order.order_id, &["settled".into()])
-                    .await?;
+                self.order_step(&order.order_id, "settled").await?;
                 return Ok(outcome);
             }
             // Decided by an earlier delivery: publish that same decision again — unless the order
@@ -466,8 +513,7 @@ impl OrderHandler {
         };
         self.publish_result(order, "decision", result).await?;
         // Later duplicates of the placement publish nothing, even past JetStream's window.
-        self.order_script(&order.order_id, &["published".into()])
-            .await?;
+        self.order_step(&order.order_id, "published").await?;
         Ok(outcome)
     }
 
@@ -486,7 +532,7 @@ impl OrderHandler {
     /// release whatever the order holds and say why. Every step is idempotent; the order is
     /// marked settled only at the end, so a redelivery completes an interrupted release.
     async fn end(&self, order: &OrderCommand, action: &str) -> Result<Outcome, HandleError> {
-        let reply = self.order_script(&order.order_id, &[action.into()]).await?;
+        let reply = self.order_step(&order.order_id, action).await?;
         let ["release", before, lines, now, published] =
             reply.iter().map(String::as_str).collect::<Vec<_>>()[..]
         else {
@@ -521,8 +567,7 @@ impl OrderHandler {
             // that, unless it died first — then its redelivery, or a repeated cancel, does.
             self.released(order, ReleaseReason::Cancelled).await?;
         }
-        self.order_script(&order.order_id, &["settled".into()])
-            .await?;
+        self.order_step(&order.order_id, "settled").await?;
         Ok(Outcome::Applied)
     }
 
@@ -558,8 +603,7 @@ impl OrderHandler {
             expires_at_ms,
         });
         self.publish_result(order, "decision", result).await?;
-        self.order_script(&order.order_id, &["published".into()])
-            .await?;
+        self.order_step(&order.order_id, "published").await?;
         Ok(())
     }
 
@@ -675,8 +719,7 @@ impl Handler for OrderHandler {
                 outcome
             }
             Command::Committed => {
-                self.order_script(&order.order_id, &["commit".into()])
-                    .await?;
+                self.order_step(&order.order_id, "commit").await?;
                 let mut redis = self.redis.clone();
                 redis::cmd("ZREM")
                     .arg(self.keys.holds_due())
@@ -753,4 +796,38 @@ async fn expire_due(handler: &OrderHandler) -> anyhow::Result<()> {
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn retention_defaults_to_a_week_or_the_dedup_ttl_when_longer() {
+        let unset = Env::from_pairs([]);
+        assert_eq!(
+            order_retention(&unset, DAY).expect("default"),
+            DEFAULT_ORDER_RETENTION
+        );
+        assert_eq!(order_retention(&unset, 30 * DAY).expect("raised"), 30 * DAY);
+        let set = Env::from_pairs([(ORDER_RETENTION_VAR, "600")]);
+        assert_eq!(
+            order_retention(&set, Duration::from_secs(600)).expect("at the floor"),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn retention_below_the_dedup_ttl_or_above_a_year_fails_naming_both_variables() {
+        for value in ["3600", "31708801", "soon"] {
+            let env = Env::from_pairs([(ORDER_RETENTION_VAR, value)]);
+            let error = order_retention(&env, DAY).expect_err(value).to_string();
+            assert!(error.starts_with(ORDER_RETENTION_VAR), "{error}");
+            if value != "soon" {
+                assert!(error.contains("STOCKFLOW_DEDUP_TTL_SECONDS"), "{error}");
+            }
+        }
+    }
 }

@@ -176,7 +176,9 @@ impl StoredOrder {
     }
 }
 
-/// Reads `order_id`'s records; `None` when the worker has never seen the order.
+/// Reads `order_id`'s records; `None` when the worker has never seen the order, or the order
+/// is final and its record has expired (`STOCKFLOW_ORDER_RETENTION_SECONDS`): an expired order
+/// reads as unknown.
 pub async fn read_order(
     redis: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
