@@ -292,6 +292,7 @@ mod tests {
         let settings = Settings::from_env(&env(&[])).expect("defaults");
         assert_eq!(settings.worker.consume.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         assert_eq!(settings.retry.max_attempts, 8);
+        assert_eq!(settings.worker.consume.pull, Pull::WithinWindow);
         for (extra, var) in [
             (
                 [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "0")],
