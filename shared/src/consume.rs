@@ -12,12 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::{
+    jetstream::{self, consumer::PullConsumer, AckKind},
+    Subject,
+};
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{deadletter::DeadLetters, health::HealthCheck, topology::ConsumerSpec};
+use crate::{
+    deadletter::DeadLetters,
+    health::HealthCheck,
+    topology::{ConsumerSpec, TopologySettings},
+};
 
 /// Deliveries that may panic before the input is dead-lettered.
 const PANICS_BEFORE_DEAD_LETTER: i64 = 3;
@@ -153,6 +160,21 @@ pub struct ConsumeSettings {
     pub stall_after: Duration,
     /// How often consumer info is polled (lag gauges, stall check).
     pub poll_interval: Duration,
+    /// How messages are pulled.
+    pub pull: Pull,
+}
+
+/// How the loop pulls messages from its consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pull {
+    /// One continuous pull that asks for the next batch while the current one is handled: the
+    /// fastest, for handlers that take milliseconds. While every slot is busy, the messages of
+    /// the next batch wait in the client unseen, and come back after the ack wait.
+    Pipelined,
+    /// Each pull asks for no more messages than there are free slots, so every delivered message
+    /// starts at once and is kept in progress: for handlers that may take longer than the ack
+    /// wait (webhooks), at the cost of one round trip per batch.
+    WithinWindow,
 }
 
 impl Default for ConsumeSettings {
@@ -162,6 +184,7 @@ impl Default for ConsumeSettings {
             drain_timeout: Duration::from_secs(20),
             stall_after: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
+            pull: Pull::Pipelined,
         }
     }
 }
@@ -227,6 +250,173 @@ fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     capped + capped.mul_f64(f64::from(nanos % 200) / 1000.0)
 }
 
+/// Messages being handled, so that the slow ones are kept from being redelivered: one ticker
+/// sends an in-progress ack (`+WPI`) for each message handled longer than a third of the
+/// consumer's ack wait. Fast messages cost one map insert and remove, no timer and no ack.
+#[derive(Debug)]
+struct InProgress {
+    client: async_nats::Client,
+    state: Mutex<InProgressState>,
+    /// Wakes the ticker when the period changes (the ack wait is known once bound).
+    period_changed: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct InProgressState {
+    /// A third of the consumer's ack wait: both the age from which a message is touched and
+    /// the period of the ticker, so a slow message is touched at least once per ack wait.
+    every: Duration,
+    next_id: u64,
+    /// Ack subject of each message being handled, and when its handling started.
+    handling: HashMap<u64, (Instant, Subject)>,
+}
+
+/// Removes its message from [`InProgress`] when handling ends (or panics).
+struct Tracked<'a> {
+    in_progress: &'a InProgress,
+    id: Option<u64>,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.in_progress.state().handling.remove(&id);
+        }
+    }
+}
+
+impl InProgress {
+    fn new(client: async_nats::Client) -> Self {
+        Self {
+            client,
+            state: Mutex::new(InProgressState {
+                every: TopologySettings::default().ack_wait / 3,
+                next_id: 0,
+                handling: HashMap::new(),
+            }),
+            period_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, InProgressState> {
+        // A poisoned lock only means a task panicked while holding it: the map is intact.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the consumer's ack wait as it is on the server (bound consumers report it).
+    fn set_ack_wait(&self, ack_wait: Duration) {
+        let every = (ack_wait / 3).max(Duration::from_millis(100));
+        let previous = std::mem::replace(&mut self.state().every, every);
+        if previous != every {
+            self.period_changed.notify_one();
+        }
+    }
+
+    fn track(&self, message: &jetstream::Message) -> Tracked<'_> {
+        let id = message.reply.clone().map(|reply| {
+            let mut state = self.state();
+            let id = state.next_id;
+            state.next_id = id.wrapping_add(1);
+            state.handling.insert(id, (Instant::now(), reply));
+            id
+        });
+        Tracked {
+            in_progress: self,
+            id,
+        }
+    }
+
+    /// Ack subjects of the messages handled for at least `every`.
+    fn due(&self, now: Instant) -> Vec<Subject> {
+        let state = self.state();
+        state
+            .handling
+            .values()
+            .filter(|(since, _)| now.saturating_duration_since(*since) >= state.every)
+            .map(|(_, reply)| reply.clone())
+            .collect()
+    }
+
+    /// Touches the slow messages once per period until `stop`.
+    async fn run(&self, worker: &'static str, stop: CancellationToken) {
+        loop {
+            let every = self.state().every;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.period_changed.notified() => continue,
+                () = tokio::time::sleep(every) => {}
+            }
+            for reply in self.due(Instant::now()) {
+                if let Err(e) = self.client.publish(reply, AckKind::Progress.into()).await {
+                    tracing::debug!(worker, error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+/// What a bound consumer delivers from, as [`Pull`] says.
+enum Messages {
+    Pipelined(jetstream::consumer::pull::Stream),
+    WithinWindow {
+        /// Boxed: its cached info would make every `Messages` four times as large.
+        consumer: Box<PullConsumer>,
+        max: usize,
+        batch: Option<jetstream::consumer::pull::Batch>,
+    },
+}
+
+impl Messages {
+    /// The next message; the caller holds one free slot for it. `Err` carries the cause of
+    /// ending the subscription (the restart metric's label).
+    async fn next(
+        &mut self,
+        permits: &Semaphore,
+    ) -> Option<Result<jetstream::Message, (&'static str, async_nats::Error)>> {
+        match self {
+            Self::Pipelined(stream) => Some(stream.next().await?.map_err(|e| {
+                let cause = match e.kind() {
+                    jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                        "missing_heartbeat"
+                    }
+                    jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted => {
+                        "consumer_deleted"
+                    }
+                    _ => "pull_error",
+                };
+                (cause, e.into())
+            })),
+            Self::WithinWindow {
+                consumer,
+                max,
+                batch,
+            } => loop {
+                if let Some(current) = batch.as_mut() {
+                    match current.next().await {
+                        Some(Ok(message)) => return Some(Ok(message)),
+                        Some(Err(e)) => return Some(Err(("pull_error", e))),
+                        // Filled or expired: ask again for what is free now.
+                        None => *batch = None,
+                    }
+                }
+                // Only the pump takes slots, so the free ones stay free for this batch. No idle
+                // heartbeats: a pull that fails to be renewed every few seconds ends the binding.
+                let room = (1 + permits.available_permits()).min(*max);
+                match consumer
+                    .batch()
+                    .max_messages(room)
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                {
+                    Ok(next) => *batch = Some(next),
+                    Err(e) => return Some(Err(("pull_error", e.into()))),
+                }
+            },
+        }
+    }
+}
+
 impl Consumer {
     /// Runs until `shutdown`; then stops pulling, lets in-flight messages finish (bounded by
     /// `drain_timeout`) and returns.
@@ -244,6 +434,15 @@ impl Consumer {
         let worker = self.spec.durable;
         let loop_metrics = Arc::new(LoopMetrics::new(worker));
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let in_progress = Arc::new(InProgress::new(self.js.client()));
+        // Not a child of `shutdown`: messages still draining after it are kept in progress too.
+        let keep_in_progress = CancellationToken::new();
+        tokio::spawn({
+            let in_progress = Arc::clone(&in_progress);
+            let stop = keep_in_progress.clone();
+            async move { in_progress.run(worker, stop).await }
+        });
+        let _stop_keeping = keep_in_progress.drop_guard();
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
@@ -258,6 +457,7 @@ impl Consumer {
                             messages,
                             &handler,
                             &loop_metrics,
+                            &in_progress,
                             &permits,
                             &mut tasks,
                             &shutdown,
@@ -308,18 +508,27 @@ impl Consumer {
         }
     }
 
-    async fn bind(&self) -> anyhow::Result<(PullConsumer, jetstream::consumer::pull::Stream)> {
+    async fn bind(&self) -> anyhow::Result<(PullConsumer, Messages)> {
         let stream = self.js.get_stream(self.spec.stream).await?;
         let consumer: PullConsumer = stream
             .get_consumer(self.spec.durable)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.settings.max_in_flight)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await?;
+        let messages = match self.settings.pull {
+            Pull::Pipelined => Messages::Pipelined(
+                consumer
+                    .stream()
+                    .max_messages_per_batch(self.settings.max_in_flight)
+                    .heartbeat(Duration::from_secs(5))
+                    .messages()
+                    .await?,
+            ),
+            Pull::WithinWindow => Messages::WithinWindow {
+                consumer: Box::new(consumer.clone()),
+                max: self.settings.max_in_flight,
+                batch: None,
+            },
+        };
         Ok((consumer, messages))
     }
 
@@ -330,9 +539,10 @@ impl Consumer {
     async fn pump<H: Handler>(
         self: &Arc<Self>,
         mut consumer: PullConsumer,
-        mut messages: jetstream::consumer::pull::Stream,
+        mut messages: Messages,
         handler: &Arc<H>,
         loop_metrics: &Arc<LoopMetrics>,
+        in_progress: &Arc<InProgress>,
         permits: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
         shutdown: &CancellationToken,
@@ -340,6 +550,7 @@ impl Consumer {
         let worker = self.spec.durable;
         let mut last_delivery = Instant::now();
         let mut poll = tokio::time::interval(self.settings.poll_interval);
+        in_progress.set_ack_wait(consumer.cached_info().config.ack_wait);
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -359,6 +570,9 @@ impl Consumer {
                 () = shutdown.cancelled() => return None,
                 permit = permits.clone().acquire_owned() => permit.ok()?,
             };
+            // Created once: a watch tick must not abandon a pull request half made.
+            let next = messages.next(permits);
+            tokio::pin!(next);
             let next = loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
@@ -367,7 +581,7 @@ impl Consumer {
                             return Some(cause);
                         }
                     }
-                    next = messages.next() => break next,
+                    next = &mut next => break next,
                 }
             };
             match next {
@@ -376,22 +590,16 @@ impl Consumer {
                     let handler = handler.clone();
                     let this = Arc::clone(self);
                     let loop_metrics = Arc::clone(loop_metrics);
+                    let in_progress = Arc::clone(in_progress);
                     tasks.spawn(async move {
-                        this.process(handler.as_ref(), &loop_metrics, message).await;
+                        this.process(handler.as_ref(), &loop_metrics, &in_progress, message)
+                            .await;
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => {
+                Some(Err((cause, e))) => {
                     tracing::warn!(worker, error = %e, "pull failed");
-                    return Some(match e.kind() {
-                        jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {
-                            "missing_heartbeat"
-                        }
-                        jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted => {
-                            "consumer_deleted"
-                        }
-                        _ => "pull_error",
-                    });
+                    return Some(cause);
                 }
                 None => return Some("stream_ended"),
             }
@@ -430,15 +638,18 @@ impl Consumer {
         &self,
         handler: &H,
         loop_metrics: &LoopMetrics,
+        in_progress: &InProgress,
         message: jetstream::Message,
     ) {
         let worker = self.spec.durable;
         let in_flight = &loop_metrics.in_flight;
         in_flight.increment(1.0);
-        let result = match AssertUnwindSafe(handler.handle(&message))
+        let tracked = in_progress.track(&message);
+        let handled = AssertUnwindSafe(handler.handle(&message))
             .catch_unwind()
-            .await
-        {
+            .await;
+        drop(tracked);
+        let result = match handled {
             Ok(result) => result,
             Err(panic) => match self.after_panic(&message, panic.as_ref()) {
                 Some(dead) => Err(dead),

@@ -4,6 +4,7 @@
 mod world;
 
 mod cli;
+mod consume;
 mod crash;
 mod degraded;
 mod demo;

@@ -771,3 +771,52 @@ async fn a_failing_endpoint_opens_its_breaker_and_stops_holding_the_stream() {
             .contains("breaker open after 3 consecutive failed attempts, last: HTTP 503"))));
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_deliveries_are_kept_in_progress_and_posted_once() {
+    // The world's consumers have a 2 s ack wait. Every POST takes longer than that, two at a
+    // time, with four inputs in flight: inputs wait for the endpoint and for a free slot for
+    // several ack waits, and none of that may look like a crash to JetStream.
+    let world = World::start().await;
+    let receiver = Receiver::start(&[], Duration::from_millis(2500)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "slow", "url": receiver.url, "events": ["*"]}]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let worker = notify_worker(
+        &world,
+        &fast(
+            &file,
+            &[
+                ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "10000"),
+                ("STOCKFLOW_WEBHOOK_CONCURRENCY", "2"),
+                ("STOCKFLOW_MAX_IN_FLIGHT", "4"),
+            ],
+        ),
+    );
+    let n = 8;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("P-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+    eventually("every event delivered", DEADLINE, || async {
+        (receiver.ids() == ids).then_some(())
+    })
+    .await;
+    wait_alerts_delivered(&world).await;
+    // Stopping drains what the worker holds, so a late redelivered copy would be POSTed by now.
+    worker.shutdown().await;
+
+    let posts = receiver.received();
+    let mut per_event = std::collections::HashMap::<&str, usize>::new();
+    for post in &posts {
+        *per_event.entry(post.event_id.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "POSTed more than once: {repeated:?}");
+    assert_eq!(posts.len(), n, "one POST per event");
+    receiver.assert_signatures_verified();
+}

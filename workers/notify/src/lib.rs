@@ -7,10 +7,10 @@ pub mod subscriptions;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use futures::{stream::FuturesUnordered, StreamExt as _};
 use stockflow_shared::{
-    consume::{Consumer, HandleError, Handled, Handler, Outcome},
+    consume::{Consumer, HandleError, Handled, Handler, Outcome, Pull},
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
@@ -60,6 +60,9 @@ impl Settings {
         if env.raw("STOCKFLOW_MAX_IN_FLIGHT").is_none() {
             worker.consume.max_in_flight = DEFAULT_MAX_IN_FLIGHT;
         }
+        // An input may wait for its endpoints far longer than the ack wait: pull only what can
+        // start at once, so none waits unseen in the client while JetStream redelivers it.
+        worker.consume.pull = Pull::WithinWindow;
         let millis =
             |var, default, range| env.bounded(var, default, range).map(Duration::from_millis);
         let retry = RetryPolicy {
@@ -148,7 +151,6 @@ pub async fn run(
             token.clone(),
         )
         .context("building the HTTP client")?,
-        progress_every: progress_interval(&js).await?,
     });
     let loops = CONSUMERS.map(|(spec, check)| {
         let consumer = Consumer {
@@ -186,26 +188,6 @@ fn describe_metrics() {
     );
 }
 
-/// How often an input whose deliveries are still retrying tells JetStream it is being worked
-/// on: a third of the shortest ack wait of our consumers, read from the server because that is
-/// the one in force.
-async fn progress_interval(js: &jetstream::Context) -> anyhow::Result<Duration> {
-    let mut shortest = Duration::MAX;
-    for (spec, _) in CONSUMERS {
-        let stream = js
-            .get_stream(spec.stream)
-            .await
-            .with_context(|| format!("looking up stream {}", spec.stream))?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_consumer(spec.durable)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
-            .with_context(|| format!("looking up consumer {}/{}", spec.stream, spec.durable))?;
-        shortest = shortest.min(consumer.cached_info().config.ack_wait);
-    }
-    Ok((shortest / 3).max(Duration::from_millis(100)))
-}
-
 /// Keeps the `nats` readiness check current; the consume loops take no input while it is down.
 async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -224,7 +206,6 @@ async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: Cance
 struct NotifyHandler {
     endpoints: Vec<Endpoint>,
     deliverer: Deliverer,
-    progress_every: Duration,
 }
 
 impl NotifyHandler {
@@ -258,6 +239,7 @@ impl Handler for NotifyHandler {
         };
         // Each endpoint's delivery runs on its own: a slow one waits for its own permits and
         // back-off, while the others finish and free nothing but their own share of this input.
+        // However long that takes, the consume loop keeps the input in progress.
         let mut deliveries: FuturesUnordered<_> = self
             .endpoints
             .iter()
@@ -270,24 +252,10 @@ impl Handler for NotifyHandler {
             })
             .map(|endpoint| self.deliverer.deliver(endpoint, &notification, message))
             .collect();
-        let mut progress = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.progress_every,
-            self.progress_every,
-        );
         let mut interrupted = false;
-        loop {
-            tokio::select! {
-                done = deliveries.next() => match done {
-                    None => break,
-                    Some(Delivery::Interrupted) => interrupted = true,
-                    Some(Delivery::Delivered | Delivery::DeadLettered) => {}
-                },
-                _ = progress.tick() => {
-                    // Keeps JetStream from redelivering an input whose retries outlast ack_wait.
-                    if let Err(e) = message.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "in-progress ack failed");
-                    }
-                }
+        while let Some(done) = deliveries.next().await {
+            if done == Delivery::Interrupted {
+                interrupted = true;
             }
         }
         if interrupted {
@@ -324,6 +292,7 @@ mod tests {
         let settings = Settings::from_env(&env(&[])).expect("defaults");
         assert_eq!(settings.worker.consume.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         assert_eq!(settings.retry.max_attempts, 8);
+        assert_eq!(settings.worker.consume.pull, Pull::WithinWindow);
         for (extra, var) in [
             (
                 [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "0")],
