@@ -525,6 +525,8 @@ async fn subscriptions_get_only_the_types_skus_and_locations_they_asked_for() {
         world
             .publish(&event(&format!("f-{n}"), sku, location, change))
             .await;
+        // One at a time: the crossings asserted below follow the order facts are applied in.
+        world.wait_stock_idle().await;
     }
     // Order results straight onto their stream: one rejected for A1, one for B2.
     for (order_id, sku) in [("o-1", "A1"), ("o-2", "B2")] {
