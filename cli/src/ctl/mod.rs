@@ -124,7 +124,9 @@ pub async fn run(cli: Cli, settings: WorkerSettings) -> anyhow::Result<Outcome> 
         Command::Publish(args) => publish::run(&jetstream(&settings).await?, &args).await?,
         Command::Import(args) => return import::run(&settings, &args).await,
         Command::Stock { sku } => stock::run(&settings, &sku).await?,
-        Command::Tail(args) => tail::run(&jetstream(&settings).await?, &args).await?,
+        Command::Tail(args) => {
+            tail::run(&jetstream(&settings).await?, &args, &settings.topology).await?;
+        }
         Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
         Command::Rebuild => repair::rebuild(&settings).await?,
         Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,

@@ -21,7 +21,7 @@ pub(crate) struct Ran {
 
 impl Ran {
     /// The number after `label` at the start of a summary line (`  applied   10000`).
-    fn figure(&self, label: &str) -> usize {
+    pub(crate) fn figure(&self, label: &str) -> usize {
         self.stdout
             .lines()
             .find_map(|line| {

@@ -16,6 +16,7 @@ mod model;
 mod notify;
 mod ordering;
 mod orders;
+mod partitions;
 mod rebuild;
 mod secrets;
 mod security;
