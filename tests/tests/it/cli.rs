@@ -41,6 +41,10 @@ fn command(world: &World, args: &[&str]) -> tokio::process::Command {
         .env("STOCKFLOW_NATS_URL", world.nats.url())
         .env("STOCKFLOW_REDIS_URL", world.redis.url())
         .env("STOCKFLOW_LOG", "warn")
+        .env(
+            "STOCKFLOW_STOCK_PARTITIONS",
+            world.topology.stock_partitions.to_string(),
+        )
         .env_remove("STOCKFLOW_KEY_PREFIX")
         .kill_on_drop(true);
     command
