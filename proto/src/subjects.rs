@@ -74,7 +74,7 @@ pub fn stock_event(sku: &str) -> String {
 pub fn stock_event_token(subject: &str) -> Option<&str> {
     let rest = subject.strip_prefix("stock.events.")?;
     match rest.split_once('.') {
-        None => Some(rest),
+        None => (!rest.is_empty()).then_some(rest),
         Some((partition, token))
             if !partition.is_empty()
                 && partition.bytes().all(|b| b.is_ascii_digit())

@@ -35,9 +35,9 @@ impl Default for TopologySettings {
 }
 
 /// Most partitions `STOCKFLOW_STOCK_PARTITIONS` accepts.
-pub const MAX_STOCK_PARTITIONS: usize = 64;
+pub const MAX_STOCK_PARTITIONS: usize = 128;
 
-/// `STOCK_EVENTS_0` .. `STOCK_EVENTS_63`, made once: a [`ConsumerSpec`] names its stream for the
+/// `STOCK_EVENTS_0` .. `STOCK_EVENTS_127`, made once: a [`ConsumerSpec`] names its stream for the
 /// life of the process (metric labels, readiness).
 static PARTITION_STREAMS: LazyLock<Vec<String>> = LazyLock::new(|| {
     (0..MAX_STOCK_PARTITIONS)
@@ -486,5 +486,80 @@ async fn ensure_consumer(
             actual,
             expected,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{settings::Env, worker::WorkerSettings};
+
+    fn names(settings: &TopologySettings) -> Vec<String> {
+        streams(settings).into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn one_partition_is_the_single_stock_stream() {
+        let settings = TopologySettings::default();
+        assert_eq!(settings.stock_partitions, 1);
+        let stock = &streams(&settings)[0];
+        assert_eq!(stock.name, "STOCK_EVENTS");
+        assert_eq!(stock.subjects, vec!["stock.events.>".to_owned()]);
+        assert_eq!(stock_workers(&settings).len(), 1);
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len());
+    }
+
+    #[test]
+    fn partitions_replace_the_stock_stream_and_its_consumer() {
+        let settings = TopologySettings {
+            stock_partitions: 3,
+            ..TopologySettings::default()
+        };
+        let all = names(&settings);
+        assert!(!all.contains(&"STOCK_EVENTS".to_owned()));
+        for p in 0..3 {
+            let config = streams(&settings)
+                .into_iter()
+                .find(|s| s.name == format!("STOCK_EVENTS_{p}"))
+                .expect("partition stream");
+            assert_eq!(config.subjects, vec![format!("stock.events.{p}.*")]);
+        }
+        assert_eq!(all.len(), names(&TopologySettings::default()).len() + 2);
+        let stock: Vec<(&str, &str)> = stock_workers(&settings)
+            .iter()
+            .map(|s| (s.stream, s.durable))
+            .collect();
+        assert_eq!(
+            stock,
+            [
+                ("STOCK_EVENTS_0", "stock-worker"),
+                ("STOCK_EVENTS_1", "stock-worker"),
+                ("STOCK_EVENTS_2", "stock-worker")
+            ]
+        );
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 2);
+    }
+
+    #[test]
+    fn the_number_of_partitions_is_bounded_and_errors_name_the_variable() {
+        let read = |value: &str| {
+            WorkerSettings::from_env(
+                &Env::from_pairs([("STOCKFLOW_STOCK_PARTITIONS", value)]),
+                "test",
+                "127.0.0.1:0",
+            )
+        };
+        assert_eq!(read("8").expect("valid").topology.stock_partitions, 8);
+        assert_eq!(
+            read("128").expect("valid").topology.stock_partitions,
+            MAX_STOCK_PARTITIONS
+        );
+        for bad in ["0", "129", "many"] {
+            let err = read(bad).expect_err("refused");
+            assert!(
+                err.to_string().contains("STOCKFLOW_STOCK_PARTITIONS"),
+                "{err}"
+            );
+        }
     }
 }
