@@ -312,3 +312,95 @@ async fn setup_refuses_another_number_of_partitions_in_every_mode() {
         .await
         .expect("the declared layout still verifies");
 }
+
+#[tokio::test]
+async fn without_the_servers_mapping_a_fact_is_refused_not_stored_unread() {
+    // Partition streams declared, but the server lacks the mapping: no stream takes the
+    // producers' subject, so the publish fails instead of storing where no worker reads.
+    let nats = stockflow_tests::NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    let settings = TopologySettings {
+        stock_partitions: 2,
+        ..TopologySettings::default()
+    };
+    topology::ensure(&js, &settings, Mode::Verify)
+        .await
+        .expect("declared");
+    let event = fact("e-1", "A1", Change::Received(Received { quantity: 1 }));
+    let stored = match js
+        .publish(subjects::stock_event("A1"), event.encode_to_vec().into())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!stored, "a fact was acknowledged without a stream for it");
+    for p in 0..2 {
+        assert_eq!(
+            stockflow_cli::last_sequence(&js, &subjects::stock_events_partition(p))
+                .await
+                .expect("partition"),
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_names_each_partition_and_the_gauges_carry_its_stream() {
+    let world = World::start_partitioned(PARTITIONS).await;
+    let port = stockflow_tests::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr_text = addr.to_string();
+    let _worker = stockflow_tests::KillOnDrop(
+        world
+            .worker_command(
+                "stock-worker",
+                &[("STOCKFLOW_METRICS_ADDR", addr_text.as_str())],
+            )
+            .spawn()
+            .expect("spawn stock-worker"),
+    );
+    let ready = || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    };
+    stockflow_tests::eventually("ready", stockflow_tests::DEADLINE, ready).await;
+    let metrics = stockflow_tests::eventually("gauges", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .filter(|body| body.contains("STOCK_EVENTS_2"))
+    })
+    .await;
+    for p in 0..PARTITIONS {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("stockflow_ready{") && l.contains(&format!("\"STOCK_EVENTS_{p}\""))
+            })
+            .unwrap_or_else(|| panic!("no stockflow_ready for partition {p}:\n{metrics}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+
+    // One partition's consumer gone: not ready, and the check names that partition; `setup`
+    // declares it again and the worker re-binds by itself.
+    world
+        .js
+        .get_stream(subjects::stock_events_partition(1))
+        .await
+        .expect("partition")
+        .delete_consumer("stock-worker")
+        .await
+        .expect("deleted");
+    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_EVENTS_1"))
+    })
+    .await;
+    topology::ensure(&world.js, &world.topology, Mode::Verify)
+        .await
+        .expect("declared again");
+    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, ready).await;
+}
