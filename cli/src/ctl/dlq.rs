@@ -5,7 +5,8 @@
 //! header, then **deletes** the dead letter: `DEAD_LETTERS` holds what still needs attention.
 //! The event keeps its `event_id`, so the worker's dedup still applies; the replayed message
 //! stays in its input stream as the record of the replay. Only inputs of the streams whose
-//! workers dedup by `event_id` (`STOCK_EVENTS`, `ORDER_EVENTS`) can be replayed.
+//! workers dedup by `event_id` (`STOCK_EVENTS` or its partitions `STOCK_EVENTS_<p>`,
+//! `ORDER_EVENTS`) can be replayed.
 
 use anyhow::Context as _;
 use async_nats::{

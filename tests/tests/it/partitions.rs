@@ -201,6 +201,14 @@ async fn import_waits_on_every_partition_and_a_replayed_dead_letter_lands_again(
         used.len() > 1,
         "the import spread over partitions: {used:?}"
     );
+    // The chart's `helm test`: a receipt on the SKU's subject, its ledger entry back.
+    let selftest = crate::cli::stockctl(&world, &["selftest"]).await;
+    assert_eq!(selftest.code, 0, "{}\n{}", selftest.stdout, selftest.stderr);
+    assert!(
+        selftest.stdout.contains("selftest ok"),
+        "{}",
+        selftest.stdout
+    );
 
     // A malformed fact is dead-lettered from its partition with the mapped subject; replayed,
     // it goes through the mapping again and lands in the same partition, on its SKU's subject
