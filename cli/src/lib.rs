@@ -80,6 +80,21 @@ pub async fn wait_until_acked(
     }
 }
 
+/// Waits until the stock worker has acknowledged everything stored so far in the stock input:
+/// `STOCK_EVENTS`, or every partition stream of a partitioned `topology`.
+pub async fn wait_until_stock_caught_up(
+    js: &jetstream::Context,
+    topology: &stockflow_shared::topology::TopologySettings,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    for spec in stockflow_shared::topology::stock_workers(topology) {
+        let left = deadline.saturating_sub(started.elapsed());
+        wait_until_caught_up(js, spec.stream, spec.durable, left).await?;
+    }
+    Ok(())
+}
+
 /// Waits until `durable` on `stream` has acknowledged everything stored so far.
 pub async fn wait_until_caught_up(
     js: &jetstream::Context,

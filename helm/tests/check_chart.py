@@ -565,6 +565,9 @@ def check_config(s: Scenario) -> list[str]:
     for k, want in expect.items():
         if data.get(k) != want:
             problems.append(f"ConfigMap {k}={data.get(k)!r}, expected {want!r}")
+    partitions = s.v["nats"]["stockPartitions"]
+    if data.get("STOCKFLOW_STOCK_PARTITIONS") != (str(partitions) if partitions > 1 else None):
+        problems.append(f"ConfigMap STOCKFLOW_STOCK_PARTITIONS={data.get('STOCKFLOW_STOCK_PARTITIONS')!r} for {partitions} partitions")
     # Every variable the chart sets is one the binaries read (docs/operations.md) or a known proposal.
     names = set(data)
     for _, obj in s.objects:
@@ -914,6 +917,54 @@ def check_tokens_everywhere(helm, contract: Contract) -> list[str]:
     return problems
 
 
+def stock_mapping(partitions: int) -> str:
+    """The servers' subject mapping for `partitions` partitions, as proto/src/subjects.rs writes it."""
+    return ('mappings = { "stock.events.*": '
+            f'"stock.events.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}" }}')
+
+
+def expected_consumers(s: Scenario, comp: str) -> set[tuple[str, str]]:
+    """The consumers docs/operations.md names for `comp`, the stock input's once per partition
+    stream STOCK_EVENTS_<p> when nats.stockPartitions > 1."""
+    partitions = s.v["nats"]["stockPartitions"]
+    want = set()
+    for stream, durable in s.contract.consumers.get(comp, set()):
+        if stream == "STOCK_EVENTS" and partitions > 1:
+            want |= {(f"STOCK_EVENTS_{p}", durable) for p in range(partitions)}
+        else:
+            want.add((stream, durable))
+    return want
+
+
+def check_stock_partitions(helm) -> list[str]:
+    """nats.stockPartitions: unset, the default render has no trace of partitions; at 4, the
+    ConfigMap, every ScaledObject trigger of the stock-worker and the release notes follow."""
+    problems = []
+    for partitions in (1, 4):
+        values = {**FIXED_TOKENS, "nats": {"stockPartitions": partitions}} if partitions > 1 else dict(FIXED_TOKENS)
+        manifests = render_manifests(helm, values)
+        objects = manifest_objects(manifests)
+        data = named(objects, "ConfigMap", RELEASE)["data"]
+        got_var = data.get("STOCKFLOW_STOCK_PARTITIONS")
+        if got_var != (str(partitions) if partitions > 1 else None):
+            problems.append(f"{partitions} partitions: STOCKFLOW_STOCK_PARTITIONS={got_var!r}")
+        scaled = {component_of(o): o for o in by_kind(objects, "ScaledObject")}
+        stock = [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in scaled["stock-worker"]["spec"]["triggers"]]
+        want = ([(f"STOCK_EVENTS_{p}", "stock-worker") for p in range(partitions)] if partitions > 1
+                else [("STOCK_EVENTS", "stock-worker")])
+        if stock != want:
+            problems.append(f"{partitions} partitions: stock-worker triggers {stock}, expected {want}")
+        others = [t["metadata"]["stream"] for c, o in scaled.items() if c != "stock-worker" for t in o["spec"]["triggers"]]
+        if any(st.startswith("STOCK_EVENTS") for st in others):
+            problems.append(f"{partitions} partitions: another worker reads the stock input: {others}")
+        text = notes(manifests)
+        if partitions > 1 and stock_mapping(partitions) not in text:
+            problems.append(f"{partitions} partitions: the release notes lack {stock_mapping(partitions)!r}:\n{text}")
+        if partitions == 1 and "mappings" in text:
+            problems.append("1 partition: the release notes mention a mapping")
+    return problems
+
+
 def check_scaling(s: Scenario) -> list[str]:
     problems = []
     scaled = {component_of(o): o for o in by_kind(s.objects, "ScaledObject")}
@@ -950,7 +1001,7 @@ def check_scaling(s: Scenario) -> list[str]:
                 if md.get("lagThreshold") != str(cv["autoscaling"]["lagThreshold"]):
                     problems.append(f"{comp}: lagThreshold {md.get('lagThreshold')}")
                 got.add((md.get("stream"), md.get("consumer")))
-            want = s.contract.consumers.get(comp, set())
+            want = expected_consumers(s, comp)
             if got != want:
                 problems.append(f"{comp}: triggers read {sorted(got)}, docs/operations.md says {sorted(want)}")
         elif mode == "hpa":
@@ -1240,6 +1291,8 @@ REFUSED = [
     ("a malformed nkey seed", {"nats": {"auth": {"method": "nkey", "nkeySeed": "not-a-seed"}}}, "schema"),
     ("a notify in-flight window of zero", {"workers": {"notify": {"maxInFlight": 0}}}, "schema"),
     ("NATS nkey auth without a seed", {"nats": {"auth": {"method": "nkey"}}}, "render"),
+    ("zero stock partitions", {"nats": {"stockPartitions": 0}}, "schema"),
+    ("129 stock partitions", {"nats": {"stockPartitions": 129}}, "schema"),
     ("several Redis URLs without cluster mode", {"redis": {"url": "redis://a:6379,redis://b:6379"}}, "render"),
     ("a client certificate without its key", {"nats": {"url": "tls://nats:4222", "tls": {"enabled": True, "clientCert": {"cert": "PEM"}}}}, "render"),
     ("a client certificate without TLS", {"redis": {"tls": {"clientCert": {"existingSecret": "redis-client"}}}}, "render"),
@@ -1386,6 +1439,10 @@ def check_companions(defaults: dict) -> list[str]:
         problems.append("nats-values.yaml: not a 3-node cluster")
     if not nats.get("config", {}).get("monitor", {}).get("enabled", True):
         problems.append("nats-values.yaml: the monitoring port KEDA reads is disabled")
+    # The mapping a partitioned stock input needs is documented where the servers are configured.
+    nats_text = (COMPANIONS / "nats-values.yaml").read_text()
+    if "stock.events.{{partition(" not in nats_text or "STOCKFLOW_STOCK_PARTITIONS" not in nats_text:
+        problems.append("nats-values.yaml: no subject mapping for a partitioned stock input")
     valkey_files = sorted(COMPANIONS.glob("valkey-values.yaml")) + sorted(COMPANIONS.glob("redis-values.yaml"))
     if not valkey_files:
         problems.append("no helm/companions/valkey-values.yaml or redis-values.yaml")
@@ -1480,6 +1537,7 @@ def main() -> int:
         guarded(results, "alerts and dashboard use only metrics from docs/operations.md", check_metric_names, contract)
         guarded(results, "dashboard content", check_dashboard)
         guarded(results, "promtool parses every dashboard query", check_dashboard_promql, promtool)
+        guarded(results, "stock partitions: ConfigMap, KEDA triggers per partition, release notes", check_stock_partitions, helm)
         guarded(results, "companion values files and README", check_companions, defaults)
         guarded(results, "Dockerfile", check_dockerfile, defaults)
 

@@ -68,6 +68,49 @@ pub fn stock_event(sku: &str) -> String {
     format!("stock.events.{}", encode_token(sku))
 }
 
+/// The SKU token of a stock-fact subject: `stock.events.<sku-token>` as producers publish it, or
+/// `stock.events.<partition>.<sku-token>` once the servers' partition mapping has rewritten it
+/// (partitioned deployments, see `STOCKFLOW_STOCK_PARTITIONS`). `None` for anything else.
+pub fn stock_event_token(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("stock.events.")?;
+    match rest.split_once('.') {
+        None => (!rest.is_empty()).then_some(rest),
+        Some((partition, token))
+            if !partition.is_empty()
+                && partition.bytes().all(|b| b.is_ascii_digit())
+                && !token.is_empty()
+                && !token.contains('.') =>
+        {
+            Some(token)
+        }
+        Some(_) => None,
+    }
+}
+
+/// The input stream of stock partition `partition`: `STOCK_EVENTS_<partition>`, holding
+/// `stock.events.<partition>.*`.
+pub fn stock_events_partition(partition: usize) -> String {
+    format!("{STOCK_EVENTS}_{partition}")
+}
+
+/// The partition a `STOCK_EVENTS_<p>` stream name stands for; `None` for any other name
+/// (including the unpartitioned `STOCK_EVENTS`).
+pub fn stock_events_partition_of(stream: &str) -> Option<usize> {
+    let digits = stream.strip_prefix(STOCK_EVENTS)?.strip_prefix('_')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The nats-server configuration that routes `stock.events.<sku-token>` to one of `partitions`
+/// partitions, always the same one for the same token (NATS's deterministic partitioning).
+pub fn stock_events_mapping(partitions: usize) -> String {
+    format!(
+        "mappings = {{ \"stock.events.*\": \"stock.events.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\" }}"
+    )
+}
+
 /// `stock.changes.<sku-token>`.
 pub fn stock_changed(sku: &str) -> String {
     format!("stock.changes.{}", encode_token(sku))
@@ -127,6 +170,30 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_~".contains(&b)));
             assert_eq!(decode_token(&token).as_deref(), Some(sku));
         }
+    }
+
+    #[test]
+    fn stock_subjects_yield_their_token_with_or_without_a_partition() {
+        assert_eq!(stock_event_token("stock.events.A1"), Some("A1"));
+        assert_eq!(stock_event_token("stock.events.12.~YS5i"), Some("~YS5i"));
+        for foreign in [
+            "stock.events.",
+            "stock.events.x.A1",
+            "stock.events.1.",
+            "stock.events.1.a.b",
+            "stock.changes.A1",
+        ] {
+            assert_eq!(stock_event_token(foreign), None, "{foreign}");
+        }
+        assert_eq!(stock_events_partition(3), "STOCK_EVENTS_3");
+        assert_eq!(stock_events_partition_of("STOCK_EVENTS_3"), Some(3));
+        assert_eq!(stock_events_partition_of("STOCK_EVENTS"), None);
+        assert_eq!(stock_events_partition_of("STOCK_EVENTS_"), None);
+        assert_eq!(stock_events_partition_of("STOCK_EVENTS_x"), None);
+        assert_eq!(
+            stock_events_mapping(4),
+            r#"mappings = { "stock.events.*": "stock.events.{{partition(4,1)}}.{{wildcard(1)}}" }"#
+        );
     }
 
     #[test]

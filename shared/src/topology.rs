@@ -4,9 +4,10 @@
 //! existing stream or consumer: a difference in a setting the workers rely on is an error that
 //! names it; `setup` with `update` applies the declared configuration deliberately.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use async_nats::jetstream::{self, consumer, stream};
+use futures::TryStreamExt as _;
 use stockflow_proto::subjects;
 
 /// How streams are created.
@@ -17,6 +18,10 @@ pub struct TopologySettings {
     /// How long a delivered message may stay unacknowledged before JetStream redelivers it: the
     /// time a crashed worker's messages wait before another worker gets them.
     pub ack_wait: Duration,
+    /// Partitions of the stock input (`STOCKFLOW_STOCK_PARTITIONS`): 1 is the single stream
+    /// `STOCK_EVENTS`; N > 1 is N streams `STOCK_EVENTS_<p>` fed by the servers' subject mapping
+    /// ([`subjects::stock_events_mapping`]), each with its own `stock-worker` consumer.
+    pub stock_partitions: usize,
 }
 
 impl Default for TopologySettings {
@@ -24,9 +29,21 @@ impl Default for TopologySettings {
         Self {
             replicas: 1,
             ack_wait: Duration::from_secs(30),
+            stock_partitions: 1,
         }
     }
 }
+
+/// Most partitions `STOCKFLOW_STOCK_PARTITIONS` accepts.
+pub const MAX_STOCK_PARTITIONS: usize = 128;
+
+/// `STOCK_EVENTS_0` .. `STOCK_EVENTS_127`, made once: a [`ConsumerSpec`] names its stream for the
+/// life of the process (metric labels, readiness).
+static PARTITION_STREAMS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..MAX_STOCK_PARTITIONS)
+        .map(subjects::stock_events_partition)
+        .collect()
+});
 
 /// A worker's durable pull consumer.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +94,37 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
     NOTIFY_ORDER_RESULTS,
 ];
 
+/// The stock worker's consumers: [`STOCK_WORKER`] on one stream, or one `stock-worker` per
+/// partition stream.
+pub fn stock_workers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
+    if settings.stock_partitions <= 1 {
+        return vec![STOCK_WORKER];
+    }
+    PARTITION_STREAMS
+        .iter()
+        .take(settings.stock_partitions)
+        .map(|stream| ConsumerSpec {
+            stream: stream.as_str(),
+            durable: STOCK_WORKER.durable,
+        })
+        .collect()
+}
+
+/// Every durable consumer `setup` declares with these settings: [`CONSUMERS`], with the stock
+/// worker's consumer once per partition.
+pub fn consumers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
+    CONSUMERS
+        .iter()
+        .flat_map(|spec| {
+            if spec.stream == STOCK_WORKER.stream {
+                stock_workers(settings)
+            } else {
+                vec![*spec]
+            }
+        })
+        .collect()
+}
+
 /// Longest a message may wait between two deliveries (NAK back-off cap, ack wait): the duplicate
 /// windows below must exceed it.
 pub const MAX_REDELIVERY_SPAN: Duration = Duration::from_secs(60);
@@ -98,44 +146,62 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
     };
     // Inputs are kept a week (replay, audit); the ledger and dead letters are kept until an
     // operator decides otherwise (rebuild needs the ledger); alerts are notifications.
-    vec![
-        stream(
+    let stock_inputs = if settings.stock_partitions <= 1 {
+        vec![stream(
             subjects::STOCK_EVENTS,
             &["stock.events.>"],
             7 * day,
             Duration::from_secs(120),
-        ),
-        stream(
-            subjects::STOCK_CHANGES,
-            &["stock.changes.>", "stock.outcomes.>"],
-            Duration::ZERO,
-            5 * MAX_REDELIVERY_SPAN,
-        ),
-        stream(
-            subjects::ALERTS,
-            &["alerts.>"],
-            30 * day,
-            5 * MAX_REDELIVERY_SPAN,
-        ),
-        stream(
-            subjects::DEAD_LETTERS,
-            &["deadletter.>"],
-            Duration::ZERO,
-            5 * MAX_REDELIVERY_SPAN,
-        ),
-        stream(
-            subjects::ORDER_EVENTS,
-            &["orders.events.>"],
-            7 * day,
-            Duration::from_secs(120),
-        ),
-        stream(
-            subjects::ORDER_RESULTS,
-            &["orders.results.>"],
-            Duration::ZERO,
-            5 * MAX_REDELIVERY_SPAN,
-        ),
-    ]
+        )]
+    } else {
+        // The servers' mapping rewrites `stock.events.<sku-token>` to
+        // `stock.events.<p>.<sku-token>`: partition p holds exactly its own subjects.
+        (0..settings.stock_partitions)
+            .map(|p| {
+                stream(
+                    &subjects::stock_events_partition(p),
+                    &[&format!("stock.events.{p}.*")],
+                    7 * day,
+                    Duration::from_secs(120),
+                )
+            })
+            .collect()
+    };
+    stock_inputs
+        .into_iter()
+        .chain([
+            stream(
+                subjects::STOCK_CHANGES,
+                &["stock.changes.>", "stock.outcomes.>"],
+                Duration::ZERO,
+                5 * MAX_REDELIVERY_SPAN,
+            ),
+            stream(
+                subjects::ALERTS,
+                &["alerts.>"],
+                30 * day,
+                5 * MAX_REDELIVERY_SPAN,
+            ),
+            stream(
+                subjects::DEAD_LETTERS,
+                &["deadletter.>"],
+                Duration::ZERO,
+                5 * MAX_REDELIVERY_SPAN,
+            ),
+            stream(
+                subjects::ORDER_EVENTS,
+                &["orders.events.>"],
+                7 * day,
+                Duration::from_secs(120),
+            ),
+            stream(
+                subjects::ORDER_RESULTS,
+                &["orders.results.>"],
+                Duration::ZERO,
+                5 * MAX_REDELIVERY_SPAN,
+            ),
+        ])
+        .collect()
 }
 
 /// The declared configuration of a durable consumer.
@@ -169,6 +235,18 @@ pub enum TopologyError {
         /// What is declared.
         expected: String,
     },
+    /// The stock input exists with another number of partitions than `STOCKFLOW_STOCK_PARTITIONS`
+    /// declares. Never changed by `setup`, not even with `--update`: drain and remove the old
+    /// streams first (docs/operations.md, "Partitioned stock input").
+    #[error("stock input streams {existing:?} exist, but STOCKFLOW_STOCK_PARTITIONS={declared} declares {expected:?}; changing the number of partitions needs an empty backlog: drain the stock-worker consumers, delete the old streams, change the servers' subject mapping, then run `setup` (docs/operations.md, \"Partitioned stock input\")")]
+    Partitions {
+        /// The stock input streams found.
+        existing: Vec<String>,
+        /// The declared number of partitions.
+        declared: usize,
+        /// The streams it declares.
+        expected: Vec<String>,
+    },
     /// JetStream refused or did not answer.
     #[error("{action}: {source}")]
     JetStream {
@@ -195,13 +273,69 @@ pub async fn ensure(
     settings: &TopologySettings,
     mode: Mode,
 ) -> Result<(), TopologyError> {
-    for config in streams(settings) {
+    let declared = streams(settings);
+    check_stock_layout(js, settings, &declared).await?;
+    for config in declared {
         ensure_stream(js, config, mode).await?;
     }
-    for spec in CONSUMERS {
-        ensure_consumer(js, spec, settings, mode).await?;
+    for spec in consumers(settings) {
+        ensure_consumer(js, &spec, settings, mode).await?;
     }
     Ok(())
+}
+
+/// Whether none of `streams` has ever stored a message.
+async fn never_used(js: &jetstream::Context, streams: &[String]) -> Result<bool, TopologyError> {
+    for name in streams {
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .map_err(|e| js_error(format!("looking up stream {name}"))(e.into()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| js_error(format!("reading stream {name}"))(e.into()))?;
+        if info.state.last_sequence > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Refuses to add a stock input layout next to another one (their subjects would overlap), or to
+/// add partitions to streams that already hold facts (a SKU's facts would be split between its
+/// old and its new partition). Creating the missing partitions of a layout that never stored a
+/// fact is allowed: a first `setup` that stopped half-way.
+async fn check_stock_layout(
+    js: &jetstream::Context,
+    settings: &TopologySettings,
+    declared: &[stream::Config],
+) -> Result<(), TopologyError> {
+    let is_stock_input = |name: &str| {
+        name == subjects::STOCK_EVENTS || subjects::stock_events_partition_of(name).is_some()
+    };
+    let expected: Vec<String> = declared
+        .iter()
+        .map(|c| c.name.clone())
+        .filter(|name| is_stock_input(name))
+        .collect();
+    let mut existing: Vec<String> = js
+        .stream_names()
+        .try_filter(|name| std::future::ready(is_stock_input(name)))
+        .try_collect()
+        .await
+        .map_err(|e| js_error("listing streams".to_owned())(e.into()))?;
+    let missing_only = existing.iter().all(|name| expected.contains(name));
+    if missing_only && (existing.len() == expected.len() || never_used(js, &existing).await?) {
+        // The declared layout, or a first `setup` that stopped half-way: create the rest.
+        return Ok(());
+    }
+    existing.sort_by_key(|name| subjects::stock_events_partition_of(name));
+    Err(TopologyError::Partitions {
+        existing,
+        declared: settings.stock_partitions,
+        expected,
+    })
 }
 
 fn js_error(action: String) -> impl FnOnce(async_nats::Error) -> TopologyError {
@@ -352,5 +486,80 @@ async fn ensure_consumer(
             actual,
             expected,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{settings::Env, worker::WorkerSettings};
+
+    fn names(settings: &TopologySettings) -> Vec<String> {
+        streams(settings).into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn one_partition_is_the_single_stock_stream() {
+        let settings = TopologySettings::default();
+        assert_eq!(settings.stock_partitions, 1);
+        let stock = &streams(&settings)[0];
+        assert_eq!(stock.name, "STOCK_EVENTS");
+        assert_eq!(stock.subjects, vec!["stock.events.>".to_owned()]);
+        assert_eq!(stock_workers(&settings).len(), 1);
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len());
+    }
+
+    #[test]
+    fn partitions_replace_the_stock_stream_and_its_consumer() {
+        let settings = TopologySettings {
+            stock_partitions: 3,
+            ..TopologySettings::default()
+        };
+        let all = names(&settings);
+        assert!(!all.contains(&"STOCK_EVENTS".to_owned()));
+        for p in 0..3 {
+            let config = streams(&settings)
+                .into_iter()
+                .find(|s| s.name == format!("STOCK_EVENTS_{p}"))
+                .expect("partition stream");
+            assert_eq!(config.subjects, vec![format!("stock.events.{p}.*")]);
+        }
+        assert_eq!(all.len(), names(&TopologySettings::default()).len() + 2);
+        let stock: Vec<(&str, &str)> = stock_workers(&settings)
+            .iter()
+            .map(|s| (s.stream, s.durable))
+            .collect();
+        assert_eq!(
+            stock,
+            [
+                ("STOCK_EVENTS_0", "stock-worker"),
+                ("STOCK_EVENTS_1", "stock-worker"),
+                ("STOCK_EVENTS_2", "stock-worker")
+            ]
+        );
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 2);
+    }
+
+    #[test]
+    fn the_number_of_partitions_is_bounded_and_errors_name_the_variable() {
+        let read = |value: &str| {
+            WorkerSettings::from_env(
+                &Env::from_pairs([("STOCKFLOW_STOCK_PARTITIONS", value)]),
+                "test",
+                "127.0.0.1:0",
+            )
+        };
+        assert_eq!(read("8").expect("valid").topology.stock_partitions, 8);
+        assert_eq!(
+            read("128").expect("valid").topology.stock_partitions,
+            MAX_STOCK_PARTITIONS
+        );
+        for bad in ["0", "129", "many"] {
+            let err = read(bad).expect_err("refused");
+            assert!(
+                err.to_string().contains("STOCKFLOW_STOCK_PARTITIONS"),
+                "{err}"
+            );
+        }
     }
 }

@@ -57,6 +57,13 @@ impl WorkerSettings {
                 replicas: usize::try_from(env.bounded("STOCKFLOW_STREAM_REPLICAS", 1, 1..=5)?)
                     .unwrap_or(1),
                 ack_wait: env.seconds("STOCKFLOW_ACK_WAIT_SECONDS", 30, 1..=3600)?,
+                // Every component reads it: each one checks the topology at start.
+                stock_partitions: usize::try_from(env.bounded(
+                    "STOCKFLOW_STOCK_PARTITIONS",
+                    1,
+                    1..=topology::MAX_STOCK_PARTITIONS as u64,
+                )?)
+                .unwrap_or(1),
             },
             // Longer than any redelivery span and JetStream's duplicate windows (minutes).
             dedup_ttl: env.seconds("STOCKFLOW_DEDUP_TTL_SECONDS", 86_400, 600..=90 * 86_400)?,
@@ -176,20 +183,36 @@ impl Runtime {
 
     /// Runs `handler` on `spec`'s consumer until shutdown, then drains the NATS connection.
     pub async fn consume<H: Handler>(self, spec: ConsumerSpec, handler: H) -> anyhow::Result<()> {
-        let consumer = Consumer {
-            js: self.js.clone(),
-            spec,
-            dead_letters: DeadLetters::new(self.js.clone()),
-            bound: self.health.check("consumer"),
-            can_process: self.redis_up.clone(),
-            settings: self.settings.consume.clone(),
-        };
-        consumer.run(Arc::new(handler), self.shutdown.clone()).await;
+        self.consume_all(&[(spec, "consumer")], handler).await
+    }
+
+    /// Runs one consume loop per consumer, all sharing `handler`, until shutdown; each loop has
+    /// its own readiness check, named next to its consumer. Then drains the NATS connection.
+    pub async fn consume_all<H: Handler>(
+        self,
+        consumers: &[(ConsumerSpec, &'static str)],
+        handler: H,
+    ) -> anyhow::Result<()> {
+        let handler = Arc::new(handler);
+        let loops = consumers.iter().map(|(spec, check)| {
+            let consumer = Consumer {
+                js: self.js.clone(),
+                spec: *spec,
+                dead_letters: DeadLetters::new(self.js.clone()),
+                bound: self.health.check(check),
+                can_process: self.redis_up.clone(),
+                settings: self.settings.consume.clone(),
+            };
+            consumer.run(handler.clone(), self.shutdown.clone())
+        });
+        futures::future::join_all(loops).await;
         // Flush acks and publishes still buffered, then close.
         if let Err(e) = self.nats.drain().await {
             tracing::warn!(error = %e, "nats drain failed");
         }
-        tracing::info!(worker = spec.durable, "stopped");
+        if let Some((spec, _)) = consumers.first() {
+            tracing::info!(worker = spec.durable, "stopped");
+        }
         Ok(())
     }
 }

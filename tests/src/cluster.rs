@@ -31,6 +31,12 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts three nodes and waits until each answers.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Self::start`], each node's configuration also holding `snippet` (nats-server
+    /// config syntax, e.g. a subject `mappings` block every node must carry alike).
+    pub fn start_with(snippet: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route_list = routes
@@ -51,7 +57,7 @@ impl NatsCluster {
                          http: 127.0.0.1:{monitor_port}\n\
                          jetstream {{ store_dir: {store:?} }}\n\
                          cluster {{ name: stockflow, listen: 127.0.0.1:{route}, \
-                         routes: [{route_list}] }}\n",
+                         routes: [{route_list}] }}\n{snippet}\n",
                         route = routes[i],
                     ),
                 )

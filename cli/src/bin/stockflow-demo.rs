@@ -20,7 +20,7 @@ use prost::Message as _;
 use stockflow_cli::{
     events, last_sequence, read_after, read_levels,
     receiver::{Delivery, WebhookReceiver},
-    wait_until_caught_up,
+    wait_until_stock_caught_up,
 };
 use stockflow_proto::{
     subjects,
@@ -620,13 +620,8 @@ async fn main() -> anyhow::Result<()> {
                 progress(done, total, phase.title);
             }
         }
-        wait_until_caught_up(
-            &js,
-            subjects::STOCK_EVENTS,
-            "stock-worker",
-            Duration::from_secs(120),
-        )
-        .await?;
+        wait_until_stock_caught_up(&js, &settings.worker.topology, Duration::from_secs(120))
+            .await?;
         progress(done, total, phase.title);
     }
     eprintln!();
@@ -662,13 +657,7 @@ async fn main() -> anyhow::Result<()> {
         // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    wait_until_caught_up(
-        &js,
-        subjects::STOCK_EVENTS,
-        "stock-worker",
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_until_stock_caught_up(&js, &settings.worker.topology, Duration::from_secs(60)).await?;
 
     let mut redis = settings.worker.redis.connect().await?;
     let keys = Keys::new(prefix);

@@ -5,7 +5,8 @@
 //! header, then **deletes** the dead letter: `DEAD_LETTERS` holds what still needs attention.
 //! The event keeps its `event_id`, so the worker's dedup still applies; the replayed message
 //! stays in its input stream as the record of the replay. Only inputs of the streams whose
-//! workers dedup by `event_id` (`STOCK_EVENTS`, `ORDER_EVENTS`) can be replayed.
+//! workers dedup by `event_id` (`STOCK_EVENTS` or its partitions `STOCK_EVENTS_<p>`,
+//! `ORDER_EVENTS`) can be replayed.
 
 use anyhow::Context as _;
 use async_nats::{
@@ -236,7 +237,8 @@ pub fn describe(letter: &DeadLetter) -> String {
 /// Whether `letter` may be replayed, and if not, why.
 fn replayable(letter: &DeadLetter) -> Result<(), String> {
     let stream = letter.original_stream();
-    if !REPLAYABLE.contains(&stream.as_str()) {
+    let partition = subjects::stock_events_partition_of(&stream).is_some();
+    if !partition && !REPLAYABLE.contains(&stream.as_str()) {
         return Err(format!(
             "it came from {stream:?}; only inputs of {} can be replayed",
             REPLAYABLE.join(" and ")
@@ -249,6 +251,20 @@ fn replayable(letter: &DeadLetter) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Where a replay is published: the original subject, except that a fact dead-lettered from a
+/// partition stream (`stock.events.<p>.<sku-token>`, as the servers' mapping stored it) goes back
+/// on `stock.events.<sku-token>`, so the mapping in force now places it, whatever the number of
+/// partitions is today.
+fn replay_subject(letter: &DeadLetter) -> String {
+    let subject = letter.original_subject();
+    if subjects::stock_events_partition_of(&letter.original_stream()).is_some() {
+        if let Some(token) = subjects::stock_event_token(&subject) {
+            return format!("stock.events.{token}");
+        }
+    }
+    subject
 }
 
 /// Publishes the dead letter's original bytes on the original subject, then deletes it.
@@ -272,7 +288,7 @@ pub async fn replay(js: &jetstream::Context, letter: &DeadLetter) -> anyhow::Res
     }
     let from = format!("{}:{}", subjects::DEAD_LETTERS, letter.sequence);
     headers.insert(HEADER_REPLAYED_FROM, from.as_str());
-    let subject = letter.original_subject();
+    let subject = replay_subject(letter);
     // Deterministic: a replay retried after a crash before the delete is stored once (within
     // the duplicate window; past it, the worker's event_id dedup absorbs it).
     let message = PublishMessage::build()

@@ -38,7 +38,7 @@ use stockflow_proto::{
 };
 use stockflow_shared::{
     keys::Keys,
-    topology::STOCK_WORKER,
+    topology::{self, ConsumerSpec},
     validate::{validate_location, validate_sku, MAX_QUANTITY},
     worker::WorkerSettings,
 };
@@ -510,8 +510,8 @@ fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
 struct Stored {
     /// Rows with at least one event stored anew (false: every event was a duplicate).
     anew: HashMap<usize, bool>,
-    /// Highest sequence stored.
-    last_sequence: u64,
+    /// Highest sequence stored, per stream (one per partition of the stock input).
+    last_sequence: BTreeMap<String, u64>,
 }
 
 /// Publishes every planned event with at most `in_flight` acknowledgements outstanding.
@@ -557,6 +557,7 @@ async fn publish_plan(
 /// when it was dead-lettered after `dead_from`.
 async fn outcomes(
     js: &jetstream::Context,
+    stock_workers: &[ConsumerSpec],
     ledger_from: u64,
     dead_from: u64,
 ) -> anyhow::Result<HashMap<String, Result<(), String>>> {
@@ -569,14 +570,19 @@ async fn outcomes(
             outcome_of.insert(change.cause_event_id, Ok(()));
         }
     }
-    let dead = crate::read_after(
-        js,
-        subjects::DEAD_LETTERS,
-        &subjects::dead_letter(subjects::STOCK_EVENTS),
-        dead_from,
-    )
-    .await
-    .context("reading dead letters")?;
+    let mut dead = Vec::new();
+    for spec in stock_workers {
+        dead.extend(
+            crate::read_after(
+                js,
+                subjects::DEAD_LETTERS,
+                &subjects::dead_letter(spec.stream),
+                dead_from,
+            )
+            .await
+            .context("reading dead letters")?,
+        );
+    }
     for letter in dead {
         if let Ok(event) = StockEvent::decode(letter.payload.clone()) {
             let reason = letter
@@ -607,7 +613,10 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
 
     let client = settings.nats.connect().await?;
     let js = jetstream::new(client.clone());
-    super::stream(&js, subjects::STOCK_EVENTS).await?;
+    let stock_workers = topology::stock_workers(&settings.topology);
+    for spec in &stock_workers {
+        super::stream(&js, spec.stream).await?;
+    }
     let ledger_from = crate::last_sequence(&js, subjects::STOCK_CHANGES).await?;
     let dead_from = crate::last_sequence(&js, subjects::DEAD_LETTERS).await?;
     let in_flight = usize::try_from(args.in_flight).unwrap_or(256);
@@ -628,16 +637,24 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
         .count();
     if args.wait && waiting > 0 {
         eprintln!("waiting for the stock worker to apply {waiting} rows ...");
-        crate::wait_until_acked(
-            &js,
-            STOCK_WORKER.stream,
-            STOCK_WORKER.durable,
-            stored.last_sequence,
-            Duration::from_secs(args.timeout),
-        )
-        .await
-        .context("the import is published (re-running it is safe), but not yet applied")?;
-        outcome_of = outcomes(&js, ledger_from, dead_from).await?;
+        let started = std::time::Instant::now();
+        let deadline = Duration::from_secs(args.timeout);
+        // Each partition stream has its own sequence and its own stock-worker consumer.
+        for spec in &stock_workers {
+            let Some(&last) = stored.last_sequence.get(spec.stream) else {
+                continue;
+            };
+            crate::wait_until_acked(
+                &js,
+                spec.stream,
+                spec.durable,
+                last,
+                deadline.saturating_sub(started.elapsed()),
+            )
+            .await
+            .context("the import is published (re-running it is safe), but not yet applied")?;
+        }
+        outcome_of = outcomes(&js, &stock_workers, ledger_from, dead_from).await?;
     }
     client.drain().await.ok();
 
@@ -701,7 +718,8 @@ fn note_ack((index, ack): Acked, sheet: &Sheet, stored: &mut Stored) -> anyhow::
             sheet.rows[index].line
         )
     })?;
-    stored.last_sequence = stored.last_sequence.max(ack.sequence);
+    let last = stored.last_sequence.entry(ack.stream).or_default();
+    *last = (*last).max(ack.sequence);
     let entry = stored.anew.entry(index).or_insert(false);
     *entry |= !ack.duplicate;
     Ok(())

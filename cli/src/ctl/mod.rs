@@ -141,7 +141,9 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Publish(args) => publish::run(&jetstream(worker).await?, &args).await?,
         Command::Import(args) => return import::run(worker, &args).await,
         Command::Stock { sku } => stock::run(worker, &sku).await?,
-        Command::Tail(args) => tail::run(&jetstream(worker).await?, &args).await?,
+        Command::Tail(args) => {
+            tail::run(&jetstream(worker).await?, &args, &worker.topology).await?;
+        }
         Command::Dlq { command } => dlq::run(&jetstream(worker).await?, &command).await?,
         Command::Rebuild => repair::rebuild(worker, settings.order_retention).await?,
         Command::Reconcile { fix } => return repair::reconcile(worker, fix).await,

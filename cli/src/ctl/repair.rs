@@ -46,12 +46,17 @@ pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<O
     if !drift.is_empty() {
         // An event applied in Redis whose ledger entry is still being stored looks like drift
         // for an instant: look again once the workers have caught up (best effort).
-        for (stream, durable) in [
-            (subjects::STOCK_EVENTS, "stock-worker"),
-            (subjects::ORDER_EVENTS, "order-worker"),
-        ] {
-            let caught_up =
-                crate::wait_until_caught_up(&js, stream, durable, Duration::from_secs(30)).await;
+        let stock =
+            crate::wait_until_stock_caught_up(&js, &settings.topology, Duration::from_secs(30))
+                .await;
+        let orders = crate::wait_until_caught_up(
+            &js,
+            subjects::ORDER_EVENTS,
+            "order-worker",
+            Duration::from_secs(30),
+        )
+        .await;
+        for caught_up in [stock, orders] {
             if let Err(e) = caught_up {
                 eprintln!("stockctl: {e:#}; comparing anyway");
             }

@@ -45,9 +45,15 @@ pub fn subjects_overlap(a: &str, b: &str) -> bool {
     }
 }
 
-/// The one declared stream that stores `subject`.
+/// The one stream of the default topology that stores `subject`.
 pub fn stream_of(subject: &str) -> anyhow::Result<String> {
-    let matching: Vec<String> = topology::streams(&TopologySettings::default())
+    stream_in(subject, &TopologySettings::default())
+}
+
+/// The one stream declared with `topology` that stores `subject` (with partitions, a stock
+/// fact's stream is one partition's: `stock.events.<p>.>`).
+pub fn stream_in(subject: &str, topology: &TopologySettings) -> anyhow::Result<String> {
+    let matching: Vec<String> = topology::streams(topology)
         .into_iter()
         .filter(|s| s.subjects.iter().any(|own| subjects_overlap(own, subject)))
         .map(|s| s.name)
@@ -141,8 +147,12 @@ pub fn line(
 }
 
 /// Prints events of `args.subject` until Ctrl-C or `--count`.
-pub async fn run(js: &jetstream::Context, args: &TailArgs) -> anyhow::Result<()> {
-    let stream_name = stream_of(&args.subject)?;
+pub async fn run(
+    js: &jetstream::Context,
+    args: &TailArgs,
+    topology: &TopologySettings,
+) -> anyhow::Result<()> {
+    let stream_name = stream_in(&args.subject, topology)?;
     let stream = super::stream(js, &stream_name).await?;
     let deliver_policy = match (args.all, args.since) {
         (true, _) => DeliverPolicy::All,
@@ -209,6 +219,15 @@ mod tests {
         assert_eq!(stream_of("alerts.low_stock.*").expect("one"), "ALERTS");
         assert!(stream_of("stock.>").is_err());
         assert!(stream_of("elsewhere").is_err());
+        let partitioned = TopologySettings {
+            stock_partitions: 3,
+            ..TopologySettings::default()
+        };
+        assert_eq!(
+            stream_in("stock.events.2.>", &partitioned).expect("one"),
+            "STOCK_EVENTS_2"
+        );
+        assert!(stream_in("stock.events.>", &partitioned).is_err());
     }
 
     #[test]

@@ -343,6 +343,26 @@ Secret material, from values, existing Secrets or generated:
 {{- toYaml (dict "data" $data "generated" $generated "env" $env "files" $files "config" $config) }}
 {{- end }}
 
+{{/*
+The durable consumers a worker's autoscaler reads: its `consumers`, with the stock input's
+(STOCK_EVENTS) once per partition stream STOCK_EVENTS_<p> when nats.stockPartitions > 1.
+Call with (dict "root" $ "consumers" list); renders {items: [{stream, consumer}]}.
+*/}}
+{{- define "stockflow.scaledConsumers" -}}
+{{- $partitions := int .root.Values.nats.stockPartitions }}
+{{- $items := list }}
+{{- range $c := .consumers }}
+{{- if and (eq $c.stream "STOCK_EVENTS") (gt $partitions 1) }}
+{{- range $p := until $partitions }}
+{{- $items = append $items (dict "stream" (printf "STOCK_EVENTS_%d" $p) "consumer" $c.consumer) }}
+{{- end }}
+{{- else }}
+{{- $items = append $items (dict "stream" $c.stream "consumer" $c.consumer) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "items" $items) }}
+{{- end }}
+
 {{/* Non-secret environment shared by every process: the ConfigMap's data. */}}
 {{- define "stockflow.configData" -}}
 {{- $v := .Values }}
@@ -363,6 +383,9 @@ Secret material, from values, existing Secrets or generated:
   "STOCKFLOW_LOG" $v.config.log
   "STOCKFLOW_LOG_FORMAT" $v.config.logFormat
 }}
+{{- if gt (int $v.nats.stockPartitions) 1 }}
+{{- $_ := set $cfg "STOCKFLOW_STOCK_PARTITIONS" ($v.nats.stockPartitions | int64) }}
+{{- end }}
 {{- if eq $v.nats.auth.method "userPassword" }}
 {{- $_ := set $cfg "STOCKFLOW_NATS_USER" $v.nats.auth.user }}
 {{- end }}

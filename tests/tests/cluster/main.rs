@@ -5,4 +5,5 @@
 mod world;
 
 mod failover;
+mod partitions;
 mod scenarios;

@@ -23,12 +23,24 @@ pub(crate) struct ClusterWorld {
     pub(crate) redis: RedisCluster,
     pub(crate) js: jetstream::Context,
     pub(crate) keys: Keys,
+    /// The topology the workers declare (`STOCKFLOW_STOCK_PARTITIONS`).
+    pub(crate) topology: topology::TopologySettings,
 }
 
 impl ClusterWorld {
     pub(crate) async fn start() -> Self {
+        Self::start_partitioned(1).await
+    }
+
+    /// A world whose stock input has `partitions` partitions: with more than one, every NATS
+    /// node carries the partition mapping.
+    pub(crate) async fn start_partitioned(partitions: usize) -> Self {
         let turn = WORLDS.acquire().await.expect("semaphore open");
-        let nats = NatsCluster::start();
+        let nats = if partitions > 1 {
+            NatsCluster::start_with(&subjects::stock_events_mapping(partitions))
+        } else {
+            NatsCluster::start()
+        };
         let redis = RedisCluster::start();
         let urls: Vec<async_nats::ServerAddr> = nats
             .urls()
@@ -40,6 +52,7 @@ impl ClusterWorld {
         let settings = topology::TopologySettings {
             replicas: 3,
             ack_wait: Duration::from_secs(2),
+            stock_partitions: partitions,
         };
         // The cluster elects its JetStream meta leader after start: retry until it has one.
         eventually("JetStream cluster ready", DEADLINE, || async {
@@ -54,6 +67,7 @@ impl ClusterWorld {
             redis,
             js,
             keys: Keys::new("sf"),
+            topology: settings,
         }
     }
 
@@ -73,6 +87,10 @@ impl ClusterWorld {
             ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
             ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", "10".into()),
             ("STOCKFLOW_HOLD_POLL_MILLIS", "20".into()),
+            (
+                "STOCKFLOW_STOCK_PARTITIONS",
+                self.topology.stock_partitions.to_string(),
+            ),
             (
                 "STOCKFLOW_LOG",
                 std::env::var("STOCKFLOW_TEST_LOG").unwrap_or_else(|_| "warn,redis=error".into()),
@@ -153,7 +171,9 @@ impl ClusterWorld {
     }
 
     pub(crate) async fn wait_stock_idle(&self) {
-        self.wait_idle(subjects::STOCK_EVENTS, "stock-worker").await;
+        for spec in topology::stock_workers(&self.topology) {
+            self.wait_idle(spec.stream, spec.durable).await;
+        }
     }
 
     pub(crate) async fn wait_orders_idle(&self) {

@@ -21,7 +21,7 @@ pub(crate) struct Ran {
 
 impl Ran {
     /// The number after `label` at the start of a summary line (`  applied   10000`).
-    fn figure(&self, label: &str) -> usize {
+    pub(crate) fn figure(&self, label: &str) -> usize {
         self.stdout
             .lines()
             .find_map(|line| {
@@ -41,6 +41,10 @@ fn command(world: &World, args: &[&str]) -> tokio::process::Command {
         .env("STOCKFLOW_NATS_URL", world.nats.url())
         .env("STOCKFLOW_REDIS_URL", world.redis.url())
         .env("STOCKFLOW_LOG", "warn")
+        .env(
+            "STOCKFLOW_STOCK_PARTITIONS",
+            world.topology.stock_partitions.to_string(),
+        )
         .env_remove("STOCKFLOW_KEY_PREFIX")
         .kill_on_drop(true);
     command

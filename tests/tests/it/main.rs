@@ -18,6 +18,7 @@ mod notify;
 mod order_retention;
 mod ordering;
 mod orders;
+mod partitions;
 mod rebuild;
 mod secrets;
 mod security;

@@ -18,6 +18,8 @@ pub(crate) struct World {
     pub(crate) redis: RedisServer,
     pub(crate) js: jetstream::Context,
     pub(crate) keys: Keys,
+    /// The topology declared for this world (`STOCKFLOW_STOCK_PARTITIONS` from its environment).
+    pub(crate) topology: topology::TopologySettings,
     /// How a worker of this world reaches its servers: URLs, and credentials and TLS files when
     /// the servers require them.
     connection_env: Vec<(String, String)>,
@@ -26,6 +28,19 @@ pub(crate) struct World {
 impl World {
     pub(crate) async fn start() -> Self {
         Self::start_on(NatsServer::start(), RedisServer::start(), &[]).await
+    }
+
+    /// A world whose stock input has `partitions` partition streams: its NATS server carries
+    /// the partition mapping, and every worker and `stockctl` it starts is told the number.
+    pub(crate) async fn start_partitioned(partitions: usize) -> Self {
+        let nats = NatsServer::start_with(&subjects::stock_events_mapping(partitions));
+        let partitions = partitions.to_string();
+        Self::start_on(
+            nats,
+            RedisServer::start(),
+            &[("STOCKFLOW_STOCK_PARTITIONS", partitions.as_str())],
+        )
+        .await
     }
 
     /// A world on servers that require credentials or TLS: `connection_env` holds the
@@ -52,6 +67,10 @@ impl World {
         // A short ack wait: a killed worker's messages come back within the test's deadline.
         let topology = topology::TopologySettings {
             ack_wait: std::time::Duration::from_secs(2),
+            stock_partitions: env
+                .iter()
+                .find(|(k, _)| k == "STOCKFLOW_STOCK_PARTITIONS")
+                .map_or(1, |(_, v)| v.parse().expect("a number of partitions")),
             ..Default::default()
         };
         topology::ensure(&js, &topology, topology::Mode::Verify)
@@ -62,6 +81,7 @@ impl World {
             redis,
             js,
             keys: Keys::new("sf"),
+            topology,
             connection_env: env,
         }
     }
@@ -199,7 +219,9 @@ impl World {
     }
 
     pub(crate) async fn wait_stock_idle(&self) {
-        self.wait_idle(subjects::STOCK_EVENTS, "stock-worker").await;
+        for spec in topology::stock_workers(&self.topology) {
+            self.wait_idle(spec.stream, spec.durable).await;
+        }
     }
 
     /// The connection type the workers and `stockctl` use.

@@ -152,8 +152,28 @@ impl Fact {
     }
 }
 
-/// Decodes and validates `payload` received on `subject`.
+/// Decodes and validates `payload` received on `subject` from the unpartitioned `STOCK_EVENTS`:
+/// the subject must be `stock.events.<sku-token>` of the event's own SKU.
 pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
+    parse_from(Layout::Single, subject, payload)
+}
+
+/// Like [`parse`], for a fact read from a partition stream `STOCK_EVENTS_<p>`: the servers'
+/// mapping stored it as `stock.events.<p>.<sku-token>`, and the token must be its SKU's.
+pub fn parse_partitioned(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
+    parse_from(Layout::Partitioned, subject, payload)
+}
+
+/// Which subject form a stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `stock.events.<sku-token>`.
+    Single,
+    /// `stock.events.<partition>.<sku-token>`.
+    Partitioned,
+}
+
+fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
     let event = StockEvent::decode(payload).map_err(|e| {
         HandleError::malformed("unknown", "decode", format!("not a StockEvent: {e}"))
     })?;
@@ -191,7 +211,15 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
     validate_meta(&meta).map_err(|reason| bad("invalid_meta", reason))?;
     validate_sku(&event.sku).map_err(|reason| bad("invalid_sku", reason))?;
     let expected_subject = subjects::stock_event(&event.sku);
-    if subject != expected_subject {
+    let on_its_subject = match layout {
+        Layout::Single => subject == expected_subject,
+        Layout::Partitioned => {
+            subject != expected_subject
+                && subjects::stock_event_token(subject)
+                    == Some(subjects::encode_token(&event.sku).as_str())
+        }
+    };
+    if !on_its_subject {
         return Err(bad(
             "subject_mismatch",
             format!("published on {subject} but its sku belongs on {expected_subject}"),
@@ -286,7 +314,7 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use stockflow_proto::v1::{Adjusted, Counted};
+    use stockflow_proto::v1::{Adjusted, Counted, Received};
 
     use super::*;
 
@@ -301,6 +329,34 @@ mod tests {
             change: Some(change),
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn partitioned_subjects_must_carry_the_skus_token() {
+        let fact = event(Change::Received(Received { quantity: 1 }));
+        assert!(parse_partitioned("stock.events.2.A", &fact).is_ok());
+        assert!(parse("stock.events.A", &fact).is_ok());
+        for (subject, partitioned) in [
+            ("stock.events.2.B", true),
+            ("stock.events.A", true),
+            ("stock.events.2.A", false),
+        ] {
+            let result = if partitioned {
+                parse_partitioned(subject, &fact)
+            } else {
+                parse(subject, &fact)
+            };
+            assert!(
+                matches!(
+                    result,
+                    Err(HandleError::Malformed {
+                        category: "subject_mismatch",
+                        ..
+                    })
+                ),
+                "{subject}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 pub mod fact;
 mod marks;
 
-use std::{future::Future, time::Instant};
+use std::{future::Future, sync::LazyLock, time::Instant};
 
 use async_nats::jetstream;
 use stockflow_shared::{
@@ -13,7 +13,7 @@ use stockflow_shared::{
     outcome::{self, Verdict},
     replication::{self, Replicas},
     settings::{ConfigError, Env},
-    topology::STOCK_WORKER,
+    topology::{self, ConsumerSpec, MAX_STOCK_PARTITIONS},
     worker::{Runtime, WorkerSettings},
 };
 
@@ -42,7 +42,33 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let runtime = Runtime::start(settings.worker, shutdown).await?;
     let handler = StockHandler::new(&runtime);
-    runtime.consume(STOCK_WORKER, handler).await
+    let consumers = readiness_checks(&topology::stock_workers(&runtime.settings().topology));
+    runtime.consume_all(&consumers, handler).await
+}
+
+/// `consumer_STOCK_EVENTS_<p>`, the readiness check of partition p's consume loop.
+static PARTITION_CHECKS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..MAX_STOCK_PARTITIONS)
+        .map(|p| {
+            format!(
+                "consumer_{}",
+                stockflow_proto::subjects::stock_events_partition(p)
+            )
+        })
+        .collect()
+});
+
+/// Each consumer with its readiness check: `consumer` for the single stream (as every worker
+/// names it), `consumer_STOCK_EVENTS_<p>` per partition, so `/readyz` says which one is unbound.
+fn readiness_checks(specs: &[ConsumerSpec]) -> Vec<(ConsumerSpec, &'static str)> {
+    if let [single] = specs {
+        return vec![(*single, "consumer")];
+    }
+    specs
+        .iter()
+        .zip(PARTITION_CHECKS.iter())
+        .map(|(spec, check)| (*spec, check.as_str()))
+        .collect()
 }
 
 /// What the `apply_stock` script answered.
@@ -212,7 +238,15 @@ impl StockHandler {
 
 impl Handler for StockHandler {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
-        let fact = fact::parse(message.subject.as_str(), &message.payload)?;
+        // The stream tells the subject's form: a partition stream holds mapped subjects.
+        let partitioned = message.info().is_ok_and(|info| {
+            stockflow_proto::subjects::stock_events_partition_of(info.stream).is_some()
+        });
+        let fact = if partitioned {
+            fact::parse_partitioned(message.subject.as_str(), &message.payload)?
+        } else {
+            fact::parse(message.subject.as_str(), &message.payload)?
+        };
         let event_type = fact.op.name();
         let dedup_key = self.dedup_key(&fact);
         let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
