@@ -8,6 +8,7 @@
 //! CA with server and client certificates at test time (`openssl` CLI); none is committed.
 
 pub mod cluster;
+pub mod events;
 
 use std::{
     future::Future,

@@ -19,7 +19,7 @@ fn sku(i: usize) -> String {
 /// Publishes events `range` (one unit received each), a hundred at a time.
 async fn publish_range(world: &ClusterWorld, range: std::ops::Range<usize>) {
     let events: Vec<_> = range
-        .map(|i| fact(&format!("e-{i}"), &sku(i), "wh", received(1)))
+        .map(|i| event(&format!("e-{i}"), &sku(i), "wh", received(1)))
         .collect();
     for chunk in events.chunks(100) {
         futures::future::join_all(chunk.iter().map(|e| world.publish(e))).await;
@@ -50,6 +50,18 @@ async fn assert_one_entry_per_event(world: &ClusterWorld) {
     causes.sort_unstable();
     causes.dedup();
     assert_eq!((ledger.len(), causes.len()), (EVENTS, EVENTS));
+}
+
+/// Drift between Redis and the ledger, and the units Redis lacks in all. Nothing is ever counted
+/// twice: Redis can only be behind the ledger.
+async fn lost_units(world: &ClusterWorld) -> (Vec<rebuild::Drift>, i64) {
+    let mut conn = world.redis_connection().await;
+    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
+    let lost = drift.iter().map(|d| d.ledger - d.redis).sum();
+    (drift, lost)
 }
 
 #[tokio::test]
@@ -115,17 +127,13 @@ async fn a_promoted_replica_misses_at_most_what_reconcile_repairs() {
     assert_one_entry_per_event(&world).await;
 
     // Writes the primary acknowledged but had not yet sent to its replica are gone from Redis;
-    // the ledger still has them. Nothing is ever counted twice: Redis can only be behind.
-    let mut conn = world.redis_connection().await;
-    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
-        .await
-        .expect("drift");
-    let lost: i64 = drift.iter().map(|d| d.ledger - d.redis).sum();
+    // the ledger still has them.
+    let (drift, lost) = lost_units(&world).await;
     println!(
         "asynchronous replication lost {lost} unit(s) over {} level(s)",
         drift.len()
     );
-    assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
+    let mut conn = world.redis_connection().await;
     rebuild::publish_corrections(&world.js, &drift)
         .await
         .expect("corrections");
@@ -211,12 +219,7 @@ async fn promote_a_stale_replica(worker_env: &[(&str, &str)]) -> (ClusterWorld, 
     );
     world.wait_stock_idle().await;
     assert_one_entry_per_event(&world).await;
-    let mut conn = world.redis_connection().await;
-    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
-        .await
-        .expect("drift");
-    assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
-    let lost = drift.iter().map(|d| d.ledger - d.redis).sum();
+    let (_, lost) = lost_units(&world).await;
     for w in workers {
         w.shutdown().await;
     }

@@ -20,7 +20,7 @@ async fn partitions_at_r3_apply_every_fact_and_report_their_leaders() {
         for step in 0..2 {
             let quantity = (i + step + 1) as i64;
             world
-                .publish(&fact(
+                .publish(&event(
                     &format!("{sku}-{step}"),
                     sku,
                     "wh",

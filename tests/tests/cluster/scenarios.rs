@@ -28,7 +28,7 @@ async fn facts_and_multi_slot_orders_are_exact_on_clusters() {
     let skus = skus(30);
     for (i, sku) in skus.iter().enumerate() {
         world
-            .publish(&fact(&format!("r-{i}"), sku, "wh", received(10)))
+            .publish(&event(&format!("r-{i}"), sku, "wh", received(10)))
             .await;
     }
     world.wait_stock_idle().await;
@@ -45,7 +45,14 @@ async fn facts_and_multi_slot_orders_are_exact_on_clusters() {
             .publish_order(&order(
                 &format!("p-{o}"),
                 &format!("order-{o}"),
-                placed(&[("1", a, 1), ("2", b, 1), ("3", c, too_much)], 0),
+                placed(
+                    &[
+                        ("1", a, 1, "wh"),
+                        ("2", b, 1, "wh"),
+                        ("3", c, too_much, "wh"),
+                    ],
+                    0,
+                ),
             ))
             .await;
     }
@@ -82,7 +89,7 @@ async fn the_flash_sale_never_oversells_on_clusters() {
     let world = ClusterWorld::start().await;
     let stock = world.stock_worker();
     world
-        .publish(&fact("drop", "DROP", "wh", received(100)))
+        .publish(&event("drop", "DROP", "wh", received(100)))
         .await;
     world.wait_stock_idle().await;
     let workers = [world.order_worker(), world.order_worker()];
@@ -91,7 +98,7 @@ async fn the_flash_sale_never_oversells_on_clusters() {
             order(
                 &format!("p{i}"),
                 &format!("o{i}"),
-                placed(&[("1", "DROP", 1)], 0),
+                placed(&[("1", "DROP", 1, "wh")], 0),
             )
         })
         .collect();
@@ -121,7 +128,7 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
     let skus = skus(12);
     for (i, sku) in skus.iter().enumerate() {
         world
-            .publish(&fact(&format!("r-{i}"), sku, "wh", received(5)))
+            .publish(&event(&format!("r-{i}"), sku, "wh", received(5)))
             .await;
     }
     world.wait_stock_idle().await;
@@ -129,14 +136,14 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
         .publish_order(&order(
             "p-short",
             "short-hold",
-            placed(&[("1", &skus[0], 2)], 1),
+            placed(&[("1", &skus[0], 2, "wh")], 1),
         ))
         .await;
     world
         .publish_order(&order(
             "p-long",
             "long-hold",
-            placed(&[("1", &skus[1], 3)], 3_600),
+            placed(&[("1", &skus[1], 3, "wh")], 3_600),
         ))
         .await;
     eventually("the short hold expires", DEADLINE, || async {

@@ -6,7 +6,7 @@ use async_nats::{jetstream, HeaderMap};
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
-    v1::{order_event::Command, stock_event::Change, EventMeta, OrderEvent, OrderLine, StockEvent},
+    v1::{OrderEvent, StockEvent},
 };
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, settings::Env, topology};
 use stockflow_tests::{
@@ -207,47 +207,4 @@ impl ClusterWorld {
     }
 }
 
-pub(crate) fn fact(id: &str, sku: &str, location: &str, change: Change) -> StockEvent {
-    StockEvent {
-        meta: Some(EventMeta {
-            event_id: id.to_owned(),
-            source: "test:cluster".into(),
-            ..Default::default()
-        }),
-        sku: sku.to_owned(),
-        location: location.to_owned(),
-        change: Some(change),
-    }
-}
-
-pub(crate) fn received(quantity: i64) -> Change {
-    Change::Received(stockflow_proto::v1::Received { quantity })
-}
-
-pub(crate) fn order(id: &str, order_id: &str, command: Command) -> OrderEvent {
-    OrderEvent {
-        meta: Some(EventMeta {
-            event_id: id.to_owned(),
-            source: "test:cluster".into(),
-            ..Default::default()
-        }),
-        order_id: order_id.to_owned(),
-        command: Some(command),
-    }
-}
-
-/// A placement of `(line_id, sku, quantity)` lines at location `wh`.
-pub(crate) fn placed(lines: &[(&str, &str, i64)], hold_seconds: i64) -> Command {
-    Command::Placed(stockflow_proto::v1::OrderPlaced {
-        lines: lines
-            .iter()
-            .map(|(line_id, sku, quantity)| OrderLine {
-                line_id: (*line_id).into(),
-                sku: (*sku).into(),
-                quantity: *quantity,
-                location: "wh".into(),
-            })
-            .collect(),
-        hold_seconds,
-    })
-}
+pub(crate) use stockflow_tests::events::{event, order, placed, received};

@@ -5,10 +5,7 @@ use prost::Message as _;
 use std::process::Command;
 
 use redis::AsyncCommands as _;
-use stockflow_proto::{
-    subjects,
-    v1::{stock_event::Change, EventMeta, Levels, StockEvent},
-};
+use stockflow_proto::{subjects, v1::StockEvent};
 use stockflow_shared::{keys::Keys, settings::Env, topology};
 pub(crate) use stockflow_tests::RunningWorker;
 use stockflow_tests::{eventually, NatsServer, RedisServer, DEADLINE};
@@ -291,95 +288,4 @@ fn env_of(pairs: &[(String, String)]) -> Env {
     Env::from_fn(move |name| map.get(name).cloned())
 }
 
-/// A stock event with an envelope.
-pub(crate) fn event(id: &str, sku: &str, location: &str, change: Change) -> StockEvent {
-    StockEvent {
-        meta: Some(EventMeta {
-            event_id: id.to_owned(),
-            occurred_at_ms: 1_700_000_000_000,
-            source: "test:harness".into(),
-            reason: 0,
-            reference: format!("urn:test:{id}"),
-        }),
-        sku: sku.to_owned(),
-        location: location.to_owned(),
-        change: Some(change),
-    }
-}
-
-pub(crate) fn received(q: i64) -> Change {
-    Change::Received(stockflow_proto::v1::Received { quantity: q })
-}
-pub(crate) fn sold(q: i64) -> Change {
-    Change::Sold(stockflow_proto::v1::Sold { quantity: q })
-}
-pub(crate) fn returned(q: i64) -> Change {
-    Change::Returned(stockflow_proto::v1::Returned { quantity: q })
-}
-pub(crate) fn adjusted(delta: i64) -> Change {
-    Change::Adjusted(stockflow_proto::v1::Adjusted { delta })
-}
-pub(crate) fn counted(on_hand: i64, expected: Option<i64>) -> Change {
-    Change::Counted(stockflow_proto::v1::Counted {
-        on_hand,
-        expected_on_hand: expected,
-    })
-}
-pub(crate) fn transferred(to: &str, quantity: i64) -> Change {
-    Change::Transferred(stockflow_proto::v1::Transferred {
-        to_location: to.to_owned(),
-        quantity,
-    })
-}
-pub(crate) fn policy(threshold: Option<i64>, safety_stock: Option<i64>) -> Change {
-    Change::PolicySet(stockflow_proto::v1::PolicySet {
-        low_stock_threshold: threshold,
-        safety_stock,
-        location_priority: vec![],
-    })
-}
-
-pub(crate) fn levels(on_hand: i64, reserved: i64, safety_stock: i64) -> Levels {
-    Levels {
-        on_hand,
-        reserved,
-        safety_stock,
-        available: on_hand - reserved - safety_stock,
-    }
-}
-
-pub(crate) fn order(
-    id: &str,
-    order_id: &str,
-    command: stockflow_proto::v1::order_event::Command,
-) -> stockflow_proto::v1::OrderEvent {
-    stockflow_proto::v1::OrderEvent {
-        meta: Some(EventMeta {
-            event_id: id.to_owned(),
-            source: "test:checkout".into(),
-            ..Default::default()
-        }),
-        order_id: order_id.to_owned(),
-        command: Some(command),
-    }
-}
-
-pub(crate) fn placed(
-    lines: &[(&str, &str, i64, &str)],
-    hold_seconds: i64,
-) -> stockflow_proto::v1::order_event::Command {
-    stockflow_proto::v1::order_event::Command::Placed(stockflow_proto::v1::OrderPlaced {
-        lines: lines
-            .iter()
-            .map(
-                |(line_id, sku, quantity, location)| stockflow_proto::v1::OrderLine {
-                    line_id: (*line_id).into(),
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                    location: (*location).into(),
-                },
-            )
-            .collect(),
-        hold_seconds,
-    })
-}
+pub(crate) use stockflow_tests::events::*;
