@@ -254,7 +254,7 @@ async fn import_waits_on_every_partition_and_a_replayed_dead_letter_lands_again(
 
 #[tokio::test]
 async fn a_first_setup_that_stopped_half_way_is_completed() {
-    let nats = stockflow_tests::NatsServer::start_with(&subjects::stock_events_mapping(4));
+    let nats = stockflow_tests::NatsServer::start_with(&subjects::stock_mappings(4));
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     let two = TopologySettings {
         stock_partitions: 2,

@@ -30,7 +30,7 @@ impl World {
     /// A world whose stock input has `partitions` partition streams: its NATS server carries
     /// the partition mapping, and every worker and `stockctl` it starts is told the number.
     pub(crate) async fn start_partitioned(partitions: usize) -> Self {
-        let nats = NatsServer::start_with(&subjects::stock_events_mapping(partitions));
+        let nats = NatsServer::start_with(&subjects::stock_mappings(partitions));
         let partitions = partitions.to_string();
         Self::start_on(
             nats,
