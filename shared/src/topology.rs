@@ -622,7 +622,10 @@ mod tests {
                 .expect("ledger partition stream");
             assert_eq!(
                 config.subjects,
-                vec![format!("stock.changes.{p}.*"), format!("stock.outcomes.{p}.*")]
+                vec![
+                    format!("stock.changes.{p}.*"),
+                    format!("stock.outcomes.{p}.*")
+                ]
             );
             assert_eq!(config.max_age, Duration::ZERO, "the ledger is kept");
             assert_eq!(config.duplicate_window, 5 * MAX_REDELIVERY_SPAN);
