@@ -175,6 +175,17 @@ pub fn stock_changed(sku: &str) -> String {
     format!("stock.changes.{}", encode_token(sku))
 }
 
+/// The subject a SKU's ledger entries are stored on, as a subscriber or a stream filter sees it:
+/// `stock.changes.<sku-token>`, or `stock.changes.*.<sku-token>` with `partitions` > 1 (the
+/// servers' mapping inserts the partition before JetStream or a subscriber sees it).
+pub fn stock_changed_stored(sku: &str, partitions: usize) -> String {
+    if partitions <= 1 {
+        stock_changed(sku)
+    } else {
+        format!("stock.changes.*.{}", encode_token(sku))
+    }
+}
+
 /// `stock.outcomes.<sku-token>`.
 pub fn stock_outcome(sku: &str) -> String {
     format!("stock.outcomes.{}", encode_token(sku))
@@ -271,6 +282,8 @@ mod tests {
         assert_eq!(unpartitioned("stock.events.11.A1"), "stock.events.A1");
         assert_eq!(unpartitioned("stock.changes.A1"), "stock.changes.A1");
         assert_eq!(unpartitioned("alerts.low_stock.A1"), "alerts.low_stock.A1");
+        assert_eq!(stock_changed_stored("a.b", 1), "stock.changes.~YS5i");
+        assert_eq!(stock_changed_stored("a.b", 4), "stock.changes.*.~YS5i");
         assert_eq!(stock_changes_partition(3), "STOCK_CHANGES_3");
         assert_eq!(stock_changes_partition_of("STOCK_CHANGES_3"), Some(3));
         assert_eq!(stock_changes_partition_of("STOCK_CHANGES"), None);
