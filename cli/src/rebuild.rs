@@ -236,10 +236,8 @@ impl Fold {
     pub async fn ledger(js: &jetstream::Context) -> anyhow::Result<Self> {
         let mut fold = Self::default();
         for stream in ledger_streams(js).await? {
-            fold.ledger_bytes += for_each_message(js, &stream, |message| {
-                fold.stock_message(message)
-            })
-            .await?;
+            fold.ledger_bytes +=
+                for_each_message(js, &stream, |message| fold.stock_message(message)).await?;
         }
         Ok(fold)
     }
