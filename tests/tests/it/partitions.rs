@@ -602,3 +602,59 @@ async fn setup_refuses_another_number_of_partitions_once_the_ledger_holds_entrie
         .await
         .expect("the declared layout still verifies");
 }
+
+#[tokio::test]
+async fn the_notify_worker_is_ready_per_ledger_partition() {
+    use crate::notify::{subscriptions_file, Receiver, SECRET};
+    let world = World::start_partitioned(PARTITIONS).await;
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let port = stockflow_tests::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr_text = addr.to_string();
+    let _worker = stockflow_tests::KillOnDrop(
+        world
+            .worker_command(
+                "notify-worker",
+                &[
+                    ("STOCKFLOW_METRICS_ADDR", addr_text.as_str()),
+                    ("STOCKFLOW_WEBHOOKS_FILE", file.as_str()),
+                    ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
+                ],
+            )
+            .spawn()
+            .expect("spawn notify-worker"),
+    );
+    let ready = || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    };
+    stockflow_tests::eventually("ready", stockflow_tests::DEADLINE, ready).await;
+
+    // One ledger partition's consumer gone: not ready, and the check names that partition;
+    // `setup` declares it again and the worker re-binds by itself.
+    world
+        .js
+        .get_stream(subjects::stock_changes_partition(1))
+        .await
+        .expect("ledger partition")
+        .delete_consumer("notify-worker")
+        .await
+        .expect("deleted");
+    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_CHANGES_1"))
+    })
+    .await;
+    topology::ensure(&world.js, &world.topology, Mode::Verify)
+        .await
+        .expect("declared again");
+    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, ready).await;
+}
