@@ -219,7 +219,10 @@ fn closed_url() -> String {
 }
 
 /// Writes the subscriptions file into `dir`.
-pub(crate) fn subscriptions_file(dir: &tempfile::TempDir, subscriptions: serde_json::Value) -> PathBuf {
+pub(crate) fn subscriptions_file(
+    dir: &tempfile::TempDir,
+    subscriptions: serde_json::Value,
+) -> PathBuf {
     let path = dir.path().join("webhooks.json");
     std::fs::write(
         &path,

@@ -183,7 +183,10 @@ async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
         let info = stream.info().await.expect("info");
         assert_eq!(
             info.config.subjects,
-            vec![format!("stock.changes.{p}.*"), format!("stock.outcomes.{p}.*")]
+            vec![
+                format!("stock.changes.{p}.*"),
+                format!("stock.outcomes.{p}.*")
+            ]
         );
         stream
             .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notify-worker")
@@ -203,7 +206,10 @@ async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
                 StockEventRejected::decode(message.payload.clone()).expect("a rejection");
             assert_eq!(
                 message.subject.as_str(),
-                format!("stock.outcomes.{p}.{}", subjects::encode_token(&rejected.sku))
+                format!(
+                    "stock.outcomes.{p}.{}",
+                    subjects::encode_token(&rejected.sku)
+                )
             );
             assert_eq!(
                 partitions_of[&rejected.sku],
