@@ -4,6 +4,9 @@
 //! The ledger (`STOCK_CHANGES`, kept forever) is the source of truth: every change to a level
 //! is one entry with the levels before and after, so the sum of `after - before` per
 //! (sku, location) is the level, in whatever order concurrent workers stored the entries.
+//! A partitioned ledger (`STOCK_CHANGES_<p>`) is read one partition after the other: everything
+//! kept per SKU (levels, policies, order lines, outcomes) comes from its one partition, in the
+//! order it was stored, and nothing is kept across SKUs that needs an order between them.
 //! Policy entries carry the change as the input gave it, and order steps name their order line.
 //! Order decisions come from `ORDER_RESULTS` (kept forever); commits of orders whose hold is
 //! still running come from `ORDER_EVENTS` (kept a week, holds last at most a day).
@@ -184,6 +187,39 @@ async fn for_each_message(
     }
 }
 
+/// The ledger streams that exist: `STOCK_CHANGES`, or every `STOCK_CHANGES_<p>` in partition
+/// order. Read from the server rather than from `STOCKFLOW_STOCK_PARTITIONS`: whatever holds
+/// ledger entries is read (`setup` never lets both layouts exist side by side).
+pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+    let mut streams: Vec<String> = js
+        .stream_names()
+        .filter_map(|name| async move {
+            match name {
+                Ok(name)
+                    if name == subjects::STOCK_CHANGES
+                        || subjects::stock_changes_partition_of(&name).is_some() =>
+                {
+                    Some(Ok(name))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .context("listing streams")?;
+    anyhow::ensure!(
+        !streams.is_empty(),
+        "no ledger stream ({} or {}_<p>): run `stockctl setup` first",
+        subjects::STOCK_CHANGES,
+        subjects::STOCK_CHANGES
+    );
+    streams.sort_by_key(|name| subjects::stock_changes_partition_of(name));
+    Ok(streams)
+}
+
 fn applied_header(at_ms: i64) -> String {
     format!("1\u{1f}{at_ms}\u{1f}applied\u{1f}\u{1f}")
 }
@@ -199,10 +235,10 @@ impl Fold {
     /// Reads the ledger only: the levels and policies (what `reconcile` compares).
     pub async fn ledger(js: &jetstream::Context) -> anyhow::Result<Self> {
         let mut fold = Self::default();
-        fold.ledger_bytes = for_each_message(js, subjects::STOCK_CHANGES, |message| {
-            fold.stock_message(message)
-        })
-        .await?;
+        for stream in ledger_streams(js).await? {
+            fold.ledger_bytes +=
+                for_each_message(js, &stream, |message| fold.stock_message(message)).await?;
+        }
         Ok(fold)
     }
 

@@ -918,19 +918,24 @@ def check_tokens_everywhere(helm, contract: Contract) -> list[str]:
 
 
 def stock_mapping(partitions: int) -> str:
-    """The servers' subject mapping for `partitions` partitions, as proto/src/subjects.rs writes it."""
-    return ('mappings = { "stock.events.*": '
-            f'"stock.events.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}" }}')
+    """The servers' subject mappings for `partitions` partitions (stock input, ledger, rejections),
+    as proto/src/subjects.rs (`stock_mappings`) writes them."""
+    target = f"{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+    return "mappings = { " + ", ".join(
+        f'"stock.{kind}.*": "stock.{kind}.{target}"' for kind in ("events", "changes", "outcomes")) + " }"
+
+
+PARTITIONED_STREAMS = ("STOCK_EVENTS", "STOCK_CHANGES")
 
 
 def expected_consumers(s: Scenario, comp: str) -> set[tuple[str, str]]:
-    """The consumers docs/operations.md names for `comp`, the stock input's once per partition
-    stream STOCK_EVENTS_<p> when nats.stockPartitions > 1."""
+    """The consumers docs/operations.md names for `comp`, the stock input's and the ledger's once
+    per partition stream STOCK_EVENTS_<p> / STOCK_CHANGES_<p> when nats.stockPartitions > 1."""
     partitions = s.v["nats"]["stockPartitions"]
     want = set()
     for stream, durable in s.contract.consumers.get(comp, set()):
-        if stream == "STOCK_EVENTS" and partitions > 1:
-            want |= {(f"STOCK_EVENTS_{p}", durable) for p in range(partitions)}
+        if stream in PARTITIONED_STREAMS and partitions > 1:
+            want |= {(f"{stream}_{p}", durable) for p in range(partitions)}
         else:
             want.add((stream, durable))
     return want
@@ -938,7 +943,8 @@ def expected_consumers(s: Scenario, comp: str) -> set[tuple[str, str]]:
 
 def check_stock_partitions(helm) -> list[str]:
     """nats.stockPartitions: unset, the default render has no trace of partitions; at 4, the
-    ConfigMap, every ScaledObject trigger of the stock-worker and the release notes follow."""
+    ConfigMap, every ScaledObject trigger of the stock-worker, the notify-worker's ledger triggers
+    and the release notes (all three mappings) follow."""
     problems = []
     for partitions in (1, 4):
         values = {**FIXED_TOKENS, "nats": {"stockPartitions": partitions}} if partitions > 1 else dict(FIXED_TOKENS)
@@ -957,6 +963,17 @@ def check_stock_partitions(helm) -> list[str]:
         others = [t["metadata"]["stream"] for c, o in scaled.items() if c != "stock-worker" for t in o["spec"]["triggers"]]
         if any(st.startswith("STOCK_EVENTS") for st in others):
             problems.append(f"{partitions} partitions: another worker reads the stock input: {others}")
+        notify = [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in scaled["notify-worker"]["spec"]["triggers"]]
+        ledger = [t for t in notify if t[0].startswith("STOCK_CHANGES")]
+        want = ([(f"STOCK_CHANGES_{p}", "notify-worker") for p in range(partitions)] if partitions > 1
+                else [("STOCK_CHANGES", "notify-worker")])
+        if ledger != want:
+            problems.append(f"{partitions} partitions: notify-worker ledger triggers {ledger}, expected {want}")
+        if len(notify) != len(want) + 2:
+            problems.append(f"{partitions} partitions: notify-worker triggers {notify}, expected alerts, order results and {want}")
+        readers = [t["metadata"]["stream"] for c, o in scaled.items() if c != "notify-worker" for t in o["spec"]["triggers"]]
+        if any(st.startswith("STOCK_CHANGES") for st in readers):
+            problems.append(f"{partitions} partitions: another worker reads the ledger: {readers}")
         text = notes(manifests)
         if partitions > 1 and stock_mapping(partitions) not in text:
             problems.append(f"{partitions} partitions: the release notes lack {stock_mapping(partitions)!r}:\n{text}")
@@ -1441,8 +1458,9 @@ def check_companions(defaults: dict) -> list[str]:
         problems.append("nats-values.yaml: the monitoring port KEDA reads is disabled")
     # The mapping a partitioned stock input needs is documented where the servers are configured.
     nats_text = (COMPANIONS / "nats-values.yaml").read_text()
-    if "stock.events.{{partition(" not in nats_text or "STOCKFLOW_STOCK_PARTITIONS" not in nats_text:
-        problems.append("nats-values.yaml: no subject mapping for a partitioned stock input")
+    if "STOCKFLOW_STOCK_PARTITIONS" not in nats_text or any(
+            f'"stock.{kind}.*": "stock.{kind}.{{{{partition(' not in nats_text for kind in ("events", "changes", "outcomes")):
+        problems.append("nats-values.yaml: not every subject mapping of a partitioned stock input and ledger")
     valkey_files = sorted(COMPANIONS.glob("valkey-values.yaml")) + sorted(COMPANIONS.glob("redis-values.yaml"))
     if not valkey_files:
         problems.append("no helm/companions/valkey-values.yaml or redis-values.yaml")
@@ -1537,7 +1555,7 @@ def main() -> int:
         guarded(results, "alerts and dashboard use only metrics from docs/operations.md", check_metric_names, contract)
         guarded(results, "dashboard content", check_dashboard)
         guarded(results, "promtool parses every dashboard query", check_dashboard_promql, promtool)
-        guarded(results, "stock partitions: ConfigMap, KEDA triggers per partition, release notes", check_stock_partitions, helm)
+        guarded(results, "stock partitions: ConfigMap, KEDA triggers per input and ledger partition, release notes", check_stock_partitions, helm)
         guarded(results, "companion values files and README", check_companions, defaults)
         guarded(results, "Dockerfile", check_dockerfile, defaults)
 

@@ -9,7 +9,8 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 
 /// Stock facts, subject `stock.events.<sku-token>`.
 pub const STOCK_EVENTS: &str = "STOCK_EVENTS";
-/// The ledger (`stock.changes.<sku-token>`) and rejections (`stock.outcomes.<sku-token>`).
+/// The ledger (`stock.changes.<sku-token>`) and rejections (`stock.outcomes.<sku-token>`); in a
+/// partitioned deployment, `STOCK_CHANGES_<p>` (see [`stock_changes_partition`]).
 pub const STOCK_CHANGES: &str = "STOCK_CHANGES";
 /// Stock alerts, `alerts.<kind>.<sku-token>`.
 pub const ALERTS: &str = "ALERTS";
@@ -72,7 +73,39 @@ pub fn stock_event(sku: &str) -> String {
 /// `stock.events.<partition>.<sku-token>` once the servers' partition mapping has rewritten it
 /// (partitioned deployments, see `STOCKFLOW_STOCK_PARTITIONS`). `None` for anything else.
 pub fn stock_event_token(subject: &str) -> Option<&str> {
-    let rest = subject.strip_prefix("stock.events.")?;
+    token_after(subject, "stock.events.")
+}
+
+/// The SKU token of a ledger subject: `stock.changes.<sku-token>`, or
+/// `stock.changes.<partition>.<sku-token>` as the servers' mapping stores it in a partitioned
+/// deployment. `None` for anything else.
+pub fn stock_changed_token(subject: &str) -> Option<&str> {
+    token_after(subject, "stock.changes.")
+}
+
+/// The SKU token of a rejection subject: `stock.outcomes.<sku-token>`, or
+/// `stock.outcomes.<partition>.<sku-token>`. `None` for anything else.
+pub fn stock_outcome_token(subject: &str) -> Option<&str> {
+    token_after(subject, "stock.outcomes.")
+}
+
+/// A stock subject as producers publish it: `stock.<kind>.<partition>.<sku-token>` becomes
+/// `stock.<kind>.<sku-token>`; any other subject is returned unchanged. Keeps what readers show
+/// (webhook bodies) the same whether or not the deployment is partitioned.
+pub fn unpartitioned(subject: &str) -> std::borrow::Cow<'_, str> {
+    for prefix in ["stock.events.", "stock.changes.", "stock.outcomes."] {
+        if let Some(rest) = subject.strip_prefix(prefix) {
+            if let (Some(token), true) = (token_after(subject, prefix), rest.contains('.')) {
+                return format!("{prefix}{token}").into();
+            }
+        }
+    }
+    subject.into()
+}
+
+/// `<prefix><sku-token>` or `<prefix><partition>.<sku-token>`: the token.
+fn token_after<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(prefix)?;
     match rest.split_once('.') {
         None => (!rest.is_empty()).then_some(rest),
         Some((partition, token))
@@ -103,17 +136,54 @@ pub fn stock_events_partition_of(stream: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// The nats-server configuration that routes `stock.events.<sku-token>` to one of `partitions`
-/// partitions, always the same one for the same token (NATS's deterministic partitioning).
-pub fn stock_events_mapping(partitions: usize) -> String {
+/// The ledger stream of stock partition `partition`: `STOCK_CHANGES_<partition>`, holding
+/// `stock.changes.<partition>.*` and `stock.outcomes.<partition>.*`.
+pub fn stock_changes_partition(partition: usize) -> String {
+    format!("{STOCK_CHANGES}_{partition}")
+}
+
+/// The partition a `STOCK_CHANGES_<p>` stream name stands for; `None` for any other name
+/// (including the unpartitioned `STOCK_CHANGES`).
+pub fn stock_changes_partition_of(stream: &str) -> Option<usize> {
+    let digits = stream.strip_prefix(STOCK_CHANGES)?.strip_prefix('_')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The nats-server configuration that routes `stock.events.<sku-token>`,
+/// `stock.changes.<sku-token>` and `stock.outcomes.<sku-token>` to one of `partitions`
+/// partitions. NATS's deterministic partitioning hashes only the SKU token (the wildcard), so a
+/// SKU's facts, ledger entries and rejections all land in partitions with the same index.
+pub fn stock_mappings(partitions: usize) -> String {
+    let map = |kind: &str| {
+        format!(
+            "\"stock.{kind}.*\": \"stock.{kind}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\""
+        )
+    };
     format!(
-        "mappings = {{ \"stock.events.*\": \"stock.events.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\" }}"
+        "mappings = {{ {}, {}, {} }}",
+        map("events"),
+        map("changes"),
+        map("outcomes")
     )
 }
 
 /// `stock.changes.<sku-token>`.
 pub fn stock_changed(sku: &str) -> String {
     format!("stock.changes.{}", encode_token(sku))
+}
+
+/// The subject a SKU's ledger entries are stored on, as a subscriber or a stream filter sees it:
+/// `stock.changes.<sku-token>`, or `stock.changes.*.<sku-token>` with `partitions` > 1 (the
+/// servers' mapping inserts the partition before JetStream or a subscriber sees it).
+pub fn stock_changed_stored(sku: &str, partitions: usize) -> String {
+    if partitions <= 1 {
+        stock_changed(sku)
+    } else {
+        format!("stock.changes.*.{}", encode_token(sku))
+    }
 }
 
 /// `stock.outcomes.<sku-token>`.
@@ -191,9 +261,33 @@ mod tests {
         assert_eq!(stock_events_partition_of("STOCK_EVENTS_"), None);
         assert_eq!(stock_events_partition_of("STOCK_EVENTS_x"), None);
         assert_eq!(
-            stock_events_mapping(4),
-            r#"mappings = { "stock.events.*": "stock.events.{{partition(4,1)}}.{{wildcard(1)}}" }"#
+            stock_mappings(4),
+            concat!(
+                r#"mappings = { "stock.events.*": "stock.events.{{partition(4,1)}}.{{wildcard(1)}}", "#,
+                r#""stock.changes.*": "stock.changes.{{partition(4,1)}}.{{wildcard(1)}}", "#,
+                r#""stock.outcomes.*": "stock.outcomes.{{partition(4,1)}}.{{wildcard(1)}}" }"#
+            )
         );
+    }
+
+    #[test]
+    fn ledger_subjects_yield_their_token_with_or_without_a_partition() {
+        assert_eq!(stock_changed_token("stock.changes.A1"), Some("A1"));
+        assert_eq!(stock_changed_token("stock.changes.2.~YS5i"), Some("~YS5i"));
+        assert_eq!(stock_outcome_token("stock.outcomes.0.A1"), Some("A1"));
+        assert_eq!(stock_changed_token("stock.outcomes.0.A1"), None);
+        assert_eq!(stock_changed_token("stock.changes.x.A1"), None);
+        assert_eq!(unpartitioned("stock.changes.2.A1"), "stock.changes.A1");
+        assert_eq!(unpartitioned("stock.outcomes.0.A1"), "stock.outcomes.A1");
+        assert_eq!(unpartitioned("stock.events.11.A1"), "stock.events.A1");
+        assert_eq!(unpartitioned("stock.changes.A1"), "stock.changes.A1");
+        assert_eq!(unpartitioned("alerts.low_stock.A1"), "alerts.low_stock.A1");
+        assert_eq!(stock_changed_stored("a.b", 1), "stock.changes.~YS5i");
+        assert_eq!(stock_changed_stored("a.b", 4), "stock.changes.*.~YS5i");
+        assert_eq!(stock_changes_partition(3), "STOCK_CHANGES_3");
+        assert_eq!(stock_changes_partition_of("STOCK_CHANGES_3"), Some(3));
+        assert_eq!(stock_changes_partition_of("STOCK_CHANGES"), None);
+        assert_eq!(stock_changes_partition_of("STOCK_EVENTS_3"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct TopologySettings {
     pub ack_wait: Duration,
     /// Partitions of the stock input (`STOCKFLOW_STOCK_PARTITIONS`): 1 is the single stream
     /// `STOCK_EVENTS`; N > 1 is N streams `STOCK_EVENTS_<p>` fed by the servers' subject mapping
-    /// ([`subjects::stock_events_mapping`]), each with its own `stock-worker` consumer.
+    /// ([`subjects::stock_mappings`]), each with its own `stock-worker` consumer.
     pub stock_partitions: usize,
 }
 
@@ -42,6 +42,13 @@ pub const MAX_STOCK_PARTITIONS: usize = 128;
 static PARTITION_STREAMS: LazyLock<Vec<String>> = LazyLock::new(|| {
     (0..MAX_STOCK_PARTITIONS)
         .map(subjects::stock_events_partition)
+        .collect()
+});
+
+/// `STOCK_CHANGES_0` .. `STOCK_CHANGES_127`, made once for the same reason.
+static LEDGER_PARTITION_STREAMS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..MAX_STOCK_PARTITIONS)
+        .map(subjects::stock_changes_partition)
         .collect()
 });
 
@@ -110,14 +117,42 @@ pub fn stock_workers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
         .collect()
 }
 
+/// The ledger streams: `STOCK_CHANGES`, or `STOCK_CHANGES_<p>` per partition. A SKU's entries
+/// are all in one of them, in the order they were written.
+pub fn ledger_streams(settings: &TopologySettings) -> Vec<&'static str> {
+    if settings.stock_partitions <= 1 {
+        return vec![subjects::STOCK_CHANGES];
+    }
+    LEDGER_PARTITION_STREAMS
+        .iter()
+        .take(settings.stock_partitions)
+        .map(String::as_str)
+        .collect()
+}
+
+/// The notify worker's consumers of the ledger: [`NOTIFY_STOCK_CHANGES`] on one stream, or one
+/// `notify-worker` per ledger partition.
+pub fn notify_stock_changes(settings: &TopologySettings) -> Vec<ConsumerSpec> {
+    ledger_streams(settings)
+        .into_iter()
+        .map(|stream| ConsumerSpec {
+            stream,
+            durable: NOTIFY_STOCK_CHANGES.durable,
+        })
+        .collect()
+}
+
 /// Every durable consumer `setup` declares with these settings: [`CONSUMERS`], with the stock
-/// worker's consumer once per partition.
+/// worker's consumer once per input partition and the notify worker's ledger consumer once per
+/// ledger partition.
 pub fn consumers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
     CONSUMERS
         .iter()
         .flat_map(|spec| {
             if spec.stream == STOCK_WORKER.stream {
                 stock_workers(settings)
+            } else if spec.stream == NOTIFY_STOCK_CHANGES.stream {
+                notify_stock_changes(settings)
             } else {
                 vec![*spec]
             }
@@ -146,36 +181,57 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
     };
     // Inputs are kept a week (replay, audit); the ledger and dead letters are kept until an
     // operator decides otherwise (rebuild needs the ledger); alerts are notifications.
-    let stock_inputs = if settings.stock_partitions <= 1 {
-        vec![stream(
-            subjects::STOCK_EVENTS,
-            &["stock.events.>"],
-            7 * day,
-            Duration::from_secs(120),
-        )]
-    } else {
-        // The servers' mapping rewrites `stock.events.<sku-token>` to
-        // `stock.events.<p>.<sku-token>`: partition p holds exactly its own subjects.
-        (0..settings.stock_partitions)
-            .map(|p| {
-                stream(
-                    &subjects::stock_events_partition(p),
-                    &[&format!("stock.events.{p}.*")],
-                    7 * day,
-                    Duration::from_secs(120),
-                )
-            })
-            .collect()
-    };
-    stock_inputs
-        .into_iter()
-        .chain([
-            stream(
+    let (stock_inputs, ledgers) = if settings.stock_partitions <= 1 {
+        (
+            vec![stream(
+                subjects::STOCK_EVENTS,
+                &["stock.events.>"],
+                7 * day,
+                Duration::from_secs(120),
+            )],
+            vec![stream(
                 subjects::STOCK_CHANGES,
                 &["stock.changes.>", "stock.outcomes.>"],
                 Duration::ZERO,
                 5 * MAX_REDELIVERY_SPAN,
-            ),
+            )],
+        )
+    } else {
+        // The servers' mappings rewrite `stock.<kind>.<sku-token>` to
+        // `stock.<kind>.<p>.<sku-token>`: partition p holds exactly its own subjects, and a SKU's
+        // input and ledger partitions have the same index.
+        let partitions = 0..settings.stock_partitions;
+        (
+            partitions
+                .clone()
+                .map(|p| {
+                    stream(
+                        &subjects::stock_events_partition(p),
+                        &[&format!("stock.events.{p}.*")],
+                        7 * day,
+                        Duration::from_secs(120),
+                    )
+                })
+                .collect(),
+            partitions
+                .map(|p| {
+                    stream(
+                        &subjects::stock_changes_partition(p),
+                        &[
+                            &format!("stock.changes.{p}.*"),
+                            &format!("stock.outcomes.{p}.*"),
+                        ],
+                        Duration::ZERO,
+                        5 * MAX_REDELIVERY_SPAN,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    stock_inputs
+        .into_iter()
+        .chain(ledgers)
+        .chain([
             stream(
                 subjects::ALERTS,
                 &["alerts.>"],
@@ -235,12 +291,12 @@ pub enum TopologyError {
         /// What is declared.
         expected: String,
     },
-    /// The stock input exists with another number of partitions than `STOCKFLOW_STOCK_PARTITIONS`
-    /// declares. Never changed by `setup`, not even with `--update`: drain and remove the old
-    /// streams first (docs/operations.md, "Partitioned stock input").
-    #[error("stock input streams {existing:?} exist, but STOCKFLOW_STOCK_PARTITIONS={declared} declares {expected:?}; changing the number of partitions needs an empty backlog: drain the stock-worker consumers, delete the old streams, change the servers' subject mapping, then run `setup` (docs/operations.md, \"Partitioned stock input\")")]
+    /// The stock input or the ledger exists with another number of partitions than
+    /// `STOCKFLOW_STOCK_PARTITIONS` declares. Never changed by `setup`, not even with `--update`:
+    /// drain and remove the old streams first (docs/operations.md, "Partitioned stock input").
+    #[error("stock streams {existing:?} exist, but STOCKFLOW_STOCK_PARTITIONS={declared} declares {expected:?}; changing the number of partitions is refused once they hold messages, and the ledger is kept forever: see docs/operations.md, \"Partitioned stock input\"")]
     Partitions {
-        /// The stock input streams found.
+        /// The stock input (or ledger) streams found.
         existing: Vec<String>,
         /// The declared number of partitions.
         declared: usize,
@@ -274,7 +330,8 @@ pub async fn ensure(
     mode: Mode,
 ) -> Result<(), TopologyError> {
     let declared = streams(settings);
-    check_stock_layout(js, settings, &declared).await?;
+    check_stock_layout(js, settings, &declared, Layout::Input).await?;
+    check_stock_layout(js, settings, &declared, Layout::Ledger).await?;
     for config in declared {
         ensure_stream(js, config, mode).await?;
     }
@@ -302,26 +359,57 @@ async fn never_used(js: &jetstream::Context, streams: &[String]) -> Result<bool,
     Ok(true)
 }
 
-/// Refuses to add a stock input layout next to another one (their subjects would overlap), or to
-/// add partitions to streams that already hold facts (a SKU's facts would be split between its
-/// old and its new partition). Creating the missing partitions of a layout that never stored a
-/// fact is allowed: a first `setup` that stopped half-way.
+/// The partitioned stream families: both follow `STOCKFLOW_STOCK_PARTITIONS`.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// `STOCK_EVENTS` or `STOCK_EVENTS_<p>`.
+    Input,
+    /// `STOCK_CHANGES` or `STOCK_CHANGES_<p>`.
+    Ledger,
+}
+
+impl Layout {
+    /// `Some(None)` for the unpartitioned stream, `Some(Some(p))` for partition p, `None` for a
+    /// stream of another family.
+    fn partition_of(self, name: &str) -> Option<Option<usize>> {
+        let (single, partition) = match self {
+            Self::Input => (
+                subjects::STOCK_EVENTS,
+                subjects::stock_events_partition_of(name),
+            ),
+            Self::Ledger => (
+                subjects::STOCK_CHANGES,
+                subjects::stock_changes_partition_of(name),
+            ),
+        };
+        if name == single {
+            Some(None)
+        } else {
+            partition.map(Some)
+        }
+    }
+}
+
+/// Refuses to add a stock input or ledger layout next to another one (their subjects would
+/// overlap), or to add partitions to streams that already hold messages (a SKU's facts or ledger
+/// entries would be split between its old and its new partition). Creating the missing
+/// partitions of a layout that never stored a message is allowed: a first `setup` that stopped
+/// half-way.
 async fn check_stock_layout(
     js: &jetstream::Context,
     settings: &TopologySettings,
     declared: &[stream::Config],
+    layout: Layout,
 ) -> Result<(), TopologyError> {
-    let is_stock_input = |name: &str| {
-        name == subjects::STOCK_EVENTS || subjects::stock_events_partition_of(name).is_some()
-    };
+    let is_member = |name: &str| layout.partition_of(name).is_some();
     let expected: Vec<String> = declared
         .iter()
         .map(|c| c.name.clone())
-        .filter(|name| is_stock_input(name))
+        .filter(|name| is_member(name))
         .collect();
     let mut existing: Vec<String> = js
         .stream_names()
-        .try_filter(|name| std::future::ready(is_stock_input(name)))
+        .try_filter(|name| std::future::ready(is_member(name)))
         .try_collect()
         .await
         .map_err(|e| js_error("listing streams".to_owned())(e.into()))?;
@@ -330,7 +418,7 @@ async fn check_stock_layout(
         // The declared layout, or a first `setup` that stopped half-way: create the rest.
         return Ok(());
     }
-    existing.sort_by_key(|name| subjects::stock_events_partition_of(name));
+    existing.sort_by_key(|name| layout.partition_of(name));
     Err(TopologyError::Partitions {
         existing,
         declared: settings.stock_partitions,
@@ -506,6 +594,8 @@ mod tests {
         assert_eq!(stock.name, "STOCK_EVENTS");
         assert_eq!(stock.subjects, vec!["stock.events.>".to_owned()]);
         assert_eq!(stock_workers(&settings).len(), 1);
+        assert_eq!(ledger_streams(&settings), ["STOCK_CHANGES"]);
+        assert_eq!(notify_stock_changes(&settings).len(), 1);
         assert_eq!(consumers(&settings).len(), CONSUMERS.len());
     }
 
@@ -524,7 +614,35 @@ mod tests {
                 .expect("partition stream");
             assert_eq!(config.subjects, vec![format!("stock.events.{p}.*")]);
         }
-        assert_eq!(all.len(), names(&TopologySettings::default()).len() + 2);
+        assert!(!all.contains(&"STOCK_CHANGES".to_owned()));
+        for p in 0..3 {
+            let config = streams(&settings)
+                .into_iter()
+                .find(|s| s.name == format!("STOCK_CHANGES_{p}"))
+                .expect("ledger partition stream");
+            assert_eq!(
+                config.subjects,
+                vec![
+                    format!("stock.changes.{p}.*"),
+                    format!("stock.outcomes.{p}.*")
+                ]
+            );
+            assert_eq!(config.max_age, Duration::ZERO, "the ledger is kept");
+            assert_eq!(config.duplicate_window, 5 * MAX_REDELIVERY_SPAN);
+        }
+        assert_eq!(all.len(), names(&TopologySettings::default()).len() + 4);
+        let notify: Vec<(&str, &str)> = notify_stock_changes(&settings)
+            .iter()
+            .map(|s| (s.stream, s.durable))
+            .collect();
+        assert_eq!(
+            notify,
+            [
+                ("STOCK_CHANGES_0", "notify-worker"),
+                ("STOCK_CHANGES_1", "notify-worker"),
+                ("STOCK_CHANGES_2", "notify-worker")
+            ]
+        );
         let stock: Vec<(&str, &str)> = stock_workers(&settings)
             .iter()
             .map(|s| (s.stream, s.durable))
@@ -537,7 +655,7 @@ mod tests {
                 ("STOCK_EVENTS_2", "stock-worker")
             ]
         );
-        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 2);
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 4);
     }
 
     #[test]

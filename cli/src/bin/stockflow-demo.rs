@@ -588,13 +588,11 @@ async fn main() -> anyhow::Result<()> {
     .context("starting the gateway")?;
     let api = gateway.api_addr;
 
-    let start = [
-        subjects::STOCK_CHANGES,
-        subjects::ALERTS,
-        subjects::DEAD_LETTERS,
-    ];
+    // The ledger is one stream, or one per partition, each with its own sequence.
+    let ledger_streams = stockflow_shared::topology::ledger_streams(&settings.worker.topology);
+    let start = [subjects::ALERTS, subjects::DEAD_LETTERS];
     let mut marks = BTreeMap::new();
-    for stream in start {
+    for stream in ledger_streams.iter().copied().chain(start) {
         marks.insert(stream, last_sequence(&js, stream).await?);
     }
     println!("stockflow demo — run {run}: a day at a three-store chain with a web shop\n");
@@ -693,20 +691,11 @@ async fn main() -> anyhow::Result<()> {
         stock["totals"]
     );
 
-    let ledger = read_after(
-        &js,
-        subjects::STOCK_CHANGES,
-        "stock.changes.>",
-        marks[subjects::STOCK_CHANGES],
-    )
-    .await?;
-    let outcomes = read_after(
-        &js,
-        subjects::STOCK_CHANGES,
-        "stock.outcomes.>",
-        marks[subjects::STOCK_CHANGES],
-    )
-    .await?;
+    let (mut ledger, mut outcomes) = (Vec::new(), Vec::new());
+    for stream in &ledger_streams {
+        ledger.extend(read_after(&js, stream, "stock.changes.>", marks[stream]).await?);
+        outcomes.extend(read_after(&js, stream, "stock.outcomes.>", marks[stream]).await?);
+    }
     let alerts = read_after(&js, subjects::ALERTS, "alerts.>", marks[subjects::ALERTS]).await?;
     let letters = read_after(
         &js,

@@ -553,18 +553,24 @@ async fn publish_plan(
     Ok(stored)
 }
 
-/// Per event id: `Ok` when the ledger has an entry it caused after `ledger_from`, `Err(reason)`
-/// when it was dead-lettered after `dead_from`.
+/// Per event id: `Ok` when a ledger stream has an entry it caused after the sequence
+/// `ledger_from` names for it, `Err(reason)` when it was dead-lettered after `dead_from`.
 async fn outcomes(
     js: &jetstream::Context,
     stock_workers: &[ConsumerSpec],
-    ledger_from: u64,
+    ledger_from: &[(&str, u64)],
     dead_from: u64,
 ) -> anyhow::Result<HashMap<String, Result<(), String>>> {
     let mut outcome_of = HashMap::new();
-    let ledger = crate::read_after(js, subjects::STOCK_CHANGES, "stock.changes.>", ledger_from)
-        .await
-        .context("reading the ledger")?;
+    let mut ledger = Vec::new();
+    // Each ledger partition has its own sequence.
+    for (stream, from) in ledger_from {
+        ledger.extend(
+            crate::read_after(js, stream, "stock.changes.>", *from)
+                .await
+                .with_context(|| format!("reading the ledger ({stream})"))?,
+        );
+    }
     for entry in ledger {
         if let Ok(change) = StockChanged::decode(entry.payload.clone()) {
             outcome_of.insert(change.cause_event_id, Ok(()));
@@ -617,7 +623,10 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
     for spec in &stock_workers {
         super::stream(&js, spec.stream).await?;
     }
-    let ledger_from = crate::last_sequence(&js, subjects::STOCK_CHANGES).await?;
+    let mut ledger_from = Vec::new();
+    for stream in topology::ledger_streams(&settings.topology) {
+        ledger_from.push((stream, crate::last_sequence(&js, stream).await?));
+    }
     let dead_from = crate::last_sequence(&js, subjects::DEAD_LETTERS).await?;
     let in_flight = usize::try_from(args.in_flight).unwrap_or(256);
     let stored = publish_plan(&js, &sheet, &publish, in_flight).await?;
@@ -654,7 +663,7 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
             .await
             .context("the import is published (re-running it is safe), but not yet applied")?;
         }
-        outcome_of = outcomes(&js, &stock_workers, ledger_from, dead_from).await?;
+        outcome_of = outcomes(&js, &stock_workers, &ledger_from, dead_from).await?;
     }
     client.drain().await.ok();
 

@@ -19,9 +19,15 @@ pub async fn run(settings: &WorkerSettings) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     let id = format!("selftest-{}", events::now_ms());
     let sku = format!("stockflow-selftest-{}", events::now_ms());
-    // A core subscription sees ledger entries as JetStream stores them; it exists before the
-    // receipt is published, so the entry cannot be missed.
-    let mut ledger = client.subscribe(subjects::stock_changed(&sku)).await?;
+    // A core subscription sees ledger entries as JetStream stores them (with partitions, on the
+    // subject the servers' mapping made); it exists before the receipt is published, so the
+    // entry cannot be missed.
+    let mut ledger = client
+        .subscribe(subjects::stock_changed_stored(
+            &sku,
+            settings.topology.stock_partitions,
+        ))
+        .await?;
     let event = events::fact(
         &id,
         "stockctl:selftest",

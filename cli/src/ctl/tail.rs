@@ -51,7 +51,8 @@ pub fn stream_of(subject: &str) -> anyhow::Result<String> {
 }
 
 /// The one stream declared with `topology` that stores `subject` (with partitions, a stock
-/// fact's stream is one partition's: `stock.events.<p>.>`).
+/// fact's or a ledger entry's stream is one partition's: `stock.events.<p>.>`,
+/// `stock.changes.<p>.>`).
 pub fn stream_in(subject: &str, topology: &TopologySettings) -> anyhow::Result<String> {
     let matching: Vec<String> = topology::streams(topology)
         .into_iter()
@@ -62,7 +63,8 @@ pub fn stream_in(subject: &str, topology: &TopologySettings) -> anyhow::Result<S
         [one] => Ok(one.clone()),
         [] => anyhow::bail!(
             "no stockflow stream stores {subject:?}; try stock.changes.>, stock.outcomes.>, \
-             alerts.>, orders.results.>, deadletter.>, stock.events.> or orders.events.>"
+             alerts.>, orders.results.>, deadletter.>, stock.events.> or orders.events.> \
+             (with partitioned stock streams, one partition's: stock.changes.<p>.>)"
         ),
         several => anyhow::bail!(
             "{subject:?} spans the streams {}: tail a subject of one of them",
@@ -228,6 +230,15 @@ mod tests {
             "STOCK_EVENTS_2"
         );
         assert!(stream_in("stock.events.>", &partitioned).is_err());
+        assert_eq!(
+            stream_in("stock.changes.1.>", &partitioned).expect("one"),
+            "STOCK_CHANGES_1"
+        );
+        assert_eq!(
+            stream_in("stock.outcomes.0.*", &partitioned).expect("one"),
+            "STOCK_CHANGES_0"
+        );
+        assert!(stream_in("stock.changes.>", &partitioned).is_err());
     }
 
     #[test]

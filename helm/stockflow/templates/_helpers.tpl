@@ -345,16 +345,17 @@ Secret material, from values, existing Secrets or generated:
 
 {{/*
 The durable consumers a worker's autoscaler reads: its `consumers`, with the stock input's
-(STOCK_EVENTS) once per partition stream STOCK_EVENTS_<p> when nats.stockPartitions > 1.
+(STOCK_EVENTS) and the ledger's (STOCK_CHANGES) once per partition stream STOCK_EVENTS_<p> /
+STOCK_CHANGES_<p> when nats.stockPartitions > 1.
 Call with (dict "root" $ "consumers" list); renders {items: [{stream, consumer}]}.
 */}}
 {{- define "stockflow.scaledConsumers" -}}
 {{- $partitions := int .root.Values.nats.stockPartitions }}
 {{- $items := list }}
 {{- range $c := .consumers }}
-{{- if and (eq $c.stream "STOCK_EVENTS") (gt $partitions 1) }}
+{{- if and (has $c.stream (list "STOCK_EVENTS" "STOCK_CHANGES")) (gt $partitions 1) }}
 {{- range $p := until $partitions }}
-{{- $items = append $items (dict "stream" (printf "STOCK_EVENTS_%d" $p) "consumer" $c.consumer) }}
+{{- $items = append $items (dict "stream" (printf "%s_%d" $c.stream $p) "consumer" $c.consumer) }}
 {{- end }}
 {{- else }}
 {{- $items = append $items (dict "stream" $c.stream "consumer" $c.consumer) }}

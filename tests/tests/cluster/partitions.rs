@@ -1,5 +1,5 @@
-//! The partitioned stock input at R3: every node carries the partition mapping, each partition
-//! stream is its own Raft group with its own leader, and one stock worker reads them all.
+//! The partitioned stock input and ledger at R3: every node carries the partition mappings, each
+//! partition stream is its own Raft group with its own leader, and one stock worker reads them all.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -53,7 +53,35 @@ async fn partitions_at_r3_apply_every_fact_and_report_their_leaders() {
             model[sku.as_str()]
         );
     }
-    let ledger: Vec<StockChanged> = world.read(subjects::STOCK_CHANGES, "stock.changes.>").await;
-    assert_eq!(ledger.len(), skus.len() * 2, "one ledger entry per fact");
+    // The ledger is partitioned the same way: STOCK_CHANGES_<p> at R3, one entry per fact, each
+    // SKU's entries in one partition.
+    assert!(world.js.get_stream(subjects::STOCK_CHANGES).await.is_err());
+    let mut entries = 0;
+    let mut ledger_partition_of: HashMap<String, String> = HashMap::new();
+    for stream in topology::ledger_streams(&world.topology) {
+        let info = world
+            .js
+            .get_stream(stream)
+            .await
+            .expect("ledger partition")
+            .info()
+            .await
+            .expect("stream info")
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+        let cluster = info.cluster.clone().expect("clustered");
+        assert!(cluster.leader.is_some(), "{stream} has a leader");
+        assert_eq!(cluster.replicas.len(), 2, "{stream}: two followers");
+        let ledger: Vec<StockChanged> = world.read(stream, "stock.changes.>").await;
+        assert!(!ledger.is_empty(), "{stream} got entries");
+        for entry in &ledger {
+            let first = ledger_partition_of
+                .entry(entry.sku.clone())
+                .or_insert_with(|| stream.to_owned());
+            assert_eq!(first, stream, "{} in one ledger partition", entry.sku);
+        }
+        entries += ledger.len();
+    }
+    assert_eq!(entries, skus.len() * 2, "one ledger entry per fact");
     worker.shutdown().await;
 }

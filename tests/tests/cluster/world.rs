@@ -37,7 +37,7 @@ impl ClusterWorld {
     pub(crate) async fn start_partitioned(partitions: usize) -> Self {
         let turn = WORLDS.acquire().await.expect("semaphore open");
         let nats = if partitions > 1 {
-            NatsCluster::start_with(&subjects::stock_events_mapping(partitions))
+            NatsCluster::start_with(&subjects::stock_mappings(partitions))
         } else {
             NatsCluster::start()
         };

@@ -25,10 +25,10 @@ pub(crate) const SECRET: &str = "whsec-test-1";
 
 /// One POST as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Received {
-    event_id: String,
-    event_type: String,
-    body: serde_json::Value,
+pub(crate) struct Received {
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) body: serde_json::Value,
 }
 
 #[derive(Default)]
@@ -46,13 +46,13 @@ struct ReceiverState {
 
 /// A webhook receiver on a free port that verifies every signature the way a customer would.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     state: Arc<ReceiverState>,
 }
 
 impl Receiver {
-    async fn start(script: &[u16], delay: Duration) -> Self {
+    pub(crate) async fn start(script: &[u16], delay: Duration) -> Self {
         Self::serve(ReceiverState {
             script: Mutex::new(script.iter().copied().collect()),
             delay,
@@ -87,7 +87,7 @@ impl Receiver {
         }
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("lock").clone()
     }
 
@@ -95,7 +95,7 @@ impl Receiver {
         self.received().into_iter().map(|r| r.event_id).collect()
     }
 
-    fn assert_signatures_verified(&self) {
+    pub(crate) fn assert_signatures_verified(&self) {
         let bad = self.state.bad_signatures.lock().expect("lock").clone();
         assert!(bad.is_empty(), "signatures that did not verify: {bad:?}");
     }
@@ -219,7 +219,10 @@ fn closed_url() -> String {
 }
 
 /// Writes the subscriptions file into `dir`.
-fn subscriptions_file(dir: &tempfile::TempDir, subscriptions: serde_json::Value) -> PathBuf {
+pub(crate) fn subscriptions_file(
+    dir: &tempfile::TempDir,
+    subscriptions: serde_json::Value,
+) -> PathBuf {
     let path = dir.path().join("webhooks.json");
     std::fs::write(
         &path,
@@ -230,7 +233,7 @@ fn subscriptions_file(dir: &tempfile::TempDir, subscriptions: serde_json::Value)
 }
 
 /// Settings for a fast test: short timeouts and back-off.
-fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
         ("STOCKFLOW_WEBHOOKS_FILE", file),
         ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
@@ -242,7 +245,7 @@ fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a st
     env
 }
 
-fn notify_worker(world: &World, env: &[(&str, &str)]) -> RunningWorker {
+pub(crate) fn notify_worker(world: &World, env: &[(&str, &str)]) -> RunningWorker {
     let settings = notify_worker::Settings::from_env(&world.env(env)).expect("notify settings");
     RunningWorker::spawn(|shutdown| notify_worker::run(settings, shutdown))
 }

@@ -1,6 +1,7 @@
-//! The partitioned stock input (`STOCKFLOW_STOCK_PARTITIONS=3`): a nats-server with the partition
-//! mapping, three `STOCK_EVENTS_<p>` streams with a `stock-worker` consumer each, one worker
-//! process reading all three.
+//! The partitioned stock input and ledger (`STOCKFLOW_STOCK_PARTITIONS=3`): a nats-server with the
+//! three partition mappings, three `STOCK_EVENTS_<p>` streams with a `stock-worker` consumer each,
+//! one worker process reading all three, and three `STOCK_CHANGES_<p>` ledger streams with a
+//! `notify-worker` consumer each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -8,7 +9,10 @@ use async_nats::HeaderMap;
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
-    v1::{stock_event::Change, EventMeta, Received, Sold, StockEvent},
+    v1::{
+        stock_event::Change, Counted, EventMeta, Received, Sold, StockChanged, StockEvent,
+        StockEventRejected,
+    },
 };
 use stockflow_shared::topology::{self, Mode, TopologyError, TopologySettings};
 use stockflow_tests::{count, read_stream};
@@ -116,6 +120,17 @@ async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
         let (duplicate, _) = publish(&world, &again, &format!("{id}-resent")).await;
         assert!(!duplicate);
     }
+    // Stale counts: refused, each with a rejection on `stock.outcomes.<sku-token>`.
+    let mut stale = 0u64;
+    for (i, sku) in skus.iter().enumerate().step_by(11) {
+        let id = format!("e{i}-stale");
+        let count = Change::Counted(Counted {
+            on_hand: 1,
+            expected_on_hand: Some(999_999),
+        });
+        publish(&world, &fact(&id, sku, count), &id).await;
+        stale += 1;
+    }
 
     world.wait_stock_idle().await;
 
@@ -154,12 +169,148 @@ async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
             "{sku}"
         );
     }
-    assert_eq!(
-        count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await,
-        events,
-        "one ledger entry per distinct event"
+    // The ledger: no unpartitioned STOCK_CHANGES; each SKU's entries and rejections all in the
+    // ledger partition with its input partition's index, on `stock.<kind>.<p>.<sku-token>`.
+    assert!(
+        world.js.get_stream(subjects::STOCK_CHANGES).await.is_err(),
+        "no unpartitioned STOCK_CHANGES next to the partitions"
     );
+    let mut ledger_partitions_of: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    let (mut entries, mut rejections) = (0u64, 0u64);
+    for p in 0..PARTITIONS {
+        let name = subjects::stock_changes_partition(p);
+        let mut stream = world.js.get_stream(&name).await.expect("ledger partition");
+        let info = stream.info().await.expect("info");
+        assert_eq!(
+            info.config.subjects,
+            vec![
+                format!("stock.changes.{p}.*"),
+                format!("stock.outcomes.{p}.*")
+            ]
+        );
+        stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notify-worker")
+            .await
+            .expect("a notify-worker consumer per ledger partition");
+        for message in read_stream(&world.js, &name, "stock.changes.>").await {
+            let entry = StockChanged::decode(message.payload.clone()).expect("a ledger entry");
+            assert_eq!(
+                message.subject.as_str(),
+                format!("stock.changes.{p}.{}", subjects::encode_token(&entry.sku))
+            );
+            ledger_partitions_of.entry(entry.sku).or_default().insert(p);
+            entries += 1;
+        }
+        for message in read_stream(&world.js, &name, "stock.outcomes.>").await {
+            let rejected =
+                StockEventRejected::decode(message.payload.clone()).expect("a rejection");
+            assert_eq!(
+                message.subject.as_str(),
+                format!(
+                    "stock.outcomes.{p}.{}",
+                    subjects::encode_token(&rejected.sku)
+                )
+            );
+            assert_eq!(
+                partitions_of[&rejected.sku],
+                BTreeSet::from([p]),
+                "{}",
+                rejected.sku
+            );
+            rejections += 1;
+        }
+    }
+    assert_eq!(
+        ledger_partitions_of, partitions_of,
+        "a SKU's ledger partition has its input partition's index"
+    );
+    assert_eq!(entries, events, "one ledger entry per distinct event");
+    assert_eq!(rejections, stale, "one rejection per stale count");
     worker.shutdown().await;
+
+    // Redis lost: `stockctl rebuild` restores every level from the three ledger partitions, and
+    // `reconcile` finds nothing to correct.
+    let mut conn = world.redis.connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let rebuilt = crate::cli::stockctl(&world, &["rebuild"]).await;
+    assert_eq!(rebuilt.code, 0, "{}\n{}", rebuilt.stdout, rebuilt.stderr);
+    for sku in &skus {
+        assert_eq!(
+            world.on_hand_reserved(sku, "wh").await.0,
+            model[sku],
+            "{sku} rebuilt"
+        );
+    }
+    let reconciled = crate::cli::stockctl(&world, &["reconcile"]).await;
+    assert_eq!(
+        reconciled.code, 0,
+        "{}\n{}",
+        reconciled.stdout, reconciled.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_notify_worker_delivers_ledger_entries_from_every_partition() {
+    use crate::notify::{fast, notify_worker, subscriptions_file, Receiver};
+    let world = World::start_partitioned(PARTITIONS).await;
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let stock = world.stock_worker();
+    let notify = notify_worker(&world, &fast(&file, &[]));
+
+    let skus: Vec<String> = (0..30).map(|i| format!("N-{i}")).collect();
+    for (i, sku) in skus.iter().enumerate() {
+        let id = format!("n{i}");
+        publish(
+            &world,
+            &fact(&id, sku, Change::Received(Received { quantity: 5 })),
+            &id,
+        )
+        .await;
+    }
+    world.wait_stock_idle().await;
+    let mut used = 0;
+    for spec in topology::notify_stock_changes(&world.topology) {
+        world.wait_idle(spec.stream, spec.durable).await;
+        if count(&world.js, spec.stream, "stock.changes.>").await > 0 {
+            used += 1;
+        }
+    }
+    assert_eq!(used, PARTITIONS, "every ledger partition holds entries");
+    let received = stockflow_tests::eventually(
+        "a webhook per ledger entry",
+        stockflow_tests::DEADLINE,
+        || async {
+            let received = receiver.received();
+            (received.len() >= skus.len()).then_some(received)
+        },
+    )
+    .await;
+    receiver.assert_signatures_verified();
+    let delivered: BTreeSet<String> = received
+        .iter()
+        .map(|r| {
+            assert_eq!(r.event_type, "stock_changed");
+            let sku = r.body["data"]["sku"].as_str().expect("sku").to_owned();
+            // The producers' subject, not the partition the mapping stored it in.
+            assert_eq!(r.body["subject"], subjects::stock_changed(&sku));
+            sku
+        })
+        .collect();
+    assert_eq!(delivered, skus.iter().cloned().collect::<BTreeSet<_>>());
+    // Delivery is at-least-once: count distinct event ids, one per ledger entry.
+    let ids: BTreeSet<&str> = received.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), skus.len(), "one event id per ledger entry");
+    notify.shutdown().await;
+    stock.shutdown().await;
 }
 
 #[tokio::test]
@@ -254,7 +405,7 @@ async fn import_waits_on_every_partition_and_a_replayed_dead_letter_lands_again(
 
 #[tokio::test]
 async fn a_first_setup_that_stopped_half_way_is_completed() {
-    let nats = stockflow_tests::NatsServer::start_with(&subjects::stock_events_mapping(4));
+    let nats = stockflow_tests::NatsServer::start_with(&subjects::stock_mappings(4));
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     let two = TopologySettings {
         stock_partitions: 2,
@@ -405,6 +556,109 @@ async fn readiness_names_each_partition_and_the_gauges_carry_its_stream() {
         stockflow_tests::http_get(addr, "/readyz")
             .await
             .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_EVENTS_1"))
+    })
+    .await;
+    topology::ensure(&world.js, &world.topology, Mode::Verify)
+        .await
+        .expect("declared again");
+    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, ready).await;
+}
+
+#[tokio::test]
+async fn setup_refuses_another_number_of_partitions_once_the_ledger_holds_entries() {
+    let nats = stockflow_tests::NatsServer::start_with(&subjects::stock_mappings(3));
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    let three = TopologySettings {
+        stock_partitions: 3,
+        ..TopologySettings::default()
+    };
+    topology::ensure(&js, &three, Mode::Verify)
+        .await
+        .expect("three");
+    // No fact in the input, but one ledger entry (its input since removed, say): the ledger is
+    // kept forever, so its layout is as fixed as the input's.
+    let ack = js
+        .publish(subjects::stock_changed("A1"), "entry".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert!(
+        subjects::stock_changes_partition_of(&ack.stream).is_some(),
+        "{}",
+        ack.stream
+    );
+    let four = TopologySettings {
+        stock_partitions: 4,
+        ..TopologySettings::default()
+    };
+    for mode in [Mode::Verify, Mode::Update] {
+        let err = topology::ensure(&js, &four, mode)
+            .await
+            .expect_err("another ledger layout");
+        assert!(matches!(err, TopologyError::Partitions { .. }), "{err}");
+        assert!(err.to_string().contains("STOCK_CHANGES_2"), "{err}");
+    }
+    // Nothing was created: both layouts are checked before any stream is.
+    for missing in [
+        subjects::stock_events_partition(3),
+        subjects::stock_changes_partition(3),
+    ] {
+        assert!(js.get_stream(&missing).await.is_err(), "{missing}");
+    }
+    topology::ensure(&js, &three, Mode::Verify)
+        .await
+        .expect("the declared layout still verifies");
+}
+
+#[tokio::test]
+async fn the_notify_worker_is_ready_per_ledger_partition() {
+    use crate::notify::{subscriptions_file, Receiver, SECRET};
+    let world = World::start_partitioned(PARTITIONS).await;
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let port = stockflow_tests::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr_text = addr.to_string();
+    let _worker = stockflow_tests::KillOnDrop(
+        world
+            .worker_command(
+                "notify-worker",
+                &[
+                    ("STOCKFLOW_METRICS_ADDR", addr_text.as_str()),
+                    ("STOCKFLOW_WEBHOOKS_FILE", file.as_str()),
+                    ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
+                ],
+            )
+            .spawn()
+            .expect("spawn notify-worker"),
+    );
+    let ready = || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    };
+    stockflow_tests::eventually("ready", stockflow_tests::DEADLINE, ready).await;
+
+    // One ledger partition's consumer gone: not ready, and the check names that partition;
+    // `setup` declares it again and the worker re-binds by itself.
+    world
+        .js
+        .get_stream(subjects::stock_changes_partition(1))
+        .await
+        .expect("ledger partition")
+        .delete_consumer("notify-worker")
+        .await
+        .expect("deleted");
+    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_CHANGES_1"))
     })
     .await;
     topology::ensure(&world.js, &world.topology, Mode::Verify)

@@ -30,7 +30,7 @@ impl World {
     /// A world whose stock input has `partitions` partition streams: its NATS server carries
     /// the partition mapping, and every worker and `stockctl` it starts is told the number.
     pub(crate) async fn start_partitioned(partitions: usize) -> Self {
-        let nats = NatsServer::start_with(&subjects::stock_events_mapping(partitions));
+        let nats = NatsServer::start_with(&subjects::stock_mappings(partitions));
         let partitions = partitions.to_string();
         Self::start_on(
             nats,
@@ -254,19 +254,19 @@ impl World {
         .await;
     }
 
-    /// Ledger entries of `sku`, in order.
+    /// Ledger entries of `sku`, in order (a SKU's entries are all in one ledger partition).
     pub(crate) async fn ledger(&self, sku: &str) -> Vec<stockflow_proto::v1::StockChanged> {
-        stockflow_tests::read_stream(
-            &self.js,
-            subjects::STOCK_CHANGES,
-            &subjects::stock_changed(sku),
-        )
-        .await
-        .iter()
-        .map(|m| {
-            stockflow_proto::v1::StockChanged::decode(m.payload.clone()).expect("ledger entry")
-        })
-        .collect()
+        let filter = subjects::stock_changed_stored(sku, self.topology.stock_partitions);
+        let mut messages = Vec::new();
+        for stream in topology::ledger_streams(&self.topology) {
+            messages.extend(stockflow_tests::read_stream(&self.js, stream, &filter).await);
+        }
+        messages
+            .iter()
+            .map(|m| {
+                stockflow_proto::v1::StockChanged::decode(m.payload.clone()).expect("ledger entry")
+            })
+            .collect()
     }
 
     pub(crate) async fn alerts(&self, sku: &str) -> Vec<stockflow_proto::v1::StockAlert> {

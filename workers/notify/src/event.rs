@@ -4,7 +4,10 @@
 use async_nats::jetstream;
 use prost::Message as _;
 use serde_json::{json, Value};
-use stockflow_proto::v1::{order_result, AlertKind, Levels, OrderResult, StockAlert, StockChanged};
+use stockflow_proto::{
+    subjects,
+    v1::{order_result, AlertKind, Levels, OrderResult, StockAlert, StockChanged},
+};
 use stockflow_shared::consume::HandleError;
 
 /// The event types a subscription can ask for (`X-Stockflow-Event-Type`).
@@ -18,7 +21,8 @@ pub enum EventType {
     BackInStock,
     /// `ALERTS`, `alerts.negative_stock.*`.
     NegativeStock,
-    /// A ledger entry, `STOCK_CHANGES`, `stock.changes.*`.
+    /// A ledger entry, `STOCK_CHANGES`, `stock.changes.*` (`stock.changes.<p>.*` in
+    /// `STOCK_CHANGES_<p>`).
     StockChanged,
     /// `ORDER_RESULTS`: every line is reserved.
     OrderConfirmed,
@@ -148,7 +152,8 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
     let body = json!({
         "event_id": event_id,
         "type": event_type.as_str(),
-        "subject": subject,
+        // As producers publish it, partitioned deployment or not.
+        "subject": subjects::unpartitioned(subject),
         "data": data,
     });
     Ok(Some(Notification {

@@ -4,7 +4,11 @@ pub mod deliver;
 pub mod event;
 pub mod subscriptions;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -16,7 +20,8 @@ use stockflow_shared::{
     settings::{ConfigError, Env},
     telemetry,
     topology::{
-        self, ConsumerSpec, Mode, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS, NOTIFY_STOCK_CHANGES,
+        self, ConsumerSpec, Mode, TopologySettings, MAX_STOCK_PARTITIONS, NOTIFY_ALERTS,
+        NOTIFY_ORDER_RESULTS,
     },
     worker::WorkerSettings,
 };
@@ -28,12 +33,36 @@ use crate::{
     subscriptions::{EventFilter, Subscription},
 };
 
-/// The consumers this worker reads, each with the name of its readiness check.
-const CONSUMERS: [(ConsumerSpec, &str); 3] = [
-    (NOTIFY_ALERTS, "consumer_alerts"),
-    (NOTIFY_STOCK_CHANGES, "consumer_stock_changes"),
-    (NOTIFY_ORDER_RESULTS, "consumer_order_results"),
-];
+/// `consumer_STOCK_CHANGES_<p>`, the readiness check of ledger partition p's consume loop.
+static LEDGER_PARTITION_CHECKS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..MAX_STOCK_PARTITIONS)
+        .map(|p| {
+            format!(
+                "consumer_{}",
+                stockflow_proto::subjects::stock_changes_partition(p)
+            )
+        })
+        .collect()
+});
+
+/// The consumers this worker reads, each with the name of its readiness check: alerts, the
+/// ledger (one consumer per ledger partition when the deployment is partitioned) and order
+/// results.
+pub fn consumers(topology: &TopologySettings) -> Vec<(ConsumerSpec, &'static str)> {
+    let ledger = topology::notify_stock_changes(topology);
+    let ledger_checks: Vec<(ConsumerSpec, &'static str)> = match ledger.as_slice() {
+        [single] => vec![(*single, "consumer_stock_changes")],
+        partitions => partitions
+            .iter()
+            .zip(LEDGER_PARTITION_CHECKS.iter())
+            .map(|(spec, check)| (*spec, check.as_str()))
+            .collect(),
+    };
+    std::iter::once((NOTIFY_ALERTS, "consumer_alerts"))
+        .chain(ledger_checks)
+        .chain([(NOTIFY_ORDER_RESULTS, "consumer_order_results")])
+        .collect()
+}
 
 /// Default in-flight window per stream: an input stays in flight until every endpoint has its
 /// delivery, so the window must hold the inputs a retrying endpoint keeps open.
@@ -152,17 +181,19 @@ pub async fn run(
         )
         .context("building the HTTP client")?,
     });
-    let loops = CONSUMERS.map(|(spec, check)| {
-        let consumer = Consumer {
-            js: js.clone(),
-            spec,
-            dead_letters: DeadLetters::new(js.clone()),
-            bound: health.check(check),
-            can_process: nats_up.clone(),
-            settings: settings.worker.consume.clone(),
-        };
-        consumer.run(handler.clone(), token.clone())
-    });
+    let loops = consumers(&settings.worker.topology)
+        .into_iter()
+        .map(|(spec, check)| {
+            let consumer = Consumer {
+                js: js.clone(),
+                spec,
+                dead_letters: DeadLetters::new(js.clone()),
+                bound: health.check(check),
+                can_process: nats_up.clone(),
+                settings: settings.worker.consume.clone(),
+            };
+            consumer.run(handler.clone(), token.clone())
+        });
     futures::future::join_all(loops).await;
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "nats drain failed");
