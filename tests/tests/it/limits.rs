@@ -44,20 +44,23 @@ async fn levels_are_exact_up_to_the_maximum_and_a_change_beyond_is_refused() {
     // Odd values near the limit: a float with fewer than 50 mantissa bits would round them.
     seed_on_hand(&world, sku, "top", MAX_LEVEL - MAX_QUANTITY - 7).await;
     seed_on_hand(&world, sku, "bottom", -MAX_LEVEL + 3).await;
-    world
-        .publish(&event("r1", sku, "top", received(MAX_QUANTITY)))
-        .await;
-    world.publish(&event("r2", sku, "top", received(7))).await;
-    world.publish(&event("over", sku, "top", received(1))).await;
-    world.publish(&event("s1", sku, "bottom", sold(3))).await;
-    world.publish(&event("under", sku, "bottom", sold(1))).await;
+    // One at a time: which change goes beyond the limit depends on the order they apply in.
+    for (id, location, change) in [
+        ("r1", "top", received(MAX_QUANTITY)),
+        ("r2", "top", received(7)),
+        ("over", "top", received(1)),
+        ("s1", "bottom", sold(3)),
+        ("under", "bottom", sold(1)),
+    ] {
+        world.publish(&event(id, sku, location, change)).await;
+        world.wait_stock_idle().await;
+    }
     // A transfer into a full location is refused whole: the source keeps its units too.
     seed_on_hand(&world, sku, "mid", 10).await;
-    world
-        .publish(&event("t1", sku, "mid", transferred("top", 5)))
-        .await;
-    world.publish(&event("a1", sku, "mid", adjusted(-1))).await;
-    world.wait_stock_idle().await;
+    for (id, change) in [("t1", transferred("top", 5)), ("a1", adjusted(-1))] {
+        world.publish(&event(id, sku, "mid", change)).await;
+        world.wait_stock_idle().await;
+    }
 
     assert_eq!(world.on_hand_reserved(sku, "top").await, (MAX_LEVEL, 0));
     assert_eq!(world.on_hand_reserved(sku, "bottom").await, (-MAX_LEVEL, 0));
