@@ -168,13 +168,17 @@ async fn a_count_with_a_stale_expectation_changes_nothing_and_says_so() {
     let world = World::start().await;
     let worker = world.stock_worker();
     let sku = "SHOE-42";
+    // One at a time: the ledger order and the rejection asserted below follow the order facts
+    // are applied in, and the worker applies in-flight facts concurrently.
     world.publish(&event("r", sku, "wh", received(10))).await;
+    world.wait_on_hand(sku, "wh", 10).await;
     world.publish(&event("s", sku, "wh", sold(2))).await;
     world.wait_on_hand(sku, "wh", 8).await;
     // The counter started when on_hand was 10; a sale happened meanwhile.
     world
         .publish(&event("c-stale", sku, "wh", counted(7, Some(10))))
         .await;
+    world.wait_stock_idle().await;
     world
         .publish(&event("c-fresh", sku, "wh", counted(7, Some(8))))
         .await;
