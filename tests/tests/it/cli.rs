@@ -479,6 +479,8 @@ async fn tail_prints_stored_and_new_events_decoded() {
     world
         .publish(&event("t1", "TAIL-1", "s1", received(4)))
         .await;
+    // Applied before the sale: the lines below show the ledger in the order facts are applied.
+    world.wait_on_hand("TAIL-1", "s1", 4).await;
     world.publish(&event("t2", "TAIL-1", "s1", sold(1))).await;
     world.wait_stock_idle().await;
 

@@ -126,6 +126,9 @@ async fn an_order_of_the_most_lines_and_units_is_placed_and_one_more_is_dead_let
             placed(&lines(MAX_LINES + 1, 1), 0),
         ))
         .await;
+    // Dead-lettered before the other malformed order is published: the reasons are asserted in
+    // order, and the worker applies in-flight commands concurrently.
+    world.wait_orders_idle().await;
     world
         .publish_order(&order(
             "p3",
@@ -198,6 +201,9 @@ async fn a_message_over_max_payload_is_refused_and_a_malformed_one_under_it_is_d
     world
         .publish_raw(&subject, vec![0xff_u8; MAX_PAYLOAD - 200])
         .await;
+    // Dead-lettered before the next malformed fact is published: the letters are asserted in
+    // order, and the worker handles in-flight facts concurrently.
+    world.wait_stock_idle().await;
     // Well-formed protobuf with a field far over its limit.
     let mut oversized = event("big-ref", "BIG", "wh", received(1));
     oversized.meta.as_mut().expect("meta").reference = "r".repeat(MAX_PAYLOAD / 2);

@@ -121,6 +121,7 @@ async fn final_orders_expire_within_the_retention_and_running_ones_never() {
     let stock = world.stock_worker();
     world.publish(&event("r", "KEG", "wh", received(50))).await;
     world.publish(&event("r2", "TAP", "wh", received(50))).await;
+    world.wait_on_hand("KEG", "wh", 50).await;
     world.wait_on_hand("TAP", "wh", 50).await;
     let orders = world.order_worker_with(SHORT_RETENTION);
 

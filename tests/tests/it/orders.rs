@@ -72,6 +72,7 @@ async fn a_short_line_rejects_the_whole_order_and_leaves_nothing_reserved() {
     let stock = world.stock_worker();
     world.publish(&event("a", "PEN", "wh", received(10))).await;
     world.publish(&event("b", "INK", "wh", received(1))).await;
+    world.wait_on_hand("PEN", "wh", 10).await;
     world.wait_on_hand("INK", "wh", 1).await;
     let orders = world.order_worker();
     world
@@ -124,6 +125,9 @@ async fn duplicates_change_nothing_and_a_conflicting_placement_is_dead_lettered(
     for _ in 0..3 {
         world.publish_order(&place).await;
     }
+    // The placement is applied before the conflicting one arrives: whichever is applied first
+    // is the order, and the other is the conflict.
+    world.wait_orders_idle().await;
     world
         .publish_order(&order("p1b", "o1", placed(&[("1", "BOOK", 9, "")], 0)))
         .await;
@@ -143,14 +147,16 @@ async fn a_cancel_before_the_placement_leaves_nothing_reserved() {
     let stock = world.stock_worker();
     world.publish(&event("a", "CUP", "wh", received(5))).await;
     world.wait_on_hand("CUP", "wh", 5).await;
-    // Published in the wrong order, processed by two replicas.
+    let orders = [world.order_worker(), world.order_worker()];
+    // Published in the wrong order, processed by two replicas. The cancel is applied first: a
+    // placement applied before it would be confirmed, then released.
     world
         .publish_order(&order("c1", "late", Command::Cancelled(OrderCancelled {})))
         .await;
+    world.wait_orders_idle().await;
     world
         .publish_order(&order("p1", "late", placed(&[("1", "CUP", 2, "")], 0)))
         .await;
-    let orders = [world.order_worker(), world.order_worker()];
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved("CUP", "wh").await, (5, 0));
     let (confirmed, _, released) = decisions(&world.order_results().await);

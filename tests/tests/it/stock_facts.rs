@@ -103,6 +103,8 @@ async fn alerts_fire_once_per_crossing_under_concurrent_sales() {
         .await;
     world.publish(&event("r", sku, "web", received(100))).await;
     world.wait_on_hand(sku, "web", 100).await;
+    // The threshold too is in place before the sales (both were in flight at once).
+    world.wait_stock_idle().await;
     // 120 single-unit sales at once: crosses low-stock once, out-of-stock once, and goes
     // negative once; sales are never refused because the goods really left.
     let sales: Vec<_> = (0..120)
@@ -143,6 +145,8 @@ async fn a_sale_below_zero_is_applied_and_raises_negative_stock() {
     world
         .publish(&event("r", "CABLE", "store-3", received(1)))
         .await;
+    // Applied before the sale: the last ledger entry asserted below is the sale's.
+    world.wait_on_hand("CABLE", "store-3", 1).await;
     world
         .publish(&event("s", "CABLE", "store-3", sold(3)))
         .await;
