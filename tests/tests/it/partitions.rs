@@ -53,6 +53,41 @@ async fn publish(world: &World, event: &StockEvent, msg_id: &str) -> (bool, Stri
     (ack.duplicate, ack.stream)
 }
 
+/// One partition's consumer deleted: the worker serving `/readyz` at `addr` turns not ready and
+/// names that partition's check; `setup` declares the consumer again and the worker re-binds by
+/// itself.
+async fn consumer_gone_and_back(
+    world: &World,
+    addr: std::net::SocketAddr,
+    stream: &str,
+    durable: &str,
+) {
+    world
+        .js
+        .get_stream(stream)
+        .await
+        .expect("partition")
+        .delete_consumer(durable)
+        .await
+        .expect("deleted");
+    let check = format!("consumer_{stream}");
+    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains(&check))
+    })
+    .await;
+    topology::ensure(&world.js, &world.topology, Mode::Verify)
+        .await
+        .expect("declared again");
+    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, || async {
+        stockflow_tests::http_get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
     let world = World::start_partitioned(PARTITIONS).await;
@@ -542,26 +577,13 @@ async fn readiness_names_each_partition_and_the_gauges_carry_its_stream() {
         assert!(line.ends_with(" 1"), "{line}");
     }
 
-    // One partition's consumer gone: not ready, and the check names that partition; `setup`
-    // declares it again and the worker re-binds by itself.
-    world
-        .js
-        .get_stream(subjects::stock_events_partition(1))
-        .await
-        .expect("partition")
-        .delete_consumer("stock-worker")
-        .await
-        .expect("deleted");
-    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
-        stockflow_tests::http_get(addr, "/readyz")
-            .await
-            .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_EVENTS_1"))
-    })
+    consumer_gone_and_back(
+        &world,
+        addr,
+        &subjects::stock_events_partition(1),
+        "stock-worker",
+    )
     .await;
-    topology::ensure(&world.js, &world.topology, Mode::Verify)
-        .await
-        .expect("declared again");
-    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, ready).await;
 }
 
 #[tokio::test]
@@ -645,24 +667,11 @@ async fn the_notify_worker_is_ready_per_ledger_partition() {
     };
     stockflow_tests::eventually("ready", stockflow_tests::DEADLINE, ready).await;
 
-    // One ledger partition's consumer gone: not ready, and the check names that partition;
-    // `setup` declares it again and the worker re-binds by itself.
-    world
-        .js
-        .get_stream(subjects::stock_changes_partition(1))
-        .await
-        .expect("ledger partition")
-        .delete_consumer("notify-worker")
-        .await
-        .expect("deleted");
-    stockflow_tests::eventually("not ready", stockflow_tests::DEADLINE, || async {
-        stockflow_tests::http_get(addr, "/readyz")
-            .await
-            .filter(|(status, body)| *status == 503 && body.contains("consumer_STOCK_CHANGES_1"))
-    })
+    consumer_gone_and_back(
+        &world,
+        addr,
+        &subjects::stock_changes_partition(1),
+        "notify-worker",
+    )
     .await;
-    topology::ensure(&world.js, &world.topology, Mode::Verify)
-        .await
-        .expect("declared again");
-    stockflow_tests::eventually("ready again", stockflow_tests::DEADLINE, ready).await;
 }
