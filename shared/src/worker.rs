@@ -135,12 +135,7 @@ impl Runtime {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let token = CancellationToken::new();
-        let on_signal = token.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            on_signal.cancel();
-        });
+        let token = crate::shutdown::token_for(shutdown);
         let nats = settings.nats.connect().await?;
         let js = jetstream::new(nats.clone());
         topology::ensure(&js, &settings.topology, Mode::Verify)

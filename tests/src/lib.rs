@@ -163,6 +163,7 @@ where
             started.elapsed() < deadline,
             "timed out after {deadline:?} waiting for {what}"
         );
+        // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -180,6 +181,7 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, name: &str, log: Option<&P
             started.elapsed() < DEADLINE,
             "{name} did not listen on {addr}"
         );
+        // Poll interval of a wait bounded by DEADLINE.
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -18,7 +18,6 @@ use stockflow_shared::{
     settings::{ConfigError, Env},
     telemetry::{self, LogSettings},
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Tokens};
 
@@ -155,12 +154,7 @@ pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let token = CancellationToken::new();
-    let on_signal = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_signal.cancel();
-    });
+    let token = stockflow_shared::shutdown::token_for(shutdown);
     let nats = settings.nats.connect().await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(settings.publish_timeout)

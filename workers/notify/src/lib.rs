@@ -143,12 +143,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = CancellationToken::new();
-    let on_signal = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_signal.cancel();
-    });
+    let token = stockflow_shared::shutdown::token_for(shutdown);
     let nats = settings.worker.nats.connect().await?;
     let js = jetstream::new(nats.clone());
     topology::ensure(&js, &settings.worker.topology, Mode::Verify)
