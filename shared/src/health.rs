@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` on one small HTTP listener.
 
 use std::{
+    borrow::Cow,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Named readiness flags.
-type Checks = Vec<(&'static str, Arc<AtomicBool>)>;
+type Checks = Vec<(Cow<'static, str>, Arc<AtomicBool>)>;
 
 /// Readiness: a set of named checks, each flipped by the component it watches.
 #[derive(Debug, Clone, Default)]
@@ -39,18 +40,18 @@ impl HealthCheck {
 
 impl Health {
     /// Registers a check named `name` (e.g. `nats`, `redis`, `consumer`).
-    pub fn check(&self, name: &'static str) -> HealthCheck {
+    pub fn check(&self, name: impl Into<Cow<'static, str>>) -> HealthCheck {
         let flag = Arc::new(AtomicBool::new(false));
-        self.lock().push((name, flag.clone()));
+        self.lock().push((name.into(), flag.clone()));
         HealthCheck(flag)
     }
 
     /// Names of the checks that are not ready.
-    pub fn failing(&self) -> Vec<&'static str> {
+    pub fn failing(&self) -> Vec<Cow<'static, str>> {
         self.lock()
             .iter()
             .filter(|(_, flag)| !flag.load(Ordering::Relaxed))
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name.clone())
             .collect()
     }
 

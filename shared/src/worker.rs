@@ -1,7 +1,7 @@
 //! The composition every worker shares: settings, connections, topology check, health listener,
 //! dependency monitor, and the consume loop — so a worker is its [`Handler`] plus a few lines.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
@@ -178,14 +178,15 @@ impl Runtime {
 
     /// Runs `handler` on `spec`'s consumer until shutdown, then drains the NATS connection.
     pub async fn consume<H: Handler>(self, spec: ConsumerSpec, handler: H) -> anyhow::Result<()> {
-        self.consume_all(&[(spec, "consumer")], handler).await
+        self.consume_all(&[(spec, "consumer".into())], handler)
+            .await
     }
 
     /// Runs one consume loop per consumer, all sharing `handler`, until shutdown; each loop has
     /// its own readiness check, named next to its consumer. Then drains the NATS connection.
     pub async fn consume_all<H: Handler>(
         self,
-        consumers: &[(ConsumerSpec, &'static str)],
+        consumers: &[(ConsumerSpec, Cow<'static, str>)],
         handler: H,
     ) -> anyhow::Result<()> {
         let handler = Arc::new(handler);
@@ -194,7 +195,7 @@ impl Runtime {
                 js: self.js.clone(),
                 spec: *spec,
                 dead_letters: DeadLetters::new(self.js.clone()),
-                bound: self.health.check(check),
+                bound: self.health.check(check.clone()),
                 can_process: self.redis_up.clone(),
                 settings: self.settings.consume.clone(),
             };
@@ -209,6 +210,21 @@ impl Runtime {
             tracing::info!(worker = spec.durable, "stopped");
         }
         Ok(())
+    }
+}
+
+/// Each consumer with the name of its readiness check: `single` when there is one consumer, and
+/// `consumer_<stream>` per partition stream, so `/readyz` says which partition is unbound.
+pub fn readiness_checks(
+    specs: &[ConsumerSpec],
+    single: &'static str,
+) -> Vec<(ConsumerSpec, Cow<'static, str>)> {
+    match specs {
+        [one] => vec![(*one, single.into())],
+        partitions => partitions
+            .iter()
+            .map(|spec| (*spec, format!("consumer_{}", spec.stream).into()))
+            .collect(),
     }
 }
 

@@ -4,11 +4,7 @@ pub mod deliver;
 pub mod event;
 pub mod subscriptions;
 
-use std::{
-    future::Future,
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -19,11 +15,8 @@ use stockflow_shared::{
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
     telemetry,
-    topology::{
-        self, ConsumerSpec, Mode, TopologySettings, MAX_STOCK_PARTITIONS, NOTIFY_ALERTS,
-        NOTIFY_ORDER_RESULTS,
-    },
-    worker::WorkerSettings,
+    topology::{self, ConsumerSpec, Mode, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
+    worker::{readiness_checks, WorkerSettings},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,34 +26,14 @@ use crate::{
     subscriptions::{EventFilter, Subscription},
 };
 
-/// `consumer_STOCK_CHANGES_<p>`, the readiness check of ledger partition p's consume loop.
-static LEDGER_PARTITION_CHECKS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (0..MAX_STOCK_PARTITIONS)
-        .map(|p| {
-            format!(
-                "consumer_{}",
-                stockflow_proto::subjects::stock_changes_partition(p)
-            )
-        })
-        .collect()
-});
-
 /// The consumers this worker reads, each with the name of its readiness check: alerts, the
 /// ledger (one consumer per ledger partition when the deployment is partitioned) and order
 /// results.
-pub fn consumers(topology: &TopologySettings) -> Vec<(ConsumerSpec, &'static str)> {
+pub fn consumers(topology: &TopologySettings) -> Vec<(ConsumerSpec, Cow<'static, str>)> {
     let ledger = topology::notify_stock_changes(topology);
-    let ledger_checks: Vec<(ConsumerSpec, &'static str)> = match ledger.as_slice() {
-        [single] => vec![(*single, "consumer_stock_changes")],
-        partitions => partitions
-            .iter()
-            .zip(LEDGER_PARTITION_CHECKS.iter())
-            .map(|(spec, check)| (*spec, check.as_str()))
-            .collect(),
-    };
-    std::iter::once((NOTIFY_ALERTS, "consumer_alerts"))
-        .chain(ledger_checks)
-        .chain([(NOTIFY_ORDER_RESULTS, "consumer_order_results")])
+    std::iter::once((NOTIFY_ALERTS, "consumer_alerts".into()))
+        .chain(readiness_checks(&ledger, "consumer_stock_changes"))
+        .chain([(NOTIFY_ORDER_RESULTS, "consumer_order_results".into())])
         .collect()
 }
 

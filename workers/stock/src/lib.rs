@@ -3,7 +3,7 @@
 pub mod fact;
 mod marks;
 
-use std::{future::Future, sync::LazyLock, time::Instant};
+use std::{future::Future, time::Instant};
 
 use async_nats::jetstream;
 use stockflow_shared::{
@@ -13,8 +13,8 @@ use stockflow_shared::{
     outcome::{self, Verdict},
     replication::{self, Replicas},
     settings::{ConfigError, Env},
-    topology::{self, ConsumerSpec, MAX_STOCK_PARTITIONS},
-    worker::{Runtime, WorkerSettings},
+    topology,
+    worker::{readiness_checks, Runtime, WorkerSettings},
 };
 
 use crate::fact::Fact;
@@ -42,33 +42,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let runtime = Runtime::start(settings.worker, shutdown).await?;
     let handler = StockHandler::new(&runtime);
-    let consumers = readiness_checks(&topology::stock_workers(&runtime.settings().topology));
+    let consumers = readiness_checks(
+        &topology::stock_workers(&runtime.settings().topology),
+        "consumer",
+    );
     runtime.consume_all(&consumers, handler).await
-}
-
-/// `consumer_STOCK_EVENTS_<p>`, the readiness check of partition p's consume loop.
-static PARTITION_CHECKS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (0..MAX_STOCK_PARTITIONS)
-        .map(|p| {
-            format!(
-                "consumer_{}",
-                stockflow_proto::subjects::stock_events_partition(p)
-            )
-        })
-        .collect()
-});
-
-/// Each consumer with its readiness check: `consumer` for the single stream (as every worker
-/// names it), `consumer_STOCK_EVENTS_<p>` per partition, so `/readyz` says which one is unbound.
-fn readiness_checks(specs: &[ConsumerSpec]) -> Vec<(ConsumerSpec, &'static str)> {
-    if let [single] = specs {
-        return vec![(*single, "consumer")];
-    }
-    specs
-        .iter()
-        .zip(PARTITION_CHECKS.iter())
-        .map(|(spec, check)| (*spec, check.as_str()))
-        .collect()
 }
 
 /// What the `apply_stock` script answered.
