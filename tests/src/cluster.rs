@@ -108,10 +108,7 @@ impl NatsCluster {
 
     /// Kills node `i` (SIGKILL).
     pub fn stop_node(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
+        kill(&mut self.nodes[i].child);
     }
 
     /// Every node's URL, comma-separated (`STOCKFLOW_NATS_URL`).
@@ -236,10 +233,7 @@ impl RedisCluster {
 
     /// Kills node `i` (SIGKILL).
     pub fn stop_node(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
+        kill(&mut self.nodes[i].child);
     }
 
     /// Every node's URL, comma-separated (`STOCKFLOW_REDIS_URL` in cluster mode).
@@ -433,5 +427,13 @@ impl Drop for RedisCluster {
         for i in 0..self.nodes.len() {
             self.stop_node(i);
         }
+    }
+}
+
+/// Kills a node's process (SIGKILL) and reaps it, if it runs.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        child.kill().ok();
+        child.wait().ok();
     }
 }

@@ -88,6 +88,16 @@ async fn consumer_gone_and_back(
     .await;
 }
 
+/// A subscriptions file in `dir` sending every `stock_changed` to `receiver`; its path.
+fn ledger_subscription(dir: &tempfile::TempDir, receiver: &crate::notify::Receiver) -> String {
+    crate::notify::subscriptions_file(
+        dir,
+        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
+    )
+    .to_string_lossy()
+    .into_owned()
+}
+
 #[tokio::test]
 async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
     let world = World::start_partitioned(PARTITIONS).await;
@@ -289,15 +299,11 @@ async fn each_sku_lives_in_one_partition_and_levels_match_the_model() {
 
 #[tokio::test]
 async fn the_notify_worker_delivers_ledger_entries_from_every_partition() {
-    use crate::notify::{fast, notify_worker, subscriptions_file, Receiver};
+    use crate::notify::{fast, notify_worker, Receiver};
     let world = World::start_partitioned(PARTITIONS).await;
     let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
     let dir = tempfile::tempdir().expect("dir");
-    let file = subscriptions_file(
-        &dir,
-        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
-    );
-    let file = file.to_string_lossy().into_owned();
+    let file = ledger_subscription(&dir, &receiver);
     let stock = world.stock_worker();
     let notify = notify_worker(&world, &fast(&file, &[]));
 
@@ -635,15 +641,11 @@ async fn setup_refuses_another_number_of_partitions_once_the_ledger_holds_entrie
 
 #[tokio::test]
 async fn the_notify_worker_is_ready_per_ledger_partition() {
-    use crate::notify::{subscriptions_file, Receiver, SECRET};
+    use crate::notify::{Receiver, SECRET};
     let world = World::start_partitioned(PARTITIONS).await;
     let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
     let dir = tempfile::tempdir().expect("dir");
-    let file = subscriptions_file(
-        &dir,
-        serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
-    );
-    let file = file.to_string_lossy().into_owned();
+    let file = ledger_subscription(&dir, &receiver);
     let port = stockflow_tests::free_port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let addr_text = addr.to_string();
