@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -222,14 +221,14 @@ fn closed_url() -> String {
 pub(crate) fn subscriptions_file(
     dir: &tempfile::TempDir,
     subscriptions: serde_json::Value,
-) -> PathBuf {
+) -> String {
     let path = dir.path().join("webhooks.json");
     std::fs::write(
         &path,
         serde_json::to_vec(&serde_json::json!({ "subscriptions": subscriptions })).expect("json"),
     )
     .expect("write subscriptions");
-    path
+    path.to_string_lossy().into_owned()
 }
 
 /// Settings for a fast test: short timeouts and back-off.
@@ -304,7 +303,6 @@ async fn deliveries_are_signed_and_retried_after_500_with_the_same_event_id() {
         &dir,
         serde_json::json!([{"id": "crm", "url": receiver.url, "events": ["low_stock"]}]),
     );
-    let file = file.to_string_lossy().into_owned();
     let worker = notify_worker(&world, &fast(&file, &[]));
 
     let msg_id = publish_alert(&world, &alert(AlertKind::LowStock, "A1", "store-1", "e-1")).await;
@@ -355,7 +353,6 @@ async fn a_dead_endpoint_does_not_hold_back_a_healthy_one() {
             {"id": "healthy", "url": healthy.url, "events": ["*"]},
         ]),
     );
-    let file = file.to_string_lossy().into_owned();
     // The dead endpoints retry for far longer than this test runs.
     let worker = notify_worker(
         &world,
@@ -420,7 +417,6 @@ async fn failures_are_dead_lettered_after_max_attempts_and_4xx_at_once() {
             {"id": "healthy", "url": healthy.url, "events": ["back_in_stock"]},
         ]),
     );
-    let file = file.to_string_lossy().into_owned();
     let worker = notify_worker(
         &world,
         &fast(&file, &[("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "3")]),
@@ -505,7 +501,6 @@ async fn subscriptions_get_only_the_types_skus_and_locations_they_asked_for() {
             {"id": "orders", "url": orders.url, "events": ["order_rejected"], "skus": ["A1"]},
         ]),
     );
-    let file = file.to_string_lossy().into_owned();
     let stock = world.stock_worker();
     let worker = notify_worker(&world, &fast(&file, &[]));
 
@@ -726,7 +721,6 @@ async fn a_failing_endpoint_opens_its_breaker_and_stops_holding_the_stream() {
             {"id": "healthy", "url": healthy.url, "events": ["*"]},
         ]),
     );
-    let file = file.to_string_lossy().into_owned();
     // Without the breaker each input would stay unacked for 100 attempts.
     let worker = notify_worker(
         &world,
@@ -789,7 +783,6 @@ async fn slow_deliveries_are_kept_in_progress_and_posted_once() {
         &dir,
         serde_json::json!([{"id": "slow", "url": receiver.url, "events": ["*"]}]),
     );
-    let file = file.to_string_lossy().into_owned();
     let worker = notify_worker(
         &world,
         &fast(

@@ -94,8 +94,6 @@ fn ledger_subscription(dir: &tempfile::TempDir, receiver: &crate::notify::Receiv
         dir,
         serde_json::json!([{"id": "ledger", "url": receiver.url, "events": ["stock_changed"]}]),
     )
-    .to_string_lossy()
-    .into_owned()
 }
 
 #[tokio::test]
