@@ -341,6 +341,29 @@ pub async fn ensure(
     Ok(())
 }
 
+/// How long a starting process waits for JetStream to answer before it gives up.
+pub const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// [`ensure`] as a process starts: JetStream not answering (a cluster still electing leaders,
+/// a server restarting) is retried for up to `patience`; a mismatch fails at once.
+pub async fn ensure_at_start(
+    js: &jetstream::Context,
+    settings: &TopologySettings,
+    patience: Duration,
+) -> Result<(), TopologyError> {
+    let started = std::time::Instant::now();
+    loop {
+        match ensure(js, settings, Mode::Verify).await {
+            Err(TopologyError::JetStream { action, source }) if started.elapsed() < patience => {
+                tracing::warn!(%action, error = %source, "JetStream did not answer; retrying");
+                // Back-off before asking a busy or recovering JetStream again.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Whether none of `streams` has ever stored a message.
 async fn never_used(js: &jetstream::Context, streams: &[String]) -> Result<bool, TopologyError> {
     for name in streams {

@@ -138,7 +138,7 @@ impl Runtime {
         let token = crate::shutdown::token_for(shutdown);
         let nats = settings.nats.connect().await?;
         let js = jetstream::new(nats.clone());
-        topology::ensure(&js, &settings.topology, Mode::Verify)
+        topology::ensure_at_start(&js, &settings.topology, topology::START_PATIENCE)
             .await
             .context("checking streams and consumers")?;
         let redis = settings.redis.connect().await?;

@@ -15,7 +15,7 @@ use stockflow_shared::{
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
     telemetry,
-    topology::{self, ConsumerSpec, Mode, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
+    topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
     worker::{readiness_checks, WorkerSettings},
 };
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ pub async fn run(
     let token = stockflow_shared::shutdown::token_for(shutdown);
     let nats = settings.worker.nats.connect().await?;
     let js = jetstream::new(nats.clone());
-    topology::ensure(&js, &settings.worker.topology, Mode::Verify)
+    topology::ensure_at_start(&js, &settings.worker.topology, topology::START_PATIENCE)
         .await
         .context("checking streams and consumers")?;
     describe_metrics();
