@@ -236,6 +236,11 @@ impl RedisCluster {
         kill(&mut self.nodes[i].child);
     }
 
+    /// Stops node `i` with SIGTERM: it keeps on disk everything it had applied.
+    pub fn shut_down_node(&mut self, i: usize) {
+        crate::terminate(&mut self.nodes[i].child);
+    }
+
     /// Every node's URL, comma-separated (`STOCKFLOW_REDIS_URL` in cluster mode).
     pub fn urls(&self) -> String {
         self.nodes

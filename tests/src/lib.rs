@@ -516,16 +516,7 @@ impl RedisServer {
 
     /// Stops the server with SIGTERM: it flushes its AOF first, so nothing acknowledged is lost.
     pub fn shutdown(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let terminated = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !terminated {
-                child.kill().ok();
-            }
-            child.wait().ok();
-        }
+        terminate(&mut self.child);
     }
 
     /// Starts a stopped server again on the same port and directory.
@@ -611,4 +602,19 @@ pub async fn wait_for_count(js: &jetstream::Context, stream: &str, filter: &str,
         (have >= n).then_some(have)
     })
     .await
+}
+
+/// Stops a server with SIGTERM (SIGKILL when that cannot be sent) and reaps it, if it runs: a
+/// redis-server writes and fsyncs its AOF on the way out.
+pub fn terminate(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let terminated = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !terminated {
+            child.kill().ok();
+        }
+        child.wait().ok();
+    }
 }

@@ -25,11 +25,13 @@ async fn events_in_flight_when_redis_goes_down_are_retried_not_dead_lettered() {
     worker.shutdown().await;
 }
 
-/// `appendfsync everysec` bounds what a crash of the *machine* loses to about a second; a crash
-/// of the redis-server process alone loses nothing acknowledged, because Redis writes the AOF to
-/// the kernel before it replies. Measured here with a `kill -9` in the middle of a stream.
+/// `appendfsync everysec` bounds what a crash of the *machine* loses to about a second. A crash
+/// of the redis-server process alone loses what Redis had not yet written to the kernel: nothing,
+/// as Redis writes the AOF before it replies — unless a busy disk made it postpone that write
+/// (up to 2 s while a previous fsync runs). Measured here with a `kill -9` in the middle of a
+/// stream: the loss is printed, is never a double count, and reconcile's corrections repair it.
 #[tokio::test]
-async fn redis_killed_with_sigkill_under_load_loses_nothing_acknowledged() {
+async fn redis_killed_with_sigkill_under_load_loses_at_most_what_reconcile_repairs() {
     const EVENTS: i64 = 2_000;
     let mut world = World::start().await;
     let worker = world.stock_worker();
@@ -55,15 +57,24 @@ async fn redis_killed_with_sigkill_under_load_loses_nothing_acknowledged() {
     world.redis.resume();
     futures::future::join_all(second.iter().map(|e| world.publish(e))).await;
     world.wait_stock_idle().await;
-    assert_eq!(world.on_hand_reserved("RIVET", "wh").await, (EVENTS, 0));
     assert_eq!(world.ledger("RIVET").await.len(), EVENTS as usize);
     let mut conn = world.redis_connection().await;
     let drift = stockflow_cli::rebuild::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift");
+    assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
+    let lost: i64 = drift.iter().map(|d| d.ledger - d.redis).sum();
+    println!("kill -9 of redis-server lost {lost} acknowledged unit(s)");
+    stockflow_cli::rebuild::publish_corrections(&world.js, &drift)
+        .await
+        .expect("corrections");
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved("RIVET", "wh").await, (EVENTS, 0));
     assert!(
-        drift.is_empty(),
-        "Redis lost acknowledged writes: {drift:?}"
+        stockflow_cli::rebuild::drift(&world.js, &mut conn, &world.keys)
+            .await
+            .expect("drift")
+            .is_empty()
     );
     worker.shutdown().await;
 }
