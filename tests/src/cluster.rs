@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{free_port, server_binary, wait_for_port, DEADLINE};
+use super::{free_ports, server_binary, wait_for_port, DEADLINE};
 
 /// One node of a [`NatsCluster`].
 #[derive(Debug)]
@@ -38,7 +38,9 @@ impl NatsCluster {
     /// config syntax, e.g. a subject `mappings` block every node must carry alike).
     pub fn start_with(snippet: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // Routes, client and monitoring ports of the three nodes, all distinct.
+        let ports = free_ports(9);
+        let routes: Vec<u16> = ports[..3].to_vec();
         let route_list = routes
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
@@ -47,7 +49,7 @@ impl NatsCluster {
         let nodes = (0..3)
             .map(|i| {
                 let name = format!("n{}", i + 1);
-                let (port, monitor_port) = (free_port(), free_port());
+                let (port, monitor_port) = (ports[3 + 2 * i], ports[4 + 2 * i]);
                 let store = dir.path().join(&name);
                 let config = dir.path().join(format!("{name}.conf"));
                 std::fs::write(
@@ -160,13 +162,15 @@ impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every slot is served.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Client and cluster-bus ports of the six nodes, all distinct.
+        let ports = free_ports(12);
         let nodes = (0..6)
             .map(|i| {
                 let node_dir = dir.path().join(format!("r{i}"));
                 std::fs::create_dir_all(&node_dir).expect("node dir");
                 RedisNode {
-                    port: free_port(),
-                    bus_port: free_port(),
+                    port: ports[2 * i],
+                    bus_port: ports[2 * i + 1],
                     dir: node_dir,
                     child: None,
                 }

@@ -76,10 +76,18 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    free_ports(1)[0]
+}
+
+/// `n` distinct loopback ports nothing listens on now: each is held until all are picked, so
+/// the system cannot hand out one twice (separate [`free_port`] calls may return the same).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
 }
 
 /// A unique id (e.g. a fresh `Nats-Msg-Id`) without another dependency: time, process, counter.
