@@ -20,6 +20,10 @@ pub const DEAD_LETTERS: &str = "DEAD_LETTERS";
 pub const ORDER_EVENTS: &str = "ORDER_EVENTS";
 /// Order decisions, `orders.results.<order-token>`.
 pub const ORDER_RESULTS: &str = "ORDER_RESULTS";
+/// Webhook deliveries waiting for their endpoint, `webhooks.<endpoint-id>` (see [`webhook`]):
+/// notify-worker's durable outbox, one subject per endpoint, so an endpoint that is down holds
+/// only its own deliveries.
+pub const WEBHOOKS: &str = "WEBHOOKS";
 
 /// Longest SKU, in bytes.
 pub const MAX_SKU_BYTES: usize = 128;
@@ -204,6 +208,12 @@ pub fn dead_letter(stream: &str) -> String {
 /// `orders.events.<order-token>`.
 pub fn order_event(order_id: &str) -> String {
     format!("orders.events.{}", encode_token(order_id))
+}
+
+/// `webhooks.<endpoint-id>`: the outbox subject of one webhook endpoint. Endpoint ids are
+/// validated as subject tokens when subscriptions are read.
+pub fn webhook(endpoint: &str) -> String {
+    format!("webhooks.{endpoint}")
 }
 
 /// `orders.results.<order-token>`.
