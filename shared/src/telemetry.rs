@@ -39,14 +39,7 @@ impl LogSettings {
     /// Installs the global subscriber; a second call (several workers in one test process) is a
     /// no-op.
     pub fn init(&self) {
-        let mut filter = tracing_subscriber::EnvFilter::new(&self.filter);
-        if !self.filter.contains("async_nats") {
-            // The client logs every reconnect try at info; the connection's state changes are
-            // logged once each by `NatsSettings::connect`'s callback.
-            if let Ok(quiet) = "async_nats=warn".parse() {
-                filter = filter.add_directive(quiet);
-            }
-        }
+        let filter = tracing_subscriber::EnvFilter::new(&self.filter);
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
