@@ -12,6 +12,7 @@ pub mod redis_conn;
 pub mod replication;
 pub mod settings;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod topology;
 pub mod validate;

@@ -22,5 +22,6 @@ mod partitions;
 mod rebuild;
 mod secrets;
 mod security;
+mod startup;
 mod stock_facts;
 mod topology;

@@ -138,6 +138,9 @@ async fn bad_configuration_fails_at_start_naming_the_setting() {
         ("STOCKFLOW_REDIS_URL", "http://nope"),
         ("STOCKFLOW_DEDUP_TTL_SECONDS", "ten"),
         ("STOCKFLOW_LOG_FORMAT", "xml"),
+        ("STOCKFLOW_NATS_URL", "garbage"),
+        ("STOCKFLOW_ACK_WAIT_SECONDS", "1"),
+        ("STOCKFLOW_STARTUP_TIMEOUT_SECONDS", "soon"),
     ] {
         let err = stock_worker::Settings::from_env(&world.env(&[(var, value)]))
             .expect_err("invalid setting");
