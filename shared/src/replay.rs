@@ -14,8 +14,9 @@
 //!
 //! Refused, with a [`Refusal`] that says why: an entry of a derived stream (the ledger, alerts,
 //! order results — notify-worker dead-letters the ones it cannot read), since republishing it
-//! would give every consumer a second copy of an event that happened once; a payload clipped when
-//! it was stored; a dead letter without its origin.
+//! would give every consumer a second copy of an event that happened once (also a webhook dead
+//! letter from before the outbox, which holds such an entry rather than the delivery); a payload
+//! clipped when it was stored; a dead letter without its origin.
 //!
 //! Replaying one dead letter twice stores one message: the `Nats-Msg-Id` is derived from the dead
 //! letter's sequence, and the dead letter is deleted only after the replay is stored. A retry
@@ -140,6 +141,22 @@ pub enum Refusal {
         /// What that stream holds.
         what: &'static str,
     },
+    /// A webhook delivery dead-lettered before deliveries went through the `WEBHOOKS` outbox:
+    /// it holds the derived event, not the delivery, so it cannot go to its endpoint alone.
+    #[error(
+        "it is a webhook delivery to {endpoint} stored before deliveries went through the \
+         {outbox} outbox: it holds the {stream} entry, not the delivery, and republishing that \
+         entry would reach every consumer again; the entry is still in {stream}, send it to \
+         {endpoint} from there"
+    )]
+    OldWebhookDelivery {
+        /// The endpoint that did not take it.
+        endpoint: String,
+        /// The derived stream it came from.
+        stream: String,
+        /// `WEBHOOKS`.
+        outbox: &'static str,
+    },
     /// A stream this version does not know how to replay into.
     #[error("it came from {0:?}, which is not an input stockflow can replay into")]
     UnknownStream(String),
@@ -222,6 +239,14 @@ fn plan(letter: &DeadLetter) -> Result<Target, Refusal> {
     let stream = letter.original_stream();
     let subject = letter.original_subject();
     if let Some(what) = derived(&stream) {
+        // notify-worker filed these under `deadletter.webhooks.<endpoint-id>`.
+        if let Some(endpoint) = letter.subject.strip_prefix("deadletter.webhooks.") {
+            return Err(Refusal::OldWebhookDelivery {
+                endpoint: endpoint.to_owned(),
+                stream,
+                outbox: subjects::WEBHOOKS,
+            });
+        }
         return Err(Refusal::DerivedStream { stream, what });
     }
     let bad_subject = |stream: &str| Refusal::BadOrigin {
@@ -584,6 +609,16 @@ mod tests {
             );
             assert!(refusal.to_string().contains("second copy"), "{refusal}");
         }
+        let mut old_delivery = letter("ALERTS", "alerts.low_stock.A");
+        old_delivery.subject = "deadletter.webhooks.erp".into();
+        assert!(
+            matches!(
+                old_delivery.plan(),
+                Err(Refusal::OldWebhookDelivery { endpoint, .. }) if endpoint == "erp"
+            ),
+            "{:?}",
+            old_delivery.plan()
+        );
         assert_eq!(
             letter("unknown", "stock.events.A").plan(),
             Err(Refusal::UnknownStream("unknown".into()))
