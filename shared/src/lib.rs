@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod levels;
 pub mod outcome;
 pub mod redis_conn;
+pub mod replay;
 pub mod replication;
 pub mod settings;
 pub mod shutdown;

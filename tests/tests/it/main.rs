@@ -6,6 +6,7 @@ mod world;
 mod cli;
 mod consume;
 mod crash;
+mod dead_letters;
 mod degraded;
 mod demo;
 mod faults;
