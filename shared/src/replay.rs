@@ -311,17 +311,22 @@ fn is_under(subject: &str, prefix: &str) -> bool {
         .is_some_and(|token| !token.is_empty() && !token.contains(['.', '*', '>', ' ']))
 }
 
+/// What notify-worker adds to a webhook dead letter (`deliver.rs` `HEADER_DL_*`): records of the
+/// failed attempts, not part of the delivery. Other `Stockflow-Webhook-*` headers (e.g. the
+/// outbox message's `-Source`) belong to the delivery and are kept.
+const WEBHOOK_DEAD_LETTER_HEADERS: &[&str] = &[
+    "Stockflow-Webhook-Endpoint",
+    "Stockflow-Webhook-Attempts",
+    "Stockflow-Webhook-Event-Id",
+];
+
 /// Headers a replay drops: the dead letter's bookkeeping (reason, origin, clipping, notify's
-/// `Stockflow-Webhook-*` attempt records) and the NATS ones (a replay gets its own message id).
+/// attempt records) and the NATS ones (a replay gets its own message id).
 fn is_bookkeeping(name: &str) -> bool {
-    [
-        "Nats-",
-        "Stockflow-Dead-Letter",
-        "Stockflow-Original-",
-        "Stockflow-Webhook-",
-    ]
-    .iter()
-    .any(|prefix| name.starts_with(prefix))
+    ["Nats-", "Stockflow-Dead-Letter", "Stockflow-Original-"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || WEBHOOK_DEAD_LETTER_HEADERS.contains(&name)
         || name == subjects::HEADER_PAYLOAD_TRUNCATED
         || name == HEADER_REPLAYED_FROM
 }
@@ -544,6 +549,7 @@ mod tests {
         headers.insert(subjects::HEADER_ORIGINAL_SEQUENCE, "7");
         headers.insert(subjects::HEADER_ORIGINAL_MSG_ID, "m-1");
         headers.insert("Stockflow-Webhook-Attempts", "9");
+        headers.insert("Stockflow-Webhook-Source", "ALERTS:3");
         headers.insert("X-Stockflow-Event-Id", "ev-1");
         headers.insert("Nats-Msg-Id", "dlq:S:7");
         DeadLetter {
@@ -656,7 +662,12 @@ mod tests {
             headers.get(HEADER_REPLAYED_FROM).map(|v| v.as_str()),
             Some("DEAD_LETTERS:42")
         );
-        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(
+            headers.get("Stockflow-Webhook-Source").map(|v| v.as_str()),
+            Some("ALERTS:3"),
+            "the delivery's own header"
+        );
+        assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(replay_message_id(42), "replay:DEAD_LETTERS:42");
     }
 }

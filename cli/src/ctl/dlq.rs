@@ -34,8 +34,9 @@ pub enum DlqCommand {
     ///
     /// Replays stock facts, order commands and webhook deliveries (to `webhooks.<endpoint>`, with
     /// the same X-Stockflow-Event-Id, so receivers still deduplicate). Entries of the ledger,
-    /// alerts and order results are refused: republishing them would duplicate them. Replaying
-    /// one dead letter again within the target stream's duplicate window stores nothing new.
+    /// alerts and order results are refused: republishing them would duplicate them. The dead
+    /// letter is deleted only once its replay is stored; a replay retried after a failed delete
+    /// stores nothing new within the target stream's duplicate window.
     Replay {
         /// Its sequence in DEAD_LETTERS.
         #[arg(required_unless_present = "all", conflicts_with = "all")]

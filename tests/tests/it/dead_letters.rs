@@ -135,7 +135,7 @@ pub(crate) async fn store_each_kind(world: &World, tag: &str) -> Letters {
     let mut headers = HeaderMap::new();
     headers.insert("X-Stockflow-Event-Id", event_id.as_str());
     headers.insert("X-Stockflow-Event-Type", "stock_changed");
-    headers.insert("Content-Type", "application/json");
+    headers.insert("Stockflow-Webhook-Source", "STOCK_CHANGES:1");
     let webhook = dead_letter(
         world,
         subjects::WEBHOOKS,
@@ -143,9 +143,15 @@ pub(crate) async fn store_each_kind(world: &World, tag: &str) -> Letters {
         headers,
         serde_json::to_vec(&body).expect("json"),
         &format!("webhook {endpoint}: HTTP 410 (refused for good)"),
+        // As notify-worker files them: under the endpoint, with its attempt records.
         Route {
-            headers: vec![("Stockflow-Webhook-Attempts", "3".into())],
-            ..Route::default()
+            subject: Some(format!("deadletter.webhooks.{endpoint}")),
+            message_id: None,
+            headers: vec![
+                ("Stockflow-Webhook-Endpoint", endpoint.clone()),
+                ("Stockflow-Webhook-Attempts", "3".into()),
+                ("Stockflow-Webhook-Event-Id", event_id.clone()),
+            ],
         },
     )
     .await;
@@ -199,6 +205,11 @@ pub(crate) fn assert_replayed_delivery(message: &jetstream::Message, letters: &L
         Some("stock_changed")
     );
     assert_eq!(
+        header("Stockflow-Webhook-Source").as_deref(),
+        Some("STOCK_CHANGES:1"),
+        "the delivery's own headers are kept"
+    );
+    assert_eq!(
         header("Nats-Msg-Id"),
         Some(format!("replay:DEAD_LETTERS:{seq}"))
     );
@@ -206,7 +217,9 @@ pub(crate) fn assert_replayed_delivery(message: &jetstream::Message, letters: &L
         subjects::HEADER_DEAD_LETTER_REASON,
         subjects::HEADER_ORIGINAL_STREAM,
         subjects::HEADER_ORIGINAL_MSG_ID,
+        "Stockflow-Webhook-Endpoint",
         "Stockflow-Webhook-Attempts",
+        "Stockflow-Webhook-Event-Id",
     ] {
         assert!(header(gone).is_none(), "{gone} is dead-letter bookkeeping");
     }
