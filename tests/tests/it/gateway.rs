@@ -1089,3 +1089,97 @@ async fn commit_and_fulfil_work_over_http_also_right_after_the_placement() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+/// The schemathesis CLI: `$STOCKFLOW_SCHEMATHESIS_BIN`, else the one `scripts/bootstrap.py`
+/// installs into `.dev/venv`.
+fn schemathesis() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("STOCKFLOW_SCHEMATHESIS_BIN") {
+        return path.into();
+    }
+    let local = stockflow_tests::workspace_root().join(".dev/venv/bin/schemathesis");
+    assert!(
+        local.is_file(),
+        "schemathesis not found: run `python3 scripts/bootstrap.py` (or `./dev test`), which \
+         installs it into .dev/venv, or set STOCKFLOW_SCHEMATHESIS_BIN"
+    );
+    local
+}
+
+/// A property-based run of the OpenAPI document against the real gateway, with a stock and an
+/// order worker and real servers behind it: every operation gets its examples, boundary values
+/// and generated requests, valid and invalid (fixed seed, bounded number of cases), with a write
+/// token. It fails on any 5xx, on any status the document does not list for the operation, and
+/// on any body, content type or header that does not match the document.
+#[tokio::test]
+async fn the_api_answers_as_its_openapi_document_says_under_schemathesis() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    // Something to find, so reads answer 200 as well as 404.
+    for (key, sku, location) in [
+        ("st-1", "MUG", "wh-east"),
+        ("st-2", "TSHIRT-RED_M", "store-12"),
+    ] {
+        let (status, _) = gw
+            .post(
+                "/v1/stock/events",
+                WRITE,
+                Some(key),
+                &received_json(sku, location, 50),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    world.wait_on_hand("MUG", "wh-east", 50).await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("st-o"),
+            &checkout("web-10021", "MUG", 1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let report = tempfile::tempdir().expect("report dir");
+    let mut command = tokio::process::Command::new(schemathesis());
+    command
+        .arg("run")
+        .arg(gw.url("/openapi.json"))
+        .args(["--url", &gw.base])
+        .args(["--header", &format!("Authorization: Bearer {WRITE}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--mode", "all"])
+        .args(["--seed", "20261206"])
+        .args(["--max-examples", "25"])
+        .args(["--workers", "1"])
+        .args(["--generation-database", "none"])
+        .args(["--request-timeout", "15"])
+        .args(["--suppress-health-check", "too_slow"])
+        .args(["--report-dir", &report.path().to_string_lossy()])
+        .args(["--no-color", "--output-truncate", "false"])
+        // Its cache directory goes with the report, not into the work tree.
+        .current_dir(report.path())
+        .kill_on_drop(true);
+    let run = tokio::time::timeout(std::time::Duration::from_secs(240), command.output())
+        .await
+        .expect("schemathesis finishes within its bound")
+        .expect("schemathesis runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    // Shown with --nocapture: which operations ran, how many cases.
+    eprintln!("{out}");
+    assert!(
+        run.status.success(),
+        "schemathesis found problems:\n{out}\n{err}"
+    );
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
