@@ -1090,6 +1090,52 @@ async fn commit_and_fulfil_work_over_http_also_right_after_the_placement() {
     stock.shutdown().await;
 }
 
+/// A cancel sent right after its placement was stored, before any worker decided it, is
+/// accepted, and whichever the worker processes first, nothing stays reserved.
+#[tokio::test]
+async fn a_cancel_right_after_its_placement_is_accepted_and_leaves_nothing_reserved() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    let (status, _) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("rcv-cx"),
+            &received_json("GW-CX", "wh", 5),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    world.wait_on_hand("GW-CX", "wh", 5).await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders",
+            WRITE,
+            Some("place-cx"),
+            &checkout("cx-1", "GW-CX", 2),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, cancelled) = gw
+        .post(
+            "/v1/orders/cx-1/cancel",
+            WRITE,
+            Some("cancel-cx"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    let orders = world.order_worker();
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    let (_, order) = gw.get("/v1/orders/cx-1", READ).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(world.on_hand_reserved("GW-CX", "wh").await, (5, 0));
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
 /// The schemathesis CLI: `$STOCKFLOW_SCHEMATHESIS_BIN`, else the one `scripts/bootstrap.py`
 /// installs into `.dev/venv`.
 fn schemathesis() -> std::path::PathBuf {
