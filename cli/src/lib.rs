@@ -114,9 +114,16 @@ pub async fn wait_until_caught_up(
         if info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0 {
             return Ok(());
         }
+        // What the consumer looked like at the deadline tells a stuck worker (messages
+        // delivered, unacked, redelivered) from a slow one (messages still pending).
         anyhow::ensure!(
             started.elapsed() < deadline,
-            "{durable} did not catch up with {stream} within {deadline:?}"
+            "{durable} did not catch up with {stream} within {deadline:?}: acked up to {} of \
+             {target}, {} pending, {} delivered and unacked, {} redelivered",
+            info.ack_floor.stream_sequence,
+            info.num_pending,
+            info.num_ack_pending,
+            info.num_redelivered,
         );
         // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// Nothing stockflow publishes lives on this subject.
     #[error("no stockflow message is published on {0}")]
     UnknownSubject(String),
+    /// A webhook delivery whose body is not JSON.
+    #[error("not a JSON webhook body: {0}")]
+    Json(serde_json::Error),
     /// The bytes are not the protobuf message the subject carries.
     #[error("not a {expected}: {source}")]
     Protobuf {
@@ -58,6 +61,14 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Decoded, DecodeError> {
         Ok(alert(&decode_as(payload, "StockAlert")?))
     } else if subject.starts_with("orders.results.") {
         Ok(order_result(&decode_as(payload, "OrderResult")?))
+    } else if subject.starts_with("webhooks.") {
+        // notify-worker's outbox holds the JSON body it POSTs.
+        let json: Value = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
+        Ok(Decoded {
+            kind: "webhook_delivery".into(),
+            text: json.to_string(),
+            json,
+        })
     } else {
         Err(DecodeError::UnknownSubject(subject.to_owned()))
     }

@@ -155,12 +155,20 @@ impl NatsSettings {
             .map(|u| u.trim().to_owned())
             .filter(|u| !u.is_empty())
             .collect();
+        if urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                var: "STOCKFLOW_NATS_URL",
+                reason: "lists no URL".into(),
+            });
+        }
         for url in &urls {
+            let invalid = |reason: String| ConfigError::Invalid {
+                var: "STOCKFLOW_NATS_URL",
+                reason: format!("{:?} is not a NATS URL: {reason}", redact_url(url)),
+            };
+            check_nats_url(url).map_err(invalid)?;
             url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    var: "STOCKFLOW_NATS_URL",
-                    reason: format!("{:?} is not a NATS URL: {e}", redact_url(url)),
-                })?;
+                .map_err(|e| invalid(e.to_string()))?;
         }
         Ok(Self {
             urls,
@@ -197,6 +205,10 @@ impl NatsSettings {
                 match event {
                     async_nats::Event::Connected => tracing::info!("nats connected"),
                     async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    // One per reconnect try while a server is down: not worth a line each.
+                    async_nats::Event::ClientError(e) => {
+                        tracing::debug!(error = %e, "nats client error");
+                    }
                     other => tracing::info!(event = %other, "nats event"),
                 }
             });
@@ -238,6 +250,56 @@ impl NatsSettings {
             )
         })
     }
+}
+
+/// Checks what the client would otherwise guess at or fail on later with an error that names
+/// no variable: an explicit scheme (the client reads `garbage` as `nats://garbage:4222` and fails
+/// at connect with a DNS error), a host, and a port when one is written.
+fn check_nats_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("no scheme: write nats://host:4222 (or tls://, ws://, wss://)".into());
+    };
+    if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
+        return Err(format!("scheme {scheme:?} is none of nats, tls, ws, wss"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_port)| host_port);
+    let (host, port) = match host_port.strip_prefix('[') {
+        // An IPv6 address: [::1]:4222.
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| "an IPv6 host needs its closing ]".to_owned())?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{host:?} is not an IPv6 address"));
+            }
+            (host, after.strip_prefix(':'))
+        }
+        None => {
+            let (host, port) = match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            };
+            if !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            {
+                return Err(format!("host {host:?} is not a host name or IP address"));
+            }
+            (host, port)
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("port {port:?} is not a number in 1..=65535"));
+        }
+    }
+    Ok(())
 }
 
 /// How to reach Redis.
@@ -553,6 +615,43 @@ mod tests {
             ("STOCKFLOW_REDIS_TLS_CA_FILE", this_file),
         ]);
         assert!(RedisSettings::from_env(&env).is_ok());
+    }
+
+    #[test]
+    fn nats_urls_are_checked_at_start_and_errors_name_the_variable() {
+        for good in [
+            "nats://127.0.0.1:4222",
+            "tls://nats.example.com:4443",
+            "nats://nats",
+            "ws://127.0.0.1:8080/nats",
+            "wss://[::1]:443",
+            "nats://a:4222, nats://b:4222,nats://c:4222",
+        ] {
+            let env = Env::from_pairs([("STOCKFLOW_NATS_URL", good)]);
+            assert!(NatsSettings::from_env(&env, "t").is_ok(), "{good}");
+        }
+        for bad in [
+            "garbage",
+            "127.0.0.1:4222",
+            "http://127.0.0.1:4222",
+            "nats://",
+            "nats://:4222",
+            "nats://127.0.0.1:port",
+            "nats://127.0.0.1:70000",
+            "nats://127.0.0.1:0",
+            "nats://host name:4222",
+            "nats://[::1:4222",
+            "nats://a:4222,garbage",
+            ",",
+            "nats://app:pw-7f1c@:4222",
+        ] {
+            let env = Env::from_pairs([("STOCKFLOW_NATS_URL", bad)]);
+            let text = NatsSettings::from_env(&env, "t")
+                .expect_err(bad)
+                .to_string();
+            assert!(text.starts_with("STOCKFLOW_NATS_URL:"), "{bad}: {text}");
+            assert!(!text.contains("pw-7f1c"), "{bad}: {text}");
+        }
     }
 
     #[test]

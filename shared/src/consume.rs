@@ -238,8 +238,8 @@ impl LoopMetrics {
     }
 }
 
-/// Back-off for re-binding and NAKs: doubling from `base`, capped, with jitter.
-fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+/// Back-off for re-binding, NAKs and start-up retries: doubling from `base`, capped, with jitter.
+pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(16));
     let capped = exp.min(cap);
     // Up to 20% jitter, from the clock's low bits: enough to spread retries of one batch.

@@ -160,6 +160,17 @@ pub fn consumers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
         .collect()
 }
 
+/// Smallest `STOCKFLOW_ACK_WAIT_SECONDS`. What keeps a message being handled from redelivery is
+/// the in-progress ticker: every third of the ack wait it touches the messages handled for at
+/// least a third of it, so the first touch may leave as late as two thirds in. At 5 s that leaves
+/// 1.7 s for the touch to reach the server from a loaded process or across a reconnect (the NATS
+/// client waits up to 4 s between tries); below it, a healthy worker under load sees messages it
+/// is still handling redelivered to another replica — no wrong effect (handlers are idempotent),
+/// but double work, duplicate webhooks and, under load, a redelivery storm. NAK back-offs
+/// (200 ms to 20 s) do not depend on it: a NAKed message waits for its own delay, and only a NAK
+/// that could not be sent falls back to the ack wait, which then bounds how fast it is retried.
+pub const MIN_ACK_WAIT_SECONDS: u64 = 5;
+
 /// Longest a message may wait between two deliveries (NAK back-off cap, ack wait): the duplicate
 /// windows below must exceed it.
 pub const MAX_REDELIVERY_SPAN: Duration = Duration::from_secs(60);
@@ -339,29 +350,6 @@ pub async fn ensure(
         ensure_consumer(js, &spec, settings, mode).await?;
     }
     Ok(())
-}
-
-/// How long a starting process waits for JetStream to answer before it gives up.
-pub const START_PATIENCE: Duration = Duration::from_secs(30);
-
-/// [`ensure`] as a process starts: JetStream not answering (a cluster still electing leaders,
-/// a server restarting) is retried for up to `patience`; a mismatch fails at once.
-pub async fn ensure_at_start(
-    js: &jetstream::Context,
-    settings: &TopologySettings,
-    patience: Duration,
-) -> Result<(), TopologyError> {
-    let started = std::time::Instant::now();
-    loop {
-        match ensure(js, settings, Mode::Verify).await {
-            Err(TopologyError::JetStream { action, source }) if started.elapsed() < patience => {
-                tracing::warn!(%action, error = %source, "JetStream did not answer; retrying");
-                // Back-off before asking a busy or recovering JetStream again.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            done => return done,
-        }
-    }
 }
 
 /// Whether none of `streams` has ever stored a message.
@@ -700,6 +688,29 @@ mod tests {
             assert!(
                 err.to_string().contains("STOCKFLOW_STOCK_PARTITIONS"),
                 "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ack_wait_below_the_minimum_is_refused_naming_the_variable_and_the_minimum() {
+        let read = |value: &str| {
+            WorkerSettings::from_env(
+                &Env::from_pairs([("STOCKFLOW_ACK_WAIT_SECONDS", value)]),
+                "test",
+                "127.0.0.1:0",
+            )
+        };
+        assert_eq!(
+            read("5").expect("the minimum").topology.ack_wait,
+            Duration::from_secs(MIN_ACK_WAIT_SECONDS)
+        );
+        for bad in ["1", "4", "0"] {
+            let text = read(bad).expect_err("below the minimum").to_string();
+            assert!(text.starts_with("STOCKFLOW_ACK_WAIT_SECONDS:"), "{text}");
+            assert!(
+                text.contains(&format!("{MIN_ACK_WAIT_SECONDS}..")),
+                "{text}"
             );
         }
     }

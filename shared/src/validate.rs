@@ -1,7 +1,10 @@
 //! Limits and checks every entry point applies to input (workers, gateway, CLI), so a value is
 //! judged the same wherever it arrives. Each check returns a reason that names the field.
 
-use stockflow_proto::{subjects::MAX_SKU_BYTES, v1::EventMeta};
+use stockflow_proto::{
+    subjects::MAX_SKU_BYTES,
+    v1::{EventMeta, Reason},
+};
 
 /// Largest quantity in one fact, in units.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
@@ -44,6 +47,20 @@ pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The envelope's `reason` is a value of the contract's `Reason` enum. Protobuf keeps a value
+/// this version does not define as a bare number; applying it under some guessed meaning would
+/// file the change under the wrong reason, so it is refused (dead-lettered as `unknown_enum`).
+pub fn validate_reason(meta: &EventMeta) -> Result<(), String> {
+    match Reason::try_from(meta.reason) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "reason {} is not a value of stockflow.v1.Reason (0..={}) this version knows",
+            meta.reason,
+            Reason::Policy as i32
+        )),
+    }
 }
 
 /// A SKU is any non-empty UTF-8 string of at most 128 bytes without control characters (they
@@ -90,6 +107,20 @@ pub fn positive(field: &str, value: i64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_the_contract_does_not_define_are_refused() {
+        let meta = |reason| EventMeta {
+            reason,
+            ..Default::default()
+        };
+        assert!(validate_reason(&meta(0)).is_ok());
+        assert!(validate_reason(&meta(Reason::Policy as i32)).is_ok());
+        for unknown in [13, 99, -1] {
+            let err = validate_reason(&meta(unknown)).expect_err("unknown");
+            assert!(err.starts_with(&format!("reason {unknown} ")), "{err}");
+        }
+    }
 
     #[test]
     fn the_scripts_use_the_same_level_limit() {

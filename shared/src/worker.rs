@@ -12,6 +12,7 @@ use crate::{
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
+    startup::Startup,
     telemetry::{self, LogSettings},
     topology::{self, ConsumerSpec, Mode, TopologySettings},
 };
@@ -35,6 +36,9 @@ pub struct WorkerSettings {
     pub dedup_ttl: Duration,
     /// Replicas that must confirm a write before its effects are published (off by default).
     pub replica_wait: Option<crate::replication::ReplicaWait>,
+    /// How long a start may wait for its servers (`STOCKFLOW_STARTUP_TIMEOUT_SECONDS`); `None`
+    /// waits forever.
+    pub startup_timeout: Option<Duration>,
 }
 
 impl WorkerSettings {
@@ -56,7 +60,11 @@ impl WorkerSettings {
             topology: TopologySettings {
                 replicas: usize::try_from(env.bounded("STOCKFLOW_STREAM_REPLICAS", 1, 1..=5)?)
                     .unwrap_or(1),
-                ack_wait: env.seconds("STOCKFLOW_ACK_WAIT_SECONDS", 30, 1..=3600)?,
+                ack_wait: env.seconds(
+                    "STOCKFLOW_ACK_WAIT_SECONDS",
+                    30,
+                    topology::MIN_ACK_WAIT_SECONDS..=3600,
+                )?,
                 // Every component reads it: each one checks the topology at start.
                 stock_partitions: usize::try_from(env.bounded(
                     "STOCKFLOW_STOCK_PARTITIONS",
@@ -68,6 +76,7 @@ impl WorkerSettings {
             // Longer than any redelivery span and JetStream's duplicate windows (minutes).
             dedup_ttl: env.seconds("STOCKFLOW_DEDUP_TTL_SECONDS", 86_400, 600..=90 * 86_400)?,
             replica_wait: crate::replication::ReplicaWait::from_env(env)?,
+            startup_timeout: crate::startup::timeout_from_env(env)?,
         })
     }
 }
@@ -128,21 +137,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects, verifies the topology (creating what is missing), starts the health listener
-    /// and the dependency monitor. `shutdown` ends the worker when it resolves.
+    /// Starts the health listener, then connects and verifies the topology (creating what is
+    /// missing), waiting for servers that do not answer yet (see [`crate::startup`]) while
+    /// `/readyz` names them; then starts the dependency monitor. `shutdown` ends the worker when
+    /// it resolves, also while it waits.
     pub async fn start(
         settings: WorkerSettings,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
         let token = crate::shutdown::token_for(shutdown);
-        let nats = settings.nats.connect().await?;
-        let js = jetstream::new(nats.clone());
-        topology::ensure_at_start(&js, &settings.topology, topology::START_PATIENCE)
-            .await
-            .context("checking streams and consumers")?;
-        let redis = settings.redis.connect().await?;
+        // First, so an orchestrator sees a live process that is not ready while it waits.
         let health = Health::default();
+        let nats_up = health.check("nats");
+        let redis_up = health.check("redis");
         let metrics_addr = health::serve(
             settings.metrics_addr,
             health.clone(),
@@ -150,8 +157,13 @@ impl Runtime {
             token.clone(),
         )
         .await?;
-        let nats_up = health.check("nats");
-        let redis_up = health.check("redis");
+        let startup = Startup::new(settings.startup_timeout, token.clone());
+        let (nats, js) = startup
+            .nats_with_topology(&settings.nats, &settings.topology)
+            .await?;
+        // Until the monitor takes over: `/readyz` then names only what is still awaited.
+        nats_up.set(true);
+        let redis = startup.redis(&settings.redis).await?;
         tokio::spawn(monitor(
             nats.clone(),
             redis.clone(),

@@ -6,6 +6,8 @@
 //! [`NatsServer::start_with`] takes a nats-server config snippet (auth, TLS, limits),
 //! [`RedisServer::start_with`] ACL users, a default password and TLS. [`TestPki`] makes a private
 //! CA with server and client certificates at test time (`openssl` CLI); none is committed.
+//! [`NatsServer::reserved`] and [`RedisServer::reserved`] pick a port and a directory without
+//! starting the server, for processes started before their servers (`resume` starts it).
 
 pub mod cluster;
 pub mod events;
@@ -208,16 +210,28 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream on a free port and its own store directory.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-            config: None,
-            tls: false,
-        };
+        let mut server = Self::reserved();
         server.spawn();
         server
+    }
+
+    /// A server that does not run yet: its port and store directory are chosen, so a process
+    /// can be pointed at it before [`Self::resume`] starts it.
+    pub fn reserved() -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            config: None,
+            tls: false,
+        }
+    }
+
+    /// Starts a stopped (or [`Self::reserved`]) server on its port and store.
+    pub fn resume(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
     }
 
     /// Starts a server like [`Self::start`] whose configuration file also holds `snippet`
@@ -285,6 +299,11 @@ impl NatsServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "tls" } else { "nats" };
         format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// What the server wrote to its log so far.
@@ -438,6 +457,18 @@ impl RedisServer {
 
     /// Starts a server like [`Self::start`] with ACL users, a default password or TLS.
     pub fn start_with(options: RedisOptions<'_>) -> Self {
+        let mut server = Self::reserved_with(options);
+        server.spawn();
+        server
+    }
+
+    /// A server that does not run yet: its port and directory are chosen, so a process can be
+    /// pointed at it before [`Self::resume`] starts it.
+    pub fn reserved() -> Self {
+        Self::reserved_with(RedisOptions::default())
+    }
+
+    fn reserved_with(options: RedisOptions<'_>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut conf = String::new();
@@ -454,16 +485,14 @@ impl RedisServer {
             conf.push_str(&format!("requirepass {password}\n"));
         }
         conf.push_str(&options.conf);
-        let mut server = Self {
+        Self {
             child: None,
             port,
             dir,
             conf,
             tls_ca: options.tls.map(TestPki::ca),
             default_password: options.default_password,
-        };
-        server.spawn();
-        server
+        }
     }
 
     fn spawn(&mut self) {

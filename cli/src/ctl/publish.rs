@@ -935,4 +935,18 @@ mod tests {
         .expect("well-formed JSON");
         assert!(bad.validate().expect_err("zero").contains("quantity"));
     }
+
+    #[test]
+    fn only_reasons_the_contract_names_are_accepted() {
+        let with = |reason: &str| {
+            input_from_json(&format!(
+                r#"{{"type":"sold","sku":"A1","location":"s1","quantity":1,"reason":{reason}}}"#
+            ))
+        };
+        assert!(with(r#""damaged""#).is_ok());
+        for unknown in ["99", r#""lost""#, r#""unspecified""#, r#""REASON_SOLD""#] {
+            let err = with(unknown).expect_err(unknown);
+            assert!(format!("{err:#}").contains("reason"), "{unknown}: {err:#}");
+        }
+    }
 }

@@ -381,6 +381,7 @@ Call with (dict "root" $ "consumers" list); renders {items: [{stream, consumer}]
   "STOCKFLOW_DEDUP_TTL_SECONDS" ($v.config.dedupTtlSeconds | int64)
   "STOCKFLOW_ORDER_RETENTION_SECONDS" ($v.config.orderRetentionSeconds | int64)
   "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS" ($v.config.shutdownTimeoutSeconds | int64)
+  "STOCKFLOW_STARTUP_TIMEOUT_SECONDS" ($v.config.startupTimeoutSeconds | default 0 | int64)
   "STOCKFLOW_LOG" $v.config.log
   "STOCKFLOW_LOG_FORMAT" $v.config.logFormat
 }}

@@ -83,7 +83,9 @@ impl ClusterWorld {
             ("STOCKFLOW_REDIS_URL", self.redis.urls()),
             ("STOCKFLOW_REDIS_CLUSTER", "true".into()),
             ("STOCKFLOW_STREAM_REPLICAS", "3".into()),
-            ("STOCKFLOW_ACK_WAIT_SECONDS", "2".into()),
+            // The least accepted; the consumers above are declared with 2 s before any worker
+            // starts, and a worker takes the ack wait in force on the server.
+            ("STOCKFLOW_ACK_WAIT_SECONDS", "5".into()),
             ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
             ("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", "10".into()),
             ("STOCKFLOW_HOLD_POLL_MILLIS", "20".into()),

@@ -1229,3 +1229,191 @@ async fn the_api_answers_as_its_openapi_document_says_under_schemathesis() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+const ADMIN: &str = "admin-token-0123456789";
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_replayed_by_admin_tokens_only() {
+    let world = World::start().await;
+    let letters = crate::dead_letters::store_each_kind(&world, "gw").await;
+    let stock_worker = world.stock_worker();
+    let order_worker = world.order_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    let replay_path = |seq: u64| format!("/v1/dead-letters/{seq}/replay");
+
+    // Read and write tokens may not see or replay dead letters.
+    for token in [READ, WRITE] {
+        for path in [
+            "/v1/dead-letters".to_owned(),
+            format!("/v1/dead-letters/{}", letters.stock),
+        ] {
+            let (status, error) = gw.get(&path, token).await;
+            assert_eq!(
+                (status, error["error"].as_str()),
+                (StatusCode::FORBIDDEN, Some("forbidden")),
+                "GET {path}"
+            );
+        }
+        let (status, error) = gw
+            .post(&replay_path(letters.stock), token, None, &json!({}))
+            .await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("needs admin")),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
+        0,
+        "a refused replay publishes nothing"
+    );
+
+    // The listing, a page at a time.
+    let (status, page) = gw.get("/v1/dead-letters?limit=3", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let first: Vec<u64> = page["dead_letters"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["sequence"].as_u64().expect("sequence"))
+        .collect();
+    assert_eq!(first, [letters.stock, letters.order, letters.webhook]);
+    let after = page["next_after"].as_u64().expect("more to come");
+    let (_, page) = gw
+        .get(&format!("/v1/dead-letters?after={after}&limit=3"), ADMIN)
+        .await;
+    let rest = page["dead_letters"].as_array().expect("array");
+    assert_eq!(rest.len(), 1, "{page}");
+    assert_eq!(page["next_after"], Value::Null);
+    let derived = &rest[0];
+    assert_eq!(derived["sequence"].as_u64(), Some(letters.derived));
+    assert_eq!(derived["original_stream"], "ALERTS");
+    assert_eq!(derived["replayable"], false);
+    assert!(
+        derived["refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("second copy")),
+        "{derived}"
+    );
+    let (status, error) = gw.get("/v1/dead-letters?limit=0", ADMIN).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limit"))
+    );
+
+    // One dead letter in full: the webhook delivery with its headers and JSON body.
+    let (status, one) = gw
+        .get(&format!("/v1/dead-letters/{}", letters.webhook), ADMIN)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["kind"], "webhook_delivery");
+    assert_eq!(
+        one["original_subject"],
+        subjects::webhook(&letters.endpoint)
+    );
+    assert_eq!(one["payload_json"], letters.body);
+    assert_eq!(
+        one["headers"]["X-Stockflow-Event-Id"][0],
+        letters.event_id.as_str()
+    );
+    for (path, status, field) in [
+        (
+            "/v1/dead-letters/x1".to_owned(),
+            StatusCode::BAD_REQUEST,
+            Some("seq"),
+        ),
+        (
+            "/v1/dead-letters/999".to_owned(),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ] {
+        let (got, error) = gw.get(&path, ADMIN).await;
+        assert_eq!(
+            (got, error["field"].as_str()),
+            (status, field),
+            "{path}: {error}"
+        );
+        assert!(error["message"].is_string(), "{error}");
+    }
+
+    // The stock fact: applied once, however often the replay is asked for.
+    let (status, done) = gw
+        .post(&replay_path(letters.stock), ADMIN, None, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["kind"], "stock_fact");
+    assert_eq!(done["stream"], subjects::STOCK_EVENTS);
+    assert_eq!(done["duplicate"], false);
+    let (status, again) = gw
+        .post(&replay_path(letters.stock), ADMIN, None, &json!({}))
+        .await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "replayed, so removed: {again}"
+    );
+    world.wait_stock_idle().await;
+    assert_eq!(
+        world.on_hand_reserved(&letters.sku, "wh").await,
+        (letters.quantity, 0)
+    );
+    assert_eq!(world.ledger(&letters.sku).await.len(), 1, "applied once");
+
+    // The order placement: decided once.
+    let (status, done) = gw
+        .post(&replay_path(letters.order), ADMIN, None, &json!({}))
+        .await;
+    assert_eq!(
+        (status, done["kind"].as_str()),
+        (StatusCode::OK, Some("order_command"))
+    );
+    eventually("the replayed order decided", DEADLINE, || async {
+        (crate::dead_letters::decisions_for(&world, &letters.order_id).await == 1).then_some(())
+    })
+    .await;
+
+    // The webhook delivery: on webhooks.<endpoint> with the same event id.
+    let (status, done) = gw
+        .post(&replay_path(letters.webhook), ADMIN, None, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["subject"], subjects::webhook(&letters.endpoint));
+    assert_eq!(done["stream"], subjects::WEBHOOKS);
+    let outbox = crate::dead_letters::outbox(&world, &letters.endpoint).await;
+    let [delivery] = outbox.as_slice() else {
+        panic!("one delivery in the outbox: {}", outbox.len());
+    };
+    crate::dead_letters::assert_replayed_delivery(delivery, &letters, letters.webhook);
+
+    // The derived-stream entry: 409, in the error shape, and kept.
+    let (status, refused) = gw
+        .post(&replay_path(letters.derived), ADMIN, None, &json!({}))
+        .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ALERTS, which the workers derive")),
+        "{refused}"
+    );
+    let (_, page) = gw.get("/v1/dead-letters", ADMIN).await;
+    assert_eq!(
+        page["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{page}"
+    );
+
+    gw.shutdown().await;
+    stock_worker.shutdown().await;
+    order_worker.shutdown().await;
+}

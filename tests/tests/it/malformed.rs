@@ -138,6 +138,9 @@ async fn bad_configuration_fails_at_start_naming_the_setting() {
         ("STOCKFLOW_REDIS_URL", "http://nope"),
         ("STOCKFLOW_DEDUP_TTL_SECONDS", "ten"),
         ("STOCKFLOW_LOG_FORMAT", "xml"),
+        ("STOCKFLOW_NATS_URL", "garbage"),
+        ("STOCKFLOW_ACK_WAIT_SECONDS", "1"),
+        ("STOCKFLOW_STARTUP_TIMEOUT_SECONDS", "soon"),
     ] {
         let err = stock_worker::Settings::from_env(&world.env(&[(var, value)]))
             .expect_err("invalid setting");
@@ -213,4 +216,87 @@ async fn an_input_that_makes_the_handler_panic_is_retried_then_dead_lettered() {
     assert_eq!(&letters[0].payload[..], b"boom");
     shutdown.cancel();
     running.await.expect("the loop ends cleanly");
+}
+
+/// `stockflow_dead_letters_total{worker, reason}` in this process: its in-process workers share
+/// one recorder, so other tests running at the same time may add to it; compare before/after.
+fn dead_letters_counted(worker: &str, category: &str) -> u64 {
+    let page = stockflow_shared::telemetry::metrics_handle().render();
+    page.lines()
+        .filter(|line| {
+            line.starts_with("stockflow_dead_letters_total{")
+                && line.contains(&format!("worker=\"{worker}\""))
+                && line.contains(&format!("reason=\"{category}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn unknown_enum_values_and_same_location_transfers_are_dead_lettered_in_their_own_categories()
+{
+    let world = World::start().await;
+    let stock_worker = world.stock_worker();
+    let order_worker = world.order_worker();
+    let before = [
+        dead_letters_counted("stock-worker", "unknown_enum"),
+        dead_letters_counted("stock-worker", "same_location"),
+        dead_letters_counted("order-worker", "unknown_enum"),
+    ];
+
+    let mut unknown_reason = event("enum-1", "ENUM", "wh", received(5));
+    unknown_reason.meta.as_mut().expect("meta").reason = 99;
+    world.publish(&unknown_reason).await;
+    world
+        .publish(&event("same-1", "ENUM", "wh", transferred("wh", 1)))
+        .await;
+    let mut placement = order("enum-2", "o-enum", placed(&[("1", "ENUM", 1, "")], 0));
+    placement.meta.as_mut().expect("meta").reason = 42;
+    world.publish_order(&placement).await;
+    // A valid fact afterwards: the worker keeps going.
+    world
+        .publish(&event("enum-ok", "ENUM", "wh", received(2)))
+        .await;
+    world.wait_stock_idle().await;
+    world.wait_orders_idle().await;
+
+    assert_eq!(
+        world.on_hand_reserved("ENUM", "wh").await,
+        (2, 0),
+        "only the valid fact is applied, not reason 99 under a guessed reason"
+    );
+    assert_eq!(world.ledger("ENUM").await.len(), 1);
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            l.headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for expected in [
+        "reason 99 is not a value of stockflow.v1.Reason",
+        "reason 42 is not a value of stockflow.v1.Reason",
+        "to_location equals location",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected:?} in {reasons:?}"
+        );
+    }
+    let after = [
+        dead_letters_counted("stock-worker", "unknown_enum"),
+        dead_letters_counted("stock-worker", "same_location"),
+        dead_letters_counted("order-worker", "unknown_enum"),
+    ];
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(a > b, "category {i} counted: {before:?} -> {after:?}");
+    }
+    stock_worker.shutdown().await;
+    order_worker.shutdown().await;
 }

@@ -203,8 +203,28 @@ async fn secrets_stay_out_of_logs_metrics_and_errors(auth: NatsAuth) {
     world
         .publish_raw(&subjects::order_event("order-2"), no_lines.encode_to_vec())
         .await;
-    world.wait_stock_idle().await;
-    world.wait_orders_idle().await;
+    for (stream, durable) in [
+        (subjects::STOCK_EVENTS, "stock-worker"),
+        (subjects::ORDER_EVENTS, "order-worker"),
+    ] {
+        if let Err(e) =
+            stockflow_cli::wait_until_caught_up(&world.js, stream, durable, DEADLINE).await
+        {
+            // The workers' own account of the wait: a stuck worker and a slow one log differently.
+            let logs: String = running
+                .iter()
+                .map(|(binary, _, _, log)| {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    format!(
+                        "--- {binary} (last 40 lines)\n{}\n",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!("{e:#}\n{logs}");
+        }
+    }
     assert_eq!(
         world.on_hand_reserved("VAULT", "wh").await,
         (3, 1),

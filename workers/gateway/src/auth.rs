@@ -21,7 +21,7 @@ pub enum Scope {
     Read,
     /// Queries and ingest.
     Write,
-    /// Everything, including what later admin endpoints add.
+    /// Everything, including the admin endpoints (dead letters).
     Admin,
 }
 
@@ -185,6 +185,13 @@ impl Needs for Read {
 pub struct Write;
 impl Needs for Write {
     const SCOPE: Scope = Scope::Write;
+}
+
+/// Needs `admin`.
+#[derive(Debug)]
+pub struct Admin;
+impl Needs for Admin {
+    const SCOPE: Scope = Scope::Admin;
 }
 
 /// Proof that the request's token has scope `N` (401 without a valid token, 403 without the

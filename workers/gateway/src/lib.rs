@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod admin;
 pub mod auth;
 pub mod error;
 pub mod input;
@@ -16,6 +17,7 @@ use stockflow_shared::{
     health::{self, Health},
     keys::Keys,
     settings::{ConfigError, Env},
+    startup::Startup,
     telemetry::{self, LogSettings},
 };
 
@@ -50,6 +52,9 @@ pub struct Settings {
     pub publish_timeout: Duration,
     /// Bound on graceful shutdown (`STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS`).
     pub shutdown_timeout: Duration,
+    /// How long a start may wait for NATS and Redis (`STOCKFLOW_STARTUP_TIMEOUT_SECONDS`);
+    /// `None` waits forever.
+    pub startup_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -77,6 +82,7 @@ impl Settings {
             max_wait: env.seconds("STOCKFLOW_GATEWAY_MAX_WAIT_SECONDS", 10, 1..=60)?,
             publish_timeout: env.seconds("STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS", 5, 1..=60)?,
             shutdown_timeout: env.seconds("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", 20, 1..=600)?,
+            startup_timeout: stockflow_shared::startup::timeout_from_env(env)?,
         })
     }
 }
@@ -148,22 +154,22 @@ impl Running {
     }
 }
 
-/// Connects, binds both listeners and serves until `shutdown` resolves; then stops accepting,
-/// finishes the requests in flight (bounded by the shutdown timeout) and drains NATS.
+/// Binds the health listener, waits for NATS and Redis (see `stockflow_shared::startup`), binds
+/// the API listener and serves until `shutdown` resolves; then stops accepting, finishes the
+/// requests in flight (bounded by the shutdown timeout) and drains NATS.
 pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let token = stockflow_shared::shutdown::token_for(shutdown);
-    let nats = settings.nats.connect().await?;
-    let js = jetstream::ContextBuilder::new()
-        .timeout(settings.publish_timeout)
-        .build(nats.clone());
-    let redis = settings.redis.connect().await?;
     if matches!(settings.auth, Auth::Disabled) {
         tracing::warn!("STOCKFLOW_GATEWAY_AUTH=none: the API accepts every request");
     }
+    // The health listener first: `/readyz` names what the gateway waits for; the API listener
+    // opens once both servers answered.
     let health = Health::default();
+    let nats_up = health.check("nats");
+    let redis_up = health.check("redis");
     let metrics_addr = health::serve(
         settings.metrics_addr,
         health.clone(),
@@ -171,11 +177,19 @@ pub async fn start(
         token.clone(),
     )
     .await?;
+    let startup = Startup::new(settings.startup_timeout, token.clone());
+    let nats = startup.nats(&settings.nats).await?;
+    // Until the monitor takes over: `/readyz` then names only what is still awaited.
+    nats_up.set(true);
+    let js = jetstream::ContextBuilder::new()
+        .timeout(settings.publish_timeout)
+        .build(nats.clone());
+    let redis = startup.redis(&settings.redis).await?;
     tokio::spawn(stockflow_shared::worker::monitor(
         nats.clone(),
         redis.clone(),
-        health.check("nats"),
-        health.check("redis"),
+        nats_up,
+        redis_up,
         token.clone(),
     ));
     let listener = tokio::net::TcpListener::bind(settings.http_addr)

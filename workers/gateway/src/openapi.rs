@@ -89,6 +89,10 @@ mod tests {
         let mut checked = 0;
         for (path, item) in doc["paths"].as_object().expect("paths") {
             let Some(op) = item.get("post") else { continue };
+            // A POST without a body (replaying a dead letter) has nothing to check.
+            if op.get("requestBody").is_none() {
+                continue;
+            }
             let examples = op["requestBody"]["content"]["application/json"]["examples"]
                 .as_object()
                 .cloned()

@@ -50,6 +50,13 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
         ("post", "/v1/orders/{order_id}/commit", post(post_commit)),
         ("post", "/v1/orders/{order_id}/fulfil", post(post_fulfil)),
         ("get", "/openapi.json", get(openapi)),
+        ("get", "/v1/dead-letters", get(crate::admin::list)),
+        ("get", "/v1/dead-letters/{seq}", get(crate::admin::get)),
+        (
+            "post",
+            "/v1/dead-letters/{seq}/replay",
+            post(crate::admin::post_replay),
+        ),
     ];
     let mut router = Router::new();
     let mut served = Vec::with_capacity(table.len());

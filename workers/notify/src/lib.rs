@@ -14,6 +14,7 @@ use stockflow_shared::{
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
+    startup::Startup,
     telemetry,
     topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
     worker::{readiness_checks, WorkerSettings},
@@ -117,12 +118,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = stockflow_shared::shutdown::token_for(shutdown);
-    let nats = settings.worker.nats.connect().await?;
-    let js = jetstream::new(nats.clone());
-    topology::ensure_at_start(&js, &settings.worker.topology, topology::START_PATIENCE)
-        .await
-        .context("checking streams and consumers")?;
     describe_metrics();
+    // The health listener first: `/readyz` names `nats` while the worker waits for it.
     let health = Health::default();
     let nats_up = health.check("nats");
     health::serve(
@@ -132,6 +129,9 @@ pub async fn run(
         token.clone(),
     )
     .await?;
+    let (nats, js) = Startup::new(settings.worker.startup_timeout, token.clone())
+        .nats_with_topology(&settings.worker.nats, &settings.worker.topology)
+        .await?;
     tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
     if settings.subscriptions.is_empty() {
         tracing::warn!("no webhook subscriptions: every event is acknowledged undelivered");

@@ -8,7 +8,7 @@ use stockflow_proto::{
     v1::{order_event::Command as Proto, EventMeta, OrderEvent},
 };
 use stockflow_shared::consume::HandleError;
-use stockflow_shared::validate::{validate_location, validate_meta, validate_sku};
+use stockflow_shared::validate::{validate_location, validate_meta, validate_reason, validate_sku};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 100;
@@ -235,6 +235,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError>
         |category: &'static str, reason: String| HandleError::malformed(kind, category, reason);
     let meta = event.meta.unwrap_or_default();
     validate_meta(&meta).map_err(|r| bad("invalid_meta", r))?;
+    validate_reason(&meta).map_err(|r| bad("unknown_enum", r))?;
     let id = &event.order_id;
     if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad(
@@ -278,4 +279,35 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError>
         order_id: event.order_id,
         command,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use stockflow_proto::v1::{OrderCancelled, Reason};
+
+    use super::*;
+
+    #[test]
+    fn a_reason_the_contract_does_not_define_is_its_own_category() {
+        let command = |reason: i32| OrderEvent {
+            meta: Some(EventMeta {
+                event_id: "c-1".into(),
+                reason,
+                ..Default::default()
+            }),
+            order_id: "o-1".into(),
+            command: Some(Proto::Cancelled(OrderCancelled::default())),
+        };
+        let subject = subjects::order_event("o-1");
+        assert!(parse(&subject, &command(Reason::Released as i32).encode_to_vec()).is_ok());
+        match parse(&subject, &command(99).encode_to_vec()) {
+            Err(HandleError::Malformed {
+                category, reason, ..
+            }) => {
+                assert_eq!(category, "unknown_enum");
+                assert!(reason.contains("reason 99"), "{reason}");
+            }
+            other => panic!("malformed expected: {other:?}"),
+        }
+    }
 }

@@ -8,7 +8,10 @@ use stockflow_proto::{
 };
 use stockflow_shared::{
     consume::HandleError,
-    validate::{positive, validate_location, validate_meta, validate_sku, MAX_LEVEL, MAX_QUANTITY},
+    validate::{
+        positive, validate_location, validate_meta, validate_reason, validate_sku, MAX_LEVEL,
+        MAX_QUANTITY,
+    },
 };
 
 /// What a valid fact does, in the terms of the `apply_stock` script.
@@ -209,6 +212,7 @@ fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, Han
 
     let meta = event.meta.unwrap_or_default();
     validate_meta(&meta).map_err(|reason| bad("invalid_meta", reason))?;
+    validate_reason(&meta).map_err(|reason| bad("unknown_enum", reason))?;
     validate_sku(&event.sku).map_err(|reason| bad("invalid_sku", reason))?;
     let expected_subject = subjects::stock_event(&event.sku);
     let on_its_subject = match layout {
@@ -228,6 +232,15 @@ fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, Han
     let sku_wide_policy = matches!(op, Op::PolicySet { .. }) && event.location.is_empty();
     if !sku_wide_policy {
         validate_location("location", &event.location).map_err(|r| bad("invalid_location", r))?;
+    }
+    if let Op::Transferred { to, .. } = &op {
+        // Not a quantity problem: its own category, so a channel sending these is easy to spot.
+        if *to == event.location {
+            return Err(bad(
+                "same_location",
+                "to_location equals location: a transfer moves units between two locations".into(),
+            ));
+        }
     }
     validate_op(&op, &event.location).map_err(|reason| bad("invalid_quantity", reason))?;
     Ok(Fact {
@@ -264,11 +277,7 @@ fn validate_op(op: &Op, location: &str) -> Result<(), String> {
         }
         Op::Transferred { to, quantity } => {
             positive("quantity", *quantity)?;
-            validate_location("to_location", to)?;
-            if to == location {
-                return Err("to_location equals location".into());
-            }
-            Ok(())
+            validate_location("to_location", to)
         }
         Op::PolicySet {
             threshold,
@@ -357,6 +366,30 @@ mod tests {
                 "{subject}"
             );
         }
+    }
+
+    fn category(result: Result<Fact, HandleError>) -> &'static str {
+        match result {
+            Err(HandleError::Malformed { category, .. }) => category,
+            other => panic!("malformed expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_reasons_and_same_location_transfers_have_their_own_categories() {
+        let mut unknown =
+            StockEvent::decode(&event(Change::Received(Received { quantity: 1 }))[..])
+                .expect("decodes");
+        unknown.meta.as_mut().expect("meta").reason = 99;
+        assert_eq!(
+            category(parse("stock.events.A", &unknown.encode_to_vec())),
+            "unknown_enum"
+        );
+        let same = event(Change::Transferred(stockflow_proto::v1::Transferred {
+            to_location: "wh".into(),
+            quantity: 1,
+        }));
+        assert_eq!(category(parse("stock.events.A", &same)), "same_location");
     }
 
     #[test]
