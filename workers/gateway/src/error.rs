@@ -1,8 +1,12 @@
 //! The one error shape every API answer uses: `{"error": code, "message": ..., "field": ...}`.
 
 use axum::{
-    extract::rejection::BytesRejection,
+    extract::{
+        rejection::{BytesRejection, QueryRejection},
+        Request,
+    },
     http::{header, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
@@ -16,7 +20,8 @@ pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
     /// Stable code clients branch on: `invalid_input`, `unauthorized`, `forbidden`,
-    /// `not_found`, `body_too_large`, `conflict`, `unavailable`.
+    /// `not_found`, `method_not_allowed`, `conflict`, `body_too_large`, `uri_too_long`,
+    /// `unsupported_media_type`, `internal`, `unavailable` (see [`code_for`]).
     #[serde(rename = "error")]
     pub code: &'static str,
     /// What went wrong, for people. Never holds a token.
@@ -64,6 +69,20 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 500: a bug (e.g. a record no version of the workers writes); a retry does not help.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 414: the request's URI is longer than [`MAX_URI_BYTES`].
+    pub fn uri_too_long(length: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI is {length} bytes, at most {MAX_URI_BYTES}"),
+        )
+    }
+
     /// 503: a dependency did not answer; nothing is promised, the client may retry.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -78,6 +97,77 @@ impl ApiError {
         });
         self
     }
+}
+
+/// Longest request URI (path and query) the gateway reads, in bytes: a SKU, a location or an
+/// order id percent-encoded fit many times over. Longer ones get a JSON 414; hyper itself answers
+/// URIs over 65,534 bytes with a bodiless 414 before any of this code runs.
+pub const MAX_URI_BYTES: usize = 8192;
+
+/// The `error` code of a status the framework answered by itself.
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_input",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "invalid_input",
+        _ => "internal",
+    }
+}
+
+/// Refuses an over-long URI with a JSON 414, before routing reads it.
+pub(crate) async fn limit_uri(request: Request, next: Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if length > MAX_URI_BYTES {
+        return ApiError::uri_too_long(length).into_response();
+    }
+    next.run(request).await
+}
+
+/// Turns every error the framework answers by itself — 405 for a wrong method, a path segment
+/// that is not UTF-8, a rejected query string — into the JSON shape, keeping its status and
+/// headers (`Allow` for a 405). Answers that are already JSON pass unchanged.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The framework's own messages are short sentences; a longer body is cut, not buffered.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_owned()
+    } else {
+        text
+    };
+    let error = ApiError::new(status, code_for(status), message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&error).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 impl IntoResponse for ApiError {
@@ -105,5 +195,19 @@ impl From<BytesRejection> for ApiError {
         } else {
             Self::new(rejection.status(), "invalid_input", rejection.body_text())
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        let message = rejection.body_text();
+        // serde names the parameter at fault: "duplicate field `wait`".
+        let field = message
+            .split('`')
+            .nth(1)
+            .filter(|f| !f.is_empty())
+            .unwrap_or("query")
+            .to_owned();
+        Self::invalid(field, message)
     }
 }

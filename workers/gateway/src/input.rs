@@ -3,6 +3,7 @@
 
 use prost::Message as _;
 use serde::{de::DeserializeOwned, Deserialize};
+use sha2::{Digest as _, Sha256};
 use stockflow_proto::{
     subjects,
     v1::{
@@ -11,7 +12,7 @@ use stockflow_proto::{
         PolicySet, Reason, Received, Returned, Sold, StockEvent, Transferred,
     },
 };
-use stockflow_shared::consume::HandleError;
+use stockflow_shared::{consume::HandleError, validate::MAX_EVENT_ID_BYTES};
 
 use crate::error::ApiError;
 
@@ -27,6 +28,53 @@ pub struct Outgoing {
     pub msg_id: String,
     /// The protobuf bytes.
     pub payload: Vec<u8>,
+    /// What the payload is, to compare it with another one stored under the same id.
+    pub kind: Kind,
+    /// For a stock fact: the stock worker's dedup record of its `event_id` and the fingerprint
+    /// the worker stores there, so a reuse of the id for another change is found before
+    /// publishing, also past JetStream's duplicate window.
+    pub dedup: Option<Dedup>,
+}
+
+/// The contract message an [`Outgoing`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `StockEvent`.
+    Stock,
+    /// `OrderEvent`.
+    Order,
+}
+
+/// Where the stock worker remembers a fact's `event_id`, and what it remembers of its change.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    /// The fact's SKU (the record lives in its slot).
+    pub sku: String,
+    /// `stock_worker::fact::Fact::fingerprint`: the change, as the worker compares it.
+    pub fingerprint: String,
+}
+
+impl Outgoing {
+    /// Whether `stored` (another message published under this one's `Nats-Msg-Id`) asks for
+    /// the same change. The envelope (`source`, `reference`, `occurred_at_ms`, `reason`) is not
+    /// compared, as the workers do not compare it either: only what the event changes.
+    pub fn same_change(&self, stored: &[u8]) -> bool {
+        fn content<M: prost::Message + Default>(bytes: &[u8], clear: impl Fn(&mut M)) -> Option<M> {
+            let mut message = M::decode(bytes).ok()?;
+            clear(&mut message);
+            Some(message)
+        }
+        match self.kind {
+            Kind::Stock => {
+                let clear = |e: &mut StockEvent| e.meta = None;
+                content(stored, clear).is_some_and(|a| content(&self.payload, clear) == Some(a))
+            }
+            Kind::Order => {
+                let clear = |e: &mut OrderEvent| e.meta = None;
+                content(stored, clear).is_some_and(|a| content(&self.payload, clear) == Some(a))
+            }
+        }
+    }
 }
 
 /// The envelope fields every JSON event may carry.
@@ -178,8 +226,10 @@ pub enum OrderAction {
     Fulfil,
 }
 
-/// Parses one JSON value into `T`, naming the field at fault.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+/// Parses one JSON value into `T`, naming the field at fault. A field set to `null` is the
+/// same as a field left out, for every field at every depth: one rule for nulls.
+pub fn from_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, ApiError> {
+    drop_nulls(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -193,6 +243,18 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
         };
         ApiError::invalid(field, inner)
     })
+}
+
+/// Removes every object member whose value is `null`, at any depth.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, v| !v.is_null());
+            members.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 /// `unknown field `foo`, expected ...` -> `foo`.
@@ -215,15 +277,34 @@ pub fn one_or_many(body: &[u8]) -> Result<(Vec<serde_json::Value>, bool), ApiErr
     })
 }
 
+/// The `event_id` item `index` of a batch without its own id gets: `<key>:<index>`, or, when
+/// that would be longer than an `event_id` may be, the key cut short and followed by `~` and
+/// 16 hex digits of its SHA-256 before `:<index>` — so every key the document allows (up to 128
+/// bytes) works in a batch, and a re-post of the batch gets the same ids.
+pub fn batch_item_id(key: &str, index: usize) -> String {
+    let id = format!("{key}:{index}");
+    if id.len() <= MAX_EVENT_ID_BYTES {
+        return id;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let suffix = format!("~{hash}:{index}");
+    // The key is printable ASCII (checked by the caller), so any cut is a char boundary.
+    let keep = MAX_EVENT_ID_BYTES
+        .saturating_sub(suffix.len())
+        .min(key.len());
+    format!("{}{suffix}", &key[..keep])
+}
+
 /// Picks the event id from the body and the `Idempotency-Key` header (in a batch, item `i`
-/// without its own id gets `<key>:<i>`).
+/// without its own id gets [`batch_item_id`]).
 fn event_id(
     body: Option<String>,
     header: Option<&str>,
     index: Option<usize>,
 ) -> Result<String, ApiError> {
     let from_header = header.map(|key| match index {
-        Some(i) => format!("{key}:{i}"),
+        Some(i) => batch_item_id(key, i),
         None => key.to_owned(),
     });
     match (body, from_header) {
@@ -305,6 +386,14 @@ fn rejected(error: HandleError) -> ApiError {
         }
     };
     ApiError::invalid(field, reason)
+}
+
+/// A line the order worker refuses, named by its full path: `lines[1].quantity`.
+fn line_error(error: order_worker::command::LineError) -> ApiError {
+    ApiError::invalid(
+        format!("lines[{}].{}", error.index, error.field),
+        error.reason,
+    )
 }
 
 fn require(value: Option<i64>, field: &str, kind: &str) -> Result<i64, ApiError> {
@@ -401,12 +490,17 @@ impl StockFactJson {
         };
         let subject = subjects::stock_event(&event.sku);
         let payload = event.encode_to_vec();
-        stock_worker::fact::parse(&subject, &payload).map_err(rejected)?;
+        let fact = stock_worker::fact::parse(&subject, &payload).map_err(rejected)?;
         Ok(Outgoing {
             msg_id: format!("fact:{}:{event_id}", subjects::encode_token(&event.sku)),
             event_id,
             subject,
             payload,
+            kind: Kind::Stock,
+            dedup: Some(Dedup {
+                fingerprint: fact.fingerprint(&fact.script_args()),
+                sku: fact.sku,
+            }),
         })
     }
 }
@@ -427,6 +521,8 @@ fn order_outgoing(
             event_id,
             subject,
             payload,
+            kind: Kind::Order,
+            dedup: None,
         },
         command,
     ))
@@ -440,12 +536,23 @@ impl PlaceOrderJson {
         index: Option<usize>,
     ) -> Result<(Outgoing, order_worker::command::OrderCommand), ApiError> {
         let event_id = event_id(self.event_id.clone(), idempotency_key, index)?;
+        let lines: Vec<order_worker::command::Line> = self
+            .lines
+            .into_iter()
+            .map(|l| order_worker::command::Line {
+                line_id: l.line_id,
+                sku: l.sku,
+                quantity: l.quantity,
+                location: l.location,
+            })
+            .collect();
+        // The worker's own line check, asked first so the error names the line's position.
+        order_worker::command::check_lines(&lines).map_err(line_error)?;
         let event = OrderEvent {
             meta: Some(meta(meta_of!(self), event_id)?),
             order_id: self.order_id,
             command: Some(order_event::Command::Placed(OrderPlaced {
-                lines: self
-                    .lines
+                lines: lines
                     .into_iter()
                     .map(|l| OrderLine {
                         line_id: l.line_id,
@@ -487,14 +594,16 @@ pub fn order_action(
                     "lines is empty: name the shipped lines, or set last_shipment",
                 ));
             }
+            let shipped: Vec<(String, i64)> = json
+                .lines
+                .into_iter()
+                .map(|l| (l.line_id, l.quantity))
+                .collect();
+            order_worker::command::check_fulfilled_lines(&shipped).map_err(line_error)?;
             let command = order_event::Command::Fulfilled(OrderFulfilled {
-                lines: json
-                    .lines
+                lines: shipped
                     .into_iter()
-                    .map(|l| FulfilledLine {
-                        line_id: l.line_id,
-                        quantity: l.quantity,
-                    })
+                    .map(|(line_id, quantity)| FulfilledLine { line_id, quantity })
                     .collect(),
                 last_shipment: json.last_shipment,
             });
@@ -621,7 +730,21 @@ mod tests {
             json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 0}]}),
         )
         .expect_err("zero");
-        assert_eq!(err.field.as_deref(), Some("quantity"));
+        assert_eq!(err.field.as_deref(), Some("lines[0].quantity"));
+        let err = place(json!({"order_id": "o-1", "lines": [
+            {"line_id": "1", "sku": "A", "quantity": 1},
+            {"line_id": "2", "sku": "B\u{7}", "quantity": 1}]}))
+        .expect_err("control character");
+        assert_eq!(err.field.as_deref(), Some("lines[1].sku"));
+        assert_eq!(err.at_index(1).field.as_deref(), Some("[1].lines[1].sku"));
+        let err = order_action(
+            "o-1".into(),
+            OrderAction::Fulfil,
+            json!({"lines": [{"line_id": "1", "quantity": 1}, {"line_id": "2", "quantity": 0}]}),
+            Some("f-1"),
+        )
+        .expect_err("zero shipped");
+        assert_eq!(err.field.as_deref(), Some("lines[1].quantity"));
         let err = place(
             json!({"order_id": "o 1", "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}),
         )
@@ -630,5 +753,86 @@ mod tests {
         let err = order_action("o-1".into(), OrderAction::Fulfil, json!({}), Some("f-1"))
             .expect_err("nothing shipped");
         assert_eq!(err.field.as_deref(), Some("lines"));
+    }
+
+    #[test]
+    fn null_is_absent_for_every_field() {
+        let out = fact(
+            json!({"type": "received", "sku": "A", "location": "wh", "quantity": 5,
+                   "event_id": null, "source": null, "reason": null, "reference": null,
+                   "occurred_at_ms": null, "delta": null}),
+            Some("k-null"),
+        )
+        .expect("nulls are absent");
+        assert_eq!(out.event_id, "k-null");
+        let (_, command) =
+            from_value::<PlaceOrderJson>(json!({"order_id": "o-1", "hold_seconds": null,
+            "lines": [{"line_id": "1", "sku": "A", "quantity": 1, "location": null}]}))
+            .expect("json")
+            .into_outgoing(Some("p-1"), None)
+            .expect("valid");
+        assert_eq!(command.order_id, "o-1");
+        let err = fact(
+            json!({"type": "received", "sku": null, "location": "wh", "quantity": 1}),
+            Some("k"),
+        )
+        .expect_err("a required field set to null is missing");
+        assert_eq!(err.field.as_deref(), Some("sku"));
+    }
+
+    #[test]
+    fn every_valid_key_gives_valid_batch_item_ids() {
+        assert_eq!(batch_item_id("batch-7", 3), "batch-7:3");
+        let long = "k".repeat(MAX_EVENT_ID_BYTES);
+        let ids: Vec<String> = [0, 9, 499, 9_999]
+            .iter()
+            .map(|i| batch_item_id(&long, *i))
+            .collect();
+        for (i, id) in [0, 9, 499, 9_999].iter().zip(&ids) {
+            assert!(id.len() <= MAX_EVENT_ID_BYTES, "{id}");
+            assert!(id.ends_with(&format!(":{i}")), "{id}");
+            assert_eq!(id, &batch_item_id(&long, *i), "stable");
+        }
+        let other = format!("{}x", "k".repeat(MAX_EVENT_ID_BYTES - 1));
+        assert_ne!(
+            batch_item_id(&other, 0),
+            ids[0],
+            "keys sharing a prefix get other ids"
+        );
+        let out = from_value::<StockFactJson>(
+            json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}),
+        )
+        .expect("json")
+        .into_outgoing(Some(&long), Some(12))
+        .expect("a 128-byte key is valid in a batch");
+        assert!(out.event_id.len() <= MAX_EVENT_ID_BYTES);
+    }
+
+    #[test]
+    fn a_change_is_compared_without_its_envelope() {
+        let first = fact(
+            json!({"type": "received", "sku": "A", "location": "wh", "quantity": 5, "source": "a"}),
+            Some("k"),
+        )
+        .expect("valid");
+        let same = fact(
+            json!({"type": "received", "sku": "A", "location": "wh", "quantity": 5, "source": "b"}),
+            Some("k"),
+        )
+        .expect("valid");
+        let other = fact(
+            json!({"type": "received", "sku": "A", "location": "wh", "quantity": 7}),
+            Some("k"),
+        )
+        .expect("valid");
+        assert!(same.same_change(&first.payload));
+        assert!(!other.same_change(&first.payload));
+        assert!(!other.same_change(b"not protobuf at all"));
+        let cancel =
+            order_action("o-1".into(), OrderAction::Cancel, json!({}), Some("c")).expect("valid");
+        let commit =
+            order_action("o-1".into(), OrderAction::Commit, json!({}), Some("c")).expect("valid");
+        assert!(!commit.same_change(&cancel.payload));
+        assert!(cancel.same_change(&cancel.payload));
     }
 }

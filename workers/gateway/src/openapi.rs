@@ -60,6 +60,28 @@ mod tests {
         walk(&doc, &doc);
     }
 
+    /// Every error code the gateway can answer, also for the framework's own rejections, is
+    /// one the document's `Error` schema lists.
+    #[test]
+    fn the_error_schema_lists_every_code() {
+        let doc = document();
+        let codes: BTreeSet<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+            ["enum"]
+            .as_array()
+            .expect("error codes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for status in 400..600 {
+            let status = axum::http::StatusCode::from_u16(status).expect("status");
+            let code = crate::error::code_for(status);
+            assert!(
+                codes.contains(code),
+                "{status} answers {code}, not in the document"
+            );
+        }
+    }
+
     /// Request examples pass the same parsing and validation as real requests.
     #[test]
     fn request_examples_are_accepted() {

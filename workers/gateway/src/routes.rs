@@ -2,9 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, MatchedPath, Path, Query, Request, State},
+    extract::{
+        rejection::{BytesRejection, QueryRejection},
+        MatchedPath, Path, Query, Request, State,
+    },
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -12,7 +16,7 @@ use axum::{
     Json, Router,
 };
 use futures::StreamExt as _;
-use order_worker::{command::Command, read_order, Decision, LineState, StoredOrder};
+use order_worker::{command::Command, read_order, Decision, LineState, ReadError, StoredOrder};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,14 +26,14 @@ use stockflow_proto::{
 };
 use stockflow_shared::{
     levels::{read_levels, LocationLevels},
-    validate::{validate_location, validate_sku},
+    validate::{validate_location, validate_sku, MAX_EVENT_ID_BYTES},
 };
 
 use crate::{
     auth::{Authorized, Read, Write},
-    error::ApiError,
+    error::{self, ApiError},
     input::{self, OrderAction, Outgoing, PlaceOrderJson, StockFactJson},
-    publish::{publish, publish_all, Stored},
+    publish::{publish, publish_all, PublishError, Stored},
     AppState,
 };
 
@@ -63,12 +67,15 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
     (router, served)
 }
 
-/// The API: routes, body limit, request metrics, JSON 404s.
+/// The API: routes, body limit, request metrics, and every error as JSON (404 for an unknown
+/// route, 405, 414, and whatever else the framework refuses by itself).
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let (routes, _) = api_routes();
     routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn(error::limit_uri))
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
@@ -99,14 +106,33 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// The `Idempotency-Key` header: 1..=128 bytes of printable ASCII without spaces, like an
+/// `event_id` — also when every batch item carries its own id and the key names none.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::invalid("Idempotency-Key", "Idempotency-Key must be ASCII"))
-        })
-        .transpose()
+    const FIELD: &str = "Idempotency-Key";
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                FIELD,
+                "Idempotency-Key must be printable ASCII without spaces",
+            )
+        })?;
+    if key.is_empty() || key.len() > MAX_EVENT_ID_BYTES {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!(
+                "Idempotency-Key is {} bytes, it must be 1..={MAX_EVENT_ID_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(Some(key))
 }
 
 fn unavailable(error: impl std::fmt::Display) -> ApiError {
@@ -143,28 +169,119 @@ fn parse_items<T>(
     Ok((items, batch))
 }
 
-/// 202 when every event is stored; 503 (listing what was stored) when any is not.
+/// What the stock worker's dedup record says about a fact's `event_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// No record (never applied, or longer ago than the dedup TTL), or Redis did not answer.
+    Unknown,
+    /// Applied with the same change.
+    Same,
+}
+
+/// Reads the stock worker's dedup record of each stock fact before anything is published: an
+/// `event_id` the worker applied with another change is a 409 naming the item, and nothing of
+/// the request is stored. This covers re-posts after JetStream's duplicate window; within it
+/// the PubAck's duplicate is compared too ([`publish`]). Without Redis the check is skipped:
+/// writes do not need Redis, and the worker dead-letters such a conflict.
+async fn check_dedup(
+    state: &AppState,
+    events: &[Outgoing],
+    batch: bool,
+) -> Result<Vec<Seen>, ApiError> {
+    let lookups = events.iter().map(|event| async move {
+        let Some(dedup) = &event.dedup else {
+            return Ok(Seen::Unknown);
+        };
+        let mut redis = state.redis.clone();
+        let mut command = redis::cmd("HGET");
+        command
+            .arg(state.keys.event(&dedup.sku, &event.event_id))
+            .arg("f");
+        let read = command.query_async::<Option<String>>(&mut redis);
+        let stored = match tokio::time::timeout(state.publish_timeout, read).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading a dedup record failed; the worker will judge");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("reading a dedup record timed out; the worker will judge");
+                None
+            }
+        };
+        match stored.as_deref() {
+            None => Ok(Seen::Unknown),
+            // '*': restored by `stockctl rebuild`, which keeps no content: cannot compare.
+            Some("*") => Ok(Seen::Unknown),
+            Some(f) if f == dedup.fingerprint => Ok(Seen::Same),
+            Some(_) => Err(event.event_id.clone()),
+        }
+    });
+    let seen = futures::future::join_all(lookups).await;
+    let mut result = Vec::with_capacity(seen.len());
+    for (i, item) in seen.into_iter().enumerate() {
+        match item {
+            Ok(seen) => result.push(seen),
+            Err(event_id) => {
+                let mut error = ApiError::conflict(format!(
+                    "event_id {event_id:?} was already applied with another change; the first \
+                     one stands and nothing was stored"
+                ));
+                error.field = Some("event_id".into());
+                return Err(if batch { error.at_index(i) } else { error });
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// 202 when every event is stored; 409 when an `event_id` is already stored with another
+/// change; 503 (listing what was stored) when any is not stored for want of JetStream.
 async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response {
-    let results = publish_all(&state.js, events, state.publish_timeout).await;
-    let all_stored = results.iter().all(Result::is_ok);
+    let seen = match check_dedup(state, events, batch).await {
+        Ok(seen) => seen,
+        Err(conflict) => return conflict.into_response(),
+    };
+    let results: Vec<Result<Stored, PublishError>> =
+        publish_all(&state.js, events, state.publish_timeout)
+            .await
+            .into_iter()
+            .zip(&seen)
+            .map(|(result, seen)| {
+                result.map(|mut stored| {
+                    stored.duplicate |= *seen == Seen::Same;
+                    stored
+                })
+            })
+            .collect();
     if !batch {
         return match results.into_iter().next() {
             Some(Ok(stored)) => (StatusCode::ACCEPTED, Json(stored)).into_response(),
+            Some(Err(e @ PublishError::Conflict { .. })) => {
+                let mut error = ApiError::conflict(e.to_string());
+                error.field = Some("event_id".into());
+                error.into_response()
+            }
             Some(Err(e)) => unavailable(e).into_response(),
             None => ApiError::invalid("body", "no event").into_response(),
         };
     }
+    let unavailable_any = results
+        .iter()
+        .any(|r| matches!(r, Err(PublishError::Unavailable(_))));
+    let conflict_any = results
+        .iter()
+        .any(|r| matches!(r, Err(PublishError::Conflict { .. })));
     let items: Vec<serde_json::Value> = results
         .into_iter()
         .zip(events)
         .map(|(result, event)| match result {
             Ok(stored) => json!({"stored": true, "event_id": stored.event_id, "duplicate": stored.duplicate, "stream": stored.stream, "seq": stored.seq}),
-            Err(error) => json!({"stored": false, "event_id": event.event_id, "message": error}),
+            Err(error @ PublishError::Conflict { .. }) => json!({"stored": false, "event_id": event.event_id, "error": "conflict", "message": error.to_string()}),
+            Err(error) => json!({"stored": false, "event_id": event.event_id, "error": "unavailable", "message": error.to_string()}),
         })
         .collect();
-    if all_stored {
-        (StatusCode::ACCEPTED, Json(json!({ "events": items }))).into_response()
-    } else {
+    if unavailable_any {
         tracing::warn!("part of a batch was not stored");
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -175,6 +292,18 @@ async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response 
             })),
         )
             .into_response()
+    } else if conflict_any {
+        (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "conflict",
+                "message": "some event ids are already stored with another change; the other events are stored",
+                "events": items,
+            })),
+        )
+            .into_response()
+    } else {
+        (StatusCode::ACCEPTED, Json(json!({ "events": items }))).into_response()
     }
 }
 
@@ -230,9 +359,10 @@ async fn post_orders(
     _: Authorized<Write>,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<WaitQuery>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
     let body = body?;
     let key = idempotency_key(&headers)?;
     let wait = query
@@ -376,9 +506,17 @@ async fn place_and_wait(
         .subscribe(subjects::order_result(&order_id))
         .await
         .map_err(unavailable)?;
-    let stored = publish(&state.js, &event, state.publish_timeout)
-        .await
-        .map_err(unavailable)?;
+    let seen = check_dedup(state, std::slice::from_ref(&event), false).await?;
+    let mut stored = match publish(&state.js, &event, state.publish_timeout).await {
+        Ok(stored) => stored,
+        Err(e @ PublishError::Conflict { .. }) => {
+            let mut error = ApiError::conflict(e.to_string());
+            error.field = Some("event_id".into());
+            return Err(error);
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    stored.duplicate |= seen.first() == Some(&Seen::Same);
     let mut redis = state.redis.clone();
     match read_order(&mut redis, &state.keys, &order_id).await {
         Ok(Some(order)) if order.placed_otherwise(lines, *hold_seconds) => {
@@ -392,8 +530,9 @@ async fn place_and_wait(
             }
         }
         Ok(None) => {}
+        Err(e @ ReadError::Unreadable { .. }) => return Err(unreadable(&e)),
         // The decision may still come in on the subscription.
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading the order record failed"),
+        Err(e) => tracing::warn!(error = %e, "reading the order record failed"),
     }
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, results.next()).await {
         let Ok(result) = OrderResult::decode(message.payload) else {
@@ -445,8 +584,61 @@ async fn order_action(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?
     };
-    let event = input::order_action(order_id, action, value, key)?;
+    let event = input::order_action(order_id.clone(), action, value, key)?;
+    if !order_known(&state, &order_id).await? {
+        return Err(ApiError::not_found(format!(
+            "no order {order_id:?}: it was never placed, or it ended longer ago than its \
+             retention; nothing was stored"
+        )));
+    }
     Ok(ingest(&state, &[event], false).await)
+}
+
+/// Whether a command for `order_id` may be published: the order worker has its record, or
+/// `ORDER_EVENTS` holds a message for it (a placement not decided yet — a command that
+/// overtakes it is still the worker's to order). Neither: the order does not exist, and a
+/// command would only leave a record of a command.
+async fn order_known(state: &AppState, order_id: &str) -> Result<bool, ApiError> {
+    let mut redis = state.redis.clone();
+    let redis_failed = match read_order(&mut redis, &state.keys, order_id).await {
+        Ok(Some(_)) => return Ok(true),
+        Ok(None) => false,
+        Err(e @ ReadError::Unreadable { .. }) => return Err(unreadable(&e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the order record failed; asking JetStream");
+            true
+        }
+    };
+    let last = async {
+        state
+            .js
+            .get_stream_no_info(subjects::ORDER_EVENTS)
+            .await
+            .map_err(|e| e.to_string())?
+            .get_last_raw_message_by_subject(&subjects::order_event(order_id))
+            .await
+            .map(|_| true)
+            .or_else(|e| match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(false),
+                _ => Err(e.to_string()),
+            })
+    };
+    match tokio::time::timeout(state.publish_timeout, last).await {
+        Ok(Ok(true)) => Ok(true),
+        // A running order may outlive its placement in the stream: only Redis can say no.
+        Ok(Ok(false)) if redis_failed => Err(ApiError::unavailable(
+            "the stock store did not answer, so whether the order exists is unknown; retry",
+        )),
+        Ok(Ok(false)) => Ok(false),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable("JetStream did not answer in time")),
+    }
+}
+
+/// A record no version of the workers writes: a bug to fix, not a condition to retry.
+fn unreadable(error: &ReadError) -> ApiError {
+    tracing::error!(error = %error, "an order record cannot be interpreted");
+    ApiError::internal(format!("{error}; this is a bug, a retry will not help"))
 }
 
 async fn post_cancel(
@@ -549,6 +741,13 @@ impl<'a> From<&'a order_worker::StoredLine> for LineJson<'a> {
     }
 }
 
+fn read_order_failed(e: ReadError) -> ApiError {
+    match e {
+        ReadError::Unreadable { .. } => unreadable(&e),
+        ReadError::Redis(e) => read_failed(e.into()),
+    }
+}
+
 fn read_failed(e: anyhow::Error) -> ApiError {
     tracing::warn!(error = %format!("{e:#}"), "reading from Redis failed");
     ApiError::unavailable("the stock store did not answer; retry")
@@ -621,7 +820,7 @@ async fn get_order(
     let mut redis = state.redis.clone();
     let Some(order) = read_order(&mut redis, &state.keys, &order_id)
         .await
-        .map_err(read_failed)?
+        .map_err(read_order_failed)?
     else {
         return Err(ApiError::not_found(format!("no order {order_id:?}")));
     };

@@ -29,7 +29,9 @@
 -- (cancelled, expired, fulfilled) and settled, or rejected and its decision published — and
 -- never earlier: until then a redelivery may still need it to finish a release or a report.
 -- A record a cancel or commit creates for an order not placed (yet, or any more, its record
--- expired) expires too, unless a placement arrives first. Retention is at least the dedup TTL,
+-- expired) expires too, unless a placement arrives first. Until then the reader
+-- (`src/read.rs`) sees a cancel's record as a cancelled order without lines, and a commit's as
+-- an unknown order (nothing was placed): no record this script writes is unreadable. Retention is at least the dedup TTL,
 -- and the order record's clock starts after its lines' (released before `settled` / the
 -- rejection), so while any line record of the order exists, the order record does: a late
 -- duplicate placement meets the order, never a bare line record.

@@ -118,6 +118,78 @@ pub fn decode_lines(text: &str) -> Vec<Line> {
         .collect()
 }
 
+/// What is wrong with one line of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// The line's position in the command.
+    pub index: usize,
+    /// The line's field at fault: `line_id`, `sku`, `quantity`, `location`.
+    pub field: &'static str,
+    /// Dead-letter category.
+    pub category: &'static str,
+    /// Why, naming the field.
+    pub reason: String,
+}
+
+/// Checks a placement's lines: ids unique and valid, SKUs valid, quantities in range.
+pub fn check_lines(lines: &[Line]) -> Result<(), LineError> {
+    let mut ids = HashSet::new();
+    for (index, line) in lines.iter().enumerate() {
+        let error = |field, category, reason| LineError {
+            index,
+            field,
+            category,
+            reason,
+        };
+        validate_location("line_id", &line.line_id)
+            .map_err(|r| error("line_id", "invalid_lines", r))?;
+        if !ids.insert(&line.line_id) {
+            return Err(error(
+                "line_id",
+                "invalid_lines",
+                format!("line_id {:?} appears twice", line.line_id),
+            ));
+        }
+        validate_sku(&line.sku).map_err(|r| error("sku", "invalid_sku", r))?;
+        if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
+            return Err(error(
+                "quantity",
+                "invalid_quantity",
+                format!(
+                    "quantity must be 1..={MAX_LINE_QUANTITY}, got {}",
+                    line.quantity
+                ),
+            ));
+        }
+        if !line.location.is_empty() {
+            validate_location("location", &line.location)
+                .map_err(|r| error("location", "invalid_location", r))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a fulfilment's (line_id, units) pairs.
+pub fn check_fulfilled_lines(lines: &[(String, i64)]) -> Result<(), LineError> {
+    for (index, (line_id, quantity)) in lines.iter().enumerate() {
+        validate_location("line_id", line_id).map_err(|reason| LineError {
+            index,
+            field: "line_id",
+            category: "invalid_lines",
+            reason,
+        })?;
+        if !(1..=MAX_LINE_QUANTITY).contains(quantity) {
+            return Err(LineError {
+                index,
+                field: "quantity",
+                category: "invalid_quantity",
+                reason: format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {quantity}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes and validates `payload` received on `subject`.
 pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError> {
     let event = OrderEvent::decode(payload).map_err(|e| {
@@ -195,41 +267,10 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, HandleError>
                     format!("hold_seconds must be 0..={MAX_HOLD_SECONDS}"),
                 ));
             }
-            let mut ids = HashSet::new();
-            for line in lines {
-                validate_location("line_id", &line.line_id).map_err(|r| bad("invalid_lines", r))?;
-                if !ids.insert(&line.line_id) {
-                    return Err(bad(
-                        "invalid_lines",
-                        format!("line_id {:?} appears twice", line.line_id),
-                    ));
-                }
-                validate_sku(&line.sku).map_err(|r| bad("invalid_sku", r))?;
-                if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
-                    return Err(bad(
-                        "invalid_quantity",
-                        format!(
-                            "quantity must be 1..={MAX_LINE_QUANTITY}, got {}",
-                            line.quantity
-                        ),
-                    ));
-                }
-                if !line.location.is_empty() {
-                    validate_location("location", &line.location)
-                        .map_err(|r| bad("invalid_location", r))?;
-                }
-            }
+            check_lines(lines).map_err(|e| bad(e.category, e.reason))?;
         }
         Command::Fulfilled { lines, .. } => {
-            for (line_id, quantity) in lines {
-                validate_location("line_id", line_id).map_err(|r| bad("invalid_lines", r))?;
-                if !(1..=MAX_LINE_QUANTITY).contains(quantity) {
-                    return Err(bad(
-                        "invalid_quantity",
-                        format!("quantity must be 1..={MAX_LINE_QUANTITY}, got {quantity}"),
-                    ));
-                }
-            }
+            check_fulfilled_lines(lines).map_err(|e| bad(e.category, e.reason))?;
         }
         Command::Committed | Command::Cancelled | Command::HoldExpired { .. } => {}
     }

@@ -3,7 +3,7 @@
 pub mod command;
 mod read;
 
-pub use read::{read_order, Decision, LineState, OrderStatus, StoredLine, StoredOrder};
+pub use read::{read_order, Decision, LineState, OrderStatus, ReadError, StoredLine, StoredOrder};
 
 use std::{future::Future, time::Duration};
 

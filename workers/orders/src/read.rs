@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
 use stockflow_proto::v1::{Allocation, Shortfall};
 use stockflow_shared::keys::Keys;
 
@@ -176,37 +175,60 @@ impl StoredOrder {
     }
 }
 
+/// Why an order could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Redis did not answer: a retry may succeed.
+    #[error("reading the order's records from Redis failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The record holds something no version of the worker writes: a bug, which no retry
+    /// repairs.
+    #[error("the record of order {order_id:?} cannot be interpreted: {reason}")]
+    Unreadable {
+        /// The order.
+        order_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// Reads `order_id`'s records; `None` when the worker has never seen the order, or the order
 /// is final and its record has expired (`STOCKFLOW_ORDER_RETENTION_SECONDS`): an expired order
-/// reads as unknown.
+/// reads as unknown. So does an order that only a commit has reached: the commit is kept for a
+/// placement that may still come (it overtook it), but nothing was placed.
 pub async fn read_order(
     redis: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
     order_id: &str,
-) -> anyhow::Result<Option<StoredOrder>> {
+) -> Result<Option<StoredOrder>, ReadError> {
     let order: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.order(order_id))
         .query_async(redis)
-        .await
-        .context("reading the order record")?;
+        .await?;
     if order.is_empty() {
         return Ok(None);
     }
     let field = |name: &str| order.get(name).map(String::as_str).unwrap_or("");
     let number = |name: &str| field(name).parse::<i64>().unwrap_or(0);
-    let status = match OrderStatus::parse(field("status")) {
-        Some(status) => status,
+    let status = match (OrderStatus::parse(field("status")), field("status")) {
+        (Some(status), _) => status,
         // A cancel that arrived before the placement leaves only the flag.
-        None if field("cancelled") == "1" => OrderStatus::Cancelled,
-        None => anyhow::bail!("order record has an unknown status {:?}", field("status")),
+        (None, "") if field("cancelled") == "1" => OrderStatus::Cancelled,
+        // A commit that arrived before the placement (or after its record expired): not placed.
+        (None, "") if field("fp").is_empty() => return Ok(None),
+        (None, status) => {
+            return Err(ReadError::Unreadable {
+                order_id: order_id.to_owned(),
+                reason: format!("unknown status {status:?}"),
+            })
+        }
     };
     let mut lines = Vec::new();
     for line in decode_lines(field("lines")) {
         let record: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys.order_line(&line.sku, order_id, &line.line_id))
             .query_async(redis)
-            .await
-            .context("reading an order line record")?;
+            .await?;
         lines.push(StoredLine {
             state: line_state(&record),
             line,
