@@ -319,6 +319,10 @@ enum Restarted {
 async fn keeps_going_after_a_restart(server: Restarted) {
     let mut world = World::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    if let Restarted::Redis = server {
+        // Stopped as the worker starts (before it, so the worker cannot have connected yet).
+        world.redis.stop();
+    }
     let mut process = Process::spawn(
         "stock-worker",
         &world.nats.url(),
@@ -326,19 +330,22 @@ async fn keeps_going_after_a_restart(server: Restarted) {
         &[],
         dir.path(),
     );
-    let mut restart = || match server {
-        Restarted::Nats => world.nats.restart(),
+    match server {
+        Restarted::Nats => {
+            // Right after its start, while it connects to NATS (a connection cut in its
+            // handshake used to end the process) ...
+            world.nats.restart();
+            // ... and once it has connected, while it checks the topology and connects to Redis.
+            process.wait_logged("nats connected").await;
+            world.nats.restart();
+        }
         Restarted::Redis => {
-            world.redis.stop();
+            // Back once the worker has tried it (a single try used to end the process).
+            process.wait_logged("waiting for redis").await;
+            process.assert_running();
             world.redis.resume();
         }
-    };
-    // Right after its start, while it connects to NATS (a connection cut in its handshake used
-    // to end the process) ...
-    restart();
-    // ... and once it has connected, while it checks the topology and connects to Redis.
-    process.wait_logged("nats connected").await;
-    restart();
+    }
     process.wait_readyz(200).await;
     let fact = event("r1", "RESTART-SKU", "wh", received(6));
     eventually("the fact is stored", DEADLINE, || async {
