@@ -230,7 +230,7 @@ async fn waits_for_its_servers(binary: &str) {
     }
 
     // Now it serves.
-    let world = World::start_on(nats, redis, &[]).await;
+    let mut world = World::start_on(nats, redis, &[]).await;
     match binary {
         "stock-worker" => {
             world
@@ -281,6 +281,32 @@ async fn waits_for_its_servers(binary: &str) {
             assert_eq!(response.status().as_u16(), 202, "the fact is accepted");
             stockflow_tests::wait_for_count(&world.js, subjects::STOCK_EVENTS, "stock.events.>", 1)
                 .await;
+            // NATS gone after the start: writes 503, not ready, reads from Redis still answer.
+            world.nats.stop();
+            let http = reqwest::Client::new();
+            let write = http
+                .post(format!("{}/v1/stock/events", process.api()))
+                .header("Idempotency-Key", "late-2")
+                .json(&serde_json::json!({
+                    "type": "received", "sku": "LATE-SKU", "location": "wh",
+                    "quantity": 1, "source": "test"
+                }))
+                .send()
+                .await
+                .expect("the API answers");
+            assert_eq!(write.status().as_u16(), 503, "a write without NATS");
+            let body = process.wait_readyz(503).await;
+            assert!(body.contains("nats"), "/readyz names nats: {body}");
+            let read = http
+                .get(format!("{}/v1/stock/NEVER-STOCKED", process.api()))
+                .send()
+                .await
+                .expect("the API answers");
+            assert_eq!(
+                read.status().as_u16(),
+                404,
+                "a read needs only Redis: it answers (here: nothing recorded), not 503"
+            );
         }
         other => unreachable!("no such binary {other}"),
     }
