@@ -230,7 +230,7 @@ async fn waits_for_its_servers(binary: &str) {
     }
 
     // Now it serves.
-    let world = World::start_on(nats, redis, &[]).await;
+    let mut world = World::start_on(nats, redis, &[]).await;
     match binary {
         "stock-worker" => {
             world
@@ -281,6 +281,32 @@ async fn waits_for_its_servers(binary: &str) {
             assert_eq!(response.status().as_u16(), 202, "the fact is accepted");
             stockflow_tests::wait_for_count(&world.js, subjects::STOCK_EVENTS, "stock.events.>", 1)
                 .await;
+            // NATS gone after the start: writes 503, not ready, reads from Redis still answer.
+            world.nats.stop();
+            let http = reqwest::Client::new();
+            let write = http
+                .post(format!("{}/v1/stock/events", process.api()))
+                .header("Idempotency-Key", "late-2")
+                .json(&serde_json::json!({
+                    "type": "received", "sku": "LATE-SKU", "location": "wh",
+                    "quantity": 1, "source": "test"
+                }))
+                .send()
+                .await
+                .expect("the API answers");
+            assert_eq!(write.status().as_u16(), 503, "a write without NATS");
+            let body = process.wait_readyz(503).await;
+            assert!(body.contains("nats"), "/readyz names nats: {body}");
+            let read = http
+                .get(format!("{}/v1/stock/NEVER-STOCKED", process.api()))
+                .send()
+                .await
+                .expect("the API answers");
+            assert_eq!(
+                read.status().as_u16(),
+                404,
+                "a read needs only Redis: it answers (here: nothing recorded), not 503"
+            );
         }
         other => unreachable!("no such binary {other}"),
     }
@@ -319,6 +345,10 @@ enum Restarted {
 async fn keeps_going_after_a_restart(server: Restarted) {
     let mut world = World::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    if let Restarted::Redis = server {
+        // Stopped as the worker starts (before it, so the worker cannot have connected yet).
+        world.redis.stop();
+    }
     let mut process = Process::spawn(
         "stock-worker",
         &world.nats.url(),
@@ -326,19 +356,22 @@ async fn keeps_going_after_a_restart(server: Restarted) {
         &[],
         dir.path(),
     );
-    let mut restart = || match server {
-        Restarted::Nats => world.nats.restart(),
+    match server {
+        Restarted::Nats => {
+            // Right after its start, while it connects to NATS (a connection cut in its
+            // handshake used to end the process) ...
+            world.nats.restart();
+            // ... and once it has connected, while it checks the topology and connects to Redis.
+            process.wait_logged("nats connected").await;
+            world.nats.restart();
+        }
         Restarted::Redis => {
-            world.redis.stop();
+            // Back once the worker has tried it (a single try used to end the process).
+            process.wait_logged("waiting for redis").await;
+            process.assert_running();
             world.redis.resume();
         }
-    };
-    // Right after its start, while it connects to NATS (a connection cut in its handshake used
-    // to end the process) ...
-    restart();
-    // ... and once it has connected, while it checks the topology and connects to Redis.
-    process.wait_logged("nats connected").await;
-    restart();
+    }
     process.wait_readyz(200).await;
     let fact = event("r1", "RESTART-SKU", "wh", received(6));
     eventually("the fact is stored", DEADLINE, || async {
