@@ -256,8 +256,111 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                 Duration::ZERO,
                 5 * MAX_REDELIVERY_SPAN,
             ),
+            // The webhook outbox: a work queue, so a delivery leaves the stream once its
+            // endpoint acknowledged it (or it was dead-lettered); the per-endpoint consumers'
+            // filters never overlap.
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..stream(
+                    subjects::WEBHOOKS,
+                    &["webhooks.>"],
+                    WEBHOOKS_MAX_AGE,
+                    5 * MAX_REDELIVERY_SPAN,
+                )
+            },
         ])
         .collect()
+}
+
+/// How long a webhook delivery may wait in `WEBHOOKS` before JetStream drops it: well above the
+/// longest retry horizon notify accepts, so a delivery always ends as a POST or a dead letter.
+pub const WEBHOOKS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The durable consumer name of webhook endpoint `endpoint` on `WEBHOOKS`.
+pub fn webhook_durable(endpoint: &str) -> String {
+    format!("webhook-{endpoint}")
+}
+
+/// The declared configuration of webhook endpoint `endpoint`'s consumer: its own subject only,
+/// from the start (that subject only ever holds its deliveries).
+pub fn webhook_consumer_config(
+    endpoint: &str,
+    settings: &TopologySettings,
+) -> consumer::pull::Config {
+    let base = consumer_config(
+        &ConsumerSpec {
+            stream: subjects::WEBHOOKS,
+            durable: "",
+        },
+        settings,
+    );
+    consumer::pull::Config {
+        durable_name: Some(webhook_durable(endpoint)),
+        description: Some(format!("stockflow notify-worker deliveries to {endpoint}")),
+        filter_subject: subjects::webhook(endpoint),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..base
+    }
+}
+
+/// Creates webhook endpoint `endpoint`'s consumer, or verifies the one that exists reads that
+/// endpoint's subject with explicit acks and unbounded redeliveries.
+pub async fn ensure_webhook_consumer(
+    js: &jetstream::Context,
+    endpoint: &str,
+    settings: &TopologySettings,
+) -> Result<(), TopologyError> {
+    let config = webhook_consumer_config(endpoint, settings);
+    let durable = webhook_durable(endpoint);
+    let object = format!("consumer {}/{durable}", subjects::WEBHOOKS);
+    let stream = js
+        .get_stream(subjects::WEBHOOKS)
+        .await
+        .map_err(|e| js_error(format!("looking up stream {}", subjects::WEBHOOKS))(e.into()))?;
+    let actual = match stream
+        .get_consumer::<consumer::pull::Config>(&durable)
+        .await
+    {
+        Ok(consumer) => consumer.cached_info().config.clone(),
+        Err(_) => {
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| js_error(format!("creating {object}"))(e.into()))?;
+            tracing::info!(%object, "created consumer");
+            return Ok(());
+        }
+    };
+    let mismatch = if actual.filter_subject != config.filter_subject {
+        Some((
+            "filter_subject",
+            actual.filter_subject.clone(),
+            config.filter_subject.clone(),
+        ))
+    } else if actual.ack_policy != consumer::AckPolicy::Explicit {
+        Some((
+            "ack_policy",
+            format!("{:?}", actual.ack_policy),
+            "Explicit".to_owned(),
+        ))
+    } else if actual.max_deliver != -1 {
+        Some((
+            "max_deliver",
+            actual.max_deliver.to_string(),
+            "-1".to_owned(),
+        ))
+    } else {
+        None
+    };
+    match mismatch {
+        None => Ok(()),
+        Some((setting, actual, expected)) => Err(TopologyError::Mismatch {
+            object,
+            setting,
+            actual,
+            expected,
+        }),
+    }
 }
 
 /// The declared configuration of a durable consumer.
