@@ -785,6 +785,28 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_outbox_is_a_work_queue_read_per_endpoint() {
+        let settings = TopologySettings::default();
+        let outbox = streams(&settings)
+            .into_iter()
+            .find(|s| s.name == subjects::WEBHOOKS)
+            .expect("WEBHOOKS is declared");
+        assert_eq!(outbox.subjects, vec!["webhooks.>".to_owned()]);
+        assert_eq!(outbox.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(outbox.max_age, WEBHOOKS_MAX_AGE);
+        assert_eq!(outbox.duplicate_window, 5 * MAX_REDELIVERY_SPAN);
+        let consumer = webhook_consumer_config("crm", &settings);
+        assert_eq!(consumer.durable_name.as_deref(), Some("webhook-crm"));
+        assert_eq!(consumer.filter_subject, "webhooks.crm");
+        assert_eq!(consumer.deliver_policy, consumer::DeliverPolicy::All);
+        assert_eq!(consumer.ack_policy, consumer::AckPolicy::Explicit);
+        assert_eq!(
+            consumer.max_deliver, -1,
+            "retried until the horizon, not a count"
+        );
+    }
+
+    #[test]
     fn the_number_of_partitions_is_bounded_and_errors_name_the_variable() {
         let read = |value: &str| {
             WorkerSettings::from_env(
