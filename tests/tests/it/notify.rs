@@ -269,9 +269,12 @@ pub(crate) fn subscriptions_file(
     path.to_string_lossy().into_owned()
 }
 
-/// Settings for a fast test: short timeouts and back-off.
+/// Settings for a fast test: short timeouts and back-off, and the world's 2 s ack wait for the
+/// endpoints' consumers, which the worker creates (a delivery held by a stopped worker comes back
+/// after it).
 pub(crate) fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
+        ("STOCKFLOW_ACK_WAIT_SECONDS", "2"),
         ("STOCKFLOW_WEBHOOKS_FILE", file),
         ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
         ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "2000"),
@@ -765,6 +768,7 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
                 .env("STOCKFLOW_LOG", "warn")
                 .env("STOCKFLOW_WEBHOOKS_FILE", &file)
                 .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
+                .env("STOCKFLOW_ACK_WAIT_SECONDS", "2")
                 .env("STOCKFLOW_WEBHOOK_CONCURRENCY", "1")
                 .env("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "20")
                 .env("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "200")
@@ -955,6 +959,7 @@ async fn an_open_breaker_pauses_its_endpoint_and_its_gauge_follows_the_real_stat
             .env("STOCKFLOW_LOG", "warn")
             .env("STOCKFLOW_WEBHOOKS_FILE", &file)
             .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
+            .env("STOCKFLOW_ACK_WAIT_SECONDS", "2")
             .env("STOCKFLOW_WEBHOOK_CONCURRENCY", "1")
             .env("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "20")
             .env("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "200")
