@@ -558,7 +558,41 @@ async fn a_refusal_is_dead_lettered_at_once_as_the_outbox_message() {
         "{reason}"
     );
     assert_eq!(gone.received().len(), 1);
-    assert_eq!(healthy.ids(), HashSet::from([msg_id]));
+    assert_eq!(healthy.ids(), HashSet::from([msg_id.clone()]));
+
+    // A replay as `stockctl dlq replay` does it: the dead letter's bytes and headers, back on its
+    // original subject. The endpoint (now accepting) gets the same event id and body.
+    let mut headers = HeaderMap::new();
+    if let Some(stored) = &letter.headers {
+        for (name, values) in stored.iter() {
+            if name.to_string() != "Nats-Msg-Id" {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    world
+        .js
+        .publish_with_headers(
+            header_of(letter, "Stockflow-Original-Subject"),
+            headers,
+            letter.payload.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    eventually("the replayed delivery is POSTed", DEADLINE, || async {
+        (gone.accepted_ids() == HashSet::from([msg_id.clone()])).then_some(())
+    })
+    .await;
+    wait_deliveries_done(&world, &["gone"]).await;
+    let posts = gone.received();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[1].body, posts[0].body, "the same body");
+    assert_eq!(posts[1].event_type, "back_in_stock");
+    gone.assert_signatures_verified();
     worker.shutdown().await;
 }
 
