@@ -187,6 +187,10 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a starting worker waits for JetStream to answer while it declares the endpoints'
+/// consumers.
+const CONSUMER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Creates (or checks) each endpoint's consumer on `WEBHOOKS`, patient with a JetStream that
 /// does not answer yet like the topology check before it.
 async fn ensure_endpoint_consumers(
@@ -200,7 +204,7 @@ async fn ensure_endpoint_consumers(
                 .await
             {
                 Err(topology::TopologyError::JetStream { action, source })
-                    if started.elapsed() < topology::START_PATIENCE =>
+                    if started.elapsed() < CONSUMER_PATIENCE =>
                 {
                     tracing::warn!(%action, error = %source, "JetStream did not answer; retrying");
                     // Back-off before asking a busy or recovering JetStream again.
