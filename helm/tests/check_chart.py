@@ -1160,7 +1160,13 @@ def expectations(s: Scenario) -> list[str]:
         secrets = [o["metadata"]["name"] for o in by_kind(s.objects, "Secret")]
         if secrets != [GATEWAY_TOKENS_SECRET]:
             problems.append(f"defaults: Secrets {secrets}, expected only the generated {GATEWAY_TOKENS_SECRET}")
-        problems += check_in_flight(s, {"notify-worker": "1024"})
+        # The notify fan-out never waits for an endpoint: the shared window is enough.
+        problems += check_in_flight(s, {})
+        problems += check_webhook_retries(s, {
+            "STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS": "1000",
+            "STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS": "300000",
+            "STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS": "86400",
+        })
     elif s.name == "keda-off.yaml":
         if by_kind(s.objects, "ScaledObject"):
             problems.append("KEDA off: ScaledObjects rendered")
@@ -1257,6 +1263,18 @@ def check_in_flight(s: Scenario, want: dict[str, str]) -> list[str]:
         got = env.get("STOCKFLOW_MAX_IN_FLIGHT")
         if got != want.get(component_of(d)):
             problems.append(f"{component_of(d)}: STOCKFLOW_MAX_IN_FLIGHT={got!r} in its env, expected {want.get(component_of(d))!r}")
+    return problems
+
+
+def check_webhook_retries(s: Scenario, want: dict[str, str]) -> list[str]:
+    """The webhook retry settings are in the notify worker's env, and in no other's."""
+    problems = []
+    for d in by_kind(s.objects, "Deployment"):
+        env = {e["name"]: e.get("value") for e in pod_spec(d)["containers"][0].get("env", [])}
+        got = {k: env.get(k) for k in want}
+        expected = want if component_of(d) == "notify-worker" else {k: None for k in want}
+        if got != expected:
+            problems.append(f"{component_of(d)}: webhook retry settings {got}, expected {expected}")
     return problems
 
 

@@ -8,14 +8,14 @@ Starts, on free loopback ports and in a temporary directory: nats-server (JetStr
 redis-server, `stockctl setup`, a webhook receiver (one endpoint that accepts, one that always
 answers 500), the four binaries (cargo build --workspace --bins first) with
 STOCKFLOW_METRICS_ADDR set — stock-worker, order-worker, notify-worker (subscribed to the
-receiver, with few and quick retries and a low breaker threshold) and gateway (with a write and a
+receiver, with quick retries, a short retry horizon and a low breaker threshold) and gateway (with a write and a
 read token) — and Prometheus (Debian package `prometheus`, installed by scripts/bootstrap.py)
 scraping them every second. Then `stockflow-traffic` sends traffic that exercises every metric
 of the stock and order workers (alerts, duplicates, a stale count, a dead letter, confirmed,
 rejected and cancelled orders, expiring holds, a NAK for an event that arrived too early), and
 requests to the gateway (accepted, refused without a token or the scope, an unknown SKU) whose
 stock changes and alerts the notify worker delivers: delivered to one endpoint, retried and
-failed (dead-lettered, then the breaker opens) at the other. Between two rounds of gateway
+paused by the breaker and failed (dead-lettered past the retry horizon) at the other. Between two rounds of gateway
 requests the stock worker's durable consumer is deleted and declared again (a consumer restart,
 lag, duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
 dashboard query (Grafana's variables substituted) and every alert expression is sent to
@@ -81,14 +81,16 @@ TRAFFIC_DEADLINE = 90.0  # seconds for stockflow-traffic (it gives up on a step 
 # the traffic of stockflow-traffic (its own SKUs) costs the notify worker no POSTs.
 HOOK_SKU = "CHECK-HOOKED-1"
 HOOK_LOCATION = "store-1"
-# The notify worker's retry settings: three POSTs per delivery, back-off of at most 200 ms, and a
-# breaker that opens after three consecutive failures — so a delivery to the failing endpoint
-# is retried and dead-lettered within a second, and the breaker opens on the first one.
+# The notify worker's retry settings: back-off of at most 200 ms, a retry horizon of one second
+# and a breaker that opens after three consecutive failures for one second — so the deliveries to
+# the failing endpoint are retried, pause it (the breaker opens) and are dead-lettered once past
+# the horizon, within a few seconds.
 NOTIFY_RETRY_ENV = {
-    "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS": "3",
-    "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS": "50",
-    "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS": "200",
+    "STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS": "50",
+    "STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS": "200",
+    "STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS": "1",
     "STOCKFLOW_WEBHOOK_BREAKER_FAILURES": "3",
+    "STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS": "1",
 }
 
 
@@ -500,10 +502,15 @@ def gateway_first_round(system: System, receiver: WebhookReceiver) -> None:
                                                 "quantity": 1}, gw.read_token, "check-refused")
     gw.expect(404, "GET", "/v1/stock/CHECK-NEVER-SEEN", token=gw.read_token)
 
+    # The breaker is open only for a second at a time: remember having seen it open.
+    seen_open = [False]
+
     def failing_gave_up():
         text = system.metrics_text("notify-worker")
+        if metric_value(text, "stockflow_webhook_breaker_open", endpoint="failing") == 1:
+            seen_open[0] = True
         return (metric_value(text, "stockflow_webhook_deliveries_total", endpoint="failing", outcome="failed") >= 2
-                and metric_value(text, "stockflow_webhook_breaker_open", endpoint="failing") == 1)
+                and seen_open[0])
 
     eventually("the notify worker dead-letters both deliveries to the failing endpoint and opens its breaker",
                DELIVERY_DEADLINE, failing_gave_up)

@@ -97,6 +97,15 @@ pub enum HandleError {
     /// decision): NAKed with a back-off and retried, like a transient failure.
     #[error("not yet applicable: {0}")]
     NotYet(String),
+    /// The handler chose when the input should come back (e.g. a webhook endpoint's own back-off,
+    /// or the rest of its breaker's open period): NAKed with exactly `delay`, never dead-lettered.
+    #[error("retry in {delay:?}: {reason}")]
+    RetryIn {
+        /// Why it is not done yet.
+        reason: String,
+        /// When JetStream should redeliver it.
+        delay: Duration,
+    },
     /// A dependency failed; the input is NAKed with a back-off and retried. Never dead-lettered.
     #[error("{} unavailable: {source:#}", dependency.as_str())]
     Transient {
@@ -560,11 +569,15 @@ impl Consumer {
             // A dependency is down: take nothing new until it is back; what is in flight NAKs
             // itself with a back-off. The monitor refreshes the flag every 500 ms, so polling it
             // at half that notices recovery promptly.
-            while !self.can_process.get() {
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            if !self.can_process.get() {
+                while !self.can_process.get() {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
                 }
+                // Nothing was pulled on purpose: not a stall.
+                last_delivery = Instant::now();
             }
             let permit = tokio::select! {
                 () = shutdown.cancelled() => return None,
@@ -706,6 +719,10 @@ impl Consumer {
                 tracing::warn!(worker, dependency = dependency.as_str(), error = %format!("{source:#}"), "transient failure; retrying");
                 self.nak(&message, Some(dependency)).await;
             }
+            Err(HandleError::RetryIn { reason, delay }) => {
+                tracing::debug!(worker, %reason, ?delay, "retrying later, as the handler asked");
+                self.nak_in(&message, Some(delay)).await;
+            }
         }
         in_flight.decrement(1.0);
     }
@@ -742,13 +759,48 @@ impl Consumer {
             metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => dependency.as_str())
                 .increment(1);
         }
-        let attempt = message
-            .info()
-            .map(|i| u32::try_from(i.delivered.max(1) - 1).unwrap_or(u32::MAX))
-            .unwrap_or(0);
-        let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(20));
+        self.nak_in(message, None).await;
+    }
+
+    /// NAKs `message` to come back after `requested`, or after the loop's own back-off.
+    async fn nak_in(&self, message: &jetstream::Message, requested: Option<Duration>) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let delay = nak_delay(requested, delivered);
         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
-            tracing::warn!(worker, error = %e, "nak failed; redelivery after ack_wait");
+            tracing::warn!(worker = self.spec.durable, error = %e, "nak failed; redelivery after ack_wait");
         }
+    }
+}
+
+/// The redelivery delay of a NAK: what the handler asked for, as it is (its own policy may
+/// exceed the loop's cap by far), else doubling from 200 ms per delivery, capped at 20 s.
+fn nak_delay(requested: Option<Duration>, delivered: i64) -> Duration {
+    requested.unwrap_or_else(|| {
+        let attempt = u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
+        backoff(attempt, Duration::from_millis(200), Duration::from_secs(20))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nak_waits_as_long_as_the_handler_asked_else_the_loops_back_off() {
+        let hours = Duration::from_secs(3 * 3600);
+        assert_eq!(nak_delay(Some(hours), 1), hours, "not capped, not jittered");
+        assert_eq!(
+            nak_delay(Some(Duration::from_millis(5)), 40),
+            Duration::from_millis(5)
+        );
+        let first = nak_delay(None, 1);
+        assert!(first >= Duration::from_millis(200) && first <= Duration::from_millis(240));
+        let late = nak_delay(None, 100);
+        assert!(late >= Duration::from_secs(20) && late <= Duration::from_secs(24));
+        let err = HandleError::RetryIn {
+            reason: "endpoint paused".into(),
+            delay: Duration::from_secs(2),
+        };
+        assert_eq!(err.to_string(), "retry in 2s: endpoint paused");
     }
 }

@@ -267,8 +267,111 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                 Duration::ZERO,
                 5 * MAX_REDELIVERY_SPAN,
             ),
+            // The webhook outbox: a work queue, so a delivery leaves the stream once its
+            // endpoint acknowledged it (or it was dead-lettered); the per-endpoint consumers'
+            // filters never overlap.
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..stream(
+                    subjects::WEBHOOKS,
+                    &["webhooks.>"],
+                    WEBHOOKS_MAX_AGE,
+                    5 * MAX_REDELIVERY_SPAN,
+                )
+            },
         ])
         .collect()
+}
+
+/// How long a webhook delivery may wait in `WEBHOOKS` before JetStream drops it: well above the
+/// longest retry horizon notify accepts, so a delivery always ends as a POST or a dead letter.
+pub const WEBHOOKS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The durable consumer name of webhook endpoint `endpoint` on `WEBHOOKS`.
+pub fn webhook_durable(endpoint: &str) -> String {
+    format!("webhook-{endpoint}")
+}
+
+/// The declared configuration of webhook endpoint `endpoint`'s consumer: its own subject only,
+/// from the start (that subject only ever holds its deliveries).
+pub fn webhook_consumer_config(
+    endpoint: &str,
+    settings: &TopologySettings,
+) -> consumer::pull::Config {
+    let base = consumer_config(
+        &ConsumerSpec {
+            stream: subjects::WEBHOOKS,
+            durable: "",
+        },
+        settings,
+    );
+    consumer::pull::Config {
+        durable_name: Some(webhook_durable(endpoint)),
+        description: Some(format!("stockflow notify-worker deliveries to {endpoint}")),
+        filter_subject: subjects::webhook(endpoint),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..base
+    }
+}
+
+/// Creates webhook endpoint `endpoint`'s consumer, or verifies the one that exists reads that
+/// endpoint's subject with explicit acks and unbounded redeliveries.
+pub async fn ensure_webhook_consumer(
+    js: &jetstream::Context,
+    endpoint: &str,
+    settings: &TopologySettings,
+) -> Result<(), TopologyError> {
+    let config = webhook_consumer_config(endpoint, settings);
+    let durable = webhook_durable(endpoint);
+    let object = format!("consumer {}/{durable}", subjects::WEBHOOKS);
+    let stream = js
+        .get_stream(subjects::WEBHOOKS)
+        .await
+        .map_err(|e| js_error(format!("looking up stream {}", subjects::WEBHOOKS))(e.into()))?;
+    let actual = match stream
+        .get_consumer::<consumer::pull::Config>(&durable)
+        .await
+    {
+        Ok(consumer) => consumer.cached_info().config.clone(),
+        Err(_) => {
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| js_error(format!("creating {object}"))(e.into()))?;
+            tracing::info!(%object, "created consumer");
+            return Ok(());
+        }
+    };
+    let mismatch = if actual.filter_subject != config.filter_subject {
+        Some((
+            "filter_subject",
+            actual.filter_subject.clone(),
+            config.filter_subject.clone(),
+        ))
+    } else if actual.ack_policy != consumer::AckPolicy::Explicit {
+        Some((
+            "ack_policy",
+            format!("{:?}", actual.ack_policy),
+            "Explicit".to_owned(),
+        ))
+    } else if actual.max_deliver != -1 {
+        Some((
+            "max_deliver",
+            actual.max_deliver.to_string(),
+            "-1".to_owned(),
+        ))
+    } else {
+        None
+    };
+    match mismatch {
+        None => Ok(()),
+        Some((setting, actual, expected)) => Err(TopologyError::Mismatch {
+            object,
+            setting,
+            actual,
+            expected,
+        }),
+    }
 }
 
 /// The declared configuration of a durable consumer.
@@ -667,6 +770,28 @@ mod tests {
             ]
         );
         assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 4);
+    }
+
+    #[test]
+    fn the_webhook_outbox_is_a_work_queue_read_per_endpoint() {
+        let settings = TopologySettings::default();
+        let outbox = streams(&settings)
+            .into_iter()
+            .find(|s| s.name == subjects::WEBHOOKS)
+            .expect("WEBHOOKS is declared");
+        assert_eq!(outbox.subjects, vec!["webhooks.>".to_owned()]);
+        assert_eq!(outbox.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(outbox.max_age, WEBHOOKS_MAX_AGE);
+        assert_eq!(outbox.duplicate_window, 5 * MAX_REDELIVERY_SPAN);
+        let consumer = webhook_consumer_config("crm", &settings);
+        assert_eq!(consumer.durable_name.as_deref(), Some("webhook-crm"));
+        assert_eq!(consumer.filter_subject, "webhooks.crm");
+        assert_eq!(consumer.deliver_policy, consumer::DeliverPolicy::All);
+        assert_eq!(consumer.ack_policy, consumer::AckPolicy::Explicit);
+        assert_eq!(
+            consumer.max_deliver, -1,
+            "retried until the horizon, not a count"
+        );
     }
 
     #[test]

@@ -563,8 +563,8 @@ async fn main() -> anyhow::Result<()> {
             webhook_secret.expose().to_owned(),
         ),
         ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "100".into()),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "2000".into()),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "100".into()),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "2000".into()),
     ]))
     .context("invalid notify-worker configuration")?;
     let notify = tokio::spawn(notify_worker::run(notify_settings, stopped(&stop)));

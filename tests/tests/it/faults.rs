@@ -256,7 +256,7 @@ async fn run(scale: Scale) {
     .await;
     settle(&world, scale.settle).await;
     // Every derived event has been handed to the notify worker's consumers; an input is acked
-    // only once the receiver answered (or a dead letter records the failure).
+    // once its deliveries are in the WEBHOOKS outbox.
     for spec in [
         topology::NOTIFY_ALERTS,
         topology::NOTIFY_ORDER_RESULTS,
@@ -266,6 +266,8 @@ async fn run(scale: Scale) {
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
+    // ... and from its outbox, POSTed to the receiver.
+    crate::notify::wait_deliveries_done(&world, &["faults"]).await;
     let processing = started.elapsed();
 
     let streams = check::Streams::read(&world.js).await;

@@ -1,9 +1,13 @@
 //! Webhook deliveries against real HTTP receivers on 127.0.0.1: signatures, retries, isolation
-//! of a dead endpoint, dead letters, filters, and at-least-once across a kill -9.
+//! of a dead endpoint, an outage outlasting the old give-up time, the breaker as a pause, the
+//! retry horizon, dead letters, filters, and at-least-once across a kill -9 and a restart.
 
 use std::{
-    collections::{HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -22,12 +26,17 @@ use crate::world::*;
 
 pub(crate) const SECRET: &str = "whsec-test-1";
 
+/// Ack wait of the consumers notify creates for its endpoints in these tests.
+pub(crate) const ACK_WAIT_SECONDS: &str = "5";
+
 /// One POST as the receiver saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
     pub(crate) event_id: String,
     pub(crate) event_type: String,
     pub(crate) body: serde_json::Value,
+    /// What the receiver answered.
+    pub(crate) status: u16,
 }
 
 #[derive(Default)]
@@ -39,8 +48,8 @@ struct ReceiverState {
     bad_signatures: Mutex<Vec<String>>,
     /// Pacing of each answer (lets a test kill the worker mid-stream).
     delay: Duration,
-    /// Status once the script is used up.
-    fallback: u16,
+    /// Status once the script is used up (a test may switch it: an endpoint going down or up).
+    fallback: AtomicU16,
 }
 
 /// A webhook receiver on a free port that verifies every signature the way a customer would.
@@ -55,7 +64,7 @@ impl Receiver {
         Self::serve(ReceiverState {
             script: Mutex::new(script.iter().copied().collect()),
             delay,
-            fallback: 204,
+            fallback: AtomicU16::new(204),
             ..Default::default()
         })
         .await
@@ -64,10 +73,24 @@ impl Receiver {
     /// Answers every POST with `status`.
     async fn failing(status: u16) -> Self {
         Self::serve(ReceiverState {
-            fallback: status,
+            fallback: AtomicU16::new(status),
             ..Default::default()
         })
         .await
+    }
+
+    /// From now on, answers every POST with `status`.
+    fn answer(&self, status: u16) {
+        self.state.fallback.store(status, Ordering::SeqCst);
+    }
+
+    /// POSTs per event id.
+    fn posts_per_event(&self) -> HashMap<String, usize> {
+        let mut per_event = HashMap::new();
+        for post in self.received() {
+            *per_event.entry(post.event_id).or_default() += 1;
+        }
+        per_event
     }
 
     async fn serve(state: ReceiverState) -> Self {
@@ -92,6 +115,23 @@ impl Receiver {
 
     fn ids(&self) -> HashSet<String> {
         self.received().into_iter().map(|r| r.event_id).collect()
+    }
+
+    /// Event ids of the POSTs it answered with a 2xx.
+    fn accepted_ids(&self) -> HashSet<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| r.event_id)
+            .collect()
+    }
+
+    /// POSTs it refused or failed.
+    fn failed_posts(&self) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| !(200..300).contains(&r.status))
+            .count()
     }
 
     pub(crate) fn assert_signatures_verified(&self) {
@@ -155,17 +195,18 @@ async fn receive(
     if let Err(e) = verify(&headers, &body) {
         state.bad_signatures.lock().expect("lock").push(e);
     }
-    state.received.lock().expect("lock").push(Received {
-        event_id: header("x-stockflow-event-id"),
-        event_type: header("x-stockflow-event-type"),
-        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-    });
     let status = state
         .script
         .lock()
         .expect("lock")
         .pop_front()
-        .unwrap_or(state.fallback);
+        .unwrap_or_else(|| state.fallback.load(Ordering::SeqCst));
+    state.received.lock().expect("lock").push(Received {
+        event_id: header("x-stockflow-event-id"),
+        event_type: header("x-stockflow-event-type"),
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        status,
+    });
     StatusCode::from_u16(status).unwrap_or(StatusCode::NO_CONTENT)
 }
 
@@ -231,14 +272,17 @@ pub(crate) fn subscriptions_file(
     path.to_string_lossy().into_owned()
 }
 
-/// Settings for a fast test: short timeouts and back-off.
+/// Settings for a fast test: short timeouts and back-off, and a short ack wait (5 s, the least
+/// the workers accept) for the endpoints' consumers, which the worker creates: a delivery held
+/// by a stopped worker comes back after it.
 pub(crate) fn fast<'a>(file: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
+        ("STOCKFLOW_ACK_WAIT_SECONDS", ACK_WAIT_SECONDS),
         ("STOCKFLOW_WEBHOOKS_FILE", file),
         ("STOCKFLOW_WEBHOOK_SECRET", SECRET),
         ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "2000"),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "20"),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "200"),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "20"),
+        ("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "200"),
     ];
     env.extend_from_slice(extra);
     env
@@ -290,8 +334,55 @@ async fn publish_alert(world: &World, alert: &StockAlert) -> String {
     msg_id
 }
 
-async fn wait_alerts_delivered(world: &World) {
+async fn wait_alerts_delivered(world: &World, endpoints: &[&str]) {
     world.wait_idle(subjects::ALERTS, "notify-worker").await;
+    wait_deliveries_done(world, endpoints).await;
+}
+
+/// Deliveries of `endpoint` still in `WEBHOOKS`: waiting, or taken up and not yet acked.
+pub(crate) async fn outbox_len(world: &World, endpoint: &str) -> u64 {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = world
+        .js
+        .get_stream(subjects::WEBHOOKS)
+        .await
+        .expect("WEBHOOKS")
+        .get_consumer(&stockflow_shared::topology::webhook_durable(endpoint))
+        .await
+        .expect("the endpoint's consumer");
+    let info = consumer.info().await.expect("consumer info");
+    info.num_pending + info.num_ack_pending as u64
+}
+
+/// Waits until each endpoint's deliveries were all POSTed (or dead-lettered).
+pub(crate) async fn wait_deliveries_done(world: &World, endpoints: &[&str]) {
+    for endpoint in endpoints {
+        eventually(
+            &format!("every delivery to {endpoint} done"),
+            DEADLINE,
+            || async { (outbox_len(world, endpoint).await == 0).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// Dead letters of `endpoint`.
+async fn dead_letters_of(world: &World, endpoint: &str) -> u64 {
+    stockflow_tests::count(
+        &world.js,
+        subjects::DEAD_LETTERS,
+        &format!("deadletter.webhooks.{endpoint}"),
+    )
+    .await
+}
+
+/// The value of `metric{endpoint="<endpoint>"}` in a scrape.
+fn gauge_of(metrics: &str, metric: &str, endpoint: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("{metric}{{")) && l.contains(&format!("endpoint=\"{endpoint}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
 }
 
 #[tokio::test]
@@ -311,7 +402,7 @@ async fn deliveries_are_signed_and_retried_after_500_with_the_same_event_id() {
         (got.len() >= 3).then_some(got)
     })
     .await;
-    wait_alerts_delivered(&world).await;
+    wait_alerts_delivered(&world, &["crm"]).await;
 
     assert_eq!(
         receiver.received().len(),
@@ -353,13 +444,11 @@ async fn a_dead_endpoint_does_not_hold_back_a_healthy_one() {
             {"id": "healthy", "url": healthy.url, "events": ["*"]},
         ]),
     );
-    // The dead endpoints retry for far longer than this test runs.
     let worker = notify_worker(
         &world,
         &fast(
             &file,
             &[
-                ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
                 ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "500"),
                 ("STOCKFLOW_WEBHOOK_CONCURRENCY", "2"),
                 // Without the breaker: isolation must hold on its own while they retry.
@@ -378,33 +467,40 @@ async fn a_dead_endpoint_does_not_hold_back_a_healthy_one() {
     })
     .await;
     healthy.assert_signatures_verified();
+    wait_deliveries_done(&world, &["healthy"]).await;
 
-    // Meanwhile the dead endpoints are still being retried: nothing dead-lettered, inputs unacked.
+    // The inputs are acked (fanned out), while the dead endpoints keep their own deliveries:
+    // still retried, nothing dead-lettered.
+    world.wait_idle(subjects::ALERTS, "notify-worker").await;
     assert!(hanging.accepted() >= 1, "the hanging endpoint was tried");
+    for dead in ["hanging", "refusing"] {
+        assert_eq!(
+            outbox_len(&world, dead).await,
+            40,
+            "{dead} keeps its deliveries"
+        );
+    }
     assert_eq!(
         stockflow_tests::count(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await,
         0,
         "still retrying"
     );
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = world
-        .js
-        .get_stream(subjects::ALERTS)
-        .await
-        .expect("stream")
-        .get_consumer("notify-worker")
-        .await
-        .expect("consumer");
-    let info = consumer.info().await.expect("info");
-    assert!(
-        info.num_ack_pending > 0,
-        "inputs stay unacked while an endpoint lacks them"
-    );
-    // Shutdown interrupts the retries promptly and leaves the inputs for a redelivery.
+    // Shutdown interrupts the retries promptly and leaves the deliveries for a redelivery.
     worker.shutdown().await;
 }
 
+/// A header of a stored message, or "".
+fn header_of(message: &async_nats::jetstream::Message, name: &str) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
-async fn failures_are_dead_lettered_after_max_attempts_and_4xx_at_once() {
+async fn a_refusal_is_dead_lettered_at_once_as_the_outbox_message() {
     let world = World::start().await;
     let gone = Receiver::start(&[410], Duration::ZERO).await;
     let healthy = Receiver::start(&[], Duration::ZERO).await;
@@ -412,15 +508,11 @@ async fn failures_are_dead_lettered_after_max_attempts_and_4xx_at_once() {
     let file = subscriptions_file(
         &dir,
         serde_json::json!([
-            {"id": "refusing", "url": closed_url(), "events": ["back_in_stock"]},
             {"id": "gone", "url": gone.url, "events": ["back_in_stock"]},
             {"id": "healthy", "url": healthy.url, "events": ["back_in_stock"]},
         ]),
     );
-    let worker = notify_worker(
-        &world,
-        &fast(&file, &[("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "3")]),
-    );
+    let worker = notify_worker(&world, &fast(&file, &[]));
 
     let payload = alert(AlertKind::BackInStock, "B2", "wh", "e-9");
     let msg_id = publish_alert(&world, &payload).await;
@@ -428,61 +520,131 @@ async fn failures_are_dead_lettered_after_max_attempts_and_4xx_at_once() {
         &world.js,
         subjects::DEAD_LETTERS,
         "deadletter.webhooks.>",
-        2,
+        1,
     )
     .await;
-    wait_alerts_delivered(&world).await;
+    wait_alerts_delivered(&world, &["gone", "healthy"]).await;
 
     let letters =
         stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.webhooks.>")
             .await;
-    assert_eq!(letters.len(), 2, "one per failed endpoint");
-    for letter in &letters {
-        let headers = letter.headers.as_ref().expect("headers");
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        let endpoint = header("Stockflow-Webhook-Endpoint");
-        assert_eq!(
-            letter.subject.as_str(),
-            format!("deadletter.webhooks.{endpoint}")
-        );
-        assert_eq!(header("Stockflow-Webhook-Event-Id"), msg_id);
-        assert_eq!(header("Stockflow-Original-Stream"), subjects::ALERTS);
-        assert_eq!(
-            header("Stockflow-Original-Subject"),
-            subjects::alert("back_in_stock", "B2")
-        );
-        assert_eq!(
-            letter.payload.as_ref(),
-            payload.encode_to_vec().as_slice(),
-            "the original event"
-        );
-        let reason = header("Stockflow-Dead-Letter-Reason");
-        match endpoint.as_str() {
-            "refusing" => {
-                assert_eq!(header("Stockflow-Webhook-Attempts"), "3");
-                assert!(
-                    reason.contains("webhook refusing: connection failed"),
-                    "{reason}"
-                );
+    assert_eq!(letters.len(), 1, "only the refusing endpoint's");
+    let letter = &letters[0];
+    assert_eq!(letter.subject.as_str(), "deadletter.webhooks.gone");
+    assert_eq!(header_of(letter, "Stockflow-Webhook-Endpoint"), "gone");
+    assert_eq!(header_of(letter, "Stockflow-Webhook-Event-Id"), msg_id);
+    assert_eq!(
+        header_of(letter, "Stockflow-Webhook-Attempts"),
+        "1",
+        "4xx is not retried"
+    );
+    // The outbox message itself: replaying it to its subject enqueues the same delivery.
+    assert_eq!(
+        header_of(letter, "Stockflow-Original-Stream"),
+        subjects::WEBHOOKS
+    );
+    assert_eq!(
+        header_of(letter, "Stockflow-Original-Subject"),
+        subjects::webhook("gone")
+    );
+    assert_eq!(header_of(letter, "X-Stockflow-Event-Id"), msg_id);
+    assert_eq!(header_of(letter, "X-Stockflow-Event-Type"), "back_in_stock");
+    let body: serde_json::Value = serde_json::from_slice(&letter.payload).expect("JSON body");
+    assert_eq!(
+        body,
+        gone.received()[0].body,
+        "the body the endpoint refused"
+    );
+    let reason = header_of(letter, "Stockflow-Dead-Letter-Reason");
+    assert!(
+        reason.contains("webhook gone: HTTP 410 (refused; not retried)"),
+        "{reason}"
+    );
+    assert_eq!(gone.received().len(), 1);
+    assert_eq!(healthy.ids(), HashSet::from([msg_id.clone()]));
+
+    // A replay as `stockctl dlq replay` does it: the dead letter's bytes and headers, back on its
+    // original subject. The endpoint (now accepting) gets the same event id and body.
+    let mut headers = HeaderMap::new();
+    if let Some(stored) = &letter.headers {
+        for (name, values) in stored.iter() {
+            if name.to_string() != "Nats-Msg-Id" {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
             }
-            "gone" => {
-                assert_eq!(
-                    header("Stockflow-Webhook-Attempts"),
-                    "1",
-                    "4xx is not retried"
-                );
-                assert!(reason.contains("webhook gone: HTTP 410"), "{reason}");
-            }
-            other => panic!("unexpected dead letter for {other}"),
         }
     }
-    assert_eq!(gone.received().len(), 1);
-    assert_eq!(healthy.ids(), HashSet::from([msg_id]));
+    world
+        .js
+        .publish_with_headers(
+            header_of(letter, "Stockflow-Original-Subject"),
+            headers,
+            letter.payload.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    eventually("the replayed delivery is POSTed", DEADLINE, || async {
+        (gone.accepted_ids() == HashSet::from([msg_id.clone()])).then_some(())
+    })
+    .await;
+    wait_deliveries_done(&world, &["gone"]).await;
+    let posts = gone.received();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[1].body, posts[0].body, "the same body");
+    assert_eq!(posts[1].event_type, "back_in_stock");
+    gone.assert_signatures_verified();
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_failing_past_the_retry_horizon_is_dead_lettered_naming_it() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "refusing", "url": closed_url(), "events": ["*"]}]),
+    );
+    let worker = notify_worker(
+        &world,
+        &fast(
+            &file,
+            &[
+                ("STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS", "2"),
+                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "0"),
+            ],
+        ),
+    );
+    let msg_id = publish_alert(&world, &alert(AlertKind::LowStock, "H1", "wh", "e-1")).await;
+    stockflow_tests::wait_for_count(
+        &world.js,
+        subjects::DEAD_LETTERS,
+        "deadletter.webhooks.>",
+        1,
+    )
+    .await;
+    wait_alerts_delivered(&world, &["refusing"]).await;
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.webhooks.>")
+            .await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(header_of(letter, "Stockflow-Webhook-Event-Id"), msg_id);
+    let reason = header_of(letter, "Stockflow-Dead-Letter-Reason");
+    assert!(
+        reason.contains("webhook refusing: not delivered within the retry horizon of 2s (STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS)")
+            && reason.contains("connection failed"),
+        "{reason}"
+    );
+    let attempts: u32 = header_of(letter, "Stockflow-Webhook-Attempts")
+        .parse()
+        .expect("attempts");
+    assert!(
+        attempts > 1,
+        "retried until the horizon, not given up at once: {attempts}"
+    );
     worker.shutdown().await;
 }
 
@@ -553,6 +715,7 @@ async fn subscriptions_get_only_the_types_skus_and_locations_they_asked_for() {
     ] {
         world.wait_idle(stream, "notify-worker").await;
     }
+    wait_deliveries_done(&world, &["lows", "ledger", "orders"]).await;
 
     let mut low_kinds: Vec<(String, String)> = lows
         .received()
@@ -642,9 +805,10 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
                 .env("STOCKFLOW_LOG", "warn")
                 .env("STOCKFLOW_WEBHOOKS_FILE", &file)
                 .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
+                .env("STOCKFLOW_ACK_WAIT_SECONDS", ACK_WAIT_SECONDS)
                 .env("STOCKFLOW_WEBHOOK_CONCURRENCY", "1")
-                .env("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "20")
-                .env("STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS", "200")
+                .env("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "20")
+                .env("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "200")
                 .spawn()
                 .expect("spawn notify-worker"),
         )
@@ -671,7 +835,7 @@ async fn every_event_is_delivered_at_least_once_across_a_kill() {
         (receiver.ids() == ids).then_some(())
     })
     .await;
-    wait_alerts_delivered(&world).await;
+    wait_alerts_delivered(&world, &["crm"]).await;
     receiver.assert_signatures_verified();
 
     // The restarted process counted its deliveries per endpoint, with no SKU in any label.
@@ -709,75 +873,239 @@ async fn scrape(addr: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_failing_endpoint_opens_its_breaker_and_stops_holding_the_stream() {
+async fn a_receiver_down_longer_than_the_old_give_up_time_gets_everything_once_back() {
     let world = World::start().await;
-    let failing = Receiver::failing(503).await;
+    let down = Receiver::failing(503).await;
     let healthy = Receiver::start(&[], Duration::ZERO).await;
     let dir = tempfile::tempdir().expect("dir");
     let file = subscriptions_file(
         &dir,
         serde_json::json!([
-            {"id": "failing", "url": failing.url, "events": ["*"]},
+            {"id": "down", "url": down.url, "events": ["*"]},
             {"id": "healthy", "url": healthy.url, "events": ["*"]},
         ]),
     );
-    // Without the breaker each input would stay unacked for 100 attempts.
+    // The breaker has its own test: here every delivery is retried on its own schedule.
     let worker = notify_worker(
         &world,
-        &fast(
-            &file,
-            &[
-                ("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "100"),
-                ("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "3"),
-                ("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", "600"),
-                ("STOCKFLOW_WEBHOOK_CONCURRENCY", "1"),
-            ],
-        ),
+        &fast(&file, &[("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "0")]),
     );
     let n = 20;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("O-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+    // The second endpoint gets everything during the outage.
+    eventually("the healthy endpoint has every event", DEADLINE, || async {
+        (healthy.accepted_ids() == ids).then_some(())
+    })
+    .await;
+    wait_deliveries_done(&world, &["healthy"]).await;
+    // Every delivery failed more often than the old 8 attempts allowed.
+    eventually("nine failed POSTs of every event", DEADLINE, || async {
+        let posts = down.posts_per_event();
+        (posts.len() == n && posts.values().all(|p| *p >= 9)).then_some(())
+    })
+    .await;
+    assert!(down.accepted_ids().is_empty());
+    assert_eq!(dead_letters_of(&world, "down").await, 0, "still retrying");
+
+    down.answer(204);
+    eventually("every event delivered once back", DEADLINE, || async {
+        (down.accepted_ids() == ids).then_some(())
+    })
+    .await;
+    wait_alerts_delivered(&world, &["down", "healthy"]).await;
+    assert_eq!(down.accepted_ids(), ids, "each event id, none missing");
+    down.assert_signatures_verified();
+    assert_eq!(
+        stockflow_tests::count(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await,
+        0,
+        "nothing dead-lettered"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn notify_restarted_while_an_endpoint_is_down_loses_nothing() {
+    let world = World::start().await;
+    let down = Receiver::failing(503).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([{"id": "down", "url": down.url, "events": ["*"]}]),
+    );
+    let env = fast(&file, &[("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "0")]);
+    let first = notify_worker(&world, &env);
+    let n = 10;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let sku = format!("R-{i}");
+        ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
+    }
+    eventually("every event tried", DEADLINE, || async {
+        (down.ids() == ids).then_some(())
+    })
+    .await;
+    first.shutdown().await;
+    assert_eq!(
+        outbox_len(&world, "down").await,
+        n as u64,
+        "held in the outbox"
+    );
+
+    down.answer(204);
+    let second = notify_worker(&world, &env);
+    eventually(
+        "every event delivered after the restart",
+        DEADLINE,
+        || async { (down.accepted_ids() == ids).then_some(()) },
+    )
+    .await;
+    wait_alerts_delivered(&world, &["down"]).await;
+    assert_eq!(
+        stockflow_tests::count(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await,
+        0
+    );
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_pauses_its_endpoint_and_its_gauge_follows_the_real_state() {
+    let world = World::start().await;
+    let flaky = Receiver::failing(503).await;
+    let refusing = Receiver::failing(410).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "flaky", "url": flaky.url, "events": ["low_stock"]},
+            {"id": "refusing", "url": refusing.url, "events": ["back_in_stock"]},
+        ]),
+    );
+    let metrics_addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    // A process of its own, so that its /metrics holds only its gauges.
+    let _worker = stockflow_tests::KillOnDrop(
+        std::process::Command::new(stockflow_tests::workspace_binary("notify-worker"))
+            .env("STOCKFLOW_NATS_URL", world.nats.url())
+            .env("STOCKFLOW_METRICS_ADDR", metrics_addr.to_string())
+            .env("STOCKFLOW_LOG", "warn")
+            .env("STOCKFLOW_WEBHOOKS_FILE", &file)
+            .env("STOCKFLOW_WEBHOOK_SECRET", SECRET)
+            .env("STOCKFLOW_ACK_WAIT_SECONDS", ACK_WAIT_SECONDS)
+            .env("STOCKFLOW_WEBHOOK_CONCURRENCY", "1")
+            .env("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "20")
+            .env("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "200")
+            .env("STOCKFLOW_WEBHOOK_BREAKER_FAILURES", "3")
+            .env("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", "3")
+            .spawn()
+            .expect("spawn notify-worker"),
+    );
+    let gauge = |endpoint: &'static str| {
+        let addr = metrics_addr.to_string();
+        async move {
+            gauge_of(
+                &scrape(&addr).await,
+                "stockflow_webhook_breaker_open",
+                endpoint,
+            )
+        }
+    };
+    eventually("ready", DEADLINE, || async {
+        stockflow_tests::http_get(metrics_addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+
+    let n = 10;
     let mut ids = HashSet::new();
     for i in 0..n {
         let sku = format!("F-{i}");
         ids.insert(publish_alert(&world, &alert(AlertKind::LowStock, &sku, "wh", "e-1")).await);
     }
-    wait_alerts_delivered(&world).await;
+    eventually("the breaker opens", DEADLINE, || async {
+        (gauge("flaky").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let failed_when_opened = flaky.failed_posts();
+    assert!(failed_when_opened >= 3, "{failed_when_opened}");
+    // An endpoint's outage is not notify's: still ready.
+    let (status, body) = stockflow_tests::http_get(metrics_addr, "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(status, 200, "{body}");
+    eventually("every delivery held, none dropped", DEADLINE, || async {
+        (outbox_len(&world, "flaky").await == n as u64).then_some(())
+    })
+    .await;
 
-    assert_eq!(healthy.ids(), ids);
-    assert_eq!(
-        stockflow_tests::count(
-            &world.js,
-            subjects::DEAD_LETTERS,
-            "deadletter.webhooks.failing"
-        )
-        .await,
-        n as u64,
-        "every event of the failing endpoint is recorded"
-    );
-    let posts = failing.received().len();
-    assert_eq!(posts, 3, "no POST once the breaker is open");
-    let letters = stockflow_tests::read_stream(
-        &world.js,
-        subjects::DEAD_LETTERS,
-        "deadletter.webhooks.failing",
+    flaky.answer(204);
+    eventually(
+        "every event delivered after the pause",
+        DEADLINE,
+        || async { (flaky.accepted_ids() == ids).then_some(()) },
     )
     .await;
-    assert!(letters.iter().any(|l| l
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Stockflow-Dead-Letter-Reason"))
-        .is_some_and(|r| r
-            .as_str()
-            .contains("breaker open after 3 consecutive failed attempts, last: HTTP 503"))));
-    worker.shutdown().await;
+    wait_deliveries_done(&world, &["flaky"]).await;
+    // No POST while open: at most the probe that was already out when the endpoint came back.
+    assert!(
+        flaky.failed_posts() <= failed_when_opened + 1,
+        "{} failed POSTs, {failed_when_opened} when the breaker opened",
+        flaky.failed_posts()
+    );
+    eventually("the breaker closes", DEADLINE, || async {
+        (gauge("flaky").await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        dead_letters_of(&world, "flaky").await,
+        0,
+        "nothing dead-lettered for it"
+    );
+
+    // Three refusals open the other endpoint's breaker with nothing left to deliver: the gauge
+    // still returns to 0 when the open period ends.
+    for i in 0..3 {
+        let sku = format!("G-{i}");
+        publish_alert(&world, &alert(AlertKind::BackInStock, &sku, "wh", "e-1")).await;
+    }
+    eventually(
+        "the refusing endpoint's breaker opens",
+        DEADLINE,
+        || async { (gauge("refusing").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    wait_deliveries_done(&world, &["refusing"]).await;
+    assert_eq!(
+        gauge("refusing").await,
+        Some(1.0),
+        "open with no traffic left"
+    );
+    assert_eq!(
+        dead_letters_of(&world, "refusing").await,
+        3,
+        "refusals are dead-lettered"
+    );
+    eventually(
+        "the gauge returns to 0 without traffic",
+        DEADLINE,
+        || async { (gauge("refusing").await == Some(0.0)).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn slow_deliveries_are_kept_in_progress_and_posted_once() {
-    // The world's consumers have a 2 s ack wait. Every POST takes longer than that, two at a
-    // time, with four inputs in flight: inputs wait for the endpoint and for a free slot for
-    // several ack waits, and none of that may look like a crash to JetStream.
+    // The endpoint's consumer has a 5 s ack wait (`fast`). Every POST takes longer than that,
+    // two at a time: deliveries wait for the endpoint for more than an ack wait, and none of
+    // that may look like a crash to JetStream.
     let world = World::start().await;
-    let receiver = Receiver::start(&[], Duration::from_millis(2500)).await;
+    let receiver = Receiver::start(&[], Duration::from_millis(5500)).await;
     let dir = tempfile::tempdir().expect("dir");
     let file = subscriptions_file(
         &dir,
@@ -790,11 +1118,10 @@ async fn slow_deliveries_are_kept_in_progress_and_posted_once() {
             &[
                 ("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "10000"),
                 ("STOCKFLOW_WEBHOOK_CONCURRENCY", "2"),
-                ("STOCKFLOW_MAX_IN_FLIGHT", "4"),
             ],
         ),
     );
-    let n = 8;
+    let n = 4;
     let mut ids = HashSet::new();
     for i in 0..n {
         let sku = format!("P-{i}");
@@ -804,7 +1131,7 @@ async fn slow_deliveries_are_kept_in_progress_and_posted_once() {
         (receiver.ids() == ids).then_some(())
     })
     .await;
-    wait_alerts_delivered(&world).await;
+    wait_alerts_delivered(&world, &["slow"]).await;
     // Stopping drains what the worker holds, so a late redelivered copy would be POSTed by now.
     worker.shutdown().await;
 

@@ -1,17 +1,27 @@
-//! One delivery of one event to one endpoint: signed POSTs, retried with exponential back-off and
-//! full jitter, and a dead letter once the endpoint refuses it for good or attempts run out.
+//! Delivery of the webhook outbox: one consumer per endpoint on `WEBHOOKS`, whose handler signs
+//! and POSTs each delivery. A failure is NAKed with a back-off between a floor and a ceiling;
+//! only a refusal (4xx other than 408/429, a redirect) or a delivery still failing past the retry
+//! horizon becomes a dead letter. A failing endpoint's breaker pauses its consumer: nothing is
+//! pulled or POSTed while it is open, and nothing is dead-lettered because of it.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::jetstream;
 use hmac::{Hmac, Mac as _};
 use reqwest::StatusCode;
 use sha2::Sha256;
-use stockflow_shared::deadletter::{DeadLetters, Route};
-use tokio::{sync::Semaphore, time::Instant};
+use stockflow_shared::{
+    consume::{HandleError, Handled, Handler, Outcome},
+    deadletter::{DeadLetters, Route},
+    health::HealthCheck,
+};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{event::Notification, subscriptions::Subscription};
+use crate::{event::EventType, outbox, subscriptions::Subscription};
 
 /// Header: the derived event's id, the same on every attempt and redelivery.
 pub const HEADER_EVENT_ID: &str = "X-Stockflow-Event-Id";
@@ -24,39 +34,55 @@ pub const HEADER_SIGNATURE: &str = "X-Stockflow-Signature";
 
 /// Dead-letter header: the subscription id.
 pub const HEADER_DL_ENDPOINT: &str = "Stockflow-Webhook-Endpoint";
-/// Dead-letter header: how many POSTs were made.
+/// Dead-letter header: how many times the delivery was taken up (POSTs, and redeliveries while
+/// its endpoint was paused).
 pub const HEADER_DL_ATTEMPTS: &str = "Stockflow-Webhook-Attempts";
 /// Dead-letter header: the event id the receiver would have seen.
 pub const HEADER_DL_EVENT_ID: &str = "Stockflow-Webhook-Event-Id";
 
-/// Retry and timeout settings.
+/// Retry, horizon, breaker and timeout settings.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// POSTs per delivery before it is dead-lettered (`STOCKFLOW_WEBHOOK_MAX_ATTEMPTS`).
-    pub max_attempts: u32,
     /// Bound on one POST, connect to last byte (`STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS`).
     pub timeout: Duration,
-    /// First back-off ceiling; doubles per attempt (`STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS`).
-    pub backoff_base: Duration,
-    /// Largest back-off ceiling (`STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS`).
-    pub backoff_max: Duration,
+    /// Shortest wait before a failed delivery is tried again, jitter included
+    /// (`STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS`).
+    pub backoff_floor: Duration,
+    /// Longest wait between two tries; also caps a `Retry-After`
+    /// (`STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS`).
+    pub backoff_ceiling: Duration,
+    /// How long after it was enqueued a failing delivery is still retried
+    /// (`STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS`).
+    pub horizon: Duration,
     /// Consecutive failed POSTs that open an endpoint's breaker; 0 never opens it
     /// (`STOCKFLOW_WEBHOOK_BREAKER_FAILURES`).
     pub breaker_failures: u32,
-    /// How long an open breaker dead-letters without POSTing before it lets a POST try again
+    /// How long an open breaker pauses its endpoint before one probe is let through
     /// (`STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS`).
     pub breaker_open: Duration,
 }
 
 impl RetryPolicy {
-    /// Full jitter: uniformly random in `0..=min(max, base * 2^(attempt-1))`, so endpoints that
-    /// come back are not hit by every retry at once.
-    pub fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait after the `delivered`-th try failed: doubling from the floor, capped at the
+    /// ceiling, with jitter over its upper half that never goes below the floor, so endpoints
+    /// that come back are not hit by every retry at once.
+    pub fn backoff(&self, delivered: i64) -> Duration {
+        let doublings = u32::try_from(delivered.max(1) - 1)
+            .unwrap_or(u32::MAX)
+            .min(30);
         let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.backoff_max);
-        ceiling.mul_f64(fastrand::f64())
+            .backoff_floor
+            .saturating_mul(1u32 << doublings.min(20))
+            .min(self.backoff_ceiling);
+        let jittered = ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64());
+        jittered.clamp(self.backoff_floor, self.backoff_ceiling)
+    }
+
+    /// The wait after a retryable failure: the back-off, or the endpoint's `Retry-After` if it
+    /// asks for longer (up to the ceiling).
+    pub fn retry_delay(&self, delivered: i64, retry_after: Option<Duration>) -> Duration {
+        self.backoff(delivered)
+            .max(retry_after.unwrap_or_default().min(self.backoff_ceiling))
     }
 }
 
@@ -76,95 +102,159 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     out
 }
 
-/// An endpoint, its own bound on concurrent POSTs (a slow endpoint uses up its own permits, never
-/// another's) and its breaker.
+/// What the breaker lets a delivery do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// POST it (closed, or the one probe of a half-open breaker).
+    Post,
+    /// Paused: come back after this long.
+    Wait(Duration),
+}
+
+/// Consecutive failed POSTs of one endpoint. Past the threshold it opens: the endpoint is paused
+/// for the open period (its consumer pulls nothing, what it holds is NAKed with the rest of the
+/// period), then half-open: one probe goes out, a success closes it, a failure re-opens it.
+#[derive(Debug)]
+pub struct Breaker {
+    failures_to_open: u32,
+    open_for: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+    last_failure: String,
+}
+
+impl Breaker {
+    /// A closed breaker that opens after `failures_to_open` consecutive failures (0: never), for
+    /// `open_for`.
+    pub fn new(failures_to_open: u32, open_for: Duration) -> Self {
+        Self {
+            failures_to_open,
+            open_for,
+            state: Mutex::new(BreakerState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether it is open at `now` (the gauge).
+    pub fn is_open(&self, now: Instant) -> bool {
+        self.state().open_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the consumer may pull at `now`: closed, or half-open with no probe out yet.
+    pub fn may_pull(&self, now: Instant) -> bool {
+        let state = self.state();
+        match state.open_until {
+            None => true,
+            Some(until) => now >= until && !state.probing,
+        }
+    }
+
+    /// What a delivery taken up at `now` may do; `probe_wait` is how long a delivery waits while
+    /// another one probes a half-open breaker.
+    pub fn admit(&self, now: Instant, probe_wait: Duration) -> Admit {
+        let mut state = self.state();
+        match state.open_until {
+            None => Admit::Post,
+            Some(until) if now < until => Admit::Wait(until - now),
+            Some(_) if state.probing => Admit::Wait(probe_wait),
+            Some(_) => {
+                state.probing = true;
+                Admit::Post
+            }
+        }
+    }
+
+    /// The last failure, for dead-letter reasons.
+    pub fn last_failure(&self) -> String {
+        self.state().last_failure.clone()
+    }
+
+    /// Records a POST's outcome at `now`; returns the state change, if any, for the log and the
+    /// gauge: `Some(true)` opened, `Some(false)` closed.
+    pub fn record(&self, failure: Option<&str>, now: Instant) -> Option<bool> {
+        let mut state = self.state();
+        match failure {
+            None => {
+                state.consecutive_failures = 0;
+                state.probing = false;
+                state.open_until.take().map(|_| false)
+            }
+            Some(reason) => {
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                state.last_failure = reason.to_owned();
+                // A failed probe re-opens it for a full period.
+                if state.probing
+                    || (self.failures_to_open > 0
+                        && state.consecutive_failures >= self.failures_to_open)
+                {
+                    state.probing = false;
+                    state.open_until = Some(now + self.open_for);
+                    return Some(true);
+                }
+                None
+            }
+        }
+    }
+
+    /// How many consecutive POSTs failed.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.state().consecutive_failures
+    }
+}
+
+/// An endpoint: its subscription and its breaker.
 #[derive(Debug)]
 pub struct Endpoint {
     /// The subscription.
     pub subscription: Subscription,
-    permits: Semaphore,
-    breaker: Mutex<Breaker>,
-}
-
-/// Consecutive failures of one endpoint. Once open, deliveries are dead-lettered without a POST
-/// until `open_until`: inputs are acked only when every endpoint has them, so a dead endpoint
-/// that kept every input for its full retry schedule would end up holding the whole in-flight
-/// window, and with it every healthy endpoint.
-#[derive(Debug, Default)]
-struct Breaker {
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
-    last_failure: String,
+    /// Its breaker.
+    pub breaker: Breaker,
 }
 
 impl Endpoint {
-    /// `subscription` with at most `concurrency` POSTs in flight.
-    pub fn new(subscription: Subscription, concurrency: usize) -> Self {
+    /// `subscription` with a closed breaker.
+    pub fn new(subscription: Subscription, policy: &RetryPolicy) -> Self {
         Self {
             subscription,
-            permits: Semaphore::new(concurrency),
-            breaker: Mutex::new(Breaker::default()),
-        }
-    }
-
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        // The breaker holds plain counters: a panic elsewhere cannot leave it inconsistent.
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Why deliveries are dead-lettered at once right now, if they are.
-    fn open_reason(&self) -> Option<String> {
-        let breaker = self.breaker();
-        let open = breaker
-            .open_until
-            .is_some_and(|until| Instant::now() < until);
-        open.then(|| {
-            format!(
-                "breaker open after {} consecutive failed attempts, last: {}",
-                breaker.consecutive_failures, breaker.last_failure
-            )
-        })
-    }
-
-    fn record(&self, failure: Option<&str>, policy: &RetryPolicy) {
-        let id = self.subscription.id.clone();
-        let mut breaker = self.breaker();
-        match failure {
-            None => {
-                if breaker.open_until.take().is_some() {
-                    tracing::info!(endpoint = %id, "webhook endpoint recovered; breaker closed");
-                    metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id).set(0.0);
-                }
-                breaker.consecutive_failures = 0;
-            }
-            Some(reason) => {
-                breaker.consecutive_failures = breaker.consecutive_failures.saturating_add(1);
-                breaker.last_failure = reason.to_owned();
-                // Past the threshold every failure (e.g. the probe after the open period)
-                // re-opens it for a full period.
-                if policy.breaker_failures > 0
-                    && breaker.consecutive_failures >= policy.breaker_failures
-                {
-                    if breaker.open_until.is_none() {
-                        tracing::warn!(endpoint = %id, failures = breaker.consecutive_failures, "webhook endpoint failing; breaker open");
-                    }
-                    breaker.open_until = Some(Instant::now() + policy.breaker_open);
-                    metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id).set(1.0);
-                }
-            }
+            breaker: Breaker::new(policy.breaker_failures, policy.breaker_open),
         }
     }
 }
 
-/// How a delivery ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// The endpoint answered 2xx.
-    Delivered,
-    /// Recorded in `DEAD_LETTERS`.
-    DeadLettered,
-    /// Shutdown came first: nothing is recorded, the input must be redelivered.
-    Interrupted,
+/// Keeps `stockflow_webhook_breaker_open{endpoint}` and the consumer's `may_pull` flag current,
+/// also when no delivery comes by: the gauge drops to 0 when the open period ends.
+pub async fn watch_breaker(
+    endpoint: Arc<Endpoint>,
+    nats_up: HealthCheck,
+    may_pull: HealthCheck,
+    shutdown: CancellationToken,
+) {
+    let gauge = metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => endpoint.subscription.id.clone());
+    gauge.set(0.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        gauge.set(if endpoint.breaker.is_open(now) {
+            1.0
+        } else {
+            0.0
+        });
+        may_pull.set(nats_up.get() && endpoint.breaker.may_pull(now));
+    }
 }
 
 /// What one POST came to.
@@ -181,130 +271,70 @@ enum Attempt {
     },
 }
 
-/// Delivers notifications; shared by every message task.
-#[derive(Debug, Clone)]
+/// Delivers one endpoint's outbox messages; the handler of its consumer on `WEBHOOKS`.
+#[derive(Debug)]
 pub struct Deliverer {
     client: reqwest::Client,
     policy: RetryPolicy,
+    endpoint: Arc<Endpoint>,
     dead_letters: DeadLetters,
-    shutdown: CancellationToken,
 }
 
 impl Deliverer {
-    /// A deliverer whose POSTs time out after `policy.timeout`; redirects are not followed (a
-    /// webhook URL that moved is a configuration error, surfaced as a permanent failure).
+    /// A deliverer to `endpoint` over `client`.
     pub fn new(
+        client: reqwest::Client,
         policy: RetryPolicy,
+        endpoint: Arc<Endpoint>,
         dead_letters: DeadLetters,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .connect_timeout(policy.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stockflow-notify/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             client,
             policy,
+            endpoint,
             dead_letters,
-            shutdown,
-        })
-    }
-
-    /// Delivers `notification` to `endpoint` until it is accepted or dead-lettered (or shutdown).
-    pub async fn deliver(
-        &self,
-        endpoint: &Endpoint,
-        notification: &Notification,
-        message: &jetstream::Message,
-    ) -> Delivery {
-        let id = endpoint.subscription.id.as_str();
-        let mut attempt = 0u32;
-        loop {
-            let permit = tokio::select! {
-                () = self.shutdown.cancelled() => return Delivery::Interrupted,
-                permit = endpoint.permits.acquire() => permit,
-            };
-            // Checked after waiting for a permit: the breaker may have opened meanwhile.
-            if let Some(reason) = endpoint.open_reason() {
-                drop(permit);
-                metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "failed")
-                    .increment(1);
-                tracing::debug!(endpoint = id, event_id = %notification.event_id, "breaker open; dead-lettering");
-                return self
-                    .dead_letter(endpoint, notification, message, &reason, attempt)
-                    .await;
-            }
-            attempt += 1;
-            let outcome = self.post(endpoint, notification).await;
-            drop(permit);
-            endpoint.record(
-                match &outcome {
-                    Attempt::Delivered => None,
-                    Attempt::Retryable { reason, .. } | Attempt::Permanent { reason } => {
-                        Some(reason)
-                    }
-                },
-                &self.policy,
-            );
-            let reason = match outcome {
-                Attempt::Delivered => {
-                    metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "delivered")
-                        .increment(1);
-                    return Delivery::Delivered;
-                }
-                Attempt::Retryable {
-                    reason,
-                    retry_after,
-                } if attempt < self.policy.max_attempts => {
-                    metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "retried")
-                        .increment(1);
-                    // A Retry-After within the back-off cap is honoured; a longer one is capped.
-                    let delay = self
-                        .policy
-                        .backoff(attempt)
-                        .max(retry_after.unwrap_or_default().min(self.policy.backoff_max));
-                    tracing::debug!(endpoint = id, event_id = %notification.event_id, attempt, %reason, ?delay, "webhook attempt failed; retrying");
-                    // Back-off before the next attempt (with jitter, or the endpoint's Retry-After).
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return Delivery::Interrupted,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-                Attempt::Retryable { reason, .. } | Attempt::Permanent { reason } => reason,
-            };
-            metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.to_owned(), "outcome" => "failed")
-                .increment(1);
-            tracing::warn!(endpoint = id, event_id = %notification.event_id, attempt, %reason, "webhook delivery failed; dead-lettering");
-            return self
-                .dead_letter(endpoint, notification, message, &reason, attempt)
-                .await;
         }
     }
 
-    async fn post(&self, endpoint: &Endpoint, notification: &Notification) -> Attempt {
-        let subscription = &endpoint.subscription;
+    /// The HTTP client every deliverer shares: POSTs time out after `timeout`; redirects are
+    /// not followed (a webhook URL that moved is a configuration error, a permanent failure).
+    pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("stockflow-notify/", env!("CARGO_PKG_VERSION")))
+            .build()?)
+    }
+
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => self.endpoint.subscription.id.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    async fn post(&self, delivery: &outbox::Outgoing) -> Attempt {
+        let subscription = &self.endpoint.subscription;
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .to_string();
+        // Signed at POST time: the timestamp is this attempt's.
         let signature = signature(
             subscription.secret.expose().as_bytes(),
             &timestamp,
-            &notification.body,
+            &delivery.body,
         );
         let started = Instant::now();
         let sent = self
             .client
             .post(subscription.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(HEADER_EVENT_ID, &notification.event_id)
-            .header(HEADER_EVENT_TYPE, notification.event_type.as_str())
+            .header(HEADER_EVENT_ID, &delivery.event_id)
+            .header(HEADER_EVENT_TYPE, &delivery.event_type)
             .header(HEADER_TIMESTAMP, &timestamp)
             .header(HEADER_SIGNATURE, signature)
-            .body(notification.body.clone())
+            .body(delivery.body.clone())
             .send()
             .await;
         let outcome = match sent {
@@ -329,56 +359,138 @@ impl Deliverer {
         outcome
     }
 
-    /// Stores the dead letter, retrying while NATS is unavailable: the input is acked only once
-    /// every delivery ended, so this must succeed or be interrupted.
+    /// Stores the outbox message itself as the dead letter, on `deadletter.webhooks.<id>`; the
+    /// loop then acks it, which removes it from the work queue.
     async fn dead_letter(
         &self,
-        endpoint: &Endpoint,
-        notification: &Notification,
         message: &jetstream::Message,
+        delivery: &outbox::Outgoing,
         reason: &str,
-        attempts: u32,
-    ) -> Delivery {
-        let id = &endpoint.subscription.id;
-        let (stream, sequence) = match message.info() {
-            Ok(info) => (info.stream.to_owned(), info.stream_sequence),
-            Err(_) => ("unknown".to_owned(), 0),
-        };
+        delivered: i64,
+    ) -> Result<Handled, HandleError> {
+        let id = &self.endpoint.subscription.id;
         let route = Route {
             subject: Some(format!("deadletter.webhooks.{id}")),
-            // One dead letter per (endpoint, input), however often this is retried.
-            message_id: Some(format!("whk:{id}:{stream}:{sequence}")),
+            // The default `dlq:WEBHOOKS:<sequence>`: one dead letter per outbox message.
+            message_id: None,
             headers: vec![
                 (HEADER_DL_ENDPOINT, id.clone()),
-                (HEADER_DL_ATTEMPTS, attempts.to_string()),
-                (HEADER_DL_EVENT_ID, notification.event_id.clone()),
+                (HEADER_DL_ATTEMPTS, delivered.to_string()),
+                (HEADER_DL_EVENT_ID, delivery.event_id.clone()),
             ],
         };
-        let reason = format!("webhook {id}: {reason} (after {attempts} attempts)");
-        let mut failures = 0u32;
-        loop {
-            match self
-                .dead_letters
-                .store_with(message, &reason, route.clone())
+        let reason = format!("webhook {id}: {reason}");
+        tracing::warn!(endpoint = %id, event_id = %delivery.event_id, %reason, "webhook delivery dead-lettered");
+        self.dead_letters
+            .store_with(message, &reason, route)
+            .await
+            .map_err(HandleError::nats)?;
+        self.count("failed");
+        metrics::counter!("stockflow_dead_letters_total", "worker" => "notify-worker", "reason" => "webhook_failed")
+            .increment(1);
+        Ok(self.handled(delivery))
+    }
+
+    fn handled(&self, delivery: &outbox::Outgoing) -> Handled {
+        Handled {
+            event_type: EventType::from_name(&delivery.event_type)
+                .map_or("webhook", EventType::as_str),
+            outcome: Outcome::Applied,
+        }
+    }
+
+    fn horizon_reason(&self, last: &str) -> String {
+        format!(
+            "not delivered within the retry horizon of {}s (STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS) since it was enqueued; last failure: {last}",
+            self.policy.horizon.as_secs()
+        )
+    }
+}
+
+impl Handler for Deliverer {
+    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
+        let Some(delivery) = outbox::read(message) else {
+            return Err(HandleError::malformed(
+                "webhook",
+                "decode",
+                format!("not a webhook delivery: no {HEADER_EVENT_ID} header"),
+            ));
+        };
+        let (delivered, enqueued) = match message.info() {
+            Ok(info) => (info.delivered, info.published),
+            Err(_) => (1, time::OffsetDateTime::now_utc()),
+        };
+        let age =
+            || Duration::try_from(time::OffsetDateTime::now_utc() - enqueued).unwrap_or_default();
+        let past_horizon = || age() >= self.policy.horizon;
+        match self
+            .endpoint
+            .breaker
+            .admit(Instant::now(), self.policy.backoff_floor)
+        {
+            Admit::Post => {}
+            // The endpoint has been failing for as long as the horizon allows: the delivery
+            // ends here, not because the breaker is open.
+            Admit::Wait(_) if past_horizon() => {
+                let last = self.endpoint.breaker.last_failure();
+                return self
+                    .dead_letter(message, &delivery, &self.horizon_reason(&last), delivered)
+                    .await;
+            }
+            Admit::Wait(delay) => {
+                return Err(HandleError::RetryIn {
+                    reason: "endpoint paused by its breaker".into(),
+                    delay,
+                })
+            }
+        }
+        let outcome = self.post(&delivery).await;
+        let id = &self.endpoint.subscription.id;
+        let failure = match &outcome {
+            Attempt::Delivered => None,
+            Attempt::Retryable { reason, .. } | Attempt::Permanent { reason } => {
+                Some(reason.as_str())
+            }
+        };
+        match self.endpoint.breaker.record(failure, Instant::now()) {
+            Some(true) => {
+                tracing::warn!(endpoint = %id, failures = self.endpoint.breaker.consecutive_failures(), "webhook endpoint failing; breaker open, deliveries paused");
+                metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id.clone())
+                    .set(1.0);
+            }
+            Some(false) => {
+                tracing::info!(endpoint = %id, "webhook endpoint recovered; breaker closed");
+                metrics::gauge!("stockflow_webhook_breaker_open", "endpoint" => id.clone())
+                    .set(0.0);
+            }
+            None => {}
+        }
+        match outcome {
+            Attempt::Delivered => {
+                self.count("delivered");
+                Ok(self.handled(&delivery))
+            }
+            Attempt::Permanent { reason } => {
+                self.dead_letter(
+                    message,
+                    &delivery,
+                    &format!("{reason} (refused; not retried)"),
+                    delivered,
+                )
                 .await
-            {
-                Ok(()) => {
-                    metrics::counter!("stockflow_dead_letters_total", "worker" => "notify-worker", "reason" => "webhook_failed")
-                        .increment(1);
-                    return Delivery::DeadLettered;
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(endpoint = %id, error = %e, "dead letter not stored; retrying");
-                    let delay = Duration::from_millis(200)
-                        .saturating_mul(1 << failures.min(5))
-                        .min(Duration::from_secs(5));
-                    // Back-off while JetStream cannot store the dead letter.
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return Delivery::Interrupted,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+            }
+            Attempt::Retryable { reason, .. } if past_horizon() => {
+                self.dead_letter(message, &delivery, &self.horizon_reason(&reason), delivered)
+                    .await
+            }
+            Attempt::Retryable {
+                reason,
+                retry_after,
+            } => {
+                self.count("retried");
+                let delay = self.policy.retry_delay(delivered, retry_after);
+                tracing::debug!(endpoint = %id, event_id = %delivery.event_id, delivered, %reason, ?delay, "webhook attempt failed; retrying");
+                Err(HandleError::RetryIn { reason, delay })
             }
         }
     }
@@ -438,22 +550,85 @@ mod tests {
         assert_ne!(sig, signature(b"other", "1700000000", br#"{"a":1}"#));
     }
 
-    #[test]
-    fn backoff_is_full_jitter_under_a_doubling_cap() {
-        let policy = RetryPolicy {
-            max_attempts: 5,
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
             timeout: Duration::from_secs(1),
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(1000),
-            breaker_failures: 0,
-            breaker_open: Duration::from_secs(1),
-        };
-        for attempt in 1..=10 {
-            let cap = Duration::from_millis(100 * (1 << (attempt - 1))).min(Duration::from_secs(1));
+            backoff_floor: Duration::from_millis(100),
+            backoff_ceiling: Duration::from_millis(1000),
+            horizon: Duration::from_secs(3600),
+            breaker_failures: 3,
+            breaker_open: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_floor_to_the_ceiling_and_jitter_never_goes_below_the_floor() {
+        let policy = policy();
+        for delivered in 1..=40_i64 {
+            let shift = u32::try_from(delivered - 1).expect("positive").min(10);
+            let cap = Duration::from_millis(100_u64 << shift).min(Duration::from_secs(1));
             for _ in 0..50 {
-                assert!(policy.backoff(attempt) <= cap);
+                let delay = policy.backoff(delivered);
+                assert!(delay >= policy.backoff_floor, "{delivered}: {delay:?}");
+                assert!(delay >= cap / 2 && delay <= cap, "{delivered}: {delay:?}");
             }
         }
+        assert!(policy.backoff(0) >= policy.backoff_floor);
+        // Retry-After is honoured up to the ceiling.
+        let asked = policy.retry_delay(1, Some(Duration::from_millis(700)));
+        assert_eq!(asked, Duration::from_millis(700));
+        let capped = policy.retry_delay(1, Some(Duration::from_secs(3600)));
+        assert_eq!(capped, policy.backoff_ceiling);
+    }
+
+    #[test]
+    fn the_breaker_pauses_then_lets_one_probe_through() {
+        let breaker = Breaker::new(3, Duration::from_secs(10));
+        let start = Instant::now();
+        let wait = Duration::from_millis(100);
+        assert_eq!(breaker.admit(start, wait), Admit::Post);
+        assert_eq!(breaker.record(Some("HTTP 503"), start), None);
+        assert_eq!(breaker.record(Some("HTTP 503"), start), None);
+        assert_eq!(breaker.record(Some("HTTP 503"), start), Some(true));
+        assert!(breaker.is_open(start));
+        assert!(!breaker.may_pull(start));
+        let later = start + Duration::from_secs(4);
+        assert_eq!(
+            breaker.admit(later, wait),
+            Admit::Wait(Duration::from_secs(6))
+        );
+        // The period ends: open no more, and exactly one probe goes out.
+        let after = start + Duration::from_secs(10);
+        assert!(!breaker.is_open(after));
+        assert!(breaker.may_pull(after));
+        assert_eq!(breaker.admit(after, wait), Admit::Post);
+        assert!(
+            !breaker.may_pull(after),
+            "no more pulls while the probe is out"
+        );
+        assert_eq!(breaker.admit(after, wait), Admit::Wait(wait));
+        // A failed probe re-opens it for a full period.
+        assert_eq!(breaker.record(Some("HTTP 503"), after), Some(true));
+        assert!(breaker.is_open(after + Duration::from_secs(9)));
+        assert_eq!(breaker.last_failure(), "HTTP 503");
+        let again = after + Duration::from_secs(10);
+        assert_eq!(breaker.admit(again, wait), Admit::Post);
+        // A successful probe closes it.
+        assert_eq!(breaker.record(None, again), Some(false));
+        assert!(breaker.may_pull(again));
+        assert_eq!(breaker.admit(again, wait), Admit::Post);
+        assert_eq!(breaker.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn a_breaker_with_no_threshold_never_opens() {
+        let breaker = Breaker::new(0, Duration::from_secs(10));
+        let now = Instant::now();
+        for _ in 0..1000 {
+            assert_eq!(breaker.record(Some("connection failed"), now), None);
+        }
+        assert!(!breaker.is_open(now));
+        assert_eq!(breaker.admit(now, Duration::ZERO), Admit::Post);
     }
 
     #[test]

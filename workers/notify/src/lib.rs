@@ -2,19 +2,20 @@
 
 pub mod deliver;
 pub mod event;
+pub mod outbox;
 pub mod subscriptions;
 
 use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream;
-use futures::{stream::FuturesUnordered, StreamExt as _};
+use async_nats::jetstream::{self, message::PublishMessage};
+use stockflow_proto::subjects;
 use stockflow_shared::{
-    consume::{Consumer, HandleError, Handled, Handler, Outcome, Pull},
+    consume::{ConsumeSettings, Consumer, HandleError, Handled, Handler, Outcome, Pull},
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
-    startup::Startup,
+    startup::{Failure, Startup},
     telemetry,
     topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
     worker::{readiness_checks, WorkerSettings},
@@ -22,7 +23,7 @@ use stockflow_shared::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    deliver::{Deliverer, Delivery, Endpoint, RetryPolicy},
+    deliver::{Deliverer, Endpoint, RetryPolicy},
     event::EventType,
     subscriptions::{EventFilter, Subscription},
 };
@@ -38,18 +39,31 @@ pub fn consumers(topology: &TopologySettings) -> Vec<(ConsumerSpec, Cow<'static,
         .collect()
 }
 
-/// Default in-flight window per stream: an input stays in flight until every endpoint has its
-/// delivery, so the window must hold the inputs a retrying endpoint keeps open.
-const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Settings replaced by the retry horizon and the back-off floor and ceiling: refused, so a
+/// deployment that still sets them learns what they became.
+const REPLACED: [(&str, &str); 3] = [
+    (
+        "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
+        "removed: a failing delivery is retried until STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS",
+    ),
+    (
+        "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
+        "renamed STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS (now the shortest wait, jitter included)",
+    ),
+    (
+        "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS",
+        "renamed STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS",
+    ),
+];
 
 /// The notify worker's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections, listener, consume loop (Redis settings are read but unused).
+    /// Connections, listener, consume loop of the fan-out (Redis settings are read but unused).
     pub worker: WorkerSettings,
     /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`).
     pub subscriptions: Vec<Subscription>,
-    /// Retries and timeouts.
+    /// Back-off, horizon, breaker and timeouts.
     pub retry: RetryPolicy,
     /// POSTs in flight per endpoint (`STOCKFLOW_WEBHOOK_CONCURRENCY`).
     pub concurrency: usize,
@@ -59,29 +73,29 @@ impl Settings {
     /// Reads the environment and the subscriptions file; errors name the variable (and the
     /// subscription).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut worker = WorkerSettings::from_env(env, "notify-worker", "127.0.0.1:9466")?;
-        if env.raw("STOCKFLOW_MAX_IN_FLIGHT").is_none() {
-            worker.consume.max_in_flight = DEFAULT_MAX_IN_FLIGHT;
+        for (var, reason) in REPLACED {
+            if env.raw(var).is_some() {
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: reason.into(),
+                });
+            }
         }
-        // An input may wait for its endpoints far longer than the ack wait: pull only what can
-        // start at once, so none waits unseen in the client while JetStream redelivers it.
-        worker.consume.pull = Pull::WithinWindow;
+        let worker = WorkerSettings::from_env(env, "notify-worker", "127.0.0.1:9466")?;
         let millis =
             |var, default, range| env.bounded(var, default, range).map(Duration::from_millis);
         let retry = RetryPolicy {
-            // Bounded by the range check.
-            max_attempts: u32::try_from(env.bounded(
-                "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
-                8,
-                1..=100,
-            )?)
-            .unwrap_or(8),
             timeout: millis("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", 10_000, 10..=300_000)?,
-            backoff_base: millis("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", 1_000, 1..=600_000)?,
-            backoff_max: millis(
-                "STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS",
-                60_000,
+            backoff_floor: millis("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", 1_000, 1..=600_000)?,
+            backoff_ceiling: millis(
+                "STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS",
+                300_000,
                 1..=3_600_000,
+            )?,
+            horizon: env.seconds(
+                "STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS",
+                24 * 3600,
+                1..=MAX_HORIZON_SECONDS,
             )?,
             breaker_failures: u32::try_from(env.bounded(
                 "STOCKFLOW_WEBHOOK_BREAKER_FAILURES",
@@ -91,10 +105,10 @@ impl Settings {
             .unwrap_or(20),
             breaker_open: env.seconds("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", 30, 1..=86_400)?,
         };
-        if retry.backoff_base > retry.backoff_max {
+        if retry.backoff_floor > retry.backoff_ceiling {
             return Err(ConfigError::Invalid {
-                var: "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
-                reason: "must not exceed STOCKFLOW_WEBHOOK_BACKOFF_MAX_MILLIS".into(),
+                var: "STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS",
+                reason: "must not exceed STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS".into(),
             });
         }
         Ok(Self {
@@ -111,8 +125,13 @@ impl Settings {
     }
 }
 
-/// Runs the notify worker until `shutdown` resolves: one consume loop per stream, all feeding
-/// the same endpoints.
+/// Longest retry horizon: a day below `WEBHOOKS`' max age, which leaves room for the last back-off
+/// (at most an hour) and an open breaker, so JetStream never drops a delivery that is neither
+/// POSTed nor dead-lettered.
+pub const MAX_HORIZON_SECONDS: u64 = topology::WEBHOOKS_MAX_AGE.as_secs() - 24 * 3600;
+
+/// Runs the notify worker until `shutdown` resolves: one fan-out loop per input stream, which
+/// enqueues each event's deliveries in `WEBHOOKS`, and one delivery loop per endpoint.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -129,27 +148,20 @@ pub async fn run(
         token.clone(),
     )
     .await?;
-    let (nats, js) = Startup::new(settings.worker.startup_timeout, token.clone())
+    let startup = Startup::new(settings.worker.startup_timeout, token.clone());
+    let (nats, js) = startup
         .nats_with_topology(&settings.worker.nats, &settings.worker.topology)
         .await?;
+    ensure_endpoint_consumers(&startup, &js, &settings).await?;
     tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
     if settings.subscriptions.is_empty() {
         tracing::warn!("no webhook subscriptions: every event is acknowledged undelivered");
     }
-    let handler = Arc::new(NotifyHandler {
-        endpoints: settings
-            .subscriptions
-            .iter()
-            .map(|s| Endpoint::new(s.clone(), settings.concurrency))
-            .collect(),
-        deliverer: Deliverer::new(
-            settings.retry.clone(),
-            DeadLetters::new(js.clone()),
-            token.clone(),
-        )
-        .context("building the HTTP client")?,
+    let fan_out = Arc::new(FanOut {
+        js: js.clone(),
+        subscriptions: settings.subscriptions.clone(),
     });
-    let loops = consumers(&settings.worker.topology)
+    let inputs = consumers(&settings.worker.topology)
         .into_iter()
         .map(|(spec, check)| {
             let consumer = Consumer {
@@ -160,9 +172,15 @@ pub async fn run(
                 can_process: nats_up.clone(),
                 settings: settings.worker.consume.clone(),
             };
-            consumer.run(handler.clone(), token.clone())
-        });
-    futures::future::join_all(loops).await;
+            tokio::spawn(consumer.run(fan_out.clone(), token.clone()))
+        })
+        .collect::<Vec<_>>();
+    let deliveries = deliverers(&settings, &js, &health, &nats_up, &token)?;
+    for task in inputs.into_iter().chain(deliveries) {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "consume loop panicked");
+        }
+    }
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "nats drain failed");
     }
@@ -170,11 +188,90 @@ pub async fn run(
     Ok(())
 }
 
+/// Declares each endpoint's deliveries consumer, waiting while JetStream does not answer; a
+/// consumer that exists with other settings fails at once.
+async fn ensure_endpoint_consumers(
+    startup: &Startup,
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    for subscription in &settings.subscriptions {
+        let id = &subscription.id;
+        startup
+            .wait("JetStream to declare the webhook consumers", || async {
+                let declared =
+                    topology::ensure_webhook_consumer(js, id, &settings.worker.topology).await;
+                declared.map_err(|e| {
+                    let unavailable = matches!(e, topology::TopologyError::JetStream { .. });
+                    let e = anyhow::Error::new(e)
+                        .context(format!("declaring the deliveries consumer of webhook {id}"));
+                    if unavailable {
+                        Failure::Unavailable(e)
+                    } else {
+                        Failure::Misconfigured(e)
+                    }
+                })
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// One delivery loop per endpoint on its own consumer, with at most `concurrency` POSTs in
+/// flight: an endpoint that fails or hangs holds its own deliveries and nobody else's.
+fn deliverers(
+    settings: &Settings,
+    js: &jetstream::Context,
+    health: &Health,
+    nats_up: &HealthCheck,
+    token: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let client = Deliverer::client(settings.retry.timeout).context("building the HTTP client")?;
+    // Flags of the breakers: not readiness checks, since an endpoint's outage is not notify's.
+    let pauses = Health::default();
+    let mut tasks = Vec::new();
+    for subscription in &settings.subscriptions {
+        let endpoint = Arc::new(Endpoint::new(subscription.clone(), &settings.retry));
+        let may_pull = pauses.check(subscription.id.clone());
+        tasks.push(tokio::spawn(deliver::watch_breaker(
+            endpoint.clone(),
+            nats_up.clone(),
+            may_pull.clone(),
+            token.clone(),
+        )));
+        let consumer = Consumer {
+            js: js.clone(),
+            spec: ConsumerSpec {
+                stream: subjects::WEBHOOKS,
+                // Named for the life of the process (metric labels): one per subscription.
+                durable: Box::leak(topology::webhook_durable(&subscription.id).into_boxed_str()),
+            },
+            dead_letters: DeadLetters::new(js.clone()),
+            bound: health.check(format!("consumer_webhook_{}", subscription.id)),
+            can_process: may_pull,
+            settings: ConsumeSettings {
+                max_in_flight: settings.concurrency,
+                // A POST may take longer than the ack wait: pull only what can start at once.
+                pull: Pull::WithinWindow,
+                ..settings.worker.consume.clone()
+            },
+        };
+        let handler = Arc::new(Deliverer::new(
+            client.clone(),
+            settings.retry.clone(),
+            endpoint,
+            DeadLetters::new(js.clone()),
+        ));
+        tasks.push(tokio::spawn(consumer.run(handler, token.clone())));
+    }
+    Ok(tasks)
+}
+
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "stockflow_webhook_deliveries_total",
-        "Webhook POSTs by endpoint and outcome (delivered, retried, failed)"
+        "Webhook POSTs by endpoint and outcome (delivered, retried, failed = dead-lettered)"
     );
     describe_histogram!(
         "stockflow_webhook_delivery_seconds",
@@ -183,7 +280,7 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "stockflow_webhook_breaker_open",
-        "1 while an endpoint's breaker dead-letters without POSTing"
+        "1 while an endpoint's breaker is open and its deliveries are paused"
     );
 }
 
@@ -199,26 +296,26 @@ async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: Cance
     }
 }
 
-/// Fans one derived event out to the endpoints that want it, and reports it handled (so it is
-/// acked) only when every one of them has it or has a dead letter for it.
+/// Fans one derived event out into the outbox: one message per endpoint that wants it, acked
+/// only once `WEBHOOKS` stored every one. It never waits for an endpoint.
 #[derive(Debug)]
-struct NotifyHandler {
-    endpoints: Vec<Endpoint>,
-    deliverer: Deliverer,
+struct FanOut {
+    js: jetstream::Context,
+    subscriptions: Vec<Subscription>,
 }
 
-impl NotifyHandler {
+impl FanOut {
     /// Whether any endpoint may want a ledger entry: most deployments subscribe to alerts and
     /// order results only, and the ledger is the busiest stream.
     fn wants_stock_changes(&self) -> bool {
-        self.endpoints.iter().any(|e| match &e.subscription.events {
+        self.subscriptions.iter().any(|s| match &s.events {
             EventFilter::All => true,
             EventFilter::Only(types) => types.contains(&EventType::StockChanged),
         })
     }
 }
 
-impl Handler for NotifyHandler {
+impl Handler for FanOut {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
         if message.subject.starts_with("stock.changes.") && !self.wants_stock_changes() {
             return Ok(Handled {
@@ -232,38 +329,39 @@ impl Handler for NotifyHandler {
                 outcome: Outcome::Applied,
             });
         };
-        let handled = Handled {
+        let (stream, sequence) = message
+            .info()
+            .map(|info| (info.stream.to_owned(), info.stream_sequence))
+            .map_err(|e| HandleError::nats(anyhow::anyhow!("message without metadata: {e}")))?;
+        let mut acks = Vec::new();
+        for subscription in self.subscriptions.iter().filter(|s| {
+            s.wants(
+                notification.event_type,
+                &notification.skus,
+                &notification.locations,
+            )
+        }) {
+            let (subject, headers, body) =
+                outbox::message(&subscription.id, &notification, &stream, sequence);
+            let publish = PublishMessage::build()
+                .payload(body)
+                .headers(headers)
+                .message_id(outbox::message_id(&subscription.id, &stream, sequence));
+            // Sent together, then awaited together: one round trip, not one per endpoint.
+            acks.push(
+                self.js
+                    .send_publish(subject, publish)
+                    .await
+                    .map_err(HandleError::nats)?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(HandleError::nats)?;
+        }
+        Ok(Handled {
             event_type: notification.event_type.as_str(),
             outcome: Outcome::Applied,
-        };
-        // Each endpoint's delivery runs on its own: a slow one waits for its own permits and
-        // back-off, while the others finish and free nothing but their own share of this input.
-        // However long that takes, the consume loop keeps the input in progress.
-        let mut deliveries: FuturesUnordered<_> = self
-            .endpoints
-            .iter()
-            .filter(|e| {
-                e.subscription.wants(
-                    notification.event_type,
-                    &notification.skus,
-                    &notification.locations,
-                )
-            })
-            .map(|endpoint| self.deliverer.deliver(endpoint, &notification, message))
-            .collect();
-        let mut interrupted = false;
-        while let Some(done) = deliveries.next().await {
-            if done == Delivery::Interrupted {
-                interrupted = true;
-            }
-        }
-        if interrupted {
-            // Some endpoint neither has it nor a dead letter: the input must come back.
-            return Err(HandleError::NotYet(
-                "webhook deliveries interrupted by shutdown".into(),
-            ));
-        }
-        Ok(handled)
+        })
     }
 }
 
@@ -289,17 +387,33 @@ mod tests {
             Env::from_fn(move |name| map.get(name).cloned())
         };
         let settings = Settings::from_env(&env(&[])).expect("defaults");
-        assert_eq!(settings.worker.consume.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
-        assert_eq!(settings.retry.max_attempts, 8);
-        assert_eq!(settings.worker.consume.pull, Pull::WithinWindow);
+        assert_eq!(settings.retry.horizon, Duration::from_secs(24 * 3600));
+        assert_eq!(settings.retry.backoff_floor, Duration::from_secs(1));
+        assert_eq!(settings.retry.backoff_ceiling, Duration::from_secs(300));
+        assert!(
+            Duration::from_secs(MAX_HORIZON_SECONDS) + settings.retry.backoff_ceiling
+                < topology::WEBHOOKS_MAX_AGE
+        );
         for (extra, var) in [
             (
-                [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "0")],
+                [("STOCKFLOW_WEBHOOK_MAX_ATTEMPTS", "8")],
                 "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS",
             ),
             (
-                [("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "999999")],
+                [("STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS", "100")],
                 "STOCKFLOW_WEBHOOK_BACKOFF_BASE_MILLIS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "999999")],
+                "STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS", "691200")],
+                "STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS",
+            ),
+            (
+                [("STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS", "0")],
+                "STOCKFLOW_WEBHOOK_RETRY_HORIZON_SECONDS",
             ),
             (
                 [("STOCKFLOW_WEBHOOK_TIMEOUT_MILLIS", "soon")],

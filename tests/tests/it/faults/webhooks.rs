@@ -88,6 +88,12 @@ impl Receiver {
                 file.to_string_lossy().into_owned(),
             ),
             ("STOCKFLOW_WEBHOOK_SECRET".into(), SECRET.into()),
+            // A short ack wait for the consumer notify creates per endpoint (5 s, the least the
+            // workers accept): a delivery held by a killed worker comes back soon.
+            (
+                "STOCKFLOW_ACK_WAIT_SECONDS".into(),
+                crate::notify::ACK_WAIT_SECONDS.into(),
+            ),
             // The suite's ack wait is 2 s: a smaller window than the default 1024 inputs, and
             // more POSTs at once, keep inputs from waiting out their ack wait behind the
             // others after an outage (each such redelivery is one more POST).
