@@ -50,12 +50,16 @@ async fn dead_letter(
         .expect("stored");
     assert_eq!(ack.stream, stream);
     let source = world.js.get_stream(stream).await.expect("stream");
+    // Explicit acks: `WEBHOOKS` is a work queue, which takes no other pull consumer. Never
+    // acked; the message is removed below, as a worker's dead-lettering would leave it.
     let consumer = source
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+        .create_consumer(jetstream::consumer::pull::Config {
             filter_subject: subject.to_owned(),
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: ack.sequence,
             },
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            inactive_threshold: std::time::Duration::from_secs(30),
             ..Default::default()
         })
         .await
@@ -68,6 +72,13 @@ async fn dead_letter(
         .await
         .expect("one message")
         .expect("a message");
+    // Gone before any notify-worker declares its own consumer on the same subject (a work
+    // queue takes one per subject).
+    let name = consumer.cached_info().name.clone();
+    source
+        .delete_consumer(&name)
+        .await
+        .expect("consumer removed");
     DeadLetters::new(world.js.clone())
         .store_with(&message, reason, route)
         .await
@@ -81,23 +92,8 @@ async fn dead_letter(
         .expect("sequence")
 }
 
-/// The `WEBHOOKS` outbox, as notify-worker declares it (its subjects, a duplicate window).
-pub(crate) async fn webhooks_stream(world: &World) {
-    world
-        .js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: subjects::WEBHOOKS.to_owned(),
-            subjects: vec!["webhooks.>".to_owned()],
-            duplicate_window: std::time::Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .expect("WEBHOOKS stream");
-}
-
 /// Stores one dead letter of each kind, before any worker runs; `tag` keeps names apart.
 pub(crate) async fn store_each_kind(world: &World, tag: &str) -> Letters {
-    webhooks_stream(world).await;
     let sku = format!("DL-{tag}");
     let quantity = 7;
     let fact = event(&format!("{tag}-rcv"), &sku, "wh", received(quantity));
