@@ -117,6 +117,30 @@ pub async fn setup(settings: &WorkerSettings, mode: Mode) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// One line with the version and the settings an operator checks first; URLs without
+/// credentials, no secret.
+fn log_start(settings: &WorkerSettings) {
+    let nats: Vec<String> = settings
+        .nats
+        .urls
+        .iter()
+        .map(|u| crate::connect::redact_url(u))
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        client = %settings.nats.client_name,
+        nats = %nats.join(","),
+        nats_credentials = settings.nats.auth.variables(),
+        redis = %crate::connect::redact_url(settings.redis.url.expose()),
+        redis_cluster = settings.redis.cluster,
+        key_prefix = %settings.redis.key_prefix,
+        metrics_addr = %settings.metrics_addr,
+        stock_partitions = settings.topology.stock_partitions,
+        stream_replicas = settings.topology.replicas,
+        "starting"
+    );
+}
+
 /// A connected worker: clients, health, and the shutdown token.
 #[derive(Debug)]
 pub struct Runtime {
@@ -146,6 +170,7 @@ impl Runtime {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let token = crate::shutdown::token_for(shutdown);
+        log_start(&settings);
         // First, so an orchestrator sees a live process that is not ready while it waits.
         let health = Health::default();
         let nats_up = health.check("nats");

@@ -123,6 +123,22 @@ pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
     })
 }
 
+/// The "Environment variables" section of `stockctl --help`: what [`settings`] reads.
+pub fn variables_help() -> String {
+    let env = Env::recording([]);
+    if let Ok(worker) = WorkerSettings::from_env(&env, "stockctl", "127.0.0.1:0") {
+        let _ = order_worker::order_retention(&env, worker.dedup_ttl);
+    }
+    let mut variables = env.asked();
+    // `settings` lowers the log default: results go to stdout.
+    for v in &mut variables {
+        if v.name == "STOCKFLOW_LOG" {
+            v.default = Some("warn".into());
+        }
+    }
+    stockflow_shared::cli::variables_help(&variables)
+}
+
 /// Connects to NATS and returns a JetStream context.
 async fn jetstream(settings: &WorkerSettings) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(settings.nats.connect().await?))
@@ -135,7 +151,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Setup { update } => {
             let mode = if update { Mode::Update } else { Mode::Verify };
             stockflow_shared::worker::setup(worker, mode).await?;
-            println!("streams and consumers are in place");
+            crate::outln!("streams and consumers are in place");
         }
         Command::Selftest => selftest::run(worker).await?,
         Command::Publish(args) => publish::run(&jetstream(worker).await?, &args).await?,
