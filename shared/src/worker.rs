@@ -99,7 +99,7 @@ impl Command {
             [] => Ok(Self::Run),
             ["setup"] => Ok(Self::Setup(Mode::Verify)),
             ["setup", "--update"] => Ok(Self::Setup(Mode::Update)),
-            _ => anyhow::bail!("usage: {usage} [setup [--update]]"),
+            _ => anyhow::bail!("usage: {usage} [setup [--update]] (see {usage} --help)"),
         }
     }
 }
