@@ -123,8 +123,10 @@ impl Env {
         let Some(asked) = &self.asked else { return };
         let mut asked = asked.lock().unwrap_or_else(PoisonError::into_inner);
         match asked.iter_mut().find(|v| v.name == var) {
+            // A reader that asks again with its own default (a worker overriding the shared
+            // one) has the last word.
             Some(known) => {
-                if known.default.is_none() {
+                if default.is_some() {
                     known.default = default;
                 }
             }
@@ -289,6 +291,7 @@ mod tests {
         let env = Env::recording([("B", "7")]);
         assert_eq!(env.bounded("B", 5, 1..=10).expect("in range"), 7);
         assert!(env.secret("S", "S_FILE").expect("unset").is_none());
+        let _ = env.string("A", "w");
         let _ = env.string("A", "x");
         let _ = env.raw("A");
         let asked = env.asked();

@@ -42,8 +42,13 @@ impl LogSettings {
         use std::io::IsTerminal as _;
         let mut filter = tracing_subscriber::EnvFilter::new(&self.filter);
         // The NATS client logs each connection event itself, and `connect` logs it again with
-        // the server's address: keep only ours unless asked for the client's.
-        if !self.filter.contains("async_nats") {
+        // the server's address: keep only ours unless the filter asks for the client's, by name
+        // or with a global debug/trace level.
+        let everything = self.filter.split(',').any(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            !d.contains('=') && (d == "debug" || d == "trace")
+        });
+        if !everything && !self.filter.contains("async_nats") {
             if let Ok(quiet) = "async_nats=warn".parse() {
                 filter = filter.add_directive(quiet);
             }

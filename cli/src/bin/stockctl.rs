@@ -17,6 +17,11 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Offline, and whatever the environment holds.
+    if let ctl::Command::Completion { shell } = cli.command {
+        ctl::completion(shell);
+        return ExitCode::SUCCESS;
+    }
     let result = async {
         let settings = ctl::settings(Env::process(), &cli).context("invalid configuration")?;
         settings.worker.log.init();

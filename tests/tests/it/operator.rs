@@ -101,9 +101,33 @@ fn every_binary_answers_help_and_version_without_config_or_connection() {
         let (code, _, stderr) = run_unconfigured(worker, &["setup", "--help"], &nats, &redis);
         assert_eq!(code, 0, "{worker} setup --help: {stderr}");
     }
+    // A worker's own default, not the shared one it overrides.
+    let (_, help, _) = run_unconfigured("notify-worker", &["--help"], &nats, &redis);
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("STOCKFLOW_MAX_IN_FLIGHT") && l.ends_with(" 1024")),
+        "{help}"
+    );
     let (_, help, _) = run_unconfigured("stockctl", &["--help"], &nats, &redis);
-    assert!(help.contains("tail") && help.contains("dlq"), "{help}");
-    no_connection(&nats, "help of subcommands");
+    assert!(
+        help.contains("tail") && help.contains("completion"),
+        "{help}"
+    );
+    for (shell, marker) in [
+        ("bash", "_stockctl()"),
+        ("zsh", "#compdef stockctl"),
+        ("fish", "complete -c stockctl"),
+    ] {
+        let (code, script, stderr) =
+            run_unconfigured("stockctl", &["completion", shell], &nats, &redis);
+        assert_eq!(code, 0, "completion {shell}: {stderr}");
+        assert!(
+            script.contains(marker) && script.contains("reconcile"),
+            "completion {shell}:\n{script}"
+        );
+    }
+    no_connection(&nats, "help of subcommands and completion");
+    no_connection(&redis, "help of subcommands and completion");
 }
 
 #[test]

@@ -60,9 +60,13 @@ impl Settings {
     /// subscription).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut worker = WorkerSettings::from_env(env, "notify-worker", "127.0.0.1:9466")?;
-        if env.raw("STOCKFLOW_MAX_IN_FLIGHT").is_none() {
-            worker.consume.max_in_flight = DEFAULT_MAX_IN_FLIGHT;
-        }
+        // Read again with this worker's own default, so `--help` shows that one.
+        worker.consume.max_in_flight = usize::try_from(env.bounded(
+            "STOCKFLOW_MAX_IN_FLIGHT",
+            DEFAULT_MAX_IN_FLIGHT as u64,
+            1..=10_000,
+        )?)
+        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         // An input may wait for its endpoints far longer than the ack wait: pull only what can
         // start at once, so none waits unseen in the client while JetStream redelivers it.
         worker.consume.pull = Pull::WithinWindow;
