@@ -518,10 +518,11 @@ const PROGRAM: stockflow_shared::cli::Program = stockflow_shared::cli::Program {
             NATS and Redis the environment points at.",
     commands: &[],
     listing_env: &[],
+    // The demo's own defaults last: they replace the workers' in the listing.
     read_settings: |env| {
+        let _ = stock_worker::Settings::from_env(env);
         let _ = env.string("STOCKFLOW_KEY_PREFIX", "demo<ms>");
         let _ = env.string("STOCKFLOW_LOG", "error");
-        let _ = stock_worker::Settings::from_env(env);
     },
 };
 

@@ -108,6 +108,12 @@ fn every_binary_answers_help_and_version_without_config_or_connection() {
             .any(|l| l.trim_start().starts_with("STOCKFLOW_MAX_IN_FLIGHT") && l.ends_with(" 1024")),
         "{help}"
     );
+    let (_, help, _) = run_unconfigured("stockflow-demo", &["--help"], &nats, &redis);
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("STOCKFLOW_LOG ") && l.ends_with(" error")),
+        "the demo's own log default:\n{help}"
+    );
     let (_, help, _) = run_unconfigured("stockctl", &["--help"], &nats, &redis);
     assert!(
         help.contains("tail") && help.contains("completion"),
