@@ -197,19 +197,30 @@ impl NatsSettings {
     /// names the servers (without credentials) and the variables the credentials came from.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         use anyhow::Context as _;
+        let servers = self
+            .urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut options = async_nats::ConnectOptions::new()
             .name(&self.client_name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("nats connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                    // One per reconnect try while a server is down: not worth a line each.
-                    async_nats::Event::ClientError(e) => {
-                        tracing::debug!(error = %e, "nats client error");
+            .event_callback(move |event| {
+                let servers = servers.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!(%servers, "nats connected"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%servers, "nats disconnected")
+                        }
+                        // One per reconnect try while a server is down: not worth a line each.
+                        async_nats::Event::ClientError(e) => {
+                            tracing::debug!(error = %e, "nats client error");
+                        }
+                        other => tracing::info!(event = %other, "nats event"),
                     }
-                    other => tracing::info!(event = %other, "nats event"),
                 }
             });
         match &self.auth {

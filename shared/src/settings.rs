@@ -2,7 +2,14 @@
 //!
 //! Every parse error names the variable; secrets are wrapped in [`Secret`] so they never print.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 /// A configuration value that is wrong or missing. The message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +65,21 @@ impl fmt::Display for Secret {
 /// Looks a variable up by name.
 type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// A variable a reader asked for, with the default it falls back to (`None` for variables
+/// without one, such as secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// The environment variable.
+    pub name: String,
+    /// Its default, as the reader would use it.
+    pub default: Option<String>,
+}
+
 /// Reads variables from a source (the process environment, or a map in tests).
 pub struct Env {
     lookup: Lookup,
+    /// Set by [`Env::recording`]: every variable asked for, in order.
+    asked: Option<Arc<Mutex<Vec<Variable>>>>,
 }
 
 impl fmt::Debug for Env {
@@ -79,6 +98,42 @@ impl Env {
     pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         Self {
             lookup: Box::new(lookup),
+            asked: None,
+        }
+    }
+
+    /// An environment where only `pairs` are set, which remembers every variable asked for and
+    /// its default ([`Env::asked`]): `--help` lists a binary's variables by running the same
+    /// code that reads them, so the list cannot drift from it.
+    pub fn recording<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            asked: Some(Arc::default()),
+            ..Self::from_pairs(pairs)
+        }
+    }
+
+    /// The variables asked for so far, first ask first (empty unless [`Env::recording`]).
+    pub fn asked(&self) -> Vec<Variable> {
+        self.asked.as_ref().map_or_else(Vec::new, |asked| {
+            asked.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        })
+    }
+
+    fn note(&self, var: &str, default: Option<String>) {
+        let Some(asked) = &self.asked else { return };
+        let mut asked = asked.lock().unwrap_or_else(PoisonError::into_inner);
+        match asked.iter_mut().find(|v| v.name == var) {
+            // A reader that asks again with its own default (a worker overriding the shared
+            // one) has the last word.
+            Some(known) => {
+                if default.is_some() {
+                    known.default = default;
+                }
+            }
+            None => asked.push(Variable {
+                name: var.to_owned(),
+                default,
+            }),
         }
     }
 
@@ -93,20 +148,23 @@ impl Env {
 
     /// The raw value; an empty value counts as unset.
     pub fn raw(&self, var: &str) -> Option<String> {
+        self.note(var, None);
         (self.lookup)(var).filter(|v| !v.trim().is_empty())
     }
 
     /// A string, or the default.
     pub fn string(&self, var: &'static str, default: &str) -> String {
+        self.note(var, Some(default.to_owned()));
         self.raw(var).unwrap_or_else(|| default.to_owned())
     }
 
     /// A parsed value, or the default.
     pub fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
     where
-        T: FromStr,
+        T: FromStr + fmt::Display,
         T::Err: fmt::Display,
     {
+        self.note(var, Some(default.to_string()));
         match self.raw(var) {
             None => Ok(default),
             Some(value) => value
@@ -226,6 +284,31 @@ mod tests {
         let env = Env::from_pairs([("X", "0")]);
         let err = env.bounded("X", 10, 1..=100).expect_err("zero");
         assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn recording_lists_variables_with_their_defaults() {
+        let env = Env::recording([("B", "7")]);
+        assert_eq!(env.bounded("B", 5, 1..=10).expect("in range"), 7);
+        assert!(env.secret("S", "S_FILE").expect("unset").is_none());
+        let _ = env.string("A", "w");
+        let _ = env.string("A", "x");
+        let _ = env.raw("A");
+        let asked = env.asked();
+        let shown: Vec<(&str, Option<&str>)> = asked
+            .iter()
+            .map(|v| (v.name.as_str(), v.default.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("B", Some("5")),
+                ("S", None),
+                ("S_FILE", None),
+                ("A", Some("x"))
+            ]
+        );
+        assert!(Env::from_pairs([]).asked().is_empty());
     }
 
     #[test]

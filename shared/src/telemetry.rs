@@ -39,9 +39,25 @@ impl LogSettings {
     /// Installs the global subscriber; a second call (several workers in one test process) is a
     /// no-op.
     pub fn init(&self) {
-        let filter = tracing_subscriber::EnvFilter::new(&self.filter);
+        use std::io::IsTerminal as _;
+        let mut filter = tracing_subscriber::EnvFilter::new(&self.filter);
+        // The NATS client logs each connection event itself, and `connect` logs it again with
+        // the server's address: keep only ours unless the filter asks for the client's, by name
+        // or with a global debug/trace level.
+        let everything = self.filter.split(',').any(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            !d.contains('=') && (d == "debug" || d == "trace")
+        });
+        if !everything && !self.filter.contains("async_nats") {
+            if let Ok(quiet) = "async_nats=warn".parse() {
+                filter = filter.add_directive(quiet);
+            }
+        }
+        // Colour only for a person at a terminal: files and log collectors get plain text.
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr);
         let _already_set = if self.json {
             builder.json().try_init()

@@ -99,7 +99,7 @@ impl Command {
             [] => Ok(Self::Run),
             ["setup"] => Ok(Self::Setup(Mode::Verify)),
             ["setup", "--update"] => Ok(Self::Setup(Mode::Update)),
-            _ => anyhow::bail!("usage: {usage} [setup [--update]]"),
+            _ => anyhow::bail!("usage: {usage} [setup [--update]] (see {usage} --help)"),
         }
     }
 }
@@ -115,6 +115,34 @@ pub async fn setup(settings: &WorkerSettings, mode: Mode) -> anyhow::Result<()> 
     client.drain().await.ok();
     tracing::info!("streams and consumers are in place");
     Ok(())
+}
+
+/// The first log line of a worker or the gateway: the version and the settings an operator
+/// checks first; URLs without credentials, no secret. `topology` is `None` for the gateway.
+pub fn log_start(
+    nats: &NatsSettings,
+    redis: &RedisSettings,
+    metrics_addr: SocketAddr,
+    topology: Option<&TopologySettings>,
+) {
+    let servers: Vec<String> = nats
+        .urls
+        .iter()
+        .map(|u| crate::connect::redact_url(u))
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        client = %nats.client_name,
+        nats = %servers.join(","),
+        nats_credentials = nats.auth.variables(),
+        redis = %crate::connect::redact_url(redis.url.expose()),
+        redis_cluster = redis.cluster,
+        key_prefix = %redis.key_prefix,
+        %metrics_addr,
+        stock_partitions = topology.map(|t| t.stock_partitions),
+        stream_replicas = topology.map(|t| t.replicas),
+        "starting"
+    );
 }
 
 /// A connected worker: clients, health, and the shutdown token.
@@ -146,6 +174,12 @@ impl Runtime {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let token = crate::shutdown::token_for(shutdown);
+        log_start(
+            &settings.nats,
+            &settings.redis,
+            settings.metrics_addr,
+            Some(&settings.topology),
+        );
         // First, so an orchestrator sees a live process that is not ready while it waits.
         let health = Health::default();
         let nats_up = health.check("nats");

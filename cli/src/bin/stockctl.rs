@@ -3,13 +3,25 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use stockflow_cli::ctl::{self, Cli};
 use stockflow_shared::settings::Env;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--help` ends with the environment variables, listed by the code that reads them.
+    let matches = Cli::command()
+        .after_help(ctl::variables_help())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Offline, and whatever the environment holds.
+    if let ctl::Command::Completion { shell } = cli.command {
+        ctl::completion(shell);
+        return ExitCode::SUCCESS;
+    }
     let result = async {
         let settings = ctl::settings(Env::process(), &cli).context("invalid configuration")?;
         settings.worker.log.init();

@@ -511,8 +511,32 @@ fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<St
     );
 }
 
+const PROGRAM: stockflow_shared::cli::Program = stockflow_shared::cli::Program {
+    name: "stockflow-demo",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "Runs every worker in one process and plays a day at a three-store chain against the \
+            NATS and Redis the environment points at.",
+    commands: &[],
+    listing_env: &[],
+    // The demo's own defaults last: they replace the workers' in the listing.
+    read_settings: |env| {
+        let _ = stock_worker::Settings::from_env(env);
+        let _ = env.string("STOCKFLOW_KEY_PREFIX", "demo<ms>");
+        let _ = env.string("STOCKFLOW_LOG", "error");
+    },
+};
+
+fn main() -> std::process::ExitCode {
+    PROGRAM.answer_and_exit();
+    if std::env::args().len() > 1 {
+        eprintln!("usage: stockflow-demo (no arguments; see stockflow-demo --help)");
+        return std::process::ExitCode::from(2);
+    }
+    stockflow_shared::cli::finish(demo())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn demo() -> anyhow::Result<()> {
     let run = format!("demo{}", events::now_ms());
     let env = Env::process();
     let prefix = env.string("STOCKFLOW_KEY_PREFIX", &run);

@@ -55,7 +55,7 @@ pub async fn list(js: &async_nats::jetstream::Context) -> Result<Vec<DeadLetter>
 fn print_list(letters: &[DeadLetter], as_json: bool) {
     if as_json {
         for l in letters {
-            println!(
+            crate::outln!(
                 "{}",
                 json!({
                     "sequence": l.sequence,
@@ -72,7 +72,7 @@ fn print_list(letters: &[DeadLetter], as_json: bool) {
         return;
     }
     if letters.is_empty() {
-        println!("no dead letters");
+        crate::outln!("no dead letters");
         return;
     }
     let subject_width = letters
@@ -81,12 +81,15 @@ fn print_list(letters: &[DeadLetter], as_json: bool) {
         .chain(["original subject".len()])
         .max()
         .unwrap_or(16);
-    println!(
+    crate::outln!(
         "{:>8}  {:<24}  {:<14}  {:<subject_width$}  reason",
-        "seq", "stored", "stream", "original subject"
+        "seq",
+        "stored",
+        "stream",
+        "original subject"
     );
     for l in letters {
-        println!(
+        crate::outln!(
             "{:>8}  {:<24}  {:<14}  {:<subject_width$}  {}",
             l.sequence,
             super::tail::timestamp(l.stored),
@@ -95,7 +98,7 @@ fn print_list(letters: &[DeadLetter], as_json: bool) {
             l.reason()
         );
     }
-    println!("{} dead letter(s)", letters.len());
+    crate::outln!("{} dead letter(s)", letters.len());
 }
 
 /// What `dlq show` prints.
@@ -155,7 +158,7 @@ pub fn describe(letter: &DeadLetter) -> String {
 }
 
 fn print_replayed(done: &Replayed) {
-    println!(
+    crate::outln!(
         "replayed dead letter {} ({}) on {}: stored in {} sequence {}{}; removed from DEAD_LETTERS",
         done.sequence,
         done.kind.as_str(),
@@ -174,7 +177,7 @@ fn print_replayed(done: &Replayed) {
 pub async fn run(js: &async_nats::jetstream::Context, command: &DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { json } => print_list(&list(js).await?, *json),
-        DlqCommand::Show { seq } => print!("{}", describe(&get(js, *seq).await?)),
+        DlqCommand::Show { seq } => crate::out!("{}", describe(&get(js, *seq).await?)),
         DlqCommand::Replay { seq: Some(seq), .. } => {
             print_replayed(&replay::replay_sequence(js, *seq).await?);
         }
@@ -185,14 +188,14 @@ pub async fn run(js: &async_nats::jetstream::Context, command: &DlqCommand) -> a
             let (mut replayed, mut skipped) = (0, 0);
             for letter in &letters {
                 if let Err(why) = letter.plan() {
-                    println!("skipped dead letter {}: {why}", letter.sequence);
+                    crate::outln!("skipped dead letter {}: {why}", letter.sequence);
                     skipped += 1;
                     continue;
                 }
                 print_replayed(&replay(js, letter).await?);
                 replayed += 1;
             }
-            println!("replayed {replayed}, skipped {skipped}");
+            crate::outln!("replayed {replayed}, skipped {skipped}");
         }
     }
     Ok(())

@@ -698,7 +698,7 @@ pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result
         }
     }
     summary.invalid.sort_by_key(|i| i.line);
-    print!("{summary}");
+    crate::out!("{summary}");
     Ok(if summary.invalid.is_empty() {
         Outcome::Done
     } else {

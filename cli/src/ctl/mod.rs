@@ -73,6 +73,12 @@ pub enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// Print a shell completion script, e.g. `stockctl completion bash > /etc/bash_completion.d/stockctl`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What `stockctl` reads from its environment.
@@ -123,6 +129,30 @@ pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
     })
 }
 
+/// Prints `shell`'s completion script for `stockctl`; needs no settings or server.
+pub fn completion(shell: clap_complete::Shell) {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "stockctl", &mut script);
+    crate::out!("{}", String::from_utf8_lossy(&script));
+}
+
+/// The "Environment variables" section of `stockctl --help`: what [`settings`] reads.
+pub fn variables_help() -> String {
+    let env = Env::recording([]);
+    if let Ok(worker) = WorkerSettings::from_env(&env, "stockctl", "127.0.0.1:0") {
+        let _ = order_worker::order_retention(&env, worker.dedup_ttl);
+    }
+    let mut variables = env.asked();
+    // `settings` lowers the log default: results go to stdout.
+    for v in &mut variables {
+        if v.name == "STOCKFLOW_LOG" {
+            v.default = Some("warn".into());
+        }
+    }
+    stockflow_shared::cli::variables_help(&variables)
+}
+
 /// Connects to NATS and returns a JetStream context.
 async fn jetstream(settings: &WorkerSettings) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(settings.nats.connect().await?))
@@ -135,7 +165,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Setup { update } => {
             let mode = if update { Mode::Update } else { Mode::Verify };
             stockflow_shared::worker::setup(worker, mode).await?;
-            println!("streams and consumers are in place");
+            crate::outln!("streams and consumers are in place");
         }
         Command::Selftest => selftest::run(worker).await?,
         Command::Publish(args) => publish::run(&jetstream(worker).await?, &args).await?,
@@ -147,6 +177,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Dlq { command } => dlq::run(&jetstream(worker).await?, &command).await?,
         Command::Rebuild => repair::rebuild(worker, settings.order_retention).await?,
         Command::Reconcile { fix } => return repair::reconcile(worker, fix).await,
+        Command::Completion { shell } => completion(shell),
     }
     Ok(Outcome::Done)
 }

@@ -864,8 +864,8 @@ pub async fn run(js: &jetstream::Context, args: &PublishArgs) -> anyhow::Result<
         .validate()
         .map_err(|reason| anyhow::anyhow!("invalid event: {reason}"))?;
     let ack = publish(js, &input).await?;
-    println!("published {}", input.describe());
-    println!(
+    crate::outln!("published {}", input.describe());
+    crate::outln!(
         "stored: {} sequence {}, duplicate: {}",
         ack.stream,
         ack.sequence,

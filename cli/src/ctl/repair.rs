@@ -24,7 +24,7 @@ pub async fn rebuild(settings: &WorkerSettings, order_retention: Duration) -> an
         orders: order_retention,
     };
     let report = rebuild::rebuild(&js, &mut redis, &keys, retention).await?;
-    println!(
+    crate::outln!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
          {} order lines, {} holds scheduled, {} dedup records",
         report.entries,
@@ -64,22 +64,32 @@ pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<O
         drift = rebuild::drift(&js, &mut redis, &keys).await?;
     }
     if drift.is_empty() {
-        println!("Redis agrees with the ledger");
+        crate::outln!("Redis agrees with the ledger");
         return Ok(Outcome::Done);
     }
-    println!(
+    crate::outln!(
         "{:<24} {:<16} {:<9} {:>12} {:>12}",
-        "sku", "location", "field", "ledger", "redis"
+        "sku",
+        "location",
+        "field",
+        "ledger",
+        "redis"
     );
     for d in &drift {
-        println!(
+        crate::outln!(
             "{:<24} {:<16} {:<9} {:>12} {:>12}",
-            d.sku, d.location, d.field, d.ledger, d.redis
+            d.sku,
+            d.location,
+            d.field,
+            d.ledger,
+            d.redis
         );
     }
     if fix {
         let published = rebuild::publish_corrections(&js, &drift).await?;
-        println!("published {published} correction(s); reserved drift needs `stockctl rebuild`");
+        crate::outln!(
+            "published {published} correction(s); reserved drift needs `stockctl rebuild`"
+        );
     }
     Ok(Outcome::Drift)
 }

@@ -48,7 +48,7 @@ pub async fn run(settings: &WorkerSettings) -> anyhow::Result<()> {
         entry.cause_event_id == id,
         "unexpected ledger entry {entry:?}"
     );
-    println!(
+    crate::outln!(
         "selftest ok: {sku} applied, on_hand {}",
         entry.after.unwrap_or_default().on_hand
     );

@@ -13,7 +13,7 @@ pub async fn run(settings: &WorkerSettings, sku: &str) -> anyhow::Result<()> {
     let mut redis = settings.redis.connect().await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let levels = read_levels(&mut redis, &keys, sku).await?;
-    print!("{}", table(sku, &levels));
+    crate::out!("{}", table(sku, &levels));
     Ok(())
 }
 

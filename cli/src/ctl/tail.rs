@@ -190,7 +190,7 @@ pub async fn run(
         let info = message
             .info()
             .map_err(|e| anyhow::anyhow!("a message without JetStream metadata: {e}"))?;
-        println!(
+        crate::outln!(
             "{}",
             line(
                 &stream_name,

@@ -841,3 +841,64 @@ async fn every_kind_of_dead_letter_is_replayed_by_stockctl_or_refused_with_its_r
     stock_worker.shutdown().await;
     order_worker.shutdown().await;
 }
+
+/// Waits for `child` to exit on its own and returns its status and stderr.
+async fn exit_of(mut child: tokio::process::Child, what: &str) -> (i32, String) {
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let mut text = String::new();
+    let (status, _) = tokio::time::timeout(DEADLINE, async {
+        use tokio::io::AsyncReadExt as _;
+        let read = stderr.read_to_string(&mut text);
+        tokio::join!(child.wait(), read)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} did not exit after its reader went"));
+    (status.expect("status").code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn tail_and_dlq_list_exit_quietly_when_the_reader_goes() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    world
+        .publish(&event("p1", "PIPE-1", "s1", received(5)))
+        .await;
+    world.wait_on_hand("PIPE-1", "s1", 5).await;
+
+    // `stockctl tail … | head -1`: the reader takes one line and closes; the next event's line
+    // meets a closed pipe.
+    let mut child = command(&world, &["tail", "stock.changes.>", "--all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .expect("tail prints the stored event")
+        .expect("read stdout");
+    assert!(first.is_some_and(|l| l.contains("PIPE-1")));
+    drop(stdout);
+    world.publish(&event("p2", "PIPE-1", "s1", sold(1))).await;
+    let (code, stderr) = exit_of(child, "tail").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+
+    // `stockctl dlq list | head -1` with a reader gone before the first line.
+    let mut child = command(&world, &["dlq", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dlq list");
+    drop(child.stdout.take());
+    let (code, stderr) = exit_of(child, "dlq list").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    worker.shutdown().await;
+}

@@ -16,6 +16,7 @@ mod limits;
 mod malformed;
 mod model;
 mod notify;
+mod operator;
 mod order_retention;
 mod ordering;
 mod orders;

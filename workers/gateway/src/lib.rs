@@ -162,6 +162,12 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let token = stockflow_shared::shutdown::token_for(shutdown);
+    stockflow_shared::worker::log_start(
+        &settings.nats,
+        &settings.redis,
+        settings.metrics_addr,
+        None,
+    );
     if matches!(settings.auth, Auth::Disabled) {
         tracing::warn!("STOCKFLOW_GATEWAY_AUTH=none: the API accepts every request");
     }

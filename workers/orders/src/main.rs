@@ -1,14 +1,37 @@
 //! `order-worker`: reservations for orders. See the crate documentation.
 
 use anyhow::Context as _;
-use stockflow_shared::{settings::Env, shutdown_signal, worker::Command};
+use std::process::ExitCode;
+
+use stockflow_shared::{
+    cli::{self, Program, WORKER_COMMANDS},
+    settings::Env,
+    shutdown_signal,
+    worker::Command,
+};
+
+const PROGRAM: Program = Program {
+    name: "order-worker",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "Reserves and releases stock for orders.",
+    commands: WORKER_COMMANDS,
+    listing_env: &[],
+    read_settings: |env| {
+        let _ = order_worker::Settings::from_env(env);
+    },
+};
+
+fn main() -> ExitCode {
+    PROGRAM.answer_and_exit();
+    cli::finish(run())
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let settings =
         order_worker::Settings::from_env(&Env::process()).context("invalid configuration")?;
     settings.worker.log.init();
-    match Command::from_args("order-worker")? {
+    match Command::from_args(PROGRAM.name)? {
         Command::Run => order_worker::run(settings, shutdown_signal()).await,
         Command::Setup(mode) => stockflow_shared::worker::setup(&settings.worker, mode).await,
     }
