@@ -322,56 +322,7 @@ pub async fn ensure_webhook_consumer(
     settings: &TopologySettings,
 ) -> Result<(), TopologyError> {
     let config = webhook_consumer_config(endpoint, settings);
-    let durable = webhook_durable(endpoint);
-    let object = format!("consumer {}/{durable}", subjects::WEBHOOKS);
-    let stream = js
-        .get_stream(subjects::WEBHOOKS)
-        .await
-        .map_err(|e| js_error(format!("looking up stream {}", subjects::WEBHOOKS))(e.into()))?;
-    let actual = match stream
-        .get_consumer::<consumer::pull::Config>(&durable)
-        .await
-    {
-        Ok(consumer) => consumer.cached_info().config.clone(),
-        Err(_) => {
-            stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| js_error(format!("creating {object}"))(e.into()))?;
-            tracing::info!(%object, "created consumer");
-            return Ok(());
-        }
-    };
-    let mismatch = if actual.filter_subject != config.filter_subject {
-        Some((
-            "filter_subject",
-            actual.filter_subject.clone(),
-            config.filter_subject.clone(),
-        ))
-    } else if actual.ack_policy != consumer::AckPolicy::Explicit {
-        Some((
-            "ack_policy",
-            format!("{:?}", actual.ack_policy),
-            "Explicit".to_owned(),
-        ))
-    } else if actual.max_deliver != -1 {
-        Some((
-            "max_deliver",
-            actual.max_deliver.to_string(),
-            "-1".to_owned(),
-        ))
-    } else {
-        None
-    };
-    match mismatch {
-        None => Ok(()),
-        Some((setting, actual, expected)) => Err(TopologyError::Mismatch {
-            object,
-            setting,
-            actual,
-            expected,
-        }),
-    }
+    declare_consumer(js, subjects::WEBHOOKS, config, Mode::Verify).await
 }
 
 /// The declared configuration of a durable consumer.
@@ -624,14 +575,26 @@ async fn ensure_consumer(
     settings: &TopologySettings,
     mode: Mode,
 ) -> Result<(), TopologyError> {
-    let object = format!("consumer {}/{}", spec.stream, spec.durable);
+    declare_consumer(js, spec.stream, consumer_config(spec, settings), mode).await
+}
+
+/// Creates the durable consumer `config` declares on `stream`, or checks the settings the workers
+/// rely on (explicit acks, never expiring, the declared filter, unbounded redeliveries) and,
+/// in [`Mode::Update`], applies the declaration where they differ.
+async fn declare_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: consumer::pull::Config,
+    mode: Mode,
+) -> Result<(), TopologyError> {
+    let durable = config.durable_name.clone().unwrap_or_default();
+    let object = format!("consumer {stream}/{durable}");
     let stream = js
-        .get_stream(spec.stream)
+        .get_stream(stream)
         .await
-        .map_err(|e| js_error(format!("looking up stream {}", spec.stream))(e.into()))?;
-    let config = consumer_config(spec, settings);
+        .map_err(|e| js_error(format!("looking up stream {stream}"))(e.into()))?;
     let existing = stream
-        .get_consumer::<consumer::pull::Config>(spec.durable)
+        .get_consumer::<consumer::pull::Config>(&durable)
         .await;
     let actual = match existing {
         Ok(consumer) => consumer.cached_info().config.clone(),
@@ -657,11 +620,11 @@ async fn ensure_consumer(
             format!("{:?}", actual.inactive_threshold),
             "0 (never expires)".to_owned(),
         ))
-    } else if !actual.filter_subject.is_empty() || !actual.filter_subjects.is_empty() {
+    } else if actual.filter_subject != config.filter_subject || !actual.filter_subjects.is_empty() {
         Some((
             "filter_subject",
             actual.filter_subject.clone(),
-            String::new(),
+            config.filter_subject.clone(),
         ))
     } else if actual.max_deliver != -1 {
         Some((

@@ -50,35 +50,20 @@ async fn dead_letter(
         .expect("stored");
     assert_eq!(ack.stream, stream);
     let source = world.js.get_stream(stream).await.expect("stream");
-    // Explicit acks: `WEBHOOKS` is a work queue, which takes no other pull consumer. Never
-    // acked; the message is removed below, as a worker's dead-lettering would leave it.
-    let consumer = source
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: subject.to_owned(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: ack.sequence,
-            },
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            inactive_threshold: std::time::Duration::from_secs(30),
-            ..Default::default()
-        })
+    let start = if stream == subjects::WEBHOOKS {
+        // A work queue takes only consumers that start at its beginning; the fixture's webhook
+        // subjects hold one message at a time there.
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: ack.sequence,
+        }
+    };
+    let message = peek(world, stream, subject, start)
         .await
-        .expect("consumer");
-    let message = consumer
-        .messages()
-        .await
-        .expect("messages")
+        .into_iter()
         .next()
-        .await
-        .expect("one message")
-        .expect("a message");
-    // Gone before any notify-worker declares its own consumer on the same subject (a work
-    // queue takes one per subject).
-    let name = consumer.cached_info().name.clone();
-    source
-        .delete_consumer(&name)
-        .await
-        .expect("consumer removed");
+        .expect("the message just stored");
     DeadLetters::new(world.js.clone())
         .store_with(&message, reason, route)
         .await
@@ -178,7 +163,56 @@ pub(crate) async fn store_each_kind(world: &World, tag: &str) -> Letters {
 
 /// Every message stored on `webhooks.<endpoint>`.
 pub(crate) async fn outbox(world: &World, endpoint: &str) -> Vec<jetstream::Message> {
-    stockflow_tests::read_stream(&world.js, subjects::WEBHOOKS, &subjects::webhook(endpoint)).await
+    peek(
+        world,
+        subjects::WEBHOOKS,
+        &subjects::webhook(endpoint),
+        jetstream::consumer::DeliverPolicy::All,
+    )
+    .await
+}
+
+/// The messages of `stream` on `subject` from `start`, delivered and left unacknowledged to a
+/// consumer that is removed again: readable on the `WEBHOOKS` work queue too, which takes no
+/// ordered consumer, and gone before a notify-worker declares its own on the subject (a work
+/// queue takes one consumer per subject).
+async fn peek(
+    world: &World,
+    stream: &str,
+    subject: &str,
+    start: jetstream::consumer::DeliverPolicy,
+) -> Vec<jetstream::Message> {
+    let source = world.js.get_stream(stream).await.expect("stream");
+    let mut consumer = source
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: subject.to_owned(),
+            deliver_policy: start,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            inactive_threshold: std::time::Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let pending = consumer.info().await.expect("consumer info").num_pending;
+    let mut messages = Vec::new();
+    if pending > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(usize::try_from(pending).expect("a count"))
+            .expires(std::time::Duration::from_secs(5))
+            .messages()
+            .await
+            .expect("messages");
+        while let Some(message) = batch.next().await {
+            messages.push(message.expect("a message"));
+        }
+    }
+    let name = consumer.cached_info().name.clone();
+    source
+        .delete_consumer(&name)
+        .await
+        .expect("consumer removed");
+    messages
 }
 
 /// Checks that `message` is the replay of dead letter `seq`: the body and event id of the

@@ -402,6 +402,18 @@ async fn run(scale: Scale) {
             "the stock workers caught up while notify-worker was down"
         );
         let before = outage.stock_rate_before.expect("a rate before the outage");
+        // A rate needs work to measure: on a starved machine the harness can reach the outage
+        // after the stock workers finished the phase (the strike waits for a minimum progress).
+        if !outage.stock_backlog_at_start {
+            writeln!(
+                std::io::stderr(),
+                "faults: no stock rate measured during the notify outage, the stock workers had \
+                 finished the phase when it began: {}",
+                describe_outage(outage)
+            )
+            .ok();
+            continue;
+        }
         assert!(
             outage.stock_rate_during >= before / 2.0,
             "stock processing slowed down while notify-worker was down: {}",

@@ -106,6 +106,9 @@ pub(crate) struct Outage {
     /// Whether the stock workers had acknowledged every stock input published so far when the
     /// group came back up.
     pub(crate) stock_caught_up: bool,
+    /// Whether stock inputs were still waiting when the group went down: if the harness came
+    /// late and they were all done already, the outage saw no stock work to measure.
+    pub(crate) stock_backlog_at_start: bool,
 }
 
 /// How many faults struck.
@@ -309,10 +312,15 @@ impl Fleet {
                     let stock_rate_before = mark.map(|(since, acked): (Instant, u64)| {
                         now.acked.saturating_sub(acked) as f64 / since.elapsed().as_secs_f64()
                     });
-                    down_since.insert(group, (Instant::now(), now.acked, stock_rate_before));
+                    down_since.insert(
+                        group,
+                        (Instant::now(), now.acked, stock_rate_before, !now.caught_up),
+                    );
                 }
                 Fault::Up(group) => {
-                    if let Some((since, acked, stock_rate_before)) = down_since.remove(&group) {
+                    if let Some((since, acked, stock_rate_before, backlog)) =
+                        down_since.remove(&group)
+                    {
                         let now = stock().await;
                         let lasted = since.elapsed();
                         tally.outages.push(Outage {
@@ -322,6 +330,7 @@ impl Fleet {
                             stock_rate_during: now.acked.saturating_sub(acked) as f64
                                 / lasted.as_secs_f64(),
                             stock_caught_up: now.caught_up,
+                            stock_backlog_at_start: backlog,
                         });
                     }
                 }
