@@ -81,15 +81,28 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
-/// `n` distinct loopback ports nothing listens on now: each is held until all are picked, so
-/// the system cannot hand out one twice (separate [`free_port`] calls may return the same).
+/// `n` distinct loopback ports nothing listens on now, never handed out before in this process:
+/// each is held until all are picked, so the system cannot return one twice, and a port given to
+/// one test is not given to another that runs beside it before the first test's server has bound
+/// it (which made a cluster node answer on another test's Redis).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("bound address").port())
-        .collect()
+    use std::{collections::HashSet, sync::Mutex};
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    // A poisoned lock only means another test panicked while picking: the set is intact.
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut ports = Vec::with_capacity(n);
+    // Every listener, fresh or not, stays bound until the end of the call, so the system moves on.
+    let mut held = Vec::new();
+    while ports.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let port = listener.local_addr().expect("bound address").port();
+        if given.insert(port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    ports
 }
 
 /// A unique id (e.g. a fresh `Nats-Msg-Id`) without another dependency: time, process, counter.
