@@ -47,7 +47,7 @@ impl Handler for SlowHandler {
     }
 }
 
-/// Runs the loop on the stock worker's consumer (2 s ack wait) over `n` messages and returns
+/// Runs the loop on the stock worker's consumer (5 s ack wait) over `n` messages and returns
 /// how often each was handled.
 async fn handle_slowly(pull: Pull, max_in_flight: usize, n: u64, work: Duration) -> Vec<usize> {
     let world = World::start().await;
@@ -102,15 +102,15 @@ async fn handle_slowly(pull: Pull, max_in_flight: usize, n: u64, work: Duration)
 
 #[tokio::test]
 async fn a_handler_slower_than_the_ack_wait_is_kept_in_progress() {
-    // Room for every message: each waits only for its own handler, 3 s against a 2 s ack wait.
-    let handled = handle_slowly(Pull::Pipelined, 8, 4, Duration::from_secs(3)).await;
+    // Room for every message: each waits only for its own handler, 6 s against a 5 s ack wait.
+    let handled = handle_slowly(Pull::Pipelined, 8, 4, Duration::from_secs(6)).await;
     assert_eq!(handled, vec![1; 4], "times each message was handled");
 }
 
 #[tokio::test]
 async fn pulling_within_the_window_leaves_no_message_waiting_unseen() {
-    // Two slots for six messages of 2.5 s each: the later ones wait for a slot for longer than
+    // Two slots for six messages of 5.5 s each: the later ones wait for a slot for longer than
     // the ack wait, so they must not be pulled before there is one.
-    let handled = handle_slowly(Pull::WithinWindow, 2, 6, Duration::from_millis(2500)).await;
+    let handled = handle_slowly(Pull::WithinWindow, 2, 6, Duration::from_millis(5500)).await;
     assert_eq!(handled, vec![1; 6], "times each message was handled");
 }

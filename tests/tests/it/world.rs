@@ -61,9 +61,13 @@ impl World {
             .expect("test connection settings");
         let client = settings.connect().await.expect("connect nats");
         let js = jetstream::new(client);
-        // A short ack wait: a killed worker's messages come back within the test's deadline.
+        // A short ack wait, so a killed worker's messages come back well within the test's
+        // deadline, but not below the least the workers accept (`STOCKFLOW_ACK_WAIT_SECONDS`):
+        // with 2 s a starved worker's in-progress acks came too late, messages it was handling
+        // or had prefetched were redelivered in a storm, and their growing NAK back-off (by
+        // delivery count) outlasted the 30 s deadline.
         let topology = topology::TopologySettings {
-            ack_wait: std::time::Duration::from_secs(2),
+            ack_wait: std::time::Duration::from_secs(5),
             stock_partitions: env
                 .iter()
                 .find(|(k, _)| k == "STOCKFLOW_STOCK_PARTITIONS")
