@@ -41,6 +41,13 @@ pub const HEADER_ORIGINAL_SEQUENCE: &str = "Stockflow-Original-Sequence";
 pub const HEADER_PAYLOAD_TRUNCATED: &str = "Stockflow-Payload-Truncated";
 /// Header: its original `Nats-Msg-Id`.
 pub const HEADER_ORIGINAL_MSG_ID: &str = "Stockflow-Original-Msg-Id";
+/// Header on a failed webhook delivery's dead letter: the subscription id.
+pub const HEADER_WEBHOOK_DL_ENDPOINT: &str = "Stockflow-Webhook-Endpoint";
+/// Header on a failed webhook delivery's dead letter: how many times the delivery was taken up
+/// (POSTs, and redeliveries while its endpoint was paused).
+pub const HEADER_WEBHOOK_DL_ATTEMPTS: &str = "Stockflow-Webhook-Attempts";
+/// Header on a failed webhook delivery's dead letter: the event id the receiver would have seen.
+pub const HEADER_WEBHOOK_DL_EVENT_ID: &str = "Stockflow-Webhook-Event-Id";
 
 /// Encodes an identifier (SKU, order id) as one subject token.
 pub fn encode_token(id: &str) -> String {

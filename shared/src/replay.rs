@@ -311,13 +311,13 @@ fn is_under(subject: &str, prefix: &str) -> bool {
         .is_some_and(|token| !token.is_empty() && !token.contains(['.', '*', '>', ' ']))
 }
 
-/// What notify-worker adds to a webhook dead letter (`deliver.rs` `HEADER_DL_*`): records of the
-/// failed attempts, not part of the delivery. Other `Stockflow-Webhook-*` headers (e.g. the
-/// outbox message's `-Source`) belong to the delivery and are kept.
+/// What notify-worker adds to a webhook dead letter: records of the failed attempts, not part of
+/// the delivery. Other `Stockflow-Webhook-*` headers (e.g. the outbox message's `-Source`)
+/// belong to the delivery and are kept.
 const WEBHOOK_DEAD_LETTER_HEADERS: &[&str] = &[
-    "Stockflow-Webhook-Endpoint",
-    "Stockflow-Webhook-Attempts",
-    "Stockflow-Webhook-Event-Id",
+    subjects::HEADER_WEBHOOK_DL_ENDPOINT,
+    subjects::HEADER_WEBHOOK_DL_ATTEMPTS,
+    subjects::HEADER_WEBHOOK_DL_EVENT_ID,
 ];
 
 /// Headers a replay drops: the dead letter's bookkeeping (reason, origin, clipping, notify's

@@ -32,13 +32,13 @@ pub const HEADER_TIMESTAMP: &str = "X-Stockflow-Timestamp";
 /// Header: `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
 pub const HEADER_SIGNATURE: &str = "X-Stockflow-Signature";
 
-/// Dead-letter header: the subscription id.
-pub const HEADER_DL_ENDPOINT: &str = "Stockflow-Webhook-Endpoint";
-/// Dead-letter header: how many times the delivery was taken up (POSTs, and redeliveries while
-/// its endpoint was paused).
-pub const HEADER_DL_ATTEMPTS: &str = "Stockflow-Webhook-Attempts";
-/// Dead-letter header: the event id the receiver would have seen.
-pub const HEADER_DL_EVENT_ID: &str = "Stockflow-Webhook-Event-Id";
+/// The dead-letter headers of a failed delivery, defined with the other dead-letter headers so
+/// that replay strips exactly these.
+pub use stockflow_proto::subjects::{
+    HEADER_WEBHOOK_DL_ATTEMPTS as HEADER_DL_ATTEMPTS,
+    HEADER_WEBHOOK_DL_ENDPOINT as HEADER_DL_ENDPOINT,
+    HEADER_WEBHOOK_DL_EVENT_ID as HEADER_DL_EVENT_ID,
+};
 
 /// Retry, horizon, breaker and timeout settings.
 #[derive(Debug, Clone)]
