@@ -106,6 +106,13 @@ pub enum HandleError {
         /// When JetStream should redeliver it.
         delay: Duration,
     },
+    /// A dependency answered something the code does not expect (a script reply of the wrong shape):
+    /// a bug, not a transient failure. Retried a few times, then dead-lettered.
+    #[error("unexpected reply: {reason}")]
+    Unexpected {
+        /// What was expected and what came.
+        reason: String,
+    },
     /// A dependency failed; the input is NAKed with a back-off and retried. Never dead-lettered.
     #[error("{} unavailable: {source:#}", dependency.as_str())]
     Transient {
@@ -709,7 +716,7 @@ impl Consumer {
                     }
                 }
             }
-            Err(HandleError::NotYet(reason)) => {
+            Err(HandleError::NotYet(reason) | HandleError::Unexpected { reason }) => {
                 tracing::debug!(worker, %reason, "not yet applicable; retrying later");
                 metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => "not_yet")
                     .increment(1);
