@@ -6,6 +6,7 @@
 -- Returns {'released', outcome} when units were given back now (outcome stored in the record, so
 -- a replay returns it again), {'tombstone'} when the line was never reserved (it never will be
 -- now), {'nothing'} when it held nothing.
+-- (decoded once as `Release` in src/replies.rs: any other reply is an error there)
 
 local record, stock_key, policy_key, ttl = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
 local state = redis.call('HGET', record, 'state')

@@ -10,6 +10,7 @@
 --
 -- Returns {'reserved', location, outcome} | {'short', best available}
 --       | {'released', outcome of its reservation, '' if it never was reserved}
+-- (decoded once as `Reservation` in src/replies.rs: any other reply is an error there)
 -- A record that exists answers every replay the same way: a line is reserved at most once, and a
 -- line released (or cancelled before it was reserved) is never reserved again. A released line
 -- still returns its reservation's outcome: a placer that died before recording the reservation

@@ -5,6 +5,7 @@
 -- ARGV[2]  event_id of the fulfilment
 --
 -- Returns {'shipped', units, units still held, outcome} | {'not_reserved'}
+-- (decoded once as `Shipment` in src/replies.rs: any other reply is an error there)
 -- Ships at most what the line still holds: on_hand -= units, reserved -= units.
 
 local record, stock_key, policy_key = KEYS[1], KEYS[2], KEYS[3]

@@ -26,7 +26,18 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    /// The status as the API and the records spell it.
+    /// Every status, in the order of its life.
+    pub const ALL: [Self; 6] = [
+        Self::Placing,
+        Self::Confirmed,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::Expired,
+        Self::Fulfilled,
+    ];
+
+    /// The status as the API and the records spell it: the one place the names are spelled
+    /// (`lua/order.lua` declares them once, and a unit test keeps the two equal).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Placing => "placing",
@@ -38,16 +49,9 @@ impl OrderStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "placing" => Self::Placing,
-            "confirmed" => Self::Confirmed,
-            "rejected" => Self::Rejected,
-            "cancelled" => Self::Cancelled,
-            "expired" => Self::Expired,
-            "fulfilled" => Self::Fulfilled,
-            _ => return None,
-        })
+    /// The status `text` spells, if any.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }
 
@@ -95,6 +99,16 @@ pub enum Decision {
     Rejected,
 }
 
+impl Decision {
+    /// The status the decision gives the order.
+    pub(crate) fn status(self) -> OrderStatus {
+        match self {
+            Self::Confirmed => OrderStatus::Confirmed,
+            Self::Rejected => OrderStatus::Rejected,
+        }
+    }
+}
+
 /// An order as the worker's records hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOrder {
@@ -130,7 +144,7 @@ impl StoredOrder {
             OrderStatus::Rejected => Some(Decision::Rejected),
             OrderStatus::Confirmed | OrderStatus::Fulfilled => Some(Decision::Confirmed),
             OrderStatus::Expired | OrderStatus::Cancelled => {
-                (self.previous == "confirmed").then_some(Decision::Confirmed)
+                (self.previous == OrderStatus::Confirmed.as_str()).then_some(Decision::Confirmed)
             }
         }
     }

@@ -1,0 +1,100 @@
+//! How an order ends — cancelled, expired, or the rest of a fulfilment — and the release of
+//! what it holds. Every step is idempotent; the order is marked settled only at the end, so a
+//! redelivery completes an interrupted release.
+
+use stockflow_proto::v1::{order_result, Allocation, OrderConfirmed, ReleaseReason};
+use stockflow_shared::consume::{HandleError, Outcome};
+
+use crate::{
+    command::{Line, OrderCommand},
+    read::OrderStatus,
+    records::End,
+    replies::{Ending, Release},
+    OrderHandler,
+};
+
+impl OrderHandler {
+    /// Ends the order `how` says — or, for [`End::Finish`], only finishes a release a crash
+    /// interrupted: releases whatever the order holds and says why.
+    pub(crate) async fn end(&self, order: &OrderCommand, how: End) -> Result<Outcome, HandleError> {
+        let Ending::Release {
+            before,
+            lines,
+            now,
+            published,
+        } = self.end_order(&order.order_id, how).await?
+        else {
+            return Ok(Outcome::Duplicate);
+        };
+        self.release_lines(order, &lines).await?;
+        if now == OrderStatus::Placing {
+            // A cancel that overtook the decision: the placer finishes the order.
+            return Ok(Outcome::Applied);
+        }
+        self.unschedule_hold(&order.order_id).await?;
+        if before == Some(OrderStatus::Confirmed) {
+            if !published {
+                // Its placer died between deciding and reporting: the confirmation comes first.
+                self.publish_stored_confirmation(order, &lines).await?;
+            }
+            let reason = match now {
+                OrderStatus::Expired => ReleaseReason::Expired,
+                OrderStatus::Fulfilled => ReleaseReason::FulfilledRemainder,
+                _ => ReleaseReason::Cancelled,
+            };
+            self.publish_released(order, reason).await?;
+        } else {
+            // Cancelled before its placement (no status) or its decision (`placing`): the placer
+            // reports that, unless it died first — then its redelivery, or a repeated cancel, does.
+            self.publish_released(order, ReleaseReason::Cancelled)
+                .await?;
+        }
+        self.mark_settled(&order.order_id).await?;
+        Ok(Outcome::Applied)
+    }
+
+    /// Releases every line (each at most once) and records each release in the ledger.
+    pub(crate) async fn release_lines(
+        &self,
+        order: &OrderCommand,
+        lines: &[Line],
+    ) -> Result<(), HandleError> {
+        for line in lines {
+            match self.release_line(&order.order_id, line).await? {
+                Release::Released { change } => {
+                    self.publish_change(order, line, "release", change.as_ref())
+                        .await?;
+                    metrics::counter!("stockflow_reservations_total", "outcome" => "released")
+                        .increment(1);
+                }
+                Release::Tombstone | Release::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the confirmation an order's placer stored but did not report, rebuilt from the
+    /// line records (each keeps the location it was reserved at), and marks it published.
+    async fn publish_stored_confirmation(
+        &self,
+        order: &OrderCommand,
+        lines: &[Line],
+    ) -> Result<(), HandleError> {
+        let mut allocations = Vec::with_capacity(lines.len());
+        for line in lines {
+            allocations.push(Allocation {
+                line_id: line.line_id.clone(),
+                sku: line.sku.clone(),
+                location: self.reserved_location(&order.order_id, line).await?,
+                quantity: line.quantity,
+            });
+        }
+        let result = order_result::Result::Confirmed(OrderConfirmed {
+            lines: allocations,
+            expires_at_ms: self.hold_expiry(&order.order_id).await?,
+        });
+        self.publish_result(order, "decision", result).await?;
+        self.mark_published(&order.order_id).await?;
+        Ok(())
+    }
+}

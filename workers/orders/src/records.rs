@@ -1,0 +1,280 @@
+//! Every read and write of the order records in Redis: the four scripts, each call returning its
+//! typed reply ([`crate::replies`]), and the few plain reads a step needs. The steps call these by
+//! name and never spell a Redis command (the hold schedule is in [`crate::expire`]).
+
+use stockflow_shared::consume::HandleError;
+
+use crate::{
+    command::{decode_lines, encode_lines, placement_fingerprint, Line},
+    read::{Decision, OrderStatus},
+    replies::{
+        Committed, Decide, Ending, Marked, Placement, Release, Reply, Reservation, Shipment,
+    },
+    OrderHandler,
+};
+
+/// The worker's scripts, loaded once.
+#[derive(Debug, Clone)]
+pub(crate) struct Scripts {
+    /// `lua/order.lua`: the order's own record and its state machine.
+    order: redis::Script,
+    /// `lua/reserve_line.lua`: reserves one line, once.
+    reserve: redis::Script,
+    /// `lua/release_line.lua`: gives back what one line holds, once.
+    release: redis::Script,
+    /// `lua/ship_line.lua`: ships units of one line, once per fulfilment.
+    ship: redis::Script,
+}
+
+impl Scripts {
+    /// The scripts, each with the shared prelude.
+    pub(crate) fn load() -> Self {
+        Self {
+            order: stockflow_shared::script(include_str!("../lua/order.lua")),
+            reserve: stockflow_shared::script(include_str!("../lua/reserve_line.lua")),
+            release: stockflow_shared::script(include_str!("../lua/release_line.lua")),
+            ship: stockflow_shared::script(include_str!("../lua/ship_line.lua")),
+        }
+    }
+}
+
+/// How an order ends: the `lua/order.lua` actions that release its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// A cancel command.
+    Cancel,
+    /// Its checkout hold ran out.
+    Expire,
+    /// Its last shipment, or every unit shipped.
+    Fulfilled,
+    /// Nothing new: only finish a release a crash interrupted.
+    Finish,
+}
+
+impl End {
+    /// The script's action.
+    fn action(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Expire => "expire",
+            Self::Fulfilled => "fulfilled",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+impl OrderHandler {
+    /// Runs one `lua/order.lua` action on `order_id`'s record.
+    async fn order_call<R: Reply>(
+        &self,
+        order_id: &str,
+        action: &str,
+        args: &[String],
+    ) -> Result<R, HandleError> {
+        let mut redis = self.redis.clone();
+        let mut invocation = self.scripts.order.key(self.keys.order(order_id));
+        invocation.arg(action);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        Ok(R::decode(reply)?)
+    }
+
+    /// Records a placement (or meets an earlier one): `place`.
+    pub(crate) async fn begin_placement(
+        &self,
+        order_id: &str,
+        lines: &[Line],
+        hold_seconds: i64,
+    ) -> Result<Placement, HandleError> {
+        let args = [
+            placement_fingerprint(lines, hold_seconds),
+            encode_lines(lines),
+            hold_seconds.to_string(),
+        ];
+        self.order_call(order_id, "place", &args).await
+    }
+
+    /// Records this delivery's decision, unless another came first: `decide`.
+    pub(crate) async fn record_decision(
+        &self,
+        order_id: &str,
+        decision: Decision,
+        expires_at_ms: i64,
+    ) -> Result<Decide, HandleError> {
+        let args = [
+            decision.status().as_str().to_owned(),
+            expires_at_ms.to_string(),
+        ];
+        self.order_call(order_id, "decide", &args).await
+    }
+
+    /// Marks the decision as stored in JetStream: `published`.
+    pub(crate) async fn mark_published(&self, order_id: &str) -> Result<(), HandleError> {
+        let Marked = self
+            .order_call(order_id, "published", &[self.retention.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the release as finished: `settled`.
+    pub(crate) async fn mark_settled(&self, order_id: &str) -> Result<(), HandleError> {
+        let Marked = self
+            .order_call(order_id, "settled", &[self.retention.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    /// Records that payment is done, so the hold never expires: `commit`.
+    pub(crate) async fn record_commit(&self, order_id: &str) -> Result<(), HandleError> {
+        let Committed = self
+            .order_call(order_id, "commit", &[self.retention.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the order `how` says (or finds it ended): what the caller must release.
+    pub(crate) async fn end_order(&self, order_id: &str, how: End) -> Result<Ending, HandleError> {
+        self.order_call(order_id, how.action(), &[self.retention.to_string()])
+            .await
+    }
+
+    /// Runs a per-line script on `line`'s record, in the SKU's slot.
+    async fn line_call<R: Reply>(
+        &self,
+        script: &redis::Script,
+        order_id: &str,
+        line: &Line,
+        args: &[String],
+    ) -> Result<R, HandleError> {
+        let started = std::time::Instant::now();
+        let mut redis = self.redis.clone();
+        let mut invocation = script.key(self.keys.order_line(&line.sku, order_id, &line.line_id));
+        invocation
+            .key(self.keys.stock(&line.sku))
+            .key(self.keys.policy(&line.sku));
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let reply = invocation.invoke_async::<Vec<String>>(&mut redis).await;
+        metrics::histogram!("stockflow_redis_script_seconds", "script" => "order_line")
+            .record(started.elapsed().as_secs_f64());
+        Ok(R::decode(reply.map_err(HandleError::redis)?)?)
+    }
+
+    /// Reserves `line` at one location that covers it whole (`lua/reserve_line.lua`).
+    pub(crate) async fn reserve_line(
+        &self,
+        order_id: &str,
+        line: &Line,
+    ) -> Result<Reservation, HandleError> {
+        let args = [
+            line.quantity.to_string(),
+            line.location.clone(),
+            self.location_priority.clone(),
+            self.ttl.to_string(),
+        ];
+        self.line_call(&self.scripts.reserve, order_id, line, &args)
+            .await
+    }
+
+    /// Gives back what `line` still holds (`lua/release_line.lua`).
+    pub(crate) async fn release_line(
+        &self,
+        order_id: &str,
+        line: &Line,
+    ) -> Result<Release, HandleError> {
+        self.line_call(
+            &self.scripts.release,
+            order_id,
+            line,
+            &[self.ttl.to_string()],
+        )
+        .await
+    }
+
+    /// Ships `units` of `line` for the fulfilment `event_id` (`lua/ship_line.lua`).
+    pub(crate) async fn ship_line(
+        &self,
+        order_id: &str,
+        line: &Line,
+        units: i64,
+        event_id: &str,
+    ) -> Result<Shipment, HandleError> {
+        let args = [units.to_string(), event_id.to_owned()];
+        self.line_call(&self.scripts.ship, order_id, line, &args)
+            .await
+    }
+
+    /// When the order's hold expires, ms since the Unix epoch; 0 when it has none (a rejected
+    /// order, or no hold asked for).
+    pub(crate) async fn hold_expiry(&self, order_id: &str) -> Result<i64, HandleError> {
+        let mut redis = self.redis.clone();
+        let value: Option<i64> = redis::cmd("HGET")
+            .arg(self.keys.order(order_id))
+            .arg("expires")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// Where `line` was reserved; '' when its record keeps no location (never reserved).
+    pub(crate) async fn reserved_location(
+        &self,
+        order_id: &str,
+        line: &Line,
+    ) -> Result<String, HandleError> {
+        let mut redis = self.redis.clone();
+        let location: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.order_line(&line.sku, order_id, &line.line_id))
+            .arg("loc")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        Ok(location.unwrap_or_default())
+    }
+
+    /// The order's status (`None` before its placement) and its lines.
+    pub(crate) async fn placed_order(
+        &self,
+        order_id: &str,
+    ) -> Result<(Option<OrderStatus>, Vec<Line>), HandleError> {
+        let mut redis = self.redis.clone();
+        let (status, lines): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.order(order_id))
+            .arg("status")
+            .arg("lines")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        let status = match status {
+            None => None,
+            Some(text) => {
+                Some(
+                    OrderStatus::parse(&text).ok_or_else(|| HandleError::Unexpected {
+                        reason: format!("order {order_id:?} has the unknown status {text:?}"),
+                    })?,
+                )
+            }
+        };
+        Ok((status, decode_lines(&lines.unwrap_or_default())))
+    }
+
+    /// Units `line` still holds; 0 when it has no record (it holds nothing).
+    pub(crate) async fn units_held(&self, order_id: &str, line: &Line) -> Result<i64, HandleError> {
+        let mut redis = self.redis.clone();
+        let (quantity, shipped): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys.order_line(&line.sku, order_id, &line.line_id))
+            .arg("qty")
+            .arg("shipped")
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)?;
+        Ok(quantity.unwrap_or(0) - shipped.unwrap_or(0))
+    }
+}
