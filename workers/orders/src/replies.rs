@@ -56,7 +56,7 @@ fn status(field: &str) -> Option<OrderStatus> {
     OrderStatus::parse(field)
 }
 
-/// A status field that is `''` while the order was not placed: `Some(None)` then.
+/// A status field that is `''` while the order is not placed (or its record is gone): `Some(None)`.
 fn status_or_unplaced(field: &str) -> Option<Option<OrderStatus>> {
     if field.is_empty() {
         Some(None)
@@ -86,8 +86,9 @@ fn change(field: &str) -> Option<Option<Outcome>> {
 /// An order that was decided before this call (`{'decided', status, published}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Decided {
-    /// Where the order is now: the decision, or how it ended since.
-    pub(crate) status: OrderStatus,
+    /// Where the order is now: the decision, or how it ended since; `None` when its record is
+    /// gone (expired while this delivery ran), which does not stand as a decision either.
+    pub(crate) status: Option<OrderStatus>,
     /// The decision is stored in JetStream.
     pub(crate) published: bool,
 }
@@ -95,14 +96,17 @@ pub(crate) struct Decided {
 impl Decided {
     fn from_fields(status_field: &str, published: &str) -> Option<Self> {
         Some(Self {
-            status: status(status_field)?,
+            status: status_or_unplaced(status_field)?,
             published: flag(published)?,
         })
     }
 
     /// Whether the order still stands as decided (not ended since).
     pub(crate) fn stands(self) -> bool {
-        matches!(self.status, OrderStatus::Confirmed | OrderStatus::Rejected)
+        matches!(
+            self.status,
+            Some(OrderStatus::Confirmed | OrderStatus::Rejected)
+        )
     }
 }
 
@@ -394,7 +398,7 @@ mod tests {
         assert_eq!(
             decode::<Placement>(&["decided", "confirmed", "1"]).expect("decided"),
             Placement::Decided(Decided {
-                status: OrderStatus::Confirmed,
+                status: Some(OrderStatus::Confirmed),
                 published: true
             })
         );
@@ -412,7 +416,6 @@ mod tests {
         rejects::<Placement>(&["ok"]);
         rejects::<Placement>(&["decided", "confirmed"]);
         rejects::<Placement>(&["decided", "shipped", "1"]);
-        rejects::<Placement>(&["decided", "", "1"]);
         rejects::<Placement>(&["decided", "rejected", "yes"]);
         rejects::<Placement>(&["go", "now"]);
     }
@@ -429,6 +432,9 @@ mod tests {
         rejects::<Decide>(&["go"]);
         rejects::<Decide>(&["decided", "placing"]);
         rejects::<Decide>(&["decided", "unknown", "0"]);
+        // A record gone meanwhile: no decision that stands.
+        let gone = decode::<Decide>(&["decided", "", "0"]).expect("gone");
+        assert!(matches!(gone, Decide::Decided(d) if d.status.is_none() && !d.stands()));
     }
 
     #[test]
