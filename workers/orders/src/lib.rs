@@ -19,7 +19,7 @@ use stockflow_proto::{
 };
 use stockflow_shared::now_ms;
 use stockflow_shared::{
-    consume::{HandleError, Handled, Handler, Outcome},
+    consume::{Delivery, HandleError, Handled, Handler, Outcome},
     keys::Keys,
     ledger::{Cause, Derived, DerivedKind, Ledger},
     outcome,
@@ -700,8 +700,8 @@ impl OrderHandler {
 }
 
 impl Handler for OrderHandler {
-    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
-        let order = command::parse(message.subject.as_str(), &message.payload)?;
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
+        let order = command::parse(delivery.subject(), delivery.payload())?;
         let event_type = order.command.name();
         let outcome = match &order.command {
             Command::Placed {
