@@ -154,9 +154,9 @@ struct PanicsOnBoom(std::sync::atomic::AtomicUsize);
 impl stockflow_shared::consume::Handler for PanicsOnBoom {
     async fn handle(
         &self,
-        message: &async_nats::jetstream::Message,
+        delivery: &stockflow_shared::consume::Delivery,
     ) -> Result<stockflow_shared::consume::Handled, stockflow_shared::consume::HandleError> {
-        assert_ne!(&message.payload[..], b"boom", "a bug this input triggers");
+        assert_ne!(delivery.payload(), b"boom", "a bug this input triggers");
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(stockflow_shared::consume::Handled {
             event_type: "test",
@@ -220,7 +220,7 @@ async fn an_input_that_makes_the_handler_panic_is_retried_then_dead_lettered() {
 
 /// `stockflow_dead_letters_total{worker, reason}` in this process: its in-process workers share
 /// one recorder, so other tests running at the same time may add to it; compare before/after.
-fn dead_letters_counted(worker: &str, category: &str) -> u64 {
+pub(crate) fn dead_letters_counted(worker: &str, category: &str) -> u64 {
     let page = stockflow_shared::telemetry::metrics_handle().render();
     page.lines()
         .filter(|line| {

@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac as _};
 use reqwest::StatusCode;
 use sha2::Sha256;
 use stockflow_shared::{
-    consume::{HandleError, Handled, Handler, Outcome},
+    consume::{Delivery, HandleError, Handled, Handler, Outcome},
     deadletter::{DeadLetters, Route},
     health::HealthCheck,
 };
@@ -408,7 +408,8 @@ impl Deliverer {
 }
 
 impl Handler for Deliverer {
-    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
+    async fn handle(&self, incoming: &Delivery) -> Result<Handled, HandleError> {
+        let message = incoming.message();
         let Some(delivery) = outbox::read(message) else {
             return Err(HandleError::malformed(
                 "webhook",

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use stockflow_proto::subjects;
 use stockflow_shared::{
-    consume::{ConsumeSettings, Consumer, HandleError, Handled, Handler, Outcome, Pull},
+    consume::{ConsumeSettings, Consumer, Delivery, HandleError, Handled, Handler, Outcome, Pull},
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
     settings::{ConfigError, Env},
@@ -316,8 +316,9 @@ impl FanOut {
 }
 
 impl Handler for FanOut {
-    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
-        if message.subject.starts_with("stock.changes.") && !self.wants_stock_changes() {
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
+        let message = delivery.message();
+        if delivery.subject().starts_with("stock.changes.") && !self.wants_stock_changes() {
             return Ok(Handled {
                 event_type: EventType::StockChanged.as_str(),
                 outcome: Outcome::Applied,

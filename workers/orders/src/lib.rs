@@ -17,7 +17,7 @@ use std::{future::Future, time::Duration};
 
 use async_nats::jetstream;
 use stockflow_shared::{
-    consume::{HandleError, Handled, Handler},
+    consume::{Delivery, HandleError, Handled, Handler},
     keys::Keys,
     ledger::Ledger,
     replication::Replicas,
@@ -164,8 +164,8 @@ impl OrderHandler {
 }
 
 impl Handler for OrderHandler {
-    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
-        let order = command::parse(message.subject.as_str(), &message.payload)?;
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
+        let order = command::parse(delivery.subject(), delivery.payload())?;
         let event_type = order.command.name();
         let outcome = match &order.command {
             Command::Placed {

@@ -7,7 +7,7 @@ use std::{future::Future, time::Instant};
 
 use async_nats::jetstream;
 use stockflow_shared::{
-    consume::{HandleError, Handled, Handler, Outcome},
+    consume::{Delivery, HandleError, Handled, Handler, Outcome},
     keys::Keys,
     ledger::{Cause, Ledger},
     outcome::{self, Verdict},
@@ -159,7 +159,12 @@ impl StockHandler {
             .await
             .map_err(HandleError::redis)?;
         self.apply_seconds.record(started.elapsed().as_secs_f64());
-        let parse = |text: &str| outcome::Outcome::parse(text).map_err(HandleError::redis);
+        // A reply the script cannot give is a bug: bounded retries, then a dead letter.
+        let parse = |text: &str| {
+            outcome::Outcome::parse(text).map_err(|e| HandleError::Unexpected {
+                reason: format!("apply_stock's outcome {text:?}: {e:#}"),
+            })
+        };
         match reply
             .iter()
             .map(String::as_str)
@@ -173,9 +178,9 @@ impl StockHandler {
             }),
             ["conflict", _] => Ok(Applied::Conflict),
             ["out_of_range", location] => Ok(Applied::OutOfRange((*location).to_owned())),
-            other => Err(HandleError::redis(anyhow::anyhow!(
-                "apply_stock answered {other:?}"
-            ))),
+            other => Err(HandleError::Unexpected {
+                reason: format!("apply_stock answered {other:?}"),
+            }),
         }
     }
 
@@ -215,16 +220,9 @@ impl StockHandler {
 }
 
 impl Handler for StockHandler {
-    async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
-        // The stream tells the subject's form: a partition stream holds mapped subjects.
-        let partitioned = message.info().is_ok_and(|info| {
-            stockflow_proto::subjects::stock_events_partition_of(info.stream).is_some()
-        });
-        let fact = if partitioned {
-            fact::parse_partitioned(message.subject.as_str(), &message.payload)?
-        } else {
-            fact::parse(message.subject.as_str(), &message.payload)?
-        };
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
+        // The subject as published: the loop has taken out a partition stream's partition.
+        let fact = fact::parse(delivery.subject(), delivery.payload())?;
         let event_type = fact.op.name();
         let dedup_key = self.dedup_key(&fact);
         let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
