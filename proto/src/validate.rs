@@ -1,7 +1,7 @@
 //! Limits and checks every entry point applies to input (workers, gateway, CLI), so a value is
 //! judged the same wherever it arrives. Each check returns a reason that names the field.
 
-use stockflow_proto::{
+use crate::{
     subjects::MAX_SKU_BYTES,
     v1::{EventMeta, Reason},
 };
@@ -25,25 +25,40 @@ pub const MAX_REFERENCE_BYTES: usize = 512;
 
 /// Checks the envelope every input event carries.
 pub fn validate_meta(meta: &EventMeta) -> Result<(), String> {
+    meta_fault(meta).map_err(|(_, reason)| reason)
+}
+
+/// [`validate_meta`], also naming the field at fault: `event_id`, `source` or `reference`.
+pub(crate) fn meta_fault(meta: &EventMeta) -> Result<(), (&'static str, String)> {
     let id = &meta.event_id;
     if id.is_empty() {
-        return Err("event_id is missing".into());
+        return Err(("event_id", "event_id is missing".into()));
     }
     if id.len() > MAX_EVENT_ID_BYTES {
-        return Err(format!(
-            "event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}",
-            id.len()
+        return Err((
+            "event_id",
+            format!(
+                "event_id is {} bytes, at most {MAX_EVENT_ID_BYTES}",
+                id.len()
+            ),
         ));
     }
     if !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("event_id must be printable ASCII without spaces".into());
+        return Err((
+            "event_id",
+            "event_id must be printable ASCII without spaces".into(),
+        ));
     }
     if meta.source.len() > MAX_SOURCE_BYTES {
-        return Err(format!("source is longer than {MAX_SOURCE_BYTES} bytes"));
+        return Err((
+            "source",
+            format!("source is longer than {MAX_SOURCE_BYTES} bytes"),
+        ));
     }
     if meta.reference.len() > MAX_REFERENCE_BYTES {
-        return Err(format!(
-            "reference is longer than {MAX_REFERENCE_BYTES} bytes"
+        return Err((
+            "reference",
+            format!("reference is longer than {MAX_REFERENCE_BYTES} bytes"),
         ));
     }
     Ok(())
@@ -123,10 +138,26 @@ mod tests {
     }
 
     #[test]
-    fn the_scripts_use_the_same_level_limit() {
-        assert!(
-            crate::LUA_PRELUDE.contains(&format!("local MAX_LEVEL = {MAX_LEVEL}\n")),
-            "shared/src/lua/prelude.lua must define MAX_LEVEL = {MAX_LEVEL}"
-        );
+    fn envelope_faults_name_their_field() {
+        let meta = |event_id: &str, source: &str, reference: &str| EventMeta {
+            event_id: event_id.into(),
+            source: source.into(),
+            reference: reference.into(),
+            ..Default::default()
+        };
+        assert!(meta_fault(&meta("e-1", "pos", "")).is_ok());
+        let long = "x".repeat(MAX_REFERENCE_BYTES + 1);
+        for (meta, field) in [
+            (meta("", "", ""), "event_id"),
+            (meta("a b", "", ""), "event_id"),
+            (meta(&"e".repeat(MAX_EVENT_ID_BYTES + 1), "", ""), "event_id"),
+            (meta("e", &long, ""), "source"),
+            (meta("e", "", &long), "reference"),
+        ] {
+            let (at, reason) = meta_fault(&meta).expect_err(field);
+            assert_eq!(at, field, "{reason}");
+            assert!(reason.starts_with(field), "{reason}");
+            assert_eq!(validate_meta(&meta), Err(reason));
+        }
     }
 }
