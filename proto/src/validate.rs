@@ -150,7 +150,10 @@ mod tests {
         for (meta, field) in [
             (meta("", "", ""), "event_id"),
             (meta("a b", "", ""), "event_id"),
-            (meta(&"e".repeat(MAX_EVENT_ID_BYTES + 1), "", ""), "event_id"),
+            (
+                meta(&"e".repeat(MAX_EVENT_ID_BYTES + 1), "", ""),
+                "event_id",
+            ),
             (meta("e", &long, ""), "source"),
             (meta("e", "", &long), "reference"),
         ] {

@@ -696,18 +696,23 @@ mod tests {
         let err = input_from_json(r#"{"type":"received","sku":"A1","location":"s1"}"#)
             .expect_err("no quantity");
         assert!(format!("{err:#}").contains("quantity"), "{err:#}");
-        let err = input_from_json(
-            r#"{"type":"adjusted","sku":"A1","location":"s1","delta":"many"}"#,
-        )
-        .expect_err("not a number");
-        assert!(format!("{err:#}").starts_with("invalid event: delta: "), "{err:#}");
+        let err =
+            input_from_json(r#"{"type":"adjusted","sku":"A1","location":"s1","delta":"many"}"#)
+                .expect_err("not a number");
+        assert!(
+            format!("{err:#}").starts_with("invalid event: delta: "),
+            "{err:#}"
+        );
         let bad = input_from_json(
             r#"{"type":"received","sku":"A1","location":"s1","quantity":0,"event_id":"e"}"#,
         )
         .expect("well-formed JSON");
         let refusal = bad.check().expect_err("zero");
         assert_eq!(refusal.field, "quantity");
-        assert!(refusal.reason.contains("quantity must be 1..="), "{refusal}");
+        assert!(
+            refusal.reason.contains("quantity must be 1..="),
+            "{refusal}"
+        );
     }
 
     #[test]

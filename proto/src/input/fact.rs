@@ -327,9 +327,7 @@ fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
                 for l in locations {
                     validate_location("location_priority", l).map_err(fault)?;
                     if l.contains(',') {
-                        return Err(fault(
-                            "location_priority entries cannot contain ','".into(),
-                        ));
+                        return Err(fault("location_priority entries cannot contain ','".into()));
                     }
                 }
             }
@@ -439,11 +437,13 @@ mod tests {
     #[test]
     fn every_fault_names_its_field_and_category() {
         let policy = |threshold, priority: &[&str], location: &str| {
-            let mut e = StockEvent::decode(&event(Change::PolicySet(PolicySet {
-                low_stock_threshold: threshold,
-                safety_stock: None,
-                location_priority: priority.iter().map(|s| s.to_string()).collect(),
-            }))[..])
+            let mut e = StockEvent::decode(
+                &event(Change::PolicySet(PolicySet {
+                    low_stock_threshold: threshold,
+                    safety_stock: None,
+                    location_priority: priority.iter().map(|s| s.to_string()).collect(),
+                }))[..],
+            )
             .expect("decodes");
             e.location = location.into();
             e.encode_to_vec()

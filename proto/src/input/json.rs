@@ -594,7 +594,10 @@ mod tests {
                 .ok_or_else(|| InputError::json("event_id", "event_id is missing"))
         })?;
         Event::Stock(event.clone()).check()?;
-        fact::parse(&crate::subjects::stock_event(&event.sku), &Event::Stock(event).encode())
+        fact::parse(
+            &crate::subjects::stock_event(&event.sku),
+            &Event::Stock(event).encode(),
+        )
     }
 
     #[test]
@@ -699,9 +702,10 @@ mod tests {
                     Ok(e)
                 })
         };
-        let placed =
-            place(json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}))
-                .expect("valid");
+        let placed = place(
+            json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}),
+        )
+        .expect("valid");
         assert_eq!(placed.order_id, "o-1");
         for (body, field) in [
             (json!({"order_id": "o-1", "lines": []}), "lines"),
@@ -738,15 +742,20 @@ mod tests {
     #[test]
     fn a_fulfilment_names_its_lines_or_is_the_last() {
         let fulfil = |body: Value| {
-            order_action("o-1".into(), OrderAction::Fulfil, body, |_: Option<String>| {
-                Ok::<_, InputError>("f-1".to_owned())
-            })
+            order_action(
+                "o-1".into(),
+                OrderAction::Fulfil,
+                body,
+                |_: Option<String>| Ok::<_, InputError>("f-1".to_owned()),
+            )
         };
         let err = fulfil(json!({})).expect_err("nothing shipped");
         assert_eq!(err.field, "lines");
         assert!(fulfil(json!({"last_shipment": true})).is_ok());
-        let err = fulfil(json!({"lines": [{"line_id": "1", "quantity": 1}, {"line_id": "2", "quantity": 0}]}))
-            .expect_err("zero shipped");
+        let err = fulfil(
+            json!({"lines": [{"line_id": "1", "quantity": 1}, {"line_id": "2", "quantity": 0}]}),
+        )
+        .expect_err("zero shipped");
         assert_eq!(err.field, "lines[1].quantity");
         let err = fulfil(json!({"lines": [{"line_id": "1", "quantity": 1}], "order_id": "o-1"}))
             .expect_err("the order id is the path's");
@@ -774,15 +783,29 @@ mod tests {
             e.command,
             Some(order_event::Command::Cancelled(OrderCancelled {}))
         );
-        let placed = event_from_value(json!({"type": "order_placed", "order_id": "O-2", "event_id": "p",
-            "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}))
+        let placed = event_from_value(
+            json!({"type": "order_placed", "order_id": "O-2", "event_id": "p",
+            "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}),
+        )
         .expect("a placement");
         placed.check().expect("valid");
         for (body, field) in [
-            (json!({"type": "order_shipped", "order_id": "O-1", "event_id": "e"}), "type"),
-            (json!({"type": "order_cancelled", "order_id": 7, "event_id": "e"}), "order_id"),
-            (json!({"type": "order_cancelled", "order_id": "O-1", "event_id": "e", "lines": []}), "lines"),
-            (json!({"type": "received", "sku": "A", "location": "s", "quantity": 1}), "event_id"),
+            (
+                json!({"type": "order_shipped", "order_id": "O-1", "event_id": "e"}),
+                "type",
+            ),
+            (
+                json!({"type": "order_cancelled", "order_id": 7, "event_id": "e"}),
+                "order_id",
+            ),
+            (
+                json!({"type": "order_cancelled", "order_id": "O-1", "event_id": "e", "lines": []}),
+                "lines",
+            ),
+            (
+                json!({"type": "received", "sku": "A", "location": "s", "quantity": 1}),
+                "event_id",
+            ),
             (json!([1]), "body"),
         ] {
             let err = event_from_value(body.clone()).expect_err(&body.to_string());

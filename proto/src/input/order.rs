@@ -106,9 +106,8 @@ fn line_fault(
 pub fn check_lines(lines: &[Line]) -> Result<(), InputError> {
     let mut ids = HashSet::new();
     for (index, line) in lines.iter().enumerate() {
-        let fault = |field, category, reason| {
-            line_fault("order_placed", index, field, category, reason)
-        };
+        let fault =
+            |field, category, reason| line_fault("order_placed", index, field, category, reason);
         validate_location("line_id", &line.line_id)
             .map_err(|r| fault("line_id", Category::InvalidLines, r))?;
         if !ids.insert(&line.line_id) {
@@ -140,9 +139,8 @@ pub fn check_lines(lines: &[Line]) -> Result<(), InputError> {
 /// Checks a fulfilment's (line_id, units) pairs.
 pub fn check_fulfilled_lines(lines: &[(String, i64)]) -> Result<(), InputError> {
     for (index, (line_id, quantity)) in lines.iter().enumerate() {
-        let fault = |field, category, reason| {
-            line_fault("order_fulfilled", index, field, category, reason)
-        };
+        let fault =
+            |field, category, reason| line_fault("order_fulfilled", index, field, category, reason);
         validate_location("line_id", line_id)
             .map_err(|r| fault("line_id", Category::InvalidLines, r))?;
         if !(1..=MAX_LINE_QUANTITY).contains(quantity) {
@@ -210,8 +208,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, InputError> 
     meta_fault(&meta).map_err(|(field, r)| bad(field, Category::InvalidMeta, r))?;
     validate_reason(&meta).map_err(|r| bad("reason", Category::UnknownEnum, r))?;
     let id = &event.order_id;
-    if id.is_empty() || id.len() > MAX_ORDER_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if id.is_empty() || id.len() > MAX_ORDER_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad(
             "order_id",
             Category::InvalidOrderId,
@@ -260,7 +257,9 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, InputError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{FulfilledLine, OrderCancelled, OrderFulfilled, OrderLine, OrderPlaced, Reason};
+    use crate::v1::{
+        FulfilledLine, OrderCancelled, OrderFulfilled, OrderLine, OrderPlaced, Reason,
+    };
 
     fn event(command: Proto) -> OrderEvent {
         OrderEvent {
