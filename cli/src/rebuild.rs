@@ -710,7 +710,7 @@ pub async fn publish_corrections(
                 delta: d.ledger - d.redis,
             })),
         };
-        let msg_id = format!("{}:{event_id}", subjects::encode_token(&d.sku));
+        let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
         crate::events::publish(js, &event, &msg_id).await?;
         published += 1;
     }

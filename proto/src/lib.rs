@@ -6,4 +6,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/stockflow.v1.rs"));
 }
 
+pub mod input;
+pub mod msg_id;
 pub mod subjects;
+pub mod validate;

@@ -80,6 +80,11 @@ pub fn stock_event(sku: &str) -> String {
     format!("stock.events.{}", encode_token(sku))
 }
 
+/// `stock.events.<sku-token>` from a token read off another subject (see [`stock_event_token`]).
+pub fn stock_event_of_token(token: &str) -> String {
+    format!("stock.events.{token}")
+}
+
 /// The SKU token of a stock-fact subject: `stock.events.<sku-token>` as producers publish it, or
 /// `stock.events.<partition>.<sku-token>` once the servers' partition mapping has rewritten it
 /// (partitioned deployments, see `STOCKFLOW_STOCK_PARTITIONS`). `None` for anything else.
@@ -137,6 +142,11 @@ pub fn stock_events_partition(partition: usize) -> String {
     format!("{STOCK_EVENTS}_{partition}")
 }
 
+/// The subjects stream `STOCK_EVENTS_<partition>` holds: `stock.events.<partition>.*`.
+pub fn stock_events_partition_subject(partition: usize) -> String {
+    format!("stock.events.{partition}.*")
+}
+
 /// The partition a `STOCK_EVENTS_<p>` stream name stands for; `None` for any other name
 /// (including the unpartitioned `STOCK_EVENTS`).
 pub fn stock_events_partition_of(stream: &str) -> Option<usize> {
@@ -151,6 +161,15 @@ pub fn stock_events_partition_of(stream: &str) -> Option<usize> {
 /// `stock.changes.<partition>.*` and `stock.outcomes.<partition>.*`.
 pub fn stock_changes_partition(partition: usize) -> String {
     format!("{STOCK_CHANGES}_{partition}")
+}
+
+/// The subjects stream `STOCK_CHANGES_<partition>` holds: `stock.changes.<partition>.*` and
+/// `stock.outcomes.<partition>.*`.
+pub fn stock_changes_partition_subjects(partition: usize) -> [String; 2] {
+    [
+        format!("stock.changes.{partition}.*"),
+        format!("stock.outcomes.{partition}.*"),
+    ]
 }
 
 /// The partition a `STOCK_CHANGES_<p>` stream name stands for; `None` for any other name

@@ -4,7 +4,7 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message as _;
 use stockflow_proto::{
-    subjects::{self, encode_token},
+    msg_id, subjects,
     v1::{
         AlertKind, EventMeta, PolicySet, Reason, RejectionReason, StockAlert, StockChanged,
         StockEventRejected,
@@ -74,7 +74,6 @@ impl Ledger {
     /// Publishes everything `outcome` derives for `cause` and waits until JetStream stored all of
     /// it. Safe to call again with the same arguments: every message carries a deterministic id.
     pub async fn publish(&self, cause: Cause<'_>, outcome: &Outcome) -> anyhow::Result<()> {
-        let token = encode_token(cause.sku);
         let mut pending = Vec::new();
         if let Verdict::StaleCount { expected, actual } = outcome.verdict {
             let rejected = StockEventRejected {
@@ -90,7 +89,7 @@ impl Ledger {
             pending.push(Derived {
                 kind: DerivedKind::Rejection,
                 subject: subjects::stock_outcome(cause.sku),
-                msg_id: format!("out:{token}:{}", cause.cause_id),
+                msg_id: msg_id::stock_outcome(cause.sku, cause.cause_id),
                 payload: rejected.encode_to_vec(),
             });
         }
@@ -130,7 +129,7 @@ impl Ledger {
             pending.push(Derived {
                 kind: DerivedKind::StockChanged,
                 subject: changed_subject.clone(),
-                msg_id: format!("chg:{token}:{}:{index}", cause.cause_id),
+                msg_id: msg_id::stock_changed(cause.sku, cause.cause_id, index),
                 payload: entry.encode_to_vec(),
             });
             for kind in &change.alerts {
@@ -146,8 +145,8 @@ impl Ledger {
                 };
                 pending.push(Derived {
                     kind: DerivedKind::Alert(*kind),
-                    subject: format!("alerts.{name}.{token}"),
-                    msg_id: format!("alr:{token}:{}:{index}:{name}", cause.cause_id),
+                    subject: subjects::alert(name, cause.sku),
+                    msg_id: msg_id::alert(cause.sku, cause.cause_id, index, name),
                     payload: alert.encode_to_vec(),
                 });
             }

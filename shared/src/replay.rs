@@ -271,7 +271,7 @@ fn plan(letter: &DeadLetter) -> Result<Target, Refusal> {
         };
         Target {
             kind: Kind::StockFact,
-            subject: format!("stock.events.{token}"),
+            subject: subjects::stock_event_of_token(token),
         }
     } else if stream == subjects::ORDER_EVENTS {
         if !is_under(&subject, "orders.events.") {

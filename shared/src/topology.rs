@@ -218,7 +218,7 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                 .map(|p| {
                     stream(
                         &subjects::stock_events_partition(p),
-                        &[&format!("stock.events.{p}.*")],
+                        &[&subjects::stock_events_partition_subject(p)],
                         7 * day,
                         Duration::from_secs(120),
                     )
@@ -228,10 +228,9 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                 .map(|p| {
                     stream(
                         &subjects::stock_changes_partition(p),
-                        &[
-                            &format!("stock.changes.{p}.*"),
-                            &format!("stock.outcomes.{p}.*"),
-                        ],
+                        &subjects::stock_changes_partition_subjects(p)
+                            .each_ref()
+                            .map(String::as_str),
                         Duration::ZERO,
                         5 * MAX_REDELIVERY_SPAN,
                     )

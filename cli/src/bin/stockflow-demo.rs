@@ -23,7 +23,7 @@ use stockflow_cli::{
     wait_until_stock_caught_up,
 };
 use stockflow_proto::{
-    subjects,
+    msg_id, subjects,
     v1::{
         order_result, stock_event::Change, Adjusted, Counted, OrderResult, PolicySet, Reason,
         Received, ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
@@ -87,28 +87,81 @@ struct Phase {
 }
 
 enum Outgoing {
+    /// A fact, published under its `Nats-Msg-Id` (`stockflow_proto::msg_id`).
     Fact(StockEvent),
-    /// A re-send of an earlier event: same event_id, new Nats-Msg-Id.
+    /// A re-send of an earlier event: same event_id, a `Nats-Msg-Id` of its own, as a channel's
+    /// re-send after JetStream's duplicate window would be; the stock worker absorbs it.
     Resend(StockEvent),
     Malformed(&'static str, String, Vec<u8>),
 }
 
-fn day(run: &str) -> Vec<Phase> {
-    let mut dice = Dice(0x5eed_cafe);
-    let mut n = 0;
-    let mut id = |prefix: &str| {
-        n += 1;
-        format!("{run}-{prefix}-{n:05}")
-    };
-    let fact = |id: String, source: &str, reason: Reason, sku: &str, loc: &str, change: Change| {
-        Outgoing::Fact(events::fact(id, source, reason, sku, loc, change))
-    };
-    let mut phases = Vec::new();
+/// The day's event ids: `<run>-<prefix>-<n>`, numbered in the order they are made.
+struct Ids<'a> {
+    run: &'a str,
+    n: usize,
+}
 
-    let mut opening = Vec::new();
+impl Ids<'_> {
+    fn next(&mut self, prefix: &str) -> String {
+        self.n += 1;
+        format!("{}-{prefix}-{:05}", self.run, self.n)
+    }
+
+    /// A fact with a fresh id, to publish as is.
+    fn fact(
+        &mut self,
+        prefix: &str,
+        source: &str,
+        reason: Reason,
+        sku: &str,
+        location: &str,
+        change: Change,
+    ) -> Outgoing {
+        Outgoing::Fact(events::fact(
+            self.next(prefix),
+            source,
+            reason,
+            sku,
+            location,
+            change,
+        ))
+    }
+}
+
+fn day(run: &str) -> Vec<Phase> {
+    let mut ids = Ids { run, n: 0 };
+    let mut dice = Dice(0x5eed_cafe);
+    let opening = policies_and_receipt(&mut ids);
+    let transfers = transfers(&mut ids);
+    let (mut trading, marketplace) = trading(&mut ids, &mut dice);
+    trading.extend(malformed(&mut ids));
+    let evening = evening(&mut ids, marketplace);
+    vec![
+        Phase {
+            title: "07:00 policies and the warehouse receipt",
+            events: opening,
+        },
+        Phase {
+            title: "08:00 transfers to the stores and the web shop",
+            events: transfers,
+        },
+        Phase {
+            title: "09:00-21:00 POS sales, marketplace feed, returns, damage",
+            events: trading,
+        },
+        Phase {
+            title: "21:30 cycle counts, restock, late marketplace re-sends",
+            events: evening,
+        },
+    ]
+}
+
+/// Per SKU: a SKU-wide low-stock threshold, the web shop's policy, the warehouse receipt.
+fn policies_and_receipt(ids: &mut Ids<'_>) -> Vec<Outgoing> {
+    let mut events = Vec::new();
     for sku in SKUS {
-        opening.push(fact(
-            id("pol"),
+        events.push(ids.fact(
+            "pol",
             "erp",
             Reason::Policy,
             sku,
@@ -119,8 +172,8 @@ fn day(run: &str) -> Vec<Phase> {
                 location_priority: vec![],
             }),
         ));
-        opening.push(fact(
-            id("pol"),
+        events.push(ids.fact(
+            "pol",
             "erp",
             Reason::Policy,
             sku,
@@ -131,8 +184,8 @@ fn day(run: &str) -> Vec<Phase> {
                 location_priority: vec![],
             }),
         ));
-        opening.push(fact(
-            id("rcv"),
+        events.push(ids.fact(
+            "rcv",
             "wms",
             Reason::Received,
             sku,
@@ -140,12 +193,12 @@ fn day(run: &str) -> Vec<Phase> {
             Change::Received(Received { quantity: 400 }),
         ));
     }
-    phases.push(Phase {
-        title: "07:00 policies and the warehouse receipt",
-        events: opening,
-    });
+    events
+}
 
-    let mut transfers = Vec::new();
+/// From the warehouse to every store (few sneakers to store-02) and to the web shop.
+fn transfers(ids: &mut Ids<'_>) -> Vec<Outgoing> {
+    let mut events = Vec::new();
     for sku in SKUS {
         for store in STORES {
             let quantity = if *sku == "SNEAKER-42" && *store == "store-02" {
@@ -153,8 +206,8 @@ fn day(run: &str) -> Vec<Phase> {
             } else {
                 80
             };
-            transfers.push(fact(
-                id("trf"),
+            events.push(ids.fact(
+                "trf",
                 "wms",
                 Reason::Transfer,
                 sku,
@@ -165,8 +218,8 @@ fn day(run: &str) -> Vec<Phase> {
                 }),
             ));
         }
-        transfers.push(fact(
-            id("trf"),
+        events.push(ids.fact(
+            "trf",
             "wms",
             Reason::Transfer,
             sku,
@@ -177,18 +230,20 @@ fn day(run: &str) -> Vec<Phase> {
             }),
         ));
     }
-    phases.push(Phase {
-        title: "08:00 transfers to the stores and the web shop",
-        events: transfers,
-    });
+    events
+}
 
-    let mut trading = Vec::new();
+/// A thousand sales — every fifth through the marketplace feed, which re-sends about one in
+/// eight at once — returns now and then, and a damaged item. Also gives the marketplace's
+/// sales, for the late re-sends of the evening.
+fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent>) {
+    let mut events = Vec::new();
     let mut marketplace = Vec::new();
     for i in 0..1000 {
         let sku = SKUS[dice.next(SKUS.len())];
         if i % 5 == 0 {
             let event = events::fact(
-                id("mkt"),
+                ids.next("mkt"),
                 "marketplace:acme",
                 Reason::Sold,
                 sku,
@@ -197,10 +252,10 @@ fn day(run: &str) -> Vec<Phase> {
             );
             // The marketplace feed re-sends about one order in eight, some of them at once.
             if dice.next(8) == 0 {
-                trading.push(Outgoing::Resend(event.clone()));
+                events.push(Outgoing::Resend(event.clone()));
                 marketplace.push(event.clone());
             }
-            trading.push(Outgoing::Fact(event));
+            events.push(Outgoing::Fact(event));
         } else {
             let store = STORES[dice.next(STORES.len())];
             let sku = if store == "store-02" && dice.next(12) == 0 {
@@ -209,8 +264,8 @@ fn day(run: &str) -> Vec<Phase> {
                 sku
             };
             let quantity = 1 + i64::try_from(dice.next(2)).unwrap_or(0);
-            trading.push(fact(
-                id("pos"),
+            events.push(ids.fact(
+                "pos",
                 &format!("pos:{store}"),
                 Reason::Sold,
                 sku,
@@ -220,8 +275,8 @@ fn day(run: &str) -> Vec<Phase> {
         }
         if i % 90 == 0 {
             let store = STORES[dice.next(STORES.len())];
-            trading.push(fact(
-                id("ret"),
+            events.push(ids.fact(
+                "ret",
                 &format!("pos:{store}"),
                 Reason::Returned,
                 sku,
@@ -230,57 +285,65 @@ fn day(run: &str) -> Vec<Phase> {
             ));
         }
     }
-    trading.push(fact(
-        id("dmg"),
+    events.push(ids.fact(
+        "dmg",
         "pos:store-03",
         Reason::Damaged,
         "MUG-LOGO",
         "store-03",
         Change::Adjusted(Adjusted { delta: -2 }),
     ));
-    trading.push(Outgoing::Malformed(
+    (events, marketplace)
+}
+
+/// Messages the stock worker must dead-letter: undecodable bytes, a zero quantity, a missing
+/// event_id, no fact type.
+fn malformed(ids: &mut Ids<'_>) -> Vec<Outgoing> {
+    let subject = subjects::stock_event("MUG-LOGO");
+    let mut events = vec![Outgoing::Malformed(
         "undecodable bytes",
-        subjects::stock_event("MUG-LOGO"),
+        subject.clone(),
         b"\x08\x96\x01garbage".to_vec(),
-    ));
+    )];
     let mut zero = events::fact(
-        id("bad"),
+        ids.next("bad"),
         "pos:store-01",
         Reason::Sold,
         "MUG-LOGO",
         "store-01",
         Change::Sold(Sold { quantity: 0 }),
     );
-    trading.push(Outgoing::Malformed(
+    events.push(Outgoing::Malformed(
         "zero quantity",
-        subjects::stock_event("MUG-LOGO"),
+        subject.clone(),
         zero.encode_to_vec(),
     ));
     if let Some(meta) = zero.meta.as_mut() {
         meta.event_id.clear();
     }
-    trading.push(Outgoing::Malformed(
+    events.push(Outgoing::Malformed(
         "missing event_id",
-        subjects::stock_event("MUG-LOGO"),
+        subject.clone(),
         zero.encode_to_vec(),
     ));
     zero.change = None;
     if let Some(meta) = zero.meta.as_mut() {
         meta.event_id = "no-type".into();
     }
-    trading.push(Outgoing::Malformed(
+    events.push(Outgoing::Malformed(
         "unknown fact type",
-        subjects::stock_event("MUG-LOGO"),
+        subject,
         zero.encode_to_vec(),
     ));
-    phases.push(Phase {
-        title: "09:00-21:00 POS sales, marketplace feed, returns, damage",
-        events: trading,
-    });
+    events
+}
 
-    let mut evening = vec![
-        fact(
-            id("cnt"),
+/// Cycle counts (one of them stale), a restock of the sneakers, and late re-sends from the
+/// marketplace, hours after the originals.
+fn evening(ids: &mut Ids<'_>, marketplace: Vec<StockEvent>) -> Vec<Outgoing> {
+    let mut events = vec![
+        ids.fact(
+            "cnt",
             "handheld:store-01",
             Reason::CycleCount,
             "MUG-LOGO",
@@ -290,8 +353,8 @@ fn day(run: &str) -> Vec<Phase> {
                 expected_on_hand: Some(9_999),
             }),
         ),
-        fact(
-            id("cnt"),
+        ids.fact(
+            "cnt",
             "handheld:store-01",
             Reason::CycleCount,
             "HOODIE-GRY-S",
@@ -301,8 +364,8 @@ fn day(run: &str) -> Vec<Phase> {
                 expected_on_hand: None,
             }),
         ),
-        fact(
-            id("trf"),
+        ids.fact(
+            "trf",
             "wms",
             Reason::Transfer,
             "SNEAKER-42",
@@ -313,13 +376,8 @@ fn day(run: &str) -> Vec<Phase> {
             }),
         ),
     ];
-    // Late re-sends from the marketplace, hours after the originals.
-    evening.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
-    phases.push(Phase {
-        title: "21:30 cycle counts, restock, late marketplace re-sends",
-        events: evening,
-    });
-    phases
+    events.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
+    events
 }
 
 fn progress(done: usize, total: usize, title: &str) {
@@ -538,151 +596,304 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn demo() -> anyhow::Result<()> {
     let run = format!("demo{}", events::now_ms());
-    let env = Env::process();
-    let prefix = env.string("STOCKFLOW_KEY_PREFIX", &run);
-    let worker_env = overlay(&[("STOCKFLOW_KEY_PREFIX", prefix.clone())]);
-    let settings =
-        stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
-    stockflow_shared::telemetry::LogSettings {
-        filter: env.string("STOCKFLOW_LOG", "error"),
-        json: false,
-    }
-    .init();
-
-    let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
-    stockflow_shared::topology::ensure(
-        &js,
-        &settings.worker.topology,
-        stockflow_shared::topology::Mode::Verify,
-    )
-    .await?;
-    let metrics_addr = settings.worker.metrics_addr;
-    let stop = CancellationToken::new();
-    let stopped = |stop: &CancellationToken| {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    };
-    let worker = tokio::spawn(stock_worker::run(settings.clone(), stopped(&stop)));
-    let mut order_settings =
-        order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
-    order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    order_settings.hold_poll = Duration::from_millis(50);
-    let orders = tokio::spawn(order_worker::run(order_settings, stopped(&stop)));
-
-    // The alerts and order results go out as signed webhooks to a receiver of our own.
-    let webhook_secret = Secret::new(fresh_secret(&run, "webhook"));
-    let receiver = WebhookReceiver::start(webhook_secret.clone())
-        .await
-        .context("starting the webhook receiver")?;
-    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let notify_settings = notify_worker::Settings::from_env(&overlay(&[
-        (
-            "STOCKFLOW_WEBHOOKS_FILE",
-            write_subscriptions(scratch.path(), &receiver)?
-                .display()
-                .to_string(),
-        ),
-        (
-            "STOCKFLOW_WEBHOOK_SECRET",
-            webhook_secret.expose().to_owned(),
-        ),
-        ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "100".into()),
-        ("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "2000".into()),
-    ]))
-    .context("invalid notify-worker configuration")?;
-    let notify = tokio::spawn(notify_worker::run(notify_settings, stopped(&stop)));
-
-    // The web shop talks to the gateway, with a write token made for this run.
-    let token = Secret::new(format!("demo-{}", fresh_secret(&run, "token")));
-    let gateway = gateway::start(
-        gateway::Settings::from_env(&overlay(&[
-            ("STOCKFLOW_KEY_PREFIX", prefix.clone()),
-            ("STOCKFLOW_HTTP_ADDR", "127.0.0.1:0".into()),
-            ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
-            (
-                "STOCKFLOW_GATEWAY_TOKENS",
-                format!("write:{}", token.expose()),
-            ),
-        ]))
-        .context("invalid gateway configuration")?,
-        stopped(&stop),
-    )
-    .await
-    .context("starting the gateway")?;
-    let api = gateway.api_addr;
-
+    let stack = Stack::start(&run).await?;
+    let js = &stack.js;
+    let topology = &stack.settings.worker.topology;
     // The ledger is one stream, or one per partition, each with its own sequence.
-    let ledger_streams = stockflow_shared::topology::ledger_streams(&settings.worker.topology);
-    let start = [subjects::ALERTS, subjects::DEAD_LETTERS];
-    let mut marks = BTreeMap::new();
-    for stream in ledger_streams.iter().copied().chain(start) {
-        marks.insert(stream, last_sequence(&js, stream).await?);
-    }
+    let ledger_streams = stockflow_shared::topology::ledger_streams(topology);
+    let marks = marks(js, &ledger_streams).await?;
     println!("stockflow demo — run {run}: a day at a three-store chain with a web shop\n");
-    let phases = day(&run);
+    let played = play(js, topology, &run, &day(&run)).await?;
+
+    // The web shop's checkouts, through the gateway: orders that fit, one that asks for more
+    // than any single location holds, and abandoned carts whose 1-second holds expire.
+    let results_mark = last_sequence(js, subjects::ORDER_RESULTS).await?;
+    let http = reqwest::Client::new();
+    let mut checkouts = Vec::new();
+    for cart in CARTS {
+        checkouts.push(checkout(&http, stack.api, &stack.token, &run, cart).await?);
+    }
+    // 5 decisions and 2 expiries.
+    let order_results = order_results(js, results_mark, CARTS.len() + 2).await?;
+    wait_until_stock_caught_up(js, topology, Duration::from_secs(60)).await?;
+
+    print_levels(&stack).await?;
+    print_levels_from_the_gateway(&http, &stack).await?;
+    let derived = Derived::read(js, &ledger_streams, &marks).await?;
+    print_alerts(&derived.alerts)?;
+    println!("\nEvents published: {}  ledger entries: {}  duplicates re-sent and absorbed: {}  stale counts refused: {}", played.total, derived.ledger.len(), played.resent, derived.outcomes.len());
+    print_dead_letters(&played.malformed, &derived.letters);
+    println!(
+        "\nCheckouts through the gateway: POST /v1/orders?wait=2s (http://{})\n",
+        stack.api
+    );
+    for line in &checkouts {
+        println!("  {line}");
+    }
+    print_order_results(&run, &order_results)?;
+
+    // Every alert and order result of this run must reach the receiver, signed.
+    let expected: HashSet<String> = derived
+        .alerts
+        .iter()
+        .chain(&order_results)
+        .map(delivery_id)
+        .collect();
+    let delivered = stack.receiver.wait_for(&expected, DELIVERY_DEADLINE).await;
+    println!(
+        "\nWebhook deliveries received by http://{} (HMAC-SHA256 signatures checked)",
+        stack.receiver.addr()
+    );
+    print_deliveries(&stack.receiver, &run, &expected);
+    delivered.context("the notify worker did not deliver every alert and order result")?;
+
+    let metrics_addr = stack.settings.worker.metrics_addr;
+    println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        println!("The workers and the gateway keep running so you can look; press Ctrl-C to stop.");
+        stockflow_shared::shutdown_signal().await;
+    }
+    stack.stop().await
+}
+
+/// The web shop's carts: (number, SKU, units, hold seconds).
+const CARTS: [(usize, &str, i64, i64); 5] = [
+    (1, "TSHIRT-BLK-M", 2, 0),
+    (2, "MUG-LOGO", 1, 0),
+    (3, "SNEAKER-42", 500, 0),
+    (4, "HOODIE-GRY-S", 1, 1),
+    (5, "Café crème 250g", 3, 1),
+];
+
+/// Everything the demo runs in this process: the stock, order and notify workers, the gateway,
+/// and the webhook receiver the notify worker delivers to.
+struct Stack {
+    settings: stock_worker::Settings,
+    /// The run's key prefix.
+    prefix: String,
+    js: async_nats::jetstream::Context,
+    stop: CancellationToken,
+    workers: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    gateway: gateway::Running,
+    api: std::net::SocketAddr,
+    /// The gateway's write token, made for this run.
+    token: Secret,
+    receiver: WebhookReceiver,
+    /// Holds the notify worker's subscriptions file.
+    _scratch: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts every component, each with its own view of the environment.
+    async fn start(run: &str) -> anyhow::Result<Self> {
+        let env = Env::process();
+        let prefix = env.string("STOCKFLOW_KEY_PREFIX", run);
+        let worker_env = overlay(&[("STOCKFLOW_KEY_PREFIX", prefix.clone())]);
+        let settings =
+            stock_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+        stockflow_shared::telemetry::LogSettings {
+            filter: env.string("STOCKFLOW_LOG", "error"),
+            json: false,
+        }
+        .init();
+
+        let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
+        stockflow_shared::topology::ensure(
+            &js,
+            &settings.worker.topology,
+            stockflow_shared::topology::Mode::Verify,
+        )
+        .await?;
+        let stop = CancellationToken::new();
+        let stopped = |stop: &CancellationToken| {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        let mut workers = vec![(
+            "worker task",
+            tokio::spawn(stock_worker::run(settings.clone(), stopped(&stop))),
+        )];
+        let mut order_settings =
+            order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
+        order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        order_settings.hold_poll = Duration::from_millis(50);
+        workers.push((
+            "order worker task",
+            tokio::spawn(order_worker::run(order_settings, stopped(&stop))),
+        ));
+
+        // The alerts and order results go out as signed webhooks to a receiver of our own.
+        let webhook_secret = Secret::new(fresh_secret(run, "webhook"));
+        let receiver = WebhookReceiver::start(webhook_secret.clone())
+            .await
+            .context("starting the webhook receiver")?;
+        let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+        let notify_settings = notify_worker::Settings::from_env(&overlay(&[
+            (
+                "STOCKFLOW_WEBHOOKS_FILE",
+                write_subscriptions(scratch.path(), &receiver)?
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "STOCKFLOW_WEBHOOK_SECRET",
+                webhook_secret.expose().to_owned(),
+            ),
+            ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
+            ("STOCKFLOW_WEBHOOK_BACKOFF_FLOOR_MILLIS", "100".into()),
+            ("STOCKFLOW_WEBHOOK_BACKOFF_CEILING_MILLIS", "2000".into()),
+        ]))
+        .context("invalid notify-worker configuration")?;
+        workers.push((
+            "notify worker task",
+            tokio::spawn(notify_worker::run(notify_settings, stopped(&stop))),
+        ));
+
+        // The web shop talks to the gateway, with a write token made for this run.
+        let token = Secret::new(format!("demo-{}", fresh_secret(run, "token")));
+        let gateway = gateway::start(
+            gateway::Settings::from_env(&overlay(&[
+                ("STOCKFLOW_KEY_PREFIX", prefix.clone()),
+                ("STOCKFLOW_HTTP_ADDR", "127.0.0.1:0".into()),
+                ("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0".into()),
+                (
+                    "STOCKFLOW_GATEWAY_TOKENS",
+                    format!("write:{}", token.expose()),
+                ),
+            ]))
+            .context("invalid gateway configuration")?,
+            stopped(&stop),
+        )
+        .await
+        .context("starting the gateway")?;
+        Ok(Self {
+            settings,
+            prefix,
+            js,
+            stop,
+            workers,
+            api: gateway.api_addr,
+            gateway,
+            token,
+            receiver,
+            _scratch: scratch,
+        })
+    }
+
+    /// Stops every component and waits for each to finish.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        for (name, task) in self.workers {
+            task.await.context(name)??;
+        }
+        self.gateway.wait().await
+    }
+}
+
+/// The last sequence of each stream the summary reads, before the day starts.
+async fn marks(
+    js: &async_nats::jetstream::Context,
+    ledger_streams: &[&'static str],
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut marks = BTreeMap::new();
+    for stream in ledger_streams
+        .iter()
+        .copied()
+        .chain([subjects::ALERTS, subjects::DEAD_LETTERS])
+    {
+        marks.insert(stream, last_sequence(js, stream).await?);
+    }
+    Ok(marks)
+}
+
+/// What publishing the day sent.
+struct Played {
+    total: usize,
+    resent: usize,
+    malformed: Vec<&'static str>,
+}
+
+/// Publishes every phase, each followed by waiting until the stock workers caught up.
+async fn play(
+    js: &async_nats::jetstream::Context,
+    topology: &stockflow_shared::topology::TopologySettings,
+    run: &str,
+    phases: &[Phase],
+) -> anyhow::Result<Played> {
     let total: usize = phases.iter().map(|p| p.events.len()).sum();
-    let (mut done, mut resent, mut malformed) = (0, 0, Vec::new());
-    for phase in &phases {
+    let mut played = Played {
+        total,
+        resent: 0,
+        malformed: Vec::new(),
+    };
+    let mut done = 0;
+    for phase in phases {
         for (i, event) in phase.events.iter().enumerate() {
-            let msg_id = format!("{run}-msg-{done}");
+            publish(js, run, event, done).await?;
             match event {
-                Outgoing::Fact(e) => events::publish(&js, e, &msg_id).await?,
-                Outgoing::Resend(e) => {
-                    resent += 1;
-                    events::publish(&js, e, &msg_id).await?;
-                }
-                Outgoing::Malformed(what, subject, bytes) => {
-                    malformed.push(*what);
-                    events::publish_raw(&js, subject, bytes.clone(), &msg_id).await?;
-                }
+                Outgoing::Fact(_) => {}
+                Outgoing::Resend(_) => played.resent += 1,
+                Outgoing::Malformed(what, ..) => played.malformed.push(*what),
             }
             done += 1;
             if i % 25 == 0 {
                 progress(done, total, phase.title);
             }
         }
-        wait_until_stock_caught_up(&js, &settings.worker.topology, Duration::from_secs(120))
-            .await?;
+        wait_until_stock_caught_up(js, topology, Duration::from_secs(120)).await?;
         progress(done, total, phase.title);
     }
     eprintln!();
+    Ok(played)
+}
 
-    // The web shop's checkouts, through the gateway: orders that fit, one that asks for more
-    // than any single location holds, and abandoned carts whose 1-second holds expire.
-    let results_mark = last_sequence(&js, subjects::ORDER_RESULTS).await?;
-    let carts = [
-        (1, "TSHIRT-BLK-M", 2, 0),
-        (2, "MUG-LOGO", 1, 0),
-        (3, "SNEAKER-42", 500, 0),
-        (4, "HOODIE-GRY-S", 1, 1),
-        (5, "Café crème 250g", 3, 1),
-    ];
-    let http = reqwest::Client::new();
-    let mut checkouts = Vec::new();
-    for cart in carts {
-        checkouts.push(checkout(&http, api, &token, &run, cart).await?);
+/// Publishes message `n` of the day: a fact under its own `Nats-Msg-Id`, a re-send and a
+/// malformed message under one made for this run.
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    run: &str,
+    event: &Outgoing,
+    n: usize,
+) -> anyhow::Result<()> {
+    let other_id = || format!("{run}-msg-{n}");
+    match event {
+        Outgoing::Fact(e) => {
+            let event_id = e
+                .meta
+                .as_ref()
+                .map(|m| m.event_id.as_str())
+                .unwrap_or_default();
+            events::publish(js, e, &msg_id::stock_fact(&e.sku, event_id)).await
+        }
+        Outgoing::Resend(e) => events::publish(js, e, &other_id()).await,
+        Outgoing::Malformed(_, subject, bytes) => {
+            events::publish_raw(js, subject, bytes.clone(), &other_id()).await
+        }
     }
+}
+
+/// Reads `ORDER_RESULTS` after `mark` until `expected` results are in, or 30 s passed.
+async fn order_results(
+    js: &async_nats::jetstream::Context,
+    mark: u64,
+    expected: usize,
+) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let order_results = loop {
-        let results = read_after(
-            &js,
-            subjects::ORDER_RESULTS,
-            "orders.results.>",
-            results_mark,
-        )
-        .await?;
-        // 5 decisions and 2 expiries.
-        if results.len() >= carts.len() + 2 || std::time::Instant::now() > deadline {
-            break results;
+    loop {
+        let results = read_after(js, subjects::ORDER_RESULTS, "orders.results.>", mark).await?;
+        if results.len() >= expected || std::time::Instant::now() > deadline {
+            return Ok(results);
         }
         // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    wait_until_stock_caught_up(&js, &settings.worker.topology, Duration::from_secs(60)).await?;
+    }
+}
 
-    let mut redis = settings.worker.redis.connect().await?;
-    let keys = Keys::new(prefix);
+/// The final levels of every SKU, read from Redis.
+async fn print_levels(stack: &Stack) -> anyhow::Result<()> {
+    let mut redis = stack.settings.worker.redis.connect().await?;
+    let keys = Keys::new(stack.prefix.clone());
     println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
     println!(
         "  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}",
@@ -699,9 +910,17 @@ async fn demo() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// One SKU's totals as the gateway serves them.
+async fn print_levels_from_the_gateway(
+    http: &reqwest::Client,
+    stack: &Stack,
+) -> anyhow::Result<()> {
     let stock: serde_json::Value = http
-        .get(format!("http://{api}/v1/stock/MUG-LOGO"))
-        .bearer_auth(token.expose())
+        .get(format!("http://{}/v1/stock/MUG-LOGO", stack.api))
+        .bearer_auth(stack.token.expose())
         .send()
         .await
         .context("GET /v1/stock/MUG-LOGO")?
@@ -714,22 +933,50 @@ async fn demo() -> anyhow::Result<()> {
         "\n  The gateway serves the same levels: GET /v1/stock/MUG-LOGO → totals {}",
         stock["totals"]
     );
+    Ok(())
+}
 
-    let (mut ledger, mut outcomes) = (Vec::new(), Vec::new());
-    for stream in &ledger_streams {
-        ledger.extend(read_after(&js, stream, "stock.changes.>", marks[stream]).await?);
-        outcomes.extend(read_after(&js, stream, "stock.outcomes.>", marks[stream]).await?);
+/// What the workers derived during the day.
+struct Derived {
+    ledger: Vec<async_nats::jetstream::Message>,
+    outcomes: Vec<async_nats::jetstream::Message>,
+    alerts: Vec<async_nats::jetstream::Message>,
+    letters: Vec<async_nats::jetstream::Message>,
+}
+
+impl Derived {
+    /// Reads every stream after its mark.
+    async fn read(
+        js: &async_nats::jetstream::Context,
+        ledger_streams: &[&'static str],
+        marks: &BTreeMap<&'static str, u64>,
+    ) -> anyhow::Result<Self> {
+        let (mut ledger, mut outcomes) = (Vec::new(), Vec::new());
+        for stream in ledger_streams {
+            ledger.extend(read_after(js, stream, "stock.changes.>", marks[stream]).await?);
+            outcomes.extend(read_after(js, stream, "stock.outcomes.>", marks[stream]).await?);
+        }
+        let alerts = read_after(js, subjects::ALERTS, "alerts.>", marks[subjects::ALERTS]).await?;
+        let letters = read_after(
+            js,
+            subjects::DEAD_LETTERS,
+            "deadletter.>",
+            marks[subjects::DEAD_LETTERS],
+        )
+        .await?;
+        Ok(Self {
+            ledger,
+            outcomes,
+            alerts,
+            letters,
+        })
     }
-    let alerts = read_after(&js, subjects::ALERTS, "alerts.>", marks[subjects::ALERTS]).await?;
-    let letters = read_after(
-        &js,
-        subjects::DEAD_LETTERS,
-        "deadletter.>",
-        marks[subjects::DEAD_LETTERS],
-    )
-    .await?;
+}
+
+/// The alerts by kind, with the first few places each.
+fn print_alerts(alerts: &[async_nats::jetstream::Message]) -> anyhow::Result<()> {
     let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for message in &alerts {
+    for message in alerts {
         let alert = StockAlert::decode(message.payload.clone())?;
         let kind = message.subject.split('.').nth(1).unwrap_or("?").to_owned();
         by_kind
@@ -760,12 +1007,16 @@ async fn demo() -> anyhow::Result<()> {
             }
         );
     }
-    println!("\nEvents published: {total}  ledger entries: {}  duplicates re-sent and absorbed: {resent}  stale counts refused: {}", ledger.len(), outcomes.len());
+    Ok(())
+}
+
+/// The dead letters' reasons.
+fn print_dead_letters(malformed: &[&str], letters: &[async_nats::jetstream::Message]) {
     println!(
         "\nDead letters ({} malformed messages sent)\n",
         malformed.len()
     );
-    for letter in &letters {
+    for letter in letters {
         let reason = letter
             .headers
             .as_ref()
@@ -774,12 +1025,15 @@ async fn demo() -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("  {reason}");
     }
-    println!("\nCheckouts through the gateway: POST /v1/orders?wait=2s (http://{api})\n");
-    for line in &checkouts {
-        println!("  {line}");
-    }
+}
+
+/// The order decisions and releases, one line each.
+fn print_order_results(
+    run: &str,
+    order_results: &[async_nats::jetstream::Message],
+) -> anyhow::Result<()> {
     println!("\nOrder results on ORDER_RESULTS (decisions, then the abandoned carts' expiries)\n");
-    for message in &order_results {
+    for message in order_results {
         let result = OrderResult::decode(message.payload.clone())?;
         let line = match result.result {
             Some(order_result::Result::Confirmed(c)) => format!(
@@ -812,32 +1066,5 @@ async fn demo() -> anyhow::Result<()> {
             result.order_id.trim_start_matches(&format!("{run}-"))
         );
     }
-
-    // Every alert and order result of this run must reach the receiver, signed.
-    let expected: HashSet<String> = alerts
-        .iter()
-        .chain(&order_results)
-        .map(delivery_id)
-        .collect();
-    let delivered = receiver.wait_for(&expected, DELIVERY_DEADLINE).await;
-    println!(
-        "\nWebhook deliveries received by http://{} (HMAC-SHA256 signatures checked)",
-        receiver.addr()
-    );
-    print_deliveries(&receiver, &run, &expected);
-    delivered.context("the notify worker did not deliver every alert and order result")?;
-
-    println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
-
-    use std::io::IsTerminal as _;
-    if std::io::stdout().is_terminal() {
-        println!("The workers and the gateway keep running so you can look; press Ctrl-C to stop.");
-        stockflow_shared::shutdown_signal().await;
-    }
-    stop.cancel();
-    worker.await.context("worker task")??;
-    orders.await.context("order worker task")??;
-    notify.await.context("notify worker task")??;
-    gateway.wait().await?;
     Ok(())
 }

@@ -476,7 +476,7 @@ struct Plan {
 }
 
 /// Compares every row with what Redis holds and builds the events for those that differ, each
-/// checked by the worker's own parser.
+/// checked by the contract as the worker checks it.
 fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
     let mut plan = Plan::default();
     for (index, (row, have)) in sheet.rows.iter().zip(now).enumerate() {
@@ -493,10 +493,10 @@ fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
         }
         if inputs.is_empty() {
             plan.fates.insert(index, Fate::AlreadyAsInFile);
-        } else if let Some(reason) = inputs.iter().find_map(|i| i.validate().err()) {
+        } else if let Some(reason) = inputs.iter().find_map(|i| i.check().err()) {
             plan.invalid.push(Invalid {
                 line: row.line,
-                reason,
+                reason: reason.reason,
             });
         } else {
             plan.publish.push((index, inputs));
@@ -793,7 +793,7 @@ mod tests {
         assert_ne!(id(&sheet, 0), id(&sheet, 1));
         assert_ne!(id(&sheet, 0), id(&other, 0));
         assert!(Input::Stock(sheet.rows[0].count(&sheet.digest, "t"))
-            .validate()
+            .check()
             .is_ok());
     }
 }

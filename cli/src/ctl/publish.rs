@@ -1,25 +1,26 @@
-//! `stockctl publish`: one stock fact or order command, from flags or JSON, validated by the
-//! workers' own parsers before it is published.
+//! `stockctl publish`: one stock fact or order command, from flags or JSON, judged by the
+//! contract's own checks (`stockflow_proto::input`, the same the workers and the gateway apply)
+//! before it is published under the one `Nats-Msg-Id` scheme (`stockflow_proto::msg_id`).
 
 use std::{io::Read as _, path::PathBuf};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, publish::PublishAck};
 use clap::{Args, Subcommand};
-use prost::Message as _;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use stockflow_proto::{
-    subjects,
+    input::{json, InputError},
     v1::{
         order_event, stock_event::Change, Adjusted, Counted, EventMeta, FulfilledLine,
         OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced,
         PolicySet, Reason, Received, Returned, Sold, StockEvent, Transferred,
     },
 };
-use stockflow_shared::consume::HandleError;
 
 use crate::render;
+
+/// An input event ready to publish: the contract's [`stockflow_proto::input::Event`].
+pub use stockflow_proto::input::Event as Input;
 
 /// `stockctl publish` arguments: a fact subcommand, or `--json` / `--json-file`.
 #[derive(Debug, Args)]
@@ -39,7 +40,8 @@ pub struct PublishArgs {
 const JSON_HELP: &str = "\
 JSON events: an object with a \"type\" and the proto's field names; every type takes the envelope
 fields event_id, source, reason, reference and occurred_at_ms (all optional; event_id is made
-fresh when left out). Unknown fields are refused.
+fresh when left out). Unknown fields are refused; a field set to null is one left out. The same
+shapes as the gateway's bodies (see the gateway README), with the order's id in the object.
   received | sold | returned  sku, location, quantity
   adjusted                    sku, location, delta
   counted                     sku, location, on_hand[, expected_on_hand]
@@ -270,93 +272,32 @@ pub fn parse_fulfil_line(text: &str) -> Result<(String, i64), String> {
     Ok((line_id.to_owned(), quantity))
 }
 
-/// Parses a reason name such as `damaged` or `cycle_count`.
+/// Parses a reason name such as `damaged` or `cycle_count` (also `cycle-count` on the command
+/// line).
 pub fn parse_reason(name: &str) -> Result<Reason, String> {
-    render::reason_from_name(&name.replace('-', "_"))
-        .filter(|r| *r != Reason::Unspecified)
-        .ok_or_else(|| {
-            format!(
-                "{name:?} is not a reason; one of received, sold, returned, damaged, shrinkage, \
-                 correction, cycle_count, transfer, reserved, released, shipped, policy"
-            )
-        })
+    json::reason_from_name(&name.replace('-', "_")).ok_or_else(|| {
+        format!(
+            "{name:?} is not a reason; one of received, sold, returned, damaged, shrinkage, \
+             correction, cycle_count, transfer, reserved, released, shipped, policy"
+        )
+    })
 }
 
-/// An input event ready to publish.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// A stock fact.
-    Stock(StockEvent),
-    /// An order command.
-    Order(OrderEvent),
-}
-
-impl Input {
-    /// Its subject.
-    pub fn subject(&self) -> String {
-        match self {
-            Self::Stock(e) => subjects::stock_event(&e.sku),
-            Self::Order(e) => subjects::order_event(&e.order_id),
-        }
-    }
-
-    /// Its `Nats-Msg-Id`: `evt:<sku-token>:<event_id>` or `ord:<order-token>:<event_id>`, so
-    /// publishing the same event again within the stream's duplicate window stores it once.
-    pub fn msg_id(&self) -> String {
-        match self {
-            Self::Stock(e) => fact_msg_id(&e.sku, &event_id(e.meta.as_ref())),
-            Self::Order(e) => format!(
-                "ord:{}:{}",
-                subjects::encode_token(&e.order_id),
-                event_id(e.meta.as_ref())
-            ),
-        }
-    }
-
-    /// The protobuf bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Stock(e) => e.encode_to_vec(),
-            Self::Order(e) => e.encode_to_vec(),
-        }
-    }
-
-    /// One line for a person.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Stock(e) => render::stock_event(e).text,
-            Self::Order(e) => render::order_event(e).text,
-        }
-    }
-
-    /// Runs the worker's own parser over the encoded event: what it would dead-letter is refused
-    /// here, with the same reason.
-    pub fn validate(&self) -> Result<(), String> {
-        let subject = self.subject();
-        let bytes = self.encode();
-        let checked = match self {
-            Self::Stock(_) => stock_worker::fact::parse(&subject, &bytes).map(|_| ()),
-            Self::Order(e) => {
-                if matches!(e.command, Some(order_event::Command::HoldExpired(_))) {
-                    return Err("order_hold_expired is published by the order worker itself".into());
-                }
-                order_worker::command::parse(&subject, &bytes).map(|_| ())
-            }
-        };
-        checked.map_err(|e| match e {
-            HandleError::Malformed { reason, .. } => reason,
-            other => other.to_string(),
-        })
+/// One line for a person.
+pub fn describe(input: &Input) -> String {
+    match input {
+        Input::Stock(e) => render::stock_event(e).text,
+        Input::Order(e) => render::order_event(e).text,
     }
 }
 
-/// The `Nats-Msg-Id` of a stock fact.
-pub fn fact_msg_id(sku: &str, event_id: &str) -> String {
-    format!("evt:{}:{event_id}", subjects::encode_token(sku))
-}
-
-fn event_id(meta: Option<&EventMeta>) -> String {
-    meta.map(|m| m.event_id.clone()).unwrap_or_default()
+/// A refusal as stockctl reports it: the reason, and the field when the reason does not name it.
+fn refused(error: &InputError) -> anyhow::Error {
+    if error.reason.contains(error.field.as_str()) {
+        anyhow::anyhow!("invalid event: {}", error.reason)
+    } else {
+        anyhow::anyhow!("invalid event: {}: {}", error.field, error.reason)
+    }
 }
 
 /// A fresh event id: time and process, unique per invocation.
@@ -566,250 +507,52 @@ impl FactArgs {
     }
 }
 
-// The JSON bodies, one per "type"; unknown fields are errors, so a misspelt optional field
-// (say `expected_onhand`) cannot silently turn a compare-and-set count into an absolute one.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QuantityJson {
-    sku: String,
-    location: String,
-    quantity: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdjustedJson {
-    sku: String,
-    location: String,
-    delta: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CountedJson {
-    sku: String,
-    location: String,
-    on_hand: i64,
-    expected_on_hand: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferredJson {
-    sku: String,
-    location: String,
-    to_location: String,
-    quantity: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyJson {
-    sku: String,
-    #[serde(default)]
-    location: String,
-    low_stock_threshold: Option<i64>,
-    safety_stock: Option<i64>,
-    #[serde(default)]
-    location_priority: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LineJson {
-    line_id: Option<String>,
-    sku: String,
-    quantity: i64,
-    #[serde(default)]
-    location: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlacedJson {
-    order_id: String,
-    lines: Vec<LineJson>,
-    #[serde(default)]
-    hold_seconds: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrderIdJson {
-    order_id: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FulfilledLineJson {
-    line_id: String,
-    quantity: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FulfilledJson {
-    order_id: String,
-    lines: Vec<FulfilledLineJson>,
-    #[serde(default)]
-    last_shipment: bool,
-}
-
-fn take_string(map: &mut Map<String, Value>, field: &str) -> anyhow::Result<Option<String>> {
-    match map.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => anyhow::bail!("{field} must be a string, got {other}"),
+/// Fills in what a JSON event leaves out (or sets to null) with stockctl's defaults: a fresh
+/// `event_id`, `source` `stockctl`, a `reference` naming the event, now as `occurred_at_ms`,
+/// and line ids 1, 2, ... for an order's lines without one. Values of the wrong type are left
+/// for the contract to refuse.
+fn with_defaults(value: &mut Value) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    let absent = |map: &serde_json::Map<String, Value>, field: &str| {
+        map.get(field).is_none_or(Value::is_null)
+    };
+    if absent(map, "event_id") {
+        map.insert("event_id".into(), fresh_event_id().into());
     }
-}
-
-fn body<T: serde::de::DeserializeOwned>(kind: &str, rest: Map<String, Value>) -> anyhow::Result<T> {
-    serde_json::from_value(Value::Object(rest)).with_context(|| format!("invalid {kind} event"))
+    if absent(map, "reference") {
+        if let Some(Value::String(id)) = map.get("event_id") {
+            let reference = format!("urn:stockflow:stockctl:{id}");
+            map.insert("reference".into(), reference.into());
+        }
+    }
+    if absent(map, "source") {
+        map.insert("source".into(), "stockctl".into());
+    }
+    if absent(map, "occurred_at_ms") {
+        map.insert("occurred_at_ms".into(), crate::events::now_ms().into());
+    }
+    if map.get("type").and_then(Value::as_str) == Some("order_placed") {
+        if let Some(Value::Array(lines)) = map.get_mut("lines") {
+            for (i, line) in lines.iter_mut().enumerate() {
+                if let Value::Object(line) = line {
+                    if absent(line, "line_id") {
+                        line.insert("line_id".into(), (i + 1).to_string().into());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Parses one event in the JSON shape described in cli/README.md, e.g.
-/// `{"type":"received","sku":"A1","location":"store-1","quantity":5,"event_id":"e1"}`.
+/// `{"type":"received","sku":"A1","location":"store-1","quantity":5,"event_id":"e1"}`. Only
+/// its shape is judged here; [`Input::check`] judges its values.
 pub fn input_from_json(text: &str) -> anyhow::Result<Input> {
-    let value: Value = serde_json::from_str(text).context("the JSON does not parse")?;
-    let Value::Object(mut map) = value else {
-        anyhow::bail!("the JSON must be an object with a \"type\"");
-    };
-    let kind = take_string(&mut map, "type")?.context("type is missing")?;
-    let envelope = EnvelopeArgs {
-        event_id: take_string(&mut map, "event_id")?,
-        source: take_string(&mut map, "source")?.unwrap_or_else(|| "stockctl".into()),
-        reason: take_string(&mut map, "reason")?
-            .map(|r| parse_reason(&r))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("reason: {e}"))?,
-        reference: take_string(&mut map, "reference")?,
-    };
-    let occurred_at_ms = match map.remove("occurred_at_ms") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_i64()
-                .context("occurred_at_ms must be a whole number of milliseconds")?,
-        ),
-    };
-    let mut input = match kind.as_str() {
-        "received" | "sold" | "returned" => {
-            let b: QuantityJson = body(&kind, map)?;
-            let change = match kind.as_str() {
-                "received" => Change::Received(Received {
-                    quantity: b.quantity,
-                }),
-                "sold" => Change::Sold(Sold {
-                    quantity: b.quantity,
-                }),
-                _ => Change::Returned(Returned {
-                    quantity: b.quantity,
-                }),
-            };
-            fact(&envelope, &b.sku, &b.location, change)
-        }
-        "adjusted" => {
-            let b: AdjustedJson = body(&kind, map)?;
-            fact(
-                &envelope,
-                &b.sku,
-                &b.location,
-                Change::Adjusted(Adjusted { delta: b.delta }),
-            )
-        }
-        "counted" => {
-            let b: CountedJson = body(&kind, map)?;
-            fact(
-                &envelope,
-                &b.sku,
-                &b.location,
-                Change::Counted(Counted {
-                    on_hand: b.on_hand,
-                    expected_on_hand: b.expected_on_hand,
-                }),
-            )
-        }
-        "transferred" => {
-            let b: TransferredJson = body(&kind, map)?;
-            fact(
-                &envelope,
-                &b.sku,
-                &b.location,
-                Change::Transferred(Transferred {
-                    to_location: b.to_location,
-                    quantity: b.quantity,
-                }),
-            )
-        }
-        "policy_set" => {
-            let b: PolicyJson = body(&kind, map)?;
-            fact(
-                &envelope,
-                &b.sku,
-                &b.location,
-                Change::PolicySet(PolicySet {
-                    low_stock_threshold: b.low_stock_threshold,
-                    safety_stock: b.safety_stock,
-                    location_priority: b.location_priority,
-                }),
-            )
-        }
-        "order_placed" => {
-            let b: PlacedJson = body(&kind, map)?;
-            let lines = b
-                .lines
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| OrderLine {
-                    line_id: l.line_id.unwrap_or_else(|| (i + 1).to_string()),
-                    sku: l.sku,
-                    quantity: l.quantity,
-                    location: l.location,
-                })
-                .collect();
-            order(&envelope, &b.order_id, placed(lines, b.hold_seconds))
-        }
-        "order_committed" => {
-            let b: OrderIdJson = body(&kind, map)?;
-            order(
-                &envelope,
-                &b.order_id,
-                order_event::Command::Committed(OrderCommitted {}),
-            )
-        }
-        "order_cancelled" => {
-            let b: OrderIdJson = body(&kind, map)?;
-            order(
-                &envelope,
-                &b.order_id,
-                order_event::Command::Cancelled(OrderCancelled {}),
-            )
-        }
-        "order_fulfilled" => {
-            let b: FulfilledJson = body(&kind, map)?;
-            let lines: Vec<(String, i64)> = b
-                .lines
-                .into_iter()
-                .map(|l| (l.line_id, l.quantity))
-                .collect();
-            order(&envelope, &b.order_id, fulfilled(&lines, b.last_shipment))
-        }
-        other => anyhow::bail!(
-            "type {other:?} is unknown; one of received, sold, returned, adjusted, counted, \
-             transferred, policy_set, order_placed, order_committed, order_cancelled, \
-             order_fulfilled"
-        ),
-    };
-    if let Some(at) = occurred_at_ms {
-        let meta = match &mut input {
-            Input::Stock(e) => e.meta.as_mut(),
-            Input::Order(e) => e.meta.as_mut(),
-        };
-        if let Some(meta) = meta {
-            meta.occurred_at_ms = at;
-        }
-    }
-    Ok(input)
+    let mut value: Value = serde_json::from_str(text).context("the JSON does not parse")?;
+    with_defaults(&mut value);
+    json::event_from_value(value).map_err(|e| refused(&e))
 }
 
 impl PublishArgs {
@@ -840,7 +583,10 @@ impl PublishArgs {
     }
 }
 
-/// Publishes `input` and waits until JetStream stored it (or reported it a duplicate).
+/// Publishes `input` and waits until JetStream stored it (or reported it a duplicate). A
+/// duplicate — JetStream already holds a message under the event's `Nats-Msg-Id`, from any
+/// publisher — is read back: another change under the same `event_id` is an error, and the
+/// first change stands.
 pub async fn publish(js: &jetstream::Context, input: &Input) -> anyhow::Result<PublishAck> {
     let subject = input.subject();
     let message = PublishMessage::build()
@@ -854,17 +600,38 @@ pub async fn publish(js: &jetstream::Context, input: &Input) -> anyhow::Result<P
         .with_context(|| {
             format!("JetStream did not confirm storing the event on {subject}: is `stockctl setup` done?")
         })?;
+    if ack.duplicate {
+        let stored = js
+            .get_stream_no_info(&ack.stream)
+            .await
+            .with_context(|| format!("reading stream {}", ack.stream))?
+            .get_raw_message(ack.sequence)
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the event stored before ({} sequence {})",
+                    ack.stream, ack.sequence
+                )
+            })?;
+        if !input.same_change(&stored.payload) {
+            anyhow::bail!(
+                "event_id {:?} is already stored with another change ({} sequence {}); the \
+                 first one stands and nothing was published",
+                input.event_id(),
+                ack.stream,
+                ack.sequence
+            );
+        }
+    }
     Ok(ack)
 }
 
 /// `stockctl publish`.
 pub async fn run(js: &jetstream::Context, args: &PublishArgs) -> anyhow::Result<()> {
     let input = args.input()?;
-    input
-        .validate()
-        .map_err(|reason| anyhow::anyhow!("invalid event: {reason}"))?;
+    input.check().map_err(|e| refused(&e))?;
     let ack = publish(js, &input).await?;
-    crate::outln!("published {}", input.describe());
+    crate::outln!("published {}", describe(&input));
     crate::outln!(
         "stored: {} sequence {}, duplicate: {}",
         ack.stream,
@@ -911,7 +678,7 @@ mod tests {
             r#"{"type":"counted","sku":"A1","location":"s1","on_hand":7,"expected_on_hand":5,"event_id":"e9","reason":"cycle_count"}"#,
         )
         .expect("valid");
-        input.validate().expect("the worker accepts it");
+        input.check().expect("the worker accepts it");
         let Input::Stock(event) = &input else {
             panic!("a stock fact")
         };
@@ -929,11 +696,23 @@ mod tests {
         let err = input_from_json(r#"{"type":"received","sku":"A1","location":"s1"}"#)
             .expect_err("no quantity");
         assert!(format!("{err:#}").contains("quantity"), "{err:#}");
+        let err =
+            input_from_json(r#"{"type":"adjusted","sku":"A1","location":"s1","delta":"many"}"#)
+                .expect_err("not a number");
+        assert!(
+            format!("{err:#}").starts_with("invalid event: delta: "),
+            "{err:#}"
+        );
         let bad = input_from_json(
             r#"{"type":"received","sku":"A1","location":"s1","quantity":0,"event_id":"e"}"#,
         )
         .expect("well-formed JSON");
-        assert!(bad.validate().expect_err("zero").contains("quantity"));
+        let refusal = bad.check().expect_err("zero");
+        assert_eq!(refusal.field, "quantity");
+        assert!(
+            refusal.reason.contains("quantity must be 1..="),
+            "{refusal}"
+        );
     }
 
     #[test]
@@ -948,5 +727,58 @@ mod tests {
             let err = with(unknown).expect_err(unknown);
             assert!(format!("{err:#}").contains("reason"), "{unknown}: {err:#}");
         }
+        assert_eq!(parse_reason("cycle-count"), Ok(Reason::CycleCount));
+    }
+
+    #[test]
+    fn left_out_envelope_fields_and_line_ids_get_stockctls_defaults() {
+        let input = input_from_json(
+            r#"{"type":"order_placed","order_id":"O-1","source":null,
+                "lines":[{"sku":"A","quantity":1},{"line_id":"x","sku":"B","quantity":2}]}"#,
+        )
+        .expect("valid");
+        input.check().expect("the worker accepts it");
+        let Input::Order(event) = &input else {
+            panic!("an order command")
+        };
+        let meta = event.meta.clone().unwrap_or_default();
+        assert!(meta.event_id.starts_with("stockctl-"), "{meta:?}");
+        assert_eq!(meta.source, "stockctl");
+        assert_eq!(
+            meta.reference,
+            format!("urn:stockflow:stockctl:{}", meta.event_id)
+        );
+        assert!(meta.occurred_at_ms > 0);
+        let Some(order_event::Command::Placed(placed)) = &event.command else {
+            panic!("a placement")
+        };
+        let ids: Vec<&str> = placed.lines.iter().map(|l| l.line_id.as_str()).collect();
+        assert_eq!(ids, ["1", "x"]);
+        assert_eq!(input.msg_id(), format!("order:O-1:{}", meta.event_id));
+    }
+
+    #[test]
+    fn flags_and_json_give_one_event_one_message_id() {
+        let json = input_from_json(
+            r#"{"type":"received","sku":"Caf\u00e9","location":"s1","quantity":3,"event_id":"r-1"}"#,
+        )
+        .expect("valid");
+        let flags = FactArgs::Received {
+            at: AtArgs {
+                sku: "Caf\u{e9}".into(),
+                location: "s1".into(),
+            },
+            quantity: 3,
+            envelope: EnvelopeArgs {
+                event_id: Some("r-1".into()),
+                source: "stockctl".into(),
+                reason: None,
+                reference: None,
+            },
+        }
+        .input();
+        assert_eq!(flags.msg_id(), json.msg_id());
+        assert_eq!(json.msg_id(), "fact:~Q2Fmw6k:r-1");
+        assert!(flags.same_change(&json.encode()));
     }
 }

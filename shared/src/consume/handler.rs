@@ -192,6 +192,14 @@ fn logical_subject(stream: &str, subject: &str) -> Option<String> {
     }
 }
 
+/// Input the contract refuses can never be applied: it is dead-lettered under the refusal's
+/// category, with its reason.
+impl From<stockflow_proto::input::InputError> for HandleError {
+    fn from(error: stockflow_proto::input::InputError) -> Self {
+        Self::malformed(error.event_type, error.category.as_str(), error.reason)
+    }
+}
+
 /// A worker's logic for one input message. The loop acks only after `handle` returns `Ok`, so
 /// everything `handle` makes durable (Redis writes, derived publishes) must be done by then.
 ///

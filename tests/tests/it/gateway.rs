@@ -800,6 +800,135 @@ fn assert_json_error(
     );
 }
 
+/// The `Nats-Msg-Id` JetStream holds for the message at `seq` of `STOCK_EVENTS`.
+async fn stored_msg_id(world: &World, seq: u64) -> String {
+    let message = world
+        .js
+        .get_stream(subjects::STOCK_EVENTS)
+        .await
+        .expect("stream")
+        .get_raw_message(seq)
+        .await
+        .expect("stored message");
+    message
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.as_str().to_owned())
+        .expect("a Nats-Msg-Id")
+}
+
+/// The gateway and stockctl give one event one `Nats-Msg-Id`, so JetStream stores it once
+/// whichever way it is sent first; and either refuses another change under a stored id.
+#[tokio::test]
+async fn an_event_sent_through_the_gateway_and_stockctl_is_stored_once() {
+    let world = World::start().await;
+    let gw = Gateway::start(&world, &[]).await;
+    let sku = "ONE.ID-1";
+    let stored = || count(&world.js, subjects::STOCK_EVENTS, "stock.events.>");
+    let publish = |event_id: &'static str, quantity: &'static str| {
+        let world = &world;
+        async move {
+            crate::cli::stockctl(
+                world,
+                &[
+                    "publish",
+                    "received",
+                    "--sku",
+                    sku,
+                    "--location",
+                    "wh",
+                    "--quantity",
+                    quantity,
+                    "--event-id",
+                    event_id,
+                ],
+            )
+            .await
+        }
+    };
+
+    // Through the gateway first, then stockctl's flags and its JSON.
+    let (status, first) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("once-1"),
+            &received_json(sku, "wh", 4),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(first["duplicate"], false, "{first}");
+    let seq = first["seq"].as_u64().expect("seq");
+    assert_eq!(
+        stored_msg_id(&world, seq).await,
+        stockflow_proto::msg_id::stock_fact(sku, "once-1")
+    );
+    let again = publish("once-1", "4").await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again
+            .stdout
+            .contains(&format!("sequence {seq}, duplicate: yes")),
+        "{}",
+        again.stdout
+    );
+    let json = format!(
+        r#"{{"type":"received","sku":"{sku}","location":"wh","quantity":4,"event_id":"once-1","source":"elsewhere"}}"#
+    );
+    let as_json = crate::cli::stockctl(&world, &["publish", "--json", &json]).await;
+    assert!(
+        as_json.stdout.contains("duplicate: yes"),
+        "{}{}",
+        as_json.stdout,
+        as_json.stderr
+    );
+    assert_eq!(stored().await, 1, "one event, stored once");
+
+    // Through stockctl first, then the gateway.
+    let first = publish("once-2", "6").await;
+    assert!(
+        first.stdout.contains("duplicate: no"),
+        "{}{}",
+        first.stdout,
+        first.stderr
+    );
+    let (status, again) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("once-2"),
+            &received_json(sku, "wh", 6),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(
+        stored_msg_id(&world, again["seq"].as_u64().expect("seq")).await,
+        stockflow_proto::msg_id::stock_fact(sku, "once-2")
+    );
+    assert_eq!(stored().await, 2);
+
+    // Another change under a stored id: refused by both, the first change stands.
+    let other = publish("once-1", "5").await;
+    assert_eq!(other.code, 1, "{}{}", other.stdout, other.stderr);
+    assert!(
+        other.stderr.contains("already stored with another change"),
+        "{}",
+        other.stderr
+    );
+    let (status, conflict) = gw
+        .post(
+            "/v1/stock/events",
+            WRITE,
+            Some("once-2"),
+            &received_json(sku, "wh", 7),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(stored().await, 2, "nothing of a conflict is stored");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn every_error_is_json_and_names_its_field() {
     let world = World::start().await;

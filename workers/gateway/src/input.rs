@@ -1,20 +1,24 @@
-//! JSON input → protobuf event, judged by the workers' own parsers (`stock_worker::fact::parse`,
-//! `order_worker::command::parse`), so the gateway accepts exactly what the workers apply.
+//! HTTP bodies → protobuf events, through the contract's own JSON shapes and checks
+//! (`stockflow_proto::input`), so the gateway accepts exactly what the workers apply. What is
+//! the gateway's own: the `Idempotency-Key` header, batches, and the answer's field paths.
 
-use prost::Message as _;
-use serde::{de::DeserializeOwned, Deserialize};
 use sha2::{Digest as _, Sha256};
 use stockflow_proto::{
-    subjects,
-    v1::{
-        order_event, stock_event::Change, Adjusted, Counted, EventMeta, FulfilledLine,
-        OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced,
-        PolicySet, Reason, Received, Returned, Sold, StockEvent, Transferred,
-    },
+    input::{fact, json, order, Event, InputError},
+    v1::{OrderEvent, StockEvent},
 };
-use stockflow_shared::{consume::HandleError, validate::MAX_EVENT_ID_BYTES};
+use stockflow_shared::validate::MAX_EVENT_ID_BYTES;
 
 use crate::error::ApiError;
+
+pub use stockflow_proto::input::json::{OrderAction, PlaceOrderJson, StockFactJson};
+
+/// A refusal by the contract is a 400 naming the field.
+impl From<InputError> for ApiError {
+    fn from(error: InputError) -> Self {
+        ApiError::invalid(error.field, error.reason)
+    }
+}
 
 /// An event ready to publish: validated, encoded, with its subject and message id.
 #[derive(Debug, Clone)]
@@ -23,26 +27,18 @@ pub struct Outgoing {
     pub event_id: String,
     /// `stock.events.<sku-token>` or `orders.events.<order-token>`.
     pub subject: String,
-    /// `Nats-Msg-Id`: `fact:<sku-token>:<event_id>` or `order:<order-token>:<event_id>`, so
+    /// `Nats-Msg-Id` (`stockflow_proto::msg_id`): `fact:<sku-token>:<event_id>` or
+    /// `order:<order-token>:<event_id>`, the same as every other publisher gives the event, so
     /// JetStream drops a re-post within its duplicate window.
     pub msg_id: String,
     /// The protobuf bytes.
     pub payload: Vec<u8>,
-    /// What the payload is, to compare it with another one stored under the same id.
-    pub kind: Kind,
+    /// The event, to compare it with another one stored under the same id.
+    pub event: Event,
     /// For a stock fact: the stock worker's dedup record of its `event_id` and the fingerprint
     /// the worker stores there, so a reuse of the id for another change is found before
     /// publishing, also past JetStream's duplicate window.
     pub dedup: Option<Dedup>,
-}
-
-/// The contract message an [`Outgoing`] holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `StockEvent`.
-    Stock,
-    /// `OrderEvent`.
-    Order,
 }
 
 /// Where the stock worker remembers a fact's `event_id`, and what it remembers of its change.
@@ -50,221 +46,33 @@ pub enum Kind {
 pub struct Dedup {
     /// The fact's SKU (the record lives in its slot).
     pub sku: String,
-    /// `stock_worker::fact::Fact::fingerprint`: the change, as the worker compares it.
+    /// `Fact::fingerprint`: the change, as the worker compares it.
     pub fingerprint: String,
 }
 
 impl Outgoing {
+    fn new(event: Event, dedup: Option<Dedup>) -> Self {
+        Self {
+            event_id: event.event_id().to_owned(),
+            subject: event.subject(),
+            msg_id: event.msg_id(),
+            payload: event.encode(),
+            event,
+            dedup,
+        }
+    }
+
     /// Whether `stored` (another message published under this one's `Nats-Msg-Id`) asks for
     /// the same change. The envelope (`source`, `reference`, `occurred_at_ms`, `reason`) is not
     /// compared, as the workers do not compare it either: only what the event changes.
     pub fn same_change(&self, stored: &[u8]) -> bool {
-        fn content<M: prost::Message + Default>(bytes: &[u8], clear: impl Fn(&mut M)) -> Option<M> {
-            let mut message = M::decode(bytes).ok()?;
-            clear(&mut message);
-            Some(message)
-        }
-        match self.kind {
-            Kind::Stock => {
-                let clear = |e: &mut StockEvent| e.meta = None;
-                content(stored, clear).is_some_and(|a| content(&self.payload, clear) == Some(a))
-            }
-            Kind::Order => {
-                let clear = |e: &mut OrderEvent| e.meta = None;
-                content(stored, clear).is_some_and(|a| content(&self.payload, clear) == Some(a))
-            }
-        }
+        self.event.same_change(stored)
     }
 }
 
-/// The envelope fields every JSON event may carry.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetaJson {
-    /// Idempotency key; the `Idempotency-Key` header may give it instead.
-    #[serde(default)]
-    pub event_id: Option<String>,
-    /// The reporting channel, e.g. `pos:store-12`.
-    #[serde(default)]
-    pub source: String,
-    /// Why, e.g. `damaged` (the proto `Reason` without its prefix, lower case).
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// URI of the source document.
-    #[serde(default)]
-    pub reference: String,
-    /// When it happened at the source, ms since the Unix epoch.
-    #[serde(default)]
-    pub occurred_at_ms: i64,
-}
-
-/// The envelope of a JSON struct that carries the envelope fields inline (serde's `flatten`
-/// would defeat `deny_unknown_fields`).
-macro_rules! meta_of {
-    ($json:expr) => {
-        MetaJson {
-            event_id: $json.event_id,
-            source: $json.source,
-            reason: $json.reason,
-            reference: $json.reference,
-            occurred_at_ms: $json.occurred_at_ms,
-        }
-    };
-}
-
-/// A stock fact in JSON. `type` picks the fact; only its own fields may be set.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StockFactJson {
-    /// `received`, `sold`, `returned`, `adjusted`, `counted`, `transferred`, `policy_set`.
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    #[serde(default)]
-    sku: String,
-    #[serde(default)]
-    location: String,
-    #[serde(default)]
-    quantity: Option<i64>,
-    #[serde(default)]
-    delta: Option<i64>,
-    #[serde(default)]
-    on_hand: Option<i64>,
-    #[serde(default)]
-    expected_on_hand: Option<i64>,
-    #[serde(default)]
-    to_location: Option<String>,
-    #[serde(default)]
-    low_stock_threshold: Option<i64>,
-    #[serde(default)]
-    safety_stock: Option<i64>,
-    #[serde(default)]
-    location_priority: Option<Vec<String>>,
-    #[serde(default)]
-    event_id: Option<String>,
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    reference: String,
-    #[serde(default)]
-    occurred_at_ms: i64,
-}
-
-/// An order placement in JSON.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlaceOrderJson {
-    #[serde(default)]
-    order_id: String,
-    #[serde(default)]
-    lines: Vec<OrderLineJson>,
-    #[serde(default)]
-    hold_seconds: i64,
-    #[serde(default)]
-    event_id: Option<String>,
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    reference: String,
-    #[serde(default)]
-    occurred_at_ms: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrderLineJson {
-    #[serde(default)]
-    line_id: String,
-    #[serde(default)]
-    sku: String,
-    #[serde(default)]
-    quantity: i64,
-    #[serde(default)]
-    location: String,
-}
-
-/// A fulfilment in JSON.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FulfilJson {
-    #[serde(default)]
-    lines: Vec<FulfilledLineJson>,
-    #[serde(default)]
-    last_shipment: bool,
-    #[serde(default)]
-    event_id: Option<String>,
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    reference: String,
-    #[serde(default)]
-    occurred_at_ms: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FulfilledLineJson {
-    #[serde(default)]
-    line_id: String,
-    #[serde(default)]
-    quantity: i64,
-}
-
-/// The commands on an existing order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderAction {
-    /// Release whatever the order holds.
-    Cancel,
-    /// Payment done: the hold no longer expires.
-    Commit,
-    /// Units shipped.
-    Fulfil,
-}
-
-/// Parses one JSON value into `T`, naming the field at fault. A field set to `null` is the
-/// same as a field left out, for every field at every depth: one rule for nulls.
-pub fn from_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, ApiError> {
-    drop_nulls(&mut value);
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // Unknown and missing fields are named inside serde's message, not in the path.
-        let field = match quoted_field(&inner) {
-            // An unknown field is already the last segment of the path; a missing one is not.
-            Some(f) if path == "." || path.ends_with(&f) => f,
-            Some(f) => format!("{path}.{f}"),
-            None if path == "." => "body".into(),
-            None => path,
-        };
-        ApiError::invalid(field, inner)
-    })
-}
-
-/// Removes every object member whose value is `null`, at any depth.
-fn drop_nulls(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(members) => {
-            members.retain(|_, v| !v.is_null());
-            members.values_mut().for_each(drop_nulls);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
-        _ => {}
-    }
-}
-
-/// `unknown field `foo`, expected ...` -> `foo`.
-fn quoted_field(message: &str) -> Option<String> {
-    if !(message.starts_with("unknown field") || message.starts_with("missing field")) {
-        return None;
-    }
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    Some(message[start..end].to_owned())
+/// Parses one JSON value into `T`, naming the field at fault; `null` is a member left out.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    Ok(json::from_value(value)?)
 }
 
 /// Parses a body that is one JSON value or an array of them.
@@ -321,251 +129,40 @@ fn event_id(
     }
 }
 
-fn meta(json: MetaJson, event_id: String) -> Result<EventMeta, ApiError> {
-    let reason = match json.reason.as_deref() {
-        None | Some("") => Reason::Unspecified,
-        Some(name) => Reason::from_str_name(&format!("REASON_{}", name.to_ascii_uppercase()))
-            .filter(|r| *r != Reason::Unspecified)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "reason",
-                    format!("reason {name:?} is not one of received, sold, returned, damaged, shrinkage, correction, cycle_count, transfer, reserved, released, shipped, policy"),
-                )
-            })?,
+/// A stock fact from its JSON body, judged as the stock worker judges it; `index` is its
+/// position in a batch.
+pub fn stock_fact(
+    value: serde_json::Value,
+    idempotency_key: Option<&str>,
+    index: Option<usize>,
+) -> Result<Outgoing, ApiError> {
+    let event: StockEvent = from_value::<StockFactJson>(value)?
+        .into_event(|body| event_id(body, idempotency_key, index))?;
+    let event = Event::Stock(event);
+    let fact = fact::parse(&event.subject(), &event.encode())?;
+    let dedup = Dedup {
+        fingerprint: fact.fingerprint(&fact.script_args()),
+        sku: fact.sku,
     };
-    Ok(EventMeta {
-        event_id,
-        occurred_at_ms: json.occurred_at_ms,
-        source: json.source,
-        reason: reason.into(),
-        reference: json.reference,
-    })
+    Ok(Outgoing::new(event, Some(dedup)))
 }
 
-/// Fields a worker's reason may start with; anything else is reported under `fallback`.
-const FIELDS: &[&str] = &[
-    "event_id",
-    "source",
-    "reference",
-    "sku",
-    "location",
-    "quantity",
-    "delta",
-    "on_hand",
-    "expected_on_hand",
-    "to_location",
-    "low_stock_threshold",
-    "safety_stock",
-    "location_priority",
-    "order_id",
-    "line_id",
-    "hold_seconds",
-    "lines",
-];
-
-/// Turns a worker's verdict into a 400 naming the field.
-fn rejected(error: HandleError) -> ApiError {
-    let HandleError::Malformed {
-        category, reason, ..
-    } = error
-    else {
-        // The parsers only ever judge input; anything else would be a bug worth seeing.
-        return ApiError::invalid("body", error.to_string());
-    };
-    let first = reason.split_whitespace().next().unwrap_or("");
-    let field = if let Some(field) = FIELDS.iter().find(|f| **f == first) {
-        *field
-    } else {
-        match category {
-            "invalid_lines" => "lines",
-            "invalid_hold" => "hold_seconds",
-            "invalid_order_id" => "order_id",
-            "invalid_sku" => "sku",
-            "invalid_location" => "location",
-            _ => "type",
-        }
-    };
-    ApiError::invalid(field, reason)
+/// An order placement from its JSON body, judged as the order worker judges it; `index` is its
+/// position in a batch.
+pub fn placement(
+    value: serde_json::Value,
+    idempotency_key: Option<&str>,
+    index: Option<usize>,
+) -> Result<(Outgoing, order::OrderCommand), ApiError> {
+    let event = from_value::<PlaceOrderJson>(value)?
+        .into_event(|body| event_id(body, idempotency_key, index))?;
+    order_outgoing(event)
 }
 
-/// A line the order worker refuses, named by its full path: `lines[1].quantity`.
-fn line_error(error: order_worker::command::LineError) -> ApiError {
-    ApiError::invalid(
-        format!("lines[{}].{}", error.index, error.field),
-        error.reason,
-    )
-}
-
-fn require(value: Option<i64>, field: &str, kind: &str) -> Result<i64, ApiError> {
-    value.ok_or_else(|| ApiError::invalid(field, format!("{field} is required for type {kind}")))
-}
-
-impl StockFactJson {
-    /// The names of the type-specific fields that are set.
-    fn set_fields(&self) -> Vec<&'static str> {
-        [
-            ("quantity", self.quantity.is_some()),
-            ("delta", self.delta.is_some()),
-            ("on_hand", self.on_hand.is_some()),
-            ("expected_on_hand", self.expected_on_hand.is_some()),
-            ("to_location", self.to_location.is_some()),
-            ("low_stock_threshold", self.low_stock_threshold.is_some()),
-            ("safety_stock", self.safety_stock.is_some()),
-            ("location_priority", self.location_priority.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
-    }
-
-    fn change(&self) -> Result<Change, ApiError> {
-        let kind = self.kind.as_str();
-        let allowed: &[&str] = match kind {
-            "received" | "sold" | "returned" => &["quantity"],
-            "adjusted" => &["delta"],
-            "counted" => &["on_hand", "expected_on_hand"],
-            "transferred" => &["to_location", "quantity"],
-            "policy_set" => &["low_stock_threshold", "safety_stock", "location_priority"],
-            "" => return Err(ApiError::invalid("type", "type is missing")),
-            other => {
-                return Err(ApiError::invalid(
-                    "type",
-                    format!("type {other:?} is not one of received, sold, returned, adjusted, counted, transferred, policy_set"),
-                ))
-            }
-        };
-        if let Some(field) = self.set_fields().into_iter().find(|f| !allowed.contains(f)) {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field} does not apply to type {kind}"),
-            ));
-        }
-        Ok(match kind {
-            "received" => Change::Received(Received {
-                quantity: require(self.quantity, "quantity", kind)?,
-            }),
-            "sold" => Change::Sold(Sold {
-                quantity: require(self.quantity, "quantity", kind)?,
-            }),
-            "returned" => Change::Returned(Returned {
-                quantity: require(self.quantity, "quantity", kind)?,
-            }),
-            "adjusted" => Change::Adjusted(Adjusted {
-                delta: require(self.delta, "delta", kind)?,
-            }),
-            "counted" => Change::Counted(Counted {
-                on_hand: require(self.on_hand, "on_hand", kind)?,
-                expected_on_hand: self.expected_on_hand,
-            }),
-            "transferred" => Change::Transferred(Transferred {
-                to_location: self.to_location.clone().ok_or_else(|| {
-                    ApiError::invalid(
-                        "to_location",
-                        "to_location is required for type transferred",
-                    )
-                })?,
-                quantity: require(self.quantity, "quantity", kind)?,
-            }),
-            _ => Change::PolicySet(PolicySet {
-                low_stock_threshold: self.low_stock_threshold,
-                safety_stock: self.safety_stock,
-                location_priority: self.location_priority.clone().unwrap_or_default(),
-            }),
-        })
-    }
-
-    /// Builds and validates the event; `index` is its position in a batch.
-    pub fn into_outgoing(
-        self,
-        idempotency_key: Option<&str>,
-        index: Option<usize>,
-    ) -> Result<Outgoing, ApiError> {
-        let change = self.change()?;
-        let event_id = event_id(self.event_id.clone(), idempotency_key, index)?;
-        let event = StockEvent {
-            meta: Some(meta(meta_of!(self), event_id.clone())?),
-            sku: self.sku,
-            location: self.location,
-            change: Some(change),
-        };
-        let subject = subjects::stock_event(&event.sku);
-        let payload = event.encode_to_vec();
-        let fact = stock_worker::fact::parse(&subject, &payload).map_err(rejected)?;
-        Ok(Outgoing {
-            msg_id: format!("fact:{}:{event_id}", subjects::encode_token(&event.sku)),
-            event_id,
-            subject,
-            payload,
-            kind: Kind::Stock,
-            dedup: Some(Dedup {
-                fingerprint: fact.fingerprint(&fact.script_args()),
-                sku: fact.sku,
-            }),
-        })
-    }
-}
-
-fn order_outgoing(
-    event: OrderEvent,
-) -> Result<(Outgoing, order_worker::command::OrderCommand), ApiError> {
-    let subject = subjects::order_event(&event.order_id);
-    let payload = event.encode_to_vec();
-    let command = order_worker::command::parse(&subject, &payload).map_err(rejected)?;
-    let event_id = command.meta.event_id.clone();
-    Ok((
-        Outgoing {
-            msg_id: format!(
-                "order:{}:{event_id}",
-                subjects::encode_token(&event.order_id)
-            ),
-            event_id,
-            subject,
-            payload,
-            kind: Kind::Order,
-            dedup: None,
-        },
-        command,
-    ))
-}
-
-impl PlaceOrderJson {
-    /// Builds and validates the placement.
-    pub fn into_outgoing(
-        self,
-        idempotency_key: Option<&str>,
-        index: Option<usize>,
-    ) -> Result<(Outgoing, order_worker::command::OrderCommand), ApiError> {
-        let event_id = event_id(self.event_id.clone(), idempotency_key, index)?;
-        let lines: Vec<order_worker::command::Line> = self
-            .lines
-            .into_iter()
-            .map(|l| order_worker::command::Line {
-                line_id: l.line_id,
-                sku: l.sku,
-                quantity: l.quantity,
-                location: l.location,
-            })
-            .collect();
-        // The worker's own line check, asked first so the error names the line's position.
-        order_worker::command::check_lines(&lines).map_err(line_error)?;
-        let event = OrderEvent {
-            meta: Some(meta(meta_of!(self), event_id)?),
-            order_id: self.order_id,
-            command: Some(order_event::Command::Placed(OrderPlaced {
-                lines: lines
-                    .into_iter()
-                    .map(|l| OrderLine {
-                        line_id: l.line_id,
-                        sku: l.sku,
-                        quantity: l.quantity,
-                        location: l.location,
-                    })
-                    .collect(),
-                hold_seconds: self.hold_seconds,
-            })),
-        };
-        order_outgoing(event)
-    }
+fn order_outgoing(event: OrderEvent) -> Result<(Outgoing, order::OrderCommand), ApiError> {
+    let event = Event::Order(event);
+    let command = order::parse(&event.subject(), &event.encode())?;
+    Ok((Outgoing::new(event, None), command))
 }
 
 /// Builds and validates a cancel, commit or fulfilment of `order_id` from its JSON body
@@ -576,46 +173,9 @@ pub fn order_action(
     body: serde_json::Value,
     idempotency_key: Option<&str>,
 ) -> Result<Outgoing, ApiError> {
-    let (command, meta_json) = match action {
-        OrderAction::Cancel | OrderAction::Commit => {
-            let meta_json: MetaJson = from_value(body)?;
-            let command = if action == OrderAction::Cancel {
-                order_event::Command::Cancelled(OrderCancelled {})
-            } else {
-                order_event::Command::Committed(OrderCommitted {})
-            };
-            (command, meta_json)
-        }
-        OrderAction::Fulfil => {
-            let json: FulfilJson = from_value(body)?;
-            if json.lines.is_empty() && !json.last_shipment {
-                return Err(ApiError::invalid(
-                    "lines",
-                    "lines is empty: name the shipped lines, or set last_shipment",
-                ));
-            }
-            let shipped: Vec<(String, i64)> = json
-                .lines
-                .into_iter()
-                .map(|l| (l.line_id, l.quantity))
-                .collect();
-            order_worker::command::check_fulfilled_lines(&shipped).map_err(line_error)?;
-            let command = order_event::Command::Fulfilled(OrderFulfilled {
-                lines: shipped
-                    .into_iter()
-                    .map(|(line_id, quantity)| FulfilledLine { line_id, quantity })
-                    .collect(),
-                last_shipment: json.last_shipment,
-            });
-            (command, meta_of!(json))
-        }
-    };
-    let event_id = event_id(meta_json.event_id.clone(), idempotency_key, None)?;
-    let event = OrderEvent {
-        meta: Some(meta(meta_json, event_id)?),
-        order_id,
-        command: Some(command),
-    };
+    let event = json::order_action(order_id, action, body, |body| {
+        event_id(body, idempotency_key, None)
+    })?;
     order_outgoing(event).map(|(outgoing, _)| outgoing)
 }
 
@@ -625,7 +185,7 @@ mod tests {
     use serde_json::json;
 
     fn fact(value: serde_json::Value, key: Option<&str>) -> Result<Outgoing, ApiError> {
-        from_value::<StockFactJson>(value)?.into_outgoing(key, None)
+        stock_fact(value, key, None)
     }
 
     #[test]
@@ -702,11 +262,11 @@ mod tests {
 
     #[test]
     fn batch_items_get_indexed_ids_and_fields() {
-        let out = from_value::<StockFactJson>(
+        let out = stock_fact(
             json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}),
+            Some("batch-7"),
+            Some(2),
         )
-        .expect("json")
-        .into_outgoing(Some("batch-7"), Some(2))
         .expect("valid");
         assert_eq!(out.event_id, "batch-7:2");
         let err = ApiError::invalid("quantity", "x").at_index(3);
@@ -715,9 +275,7 @@ mod tests {
 
     #[test]
     fn orders_are_judged_by_the_order_worker() {
-        let place = |body: serde_json::Value| {
-            from_value::<PlaceOrderJson>(body)?.into_outgoing(Some("p-1"), None)
-        };
+        let place = |body: serde_json::Value| placement(body, Some("p-1"), None);
         let (out, command) = place(
             json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}),
         )
@@ -765,12 +323,13 @@ mod tests {
         )
         .expect("nulls are absent");
         assert_eq!(out.event_id, "k-null");
-        let (_, command) =
-            from_value::<PlaceOrderJson>(json!({"order_id": "o-1", "hold_seconds": null,
-            "lines": [{"line_id": "1", "sku": "A", "quantity": 1, "location": null}]}))
-            .expect("json")
-            .into_outgoing(Some("p-1"), None)
-            .expect("valid");
+        let (_, command) = placement(
+            json!({"order_id": "o-1", "hold_seconds": null,
+            "lines": [{"line_id": "1", "sku": "A", "quantity": 1, "location": null}]}),
+            Some("p-1"),
+            None,
+        )
+        .expect("valid");
         assert_eq!(command.order_id, "o-1");
         let err = fact(
             json!({"type": "received", "sku": null, "location": "wh", "quantity": 1}),
@@ -799,11 +358,11 @@ mod tests {
             ids[0],
             "keys sharing a prefix get other ids"
         );
-        let out = from_value::<StockFactJson>(
+        let out = stock_fact(
             json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}),
+            Some(&long),
+            Some(12),
         )
-        .expect("json")
-        .into_outgoing(Some(&long), Some(12))
         .expect("a 128-byte key is valid in a batch");
         assert!(out.event_id.len() <= MAX_EVENT_ID_BYTES);
     }

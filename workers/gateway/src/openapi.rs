@@ -12,7 +12,7 @@ mod tests {
     use serde_json::Value;
 
     use super::DOCUMENT;
-    use crate::input::{self, OrderAction, PlaceOrderJson, StockFactJson};
+    use crate::input::{self, OrderAction};
 
     fn document() -> Value {
         serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
@@ -112,12 +112,8 @@ mod tests {
                     let has_id = value.get("event_id").is_some();
                     let key = (!has_id).then_some("example");
                     let result = match path.as_str() {
-                        "/v1/stock/events" => input::from_value::<StockFactJson>(value)
-                            .and_then(|f| f.into_outgoing(key, index))
-                            .map(|_| ()),
-                        "/v1/orders" => input::from_value::<PlaceOrderJson>(value)
-                            .and_then(|p| p.into_outgoing(key, index))
-                            .map(|_| ()),
+                        "/v1/stock/events" => input::stock_fact(value, key, index).map(|_| ()),
+                        "/v1/orders" => input::placement(value, key, index).map(|_| ()),
                         "/v1/orders/{order_id}/cancel" => {
                             input::order_action("o-1".into(), OrderAction::Cancel, value, key)
                                 .map(|_| ())

@@ -32,7 +32,7 @@ use stockflow_shared::{
 use crate::{
     auth::{Authorized, Read, Write},
     error::{self, ApiError},
-    input::{self, OrderAction, Outgoing, PlaceOrderJson, StockFactJson},
+    input::{self, OrderAction, Outgoing},
     publish::{publish, publish_all, PublishError, Stored},
     AppState,
 };
@@ -316,7 +316,7 @@ async fn post_stock_events(
     let body = body?;
     let key = idempotency_key(&headers)?;
     let (events, batch) = parse_items(&state, &body, |value, index| {
-        input::from_value::<StockFactJson>(value)?.into_outgoing(key, index)
+        input::stock_fact(value, key, index)
     })?;
     Ok(ingest(&state, &events, batch).await)
 }
@@ -371,7 +371,7 @@ async fn post_orders(
         .map(|w| parse_wait(w, state.max_wait))
         .transpose()?;
     let (placements, batch) = parse_items(&state, &body, |value, index| {
-        input::from_value::<PlaceOrderJson>(value)?.into_outgoing(key, index)
+        input::placement(value, key, index)
     })?;
     match (wait, batch) {
         (Some(_), true) => Err(ApiError::invalid(

@@ -370,7 +370,9 @@ impl Deliverer {
     ) -> Result<Handled, HandleError> {
         let id = &self.endpoint.subscription.id;
         let route = Route {
-            subject: Some(format!("deadletter.webhooks.{id}")),
+            subject: Some(stockflow_proto::subjects::dead_letter(
+                &stockflow_proto::subjects::webhook(id),
+            )),
             // The default `dlq:WEBHOOKS:<sequence>`: one dead letter per outbox message.
             message_id: None,
             headers: vec![

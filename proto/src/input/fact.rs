@@ -1,0 +1,505 @@
+//! Decoding and validating a stock fact: everything wrong with an input is found here, before
+//! Redis is touched, and reported as a reason a person can act on.
+
+use prost::Message as _;
+
+use super::{Category, InputError};
+use crate::{
+    subjects,
+    v1::{stock_event::Change, EventMeta, PolicySet, StockEvent},
+    validate::{
+        meta_fault, positive, validate_location, validate_reason, validate_sku, MAX_LEVEL,
+        MAX_QUANTITY,
+    },
+};
+
+/// What a valid fact does, in the terms of the stock worker's `apply_stock` script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// on_hand += quantity.
+    Received(i64),
+    /// on_hand -= quantity.
+    Sold(i64),
+    /// on_hand += quantity.
+    Returned(i64),
+    /// on_hand += delta.
+    Adjusted(i64),
+    /// on_hand := on_hand, if it equals `expected` (when given).
+    Counted {
+        /// Counted units.
+        on_hand: i64,
+        /// Compare-and-set guard.
+        expected: Option<i64>,
+    },
+    /// Moves `quantity` to `to`.
+    Transferred {
+        /// Destination location.
+        to: String,
+        /// Units.
+        quantity: i64,
+    },
+    /// Sets (>= 0) or removes (< 0) policy values; `None` leaves one alone.
+    PolicySet {
+        /// Low-stock threshold.
+        threshold: Option<i64>,
+        /// Safety stock.
+        safety_stock: Option<i64>,
+        /// Location priority for order allocation, comma-joined ('' leaves it alone).
+        location_priority: String,
+    },
+}
+
+impl Op {
+    /// Event type label for metrics and the script's `op` argument.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Received(_) => "received",
+            Self::Sold(_) => "sold",
+            Self::Returned(_) => "returned",
+            Self::Adjusted(_) => "adjusted",
+            Self::Counted { .. } => "counted",
+            Self::Transferred { .. } => "transferred",
+            Self::PolicySet { .. } => "policy_set",
+        }
+    }
+}
+
+/// A decoded, valid stock fact.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    /// Envelope.
+    pub meta: EventMeta,
+    /// SKU.
+    pub sku: String,
+    /// Location ('' only for a SKU-wide policy).
+    pub location: String,
+    /// The change.
+    pub op: Op,
+}
+
+fn optional(value: Option<i64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl Fact {
+    /// The policy change of a `policy_set`, as the contract states it (for the ledger).
+    pub fn policy(&self) -> Option<PolicySet> {
+        match &self.op {
+            Op::PolicySet {
+                threshold,
+                safety_stock,
+                location_priority,
+            } => Some(PolicySet {
+                low_stock_threshold: *threshold,
+                safety_stock: *safety_stock,
+                location_priority: location_priority
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The change as the stock worker's script takes it, after the location: quantity,
+    /// expected, destination, threshold, safety stock, location priority.
+    pub fn script_args(&self) -> [String; 6] {
+        let none = String::new;
+        match &self.op {
+            Op::Received(q) | Op::Sold(q) | Op::Returned(q) | Op::Adjusted(q) => {
+                [q.to_string(), none(), none(), none(), none(), none()]
+            }
+            Op::Counted { on_hand, expected } => [
+                on_hand.to_string(),
+                optional(*expected),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::Transferred { to, quantity } => [
+                quantity.to_string(),
+                none(),
+                to.clone(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::PolicySet {
+                threshold,
+                safety_stock,
+                location_priority,
+            } => [
+                none(),
+                none(),
+                none(),
+                optional(*threshold),
+                optional(*safety_stock),
+                location_priority.clone(),
+            ],
+        }
+    }
+
+    /// What the event does, as compared between two deliveries of one `event_id`: the same id
+    /// with a different change is a conflict, not a duplicate. The stock worker stores it in its
+    /// dedup record (field `f`), and the gateway compares a new post with it. `args` are
+    /// [`Self::script_args`], passed in so they are built once per event.
+    pub fn fingerprint(&self, args: &[String; 6]) -> String {
+        let [a, b, c, d, e, f] = args;
+        format!(
+            "{}|{}|{a}|{b}|{c}|{d}|{e}|{f}",
+            self.op.name(),
+            self.location
+        )
+    }
+}
+
+/// Decodes and validates `payload` received on `subject` from the unpartitioned `STOCK_EVENTS`:
+/// the subject must be `stock.events.<sku-token>` of the event's own SKU.
+pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
+    parse_from(Layout::Single, subject, payload)
+}
+
+/// Like [`parse`], for a fact read from a partition stream `STOCK_EVENTS_<p>`: the servers'
+/// mapping stored it as `stock.events.<p>.<sku-token>`, and the token must be its SKU's.
+pub fn parse_partitioned(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
+    parse_from(Layout::Partitioned, subject, payload)
+}
+
+/// Which subject form a stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `stock.events.<sku-token>`.
+    Single,
+    /// `stock.events.<partition>.<sku-token>`.
+    Partitioned,
+}
+
+fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
+    let event = StockEvent::decode(payload).map_err(|e| {
+        InputError::new(
+            "unknown",
+            "body",
+            Category::Decode,
+            format!("not a StockEvent: {e}"),
+        )
+    })?;
+    let Some(change) = event.change else {
+        return Err(InputError::new(
+            "unknown",
+            "type",
+            Category::UnknownType,
+            "no change set (missing or unknown fact type)",
+        ));
+    };
+    let op = match change {
+        Change::Received(c) => Op::Received(c.quantity),
+        Change::Sold(c) => Op::Sold(c.quantity),
+        Change::Returned(c) => Op::Returned(c.quantity),
+        Change::Adjusted(c) => Op::Adjusted(c.delta),
+        Change::Counted(c) => Op::Counted {
+            on_hand: c.on_hand,
+            expected: c.expected_on_hand,
+        },
+        Change::Transferred(c) => Op::Transferred {
+            to: c.to_location,
+            quantity: c.quantity,
+        },
+        Change::PolicySet(c) => Op::PolicySet {
+            threshold: c.low_stock_threshold,
+            safety_stock: c.safety_stock,
+            location_priority: c.location_priority.join(","),
+        },
+    };
+    let kind = op.name();
+    let bad = |field: &str, category: Category, reason: String| {
+        InputError::new(kind, field, category, reason)
+    };
+
+    let meta = event.meta.unwrap_or_default();
+    meta_fault(&meta).map_err(|(field, reason)| bad(field, Category::InvalidMeta, reason))?;
+    validate_reason(&meta).map_err(|reason| bad("reason", Category::UnknownEnum, reason))?;
+    validate_sku(&event.sku).map_err(|reason| bad("sku", Category::InvalidSku, reason))?;
+    let expected_subject = subjects::stock_event(&event.sku);
+    let on_its_subject = match layout {
+        Layout::Single => subject == expected_subject,
+        Layout::Partitioned => {
+            subject != expected_subject
+                && subjects::stock_event_token(subject)
+                    == Some(subjects::encode_token(&event.sku).as_str())
+        }
+    };
+    if !on_its_subject {
+        return Err(bad(
+            "subject",
+            Category::SubjectMismatch,
+            format!("published on {subject} but its sku belongs on {expected_subject}"),
+        ));
+    }
+    let sku_wide_policy = matches!(op, Op::PolicySet { .. }) && event.location.is_empty();
+    if !sku_wide_policy {
+        validate_location("location", &event.location)
+            .map_err(|r| bad("location", Category::InvalidLocation, r))?;
+    }
+    if let Op::Transferred { to, .. } = &op {
+        // Not a quantity problem: its own category, so a channel sending these is easy to spot.
+        if *to == event.location {
+            return Err(bad(
+                "to_location",
+                Category::SameLocation,
+                "to_location equals location: a transfer moves units between two locations".into(),
+            ));
+        }
+    }
+    validate_op(&op, &event.location)
+        .map_err(|(field, reason)| bad(field, Category::InvalidQuantity, reason))?;
+    Ok(Fact {
+        meta,
+        sku: event.sku,
+        location: event.location,
+        op,
+    })
+}
+
+/// The change's own values; a fault names its field (`type` when no one field is at fault).
+fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
+    let at = |field: &'static str| move |reason: String| (field, reason);
+    match op {
+        Op::Received(q) | Op::Sold(q) | Op::Returned(q) => {
+            positive("quantity", *q).map_err(at("quantity"))
+        }
+        Op::Adjusted(delta) => {
+            // unsigned_abs: `abs` of i64::MIN overflows.
+            if *delta == 0 || delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
+                Err((
+                    "delta",
+                    format!("delta must be non-zero within ±{MAX_QUANTITY}, got {delta}"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Op::Counted { on_hand, expected } => {
+            if !(0..=MAX_QUANTITY).contains(on_hand) {
+                return Err((
+                    "on_hand",
+                    format!("on_hand must be 0..={MAX_QUANTITY}, got {on_hand}"),
+                ));
+            }
+            match expected {
+                Some(e) if e.unsigned_abs() > MAX_LEVEL.unsigned_abs() => Err((
+                    "expected_on_hand",
+                    format!("expected_on_hand {e} is out of range"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Op::Transferred { to, quantity } => {
+            positive("quantity", *quantity).map_err(at("quantity"))?;
+            validate_location("to_location", to).map_err(at("to_location"))
+        }
+        Op::PolicySet {
+            threshold,
+            safety_stock,
+            location_priority,
+        } => {
+            if threshold.is_none() && safety_stock.is_none() && location_priority.is_empty() {
+                return Err((
+                    "type",
+                    "policy_set sets none of low_stock_threshold, safety_stock, location_priority"
+                        .into(),
+                ));
+            }
+            if !location_priority.is_empty() {
+                let fault = at("location_priority");
+                if !location.is_empty() {
+                    return Err(fault(
+                        "location_priority is SKU-wide: leave location empty".into(),
+                    ));
+                }
+                let locations: Vec<&str> = location_priority.split(',').collect();
+                if locations.len() > 32 {
+                    return Err(fault(
+                        "location_priority lists more than 32 locations".into(),
+                    ));
+                }
+                for l in locations {
+                    validate_location("location_priority", l).map_err(fault)?;
+                    if l.contains(',') {
+                        return Err(fault("location_priority entries cannot contain ','".into()));
+                    }
+                }
+            }
+            for (field, value) in [
+                ("low_stock_threshold", threshold),
+                ("safety_stock", safety_stock),
+            ] {
+                if let Some(v) = value {
+                    if *v > MAX_QUANTITY {
+                        return Err((
+                            field,
+                            format!("{field} must be at most {MAX_QUANTITY}, got {v}"),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::v1::{Adjusted, Counted, Received, Transferred};
+
+    fn event(change: Change) -> Vec<u8> {
+        StockEvent {
+            meta: Some(EventMeta {
+                event_id: "e1".into(),
+                ..Default::default()
+            }),
+            sku: "A".into(),
+            location: "wh".into(),
+            change: Some(change),
+        }
+        .encode_to_vec()
+    }
+
+    fn fault(result: Result<Fact, InputError>) -> (String, Category) {
+        match result {
+            Err(e) => (e.field, e.category),
+            Ok(fact) => panic!("refusal expected: {fact:?}"),
+        }
+    }
+
+    #[test]
+    fn partitioned_subjects_must_carry_the_skus_token() {
+        let fact = event(Change::Received(Received { quantity: 1 }));
+        assert!(parse_partitioned("stock.events.2.A", &fact).is_ok());
+        assert!(parse("stock.events.A", &fact).is_ok());
+        for (subject, partitioned) in [
+            ("stock.events.2.B", true),
+            ("stock.events.A", true),
+            ("stock.events.2.A", false),
+        ] {
+            let result = if partitioned {
+                parse_partitioned(subject, &fact)
+            } else {
+                parse(subject, &fact)
+            };
+            assert_eq!(fault(result).1, Category::SubjectMismatch, "{subject}");
+        }
+    }
+
+    #[test]
+    fn unknown_reasons_and_same_location_transfers_have_their_own_categories() {
+        let mut unknown =
+            StockEvent::decode(&event(Change::Received(Received { quantity: 1 }))[..])
+                .expect("decodes");
+        unknown.meta.as_mut().expect("meta").reason = 99;
+        assert_eq!(
+            fault(parse("stock.events.A", &unknown.encode_to_vec())),
+            ("reason".into(), Category::UnknownEnum)
+        );
+        let same = event(Change::Transferred(Transferred {
+            to_location: "wh".into(),
+            quantity: 1,
+        }));
+        assert_eq!(
+            fault(parse("stock.events.A", &same)),
+            ("to_location".into(), Category::SameLocation)
+        );
+    }
+
+    #[test]
+    fn extreme_integers_are_malformed_not_a_panic() {
+        for (change, field) in [
+            (Change::Adjusted(Adjusted { delta: i64::MIN }), "delta"),
+            (
+                Change::Counted(Counted {
+                    on_hand: 1,
+                    expected_on_hand: Some(i64::MIN),
+                }),
+                "expected_on_hand",
+            ),
+        ] {
+            assert_eq!(
+                fault(parse("stock.events.A", &event(change))),
+                (field.into(), Category::InvalidQuantity)
+            );
+        }
+    }
+
+    #[test]
+    fn every_fault_names_its_field_and_category() {
+        let policy = |threshold, priority: &[&str], location: &str| {
+            let mut e = StockEvent::decode(
+                &event(Change::PolicySet(PolicySet {
+                    low_stock_threshold: threshold,
+                    safety_stock: None,
+                    location_priority: priority.iter().map(|s| s.to_string()).collect(),
+                }))[..],
+            )
+            .expect("decodes");
+            e.location = location.into();
+            e.encode_to_vec()
+        };
+        let cases: [(Vec<u8>, &str, Category); 9] = [
+            (b"\xff\xff".to_vec(), "body", Category::Decode),
+            (
+                StockEvent::default().encode_to_vec(),
+                "type",
+                Category::UnknownType,
+            ),
+            (
+                event(Change::Received(Received { quantity: 0 })),
+                "quantity",
+                Category::InvalidQuantity,
+            ),
+            (
+                event(Change::Counted(Counted {
+                    on_hand: -1,
+                    expected_on_hand: None,
+                })),
+                "on_hand",
+                Category::InvalidQuantity,
+            ),
+            (
+                event(Change::Transferred(Transferred {
+                    to_location: String::new(),
+                    quantity: 1,
+                })),
+                "to_location",
+                Category::InvalidQuantity,
+            ),
+            (policy(None, &[], "wh"), "type", Category::InvalidQuantity),
+            (
+                policy(None, &["a"], "wh"),
+                "location_priority",
+                Category::InvalidQuantity,
+            ),
+            (
+                policy(Some(MAX_QUANTITY + 1), &[], "wh"),
+                "low_stock_threshold",
+                Category::InvalidQuantity,
+            ),
+            (
+                policy(Some(1), &[], "w\u{7}"),
+                "location",
+                Category::InvalidLocation,
+            ),
+        ];
+        for (bytes, field, category) in cases {
+            assert_eq!(
+                fault(parse("stock.events.A", &bytes)),
+                (field.to_owned(), category),
+                "{field}"
+            );
+        }
+        assert!(parse("stock.events.A", &policy(Some(3), &[], "")).is_ok());
+    }
+}

@@ -1,0 +1,58 @@
+//! `Nats-Msg-Id`s: one scheme for every publisher, so JetStream's duplicate window drops the
+//! same event sent twice, whichever way it came in (gateway, `stockctl publish`, `import`,
+//! reconcile, the demo) — and derived events carry ids computed from their cause, so a worker
+//! that re-publishes after a crash stores nothing twice.
+//!
+//! An input's id is built from what the workers deduplicate on — its SKU or order and its
+//! `event_id` — and nothing else: the envelope (`source`, `reference`, `occurred_at_ms`) may
+//! differ between two sends of one event. A re-send after the window is caught by the workers'
+//! own `event_id` record (`STOCKFLOW_DEDUP_TTL_SECONDS`); correctness never depends on this id.
+
+use crate::subjects::encode_token;
+
+/// A stock fact: `fact:<sku-token>:<event_id>`.
+pub fn stock_fact(sku: &str, event_id: &str) -> String {
+    format!("fact:{}:{event_id}", encode_token(sku))
+}
+
+/// An order command: `order:<order-token>:<event_id>`.
+pub fn order_command(order_id: &str, event_id: &str) -> String {
+    format!("order:{}:{event_id}", encode_token(order_id))
+}
+
+/// Ledger entry `index` (0-based, among the entries its cause wrote) of a change to `sku`:
+/// `chg:<sku-token>:<cause>:<index>`.
+pub fn stock_changed(sku: &str, cause: &str, index: usize) -> String {
+    format!("chg:{}:{cause}:{index}", encode_token(sku))
+}
+
+/// An alert of kind `kind` (`low_stock`, ...) raised by ledger entry `index` of `cause`:
+/// `alr:<sku-token>:<cause>:<index>:<kind>`.
+pub fn alert(sku: &str, cause: &str, index: usize, kind: &str) -> String {
+    format!("alr:{}:{cause}:{index}:{kind}", encode_token(sku))
+}
+
+/// The rejection of a stock fact (e.g. a stale count): `out:<sku-token>:<cause>`.
+pub fn stock_outcome(sku: &str, cause: &str) -> String {
+    format!("out:{}:{cause}", encode_token(sku))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_the_token_and_the_cause() {
+        assert_eq!(stock_fact("a.b", "k-1"), "fact:~YS5i:k-1");
+        assert_eq!(stock_fact("A1", "k-1"), "fact:A1:k-1");
+        assert_eq!(order_command("web 1", "p-1"), "order:~d2ViIDE:p-1");
+        assert_eq!(stock_changed("A1", "e-1", 1), "chg:A1:e-1:1");
+        assert_eq!(alert("A1", "e-1", 0, "low_stock"), "alr:A1:e-1:0:low_stock");
+        assert_eq!(stock_outcome("A1", "e-1"), "out:A1:e-1");
+    }
+
+    #[test]
+    fn a_fact_and_an_order_never_share_an_id() {
+        assert_ne!(stock_fact("X", "e"), order_command("X", "e"));
+    }
+}
