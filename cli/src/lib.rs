@@ -3,7 +3,6 @@
 pub mod ctl;
 pub mod events;
 pub mod out;
-pub mod rebuild;
 pub mod receiver;
 pub mod render;
 

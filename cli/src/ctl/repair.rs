@@ -1,4 +1,4 @@
-//! `stockctl rebuild` and `stockctl reconcile`: see [`crate::rebuild`].
+//! `stockctl rebuild` and `stockctl reconcile`: see [`stockflow_ops::rebuild`].
 
 use std::time::Duration;
 
@@ -6,7 +6,7 @@ use stockflow_proto::subjects;
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, worker::WorkerSettings};
 
 use super::Outcome;
-use crate::rebuild;
+use stockflow_ops::rebuild;
 
 async fn connect(
     settings: &WorkerSettings,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use stockflow_cli::rebuild;
+use stockflow_ops::rebuild;
 use stockflow_proto::{subjects, v1::StockChanged};
 
 use crate::world::*;

@@ -1,7 +1,7 @@
 //! Stock facts, the flash sale, multi-line orders across slots, hold expiry and rebuild, on
 //! clusters.
 
-use stockflow_cli::rebuild;
+use stockflow_ops::rebuild;
 use stockflow_proto::{
     subjects,
     v1::{order_result::Result as Decision, OrderResult, ReleaseReason, StockChanged},

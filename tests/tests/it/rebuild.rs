@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use redis::AsyncCommands as _;
-use stockflow_cli::rebuild;
+use stockflow_ops::rebuild;
 use stockflow_proto::v1::{
     order_event::Command, stock_event::Change, FulfilledLine, OrderCancelled, OrderCommitted,
     OrderFulfilled, PolicySet,

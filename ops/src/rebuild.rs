@@ -711,7 +711,15 @@ pub async fn publish_corrections(
             })),
         };
         let msg_id = format!("{}:{event_id}", subjects::encode_token(&d.sku));
-        crate::events::publish(js, &event, &msg_id).await?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        js.publish_with_headers(
+            subjects::stock_event(&event.sku),
+            headers,
+            event.encode_to_vec().into(),
+        )
+        .await?
+        .await?;
         published += 1;
     }
     Ok(published)
