@@ -22,7 +22,10 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use order_worker::command::{encode_lines, Line};
+use order_worker::{
+    command::{encode_lines, Line},
+    restore::{LineRecord, OrderRecord},
+};
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
@@ -31,11 +34,15 @@ use stockflow_proto::{
         ReleaseReason, StockChanged, StockEvent, StockEventRejected,
     },
 };
+use stock_worker::restore::{EventOutcome, Policy};
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 /// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
 /// to the ledger, so the ledger's own sums leave them out.
 pub const RECONCILE_SOURCE: &str = "stockctl:reconcile";
+
+/// Script calls in flight at once while writing.
+const IN_FLIGHT: usize = 64;
 
 /// Ledger kinds written by order steps.
 const ORDER_KINDS: [&str; 3] = ["reserved", "released", "shipped"];
@@ -100,10 +107,10 @@ fn left_ms(ttl: Duration, written_at_ms: i64, now_ms: i64) -> Option<i64> {
 pub struct Fold {
     /// Levels per (sku, location).
     pub levels: BTreeMap<(String, String), Totals>,
-    /// Policy hash fields per SKU (`thr`, `ss`, `thr:<loc>`, `ss:<loc>`, `prio`).
-    pub policies: BTreeMap<String, BTreeMap<String, String>>,
-    /// Stock inputs seen: (sku, event_id) -> (applied_at_ms, stored outcome).
-    stock_events: HashMap<(String, String), (i64, String)>,
+    /// Policy per SKU.
+    pub policies: BTreeMap<String, Policy>,
+    /// Stock inputs seen: (sku, event_id) -> how each ended.
+    stock_events: HashMap<(String, String), EventOutcome>,
     policy_causes: HashSet<(String, String)>,
     lines: BTreeMap<(String, String), LineState>,
     orders: BTreeMap<String, OrderState>,
@@ -220,10 +227,6 @@ pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<Strin
     Ok(streams)
 }
 
-fn applied_header(at_ms: i64) -> String {
-    format!("1\u{1f}{at_ms}\u{1f}applied\u{1f}\u{1f}")
-}
-
 fn published_ms(message: &jetstream::Message) -> i64 {
     message
         .info()
@@ -259,16 +262,13 @@ impl Fold {
     fn stock_message(&mut self, message: &jetstream::Message) -> anyhow::Result<()> {
         if message.subject.starts_with("stock.outcomes.") {
             let rejected = StockEventRejected::decode(message.payload.as_ref())?;
-            let outcome = format!(
-                "1\u{1f}{}\u{1f}stale\u{1f}{}\u{1f}{}",
-                published_ms(message),
-                rejected.expected_on_hand,
-                rejected.actual_on_hand
-            );
-            self.stock_events.insert(
-                (rejected.sku, rejected.event_id),
-                (published_ms(message), outcome),
-            );
+            let outcome = EventOutcome::Stale {
+                at_ms: published_ms(message),
+                expected: rejected.expected_on_hand,
+                actual: rejected.actual_on_hand,
+            };
+            self.stock_events
+                .insert((rejected.sku, rejected.event_id), outcome);
             return Ok(());
         }
         let entry = StockChanged::decode(message.payload.as_ref())?;
@@ -298,34 +298,30 @@ impl Fold {
                 .policy_causes
                 .insert((entry.sku.clone(), entry.cause_event_id.clone()))
             {
-                let fields = self.policies.entry(entry.sku.clone()).or_default();
-                let suffix = if entry.policy_location.is_empty() {
-                    String::new()
-                } else {
-                    format!(":{}", entry.policy_location)
-                };
-                for (name, value) in [
-                    ("thr", policy.low_stock_threshold),
-                    ("ss", policy.safety_stock),
+                let stored = self.policies.entry(entry.sku.clone()).or_default();
+                let values = stored
+                    .locations
+                    .entry(entry.policy_location.clone())
+                    .or_default();
+                // As in apply_stock.lua: absent leaves a value, a negative one removes it.
+                for (value, given) in [
+                    (&mut values.threshold, policy.low_stock_threshold),
+                    (&mut values.safety_stock, policy.safety_stock),
                 ] {
-                    match value {
-                        Some(v) if v < 0 => {
-                            fields.remove(&format!("{name}{suffix}"));
-                        }
-                        Some(v) => {
-                            fields.insert(format!("{name}{suffix}"), v.to_string());
-                        }
-                        None => {}
+                    if let Some(v) = given {
+                        *value = (v >= 0).then_some(v);
                     }
                 }
                 if !policy.location_priority.is_empty() {
-                    fields.insert("prio".into(), policy.location_priority.join(","));
+                    stored.priority = Some(policy.location_priority.join(","));
                 }
             }
         }
         self.stock_events.insert(
             (entry.sku, entry.cause_event_id),
-            (entry.applied_at_ms, applied_header(entry.applied_at_ms)),
+            EventOutcome::Applied {
+                at_ms: entry.applied_at_ms,
+            },
         );
         Ok(())
     }
@@ -414,189 +410,156 @@ impl Fold {
         Ok(())
     }
 
-    /// Writes the fold into Redis. Records the workers would have let expire by now (dedup
-    /// records, released lines, final orders) are not restored; the others keep what is left of
-    /// their time.
+    /// Writes the fold into Redis, through the workers' restore scripts
+    /// ([`stock_worker::restore`], [`order_worker::restore`]). Records the workers would have
+    /// let expire by now (dedup records, released lines, final orders) are not restored; the
+    /// others keep what is left of their time.
     pub async fn write(
         &self,
-        redis: &mut RedisConnection,
+        redis: &RedisConnection,
         keys: &Keys,
         retention: Retention,
     ) -> anyhow::Result<RebuildReport> {
         let now = stockflow_shared::now_ms();
+        let stock = &stock_worker::restore::Restore::new(keys.clone());
+        let orders = &order_worker::restore::Restore::new(keys.clone());
         let mut report = RebuildReport {
             entries: self.entries,
             bytes_per_entry: self.ledger_bytes / self.entries.max(1),
             ..Default::default()
         };
-        let mut batch = Batch::default();
-        for ((sku, location), totals) in &self.levels {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.stock(sku));
-            if totals.touched_on_hand {
-                cmd.arg(format!("oh:{location}")).arg(totals.on_hand);
-            }
-            if totals.touched_reserved {
-                cmd.arg(format!("rs:{location}")).arg(totals.reserved);
-            }
-            if totals.touched_on_hand || totals.touched_reserved {
-                batch.add(cmd, redis).await?;
-                report.locations += 1;
-            }
-        }
-        for (sku, fields) in &self.policies {
-            if fields.is_empty() {
-                continue;
-            }
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.policy(sku));
-            for (name, value) in fields {
-                cmd.arg(name).arg(value);
-            }
-            batch.add(cmd, redis).await?;
-            report.policies += 1;
-        }
-        for ((sku, event_id), (applied_at, outcome)) in &self.stock_events {
-            let Some(left_ms) = left_ms(retention.dedup_ttl, *applied_at, now) else {
-                continue;
-            };
-            let key = keys.event(sku, event_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("o")
-                .arg(outcome)
-                .arg("f")
-                .arg("*")
-                .arg("p")
-                .arg("1");
-            batch.add(cmd, redis).await?;
-            let mut expire = redis::cmd("PEXPIRE");
-            expire.arg(&key).arg(left_ms);
-            batch.add(expire, redis).await?;
-            report.dedup_records += 1;
-        }
-        for ((order_id, line_id), line) in &self.lines {
-            let expiry = if line.released {
-                match left_ms(retention.dedup_ttl, line.released_at_ms, now) {
-                    Some(left) => Some(left),
-                    None => continue,
-                }
-            } else {
-                None
-            };
-            let key = keys.order_line(&line.sku, order_id, line_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("state")
-                .arg(if line.released {
-                    "released"
-                } else {
-                    "reserved"
-                })
-                .arg("loc")
-                .arg(&line.location)
-                .arg("qty")
-                .arg(line.quantity)
-                .arg("shipped")
-                .arg(line.shipped)
-                .arg("o")
-                .arg(applied_header(now));
-            for (fulfilment, units, left) in &line.shipments {
-                cmd.arg(format!("f:{fulfilment}"))
-                    .arg(format!("{units}\u{1f}{left}\u{1f}"));
-            }
-            batch.add(cmd, redis).await?;
-            if let Some(left) = expiry {
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(&key).arg(left);
-                batch.add(expire, redis).await?;
-            }
-            report.lines += 1;
-        }
-        for (order_id, order) in &self.orders {
-            if order.status.is_empty() {
-                continue;
-            }
-            let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
-            // Final orders keep their record as long as the order worker would (see order.lua).
-            let expiry = if ended || order.status == "rejected" {
-                match left_ms(retention.orders, order.ended_at_ms, now) {
-                    Some(left) => Some(left),
-                    None => continue,
-                }
-            } else {
-                None
-            };
-            let key = keys.order(order_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("status")
-                .arg(order.status)
-                .arg("lines")
-                .arg(&order.lines)
-                .arg("published")
-                .arg("1")
-                .arg("expires")
-                .arg(order.expires_at_ms)
-                .arg("hold")
-                .arg(0);
-            if ended {
-                let from = if order.confirmed {
-                    "confirmed"
-                } else {
-                    "placing"
+
+        let levels: Vec<_> = self
+            .levels
+            .iter()
+            .filter(|(_, t)| t.touched_on_hand || t.touched_reserved)
+            .collect();
+        report.locations = levels.len();
+        each(levels, |((sku, location), t)| {
+            stock.level(
+                redis,
+                sku,
+                location,
+                t.touched_on_hand.then_some(t.on_hand),
+                t.touched_reserved.then_some(t.reserved),
+            )
+        })
+        .await?;
+
+        let policies: Vec<_> = self.policies.iter().filter(|(_, p)| !p.is_empty()).collect();
+        report.policies = policies.len();
+        each(policies, |(sku, policy)| stock.policy(redis, sku, policy)).await?;
+
+        let events: Vec<_> = self
+            .stock_events
+            .iter()
+            .filter_map(|(id, outcome)| {
+                let at_ms = match *outcome {
+                    EventOutcome::Applied { at_ms } | EventOutcome::Stale { at_ms, .. } => at_ms,
                 };
-                cmd.arg("from").arg(from).arg("settled").arg("1");
-            }
-            if order.cancelled {
-                cmd.arg("cancelled").arg("1");
-            }
-            if order.committed {
-                cmd.arg("committed").arg("1");
-            }
-            batch.add(cmd, redis).await?;
-            if let Some(left) = expiry {
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(&key).arg(left);
-                batch.add(expire, redis).await?;
-            }
-            report.orders += 1;
-            if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
-                let mut zadd = redis::cmd("ZADD");
-                zadd.arg(keys.holds_due())
-                    .arg(order.expires_at_ms)
-                    .arg(order_id);
-                batch.add(zadd, redis).await?;
-                report.holds += 1;
-            }
-        }
-        batch.flush(redis).await?;
+                left_ms(retention.dedup_ttl, at_ms, now).map(|left| (id, *outcome, left))
+            })
+            .collect();
+        report.dedup_records = events.len();
+        each(events, |((sku, event_id), outcome, left)| {
+            stock.event(redis, sku, event_id, outcome, duration_ms(left))
+        })
+        .await?;
+
+        let lines: Vec<_> = self
+            .lines
+            .iter()
+            .filter_map(|((order_id, line_id), line)| {
+                let expiry = if line.released {
+                    Some(duration_ms(left_ms(
+                        retention.dedup_ttl,
+                        line.released_at_ms,
+                        now,
+                    )?))
+                } else {
+                    None
+                };
+                let record = LineRecord {
+                    sku: &line.sku,
+                    order_id,
+                    line_id,
+                    location: &line.location,
+                    quantity: line.quantity,
+                    shipped: line.shipped,
+                    released: line.released,
+                    shipments: &line.shipments,
+                };
+                Some((record, expiry))
+            })
+            .collect();
+        report.lines = lines.len();
+        each(lines, |(record, expiry)| async move {
+            orders.line(redis, &record, expiry).await
+        })
+        .await?;
+
+        let mut holds = Vec::new();
+        let records: Vec<_> = self
+            .orders
+            .iter()
+            .filter(|(_, order)| !order.status.is_empty())
+            .filter_map(|(order_id, order)| {
+                let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
+                // Final orders keep their record as long as the order worker would (order.lua).
+                let expiry = if ended || order.status == "rejected" {
+                    Some(duration_ms(left_ms(
+                        retention.orders,
+                        order.ended_at_ms,
+                        now,
+                    )?))
+                } else {
+                    None
+                };
+                if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
+                    holds.push((order_id, order.expires_at_ms));
+                }
+                let record = OrderRecord {
+                    status: order.status,
+                    lines: &order.lines,
+                    expires_at_ms: order.expires_at_ms,
+                    confirmed: order.confirmed,
+                    cancelled: order.cancelled,
+                    committed: order.committed,
+                };
+                Some((order_id, record, expiry))
+            })
+            .collect();
+        report.orders = records.len();
+        each(records, |(order_id, record, expiry)| async move {
+            orders.order(redis, order_id, &record, expiry).await
+        })
+        .await?;
+        report.holds = holds.len();
+        each(holds, |(order_id, due)| {
+            orders.schedule_hold(redis, order_id, due)
+        })
+        .await?;
         Ok(report)
     }
 }
 
-/// Commands sent in batches of a bounded size (see [`RedisConnection::run_all`]).
-#[derive(Default)]
-struct Batch {
-    cmds: Vec<redis::Cmd>,
+/// Runs `write` for every item, [`IN_FLIGHT`] at a time, and stops at the first error.
+async fn each<T, F, Fut>(items: Vec<T>, write: F) -> anyhow::Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    let mut writes = futures::stream::iter(items)
+        .map(write)
+        .buffer_unordered(IN_FLIGHT);
+    while let Some(written) = writes.next().await {
+        written.context("writing rebuilt state to Redis")?;
+    }
+    Ok(())
 }
 
-impl Batch {
-    async fn add(&mut self, cmd: redis::Cmd, redis: &mut RedisConnection) -> anyhow::Result<()> {
-        self.cmds.push(cmd);
-        if self.cmds.len() >= 1_000 {
-            self.flush(redis).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self, redis: &mut RedisConnection) -> anyhow::Result<()> {
-        redis
-            .run_all(std::mem::take(&mut self.cmds))
-            .await
-            .context("writing rebuilt state to Redis")?;
-        Ok(())
-    }
+fn duration_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or_default())
 }
 
 /// True when Redis holds no key under the prefix.

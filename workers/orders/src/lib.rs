@@ -2,6 +2,7 @@
 
 pub mod command;
 mod read;
+pub mod restore;
 
 pub use read::{read_order, Decision, LineState, OrderStatus, ReadError, StoredLine, StoredOrder};
 
