@@ -1,3 +1,5 @@
 #![doc = include_str!("../README.md")]
 
 pub mod rebuild;
+pub mod reconcile;
+pub mod streams;

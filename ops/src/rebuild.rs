@@ -1,5 +1,5 @@
-//! Rebuilding Redis from JetStream (`stockctl rebuild`) and checking Redis against it
-//! (`stockctl reconcile`).
+//! Rebuilding Redis from JetStream (`stockctl rebuild`), and the fold of the streams that
+//! [`crate::reconcile`] compares Redis with.
 //!
 //! The ledger (`STOCK_CHANGES`, kept forever) is the source of truth: every change to a level
 //! is one entry with the levels before and after, so the sum of `after - before` per
@@ -30,16 +30,12 @@ use prost::Message as _;
 use stockflow_proto::{
     subjects,
     v1::{
-        order_event, order_result, stock_event::Change, EventMeta, OrderEvent, OrderResult, Reason,
-        ReleaseReason, StockChanged, StockEvent, StockEventRejected,
+        order_event, order_result, OrderEvent, OrderResult, ReleaseReason, StockChanged,
+        StockEventRejected,
     },
 };
 use stock_worker::restore::{EventOutcome, Policy};
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
-
-/// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
-/// to the ledger, so the ledger's own sums leave them out.
-pub const RECONCILE_SOURCE: &str = "stockctl:reconcile";
 
 /// Script calls in flight at once while writing.
 const IN_FLIGHT: usize = 64;
@@ -139,21 +135,6 @@ pub struct RebuildReport {
     pub holds: usize,
     /// Average stored bytes per ledger message (for retention planning).
     pub bytes_per_entry: u64,
-}
-
-/// A level on which Redis and the ledger disagree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
-    /// SKU.
-    pub sku: String,
-    /// Location.
-    pub location: String,
-    /// `on_hand` or `reserved`.
-    pub field: &'static str,
-    /// What the ledger sums to.
-    pub ledger: i64,
-    /// What Redis holds.
-    pub redis: i64,
 }
 
 /// Calls `each` for every message of `stream` stored up to now, in stream order.
@@ -277,7 +258,7 @@ impl Fold {
             entry.before.unwrap_or_default(),
             entry.after.unwrap_or_default(),
         );
-        if !entry.location.is_empty() && entry.source != RECONCILE_SOURCE {
+        if !entry.location.is_empty() && entry.source != crate::reconcile::RECONCILE_SOURCE {
             let totals = self
                 .levels
                 .entry((entry.sku.clone(), entry.location.clone()))
@@ -582,108 +563,4 @@ pub async fn rebuild(
     );
     let fold = Fold::everything(js).await?;
     fold.write(redis, keys, retention).await
-}
-
-/// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.
-pub async fn drift(
-    js: &jetstream::Context,
-    redis: &mut RedisConnection,
-    keys: &Keys,
-) -> anyhow::Result<Vec<Drift>> {
-    let fold = Fold::ledger(js).await?;
-    let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
-    for key in redis
-        .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
-        .await?
-    {
-        let token = key
-            .split_once('{')
-            .and_then(|(_, rest)| rest.split_once('}'))
-            .map(|(token, _)| token);
-        if let Some(sku) = token.and_then(subjects::decode_token) {
-            skus.insert(sku);
-        }
-    }
-    let mut out = Vec::new();
-    let mut skus: Vec<String> = skus.into_iter().collect();
-    skus.sort();
-    for sku in skus {
-        let stored = stockflow_shared::levels::read_levels(redis, keys, &sku).await?;
-        let mut locations: Vec<&String> = stored.keys().collect();
-        locations.extend(
-            fold.levels
-                .keys()
-                .filter(|(s, _)| *s == sku)
-                .map(|(_, l)| l),
-        );
-        locations.sort();
-        locations.dedup();
-        for location in locations {
-            let ledger = fold
-                .levels
-                .get(&(sku.clone(), location.clone()))
-                .copied()
-                .unwrap_or_default();
-            let held = stored.get(location).copied().unwrap_or_default();
-            for (field, ledger, redis) in [
-                ("on_hand", ledger.on_hand, held.on_hand),
-                ("reserved", ledger.reserved, held.reserved),
-            ] {
-                if ledger != redis {
-                    out.push(Drift {
-                        sku: sku.clone(),
-                        location: location.clone(),
-                        field,
-                        ledger,
-                        redis,
-                    });
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Publishes one `adjusted` fact per on-hand drift that brings Redis back to the ledger, with
-/// `source` [`RECONCILE_SOURCE`] and an event id fixed by the drift, so running the fix twice
-/// for the same drift applies it once. Reserved drift has no stock fact that repairs it: rebuild.
-pub async fn publish_corrections(
-    js: &jetstream::Context,
-    drifts: &[Drift],
-) -> anyhow::Result<usize> {
-    let mut published = 0;
-    for d in drifts.iter().filter(|d| d.field == "on_hand") {
-        let event_id = format!(
-            "reconcile:{}:{}:{}",
-            subjects::encode_token(&d.location),
-            d.redis,
-            d.ledger
-        );
-        let event = StockEvent {
-            meta: Some(EventMeta {
-                event_id: event_id.clone(),
-                occurred_at_ms: stockflow_shared::now_ms(),
-                source: RECONCILE_SOURCE.to_owned(),
-                reason: Reason::Correction.into(),
-                reference: String::new(),
-            }),
-            sku: d.sku.clone(),
-            location: d.location.clone(),
-            change: Some(Change::Adjusted(stockflow_proto::v1::Adjusted {
-                delta: d.ledger - d.redis,
-            })),
-        };
-        let msg_id = format!("{}:{event_id}", subjects::encode_token(&d.sku));
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        js.publish_with_headers(
-            subjects::stock_event(&event.sku),
-            headers,
-            event.encode_to_vec().into(),
-        )
-        .await?
-        .await?;
-        published += 1;
-    }
-    Ok(published)
 }
