@@ -27,6 +27,7 @@ use order_worker::{
     restore::{LineRecord, OrderRecord},
 };
 use prost::Message as _;
+use stock_worker::restore::{EventOutcome, Policy};
 use stockflow_proto::{
     subjects,
     v1::{
@@ -34,7 +35,6 @@ use stockflow_proto::{
         StockEventRejected,
     },
 };
-use stock_worker::restore::{EventOutcome, Policy};
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 /// Script calls in flight at once while writing.
@@ -427,7 +427,11 @@ impl Fold {
         })
         .await?;
 
-        let policies: Vec<_> = self.policies.iter().filter(|(_, p)| !p.is_empty()).collect();
+        let policies: Vec<_> = self
+            .policies
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
         report.policies = policies.len();
         each(policies, |(sku, policy)| stock.policy(redis, sku, policy)).await?;
 

@@ -76,7 +76,11 @@ impl fmt::Display for Rendered<'_> {
         if !summary.invalid.is_empty() {
             let shown = summary.invalid.len().min(show_invalid);
             if shown < summary.invalid.len() {
-                writeln!(f, "invalid rows (first {shown} of {}):", summary.invalid.len())?;
+                writeln!(
+                    f,
+                    "invalid rows (first {shown} of {}):",
+                    summary.invalid.len()
+                )?;
             } else {
                 writeln!(f, "invalid rows:")?;
             }

@@ -70,9 +70,9 @@ impl Restore {
         expire_after: Option<Duration>,
     ) -> redis::RedisResult<()> {
         let mut redis = redis.clone();
-        let mut invocation = self
-            .line
-            .key(self.keys.order_line(line.sku, line.order_id, line.line_id));
+        let mut invocation =
+            self.line
+                .key(self.keys.order_line(line.sku, line.order_id, line.line_id));
         invocation
             .arg(if line.released {
                 "released"
