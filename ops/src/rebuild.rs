@@ -37,6 +37,8 @@ use stockflow_proto::{
 };
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
+use crate::Error;
+
 /// Script calls in flight at once while writing.
 const IN_FLIGHT: usize = 64;
 
@@ -178,7 +180,7 @@ async fn for_each_message(
 /// The ledger streams that exist: `STOCK_CHANGES`, or every `STOCK_CHANGES_<p>` in partition
 /// order. Read from the server rather than from `STOCKFLOW_STOCK_PARTITIONS`: whatever holds
 /// ledger entries is read (`setup` never lets both layouts exist side by side).
-pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+pub async fn ledger_streams(js: &jetstream::Context) -> Result<Vec<String>, Error> {
     let mut streams: Vec<String> = js
         .stream_names()
         .filter_map(|name| async move {
@@ -198,12 +200,9 @@ pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<Strin
         .into_iter()
         .collect::<Result<_, _>>()
         .context("listing streams")?;
-    anyhow::ensure!(
-        !streams.is_empty(),
-        "no ledger stream ({} or {}_<p>): run `stockctl setup` first",
-        subjects::STOCK_CHANGES,
-        subjects::STOCK_CHANGES
-    );
+    if streams.is_empty() {
+        return Err(Error::NoLedger);
+    }
     streams.sort_by_key(|name| subjects::stock_changes_partition_of(name));
     Ok(streams)
 }
@@ -217,7 +216,7 @@ fn published_ms(message: &jetstream::Message) -> i64 {
 
 impl Fold {
     /// Reads the ledger only: the levels and policies (what `reconcile` compares).
-    pub async fn ledger(js: &jetstream::Context) -> anyhow::Result<Self> {
+    pub async fn ledger(js: &jetstream::Context) -> Result<Self, Error> {
         let mut fold = Self::default();
         for stream in ledger_streams(js).await? {
             fold.ledger_bytes +=
@@ -227,7 +226,7 @@ impl Fold {
     }
 
     /// Reads the ledger, order results and recent order commands.
-    pub async fn everything(js: &jetstream::Context) -> anyhow::Result<Self> {
+    pub async fn everything(js: &jetstream::Context) -> Result<Self, Error> {
         let mut fold = Self::ledger(js).await?;
         for_each_message(js, subjects::ORDER_RESULTS, |message| {
             fold.order_result(message)
@@ -400,7 +399,7 @@ impl Fold {
         redis: &RedisConnection,
         keys: &Keys,
         retention: Retention,
-    ) -> anyhow::Result<RebuildReport> {
+    ) -> Result<RebuildReport, Error> {
         let now = stockflow_shared::now_ms();
         let stock = &stock_worker::restore::Restore::new(keys.clone());
         let orders = &order_worker::restore::Restore::new(keys.clone());
@@ -548,23 +547,25 @@ fn duration_ms(ms: i64) -> Duration {
 }
 
 /// True when Redis holds no key under the prefix.
-pub async fn is_empty(redis: &mut RedisConnection, keys: &Keys) -> anyhow::Result<bool> {
-    let found = redis.scan_match(&format!("{}:*", keys.prefix())).await?;
+pub async fn is_empty(redis: &mut RedisConnection, keys: &Keys) -> Result<bool, Error> {
+    let found = redis
+        .scan_match(&format!("{}:*", keys.prefix()))
+        .await
+        .context("listing the keys in Redis")?;
     Ok(found.is_empty())
 }
 
-/// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state.
+/// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state
+/// ([`Error::NotEmpty`]).
 pub async fn rebuild(
     js: &jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
     retention: Retention,
-) -> anyhow::Result<RebuildReport> {
-    anyhow::ensure!(
-        is_empty(redis, keys).await?,
-        "Redis already holds data: rebuild writes only into an empty database (stop the \
-         workers, FLUSHDB, then rebuild)"
-    );
+) -> Result<RebuildReport, Error> {
+    if !is_empty(redis, keys).await? {
+        return Err(Error::NotEmpty);
+    }
     let fold = Fold::everything(js).await?;
     fold.write(redis, keys, retention).await
 }

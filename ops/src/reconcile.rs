@@ -6,6 +6,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use prost::Message as _;
 use stockflow_proto::{
@@ -14,7 +15,7 @@ use stockflow_proto::{
 };
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, topology::TopologySettings};
 
-use crate::rebuild::Fold;
+use crate::{rebuild::Fold, Error};
 
 /// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
 /// to the ledger, so the ledger's own sums leave them out.
@@ -54,7 +55,7 @@ pub async fn settled_drift(
     keys: &Keys,
     topology: &TopologySettings,
     settle: Duration,
-) -> anyhow::Result<Report> {
+) -> Result<Report, Error> {
     let mut report = Report {
         drift: drift(js, redis, keys).await?,
         not_caught_up: Vec::new(),
@@ -80,12 +81,13 @@ pub async fn drift(
     js: &jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
-) -> anyhow::Result<Vec<Drift>> {
+) -> Result<Vec<Drift>, Error> {
     let fold = Fold::ledger(js).await?;
     let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
     for key in redis
         .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
-        .await?
+        .await
+        .context("listing the stock keys in Redis")?
     {
         let token = key
             .split_once('{')
@@ -141,7 +143,7 @@ pub async fn drift(
 pub async fn publish_corrections(
     js: &jetstream::Context,
     drifts: &[Drift],
-) -> anyhow::Result<usize> {
+) -> Result<usize, Error> {
     let mut published = 0;
     for d in drifts.iter().filter(|d| d.field == "on_hand") {
         let event_id = format!(
@@ -172,8 +174,10 @@ pub async fn publish_corrections(
             headers,
             event.encode_to_vec().into(),
         )
-        .await?
-        .await?;
+        .await
+        .context("publishing a correction")?
+        .await
+        .context("storing a correction")?;
         published += 1;
     }
     Ok(published)

@@ -9,6 +9,7 @@ use axum::{
     Json,
 };
 use serde_json::{json, Map, Value};
+use stockflow_ops::Error as OpsError;
 use stockflow_shared::replay::{self, DeadLetter, ReplayError};
 
 use crate::{
@@ -170,9 +171,14 @@ pub(crate) async fn get_reconcile(
     let mut redis = state.redis.clone();
     let drift = stockflow_ops::reconcile::drift(&state.js, &mut redis, &state.keys)
         .await
-        .map_err(|error| {
-            tracing::warn!(error = %format!("{error:#}"), "reconcile unavailable");
-            ApiError::unavailable(format!("comparing Redis with the ledger: {error:#}"))
+        .map_err(|error| match error {
+            OpsError::NoLedger => ApiError::unavailable(error.to_string()),
+            OpsError::Unavailable(_) => {
+                tracing::warn!(error = %format!("{error:#}"), "reconcile unavailable");
+                ApiError::unavailable(format!("comparing Redis with the ledger: {error:#}"))
+            }
+            // Only a rebuild refuses a full Redis.
+            OpsError::NotEmpty => ApiError::internal(error.to_string()),
         })?;
     Ok(Json(json!({"agrees": drift.is_empty(), "drift": drift})).into_response())
 }
