@@ -1,49 +1,16 @@
-//! `stockctl import <csv>`: initial stock or counts in bulk.
-//!
-//! Each valid row becomes an unconditional `counted` fact (on_hand := the file's value) and,
-//! when the row gives `threshold` or `safety_stock`, a `policy_set` for that location.
-//!
-//! Re-running the same file changes nothing, for two reasons that hold together:
-//! 1. rows whose location already has the file's values (read from Redis first) are
-//!    `unchanged` and not published at all — this holds however long after the first run;
-//! 2. every event id is derived from the file's digest and the row's content
-//!    (`imp-<file>-<row>-c|p`), and the worker applies an `event_id` once within
-//!    `STOCKFLOW_DEDUP_TTL_SECONDS`: a row that drifted since (a sale after the import) is
-//!    published again but absorbed as a duplicate, so the same file never resets it twice.
-//!    A *different* file is a new count sheet: its rows get new ids and are applied.
-//!
-//! With `--wait` the outcome of every published row is read back: `applied` when the ledger
-//! has an entry caused by one of its events, `invalid` when the worker dead-lettered it,
-//! `unchanged` otherwise (the worker absorbed it as a duplicate). Without `--wait` published
-//! rows are reported as `published`, not as applied.
+//! `stockctl import <csv>`: reads the file, runs [`stockflow_ops::import`] (which describes
+//! what an import does and why re-running it changes nothing), shows a progress bar, and prints
+//! the summary.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-    io::IsTerminal as _,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{fmt, io::IsTerminal as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, message::PublishMessage};
 use clap::Args;
-use futures::{stream::FuturesUnordered, StreamExt as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use prost::Message as _;
-use sha2::{Digest as _, Sha256};
-use stockflow_proto::{
-    subjects,
-    v1::{stock_event::Change, Counted, EventMeta, PolicySet, StockChanged, StockEvent},
-};
-use stockflow_shared::{
-    keys::Keys,
-    topology::{self, ConsumerSpec},
-    validate::{validate_location, validate_sku, MAX_QUANTITY},
-    worker::WorkerSettings,
-};
+use stockflow_ops::import::{self, Options, Summary};
+use stockflow_shared::{keys::Keys, worker::WorkerSettings};
 
-use super::{publish::Input, Outcome};
+use super::Outcome;
 
 /// `stockctl import` arguments.
 #[derive(Debug, Args)]
@@ -69,381 +36,59 @@ pub struct ImportArgs {
     pub source: String,
 }
 
-/// One valid row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    /// Line in the file (the header is line 1).
-    pub line: u64,
-    /// SKU.
-    pub sku: String,
-    /// Location.
-    pub location: String,
-    /// Units counted.
-    pub on_hand: i64,
-    /// Low-stock threshold to set, if given.
-    pub threshold: Option<i64>,
-    /// Safety stock to set, if given.
-    pub safety_stock: Option<i64>,
-}
-
-/// A row that was refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// Line in the file.
-    pub line: u64,
-    /// What is wrong, naming the column.
-    pub reason: String,
-}
-
-/// A file read and checked.
-#[derive(Debug, Clone)]
-pub struct Sheet {
-    /// Valid rows, in file order.
-    pub rows: Vec<Row>,
-    /// Refused rows, in file order.
-    pub invalid: Vec<Invalid>,
-    /// First 16 hex digits of the file's SHA-256: part of every event id.
-    pub digest: String,
-}
-
-/// The file as a whole cannot be imported.
-#[derive(Debug, thiserror::Error)]
-pub enum SheetError {
-    /// The header row is missing a required column, names one twice, or names an unknown one.
-    #[error(
-        "header row: {0}; expected the columns sku, location, on_hand[, threshold, safety_stock]"
-    )]
-    Header(String),
-    /// The CSV cannot be read at all.
-    #[error("reading the CSV: {0}")]
-    Csv(#[from] csv::Error),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Column {
-    Sku,
-    Location,
-    OnHand,
-    Threshold,
-    SafetyStock,
-}
-
-fn column(name: &str) -> Option<Column> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "sku" => Some(Column::Sku),
-        "location" => Some(Column::Location),
-        "on_hand" => Some(Column::OnHand),
-        "threshold" | "low_stock_threshold" => Some(Column::Threshold),
-        "safety_stock" => Some(Column::SafetyStock),
-        _ => None,
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn quantity(field: &str, text: &str) -> Result<i64, String> {
-    let value: i64 = text
-        .parse()
-        .map_err(|_| format!("{field} {text:?} is not a whole number"))?;
-    if !(0..=MAX_QUANTITY).contains(&value) {
-        return Err(format!("{field} must be 0..={MAX_QUANTITY}, got {value}"));
-    }
-    Ok(value)
-}
-
-fn optional_quantity(field: &str, text: Option<&str>) -> Result<Option<i64>, String> {
-    match text {
-        None | Some("") => Ok(None),
-        Some(text) => quantity(field, text).map(Some),
-    }
-}
-
-/// Reads and checks a CSV file's bytes.
-pub fn read_sheet(bytes: &[u8]) -> Result<Sheet, SheetError> {
-    let digest = hex(&Sha256::digest(bytes)[..8]);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let header = reader.headers()?.clone();
-    let mut columns: Vec<Column> = Vec::new();
-    for name in &header {
-        let c =
-            column(name).ok_or_else(|| SheetError::Header(format!("unknown column {name:?}")))?;
-        if columns.contains(&c) {
-            return Err(SheetError::Header(format!("column {name:?} appears twice")));
-        }
-        columns.push(c);
-    }
-    for (required, name) in [
-        (Column::Sku, "sku"),
-        (Column::Location, "location"),
-        (Column::OnHand, "on_hand"),
-    ] {
-        if !columns.contains(&required) {
-            return Err(SheetError::Header(format!("no {name} column")));
-        }
-    }
-    let mut rows = Vec::new();
-    let mut invalid = Vec::new();
-    let mut seen: HashMap<(String, String), u64> = HashMap::new();
-    for record in reader.records() {
-        let record = match record {
-            Ok(record) => record,
-            Err(e) => match e.position() {
-                // A row that is not UTF-8 or not CSV: refuse the row, keep the others.
-                Some(position) => {
-                    invalid.push(Invalid {
-                        line: position.line(),
-                        reason: format!("unreadable row: {e}"),
-                    });
-                    continue;
-                }
-                None => return Err(e.into()),
-            },
-        };
-        let line = record.position().map(|p| p.line()).unwrap_or_default();
-        let field = |c: Column| {
-            columns
-                .iter()
-                .position(|x| *x == c)
-                .and_then(|i| record.get(i))
-        };
-        let parsed = (|| -> Result<Row, String> {
-            if record.len() != columns.len() {
-                return Err(format!(
-                    "has {} fields, the header has {}",
-                    record.len(),
-                    columns.len()
-                ));
-            }
-            let sku = field(Column::Sku).unwrap_or_default();
-            validate_sku(sku)?;
-            let location = field(Column::Location).unwrap_or_default();
-            validate_location("location", location)?;
-            Ok(Row {
-                line,
-                sku: sku.to_owned(),
-                location: location.to_owned(),
-                on_hand: quantity("on_hand", field(Column::OnHand).unwrap_or_default())?,
-                threshold: optional_quantity("threshold", field(Column::Threshold))?,
-                safety_stock: optional_quantity("safety_stock", field(Column::SafetyStock))?,
-            })
-        })();
-        match parsed {
-            Ok(row) => {
-                let key = (row.sku.clone(), row.location.clone());
-                if let Some(first) = seen.get(&key) {
-                    // Two values for one location in one sheet: which wins would depend on
-                    // processing order, so the later one is refused.
-                    invalid.push(Invalid {
-                        line,
-                        reason: format!(
-                            "sku {:?} at location {:?} is already on line {first}",
-                            row.sku, row.location
-                        ),
-                    });
-                } else {
-                    seen.insert(key, line);
-                    rows.push(row);
-                }
-            }
-            Err(reason) => invalid.push(Invalid { line, reason }),
-        }
-    }
-    Ok(Sheet {
-        rows,
-        invalid,
-        digest,
-    })
-}
-
-impl Row {
-    /// The row's content id: equal rows of one file get equal event ids.
-    fn content_id(&self) -> String {
-        let mut hasher = Sha256::new();
-        for part in [
-            self.sku.as_str(),
-            &self.location,
-            &self.on_hand.to_string(),
-            &self.threshold.map(|t| t.to_string()).unwrap_or_default(),
-            &self.safety_stock.map(|s| s.to_string()).unwrap_or_default(),
-        ] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        hex(&hasher.finalize()[..8])
-    }
-
-    fn event(&self, sheet: &str, source: &str, suffix: char, change: Change) -> StockEvent {
-        let event_id = format!("imp-{sheet}-{}-{suffix}", self.content_id());
-        StockEvent {
-            meta: Some(EventMeta {
-                event_id,
-                occurred_at_ms: crate::events::now_ms(),
-                source: source.to_owned(),
-                reason: 0,
-                reference: format!("urn:stockflow:import:{sheet}:line:{}", self.line),
-            }),
-            sku: self.sku.clone(),
-            location: self.location.clone(),
-            change: Some(change),
-        }
-    }
-
-    /// The unconditional count that sets on_hand to the file's value.
-    pub fn count(&self, sheet: &str, source: &str) -> StockEvent {
-        self.event(
-            sheet,
-            source,
-            'c',
-            Change::Counted(Counted {
-                on_hand: self.on_hand,
-                expected_on_hand: None,
-            }),
-        )
-    }
-
-    /// The policy the row sets, if it gives any.
-    pub fn policy(&self, sheet: &str, source: &str) -> Option<StockEvent> {
-        (self.threshold.is_some() || self.safety_stock.is_some()).then(|| {
-            self.event(
-                sheet,
-                source,
-                'p',
-                Change::PolicySet(PolicySet {
-                    low_stock_threshold: self.threshold,
-                    safety_stock: self.safety_stock,
-                    location_priority: vec![],
-                }),
-            )
-        })
-    }
-}
-
-/// What Redis holds now for a row's location.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Current {
-    on_hand: Option<i64>,
-    threshold: Option<i64>,
-    safety_stock: Option<i64>,
-}
-
-/// Reads the current on_hand and the location's own policy for every row, pipelined.
-async fn current(
-    redis: &mut stockflow_shared::redis_conn::RedisConnection,
-    keys: &Keys,
-    rows: &[Row],
-) -> anyhow::Result<Vec<Current>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(1000) {
-        let mut cmds = Vec::with_capacity(2 * chunk.len());
-        for row in chunk {
-            let mut stock = redis::cmd("HMGET");
-            stock
-                .arg(keys.stock(&row.sku))
-                .arg(format!("oh:{}", row.location));
-            let mut policy = redis::cmd("HMGET");
-            policy
-                .arg(keys.policy(&row.sku))
-                .arg(format!("thr:{}", row.location))
-                .arg(format!("ss:{}", row.location));
-            cmds.extend([stock, policy]);
-        }
-        let replies = redis
-            .run_all(cmds)
-            .await
-            .context("reading current levels from Redis")?;
-        let values: Vec<Vec<Option<i64>>> = redis::from_redis_value(redis::Value::Array(replies))
-            .context("reading current levels from Redis")?;
-        for pair in values.chunks(2) {
-            let get = |i: usize, j: usize| pair.get(i).and_then(|v| v.get(j)).copied().flatten();
-            out.push(Current {
-                on_hand: get(0, 0),
-                threshold: get(1, 0),
-                safety_stock: get(1, 1),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// What became of one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fate {
-    /// Its location already had the file's values: nothing published.
-    AlreadyAsInFile,
-    /// Published; JetStream stored at least one of its events anew.
-    Published(Vec<String>),
-    /// Published, but JetStream already held every event (a re-run within its duplicate window).
-    AlreadyStored,
-}
-
-/// The result of an import.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// The file.
-    pub file: String,
-    /// Rows read (valid and invalid).
-    pub rows: usize,
-    /// Rows the worker applied (with `--wait`).
-    pub applied: usize,
-    /// Rows published whose effect was not waited for (without `--wait`).
-    pub published: usize,
-    /// Rows whose location already had the file's values.
-    pub unchanged_as_in_file: usize,
-    /// Rows absorbed as duplicates of an earlier import of this file.
-    pub unchanged_duplicate: usize,
-    /// Refused rows (by the file check, or dead-lettered by the worker), by line.
-    pub invalid: Vec<Invalid>,
+/// The summary `stockctl import` prints: counts per fate, then the first `show_invalid` invalid
+/// rows by line.
+#[derive(Debug, Clone, Copy)]
+pub struct Rendered<'a> {
+    /// The file, as named on the command line.
+    pub file: &'a str,
+    /// What became of its rows.
+    pub summary: &'a Summary,
     /// How many invalid rows to list.
     pub show_invalid: usize,
-    /// Whether the outcome was waited for.
-    pub waited: bool,
 }
 
-impl Summary {
-    /// Rows that changed nothing.
-    pub fn unchanged(&self) -> usize {
-        self.unchanged_as_in_file + self.unchanged_duplicate
-    }
-}
-
-impl fmt::Display for Summary {
+impl fmt::Display for Rendered<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "import {}: {} rows", self.file, self.rows)?;
-        if self.waited {
-            writeln!(f, "  applied    {:>9}", self.applied)?;
+        let Self {
+            file,
+            summary,
+            show_invalid,
+        } = *self;
+        writeln!(f, "import {file}: {} rows", summary.rows)?;
+        if summary.waited {
+            writeln!(f, "  applied    {:>9}", summary.applied)?;
         } else {
             writeln!(
                 f,
                 "  published  {:>9}  (not waited for: the stock worker applies them; --wait counts what changed)",
-                self.published
+                summary.published
             )?;
         }
         writeln!(
             f,
             "  unchanged  {:>9}  ({} already as in the file, {} already imported)",
-            self.unchanged(),
-            self.unchanged_as_in_file,
-            self.unchanged_duplicate
+            summary.unchanged(),
+            summary.unchanged_as_in_file,
+            summary.unchanged_duplicate
         )?;
-        writeln!(f, "  invalid    {:>9}", self.invalid.len())?;
-        if !self.invalid.is_empty() {
-            let shown = self.invalid.len().min(self.show_invalid);
-            if shown < self.invalid.len() {
-                writeln!(f, "invalid rows (first {shown} of {}):", self.invalid.len())?;
+        writeln!(f, "  invalid    {:>9}", summary.invalid.len())?;
+        if !summary.invalid.is_empty() {
+            let shown = summary.invalid.len().min(show_invalid);
+            if shown < summary.invalid.len() {
+                writeln!(
+                    f,
+                    "invalid rows (first {shown} of {}):",
+                    summary.invalid.len()
+                )?;
             } else {
                 writeln!(f, "invalid rows:")?;
             }
-            for row in &self.invalid[..shown] {
+            for row in &summary.invalid[..shown] {
                 writeln!(f, "  line {}: {}", row.line, row.reason)?;
             }
-            if shown < self.invalid.len() {
-                writeln!(f, "  ... and {} more", self.invalid.len() - shown)?;
+            if shown < summary.invalid.len() {
+                writeln!(f, "  ... and {} more", summary.invalid.len() - shown)?;
             }
         }
         Ok(())
@@ -464,336 +109,70 @@ fn progress(len: u64) -> ProgressBar {
     bar
 }
 
-/// Rows to publish, with the events each needs; the others' fates are already known.
-#[derive(Debug, Default)]
-struct Plan {
-    /// (row index, events) for rows whose location differs from the file.
-    publish: Vec<(usize, Vec<Input>)>,
-    /// Rows decided without publishing.
-    fates: BTreeMap<usize, Fate>,
-    /// Rows whose events the worker's parser refuses.
-    invalid: Vec<Invalid>,
-}
+/// The progress of an import, drawn by [`progress`].
+#[derive(Debug)]
+struct Bar(Option<ProgressBar>);
 
-/// Compares every row with what Redis holds and builds the events for those that differ, each
-/// checked by the contract as the worker checks it.
-fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
-    let mut plan = Plan::default();
-    for (index, (row, have)) in sheet.rows.iter().zip(now).enumerate() {
-        let mut inputs = Vec::new();
-        if have.on_hand != Some(row.on_hand) {
-            inputs.push(Input::Stock(row.count(&sheet.digest, source)));
-        }
-        let policy_differs = (row.threshold.is_some() && have.threshold != row.threshold)
-            || (row.safety_stock.is_some() && have.safety_stock != row.safety_stock);
-        if policy_differs {
-            if let Some(policy) = row.policy(&sheet.digest, source) {
-                inputs.push(Input::Stock(policy));
-            }
-        }
-        if inputs.is_empty() {
-            plan.fates.insert(index, Fate::AlreadyAsInFile);
-        } else if let Some(reason) = inputs.iter().find_map(|i| i.check().err()) {
-            plan.invalid.push(Invalid {
-                line: row.line,
-                reason: reason.reason,
-            });
-        } else {
-            plan.publish.push((index, inputs));
-        }
+impl import::Progress for Bar {
+    fn publishing(&mut self, events: u64) {
+        self.0 = Some(progress(events));
     }
-    plan
-}
 
-/// What JetStream answered for a plan's publishes.
-#[derive(Debug, Default)]
-struct Stored {
-    /// Rows with at least one event stored anew (false: every event was a duplicate).
-    anew: HashMap<usize, bool>,
-    /// Highest sequence stored, per stream (one per partition of the stock input).
-    last_sequence: BTreeMap<String, u64>,
-}
+    fn stored(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.inc(1);
+        }
+    }
 
-/// Publishes every planned event with at most `in_flight` acknowledgements outstanding.
-async fn publish_plan(
-    js: &jetstream::Context,
-    sheet: &Sheet,
-    publish: &[(usize, Vec<Input>)],
-    in_flight: usize,
-) -> anyhow::Result<Stored> {
-    let total: u64 = publish.iter().map(|(_, inputs)| inputs.len() as u64).sum();
-    let bar = progress(total);
-    let mut stored = Stored::default();
-    let mut pending = FuturesUnordered::new();
-    for (index, inputs) in publish {
-        for input in inputs {
-            if pending.len() >= in_flight {
-                if let Some(done) = pending.next().await {
-                    note_ack(done, sheet, &mut stored)?;
-                    bar.inc(1);
-                }
-            }
-            let message = PublishMessage::build()
-                .payload(input.encode().into())
-                .message_id(input.msg_id());
-            let line = sheet.rows[*index].line;
-            let ack = js
-                .send_publish(input.subject(), message)
-                .await
-                .with_context(|| format!("line {line}: publishing"))?;
-            let index = *index;
-            pending.push(async move { (index, ack.await) });
+    fn published(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
         }
     }
-    while let Some(done) = pending.next().await {
-        note_ack(done, sheet, &mut stored)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(stored)
-}
 
-/// Per event id: `Ok` when a ledger stream has an entry it caused after the sequence
-/// `ledger_from` names for it, `Err(reason)` when it was dead-lettered after `dead_from`.
-async fn outcomes(
-    js: &jetstream::Context,
-    stock_workers: &[ConsumerSpec],
-    ledger_from: &[(&str, u64)],
-    dead_from: u64,
-) -> anyhow::Result<HashMap<String, Result<(), String>>> {
-    let mut outcome_of = HashMap::new();
-    let mut ledger = Vec::new();
-    // Each ledger partition has its own sequence.
-    for (stream, from) in ledger_from {
-        ledger.extend(
-            crate::read_after(js, stream, "stock.changes.>", *from)
-                .await
-                .with_context(|| format!("reading the ledger ({stream})"))?,
-        );
+    fn waiting(&mut self, rows: usize) {
+        eprintln!("waiting for the stock worker to apply {rows} rows ...");
     }
-    for entry in ledger {
-        if let Ok(change) = StockChanged::decode(entry.payload.clone()) {
-            outcome_of.insert(change.cause_event_id, Ok(()));
-        }
-    }
-    let mut dead = Vec::new();
-    for spec in stock_workers {
-        dead.extend(
-            crate::read_after(
-                js,
-                subjects::DEAD_LETTERS,
-                &subjects::dead_letter(spec.stream),
-                dead_from,
-            )
-            .await
-            .context("reading dead letters")?,
-        );
-    }
-    for letter in dead {
-        if let Ok(event) = StockEvent::decode(letter.payload.clone()) {
-            let reason = letter
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            outcome_of.insert(event.meta.unwrap_or_default().event_id, Err(reason));
-        }
-    }
-    Ok(outcome_of)
 }
 
 /// `stockctl import`.
 pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result<Outcome> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let sheet = read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
+    let sheet = import::read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
     let mut redis = settings.redis.connect().await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
-    let now = current(&mut redis, &keys, &sheet.rows).await?;
-    let Plan {
-        publish,
-        mut fates,
-        invalid,
-    } = plan(&sheet, &now, &args.source);
-
     let client = settings.nats.connect().await?;
-    let js = jetstream::new(client.clone());
-    let stock_workers = topology::stock_workers(&settings.topology);
-    for spec in &stock_workers {
-        super::stream(&js, spec.stream).await?;
-    }
-    let mut ledger_from = Vec::new();
-    for stream in topology::ledger_streams(&settings.topology) {
-        ledger_from.push((stream, crate::last_sequence(&js, stream).await?));
-    }
-    let dead_from = crate::last_sequence(&js, subjects::DEAD_LETTERS).await?;
-    let in_flight = usize::try_from(args.in_flight).unwrap_or(256);
-    let stored = publish_plan(&js, &sheet, &publish, in_flight).await?;
-    for (index, inputs) in &publish {
-        let fate = if stored.anew.get(index).copied().unwrap_or(false) {
-            Fate::Published(inputs.iter().map(event_id).collect())
-        } else {
-            Fate::AlreadyStored
-        };
-        fates.insert(*index, fate);
-    }
-
-    let mut outcome_of = HashMap::new();
-    let waiting = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Published(_)))
-        .count();
-    if args.wait && waiting > 0 {
-        eprintln!("waiting for the stock worker to apply {waiting} rows ...");
-        let started = std::time::Instant::now();
-        let deadline = Duration::from_secs(args.timeout);
-        // Each partition stream has its own sequence and its own stock-worker consumer.
-        for spec in &stock_workers {
-            let Some(&last) = stored.last_sequence.get(spec.stream) else {
-                continue;
-            };
-            crate::wait_until_acked(
-                &js,
-                spec.stream,
-                spec.durable,
-                last,
-                deadline.saturating_sub(started.elapsed()),
-            )
-            .await
-            .context("the import is published (re-running it is safe), but not yet applied")?;
-        }
-        outcome_of = outcomes(&js, &stock_workers, &ledger_from, dead_from).await?;
-    }
-    client.drain().await.ok();
-
-    let mut summary = Summary {
-        file: args.file.display().to_string(),
-        rows: sheet.rows.len() + sheet.invalid.len(),
-        invalid: sheet.invalid.iter().cloned().chain(invalid).collect(),
-        show_invalid: args.show_invalid,
-        waited: args.wait,
-        ..Summary::default()
+    let js = async_nats::jetstream::new(client.clone());
+    let options = Options {
+        source: args.source.clone(),
+        in_flight: usize::try_from(args.in_flight).unwrap_or(256),
+        wait: args.wait.then(|| Duration::from_secs(args.timeout)),
     };
-    for (index, fate) in fates {
-        match fate {
-            Fate::AlreadyAsInFile => summary.unchanged_as_in_file += 1,
-            Fate::AlreadyStored => summary.unchanged_duplicate += 1,
-            Fate::Published(_) if !args.wait => summary.published += 1,
-            Fate::Published(ids) => {
-                let known: Vec<&Result<(), String>> =
-                    ids.iter().filter_map(|id| outcome_of.get(id)).collect();
-                if let Some(Err(reason)) = known.iter().find(|o| o.is_err()) {
-                    summary.invalid.push(Invalid {
-                        line: sheet.rows[index].line,
-                        reason: format!("dead-lettered by the stock worker: {reason}"),
-                    });
-                } else if known.is_empty() {
-                    // No ledger entry and no dead letter: absorbed as a duplicate.
-                    summary.unchanged_duplicate += 1;
-                } else {
-                    summary.applied += 1;
-                }
-            }
+    let summary = import::import(
+        &js,
+        &mut redis,
+        &keys,
+        &settings.topology,
+        &sheet,
+        &options,
+        &mut Bar(None),
+    )
+    .await;
+    client.drain().await.ok();
+    let summary = summary?;
+    let file = args.file.display().to_string();
+    crate::out!(
+        "{}",
+        Rendered {
+            file: &file,
+            summary: &summary,
+            show_invalid: args.show_invalid,
         }
-    }
-    summary.invalid.sort_by_key(|i| i.line);
-    crate::out!("{summary}");
+    );
     Ok(if summary.invalid.is_empty() {
         Outcome::Done
     } else {
         Outcome::SomeRefused
     })
-}
-
-fn event_id(input: &Input) -> String {
-    match input {
-        Input::Stock(e) => e.meta.as_ref().map(|m| m.event_id.clone()),
-        Input::Order(e) => e.meta.as_ref().map(|m| m.event_id.clone()),
-    }
-    .unwrap_or_default()
-}
-
-type Acked = (
-    usize,
-    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-);
-
-fn note_ack((index, ack): Acked, sheet: &Sheet, stored: &mut Stored) -> anyhow::Result<()> {
-    let ack = ack.with_context(|| {
-        format!(
-            "line {}: JetStream did not store the event (rows before it may be stored; \
-             re-running the import is safe)",
-            sheet.rows[index].line
-        )
-    })?;
-    let last = stored.last_sequence.entry(ack.stream).or_default();
-    *last = (*last).max(ack.sequence);
-    let entry = stored.anew.entry(index).or_insert(false);
-    *entry |= !ack.duplicate;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_are_checked_and_named_by_line() {
-        let csv = "sku,location,on_hand,threshold,safety_stock\n\
-                   A1,s1,10,2,\n\
-                   A2,s1,-5,,\n\
-                   ,s1,3,,\n\
-                   A3,s1,abc,,\n\
-                   A1,s1,11,,\n\
-                   A4,s1,4\n\
-                   A5,s2,0,,1\n";
-        let sheet = read_sheet(csv.as_bytes()).expect("readable");
-        assert_eq!(sheet.rows.len(), 2);
-        assert_eq!(sheet.rows[0].threshold, Some(2));
-        assert_eq!(sheet.rows[0].safety_stock, None);
-        assert_eq!(sheet.rows[1].line, 8);
-        let lines: Vec<u64> = sheet.invalid.iter().map(|i| i.line).collect();
-        assert_eq!(lines, vec![3, 4, 5, 6, 7]);
-        assert!(
-            sheet.invalid[0].reason.contains("on_hand"),
-            "{:?}",
-            sheet.invalid
-        );
-        assert!(sheet.invalid[1].reason.contains("sku"));
-        assert!(sheet.invalid[3].reason.contains("line 2"));
-        assert!(sheet.invalid[4].reason.contains("fields"));
-    }
-
-    #[test]
-    fn headers_are_required_and_known() {
-        assert!(matches!(
-            read_sheet(b"sku,location\nA,b\n"),
-            Err(SheetError::Header(_))
-        ));
-        assert!(matches!(
-            read_sheet(b"sku,location,on_hand,colour\n"),
-            Err(SheetError::Header(_))
-        ));
-    }
-
-    #[test]
-    fn event_ids_depend_on_the_file_and_the_row() {
-        let sheet = read_sheet(b"sku,location,on_hand\nA,s,1\nB,s,1\n").expect("ok");
-        let again = read_sheet(b"sku,location,on_hand\nA,s,1\nB,s,1\n").expect("ok");
-        let other = read_sheet(b"sku,location,on_hand\nA,s,1\nB,s,2\n").expect("ok");
-        let id = |s: &Sheet, i: usize| {
-            s.rows[i]
-                .count(&s.digest, "t")
-                .meta
-                .unwrap_or_default()
-                .event_id
-        };
-        assert_eq!(id(&sheet, 0), id(&again, 0));
-        assert_ne!(id(&sheet, 0), id(&sheet, 1));
-        assert_ne!(id(&sheet, 0), id(&other, 0));
-        assert!(Input::Stock(sheet.rows[0].count(&sheet.digest, "t"))
-            .check()
-            .is_ok());
-    }
 }

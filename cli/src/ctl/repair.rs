@@ -1,12 +1,12 @@
-//! `stockctl rebuild` and `stockctl reconcile`: see [`crate::rebuild`].
+//! `stockctl rebuild` and `stockctl reconcile`: renders what [`stockflow_ops::rebuild`] and
+//! [`stockflow_ops::reconcile`] return.
 
 use std::time::Duration;
 
-use stockflow_proto::subjects;
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, worker::WorkerSettings};
 
 use super::Outcome;
-use crate::rebuild;
+use stockflow_ops::{rebuild, reconcile};
 
 async fn connect(
     settings: &WorkerSettings,
@@ -42,27 +42,18 @@ pub async fn rebuild(settings: &WorkerSettings, order_retention: Duration) -> an
 /// Compares Redis with the ledger; prints the drift, and with `fix` publishes corrections.
 pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<Outcome> {
     let (js, mut redis, keys) = connect(settings).await?;
-    let mut drift = rebuild::drift(&js, &mut redis, &keys).await?;
-    if !drift.is_empty() {
-        // An event applied in Redis whose ledger entry is still being stored looks like drift
-        // for an instant: look again once the workers have caught up (best effort).
-        let stock =
-            crate::wait_until_stock_caught_up(&js, &settings.topology, Duration::from_secs(30))
-                .await;
-        let orders = crate::wait_until_caught_up(
-            &js,
-            subjects::ORDER_EVENTS,
-            "order-worker",
-            Duration::from_secs(30),
-        )
-        .await;
-        for caught_up in [stock, orders] {
-            if let Err(e) = caught_up {
-                eprintln!("stockctl: {e:#}; comparing anyway");
-            }
-        }
-        drift = rebuild::drift(&js, &mut redis, &keys).await?;
+    let report = reconcile::settled_drift(
+        &js,
+        &mut redis,
+        &keys,
+        &settings.topology,
+        Duration::from_secs(30),
+    )
+    .await?;
+    for e in &report.not_caught_up {
+        eprintln!("stockctl: {e}; comparing anyway");
     }
+    let drift = report.drift;
     if drift.is_empty() {
         crate::outln!("Redis agrees with the ledger");
         return Ok(Outcome::Done);
@@ -86,7 +77,7 @@ pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<O
         );
     }
     if fix {
-        let published = rebuild::publish_corrections(&js, &drift).await?;
+        let published = reconcile::publish_corrections(&js, &drift).await?;
         crate::outln!(
             "published {published} correction(s); reserved drift needs `stockctl rebuild`"
         );

@@ -12,6 +12,10 @@
 --            \31 a_av \31 threshold ("" when none) \31 alerts (comma-separated)
 
 local US, RS = '\31', '\30'
+-- Fingerprint of a dedup record restored from the ledger (`restore_event.lua`, run by
+-- `stockctl rebuild`): the ledger keeps what an event did, not its content, so a restored record
+-- answers every later delivery of its event_id as a duplicate, whatever that delivery holds.
+local RESTORED_FINGERPRINT = '*'
 -- Quantities are Lua doubles: exact up to 2^53. Levels are kept within +-10^15.
 local MAX_LEVEL = 1000000000000000
 
@@ -80,8 +84,9 @@ end
 local function seen(dedup_key, fingerprint)
   local stored = redis.call('HMGET', dedup_key, 'o', 'f', 'p')
   if not stored[1] then return nil end
-  -- '*': a record restored from the ledger (`stockctl rebuild`), which does not keep content.
-  if stored[2] ~= fingerprint and stored[2] ~= '*' then return { 'conflict', stored[2] } end
+  if stored[2] ~= fingerprint and stored[2] ~= RESTORED_FINGERPRINT then
+    return { 'conflict', stored[2] }
+  end
   return { 'duplicate', stored[1], stored[3] or '0' }
 end
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use stockflow_cli::rebuild;
+use stockflow_ops::reconcile;
 use stockflow_proto::{subjects, v1::StockChanged};
 
 use crate::world::*;
@@ -54,9 +54,9 @@ async fn assert_one_entry_per_event(world: &ClusterWorld) {
 
 /// Drift between Redis and the ledger, and the units Redis lacks in all. Nothing is ever counted
 /// twice: Redis can only be behind the ledger.
-async fn lost_units(world: &ClusterWorld) -> (Vec<rebuild::Drift>, i64) {
+async fn lost_units(world: &ClusterWorld) -> (Vec<reconcile::Drift>, i64) {
     let mut conn = world.redis_connection().await;
-    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift");
     assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
@@ -134,12 +134,12 @@ async fn a_promoted_replica_misses_at_most_what_reconcile_repairs() {
         drift.len()
     );
     let mut conn = world.redis_connection().await;
-    rebuild::publish_corrections(&world.js, &drift)
+    reconcile::publish_corrections(&world.js, &drift)
         .await
         .expect("corrections");
     world.wait_stock_idle().await;
     assert_eq!(levels(&world).await, model());
-    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift")
         .is_empty());

@@ -1,7 +1,7 @@
 //! Stock facts, the flash sale, multi-line orders across slots, hold expiry and rebuild, on
 //! clusters.
 
-use stockflow_cli::rebuild;
+use stockflow_ops::{rebuild, reconcile};
 use stockflow_proto::{
     subjects,
     v1::{order_result::Result as Decision, OrderResult, ReleaseReason, StockChanged},
@@ -195,7 +195,7 @@ async fn holds_expire_and_a_flushed_cluster_is_rebuilt() {
         after.push(world.on_hand_reserved(sku, "wh").await);
     }
     assert_eq!(after, before);
-    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift")
         .is_empty());

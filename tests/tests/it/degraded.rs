@@ -59,19 +59,19 @@ async fn redis_killed_with_sigkill_under_load_loses_at_most_what_reconcile_repai
     world.wait_stock_idle().await;
     assert_eq!(world.ledger("RIVET").await.len(), EVENTS as usize);
     let mut conn = world.redis_connection().await;
-    let drift = stockflow_cli::rebuild::drift(&world.js, &mut conn, &world.keys)
+    let drift = stockflow_ops::reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift");
     assert!(drift.iter().all(|d| d.redis < d.ledger), "{drift:?}");
     let lost: i64 = drift.iter().map(|d| d.ledger - d.redis).sum();
     println!("kill -9 of redis-server lost {lost} acknowledged unit(s)");
-    stockflow_cli::rebuild::publish_corrections(&world.js, &drift)
+    stockflow_ops::reconcile::publish_corrections(&world.js, &drift)
         .await
         .expect("corrections");
     world.wait_stock_idle().await;
     assert_eq!(world.on_hand_reserved("RIVET", "wh").await, (EVENTS, 0));
     assert!(
-        stockflow_cli::rebuild::drift(&world.js, &mut conn, &world.keys)
+        stockflow_ops::reconcile::drift(&world.js, &mut conn, &world.keys)
             .await
             .expect("drift")
             .is_empty()

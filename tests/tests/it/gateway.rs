@@ -1546,3 +1546,76 @@ async fn dead_letters_are_listed_shown_and_replayed_by_admin_tokens_only() {
     stock_worker.shutdown().await;
     order_worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn reconcile_reports_drift_to_admin_tokens_only_and_fixes_nothing() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    for (key, location, quantity) in [("rc-1", "wh", 40), ("rc-2", "store-1", 7)] {
+        let (status, _) = gw
+            .post(
+                "/v1/stock/events",
+                WRITE,
+                Some(key),
+                &received_json("RC-1", location, quantity),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    world.wait_on_hand("RC-1", "wh", 40).await;
+    world.wait_on_hand("RC-1", "store-1", 7).await;
+    world.wait_stock_idle().await;
+
+    // No token: 401; read and write tokens: 403.
+    let (status, error) = answer(
+        gw.http
+            .get(gw.url("/v1/reconcile"))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    for token in [READ, WRITE] {
+        let (status, error) = gw.get("/v1/reconcile", token).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{error}"
+        );
+    }
+
+    let (status, report) = gw.get("/v1/reconcile", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report, json!({"agrees": true, "drift": []}));
+
+    // Redis loses the last write of one level.
+    let mut conn = world.redis_connection().await;
+    let _: i64 = redis::AsyncCommands::hincr(&mut conn, world.keys.stock("RC-1"), "oh:wh", -3)
+        .await
+        .expect("hincr");
+    let (status, report) = gw.get("/v1/reconcile", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report,
+        json!({"agrees": false, "drift": [
+            {"sku": "RC-1", "location": "wh", "field": "on_hand", "ledger": 40, "redis": 37}
+        ]})
+    );
+    // Read-only: asking again finds the same drift, and nothing was published to fix it.
+    let (_, again) = gw.get("/v1/reconcile", ADMIN).await;
+    assert_eq!(again, report);
+    assert_eq!(world.on_hand_reserved("RC-1", "wh").await, (37, 0));
+    assert_eq!(
+        count(&world.js, subjects::STOCK_EVENTS, "stock.events.>").await,
+        2,
+        "only the two receipts are in the input"
+    );
+
+    gw.shutdown().await;
+    stock.shutdown().await;
+}

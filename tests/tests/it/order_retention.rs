@@ -2,7 +2,7 @@
 //! duplicate of a final order's commands changes nothing, and a rebuild restores final orders with
 //! what is left of their retention.
 
-use stockflow_cli::rebuild;
+use stockflow_ops::rebuild;
 use stockflow_proto::v1::{
     order_event::Command, order_result::Result as Decision, FulfilledLine, OrderCancelled,
     OrderCommitted, OrderFulfilled, ReleaseReason,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use redis::AsyncCommands as _;
-use stockflow_cli::rebuild;
+use stockflow_ops::{rebuild, reconcile};
 use stockflow_proto::v1::{
     order_event::Command, stock_event::Change, FulfilledLine, OrderCancelled, OrderCommitted,
     OrderFulfilled, PolicySet,
@@ -197,7 +197,7 @@ async fn a_flushed_redis_is_rebuilt_from_jetstream_and_stays_idempotent() {
         world.on_hand_reserved(&sku(0), "wh").await,
         (oh - 1, rs - 2)
     );
-    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift")
         .is_empty());
@@ -212,7 +212,7 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
     workload(&world).await;
     let mut conn = world.redis_connection().await;
     assert_eq!(
-        rebuild::drift(&world.js, &mut conn, &world.keys)
+        reconcile::drift(&world.js, &mut conn, &world.keys)
             .await
             .expect("drift"),
         vec![],
@@ -225,13 +225,13 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
         .hincr(world.keys.stock(&sku(5)), "oh:wh", -3)
         .await
         .expect("hincr");
-    let drift = rebuild::drift(&world.js, &mut conn, &world.keys)
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift");
     let (oh, _) = world.on_hand_reserved(&sku(5), "wh").await;
     assert_eq!(
         drift,
-        vec![rebuild::Drift {
+        vec![reconcile::Drift {
             sku: sku(5),
             location: "wh".into(),
             field: "on_hand",
@@ -242,14 +242,14 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
     for _ in 0..2 {
         // Twice: the correction of one drift is applied once.
         assert_eq!(
-            rebuild::publish_corrections(&world.js, &drift)
+            reconcile::publish_corrections(&world.js, &drift)
                 .await
                 .expect("fix"),
             1
         );
     }
     world.wait_stock_idle().await;
-    assert!(rebuild::drift(&world.js, &mut conn, &world.keys)
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift")
         .is_empty());

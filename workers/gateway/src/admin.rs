@@ -1,5 +1,6 @@
 //! Admin routes (`admin` scope): the dead letters, listed, shown and replayed through
-//! `stockflow_shared::replay`, the same code `stockctl dlq` runs.
+//! `stockflow_shared::replay`, the same code `stockctl dlq` runs; the drift between Redis and
+//! the ledger, from `stockflow_ops::reconcile`, the same code `stockctl reconcile` runs.
 
 use axum::{
     extract::{Path, Query, State},
@@ -8,6 +9,7 @@ use axum::{
     Json,
 };
 use serde_json::{json, Map, Value};
+use stockflow_ops::Error as OpsError;
 use stockflow_shared::replay::{self, DeadLetter, ReplayError};
 
 use crate::{
@@ -158,4 +160,25 @@ pub(crate) async fn post_replay(
         })),
     )
         .into_response())
+}
+
+/// `GET /v1/reconcile`: the levels on which Redis and the ledger disagree, read-only (nothing is
+/// fixed; `stockctl reconcile --fix` or `stockctl rebuild` does). It reads the whole ledger.
+pub(crate) async fn get_reconcile(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    let mut redis = state.redis.clone();
+    let drift = stockflow_ops::reconcile::drift(&state.js, &mut redis, &state.keys)
+        .await
+        .map_err(|error| match error {
+            OpsError::NoLedger => ApiError::unavailable(error.to_string()),
+            OpsError::Unavailable(_) => {
+                tracing::warn!(error = %format!("{error:#}"), "reconcile unavailable");
+                ApiError::unavailable(format!("comparing Redis with the ledger: {error:#}"))
+            }
+            // Only a rebuild refuses a full Redis.
+            OpsError::NotEmpty => ApiError::internal(error.to_string()),
+        })?;
+    Ok(Json(json!({"agrees": drift.is_empty(), "drift": drift})).into_response())
 }

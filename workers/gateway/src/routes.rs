@@ -57,6 +57,7 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             "/v1/dead-letters/{seq}/replay",
             post(crate::admin::post_replay),
         ),
+        ("get", "/v1/reconcile", get(crate::admin::get_reconcile)),
     ];
     let mut router = Router::new();
     let mut served = Vec::with_capacity(table.len());

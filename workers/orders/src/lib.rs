@@ -9,6 +9,7 @@ mod publish;
 mod read;
 mod records;
 mod replies;
+pub mod restore;
 
 pub use expire::expire_holds;
 pub use read::{read_order, Decision, LineState, OrderStatus, ReadError, StoredLine, StoredOrder};

@@ -2,6 +2,7 @@
 
 pub mod fact;
 mod marks;
+pub mod restore;
 
 use std::{future::Future, time::Instant};
 

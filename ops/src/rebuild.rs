@@ -1,5 +1,5 @@
-//! Rebuilding Redis from JetStream (`stockctl rebuild`) and checking Redis against it
-//! (`stockctl reconcile`).
+//! Rebuilding Redis from JetStream (`stockctl rebuild`), and the fold of the streams that
+//! [`crate::reconcile`] compares Redis with.
 //!
 //! The ledger (`STOCK_CHANGES`, kept forever) is the source of truth: every change to a level
 //! is one entry with the levels before and after, so the sum of `after - before` per
@@ -22,20 +22,25 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use order_worker::command::{encode_lines, Line};
+use order_worker::{
+    command::{encode_lines, Line},
+    restore::{LineRecord, OrderRecord},
+};
 use prost::Message as _;
+use stock_worker::restore::{EventOutcome, Policy};
 use stockflow_proto::{
     subjects,
     v1::{
-        order_event, order_result, stock_event::Change, EventMeta, OrderEvent, OrderResult, Reason,
-        ReleaseReason, StockChanged, StockEvent, StockEventRejected,
+        order_event, order_result, OrderEvent, OrderResult, ReleaseReason, StockChanged,
+        StockEventRejected,
     },
 };
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
-/// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
-/// to the ledger, so the ledger's own sums leave them out.
-pub const RECONCILE_SOURCE: &str = "stockctl:reconcile";
+use crate::Error;
+
+/// Script calls in flight at once while writing.
+const IN_FLIGHT: usize = 64;
 
 /// Ledger kinds written by order steps.
 const ORDER_KINDS: [&str; 3] = ["reserved", "released", "shipped"];
@@ -100,10 +105,10 @@ fn left_ms(ttl: Duration, written_at_ms: i64, now_ms: i64) -> Option<i64> {
 pub struct Fold {
     /// Levels per (sku, location).
     pub levels: BTreeMap<(String, String), Totals>,
-    /// Policy hash fields per SKU (`thr`, `ss`, `thr:<loc>`, `ss:<loc>`, `prio`).
-    pub policies: BTreeMap<String, BTreeMap<String, String>>,
-    /// Stock inputs seen: (sku, event_id) -> (applied_at_ms, stored outcome).
-    stock_events: HashMap<(String, String), (i64, String)>,
+    /// Policy per SKU.
+    pub policies: BTreeMap<String, Policy>,
+    /// Stock inputs seen: (sku, event_id) -> how each ended.
+    stock_events: HashMap<(String, String), EventOutcome>,
     policy_causes: HashSet<(String, String)>,
     lines: BTreeMap<(String, String), LineState>,
     orders: BTreeMap<String, OrderState>,
@@ -132,21 +137,6 @@ pub struct RebuildReport {
     pub holds: usize,
     /// Average stored bytes per ledger message (for retention planning).
     pub bytes_per_entry: u64,
-}
-
-/// A level on which Redis and the ledger disagree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
-    /// SKU.
-    pub sku: String,
-    /// Location.
-    pub location: String,
-    /// `on_hand` or `reserved`.
-    pub field: &'static str,
-    /// What the ledger sums to.
-    pub ledger: i64,
-    /// What Redis holds.
-    pub redis: i64,
 }
 
 /// Calls `each` for every message of `stream` stored up to now, in stream order.
@@ -190,7 +180,7 @@ async fn for_each_message(
 /// The ledger streams that exist: `STOCK_CHANGES`, or every `STOCK_CHANGES_<p>` in partition
 /// order. Read from the server rather than from `STOCKFLOW_STOCK_PARTITIONS`: whatever holds
 /// ledger entries is read (`setup` never lets both layouts exist side by side).
-pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+pub async fn ledger_streams(js: &jetstream::Context) -> Result<Vec<String>, Error> {
     let mut streams: Vec<String> = js
         .stream_names()
         .filter_map(|name| async move {
@@ -210,18 +200,11 @@ pub async fn ledger_streams(js: &jetstream::Context) -> anyhow::Result<Vec<Strin
         .into_iter()
         .collect::<Result<_, _>>()
         .context("listing streams")?;
-    anyhow::ensure!(
-        !streams.is_empty(),
-        "no ledger stream ({} or {}_<p>): run `stockctl setup` first",
-        subjects::STOCK_CHANGES,
-        subjects::STOCK_CHANGES
-    );
+    if streams.is_empty() {
+        return Err(Error::NoLedger);
+    }
     streams.sort_by_key(|name| subjects::stock_changes_partition_of(name));
     Ok(streams)
-}
-
-fn applied_header(at_ms: i64) -> String {
-    format!("1\u{1f}{at_ms}\u{1f}applied\u{1f}\u{1f}")
 }
 
 fn published_ms(message: &jetstream::Message) -> i64 {
@@ -233,7 +216,7 @@ fn published_ms(message: &jetstream::Message) -> i64 {
 
 impl Fold {
     /// Reads the ledger only: the levels and policies (what `reconcile` compares).
-    pub async fn ledger(js: &jetstream::Context) -> anyhow::Result<Self> {
+    pub async fn ledger(js: &jetstream::Context) -> Result<Self, Error> {
         let mut fold = Self::default();
         for stream in ledger_streams(js).await? {
             fold.ledger_bytes +=
@@ -243,7 +226,7 @@ impl Fold {
     }
 
     /// Reads the ledger, order results and recent order commands.
-    pub async fn everything(js: &jetstream::Context) -> anyhow::Result<Self> {
+    pub async fn everything(js: &jetstream::Context) -> Result<Self, Error> {
         let mut fold = Self::ledger(js).await?;
         for_each_message(js, subjects::ORDER_RESULTS, |message| {
             fold.order_result(message)
@@ -259,16 +242,13 @@ impl Fold {
     fn stock_message(&mut self, message: &jetstream::Message) -> anyhow::Result<()> {
         if message.subject.starts_with("stock.outcomes.") {
             let rejected = StockEventRejected::decode(message.payload.as_ref())?;
-            let outcome = format!(
-                "1\u{1f}{}\u{1f}stale\u{1f}{}\u{1f}{}",
-                published_ms(message),
-                rejected.expected_on_hand,
-                rejected.actual_on_hand
-            );
-            self.stock_events.insert(
-                (rejected.sku, rejected.event_id),
-                (published_ms(message), outcome),
-            );
+            let outcome = EventOutcome::Stale {
+                at_ms: published_ms(message),
+                expected: rejected.expected_on_hand,
+                actual: rejected.actual_on_hand,
+            };
+            self.stock_events
+                .insert((rejected.sku, rejected.event_id), outcome);
             return Ok(());
         }
         let entry = StockChanged::decode(message.payload.as_ref())?;
@@ -277,7 +257,7 @@ impl Fold {
             entry.before.unwrap_or_default(),
             entry.after.unwrap_or_default(),
         );
-        if !entry.location.is_empty() && entry.source != RECONCILE_SOURCE {
+        if !entry.location.is_empty() && entry.source != crate::reconcile::RECONCILE_SOURCE {
             let totals = self
                 .levels
                 .entry((entry.sku.clone(), entry.location.clone()))
@@ -298,34 +278,30 @@ impl Fold {
                 .policy_causes
                 .insert((entry.sku.clone(), entry.cause_event_id.clone()))
             {
-                let fields = self.policies.entry(entry.sku.clone()).or_default();
-                let suffix = if entry.policy_location.is_empty() {
-                    String::new()
-                } else {
-                    format!(":{}", entry.policy_location)
-                };
-                for (name, value) in [
-                    ("thr", policy.low_stock_threshold),
-                    ("ss", policy.safety_stock),
+                let stored = self.policies.entry(entry.sku.clone()).or_default();
+                let values = stored
+                    .locations
+                    .entry(entry.policy_location.clone())
+                    .or_default();
+                // As in apply_stock.lua: absent leaves a value, a negative one removes it.
+                for (value, given) in [
+                    (&mut values.threshold, policy.low_stock_threshold),
+                    (&mut values.safety_stock, policy.safety_stock),
                 ] {
-                    match value {
-                        Some(v) if v < 0 => {
-                            fields.remove(&format!("{name}{suffix}"));
-                        }
-                        Some(v) => {
-                            fields.insert(format!("{name}{suffix}"), v.to_string());
-                        }
-                        None => {}
+                    if let Some(v) = given {
+                        *value = (v >= 0).then_some(v);
                     }
                 }
                 if !policy.location_priority.is_empty() {
-                    fields.insert("prio".into(), policy.location_priority.join(","));
+                    stored.priority = Some(policy.location_priority.join(","));
                 }
             }
         }
         self.stock_events.insert(
             (entry.sku, entry.cause_event_id),
-            (entry.applied_at_ms, applied_header(entry.applied_at_ms)),
+            EventOutcome::Applied {
+                at_ms: entry.applied_at_ms,
+            },
         );
         Ok(())
     }
@@ -414,305 +390,182 @@ impl Fold {
         Ok(())
     }
 
-    /// Writes the fold into Redis. Records the workers would have let expire by now (dedup
-    /// records, released lines, final orders) are not restored; the others keep what is left of
-    /// their time.
+    /// Writes the fold into Redis, through the workers' restore scripts
+    /// ([`stock_worker::restore`], [`order_worker::restore`]). Records the workers would have
+    /// let expire by now (dedup records, released lines, final orders) are not restored; the
+    /// others keep what is left of their time.
     pub async fn write(
         &self,
-        redis: &mut RedisConnection,
+        redis: &RedisConnection,
         keys: &Keys,
         retention: Retention,
-    ) -> anyhow::Result<RebuildReport> {
+    ) -> Result<RebuildReport, Error> {
         let now = stockflow_shared::now_ms();
+        let stock = &stock_worker::restore::Restore::new(keys.clone());
+        let orders = &order_worker::restore::Restore::new(keys.clone());
         let mut report = RebuildReport {
             entries: self.entries,
             bytes_per_entry: self.ledger_bytes / self.entries.max(1),
             ..Default::default()
         };
-        let mut batch = Batch::default();
-        for ((sku, location), totals) in &self.levels {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.stock(sku));
-            if totals.touched_on_hand {
-                cmd.arg(format!("oh:{location}")).arg(totals.on_hand);
-            }
-            if totals.touched_reserved {
-                cmd.arg(format!("rs:{location}")).arg(totals.reserved);
-            }
-            if totals.touched_on_hand || totals.touched_reserved {
-                batch.add(cmd, redis).await?;
-                report.locations += 1;
-            }
-        }
-        for (sku, fields) in &self.policies {
-            if fields.is_empty() {
-                continue;
-            }
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.policy(sku));
-            for (name, value) in fields {
-                cmd.arg(name).arg(value);
-            }
-            batch.add(cmd, redis).await?;
-            report.policies += 1;
-        }
-        for ((sku, event_id), (applied_at, outcome)) in &self.stock_events {
-            let Some(left_ms) = left_ms(retention.dedup_ttl, *applied_at, now) else {
-                continue;
-            };
-            let key = keys.event(sku, event_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("o")
-                .arg(outcome)
-                .arg("f")
-                .arg("*")
-                .arg("p")
-                .arg("1");
-            batch.add(cmd, redis).await?;
-            let mut expire = redis::cmd("PEXPIRE");
-            expire.arg(&key).arg(left_ms);
-            batch.add(expire, redis).await?;
-            report.dedup_records += 1;
-        }
-        for ((order_id, line_id), line) in &self.lines {
-            let expiry = if line.released {
-                match left_ms(retention.dedup_ttl, line.released_at_ms, now) {
-                    Some(left) => Some(left),
-                    None => continue,
-                }
-            } else {
-                None
-            };
-            let key = keys.order_line(&line.sku, order_id, line_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("state")
-                .arg(if line.released {
-                    "released"
-                } else {
-                    "reserved"
-                })
-                .arg("loc")
-                .arg(&line.location)
-                .arg("qty")
-                .arg(line.quantity)
-                .arg("shipped")
-                .arg(line.shipped)
-                .arg("o")
-                .arg(applied_header(now));
-            for (fulfilment, units, left) in &line.shipments {
-                cmd.arg(format!("f:{fulfilment}"))
-                    .arg(format!("{units}\u{1f}{left}\u{1f}"));
-            }
-            batch.add(cmd, redis).await?;
-            if let Some(left) = expiry {
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(&key).arg(left);
-                batch.add(expire, redis).await?;
-            }
-            report.lines += 1;
-        }
-        for (order_id, order) in &self.orders {
-            if order.status.is_empty() {
-                continue;
-            }
-            let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
-            // Final orders keep their record as long as the order worker would (see order.lua).
-            let expiry = if ended || order.status == "rejected" {
-                match left_ms(retention.orders, order.ended_at_ms, now) {
-                    Some(left) => Some(left),
-                    None => continue,
-                }
-            } else {
-                None
-            };
-            let key = keys.order(order_id);
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&key)
-                .arg("status")
-                .arg(order.status)
-                .arg("lines")
-                .arg(&order.lines)
-                .arg("published")
-                .arg("1")
-                .arg("expires")
-                .arg(order.expires_at_ms)
-                .arg("hold")
-                .arg(0);
-            if ended {
-                let from = if order.confirmed {
-                    "confirmed"
-                } else {
-                    "placing"
+
+        let levels: Vec<_> = self
+            .levels
+            .iter()
+            .filter(|(_, t)| t.touched_on_hand || t.touched_reserved)
+            .collect();
+        report.locations = levels.len();
+        each(levels, |((sku, location), t)| {
+            stock.level(
+                redis,
+                sku,
+                location,
+                t.touched_on_hand.then_some(t.on_hand),
+                t.touched_reserved.then_some(t.reserved),
+            )
+        })
+        .await?;
+
+        let policies: Vec<_> = self
+            .policies
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        report.policies = policies.len();
+        each(policies, |(sku, policy)| stock.policy(redis, sku, policy)).await?;
+
+        let events: Vec<_> = self
+            .stock_events
+            .iter()
+            .filter_map(|(id, outcome)| {
+                let at_ms = match *outcome {
+                    EventOutcome::Applied { at_ms } | EventOutcome::Stale { at_ms, .. } => at_ms,
                 };
-                cmd.arg("from").arg(from).arg("settled").arg("1");
-            }
-            if order.cancelled {
-                cmd.arg("cancelled").arg("1");
-            }
-            if order.committed {
-                cmd.arg("committed").arg("1");
-            }
-            batch.add(cmd, redis).await?;
-            if let Some(left) = expiry {
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(&key).arg(left);
-                batch.add(expire, redis).await?;
-            }
-            report.orders += 1;
-            if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
-                let mut zadd = redis::cmd("ZADD");
-                zadd.arg(keys.holds_due())
-                    .arg(order.expires_at_ms)
-                    .arg(order_id);
-                batch.add(zadd, redis).await?;
-                report.holds += 1;
-            }
-        }
-        batch.flush(redis).await?;
+                left_ms(retention.dedup_ttl, at_ms, now).map(|left| (id, *outcome, left))
+            })
+            .collect();
+        report.dedup_records = events.len();
+        each(events, |((sku, event_id), outcome, left)| {
+            stock.event(redis, sku, event_id, outcome, duration_ms(left))
+        })
+        .await?;
+
+        let lines: Vec<_> = self
+            .lines
+            .iter()
+            .filter_map(|((order_id, line_id), line)| {
+                let expiry = if line.released {
+                    Some(duration_ms(left_ms(
+                        retention.dedup_ttl,
+                        line.released_at_ms,
+                        now,
+                    )?))
+                } else {
+                    None
+                };
+                let record = LineRecord {
+                    sku: &line.sku,
+                    order_id,
+                    line_id,
+                    location: &line.location,
+                    quantity: line.quantity,
+                    shipped: line.shipped,
+                    released: line.released,
+                    shipments: &line.shipments,
+                };
+                Some((record, expiry))
+            })
+            .collect();
+        report.lines = lines.len();
+        each(lines, |(record, expiry)| async move {
+            orders.line(redis, &record, expiry).await
+        })
+        .await?;
+
+        let mut holds = Vec::new();
+        let records: Vec<_> = self
+            .orders
+            .iter()
+            .filter(|(_, order)| !order.status.is_empty())
+            .filter_map(|(order_id, order)| {
+                let ended = matches!(order.status, "cancelled" | "expired" | "fulfilled");
+                // Final orders keep their record as long as the order worker would (order.lua).
+                let expiry = if ended || order.status == "rejected" {
+                    Some(duration_ms(left_ms(
+                        retention.orders,
+                        order.ended_at_ms,
+                        now,
+                    )?))
+                } else {
+                    None
+                };
+                if order.status == "confirmed" && !order.committed && order.expires_at_ms > 0 {
+                    holds.push((order_id, order.expires_at_ms));
+                }
+                let record = OrderRecord {
+                    status: order.status,
+                    lines: &order.lines,
+                    expires_at_ms: order.expires_at_ms,
+                    confirmed: order.confirmed,
+                    cancelled: order.cancelled,
+                    committed: order.committed,
+                };
+                Some((order_id, record, expiry))
+            })
+            .collect();
+        report.orders = records.len();
+        each(records, |(order_id, record, expiry)| async move {
+            orders.order(redis, order_id, &record, expiry).await
+        })
+        .await?;
+        report.holds = holds.len();
+        each(holds, |(order_id, due)| {
+            orders.schedule_hold(redis, order_id, due)
+        })
+        .await?;
         Ok(report)
     }
 }
 
-/// Commands sent in batches of a bounded size (see [`RedisConnection::run_all`]).
-#[derive(Default)]
-struct Batch {
-    cmds: Vec<redis::Cmd>,
+/// Runs `write` for every item, [`IN_FLIGHT`] at a time, and stops at the first error.
+async fn each<T, F, Fut>(items: Vec<T>, write: F) -> anyhow::Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    let mut writes = futures::stream::iter(items)
+        .map(write)
+        .buffer_unordered(IN_FLIGHT);
+    while let Some(written) = writes.next().await {
+        written.context("writing rebuilt state to Redis")?;
+    }
+    Ok(())
 }
 
-impl Batch {
-    async fn add(&mut self, cmd: redis::Cmd, redis: &mut RedisConnection) -> anyhow::Result<()> {
-        self.cmds.push(cmd);
-        if self.cmds.len() >= 1_000 {
-            self.flush(redis).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self, redis: &mut RedisConnection) -> anyhow::Result<()> {
-        redis
-            .run_all(std::mem::take(&mut self.cmds))
-            .await
-            .context("writing rebuilt state to Redis")?;
-        Ok(())
-    }
+fn duration_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or_default())
 }
 
 /// True when Redis holds no key under the prefix.
-pub async fn is_empty(redis: &mut RedisConnection, keys: &Keys) -> anyhow::Result<bool> {
-    let found = redis.scan_match(&format!("{}:*", keys.prefix())).await?;
+pub async fn is_empty(redis: &mut RedisConnection, keys: &Keys) -> Result<bool, Error> {
+    let found = redis
+        .scan_match(&format!("{}:*", keys.prefix()))
+        .await
+        .context("listing the keys in Redis")?;
     Ok(found.is_empty())
 }
 
-/// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state.
+/// Rebuilds every stockflow key in Redis from JetStream. Refuses to write over existing state
+/// ([`Error::NotEmpty`]).
 pub async fn rebuild(
     js: &jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
     retention: Retention,
-) -> anyhow::Result<RebuildReport> {
-    anyhow::ensure!(
-        is_empty(redis, keys).await?,
-        "Redis already holds data: rebuild writes only into an empty database (stop the \
-         workers, FLUSHDB, then rebuild)"
-    );
+) -> Result<RebuildReport, Error> {
+    if !is_empty(redis, keys).await? {
+        return Err(Error::NotEmpty);
+    }
     let fold = Fold::everything(js).await?;
     fold.write(redis, keys, retention).await
-}
-
-/// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.
-pub async fn drift(
-    js: &jetstream::Context,
-    redis: &mut RedisConnection,
-    keys: &Keys,
-) -> anyhow::Result<Vec<Drift>> {
-    let fold = Fold::ledger(js).await?;
-    let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
-    for key in redis
-        .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
-        .await?
-    {
-        let token = key
-            .split_once('{')
-            .and_then(|(_, rest)| rest.split_once('}'))
-            .map(|(token, _)| token);
-        if let Some(sku) = token.and_then(subjects::decode_token) {
-            skus.insert(sku);
-        }
-    }
-    let mut out = Vec::new();
-    let mut skus: Vec<String> = skus.into_iter().collect();
-    skus.sort();
-    for sku in skus {
-        let stored = stockflow_shared::levels::read_levels(redis, keys, &sku).await?;
-        let mut locations: Vec<&String> = stored.keys().collect();
-        locations.extend(
-            fold.levels
-                .keys()
-                .filter(|(s, _)| *s == sku)
-                .map(|(_, l)| l),
-        );
-        locations.sort();
-        locations.dedup();
-        for location in locations {
-            let ledger = fold
-                .levels
-                .get(&(sku.clone(), location.clone()))
-                .copied()
-                .unwrap_or_default();
-            let held = stored.get(location).copied().unwrap_or_default();
-            for (field, ledger, redis) in [
-                ("on_hand", ledger.on_hand, held.on_hand),
-                ("reserved", ledger.reserved, held.reserved),
-            ] {
-                if ledger != redis {
-                    out.push(Drift {
-                        sku: sku.clone(),
-                        location: location.clone(),
-                        field,
-                        ledger,
-                        redis,
-                    });
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Publishes one `adjusted` fact per on-hand drift that brings Redis back to the ledger, with
-/// `source` [`RECONCILE_SOURCE`] and an event id fixed by the drift, so running the fix twice
-/// for the same drift applies it once. Reserved drift has no stock fact that repairs it: rebuild.
-pub async fn publish_corrections(
-    js: &jetstream::Context,
-    drifts: &[Drift],
-) -> anyhow::Result<usize> {
-    let mut published = 0;
-    for d in drifts.iter().filter(|d| d.field == "on_hand") {
-        let event_id = format!(
-            "reconcile:{}:{}:{}",
-            subjects::encode_token(&d.location),
-            d.redis,
-            d.ledger
-        );
-        let event = StockEvent {
-            meta: Some(EventMeta {
-                event_id: event_id.clone(),
-                occurred_at_ms: stockflow_shared::now_ms(),
-                source: RECONCILE_SOURCE.to_owned(),
-                reason: Reason::Correction.into(),
-                reference: String::new(),
-            }),
-            sku: d.sku.clone(),
-            location: d.location.clone(),
-            change: Some(Change::Adjusted(stockflow_proto::v1::Adjusted {
-                delta: d.ledger - d.redis,
-            })),
-        };
-        let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
-        crate::events::publish(js, &event, &msg_id).await?;
-        published += 1;
-    }
-    Ok(published)
 }

@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+pub mod import;
+pub mod rebuild;
+pub mod reconcile;
+pub mod streams;
+
+pub use error::Error;

@@ -1,0 +1,155 @@
+//! Restoring the stock keys from the ledger: what `stockflow_ops::rebuild` writes, through the
+//! scripts beside [`apply_stock.lua`](../lua/apply_stock.lua) (`lua/restore_*.lua`), so the
+//! field names and the outcome encoding have one owner.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
+
+/// A SKU's policy as its `policy_set` ledger entries left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Location priority for orders (comma-separated), when one was set.
+    pub priority: Option<String>,
+    /// Threshold and safety stock per location; `""` is the SKU-wide default.
+    pub locations: BTreeMap<String, PolicyValues>,
+}
+
+/// The policy values of one location (or the SKU-wide default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyValues {
+    /// Low-stock threshold, when one is set.
+    pub threshold: Option<i64>,
+    /// Safety stock, when one is set.
+    pub safety_stock: Option<i64>,
+}
+
+impl Policy {
+    /// True when nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_none()
+            && self
+                .locations
+                .values()
+                .all(|v| v.threshold.is_none() && v.safety_stock.is_none())
+    }
+}
+
+/// How an event the ledger knows ended, as its dedup record tells a late delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// It was applied.
+    Applied {
+        /// When, ms since the Unix epoch.
+        at_ms: i64,
+    },
+    /// A compare-and-set count that did not match: nothing changed.
+    Stale {
+        /// When it was refused, ms since the Unix epoch.
+        at_ms: i64,
+        /// The on_hand the count expected.
+        expected: i64,
+        /// The on_hand it found.
+        actual: i64,
+    },
+}
+
+/// The restore scripts, loaded once.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    keys: Keys,
+    level: redis::Script,
+    policy: redis::Script,
+    event: redis::Script,
+}
+
+impl Restore {
+    /// The scripts, for keys under `keys`' prefix.
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            level: stockflow_shared::script(include_str!("../lua/restore_level.lua")),
+            policy: stockflow_shared::script(include_str!("../lua/restore_policy.lua")),
+            event: stockflow_shared::script(include_str!("../lua/restore_event.lua")),
+        }
+    }
+
+    /// Sets the on-hand and reserved units of (`sku`, `location`); `None` leaves a field as it is.
+    pub async fn level(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        location: &str,
+        on_hand: Option<i64>,
+        reserved: Option<i64>,
+    ) -> redis::RedisResult<()> {
+        let mut redis = redis.clone();
+        self.level
+            .key(self.keys.stock(sku))
+            .arg(location)
+            .arg(optional(on_hand))
+            .arg(optional(reserved))
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+    }
+
+    /// Writes `sku`'s policy.
+    pub async fn policy(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        policy: &Policy,
+    ) -> redis::RedisResult<()> {
+        let mut redis = redis.clone();
+        let mut invocation = self.policy.key(self.keys.policy(sku));
+        invocation.arg(policy.priority.as_deref().unwrap_or_default());
+        for (location, values) in &policy.locations {
+            invocation
+                .arg(location)
+                .arg(optional(values.threshold))
+                .arg(optional(values.safety_stock));
+        }
+        invocation.invoke_async::<i64>(&mut redis).await.map(drop)
+    }
+
+    /// Writes the dedup record of `sku`'s event `event_id`, to expire after `left`.
+    pub async fn event(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        event_id: &str,
+        outcome: EventOutcome,
+        left: Duration,
+    ) -> redis::RedisResult<()> {
+        let (at_ms, result, expected, actual) = match outcome {
+            EventOutcome::Applied { at_ms } => (at_ms, "applied", None, None),
+            EventOutcome::Stale {
+                at_ms,
+                expected,
+                actual,
+            } => (at_ms, "stale", Some(expected), Some(actual)),
+        };
+        let mut redis = redis.clone();
+        self.event
+            .key(self.keys.event(sku, event_id))
+            .arg(at_ms)
+            .arg(result)
+            .arg(optional(expected))
+            .arg(optional(actual))
+            .arg(millis(left))
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+    }
+}
+
+/// A script argument that may be absent: the number, or `''`.
+fn optional(value: Option<i64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// Whole milliseconds of `d`, at least 1 (`PEXPIRE` with 0 would delete the key at once).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
