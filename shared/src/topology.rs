@@ -318,7 +318,8 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<()
     let stream = format!("KV_{bucket}");
     match js.get_stream(&stream).await {
         Ok(_) => return Ok(()),
-        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {}
         Err(e) => return Err(js_error(format!("looking up bucket {bucket}"))(e.into())),
     }
     js.create_key_value(config)
@@ -380,7 +381,9 @@ pub async fn remove_webhook_consumer(
         .map_err(|e| js_error(format!("looking up stream {}", subjects::WEBHOOKS))(e.into()))?;
     let existed = match stream.delete_consumer(&durable).await {
         Ok(_) => true,
-        Err(e) if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => false,
+        Err(e) if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {
+            false
+        }
         Err(e) => {
             return Err(js_error(format!(
                 "removing consumer {}/{durable}",

@@ -1488,18 +1488,46 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
     }
     let (status, listed) = gw.get("/v1/webhooks", ADMIN).await;
     assert_eq!(status, StatusCode::OK, "{listed}");
-    assert_eq!(listed, json!({"webhooks": []}), "a refused create stores nothing");
+    assert_eq!(
+        listed,
+        json!({"webhooks": []}),
+        "a refused create stores nothing"
+    );
 
     // Bad input: 400 naming the field, nothing stored.
     for (body, field) in [
-        (json!({"id": "a b", "url": receiver.url, "events": ["*"]}), "id"),
-        (json!({"id": "x", "url": "ftp://example.com/h", "events": ["*"]}), "url"),
-        (json!({"id": "x", "url": "not a url", "events": ["*"]}), "url"),
-        (json!({"id": "x", "url": receiver.url, "events": ["sold"]}), "events"),
-        (json!({"id": "x", "url": receiver.url, "events": []}), "events"),
-        (json!({"id": "x", "url": receiver.url, "events": ["*"], "skus": []}), "skus"),
-        (json!({"id": "x", "url": receiver.url, "events": ["*"], "secret": "short"}), "secret"),
-        (json!({"id": "x", "url": receiver.url, "events": ["*"], "sku": ["A1"]}), "sku"),
+        (
+            json!({"id": "a b", "url": receiver.url, "events": ["*"]}),
+            "id",
+        ),
+        (
+            json!({"id": "x", "url": "ftp://example.com/h", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"id": "x", "url": "not a url", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["sold"]}),
+            "events",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": []}),
+            "events",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "skus": []}),
+            "skus",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "secret": "short"}),
+            "secret",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "sku": ["A1"]}),
+            "sku",
+        ),
         (json!({"url": receiver.url, "events": ["*"]}), "id"),
     ] {
         let (status, error) = gw.post("/v1/webhooks", ADMIN, None, &body).await;
@@ -1507,14 +1535,20 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
         assert_eq!(error["field"], field, "{body}: {error}");
     }
     let (status, error) = gw.get("/v1/webhooks/a%20b", ADMIN).await;
-    assert_eq!((status, error["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")));
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
 
     // Created while notify runs: it declares the consumer and delivers.
     let (status, created) = gw.post("/v1/webhooks", ADMIN, None, &crm).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["secret_set"], false);
     let (status, error) = gw.post("/v1/webhooks", ADMIN, None, &crm).await;
-    assert_eq!((status, error["error"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
     // One with its own secret: stored, never shown.
     let signed = json!({"id": "signed", "url": receiver.url, "events": ["order_rejected"],
                         "skus": ["NONE"], "secret": WEBHOOK_SECRET});
@@ -1541,7 +1575,10 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
             .text()
             .await
             .expect("body");
-        assert!(!text.contains(WEBHOOK_SECRET), "GET {path} echoed the secret: {text}");
+        assert!(
+            !text.contains(WEBHOOK_SECRET),
+            "GET {path} echoed the secret: {text}"
+        );
     }
     let (_, listed) = gw.get("/v1/webhooks", ADMIN).await;
     let ids: Vec<&str> = listed["webhooks"]
@@ -1577,7 +1614,10 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
     let (status, _) = gw.get("/v1/webhooks/crm", ADMIN).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, error) = delete(&gw, "/v1/webhooks/crm", ADMIN).await;
-    assert_eq!((status, error["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     eventually("notify removes webhook-crm", DEADLINE, || async {
         (!webhook_consumer_exists(&world, "crm").await).then_some(())
     })
@@ -1593,7 +1633,11 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
     })
     .await;
     world.wait_idle(subjects::ALERTS, "notify-worker").await;
-    assert_eq!(receiver.received().len(), before, "a deleted subscription got a delivery");
+    assert_eq!(
+        receiver.received().len(),
+        before,
+        "a deleted subscription got a delivery"
+    );
     assert_eq!(
         count(&world.js, subjects::WEBHOOKS, "webhooks.crm").await,
         0,
@@ -1619,7 +1663,12 @@ async fn commit_and_fulfil_over_http_change_stock_as_the_same_commands_over_nats
     let gw = Gateway::start(&world, &[]).await;
     for (key, sku) in [("rcv-h", "GW-HTTP"), ("rcv-n", "GW-NATS")] {
         let (status, _) = gw
-            .post("/v1/stock/events", WRITE, Some(key), &received_json(sku, "wh", 10))
+            .post(
+                "/v1/stock/events",
+                WRITE,
+                Some(key),
+                &received_json(sku, "wh", 10),
+            )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED);
         world.wait_on_hand(sku, "wh", 10).await;
@@ -1634,7 +1683,12 @@ async fn commit_and_fulfil_over_http_change_stock_as_the_same_commands_over_nats
         .await;
     assert_eq!(status, StatusCode::CREATED, "{placed_http}");
     let (status, _) = gw
-        .post("/v1/orders/via-http/commit", WRITE, Some("commit-h"), &json!({}))
+        .post(
+            "/v1/orders/via-http/commit",
+            WRITE,
+            Some("commit-h"),
+            &json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, _) = gw

@@ -43,7 +43,10 @@ impl SubscriptionSet {
     /// The current subscriptions.
     pub fn current(&self) -> Arc<Vec<Subscription>> {
         // A panic while holding the lock cannot leave the Arc half-written: recover it.
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds `subscription`, replacing one with its id.
@@ -252,9 +255,13 @@ impl Endpoints {
         }
         if entry.operation != kv::Operation::Put {
             match topology::remove_webhook_consumer(&self.js, &id).await {
-                Ok(true) => tracing::info!(endpoint = %id, "webhook subscription deleted: its consumer and queued deliveries are removed"),
+                Ok(true) => {
+                    tracing::info!(endpoint = %id, "webhook subscription deleted: its consumer and queued deliveries are removed")
+                }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(endpoint = %id, error = %e, "removing the consumer of a deleted webhook subscription failed"),
+                Err(e) => {
+                    tracing::warn!(endpoint = %id, error = %e, "removing the consumer of a deleted webhook subscription failed")
+                }
             }
             return;
         }
@@ -344,7 +351,8 @@ impl Endpoints {
             endpoint.clone(),
             DeadLetters::new(self.js.clone()),
         ));
-        let breaker = deliver::watch_breaker(endpoint, self.nats_up.clone(), may_pull, stop.clone());
+        let breaker =
+            deliver::watch_breaker(endpoint, self.nats_up.clone(), may_pull, stop.clone());
         let (js, topology, token) = (self.js.clone(), self.topology.clone(), stop.clone());
         let task = tokio::spawn(async move {
             if declare && !declare_until_done(&js, &id, &topology, &token).await {

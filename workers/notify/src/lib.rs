@@ -262,7 +262,8 @@ impl FanOut {
 impl Handler for FanOut {
     async fn handle(&self, message: &jetstream::Message) -> Result<Handled, HandleError> {
         let subscriptions = self.subscriptions.current();
-        if message.subject.starts_with("stock.changes.") && !Self::wants_stock_changes(&subscriptions)
+        if message.subject.starts_with("stock.changes.")
+            && !Self::wants_stock_changes(&subscriptions)
         {
             return Ok(Handled {
                 event_type: EventType::StockChanged.as_str(),

@@ -144,7 +144,9 @@ pub enum RegistryError {
     },
 }
 
-fn unavailable<E: Into<async_nats::Error>>(action: impl Into<String>) -> impl FnOnce(E) -> RegistryError {
+fn unavailable<E: Into<async_nats::Error>>(
+    action: impl Into<String>,
+) -> impl FnOnce(E) -> RegistryError {
     let action = action.into();
     move |e| RegistryError::Unavailable {
         action,
@@ -233,7 +235,10 @@ impl Registry {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 Err(RegistryError::Exists(stored.id.clone()))
             }
-            Err(e) => Err(unavailable(format!("storing {} in bucket {BUCKET}", stored.id))(e)),
+            Err(e) => Err(unavailable(format!(
+                "storing {} in bucket {BUCKET}",
+                stored.id
+            ))(e)),
         }
     }
 
@@ -275,19 +280,40 @@ mod tests {
     #[test]
     fn the_file_checks_apply_and_name_the_field() {
         let cases = [
-            (r#"{"id": "a b", "url": "http://x/y", "events": ["*"]}"#, "id"),
+            (
+                r#"{"id": "a b", "url": "http://x/y", "events": ["*"]}"#,
+                "id",
+            ),
             (r#"{"id": "a", "url": "ftp://x/y", "events": ["*"]}"#, "url"),
-            (r#"{"id": "a", "url": "http://x/y", "events": []}"#, "events"),
-            (r#"{"id": "a", "url": "http://x/y", "events": ["sold"]}"#, "events"),
-            (r#"{"id": "a", "url": "http://x/y", "events": ["*"], "skus": []}"#, "skus"),
-            (r#"{"id": "a", "url": "http://x/y", "events": ["*"], "locations": [""]}"#, "locations"),
-            (r#"{"id": "a", "url": "http://x/y", "events": ["*"], "secret": "short"}"#, "secret"),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": []}"#,
+                "events",
+            ),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": ["sold"]}"#,
+                "events",
+            ),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": ["*"], "skus": []}"#,
+                "skus",
+            ),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": ["*"], "locations": [""]}"#,
+                "locations",
+            ),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": ["*"], "secret": "short"}"#,
+                "secret",
+            ),
         ];
         for (json, field) in cases {
             let err = stored(json).validate().expect_err(json);
             assert_eq!(err.field, field, "{json}: {err}");
         }
-        assert!(Stored::from_json(br#"{"id": "a", "url": "http://x/y", "events": ["*"], "sku": []}"#).is_err());
+        assert!(Stored::from_json(
+            br#"{"id": "a", "url": "http://x/y", "events": ["*"], "sku": []}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -303,7 +329,10 @@ mod tests {
         assert_eq!(sub.secret.expose(), "sixteen-bytes-secret");
 
         let without = stored(r#"{"id": "erp", "url": "http://erp/h", "events": ["*"]}"#);
-        let err = without.clone().into_subscription(None).expect_err("no secret anywhere");
+        let err = without
+            .clone()
+            .into_subscription(None)
+            .expect_err("no secret anywhere");
         assert_eq!(err.field, "secret");
         assert!(err.reason.contains("STOCKFLOW_WEBHOOK_SECRET"), "{err}");
         let sub = without

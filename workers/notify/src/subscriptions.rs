@@ -234,10 +234,7 @@ pub(crate) fn check(fields: Fields<'_>) -> Result<Checked, InvalidField> {
             let event_type = EventType::from_name(name).ok_or_else(|| {
                 InvalidField::new(
                     "events",
-                    format!(
-                        "unknown event type {name:?}; known: {}",
-                        EventType::names()
-                    ),
+                    format!("unknown event type {name:?}; known: {}", EventType::names()),
                 )
             })?;
             types.insert(event_type);
