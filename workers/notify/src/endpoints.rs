@@ -1,7 +1,8 @@
 //! The delivery loops, one per endpoint, and the set of subscriptions the fan-out enqueues for.
 //!
 //! The subscriptions file's endpoints are started once, at start ([`Endpoints::start_file`]);
-//! those of the `WEBHOOK_SUBSCRIPTIONS` bucket come and go while the worker runs
+//! those the `WEBHOOK_SUBSCRIPTIONS` bucket holds at start too, before the fan-out runs
+//! ([`Endpoints::start_bucket`]); then they come and go while the worker runs
 //! ([`Endpoints::watch`]): a new one gets its consumer `webhook-<id>` and a loop, a deleted one
 //! is taken out of the fan-out, its loop stopped (deliveries in flight finish) and its consumer
 //! removed with the deliveries still queued for it. A bucket entry with the id of a file
@@ -186,6 +187,27 @@ impl Endpoints {
                     task,
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// Starts the loops of the subscriptions the bucket holds now, waiting while JetStream does
+    /// not answer: called before the fan-out starts, so no event is fanned out without them.
+    /// [`Self::watch`] then follows the changes.
+    pub async fn start_bucket(&self, startup: &Startup) -> anyhow::Result<()> {
+        let entries = startup
+            .wait("JetStream to read the webhook subscriptions", || async {
+                let registry = Registry::open(&self.js)
+                    .await
+                    .map_err(|e| Failure::Unavailable(e.into()))?;
+                registry
+                    .entries()
+                    .await
+                    .map_err(|e| Failure::Unavailable(e.into()))
+            })
+            .await?;
+        for entry in entries {
+            self.apply(entry).await;
         }
         Ok(())
     }

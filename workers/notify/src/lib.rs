@@ -172,6 +172,7 @@ pub async fn run(
     endpoints
         .start_file(&startup, &settings.subscriptions)
         .await?;
+    endpoints.start_bucket(&startup).await?;
     tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
     if settings.subscriptions.is_empty() {
         tracing::info!(

@@ -259,6 +259,29 @@ impl Registry {
             .map_err(unavailable(format!("deleting {id} in bucket {BUCKET}")))
     }
 
+    /// The current entry of every key (deleted ones are left out): what [`Self::watch`] starts
+    /// with, read without waiting for a change.
+    pub async fn entries(&self) -> Result<Vec<kv::Entry>, RegistryError> {
+        let keys: Vec<String> = self
+            .store
+            .keys()
+            .await
+            .map_err(unavailable(format!("listing bucket {BUCKET}")))?
+            .try_collect()
+            .await
+            .map_err(unavailable(format!("listing bucket {BUCKET}")))?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let entry = self
+                .store
+                .entry(key.as_str())
+                .await
+                .map_err(unavailable(format!("reading {key} in bucket {BUCKET}")))?;
+            entries.extend(entry.filter(|e| e.operation == kv::Operation::Put));
+        }
+        Ok(entries)
+    }
+
     /// Every change from now on, after the current value of every key (deleted ones included,
     /// as deletions).
     pub async fn watch(&self) -> Result<kv::Watch, RegistryError> {
