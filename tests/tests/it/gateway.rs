@@ -1607,6 +1607,35 @@ async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_th
     })
     .await;
     receiver.assert_signatures_verified();
+    // A notify started later loads the bucket's subscriptions too.
+    notify.shutdown().await;
+    let notify = notify_worker(&world, &fast(&file, &[]));
+    let again = publish_alert(&world, &alert(AlertKind::LowStock, "W3", "store-1", "wh-3")).await;
+    eventually(
+        "crm receives an alert after a restart",
+        DEADLINE,
+        || async {
+            receiver
+                .received()
+                .iter()
+                .any(|r| r.event_id == again)
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, error) = gw
+        .post(
+            "/v1/webhooks",
+            ADMIN,
+            None,
+            &json!({"id": "x", "url": receiver.url, "events": ["*"], "secret": 4_242_424_242_u64}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("secret"))
+    );
+    assert!(!error.to_string().contains("4242424242"), "{error}");
 
     // Deleted: its consumer goes, and what comes after reaches the witness only.
     let (status, _) = delete(&gw, "/v1/webhooks/crm", ADMIN).await;

@@ -235,7 +235,14 @@ pub(crate) async fn create_webhook(
     let body = body?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?;
-    let stored: Stored = input::from_value(value)?;
+    let stored: Stored = input::from_value(value).map_err(|e| {
+        // Never echo what was sent as a secret, even when it is not a string.
+        if e.field.as_deref() == Some("secret") {
+            ApiError::invalid("secret", "must be a string of 16..=1024 bytes")
+        } else {
+            e
+        }
+    })?;
     stored
         .validate()
         .map_err(|e| ApiError::invalid(e.field, e.reason))?;
