@@ -881,6 +881,57 @@ def check_tokens_kept(helm) -> list[str]:
     return problems
 
 
+# Renders that must fail because the gateway would get no usable tokens, and the value each
+# failure must name, so whoever reads it knows what to change.
+NO_TOKENS = [
+    ({"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_TOKENS", "value": ""}]}}, "gateway.env STOCKFLOW_GATEWAY_TOKENS"),
+    ({"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_TOKENS_FILE", "value": "/t"}]}}, "gateway.env STOCKFLOW_GATEWAY_TOKENS_FILE"),
+    ({"config": {"extra": {"STOCKFLOW_GATEWAY_TOKENS": ""}}}, "config.extra.STOCKFLOW_GATEWAY_TOKENS"),
+    ({"config": {"extra": {"STOCKFLOW_GATEWAY_TOKENS_FILE": "/t"}}}, "config.extra.STOCKFLOW_GATEWAY_TOKENS_FILE"),
+]
+
+# A template added to a copy of the chart: offline `lookup` finds nothing, so it hands the check
+# of gateway.auth.existingSecret the Secret an installed cluster would return (base64 data).
+SECRET_PROBE = """\
+{{- $found := dict "data" (dict "gateway-tokens" (b64enc "%(text)s")) }}
+{{- include "stockflow.checkGatewayTokensSecret" (dict "auth" (dict "existingSecret" "shop-tokens" "existingSecretKey" "%(key)s") "found" $found) }}
+"""
+
+
+def check_no_tokens_fails_naming_the_value(helm) -> list[str]:
+    """A gateway that would refuse to start for want of tokens fails the render instead, and the
+    message names the value to change."""
+    problems = []
+    for values, named_value in NO_TOKENS:
+        try:
+            render_manifests(helm, values)
+            problems.append(f"{named_value}: rendered without error")
+        except helm.HelmError as e:
+            if named_value not in str(e) or "gateway.auth.tokens" not in str(e):
+                problems.append(f"{named_value}: the failure does not name it and gateway.auth.tokens: {e}")
+    cases = [  # (Secret text, key, must fail)
+        ("", "gateway-tokens", True),
+        ("# only a comment\\n , ", "gateway-tokens", True),
+        ("write:a-long-enough-token-123", "other-key", True),
+        ("write:a-long-enough-token-123", "gateway-tokens", False),
+    ]
+    for text, key, must_fail in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            chart = Path(tmp) / "stockflow"
+            shutil.copytree(CHART, chart)
+            (chart / "templates" / "secret-probe.yaml").write_text(SECRET_PROBE % {"text": text, "key": key})
+            try:
+                render_manifests(helm, {}, chart_dir=chart)
+                if must_fail:
+                    problems.append(f"an existing Secret with {text!r} under {key}: rendered without error")
+            except helm.HelmError as e:
+                if not must_fail:
+                    problems.append(f"an existing Secret with {text!r} under {key}: refused ({e})")
+                elif "gateway.auth.existingSecret" not in str(e) or f"gateway.auth.existingSecretKey={key}" not in str(e):
+                    problems.append(f"an existing Secret with {text!r} under {key}: the failure does not name the values: {e}")
+    return problems
+
+
 def check_tokens_everywhere(helm, contract: Contract) -> list[str]:
     """Cases no values file covers: no gateway, and every source's release notes."""
     problems = []
@@ -1323,6 +1374,9 @@ REFUSED = [
     ("gateway auth none with an existing Secret", {"gateway": {"auth": {"method": "none", "existingSecret": "gw"}}}, "render"),
     ("STOCKFLOW_GATEWAY_AUTH in gateway.env", {"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_AUTH", "value": "none"}]}}, "render"),
     ("STOCKFLOW_GATEWAY_AUTH in config.extra", {"config": {"extra": {"STOCKFLOW_GATEWAY_AUTH": "none"}}}, "render"),
+    ("STOCKFLOW_GATEWAY_TOKENS in gateway.env", {"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_TOKENS", "value": ""}]}}, "render"),
+    ("STOCKFLOW_GATEWAY_TOKENS_FILE in gateway.env", {"gateway": {"env": [{"name": "STOCKFLOW_GATEWAY_TOKENS_FILE", "value": "/t"}]}}, "render"),
+    ("STOCKFLOW_GATEWAY_TOKENS in config.extra", {"config": {"extra": {"STOCKFLOW_GATEWAY_TOKENS": ""}}}, "render"),
     ("a malformed nkey seed", {"nats": {"auth": {"method": "nkey", "nkeySeed": "not-a-seed"}}}, "schema"),
     ("a notify in-flight window of zero", {"workers": {"notify": {"maxInFlight": 0}}}, "schema"),
     ("NATS nkey auth without a seed", {"nats": {"auth": {"method": "nkey"}}}, "render"),
@@ -1565,6 +1619,7 @@ def main() -> int:
         guarded(results, "the token validator agrees with workers/gateway/src/auth.rs", check_token_parser)
         guarded(results, "gateway tokens: generated anew by each render", check_tokens_random, helm)
         guarded(results, "gateway tokens: an installed Secret's are kept, one set per render", check_tokens_kept, helm)
+        guarded(results, "gateway tokens: a render that would leave the gateway without tokens fails naming the value", check_no_tokens_fails_naming_the_value, helm)
         guarded(results, "gateway tokens: every source, its env, Secrets and release notes", check_tokens_everywhere, helm, contract)
         guarded(results, f"invalid values are refused ({len(REFUSED)} cases)", check_refused, helm)
         guarded(results, "promtool check rules files/alerts.yaml", check_promtool_rules, promtool)

@@ -2,11 +2,12 @@
 //!
 //! [`ensure`] creates what is missing and verifies what exists. It never silently rewrites an
 //! existing stream or consumer: a difference in a setting the workers rely on is an error that
-//! names it; `setup` with `update` applies the declared configuration deliberately.
+//! names it; `setup` with `update` applies the declared configuration deliberately. The key-value
+//! buckets ([`buckets`]) are created when missing; an existing one is used as it is.
 
 use std::{sync::LazyLock, time::Duration};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::TryStreamExt as _;
 use stockflow_proto::subjects;
 
@@ -286,6 +287,47 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
 /// longest retry horizon notify accepts, so a delivery always ends as a POST or a dead letter.
 pub const WEBHOOKS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The key-value bucket of the webhook subscriptions made through the gateway's admin routes
+/// (`/v1/webhooks`): one key per subscription id, its value the subscription as JSON. Its stream
+/// is `KV_WEBHOOK_SUBSCRIPTIONS`; notify-worker watches it.
+pub const WEBHOOK_SUBSCRIPTIONS: &str = "WEBHOOK_SUBSCRIPTIONS";
+
+/// Largest value in [`WEBHOOK_SUBSCRIPTIONS`], bytes: a subscription with long SKU and
+/// location filters fits many times over.
+pub const WEBHOOK_SUBSCRIPTION_MAX_BYTES: usize = 256 * 1024;
+
+/// The declared key-value buckets.
+pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
+    vec![kv::Config {
+        bucket: WEBHOOK_SUBSCRIPTIONS.to_owned(),
+        description: "stockflow webhook subscriptions (gateway /v1/webhooks)".to_owned(),
+        // The current value only: a deleted subscription's secret does not linger in history.
+        history: 1,
+        max_value_size: i32::try_from(WEBHOOK_SUBSCRIPTION_MAX_BYTES).unwrap_or(i32::MAX),
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }]
+}
+
+/// Creates the bucket `config` declares when its stream does not exist; an existing bucket is
+/// left as it is.
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<(), TopologyError> {
+    let bucket = config.bucket.clone();
+    let stream = format!("KV_{bucket}");
+    match js.get_stream(&stream).await {
+        Ok(_) => return Ok(()),
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {}
+        Err(e) => return Err(js_error(format!("looking up bucket {bucket}"))(e.into())),
+    }
+    js.create_key_value(config)
+        .await
+        .map_err(|e| js_error(format!("creating bucket {bucket}"))(e.into()))?;
+    tracing::info!(%bucket, "created key-value bucket");
+    Ok(())
+}
+
 /// The durable consumer name of webhook endpoint `endpoint` on `WEBHOOKS`.
 pub fn webhook_durable(endpoint: &str) -> String {
     format!("webhook-{endpoint}")
@@ -322,6 +364,43 @@ pub async fn ensure_webhook_consumer(
 ) -> Result<(), TopologyError> {
     let config = webhook_consumer_config(endpoint, settings);
     declare_consumer(js, subjects::WEBHOOKS, config, Mode::Verify).await
+}
+
+/// Removes webhook endpoint `endpoint`'s consumer and the deliveries still queued for it on
+/// `webhooks.<endpoint>`: what a deleted subscription leaves behind. Returns whether the consumer
+/// existed; removing one that is gone already is not an error (every notify replica does it).
+pub async fn remove_webhook_consumer(
+    js: &jetstream::Context,
+    endpoint: &str,
+) -> Result<bool, TopologyError> {
+    let durable = webhook_durable(endpoint);
+    let stream = js
+        .get_stream(subjects::WEBHOOKS)
+        .await
+        .map_err(|e| js_error(format!("looking up stream {}", subjects::WEBHOOKS))(e.into()))?;
+    let existed = match stream.delete_consumer(&durable).await {
+        Ok(_) => true,
+        Err(e) if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {
+            false
+        }
+        Err(e) => {
+            return Err(js_error(format!(
+                "removing consumer {}/{durable}",
+                subjects::WEBHOOKS
+            ))(e.into()))
+        }
+    };
+    stream
+        .purge()
+        .filter(subjects::webhook(endpoint))
+        .await
+        .map_err(|e| {
+            js_error(format!(
+                "purging the deliveries of {endpoint} from {}",
+                subjects::WEBHOOKS
+            ))(e.into())
+        })?;
+    Ok(existed)
 }
 
 /// The declared configuration of a durable consumer.
@@ -387,7 +466,7 @@ pub enum Mode {
     Update,
 }
 
-/// Declares every stream and durable consumer.
+/// Declares every stream, durable consumer and key-value bucket.
 pub async fn ensure(
     js: &jetstream::Context,
     settings: &TopologySettings,
@@ -401,6 +480,9 @@ pub async fn ensure(
     }
     for spec in consumers(settings) {
         ensure_consumer(js, &spec, settings, mode).await?;
+    }
+    for config in buckets(settings) {
+        ensure_bucket(js, config).await?;
     }
     Ok(())
 }

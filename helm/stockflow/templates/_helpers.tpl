@@ -169,6 +169,23 @@ Cross-field checks that a JSON schema cannot state readably. Rendered by configm
 {{- if $authSetByHand }}
 {{- fail "set gateway.auth.method rather than STOCKFLOW_GATEWAY_AUTH: the chart gives the gateway tokens unless gateway.auth.method=none" }}
 {{- end }}
+{{- /* The gateway refuses to start without tokens, and with both STOCKFLOW_GATEWAY_TOKENS and
+_FILE: the chart sets the first from gateway.auth, so neither may be set by hand. */}}
+{{- range $var := list "STOCKFLOW_GATEWAY_TOKENS" "STOCKFLOW_GATEWAY_TOKENS_FILE" }}
+{{- if hasKey $v.config.extra $var }}
+{{- fail (printf "config.extra.%s: give the gateway's tokens in gateway.auth.tokens or gateway.auth.existingSecret (the chart sets STOCKFLOW_GATEWAY_TOKENS from them)" $var) }}
+{{- end }}
+{{- range $e := $v.gateway.env }}
+{{- if eq $e.name $var }}
+{{- fail (printf "gateway.env %s: give the gateway's tokens in gateway.auth.tokens or gateway.auth.existingSecret (the chart sets STOCKFLOW_GATEWAY_TOKENS from them)" $var) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $v.gateway.auth }}
+{{- if and $v.gateway.enabled (eq .method "tokens") .existingSecret }}
+{{- include "stockflow.checkGatewayTokensSecret" (dict "auth" . "found" (lookup "v1" "Secret" $.Release.Namespace .existingSecret)) }}
+{{- end }}
+{{- end }}
 {{- range $c := (include "stockflow.components" . | fromYaml).items }}
 {{- with $c.values.autoscaling }}
 {{- if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
@@ -177,6 +194,28 @@ Cross-field checks that a JSON schema cannot state readably. Rendered by configm
 {{- if and .enabled (eq $c.autoscaler "hpa") (lt (int .minReplicas) 1) }}
 {{- fail (printf "%s: a CPU HorizontalPodAutoscaler needs autoscaling.minReplicas >= 1 (0 works only with KEDA)" $c.component) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails when the Secret gateway.auth.existingSecret names, as the cluster has it (`lookup` finds
+nothing under `helm template`: then nothing is checked), holds no token entry under
+gateway.auth.existingSecretKey: the gateway would refuse to start. Call with
+(dict "auth" .Values.gateway.auth "found" <the looked-up Secret or an empty dict>).
+*/}}
+{{- define "stockflow.checkGatewayTokensSecret" -}}
+{{- if .found }}
+{{- $text := dig "data" .auth.existingSecretKey "" .found | b64dec }}
+{{- $entries := list }}
+{{- range $line := regexSplit "[,\n]" $text -1 }}
+{{- $line = trim $line }}
+{{- if and $line (not (hasPrefix "#" $line)) }}
+{{- $entries = append $entries $line }}
+{{- end }}
+{{- end }}
+{{- if not $entries }}
+{{- fail (printf "gateway.auth.existingSecret: the Secret %s holds no tokens under gateway.auth.existingSecretKey=%s, and the gateway refuses to start without one; put scope:token entries there, or leave gateway.auth.existingSecret empty to give gateway.auth.tokens or have tokens generated" .auth.existingSecret .auth.existingSecretKey) }}
 {{- end }}
 {{- end }}
 {{- end }}

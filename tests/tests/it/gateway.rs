@@ -1547,6 +1547,392 @@ async fn dead_letters_are_listed_shown_and_replayed_by_admin_tokens_only() {
     order_worker.shutdown().await;
 }
 
+/// A signing secret given through the API: it must never come back.
+const WEBHOOK_SECRET: &str = "whsec-given-through-the-api-7f3a";
+
+async fn delete(gw: &Gateway, path: &str, token: &str) -> (StatusCode, Value) {
+    answer(
+        gw.http
+            .delete(gw.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// Whether the consumer `webhook-<id>` exists on `WEBHOOKS`.
+async fn webhook_consumer_exists(world: &World, id: &str) -> bool {
+    let stream = world
+        .js
+        .get_stream(subjects::WEBHOOKS)
+        .await
+        .expect("WEBHOOKS");
+    stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            &stockflow_shared::topology::webhook_durable(id),
+        )
+        .await
+        .is_ok()
+}
+
+/// Webhook subscriptions through the admin routes, with notify-worker already running: a
+/// created one is delivered to without a restart, a deleted one stops getting deliveries and
+/// its consumer is gone; read and write tokens are refused; the secret is never echoed; bad
+/// input is a 400 naming the field.
+#[tokio::test]
+async fn webhook_subscriptions_are_managed_by_admin_tokens_and_notify_follows_them() {
+    use crate::notify::{alert, fast, notify_worker, publish_alert, subscriptions_file, Receiver};
+    use stockflow_proto::v1::AlertKind;
+
+    let world = World::start().await;
+    // A file subscription: the witness that notify delivered what came after a deletion.
+    let witness = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        json!([{"id": "witness", "url": witness.url, "events": ["low_stock"]}]),
+    );
+    let notify = notify_worker(&world, &fast(&file, &[]));
+    let gw = Gateway::start(&world, &[]).await;
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let crm = json!({"id": "crm", "url": receiver.url, "events": ["low_stock"]});
+
+    // Read and write tokens may neither see nor change subscriptions.
+    for token in [READ, WRITE] {
+        let answers = [
+            gw.get("/v1/webhooks", token).await,
+            gw.get("/v1/webhooks/crm", token).await,
+            gw.post("/v1/webhooks", token, None, &crm).await,
+            delete(&gw, "/v1/webhooks/crm", token).await,
+        ];
+        for (status, error) in answers {
+            assert_eq!(
+                (status, error["error"].as_str()),
+                (StatusCode::FORBIDDEN, Some("forbidden")),
+                "{error}"
+            );
+        }
+    }
+    let (status, listed) = gw.get("/v1/webhooks", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed,
+        json!({"webhooks": []}),
+        "a refused create stores nothing"
+    );
+
+    // Bad input: 400 naming the field, nothing stored.
+    for (body, field) in [
+        (
+            json!({"id": "a b", "url": receiver.url, "events": ["*"]}),
+            "id",
+        ),
+        (
+            json!({"id": "x", "url": "ftp://example.com/h", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"id": "x", "url": "not a url", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["sold"]}),
+            "events",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": []}),
+            "events",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "skus": []}),
+            "skus",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "secret": "short"}),
+            "secret",
+        ),
+        (
+            json!({"id": "x", "url": receiver.url, "events": ["*"], "sku": ["A1"]}),
+            "sku",
+        ),
+        (json!({"url": receiver.url, "events": ["*"]}), "id"),
+    ] {
+        let (status, error) = gw.post("/v1/webhooks", ADMIN, None, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert_eq!(error["field"], field, "{body}: {error}");
+    }
+    let (status, error) = gw.get("/v1/webhooks/a%20b", ADMIN).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
+
+    // Created while notify runs: it declares the consumer and delivers.
+    let (status, created) = gw.post("/v1/webhooks", ADMIN, None, &crm).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["secret_set"], false);
+    let (status, error) = gw.post("/v1/webhooks", ADMIN, None, &crm).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    // One with its own secret: stored, never shown.
+    let signed = json!({"id": "signed", "url": receiver.url, "events": ["order_rejected"],
+                        "skus": ["NONE"], "secret": WEBHOOK_SECRET});
+    let response = gw
+        .http
+        .post(gw.url("/v1/webhooks"))
+        .bearer_auth(ADMIN)
+        .json(&signed)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let text = response.text().await.expect("body");
+    assert!(!text.contains(WEBHOOK_SECRET), "secret echoed: {text}");
+    assert!(text.contains(r#""secret_set":true"#), "{text}");
+    for path in ["/v1/webhooks", "/v1/webhooks/signed"] {
+        let text = gw
+            .http
+            .get(gw.url(path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        assert!(
+            !text.contains(WEBHOOK_SECRET),
+            "GET {path} echoed the secret: {text}"
+        );
+    }
+    let (_, listed) = gw.get("/v1/webhooks", ADMIN).await;
+    let ids: Vec<&str> = listed["webhooks"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|w| w["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["crm", "signed"], "{listed}");
+    let (status, shown) = gw.get("/v1/webhooks/signed", ADMIN).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["secret_set"], true);
+    assert_eq!(shown["skus"], json!(["NONE"]));
+
+    eventually("notify declares webhook-crm", DEADLINE, || async {
+        webhook_consumer_exists(&world, "crm").await.then_some(())
+    })
+    .await;
+    let first = publish_alert(&world, &alert(AlertKind::LowStock, "W1", "store-1", "wh-1")).await;
+    eventually("crm receives the alert", DEADLINE, || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.event_id == first)
+            .then_some(())
+    })
+    .await;
+    receiver.assert_signatures_verified();
+    // A notify started later loads the bucket's subscriptions too.
+    notify.shutdown().await;
+    let notify = notify_worker(&world, &fast(&file, &[]));
+    let again = publish_alert(&world, &alert(AlertKind::LowStock, "W3", "store-1", "wh-3")).await;
+    eventually(
+        "crm receives an alert after a restart",
+        DEADLINE,
+        || async {
+            receiver
+                .received()
+                .iter()
+                .any(|r| r.event_id == again)
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, error) = gw
+        .post(
+            "/v1/webhooks",
+            ADMIN,
+            None,
+            &json!({"id": "x", "url": receiver.url, "events": ["*"], "secret": 4_242_424_242_u64}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("secret"))
+    );
+    assert!(!error.to_string().contains("4242424242"), "{error}");
+
+    // Deleted: its consumer goes, and what comes after reaches the witness only.
+    let (status, _) = delete(&gw, "/v1/webhooks/crm", ADMIN).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = gw.get("/v1/webhooks/crm", ADMIN).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, error) = delete(&gw, "/v1/webhooks/crm", ADMIN).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    eventually("notify removes webhook-crm", DEADLINE, || async {
+        (!webhook_consumer_exists(&world, "crm").await).then_some(())
+    })
+    .await;
+    let before = receiver.received().len();
+    let second = publish_alert(&world, &alert(AlertKind::LowStock, "W2", "store-1", "wh-2")).await;
+    eventually("the witness receives the later alert", DEADLINE, || async {
+        witness
+            .received()
+            .iter()
+            .any(|r| r.event_id == second)
+            .then_some(())
+    })
+    .await;
+    world.wait_idle(subjects::ALERTS, "notify-worker").await;
+    assert_eq!(
+        receiver.received().len(),
+        before,
+        "a deleted subscription got a delivery"
+    );
+    assert_eq!(
+        count(&world.js, subjects::WEBHOOKS, "webhooks.crm").await,
+        0,
+        "nothing is queued for a deleted subscription"
+    );
+    assert!(webhook_consumer_exists(&world, "signed").await);
+    gw.shutdown().await;
+    notify.shutdown().await;
+}
+
+/// Commit and fulfil over HTTP change stock exactly as the same commands published on NATS do
+/// (what `stockctl` sends): the same order on two SKUs, one driven each way, ends with the same
+/// levels and the same status.
+#[tokio::test]
+async fn commit_and_fulfil_over_http_change_stock_as_the_same_commands_over_nats() {
+    use stockflow_proto::v1::{
+        order_event::Command, FulfilledLine, OrderCommitted, OrderFulfilled,
+    };
+
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let gw = Gateway::start(&world, &[]).await;
+    for (key, sku) in [("rcv-h", "GW-HTTP"), ("rcv-n", "GW-NATS")] {
+        let (status, _) = gw
+            .post(
+                "/v1/stock/events",
+                WRITE,
+                Some(key),
+                &received_json(sku, "wh", 10),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        world.wait_on_hand(sku, "wh", 10).await;
+    }
+
+    // Over HTTP.
+    let mut order = checkout("via-http", "GW-HTTP", 4);
+    order["hold_seconds"] = json!(600);
+    order["lines"][0]["location"] = json!("wh");
+    let (status, placed_http) = gw
+        .post("/v1/orders?wait=5s", WRITE, Some("place-h"), &order)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{placed_http}");
+    let (status, _) = gw
+        .post(
+            "/v1/orders/via-http/commit",
+            WRITE,
+            Some("commit-h"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = gw
+        .post(
+            "/v1/orders/via-http/fulfil",
+            WRITE,
+            Some("ship-h-1"),
+            &json!({"lines": [{"line_id": "1", "quantity": 3}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    let http_after_ship = world.on_hand_reserved("GW-HTTP", "wh").await;
+    let (status, _) = gw
+        .post(
+            "/v1/orders/via-http/fulfil",
+            WRITE,
+            Some("ship-h-2"),
+            &json!({"last_shipment": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    // The same commands on NATS.
+    world
+        .publish_order(&stockflow_tests::events::order(
+            "place-n",
+            "via-nats",
+            stockflow_tests::events::placed(&[("1", "GW-NATS", 4, "wh")], 600),
+        ))
+        .await;
+    world.wait_orders_idle().await;
+    world
+        .publish_order(&stockflow_tests::events::order(
+            "commit-n",
+            "via-nats",
+            Command::Committed(OrderCommitted {}),
+        ))
+        .await;
+    let ship = |id: &str, quantity: i64, last: bool| {
+        stockflow_tests::events::order(
+            id,
+            "via-nats",
+            Command::Fulfilled(OrderFulfilled {
+                lines: if quantity > 0 {
+                    vec![FulfilledLine {
+                        line_id: "1".into(),
+                        quantity,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                last_shipment: last,
+            }),
+        )
+    };
+    world.publish_order(&ship("ship-n-1", 3, false)).await;
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    let nats_after_ship = world.on_hand_reserved("GW-NATS", "wh").await;
+    world.publish_order(&ship("ship-n-2", 0, true)).await;
+
+    eventually("both orders fulfilled", DEADLINE, || async {
+        let (_, http) = gw.get("/v1/orders/via-http", READ).await;
+        let (_, nats) = gw.get("/v1/orders/via-nats", READ).await;
+        (http["status"] == "fulfilled" && nats["status"] == "fulfilled").then_some(())
+    })
+    .await;
+    world.wait_orders_idle().await;
+    world.wait_stock_idle().await;
+    assert_eq!(http_after_ship, (7, 1), "three shipped, one still reserved");
+    assert_eq!(http_after_ship, nats_after_ship);
+    let http_end = world.on_hand_reserved("GW-HTTP", "wh").await;
+    assert_eq!(http_end, (7, 0), "the last shipment released the rest");
+    assert_eq!(http_end, world.on_hand_reserved("GW-NATS", "wh").await);
+    let (_, http) = gw.get("/v1/orders/via-http", READ).await;
+    let (_, nats) = gw.get("/v1/orders/via-nats", READ).await;
+    assert_eq!(http["committed"], nats["committed"]);
+    assert_eq!(http["lines"][0]["shipped"], nats["lines"][0]["shipped"]);
+    assert_eq!(http["lines"][0]["shipped"], 3);
+    gw.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
 #[tokio::test]
 async fn reconcile_reports_drift_to_admin_tokens_only_and_fixes_nothing() {
     let world = World::start().await;

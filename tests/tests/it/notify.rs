@@ -293,7 +293,7 @@ pub(crate) fn notify_worker(world: &World, env: &[(&str, &str)]) -> RunningWorke
     RunningWorker::spawn(|shutdown| notify_worker::run(settings, shutdown))
 }
 
-fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> StockAlert {
+pub(crate) fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> StockAlert {
     StockAlert {
         kind: kind.into(),
         sku: sku.to_owned(),
@@ -306,7 +306,7 @@ fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> StockAlert 
 }
 
 /// Publishes an alert the way the stock worker does, with its derived `Nats-Msg-Id`.
-async fn publish_alert(world: &World, alert: &StockAlert) -> String {
+pub(crate) async fn publish_alert(world: &World, alert: &StockAlert) -> String {
     let kind = match alert.kind() {
         AlertKind::LowStock => "low_stock",
         AlertKind::OutOfStock => "out_of_stock",

@@ -1,12 +1,20 @@
 //! Admin routes (`admin` scope): the dead letters, listed, shown and replayed through
 //! `stockflow_shared::replay`, the same code `stockctl dlq` runs; the drift between Redis and
-//! the ledger, from `stockflow_ops::reconcile`, the same code `stockctl reconcile` runs.
+//! the ledger, from `stockflow_ops::reconcile`, the same code `stockctl reconcile` runs; and the
+//! webhook subscriptions of the `WEBHOOK_SUBSCRIPTIONS` bucket (`notify_worker::registry`),
+//! listed, created, shown and deleted. A subscription's secret is write-only: answers say only whether
+//! one is set, and nothing here logs a URL or a secret.
 
 use axum::{
-    extract::{Path, Query, State},
+    body::Bytes,
+    extract::{rejection::BytesRejection, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     Json,
+};
+use notify_worker::{
+    registry::{Registry, RegistryError, Stored},
+    subscriptions::valid_id,
 };
 use serde_json::{json, Map, Value};
 use stockflow_ops::Error as OpsError;
@@ -15,7 +23,7 @@ use stockflow_shared::replay::{self, DeadLetter, ReplayError};
 use crate::{
     auth::{Admin, Authorized},
     error::ApiError,
-    AppState,
+    input, AppState,
 };
 
 /// Dead letters per page unless `?limit=` says otherwise.
@@ -160,6 +168,116 @@ pub(crate) async fn post_replay(
         })),
     )
         .into_response())
+}
+
+fn from_registry(error: RegistryError) -> ApiError {
+    match error {
+        RegistryError::NotFound(_) => ApiError::not_found(error.to_string()),
+        RegistryError::Exists(_) => ApiError::conflict(error.to_string()),
+        RegistryError::Unreadable { .. } => {
+            tracing::error!(error = %error, "a stored webhook subscription is unreadable");
+            ApiError::internal(error.to_string())
+        }
+        RegistryError::Missing | RegistryError::Unavailable { .. } => {
+            tracing::warn!(error = %error, "webhook subscriptions unavailable");
+            ApiError::unavailable(error.to_string())
+        }
+    }
+}
+
+/// A subscription as answers show it: every field but the secret, and whether one is set.
+fn webhook_view(stored: &Stored) -> Value {
+    let mut view = json!({
+        "id": stored.id,
+        "url": stored.url,
+        "events": stored.events,
+        "secret_set": stored.secret.is_some(),
+    });
+    if let Value::Object(map) = &mut view {
+        if let Some(skus) = &stored.skus {
+            map.insert("skus".into(), json!(skus));
+        }
+        if let Some(locations) = &stored.locations {
+            map.insert("locations".into(), json!(locations));
+        }
+    }
+    view
+}
+
+fn webhook_id(id: &str) -> Result<&str, ApiError> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid(
+            "id",
+            "a webhook id is 1..=64 ASCII letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+/// `GET /v1/webhooks`: the subscriptions of the bucket, by id (those of notify-worker's
+/// `STOCKFLOW_WEBHOOKS_FILE` are not listed).
+pub(crate) async fn list_webhooks(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    let registry = Registry::open(&state.js).await.map_err(from_registry)?;
+    let all = registry.list().await.map_err(from_registry)?;
+    let views: Vec<Value> = all.iter().map(webhook_view).collect();
+    Ok(Json(json!({ "webhooks": views })).into_response())
+}
+
+/// `POST /v1/webhooks`: stores a new subscription (201), 409 when its id is taken; notify-worker
+/// starts delivering to it without a restart.
+pub(crate) async fn create_webhook(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?;
+    let stored: Stored = input::from_value(value).map_err(|e| {
+        // Never echo what was sent as a secret, even when it is not a string.
+        if e.field.as_deref() == Some("secret") {
+            ApiError::invalid("secret", "must be a string of 16..=1024 bytes")
+        } else {
+            e
+        }
+    })?;
+    stored
+        .validate()
+        .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    let registry = Registry::open(&state.js).await.map_err(from_registry)?;
+    registry.create(&stored).await.map_err(from_registry)?;
+    tracing::info!(id = %stored.id, "webhook subscription created");
+    Ok((StatusCode::CREATED, Json(webhook_view(&stored))).into_response())
+}
+
+/// `GET /v1/webhooks/{id}`: one subscription.
+pub(crate) async fn get_webhook(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = webhook_id(&id)?;
+    let registry = Registry::open(&state.js).await.map_err(from_registry)?;
+    let stored = registry.get(id).await.map_err(from_registry)?;
+    Ok(Json(webhook_view(&stored)).into_response())
+}
+
+/// `DELETE /v1/webhooks/{id}`: deletes a subscription (204); notify-worker stops its deliveries
+/// and removes its consumer and the deliveries still queued for it.
+pub(crate) async fn delete_webhook(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = webhook_id(&id)?;
+    let registry = Registry::open(&state.js).await.map_err(from_registry)?;
+    registry.delete(id).await.map_err(from_registry)?;
+    tracing::info!(%id, "webhook subscription deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /v1/reconcile`: the levels on which Redis and the ledger disagree, read-only (nothing is

@@ -126,6 +126,13 @@ mod tests {
                             input::order_action("o-1".into(), OrderAction::Fulfil, value, key)
                                 .map(|_| ())
                         }
+                        "/v1/webhooks" => input::from_value::<notify_worker::registry::Stored>(
+                            value,
+                        )
+                        .and_then(|s| {
+                            s.validate()
+                                .map_err(|e| crate::error::ApiError::invalid(e.field, e.reason))
+                        }),
                         other => panic!("no example check for POST {other}"),
                     };
                     result.unwrap_or_else(|e| panic!("POST {path} example {name}: {e:?}"));

@@ -12,7 +12,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post, MethodRouter},
+    routing::{delete, get, post, MethodRouter},
     Json, Router,
 };
 use futures::StreamExt as _;
@@ -58,6 +58,14 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             post(crate::admin::post_replay),
         ),
         ("get", "/v1/reconcile", get(crate::admin::get_reconcile)),
+        ("get", "/v1/webhooks", get(crate::admin::list_webhooks)),
+        ("post", "/v1/webhooks", post(crate::admin::create_webhook)),
+        ("get", "/v1/webhooks/{id}", get(crate::admin::get_webhook)),
+        (
+            "delete",
+            "/v1/webhooks/{id}",
+            delete(crate::admin::delete_webhook),
+        ),
     ];
     let mut router = Router::new();
     let mut served = Vec::with_capacity(table.len());

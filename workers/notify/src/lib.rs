@@ -1,21 +1,21 @@
 #![doc = include_str!("../README.md")]
 
 pub mod deliver;
+pub mod endpoints;
 pub mod event;
 pub mod outbox;
+pub mod registry;
 pub mod subscriptions;
 
 use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
-use stockflow_proto::subjects;
 use stockflow_shared::{
-    consume::{ConsumeSettings, Consumer, Delivery, HandleError, Handled, Handler, Outcome, Pull},
+    consume::{Consumer, Delivery, HandleError, Handled, Handler, Outcome},
     deadletter::DeadLetters,
     health::{self, Health, HealthCheck},
-    settings::{ConfigError, Env},
-    startup::{Failure, Startup},
+    settings::{ConfigError, Env, Secret},
+    startup::Startup,
     telemetry,
     topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
     worker::{readiness_checks, WorkerSettings},
@@ -23,7 +23,8 @@ use stockflow_shared::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    deliver::{Deliverer, Endpoint, RetryPolicy},
+    deliver::RetryPolicy,
+    endpoints::{Endpoints, SubscriptionSet},
     event::EventType,
     subscriptions::{EventFilter, Subscription},
 };
@@ -61,8 +62,12 @@ const REPLACED: [(&str, &str); 3] = [
 pub struct Settings {
     /// Connections, listener, consume loop of the fan-out (Redis settings are read but unused).
     pub worker: WorkerSettings,
-    /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`).
+    /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`); the `WEBHOOK_SUBSCRIPTIONS` bucket's
+    /// subscriptions are added while the worker runs.
     pub subscriptions: Vec<Subscription>,
+    /// The signing secret of subscriptions that name none (`STOCKFLOW_WEBHOOK_SECRET` or
+    /// `_FILE`), also those of the bucket.
+    pub default_secret: Option<Secret>,
     /// Back-off, horizon, breaker and timeouts.
     pub retry: RetryPolicy,
     /// POSTs in flight per endpoint (`STOCKFLOW_WEBHOOK_CONCURRENCY`).
@@ -114,6 +119,10 @@ impl Settings {
         Ok(Self {
             worker,
             subscriptions: subscriptions::from_env(env)?,
+            default_secret: env.secret(
+                subscriptions::DEFAULT_SECRET_VAR,
+                subscriptions::DEFAULT_SECRET_FILE_VAR,
+            )?,
             retry,
             concurrency: usize::try_from(env.bounded(
                 "STOCKFLOW_WEBHOOK_CONCURRENCY",
@@ -131,7 +140,8 @@ impl Settings {
 pub const MAX_HORIZON_SECONDS: u64 = topology::WEBHOOKS_MAX_AGE.as_secs() - 24 * 3600;
 
 /// Runs the notify worker until `shutdown` resolves: one fan-out loop per input stream, which
-/// enqueues each event's deliveries in `WEBHOOKS`, and one delivery loop per endpoint.
+/// enqueues each event's deliveries in `WEBHOOKS`, and one delivery loop per endpoint, of the
+/// subscriptions file and of the `WEBHOOK_SUBSCRIPTIONS` bucket (watched: see [`endpoints`]).
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -152,14 +162,27 @@ pub async fn run(
     let (nats, js) = startup
         .nats_with_topology(&settings.worker.nats, &settings.worker.topology)
         .await?;
-    ensure_endpoint_consumers(&startup, &js, &settings).await?;
+    let endpoints = Arc::new(Endpoints::new(
+        &settings,
+        js.clone(),
+        &health,
+        &nats_up,
+        &token,
+    )?);
+    endpoints
+        .start_file(&startup, &settings.subscriptions)
+        .await?;
+    endpoints.start_bucket(&startup).await?;
     tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
     if settings.subscriptions.is_empty() {
-        tracing::warn!("no webhook subscriptions: every event is acknowledged undelivered");
+        tracing::info!(
+            "no webhook subscriptions in STOCKFLOW_WEBHOOKS_FILE: delivering to those of the \
+             WEBHOOK_SUBSCRIPTIONS bucket only"
+        );
     }
     let fan_out = Arc::new(FanOut {
         js: js.clone(),
-        subscriptions: settings.subscriptions.clone(),
+        subscriptions: endpoints.subscriptions(),
     });
     let inputs = consumers(&settings.worker.topology)
         .into_iter()
@@ -175,96 +198,18 @@ pub async fn run(
             tokio::spawn(consumer.run(fan_out.clone(), token.clone()))
         })
         .collect::<Vec<_>>();
-    let deliveries = deliverers(&settings, &js, &health, &nats_up, &token)?;
-    for task in inputs.into_iter().chain(deliveries) {
+    let registry = tokio::spawn(endpoints.clone().watch());
+    for task in inputs.into_iter().chain([registry]) {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "consume loop panicked");
         }
     }
+    endpoints.join().await;
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "nats drain failed");
     }
     tracing::info!("notify-worker stopped");
     Ok(())
-}
-
-/// Declares each endpoint's deliveries consumer, waiting while JetStream does not answer; a
-/// consumer that exists with other settings fails at once.
-async fn ensure_endpoint_consumers(
-    startup: &Startup,
-    js: &jetstream::Context,
-    settings: &Settings,
-) -> anyhow::Result<()> {
-    for subscription in &settings.subscriptions {
-        let id = &subscription.id;
-        startup
-            .wait("JetStream to declare the webhook consumers", || async {
-                let declared =
-                    topology::ensure_webhook_consumer(js, id, &settings.worker.topology).await;
-                declared.map_err(|e| {
-                    let unavailable = matches!(e, topology::TopologyError::JetStream { .. });
-                    let e = anyhow::Error::new(e)
-                        .context(format!("declaring the deliveries consumer of webhook {id}"));
-                    if unavailable {
-                        Failure::Unavailable(e)
-                    } else {
-                        Failure::Misconfigured(e)
-                    }
-                })
-            })
-            .await?;
-    }
-    Ok(())
-}
-
-/// One delivery loop per endpoint on its own consumer, with at most `concurrency` POSTs in
-/// flight: an endpoint that fails or hangs holds its own deliveries and nobody else's.
-fn deliverers(
-    settings: &Settings,
-    js: &jetstream::Context,
-    health: &Health,
-    nats_up: &HealthCheck,
-    token: &CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let client = Deliverer::client(settings.retry.timeout).context("building the HTTP client")?;
-    // Flags of the breakers: not readiness checks, since an endpoint's outage is not notify's.
-    let pauses = Health::default();
-    let mut tasks = Vec::new();
-    for subscription in &settings.subscriptions {
-        let endpoint = Arc::new(Endpoint::new(subscription.clone(), &settings.retry));
-        let may_pull = pauses.check(subscription.id.clone());
-        tasks.push(tokio::spawn(deliver::watch_breaker(
-            endpoint.clone(),
-            nats_up.clone(),
-            may_pull.clone(),
-            token.clone(),
-        )));
-        let consumer = Consumer {
-            js: js.clone(),
-            spec: ConsumerSpec {
-                stream: subjects::WEBHOOKS,
-                // Named for the life of the process (metric labels): one per subscription.
-                durable: Box::leak(topology::webhook_durable(&subscription.id).into_boxed_str()),
-            },
-            dead_letters: DeadLetters::new(js.clone()),
-            bound: health.check(format!("consumer_webhook_{}", subscription.id)),
-            can_process: may_pull,
-            settings: ConsumeSettings {
-                max_in_flight: settings.concurrency,
-                // A POST may take longer than the ack wait: pull only what can start at once.
-                pull: Pull::WithinWindow,
-                ..settings.worker.consume.clone()
-            },
-        };
-        let handler = Arc::new(Deliverer::new(
-            client.clone(),
-            settings.retry.clone(),
-            endpoint,
-            DeadLetters::new(js.clone()),
-        ));
-        tasks.push(tokio::spawn(consumer.run(handler, token.clone())));
-    }
-    Ok(tasks)
 }
 
 fn describe_metrics() {
@@ -301,14 +246,14 @@ async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: Cance
 #[derive(Debug)]
 struct FanOut {
     js: jetstream::Context,
-    subscriptions: Vec<Subscription>,
+    subscriptions: SubscriptionSet,
 }
 
 impl FanOut {
     /// Whether any endpoint may want a ledger entry: most deployments subscribe to alerts and
     /// order results only, and the ledger is the busiest stream.
-    fn wants_stock_changes(&self) -> bool {
-        self.subscriptions.iter().any(|s| match &s.events {
+    fn wants_stock_changes(subscriptions: &[Subscription]) -> bool {
+        subscriptions.iter().any(|s| match &s.events {
             EventFilter::All => true,
             EventFilter::Only(types) => types.contains(&EventType::StockChanged),
         })
@@ -318,7 +263,10 @@ impl FanOut {
 impl Handler for FanOut {
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let message = delivery.message();
-        if delivery.subject().starts_with("stock.changes.") && !self.wants_stock_changes() {
+        let subscriptions = self.subscriptions.current();
+        if delivery.subject().starts_with("stock.changes.")
+            && !Self::wants_stock_changes(&subscriptions)
+        {
             return Ok(Handled {
                 event_type: EventType::StockChanged.as_str(),
                 outcome: Outcome::Applied,
@@ -335,7 +283,7 @@ impl Handler for FanOut {
             .map(|info| (info.stream.to_owned(), info.stream_sequence))
             .map_err(|e| HandleError::nats(anyhow::anyhow!("message without metadata: {e}")))?;
         let mut acks = Vec::new();
-        for subscription in self.subscriptions.iter().filter(|s| {
+        for subscription in subscriptions.iter().filter(|s| {
             s.wants(
                 notification.event_type,
                 &notification.skus,

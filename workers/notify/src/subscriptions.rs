@@ -1,5 +1,7 @@
 //! Webhook subscriptions, read once from the JSON file named by `STOCKFLOW_WEBHOOKS_FILE` and
-//! validated as a whole at start-up: every error names the setting and the subscription.
+//! validated as a whole at start-up: every error names the setting and the subscription. The
+//! field checks (`check`) are the same for the subscriptions of the `WEBHOOK_SUBSCRIPTIONS`
+//! bucket (`crate::registry`).
 
 use std::{collections::HashSet, path::PathBuf};
 
@@ -139,56 +141,134 @@ pub fn parse(
     Ok(subscriptions)
 }
 
-fn validate(
-    entry: Entry,
-    env: &Env,
-    default_secret: Option<&Secret>,
-) -> Result<Subscription, String> {
-    if entry.id.is_empty()
-        || entry.id.len() > MAX_ID_LEN
-        || !entry
-            .id
+/// A subscription field that is wrong: which one, and why. Its text is `<field>: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field at fault (`id`, `url`, `events`, `skus`, `locations`, `secret`).
+    pub field: &'static str,
+    /// What is wrong with it, for people; never holds a secret.
+    pub reason: String,
+}
+
+impl InvalidField {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a subscription says, whatever its source (the file or the `WEBHOOK_SUBSCRIPTIONS`
+/// bucket), before it is checked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) url: &'a str,
+    pub(crate) events: &'a [String],
+    pub(crate) skus: Option<&'a [String]>,
+    pub(crate) locations: Option<&'a [String]>,
+}
+
+/// A subscription's fields, checked; it lacks only its secret.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    url: reqwest::Url,
+    events: EventFilter,
+    skus: Option<HashSet<String>>,
+    locations: Option<HashSet<String>>,
+}
+
+impl Checked {
+    /// The subscription `id` with this secret.
+    pub(crate) fn with_secret(self, id: String, secret: Secret) -> Subscription {
+        Subscription {
+            id,
+            url: self.url,
+            secret,
+            events: self.events,
+            skus: self.skus,
+            locations: self.locations,
+        }
+    }
+}
+
+/// Whether `id` is a valid subscription id: 1..=64 ASCII letters, digits, `-` or `_` (a subject
+/// token, a consumer name, a metric label and a bucket key).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!(
-            "id: must be 1..={MAX_ID_LEN} ASCII letters, digits, '-' or '_'"
+}
+
+/// The one check of a subscription's fields, for the file and the bucket alike.
+pub(crate) fn check(fields: Fields<'_>) -> Result<Checked, InvalidField> {
+    if !valid_id(fields.id) {
+        return Err(InvalidField::new(
+            "id",
+            format!("must be 1..={MAX_ID_LEN} ASCII letters, digits, '-' or '_'"),
         ));
     }
-    let url = reqwest::Url::parse(&entry.url).map_err(|e| format!("url: not a URL: {e}"))?;
+    let url = reqwest::Url::parse(fields.url)
+        .map_err(|e| InvalidField::new("url", format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err("url: must be an http:// or https:// URL with a host".into());
-    }
-    if entry.events.is_empty() {
-        return Err(format!(
-            "events: empty; list some of {} or \"*\"",
-            EventType::names()
+        return Err(InvalidField::new(
+            "url",
+            "must be an http:// or https:// URL with a host",
         ));
     }
-    let events = if entry.events.iter().any(|e| e == "*") {
+    if fields.events.is_empty() {
+        return Err(InvalidField::new(
+            "events",
+            format!("empty; list some of {} or \"*\"", EventType::names()),
+        ));
+    }
+    let events = if fields.events.iter().any(|e| e == "*") {
         EventFilter::All
     } else {
         let mut types = HashSet::new();
-        for name in &entry.events {
+        for name in fields.events {
             let event_type = EventType::from_name(name).ok_or_else(|| {
-                format!(
-                    "events: unknown event type {name:?}; known: {}",
-                    EventType::names()
+                InvalidField::new(
+                    "events",
+                    format!("unknown event type {name:?}; known: {}", EventType::names()),
                 )
             })?;
             types.insert(event_type);
         }
         EventFilter::Only(types)
     };
-    let set = |field: &str, values: Option<Vec<String>>| match values {
+    let set = |field: &'static str, values: Option<&[String]>| match values {
         None => Ok(None),
-        Some(values) if values.is_empty() || values.iter().any(String::is_empty) => Err(format!(
-            "{field}: leave it out to match any, or list non-empty values"
-        )),
-        Some(values) => Ok(Some(values.into_iter().collect::<HashSet<_>>())),
+        Some(values) if values.is_empty() || values.iter().any(String::is_empty) => Err(
+            InvalidField::new(field, "leave it out to match any, or list non-empty values"),
+        ),
+        Some(values) => Ok(Some(values.iter().cloned().collect::<HashSet<_>>())),
     };
-    let skus = set("skus", entry.skus)?;
-    let locations = set("locations", entry.locations)?;
+    Ok(Checked {
+        url,
+        events,
+        skus: set("skus", fields.skus)?,
+        locations: set("locations", fields.locations)?,
+    })
+}
+
+fn validate(
+    entry: Entry,
+    env: &Env,
+    default_secret: Option<&Secret>,
+) -> Result<Subscription, String> {
+    let checked = check(Fields {
+        id: &entry.id,
+        url: &entry.url,
+        events: &entry.events,
+        skus: entry.skus.as_deref(),
+        locations: entry.locations.as_deref(),
+    })
+    .map_err(|e| e.to_string())?;
     let secret = match (entry.secret_env, entry.secret_file) {
         (Some(_), Some(_)) => return Err("set secret_env or secret_file, not both".into()),
         (Some(var), None) => Secret::new(
@@ -210,14 +290,7 @@ fn validate(
     if secret.expose().is_empty() {
         return Err("the secret is empty".into());
     }
-    Ok(Subscription {
-        id: entry.id,
-        url,
-        secret,
-        events,
-        skus,
-        locations,
-    })
+    Ok(checked.with_secret(entry.id, secret))
 }
 
 #[cfg(test)]
