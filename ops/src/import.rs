@@ -452,7 +452,10 @@ async fn publish_plan(
             }
             let message = PublishMessage::build()
                 .payload(input.encode_to_vec().into())
-                .message_id(stockflow_proto::msg_id::stock_fact(&input.sku, &event_id(input)));
+                .message_id(stockflow_proto::msg_id::stock_fact(
+                    &input.sku,
+                    &event_id(input),
+                ));
             let line = sheet.rows[*index].line;
             let ack = js
                 .send_publish(subjects::stock_event(&input.sku), message)
