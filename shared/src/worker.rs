@@ -135,7 +135,7 @@ pub fn log_start(
         client = %nats.client_name,
         nats = %servers.join(","),
         nats_credentials = nats.auth.variables(),
-        redis = %crate::connect::redact_url(redis.url.expose()),
+        redis = %redis.redacted_url(),
         redis_cluster = redis.cluster,
         key_prefix = %redis.key_prefix,
         %metrics_addr,
