@@ -600,7 +600,10 @@ mod tests {
     #[test]
     fn the_redis_url_is_parsed_once_and_never_printed_with_its_password() {
         let env = Env::from_pairs([
-            ("STOCKFLOW_REDIS_URL", "redis://app:s3cret@a:6379, redis://b:6380"),
+            (
+                "STOCKFLOW_REDIS_URL",
+                "redis://app:s3cret@a:6379, redis://b:6380",
+            ),
             ("STOCKFLOW_REDIS_CLUSTER", "true"),
         ]);
         let settings = RedisSettings::from_env(&env).expect("two seeds");
@@ -608,7 +611,10 @@ mod tests {
         assert!(settings.client().is_ok());
         let shown = format!("{settings:?} {}", settings.redacted_url());
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("a:6379") && shown.contains("b:6380"), "{shown}");
+        assert!(
+            shown.contains("a:6379") && shown.contains("b:6380"),
+            "{shown}"
+        );
         let unparsed = RedisSettings::local("http://x", "sf");
         let err = unparsed.client().expect_err("not a Redis URL");
         assert!(err.to_string().contains("STOCKFLOW_REDIS_URL"), "{err}");

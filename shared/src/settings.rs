@@ -298,8 +298,14 @@ mod tests {
     #[test]
     fn typed_numbers_keep_one_default_and_name_the_variable() {
         let env = Env::recording([("N", "12")]);
-        assert_eq!(env.bounded_as::<usize>("N", 8, 1..=256).expect("in range"), 12);
-        assert_eq!(env.bounded_as::<u32>("M", 20, 0..=100).expect("default"), 20);
+        assert_eq!(
+            env.bounded_as::<usize>("N", 8, 1..=256).expect("in range"),
+            12
+        );
+        assert_eq!(
+            env.bounded_as::<u32>("M", 20, 0..=100).expect("default"),
+            20
+        );
         let asked: Vec<_> = env.asked().into_iter().map(|v| v.default).collect();
         assert_eq!(asked, [Some("8".to_owned()), Some("20".to_owned())]);
         for value in ["0", "257", "-1", "lots"] {

@@ -549,14 +549,14 @@ async fn demo() -> anyhow::Result<()> {
     }
     .init();
 
-    let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
+    let js = async_nats::jetstream::new(settings.worker.service.nats.connect().await?);
     stockflow_shared::topology::ensure(
         &js,
         &settings.worker.topology,
         stockflow_shared::topology::Mode::Verify,
     )
     .await?;
-    let metrics_addr = settings.worker.metrics_addr;
+    let metrics_addr = settings.worker.service.metrics_addr;
     let stop = CancellationToken::new();
     let stopped = |stop: &CancellationToken| {
         let stop = stop.clone();
@@ -565,7 +565,7 @@ async fn demo() -> anyhow::Result<()> {
     let worker = tokio::spawn(stock_worker::run(settings.clone(), stopped(&stop)));
     let mut order_settings =
         order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
-    order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    order_settings.worker.service.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     order_settings.hold_poll = Duration::from_millis(50);
     let orders = tokio::spawn(order_worker::run(order_settings, stopped(&stop)));
 
@@ -681,7 +681,7 @@ async fn demo() -> anyhow::Result<()> {
     };
     wait_until_stock_caught_up(&js, &settings.worker.topology, Duration::from_secs(60)).await?;
 
-    let mut redis = settings.worker.redis.connect().await?;
+    let mut redis = settings.state.redis.connect().await?;
     let keys = Keys::new(prefix);
     println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
     println!(

@@ -40,7 +40,6 @@ use stockflow_shared::{
     keys::Keys,
     topology::{self, ConsumerSpec},
     validate::{validate_location, validate_sku, MAX_QUANTITY},
-    worker::WorkerSettings,
 };
 
 use super::{publish::Input, Outcome};
@@ -604,7 +603,7 @@ async fn outcomes(
 }
 
 /// `stockctl import`.
-pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result<Outcome> {
+pub async fn run(settings: &super::Settings, args: &ImportArgs) -> anyhow::Result<Outcome> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let sheet = read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;

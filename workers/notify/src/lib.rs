@@ -11,16 +11,14 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use stockflow_proto::subjects;
 use stockflow_shared::{
-    consume::{ConsumeSettings, Consumer, HandleError, Handled, Handler, Outcome, Pull},
+    consume::{ConsumeSettings, HandleError, Handled, Handler, Outcome, Pull},
     deadletter::DeadLetters,
-    health::{self, Health, HealthCheck},
+    health::Health,
     settings::{ConfigError, Env},
     startup::{Failure, Startup},
-    telemetry,
     topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
-    worker::{readiness_checks, WorkerSettings},
+    worker::{readiness_checks, Runtime, Service, WorkerSettings},
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     deliver::{Deliverer, Endpoint, RetryPolicy},
@@ -59,7 +57,7 @@ const REPLACED: [(&str, &str); 3] = [
 /// The notify worker's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections, listener, consume loop of the fan-out (Redis settings are read but unused).
+    /// NATS, listener, topology, consume loop of the fan-out (no Redis: notify keeps no state).
     pub worker: WorkerSettings,
     /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`).
     pub subscriptions: Vec<Subscription>,
@@ -97,12 +95,11 @@ impl Settings {
                 24 * 3600,
                 1..=MAX_HORIZON_SECONDS,
             )?,
-            breaker_failures: u32::try_from(env.bounded(
+            breaker_failures: env.bounded_as(
                 "STOCKFLOW_WEBHOOK_BREAKER_FAILURES",
                 20,
                 0..=100_000,
-            )?)
-            .unwrap_or(20),
+            )?,
             breaker_open: env.seconds("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", 30, 1..=86_400)?,
         };
         if retry.backoff_floor > retry.backoff_ceiling {
@@ -115,12 +112,7 @@ impl Settings {
             worker,
             subscriptions: subscriptions::from_env(env)?,
             retry,
-            concurrency: usize::try_from(env.bounded(
-                "STOCKFLOW_WEBHOOK_CONCURRENCY",
-                8,
-                1..=256,
-            )?)
-            .unwrap_or(8),
+            concurrency: env.bounded_as("STOCKFLOW_WEBHOOK_CONCURRENCY", 8, 1..=256)?,
         })
     }
 }
@@ -136,56 +128,22 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = stockflow_shared::shutdown::token_for(shutdown);
     describe_metrics();
-    // The health listener first: `/readyz` names `nats` while the worker waits for it.
-    let health = Health::default();
-    let nats_up = health.check("nats");
-    health::serve(
-        settings.worker.metrics_addr,
-        health.clone(),
-        telemetry::metrics_handle(),
-        token.clone(),
-    )
-    .await?;
-    let startup = Startup::new(settings.worker.startup_timeout, token.clone());
-    let (nats, js) = startup
-        .nats_with_topology(&settings.worker.nats, &settings.worker.topology)
-        .await?;
-    ensure_endpoint_consumers(&startup, &js, &settings).await?;
-    tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
+    let mut runtime = Service::worker(&settings.worker).start(shutdown).await?;
+    ensure_endpoint_consumers(&runtime.startup, &runtime.js, &settings).await?;
     if settings.subscriptions.is_empty() {
         tracing::warn!("no webhook subscriptions: every event is acknowledged undelivered");
     }
     let fan_out = Arc::new(FanOut {
-        js: js.clone(),
+        js: runtime.js.clone(),
         subscriptions: settings.subscriptions.clone(),
     });
-    let inputs = consumers(&settings.worker.topology)
-        .into_iter()
-        .map(|(spec, check)| {
-            let consumer = Consumer {
-                js: js.clone(),
-                spec,
-                dead_letters: DeadLetters::new(js.clone()),
-                bound: health.check(check),
-                can_process: nats_up.clone(),
-                settings: settings.worker.consume.clone(),
-            };
-            tokio::spawn(consumer.run(fan_out.clone(), token.clone()))
-        })
-        .collect::<Vec<_>>();
-    let deliveries = deliverers(&settings, &js, &health, &nats_up, &token)?;
-    for task in inputs.into_iter().chain(deliveries) {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "consume loop panicked");
-        }
+    for (spec, check) in consumers(&settings.worker.topology) {
+        let consumer = runtime.consumer(spec, check);
+        runtime.spawn_consumer(consumer, fan_out.clone());
     }
-    if let Err(e) = nats.drain().await {
-        tracing::warn!(error = %e, "nats drain failed");
-    }
-    tracing::info!("notify-worker stopped");
-    Ok(())
+    deliverers(&settings, &mut runtime)?;
+    runtime.finish().await
 }
 
 /// Declares each endpoint's deliveries consumer, waiting while JetStream does not answer; a
@@ -219,52 +177,44 @@ async fn ensure_endpoint_consumers(
 
 /// One delivery loop per endpoint on its own consumer, with at most `concurrency` POSTs in
 /// flight: an endpoint that fails or hangs holds its own deliveries and nobody else's.
-fn deliverers(
-    settings: &Settings,
-    js: &jetstream::Context,
-    health: &Health,
-    nats_up: &HealthCheck,
-    token: &CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+fn deliverers(settings: &Settings, runtime: &mut Runtime<()>) -> anyhow::Result<()> {
     let client = Deliverer::client(settings.retry.timeout).context("building the HTTP client")?;
     // Flags of the breakers: not readiness checks, since an endpoint's outage is not notify's.
     let pauses = Health::default();
-    let mut tasks = Vec::new();
     for subscription in &settings.subscriptions {
         let endpoint = Arc::new(Endpoint::new(subscription.clone(), &settings.retry));
         let may_pull = pauses.check(subscription.id.clone());
-        tasks.push(tokio::spawn(deliver::watch_breaker(
+        let breaker = deliver::watch_breaker(
             endpoint.clone(),
-            nats_up.clone(),
+            runtime.can_process(),
             may_pull.clone(),
-            token.clone(),
-        )));
-        let consumer = Consumer {
-            js: js.clone(),
-            spec: ConsumerSpec {
+            runtime.shutdown.clone(),
+        );
+        runtime.spawn(breaker);
+        let mut consumer = runtime.consumer(
+            ConsumerSpec {
                 stream: subjects::WEBHOOKS,
                 // Named for the life of the process (metric labels): one per subscription.
                 durable: Box::leak(topology::webhook_durable(&subscription.id).into_boxed_str()),
             },
-            dead_letters: DeadLetters::new(js.clone()),
-            bound: health.check(format!("consumer_webhook_{}", subscription.id)),
-            can_process: may_pull,
-            settings: ConsumeSettings {
-                max_in_flight: settings.concurrency,
-                // A POST may take longer than the ack wait: pull only what can start at once.
-                pull: Pull::WithinWindow,
-                ..settings.worker.consume.clone()
-            },
+            format!("consumer_webhook_{}", subscription.id),
+        );
+        consumer.can_process = may_pull;
+        consumer.settings = ConsumeSettings {
+            max_in_flight: settings.concurrency,
+            // A POST may take longer than the ack wait: pull only what can start at once.
+            pull: Pull::WithinWindow,
+            ..consumer.settings
         };
         let handler = Arc::new(Deliverer::new(
             client.clone(),
             settings.retry.clone(),
             endpoint,
-            DeadLetters::new(js.clone()),
+            DeadLetters::new(runtime.js.clone()),
         ));
-        tasks.push(tokio::spawn(consumer.run(handler, token.clone())));
+        runtime.spawn_consumer(consumer, handler);
     }
-    Ok(tasks)
+    Ok(())
 }
 
 fn describe_metrics() {
@@ -282,18 +232,6 @@ fn describe_metrics() {
         "stockflow_webhook_breaker_open",
         "1 while an endpoint's breaker is open and its deliveries are paused"
     );
-}
-
-/// Keeps the `nats` readiness check current; the consume loops take no input while it is down.
-async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        nats_up.set(nats.connection_state() == async_nats::connection::State::Connected);
-    }
 }
 
 /// Fans one derived event out into the outbox: one message per endpoint that wants it, acked
