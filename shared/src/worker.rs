@@ -557,3 +557,60 @@ async fn monitor(
         redis_up.set(up);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(env: &Env) -> Vec<String> {
+        env.asked().into_iter().map(|v| v.name).collect()
+    }
+
+    #[test]
+    fn each_part_reads_only_its_own_variables() {
+        let env = Env::recording([("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", "7")]);
+        let worker = WorkerSettings::from_env(&env, "t", "127.0.0.1:0").expect("defaults");
+        assert_eq!(worker.consume.drain_timeout, Duration::from_secs(7));
+        assert_eq!(worker.consume.max_in_flight, 256);
+        let read = names(&env);
+        assert!(
+            read.iter().any(|n| n == "STOCKFLOW_STOCK_PARTITIONS"),
+            "{read:?}"
+        );
+        assert!(
+            !read
+                .iter()
+                .any(|n| n.contains("REDIS") || n.contains("DEDUP") || n.contains("PREFIX")),
+            "a worker without state reads no Redis setting: {read:?}"
+        );
+
+        let env = Env::recording([]);
+        ServiceSettings::from_env(&env, "t", "127.0.0.1:0").expect("defaults");
+        let read = names(&env);
+        assert!(
+            !read
+                .iter()
+                .any(|n| n.contains("MAX_IN_FLIGHT") || n.contains("PARTITIONS")),
+            "a service that consumes nothing reads no consume setting: {read:?}"
+        );
+
+        let env = Env::recording([]);
+        let state = StateSettings::from_env(&env).expect("defaults");
+        assert_eq!(state.dedup_ttl, Duration::from_secs(86_400));
+        assert!(state.replica_wait.is_none());
+        assert!(names(&env).iter().any(|n| n == "STOCKFLOW_REDIS_URL"));
+    }
+
+    #[test]
+    fn typed_settings_name_the_variable() {
+        for (var, value) in [
+            ("STOCKFLOW_MAX_IN_FLIGHT", "0"),
+            ("STOCKFLOW_STREAM_REPLICAS", "6"),
+            ("STOCKFLOW_STOCK_PARTITIONS", "-1"),
+        ] {
+            let env = Env::from_pairs([(var, value)]);
+            let err = WorkerSettings::from_env(&env, "t", "127.0.0.1:0").expect_err(var);
+            assert!(err.to_string().starts_with(&format!("{var}:")), "{err}");
+        }
+    }
+}

@@ -267,4 +267,34 @@ mod tests {
         let err = settings(env, &cli).expect_err("not redis");
         assert!(err.to_string().starts_with("--redis-url:"), "{err}");
     }
+
+    #[test]
+    fn only_the_settings_a_command_uses_are_read() {
+        let help = variables_help();
+        for used in [
+            "STOCKFLOW_NATS_URL",
+            "STOCKFLOW_REDIS_URL",
+            "STOCKFLOW_KEY_PREFIX",
+            "STOCKFLOW_STOCK_PARTITIONS",
+            "STOCKFLOW_DEDUP_TTL_SECONDS",
+            "STOCKFLOW_ORDER_RETENTION_SECONDS",
+        ] {
+            assert!(help.contains(used), "{used} in {help}");
+        }
+        for unused in [
+            "STOCKFLOW_MAX_IN_FLIGHT",
+            "STOCKFLOW_METRICS_ADDR",
+            "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS",
+            "STOCKFLOW_STARTUP_TIMEOUT_SECONDS",
+            "STOCKFLOW_REDIS_WAIT_REPLICAS",
+        ] {
+            assert!(!help.contains(unused), "{unused} in {help}");
+        }
+        let cli = Cli::try_parse_from(["stockctl", "selftest"]).expect("parses");
+        let env = Env::from_pairs([("STOCKFLOW_MAX_IN_FLIGHT", "lots")]);
+        assert!(
+            settings(env, &cli).is_ok(),
+            "an unused setting is not checked"
+        );
+    }
 }

@@ -324,7 +324,12 @@ mod tests {
             let map: std::collections::HashMap<_, _> = pairs.into_iter().collect();
             Env::from_fn(move |name| map.get(name).cloned())
         };
-        let settings = Settings::from_env(&env(&[])).expect("defaults");
+        // No Redis: its variables are neither read nor checked.
+        let settings = Settings::from_env(&env(&[
+            ("STOCKFLOW_REDIS_URL", "http://not-redis"),
+            ("STOCKFLOW_DEDUP_TTL_SECONDS", "1"),
+        ]))
+        .expect("defaults");
         assert_eq!(settings.retry.horizon, Duration::from_secs(24 * 3600));
         assert_eq!(settings.retry.backoff_floor, Duration::from_secs(1));
         assert_eq!(settings.retry.backoff_ceiling, Duration::from_secs(300));
@@ -362,5 +367,28 @@ mod tests {
             assert!(err.to_string().starts_with(var), "{err}");
         }
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn help_lists_no_redis_variable() {
+        let env = Env::recording([]);
+        let _ = Settings::from_env(&env);
+        let names: Vec<String> = env.asked().into_iter().map(|v| v.name).collect();
+        for shared in [
+            "STOCKFLOW_NATS_URL",
+            "STOCKFLOW_METRICS_ADDR",
+            "STOCKFLOW_MAX_IN_FLIGHT",
+            "STOCKFLOW_STOCK_PARTITIONS",
+            "STOCKFLOW_STARTUP_TIMEOUT_SECONDS",
+            "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS",
+        ] {
+            assert!(names.iter().any(|n| n == shared), "{shared} in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("STOCKFLOW_REDIS_")
+                || n == "STOCKFLOW_KEY_PREFIX"
+                || n == "STOCKFLOW_DEDUP_TTL_SECONDS"),
+            "{names:?}"
+        );
     }
 }
