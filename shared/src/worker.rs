@@ -263,7 +263,11 @@ impl<'a> Service<'a> {
         }
     }
 
-    /// Starts the service without Redis; see [`Service::start_with`].
+    /// Starts the service: logs `starting`, serves health first (so an orchestrator sees a live
+    /// process that is not ready while it waits), then connects to NATS and checks the topology
+    /// (creating what is missing) — waiting for servers that do not answer yet (see
+    /// [`crate::startup`]) while `/readyz` names them — and starts the dependency monitor.
+    /// `shutdown` ends the service when it resolves, also while it waits.
     pub async fn start(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -274,7 +278,8 @@ impl<'a> Service<'a> {
 }
 
 impl Service<'_, &RedisSettings> {
-    /// Starts the service with Redis; see [`Service::start_with`].
+    /// Starts the service as a service without Redis does (see `start` there), then connects to
+    /// Redis, waiting for it while `/readyz` names `redis`; the monitor watches both.
     pub async fn start(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -287,11 +292,7 @@ impl Service<'_, &RedisSettings> {
 }
 
 impl<R> Service<'_, R> {
-    /// Logs `starting`, serves health first (so an orchestrator sees a live process that is not
-    /// ready while it waits), then connects to NATS, checks the topology (creating what is
-    /// missing) and connects to Redis — waiting for servers that do not answer yet (see
-    /// [`crate::startup`]) while `/readyz` names them — and starts the dependency monitor.
-    /// `shutdown` ends the service when it resolves, also while it waits.
+    /// The start of either kind; the connection is `Some` when `redis` is.
     async fn start_with(
         self,
         redis: Option<&RedisSettings>,
