@@ -313,12 +313,51 @@ fn check_nats_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The nodes of `STOCKFLOW_REDIS_URL`, parsed once when the settings are read: one server, or
+/// the seed nodes of a Redis Cluster. A URL may carry credentials, so `Debug` shows only the
+/// addresses.
+#[derive(Clone, Default)]
+struct RedisNodes(Vec<redis::ConnectionInfo>);
+
+impl RedisNodes {
+    /// Parses each comma-separated URL; the error never shows credentials.
+    fn parse(urls: &str) -> Result<Self, String> {
+        urls.split(',')
+            .map(str::trim)
+            .map(|one| {
+                one.into_connection_info().map_err(|e| {
+                    format!("{:?} is not a Redis URL: {:?}", redact_url(one), e.kind())
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// The first node: the server itself, or the first seed of a cluster.
+    fn first(&self) -> anyhow::Result<&redis::ConnectionInfo> {
+        self.0
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL"))
+    }
+}
+
+impl std::fmt::Debug for RedisNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|info| info.addr().to_string()))
+            .finish()
+    }
+}
+
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (`STOCKFLOW_REDIS_URL`), or comma-separated seed nodes of a
-    /// Redis Cluster; may carry credentials, so it is kept as a secret.
-    pub url: Secret,
+    /// Redis Cluster, as written (for logs, redacted); may carry credentials, so it is kept as a
+    /// secret.
+    url: Secret,
+    /// `url`, parsed.
+    nodes: RedisNodes,
     /// ACL user.
     pub username: Option<String>,
     /// Password (for the ACL user, or the default user).
@@ -336,17 +375,11 @@ impl RedisSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.string("STOCKFLOW_REDIS_URL", "redis://127.0.0.1:6379");
         let cluster: bool = env.parse("STOCKFLOW_REDIS_CLUSTER", false)?;
-        let mut infos = Vec::new();
-        for one in url.split(',').map(str::trim) {
-            infos.push(
-                one.into_connection_info()
-                    .map_err(|e| ConfigError::Invalid {
-                        var: "STOCKFLOW_REDIS_URL",
-                        reason: format!("{:?} is not a Redis URL: {:?}", redact_url(one), e.kind()),
-                    })?,
-            );
-        }
-        if infos.len() > 1 && !cluster {
+        let nodes = RedisNodes::parse(&url).map_err(|reason| ConfigError::Invalid {
+            var: "STOCKFLOW_REDIS_URL",
+            reason,
+        })?;
+        if nodes.0.len() > 1 && !cluster {
             return Err(ConfigError::Invalid {
                 var: "STOCKFLOW_REDIS_URL",
                 reason: "several URLs are the seed nodes of a Redis Cluster: set \
@@ -354,14 +387,17 @@ impl RedisSettings {
                     .into(),
             });
         }
-        let info = infos.remove(0);
         let tls = TlsFiles::from_env(
             env,
             "STOCKFLOW_REDIS_TLS_CA_FILE",
             "STOCKFLOW_REDIS_TLS_CERT_FILE",
             "STOCKFLOW_REDIS_TLS_KEY_FILE",
         )?;
-        if tls.is_set() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        let first_is_tls = nodes
+            .0
+            .first()
+            .is_some_and(|info| matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }));
+        if tls.is_set() && !first_is_tls {
             return Err(ConfigError::Invalid {
                 var: if tls.ca_file.is_some() {
                     "STOCKFLOW_REDIS_TLS_CA_FILE"
@@ -384,6 +420,7 @@ impl RedisSettings {
         }
         Ok(Self {
             url: Secret::new(url),
+            nodes,
             username: env.raw("STOCKFLOW_REDIS_USERNAME"),
             password: env.secret("STOCKFLOW_REDIS_PASSWORD", "STOCKFLOW_REDIS_PASSWORD_FILE")?,
             tls,
@@ -392,16 +429,28 @@ impl RedisSettings {
         })
     }
 
-    /// Local defaults, for tests and tools.
+    /// Local defaults, for tests and tools. A `url` that does not parse fails at connect.
     pub fn local(url: &str, key_prefix: &str) -> Self {
         Self {
             url: Secret::new(url),
+            nodes: RedisNodes::parse(url).unwrap_or_default(),
             username: None,
             password: None,
             tls: TlsFiles::default(),
             cluster: false,
             key_prefix: key_prefix.to_owned(),
         }
+    }
+
+    /// `STOCKFLOW_REDIS_URL` without credentials (each URL of a cluster's list), fit for logs
+    /// and errors.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .expose()
+            .split(',')
+            .map(|u| redact_url(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A connection that reconnects by itself; one multiplexed connection (per cluster node)
@@ -430,13 +479,8 @@ impl RedisSettings {
     /// A Redis Cluster client seeded with every URL of `STOCKFLOW_REDIS_URL`.
     fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
         use anyhow::Context as _;
-        let mut seeds = Vec::new();
-        for one in self.url.expose().split(',').map(str::trim) {
-            seeds.push(one.into_connection_info().map_err(|e| {
-                anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind())
-            })?);
-        }
-        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        self.nodes.first()?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.nodes.0.clone())
             .connection_timeout(Duration::from_secs(5))
             .response_timeout(Duration::from_secs(5))
             .retries(6);
@@ -491,7 +535,7 @@ impl RedisSettings {
 
     /// `what` at the redacted URL, naming the variables credentials and TLS came from.
     fn describe(&self, what: &str) -> String {
-        let mut text = format!("{what} at {}", redact_url(self.url.expose()));
+        let mut text = format!("{what} at {}", self.redacted_url());
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => text.push_str(&format!(
                 " as user {user:?} (STOCKFLOW_REDIS_USERNAME/STOCKFLOW_REDIS_PASSWORD)"
@@ -509,10 +553,7 @@ impl RedisSettings {
     }
 
     fn connection_info(&self) -> anyhow::Result<redis::ConnectionInfo> {
-        let first = self.url.expose().split(',').next().unwrap_or_default();
-        let info = first.into_connection_info().map_err(|e| {
-            anyhow::anyhow!("STOCKFLOW_REDIS_URL is not a Redis URL: {:?}", e.kind())
-        })?;
+        let info = self.nodes.first()?.clone();
         let mut redis_info = info.redis_settings().clone();
         if let Some(user) = &self.username {
             redis_info = redis_info.set_username(user);
@@ -554,6 +595,29 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("STOCKFLOW_REDIS_URL:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn the_redis_url_is_parsed_once_and_never_printed_with_its_password() {
+        let env = Env::from_pairs([
+            (
+                "STOCKFLOW_REDIS_URL",
+                "redis://app:s3cret@a:6379, redis://b:6380",
+            ),
+            ("STOCKFLOW_REDIS_CLUSTER", "true"),
+        ]);
+        let settings = RedisSettings::from_env(&env).expect("two seeds");
+        assert_eq!(settings.nodes.0.len(), 2);
+        assert!(settings.client().is_ok());
+        let shown = format!("{settings:?} {}", settings.redacted_url());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("a:6379") && shown.contains("b:6380"),
+            "{shown}"
+        );
+        let unparsed = RedisSettings::local("http://x", "sf");
+        let err = unparsed.client().expect_err("not a Redis URL");
+        assert!(err.to_string().contains("STOCKFLOW_REDIS_URL"), "{err}");
     }
 
     #[test]

@@ -31,11 +31,10 @@ impl ReplicaWait {
     /// `STOCKFLOW_REDIS_WAIT_REPLICAS` (0, the default, turns the wait off) and
     /// `STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS`.
     pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
-        let replicas = env.bounded("STOCKFLOW_REDIS_WAIT_REPLICAS", 0, 0..=5)?;
+        let replicas = env.bounded_as::<u32>("STOCKFLOW_REDIS_WAIT_REPLICAS", 0, 0..=5)?;
         let timeout = env.bounded("STOCKFLOW_REDIS_WAIT_TIMEOUT_MILLIS", 500, 10..=60_000)?;
         Ok((replicas > 0).then(|| Self {
-            // Bounded above by the range check.
-            replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+            replicas,
             timeout: Duration::from_millis(timeout),
         }))
     }

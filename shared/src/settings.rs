@@ -184,6 +184,22 @@ impl Env {
         default: u64,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<u64, ConfigError> {
+        self.bounded_as(var, default, range)
+    }
+
+    /// A number of the type the setting is used as (`usize`, `u32`, ...) within `range`, or the
+    /// default: each default is written once, and a value the type cannot hold is an error that
+    /// names the variable, like any other out of `range`.
+    pub fn bounded_as<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + fmt::Display + PartialOrd,
+        T::Err: fmt::Display,
+    {
         let value = self.parse(var, default)?;
         if range.contains(&value) {
             Ok(value)
@@ -277,6 +293,26 @@ mod tests {
             err.to_string().starts_with("STOCKFLOW_MAX_IN_FLIGHT:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn typed_numbers_keep_one_default_and_name_the_variable() {
+        let env = Env::recording([("N", "12")]);
+        assert_eq!(
+            env.bounded_as::<usize>("N", 8, 1..=256).expect("in range"),
+            12
+        );
+        assert_eq!(
+            env.bounded_as::<u32>("M", 20, 0..=100).expect("default"),
+            20
+        );
+        let asked: Vec<_> = env.asked().into_iter().map(|v| v.default).collect();
+        assert_eq!(asked, [Some("8".to_owned()), Some("20".to_owned())]);
+        for value in ["0", "257", "-1", "lots"] {
+            let env = Env::from_pairs([("N", value)]);
+            let err = env.bounded_as::<usize>("N", 8, 1..=256).expect_err(value);
+            assert!(err.to_string().starts_with("N:"), "{value}: {err}");
+        }
     }
 
     #[test]

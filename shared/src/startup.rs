@@ -149,7 +149,8 @@ impl Startup {
 
     /// Connects to NATS, waiting while no server answers; wrong credentials or TLS fail at once.
     pub async fn nats(&self, settings: &NatsSettings) -> Result<async_nats::Client, StartupError> {
-        let server = format!("nats at {}", shown_urls(&settings.urls.join(",")));
+        let servers: Vec<String> = settings.urls.iter().map(|u| redact_url(u.trim())).collect();
+        let server = format!("nats at {}", servers.join(","));
         self.wait(&server, || async {
             settings.connect().await.map_err(nats_failure)
         })
@@ -191,7 +192,7 @@ impl Startup {
 
     /// Connects to Redis, waiting while it is down or loading; wrong credentials fail at once.
     pub async fn redis(&self, settings: &RedisSettings) -> Result<RedisConnection, StartupError> {
-        let server = format!("redis at {}", shown_urls(settings.url.expose()));
+        let server = format!("redis at {}", settings.redacted_url());
         self.wait(&server, || async {
             settings.connect().await.map_err(redis_failure)
         })
@@ -223,13 +224,6 @@ async fn bounded<T>(
 }
 
 /// Comma-separated URLs, each without credentials.
-fn shown_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| redact_url(u.trim()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// A refused, timed-out or unresolvable connection is a server not there yet (a DNS name may
 /// appear only once its server is scheduled); anything else — authorization, signing with the
 /// credentials, TLS, reading a creds file — is the configuration.

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     }
     let result = async {
         let settings = ctl::settings(Env::process(), &cli).context("invalid configuration")?;
-        settings.worker.log.init();
+        settings.log.init();
         ctl::run(cli, settings).await
     }
     .await;

@@ -647,7 +647,7 @@ async fn demo() -> anyhow::Result<()> {
     print_deliveries(&stack.receiver, &run, &expected);
     delivered.context("the notify worker did not deliver every alert and order result")?;
 
-    let metrics_addr = stack.settings.worker.metrics_addr;
+    let metrics_addr = stack.settings.worker.service.metrics_addr;
     println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
     use std::io::IsTerminal as _;
     if std::io::stdout().is_terminal() {
@@ -698,7 +698,7 @@ impl Stack {
         }
         .init();
 
-        let js = async_nats::jetstream::new(settings.worker.nats.connect().await?);
+        let js = async_nats::jetstream::new(settings.worker.service.nats.connect().await?);
         stockflow_shared::topology::ensure(
             &js,
             &settings.worker.topology,
@@ -716,7 +716,8 @@ impl Stack {
         )];
         let mut order_settings =
             order_worker::Settings::from_env(&worker_env).context("invalid configuration")?;
-        order_settings.worker.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        order_settings.worker.service.metrics_addr =
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         order_settings.hold_poll = Duration::from_millis(50);
         workers.push((
             "order worker task",
@@ -892,7 +893,7 @@ async fn order_results(
 
 /// The final levels of every SKU, read from Redis.
 async fn print_levels(stack: &Stack) -> anyhow::Result<()> {
-    let mut redis = stack.settings.worker.redis.connect().await?;
+    let mut redis = stack.settings.state.redis.connect().await?;
     let keys = Keys::new(stack.prefix.clone());
     println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
     println!(

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stockflow_ops::import::{self, Options, Summary};
-use stockflow_shared::{keys::Keys, worker::WorkerSettings};
+use stockflow_shared::keys::Keys;
 
 use super::Outcome;
 
@@ -136,7 +136,7 @@ impl import::Progress for Bar {
 }
 
 /// `stockctl import`.
-pub async fn run(settings: &WorkerSettings, args: &ImportArgs) -> anyhow::Result<Outcome> {
+pub async fn run(settings: &super::Settings, args: &ImportArgs) -> anyhow::Result<Outcome> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let sheet = import::read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;

@@ -14,9 +14,11 @@ use async_nats::jetstream;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use stockflow_shared::{
+    connect::{NatsSettings, RedisSettings},
     settings::{ConfigError, Env},
-    topology::Mode,
-    worker::WorkerSettings,
+    telemetry::LogSettings,
+    topology::{Mode, TopologySettings},
+    worker,
 };
 
 /// Operate stockflow: streams, facts, bulk imports, levels, derived events, dead letters.
@@ -81,18 +83,26 @@ pub enum Command {
     },
 }
 
-/// What `stockctl` reads from its environment.
+/// What `stockctl` reads from its environment: what its commands use of the workers' settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The workers' settings (connections, key prefix, topology, dedup TTL).
-    pub worker: WorkerSettings,
+    /// NATS connection (`--nats-url` overrides `STOCKFLOW_NATS_URL`).
+    pub nats: NatsSettings,
+    /// Redis connection and key prefix (`--redis-url` overrides `STOCKFLOW_REDIS_URL`).
+    pub redis: RedisSettings,
+    /// Logging (`warn` unless `STOCKFLOW_LOG` asks for more).
+    pub log: LogSettings,
+    /// Streams and consumers, as the workers declare them.
+    pub topology: TopologySettings,
+    /// How long the workers remember an `event_id` (`rebuild` restores dedup records for it).
+    pub dedup_ttl: Duration,
     /// How long the order worker keeps a final order's record (`rebuild` restores it for what
     /// is left of that time).
     pub order_retention: Duration,
 }
 
-/// What `stockctl` reads from its environment: the workers' settings (connections, key
-/// prefix, topology), with the command line's URL overrides applied.
+/// What `stockctl` reads from its environment: the workers' connections, key prefix, topology
+/// and retention settings, with the command line's URL overrides applied.
 pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
     let nats_url = cli.nats_url.clone();
     let redis_url = cli.redis_url.clone();
@@ -103,29 +113,41 @@ pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
         "STOCKFLOW_LOG" => env.raw(name).or_else(|| Some("warn".into())),
         _ => env.raw(name),
     });
-    let worker =
-        WorkerSettings::from_env(&layered, "stockctl", "127.0.0.1:0").map_err(|e| match e {
-            ConfigError::Invalid { var, reason }
-                if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
-            {
-                ConfigError::Invalid {
-                    var: "--nats-url",
-                    reason,
-                }
+    read(&layered).map_err(|e| match e {
+        ConfigError::Invalid { var, reason }
+            if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
+        {
+            ConfigError::Invalid {
+                var: "--nats-url",
+                reason,
             }
-            ConfigError::Invalid { var, reason }
-                if var == "STOCKFLOW_REDIS_URL" && cli.redis_url.is_some() =>
-            {
-                ConfigError::Invalid {
-                    var: "--redis-url",
-                    reason,
-                }
+        }
+        ConfigError::Invalid { var, reason }
+            if var == "STOCKFLOW_REDIS_URL" && cli.redis_url.is_some() =>
+        {
+            ConfigError::Invalid {
+                var: "--redis-url",
+                reason,
             }
-            other => other,
-        })?;
+        }
+        other => other,
+    })
+}
+
+/// Reads [`Settings`] from `env` as it is.
+fn read(env: &Env) -> Result<Settings, ConfigError> {
+    let nats = NatsSettings::from_env(env, "stockctl")?;
+    let redis = RedisSettings::from_env(env)?;
+    let log = LogSettings::from_env(env)?;
+    let topology = worker::topology_from_env(env)?;
+    let dedup_ttl = worker::dedup_ttl_from_env(env)?;
     Ok(Settings {
-        order_retention: order_worker::order_retention(&layered, worker.dedup_ttl)?,
-        worker,
+        order_retention: order_worker::order_retention(env, dedup_ttl)?,
+        nats,
+        redis,
+        log,
+        topology,
+        dedup_ttl,
     })
 }
 
@@ -140,9 +162,7 @@ pub fn completion(shell: clap_complete::Shell) {
 /// The "Environment variables" section of `stockctl --help`: what [`settings`] reads.
 pub fn variables_help() -> String {
     let env = Env::recording([]);
-    if let Ok(worker) = WorkerSettings::from_env(&env, "stockctl", "127.0.0.1:0") {
-        let _ = order_worker::order_retention(&env, worker.dedup_ttl);
-    }
+    let _ = read(&env);
     let mut variables = env.asked();
     // `settings` lowers the log default: results go to stdout.
     for v in &mut variables {
@@ -154,29 +174,28 @@ pub fn variables_help() -> String {
 }
 
 /// Connects to NATS and returns a JetStream context.
-async fn jetstream(settings: &WorkerSettings) -> anyhow::Result<jetstream::Context> {
+async fn jetstream(settings: &Settings) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(settings.nats.connect().await?))
 }
 
 /// Runs one command; what it prints goes to stdout, progress and logs to stderr.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
-    let worker = &settings.worker;
     match cli.command {
         Command::Setup { update } => {
             let mode = if update { Mode::Update } else { Mode::Verify };
-            stockflow_shared::worker::setup(worker, mode).await?;
+            worker::setup(&settings.nats, &settings.topology, mode).await?;
             crate::outln!("streams and consumers are in place");
         }
-        Command::Selftest => selftest::run(worker).await?,
-        Command::Publish(args) => publish::run(&jetstream(worker).await?, &args).await?,
-        Command::Import(args) => return import::run(worker, &args).await,
-        Command::Stock { sku } => stock::run(worker, &sku).await?,
+        Command::Selftest => selftest::run(&settings).await?,
+        Command::Publish(args) => publish::run(&jetstream(&settings).await?, &args).await?,
+        Command::Import(args) => return import::run(&settings, &args).await,
+        Command::Stock { sku } => stock::run(&settings, &sku).await?,
         Command::Tail(args) => {
-            tail::run(&jetstream(worker).await?, &args, &worker.topology).await?;
+            tail::run(&jetstream(&settings).await?, &args, &settings.topology).await?;
         }
-        Command::Dlq { command } => dlq::run(&jetstream(worker).await?, &command).await?,
-        Command::Rebuild => repair::rebuild(worker, settings.order_retention).await?,
-        Command::Reconcile { fix } => return repair::reconcile(worker, fix).await,
+        Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
+        Command::Rebuild => repair::rebuild(&settings, settings.order_retention).await?,
+        Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
         Command::Completion { shell } => completion(shell),
     }
     Ok(Outcome::Done)
@@ -239,13 +258,43 @@ mod tests {
         let cli = Cli::try_parse_from(["stockctl", "--nats-url", "nats://127.0.0.1:5", "selftest"])
             .expect("parses");
         let s = settings(env, &cli).expect("valid");
-        assert_eq!(s.worker.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
-        assert_eq!(s.worker.log.filter, "warn");
+        assert_eq!(s.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
+        assert_eq!(s.log.filter, "warn");
         assert_eq!(s.order_retention, order_worker::DEFAULT_ORDER_RETENTION);
         let cli = Cli::try_parse_from(["stockctl", "--redis-url", "http://x", "selftest"])
             .expect("parses");
         let env = Env::from_pairs([]);
         let err = settings(env, &cli).expect_err("not redis");
         assert!(err.to_string().starts_with("--redis-url:"), "{err}");
+    }
+
+    #[test]
+    fn only_the_settings_a_command_uses_are_read() {
+        let help = variables_help();
+        for used in [
+            "STOCKFLOW_NATS_URL",
+            "STOCKFLOW_REDIS_URL",
+            "STOCKFLOW_KEY_PREFIX",
+            "STOCKFLOW_STOCK_PARTITIONS",
+            "STOCKFLOW_DEDUP_TTL_SECONDS",
+            "STOCKFLOW_ORDER_RETENTION_SECONDS",
+        ] {
+            assert!(help.contains(used), "{used} in {help}");
+        }
+        for unused in [
+            "STOCKFLOW_MAX_IN_FLIGHT",
+            "STOCKFLOW_METRICS_ADDR",
+            "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS",
+            "STOCKFLOW_STARTUP_TIMEOUT_SECONDS",
+            "STOCKFLOW_REDIS_WAIT_REPLICAS",
+        ] {
+            assert!(!help.contains(unused), "{unused} in {help}");
+        }
+        let cli = Cli::try_parse_from(["stockctl", "selftest"]).expect("parses");
+        let env = Env::from_pairs([("STOCKFLOW_MAX_IN_FLIGHT", "lots")]);
+        assert!(
+            settings(env, &cli).is_ok(),
+            "an unused setting is not checked"
+        );
     }
 }

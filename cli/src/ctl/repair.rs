@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, worker::WorkerSettings};
+use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 use super::Outcome;
 use stockflow_ops::{rebuild, reconcile};
 
 async fn connect(
-    settings: &WorkerSettings,
+    settings: &super::Settings,
 ) -> anyhow::Result<(async_nats::jetstream::Context, RedisConnection, Keys)> {
     let js = super::jetstream(settings).await?;
     let redis = settings.redis.connect().await?;
@@ -17,7 +17,7 @@ async fn connect(
 }
 
 /// Restores Redis from JetStream; refuses when Redis already holds data.
-pub async fn rebuild(settings: &WorkerSettings, order_retention: Duration) -> anyhow::Result<()> {
+pub async fn rebuild(settings: &super::Settings, order_retention: Duration) -> anyhow::Result<()> {
     let (js, mut redis, keys) = connect(settings).await?;
     let retention = rebuild::Retention {
         dedup_ttl: settings.dedup_ttl,
@@ -40,7 +40,7 @@ pub async fn rebuild(settings: &WorkerSettings, order_retention: Duration) -> an
 }
 
 /// Compares Redis with the ledger; prints the drift, and with `fix` publishes corrections.
-pub async fn reconcile(settings: &WorkerSettings, fix: bool) -> anyhow::Result<Outcome> {
+pub async fn reconcile(settings: &super::Settings, fix: bool) -> anyhow::Result<Outcome> {
     let (js, mut redis, keys) = connect(settings).await?;
     let report = reconcile::settled_drift(
         &js,

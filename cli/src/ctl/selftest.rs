@@ -9,12 +9,11 @@ use stockflow_proto::{
     subjects,
     v1::{stock_event::Change, Reason, Received, StockChanged},
 };
-use stockflow_shared::worker::WorkerSettings;
 
 use crate::events;
 
 /// Publishes one receipt for a fresh SKU and waits for its ledger entry.
-pub async fn run(settings: &WorkerSettings) -> anyhow::Result<()> {
+pub async fn run(settings: &super::Settings) -> anyhow::Result<()> {
     let client = settings.nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
     let id = format!("selftest-{}", events::now_ms());

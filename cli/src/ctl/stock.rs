@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use stockflow_shared::{
     keys::Keys,
     levels::{read_levels, LocationLevels},
-    worker::WorkerSettings,
 };
 
 /// Prints the levels of `sku`.
-pub async fn run(settings: &WorkerSettings, sku: &str) -> anyhow::Result<()> {
+pub async fn run(settings: &super::Settings, sku: &str) -> anyhow::Result<()> {
     let mut redis = settings.redis.connect().await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let levels = read_levels(&mut redis, &keys, sku).await?;

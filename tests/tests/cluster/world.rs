@@ -111,7 +111,7 @@ impl ClusterWorld {
 
     pub(crate) fn stock_worker_with(&self, extra: &[(&str, &str)]) -> RunningWorker {
         let settings = stock_worker::Settings::from_env(&self.env_with(extra)).expect("settings");
-        settings.worker.log.init();
+        settings.worker.service.log.init();
         RunningWorker::spawn(|shutdown| stock_worker::run(settings, shutdown))
     }
 

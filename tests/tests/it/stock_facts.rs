@@ -235,12 +235,14 @@ async fn skus_that_are_not_subject_tokens_round_trip() {
 async fn health_and_metrics_are_served() {
     let world = World::start().await;
     let settings = stock_worker::Settings::from_env(&world.env(&[])).expect("settings");
-    let runtime = stockflow_shared::worker::Runtime::start(settings.worker, std::future::pending())
+    let runtime = stockflow_shared::worker::Service::worker(&settings.worker)
+        .redis(&settings.state.redis)
+        .start(std::future::pending())
         .await
         .expect("runtime");
     let addr = runtime.metrics_addr;
     let shutdown = runtime.shutdown.clone();
-    let handler = stock_worker::StockHandler::new(&runtime);
+    let handler = stock_worker::StockHandler::new(&runtime, &settings.state);
     let task = tokio::spawn(runtime.consume(stockflow_shared::topology::STOCK_WORKER, handler));
     let get = |path: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;

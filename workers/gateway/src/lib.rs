@@ -13,12 +13,10 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use stockflow_shared::{
-    connect::{NatsSettings, RedisSettings},
-    health::{self, Health},
+    connect::RedisSettings,
     keys::Keys,
     settings::{ConfigError, Env},
-    startup::Startup,
-    telemetry::{self, LogSettings},
+    worker::{Service, ServiceSettings},
 };
 
 use crate::auth::{Auth, Tokens};
@@ -29,16 +27,13 @@ pub use crate::routes::router;
 /// The gateway's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// NATS connection.
-    pub nats: NatsSettings,
+    /// NATS, logging, `/metrics`, `/healthz`, `/readyz` (`STOCKFLOW_METRICS_ADDR`), the start-up
+    /// wait for NATS and Redis, and the bound on graceful shutdown.
+    pub service: ServiceSettings,
     /// Redis connection and key prefix (queries read the workers' keys).
     pub redis: RedisSettings,
-    /// Logging.
-    pub log: LogSettings,
     /// The API listener (`STOCKFLOW_HTTP_ADDR`).
     pub http_addr: SocketAddr,
-    /// `/metrics`, `/healthz`, `/readyz` (`STOCKFLOW_METRICS_ADDR`).
-    pub metrics_addr: SocketAddr,
     /// Who may call the API.
     pub auth: Auth,
     /// Largest request body, bytes (`STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES`); larger ones get 413.
@@ -50,39 +45,24 @@ pub struct Settings {
     /// How long a publish may wait for JetStream's acknowledgement before the answer is 503
     /// (`STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS`).
     pub publish_timeout: Duration,
-    /// Bound on graceful shutdown (`STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS`).
-    pub shutdown_timeout: Duration,
-    /// How long a start may wait for NATS and Redis (`STOCKFLOW_STARTUP_TIMEOUT_SECONDS`);
-    /// `None` waits forever.
-    pub startup_timeout: Option<Duration>,
 }
 
 impl Settings {
     /// Reads the environment; errors name the variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            nats: NatsSettings::from_env(env, "gateway")?,
+            service: ServiceSettings::from_env(env, "gateway", "127.0.0.1:9467")?,
             redis: RedisSettings::from_env(env)?,
-            log: LogSettings::from_env(env)?,
             http_addr: env.addr("STOCKFLOW_HTTP_ADDR", "127.0.0.1:8080")?,
-            metrics_addr: env.addr("STOCKFLOW_METRICS_ADDR", "127.0.0.1:9467")?,
             auth: auth_from_env(env)?,
-            body_limit: usize::try_from(env.bounded(
+            body_limit: env.bounded_as(
                 "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES",
                 1 << 20,
                 1024..=64 << 20,
-            )?)
-            .unwrap_or(1 << 20),
-            max_batch: usize::try_from(env.bounded(
-                "STOCKFLOW_GATEWAY_MAX_BATCH",
-                500,
-                1..=10_000,
-            )?)
-            .unwrap_or(500),
+            )?,
+            max_batch: env.bounded_as("STOCKFLOW_GATEWAY_MAX_BATCH", 500, 1..=10_000)?,
             max_wait: env.seconds("STOCKFLOW_GATEWAY_MAX_WAIT_SECONDS", 10, 1..=60)?,
             publish_timeout: env.seconds("STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS", 5, 1..=60)?,
-            shutdown_timeout: env.seconds("STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS", 20, 1..=600)?,
-            startup_timeout: stockflow_shared::startup::timeout_from_env(env)?,
         })
     }
 }
@@ -161,43 +141,14 @@ pub async fn start(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let token = stockflow_shared::shutdown::token_for(shutdown);
-    stockflow_shared::worker::log_start(
-        &settings.nats,
-        &settings.redis,
-        settings.metrics_addr,
-        None,
-    );
+    // The API listener opens once NATS and Redis answered.
+    let runtime = Service::new(&settings.service)
+        .redis(&settings.redis)
+        .start(shutdown)
+        .await?;
     if matches!(settings.auth, Auth::Disabled) {
         tracing::warn!("STOCKFLOW_GATEWAY_AUTH=none: the API accepts every request");
     }
-    // The health listener first: `/readyz` names what the gateway waits for; the API listener
-    // opens once both servers answered.
-    let health = Health::default();
-    let nats_up = health.check("nats");
-    let redis_up = health.check("redis");
-    let metrics_addr = health::serve(
-        settings.metrics_addr,
-        health.clone(),
-        telemetry::metrics_handle(),
-        token.clone(),
-    )
-    .await?;
-    let startup = Startup::new(settings.startup_timeout, token.clone());
-    let nats = startup.nats(&settings.nats).await?;
-    // Until the monitor takes over: `/readyz` then names only what is still awaited.
-    nats_up.set(true);
-    let js = jetstream::ContextBuilder::new()
-        .timeout(settings.publish_timeout)
-        .build(nats.clone());
-    let redis = startup.redis(&settings.redis).await?;
-    tokio::spawn(stockflow_shared::worker::monitor(
-        nats.clone(),
-        redis.clone(),
-        nats_up,
-        redis_up,
-        token.clone(),
-    ));
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| {
@@ -208,37 +159,19 @@ pub async fn start(
         })?;
     let api_addr = listener.local_addr()?;
     let state = AppState {
-        js,
-        nats: nats.clone(),
-        redis,
+        js: jetstream::ContextBuilder::new()
+            .timeout(settings.publish_timeout)
+            .build(runtime.nats.clone()),
+        nats: runtime.nats.clone(),
+        redis: runtime.redis.clone(),
         keys: Keys::new(settings.redis.key_prefix.clone()),
         auth: settings.auth.clone(),
         max_batch: settings.max_batch,
         max_wait: settings.max_wait,
         publish_timeout: settings.publish_timeout,
     };
-    let app = router(state, settings.body_limit);
-    let shutdown_timeout = settings.shutdown_timeout;
-    let task = tokio::spawn(async move {
-        let stop = token.clone();
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let serve = std::future::IntoFuture::into_future(serve);
-        tokio::pin!(serve);
-        tokio::select! {
-            served = &mut serve => served.context("serving the API")?,
-            () = async {
-                token.cancelled().await;
-                // The bound on graceful shutdown: in-flight requests get this long to finish.
-                tokio::time::sleep(shutdown_timeout).await;
-            } => tracing::warn!("requests still in flight at the shutdown deadline"),
-        }
-        if let Err(e) = nats.drain().await {
-            tracing::warn!(error = %e, "nats drain failed");
-        }
-        tracing::info!("gateway stopped");
-        Ok(())
-    });
+    let metrics_addr = runtime.metrics_addr;
+    let task = tokio::spawn(runtime.serve(listener, router(state, settings.body_limit)));
     tracing::info!(%api_addr, "gateway listening");
     Ok(Running {
         api_addr,

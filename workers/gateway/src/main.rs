@@ -31,7 +31,7 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("usage: gateway (no arguments; see gateway --help)");
     }
     let settings = gateway::Settings::from_env(&Env::process())?;
-    settings.log.init();
+    settings.service.log.init();
     gateway::start(settings, stockflow_shared::shutdown_signal())
         .await?
         .wait()

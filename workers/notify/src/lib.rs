@@ -11,16 +11,11 @@ use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use stockflow_shared::{
-    consume::{Consumer, Delivery, HandleError, Handled, Handler, Outcome},
-    deadletter::DeadLetters,
-    health::{self, Health, HealthCheck},
+    consume::{Delivery, HandleError, Handled, Handler, Outcome},
     settings::{ConfigError, Env, Secret},
-    startup::Startup,
-    telemetry,
     topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
-    worker::{readiness_checks, WorkerSettings},
+    worker::{readiness_checks, Service, WorkerSettings},
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     deliver::RetryPolicy,
@@ -60,7 +55,7 @@ const REPLACED: [(&str, &str); 3] = [
 /// The notify worker's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections, listener, consume loop of the fan-out (Redis settings are read but unused).
+    /// NATS, listener, topology, consume loop of the fan-out (no Redis: notify keeps no state).
     pub worker: WorkerSettings,
     /// Where deliveries go (`STOCKFLOW_WEBHOOKS_FILE`); the `WEBHOOK_SUBSCRIPTIONS` bucket's
     /// subscriptions are added while the worker runs.
@@ -102,12 +97,11 @@ impl Settings {
                 24 * 3600,
                 1..=MAX_HORIZON_SECONDS,
             )?,
-            breaker_failures: u32::try_from(env.bounded(
+            breaker_failures: env.bounded_as(
                 "STOCKFLOW_WEBHOOK_BREAKER_FAILURES",
                 20,
                 0..=100_000,
-            )?)
-            .unwrap_or(20),
+            )?,
             breaker_open: env.seconds("STOCKFLOW_WEBHOOK_BREAKER_OPEN_SECONDS", 30, 1..=86_400)?,
         };
         if retry.backoff_floor > retry.backoff_ceiling {
@@ -124,12 +118,7 @@ impl Settings {
                 subscriptions::DEFAULT_SECRET_FILE_VAR,
             )?,
             retry,
-            concurrency: usize::try_from(env.bounded(
-                "STOCKFLOW_WEBHOOK_CONCURRENCY",
-                8,
-                1..=256,
-            )?)
-            .unwrap_or(8),
+            concurrency: env.bounded_as("STOCKFLOW_WEBHOOK_CONCURRENCY", 8, 1..=256)?,
         })
     }
 }
@@ -146,34 +135,20 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let token = stockflow_shared::shutdown::token_for(shutdown);
     describe_metrics();
-    // The health listener first: `/readyz` names `nats` while the worker waits for it.
-    let health = Health::default();
-    let nats_up = health.check("nats");
-    health::serve(
-        settings.worker.metrics_addr,
-        health.clone(),
-        telemetry::metrics_handle(),
-        token.clone(),
-    )
-    .await?;
-    let startup = Startup::new(settings.worker.startup_timeout, token.clone());
-    let (nats, js) = startup
-        .nats_with_topology(&settings.worker.nats, &settings.worker.topology)
-        .await?;
+    let mut runtime = Service::worker(&settings.worker).start(shutdown).await?;
     let endpoints = Arc::new(Endpoints::new(
         &settings,
-        js.clone(),
-        &health,
-        &nats_up,
-        &token,
+        runtime.js.clone(),
+        &runtime.health,
+        &runtime.can_process(),
+        &runtime.shutdown,
     )?);
     endpoints
-        .start_file(&startup, &settings.subscriptions)
+        .start_file(&runtime.startup, &settings.subscriptions)
         .await?;
-    endpoints.start_bucket(&startup).await?;
-    tokio::spawn(monitor(nats.clone(), nats_up.clone(), token.clone()));
+    // Before any fan-out: an event handled right after the start must see the bucket's too.
+    endpoints.start_bucket(&runtime.startup).await?;
     if settings.subscriptions.is_empty() {
         tracing::info!(
             "no webhook subscriptions in STOCKFLOW_WEBHOOKS_FILE: delivering to those of the \
@@ -181,35 +156,19 @@ pub async fn run(
         );
     }
     let fan_out = Arc::new(FanOut {
-        js: js.clone(),
+        js: runtime.js.clone(),
         subscriptions: endpoints.subscriptions(),
     });
-    let inputs = consumers(&settings.worker.topology)
-        .into_iter()
-        .map(|(spec, check)| {
-            let consumer = Consumer {
-                js: js.clone(),
-                spec,
-                dead_letters: DeadLetters::new(js.clone()),
-                bound: health.check(check),
-                can_process: nats_up.clone(),
-                settings: settings.worker.consume.clone(),
-            };
-            tokio::spawn(consumer.run(fan_out.clone(), token.clone()))
-        })
-        .collect::<Vec<_>>();
-    let registry = tokio::spawn(endpoints.clone().watch());
-    for task in inputs.into_iter().chain([registry]) {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "consume loop panicked");
-        }
+    for (spec, check) in consumers(&settings.worker.topology) {
+        let consumer = runtime.consumer(spec, check);
+        runtime.spawn_consumer(consumer, fan_out.clone());
     }
-    endpoints.join().await;
-    if let Err(e) = nats.drain().await {
-        tracing::warn!(error = %e, "nats drain failed");
-    }
-    tracing::info!("notify-worker stopped");
-    Ok(())
+    // The bucket is followed until shutdown; then every endpoint's loop finishes its POSTs.
+    runtime.spawn(async move {
+        endpoints.clone().watch().await;
+        endpoints.join().await;
+    });
+    runtime.finish().await
 }
 
 fn describe_metrics() {
@@ -227,18 +186,6 @@ fn describe_metrics() {
         "stockflow_webhook_breaker_open",
         "1 while an endpoint's breaker is open and its deliveries are paused"
     );
-}
-
-/// Keeps the `nats` readiness check current; the consume loops take no input while it is down.
-async fn monitor(nats: async_nats::Client, nats_up: HealthCheck, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        nats_up.set(nats.connection_state() == async_nats::connection::State::Connected);
-    }
 }
 
 /// Fans one derived event out into the outbox: one message per endpoint that wants it, acked
@@ -335,7 +282,12 @@ mod tests {
             let map: std::collections::HashMap<_, _> = pairs.into_iter().collect();
             Env::from_fn(move |name| map.get(name).cloned())
         };
-        let settings = Settings::from_env(&env(&[])).expect("defaults");
+        // No Redis: its variables are neither read nor checked.
+        let settings = Settings::from_env(&env(&[
+            ("STOCKFLOW_REDIS_URL", "http://not-redis"),
+            ("STOCKFLOW_DEDUP_TTL_SECONDS", "1"),
+        ]))
+        .expect("defaults");
         assert_eq!(settings.retry.horizon, Duration::from_secs(24 * 3600));
         assert_eq!(settings.retry.backoff_floor, Duration::from_secs(1));
         assert_eq!(settings.retry.backoff_ceiling, Duration::from_secs(300));
@@ -373,5 +325,28 @@ mod tests {
             assert!(err.to_string().starts_with(var), "{err}");
         }
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn help_lists_no_redis_variable() {
+        let env = Env::recording([]);
+        let _ = Settings::from_env(&env);
+        let names: Vec<String> = env.asked().into_iter().map(|v| v.name).collect();
+        for shared in [
+            "STOCKFLOW_NATS_URL",
+            "STOCKFLOW_METRICS_ADDR",
+            "STOCKFLOW_MAX_IN_FLIGHT",
+            "STOCKFLOW_STOCK_PARTITIONS",
+            "STOCKFLOW_STARTUP_TIMEOUT_SECONDS",
+            "STOCKFLOW_SHUTDOWN_TIMEOUT_SECONDS",
+        ] {
+            assert!(names.iter().any(|n| n == shared), "{shared} in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("STOCKFLOW_REDIS_")
+                || n == "STOCKFLOW_KEY_PREFIX"
+                || n == "STOCKFLOW_DEDUP_TTL_SECONDS"),
+            "{names:?}"
+        );
     }
 }

@@ -30,9 +30,9 @@ fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings =
         notify_worker::Settings::from_env(&Env::process()).context("invalid configuration")?;
-    settings.worker.log.init();
+    settings.worker.service.log.init();
     match Command::from_args(PROGRAM.name)? {
         Command::Run => notify_worker::run(settings, shutdown_signal()).await,
-        Command::Setup(mode) => stockflow_shared::worker::setup(&settings.worker, mode).await,
+        Command::Setup(mode) => settings.worker.setup(mode).await,
     }
 }

@@ -24,7 +24,7 @@ use stockflow_shared::{
     replication::Replicas,
     settings::{ConfigError, Env},
     topology::ORDER_WORKER,
-    worker::{Runtime, WorkerSettings},
+    worker::{Runtime, Service, StateSettings, WorkerSettings},
 };
 
 use crate::{
@@ -35,8 +35,10 @@ use crate::{
 /// The order worker's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections, listener, consume loop.
+    /// NATS, listener, topology, consume loop.
     pub worker: WorkerSettings,
+    /// Redis, dedup TTL, replica wait.
+    pub state: StateSettings,
     /// Global location priority for lines without a location (`STOCKFLOW_LOCATION_PRIORITY`,
     /// comma-separated); a SKU's own priority (policy field `prio`) comes first.
     pub location_priority: String,
@@ -95,9 +97,11 @@ impl Settings {
             )?;
         }
         let worker = WorkerSettings::from_env(env, "order-worker", "127.0.0.1:9465")?;
+        let state = StateSettings::from_env(env)?;
         Ok(Self {
-            order_retention: order_retention(env, worker.dedup_ttl)?,
+            order_retention: order_retention(env, state.dedup_ttl)?,
             worker,
+            state,
             location_priority,
             hold_poll: Duration::from_millis(env.bounded(
                 "STOCKFLOW_HOLD_POLL_MILLIS",
@@ -113,7 +117,10 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let runtime = Runtime::start(settings.worker.clone(), shutdown).await?;
+    let runtime = Service::worker(&settings.worker)
+        .redis(&settings.state.redis)
+        .start(shutdown)
+        .await?;
     let handler = OrderHandler::new(&runtime, &settings);
     tokio::spawn(expire_holds(
         handler.clone(),
@@ -153,13 +160,13 @@ impl OrderHandler {
         Self {
             redis: runtime.redis.clone(),
             js: runtime.js.clone(),
-            keys: Keys::new(runtime.settings().redis.key_prefix.clone()),
+            keys: Keys::new(settings.state.redis.key_prefix.clone()),
             ledger: Ledger::new(runtime.js.clone()),
             location_priority: settings.location_priority.clone(),
-            ttl: runtime.settings().dedup_ttl.as_secs(),
+            ttl: settings.state.dedup_ttl.as_secs(),
             retention: settings.order_retention.as_secs(),
             scripts: Scripts::load(),
-            replicas: Replicas::new(runtime.settings().replica_wait.as_ref()),
+            replicas: Replicas::new(settings.state.replica_wait.as_ref()),
         }
     }
 }

@@ -15,7 +15,7 @@ use stockflow_shared::{
     replication::{self, Replicas},
     settings::{ConfigError, Env},
     topology,
-    worker::{readiness_checks, Runtime, WorkerSettings},
+    worker::{readiness_checks, Runtime, Service, StateSettings, WorkerSettings},
 };
 
 use crate::fact::Fact;
@@ -23,8 +23,10 @@ use crate::fact::Fact;
 /// The stock worker's settings: only the shared ones so far.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Connections, listener, consume loop.
+    /// NATS, listener, topology, consume loop.
     pub worker: WorkerSettings,
+    /// Redis, dedup TTL, replica wait.
+    pub state: StateSettings,
 }
 
 impl Settings {
@@ -32,6 +34,7 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             worker: WorkerSettings::from_env(env, "stock-worker", "127.0.0.1:9464")?,
+            state: StateSettings::from_env(env)?,
         })
     }
 }
@@ -41,10 +44,13 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let runtime = Runtime::start(settings.worker, shutdown).await?;
-    let handler = StockHandler::new(&runtime);
+    let runtime = Service::worker(&settings.worker)
+        .redis(&settings.state.redis)
+        .start(shutdown)
+        .await?;
+    let handler = StockHandler::new(&runtime, &settings.state);
     let consumers = readiness_checks(
-        &topology::stock_workers(&runtime.settings().topology),
+        &topology::stock_workers(&settings.worker.topology),
         "consumer",
     );
     runtime.consume_all(&consumers, handler).await
@@ -85,15 +91,15 @@ pub struct StockHandler {
 }
 
 impl StockHandler {
-    /// A handler using the runtime's connections and settings.
-    pub fn new(runtime: &Runtime) -> Self {
+    /// A handler using the runtime's connections and the worker's state settings.
+    pub fn new(runtime: &Runtime, state: &StateSettings) -> Self {
         Self::with(
             runtime.redis.clone(),
             runtime.js.clone(),
-            Keys::new(runtime.settings().redis.key_prefix.clone()),
-            runtime.settings().dedup_ttl.as_secs(),
+            Keys::new(state.redis.key_prefix.clone()),
+            state.dedup_ttl.as_secs(),
         )
-        .with_replicas(Replicas::new(runtime.settings().replica_wait.as_ref()))
+        .with_replicas(Replicas::new(state.replica_wait.as_ref()))
     }
 
     /// A handler from its parts (tests drive it directly).
