@@ -6,7 +6,7 @@
 //! # use stockflow_shared::{consume::*, settings::Env, worker::*, topology::STOCK_WORKER};
 //! # #[derive(Debug)] struct MyHandler;
 //! # impl Handler for MyHandler {
-//! #     async fn handle(&self, _: &async_nats::jetstream::Message) -> Result<Handled, HandleError> {
+//! #     async fn handle(&self, _: &Delivery) -> Result<Handled, HandleError> {
 //! #         unimplemented!()
 //! #     }
 //! # }
