@@ -11,6 +11,9 @@
 //! Every shape takes the envelope fields `event_id`, `source`, `reason`, `reference` and
 //! `occurred_at_ms`, refuses unknown fields, and treats a member set to `null` as one left out,
 //! at every depth. Faults name the field by its path (`quantity`, `lines[1].sku`).
+//!
+//! The envelope fields are written out in each shape rather than `#[serde(flatten)]`ed from
+//! [`MetaJson`]: serde ignores `deny_unknown_fields` on a struct that flattens another.
 
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;

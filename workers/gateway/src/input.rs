@@ -200,58 +200,16 @@ mod tests {
         assert_eq!(out.event_id, "k-1");
     }
 
+    /// The contract's refusals name their field (its own tests cover each); the gateway keeps
+    /// that field in its answer and adds its own: the missing idempotency key.
     #[test]
     fn errors_name_the_field() {
-        let cases = [
-            (
-                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 0}),
-                "quantity",
-            ),
-            (
-                json!({"type": "received", "sku": "", "location": "wh", "quantity": 1}),
-                "sku",
-            ),
-            (
-                json!({"type": "received", "sku": "A", "quantity": 1}),
-                "location",
-            ),
-            (
-                json!({"type": "received", "sku": "A", "location": "wh"}),
-                "quantity",
-            ),
-            (
-                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "delta": 2}),
-                "delta",
-            ),
-            (
-                json!({"type": "gifted", "sku": "A", "location": "wh"}),
-                "type",
-            ),
-            (
-                json!({"type": "received", "sku": "A", "location": "wh", "quantity": "x"}),
-                "quantity",
-            ),
-            (
-                json!({"type": "received", "sku": "A", "location": "wh", "quantity": 1, "colour": "red"}),
-                "colour",
-            ),
-            (
-                json!({"type": "adjusted", "sku": "A", "location": "wh", "delta": 0}),
-                "delta",
-            ),
-            (
-                json!({"type": "transferred", "sku": "A", "location": "wh", "to_location": "wh", "quantity": 1}),
-                "to_location",
-            ),
-            (
-                json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1, "reason": "lost"}),
-                "reason",
-            ),
-        ];
-        for (body, field) in cases {
-            let err = fact(body.clone(), Some("k")).expect_err(&body.to_string());
-            assert_eq!(err.field.as_deref(), Some(field), "{body}: {err:?}");
-        }
+        let err = fact(
+            json!({"type": "received", "sku": "A", "location": "wh", "quantity": 0}),
+            Some("k"),
+        )
+        .expect_err("zero quantity");
+        assert_eq!(err.field.as_deref(), Some("quantity"), "{err:?}");
         let err = fact(
             json!({"type": "sold", "sku": "A", "location": "wh", "quantity": 1}),
             None,

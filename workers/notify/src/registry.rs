@@ -178,16 +178,20 @@ impl Registry {
         Ok(Self { store })
     }
 
-    /// Every stored subscription, by id.
-    pub async fn list(&self) -> Result<Vec<Stored>, RegistryError> {
-        let mut keys: Vec<String> = self
-            .store
+    /// The bucket's keys (deleted ones left out).
+    async fn keys(&self) -> Result<Vec<String>, RegistryError> {
+        self.store
             .keys()
             .await
             .map_err(unavailable(format!("listing bucket {BUCKET}")))?
             .try_collect()
             .await
-            .map_err(unavailable(format!("listing bucket {BUCKET}")))?;
+            .map_err(unavailable(format!("listing bucket {BUCKET}")))
+    }
+
+    /// Every stored subscription, by id.
+    pub async fn list(&self) -> Result<Vec<Stored>, RegistryError> {
+        let mut keys = self.keys().await?;
         keys.sort();
         let mut all = Vec::with_capacity(keys.len());
         for key in keys {
@@ -262,14 +266,7 @@ impl Registry {
     /// The current entry of every key (deleted ones are left out): what [`Self::watch`] starts
     /// with, read without waiting for a change.
     pub async fn entries(&self) -> Result<Vec<kv::Entry>, RegistryError> {
-        let keys: Vec<String> = self
-            .store
-            .keys()
-            .await
-            .map_err(unavailable(format!("listing bucket {BUCKET}")))?
-            .try_collect()
-            .await
-            .map_err(unavailable(format!("listing bucket {BUCKET}")))?;
+        let keys = self.keys().await?;
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             let entry = self
