@@ -37,6 +37,35 @@ pub fn stock_outcome(sku: &str, cause: &str) -> String {
     format!("out:{}:{cause}", encode_token(sku))
 }
 
+/// Order result `id` of `order_id` (its decision or an end): `res:<order-token>:<id>`.
+pub fn order_result(order_id: &str, id: &str) -> String {
+    format!("res:{}:{id}", encode_token(order_id))
+}
+
+/// The expiry command of an order's checkout hold, published by every order-worker replica
+/// that sees it due and stored once: `expire:<order-token>`.
+pub fn hold_expiry(order_id: &str) -> String {
+    format!("expire:{}", encode_token(order_id))
+}
+
+/// `endpoint`'s delivery of the input at `stream`/`sequence`: a redelivered input enqueues
+/// nothing twice. `whk:<endpoint>:<stream>:<sequence>`.
+pub fn webhook_delivery(endpoint: &str, stream: &str, sequence: u64) -> String {
+    format!("whk:{endpoint}:{stream}:{sequence}")
+}
+
+/// The dead letter of the message at `stream`/`sequence`: a retried dead-lettering stores it
+/// once. `dlq:<stream>:<sequence>`.
+pub fn dead_letter(stream: &str, sequence: u64) -> String {
+    format!("dlq:{stream}:{sequence}")
+}
+
+/// A replay of dead letter `sequence`: replaying it twice stores one message.
+/// `replay:DEAD_LETTERS:<sequence>`.
+pub fn replay(sequence: u64) -> String {
+    format!("replay:{}:{sequence}", crate::subjects::DEAD_LETTERS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ impl DeadLetters {
         }
         let message_id = route
             .message_id
-            .unwrap_or_else(|| format!("dlq:{stream}:{sequence}"));
+            .unwrap_or_else(|| stockflow_proto::msg_id::dead_letter(&stream, sequence));
         let subject = route
             .subject
             .unwrap_or_else(|| subjects::dead_letter(&stream));

@@ -349,7 +349,7 @@ pub fn replay_headers(letter: &DeadLetter) -> HeaderMap {
 
 /// The `Nats-Msg-Id` of a replay of dead letter `sequence`.
 pub fn replay_message_id(sequence: u64) -> String {
-    format!("replay:{}:{sequence}", subjects::DEAD_LETTERS)
+    stockflow_proto::msg_id::replay(sequence)
 }
 
 async fn dead_letters(js: &jetstream::Context) -> Result<jetstream::stream::Stream, ReplayError> {

@@ -17,7 +17,7 @@ pub const HEADER_SOURCE: &str = "Stockflow-Webhook-Source";
 /// The `Nats-Msg-Id` of `endpoint`'s delivery of the input at `stream`/`sequence`: a redelivered
 /// input enqueues nothing twice.
 pub fn message_id(endpoint: &str, stream: &str, sequence: u64) -> String {
-    format!("whk:{endpoint}:{stream}:{sequence}")
+    stockflow_proto::msg_id::webhook_delivery(endpoint, stream, sequence)
 }
 
 /// The outbox message of `notification` for `endpoint`: subject, headers (without the

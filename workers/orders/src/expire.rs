@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use prost::Message as _;
 use stockflow_proto::{
-    subjects::{self, encode_token},
+    subjects,
     v1::{order_event, EventMeta, OrderEvent, OrderHoldExpired},
 };
 use stockflow_shared::{
@@ -120,7 +120,7 @@ async fn expire_due(handler: &OrderHandler) -> anyhow::Result<()> {
         };
         let publish = PublishMessage::build()
             .payload(event.encode_to_vec().into())
-            .message_id(format!("expire:{}", encode_token(&order_id)));
+            .message_id(stockflow_proto::msg_id::hold_expiry(&order_id));
         handler
             .js
             .send_publish(subjects::order_event(&order_id), publish)

@@ -3,7 +3,7 @@
 
 use prost::Message as _;
 use stockflow_proto::{
-    subjects::{self, encode_token},
+    subjects,
     v1::{order_result, EventMeta, OrderResult, ReleaseReason, ReservationReleased},
 };
 use stockflow_shared::{
@@ -79,7 +79,7 @@ impl OrderHandler {
         let derived = Derived {
             kind: DerivedKind::OrderResult,
             subject: subjects::order_result(&order.order_id),
-            msg_id: format!("res:{}:{id}", encode_token(&order.order_id)),
+            msg_id: stockflow_proto::msg_id::order_result(&order.order_id, &id),
             payload: message.encode_to_vec(),
         };
         self.ledger
