@@ -158,25 +158,10 @@ impl Fact {
 /// Decodes and validates `payload` received on `subject` from the unpartitioned `STOCK_EVENTS`:
 /// the subject must be `stock.events.<sku-token>` of the event's own SKU.
 pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
-    parse_from(Layout::Single, subject, payload)
+    parse_from(subject, payload)
 }
 
-/// Like [`parse`], for a fact read from a partition stream `STOCK_EVENTS_<p>`: the servers'
-/// mapping stored it as `stock.events.<p>.<sku-token>`, and the token must be its SKU's.
-pub fn parse_partitioned(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
-    parse_from(Layout::Partitioned, subject, payload)
-}
-
-/// Which subject form a stream holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// `stock.events.<sku-token>`.
-    Single,
-    /// `stock.events.<partition>.<sku-token>`.
-    Partitioned,
-}
-
-fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
+fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
     let event = StockEvent::decode(payload).map_err(|e| {
         InputError::new(
             "unknown",
@@ -222,15 +207,7 @@ fn parse_from(layout: Layout, subject: &str, payload: &[u8]) -> Result<Fact, Inp
     validate_reason(&meta).map_err(|reason| bad("reason", Category::UnknownEnum, reason))?;
     validate_sku(&event.sku).map_err(|reason| bad("sku", Category::InvalidSku, reason))?;
     let expected_subject = subjects::stock_event(&event.sku);
-    let on_its_subject = match layout {
-        Layout::Single => subject == expected_subject,
-        Layout::Partitioned => {
-            subject != expected_subject
-                && subjects::stock_event_token(subject)
-                    == Some(subjects::encode_token(&event.sku).as_str())
-        }
-    };
-    if !on_its_subject {
+    if subject != expected_subject {
         return Err(bad(
             "subject",
             Category::SubjectMismatch,
@@ -376,22 +353,18 @@ mod tests {
         }
     }
 
+    /// A partition stream's subject reaches the parser with its partition taken out (the
+    /// consume loop's `Delivery::subject`), so one form is checked: the SKU's own subject.
     #[test]
-    fn partitioned_subjects_must_carry_the_skus_token() {
+    fn facts_must_be_on_their_skus_subject() {
         let fact = event(Change::Received(Received { quantity: 1 }));
-        assert!(parse_partitioned("stock.events.2.A", &fact).is_ok());
         assert!(parse("stock.events.A", &fact).is_ok());
-        for (subject, partitioned) in [
-            ("stock.events.2.B", true),
-            ("stock.events.A", true),
-            ("stock.events.2.A", false),
-        ] {
-            let result = if partitioned {
-                parse_partitioned(subject, &fact)
-            } else {
-                parse(subject, &fact)
-            };
-            assert_eq!(fault(result).1, Category::SubjectMismatch, "{subject}");
+        for subject in ["stock.events.B", "stock.events.2.A"] {
+            assert_eq!(
+                fault(parse(subject, &fact)).1,
+                Category::SubjectMismatch,
+                "{subject}"
+            );
         }
     }
 

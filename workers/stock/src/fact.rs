@@ -11,14 +11,6 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
     Ok(stockflow_proto::input::fact::parse(subject, payload)?)
 }
 
-/// Like [`parse`], for a fact read from a partition stream `STOCK_EVENTS_<p>`: the servers'
-/// mapping stored it as `stock.events.<p>.<sku-token>`, and the token must be its SKU's.
-pub fn parse_partitioned(subject: &str, payload: &[u8]) -> Result<Fact, HandleError> {
-    Ok(stockflow_proto::input::fact::parse_partitioned(
-        subject, payload,
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
@@ -41,7 +33,6 @@ mod tests {
             .encode_to_vec()
         };
         assert!(parse("stock.events.A", &fact(1)).is_ok());
-        assert!(parse_partitioned("stock.events.2.A", &fact(1)).is_ok());
         match parse("stock.events.A", &fact(0)) {
             Err(HandleError::Malformed {
                 event_type,
