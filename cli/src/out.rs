@@ -11,7 +11,7 @@ pub fn write(args: std::fmt::Arguments<'_>) {
         if e.kind() == ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("stockctl: writing to stdout: {e}");
+        eprintln!("writing to stdout: {e}");
         std::process::exit(1);
     }
 }

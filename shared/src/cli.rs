@@ -115,20 +115,29 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };
-    let env = Env::process();
-    if env.raw("STOCKFLOW_LOG_FORMAT").as_deref() == Some("json") {
-        // The configuration itself may be what failed: then log errors only.
-        let log = LogSettings::from_env(&env).unwrap_or(LogSettings {
-            filter: "error".into(),
-            json: true,
-        });
-        // A no-op when the binary already installed it.
-        log.init();
-        tracing::error!(error = format!("{error:#}"), "fatal");
-    } else {
+    if !log_fatal_as_json(&error) {
         eprintln!("Error: {error:?}");
     }
     ExitCode::FAILURE
+}
+
+/// When `STOCKFLOW_LOG_FORMAT=json`, logs `error` as one JSON line on stderr (level `ERROR`,
+/// message `fatal`, the error and its causes in `error`) and returns `true`; otherwise returns
+/// `false` and the caller reports it as text.
+pub fn log_fatal_as_json(error: &anyhow::Error) -> bool {
+    let env = Env::process();
+    if env.raw("STOCKFLOW_LOG_FORMAT").as_deref() != Some("json") {
+        return false;
+    }
+    // The configuration itself may be what failed: then log errors only.
+    let log = LogSettings::from_env(&env).unwrap_or(LogSettings {
+        filter: "error".into(),
+        json: true,
+    });
+    // A no-op when the binary already installed it.
+    log.init();
+    tracing::error!(error = format!("{error:#}"), "fatal");
+    true
 }
 
 #[cfg(test)]

@@ -113,7 +113,10 @@ impl Startup {
             let last = match tried {
                 Ok(value) => {
                     if let Some(since) = waiting_since {
-                        tracing::info!(waited = ?since.elapsed(), "{server} answered; going on");
+                        tracing::info!(
+                            waited_seconds = since.elapsed().as_secs_f64(),
+                            "{server} answered; going on"
+                        );
                     }
                     return Ok(value);
                 }
@@ -166,7 +169,7 @@ impl Startup {
     ) -> Result<(), StartupError> {
         self.wait("JetStream to answer the topology check", || async {
             match topology::ensure(js, settings, topology::Mode::Verify).await {
-                Ok(()) => Ok(()),
+                Ok(_) => Ok(()),
                 Err(e @ TopologyError::JetStream { .. }) => Err(Failure::Unavailable(
                     anyhow::Error::new(e).context("checking streams and consumers"),
                 )),

@@ -312,11 +312,14 @@ pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
 
 /// Creates the bucket `config` declares when its stream does not exist; an existing bucket is
 /// left as it is.
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<(), TopologyError> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<Action, TopologyError> {
     let bucket = config.bucket.clone();
     let stream = format!("KV_{bucket}");
     match js.get_stream(&stream).await {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(Action::Unchanged),
         Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
             {}
         Err(e) => return Err(js_error(format!("looking up bucket {bucket}"))(e.into())),
@@ -325,7 +328,7 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<()
         .await
         .map_err(|e| js_error(format!("creating bucket {bucket}"))(e.into()))?;
     tracing::info!(%bucket, "created key-value bucket");
-    Ok(())
+    Ok(Action::Created)
 }
 
 /// The durable consumer name of webhook endpoint `endpoint` on `WEBHOOKS`.
@@ -363,7 +366,9 @@ pub async fn ensure_webhook_consumer(
     settings: &TopologySettings,
 ) -> Result<(), TopologyError> {
     let config = webhook_consumer_config(endpoint, settings);
-    declare_consumer(js, subjects::WEBHOOKS, config, Mode::Verify).await
+    declare_consumer(js, subjects::WEBHOOKS, config, Mode::Verify)
+        .await
+        .map(|_| ())
 }
 
 /// Removes webhook endpoint `endpoint`'s consumer and the deliveries still queued for it on
@@ -466,25 +471,112 @@ pub enum Mode {
     Update,
 }
 
-/// Declares every stream, durable consumer and key-value bucket.
+/// The kind of a declared object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A stream.
+    Stream,
+    /// A durable consumer.
+    Consumer,
+    /// A key-value bucket.
+    Bucket,
+}
+
+impl ObjectKind {
+    /// `stream`, `consumer` or `bucket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Consumer => "consumer",
+            Self::Bucket => "bucket",
+        }
+    }
+}
+
+/// What [`ensure`] did to one declared object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It was missing and is created.
+    Created,
+    /// It differed and the declared configuration is applied ([`Mode::Update`]).
+    Updated,
+    /// It exists as declared (a bucket: it exists, and is used as it is).
+    Unchanged,
+}
+
+impl Action {
+    /// `created`, `updated` or `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One declared object and what [`ensure`] did to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Stream, consumer or bucket.
+    pub kind: ObjectKind,
+    /// `STOCK_EVENTS`, `STOCK_EVENTS/stock-worker`, `WEBHOOK_SUBSCRIPTIONS`.
+    pub name: String,
+    /// What was done.
+    pub action: Action,
+}
+
+/// What [`ensure`] did, object by object, in the order it declares them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Every declared stream, consumer and bucket.
+    pub objects: Vec<Declared>,
+}
+
+impl Report {
+    /// How many objects had `action` done to them.
+    pub fn count(&self, action: Action) -> usize {
+        self.objects.iter().filter(|o| o.action == action).count()
+    }
+}
+
+/// Declares every stream, durable consumer and key-value bucket, and reports what it did.
 pub async fn ensure(
     js: &jetstream::Context,
     settings: &TopologySettings,
     mode: Mode,
-) -> Result<(), TopologyError> {
+) -> Result<Report, TopologyError> {
     let declared = streams(settings);
     check_stock_layout(js, settings, &declared, Layout::Input).await?;
     check_stock_layout(js, settings, &declared, Layout::Ledger).await?;
+    let mut report = Report::default();
     for config in declared {
-        ensure_stream(js, config, mode).await?;
+        let name = config.name.clone();
+        let action = ensure_stream(js, config, mode).await?;
+        report.objects.push(Declared {
+            kind: ObjectKind::Stream,
+            name,
+            action,
+        });
     }
     for spec in consumers(settings) {
-        ensure_consumer(js, &spec, settings, mode).await?;
+        let action = ensure_consumer(js, &spec, settings, mode).await?;
+        report.objects.push(Declared {
+            kind: ObjectKind::Consumer,
+            name: format!("{}/{}", spec.stream, spec.durable),
+            action,
+        });
     }
     for config in buckets(settings) {
-        ensure_bucket(js, config).await?;
+        let name = config.bucket.clone();
+        let action = ensure_bucket(js, config).await?;
+        report.objects.push(Declared {
+            kind: ObjectKind::Bucket,
+            name,
+            action,
+        });
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Whether none of `streams` has ever stored a message.
@@ -580,7 +672,7 @@ async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
     mode: Mode,
-) -> Result<(), TopologyError> {
+) -> Result<Action, TopologyError> {
     let name = config.name.clone();
     let existing = match js.get_stream(&name).await {
         Ok(mut stream) => Some(
@@ -601,17 +693,17 @@ async fn ensure_stream(
             .await
             .map_err(|e| js_error(format!("creating stream {name}"))(e.into()))?;
         tracing::info!(stream = %name, "created stream");
-        return Ok(());
+        return Ok(Action::Created);
     };
     let mismatch = stream_mismatch(&actual, &config);
     match (mismatch, mode) {
-        (None, _) => Ok(()),
+        (None, _) => Ok(Action::Unchanged),
         (Some(_), Mode::Update) => {
             js.update_stream(config)
                 .await
                 .map_err(|e| js_error(format!("updating stream {name}"))(e.into()))?;
             tracing::info!(stream = %name, "updated stream");
-            Ok(())
+            Ok(Action::Updated)
         }
         (Some((setting, actual, expected)), Mode::Verify) => Err(TopologyError::Mismatch {
             object: format!("stream {name}"),
@@ -655,7 +747,7 @@ async fn ensure_consumer(
     spec: &ConsumerSpec,
     settings: &TopologySettings,
     mode: Mode,
-) -> Result<(), TopologyError> {
+) -> Result<Action, TopologyError> {
     declare_consumer(js, spec.stream, consumer_config(spec, settings), mode).await
 }
 
@@ -667,7 +759,7 @@ async fn declare_consumer(
     stream: &str,
     config: consumer::pull::Config,
     mode: Mode,
-) -> Result<(), TopologyError> {
+) -> Result<Action, TopologyError> {
     let durable = config.durable_name.clone().unwrap_or_default();
     let object = format!("consumer {stream}/{durable}");
     let stream = js
@@ -685,7 +777,7 @@ async fn declare_consumer(
                 .await
                 .map_err(|e| js_error(format!("creating {object}"))(e.into()))?;
             tracing::info!(%object, "created consumer");
-            return Ok(());
+            return Ok(Action::Created);
         }
     };
     let mismatch = if actual.ack_policy != consumer::AckPolicy::Explicit {
@@ -717,14 +809,14 @@ async fn declare_consumer(
         None
     };
     match (mismatch, mode) {
-        (None, _) => Ok(()),
+        (None, _) => Ok(Action::Unchanged),
         (Some(_), Mode::Update) => {
             stream
                 .update_consumer(config)
                 .await
                 .map_err(|e| js_error(format!("updating {object}"))(e.into()))?;
             tracing::info!(%object, "updated consumer");
-            Ok(())
+            Ok(Action::Updated)
         }
         (Some((setting, actual, expected)), Mode::Verify) => Err(TopologyError::Mismatch {
             object,

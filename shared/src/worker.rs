@@ -102,7 +102,9 @@ impl WorkerSettings {
 
     /// The `setup` command: declares (or, in [`Mode::Update`], updates) the topology.
     pub async fn setup(&self, mode: Mode) -> anyhow::Result<()> {
-        setup(&self.service.nats, &self.topology, mode).await
+        setup(&self.service.nats, &self.topology, mode)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -181,15 +183,19 @@ pub async fn setup(
     nats: &NatsSettings,
     topology: &TopologySettings,
     mode: Mode,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<topology::Report> {
     let client = nats.connect().await?;
     let js = jetstream::new(client.clone());
-    topology::ensure(&js, topology, mode)
+    let report = topology::ensure(&js, topology, mode)
         .await
         .context("declaring streams and consumers")?;
     client.drain().await.ok();
-    tracing::info!("streams and consumers are in place");
-    Ok(())
+    tracing::info!(
+        created = report.count(topology::Action::Created),
+        updated = report.count(topology::Action::Updated),
+        "streams and consumers are in place"
+    );
+    Ok(report)
 }
 
 /// The first log line of a service: the version and the settings an operator checks first;

@@ -31,7 +31,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
-            eprintln!("stockctl: {e:#}");
+            // A log pipeline gets a JSON line; a person, one line of text.
+            if !stockflow_shared::cli::log_fatal_as_json(&e) {
+                eprintln!("stockctl: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -527,7 +527,7 @@ fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<St
     let mut seen = HashSet::new();
     let mut verified = 0;
     for (_, hook, _) in HOOKS {
-        println!("\n  POST /hooks/{hook}");
+        stockflow_cli::outln!("\n  POST /hooks/{hook}");
         for d in ours.iter().filter(|d| d.hook == hook) {
             if !seen.insert(d.event_id.clone()) {
                 continue;
@@ -547,7 +547,7 @@ fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<St
                 }
                 Err(e) => format!("SIGNATURE REFUSED: {e}"),
             };
-            println!(
+            stockflow_cli::outln!(
                 "    {:<16} {about} {signature}  {}",
                 d.event_type,
                 d.event_id.replace(&format!("{run}-"), "")
@@ -555,7 +555,7 @@ fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<St
         }
     }
     let repeats = ours.len() - seen.len();
-    println!(
+    stockflow_cli::outln!(
         "\nWebhooks: {} expected, {} delivered, {verified} signatures verified, {} repeated \
          (at-least-once: receivers dedup on X-Stockflow-Event-Id){}",
         expected.len(),
@@ -602,7 +602,9 @@ async fn demo() -> anyhow::Result<()> {
     // The ledger is one stream, or one per partition, each with its own sequence.
     let ledger_streams = stockflow_shared::topology::ledger_streams(topology);
     let marks = marks(js, &ledger_streams).await?;
-    println!("stockflow demo — run {run}: a day at a three-store chain with a web shop\n");
+    stockflow_cli::outln!(
+        "stockflow demo — run {run}: a day at a three-store chain with a web shop\n"
+    );
     let played = play(js, topology, &run, &day(&run)).await?;
 
     // The web shop's checkouts, through the gateway: orders that fit, one that asks for more
@@ -621,14 +623,14 @@ async fn demo() -> anyhow::Result<()> {
     print_levels_from_the_gateway(&http, &stack).await?;
     let derived = Derived::read(js, &ledger_streams, &marks).await?;
     print_alerts(&derived.alerts)?;
-    println!("\nEvents published: {}  ledger entries: {}  duplicates re-sent and absorbed: {}  stale counts refused: {}", played.total, derived.ledger.len(), played.resent, derived.outcomes.len());
+    stockflow_cli::outln!("\nEvents published: {}  ledger entries: {}  duplicates re-sent and absorbed: {}  stale counts refused: {}", played.total, derived.ledger.len(), played.resent, derived.outcomes.len());
     print_dead_letters(&played.malformed, &derived.letters);
-    println!(
+    stockflow_cli::outln!(
         "\nCheckouts through the gateway: POST /v1/orders?wait=2s (http://{})\n",
         stack.api
     );
     for line in &checkouts {
-        println!("  {line}");
+        stockflow_cli::outln!("  {line}");
     }
     print_order_results(&run, &order_results)?;
 
@@ -640,7 +642,7 @@ async fn demo() -> anyhow::Result<()> {
         .map(delivery_id)
         .collect();
     let delivered = stack.receiver.wait_for(&expected, DELIVERY_DEADLINE).await;
-    println!(
+    stockflow_cli::outln!(
         "\nWebhook deliveries received by http://{} (HMAC-SHA256 signatures checked)",
         stack.receiver.addr()
     );
@@ -648,10 +650,14 @@ async fn demo() -> anyhow::Result<()> {
     delivered.context("the notify worker did not deliver every alert and order result")?;
 
     let metrics_addr = stack.settings.worker.service.metrics_addr;
-    println!("\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz");
+    stockflow_cli::outln!(
+        "\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz"
+    );
     use std::io::IsTerminal as _;
     if std::io::stdout().is_terminal() {
-        println!("The workers and the gateway keep running so you can look; press Ctrl-C to stop.");
+        stockflow_cli::outln!(
+            "The workers and the gateway keep running so you can look; press Ctrl-C to stop."
+        );
         stockflow_shared::shutdown_signal().await;
     }
     stack.stop().await
@@ -895,14 +901,19 @@ async fn order_results(
 async fn print_levels(stack: &Stack) -> anyhow::Result<()> {
     let mut redis = stack.settings.state.redis.connect().await?;
     let keys = Keys::new(stack.prefix.clone());
-    println!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
-    println!(
+    stockflow_cli::outln!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
+    stockflow_cli::outln!(
         "  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}",
-        "sku", "location", "on_hand", "reserved", "safety", "available"
+        "sku",
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "available"
     );
     for sku in SKUS {
         for (location, l) in read_levels(&mut redis, &keys, sku).await? {
-            println!(
+            stockflow_cli::outln!(
                 "  {sku:<18} {location:<10} {:>8} {:>9} {:>7} {:>10}",
                 l.on_hand,
                 l.reserved,
@@ -930,7 +941,7 @@ async fn print_levels_from_the_gateway(
         .json()
         .await
         .context("reading GET /v1/stock/MUG-LOGO")?;
-    println!(
+    stockflow_cli::outln!(
         "\n  The gateway serves the same levels: GET /v1/stock/MUG-LOGO → totals {}",
         stock["totals"]
     );
@@ -985,7 +996,7 @@ fn print_alerts(alerts: &[async_nats::jetstream::Message]) -> anyhow::Result<()>
             .or_default()
             .push(format!("{}@{}", alert.sku, alert.location));
     }
-    println!(
+    stockflow_cli::outln!(
         "\nAlerts raised ({} in all, one per threshold crossing)\n",
         alerts.len()
     );
@@ -993,7 +1004,7 @@ fn print_alerts(alerts: &[async_nats::jetstream::Message]) -> anyhow::Result<()>
         let mut shown: Vec<&String> = places.iter().take(4).collect();
         shown.dedup();
         let more = places.len().saturating_sub(4);
-        println!(
+        stockflow_cli::outln!(
             "  {kind:<15} {:>3}  {}{}",
             places.len(),
             shown
@@ -1013,7 +1024,7 @@ fn print_alerts(alerts: &[async_nats::jetstream::Message]) -> anyhow::Result<()>
 
 /// The dead letters' reasons.
 fn print_dead_letters(malformed: &[&str], letters: &[async_nats::jetstream::Message]) {
-    println!(
+    stockflow_cli::outln!(
         "\nDead letters ({} malformed messages sent)\n",
         malformed.len()
     );
@@ -1024,7 +1035,7 @@ fn print_dead_letters(malformed: &[&str], letters: &[async_nats::jetstream::Mess
             .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        println!("  {reason}");
+        stockflow_cli::outln!("  {reason}");
     }
 }
 
@@ -1033,7 +1044,9 @@ fn print_order_results(
     run: &str,
     order_results: &[async_nats::jetstream::Message],
 ) -> anyhow::Result<()> {
-    println!("\nOrder results on ORDER_RESULTS (decisions, then the abandoned carts' expiries)\n");
+    stockflow_cli::outln!(
+        "\nOrder results on ORDER_RESULTS (decisions, then the abandoned carts' expiries)\n"
+    );
     for message in order_results {
         let result = OrderResult::decode(message.payload.clone())?;
         let line = match result.result {
@@ -1062,7 +1075,7 @@ fn print_order_results(
             ),
             None => "?".into(),
         };
-        println!(
+        stockflow_cli::outln!(
             "  {:<26} {line}",
             result.order_id.trim_start_matches(&format!("{run}-"))
         );

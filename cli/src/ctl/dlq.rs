@@ -8,19 +8,21 @@
 //! derive (ledger, alerts, order results) are refused with the reason.
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{json, Value};
 use stockflow_shared::replay::{self, ReplayError, Replayed};
 
 pub use stockflow_shared::replay::{get, replay, DeadLetter, HEADER_REPLAYED_FROM};
 
 use crate::render;
 
+use super::Format;
+
 /// `stockctl dlq` commands.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Every dead letter: sequence, time, original stream and subject, reason.
     List {
-        /// One JSON object per line instead of a table.
+        /// One JSON object per line instead of a table (the same as `-o json`).
         #[arg(long)]
         json: bool,
     },
@@ -52,22 +54,63 @@ pub async fn list(js: &async_nats::jetstream::Context) -> Result<Vec<DeadLetter>
     replay::list_all(js).await
 }
 
-fn print_list(letters: &[DeadLetter], as_json: bool) {
-    if as_json {
+/// The original stream sequence as a number; `null` when the header is missing or not a number.
+fn original_sequence(letter: &DeadLetter) -> Value {
+    letter
+        .original_sequence()
+        .parse::<u64>()
+        .map_or(Value::Null, Value::from)
+}
+
+/// One line of `dlq list -o json`: `{"sequence", "stored_at_ms", "original_stream",
+/// "original_subject", "original_sequence", "reason", "bytes", "replayable"}`.
+pub fn list_json(letter: &DeadLetter) -> Value {
+    json!({
+        "sequence": letter.sequence,
+        "stored_at_ms": letter.stored_at_ms(),
+        "original_stream": letter.original_stream(),
+        "original_subject": letter.original_subject(),
+        "original_sequence": original_sequence(letter),
+        "reason": letter.reason(),
+        "bytes": letter.payload.len(),
+        "replayable": letter.plan().is_ok(),
+    })
+}
+
+/// `dlq show -o json`: what [`list_json`] says, plus `subject`, `headers` (name → list of
+/// values), `refusal` (why a replay is refused, else `null`), and the payload: `payload_type`
+/// and `payload` (decoded, in the shape `publish --json` accepts) when it decodes, else
+/// `decode_error` and `payload_hex`.
+pub fn show_json(letter: &DeadLetter) -> Value {
+    let mut object = list_json(letter);
+    object["subject"] = letter.subject.clone().into();
+    let mut headers = serde_json::Map::new();
+    for (name, values) in letter.headers.iter() {
+        let values: Vec<Value> = values.iter().map(|v| v.as_str().into()).collect();
+        headers.insert(name.to_string(), values.into());
+    }
+    object["headers"] = headers.into();
+    object["refusal"] = letter
+        .plan()
+        .err()
+        .map_or(Value::Null, |why| why.to_string().into());
+    match render::decode(&letter.original_subject(), &letter.payload) {
+        Ok(decoded) => {
+            object["payload_type"] = decoded.kind.into();
+            object["payload"] = decoded.json;
+        }
+        Err(e) => {
+            object["decode_error"] = e.to_string().into();
+            object["payload_hex"] = render::hex_lines(&letter.payload).concat().into();
+        }
+    }
+    object
+}
+
+fn print_list(letters: &[DeadLetter], format: Format) {
+    if format == Format::Json {
         for l in letters {
-            crate::outln!(
-                "{}",
-                json!({
-                    "sequence": l.sequence,
-                    "stored_at_ms": l.stored_at_ms(),
-                    "original_stream": l.original_stream(),
-                    "original_subject": l.original_subject(),
-                    "original_sequence": l.original_sequence(),
-                    "reason": l.reason(),
-                    "bytes": l.payload.len(),
-                    "replayable": l.plan().is_ok(),
-                })
-            );
+            crate::outln!("{}", list_json(l));
         }
         return;
     }
@@ -157,7 +200,25 @@ pub fn describe(letter: &DeadLetter) -> String {
     out
 }
 
-fn print_replayed(done: &Replayed) {
+/// One line of `dlq replay -o json`: `{"sequence", "replayed": true, "kind", "subject",
+/// "stream", "stream_sequence", "duplicate"}`.
+pub fn replayed_json(done: &Replayed) -> Value {
+    json!({
+        "sequence": done.sequence,
+        "replayed": true,
+        "kind": done.kind.as_str(),
+        "subject": done.subject,
+        "stream": done.stream,
+        "stream_sequence": done.stream_sequence,
+        "duplicate": done.duplicate,
+    })
+}
+
+fn print_replayed(done: &Replayed, format: Format) {
+    if format == Format::Json {
+        crate::outln!("{}", replayed_json(done));
+        return;
+    }
     crate::outln!(
         "replayed dead letter {} ({}) on {}: stored in {} sequence {}{}; removed from DEAD_LETTERS",
         done.sequence,
@@ -174,12 +235,22 @@ fn print_replayed(done: &Replayed) {
 }
 
 /// `stockctl dlq ...`.
-pub async fn run(js: &async_nats::jetstream::Context, command: &DlqCommand) -> anyhow::Result<()> {
+pub async fn run(
+    js: &async_nats::jetstream::Context,
+    command: &DlqCommand,
+    format: Format,
+) -> anyhow::Result<()> {
     match command {
-        DlqCommand::List { json } => print_list(&list(js).await?, *json),
-        DlqCommand::Show { seq } => crate::out!("{}", describe(&get(js, *seq).await?)),
+        DlqCommand::List { json } => print_list(&list(js).await?, format.or_json(*json)),
+        DlqCommand::Show { seq } => {
+            let letter = get(js, *seq).await?;
+            match format {
+                Format::Json => crate::outln!("{}", show_json(&letter)),
+                Format::Table => crate::out!("{}", describe(&letter)),
+            }
+        }
         DlqCommand::Replay { seq: Some(seq), .. } => {
-            print_replayed(&replay::replay_sequence(js, *seq).await?);
+            print_replayed(&replay::replay_sequence(js, *seq).await?, format);
         }
         DlqCommand::Replay { seq: None, .. } => {
             // A snapshot: what the workers dead-letter again during the replay is not replayed
@@ -188,14 +259,28 @@ pub async fn run(js: &async_nats::jetstream::Context, command: &DlqCommand) -> a
             let (mut replayed, mut skipped) = (0, 0);
             for letter in &letters {
                 if let Err(why) = letter.plan() {
-                    crate::outln!("skipped dead letter {}: {why}", letter.sequence);
+                    match format {
+                        Format::Json => crate::outln!(
+                            "{}",
+                            json!({
+                                "sequence": letter.sequence,
+                                "replayed": false,
+                                "refusal": why.to_string(),
+                            })
+                        ),
+                        Format::Table => {
+                            crate::outln!("skipped dead letter {}: {why}", letter.sequence);
+                        }
+                    }
                     skipped += 1;
                     continue;
                 }
-                print_replayed(&replay(js, letter).await?);
+                print_replayed(&replay(js, letter).await?, format);
                 replayed += 1;
             }
-            crate::outln!("replayed {replayed}, skipped {skipped}");
+            if format == Format::Table {
+                crate::outln!("replayed {replayed}, skipped {skipped}");
+            }
         }
     }
     Ok(())

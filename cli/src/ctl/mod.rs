@@ -17,7 +17,7 @@ use stockflow_shared::{
     connect::{NatsSettings, RedisSettings},
     settings::{ConfigError, Env},
     telemetry::LogSettings,
-    topology::{Mode, TopologySettings},
+    topology::{self, Mode, TopologySettings},
     worker,
 };
 
@@ -34,9 +34,39 @@ pub struct Cli {
     /// Redis URL; overrides STOCKFLOW_REDIS_URL.
     #[arg(long, global = true, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// How results are printed: a table for people, or JSON for programs (the schema of each
+    /// command is in the crate README).
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    pub output: Format,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How a command prints its result (`-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Text and tables for people.
+    Table,
+    /// JSON for programs: one object per command (one per line for `tail` and `dlq list`).
+    Json,
+}
+
+impl Format {
+    /// `self`, or JSON when a command's own `--json` flag (kept as an alias) is given.
+    pub fn or_json(self, json: bool) -> Self {
+        if json {
+            Self::Json
+        } else {
+            self
+        }
+    }
 }
 
 /// The commands.
@@ -180,25 +210,81 @@ async fn jetstream(settings: &Settings) -> anyhow::Result<jetstream::Context> {
 
 /// Runs one command; what it prints goes to stdout, progress and logs to stderr.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
+    let format = cli.output;
     match cli.command {
         Command::Setup { update } => {
             let mode = if update { Mode::Update } else { Mode::Verify };
-            worker::setup(&settings.nats, &settings.topology, mode).await?;
-            crate::outln!("streams and consumers are in place");
+            let report = worker::setup(&settings.nats, &settings.topology, mode).await?;
+            print_setup(&report, mode, format);
         }
-        Command::Selftest => selftest::run(&settings).await?,
-        Command::Publish(args) => publish::run(&jetstream(&settings).await?, &args).await?,
+        Command::Selftest => selftest::run(&settings, format).await?,
+        Command::Publish(args) => {
+            publish::run(&jetstream(&settings).await?, &args, format).await?;
+        }
         Command::Import(args) => return import::run(&settings, &args).await,
-        Command::Stock { sku } => stock::run(&settings, &sku).await?,
+        Command::Stock { sku } => return stock::run(&settings, &sku, format).await,
         Command::Tail(args) => {
-            tail::run(&jetstream(&settings).await?, &args, &settings.topology).await?;
+            tail::run(
+                &jetstream(&settings).await?,
+                &args,
+                &settings.topology,
+                format,
+            )
+            .await?;
         }
-        Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
+        Command::Dlq { command } => {
+            dlq::run(&jetstream(&settings).await?, &command, format).await?;
+        }
         Command::Rebuild => repair::rebuild(&settings, settings.order_retention).await?,
         Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
         Command::Completion { shell } => completion(shell),
     }
     Ok(Outcome::Done)
+}
+
+/// What `setup` prints: one line per object created or updated, or `setup_json`.
+fn print_setup(report: &topology::Report, mode: Mode, format: Format) {
+    match format {
+        Format::Json => crate::outln!("{}", setup_json(report, mode)),
+        Format::Table => {
+            for object in &report.objects {
+                if object.action != topology::Action::Unchanged {
+                    crate::outln!(
+                        "{} {} {}",
+                        object.action.as_str(),
+                        object.kind.as_str(),
+                        object.name
+                    );
+                }
+            }
+            crate::outln!("streams and consumers are in place");
+        }
+    }
+}
+
+/// `setup -o json`: the mode, and every declared object with what was done to it.
+pub fn setup_json(report: &topology::Report, mode: Mode) -> serde_json::Value {
+    let objects: Vec<serde_json::Value> = report
+        .objects
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "kind": o.kind.as_str(),
+                "name": o.name,
+                "action": o.action.as_str(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "mode": match mode {
+            Mode::Verify => "verify",
+            Mode::Update => "update",
+        },
+        "created": report.count(topology::Action::Created),
+        "updated": report.count(topology::Action::Updated),
+        "unchanged": report.count(topology::Action::Unchanged),
+        "objects": objects,
+    })
 }
 
 /// How a command ended, for the exit code.
@@ -210,6 +296,8 @@ pub enum Outcome {
     SomeRefused,
     /// Redis and the ledger differ (exit 4).
     Drift,
+    /// What was asked for does not exist, e.g. a SKU with no stock recorded (exit 5).
+    NotFound,
 }
 
 impl Outcome {
@@ -219,6 +307,7 @@ impl Outcome {
             Self::Done => 0,
             Self::SomeRefused => 3,
             Self::Drift => 4,
+            Self::NotFound => 5,
         }
     }
 }

@@ -291,6 +291,22 @@ pub fn describe(input: &Input) -> String {
     }
 }
 
+/// `publish -o json`: `{"event": {...}, "msg_id", "stream", "sequence", "duplicate"}`, the event
+/// in the shape `--json` accepts.
+pub fn stored_json(input: &Input, ack: &PublishAck) -> Value {
+    let event = match input {
+        Input::Stock(e) => render::stock_event(e).json,
+        Input::Order(e) => render::order_event(e).json,
+    };
+    serde_json::json!({
+        "event": event,
+        "msg_id": input.msg_id(),
+        "stream": ack.stream,
+        "sequence": ack.sequence,
+        "duplicate": ack.duplicate,
+    })
+}
+
 /// A refusal as stockctl reports it: the reason, and the field when the reason does not name it.
 fn refused(error: &InputError) -> anyhow::Error {
     if error.reason.contains(error.field.as_str()) {
@@ -627,10 +643,18 @@ pub async fn publish(js: &jetstream::Context, input: &Input) -> anyhow::Result<P
 }
 
 /// `stockctl publish`.
-pub async fn run(js: &jetstream::Context, args: &PublishArgs) -> anyhow::Result<()> {
+pub async fn run(
+    js: &jetstream::Context,
+    args: &PublishArgs,
+    format: super::Format,
+) -> anyhow::Result<()> {
     let input = args.input()?;
     input.check().map_err(|e| refused(&e))?;
     let ack = publish(js, &input).await?;
+    if format == super::Format::Json {
+        crate::outln!("{}", stored_json(&input, &ack));
+        return Ok(());
+    }
     crate::outln!("published {}", describe(&input));
     crate::outln!(
         "stored: {} sequence {}, duplicate: {}",

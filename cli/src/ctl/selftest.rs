@@ -12,8 +12,11 @@ use stockflow_proto::{
 
 use crate::events;
 
+use super::Format;
+
 /// Publishes one receipt for a fresh SKU and waits for its ledger entry.
-pub async fn run(settings: &super::Settings) -> anyhow::Result<()> {
+pub async fn run(settings: &super::Settings, format: Format) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let client = settings.nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
     let id = format!("selftest-{}", events::now_ms());
@@ -47,9 +50,19 @@ pub async fn run(settings: &super::Settings) -> anyhow::Result<()> {
         entry.cause_event_id == id,
         "unexpected ledger entry {entry:?}"
     );
-    crate::outln!(
-        "selftest ok: {sku} applied, on_hand {}",
-        entry.after.unwrap_or_default().on_hand
-    );
+    let on_hand = entry.after.unwrap_or_default().on_hand;
+    match format {
+        Format::Json => crate::outln!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "sku": sku,
+                "event_id": id,
+                "on_hand": on_hand,
+                "elapsed_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+        ),
+        Format::Table => crate::outln!("selftest ok: {sku} applied, on_hand {on_hand}"),
+    }
     Ok(())
 }

@@ -1,19 +1,68 @@
-//! `stockctl stock <sku>`: a SKU's levels per location as a table, with totals.
+//! `stockctl stock <sku>`: a SKU's levels per location as a table, with totals, or as JSON.
 
 use std::collections::BTreeMap;
 
+use serde_json::{json, Value};
 use stockflow_shared::{
     keys::Keys,
     levels::{read_levels, LocationLevels},
 };
 
-/// Prints the levels of `sku`.
-pub async fn run(settings: &super::Settings, sku: &str) -> anyhow::Result<()> {
+use super::{Format, Outcome};
+
+/// Prints the levels of `sku`; [`Outcome::NotFound`] when no stock is recorded for it.
+pub async fn run(settings: &super::Settings, sku: &str, format: Format) -> anyhow::Result<Outcome> {
     let mut redis = settings.redis.connect().await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let levels = read_levels(&mut redis, &keys, sku).await?;
-    crate::out!("{}", table(sku, &levels));
-    Ok(())
+    match format {
+        Format::Json => crate::outln!("{}", to_json(sku, &levels)),
+        Format::Table if levels.is_empty() => eprintln!("{sku}: no stock recorded"),
+        Format::Table => crate::out!("{}", table(sku, &levels)),
+    }
+    Ok(if levels.is_empty() {
+        Outcome::NotFound
+    } else {
+        Outcome::Done
+    })
+}
+
+/// The sum of every location's levels.
+fn total(levels: &BTreeMap<String, LocationLevels>) -> LocationLevels {
+    levels
+        .values()
+        .fold(LocationLevels::default(), |sum, l| LocationLevels {
+            on_hand: sum.on_hand + l.on_hand,
+            reserved: sum.reserved + l.reserved,
+            safety_stock: sum.safety_stock + l.safety_stock,
+        })
+}
+
+fn levels_json(l: &LocationLevels) -> Value {
+    json!({
+        "on_hand": l.on_hand,
+        "reserved": l.reserved,
+        "safety_stock": l.safety_stock,
+        "available": l.available(),
+    })
+}
+
+/// `stock -o json`: `{"sku", "locations": [{"location", "on_hand", "reserved", "safety_stock",
+/// "available"}], "total": {"on_hand", ...}}`; no locations when no stock is recorded.
+pub fn to_json(sku: &str, levels: &BTreeMap<String, LocationLevels>) -> Value {
+    let locations: Vec<Value> = levels
+        .iter()
+        .map(|(location, l)| {
+            let mut row = levels_json(l);
+            row["location"] = location.as_str().into();
+            row
+        })
+        .collect();
+    json!({
+        "sku": sku,
+        "locations": locations,
+        "total": levels_json(&total(levels)),
+    })
 }
 
 /// The table `stockctl stock` prints: one row per location, then the totals.
@@ -21,13 +70,7 @@ pub fn table(sku: &str, levels: &BTreeMap<String, LocationLevels>) -> String {
     if levels.is_empty() {
         return format!("{sku}: no stock recorded\n");
     }
-    let total = levels
-        .values()
-        .fold(LocationLevels::default(), |sum, l| LocationLevels {
-            on_hand: sum.on_hand + l.on_hand,
-            reserved: sum.reserved + l.reserved,
-            safety_stock: sum.safety_stock + l.safety_stock,
-        });
+    let total = total(levels);
     let width = levels
         .keys()
         .map(|l| l.chars().count())
@@ -98,5 +141,10 @@ mod tests {
         assert_eq!(lines[2], ["store-1", "10", "2", "1", "7"]);
         assert_eq!(lines[5], ["total", "15", "2", "1", "12"]);
         assert_eq!(table("B", &BTreeMap::new()), "B: no stock recorded\n");
+        let json = to_json("A1", &levels);
+        assert_eq!(json["locations"][0]["location"], "store-1");
+        assert_eq!(json["locations"][0]["available"], 7);
+        assert_eq!(json["total"]["on_hand"], 15);
+        assert_eq!(to_json("B", &BTreeMap::new())["locations"], json!([]));
     }
 }

@@ -20,7 +20,7 @@ pub struct TailArgs {
     /// Stop after this many events.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// One JSON object per line instead of text.
+    /// One JSON object per line instead of text (the same as `-o json`).
     #[arg(long)]
     pub json: bool,
     /// Start with the first stored event instead of the next new one.
@@ -153,7 +153,9 @@ pub async fn run(
     js: &jetstream::Context,
     args: &TailArgs,
     topology: &TopologySettings,
+    format: super::Format,
 ) -> anyhow::Result<()> {
+    let as_json = format.or_json(args.json) == super::Format::Json;
     let stream_name = stream_in(&args.subject, topology)?;
     let stream = super::stream(js, &stream_name).await?;
     let deliver_policy = match (args.all, args.since) {
@@ -199,7 +201,7 @@ pub async fn run(
                 info.published,
                 message.headers.as_ref(),
                 &message.payload,
-                args.json,
+                as_json,
             )
         );
         printed += 1;

@@ -53,7 +53,7 @@ impl<H: Handler> Loop<H> {
                         self.metrics.transient(Some(dependency));
                     }
                     Retry::Asked(reason) => {
-                        tracing::debug!(worker, %reason, ?delay, "retrying later, as the handler asked");
+                        tracing::debug!(worker, %reason, delay_seconds = delay.as_secs_f64(), "retrying later, as the handler asked");
                     }
                     Retry::Panicked => {}
                     Retry::Unexpected(reason) => {

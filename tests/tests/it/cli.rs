@@ -902,3 +902,154 @@ async fn tail_and_dlq_list_exit_quietly_when_the_reader_goes() {
     );
     worker.shutdown().await;
 }
+
+/// `stockctl -o json …` that must succeed, parsed.
+async fn json_of(world: &World, args: &[&str]) -> serde_json::Value {
+    let mut with_output = vec!["-o", "json"];
+    with_output.extend_from_slice(args);
+    let ran = ok(world, &with_output).await;
+    serde_json::from_str(ran.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stockctl {args:?}: not one JSON document ({e}):\n{}",
+            ran.stdout
+        )
+    })
+}
+
+#[tokio::test]
+async fn every_command_prints_json_with_numbers_as_numbers() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+
+    // setup: every declared object, and what was done to it (all there already).
+    let setup = json_of(&world, &["setup"]).await;
+    assert_eq!(setup["mode"], "verify", "{setup}");
+    assert_eq!(setup["created"], 0, "{setup}");
+    assert_eq!(setup["updated"], 0, "{setup}");
+    let objects = setup["objects"].as_array().expect("objects");
+    assert_eq!(setup["unchanged"].as_u64(), Some(objects.len() as u64));
+    assert!(
+        objects.iter().any(|o| o["kind"] == "stream"
+            && o["name"] == subjects::ORDER_EVENTS
+            && o["action"] == "unchanged"),
+        "{setup}"
+    );
+    assert!(objects.iter().any(|o| o["kind"] == "consumer"), "{setup}");
+    let update = json_of(&world, &["setup", "--update"]).await;
+    assert_eq!(update["mode"], "update", "{update}");
+
+    // publish: what was stored, and where.
+    let args = [
+        "publish",
+        "received",
+        "--sku",
+        "JSON-1",
+        "--location",
+        "s1",
+        "--quantity",
+        "5",
+        "--event-id",
+        "json-e1",
+    ];
+    let first = json_of(&world, &args).await;
+    assert!(
+        first["stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("STOCK_EVENTS")),
+        "{first}"
+    );
+    assert!(
+        first["sequence"].as_u64().is_some_and(|s| s >= 1),
+        "{first}"
+    );
+    assert_eq!(first["duplicate"], false, "{first}");
+    assert_eq!(first["event"]["type"], "received", "{first}");
+    assert_eq!(first["event"]["quantity"], 5, "{first}");
+    assert_eq!(first["event"]["event_id"], "json-e1", "{first}");
+    assert!(
+        first["msg_id"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(":json-e1")),
+        "{first}"
+    );
+    let again = json_of(&world, &args).await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["sequence"], first["sequence"], "{again}");
+    world.wait_on_hand("JSON-1", "s1", 5).await;
+
+    // stock: levels per location and the totals, as numbers.
+    let stock = json_of(&world, &["stock", "JSON-1"]).await;
+    assert_eq!(stock["sku"], "JSON-1", "{stock}");
+    assert_eq!(
+        stock["locations"],
+        serde_json::json!([{"location": "s1", "on_hand": 5, "reserved": 0, "safety_stock": 0, "available": 5}]),
+        "{stock}"
+    );
+    assert_eq!(stock["total"]["available"], 5, "{stock}");
+
+    // selftest: the fresh SKU and its level after the receipt.
+    let selftest = json_of(&world, &["selftest"]).await;
+    assert_eq!(selftest["ok"], true, "{selftest}");
+    assert_eq!(selftest["on_hand"], 1, "{selftest}");
+    assert!(selftest["elapsed_ms"].is_u64(), "{selftest}");
+    assert!(
+        selftest["sku"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("stockflow-selftest-")),
+        "{selftest}"
+    );
+
+    // dlq list and show: the original sequence is a number.
+    world
+        .publish(&event("json-bad", "JSON-2", "s1", received(0)))
+        .await;
+    stockflow_tests::wait_for_count(&world.js, subjects::DEAD_LETTERS, "deadletter.>", 1).await;
+    for list in [
+        ok(&world, &["-o", "json", "dlq", "list"]).await.stdout,
+        ok(&world, &["dlq", "list", "--json"]).await.stdout,
+    ] {
+        let lines: Vec<serde_json::Value> = list
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{list}");
+        let letter = &lines[0];
+        assert_eq!(letter["sequence"], 1, "{letter}");
+        assert!(
+            letter["original_sequence"].as_u64().is_some_and(|s| s >= 1),
+            "{letter}"
+        );
+        assert!(letter["stored_at_ms"].is_i64(), "{letter}");
+        assert!(letter["bytes"].is_u64(), "{letter}");
+        assert_eq!(letter["replayable"], true, "{letter}");
+        assert!(letter["original_stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("STOCK_EVENTS")));
+    }
+    let show = json_of(&world, &["dlq", "show", "1"]).await;
+    assert!(show["original_sequence"].is_u64(), "{show}");
+    assert_eq!(show["payload_type"], "received", "{show}");
+    assert_eq!(show["payload"]["quantity"], 0, "{show}");
+    assert_eq!(show["payload"]["event_id"], "json-bad", "{show}");
+    assert!(show["headers"].is_object(), "{show}");
+    assert_eq!(show["refusal"], serde_json::Value::Null, "{show}");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sku_without_stock_is_not_found() {
+    let world = World::start().await;
+    let table = stockctl(&world, &["stock", "NOPE"]).await;
+    assert_eq!(table.code, 5, "{}{}", table.stdout, table.stderr);
+    assert!(
+        table.stderr.contains("NOPE: no stock recorded"),
+        "{}",
+        table.stderr
+    );
+    let json = stockctl(&world, &["stock", "NOPE", "-o", "json"]).await;
+    assert_eq!(json.code, 5, "{}{}", json.stdout, json.stderr);
+    let json: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("JSON");
+    assert_eq!(json["sku"], "NOPE");
+    assert_eq!(json["locations"], serde_json::json!([]));
+    assert_eq!(json["total"]["on_hand"], 0);
+}

@@ -82,3 +82,52 @@ async fn the_demo_delivers_every_alert_and_order_result_as_a_signed_webhook() {
         );
     }
 }
+
+/// `stockflow-demo | head -3`: the reader takes three lines and closes; the demo's next line
+/// meets a closed pipe and it ends quietly with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_exits_quietly_when_its_reader_goes() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut child = tokio::process::Command::new(workspace_binary("stockflow-demo"))
+        .env("STOCKFLOW_NATS_URL", nats.url())
+        .env("STOCKFLOW_REDIS_URL", redis.url())
+        .env("STOCKFLOW_METRICS_ADDR", "127.0.0.1:0")
+        .env_remove("STOCKFLOW_KEY_PREFIX")
+        .env_remove("STOCKFLOW_GATEWAY_TOKENS")
+        .env_remove("STOCKFLOW_WEBHOOK_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the demo");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut errors = String::new();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(240), async {
+        let read = stderr.read_to_string(&mut errors);
+        let head = async {
+            for _ in 0..3 {
+                lines
+                    .next_line()
+                    .await
+                    .expect("read stdout")
+                    .expect("a line");
+            }
+            drop(lines);
+            child.wait().await
+        };
+        tokio::join!(head, read)
+    })
+    .await
+    .expect("the demo ends after its reader went");
+    let status = status.expect("exit status");
+    assert_eq!(status.code(), Some(0), "{errors}");
+    assert!(
+        !errors.contains("panicked") && !errors.contains("Broken pipe"),
+        "{errors}"
+    );
+}

@@ -157,6 +157,35 @@ fn a_fatal_start_up_error_is_a_json_line_in_json_mode() {
     assert!(error.contains("STOCKFLOW_MAX_IN_FLIGHT"), "{line}");
 }
 
+#[test]
+fn a_fatal_stockctl_error_is_a_json_line_in_json_mode() {
+    for args in [
+        // The configuration fails: before logging is set up.
+        &["--nats-url", "not a url", "dlq", "list"][..],
+        // A server does not answer: after.
+        &["--redis-url", "redis://127.0.0.1:1", "stock", "A"],
+    ] {
+        let output = Command::new(workspace_binary("stockctl"))
+            .args(args)
+            .env_clear()
+            .env("STOCKFLOW_LOG_FORMAT", "json")
+            .output()
+            .expect("run stockctl");
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        for line in stderr.lines() {
+            let _: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not a JSON line ({e}): {line}"));
+        }
+        let line: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["fields"]["message"], "fatal", "{line}");
+        let error = line["fields"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(args[0]) || error.contains("Redis"), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn logs_in_a_file_are_plain_and_name_the_server_once() {
     let world = World::start().await;

@@ -492,7 +492,7 @@ impl Handler for Deliverer {
             } => {
                 self.count("retried");
                 let delay = self.policy.retry_delay(delivered, retry_after);
-                tracing::debug!(endpoint = %id, event_id = %delivery.event_id, delivered, %reason, ?delay, "webhook attempt failed; retrying");
+                tracing::debug!(endpoint = %id, event_id = %delivery.event_id, delivered, %reason, delay_seconds = delay.as_secs_f64(), "webhook attempt failed; retrying");
                 Err(HandleError::RetryIn { reason, delay })
             }
         }
