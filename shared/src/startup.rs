@@ -113,18 +113,16 @@ impl Startup {
             };
             let last = match tried {
                 // The deadline cut this try short: the previous try's failure says why.
-                None => previous.take().unwrap_or_else(|| {
-                    anyhow::anyhow!("no answer before the start-up deadline")
-                }),
+                None => previous
+                    .take()
+                    .unwrap_or_else(|| anyhow::anyhow!("no answer before the start-up deadline")),
                 Some(Ok(value)) => {
                     if let Some(since) = waiting_since {
                         tracing::info!(waited = ?since.elapsed(), "{server} answered; going on");
                     }
                     return Ok(value);
                 }
-                Some(Err(Failure::Misconfigured(e))) => {
-                    return Err(StartupError::Misconfigured(e))
-                }
+                Some(Err(Failure::Misconfigured(e))) => return Err(StartupError::Misconfigured(e)),
                 Some(Err(Failure::Unavailable(e))) => e,
             };
             if waiting_since.is_none() {

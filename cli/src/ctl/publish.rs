@@ -659,6 +659,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn order_commands_list_an_orders_reasons_not_the_stock_facts() {
+        use clap::CommandFactory as _;
+        let mut cli = crate::ctl::Cli::command();
+        let order = cli
+            .find_subcommand_mut("publish")
+            .and_then(|p| p.find_subcommand_mut("order"))
+            .expect("publish order");
+        for name in ["place", "commit", "cancel", "fulfil"] {
+            let help = order
+                .find_subcommand_mut(name)
+                .expect("an order command")
+                .render_help()
+                .to_string();
+            assert!(
+                help.contains("reserved, released, shipped"),
+                "{name}: {help}"
+            );
+            assert!(!help.contains("cycle_count"), "{name}: {help}");
+        }
+    }
+
+    #[test]
     fn order_lines_parse_with_and_without_location() {
         assert_eq!(
             parse_place_line("A1:2:store-1"),

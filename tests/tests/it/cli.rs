@@ -757,7 +757,11 @@ async fn connection_errors_print_each_cause_once_and_what_to_check() {
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("--redis-url"), "{}", ran.stderr);
     assert!(ran.stderr.contains("redis://host:6379"), "{}", ran.stderr);
-    assert!(!ran.stderr.contains("InvalidClientConfig"), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("InvalidClientConfig"),
+        "{}",
+        ran.stderr
+    );
     assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
 
     // A Redis URL at the NATS port: the reply is not Redis', said once, not the parser's bytes.
