@@ -668,7 +668,7 @@ impl RedisConnectError {
 
     /// What to check, by the kind of failure.
     fn hint(&self) -> &'static str {
-        use redis::ErrorKind;
+        use redis::{ErrorKind, ServerErrorKind};
         match self.error.kind() {
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
                 "check that the URL's port is a Redis server's (6379 by default)"
@@ -680,6 +680,15 @@ impl RedisConnectError {
                 "check STOCKFLOW_REDIS_USERNAME and STOCKFLOW_REDIS_PASSWORD"
             }
             ErrorKind::InvalidClientConfig => "check the URL and STOCKFLOW_REDIS_TLS_* files",
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown,
+            ) => "the server does not serve yet: wait for it to load, or for the cluster to cover every slot",
+            ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                "check the ACL of STOCKFLOW_REDIS_USERNAME"
+            }
             _ => "check STOCKFLOW_REDIS_URL and the server's configuration",
         }
     }
@@ -715,6 +724,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("STOCKFLOW_REDIS_URL:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("redis://host:6379"), "says what to write: {text}");
+        assert!(!text.contains("InvalidClientConfig"), "{text}");
     }
 
     #[test]
