@@ -724,7 +724,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("STOCKFLOW_REDIS_URL:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
-        assert!(text.contains("redis://host:6379"), "says what to write: {text}");
+        assert!(
+            text.contains("redis://host:6379"),
+            "says what to write: {text}"
+        );
         assert!(!text.contains("InvalidClientConfig"), "{text}");
     }
 
