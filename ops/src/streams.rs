@@ -42,6 +42,16 @@ pub async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Res
     Ok(stream.info().await?.state.last_sequence)
 }
 
+/// A wait's budget as an operator wrote it: whole seconds (`5s` for `--timeout 5`, not the
+/// `4.999999749s` left of it once the wait starts), milliseconds below a second.
+fn shown(budget: Duration) -> String {
+    if budget >= Duration::from_secs(1) {
+        format!("{}s", (budget.as_millis() + 500) / 1000)
+    } else {
+        format!("{}ms", budget.as_millis())
+    }
+}
+
 /// Waits until `durable` on `stream` has acknowledged every message up to `sequence` (its ack
 /// floor reached it), however much else is in flight.
 pub async fn wait_until_acked(
@@ -64,8 +74,9 @@ pub async fn wait_until_acked(
         }
         anyhow::ensure!(
             started.elapsed() < deadline,
-            "{durable} has not processed {stream} up to sequence {sequence} within {deadline:?} \
+            "{durable} has not processed {stream} up to sequence {sequence} within {} \
              (it is at {}): is it running?",
+            shown(deadline),
             info.ack_floor.stream_sequence
         );
         // Poll interval of a wait bounded by `deadline`.
@@ -111,8 +122,9 @@ pub async fn wait_until_caught_up(
         // delivered, unacked, redelivered) from a slow one (messages still pending).
         anyhow::ensure!(
             started.elapsed() < deadline,
-            "{durable} did not catch up with {stream} within {deadline:?}: acked up to {} of \
+            "{durable} did not catch up with {stream} within {}: acked up to {} of \
              {target}, {} pending, {} delivered and unacked, {} redelivered",
+            shown(deadline),
             info.ack_floor.stream_sequence,
             info.num_pending,
             info.num_ack_pending,

@@ -252,14 +252,70 @@ impl NatsSettings {
             .map(|u| u.parse())
             .collect::<Result<_, _>>()
             .context("parsing STOCKFLOW_NATS_URL")?;
-        let shown: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
-        options.connect(urls).await.with_context(|| {
-            format!(
-                "connecting to NATS at {} (credentials: {})",
-                shown.join(","),
-                self.auth.variables()
-            )
+        options.connect(urls).await.map_err(|error| {
+            NatsConnectError {
+                servers: self
+                    .urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                auth: self.auth.clone(),
+                error,
+            }
+            .into()
         })
+    }
+}
+
+/// Why [`NatsSettings::connect`] failed: the servers (without credentials), the variables the
+/// credentials came from, the client's error and what to check.
+///
+/// async-nats writes an error's cause into its message and returns it again as its `source()`,
+/// so the cause would appear twice in an `{:#}` chain: this type shows the message once and has
+/// no source. [`Self::kind`] tells a server not there yet from a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {servers}{}: {error}; {}", self.credentials(), self.hint())]
+pub struct NatsConnectError {
+    /// The URLs, redacted.
+    servers: String,
+    /// How the client authenticated.
+    auth: NatsAuth,
+    /// The client's error.
+    error: async_nats::ConnectError,
+}
+
+impl NatsConnectError {
+    /// What went wrong, for callers that branch on it.
+    pub fn kind(&self) -> async_nats::ConnectErrorKind {
+        self.error.kind()
+    }
+
+    /// ` with STOCKFLOW_NATS_TOKEN`, or nothing without credentials (never their value).
+    fn credentials(&self) -> String {
+        match self.auth {
+            NatsAuth::None => String::new(),
+            _ => format!(" with {}", self.auth.variables()),
+        }
+    }
+
+    /// What to check, by the kind of failure.
+    fn hint(&self) -> &'static str {
+        use async_nats::ConnectErrorKind as Kind;
+        match self.error.kind() {
+            Kind::Io | Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => {
+                "check that nats-server runs there and that the URL is right"
+            }
+            Kind::AuthorizationViolation | Kind::Authentication => {
+                "check the credentials the server expects (STOCKFLOW_NATS_USER/PASSWORD, TOKEN, \
+                 NKEY or CREDS_FILE)"
+            }
+            Kind::Tls => {
+                "check the URL's scheme and the TLS files (STOCKFLOW_NATS_TLS_CA_FILE, \
+                 STOCKFLOW_NATS_TLS_CERT_FILE, STOCKFLOW_NATS_TLS_KEY_FILE)"
+            }
+            _ => "check STOCKFLOW_NATS_URL and the server's configuration",
+        }
     }
 }
 
@@ -325,8 +381,12 @@ impl RedisNodes {
         urls.split(',')
             .map(str::trim)
             .map(|one| {
-                one.into_connection_info().map_err(|e| {
-                    format!("{:?} is not a Redis URL: {:?}", redact_url(one), e.kind())
+                // The client's error says only `InvalidClientConfig`: say what a URL looks like.
+                one.into_connection_info().map_err(|_| {
+                    format!(
+                        "{:?} is not a Redis URL: write redis://host:6379 (rediss:// for TLS)",
+                        redact_url(one)
+                    )
                 })
             })
             .collect::<Result<_, _>>()
@@ -456,12 +516,11 @@ impl RedisSettings {
     /// A connection that reconnects by itself; one multiplexed connection (per cluster node)
     /// serves every task.
     pub async fn connect(&self) -> anyhow::Result<RedisConnection> {
-        use anyhow::Context as _;
         if self.cluster {
             let client = self.cluster_client()?;
             let handle = crate::redis_conn::ClusterHandle::connect(client)
                 .await
-                .with_context(|| self.describe("connecting to the Redis Cluster"))?;
+                .map_err(|e| self.failed("connecting to the Redis Cluster", e))?;
             return Ok(RedisConnection::Cluster(handle));
         }
         let client = self.client()?;
@@ -472,13 +531,12 @@ impl RedisSettings {
             .set_max_delay(Duration::from_secs(2));
         let manager = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
-            .with_context(|| self.describe("connecting to Redis"))?;
+            .map_err(|e| self.failed("connecting to Redis", e))?;
         Ok(RedisConnection::Single(manager))
     }
 
     /// A Redis Cluster client seeded with every URL of `STOCKFLOW_REDIS_URL`.
     fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
-        use anyhow::Context as _;
         self.nodes.first()?;
         let mut builder = redis::cluster::ClusterClientBuilder::new(self.nodes.0.clone())
             .connection_timeout(Duration::from_secs(5))
@@ -493,21 +551,20 @@ impl RedisSettings {
         if self.tls.is_set() {
             builder = builder.certs(self.tls_certificates()?);
         }
-        builder
+        Ok(builder
             .build()
-            .with_context(|| self.describe("opening Redis Cluster client"))
+            .map_err(|e| self.failed("opening Redis Cluster client", e))?)
     }
 
     /// The client these settings describe (TLS and credentials applied), not yet connected.
     pub fn client(&self) -> anyhow::Result<redis::Client> {
-        use anyhow::Context as _;
         let info = self.connection_info()?;
         let client = if self.tls.is_set() {
             redis::Client::build_with_tls(info, self.tls_certificates()?)
         } else {
             redis::Client::open(info)
         };
-        client.with_context(|| self.describe("opening Redis client"))
+        Ok(client.map_err(|e| self.failed("opening Redis client", e))?)
     }
 
     /// The CA and client certificate of `STOCKFLOW_REDIS_TLS_*`, read from their files.
@@ -531,6 +588,14 @@ impl RedisSettings {
             client_tls,
             root_cert,
         })
+    }
+
+    /// `error` of `what`, described without credentials.
+    fn failed(&self, what: &str, error: redis::RedisError) -> RedisConnectError {
+        RedisConnectError {
+            what: self.describe(what),
+            error,
+        }
     }
 
     /// `what` at the redacted URL, naming the variables credentials and TLS came from.
@@ -565,6 +630,70 @@ impl RedisSettings {
     }
 }
 
+/// Why connecting to Redis (or opening its client) failed: where, the client's error once, and
+/// what to check.
+///
+/// The Redis client writes an I/O error's text into its own message and returns the I/O error
+/// again as its `source()`, and a reply it cannot parse as several lines: this type shows the
+/// cause once, on one line, and has no source. [`Self::kind`] tells a server not there yet from a
+/// configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {}; {}", self.cause(), self.hint())]
+pub struct RedisConnectError {
+    /// What was done, where (redacted) and with which variables' credentials.
+    what: String,
+    /// The client's error.
+    error: redis::RedisError,
+}
+
+impl RedisConnectError {
+    /// What went wrong, for callers that branch on it.
+    pub fn kind(&self) -> redis::ErrorKind {
+        self.error.kind()
+    }
+
+    /// The client's error in one line; a reply that is not Redis' is said so.
+    fn cause(&self) -> String {
+        use redis::ErrorKind;
+        match self.error.kind() {
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
+                "the server's reply is not Redis'".to_owned()
+            }
+            _ => {
+                let text = self.error.to_string();
+                text.lines().next().unwrap_or_default().trim().to_owned()
+            }
+        }
+    }
+
+    /// What to check, by the kind of failure.
+    fn hint(&self) -> &'static str {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self.error.kind() {
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
+                "check that the URL's port is a Redis server's (6379 by default)"
+            }
+            ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => {
+                "check that redis-server runs there and that the URL is right"
+            }
+            ErrorKind::AuthenticationFailed => {
+                "check STOCKFLOW_REDIS_USERNAME and STOCKFLOW_REDIS_PASSWORD"
+            }
+            ErrorKind::InvalidClientConfig => "check the URL and STOCKFLOW_REDIS_TLS_* files",
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown,
+            ) => "the server does not serve yet: wait for it to load, or for the cluster to cover every slot",
+            ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                "check the ACL of STOCKFLOW_REDIS_USERNAME"
+            }
+            _ => "check STOCKFLOW_REDIS_URL and the server's configuration",
+        }
+    }
+}
+
 /// A URL with any `user:password@` part replaced, fit for logs and errors.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -595,6 +724,11 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("STOCKFLOW_REDIS_URL:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("redis://host:6379"),
+            "says what to write: {text}"
+        );
+        assert!(!text.contains("InvalidClientConfig"), "{text}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    connect::{redact_url, NatsSettings, RedisSettings},
+    connect::{redact_url, NatsSettings, RedisConnectError, RedisSettings},
     redis_conn::RedisConnection,
     settings::{ConfigError, Env},
     topology::{self, TopologyError, TopologySettings},
@@ -101,6 +101,7 @@ impl Startup {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut waiting_since: Option<Instant> = None;
+        let mut previous: Option<anyhow::Error> = None;
         let mut tries = 0u32;
         loop {
             let remaining = self
@@ -111,7 +112,11 @@ impl Startup {
                 tried = bounded(remaining, attempt()) => tried,
             };
             let last = match tried {
-                Ok(value) => {
+                // The deadline cut this try short: the previous try's failure says why.
+                None => previous
+                    .take()
+                    .unwrap_or_else(|| anyhow::anyhow!("no answer before the start-up deadline")),
+                Some(Ok(value)) => {
                     if let Some(since) = waiting_since {
                         tracing::info!(
                             waited_seconds = since.elapsed().as_secs_f64(),
@@ -120,8 +125,8 @@ impl Startup {
                     }
                     return Ok(value);
                 }
-                Err(Failure::Misconfigured(e)) => return Err(StartupError::Misconfigured(e)),
-                Err(Failure::Unavailable(e)) => e,
+                Some(Err(Failure::Misconfigured(e))) => return Err(StartupError::Misconfigured(e)),
+                Some(Err(Failure::Unavailable(e))) => e,
             };
             if waiting_since.is_none() {
                 // Once per wait, not per try: the reason rarely changes while a server is down.
@@ -138,6 +143,7 @@ impl Startup {
                     last,
                 });
             }
+            previous = Some(last);
             let mut pause = crate::consume::backoff(tries, RETRY_BASE, RETRY_CAP);
             if let Some((_, left)) = remaining {
                 pause = pause.min(left);
@@ -209,20 +215,15 @@ impl Startup {
     }
 }
 
-/// `attempt`, bounded by what is left of the deadline (an unanswered connect can take seconds).
+/// `attempt`, bounded by what is left of the deadline (an unanswered connect can take seconds):
+/// `None` when the deadline cut it short.
 async fn bounded<T>(
     remaining: Option<Duration>,
     attempt: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
+) -> Option<Result<T, Failure>> {
     match remaining {
-        None => attempt.await,
-        Some(left) => tokio::time::timeout(left, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::Unavailable(anyhow::anyhow!(
-                    "no answer before the start-up deadline"
-                )))
-            }),
+        None => Some(attempt.await),
+        Some(left) => tokio::time::timeout(left, attempt).await.ok(),
     }
 }
 
@@ -233,7 +234,7 @@ async fn bounded<T>(
 fn nats_failure(e: anyhow::Error) -> Failure {
     use async_nats::ConnectErrorKind as Kind;
     match e
-        .downcast_ref::<async_nats::ConnectError>()
+        .downcast_ref::<crate::connect::NatsConnectError>()
         .map(|c| c.kind())
     {
         Some(Kind::Io | Kind::TimedOut | Kind::Dns | Kind::MaxReconnects) => {
@@ -247,7 +248,7 @@ fn nats_failure(e: anyhow::Error) -> Failure {
 /// authentication and client configuration errors are not.
 fn redis_failure(e: anyhow::Error) -> Failure {
     use redis::{ErrorKind, ServerErrorKind};
-    let unavailable = e.downcast_ref::<redis::RedisError>().is_some_and(|r| {
+    let unavailable = e.downcast_ref::<RedisConnectError>().is_some_and(|r| {
         matches!(
             r.kind(),
             ErrorKind::Io

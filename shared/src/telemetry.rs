@@ -116,8 +116,15 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Describes the metrics every worker has, and sets `stockflow_build_info`: once per process,
+/// when the recorder is installed.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "stockflow_build_info",
+        "Always 1; its version label is the running build's"
+    );
+    metrics::gauge!("stockflow_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_counter!("stockflow_events_total", "Input events by type and outcome");
     describe_histogram!(
         "stockflow_event_latency_seconds",
@@ -146,6 +153,10 @@ fn describe() {
     describe_counter!(
         "stockflow_consumer_restarts_total",
         "Consume loop re-subscriptions"
+    );
+    describe_counter!(
+        "stockflow_handler_panics_total",
+        "Handler panics (the input is retried, then dead-lettered)"
     );
     describe_gauge!("stockflow_ready", "1 when the worker is ready");
     describe_gauge!(

@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use stockflow_cli::ctl::{self, Cli};
-use stockflow_shared::settings::Env;
+use stockflow_shared::settings::{ConfigError, Env};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,8 +21,17 @@ async fn main() -> ExitCode {
         ctl::completion(shell);
         return ExitCode::SUCCESS;
     }
+    let settings = match ctl::settings(Env::process(), &cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("stockctl: invalid configuration: {e}");
+            // A flag's value (`--nats-url`, `--redis-url`) is the command line, as a flag clap
+            // refuses is: exit 2, like clap. A variable's is the environment: exit 1.
+            let flag = matches!(&e, ConfigError::Invalid { var, .. } if var.starts_with("--"));
+            return ExitCode::from(if flag { 2 } else { 1 });
+        }
+    };
     let result = async {
-        let settings = ctl::settings(Env::process(), &cli).context("invalid configuration")?;
         settings.log.init();
         ctl::run(cli, settings).await
     }

@@ -178,10 +178,16 @@ pub enum FactArgs {
     },
 }
 
+/// `--reason` of an order command: the stock facts' reasons the envelope's help lists are not
+/// an order's.
+const ORDER_REASON_HELP: &str = "Why, recorded on the order's ledger entries; left out, each \
+     entry's natural reason (reserved, released, shipped)";
+
 /// An order command given by flags.
 #[derive(Debug, Subcommand)]
 pub enum OrderArgs {
     /// Reserve every line, or none.
+    #[command(mut_arg("reason", |a| a.help(ORDER_REASON_HELP)))]
     Place {
         /// The order id.
         #[arg(long)]
@@ -196,6 +202,7 @@ pub enum OrderArgs {
         envelope: EnvelopeArgs,
     },
     /// Payment is done: the hold no longer expires.
+    #[command(mut_arg("reason", |a| a.help(ORDER_REASON_HELP)))]
     Commit {
         /// The order id.
         #[arg(long)]
@@ -204,6 +211,7 @@ pub enum OrderArgs {
         envelope: EnvelopeArgs,
     },
     /// Release whatever the order holds.
+    #[command(mut_arg("reason", |a| a.help(ORDER_REASON_HELP)))]
     Cancel {
         /// The order id.
         #[arg(long)]
@@ -212,6 +220,7 @@ pub enum OrderArgs {
         envelope: EnvelopeArgs,
     },
     /// Units shipped: on_hand and reserved both go down.
+    #[command(mut_arg("reason", |a| a.help(ORDER_REASON_HELP)))]
     Fulfil {
         /// The order id.
         #[arg(long)]
@@ -672,6 +681,28 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_commands_list_an_orders_reasons_not_the_stock_facts() {
+        use clap::CommandFactory as _;
+        let mut cli = crate::ctl::Cli::command();
+        let order = cli
+            .find_subcommand_mut("publish")
+            .and_then(|p| p.find_subcommand_mut("order"))
+            .expect("publish order");
+        for name in ["place", "commit", "cancel", "fulfil"] {
+            let help = order
+                .find_subcommand_mut(name)
+                .expect("an order command")
+                .render_help()
+                .to_string();
+            assert!(
+                help.contains("reserved, released, shipped"),
+                "{name}: {help}"
+            );
+            assert!(!help.contains("cycle_count"), "{name}: {help}");
+        }
+    }
 
     #[test]
     fn order_lines_parse_with_and_without_location() {

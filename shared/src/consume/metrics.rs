@@ -28,12 +28,21 @@ impl<K: Eq + Hash + Copy> Counters<K> {
 
     /// Adds one to the counter of `key`, registered by `register` the first time.
     fn increment(&self, key: K, register: impl FnOnce(K) -> Counter) {
+        self.add(key, 1, register);
+    }
+
+    /// Registers the counter of `key` (at 0 when new) without counting anything.
+    fn register(&self, key: K, register: impl FnOnce(K) -> Counter) {
+        self.add(key, 0, register);
+    }
+
+    fn add(&self, key: K, n: u64, register: impl FnOnce(K) -> Counter) {
         // A poisoned lock only means another task panicked while holding it: the map is intact.
         let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
         registered
             .entry(key)
             .or_insert_with(|| register(key))
-            .increment(1);
+            .increment(n);
     }
 }
 
@@ -57,15 +66,28 @@ pub(super) struct LoopMetrics {
 }
 
 impl LoopMetrics {
+    /// The loop's metrics; the counters whose label sets are known in advance (retries by
+    /// kind, panics) are registered at 0 now, so dashboards and alerts see a series from the
+    /// start instead of none until the first increment.
     pub(super) fn new(worker: &'static str) -> Self {
+        let transient = Counters::new();
+        for kind in [Some(Dependency::Redis), Some(Dependency::Nats), None] {
+            transient.register(transient_kind(kind), |kind| {
+                metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => kind)
+            });
+        }
+        let panics = OnceLock::new();
+        panics
+            .get_or_init(|| metrics::counter!("stockflow_handler_panics_total", "worker" => worker))
+            .increment(0);
         Self {
             worker,
             in_flight: metrics::gauge!("stockflow_messages_in_flight", "worker" => worker),
             latency: metrics::histogram!("stockflow_event_latency_seconds", "worker" => worker),
             events: Counters::new(),
             dead_letters: Counters::new(),
-            transient: Counters::new(),
-            panics: OnceLock::new(),
+            transient,
+            panics,
         }
     }
 
@@ -102,7 +124,7 @@ impl LoopMetrics {
 
     /// A retry after a failed dependency (`Some`) or an input that arrived early (`None`).
     pub(super) fn transient(&self, dependency: Option<Dependency>) {
-        let kind = dependency.map_or("not_yet", Dependency::as_str);
+        let kind = transient_kind(dependency);
         let worker = self.worker;
         self.transient.increment(kind, |kind| {
             metrics::counter!("stockflow_transient_failures_total", "worker" => worker, "kind" => kind)
@@ -124,6 +146,12 @@ impl LoopMetrics {
                 metrics::counter!("stockflow_events_total", "worker" => worker, "type" => event_type, "outcome" => outcome)
             });
     }
+}
+
+/// The `kind` label of a retry: the dependency that failed, or `not_yet` for an input that
+/// arrived early.
+fn transient_kind(dependency: Option<Dependency>) -> &'static str {
+    dependency.map_or("not_yet", Dependency::as_str)
 }
 
 /// One message in flight: decrements `stockflow_messages_in_flight` and frees its slot on drop.

@@ -714,9 +714,12 @@ async fn dead_letters_are_listed_shown_and_replayed() {
 #[tokio::test]
 async fn connection_errors_are_clear() {
     let world = World::start().await;
-    let ran = stockctl(&world, &["--nats-url", "not a url", "dlq", "list"]).await;
-    assert_eq!(ran.code, 1);
-    assert!(ran.stderr.contains("--nats-url"), "{}", ran.stderr);
+    // A flag value stockctl refuses is a bad command line: exit 2, as for a flag clap refuses.
+    for bad in ["not a url", "garbage", "http://127.0.0.1:4222"] {
+        let ran = stockctl(&world, &["--nats-url", bad, "dlq", "list"]).await;
+        assert_eq!(ran.code, 2, "--nats-url {bad}: {}", ran.stderr);
+        assert!(ran.stderr.contains("--nats-url"), "{}", ran.stderr);
+    }
     let ran = stockctl(
         &world,
         &["--redis-url", "redis://u:s3cret@127.0.0.1:1", "stock", "A"],
@@ -725,6 +728,69 @@ async fn connection_errors_are_clear() {
     assert_eq!(ran.code, 1);
     assert!(ran.stderr.contains("connecting to Redis"), "{}", ran.stderr);
     assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.matches("Connection refused").count(),
+        1,
+        "the cause once: {}",
+        ran.stderr
+    );
+}
+
+/// Each failure reads once, in one sentence that says what to check, without secrets.
+#[tokio::test]
+async fn connection_errors_print_each_cause_once_and_what_to_check() {
+    let world = World::start().await;
+    let nowhere = stockflow_tests::NatsServer::reserved();
+    let ran = stockctl(&world, &["--nats-url", &nowhere.url(), "dlq", "list"]).await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.matches("Connection refused").count(),
+        1,
+        "the cause once: {}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains(&nowhere.url()), "{}", ran.stderr);
+    assert!(ran.stderr.contains("check that"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("credentials"), "{}", ran.stderr);
+
+    let ran = stockctl(&world, &["--redis-url", "http://u:s3cret@x", "stock", "A"]).await;
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("--redis-url"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("redis://host:6379"), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("InvalidClientConfig"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
+
+    // A Redis URL at the NATS port: the reply is not Redis', said once, not the parser's bytes.
+    let at_nats = format!("redis://127.0.0.1:{}", world.nats.port());
+    let ran = stockctl(&world, &["--redis-url", &at_nats, "stock", "A"]).await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.matches("not Redis'").count(),
+        1,
+        "said once: {}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("Unexpected"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+}
+
+/// `import --wait --timeout N` gives up after N seconds and says N, not what was left of it.
+#[tokio::test]
+async fn an_import_wait_that_times_out_prints_the_timeout_as_given() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sheet.csv");
+    std::fs::write(&file, "sku,location,on_hand\nT-1,wh,5\n").expect("write the sheet");
+    let file = file.to_str().expect("utf-8 path");
+    // No stock worker runs: the wait cannot end before the timeout.
+    let ran = stockctl(&world, &["import", file, "--wait", "--timeout", "2"]).await;
+    assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("within 2s "), "{}", ran.stderr);
+    assert!(ran.stderr.contains("is it running?"), "{}", ran.stderr);
 }
 
 #[tokio::test]

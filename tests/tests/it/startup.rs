@@ -430,6 +430,75 @@ async fn a_start_up_deadline_ends_the_wait_with_an_error_naming_the_setting() {
             text.contains(&format!("nats at {}", nats.url())),
             "{binary} names the server: {text}"
         );
+        // The cause, once per line (the client's error holds its source, which a `{:#}` chain
+        // used to print again); the real one, not the try the deadline cut short.
+        assert!(text.contains("Connection refused"), "{binary}: {text}");
+        for line in text.lines() {
+            assert!(
+                line.matches("Connection refused").count() <= 1,
+                "{binary} prints the cause once: {line}"
+            );
+        }
+        assert!(
+            !text.contains("credentials:") && !text.contains("no credentials)"),
+            "{binary} mentions credentials only when some are set: {text}"
+        );
+    }
+}
+
+/// The counters whose label sets are known are there at 0 before anything happened, and every
+/// binary that serves `/metrics` says which build it is.
+#[tokio::test]
+async fn a_fresh_binary_exports_its_counters_at_zero_and_its_build() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let build = format!(
+        "stockflow_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let expected: [(&str, &[&str]); 4] = [
+        (
+            "stock-worker",
+            &[
+                "stockflow_alerts_total{kind=\"low_stock\"} 0",
+                "stockflow_alerts_total{kind=\"negative_stock\"} 0",
+                "stockflow_transient_failures_total{worker=\"stock-worker\",kind=\"redis\"} 0",
+                "stockflow_handler_panics_total{worker=\"stock-worker\"} 0",
+                "stockflow_derived_published_total{kind=\"stock_changed\"} 0",
+            ],
+        ),
+        (
+            "order-worker",
+            &[
+                "stockflow_reservations_total{outcome=\"confirmed\"} 0",
+                "stockflow_reservations_total{outcome=\"rejected\"} 0",
+                "stockflow_reservations_total{outcome=\"released\"} 0",
+                "stockflow_holds_expired_total 0",
+                "stockflow_transient_failures_total{worker=\"order-worker\",kind=\"not_yet\"} 0",
+            ],
+        ),
+        (
+            "notify-worker",
+            &["stockflow_transient_failures_total{worker=\"notify-worker\",kind=\"nats\"} 0"],
+        ),
+        ("gateway", &[]),
+    ];
+    for (binary, series) in expected {
+        let own = dir.path().join(binary);
+        std::fs::create_dir_all(&own).expect("dir");
+        let mut process = Process::spawn(binary, &nats.url(), &redis.url(), &[], &own);
+        process.wait_readyz(200).await;
+        // Ready may come before every consume loop registered its counters: wait for them.
+        let wanted: Vec<&str> = series.iter().copied().chain([build.as_str()]).collect();
+        let what = format!("{binary} exports {wanted:?} before any input");
+        eventually(&what, DEADLINE, || async {
+            let (status, page) = http_get(process.metrics, "/metrics").await?;
+            let lines: Vec<&str> = page.lines().collect();
+            (status == 200 && wanted.iter().all(|w| lines.contains(w))).then_some(())
+        })
+        .await;
+        process.assert_running();
     }
 }
 

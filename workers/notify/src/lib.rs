@@ -135,8 +135,9 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    describe_metrics();
     let mut runtime = Service::worker(&settings.worker).start(shutdown).await?;
+    // After the start, which installs the recorder: described before, the text would be lost.
+    describe_metrics();
     let endpoints = Arc::new(Endpoints::new(
         &settings,
         runtime.js.clone(),

@@ -121,6 +121,7 @@ pub async fn run(
         .redis(&settings.state.redis)
         .start(shutdown)
         .await?;
+    describe_metrics();
     let handler = OrderHandler::new(&runtime, &settings);
     tokio::spawn(expire_holds(
         handler.clone(),
@@ -128,6 +129,34 @@ pub async fn run(
         runtime.shutdown.clone(),
     ));
     runtime.consume(ORDER_WORKER, handler).await
+}
+
+/// Describes the order worker's own metrics and registers its counters at 0 (after the runtime
+/// installed the recorder), so dashboards and alerts see them from the start rather than no
+/// series until the first order.
+fn describe_metrics() {
+    use metrics::{counter, describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "stockflow_reservations_total",
+        "Placements decided (confirmed, rejected) and order lines released"
+    );
+    for outcome in [
+        read::Decision::Confirmed.status().as_str(),
+        read::Decision::Rejected.status().as_str(),
+        "released",
+    ] {
+        counter!("stockflow_reservations_total", "outcome" => outcome).increment(0);
+    }
+    describe_counter!(
+        "stockflow_holds_expired_total",
+        "Checkout holds released at their expiry"
+    );
+    counter!("stockflow_holds_expired_total").increment(0);
+    describe_histogram!(
+        "stockflow_hold_expiry_lag_seconds",
+        Unit::Seconds,
+        "A hold's due time -> its release"
+    );
 }
 
 /// The order worker's handler: decodes a command and runs its step (`place`, `end`, `fulfil`,

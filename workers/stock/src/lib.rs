@@ -48,12 +48,29 @@ pub async fn run(
         .redis(&settings.state.redis)
         .start(shutdown)
         .await?;
+    describe_metrics();
     let handler = StockHandler::new(&runtime, &settings.state);
     let consumers = readiness_checks(
         &topology::stock_workers(&settings.worker.topology),
         "consumer",
     );
     runtime.consume_all(&consumers, handler).await
+}
+
+/// Registers the stock worker's alert counters at 0 (after the runtime installed the recorder),
+/// so dashboards and alerts see every kind from the start rather than no series until its
+/// first alert.
+fn describe_metrics() {
+    use stockflow_proto::v1::AlertKind;
+    for kind in [
+        AlertKind::LowStock,
+        AlertKind::OutOfStock,
+        AlertKind::BackInStock,
+        AlertKind::NegativeStock,
+    ] {
+        metrics::counter!("stockflow_alerts_total", "kind" => outcome::alert_name(kind))
+            .increment(0);
+    }
 }
 
 /// What the `apply_stock` script answered.
