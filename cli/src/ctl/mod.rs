@@ -68,13 +68,9 @@ pub enum Command {
         command: dlq::DlqCommand,
     },
     /// Rebuild every Redis key from JetStream (workers stopped, Redis empty).
-    Rebuild,
-    /// Compare Redis with the ledger; exit 4 when they differ.
-    Reconcile {
-        /// Publish `adjusted` facts that bring on-hand levels back to the ledger.
-        #[arg(long)]
-        fix: bool,
-    },
+    Rebuild(repair::RebuildArgs),
+    /// Compare Redis with the ledger; exit 4 when they differ (with --fix: when drift is left).
+    Reconcile(repair::ReconcileArgs),
     /// Print a shell completion script, e.g. `stockctl completion bash > /etc/bash_completion.d/stockctl`.
     Completion {
         /// The shell.
@@ -194,8 +190,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
             tail::run(&jetstream(&settings).await?, &args, &settings.topology).await?;
         }
         Command::Dlq { command } => dlq::run(&jetstream(&settings).await?, &command).await?,
-        Command::Rebuild => repair::rebuild(&settings, settings.order_retention).await?,
-        Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
+        Command::Rebuild(args) => {
+            repair::rebuild(&settings, settings.order_retention, &args).await?;
+        }
+        Command::Reconcile(args) => return repair::reconcile(&settings, &args).await,
         Command::Completion { shell } => completion(shell),
     }
     Ok(Outcome::Done)
