@@ -73,7 +73,7 @@ pub fn validate_reason(meta: &EventMeta) -> Result<(), String> {
         Err(_) => Err(format!(
             "reason {} is not a value of stockflow.v1.Reason (0..={}) this version knows",
             meta.reason,
-            Reason::Policy as i32
+            Reason::OpeningBalance as i32
         )),
     }
 }
