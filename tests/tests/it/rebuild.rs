@@ -289,12 +289,54 @@ async fn stockctl_reconcile_exits_4_on_drift_and_rebuild_refuses_a_full_redis() 
         "{}",
         ran.stdout
     );
-    assert_eq!(stockctl(&world, &["reconcile", "--fix"]).await.code, 4);
-    world.wait_stock_idle().await;
-    assert_eq!(stockctl(&world, &["reconcile"]).await.code, 0);
-    assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
+    let json = stockctl(&world, &["reconcile", "-o", "json"]).await;
+    assert_eq!(json.code, 4, "{}{}", json.stdout, json.stderr);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON drift");
+    assert_eq!(json["agrees"], false);
+    assert_eq!(json["drift"][0]["sku"], "CTL");
+    assert_eq!(json["drift"][0]["ledger"], 7);
+    assert_eq!(json["drift"][0]["redis"], 9);
 
+    // --fix publishes the correction, waits until the worker applied it and looks again:
+    // nothing left to fix, exit 0.
+    let fixed = stockctl(&world, &["reconcile", "--fix"]).await;
+    assert_eq!(fixed.code, 0, "{}{}", fixed.stdout, fixed.stderr);
+    assert!(
+        fixed.stdout.contains("published 1 correction")
+            && fixed.stdout.contains("fixed: Redis agrees with the ledger"),
+        "{}",
+        fixed.stdout
+    );
+    assert!(!fixed.stdout.contains("stockctl rebuild"), "{}", fixed.stdout);
+    assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
+    assert_eq!(stockctl(&world, &["reconcile"]).await.code, 0);
+
+    // Reserved drift has no fact that repairs it: --fix says so and exits 4.
+    let _: i64 = conn
+        .hincr(world.keys.stock("CTL"), "rs:wh", 1)
+        .await
+        .expect("hincr");
+    let left = stockctl(&world, &["reconcile", "--fix", "-o", "json"]).await;
+    assert_eq!(left.code, 4, "{}{}", left.stdout, left.stderr);
+    let left: serde_json::Value = serde_json::from_str(&left.stdout).expect("JSON fix");
+    assert_eq!(left["fix"]["published"], 0);
+    assert_eq!(left["fix"]["remaining"][0]["field"], "reserved");
+    let _: i64 = conn
+        .hincr(world.keys.stock("CTL"), "rs:wh", -1)
+        .await
+        .expect("hincr");
+
+    // The stock worker is consuming: rebuild refuses before looking at Redis.
     let refused = stockctl(&world, &["rebuild"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("workers are consuming")
+            && refused.stderr.contains("stock-worker"),
+        "{}",
+        refused.stderr
+    );
+    // --force skips that check, not the one for a full Redis.
+    let refused = stockctl(&world, &["rebuild", "--force"]).await;
     assert_eq!(refused.code, 1);
     assert!(
         refused.stderr.contains("already holds data"),
@@ -309,4 +351,68 @@ async fn stockctl_reconcile_exits_4_on_drift_and_rebuild_refuses_a_full_redis() 
     let ran = stockctl(&world, &["rebuild"]).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
+}
+
+#[tokio::test]
+async fn rebuild_with_force_runs_while_a_worker_is_consuming() {
+    use crate::cli::stockctl;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "FRC", "wh", received(4))).await;
+    world.wait_stock_idle().await;
+    let mut conn = world.redis_connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let refused = stockctl(&world, &["rebuild"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("workers are consuming"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(world.on_hand_reserved("FRC", "wh").await, (0, 0), "nothing written");
+    let forced = stockctl(&world, &["rebuild", "--force"]).await;
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(world.on_hand_reserved("FRC", "wh").await, (4, 0));
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconcile_does_not_wait_for_a_consumer_with_nothing_pending() {
+    use crate::cli::stockctl;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    world.publish(&event("a", "NW", "wh", received(3))).await;
+    world.wait_stock_idle().await;
+    // An order command stored while no order worker runs, then gone from the stream (as by
+    // its age limit): the order worker's consumer has nothing pending, but its ack floor is
+    // behind the stream's last sequence, and there is no order worker to move it.
+    world
+        .publish_order(&order("o1", "o1", placed(&[("l1", "NW", 1, "wh")], 60)))
+        .await;
+    let mut orders = world
+        .js
+        .get_stream(stockflow_proto::subjects::ORDER_EVENTS)
+        .await
+        .expect("stream");
+    let last = orders.info().await.expect("info").state.last_sequence;
+    assert!(last > 0);
+    orders.delete_message(last).await.expect("delete");
+
+    let mut conn = world.redis_connection().await;
+    let _: i64 = conn
+        .hincr(world.keys.stock("NW"), "oh:wh", 1)
+        .await
+        .expect("hincr");
+    let ran = stockctl(&world, &["reconcile"]).await;
+    assert_eq!(ran.code, 4, "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("NW"), "{}", ran.stdout);
+    assert!(
+        !ran.stderr.contains("did not catch up"),
+        "waited for a consumer with nothing pending: {}",
+        ran.stderr
+    );
+    stock.shutdown().await;
 }
