@@ -265,7 +265,11 @@ async fn an_initial_load_records_the_levels_without_alerts() {
     alerting_sheet(&file, "OPEN", 200);
     let file = file.to_str().expect("utf-8 path");
 
-    let ran = ok(&world, &["import", file, "--wait", "--initial-load", "-o", "json"]).await;
+    let ran = ok(
+        &world,
+        &["import", file, "--wait", "--initial-load", "-o", "json"],
+    )
+    .await;
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON summary");
     assert_eq!(summary["applied"], 200, "{}", ran.stdout);
     assert_eq!(summary["initial_load"], true);
@@ -293,7 +297,11 @@ async fn an_initial_load_records_the_levels_without_alerts() {
     // The same kind of sheet as an ordinary import: every row crosses the thresholds.
     let other = dir.path().join("counts.csv");
     alerting_sheet(&other, "CNT", 20);
-    let ran = ok(&world, &["import", other.to_str().expect("utf-8"), "--wait"]).await;
+    let ran = ok(
+        &world,
+        &["import", other.to_str().expect("utf-8"), "--wait"],
+    )
+    .await;
     assert_eq!(ran.figure("applied"), 20, "{}", ran.stdout);
     assert!(
         count(&world.js, subjects::ALERTS, "alerts.>").await >= 20,
@@ -319,7 +327,11 @@ async fn selftest_raises_no_alert_and_leaves_its_sku_at_zero() {
         .keys(format!("{}:*:stock", world.keys.prefix()))
         .await
         .expect("keys");
-    assert_eq!(keys, vec![world.keys.stock(SKU)], "one SKU, however often it runs");
+    assert_eq!(
+        keys,
+        vec![world.keys.stock(SKU)],
+        "one SKU, however often it runs"
+    );
     let reconciled = stockctl(&world, &["reconcile"]).await;
     assert_eq!(reconciled.code, 0, "{}", reconciled.stdout);
     worker.shutdown().await;

@@ -307,7 +307,11 @@ async fn stockctl_reconcile_exits_4_on_drift_and_rebuild_refuses_a_full_redis() 
         "{}",
         fixed.stdout
     );
-    assert!(!fixed.stdout.contains("stockctl rebuild"), "{}", fixed.stdout);
+    assert!(
+        !fixed.stdout.contains("stockctl rebuild"),
+        "{}",
+        fixed.stdout
+    );
     assert_eq!(world.on_hand_reserved("CTL", "wh").await, (7, 0));
     assert_eq!(stockctl(&world, &["reconcile"]).await.code, 0);
 
@@ -330,8 +334,7 @@ async fn stockctl_reconcile_exits_4_on_drift_and_rebuild_refuses_a_full_redis() 
     let refused = stockctl(&world, &["rebuild"]).await;
     assert_eq!(refused.code, 1);
     assert!(
-        refused.stderr.contains("workers are consuming")
-            && refused.stderr.contains("stock-worker"),
+        refused.stderr.contains("workers are consuming") && refused.stderr.contains("stock-worker"),
         "{}",
         refused.stderr
     );
@@ -372,7 +375,11 @@ async fn rebuild_with_force_runs_while_a_worker_is_consuming() {
         "{}",
         refused.stderr
     );
-    assert_eq!(world.on_hand_reserved("FRC", "wh").await, (0, 0), "nothing written");
+    assert_eq!(
+        world.on_hand_reserved("FRC", "wh").await,
+        (0, 0),
+        "nothing written"
+    );
     let forced = stockctl(&world, &["rebuild", "--force"]).await;
     assert_eq!(forced.code, 0, "{}", forced.stderr);
     assert_eq!(world.on_hand_reserved("FRC", "wh").await, (4, 0));
@@ -415,4 +422,126 @@ async fn reconcile_does_not_wait_for_a_consumer_with_nothing_pending() {
         ran.stderr
     );
     stock.shutdown().await;
+}
+
+/// `reconcile`'s comparison as it was before it read Redis in batches: per SKU, its stock and
+/// policy hashes in two sequential round trips, and the ledger's locations of that SKU found
+/// by a scan of every level. Kept for the measurement below.
+async fn drift_per_sku(
+    fold: &rebuild::Fold,
+    conn: &mut stockflow_shared::redis_conn::RedisConnection,
+    keys: &stockflow_shared::keys::Keys,
+) -> usize {
+    let mut skus: Vec<&String> = fold.levels.keys().map(|(sku, _)| sku).collect();
+    skus.dedup();
+    let mut drift = 0;
+    for sku in skus {
+        let stored = stockflow_shared::levels::read_levels(conn, keys, sku)
+            .await
+            .expect("levels");
+        let mut locations: Vec<&String> = stored.keys().collect();
+        locations.extend(fold.levels.keys().filter(|(s, _)| s == sku).map(|(_, l)| l));
+        locations.sort();
+        locations.dedup();
+        for location in locations {
+            let ledger = fold
+                .levels
+                .get(&(sku.clone(), location.clone()))
+                .copied()
+                .unwrap_or_default();
+            let held = stored.get(location).copied().unwrap_or_default();
+            drift += usize::from(ledger.on_hand != held.on_hand)
+                + usize::from(ledger.reserved != held.reserved);
+        }
+    }
+    drift
+}
+
+/// Times `rebuild` and `reconcile` on a generated ledger (BENCHMARKS.md, "Rebuild and
+/// reconcile"): `STOCKFLOW_BENCH_LEDGER_ENTRIES` entries (default 100,000) over a quarter as
+/// many SKUs, with the per-SKU comparison of before when `STOCKFLOW_BENCH_OLD_PATH` is set.
+/// Prints the figures; asserts only that the comparisons agree.
+#[tokio::test]
+#[ignore = "a measurement: cargo test -p stockflow-tests --test it -- --ignored --nocapture reconcile_speed"]
+async fn reconcile_speed() {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    use std::time::Instant;
+    let entries: usize = std::env::var("STOCKFLOW_BENCH_LEDGER_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let world = World::start().await;
+    let skus = entries / 4;
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..entries {
+        let sku = format!("BENCH-{:06}", i % skus);
+        let round = (i / skus) as i64;
+        let entry = stockflow_proto::v1::StockChanged {
+            sku: sku.clone(),
+            location: "wh".into(),
+            cause_event_id: format!("bench-{i}"),
+            kind: "received".into(),
+            before: Some(stockflow_proto::v1::Levels {
+                on_hand: round,
+                ..Default::default()
+            }),
+            after: Some(stockflow_proto::v1::Levels {
+                on_hand: round + 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if acks.len() >= 1024 {
+            acks.next().await;
+        }
+        let ack = world
+            .js
+            .publish(
+                stockflow_proto::subjects::stock_changed(&sku),
+                entry.encode_to_vec().into(),
+            )
+            .await
+            .expect("publish");
+        acks.push(std::future::IntoFuture::into_future(ack));
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+    println!(
+        "{entries} ledger entries over {skus} SKUs stored in {:?}",
+        started.elapsed()
+    );
+
+    let mut conn = world.redis_connection().await;
+    let started = Instant::now();
+    let report = rebuild::rebuild(&world.js, &mut conn, &world.keys, TTL)
+        .await
+        .expect("rebuild");
+    println!(
+        "rebuild: {:?} ({} levels)",
+        started.elapsed(),
+        report.locations
+    );
+    assert_eq!(report.entries as usize, entries);
+
+    let started = Instant::now();
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    println!("reconcile (batched): {:?}", started.elapsed());
+    assert_eq!(drift, vec![]);
+
+    if std::env::var_os("STOCKFLOW_BENCH_OLD_PATH").is_some() {
+        let started = Instant::now();
+        let fold = rebuild::Fold::ledger(&world.js).await.expect("ledger");
+        let read = started.elapsed();
+        let old = drift_per_sku(&fold, &mut conn, &world.keys).await;
+        println!(
+            "reconcile (per SKU, as before): {:?} (ledger read {read:?})",
+            started.elapsed()
+        );
+        assert_eq!(old, 0);
+    }
 }
