@@ -244,3 +244,28 @@ pub struct Derived {
     /// Encoded protobuf.
     pub payload: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opening_balance_raises_only_negative_stock() {
+        let meta = |reason: Reason| EventMeta {
+            reason: reason.into(),
+            ..Default::default()
+        };
+        assert!(is_opening_balance(&meta(Reason::OpeningBalance)));
+        for other in [Reason::Unspecified, Reason::CycleCount, Reason::Received] {
+            assert!(!is_opening_balance(&meta(other)), "{other:?}");
+        }
+        assert!(raised_for_opening_balance(AlertKind::NegativeStock));
+        for quiet in [
+            AlertKind::LowStock,
+            AlertKind::OutOfStock,
+            AlertKind::BackInStock,
+        ] {
+            assert!(!raised_for_opening_balance(quiet), "{quiet:?}");
+        }
+    }
+}
