@@ -14,6 +14,11 @@
 //!    published again but absorbed as a duplicate, so the same file never resets it twice.
 //!    A *different* file is a new count sheet: its rows get new ids and are applied.
 //!
+//! An initial load (`Options::initial_load`, `stockctl import --initial-load`) marks every
+//! event with the reason `REASON_OPENING_BALANCE`: the stock worker records the levels in the
+//! ledger as usual but raises no low/out-of/back-in-stock alerts, so loading a warehouse does
+//! not flood `ALERTS` and every webhook subscriber.
+//!
 //! When waited for, the outcome of every published row is read back: `applied` when the ledger
 //! has an entry caused by one of its events, `invalid` when the worker dead-lettered it,
 //! `unchanged` otherwise (the worker absorbed it as a duplicate). Otherwise published rows are
@@ -32,7 +37,7 @@ use sha2::{Digest as _, Sha256};
 use stockflow_proto::{
     input::Event,
     subjects,
-    v1::{stock_event::Change, Counted, EventMeta, PolicySet, StockChanged, StockEvent},
+    v1::{stock_event::Change, Counted, EventMeta, PolicySet, Reason, StockChanged, StockEvent},
 };
 use stockflow_shared::{
     keys::Keys,
@@ -59,7 +64,7 @@ pub struct Row {
 }
 
 /// A row that was refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Invalid {
     /// Line in the file.
     pub line: u64,
@@ -355,7 +360,7 @@ enum Fate {
 }
 
 /// The result of an import.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     /// Rows read (valid and invalid).
     pub rows: usize,
@@ -393,7 +398,8 @@ struct Plan {
 
 /// Compares every row with what Redis holds and builds the events for those that differ, each
 /// checked by the worker's own parser.
-fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
+fn plan(sheet: &Sheet, now: &[Current], options: &Options) -> Plan {
+    let source = options.source.as_str();
     let mut plan = Plan::default();
     for (index, (row, have)) in sheet.rows.iter().zip(now).enumerate() {
         let mut inputs = Vec::new();
@@ -405,6 +411,13 @@ fn plan(sheet: &Sheet, now: &[Current], source: &str) -> Plan {
         if policy_differs {
             if let Some(policy) = row.policy(&sheet.digest, source) {
                 inputs.push(policy);
+            }
+        }
+        if options.initial_load {
+            for input in &mut inputs {
+                if let Some(meta) = &mut input.meta {
+                    meta.reason = Reason::OpeningBalance.into();
+                }
             }
         }
         if inputs.is_empty() {
@@ -428,6 +441,9 @@ struct Stored {
     anew: HashMap<usize, bool>,
     /// Highest sequence stored, per stream (one per partition of the stock input).
     last_sequence: BTreeMap<String, u64>,
+    /// Per row: the stream its events went to (one SKU, one partition) and the highest
+    /// sequence among them.
+    row_sequence: HashMap<usize, (String, u64)>,
 }
 
 /// Publishes every planned event with at most `in_flight` acknowledgements outstanding.
@@ -438,16 +454,30 @@ async fn publish_plan(
     in_flight: usize,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<Stored> {
-    let total: u64 = publish.iter().map(|(_, inputs)| inputs.len() as u64).sum();
-    progress.publishing(total);
+    progress.publishing(publish.len() as u64);
+    // Events of each row still waiting for their acknowledgement: a row is stored with its last.
+    let mut unacked: HashMap<usize, usize> = publish
+        .iter()
+        .map(|(index, inputs)| (*index, inputs.len()))
+        .collect();
+    let mut row_done = |index: usize, progress: &mut dyn Progress| {
+        if let Some(left) = unacked.get_mut(&index) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                progress.stored();
+            }
+        }
+    };
     let mut stored = Stored::default();
     let mut pending = FuturesUnordered::new();
     for (index, inputs) in publish {
         for input in inputs {
             if pending.len() >= in_flight {
                 if let Some(done) = pending.next().await {
+                    let done: Acked = done;
+                    let row = done.0;
                     note_ack(done, sheet, &mut stored)?;
-                    progress.stored();
+                    row_done(row, progress);
                 }
             }
             let message = PublishMessage::build()
@@ -466,8 +496,9 @@ async fn publish_plan(
         }
     }
     while let Some(done) = pending.next().await {
+        let row = done.0;
         note_ack(done, sheet, &mut stored)?;
-        progress.stored();
+        row_done(row, progress);
     }
     progress.published();
     Ok(stored)
@@ -523,16 +554,21 @@ async fn outcomes(
     Ok(outcome_of)
 }
 
-/// What the caller is told while an import runs (a progress bar, a line on stderr).
+/// What the caller is told while an import runs (a progress bar), counted in rows of the
+/// sheet (a row may be two events: its count and its policy).
 pub trait Progress {
-    /// `events` are about to be published.
-    fn publishing(&mut self, _events: u64) {}
-    /// One more event is stored.
+    /// The events of `rows` rows are about to be published.
+    fn publishing(&mut self, _rows: u64) {}
+    /// One more row is stored (JetStream acknowledged each of its events).
     fn stored(&mut self) {}
-    /// Every event is stored.
+    /// Every row is stored.
     fn published(&mut self) {}
     /// Waiting until the stock worker has applied `rows` rows.
     fn waiting(&mut self, _rows: usize) {}
+    /// The stock worker has applied `rows` of the rows waited for so far.
+    fn applied(&mut self, _rows: usize) {}
+    /// The wait is over (whether every row was applied or not).
+    fn waited(&mut self) {}
 }
 
 /// Tells nothing.
@@ -551,6 +587,9 @@ pub struct Options {
     /// Wait (at most this long) until the stock worker has applied every published row, then
     /// read what became of each; `None` reports published rows as `published`.
     pub wait: Option<Duration>,
+    /// An initial load: the events carry the reason `REASON_OPENING_BALANCE`, so the stock
+    /// worker sets the levels without raising low/out-of/back-in-stock alerts.
+    pub initial_load: bool,
 }
 
 /// Imports `sheet`: compares it with Redis, publishes the facts for the rows that differ into
@@ -569,7 +608,7 @@ pub async fn import(
         publish,
         mut fates,
         invalid,
-    } = plan(sheet, &now, &options.source);
+    } = plan(sheet, &now, options);
 
     let stock_workers = topology::stock_workers(topology);
     for spec in &stock_workers {
@@ -602,22 +641,15 @@ pub async fn import(
         .count();
     if let Some(deadline) = options.wait.filter(|_| waiting > 0) {
         progress.waiting(waiting);
-        let started = std::time::Instant::now();
-        // Each partition stream has its own sequence and its own stock-worker consumer.
-        for spec in &stock_workers {
-            let Some(&last) = stored.last_sequence.get(spec.stream) else {
-                continue;
-            };
-            crate::streams::wait_until_acked(
-                js,
-                spec.stream,
-                spec.durable,
-                last,
-                deadline.saturating_sub(started.elapsed()),
-            )
-            .await
-            .context("the import is published (re-running it is safe), but not yet applied")?;
-        }
+        let published: Vec<usize> = fates
+            .iter()
+            .filter(|(_, f)| matches!(f, Fate::Published(_)))
+            .map(|(index, _)| *index)
+            .collect();
+        let applied =
+            wait_until_applied(js, &stock_workers, &stored, &published, deadline, progress).await;
+        progress.waited();
+        applied.context("the import is published (re-running it is safe), but not yet applied")?;
         outcome_of = outcomes(js, &stock_workers, &ledger_from, dead_from).await?;
     }
 
@@ -653,6 +685,70 @@ pub async fn import(
     Ok(summary)
 }
 
+/// Waits until each stock-worker consumer's ack floor has passed the events of every row in
+/// `rows` (each partition stream has its own sequence and its own consumer), telling
+/// `progress` how many rows are applied as the floors move.
+async fn wait_until_applied(
+    js: &jetstream::Context,
+    stock_workers: &[ConsumerSpec],
+    stored: &Stored,
+    rows: &[usize],
+    deadline: Duration,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // Per stream: the last sequence of each row, sorted, and its stock-worker consumer.
+    let mut waits = Vec::new();
+    for spec in stock_workers {
+        let mut sequences: Vec<u64> = rows
+            .iter()
+            .filter_map(|index| stored.row_sequence.get(index))
+            .filter(|(stream, _)| stream == spec.stream)
+            .map(|(_, sequence)| *sequence)
+            .collect();
+        if sequences.is_empty() {
+            continue;
+        }
+        sequences.sort_unstable();
+        let consumer: jetstream::consumer::PullConsumer = js
+            .get_stream(spec.stream)
+            .await?
+            .get_consumer(spec.durable)
+            .await
+            .map_err(|e| anyhow::anyhow!("no consumer {} on {}: {e}", spec.durable, spec.stream))?;
+        waits.push((spec, sequences, consumer));
+    }
+    loop {
+        let mut applied = 0;
+        let mut behind = Vec::new();
+        for (spec, sequences, consumer) in &mut waits {
+            let floor = consumer.info().await?.ack_floor.stream_sequence;
+            let done = sequences.partition_point(|sequence| *sequence <= floor);
+            applied += done;
+            if done < sequences.len() {
+                behind.push(format!(
+                    "{} on {} is at sequence {floor} of {}",
+                    spec.durable,
+                    spec.stream,
+                    sequences.last().copied().unwrap_or_default()
+                ));
+            }
+        }
+        progress.applied(applied);
+        if behind.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "{applied} of {} rows applied within {deadline:?} ({}): is the stock worker running?",
+            rows.len(),
+            behind.join("; ")
+        );
+        // Poll interval of a wait bounded by `deadline`.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Judges the fact as the stock worker will (the contract's check): what the worker would
 /// dead-letter is refused before publishing, with the same reason.
 pub fn validate(event: &StockEvent) -> Result<(), String> {
@@ -680,8 +776,10 @@ fn note_ack((index, ack): Acked, sheet: &Sheet, stored: &mut Stored) -> anyhow::
             sheet.rows[index].line
         )
     })?;
-    let last = stored.last_sequence.entry(ack.stream).or_default();
+    let last = stored.last_sequence.entry(ack.stream.clone()).or_default();
     *last = (*last).max(ack.sequence);
+    let row = stored.row_sequence.entry(index).or_insert((ack.stream, 0));
+    row.1 = row.1.max(ack.sequence);
     let entry = stored.anew.entry(index).or_insert(false);
     *entry |= !ack.duplicate;
     Ok(())

@@ -217,10 +217,21 @@ fn published_ms(message: &jetstream::Message) -> i64 {
 impl Fold {
     /// Reads the ledger only: the levels and policies (what `reconcile` compares).
     pub async fn ledger(js: &jetstream::Context) -> Result<Self, Error> {
+        Self::ledger_with(js, &mut || {}).await
+    }
+
+    /// [`Self::ledger`], calling `read` after each message (for a progress display).
+    pub async fn ledger_with(
+        js: &jetstream::Context,
+        read: &mut (dyn FnMut() + Send),
+    ) -> Result<Self, Error> {
         let mut fold = Self::default();
         for stream in ledger_streams(js).await? {
-            fold.ledger_bytes +=
-                for_each_message(js, &stream, |message| fold.stock_message(message)).await?;
+            fold.ledger_bytes += for_each_message(js, &stream, |message| {
+                read();
+                fold.stock_message(message)
+            })
+            .await?;
         }
         Ok(fold)
     }

@@ -4,7 +4,10 @@
 //! The ledger's sum of `after - before` per (sku, location) is the level (see
 //! [`crate::rebuild`]); a level on which Redis holds something else has drifted.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -13,9 +16,16 @@ use stockflow_proto::{
     subjects,
     v1::{stock_event::Change, EventMeta, Reason, StockEvent},
 };
-use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, topology::TopologySettings};
+use stockflow_shared::{
+    keys::Keys,
+    redis_conn::RedisConnection,
+    topology::{self, TopologySettings},
+};
 
-use crate::{rebuild::Fold, Error};
+use crate::{
+    rebuild::{Fold, Totals},
+    Error,
+};
 
 /// `source` of the corrections `reconcile --fix` publishes. Their ledger entries restore Redis
 /// to the ledger, so the ledger's own sums leave them out.
@@ -46,34 +56,78 @@ pub struct Report {
     pub not_caught_up: Vec<String>,
 }
 
+/// What the caller is told while a comparison runs (a progress bar on a terminal).
+pub trait Progress: Send {
+    /// The ledger holds `messages` messages; reading them starts.
+    fn reading(&mut self, _messages: u64) {}
+    /// One more ledger message is read.
+    fn read(&mut self) {}
+    /// The levels of `skus` SKUs are about to be read from Redis and compared.
+    fn comparing(&mut self, _skus: u64) {}
+    /// `skus` more SKUs are compared.
+    fn compared(&mut self, _skus: u64) {}
+    /// Redis and the ledger differed: waiting for the workers before looking again.
+    fn settling(&mut self) {}
+    /// The comparison is over.
+    fn finished(&mut self) {}
+}
+
+/// Tells nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// Stock hashes read from Redis in one pipelined round trip.
+const BATCH: usize = 1000;
+
 /// Compares Redis with the ledger; when they differ, waits (up to `settle` per worker) until the
 /// stock and order workers have caught up with their inputs and compares again: an event applied
-/// in Redis whose ledger entry is still being stored looks like drift for an instant.
+/// in Redis whose ledger entry is still being stored looks like drift for an instant. A worker's
+/// consumer with nothing pending and nothing unacknowledged is not waited for (whether or not a
+/// worker is running).
 pub async fn settled_drift(
     js: &jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
     topology: &TopologySettings,
     settle: Duration,
+    progress: &mut dyn Progress,
 ) -> Result<Report, Error> {
     let mut report = Report {
-        drift: drift(js, redis, keys).await?,
+        drift: drift_with(js, redis, keys, progress).await?,
         not_caught_up: Vec::new(),
     };
     if report.drift.is_empty() {
+        progress.finished();
         return Ok(report);
     }
-    let stock = crate::streams::wait_until_stock_caught_up(js, topology, settle).await;
-    let orders =
-        crate::streams::wait_until_caught_up(js, subjects::ORDER_EVENTS, "order-worker", settle)
-            .await;
-    for caught_up in [stock, orders] {
-        if let Err(e) = caught_up {
-            report.not_caught_up.push(format!("{e:#}"));
-        }
-    }
-    report.drift = drift(js, redis, keys).await?;
+    progress.settling();
+    report.not_caught_up = wait_for_workers(js, topology, settle).await;
+    report.drift = drift_with(js, redis, keys, progress).await?;
+    progress.finished();
     Ok(report)
+}
+
+/// Waits (up to `settle` each) for the stock and order workers to catch up; what did not, as
+/// sentences.
+async fn wait_for_workers(
+    js: &jetstream::Context,
+    topology: &TopologySettings,
+    settle: Duration,
+) -> Vec<String> {
+    let stock = crate::streams::wait_until_stock_caught_up(js, topology, settle).await;
+    let orders = crate::streams::wait_until_caught_up(
+        js,
+        topology::ORDER_WORKER.stream,
+        topology::ORDER_WORKER.durable,
+        settle,
+    )
+    .await;
+    [stock, orders]
+        .into_iter()
+        .filter_map(|caught_up| caught_up.err().map(|e| format!("{e:#}")))
+        .collect()
 }
 
 /// Compares Redis levels with the ledger's sums, for every (sku, location) either side knows.
@@ -82,8 +136,38 @@ pub async fn drift(
     redis: &mut RedisConnection,
     keys: &Keys,
 ) -> Result<Vec<Drift>, Error> {
-    let fold = Fold::ledger(js).await?;
-    let mut skus: HashSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
+    drift_with(js, redis, keys, &mut Quiet).await
+}
+
+/// Messages in the ledger streams (entries and rejections): what [`Fold::ledger`] reads.
+async fn ledger_messages(js: &jetstream::Context) -> Result<u64, Error> {
+    let mut total = 0;
+    for name in crate::rebuild::ledger_streams(js).await? {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .with_context(|| format!("opening stream {name}"))?;
+        total += stream
+            .info()
+            .await
+            .with_context(|| format!("reading {name}'s state"))?
+            .state
+            .messages;
+    }
+    Ok(total)
+}
+
+/// [`drift`], telling `progress` how far it is. Reads the ledger once, then the stock hashes
+/// of every SKU either side knows, [`BATCH`] per pipelined round trip.
+pub async fn drift_with(
+    js: &jetstream::Context,
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Drift>, Error> {
+    progress.reading(ledger_messages(js).await?);
+    let fold = Fold::ledger_with(js, &mut || progress.read()).await?;
+    let mut skus: BTreeSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
     for key in redis
         .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
         .await
@@ -97,44 +181,77 @@ pub async fn drift(
             skus.insert(sku);
         }
     }
+    let skus: Vec<String> = skus.into_iter().collect();
+    progress.comparing(skus.len() as u64);
     let mut out = Vec::new();
-    let mut skus: Vec<String> = skus.into_iter().collect();
-    skus.sort();
-    for sku in skus {
-        let stored = stockflow_shared::levels::read_levels(redis, keys, &sku).await?;
-        let mut locations: Vec<&String> = stored.keys().collect();
-        locations.extend(
-            fold.levels
-                .keys()
-                .filter(|(s, _)| *s == sku)
-                .map(|(_, l)| l),
-        );
-        locations.sort();
-        locations.dedup();
-        for location in locations {
-            let ledger = fold
-                .levels
-                .get(&(sku.clone(), location.clone()))
-                .copied()
-                .unwrap_or_default();
-            let held = stored.get(location).copied().unwrap_or_default();
-            for (field, ledger, redis) in [
-                ("on_hand", ledger.on_hand, held.on_hand),
-                ("reserved", ledger.reserved, held.reserved),
-            ] {
-                if ledger != redis {
-                    out.push(Drift {
-                        sku: sku.clone(),
-                        location: location.clone(),
-                        field,
-                        ledger,
-                        redis,
-                    });
-                }
+    for chunk in skus.chunks(BATCH) {
+        let cmds = chunk
+            .iter()
+            .map(|sku| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(keys.stock(sku));
+                cmd
+            })
+            .collect();
+        let replies = redis
+            .run_all(cmds)
+            .await
+            .context("reading stock levels from Redis")?;
+        let hashes: Vec<BTreeMap<String, i64>> =
+            redis::from_redis_value(redis::Value::Array(replies))
+                .context("reading stock levels from Redis")?;
+        for (sku, hash) in chunk.iter().zip(hashes) {
+            compare(sku, &stored_levels(hash), &fold, &mut out);
+        }
+        progress.compared(chunk.len() as u64);
+    }
+    Ok(out)
+}
+
+/// On-hand and reserved per location, from a stock hash's `oh:<location>` and `rs:<location>`.
+fn stored_levels(hash: BTreeMap<String, i64>) -> BTreeMap<String, (i64, i64)> {
+    let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (field, value) in hash {
+        if let Some(location) = field.strip_prefix("oh:") {
+            out.entry(location.to_owned()).or_default().0 = value;
+        } else if let Some(location) = field.strip_prefix("rs:") {
+            out.entry(location.to_owned()).or_default().1 = value;
+        }
+    }
+    out
+}
+
+/// Appends to `out` the drift of `sku`'s locations, by location, on-hand before reserved.
+fn compare(sku: &str, stored: &BTreeMap<String, (i64, i64)>, fold: &Fold, out: &mut Vec<Drift>) {
+    // The ledger's locations of this SKU: one range of the map, sorted by (sku, location).
+    let in_ledger = fold
+        .levels
+        .range((sku.to_owned(), String::new())..)
+        .take_while(|((s, _), _)| s == sku)
+        .map(|((_, location), totals)| (location, totals));
+    let mut locations: BTreeMap<&String, (Totals, (i64, i64))> = BTreeMap::new();
+    for (location, totals) in in_ledger {
+        locations.entry(location).or_default().0 = *totals;
+    }
+    for (location, held) in stored {
+        locations.entry(location).or_default().1 = *held;
+    }
+    for (location, (ledger, held)) in locations {
+        for (field, ledger, redis) in [
+            ("on_hand", ledger.on_hand, held.0),
+            ("reserved", ledger.reserved, held.1),
+        ] {
+            if ledger != redis {
+                out.push(Drift {
+                    sku: sku.to_owned(),
+                    location: location.clone(),
+                    field,
+                    ledger,
+                    redis,
+                });
             }
         }
     }
-    Ok(out)
 }
 
 /// Publishes one `adjusted` fact per on-hand drift that brings Redis back to the ledger, with

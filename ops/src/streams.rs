@@ -99,7 +99,10 @@ pub async fn wait_until_stock_caught_up(
     Ok(())
 }
 
-/// Waits until `durable` on `stream` has acknowledged everything stored so far.
+/// Waits until `durable` on `stream` has acknowledged everything stored so far: its ack floor
+/// reached the stream's last sequence, or nothing is left for it (no message pending delivery,
+/// none delivered and unacknowledged) — a consumer that has nothing to do returns at once, also
+/// when no worker is running or the last messages are not for it.
 pub async fn wait_until_caught_up(
     js: &jetstream::Context,
     stream: &str,
@@ -115,7 +118,8 @@ pub async fn wait_until_caught_up(
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         let info = consumer.info().await?;
-        if info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0 {
+        let idle = info.num_pending == 0 && info.num_ack_pending == 0;
+        if idle || (info.ack_floor.stream_sequence >= target && info.num_ack_pending == 0) {
             return Ok(());
         }
         // What the consumer looked like at the deadline tells a stuck worker (messages
@@ -133,4 +137,59 @@ pub async fn wait_until_caught_up(
         // Poll interval of a wait bounded by `deadline`.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A worker's consumer that is consuming now, as [`consuming`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consuming {
+    /// The stream it reads.
+    pub stream: String,
+    /// Its durable name.
+    pub durable: String,
+    /// Pull requests waiting for messages (a running worker keeps one open).
+    pub waiting: usize,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: usize,
+}
+
+impl std::fmt::Display for Consuming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {} ({} pull request(s) waiting, {} message(s) delivered and unacknowledged)",
+            self.durable, self.stream, self.waiting, self.unacked
+        )
+    }
+}
+
+/// The consumers among `specs` that a worker is consuming from now. The rule: a consumer is
+/// being consumed while it has a pull request waiting (`num_waiting > 0`: a running worker
+/// always keeps one open, and the server drops it when the worker's connection closes) or
+/// messages delivered and not acknowledged (`num_ack_pending > 0`: a worker is handling them,
+/// or one died and they wait for their ack deadline).
+pub async fn consuming(
+    js: &jetstream::Context,
+    specs: &[stockflow_shared::topology::ConsumerSpec],
+) -> anyhow::Result<Vec<Consuming>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let stream = js
+            .get_stream(spec.stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.stream))?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(spec.durable)
+            .await
+            .map_err(|e| anyhow::anyhow!("no consumer {} on {}: {e}", spec.durable, spec.stream))?;
+        let info = consumer.info().await?;
+        if info.num_waiting > 0 || info.num_ack_pending > 0 {
+            out.push(Consuming {
+                stream: spec.stream.to_owned(),
+                durable: spec.durable.to_owned(),
+                waiting: info.num_waiting,
+                unacked: info.num_ack_pending,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -73,7 +73,7 @@ pub fn validate_reason(meta: &EventMeta) -> Result<(), String> {
         Err(_) => Err(format!(
             "reason {} is not a value of stockflow.v1.Reason (0..={}) this version knows",
             meta.reason,
-            Reason::Policy as i32
+            Reason::OpeningBalance as i32
         )),
     }
 }
@@ -131,7 +131,8 @@ mod tests {
         };
         assert!(validate_reason(&meta(0)).is_ok());
         assert!(validate_reason(&meta(Reason::Policy as i32)).is_ok());
-        for unknown in [13, 99, -1] {
+        assert!(validate_reason(&meta(Reason::OpeningBalance as i32)).is_ok());
+        for unknown in [14, 99, -1] {
             let err = validate_reason(&meta(unknown)).expect_err("unknown");
             assert!(err.starts_with(&format!("reason {unknown} ")), "{err}");
         }

@@ -48,6 +48,19 @@ pub fn default_reason(kind: &str) -> Reason {
     }
 }
 
+/// Whether the input is an opening balance (`REASON_OPENING_BALANCE`, an initial load): its
+/// changes are recorded in the ledger, but raise only the alerts
+/// [`raised_for_opening_balance`] lets through.
+pub fn is_opening_balance(meta: &EventMeta) -> bool {
+    meta.reason == Reason::OpeningBalance as i32
+}
+
+/// The alerts an opening balance still raises: `NEGATIVE_STOCK` (a data-quality problem), not
+/// the threshold crossings (low, out of, back in stock) that loading a level is not news of.
+pub fn raised_for_opening_balance(kind: AlertKind) -> bool {
+    kind == AlertKind::NegativeStock
+}
+
 /// Publishes derived events through JetStream.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -94,6 +107,7 @@ impl Ledger {
             });
         }
         let changed_subject = subjects::stock_changed(cause.sku);
+        let opening_balance = is_opening_balance(cause.meta);
         for (index, change) in outcome.changes.iter().enumerate() {
             let reason = match Reason::try_from(cause.meta.reason) {
                 Ok(Reason::Unspecified) | Err(_) => default_reason(&change.kind),
@@ -133,6 +147,9 @@ impl Ledger {
                 payload: entry.encode_to_vec(),
             });
             for kind in &change.alerts {
+                if opening_balance && !raised_for_opening_balance(*kind) {
+                    continue;
+                }
                 let name = alert_name(*kind);
                 let alert = StockAlert {
                     kind: (*kind).into(),
@@ -226,4 +243,29 @@ pub struct Derived {
     pub msg_id: String,
     /// Encoded protobuf.
     pub payload: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opening_balance_raises_only_negative_stock() {
+        let meta = |reason: Reason| EventMeta {
+            reason: reason.into(),
+            ..Default::default()
+        };
+        assert!(is_opening_balance(&meta(Reason::OpeningBalance)));
+        for other in [Reason::Unspecified, Reason::CycleCount, Reason::Received] {
+            assert!(!is_opening_balance(&meta(other)), "{other:?}");
+        }
+        assert!(raised_for_opening_balance(AlertKind::NegativeStock));
+        for quiet in [
+            AlertKind::LowStock,
+            AlertKind::OutOfStock,
+            AlertKind::BackInStock,
+        ] {
+            assert!(!raised_for_opening_balance(quiet), "{quiet:?}");
+        }
+    }
 }

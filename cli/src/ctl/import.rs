@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stockflow_ops::import::{self, Options, Summary};
 use stockflow_shared::keys::Keys;
 
-use super::Outcome;
+use super::{Format, Outcome};
 
 /// `stockctl import` arguments.
 #[derive(Debug, Args)]
@@ -34,6 +34,23 @@ pub struct ImportArgs {
     /// The `source` recorded in the events.
     #[arg(long, default_value = "stockctl:import")]
     pub source: String,
+    /// An initial load: set the levels as opening balances (reason `opening_balance`),
+    /// recorded in the ledger but raising no low/out-of/back-in-stock alerts, so nothing
+    /// floods the alert stream and its webhook subscribers.
+    #[arg(long)]
+    pub initial_load: bool,
+}
+
+/// What `import -o json` prints: the summary's counts and invalid rows, with the file.
+#[derive(Debug, serde::Serialize)]
+struct Json<'a> {
+    /// The file, as named on the command line.
+    file: &'a str,
+    /// Whether it was imported as an initial load.
+    initial_load: bool,
+    /// What became of its rows.
+    #[serde(flatten)]
+    summary: &'a Summary,
 }
 
 /// The summary `stockctl import` prints: counts per fate, then the first `show_invalid` invalid
@@ -95,27 +112,37 @@ impl fmt::Display for Rendered<'_> {
     }
 }
 
-fn progress(len: u64) -> ProgressBar {
+/// A bar of `len` rows on stderr with `message` before it; hidden unless stderr is a terminal.
+fn progress(len: u64, message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)")
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)")
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message("publishing");
+    bar.set_message(message);
     bar
 }
 
-/// The progress of an import, drawn by [`progress`].
+/// The progress of an import in rows, drawn by [`progress`]: publishing, then applying.
 #[derive(Debug)]
 struct Bar(Option<ProgressBar>);
 
+impl Bar {
+    fn clear(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 impl import::Progress for Bar {
-    fn publishing(&mut self, events: u64) {
-        self.0 = Some(progress(events));
+    fn publishing(&mut self, rows: u64) {
+        self.clear();
+        self.0 = Some(progress(rows, "publishing"));
     }
 
     fn stored(&mut self) {
@@ -125,18 +152,31 @@ impl import::Progress for Bar {
     }
 
     fn published(&mut self) {
-        if let Some(bar) = self.0.take() {
-            bar.finish_and_clear();
-        }
+        self.clear();
     }
 
     fn waiting(&mut self, rows: usize) {
-        eprintln!("waiting for the stock worker to apply {rows} rows ...");
+        self.clear();
+        self.0 = Some(progress(rows as u64, "applying"));
+    }
+
+    fn applied(&mut self, rows: usize) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(rows as u64);
+        }
+    }
+
+    fn waited(&mut self) {
+        self.clear();
     }
 }
 
 /// `stockctl import`.
-pub async fn run(settings: &super::Settings, args: &ImportArgs) -> anyhow::Result<Outcome> {
+pub async fn run(
+    settings: &super::Settings,
+    args: &ImportArgs,
+    format: Format,
+) -> anyhow::Result<Outcome> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let sheet = import::read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
@@ -148,6 +188,7 @@ pub async fn run(settings: &super::Settings, args: &ImportArgs) -> anyhow::Resul
         source: args.source.clone(),
         in_flight: usize::try_from(args.in_flight).unwrap_or(256),
         wait: args.wait.then(|| Duration::from_secs(args.timeout)),
+        initial_load: args.initial_load,
     };
     let summary = import::import(
         &js,
@@ -162,14 +203,24 @@ pub async fn run(settings: &super::Settings, args: &ImportArgs) -> anyhow::Resul
     client.drain().await.ok();
     let summary = summary?;
     let file = args.file.display().to_string();
-    crate::out!(
-        "{}",
-        Rendered {
-            file: &file,
-            summary: &summary,
-            show_invalid: args.show_invalid,
-        }
-    );
+    match format {
+        Format::Table => crate::out!(
+            "{}",
+            Rendered {
+                file: &file,
+                summary: &summary,
+                show_invalid: args.show_invalid,
+            }
+        ),
+        Format::Json => crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&Json {
+                file: &file,
+                initial_load: args.initial_load,
+                summary: &summary,
+            })?
+        ),
+    }
     Ok(if summary.invalid.is_empty() {
         Outcome::Done
     } else {

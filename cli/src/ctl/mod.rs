@@ -98,13 +98,9 @@ pub enum Command {
         command: dlq::DlqCommand,
     },
     /// Rebuild every Redis key from JetStream (workers stopped, Redis empty).
-    Rebuild,
-    /// Compare Redis with the ledger; exit 4 when they differ.
-    Reconcile {
-        /// Publish `adjusted` facts that bring on-hand levels back to the ledger.
-        #[arg(long)]
-        fix: bool,
-    },
+    Rebuild(repair::RebuildArgs),
+    /// Compare Redis with the ledger; exit 4 when they differ (with --fix: when drift is left).
+    Reconcile(repair::ReconcileArgs),
     /// Print a shell completion script, e.g. `stockctl completion bash > /etc/bash_completion.d/stockctl`.
     Completion {
         /// The shell.
@@ -221,7 +217,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Publish(args) => {
             publish::run(&jetstream(&settings).await?, &args, format).await?;
         }
-        Command::Import(args) => return import::run(&settings, &args).await,
+        Command::Import(args) => return import::run(&settings, &args, format).await,
         Command::Stock { sku } => return stock::run(&settings, &sku, format).await,
         Command::Tail(args) => {
             tail::run(
@@ -235,8 +231,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Dlq { command } => {
             dlq::run(&jetstream(&settings).await?, &command, format).await?;
         }
-        Command::Rebuild => repair::rebuild(&settings, settings.order_retention).await?,
-        Command::Reconcile { fix } => return repair::reconcile(&settings, fix).await,
+        Command::Rebuild(args) => {
+            repair::rebuild(&settings, settings.order_retention, &args).await?;
+        }
+        Command::Reconcile(args) => return repair::reconcile(&settings, &args, format).await,
         Command::Completion { shell } => completion(shell),
     }
     Ok(Outcome::Done)

@@ -63,7 +63,7 @@ pub struct EnvelopeArgs {
     #[arg(long, default_value = "stockctl")]
     pub source: String,
     /// Why (received, sold, returned, damaged, shrinkage, correction, cycle_count, transfer,
-    /// policy, ...); left out, the fact type's natural reason.
+    /// policy, opening_balance, ...); left out, the fact type's natural reason.
     #[arg(long, value_parser = parse_reason)]
     pub reason: Option<Reason>,
     /// URI of the source document (receipt, count sheet, order).
@@ -287,7 +287,8 @@ pub fn parse_reason(name: &str) -> Result<Reason, String> {
     json::reason_from_name(&name.replace('-', "_")).ok_or_else(|| {
         format!(
             "{name:?} is not a reason; one of received, sold, returned, damaged, shrinkage, \
-             correction, cycle_count, transfer, reserved, released, shipped, policy"
+             correction, cycle_count, transfer, reserved, released, shipped, policy, \
+             opening_balance"
         )
     })
 }

@@ -150,7 +150,7 @@ impl MetaJson {
                     "unknown",
                     "reason",
                     Category::UnknownEnum,
-                    format!("reason {name:?} is not one of received, sold, returned, damaged, shrinkage, correction, cycle_count, transfer, reserved, released, shipped, policy"),
+                    format!("reason {name:?} is not one of received, sold, returned, damaged, shrinkage, correction, cycle_count, transfer, reserved, released, shipped, policy, opening_balance"),
                 )
             })?,
         };

@@ -245,6 +245,98 @@ async fn importing_the_same_10000_rows_twice_changes_nothing_the_second_time() {
     worker.shutdown().await;
 }
 
+/// A sheet of `n` rows, one location each: every row sets a level above 0 (back in stock
+/// from nothing) and a threshold above it (low stock).
+fn alerting_sheet(path: &Path, prefix: &str, n: usize) {
+    let mut text = String::from("sku,location,on_hand,threshold\n");
+    for i in 0..n {
+        text.push_str(&format!("{prefix}-{i:03},wh,{},50\n", i + 1));
+    }
+    std::fs::write(path, text).expect("write csv");
+}
+
+#[tokio::test]
+async fn an_initial_load_records_the_levels_without_alerts() {
+    use stockflow_proto::v1::Reason;
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("opening.csv");
+    alerting_sheet(&file, "OPEN", 200);
+    let file = file.to_str().expect("utf-8 path");
+
+    let ran = ok(
+        &world,
+        &["import", file, "--wait", "--initial-load", "-o", "json"],
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON summary");
+    assert_eq!(summary["applied"], 200, "{}", ran.stdout);
+    assert_eq!(summary["initial_load"], true);
+    assert_eq!(summary["invalid"], serde_json::json!([]));
+    assert_eq!(world.on_hand_reserved("OPEN-042", "wh").await, (43, 0));
+    let ledger = world.ledger("OPEN-042").await;
+    assert!(!ledger.is_empty());
+    assert!(
+        ledger
+            .iter()
+            .all(|e| e.reason == Reason::OpeningBalance as i32),
+        "{ledger:?}"
+    );
+    assert_eq!(
+        count(&world.js, subjects::STOCK_CHANGES, "stock.changes.>").await,
+        400,
+        "a count and a policy per row, in the ledger"
+    );
+    assert_eq!(
+        count(&world.js, subjects::ALERTS, "alerts.>").await,
+        0,
+        "an initial load raises no alert"
+    );
+
+    // The same kind of sheet as an ordinary import: every row crosses the thresholds.
+    let other = dir.path().join("counts.csv");
+    alerting_sheet(&other, "CNT", 20);
+    let ran = ok(
+        &world,
+        &["import", other.to_str().expect("utf-8"), "--wait"],
+    )
+    .await;
+    assert_eq!(ran.figure("applied"), 20, "{}", ran.stdout);
+    assert!(
+        count(&world.js, subjects::ALERTS, "alerts.>").await >= 20,
+        "an ordinary import raises its alerts"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn selftest_raises_no_alert_and_leaves_its_sku_at_zero() {
+    use stockflow_cli::ctl::selftest::{LOCATION, SKU};
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    for _ in 0..2 {
+        let ran = ok(&world, &["selftest"]).await;
+        assert!(ran.stdout.contains("selftest ok"), "{}", ran.stdout);
+        assert_eq!(world.on_hand_reserved(SKU, LOCATION).await, (0, 0));
+    }
+    assert_eq!(count(&world.js, subjects::ALERTS, "alerts.>").await, 0);
+    assert_eq!(world.ledger(SKU).await.len(), 4, "two entries per run");
+    let mut redis = world.redis.connection().await;
+    let keys: Vec<String> = redis
+        .keys(format!("{}:*:stock", world.keys.prefix()))
+        .await
+        .expect("keys");
+    assert_eq!(
+        keys,
+        vec![world.keys.stock(SKU)],
+        "one SKU, however often it runs"
+    );
+    let reconciled = stockctl(&world, &["reconcile"]).await;
+    assert_eq!(reconciled.code, 0, "{}", reconciled.stdout);
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_rows_are_listed_with_their_line_and_reason() {
     let world = World::start().await;
