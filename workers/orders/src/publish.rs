@@ -79,7 +79,7 @@ impl OrderHandler {
         let derived = Derived {
             kind: DerivedKind::OrderResult,
             subject: subjects::order_result(&order.order_id),
-            msg_id: stockflow_proto::msg_id::order_result(&order.order_id, &id),
+            msg_id: stockflow_proto::msg_id::order_result(&order.order_id, id),
             payload: message.encode_to_vec(),
         };
         self.ledger
