@@ -24,10 +24,10 @@ async fn main() -> ExitCode {
     let settings = match ctl::settings(Env::process(), &cli) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("stockctl: invalid configuration: {e}");
             // A flag's value (`--nats-url`, `--redis-url`) is the command line, as a flag clap
             // refuses is: exit 2, like clap. A variable's is the environment: exit 1.
             let flag = matches!(&e, ConfigError::Invalid { var, .. } if var.starts_with("--"));
+            fatal(anyhow::Error::new(e).context("invalid configuration"));
             return ExitCode::from(if flag { 2 } else { 1 });
         }
     };
@@ -39,11 +39,15 @@ async fn main() -> ExitCode {
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
-            // A log pipeline gets a JSON line; a person, one line of text.
-            if !stockflow_shared::cli::log_fatal_as_json(&e) {
-                eprintln!("stockctl: {e:#}");
-            }
+            fatal(e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A log pipeline gets a JSON line; a person, one line of text.
+fn fatal(error: anyhow::Error) {
+    if !stockflow_shared::cli::log_fatal_as_json(&error) {
+        eprintln!("stockctl: {error:#}");
     }
 }

@@ -159,11 +159,11 @@ fn a_fatal_start_up_error_is_a_json_line_in_json_mode() {
 
 #[test]
 fn a_fatal_stockctl_error_is_a_json_line_in_json_mode() {
-    for args in [
-        // The configuration fails: before logging is set up.
-        &["--nats-url", "not a url", "dlq", "list"][..],
+    for (args, code) in [
+        // The configuration fails: before logging is set up (a refused flag value: exit 2).
+        (&["--nats-url", "not a url", "dlq", "list"][..], 2),
         // A server does not answer: after.
-        &["--redis-url", "redis://127.0.0.1:1", "stock", "A"],
+        (&["--redis-url", "redis://127.0.0.1:1", "stock", "A"], 1),
     ] {
         let output = Command::new(workspace_binary("stockctl"))
             .args(args)
@@ -171,7 +171,7 @@ fn a_fatal_stockctl_error_is_a_json_line_in_json_mode() {
             .env("STOCKFLOW_LOG_FORMAT", "json")
             .output()
             .expect("run stockctl");
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(output.status.code(), Some(code), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().last().unwrap_or_default();
         for line in stderr.lines() {
