@@ -180,8 +180,9 @@ pub async fn run(
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let sheet = import::read_sheet(&bytes).with_context(|| format!("{}", args.file.display()))?;
-    let mut redis = settings.redis.connect().await?;
-    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let redis_settings = &settings.state()?.redis;
+    let mut redis = redis_settings.connect().await?;
+    let keys = Keys::new(redis_settings.key_prefix.clone());
     let client = settings.nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
     let options = Options {

@@ -114,17 +114,48 @@ pub enum Command {
 pub struct Settings {
     /// NATS connection (`--nats-url` overrides `STOCKFLOW_NATS_URL`).
     pub nats: NatsSettings,
-    /// Redis connection and key prefix (`--redis-url` overrides `STOCKFLOW_REDIS_URL`).
-    pub redis: RedisSettings,
     /// Logging (`warn` unless `STOCKFLOW_LOG` asks for more).
     pub log: LogSettings,
     /// Streams and consumers, as the workers declare them.
     pub topology: TopologySettings,
+    /// Read only for the commands that use Redis ([`Command::uses_redis`]).
+    state: Option<State>,
+}
+
+/// The settings of the commands that read or write Redis.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Redis connection and key prefix (`--redis-url` overrides `STOCKFLOW_REDIS_URL`).
+    pub redis: RedisSettings,
     /// How long the workers remember an `event_id` (`rebuild` restores dedup records for it).
     pub dedup_ttl: Duration,
     /// How long the order worker keeps a final order's record (`rebuild` restores it for what
     /// is left of that time).
     pub order_retention: Duration,
+}
+
+impl Settings {
+    /// The Redis settings; read for every command that [uses Redis](Command::uses_redis).
+    pub fn state(&self) -> anyhow::Result<&State> {
+        self.state
+            .as_ref()
+            .context("this command was started without its Redis settings (a bug in stockctl)")
+    }
+}
+
+impl Command {
+    /// Whether the command reads or writes Redis: only those read (and check) its settings,
+    /// so a bad `STOCKFLOW_REDIS_URL` does not stop `tail`, `dlq`, `publish` or `setup`.
+    pub fn uses_redis(&self) -> bool {
+        matches!(
+            self,
+            Self::Selftest
+                | Self::Import(_)
+                | Self::Stock { .. }
+                | Self::Rebuild(_)
+                | Self::Reconcile(_)
+        )
+    }
 }
 
 /// What `stockctl` reads from its environment: the workers' connections, key prefix, topology
@@ -139,7 +170,7 @@ pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
         "STOCKFLOW_LOG" => env.raw(name).or_else(|| Some("warn".into())),
         _ => env.raw(name),
     });
-    read(&layered).map_err(|e| match e {
+    read(&layered, cli.command.uses_redis()).map_err(|e| match e {
         ConfigError::Invalid { var, reason }
             if var == "STOCKFLOW_NATS_URL" && cli.nats_url.is_some() =>
         {
@@ -160,20 +191,25 @@ pub fn settings(env: Env, cli: &Cli) -> Result<Settings, ConfigError> {
     })
 }
 
-/// Reads [`Settings`] from `env` as it is.
-fn read(env: &Env) -> Result<Settings, ConfigError> {
+/// Reads [`Settings`] from `env` as it is; the Redis part only `with_redis`.
+fn read(env: &Env, with_redis: bool) -> Result<Settings, ConfigError> {
     let nats = NatsSettings::from_env(env, "stockctl")?;
-    let redis = RedisSettings::from_env(env)?;
-    let log = LogSettings::from_env(env)?;
-    let topology = worker::topology_from_env(env)?;
-    let dedup_ttl = worker::dedup_ttl_from_env(env)?;
+    let state = if with_redis {
+        let redis = RedisSettings::from_env(env)?;
+        let dedup_ttl = worker::dedup_ttl_from_env(env)?;
+        Some(State {
+            order_retention: order_worker::order_retention(env, dedup_ttl)?,
+            redis,
+            dedup_ttl,
+        })
+    } else {
+        None
+    };
     Ok(Settings {
-        order_retention: order_worker::order_retention(env, dedup_ttl)?,
         nats,
-        redis,
-        log,
-        topology,
-        dedup_ttl,
+        log: LogSettings::from_env(env)?,
+        topology: worker::topology_from_env(env)?,
+        state,
     })
 }
 
@@ -188,7 +224,7 @@ pub fn completion(shell: clap_complete::Shell) {
 /// The "Environment variables" section of `stockctl --help`: what [`settings`] reads.
 pub fn variables_help() -> String {
     let env = Env::recording([]);
-    let _ = read(&env);
+    let _ = read(&env, true);
     let mut variables = env.asked();
     // `settings` lowers the log default: results go to stdout.
     for v in &mut variables {
@@ -232,7 +268,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
             dlq::run(&jetstream(&settings).await?, &command, format).await?;
         }
         Command::Rebuild(args) => {
-            repair::rebuild(&settings, settings.order_retention, &args).await?;
+            repair::rebuild(&settings, settings.state()?.order_retention, &args).await?;
         }
         Command::Reconcile(args) => return repair::reconcile(&settings, &args, format).await,
         Command::Completion { shell } => completion(shell),
@@ -347,7 +383,15 @@ mod tests {
         let s = settings(env, &cli).expect("valid");
         assert_eq!(s.nats.urls, vec!["nats://127.0.0.1:5".to_owned()]);
         assert_eq!(s.log.filter, "warn");
-        assert_eq!(s.order_retention, order_worker::DEFAULT_ORDER_RETENTION);
+        assert_eq!(
+            s.state().expect("selftest uses Redis").order_retention,
+            order_worker::DEFAULT_ORDER_RETENTION
+        );
+        // A command that does not use Redis does not read, or refuse, its settings.
+        let cli = Cli::try_parse_from(["stockctl", "--redis-url", "http://x", "dlq", "list"])
+            .expect("parses");
+        let s = settings(Env::from_pairs([]), &cli).expect("Redis is not read");
+        assert!(s.state().is_err());
         let cli = Cli::try_parse_from(["stockctl", "--redis-url", "http://x", "selftest"])
             .expect("parses");
         let env = Env::from_pairs([]);

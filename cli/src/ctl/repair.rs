@@ -40,8 +40,9 @@ async fn connect(
     settings: &super::Settings,
 ) -> anyhow::Result<(async_nats::jetstream::Context, RedisConnection, Keys)> {
     let js = super::jetstream(settings).await?;
-    let redis = settings.redis.connect().await?;
-    Ok((js, redis, Keys::new(settings.redis.key_prefix.clone())))
+    let state = settings.state()?;
+    let redis = state.redis.connect().await?;
+    Ok((js, redis, Keys::new(state.redis.key_prefix.clone())))
 }
 
 /// Restores Redis from JetStream; refuses when Redis already holds data, and (unless `force`)
@@ -67,7 +68,7 @@ pub async fn rebuild(
         }
     }
     let retention = rebuild::Retention {
-        dedup_ttl: settings.dedup_ttl,
+        dedup_ttl: settings.state()?.dedup_ttl,
         orders: order_retention,
     };
     let report = rebuild::rebuild(&js, &mut redis, &keys, retention).await?;

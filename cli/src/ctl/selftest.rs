@@ -54,8 +54,9 @@ pub async fn run(settings: &super::Settings, format: Format) -> anyhow::Result<(
     let started = std::time::Instant::now();
     let client = settings.nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
-    let mut redis = settings.redis.connect().await?;
-    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let redis_settings = &settings.state()?.redis;
+    let mut redis = redis_settings.connect().await?;
+    let keys = Keys::new(redis_settings.key_prefix.clone());
     let run = events::now_ms();
     // A core subscription sees ledger entries as JetStream stores them (with partitions, on the
     // subject the servers' mapping made); it exists before the facts are published, so no

@@ -12,8 +12,9 @@ use super::{Format, Outcome};
 
 /// Prints the levels of `sku`; [`Outcome::NotFound`] when no stock is recorded for it.
 pub async fn run(settings: &super::Settings, sku: &str, format: Format) -> anyhow::Result<Outcome> {
-    let mut redis = settings.redis.connect().await?;
-    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let redis_settings = &settings.state()?.redis;
+    let mut redis = redis_settings.connect().await?;
+    let keys = Keys::new(redis_settings.key_prefix.clone());
     let levels = read_levels(&mut redis, &keys, sku).await?;
     match format {
         Format::Json => crate::outln!("{}", to_json(sku, &levels)),
