@@ -542,12 +542,7 @@ async fn outcomes(
     }
     for letter in dead {
         if let Ok(event) = StockEvent::decode(letter.payload.clone()) {
-            let reason = letter
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
+            let reason = stockflow_shared::deadletter::reason(&letter);
             outcome_of.insert(event.meta.unwrap_or_default().event_id, Err(reason));
         }
     }

@@ -6,6 +6,16 @@ use async_nats::{
 };
 use stockflow_proto::subjects;
 
+/// Why a stored dead letter was dead-lettered ('' when its headers do not say).
+pub fn reason(message: &async_nats::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 /// Stores malformed inputs in `DEAD_LETTERS`.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {

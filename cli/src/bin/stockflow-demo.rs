@@ -1029,12 +1029,7 @@ fn print_dead_letters(malformed: &[&str], letters: &[async_nats::jetstream::Mess
         malformed.len()
     );
     for letter in letters {
-        let reason = letter
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
+        let reason = stockflow_shared::deadletter::reason(letter);
         stockflow_cli::outln!("  {reason}");
     }
 }

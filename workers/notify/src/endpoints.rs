@@ -226,6 +226,8 @@ impl Endpoints {
                     }
                 }
             }
+            // Back-off between attempts to re-open the watch while JetStream does not answer;
+            // shutdown ends the wait at once.
             let pause = backoff(failures);
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
@@ -408,6 +410,8 @@ async fn declare_until_done(
                 return false;
             }
         }
+        // Back-off between declarations while JetStream does not answer; `stop` (the
+        // subscription deleted, or shutdown) ends the wait at once.
         let pause = backoff(tries);
         tries = tries.saturating_add(1);
         tokio::select! {
