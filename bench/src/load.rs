@@ -50,6 +50,7 @@ pub(crate) fn stock_facts(n: usize, skus: usize, tag: &str) -> Vec<Input> {
                 sku: sku.clone(),
                 location: "wh".into(),
                 change: Some(Change::Received(Received { quantity: 1 })),
+                ..Default::default()
             };
             Input {
                 subject: subjects::stock_event(&sku),
@@ -83,6 +84,7 @@ pub(crate) fn orders(
                         })
                         .collect(),
                     hold_seconds: 0,
+                    ..Default::default()
                 })),
             };
             Input {

@@ -29,6 +29,7 @@ pub fn fact(
         sku: sku.to_owned(),
         location: location.to_owned(),
         change: Some(change),
+        ..Default::default()
     }
 }
 

@@ -199,6 +199,28 @@ pub fn stock_event(event: &StockEvent) -> Decoded {
             }
             ("policy_set", format!("policy {}", parts.join(", ")))
         }
+        Some(Change::ChannelRules(c)) => {
+            let rules = stockflow_proto::input::json::AvailabilityRulesJson::from(
+                c.rules.unwrap_or_default(),
+            );
+            let value = serde_json::to_value(rules).unwrap_or_default();
+            out.insert("channel".into(), c.channel.clone().into());
+            out.insert("rules".into(), value.clone());
+            (
+                "channel_rules",
+                format!("channel {} rules {value}", c.channel),
+            )
+        }
+        Some(Change::ChannelRecompute(c)) => {
+            out.insert("channel".into(), c.channel.clone().into());
+            (
+                "channel_recompute",
+                format!(
+                    "recompute channel {} (rules version {})",
+                    c.channel, c.rules_version
+                ),
+            )
+        }
         None => ("unknown", "no change set".to_owned()),
     };
     let mut json = Map::new();
@@ -206,8 +228,14 @@ pub fn stock_event(event: &StockEvent) -> Decoded {
     meta_json(event.meta.as_ref(), &mut json);
     json.insert("sku".into(), event.sku.clone().into());
     json.insert("location".into(), event.location.clone().into());
+    if !event.channel.is_empty() {
+        json.insert("channel".into(), event.channel.clone().into());
+    }
     json.extend(out);
-    let location = if event.location.is_empty() {
+    let by_channel = format!("channel {}", event.channel);
+    let location = if !event.channel.is_empty() {
+        &by_channel
+    } else if event.location.is_empty() {
         "(all locations)"
     } else {
         &event.location
@@ -515,6 +543,7 @@ mod tests {
             sku: "A1".into(),
             location: "store-1".into(),
             change: Some(Change::Received(Received { quantity: 5 })),
+            ..Default::default()
         };
         let decoded = decode("stock.events.A1", &event.encode_to_vec()).expect("decodes");
         assert_eq!(

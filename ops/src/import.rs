@@ -268,6 +268,7 @@ impl Row {
             sku: self.sku.clone(),
             location: self.location.clone(),
             change: Some(change),
+            ..Default::default()
         }
     }
 

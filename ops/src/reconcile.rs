@@ -282,6 +282,7 @@ pub async fn publish_corrections(
             change: Some(Change::Adjusted(stockflow_proto::v1::Adjusted {
                 delta: d.ledger - d.redis,
             })),
+            ..Default::default()
         };
         let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
         let mut headers = async_nats::HeaderMap::new();

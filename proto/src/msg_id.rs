@@ -66,6 +66,22 @@ pub fn replay(sequence: u64) -> String {
     format!("replay:{}:{sequence}", crate::subjects::DEAD_LETTERS)
 }
 
+/// A channel definition change: `chn:<channel-id>:<event_id>`.
+pub fn channel_event(channel: &str, event_id: &str) -> String {
+    format!("chn:{channel}:{event_id}")
+}
+
+/// The `event_id` of the recompute command a channel's rules of `rules_version` send to every
+/// SKU: `rules:<channel-id>:<rules_version>` (its `Nats-Msg-Id` is [`stock_fact`]'s).
+pub fn channel_recompute_event(channel: &str, rules_version: u64) -> String {
+    format!("rules:{channel}:{rules_version}")
+}
+
+/// Version `version` of what `channel` may sell of `sku`: `ats:<channel-id>:<sku-token>:<version>`.
+pub fn availability(channel: &str, sku: &str, version: u64) -> String {
+    format!("ats:{channel}:{}:{version}", encode_token(sku))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,12 @@ pub const ORDER_RESULTS: &str = "ORDER_RESULTS";
 /// only its own deliveries.
 pub const WEBHOOKS: &str = "WEBHOOKS";
 
+/// Sales channel definition changes, `channels.events.<channel-id>`.
+pub const CHANNEL_EVENTS: &str = "CHANNEL_EVENTS";
+/// What each channel may sell, `availability.<channel-id>.<sku-token>`: the last message per
+/// subject only, so a reader that was away catches up with the newest quantity of every SKU.
+pub const AVAILABILITY: &str = "AVAILABILITY";
+
 /// Longest SKU, in bytes.
 pub const MAX_SKU_BYTES: usize = 128;
 
@@ -245,6 +251,29 @@ pub fn webhook(endpoint: &str) -> String {
 /// `orders.results.<order-token>`.
 pub fn order_result(order_id: &str) -> String {
     format!("orders.results.{}", encode_token(order_id))
+}
+
+/// `channels.events.<channel-id>`. Channel ids are subject tokens (checked by
+/// `validate::validate_channel_id`).
+pub fn channel_event(channel: &str) -> String {
+    format!("channels.events.{channel}")
+}
+
+/// `availability.<channel-id>.<sku-token>`.
+pub fn availability(channel: &str, sku: &str) -> String {
+    format!("availability.{channel}.{}", encode_token(sku))
+}
+
+/// `availability.<channel-id>.>`: every SKU of one channel.
+pub fn channel_availability(channel: &str) -> String {
+    format!("availability.{channel}.>")
+}
+
+/// The channel id and SKU token of an availability subject; `None` for anything else.
+pub fn availability_parts(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("availability.")?;
+    let (channel, token) = rest.split_once('.')?;
+    (!channel.is_empty() && !token.is_empty() && !token.contains('.')).then_some((channel, token))
 }
 
 #[cfg(test)]

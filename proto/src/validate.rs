@@ -3,7 +3,7 @@
 
 use crate::{
     subjects::MAX_SKU_BYTES,
-    v1::{EventMeta, Reason},
+    v1::{AvailabilityRules, Channel, ChannelKind, EventMeta, Reason},
 };
 
 /// Largest quantity in one fact, in units.
@@ -119,9 +119,157 @@ pub fn positive(field: &str, value: i64) -> Result<(), String> {
     }
 }
 
+/// Longest channel id, in bytes.
+pub const MAX_CHANNEL_ID_BYTES: usize = 64;
+/// Most locations one channel draws from.
+pub const MAX_CHANNEL_LOCATIONS: usize = 32;
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME_BYTES: usize = 128;
+
+/// A channel id is a subject token: 1..=64 bytes of ASCII letters, digits, `-` and `_`.
+pub fn validate_channel_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if id.len() > MAX_CHANNEL_ID_BYTES {
+        return Err(format!(
+            "{field} is longer than {MAX_CHANNEL_ID_BYTES} bytes"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{field} {id:?} is not a subject token: use ASCII letters, digits, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// Availability rules: every quantity 0..=MAX_QUANTITY, the percentage 0..=100. A fault names
+/// its field under `prefix` (`rules.buffer`).
+pub fn validate_rules(prefix: &str, rules: &AvailabilityRules) -> Result<(), (String, String)> {
+    for (name, value) in [
+        ("buffer", rules.buffer),
+        ("max_listed", rules.max_listed),
+        ("end_when_below", rules.end_when_below),
+    ] {
+        if let Some(v) = value {
+            if !(0..=MAX_QUANTITY).contains(&v) {
+                let field = format!("{prefix}.{name}");
+                return Err((
+                    field.clone(),
+                    format!("{field} must be 0..={MAX_QUANTITY}, got {v}"),
+                ));
+            }
+        }
+    }
+    if let Some(p) = rules.percent {
+        if !(0..=100).contains(&p) {
+            let field = format!("{prefix}.percent");
+            return Err((field.clone(), format!("{field} must be 0..=100, got {p}")));
+        }
+    }
+    Ok(())
+}
+
+/// A channel definition as a producer sends it: its id, name, kind, locations (1..=32, distinct,
+/// no `,`) and rules. Whether its locations are known is checked where the stock data is (the
+/// stock worker, the gateway). A fault names its field (`locations[2]`, `rules.percent`).
+pub fn validate_channel(channel: &Channel) -> Result<(), (String, String)> {
+    validate_channel_id("id", &channel.id).map_err(|r| ("id".to_owned(), r))?;
+    if channel.name.len() > MAX_CHANNEL_NAME_BYTES || channel.name.chars().any(char::is_control) {
+        return Err((
+            "name".into(),
+            format!("name must be at most {MAX_CHANNEL_NAME_BYTES} bytes without control characters"),
+        ));
+    }
+    if ChannelKind::try_from(channel.kind).is_err() {
+        return Err((
+            "kind".into(),
+            format!("kind {} is not a value of stockflow.v1.ChannelKind", channel.kind),
+        ));
+    }
+    if crate::v1::AllocationStrategy::try_from(channel.allocation).is_err() {
+        return Err((
+            "allocation".into(),
+            format!(
+                "allocation {} is not a value of stockflow.v1.AllocationStrategy",
+                channel.allocation
+            ),
+        ));
+    }
+    if channel.locations.is_empty() || channel.locations.len() > MAX_CHANNEL_LOCATIONS {
+        return Err((
+            "locations".into(),
+            format!(
+                "locations must list 1..={MAX_CHANNEL_LOCATIONS} locations, got {}",
+                channel.locations.len()
+            ),
+        ));
+    }
+    for (i, location) in channel.locations.iter().enumerate() {
+        let field = format!("locations[{i}]");
+        validate_location(&field, location).map_err(|r| (field.clone(), r))?;
+        if location.contains(',') {
+            return Err((field.clone(), format!("{field} cannot contain ','")));
+        }
+        if channel.locations[..i].contains(location) {
+            return Err((field.clone(), format!("{field} {location:?} is listed twice")));
+        }
+    }
+    validate_rules("rules", &channel.rules.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_faults_name_their_field() {
+        let good = Channel {
+            id: "market-1".into(),
+            name: "Marketplace".into(),
+            kind: ChannelKind::Marketplace.into(),
+            locations: vec!["store-1".into(), "store-2".into()],
+            rules: Some(AvailabilityRules {
+                buffer: Some(2),
+                percent: Some(100),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(validate_channel(&good).is_ok());
+        let cases: [(Channel, &str); 6] = [
+            (Channel { id: "a.b".into(), ..good.clone() }, "id"),
+            (Channel { locations: vec![], ..good.clone() }, "locations"),
+            (
+                Channel { locations: vec!["s".into(), "s".into()], ..good.clone() },
+                "locations[1]",
+            ),
+            (
+                Channel {
+                    rules: Some(AvailabilityRules { buffer: Some(-1), ..Default::default() }),
+                    ..good.clone()
+                },
+                "rules.buffer",
+            ),
+            (
+                Channel {
+                    rules: Some(AvailabilityRules { percent: Some(101), ..Default::default() }),
+                    ..good.clone()
+                },
+                "rules.percent",
+            ),
+            (Channel { kind: 99, ..good.clone() }, "kind"),
+        ];
+        for (channel, field) in cases {
+            let (at, reason) = validate_channel(&channel).expect_err(field);
+            assert_eq!(at, field, "{reason}");
+            assert!(reason.contains(field.split('[').next().unwrap_or(field)), "{reason}");
+        }
+    }
 
     #[test]
     fn reasons_the_contract_does_not_define_are_refused() {

@@ -32,6 +32,19 @@ impl Keys {
         format!("{}:{{{}}}:policy", self.prefix, encode_token(sku))
     }
 
+    /// Hash of the SKU's sales channels: `s:<channel>` the channel's rules as last applied,
+    /// `o:<channel>` the SKU's override, `q:<channel>` / `v:<channel>` what the channel may sell
+    /// and its version, `x:<channel>` set while an oversold alert stands, `r:<channel>:<location>`
+    /// the channel's own reservations (see `lua/prelude.lua`).
+    pub fn channels(&self, sku: &str) -> String {
+        format!("{}:{{{}}}:ats", self.prefix, encode_token(sku))
+    }
+
+    /// Set of every location that has had stock recorded: what a channel may name.
+    pub fn locations(&self) -> String {
+        format!("{}:locations", self.prefix)
+    }
+
     /// Reservation record of one order line, in the SKU's slot.
     pub fn order_line(&self, sku: &str, order_id: &str, line_id: &str) -> String {
         format!(
@@ -74,6 +87,7 @@ mod tests {
             let stock = keys.stock(sku);
             assert_eq!(tag(&stock), tag(&keys.policy(sku)));
             assert_eq!(tag(&stock), tag(&keys.event(sku, "e-1")));
+            assert_eq!(tag(&stock), tag(&keys.channels(sku)));
             assert!(!tag(&stock).is_empty());
         }
     }

@@ -1,17 +1,17 @@
 //! Publishes what a change derives — ledger entries, alerts, rejections — with `Nats-Msg-Id`s
 //! derived from the cause, so publishing again after a crash stores nothing twice.
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use prost::Message as _;
 use stockflow_proto::{
     msg_id, subjects,
     v1::{
-        AlertKind, EventMeta, PolicySet, Reason, RejectionReason, StockAlert, StockChanged,
-        StockEventRejected,
+        AlertKind, ChannelAvailabilityChanged, ChannelRulesSet, EventMeta, PolicySet, Reason,
+        RejectionReason, StockAlert, StockChanged, StockEventRejected,
     },
 };
 
-use crate::outcome::{alert_name, Outcome, Verdict};
+use crate::outcome::{alert_name, ChannelChange, Outcome, Verdict};
 
 /// The input event a change came from.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +29,10 @@ pub struct Cause<'a> {
     pub policy: Option<&'a PolicySet>,
     /// The order line an order step acts on: (order_id, line_id).
     pub order_line: Option<(&'a str, &'a str)>,
+    /// The sales channel the input named ('' for none).
+    pub channel: &'a str,
+    /// The override of a `channel_rules` input, recorded on its ledger entry.
+    pub channel_rules: Option<&'a ChannelRulesSet>,
 }
 
 /// The natural reason of a ledger kind, used when the input gave none.
@@ -44,6 +48,7 @@ pub fn default_reason(kind: &str) -> Reason {
         "reserved" => Reason::Reserved,
         "released" => Reason::Released,
         "shipped" => Reason::Shipped,
+        "channel_rules" => Reason::Policy,
         _ => Reason::Unspecified,
     }
 }
@@ -67,6 +72,8 @@ pub struct Ledger {
     js: jetstream::Context,
     /// `stockflow_derived_published_total` by kind, registered once (not per message).
     published: [metrics::Counter; 4],
+    /// `stockflow_derived_published_total{kind="channel_availability"}`.
+    availability_published: metrics::Counter,
 }
 
 impl Ledger {
@@ -81,6 +88,7 @@ impl Ledger {
                 counter(DerivedKind::Alert(AlertKind::Unspecified)),
                 counter(DerivedKind::OrderResult),
             ],
+            availability_published: metrics::counter!("stockflow_derived_published_total", "kind" => "channel_availability"),
         }
     }
 
@@ -139,6 +147,8 @@ impl Ledger {
                     .order_line
                     .map(|(_, l)| l.to_owned())
                     .unwrap_or_default(),
+                channel_rules: cause.channel_rules.cloned(),
+                channel: cause.channel.to_owned(),
             };
             pending.push(Derived {
                 kind: DerivedKind::StockChanged,
@@ -159,6 +169,7 @@ impl Ledger {
                     levels: Some(change.after),
                     threshold: change.threshold.unwrap_or_default(),
                     raised_at_ms: outcome.applied_at_ms,
+                    ..Default::default()
                 };
                 pending.push(Derived {
                     kind: DerivedKind::Alert(*kind),
@@ -168,7 +179,106 @@ impl Ledger {
                 });
             }
         }
-        self.publish_all(pending).await
+        let first_channel_index = outcome.changes.len();
+        for (offset, change) in outcome.channels.iter().enumerate() {
+            if !change.alert {
+                continue;
+            }
+            let name = alert_name(AlertKind::ChannelOversold);
+            let alert = StockAlert {
+                kind: AlertKind::ChannelOversold.into(),
+                sku: cause.sku.to_owned(),
+                cause_event_id: cause.cause_id.to_owned(),
+                raised_at_ms: outcome.applied_at_ms,
+                channel: change.channel.clone(),
+                offered: change.before,
+                sold: change.before + change.oversold,
+                ..Default::default()
+            };
+            pending.push(Derived {
+                kind: DerivedKind::Alert(AlertKind::ChannelOversold),
+                subject: subjects::alert(name, cause.sku),
+                msg_id: msg_id::alert(cause.sku, cause.cause_id, first_channel_index + offset, name),
+                payload: alert.encode_to_vec(),
+            });
+        }
+        self.publish_all(pending).await?;
+        // After the ledger: a channel quantity is never ahead of the entries that explain it.
+        for change in outcome.channels.iter().filter(|c| c.version > 0) {
+            self.publish_availability(cause, outcome.applied_at_ms, change)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one channel quantity to `AVAILABILITY` unless a newer version of it is stored
+    /// already. Two workers may publish versions of one (channel, SKU) in either order; the feed
+    /// keeps one message per subject, so the older must not land last. Each publish states the
+    /// subject's last sequence it saw (`Nats-Expected-Last-Subject-Sequence`); a race retries
+    /// with the new last message, and stops when that one is as new or newer.
+    async fn publish_availability(
+        &self,
+        cause: Cause<'_>,
+        applied_at_ms: i64,
+        change: &ChannelChange,
+    ) -> anyhow::Result<()> {
+        let subject = subjects::availability(&change.channel, cause.sku);
+        let message = ChannelAvailabilityChanged {
+            channel: change.channel.clone(),
+            sku: cause.sku.to_owned(),
+            available_to_sell: change.after,
+            version: change.version,
+            cause_event_id: cause.cause_id.to_owned(),
+            previous: change.before,
+            changed_at_ms: applied_at_ms,
+            rules_version: change.rules_version,
+            pool: change.pool,
+        };
+        let payload = bytes::Bytes::from(message.encode_to_vec());
+        let stream = self.js.get_stream_no_info(subjects::AVAILABILITY).await?;
+        loop {
+            let last = match stream.direct_get_last_for_subject(subject.as_str()).await {
+                Ok(stored) => {
+                    let held = ChannelAvailabilityChanged::decode(stored.payload.as_ref())
+                        .map(|m| m.version)
+                        .unwrap_or(0);
+                    if held >= change.version {
+                        return Ok(());
+                    }
+                    stored.sequence
+                }
+                Err(e)
+                    if e.kind()
+                        == jetstream::stream::DirectGetErrorKind::NotFound =>
+                {
+                    0
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(msg_id::availability(
+                    &change.channel,
+                    cause.sku,
+                    change.version,
+                ))
+                .expected_last_subject_sequence(last);
+            let acked = match self.js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => return Err(e.into()),
+            };
+            match acked {
+                Ok(ack) => {
+                    if !ack.duplicate {
+                        self.availability_published.increment(1);
+                    }
+                    return Ok(());
+                }
+                // Another version landed meanwhile: look again.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Publishes `messages` concurrently and waits for every acknowledgement.

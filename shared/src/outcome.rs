@@ -20,6 +20,27 @@ pub struct LevelChange {
     pub alerts: Vec<AlertKind>,
 }
 
+/// What a sales channel may sell of the SKU, recomputed by the same script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelChange {
+    /// The channel id.
+    pub channel: String,
+    /// What it listed before (0 the first time).
+    pub before: i64,
+    /// What it lists now.
+    pub after: i64,
+    /// The new version; 0 when the quantity did not change (nothing to publish).
+    pub version: u64,
+    /// The rules version it was computed with.
+    pub rules_version: u64,
+    /// The pool it was computed from.
+    pub pool: i64,
+    /// Units a sale of this channel took beyond what it offered.
+    pub oversold: i64,
+    /// The oversold crossing raises an alert (the first oversold sale since it offered units).
+    pub alert: bool,
+}
+
 /// How a script ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -43,6 +64,8 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Levels changed, in order.
     pub changes: Vec<LevelChange>,
+    /// Channel quantities recomputed, in order.
+    pub channels: Vec<ChannelChange>,
 }
 
 /// A stored outcome that does not parse: a bug or a foreign writer, never bad input.
@@ -51,6 +74,8 @@ pub struct Outcome {
 pub struct OutcomeParseError(String);
 
 const RECORD: char = '\u{1e}';
+/// The first field of a channel record.
+const CHANNEL_MARK: &str = "\u{1d}";
 const FIELD: char = '\u{1f}';
 
 fn int(field: Option<&str>, what: &str) -> Result<i64, OutcomeParseError> {
@@ -65,6 +90,7 @@ fn alert_kind(name: &str) -> Result<AlertKind, OutcomeParseError> {
         "out_of_stock" => AlertKind::OutOfStock,
         "back_in_stock" => AlertKind::BackInStock,
         "negative_stock" => AlertKind::NegativeStock,
+        "channel_oversold" => AlertKind::ChannelOversold,
         other => return Err(OutcomeParseError(format!("unknown alert {other:?}"))),
     })
 }
@@ -76,6 +102,7 @@ pub fn alert_name(kind: AlertKind) -> &'static str {
         AlertKind::OutOfStock => "out_of_stock",
         AlertKind::BackInStock => "back_in_stock",
         AlertKind::NegativeStock => "negative_stock",
+        AlertKind::ChannelOversold => "channel_oversold",
         AlertKind::Unspecified => "unspecified",
     }
 }
@@ -97,13 +124,46 @@ impl Outcome {
             },
             other => return Err(OutcomeParseError(format!("unknown result {other:?}"))),
         };
-        let changes = records.map(parse_change).collect::<Result<_, _>>()?;
+        let mut changes = Vec::new();
+        let mut channels = Vec::new();
+        for record in records {
+            match record.strip_prefix(CHANNEL_MARK) {
+                Some(rest) => channels.push(parse_channel(rest)?),
+                None => changes.push(parse_change(record)?),
+            }
+        }
         Ok(Self {
             applied_at_ms,
             verdict,
             changes,
+            channels,
         })
     }
+}
+
+fn parse_channel(record: &str) -> Result<ChannelChange, OutcomeParseError> {
+    // The mark's own field separator comes first.
+    let f: Vec<&str> = record.strip_prefix(FIELD).unwrap_or(record).split(FIELD).collect();
+    if f.len() != 8 {
+        return Err(OutcomeParseError(format!(
+            "channel record has {} fields",
+            f.len()
+        )));
+    }
+    let unsigned = |i: usize, what: &str| -> Result<u64, OutcomeParseError> {
+        f[i].parse()
+            .map_err(|_| OutcomeParseError(format!("{what} is not an unsigned integer")))
+    };
+    Ok(ChannelChange {
+        channel: f[0].to_owned(),
+        before: int(Some(f[1]), "before")?,
+        after: int(Some(f[2]), "after")?,
+        version: unsigned(3, "version")?,
+        rules_version: unsigned(4, "rules_version")?,
+        pool: int(Some(f[5]), "pool")?,
+        oversold: int(Some(f[6]), "oversold")?,
+        alert: f[7] == "1",
+    })
 }
 
 fn parse_change(record: &str) -> Result<LevelChange, OutcomeParseError> {
@@ -151,6 +211,26 @@ mod tests {
         assert_eq!(outcome.changes[0].alerts, vec![AlertKind::OutOfStock]);
         assert_eq!(outcome.changes[1].threshold, Some(2));
         assert_eq!(outcome.changes[1].before.available, -1);
+    }
+
+    #[test]
+    fn parses_channel_records_apart_from_level_changes() {
+        let text = "1\u{1f}5\u{1f}applied\u{1f}\u{1f}\u{1e}a\u{1f}sold\u{1f}5\u{1f}0\u{1f}0\u{1f}5\u{1f}3\u{1f}0\u{1f}0\u{1f}3\u{1f}\u{1f}\u{1e}\u{1d}\u{1f}market\u{1f}4\u{1f}0\u{1f}7\u{1f}2\u{1f}3\u{1f}1\u{1f}1";
+        let outcome = Outcome::parse(text).expect("valid");
+        assert_eq!(outcome.changes.len(), 1);
+        assert_eq!(
+            outcome.channels,
+            vec![ChannelChange {
+                channel: "market".into(),
+                before: 4,
+                after: 0,
+                version: 7,
+                rules_version: 2,
+                pool: 3,
+                oversold: 1,
+                alert: true,
+            }]
+        );
     }
 
     #[test]

@@ -93,9 +93,23 @@ pub const NOTIFY_ORDER_RESULTS: ConsumerSpec = ConsumerSpec {
     durable: "notify-worker",
 };
 
+/// The stock worker's consumer of channel definition changes.
+pub const CHANNEL_RULES: ConsumerSpec = ConsumerSpec {
+    stream: subjects::CHANNEL_EVENTS,
+    durable: "stock-worker",
+};
+
+/// The notify worker's consumer of channel quantities.
+pub const NOTIFY_AVAILABILITY: ConsumerSpec = ConsumerSpec {
+    stream: subjects::AVAILABILITY,
+    durable: "notify-worker",
+};
+
 /// Every durable consumer `setup` declares.
 pub const CONSUMERS: &[ConsumerSpec] = &[
     STOCK_WORKER,
+    CHANNEL_RULES,
+    NOTIFY_AVAILABILITY,
     ORDER_WORKER,
     NOTIFY_ALERTS,
     NOTIFY_STOCK_CHANGES,
@@ -267,6 +281,25 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                 Duration::ZERO,
                 5 * MAX_REDELIVERY_SPAN,
             ),
+            // Channel definitions: few, kept for good (they are the history of the rules).
+            stream(
+                subjects::CHANNEL_EVENTS,
+                &["channels.events.>"],
+                Duration::ZERO,
+                Duration::from_secs(120),
+            ),
+            // What each channel may sell: only the newest quantity of each (channel, SKU), so
+            // a reader that was away reads one message per SKU; direct gets serve the gateway.
+            stream::Config {
+                max_messages_per_subject: 1,
+                allow_direct: true,
+                ..stream(
+                    subjects::AVAILABILITY,
+                    &["availability.>"],
+                    Duration::ZERO,
+                    5 * MAX_REDELIVERY_SPAN,
+                )
+            },
             // The webhook outbox: a work queue, so a delivery leaves the stream once its
             // endpoint acknowledged it (or it was dead-lettered); the per-endpoint consumers'
             // filters never overlap.
@@ -296,9 +329,23 @@ pub const WEBHOOK_SUBSCRIPTIONS: &str = "WEBHOOK_SUBSCRIPTIONS";
 /// location filters fits many times over.
 pub const WEBHOOK_SUBSCRIPTION_MAX_BYTES: usize = 256 * 1024;
 
+/// The key-value bucket of the sales channels as the stock worker applied them: one key per
+/// channel id, its value the `stockflow.v1.Channel` (protobuf); the entry's revision is the
+/// channel's `rules_version`. Written only by the stock worker (from `CHANNEL_EVENTS`); every
+/// worker that computes channel quantities watches it.
+pub const CHANNELS: &str = "CHANNELS";
+
 /// The declared key-value buckets.
 pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
     vec![kv::Config {
+        bucket: CHANNELS.to_owned(),
+        description: "stockflow sales channels (applied from CHANNEL_EVENTS)".to_owned(),
+        history: 16,
+        max_value_size: 64 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }, kv::Config {
         bucket: WEBHOOK_SUBSCRIPTIONS.to_owned(),
         description: "stockflow webhook subscriptions (gateway /v1/webhooks)".to_owned(),
         // The current value only: a deleted subscription's secret does not linger in history.

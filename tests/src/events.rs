@@ -15,6 +15,7 @@ pub fn event(id: &str, sku: &str, location: &str, change: Change) -> StockEvent 
         sku: sku.to_owned(),
         location: location.to_owned(),
         change: Some(change),
+        ..Default::default()
     }
 }
 
@@ -96,5 +97,46 @@ pub fn placed(
             )
             .collect(),
         hold_seconds,
+        ..Default::default()
     })
+}
+
+/// A channel definition: `locations` in priority order, `rules` as given.
+pub fn channel(
+    id: &str,
+    locations: &[&str],
+    rules: stockflow_proto::v1::AvailabilityRules,
+) -> stockflow_proto::v1::Channel {
+    stockflow_proto::v1::Channel {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        kind: stockflow_proto::v1::ChannelKind::Marketplace.into(),
+        locations: locations.iter().map(|l| (*l).to_owned()).collect(),
+        rules: Some(rules),
+        ..Default::default()
+    }
+}
+
+/// The event that sets `channel`.
+pub fn channel_set(event_id: &str, channel: stockflow_proto::v1::Channel) -> stockflow_proto::v1::ChannelEvent {
+    use stockflow_proto::v1::{channel_event, ChannelEvent, ChannelSet};
+    ChannelEvent {
+        meta: Some(EventMeta {
+            event_id: event_id.to_owned(),
+            source: "test:harness".into(),
+            ..Default::default()
+        }),
+        channel_id: channel.id.clone(),
+        change: Some(channel_event::Change::Set(ChannelSet {
+            channel: Some(channel),
+        })),
+    }
+}
+
+/// A sale (or, with `returned`, a return) that names its channel instead of a location.
+pub fn channel_fact(id: &str, sku: &str, channel: &str, change: Change) -> StockEvent {
+    StockEvent {
+        channel: channel.to_owned(),
+        ..event(id, sku, "", change)
+    }
 }

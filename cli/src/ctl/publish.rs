@@ -357,6 +357,7 @@ fn fact(envelope: &EnvelopeArgs, sku: &str, location: &str, change: Change) -> I
         sku: sku.to_owned(),
         location: location.to_owned(),
         change: Some(change),
+        ..Default::default()
     })
 }
 
@@ -372,6 +373,7 @@ fn placed(lines: Vec<OrderLine>, hold_seconds: i64) -> order_event::Command {
     order_event::Command::Placed(OrderPlaced {
         lines,
         hold_seconds,
+        ..Default::default()
     })
 }
 

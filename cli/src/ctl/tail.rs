@@ -255,6 +255,7 @@ mod tests {
             sku: "A1".into(),
             location: "s1".into(),
             change: Some(Change::Received(Received { quantity: 0 })),
+            ..Default::default()
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subjects::HEADER_ORIGINAL_SUBJECT, "stock.events.A1");

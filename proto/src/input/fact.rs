@@ -6,10 +6,10 @@ use prost::Message as _;
 use super::{Category, InputError};
 use crate::{
     subjects,
-    v1::{stock_event::Change, EventMeta, PolicySet, StockEvent},
+    v1::{stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent},
     validate::{
-        meta_fault, positive, validate_location, validate_reason, validate_sku, MAX_LEVEL,
-        MAX_QUANTITY,
+        meta_fault, positive, validate_channel_id, validate_location, validate_reason,
+        validate_rules, validate_sku, MAX_LEVEL, MAX_QUANTITY,
     },
 };
 
@@ -47,6 +47,20 @@ pub enum Op {
         /// Location priority for order allocation, comma-joined ('' leaves it alone).
         location_priority: String,
     },
+    /// Replaces the SKU's override of `channel`'s rules (no field set: removes it).
+    ChannelRules {
+        /// The channel.
+        channel: String,
+        /// The override.
+        rules: AvailabilityRules,
+    },
+    /// Recomputes `channel`'s quantity with rules of `rules_version` or newer.
+    ChannelRecompute {
+        /// The channel.
+        channel: String,
+        /// Oldest rules version to compute with.
+        rules_version: u64,
+    },
 }
 
 impl Op {
@@ -60,6 +74,8 @@ impl Op {
             Self::Counted { .. } => "counted",
             Self::Transferred { .. } => "transferred",
             Self::PolicySet { .. } => "policy_set",
+            Self::ChannelRules { .. } => "channel_rules",
+            Self::ChannelRecompute { .. } => "channel_recompute",
         }
     }
 }
@@ -71,8 +87,11 @@ pub struct Fact {
     pub meta: EventMeta,
     /// SKU.
     pub sku: String,
-    /// Location ('' only for a SKU-wide policy).
+    /// Location ('' for a SKU-wide policy, a channel's rules, and a channel sale or return).
     pub location: String,
+    /// The sales channel a sale or return came from ('' when it names a location); the
+    /// channel of a `ChannelRules` or `ChannelRecompute`.
+    pub channel: String,
     /// The change.
     pub op: Op,
 }
@@ -97,6 +116,17 @@ impl Fact {
                     .filter(|l| !l.is_empty())
                     .map(str::to_owned)
                     .collect(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The override of a `channel_rules`, as the contract states it (for the ledger).
+    pub fn channel_rules(&self) -> Option<ChannelRulesSet> {
+        match &self.op {
+            Op::ChannelRules { channel, rules } => Some(ChannelRulesSet {
+                channel: channel.clone(),
+                rules: Some(*rules),
             }),
             _ => None,
         }
@@ -138,6 +168,25 @@ impl Fact {
                 optional(*safety_stock),
                 location_priority.clone(),
             ],
+            Op::ChannelRules { channel, rules } => [
+                channel.clone(),
+                encode_rules(rules),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::ChannelRecompute {
+                channel,
+                rules_version,
+            } => [
+                channel.clone(),
+                rules_version.to_string(),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
         }
     }
 
@@ -147,12 +196,36 @@ impl Fact {
     /// [`Self::script_args`], passed in so they are built once per event.
     pub fn fingerprint(&self, args: &[String; 6]) -> String {
         let [a, b, c, d, e, f] = args;
-        format!(
+        let fingerprint = format!(
             "{}|{}|{a}|{b}|{c}|{d}|{e}|{f}",
             self.op.name(),
             self.location
-        )
+        );
+        // Facts without a channel keep the fingerprint their dedup records already hold.
+        if self.channel.is_empty() || !matches!(self.op, Op::Sold(_) | Op::Returned(_)) {
+            fingerprint
+        } else {
+            format!("{fingerprint}|ch={}", self.channel)
+        }
     }
+}
+
+/// Availability rules as the scripts take them: buffer, percent, max_listed, end_when_below,
+/// own_reservations_only ('1' / '0'), separated by `\x1f`, '' where absent.
+pub fn encode_rules(rules: &AvailabilityRules) -> String {
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let own = match rules.own_reservations_only {
+        Some(true) => "1",
+        Some(false) => "0",
+        None => "",
+    };
+    format!(
+        "{}\x1f{}\x1f{}\x1f{}\x1f{own}",
+        opt(rules.buffer),
+        opt(rules.percent),
+        opt(rules.max_listed),
+        opt(rules.end_when_below)
+    )
 }
 
 /// Decodes and validates `payload` received on `subject` from the unpartitioned `STOCK_EVENTS`:
@@ -196,6 +269,14 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
         },
+        Change::ChannelRules(c) => Op::ChannelRules {
+            channel: c.channel,
+            rules: c.rules.unwrap_or_default(),
+        },
+        Change::ChannelRecompute(c) => Op::ChannelRecompute {
+            channel: c.channel,
+            rules_version: c.rules_version,
+        },
     };
     let kind = op.name();
     let bad = |field: &str, category: Category, reason: String| {
@@ -214,8 +295,58 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             format!("published on {subject} but its sku belongs on {expected_subject}"),
         ));
     }
-    let sku_wide_policy = matches!(op, Op::PolicySet { .. }) && event.location.is_empty();
-    if !sku_wide_policy {
+    // The channel these ops are about travels in the op itself; a sale or return may name
+    // its channel instead of a location.
+    let channel = match &op {
+        Op::ChannelRules { channel, .. } | Op::ChannelRecompute { channel, .. } => {
+            if !event.channel.is_empty() && event.channel != *channel {
+                return Err(bad(
+                    "channel",
+                    Category::InvalidChannel,
+                    format!("channel {:?} differs from the {kind}'s channel {channel:?}", event.channel),
+                ));
+            }
+            channel.clone()
+        }
+        _ => event.channel.clone(),
+    };
+    let by_channel = !channel.is_empty();
+    if by_channel {
+        validate_channel_id("channel", &channel)
+            .map_err(|r| bad("channel", Category::InvalidChannel, r))?;
+    }
+    let location_optional = match &op {
+        Op::PolicySet { .. } => event.location.is_empty(),
+        Op::ChannelRules { .. } | Op::ChannelRecompute { .. } => {
+            if !event.location.is_empty() {
+                return Err(bad(
+                    "location",
+                    Category::InvalidLocation,
+                    format!("{kind} is SKU-wide: leave location empty"),
+                ));
+            }
+            true
+        }
+        Op::Sold(_) | Op::Returned(_) if by_channel => {
+            if !event.location.is_empty() {
+                return Err(bad(
+                    "location",
+                    Category::InvalidLocation,
+                    "name a location or a channel, not both".into(),
+                ));
+            }
+            true
+        }
+        _ if by_channel => {
+            return Err(bad(
+                "channel",
+                Category::InvalidChannel,
+                format!("only sold and returned may name a channel, not {kind}"),
+            ))
+        }
+        _ => false,
+    };
+    if !location_optional {
         validate_location("location", &event.location)
             .map_err(|r| bad("location", Category::InvalidLocation, r))?;
     }
@@ -229,12 +360,18 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             ));
         }
     }
+    if let Op::ChannelRules { rules, .. } = &op {
+        validate_rules("rules", rules).map_err(|(field, reason)| {
+            InputError::new(kind, field, Category::InvalidChannel, reason)
+        })?;
+    }
     validate_op(&op, &event.location)
         .map_err(|(field, reason)| bad(field, Category::InvalidQuantity, reason))?;
     Ok(Fact {
         meta,
         sku: event.sku,
         location: event.location,
+        channel,
         op,
     })
 }
@@ -323,6 +460,14 @@ fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
             }
             Ok(())
         }
+        Op::ChannelRules { .. } => Ok(()),
+        Op::ChannelRecompute { rules_version, .. } => {
+            if *rules_version == 0 {
+                Err(("rules_version", "rules_version must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
@@ -342,8 +487,82 @@ mod tests {
             sku: "A".into(),
             location: "wh".into(),
             change: Some(change),
+            ..Default::default()
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn a_sale_names_a_location_or_a_channel() {
+        use crate::v1::Sold;
+        let sale = |location: &str, channel: &str| {
+            let mut e = StockEvent::decode(&event(Change::Sold(Sold { quantity: 2 }))[..])
+                .expect("decodes");
+            e.location = location.into();
+            e.channel = channel.into();
+            e.encode_to_vec()
+        };
+        let fact = parse("stock.events.A", &sale("", "market")).expect("channel sale");
+        assert_eq!((fact.location.as_str(), fact.channel.as_str()), ("", "market"));
+        let plain = parse("stock.events.A", &sale("wh", "")).expect("location sale");
+        assert_ne!(
+            fact.fingerprint(&fact.script_args()),
+            plain.fingerprint(&plain.script_args())
+        );
+        assert_eq!(plain.fingerprint(&plain.script_args()), "sold|wh|2|||||");
+        for (location, channel, field, category) in [
+            ("wh", "market", "location", Category::InvalidLocation),
+            ("", "a.b", "channel", Category::InvalidChannel),
+            ("", "", "location", Category::InvalidLocation),
+        ] {
+            assert_eq!(
+                fault(parse("stock.events.A", &sale(location, channel))),
+                (field.to_owned(), category),
+                "{location:?} {channel:?}"
+            );
+        }
+        let mut received =
+            StockEvent::decode(&event(Change::Received(Received { quantity: 1 }))[..])
+                .expect("decodes");
+        received.channel = "market".into();
+        assert_eq!(
+            fault(parse("stock.events.A", &received.encode_to_vec())),
+            ("channel".to_owned(), Category::InvalidChannel)
+        );
+    }
+
+    #[test]
+    fn channel_rules_are_checked_field_by_field() {
+        let rules = |rules: AvailabilityRules| {
+            let mut e = StockEvent::decode(
+                &event(Change::ChannelRules(ChannelRulesSet {
+                    channel: "market".into(),
+                    rules: Some(rules),
+                }))[..],
+            )
+            .expect("decodes");
+            e.location = String::new();
+            e.encode_to_vec()
+        };
+        let ok = parse(
+            "stock.events.A",
+            &rules(AvailabilityRules {
+                buffer: Some(3),
+                ..Default::default()
+            }),
+        )
+        .expect("valid");
+        assert_eq!(ok.script_args()[1], "3\x1f\x1f\x1f\x1f");
+        assert_eq!(
+            fault(parse(
+                "stock.events.A",
+                &rules(AvailabilityRules {
+                    percent: Some(120),
+                    ..Default::default()
+                })
+            )),
+            ("rules.percent".to_owned(), Category::InvalidChannel)
+        );
     }
 
     fn fault(result: Result<Fact, InputError>) -> (String, Category) {

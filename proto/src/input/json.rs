@@ -20,13 +20,14 @@ use serde_json::Value;
 
 use super::{order, Category, Event, InputError};
 use crate::v1::{
-    order_event, stock_event::Change, Adjusted, Counted, EventMeta, FulfilledLine, OrderCancelled,
+    order_event, stock_event::Change, Adjusted, AllocationStrategy, AvailabilityRules, Channel,
+    ChannelKind, ChannelRulesSet, Counted, EventMeta, FulfilledLine, OrderCancelled,
     OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet, Reason,
     Received, Returned, Sold, StockEvent, Transferred,
 };
 
 /// The stock fact types, as JSON names them.
-pub const FACT_TYPES: [&str; 7] = [
+pub const FACT_TYPES: [&str; 8] = [
     "received",
     "sold",
     "returned",
@@ -34,7 +35,149 @@ pub const FACT_TYPES: [&str; 7] = [
     "counted",
     "transferred",
     "policy_set",
+    "channel_rules",
 ];
+
+/// Availability rules in JSON (see `stockflow.v1.AvailabilityRules`); an absent field does not
+/// apply.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityRulesJson {
+    /// Units held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<i64>,
+    /// Percentage of the pool, 0..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+    /// Most units listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_listed: Option<i64>,
+    /// Lists 0 below this many units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_when_below: Option<i64>,
+    /// Only the channel's own reservations count against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_reservations_only: Option<bool>,
+}
+
+impl From<AvailabilityRulesJson> for AvailabilityRules {
+    fn from(r: AvailabilityRulesJson) -> Self {
+        Self {
+            buffer: r.buffer,
+            percent: r.percent,
+            max_listed: r.max_listed,
+            end_when_below: r.end_when_below,
+            own_reservations_only: r.own_reservations_only,
+        }
+    }
+}
+
+impl From<AvailabilityRules> for AvailabilityRulesJson {
+    fn from(r: AvailabilityRules) -> Self {
+        Self {
+            buffer: r.buffer,
+            percent: r.percent,
+            max_listed: r.max_listed,
+            end_when_below: r.end_when_below,
+            own_reservations_only: r.own_reservations_only,
+        }
+    }
+}
+
+/// A channel definition in JSON: `kind` is `pos`, `web`, `marketplace`, `wholesale` or
+/// `other`; `allocation` is `priority` (default) or `most_available`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelJson {
+    /// The channel id (the gateway takes it from the path when absent).
+    #[serde(default)]
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// What kind of channel.
+    #[serde(default)]
+    pub kind: String,
+    /// Supplying locations, in priority order.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// Availability rules.
+    #[serde(default)]
+    pub rules: AvailabilityRulesJson,
+    /// Allocation strategy.
+    #[serde(default)]
+    pub allocation: String,
+    /// Set by stockflow (ignored on input): the rules version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rules_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The JSON names of the channel kinds.
+pub const CHANNEL_KINDS: [&str; 5] = ["pos", "web", "marketplace", "wholesale", "other"];
+
+impl ChannelJson {
+    /// The protobuf definition; an unknown `kind` or `allocation` names its field.
+    pub fn into_channel(self) -> Result<Channel, InputError> {
+        let kind = match self.kind.as_str() {
+            "" => ChannelKind::Unspecified,
+            name => ChannelKind::from_str_name(&format!("CHANNEL_KIND_{}", name.to_ascii_uppercase()))
+                .filter(|k| *k != ChannelKind::Unspecified)
+                .ok_or_else(|| {
+                    InputError::new(
+                        "channel_set",
+                        "kind",
+                        Category::InvalidChannel,
+                        format!("kind {name:?} is not one of {}", CHANNEL_KINDS.join(", ")),
+                    )
+                })?,
+        };
+        let allocation = match self.allocation.as_str() {
+            "" | "priority" => AllocationStrategy::Priority,
+            "most_available" => AllocationStrategy::MostAvailable,
+            other => {
+                return Err(InputError::new(
+                    "channel_set",
+                    "allocation",
+                    Category::InvalidChannel,
+                    format!("allocation {other:?} is not one of priority, most_available"),
+                ))
+            }
+        };
+        Ok(Channel {
+            id: self.id,
+            name: self.name,
+            kind: kind.into(),
+            locations: self.locations,
+            rules: Some(self.rules.into()),
+            allocation: allocation.into(),
+            rules_version: 0,
+        })
+    }
+
+    /// The JSON form of a stored definition.
+    pub fn from_channel(channel: &Channel) -> Self {
+        let kind = ChannelKind::try_from(channel.kind).unwrap_or_default();
+        Self {
+            id: channel.id.clone(),
+            name: channel.name.clone(),
+            kind: match kind {
+                ChannelKind::Unspecified => String::new(),
+                k => k.as_str_name().trim_start_matches("CHANNEL_KIND_").to_ascii_lowercase(),
+            },
+            locations: channel.locations.clone(),
+            rules: channel.rules.unwrap_or_default().into(),
+            allocation: match AllocationStrategy::try_from(channel.allocation) {
+                Ok(AllocationStrategy::MostAvailable) => "most_available".into(),
+                _ => "priority".into(),
+            },
+            rules_version: channel.rules_version,
+        }
+    }
+}
 
 /// The order command types of [`event_from_value`].
 pub const ORDER_TYPES: [&str; 4] = [
@@ -201,6 +344,13 @@ pub struct StockFactJson {
     /// `policy_set`, SKU-wide: the order of locations for order lines without one.
     #[serde(default)]
     pub location_priority: Option<Vec<String>>,
+    /// `sold` / `returned` from a sales channel instead of a location; the channel of a
+    /// `channel_rules`.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// `channel_rules`: the SKU's override of the channel's rules.
+    #[serde(default)]
+    pub rules: Option<AvailabilityRulesJson>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -234,6 +384,8 @@ impl StockFactJson {
             ("low_stock_threshold", self.low_stock_threshold.is_some()),
             ("safety_stock", self.safety_stock.is_some()),
             ("location_priority", self.location_priority.is_some()),
+            ("channel", self.channel.is_some()),
+            ("rules", self.rules.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -243,7 +395,9 @@ impl StockFactJson {
     fn change(&self) -> Result<Change, InputError> {
         let kind = self.kind.as_str();
         let allowed: &[&str] = match kind {
-            "received" | "sold" | "returned" => &["quantity"],
+            "received" => &["quantity"],
+            "sold" | "returned" => &["quantity", "channel"],
+            "channel_rules" => &["channel", "rules"],
             "adjusted" => &["delta"],
             "counted" => &["on_hand", "expected_on_hand"],
             "transferred" => &["to_location", "quantity"],
@@ -297,6 +451,12 @@ impl StockFactJson {
                 })?,
                 quantity: require(self.quantity, "quantity", kind)?,
             }),
+            "channel_rules" => Change::ChannelRules(ChannelRulesSet {
+                channel: self.channel.clone().ok_or_else(|| {
+                    InputError::json("channel", "channel is required for type channel_rules")
+                })?,
+                rules: Some(self.rules.unwrap_or_default().into()),
+            }),
             _ => Change::PolicySet(PolicySet {
                 low_stock_threshold: self.low_stock_threshold,
                 safety_stock: self.safety_stock,
@@ -314,10 +474,16 @@ impl StockFactJson {
     ) -> Result<StockEvent, E> {
         let change = self.change()?;
         let event_id = event_id(self.event_id.take())?;
+        // A channel_rules carries its channel in the change itself.
+        let channel = match change {
+            Change::ChannelRules(_) => String::new(),
+            _ => self.channel.take().unwrap_or_default(),
+        };
         Ok(StockEvent {
             meta: Some(meta_of!(self).into_meta(event_id)?),
             sku: self.sku,
             location: self.location,
+            channel,
             change: Some(change),
         })
     }
@@ -336,6 +502,9 @@ pub struct PlaceOrderJson {
     /// Checkout hold, seconds (0: none).
     #[serde(default)]
     pub hold_seconds: i64,
+    /// The sales channel the order comes from ('' for none).
+    #[serde(default)]
+    pub channel: String,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -400,6 +569,7 @@ impl PlaceOrderJson {
                 })
                 .collect(),
             hold_seconds: self.hold_seconds,
+            channel: std::mem::take(&mut self.channel),
         });
         Ok(OrderEvent {
             meta: Some(meta_of!(self).into_meta(event_id)?),

@@ -15,6 +15,7 @@
 //! person. The consume loop turns it into a dead letter (`stockflow_shared` implements
 //! `From<InputError>` for its `HandleError::Malformed`); the gateway into a 400.
 
+pub mod channel;
 pub mod fact;
 pub mod json;
 pub mod order;
@@ -94,6 +95,12 @@ pub enum Category {
     InvalidHold,
     /// The JSON shape (only JSON input has it; never a dead letter).
     InvalidJson,
+    /// A channel id, a channel definition or availability rules.
+    InvalidChannel,
+    /// A channel that is not defined (a channel sale, return or order).
+    UnknownChannel,
+    /// A channel definition naming a location that has no stock recorded anywhere.
+    UnknownLocation,
 }
 
 impl Category {
@@ -113,6 +120,9 @@ impl Category {
             Self::InvalidLines => "invalid_lines",
             Self::InvalidHold => "invalid_hold",
             Self::InvalidJson => "invalid_json",
+            Self::InvalidChannel => "invalid_channel",
+            Self::UnknownChannel => "unknown_channel",
+            Self::UnknownLocation => "unknown_location",
         }
     }
 }
@@ -228,6 +238,7 @@ mod tests {
             sku: "a.b".into(),
             location: "wh".into(),
             change: Some(Change::Received(Received { quantity })),
+            ..Default::default()
         })
     }
 

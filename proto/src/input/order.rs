@@ -306,6 +306,7 @@ mod tests {
             event(Proto::Placed(OrderPlaced {
                 lines,
                 hold_seconds,
+                ..Default::default()
             }))
         };
         let mut bad_id = event(Proto::Cancelled(OrderCancelled {}));

@@ -95,3 +95,188 @@ local function remember(dedup_key, fingerprint, outcome, ttl)
   redis.call('EXPIRE', dedup_key, ttl)
   return { 'applied', outcome, '0' }
 end
+
+-- Sales channels. What a channel may sell of this SKU is computed here, in the same atomic step
+-- as every change of its levels, from the SKU's own keys only (one slot on Redis Cluster):
+--   <prefix>:{<sku-token>}:ats  hash  s:<ch> spec, o:<ch> the SKU's override of its rules,
+--     q:<ch> quantity, v:<ch> its version, x:<ch> set while an oversold alert stands,
+--     r:<ch>:<location> the channel's own reservations there.
+-- A spec is rules_version \31 strategy (p priority, m most available, x removed) \31 buffer
+-- \31 percent \31 max_listed \31 end_when_below \31 own_reservations_only ('1'/'0'/'')
+-- \31 locations separated by \29. The worker passes the specs it knows as records separated
+-- by \30, each `id \31 spec`; a stored spec newer than the passed one wins, so a worker whose
+-- view of the channels lags never computes with older rules than another worker already used.
+--
+-- A channel record in an outcome: \29 \31 channel \31 before \31 after \31 version (0: the
+-- quantity did not change) \31 rules_version \31 pool \31 oversold units \31 alert ('1'/'0').
+
+local GS = '\29'
+
+local function split(text, sep)
+  local out = {}
+  if text == nil or text == '' then return out end
+  local start = 1
+  while true do
+    local i = string.find(text, sep, start, true)
+    if not i then
+      out[#out + 1] = string.sub(text, start)
+      return out
+    end
+    out[#out + 1] = string.sub(text, start, i - 1)
+    start = i + 1
+  end
+end
+
+local function parse_spec(id, text)
+  local f = split(text, US)
+  return { id = id, text = text, rev = tonumber(f[1]) or 0, strategy = f[2],
+    rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS) }
+end
+
+-- The SKU's channel state and the specs to compute with.
+local function load_channels(ats_key, passed)
+  local st = {}
+  local flat = redis.call('HGETALL', ats_key)
+  for i = 1, #flat, 2 do st[flat[i]] = flat[i + 1] end
+  local specs = {}
+  for field, value in pairs(st) do
+    if string.sub(field, 1, 2) == 's:' then
+      local id = string.sub(field, 3)
+      specs[id] = parse_spec(id, value)
+    end
+  end
+  for _, record in ipairs(split(passed, RS)) do
+    local cut = string.find(record, US, 1, true)
+    local id = string.sub(record, 1, cut - 1)
+    local spec = parse_spec(id, string.sub(record, cut + 1))
+    if not specs[id] or specs[id].rev < spec.rev then specs[id] = spec end
+  end
+  return { key = ats_key, st = st, specs = specs }
+end
+
+-- The channel's rules with the SKU's override applied field by field.
+local function effective_rules(ch, spec)
+  local r = { spec.rules[1], spec.rules[2], spec.rules[3], spec.rules[4], spec.rules[5] }
+  local o = ch.st['o:' .. spec.id]
+  if o then
+    local f = split(o, US)
+    for i = 1, 5 do
+      if f[i] and f[i] ~= '' then r[i] = f[i] end
+    end
+  end
+  return r
+end
+
+-- Available at `l` as channel `id` sees it: its own reservations only when its rules say so.
+local function channel_available(stock_key, policy_key, ch, id, own, l)
+  local lv = levels(stock_key, policy_key, l)
+  local rs = lv.rs
+  if own then rs = num(ch.st['r:' .. id .. ':' .. l]) end
+  return lv.oh - rs - lv.ss
+end
+
+local function channel_quantity(stock_key, policy_key, ch, spec)
+  if spec.strategy == 'x' then return 0, 0 end
+  local r = effective_rules(ch, spec)
+  local own = r[5] == '1'
+  local pool = 0
+  for _, l in ipairs(spec.locs) do
+    local av = channel_available(stock_key, policy_key, ch, spec.id, own, l)
+    if av > 0 then pool = pool + av end
+  end
+  local q = pool
+  if r[1] ~= '' then q = q - tonumber(r[1]) end
+  if r[2] ~= '' then q = math.floor(q * tonumber(r[2]) / 100) end
+  if r[3] ~= '' and q > tonumber(r[3]) then q = tonumber(r[3]) end
+  if r[4] ~= '' and q < tonumber(r[4]) then q = 0 end
+  if q < 0 then q = 0 end
+  return q, pool
+end
+
+-- Adds `delta` to channel `id`'s own reservations at `l`.
+local function add_own_reserved(ch, id, l, delta)
+  local field = 'r:' .. id .. ':' .. l
+  local v = num(ch.st[field]) + delta
+  if v == 0 then
+    redis.call('HDEL', ch.key, field)
+    ch.st[field] = nil
+  else
+    redis.call('HSET', ch.key, field, int(v))
+    ch.st[field] = int(v)
+  end
+end
+
+local function set_state(ch, field, value)
+  if value == nil then
+    if ch.st[field] ~= nil then redis.call('HDEL', ch.key, field) end
+  elseif ch.st[field] ~= value then
+    redis.call('HSET', ch.key, field, value)
+  end
+  ch.st[field] = value
+end
+
+-- Recomputes channel `id` and stores it; returns its record, or nil when there is nothing to say.
+-- `oversold`: units a sale of this channel took beyond what the channel offered.
+local function settle_channel(stock_key, policy_key, ch, id, oversold)
+  local spec = ch.specs[id]
+  set_state(ch, 's:' .. id, spec.text)
+  local stored = ch.st['q:' .. id]
+  if spec.strategy == 'x' and stored == nil then return nil end
+  local before = num(stored)
+  local q, pool = channel_quantity(stock_key, policy_key, ch, spec)
+  local version = 0
+  if stored == nil or before ~= q then
+    version = num(ch.st['v:' .. id]) + 1
+    set_state(ch, 'q:' .. id, int(q))
+    set_state(ch, 'v:' .. id, int(version))
+  end
+  local alert = '0'
+  oversold = oversold or 0
+  if oversold > 0 then
+    if ch.st['x:' .. id] == nil then alert = '1' end
+    set_state(ch, 'x:' .. id, '1')
+  elseif q > 0 then
+    set_state(ch, 'x:' .. id, nil)
+  end
+  if version == 0 and oversold == 0 then return nil end
+  return table.concat({ GS, id, int(before), int(q), int(version), int(spec.rev), int(pool),
+    int(oversold), alert }, US)
+end
+
+-- Recomputes every channel drawing from one of the locations in `changed` (a set); appends
+-- their records to `records`.
+local function settle_channels(stock_key, policy_key, ch, changed, records, skip)
+  local ids = {}
+  for id, spec in pairs(ch.specs) do
+    if id ~= skip then
+      for _, l in ipairs(spec.locs) do
+        if changed[l] then
+          ids[#ids + 1] = id
+          break
+        end
+      end
+    end
+  end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    local record = settle_channel(stock_key, policy_key, ch, id, 0)
+    if record then records[#records + 1] = record end
+  end
+end
+
+-- The channel's locations in the order its allocation strategy takes them, each with its
+-- available as the channel sees it.
+local function allocation_order(stock_key, policy_key, ch, spec)
+  local own = effective_rules(ch, spec)[5] == '1'
+  local order = {}
+  for i, l in ipairs(spec.locs) do
+    order[i] = { loc = l, i = i, av = channel_available(stock_key, policy_key, ch, spec.id, own, l) }
+  end
+  if spec.strategy == 'm' then
+    table.sort(order, function(a, b)
+      if a.av ~= b.av then return a.av > b.av end
+      return a.i < b.i
+    end)
+  end
+  return order
+end

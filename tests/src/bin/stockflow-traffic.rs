@@ -199,6 +199,7 @@ async fn orders(js: &jetstream::Context, run: &str, deadline: Duration) -> anyho
                 location: String::new(),
             }],
             hold_seconds,
+            ..Default::default()
         })
     };
     let shipped = Command::Fulfilled(OrderFulfilled {

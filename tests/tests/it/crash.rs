@@ -19,7 +19,9 @@ async fn a_redelivery_after_the_effect_was_committed_changes_nothing() {
         .connect()
         .await
         .expect("redis");
-    let handler = stock_worker::StockHandler::with(redis, world.js.clone(), Keys::new("sf"), 3600);
+    let book = stockflow_tests::channel_book(&world.js).await;
+    let handler =
+        stock_worker::StockHandler::with(redis, world.js.clone(), Keys::new("sf"), 3600, book);
     let parsed = stock_worker::fact::parse(
         &stockflow_proto::subjects::stock_event(sku),
         &prost::Message::encode_to_vec(&fact),

@@ -136,6 +136,7 @@ fn wild_stock_event() -> impl Strategy<Value = v1::StockEvent> {
             sku,
             location,
             change,
+            ..Default::default()
         })
 }
 
@@ -209,6 +210,9 @@ fn check_stock(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
             }
             assert_encodable("location_priority", location_priority)?;
         }
+        Op::ChannelRules { channel, .. } | Op::ChannelRecompute { channel, .. } => {
+            assert_encodable("channel", channel)?;
+        }
     }
     // The fingerprint and script arguments are built for every accepted fact.
     let args = fact.script_args();
@@ -242,7 +246,8 @@ fn wild_order_event() -> impl Strategy<Value = v1::OrderEvent> {
         )
             .prop_map(|(lines, hold_seconds)| OrderProto::Placed(v1::OrderPlaced {
                 lines,
-                hold_seconds
+                hold_seconds,
+                ..Default::default()
             })),
         Just(OrderProto::Committed(v1::OrderCommitted {})),
         Just(OrderProto::Cancelled(v1::OrderCancelled {})),
@@ -401,6 +406,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
             applied_at_ms,
             verdict,
             changes,
+            channels: Vec::new(),
         })
 }
 

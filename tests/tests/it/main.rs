@@ -3,6 +3,7 @@
 
 mod world;
 
+mod channels;
 mod cli;
 mod consume;
 mod crash;

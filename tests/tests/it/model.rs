@@ -156,6 +156,9 @@ impl Model {
                     return Some(vec![(String::new(), 0, vec![])]);
                 }
             }
+            Op::ChannelRules { .. } | Op::ChannelRecompute { .. } => {
+                unreachable!("the model generates no channel changes")
+            }
         }
         Some(
             touched
@@ -196,12 +199,9 @@ fn apply_stock_agrees_with_an_in_memory_model() {
             .await
             .expect("redis");
         let client = async_nats::connect(nats.url()).await.expect("nats");
-        stock_worker::StockHandler::with(
-            conn,
-            async_nats::jetstream::new(client),
-            Keys::new("sf"),
-            3600,
-        )
+        let js = async_nats::jetstream::new(client);
+        let book = stockflow_tests::channel_book(&js).await;
+        stock_worker::StockHandler::with(conn, js, Keys::new("sf"), 3600, book)
     });
     let case = std::sync::atomic::AtomicU32::new(0);
     let config = ProptestConfig {
@@ -222,6 +222,7 @@ fn apply_stock_agrees_with_an_in_memory_model() {
                             meta: stockflow_proto::v1::EventMeta { event_id: format!("e{}", history.len()), ..Default::default() },
                             sku: sku.clone(),
                             location: location.to_owned(),
+                            channel: String::new(),
                             op: op.clone(),
                         };
                         history.push(fact.clone());

@@ -302,6 +302,7 @@ pub(crate) fn alert(kind: AlertKind, sku: &str, location: &str, cause: &str) -> 
         levels: Some(levels(3, 0, 0)),
         threshold: 5,
         raised_at_ms: 1_700_000_000_000,
+        ..Default::default()
     }
 }
 

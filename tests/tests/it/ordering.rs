@@ -43,6 +43,7 @@ fn fact(sku: &str, id: usize, op: &Op, location: &str) -> Fact {
         },
         sku: sku.to_owned(),
         location: location.to_owned(),
+        channel: String::new(),
         op: op.clone(),
     }
 }
@@ -65,12 +66,9 @@ impl Bench {
                 .await
                 .expect("redis");
             let client = async_nats::connect(nats.url()).await.expect("nats");
-            let handler = StockHandler::with(
-                conn.clone(),
-                async_nats::jetstream::new(client),
-                Keys::new("sf"),
-                3600,
-            );
+            let js = async_nats::jetstream::new(client);
+            let book = stockflow_tests::channel_book(&js).await;
+            let handler = StockHandler::with(conn.clone(), js, Keys::new("sf"), 3600, book);
             (handler, conn)
         });
         Self {

@@ -31,6 +31,7 @@ fn fact(event_id: &str, sku: &str, change: Change) -> StockEvent {
         sku: sku.to_owned(),
         location: "wh".into(),
         change: Some(change),
+        ..Default::default()
     }
 }
 

@@ -258,6 +258,7 @@ async fn waits_for_its_servers(binary: &str) {
                 levels: Some(levels(3, 0, 0)),
                 threshold: 5,
                 raised_at_ms: 1_700_000_000_000,
+                ..Default::default()
             };
             world
                 .publish_raw(

@@ -242,7 +242,8 @@ async fn health_and_metrics_are_served() {
         .expect("runtime");
     let addr = runtime.metrics_addr;
     let shutdown = runtime.shutdown.clone();
-    let handler = stock_worker::StockHandler::new(&runtime, &settings.state);
+    let book = stockflow_tests::channel_book(&runtime.js).await;
+    let handler = stock_worker::StockHandler::new(&runtime, &settings.state, book);
     let task = tokio::spawn(runtime.consume(stockflow_shared::topology::STOCK_WORKER, handler));
     let get = |path: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -293,3 +293,46 @@ fn env_of(pairs: &[(String, String)]) -> Env {
 }
 
 pub(crate) use stockflow_tests::events::*;
+
+impl World {
+    /// Publishes a channel definition change and waits for its PubAck.
+    pub(crate) async fn publish_channel(&self, event: &stockflow_proto::v1::ChannelEvent) {
+        self.js
+            .publish(
+                subjects::channel_event(&event.channel_id),
+                event.encode_to_vec().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("puback");
+    }
+
+    /// The newest `ChannelAvailabilityChanged` of (`channel`, `sku`) in the feed.
+    pub(crate) async fn availability(
+        &self,
+        channel: &str,
+        sku: &str,
+    ) -> Option<stockflow_proto::v1::ChannelAvailabilityChanged> {
+        let stream = self.js.get_stream(subjects::AVAILABILITY).await.ok()?;
+        let stored = stream
+            .direct_get_last_for_subject(subjects::availability(channel, sku))
+            .await
+            .ok()?;
+        stockflow_proto::v1::ChannelAvailabilityChanged::decode(stored.payload.as_ref()).ok()
+    }
+
+    /// Waits until the feed says `channel` may sell `quantity` of `sku`.
+    pub(crate) async fn wait_availability(&self, channel: &str, sku: &str, quantity: i64) {
+        eventually(
+            &format!("{channel} to offer {quantity} of {sku}"),
+            DEADLINE,
+            || async {
+                self.availability(channel, sku)
+                    .await
+                    .filter(|a| a.available_to_sell == quantity)
+            },
+        )
+        .await;
+    }
+}

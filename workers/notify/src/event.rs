@@ -21,6 +21,8 @@ pub enum EventType {
     BackInStock,
     /// `ALERTS`, `alerts.negative_stock.*`.
     NegativeStock,
+    /// `ALERTS`, `alerts.channel_oversold.*`: a channel sold more than it offered.
+    ChannelOversold,
     /// A ledger entry, `STOCK_CHANGES`, `stock.changes.*` (`stock.changes.<p>.*` in
     /// `STOCK_CHANGES_<p>`).
     StockChanged,
@@ -34,11 +36,12 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, in documentation order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::LowStock,
         Self::OutOfStock,
         Self::BackInStock,
         Self::NegativeStock,
+        Self::ChannelOversold,
         Self::StockChanged,
         Self::OrderConfirmed,
         Self::OrderRejected,
@@ -52,6 +55,7 @@ impl EventType {
             Self::OutOfStock => "out_of_stock",
             Self::BackInStock => "back_in_stock",
             Self::NegativeStock => "negative_stock",
+            Self::ChannelOversold => "channel_oversold",
             Self::StockChanged => "stock_changed",
             Self::OrderConfirmed => "order_confirmed",
             Self::OrderRejected => "order_rejected",
@@ -102,6 +106,7 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
             AlertKind::OutOfStock => EventType::OutOfStock,
             AlertKind::BackInStock => EventType::BackInStock,
             AlertKind::NegativeStock => EventType::NegativeStock,
+            AlertKind::ChannelOversold => EventType::ChannelOversold,
             AlertKind::Unspecified => {
                 return Err(HandleError::malformed(
                     "stock_alert",

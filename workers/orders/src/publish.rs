@@ -50,6 +50,8 @@ impl OrderHandler {
             meta: &meta,
             policy: None,
             order_line: Some((&order.order_id, &line.line_id)),
+            channel: "",
+            channel_rules: None,
         };
         self.ledger
             .publish(cause, change)

@@ -3,32 +3,53 @@
 -- KEYS[1]  dedup record  <prefix>:{<sku>}:evt:<event_id>
 -- KEYS[2]  stock hash    <prefix>:{<sku>}:stock
 -- KEYS[3]  policy hash   <prefix>:{<sku>}:policy
+-- KEYS[4]  channels hash <prefix>:{<sku>}:ats
 -- ARGV[1]  op: received | sold | returned | adjusted | counted | transferred | policy_set
--- ARGV[2]  location ('' only for a SKU-wide policy_set)
--- ARGV[3]  quantity (received/sold/returned/transferred), delta (adjusted), counted on_hand
--- ARGV[4]  counted: expected on_hand, '' when unconditional
+--          | channel_rules | channel_recompute
+-- ARGV[2]  location ('' for a SKU-wide policy_set, channel_rules, channel_recompute, and a sale
+--          or return that names its channel)
+-- ARGV[3]  quantity (received/sold/returned/transferred), delta (adjusted), counted on_hand;
+--          the channel of channel_rules / channel_recompute
+-- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override
 -- ARGV[5]  transferred: destination location
 -- ARGV[6]  fingerprint of the event's content
 -- ARGV[7]  dedup TTL, seconds
 -- ARGV[8]  policy_set: low-stock threshold, '' unchanged, negative removes
 -- ARGV[9]  policy_set: safety stock, '' unchanged, negative removes
 -- ARGV[10] policy_set: location priority for orders (comma-separated), '' unchanged
+-- ARGV[11] the channel a sale or return came from ('' for none)
+-- ARGV[12] the channel specs the worker knows for the locations involved (see prelude.lua)
 --
 -- Returns {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
+--       | {'unknown_channel', channel}
+-- Every channel drawing from a location whose levels changed is recomputed in the same step;
+-- its record is part of the outcome.
 --
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
 -- same atomic step; every later delivery changes nothing and returns that same outcome.
 
-local dedup_key, stock_key, policy_key = KEYS[1], KEYS[2], KEYS[3]
+local dedup_key, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, loc, qty = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local fingerprint, ttl = ARGV[6], tonumber(ARGV[7])
+local channel = ARGV[11]
 
 local prior = seen(dedup_key, fingerprint)
 if prior then return prior end
 
+local ch = load_channels(ats_key, ARGV[12])
+if op == 'channel_rules' or op == 'channel_recompute' then channel = ARGV[3] end
+local spec = nil
+if channel ~= '' then
+  spec = ch.specs[channel]
+  if spec == nil and op ~= 'channel_rules' then return { 'unknown_channel', channel } end
+end
+
 local at = now_ms()
 local records = {}
+-- Channel records follow the level changes in the outcome.
+local channel_records = {}
+local oversold = 0
 
 -- Levels and threshold of each location touched, read once (a transfer's two locations differ).
 local current = {}
@@ -47,7 +68,29 @@ end
 -- Every change is planned first and range-checked before anything is written: a script that
 -- fails half-way would leave its first writes in place.
 local plan = {}
-if op == 'received' or op == 'returned' or op == 'adjusted' then
+if loc == '' and (op == 'sold' or op == 'returned') then
+  if spec.strategy == 'x' or #spec.locs == 0 then return { 'unknown_channel', channel } end
+  if op == 'returned' then
+    -- A return goes back to the channel's first location.
+    plan[1] = { spec.locs[1], op, on_hand(spec.locs[1]) + qty }
+  else
+    -- Taken from the channel's locations in allocation order, as far as each has units
+    -- available; what none covers is taken from the first (the goods did leave).
+    local offered = channel_quantity(stock_key, policy_key, ch, spec)
+    if qty > offered then oversold = qty - offered end
+    local order = allocation_order(stock_key, policy_key, ch, spec)
+    local take, left = {}, qty
+    for _, o in ipairs(order) do
+      local t = math.min(left, math.max(o.av, 0))
+      take[o.loc] = t
+      left = left - t
+    end
+    take[order[1].loc] = take[order[1].loc] + left
+    for _, o in ipairs(order) do
+      if take[o.loc] > 0 then plan[#plan + 1] = { o.loc, op, on_hand(o.loc) - take[o.loc] } end
+    end
+  end
+elseif op == 'received' or op == 'returned' or op == 'adjusted' then
   plan[1] = { loc, op, on_hand(loc) + qty }
 elseif op == 'sold' then
   plan[1] = { loc, op, on_hand(loc) - qty }
@@ -60,14 +103,16 @@ elseif op == 'counted' then
 elseif op == 'transferred' then
   plan[1] = { loc, 'transferred_out', on_hand(loc) - qty }
   plan[2] = { ARGV[5], 'transferred_in', on_hand(ARGV[5]) + qty }
-elseif op ~= 'policy_set' then
+elseif op ~= 'policy_set' and op ~= 'channel_rules' and op ~= 'channel_recompute' then
   return redis.error_reply('unknown op ' .. op)
 end
+local changed = {}
 for _, step in ipairs(plan) do
   if math.abs(step[3]) > MAX_LEVEL then return { 'out_of_range', step[1] } end
 end
 for _, step in ipairs(plan) do
   local l, kind, oh = step[1], step[2], step[3]
+  changed[l] = true
   local c = read(l)
   local b = c.b
   redis.call('HSET', stock_key, 'oh:' .. l, int(oh))
@@ -102,6 +147,7 @@ if op == 'policy_set' then
   end
   if ARGV[10] ~= '' then redis.call('HSET', policy_key, 'prio', ARGV[10]) end
   for i, l in ipairs(locs) do
+    changed[l] = true
     local a = levels(stock_key, policy_key, l)
     records[#records + 1] = change_record(l, 'policy_set', before[i], a, policy(policy_key, 'thr', l))
   end
@@ -111,6 +157,24 @@ if op == 'policy_set' then
     records[1] = change_record('', 'policy_set', zero, zero, nil)
   end
 end
+
+if op == 'channel_rules' then
+  -- The override is recorded in the ledger (one entry, no levels), so rebuild restores it.
+  local override = ARGV[4]
+  if override == table.concat({ '', '', '', '', '' }, US) then override = nil end
+  set_state(ch, 'o:' .. channel, override)
+  local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
+  records[1] = change_record('', 'channel_rules', zero, zero, nil)
+end
+
+-- The channel the input named (its sale's oversold count rides on its record), then every
+-- other channel drawing from a location that changed.
+if spec ~= nil then
+  local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
+  if record then channel_records[#channel_records + 1] = record end
+end
+settle_channels(stock_key, policy_key, ch, changed, channel_records, channel)
+for _, record in ipairs(channel_records) do records[#records + 1] = record end
 
 table.insert(records, 1, header(at, 'applied'))
 return remember(dedup_key, fingerprint, table.concat(records, RS), ttl)

@@ -29,6 +29,7 @@ mod tests {
                 sku: "A".into(),
                 location: "wh".into(),
                 change: Some(Change::Received(Received { quantity })),
+                ..Default::default()
             }
             .encode_to_vec()
         };

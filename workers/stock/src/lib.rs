@@ -1,13 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+pub mod channels;
 pub mod fact;
 mod marks;
 pub mod restore;
 
-use std::{future::Future, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use async_nats::jetstream;
+use stockflow_proto::input::fact::Op;
 use stockflow_shared::{
+    channels::{ChannelBook, Known, Locations},
     consume::{Delivery, HandleError, Handled, Handler, Outcome},
     keys::Keys,
     ledger::{Cause, Ledger},
@@ -44,12 +47,16 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let runtime = Service::worker(&settings.worker)
+    let mut runtime = Service::worker(&settings.worker)
         .redis(&settings.state.redis)
         .start(shutdown)
         .await?;
     describe_metrics();
-    let handler = StockHandler::new(&runtime, &settings.state);
+    let book = ChannelBook::start(&runtime.js).await?;
+    let handler = StockHandler::new(&runtime, &settings.state, book.clone());
+    let rules = channels::ChannelRulesHandler::new(&runtime, &settings, book);
+    let consumer = runtime.consumer(topology::CHANNEL_RULES, "consumer_channels");
+    runtime.spawn_consumer(consumer, Arc::new(rules));
     let consumers = readiness_checks(
         &topology::stock_workers(&settings.worker.topology),
         "consumer",
@@ -67,6 +74,7 @@ fn describe_metrics() {
         AlertKind::OutOfStock,
         AlertKind::BackInStock,
         AlertKind::NegativeStock,
+        AlertKind::ChannelOversold,
     ] {
         metrics::counter!("stockflow_alerts_total", "kind" => outcome::alert_name(kind))
             .increment(0);
@@ -89,6 +97,8 @@ pub enum Applied {
     Conflict,
     /// The change would take a level beyond ±10^15 at `location`.
     OutOfRange(String),
+    /// The sale, return or recompute names a channel the script was given no spec of.
+    UnknownChannel(String),
 }
 
 /// Applies stock facts: one atomic script per event, then the derived events, then the ack.
@@ -105,16 +115,21 @@ pub struct StockHandler {
     replicas: Option<Replicas>,
     /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
     apply_seconds: metrics::Histogram,
+    /// The sales channels, as the scripts compute with them.
+    book: ChannelBook,
+    /// The locations a channel may name.
+    locations: Locations,
 }
 
 impl StockHandler {
     /// A handler using the runtime's connections and the worker's state settings.
-    pub fn new(runtime: &Runtime, state: &StateSettings) -> Self {
+    pub fn new(runtime: &Runtime, state: &StateSettings, book: ChannelBook) -> Self {
         Self::with(
             runtime.redis.clone(),
             runtime.js.clone(),
             Keys::new(state.redis.key_prefix.clone()),
             state.dedup_ttl.as_secs(),
+            book,
         )
         .with_replicas(Replicas::new(state.replica_wait.as_ref()))
     }
@@ -125,6 +140,7 @@ impl StockHandler {
         js: jetstream::Context,
         keys: Keys,
         dedup_ttl_seconds: u64,
+        book: ChannelBook,
     ) -> Self {
         let marks = marks::Marks::start(
             redis.clone(),
@@ -132,13 +148,15 @@ impl StockHandler {
         );
         Self {
             redis,
-            keys,
             ledger: Ledger::new(js),
             apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
             marks,
             dedup_ttl_seconds,
             replicas: None,
             apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
+            locations: Locations::new(&keys),
+            keys,
+            book,
         }
     }
 
@@ -158,7 +176,77 @@ impl StockHandler {
         self.keys.event(&fact.sku, &fact.meta.event_id)
     }
 
+    /// The channel specs the script needs for `fact`: every channel drawing from a location it
+    /// names, and the channel it names itself (waiting for the rules version a recompute asks
+    /// for). A channel it names that was never defined is `UnknownChannel`.
+    async fn channel_specs(&self, fact: &Fact) -> Result<Result<String, Applied>, HandleError> {
+        let named = match &fact.op {
+            Op::ChannelRecompute {
+                channel,
+                rules_version,
+            } => {
+                // The watch brings a new definition within milliseconds; a recompute that
+                // outruns it waits a moment, then comes back later.
+                match self
+                    .book
+                    .at_least(channel, *rules_version, std::time::Duration::from_secs(2))
+                    .await
+                    .map_err(HandleError::nats)?
+                {
+                    Some(known) => Some(known),
+                    None => {
+                        return Err(HandleError::NotYet(format!(
+                            "channel {channel:?} rules version {rules_version} is not in the CHANNELS bucket yet"
+                        )))
+                    }
+                }
+            }
+            _ if !fact.channel.is_empty() => {
+                match self
+                    .book
+                    .lookup(&fact.channel)
+                    .await
+                    .map_err(HandleError::nats)?
+                {
+                    Some(known) => Some(known),
+                    // An override may precede its channel.
+                    None if matches!(fact.op, Op::ChannelRules { .. }) => None,
+                    None => return Ok(Err(Applied::UnknownChannel(fact.channel.clone()))),
+                }
+            }
+            _ => None,
+        };
+        let mut locations: Vec<&str> = vec![fact.location.as_str()];
+        if let Op::Transferred { to, .. } = &fact.op {
+            locations.push(to);
+        }
+        if let Some(Known::Defined(channel)) = &named {
+            locations.extend(channel.locations.iter().map(String::as_str));
+        }
+        let specs = if fact.location.is_empty() && matches!(fact.op, Op::PolicySet { .. }) {
+            // A SKU-wide policy touches every location the SKU has.
+            let all: Vec<String> = self
+                .book
+                .defined()
+                .iter()
+                .flat_map(|c| c.locations.clone())
+                .collect();
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            self.book.specs_for(&all, None)
+        } else {
+            self.book.specs_for(
+                &locations,
+                named.as_ref().map(|known| (fact.channel.as_str(), known)),
+            )
+        };
+        Ok(Ok(specs))
+    }
+
     async fn apply_keyed(&self, fact: &Fact, dedup_key: &str) -> Result<Applied, HandleError> {
+        let specs = match self.channel_specs(fact).await? {
+            Ok(specs) => specs,
+            Err(unknown) => return Ok(unknown),
+        };
         let args = fact.script_args();
         let fingerprint = fact.fingerprint(&args);
         let [quantity, expected, to, threshold, safety, priority] = args;
@@ -169,6 +257,7 @@ impl StockHandler {
             .key(dedup_key)
             .key(self.keys.stock(&fact.sku))
             .key(self.keys.policy(&fact.sku))
+            .key(self.keys.channels(&fact.sku))
             .arg(fact.op.name())
             .arg(&fact.location)
             .arg(quantity)
@@ -179,6 +268,8 @@ impl StockHandler {
             .arg(threshold)
             .arg(safety)
             .arg(priority)
+            .arg(&fact.channel)
+            .arg(specs)
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
@@ -202,6 +293,7 @@ impl StockHandler {
             }),
             ["conflict", _] => Ok(Applied::Conflict),
             ["out_of_range", location] => Ok(Applied::OutOfRange((*location).to_owned())),
+            ["unknown_channel", channel] => Ok(Applied::UnknownChannel((*channel).to_owned())),
             other => Err(HandleError::Unexpected {
                 reason: format!("apply_stock answered {other:?}"),
             }),
@@ -222,6 +314,7 @@ impl StockHandler {
         )
         .await?;
         let policy = fact.policy();
+        let channel_rules = fact.channel_rules();
         let cause = Cause {
             sku: &fact.sku,
             cause_id: &fact.meta.event_id,
@@ -229,7 +322,17 @@ impl StockHandler {
             meta: &fact.meta,
             policy: policy.as_ref(),
             order_line: None,
+            channel: &fact.channel,
+            channel_rules: channel_rules.as_ref(),
         };
+        // The locations a channel may name: noted before the ack, so a crash notes them again.
+        self.locations
+            .note(
+                &self.redis,
+                outcome.changes.iter().map(|c| c.location.as_str()),
+            )
+            .await
+            .map_err(HandleError::redis)?;
         self.ledger
             .publish(cause, outcome)
             .await
@@ -251,6 +354,10 @@ impl Handler for StockHandler {
         let dedup_key = self.dedup_key(&fact);
         let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
             Applied::New(outcome) => {
+                for change in outcome.channels.iter().filter(|c| c.oversold > 0) {
+                    metrics::counter!("stockflow_channel_oversold_total", "channel" => change.channel.clone())
+                        .increment(1);
+                }
                 self.publish(&fact, &dedup_key, &outcome).await?;
                 match outcome.verdict {
                     Verdict::Applied => Outcome::Applied,
@@ -273,6 +380,13 @@ impl Handler for StockHandler {
                         "event_id {:?} was already used for a different change of this sku",
                         fact.meta.event_id
                     ),
+                ))
+            }
+            Applied::UnknownChannel(channel) => {
+                return Err(HandleError::malformed(
+                    event_type,
+                    "unknown_channel",
+                    format!("channel {channel:?} is not defined (stockctl channels list)"),
                 ))
             }
             Applied::OutOfRange(location) => {

@@ -317,6 +317,9 @@ fn op_of(change: &Change) -> Op {
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
         },
+        Change::ChannelRules(_) | Change::ChannelRecompute(_) => {
+            unreachable!("the workload sends no channel changes")
+        }
     }
 }
 
@@ -477,6 +480,7 @@ impl Workload {
             Command::Placed(OrderPlaced {
                 lines: lines.clone(),
                 hold_seconds,
+                ..Default::default()
             }),
         );
         let message = self.order_message(&event, at);
@@ -593,7 +597,9 @@ impl Workload {
             Change::Adjusted(c) => c.delta = if c.delta == -1 { -2 } else { c.delta + 1 },
             Change::Transferred(c) => bump(&mut c.quantity),
             Change::Counted(c) => bump(&mut c.on_hand),
-            Change::PolicySet(_) => return None,
+            Change::PolicySet(_) | Change::ChannelRules(_) | Change::ChannelRecompute(_) => {
+                return None
+            }
         }
         self.book.sent.conflicts += 1;
         Some(self.malformed(
@@ -835,6 +841,7 @@ impl Workload {
                     Command::Placed(OrderPlaced {
                         lines,
                         hold_seconds: plan.hold_seconds,
+                        ..Default::default()
                     }),
                 );
                 let subject = subjects::order_event(&order_id);

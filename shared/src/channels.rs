@@ -1,0 +1,367 @@
+//! The sales channels as the workers compute with them: a live copy of the `CHANNELS` bucket
+//! ([`ChannelBook`]), their encoding for the scripts ([`spec`]), and the set of known locations
+//! a channel may draw from ([`Locations`]).
+//!
+//! The bucket is written only by the stock worker, from `CHANNEL_EVENTS`; an entry's revision is
+//! the channel's `rules_version`. Scripts get the specs a worker knows and keep the newest one
+//! they have seen per SKU (see `lua/prelude.lua`), so a worker whose copy lags behind another's
+//! never computes with older rules than the other already used.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt as _;
+use prost::Message as _;
+use stockflow_proto::{
+    input::fact::encode_rules,
+    v1::{AllocationStrategy, Channel},
+};
+
+use crate::{keys::Keys, redis_conn::RedisConnection, topology};
+
+const US: char = '\u{1f}';
+const RS: char = '\u{1e}';
+const GS: char = '\u{1d}';
+
+/// A channel as the book holds it: defined, or removed at some rules version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    /// Defined; `rules_version` is set.
+    Defined(Arc<Channel>),
+    /// Removed at this rules version.
+    Removed(u64),
+}
+
+impl Known {
+    /// Its rules version.
+    pub fn rules_version(&self) -> u64 {
+        match self {
+            Self::Defined(c) => c.rules_version,
+            Self::Removed(v) => *v,
+        }
+    }
+}
+
+/// The spec of `channel` as the scripts take it: `rules_version`, strategy, rules, locations.
+pub fn spec(known: &Known) -> String {
+    match known {
+        Known::Defined(c) => {
+            let strategy = match AllocationStrategy::try_from(c.allocation) {
+                Ok(AllocationStrategy::MostAvailable) => "m",
+                _ => "p",
+            };
+            format!(
+                "{}{US}{strategy}{US}{}{US}{}",
+                c.rules_version,
+                encode_rules(&c.rules.unwrap_or_default()),
+                c.locations.join(&GS.to_string())
+            )
+        }
+        Known::Removed(version) => format!("{version}{US}x{US}{US}{US}{US}{US}{US}"),
+    }
+}
+
+/// Records of `(id, spec)` pairs, as a script's channels argument.
+fn records<'a>(specs: impl Iterator<Item = (&'a str, &'a Known)>) -> String {
+    let mut out = String::new();
+    for (id, known) in specs {
+        if !out.is_empty() {
+            out.push(RS);
+        }
+        out.push_str(id);
+        out.push(US);
+        out.push_str(&spec(known));
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    channels: HashMap<String, Known>,
+}
+
+impl Book {
+    /// Keeps `known` for `id` unless what is held is as new.
+    fn apply(&mut self, id: &str, known: Known) {
+        match self.channels.get(id) {
+            Some(held) if held.rules_version() >= known.rules_version() => {}
+            _ => {
+                self.channels.insert(id.to_owned(), known);
+            }
+        }
+    }
+}
+
+/// A live copy of the `CHANNELS` bucket, shared by every handler of a worker.
+#[derive(Debug, Clone)]
+pub struct ChannelBook {
+    book: Arc<RwLock<Book>>,
+    kv: kv::Store,
+    updated: Arc<tokio::sync::Notify>,
+}
+
+/// Decodes a bucket entry; `None` for a value that is not a channel (never written by stockflow).
+fn known_of(entry: &kv::Entry) -> Option<Known> {
+    match entry.operation {
+        kv::Operation::Put => {
+            let mut channel = Channel::decode(entry.value.as_ref()).ok()?;
+            channel.rules_version = entry.revision;
+            Some(Known::Defined(Arc::new(channel)))
+        }
+        kv::Operation::Delete | kv::Operation::Purge => Some(Known::Removed(entry.revision)),
+    }
+}
+
+impl ChannelBook {
+    /// Reads the bucket and follows it from then on (until the process ends).
+    pub async fn start(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let kv = js.get_key_value(topology::CHANNELS).await?;
+        let mut stream = js.get_stream(format!("KV_{}", topology::CHANNELS)).await?;
+        // Everything after this sequence is watched; everything up to it is read now.
+        let start = stream.info().await?.state.last_sequence;
+        let book = Arc::new(RwLock::new(Book::default()));
+        let this = Self {
+            book,
+            kv,
+            updated: Arc::new(tokio::sync::Notify::new()),
+        };
+        if start > 0 {
+            let mut keys = this.kv.keys().await?;
+            while let Some(key) = keys.next().await {
+                let key = key?;
+                this.fetch(&key).await?;
+            }
+        }
+        let mut watch = this.kv.watch_all_from_revision(start + 1).await?;
+        let follower = this.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(entry) => follower.keep(&entry),
+                    Err(e) => tracing::warn!(error = %e, "watching the CHANNELS bucket"),
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    fn keep(&self, entry: &kv::Entry) {
+        if let Some(known) = known_of(entry) {
+            self.book
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(&entry.key, known);
+            self.updated.notify_waiters();
+        }
+    }
+
+    /// Reads `id` from the bucket itself and keeps it.
+    async fn fetch(&self, id: &str) -> anyhow::Result<Option<Known>> {
+        // `entry` answers None for a deleted key: read the history's last entry instead.
+        let mut history = self.kv.history(id).await?;
+        let mut last = None;
+        while let Some(entry) = history.next().await {
+            last = Some(entry?);
+        }
+        if let Some(entry) = last {
+            self.keep(&entry);
+        }
+        Ok(self.get(id))
+    }
+
+    /// What the book holds of `id`.
+    pub fn get(&self, id: &str) -> Option<Known> {
+        self.book
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .channels
+            .get(id)
+            .cloned()
+    }
+
+    /// Every defined channel, by id.
+    pub fn defined(&self) -> Vec<Arc<Channel>> {
+        let book = self.book.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Arc<Channel>> = book
+            .channels
+            .values()
+            .filter_map(|k| match k {
+                Known::Defined(c) => Some(c.clone()),
+                Known::Removed(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// `id` as the book holds it, read from the bucket when the book does not know it yet (a
+    /// channel created a moment ago). `None`: it was never defined.
+    pub async fn lookup(&self, id: &str) -> anyhow::Result<Option<Known>> {
+        match self.get(id) {
+            Some(known) => Ok(Some(known)),
+            None => self.fetch(id).await,
+        }
+    }
+
+    /// `id` at `rules_version` or newer: waits up to `wait` for the watch to bring it, then reads
+    /// the bucket. `None` when even the bucket holds an older version (the caller retries later).
+    pub async fn at_least(
+        &self,
+        id: &str,
+        rules_version: u64,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Known>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let updated = self.updated.notified();
+            if let Some(known) = self.get(id).filter(|k| k.rules_version() >= rules_version) {
+                return Ok(Some(known));
+            }
+            if tokio::time::timeout_at(deadline, updated).await.is_err() {
+                return Ok(self
+                    .fetch(id)
+                    .await?
+                    .filter(|k| k.rules_version() >= rules_version));
+            }
+        }
+    }
+
+    /// The script argument for a change at `locations`: every defined channel drawing from one
+    /// of them, plus `named` (a channel the input names, as `named_known`).
+    pub fn specs_for(&self, locations: &[&str], named: Option<(&str, &Known)>) -> String {
+        let book = self.book.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<(&str, &Known)> = book
+            .channels
+            .iter()
+            .filter(|(id, _)| named.is_none_or(|(n, _)| n != id.as_str()))
+            .filter(|(_, known)| match known {
+                Known::Defined(c) => c.locations.iter().any(|l| locations.contains(&l.as_str())),
+                Known::Removed(_) => false,
+            })
+            .map(|(id, known)| (id.as_str(), known))
+            .collect();
+        ids.sort_by_key(|(id, _)| *id);
+        ids.extend(named);
+        records(ids.into_iter())
+    }
+}
+
+/// The locations that have had stock recorded: the ones a channel may name. Kept in one Redis
+/// set ([`Keys::locations`]), added to by the stock worker as it applies facts.
+#[derive(Debug, Clone)]
+pub struct Locations {
+    key: String,
+    /// Added already by this process: most facts name a location it has seen.
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Locations {
+    /// The set under `keys`.
+    pub fn new(keys: &Keys) -> Self {
+        Self {
+            key: keys.locations(),
+            seen: Arc::default(),
+        }
+    }
+
+    /// Adds `locations` to the set (once per process per location).
+    pub async fn note(
+        &self,
+        redis: &RedisConnection,
+        locations: impl IntoIterator<Item = &str>,
+    ) -> redis::RedisResult<()> {
+        let new: Vec<String> = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            locations
+                .into_iter()
+                .filter(|l| !l.is_empty() && !seen.contains(*l))
+                .map(str::to_owned)
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut redis = redis.clone();
+        redis::cmd("SADD")
+            .arg(&self.key)
+            .arg(&new)
+            .query_async::<()>(&mut redis)
+            .await?;
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(new);
+        Ok(())
+    }
+
+    /// Those of `locations` that are not in the set, in their order.
+    pub async fn unknown(
+        &self,
+        redis: &RedisConnection,
+        locations: &[String],
+    ) -> redis::RedisResult<Vec<String>> {
+        if locations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut redis = redis.clone();
+        let member: Vec<bool> = redis::cmd("SMISMEMBER")
+            .arg(&self.key)
+            .arg(locations)
+            .query_async(&mut redis)
+            .await?;
+        Ok(locations
+            .iter()
+            .zip(member)
+            .filter(|(_, known)| !known)
+            .map(|(l, _)| l.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stockflow_proto::v1::AvailabilityRules;
+
+    use super::*;
+
+    #[test]
+    fn specs_carry_version_strategy_rules_and_locations() {
+        let channel = Channel {
+            id: "m".into(),
+            locations: vec!["a".into(), "b".into()],
+            rules: Some(AvailabilityRules {
+                buffer: Some(2),
+                max_listed: Some(10),
+                ..Default::default()
+            }),
+            allocation: AllocationStrategy::MostAvailable.into(),
+            rules_version: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            spec(&Known::Defined(Arc::new(channel))),
+            "7\u{1f}m\u{1f}2\u{1f}\u{1f}10\u{1f}\u{1f}\u{1f}a\u{1d}b"
+        );
+        assert_eq!(spec(&Known::Removed(9)).split(US).count(), 8);
+    }
+
+    #[test]
+    fn a_book_keeps_the_newest_version() {
+        let mut book = Book::default();
+        let at = |v| {
+            Known::Defined(Arc::new(Channel {
+                rules_version: v,
+                ..Default::default()
+            }))
+        };
+        book.apply("m", at(5));
+        book.apply("m", at(3));
+        assert_eq!(book.channels["m"].rules_version(), 5);
+        book.apply("m", Known::Removed(6));
+        assert_eq!(book.channels["m"], Known::Removed(6));
+    }
+}
