@@ -182,13 +182,18 @@ pub fn validate_channel(channel: &Channel) -> Result<(), (String, String)> {
     if channel.name.len() > MAX_CHANNEL_NAME_BYTES || channel.name.chars().any(char::is_control) {
         return Err((
             "name".into(),
-            format!("name must be at most {MAX_CHANNEL_NAME_BYTES} bytes without control characters"),
+            format!(
+                "name must be at most {MAX_CHANNEL_NAME_BYTES} bytes without control characters"
+            ),
         ));
     }
     if ChannelKind::try_from(channel.kind).is_err() {
         return Err((
             "kind".into(),
-            format!("kind {} is not a value of stockflow.v1.ChannelKind", channel.kind),
+            format!(
+                "kind {} is not a value of stockflow.v1.ChannelKind",
+                channel.kind
+            ),
         ));
     }
     if crate::v1::AllocationStrategy::try_from(channel.allocation).is_err() {
@@ -216,7 +221,10 @@ pub fn validate_channel(channel: &Channel) -> Result<(), (String, String)> {
             return Err((field.clone(), format!("{field} cannot contain ','")));
         }
         if channel.locations[..i].contains(location) {
-            return Err((field.clone(), format!("{field} {location:?} is listed twice")));
+            return Err((
+                field.clone(),
+                format!("{field} {location:?} is listed twice"),
+            ));
         }
     }
     validate_rules("rules", &channel.rules.unwrap_or_default())
@@ -242,32 +250,62 @@ mod tests {
         };
         assert!(validate_channel(&good).is_ok());
         let cases: [(Channel, &str); 6] = [
-            (Channel { id: "a.b".into(), ..good.clone() }, "id"),
-            (Channel { locations: vec![], ..good.clone() }, "locations"),
             (
-                Channel { locations: vec!["s".into(), "s".into()], ..good.clone() },
+                Channel {
+                    id: "a.b".into(),
+                    ..good.clone()
+                },
+                "id",
+            ),
+            (
+                Channel {
+                    locations: vec![],
+                    ..good.clone()
+                },
+                "locations",
+            ),
+            (
+                Channel {
+                    locations: vec!["s".into(), "s".into()],
+                    ..good.clone()
+                },
                 "locations[1]",
             ),
             (
                 Channel {
-                    rules: Some(AvailabilityRules { buffer: Some(-1), ..Default::default() }),
+                    rules: Some(AvailabilityRules {
+                        buffer: Some(-1),
+                        ..Default::default()
+                    }),
                     ..good.clone()
                 },
                 "rules.buffer",
             ),
             (
                 Channel {
-                    rules: Some(AvailabilityRules { percent: Some(101), ..Default::default() }),
+                    rules: Some(AvailabilityRules {
+                        percent: Some(101),
+                        ..Default::default()
+                    }),
                     ..good.clone()
                 },
                 "rules.percent",
             ),
-            (Channel { kind: 99, ..good.clone() }, "kind"),
+            (
+                Channel {
+                    kind: 99,
+                    ..good.clone()
+                },
+                "kind",
+            ),
         ];
         for (channel, field) in cases {
             let (at, reason) = validate_channel(&channel).expect_err(field);
             assert_eq!(at, field, "{reason}");
-            assert!(reason.contains(field.split('[').next().unwrap_or(field)), "{reason}");
+            assert!(
+                reason.contains(field.split('[').next().unwrap_or(field)),
+                "{reason}"
+            );
         }
     }
 

@@ -79,6 +79,37 @@ fn records<'a>(specs: impl Iterator<Item = (&'a str, &'a Known)>) -> String {
     out
 }
 
+/// What a channel may list from `available` (per location, as the channel sees it: on_hand −
+/// reserved − safety, signed) under `rules` with the SKU's `override_rules` applied field by
+/// field: the pool is the sum of the positive availables; the buffer is taken off, then the
+/// percentage (rounded down), then the maximum; below `end_when_below` it lists 0; never below 0.
+/// The scripts compute the same (`channel_quantity` in `lua/prelude.lua`); this is the model
+/// reconcile and the tests check them against. Returns (quantity, pool).
+pub fn quantity(
+    available: &[i64],
+    rules: &stockflow_proto::v1::AvailabilityRules,
+    override_rules: Option<&stockflow_proto::v1::AvailabilityRules>,
+) -> (i64, i64) {
+    let pick = |f: fn(&stockflow_proto::v1::AvailabilityRules) -> Option<i64>| {
+        override_rules.and_then(f).or_else(|| f(rules))
+    };
+    let pool: i64 = available.iter().filter(|a| **a > 0).sum();
+    let mut q = pool;
+    if let Some(buffer) = pick(|r| r.buffer) {
+        q -= buffer;
+    }
+    if let Some(percent) = pick(|r| r.percent) {
+        q = (q * percent).div_euclid(100);
+    }
+    if let Some(max) = pick(|r| r.max_listed) {
+        q = q.min(max);
+    }
+    if pick(|r| r.end_when_below).is_some_and(|end| q < end) {
+        q = 0;
+    }
+    (q.max(0), pool)
+}
+
 #[derive(Debug, Default)]
 struct Book {
     channels: HashMap<String, Known>,
@@ -347,6 +378,41 @@ mod tests {
             "7\u{1f}m\u{1f}2\u{1f}\u{1f}10\u{1f}\u{1f}\u{1f}a\u{1d}b"
         );
         assert_eq!(spec(&Known::Removed(9)).split(US).count(), 8);
+    }
+
+    #[test]
+    fn rules_apply_buffer_percent_max_then_end_when() {
+        let rules = AvailabilityRules {
+            buffer: Some(2),
+            max_listed: Some(10),
+            end_when_below: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(quantity(&[5, 5, 5], &rules, None), (10, 15));
+        assert_eq!(quantity(&[5, -3, 0], &rules, None), (3, 5));
+        assert_eq!(quantity(&[4], &rules, None), (0, 4));
+        let half = AvailabilityRules {
+            percent: Some(50),
+            ..Default::default()
+        };
+        assert_eq!(quantity(&[7], &half, None), (3, 7));
+        assert_eq!(
+            quantity(&[12], &rules, Some(&half)),
+            (5, 12),
+            "field by field"
+        );
+        assert_eq!(
+            quantity(
+                &[1],
+                &AvailabilityRules {
+                    buffer: Some(5),
+                    percent: Some(50),
+                    ..Default::default()
+                },
+                None
+            ),
+            (0, 1)
+        );
     }
 
     #[test]

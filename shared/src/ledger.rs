@@ -198,7 +198,12 @@ impl Ledger {
             pending.push(Derived {
                 kind: DerivedKind::Alert(AlertKind::ChannelOversold),
                 subject: subjects::alert(name, cause.sku),
-                msg_id: msg_id::alert(cause.sku, cause.cause_id, first_channel_index + offset, name),
+                msg_id: msg_id::alert(
+                    cause.sku,
+                    cause.cause_id,
+                    first_channel_index + offset,
+                    name,
+                ),
                 payload: alert.encode_to_vec(),
             });
         }
@@ -247,12 +252,7 @@ impl Ledger {
                     }
                     stored.sequence
                 }
-                Err(e)
-                    if e.kind()
-                        == jetstream::stream::DirectGetErrorKind::NotFound =>
-                {
-                    0
-                }
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
                 Err(e) => return Err(e.into()),
             };
             let publish = PublishMessage::build()

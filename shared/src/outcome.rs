@@ -143,7 +143,11 @@ impl Outcome {
 
 fn parse_channel(record: &str) -> Result<ChannelChange, OutcomeParseError> {
     // The mark's own field separator comes first.
-    let f: Vec<&str> = record.strip_prefix(FIELD).unwrap_or(record).split(FIELD).collect();
+    let f: Vec<&str> = record
+        .strip_prefix(FIELD)
+        .unwrap_or(record)
+        .split(FIELD)
+        .collect();
     if f.len() != 8 {
         return Err(OutcomeParseError(format!(
             "channel record has {} fields",

@@ -337,24 +337,27 @@ pub const CHANNELS: &str = "CHANNELS";
 
 /// The declared key-value buckets.
 pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
-    vec![kv::Config {
-        bucket: CHANNELS.to_owned(),
-        description: "stockflow sales channels (applied from CHANNEL_EVENTS)".to_owned(),
-        history: 16,
-        max_value_size: 64 * 1024,
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    }, kv::Config {
-        bucket: WEBHOOK_SUBSCRIPTIONS.to_owned(),
-        description: "stockflow webhook subscriptions (gateway /v1/webhooks)".to_owned(),
-        // The current value only: a deleted subscription's secret does not linger in history.
-        history: 1,
-        max_value_size: i32::try_from(WEBHOOK_SUBSCRIPTION_MAX_BYTES).unwrap_or(i32::MAX),
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    }]
+    vec![
+        kv::Config {
+            bucket: CHANNELS.to_owned(),
+            description: "stockflow sales channels (applied from CHANNEL_EVENTS)".to_owned(),
+            history: 16,
+            max_value_size: 64 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: WEBHOOK_SUBSCRIPTIONS.to_owned(),
+            description: "stockflow webhook subscriptions (gateway /v1/webhooks)".to_owned(),
+            // The current value only: a deleted subscription's secret does not linger in history.
+            history: 1,
+            max_value_size: i32::try_from(WEBHOOK_SUBSCRIPTION_MAX_BYTES).unwrap_or(i32::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+    ]
 }
 
 /// Creates the bucket `config` declares when its stream does not exist; an existing bucket is

@@ -118,7 +118,10 @@ pub fn channel(
 }
 
 /// The event that sets `channel`.
-pub fn channel_set(event_id: &str, channel: stockflow_proto::v1::Channel) -> stockflow_proto::v1::ChannelEvent {
+pub fn channel_set(
+    event_id: &str,
+    channel: stockflow_proto::v1::Channel,
+) -> stockflow_proto::v1::ChannelEvent {
     use stockflow_proto::v1::{channel_event, ChannelEvent, ChannelSet};
     ChannelEvent {
         meta: Some(EventMeta {

@@ -672,7 +672,11 @@ pub fn terminate(child: &mut Option<Child>) {
 /// The channel book a stock or order handler driven directly needs, on a server that may have
 /// no topology yet: the `CHANNELS` bucket is created as `setup` declares it.
 pub async fn channel_book(js: &jetstream::Context) -> stockflow_shared::channels::ChannelBook {
-    if js.get_key_value(stockflow_shared::topology::CHANNELS).await.is_err() {
+    if js
+        .get_key_value(stockflow_shared::topology::CHANNELS)
+        .await
+        .is_err()
+    {
         let config = stockflow_shared::topology::buckets(&Default::default())
             .into_iter()
             .find(|b| b.bucket == stockflow_shared::topology::CHANNELS)

@@ -57,7 +57,10 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<ChannelCommand, InputError
 /// publishing).
 pub fn check(subject: &str, event: ChannelEvent) -> Result<ChannelCommand, InputError> {
     let (kind, change) = match event.change {
-        Some(Change::Set(set)) => ("channel_set", ChannelChange::Set(set.channel.unwrap_or_default())),
+        Some(Change::Set(set)) => (
+            "channel_set",
+            ChannelChange::Set(set.channel.unwrap_or_default()),
+        ),
         Some(Change::Removed(_)) => ("channel_removed", ChannelChange::Removed),
         None => {
             return Err(InputError::new(

@@ -6,7 +6,9 @@ use prost::Message as _;
 use super::{Category, InputError};
 use crate::{
     subjects,
-    v1::{stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent},
+    v1::{
+        stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent,
+    },
     validate::{
         meta_fault, positive, validate_channel_id, validate_location, validate_reason,
         validate_rules, validate_sku, MAX_LEVEL, MAX_QUANTITY,
@@ -303,7 +305,10 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
                 return Err(bad(
                     "channel",
                     Category::InvalidChannel,
-                    format!("channel {:?} differs from the {kind}'s channel {channel:?}", event.channel),
+                    format!(
+                        "channel {:?} differs from the {kind}'s channel {channel:?}",
+                        event.channel
+                    ),
                 ));
             }
             channel.clone()
@@ -503,7 +508,10 @@ mod tests {
             e.encode_to_vec()
         };
         let fact = parse("stock.events.A", &sale("", "market")).expect("channel sale");
-        assert_eq!((fact.location.as_str(), fact.channel.as_str()), ("", "market"));
+        assert_eq!(
+            (fact.location.as_str(), fact.channel.as_str()),
+            ("", "market")
+        );
         let plain = parse("stock.events.A", &sale("wh", "")).expect("location sale");
         assert_ne!(
             fact.fingerprint(&fact.script_args()),

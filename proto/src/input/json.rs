@@ -124,16 +124,18 @@ impl ChannelJson {
     pub fn into_channel(self) -> Result<Channel, InputError> {
         let kind = match self.kind.as_str() {
             "" => ChannelKind::Unspecified,
-            name => ChannelKind::from_str_name(&format!("CHANNEL_KIND_{}", name.to_ascii_uppercase()))
-                .filter(|k| *k != ChannelKind::Unspecified)
-                .ok_or_else(|| {
-                    InputError::new(
-                        "channel_set",
-                        "kind",
-                        Category::InvalidChannel,
-                        format!("kind {name:?} is not one of {}", CHANNEL_KINDS.join(", ")),
-                    )
-                })?,
+            name => {
+                ChannelKind::from_str_name(&format!("CHANNEL_KIND_{}", name.to_ascii_uppercase()))
+                    .filter(|k| *k != ChannelKind::Unspecified)
+                    .ok_or_else(|| {
+                        InputError::new(
+                            "channel_set",
+                            "kind",
+                            Category::InvalidChannel,
+                            format!("kind {name:?} is not one of {}", CHANNEL_KINDS.join(", ")),
+                        )
+                    })?
+            }
         };
         let allocation = match self.allocation.as_str() {
             "" | "priority" => AllocationStrategy::Priority,
@@ -166,7 +168,10 @@ impl ChannelJson {
             name: channel.name.clone(),
             kind: match kind {
                 ChannelKind::Unspecified => String::new(),
-                k => k.as_str_name().trim_start_matches("CHANNEL_KIND_").to_ascii_lowercase(),
+                k => k
+                    .as_str_name()
+                    .trim_start_matches("CHANNEL_KIND_")
+                    .to_ascii_lowercase(),
             },
             locations: channel.locations.clone(),
             rules: channel.rules.unwrap_or_default().into(),

@@ -28,7 +28,11 @@ async fn a_marketplace_fed_by_three_stores_follows_every_change() {
     world
         .publish_channel(&channel_set(
             "c1",
-            channel("market", &["store-1", "store-2", "store-3"], marketplace_rules()),
+            channel(
+                "market",
+                &["store-1", "store-2", "store-3"],
+                marketplace_rules(),
+            ),
         ))
         .await;
     // Pool 15, buffer 2 -> 13, at most 10.
@@ -40,7 +44,9 @@ async fn a_marketplace_fed_by_three_stores_follows_every_change() {
     // Pool 4 - 2 = 2, below the end-when of 3: the marketplace lists nothing.
     world.publish(&event("s3", sku, "store-3", sold(2))).await;
     world.wait_availability("market", sku, 0).await;
-    world.publish(&event("r4", sku, "store-1", received(5))).await;
+    world
+        .publish(&event("r4", sku, "store-1", received(5)))
+        .await;
     world.wait_availability("market", sku, 7).await;
     let before = world.availability("market", sku).await.expect("feed");
 

@@ -62,7 +62,10 @@ impl ChannelRulesHandler {
     async fn last_entry(store: &kv::Store, id: &str) -> Result<Option<kv::Entry>, HandleError> {
         let mut history = match store.history(id).await {
             Ok(history) => history,
-            Err(e) if e.kind() == kv::WatchErrorKind::Other && e.to_string().contains("no messages") => {
+            Err(e)
+                if e.kind() == kv::WatchErrorKind::Other
+                    && e.to_string().contains("no messages") =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(HandleError::nats(e)),
