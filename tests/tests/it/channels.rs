@@ -1,7 +1,10 @@
 //! Sales channels: what each may sell, computed with every change and published to the feed.
 
 use stockflow_proto::v1::{AlertKind, AvailabilityRules};
-use stockflow_tests::events::{channel, channel_fact, channel_set};
+use stockflow_tests::{
+    events::{channel, channel_fact, channel_set},
+    eventually, DEADLINE,
+};
 
 use crate::world::*;
 
@@ -84,5 +87,426 @@ async fn a_marketplace_fed_by_three_stores_follows_every_change() {
     assert_eq!(oversold.len(), 1, "{alerts:?}");
     assert_eq!((oversold[0].offered, oversold[0].sold), (7, 9));
     assert_eq!(oversold[0].channel, "market");
+    worker.shutdown().await;
+}
+
+/// Every message the feed ever stored, as a live reader saw it (the stream itself keeps only
+/// the newest per subject): (subject, version, quantity, stream sequence).
+struct FeedRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, i64, u64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FeedRecorder {
+    async fn start(world: &World) -> Self {
+        use futures::StreamExt as _;
+        use prost::Message as _;
+        let stream = world
+            .js
+            .get_stream(stockflow_proto::subjects::AVAILABILITY)
+            .await
+            .expect("feed");
+        let mut messages = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: "availability.>".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("reader")
+            .messages()
+            .await
+            .expect("messages");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = messages.next().await {
+                let info = message.info().expect("jetstream message");
+                let sequence = info.stream_sequence;
+                let m = stockflow_proto::v1::ChannelAvailabilityChanged::decode(
+                    message.payload.as_ref(),
+                )
+                .expect("decodes");
+                into.lock().expect("lock").push((
+                    message.subject.to_string(),
+                    m.version,
+                    m.available_to_sell,
+                    sequence,
+                ));
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// Waits until it has read everything the feed stored, then returns it.
+    async fn caught_up(&self, world: &World) -> Vec<(String, u64, i64, u64)> {
+        let mut stream = world
+            .js
+            .get_stream(stockflow_proto::subjects::AVAILABILITY)
+            .await
+            .expect("feed");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        eventually("the feed reader to catch up", DEADLINE, || async {
+            let seen = self.seen.lock().expect("lock");
+            (seen.last().map(|s| s.3) >= Some(last)).then(|| seen.clone())
+        })
+        .await
+    }
+}
+
+impl Drop for FeedRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Versions never repeat and only grow per (channel, SKU), in the order the feed stored them.
+fn assert_published_once_in_order(seen: &[(String, u64, i64, u64)]) {
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for (subject, version, _, _) in seen {
+        let held = last.entry(subject).or_default();
+        assert!(
+            version > held,
+            "{subject}: version {version} stored after {held}"
+        );
+        *held = *version;
+    }
+}
+
+/// What `channel` (over `locations`, with `rules`) may sell of `sku`, recomputed from the levels in
+/// Redis by the model, independently of the scripts.
+async fn recomputed(
+    world: &World,
+    sku: &str,
+    locations: &[&str],
+    rules: &AvailabilityRules,
+) -> i64 {
+    let mut available = Vec::new();
+    for l in locations {
+        let (on_hand, reserved) = world.on_hand_reserved(sku, l).await;
+        available.push(on_hand - reserved);
+    }
+    stockflow_shared::channels::quantity(&available, rules, None).0
+}
+
+#[tokio::test]
+async fn duplicates_and_kill_9_publish_each_change_once_and_match_a_recomputation() {
+    use stockflow_tests::events::returned;
+    let world = World::start().await;
+    let stores = ["store-1", "store-2", "store-3"];
+    let skus: Vec<String> = (0..6).map(|i| format!("CH-{i}")).collect();
+    let mut child = world.stock_worker_process();
+    for sku in &skus {
+        for store in stores.iter().chain(&["wh"]) {
+            world
+                .publish(&event(
+                    &format!("seed-{sku}-{store}"),
+                    sku,
+                    store,
+                    received(30),
+                ))
+                .await;
+        }
+    }
+    world.wait_stock_idle().await;
+    let recorder = FeedRecorder::start(&world).await;
+    let web_rules = AvailabilityRules {
+        percent: Some(50),
+        ..Default::default()
+    };
+    world
+        .publish_channel(&channel_set(
+            "c-market",
+            channel("market", &stores, marketplace_rules()),
+        ))
+        .await;
+    world
+        .publish_channel(&channel_set(
+            "c-web",
+            channel("web", &["wh", "store-1"], web_rules),
+        ))
+        .await;
+    for sku in &skus {
+        world.wait_availability("market", sku, 10).await;
+    }
+
+    // A stream of sales, returns and channel sales, every one sent twice (a POS retrying), while
+    // the worker is killed -9 three times.
+    let mut events = Vec::new();
+    for i in 0..600 {
+        let sku = &skus[i % skus.len()];
+        let id = format!("x{i}");
+        let e = match i % 5 {
+            0 => channel_fact(&id, sku, "market", sold(1)),
+            1 => event(&id, sku, "wh", sold(1)),
+            2 => event(&id, sku, stores[i % 3], returned(1)),
+            _ => event(&id, sku, stores[i % 3], sold(1)),
+        };
+        events.push(e.clone());
+        events.push(e);
+    }
+    futures::future::join_all(events.iter().map(|e| world.publish(e))).await;
+    let mut seen = 0;
+    for round in 1..=3u64 {
+        seen = stockflow_tests::wait_for_count(
+            &world.js,
+            "STOCK_CHANGES",
+            "stock.changes.>",
+            (seen + 100).max(24 + 120 * round),
+        )
+        .await;
+        child.kill();
+        child = world.stock_worker_process();
+    }
+    world.wait_stock_idle().await;
+    child.kill();
+
+    let stored = recorder.caught_up(&world).await;
+    assert_published_once_in_order(&stored);
+    for sku in &skus {
+        for (id, locations, rules) in [
+            ("market", &stores[..], marketplace_rules()),
+            ("web", &["wh", "store-1"][..], web_rules),
+        ] {
+            let feed = world.availability(id, sku).await.expect("feed");
+            assert_eq!(
+                feed.available_to_sell,
+                recomputed(&world, sku, locations, &rules).await,
+                "{id} {sku}"
+            );
+        }
+        // Every fact applied exactly once: 600 events over 6 SKUs, 100 each.
+        let ledger = world.ledger(sku).await;
+        let causes: std::collections::HashSet<_> = ledger
+            .iter()
+            .map(|e| (e.cause_event_id.clone(), e.location.clone()))
+            .collect();
+        assert_eq!(causes.len(), ledger.len(), "{sku}: a ledger entry twice");
+    }
+}
+
+#[tokio::test]
+async fn a_feed_reader_that_was_away_reads_only_the_newest_quantity_per_sku() {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let skus = ["AWAY-1", "AWAY-2", "AWAY-3"];
+    for sku in skus {
+        world
+            .publish(&event(&format!("r-{sku}"), sku, "s1", received(50)))
+            .await;
+    }
+    world.wait_stock_idle().await;
+    world
+        .publish_channel(&channel_set(
+            "c1",
+            channel("shop", &["s1"], AvailabilityRules::default()),
+        ))
+        .await;
+    for (i, sku) in skus.iter().cycle().take(30).enumerate() {
+        world
+            .publish(&event(&format!("s{i}"), sku, "s1", sold(1)))
+            .await;
+    }
+    world.wait_stock_idle().await;
+    for sku in skus {
+        world.wait_availability("shop", sku, 40).await;
+    }
+    // A connector coming back reads the channel from the start: one message per SKU.
+    let stream = world
+        .js
+        .get_stream(stockflow_proto::subjects::AVAILABILITY)
+        .await
+        .expect("feed");
+    let mut messages = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: stockflow_proto::subjects::channel_availability("shop"),
+            ..Default::default()
+        })
+        .await
+        .expect("reader")
+        .messages()
+        .await
+        .expect("messages");
+    let mut read = Vec::new();
+    while read.len() < skus.len() {
+        let message = tokio::time::timeout(DEADLINE, messages.next())
+            .await
+            .expect("in time")
+            .expect("message")
+            .expect("ok");
+        let pending = message.info().expect("info").pending;
+        read.push(
+            stockflow_proto::v1::ChannelAvailabilityChanged::decode(message.payload.as_ref())
+                .expect("decodes"),
+        );
+        if pending == 0 {
+            break;
+        }
+    }
+    let mut got: Vec<(String, i64, u64)> = read
+        .iter()
+        .map(|m| (m.sku.clone(), m.available_to_sell, m.version))
+        .collect();
+    got.sort();
+    // Each SKU once, at its newest version (the one Redis holds) and quantity.
+    let mut newest = Vec::new();
+    let mut redis = world.redis_connection().await;
+    for sku in skus {
+        let version: u64 =
+            redis::AsyncCommands::hget(&mut redis, world.keys.channels(sku), "v:shop")
+                .await
+                .expect("version");
+        newest.push((sku.to_owned(), 40, version));
+    }
+    assert_eq!(got, newest);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rule_change_reaches_every_sku_and_a_removed_channel_lists_nothing() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let skus: Vec<String> = (0..40).map(|i| format!("RULE-{i}")).collect();
+    for (i, sku) in skus.iter().enumerate() {
+        world
+            .publish(&event(&format!("r{i}"), sku, "s1", received(10 + i as i64)))
+            .await;
+    }
+    world.wait_stock_idle().await;
+    let first = AvailabilityRules {
+        buffer: Some(2),
+        ..Default::default()
+    };
+    world
+        .publish_channel(&channel_set("v1", channel("mkt", &["s1"], first)))
+        .await;
+    for (i, sku) in skus.iter().enumerate() {
+        world.wait_availability("mkt", sku, 8 + i as i64).await;
+    }
+    // New rules while sales keep coming: every SKU ends computed with the newest rules.
+    let second = AvailabilityRules {
+        buffer: Some(5),
+        max_listed: Some(20),
+        ..Default::default()
+    };
+    world
+        .publish_channel(&channel_set("v2", channel("mkt", &["s1"], second)))
+        .await;
+    for (i, sku) in skus.iter().enumerate() {
+        world
+            .publish(&event(&format!("s{i}"), sku, "s1", sold(1)))
+            .await;
+    }
+    world.wait_stock_idle().await;
+    let mut versions = std::collections::HashSet::new();
+    for (i, sku) in skus.iter().enumerate() {
+        let expected = (10 + i as i64 - 1 - 5).min(20);
+        world.wait_availability("mkt", sku, expected).await;
+        versions.insert(
+            world
+                .availability("mkt", sku)
+                .await
+                .expect("feed")
+                .rules_version,
+        );
+    }
+    assert_eq!(
+        versions.len(),
+        1,
+        "every SKU on the newest rules: {versions:?}"
+    );
+
+    // Removing the channel lists 0 everywhere, once.
+    world
+        .publish_channel(&stockflow_proto::v1::ChannelEvent {
+            meta: Some(stockflow_proto::v1::EventMeta {
+                event_id: "rm".into(),
+                ..Default::default()
+            }),
+            channel_id: "mkt".into(),
+            change: Some(stockflow_proto::v1::channel_event::Change::Removed(
+                stockflow_proto::v1::ChannelRemoved {},
+            )),
+        })
+        .await;
+    for sku in &skus {
+        world.wait_availability("mkt", sku, 0).await;
+    }
+    // A sale afterwards no longer touches it.
+    let before = world
+        .availability("mkt", &skus[39])
+        .await
+        .expect("feed")
+        .version;
+    world
+        .publish(&event("after", &skus[39], "s1", received(5)))
+        .await;
+    world.wait_stock_idle().await;
+    assert_eq!(
+        world
+            .availability("mkt", &skus[39])
+            .await
+            .expect("feed")
+            .version,
+        before
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_channel_input_is_dead_lettered_with_the_field_it_names() {
+    use stockflow_proto::subjects;
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    world.publish(&event("r1", "DL-1", "s1", received(5))).await;
+    world.wait_stock_idle().await;
+    world
+        .publish_channel(&channel_set(
+            "bad-loc",
+            channel("mkt", &["s1", "nowhere"], AvailabilityRules::default()),
+        ))
+        .await;
+    world
+        .publish_channel(&channel_set(
+            "bad-pct",
+            channel(
+                "mkt",
+                &["s1"],
+                AvailabilityRules {
+                    percent: Some(150),
+                    ..Default::default()
+                },
+            ),
+        ))
+        .await;
+    world
+        .publish(&channel_fact("ghost", "DL-1", "nobody", sold(1)))
+        .await;
+    let letters = eventually("three dead letters", DEADLINE, || async {
+        let letters =
+            stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+        (letters.len() >= 3).then_some(letters)
+    })
+    .await;
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    for needle in ["locations[1]", "rules.percent", "\"nobody\""] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "{needle} in {reasons:?}"
+        );
+    }
+    // Nothing was defined, and the stock is untouched.
+    assert!(world.availability("mkt", "DL-1").await.is_none());
+    assert_eq!(world.on_hand_reserved("DL-1", "s1").await, (5, 0));
     worker.shutdown().await;
 }
