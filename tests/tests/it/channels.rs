@@ -510,3 +510,160 @@ async fn bad_channel_input_is_dead_lettered_with_the_field_it_names() {
     assert_eq!(world.on_hand_reserved("DL-1", "s1").await, (5, 0));
     worker.shutdown().await;
 }
+
+/// Property test: the channel quantity the scripts compute, on a real Redis, equals the model's
+/// (`shared::channels::quantity`) for random levels, safety stocks, rules and SKU overrides —
+/// after every fact, including channel sales taken across locations.
+#[test]
+fn the_scripts_apply_the_rules_as_the_model_does() {
+    use proptest::prelude::*;
+    use stock_worker::{
+        fact::{Fact, Op},
+        Applied,
+    };
+    use stockflow_tests::{NatsServer, RedisServer};
+
+    const LOCATIONS: [&str; 3] = ["a", "b", "c"];
+    let rules = || {
+        (
+            prop::option::of(0..8i64),
+            prop::option::of(0..=100i64),
+            prop::option::of(0..40i64),
+            prop::option::of(0..6i64),
+        )
+            .prop_map(
+                |(buffer, percent, max_listed, end_when_below)| AvailabilityRules {
+                    buffer,
+                    percent,
+                    max_listed,
+                    end_when_below,
+                    own_reservations_only: None,
+                },
+            )
+    };
+    let op = prop_oneof![
+        (1..20i64, 0..3usize).prop_map(|(q, l)| (Op::Received(q), l)),
+        (1..20i64, 0..3usize).prop_map(|(q, l)| (Op::Sold(q), l)),
+        (0..6i64, 0..3usize).prop_map(|(s, l)| (
+            Op::PolicySet {
+                threshold: None,
+                safety_stock: Some(s),
+                location_priority: String::new()
+            },
+            l
+        )),
+        // A channel sale: location usize::MAX stands for "the channel".
+        (1..15i64).prop_map(|q| (Op::Sold(q), usize::MAX)),
+    ];
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let (handler, kv, book, conn) = runtime.block_on(async {
+        let conn = stockflow_shared::connect::RedisSettings::local(&redis.url(), "sf")
+            .connect()
+            .await
+            .expect("redis");
+        let client = async_nats::connect(nats.url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let book = stockflow_tests::channel_book(&js).await;
+        let kv = js
+            .get_key_value(stockflow_shared::topology::CHANNELS)
+            .await
+            .expect("bucket");
+        let handler = stock_worker::StockHandler::with(
+            conn.clone(),
+            js,
+            stockflow_shared::keys::Keys::new("sf"),
+            3600,
+            book.clone(),
+        );
+        (handler, kv, book, conn)
+    });
+    let keys = stockflow_shared::keys::Keys::new("sf");
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(
+        channel_rules in rules(),
+        override_rules in prop::option::of(rules()),
+        most_available in any::<bool>(),
+        steps in prop::collection::vec(op, 1..25),
+    )| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sku = format!("PROP-CH-{n}");
+        let id = format!("ch-{n}");
+        runtime.block_on(async {
+            // Every location has stock before the channel exists, as a real setup has.
+            let mut steps: Vec<(Op, usize)> = steps.clone();
+            for l in 0..3 {
+                steps.insert(0, (Op::Received(1), l));
+            }
+            let mut definition = channel(&id, &LOCATIONS, channel_rules);
+            if most_available {
+                definition.allocation = stockflow_proto::v1::AllocationStrategy::MostAvailable.into();
+            }
+            let revision = kv
+                .put(&id, prost::Message::encode_to_vec(&definition).into())
+                .await
+                .expect("put");
+            book.at_least(&id, revision, DEADLINE).await.expect("book").expect("known");
+            let mut facts = Vec::new();
+            if let Some(o) = override_rules {
+                facts.push(Fact {
+                    meta: Default::default(),
+                    sku: sku.clone(),
+                    location: String::new(),
+                    channel: id.clone(),
+                    op: Op::ChannelRules { channel: id.clone(), rules: o },
+                });
+            }
+            for (op, l) in steps {
+                let (location, channel) = match LOCATIONS.get(l) {
+                    Some(location) => (location.to_string(), String::new()),
+                    None => (String::new(), id.clone()),
+                };
+                facts.push(Fact { meta: Default::default(), sku: sku.clone(), location, channel, op });
+            }
+            let mut on_hand = [0i64; 3];
+            let mut safety = [0i64; 3];
+            for (i, mut fact) in facts.into_iter().enumerate() {
+                fact.meta.event_id = format!("e{i}");
+                let applied = handler.apply(&fact).await.expect("script runs");
+                let Applied::New(outcome) = applied else {
+                    prop_assert!(false, "must apply: {applied:?}");
+                    unreachable!()
+                };
+                for c in &outcome.changes {
+                    if let Some(l) = LOCATIONS.iter().position(|x| *x == c.location) {
+                        on_hand[l] = c.after.on_hand;
+                        safety[l] = c.after.safety_stock;
+                    }
+                }
+                let available: Vec<i64> = (0..3).map(|l| on_hand[l] - safety[l]).collect();
+                let (expected, pool) = stockflow_shared::channels::quantity(
+                    &available,
+                    &channel_rules,
+                    override_rules.as_ref(),
+                );
+                let mut redis = conn.clone();
+                let stored: Option<i64> = redis::AsyncCommands::hget(
+                    &mut redis,
+                    keys.channels(&sku),
+                    format!("q:{id}"),
+                )
+                .await
+                .expect("hget");
+                prop_assert_eq!(stored, Some(expected), "after {:?} (pool {})", fact.op, pool);
+                if let Some(change) = outcome.channels.iter().find(|c| c.channel == id) {
+                    prop_assert_eq!(change.after, expected);
+                    prop_assert_eq!(change.pool, pool);
+                }
+            }
+            Ok(())
+        })?;
+    });
+}
