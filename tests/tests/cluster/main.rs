@@ -4,6 +4,7 @@
 
 mod world;
 
+mod channels;
 mod failover;
 mod partitions;
 mod scenarios;
