@@ -96,7 +96,7 @@ pub(crate) fn orders(
         .collect()
 }
 
-async fn send(
+pub(crate) async fn send(
     js: &jetstream::Context,
     input: &Input,
 ) -> anyhow::Result<jetstream::context::PublishAckFuture> {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod channels;
 mod load;
 mod pg;
 mod procs;
@@ -16,7 +17,7 @@ const USAGE: &str =
     "usage: stockflow-bench [--quick] [--runs N] [--only SCENARIO[,SCENARIO…]] [--write FILE]
   --quick        small runs (a smoke test of every scenario, about a minute)
   --runs N       runs per measurement (default 3, --quick 1)
-  --only LIST    scenarios: stock, latency, scale, orders, flash, postgres
+  --only LIST    scenarios: stock, latency, scale, orders, flash, postgres, channels
   --write FILE   replace the results block of FILE (e.g. BENCHMARKS.md) with the report";
 
 /// Command-line options.

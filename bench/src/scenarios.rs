@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// Stock facts per PostgreSQL run (each pool size); its flash sale takes the flash orders.
     pub(crate) pg_events: usize,
     pub(crate) pg_pools: Vec<usize>,
+    /// SKUs a rule change is measured over.
+    pub(crate) rule_change_skus: usize,
     /// Scenario names to run; all when empty.
     pub(crate) only: Vec<String>,
 }
@@ -53,6 +55,7 @@ impl Config {
             flash_stock: 1_250,
             pg_events: 5_000,
             pg_pools: vec![1, 2, 4, 8, 16],
+            rule_change_skus: 100_000,
             only: Vec::new(),
         }
     }
@@ -68,6 +71,7 @@ impl Config {
             flash_stock: 250,
             pg_events: 1_000,
             pg_pools: vec![1, 4, 16],
+            rule_change_skus: 10_000,
             only: Vec::new(),
         }
     }
@@ -78,7 +82,9 @@ impl Config {
 }
 
 /// Scenario names for `--only`.
-pub(crate) const SCENARIOS: &[&str] = &["stock", "latency", "scale", "orders", "flash", "postgres"];
+pub(crate) const SCENARIOS: &[&str] = &[
+    "stock", "latency", "scale", "orders", "flash", "postgres", "channels",
+];
 
 /// Which consumer of the stock stream is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +120,8 @@ pub(crate) struct Results {
     pub(crate) flash: Option<f64>,
     pub(crate) flash_oversold: Option<bool>,
     pub(crate) p99_at_10k: Option<f64>,
+    /// p99 ms from a fact to its channel quantity read from the feed, at 10,000 facts/s.
+    pub(crate) channel_p99_at_10k: Option<f64>,
     pub(crate) peak_rss_mib: Option<f64>,
     pub(crate) memory: Vec<(String, Runs, Runs)>,
 }

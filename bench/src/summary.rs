@@ -190,6 +190,12 @@ pub(crate) async fn run(config: &Config, args: &[String]) -> anyhow::Result<Stri
         eprintln!("flash sale");
         scenarios::flash_sale(config, &mut results, pg.as_ref()).await?;
     }
+    if config.wants("channels") {
+        eprintln!("channels: propagation");
+        crate::channels::propagation(config, &mut results).await?;
+        eprintln!("channels: a rule change over every SKU");
+        crate::channels::rule_change(config, &mut results).await?;
+    }
     let mut out = String::new();
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(
