@@ -2,15 +2,18 @@
 //!
 //! Starts the stock, order and notify workers and the gateway in this process (against
 //! `STOCKFLOW_NATS_URL` / `STOCKFLOW_REDIS_URL`) and a webhook receiver on 127.0.0.1, replays a
-//! store chain's day — a warehouse receipt, transfers, POS sales at three stores, a marketplace
-//! feed that re-sends some events, returns, damage, a cycle count (one of them stale), a restock,
-//! and a few malformed messages — then sends the web shop's checkouts through the gateway and
-//! prints the final levels, the alerts, the duplicates absorbed, the dead letters, the order
-//! decisions and the signed webhook deliveries the receiver verified. Every run uses its own key
-//! prefix, so it starts from zero.
+//! store chain's day — a warehouse receipt, transfers, the sales channels opening (three stores'
+//! POS, the web shop, a marketplace with a buffer), POS sales at three stores, marketplace sales
+//! that name their channel and re-sends of some of them, returns, damage, a cycle count (one of
+//! them stale), a restock, and a few malformed messages — prints what each channel may sell at
+//! the close (from the `AVAILABILITY` feed, checked against the levels) and how the buffer held
+//! the marketplace back, then sends the web shop's checkouts through the gateway and prints the
+//! final levels, the alerts, the duplicates absorbed, the dead letters, the order decisions and
+//! the signed webhook deliveries the receiver verified. Every run uses its own key prefix and its
+//! own channel ids (`<run>-<name>`), so it starts from zero.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashSet, VecDeque},
     io::Write as _,
     time::Duration,
 };
@@ -20,13 +23,15 @@ use prost::Message as _;
 use stockflow_cli::{
     events, last_sequence, read_after, read_levels,
     receiver::{Delivery, WebhookReceiver},
-    wait_until_stock_caught_up,
+    wait_until_caught_up, wait_until_stock_caught_up,
 };
 use stockflow_proto::{
     msg_id, subjects,
     v1::{
-        order_result, stock_event::Change, Adjusted, Counted, OrderResult, PolicySet, Reason,
-        Received, ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
+        channel_event, order_result, stock_event::Change, Adjusted, AlertKind, AllocationStrategy,
+        AvailabilityRules, Channel, ChannelAvailabilityChanged, ChannelEvent, ChannelKind,
+        ChannelRulesSet, ChannelSet, Counted, EventMeta, OrderResult, PolicySet, Reason, Received,
+        ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
     },
 };
 use stockflow_shared::{
@@ -55,6 +60,7 @@ const HOOKS: [(&str, &str, &[&str]); 2] = [
             "out_of_stock",
             "back_in_stock",
             "negative_stock",
+            "channel_oversold",
         ],
     ),
     (
@@ -66,6 +72,109 @@ const HOOKS: [(&str, &str, &[&str]); 2] = [
 /// How long the receiver may take to see every expected delivery once the day is over.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 const WEB: &str = "web";
+
+/// The marketplace: the channel whose buffer the day is about.
+const MARKETPLACE: &str = "marketplace";
+/// The web shop's channel (its own stock, then the warehouse, then the stores).
+const WEB_SHOP: &str = "web";
+/// The marketplace hears each change of what it may list this many of the day's events late
+/// (a connector that is a moment behind), and sells only what it lists as it last heard.
+const MARKETPLACE_LAG: usize = 12;
+/// SNEAKER-42 sells fast at the stores: the marketplace keeps more of it back.
+const SNEAKER_BUFFER: i64 = 5;
+
+/// The marketplace's rules: 2 units held back for the stores' own customers, at most 25
+/// listed, nothing listed below 3.
+fn marketplace_rules() -> AvailabilityRules {
+    AvailabilityRules {
+        buffer: Some(2),
+        max_listed: Some(25),
+        end_when_below: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The per-SKU overrides of the marketplace's rules: (SKU, rules).
+fn marketplace_overrides() -> Vec<(&'static str, AvailabilityRules)> {
+    vec![(
+        "SNEAKER-42",
+        AvailabilityRules {
+            buffer: Some(SNEAKER_BUFFER),
+            ..Default::default()
+        },
+    )]
+}
+
+/// The day's sales channels, by short name; their ids are `<run>-<name>` (the feed and the
+/// `CHANNELS` bucket are not scoped by the key prefix, so every run names its own).
+fn sales_channels(run: &str) -> Vec<(String, Channel)> {
+    let channel = |name: &str,
+                   display: &str,
+                   kind: ChannelKind,
+                   locations: &[&str],
+                   rules: AvailabilityRules,
+                   allocation: AllocationStrategy| {
+        (
+            name.to_owned(),
+            Channel {
+                id: format!("{run}-{name}"),
+                name: display.to_owned(),
+                kind: kind.into(),
+                locations: locations.iter().map(|l| (*l).to_owned()).collect(),
+                rules: Some(rules),
+                allocation: allocation.into(),
+                rules_version: 0,
+            },
+        )
+    };
+    let mut channels: Vec<(String, Channel)> = STORES
+        .iter()
+        .map(|store| {
+            channel(
+                &format!("pos-{store}"),
+                &format!("{store} POS"),
+                ChannelKind::Pos,
+                &[store],
+                AvailabilityRules::default(),
+                AllocationStrategy::Priority,
+            )
+        })
+        .collect();
+    let mut web_locations = vec![WEB, WAREHOUSE];
+    web_locations.extend(STORES);
+    channels.push(channel(
+        WEB_SHOP,
+        "web shop",
+        ChannelKind::Web,
+        &web_locations,
+        AvailabilityRules {
+            percent: Some(90),
+            ..Default::default()
+        },
+        AllocationStrategy::Priority,
+    ));
+    channels.push(channel(
+        MARKETPLACE,
+        "marketplace (acme)",
+        ChannelKind::Marketplace,
+        STORES,
+        marketplace_rules(),
+        AllocationStrategy::MostAvailable,
+    ));
+    channels
+}
+
+/// The rules `channel` applies to `sku`: its own, or the SKU's override field by field.
+fn override_for(name: &str, sku: &str) -> Option<AvailabilityRules> {
+    (name == MARKETPLACE)
+        .then(|| {
+            marketplace_overrides()
+                .into_iter()
+                .find(|(s, _)| *s == sku)
+                .map(|(_, rules)| rules)
+        })
+        .flatten()
+}
 
 /// A tiny deterministic generator: the same day every run.
 struct Dice(u64);
@@ -93,6 +202,9 @@ enum Outgoing {
     /// re-send after JetStream's duplicate window would be; the stock worker absorbs it.
     Resend(StockEvent),
     Malformed(&'static str, String, Vec<u8>),
+    /// A channel definition, published on `channels.events.<channel-id>` under its
+    /// `Nats-Msg-Id` (`msg_id::channel_event`).
+    Channel(ChannelEvent),
 }
 
 /// The day's event ids: `<run>-<prefix>-<n>`, numbered in the order they are made.
@@ -128,32 +240,196 @@ impl Ids<'_> {
     }
 }
 
-fn day(run: &str) -> Vec<Phase> {
+/// The day: the morning (up to the channels opening), the trading day and the evening, and
+/// what the marketplace's buyers did.
+struct Day {
+    morning: Vec<Phase>,
+    rest: Vec<Phase>,
+    marketplace: MarketplaceDay,
+}
+
+fn day(run: &str, channels: &[(String, Channel)]) -> Day {
     let mut ids = Ids { run, n: 0 };
     let mut dice = Dice(0x5eed_cafe);
     let opening = policies_and_receipt(&mut ids);
     let transfers = transfers(&mut ids);
-    let (mut trading, marketplace) = trading(&mut ids, &mut dice);
+    let open = channels_open(&mut ids, channels);
+    let marketplace = channel_id(channels, MARKETPLACE);
+    let (mut trading, resends, marketplace_day) = trading(&mut ids, &mut dice, &marketplace);
     trading.extend(malformed(&mut ids));
-    let evening = evening(&mut ids, marketplace);
-    vec![
-        Phase {
-            title: "07:00 policies and the warehouse receipt",
-            events: opening,
-        },
-        Phase {
-            title: "08:00 transfers to the stores and the web shop",
-            events: transfers,
-        },
-        Phase {
-            title: "09:00-21:00 POS sales, marketplace feed, returns, damage",
-            events: trading,
-        },
-        Phase {
-            title: "21:30 cycle counts, restock, late marketplace re-sends",
-            events: evening,
-        },
-    ]
+    let evening = evening(&mut ids, resends);
+    Day {
+        morning: vec![
+            Phase {
+                title: "07:00 policies and the warehouse receipt",
+                events: opening,
+            },
+            Phase {
+                title: "08:00 transfers to the stores and the web shop",
+                events: transfers,
+            },
+            Phase {
+                title: "08:30 the sales channels open",
+                events: open,
+            },
+        ],
+        rest: vec![
+            Phase {
+                title: "09:00-21:00 POS sales, marketplace sales, returns, damage",
+                events: trading,
+            },
+            Phase {
+                title: "21:30 cycle counts, restock, late marketplace re-sends",
+                events: evening,
+            },
+        ],
+        marketplace: marketplace_day,
+    }
+}
+
+/// The id of the channel named `name` (`<run>-<name>`).
+fn channel_id(channels: &[(String, Channel)], name: &str) -> String {
+    channels
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| c.id.clone())
+        .unwrap_or_default()
+}
+
+/// Units each store gets from the warehouse in the morning (few sneakers to store-02).
+fn stocked(sku: &str, store: &str) -> i64 {
+    if sku == "SNEAKER-42" && store == "store-02" {
+        30
+    } else {
+        80
+    }
+}
+
+/// The channel definitions (stores have stock by now: a channel may only name known
+/// locations), then the marketplace's per-SKU overrides.
+fn channels_open(ids: &mut Ids<'_>, channels: &[(String, Channel)]) -> Vec<Outgoing> {
+    let mut events: Vec<Outgoing> = channels
+        .iter()
+        .map(|(_, channel)| {
+            let event_id = ids.next("chn");
+            Outgoing::Channel(ChannelEvent {
+                meta: Some(EventMeta {
+                    reference: format!("urn:stockflow:erp:{event_id}"),
+                    event_id,
+                    occurred_at_ms: events::now_ms(),
+                    source: "erp".into(),
+                    reason: Reason::Policy.into(),
+                }),
+                channel_id: channel.id.clone(),
+                change: Some(channel_event::Change::Set(ChannelSet {
+                    channel: Some(channel.clone()),
+                })),
+            })
+        })
+        .collect();
+    let marketplace = channel_id(channels, MARKETPLACE);
+    for (sku, rules) in marketplace_overrides() {
+        events.push(ids.fact(
+            "ovr",
+            "erp",
+            Reason::Policy,
+            sku,
+            "",
+            Change::ChannelRules(ChannelRulesSet {
+                channel: marketplace.clone(),
+                rules: Some(rules),
+            }),
+        ));
+    }
+    events
+}
+
+/// What the marketplace's buyers did during the day, per SKU.
+#[derive(Default)]
+struct MarketplaceDay {
+    /// Units it sold (each a `sold` fact naming the channel).
+    sold: BTreeMap<&'static str, i64>,
+    /// Buyers it turned away because it listed 0 (as it last heard).
+    turned_away: BTreeMap<&'static str, i64>,
+}
+
+/// The stores' levels as the day's script has them, so that the marketplace sells only what it
+/// lists: it hears what it may list (the channel's rules applied to the stores' levels, by the
+/// model `stockflow_shared::channels::quantity`) `MARKETPLACE_LAG` events late.
+struct Shelves {
+    /// on_hand per SKU, per store in `STORES` order (nothing is reserved during the day).
+    on_hand: BTreeMap<&'static str, Vec<i64>>,
+    /// What the marketplace listed after each of the last events, per SKU, the oldest first.
+    listed: VecDeque<BTreeMap<&'static str, i64>>,
+}
+
+impl Shelves {
+    fn new() -> Self {
+        let on_hand = SKUS
+            .iter()
+            .map(|sku| (*sku, STORES.iter().map(|st| stocked(sku, st)).collect()))
+            .collect();
+        let mut shelves = Self {
+            on_hand,
+            listed: VecDeque::new(),
+        };
+        shelves.tick();
+        shelves
+    }
+
+    fn add(&mut self, sku: &str, store: &str, delta: i64) {
+        let i = STORES.iter().position(|s| *s == store).unwrap_or_default();
+        if let Some(levels) = self.on_hand.get_mut(sku) {
+            levels[i] += delta;
+        }
+    }
+
+    /// What the marketplace may list of `sku` now.
+    fn listing(&self, sku: &str) -> i64 {
+        let levels = self.on_hand.get(sku).cloned().unwrap_or_default();
+        stockflow_shared::channels::quantity(
+            &levels,
+            &marketplace_rules(),
+            override_for(MARKETPLACE, sku).as_ref(),
+        )
+        .0
+    }
+
+    /// One event of the day went by.
+    fn tick(&mut self) {
+        let now = SKUS.iter().map(|sku| (*sku, self.listing(sku))).collect();
+        self.listed.push_back(now);
+        while self.listed.len() > MARKETPLACE_LAG + 1 {
+            self.listed.pop_front();
+        }
+    }
+
+    /// What the marketplace believes it may list of `sku`.
+    fn heard(&self, sku: &str) -> i64 {
+        self.listed
+            .front()
+            .and_then(|listed| listed.get(sku).copied())
+            .unwrap_or_default()
+    }
+
+    /// A marketplace sale, taken as the channel takes it: the store with the most available
+    /// first (ties in listing order), what none covers from the first of them.
+    fn take(&mut self, sku: &str, quantity: i64) {
+        let Some(levels) = self.on_hand.get_mut(sku) else {
+            return;
+        };
+        let mut order: Vec<usize> = (0..levels.len()).collect();
+        order.sort_by_key(|i| std::cmp::Reverse(levels[*i]));
+        let mut left = quantity;
+        for i in &order {
+            let take = left.min(levels[*i].max(0));
+            levels[*i] -= take;
+            left -= take;
+        }
+        if let Some(first) = order.first() {
+            levels[*first] -= left;
+        }
+    }
 }
 
 /// Per SKU: a SKU-wide low-stock threshold, the web shop's policy, the warehouse receipt.
@@ -201,11 +477,7 @@ fn transfers(ids: &mut Ids<'_>) -> Vec<Outgoing> {
     let mut events = Vec::new();
     for sku in SKUS {
         for store in STORES {
-            let quantity = if *sku == "SNEAKER-42" && *store == "store-02" {
-                30
-            } else {
-                80
-            };
+            let quantity = stocked(sku, store);
             events.push(ids.fact(
                 "trf",
                 "wms",
@@ -233,27 +505,41 @@ fn transfers(ids: &mut Ids<'_>) -> Vec<Outgoing> {
     events
 }
 
-/// A thousand sales — every fifth through the marketplace feed, which re-sends about one in
-/// eight at once — returns now and then, and a damaged item. Also gives the marketplace's
-/// sales, for the late re-sends of the evening.
-fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent>) {
+/// A thousand buyers — every fifth at the marketplace, which sells only what it lists as it
+/// last heard, names its channel instead of a location, and re-sends about one sale in eight at
+/// once — returns now and then, and a damaged item. Also gives the marketplace's re-sent sales,
+/// for the late re-sends of the evening, and what its buyers did.
+fn trading(
+    ids: &mut Ids<'_>,
+    dice: &mut Dice,
+    marketplace: &str,
+) -> (Vec<Outgoing>, Vec<StockEvent>, MarketplaceDay) {
     let mut events = Vec::new();
-    let mut marketplace = Vec::new();
+    let mut resends = Vec::new();
+    let mut shelves = Shelves::new();
+    let mut day = MarketplaceDay::default();
     for i in 0..1000 {
         let sku = SKUS[dice.next(SKUS.len())];
-        if i % 5 == 0 {
-            let event = events::fact(
-                ids.next("mkt"),
-                "marketplace:acme",
-                Reason::Sold,
-                sku,
-                WEB,
-                Change::Sold(Sold { quantity: 1 }),
-            );
-            // The marketplace feed re-sends about one order in eight, some of them at once.
+        if i % 5 == 0 && shelves.heard(sku) < 1 {
+            *day.turned_away.entry(sku).or_default() += 1;
+        } else if i % 5 == 0 {
+            let event = StockEvent {
+                channel: marketplace.to_owned(),
+                ..events::fact(
+                    ids.next("mkt"),
+                    "marketplace:acme",
+                    Reason::Sold,
+                    sku,
+                    "",
+                    Change::Sold(Sold { quantity: 1 }),
+                )
+            };
+            shelves.take(sku, 1);
+            *day.sold.entry(sku).or_default() += 1;
+            // The marketplace feed re-sends about one sale in eight, some of them at once.
             if dice.next(8) == 0 {
                 events.push(Outgoing::Resend(event.clone()));
-                marketplace.push(event.clone());
+                resends.push(event.clone());
             }
             events.push(Outgoing::Fact(event));
         } else {
@@ -264,6 +550,7 @@ fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent
                 sku
             };
             let quantity = 1 + i64::try_from(dice.next(2)).unwrap_or(0);
+            shelves.add(sku, store, -quantity);
             events.push(ids.fact(
                 "pos",
                 &format!("pos:{store}"),
@@ -275,6 +562,7 @@ fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent
         }
         if i % 90 == 0 {
             let store = STORES[dice.next(STORES.len())];
+            shelves.add(sku, store, 1);
             events.push(ids.fact(
                 "ret",
                 &format!("pos:{store}"),
@@ -284,6 +572,7 @@ fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent
                 Change::Returned(Returned { quantity: 1 }),
             ));
         }
+        shelves.tick();
     }
     events.push(ids.fact(
         "dmg",
@@ -293,7 +582,7 @@ fn trading(ids: &mut Ids<'_>, dice: &mut Dice) -> (Vec<Outgoing>, Vec<StockEvent
         "store-03",
         Change::Adjusted(Adjusted { delta: -2 }),
     ));
-    (events, marketplace)
+    (events, resends, day)
 }
 
 /// Messages the stock worker must dead-letter: undecodable bytes, a zero quantity, a missing
@@ -340,7 +629,7 @@ fn malformed(ids: &mut Ids<'_>) -> Vec<Outgoing> {
 
 /// Cycle counts (one of them stale), a restock of the sneakers, and late re-sends from the
 /// marketplace, hours after the originals.
-fn evening(ids: &mut Ids<'_>, marketplace: Vec<StockEvent>) -> Vec<Outgoing> {
+fn evening(ids: &mut Ids<'_>, resends: Vec<StockEvent>) -> Vec<Outgoing> {
     let mut events = vec![
         ids.fact(
             "cnt",
@@ -376,7 +665,7 @@ fn evening(ids: &mut Ids<'_>, marketplace: Vec<StockEvent>) -> Vec<Outgoing> {
             }),
         ),
     ];
-    events.extend(marketplace.into_iter().take(10).map(Outgoing::Resend));
+    events.extend(resends.into_iter().take(10).map(Outgoing::Resend));
     events
 }
 
@@ -538,7 +827,12 @@ fn print_deliveries(receiver: &WebhookReceiver, run: &str, expected: &HashSet<St
                     d.data("order_id").trim_start_matches(&format!("{run}-"))
                 )
             } else {
-                format!("{:<18} {:<10}", d.data("sku"), d.data("location"))
+                // A channel's alert names the channel, the others a location.
+                let place = match d.data("channel") {
+                    "" => d.data("location"),
+                    channel => channel.trim_start_matches(&format!("{run}-")),
+                };
+                format!("{:<18} {place:<10}", d.data("sku"))
             };
             let signature = match &d.signature {
                 Ok(()) => {
@@ -603,9 +897,24 @@ async fn demo() -> anyhow::Result<()> {
     let ledger_streams = stockflow_shared::topology::ledger_streams(topology);
     let marks = marks(js, &ledger_streams).await?;
     stockflow_cli::outln!(
-        "stockflow demo — run {run}: a day at a three-store chain with a web shop\n"
+        "stockflow demo — run {run}: a day at a three-store chain with a web shop and a \
+         marketplace\n"
     );
-    let played = play(js, topology, &run, &day(&run)).await?;
+    let channels = sales_channels(&run);
+    let day = day(&run, &channels);
+    let mut played = Played::new(&day);
+    play(js, topology, &run, &day.morning, &mut played).await?;
+    let opened = read_feed(js, &channels).await?;
+    play(js, topology, &run, &day.rest, &mut played).await?;
+    let closed = read_feed(js, &channels).await?;
+    let close = print_channels(&stack, &channels, &closed).await?;
+    let oversold = oversold_alerts(
+        js,
+        marks[subjects::ALERTS],
+        &channel_id(&channels, MARKETPLACE),
+    )
+    .await?;
+    print_marketplace(&run, &opened, &closed, &close, &day.marketplace, &oversold);
 
     // The web shop's checkouts, through the gateway: orders that fit, one that asks for more
     // than any single location holds, and abandoned carts whose 1-second holds expire.
@@ -648,6 +957,11 @@ async fn demo() -> anyhow::Result<()> {
     );
     print_deliveries(&stack.receiver, &run, &expected);
     delivered.context("the notify worker did not deliver every alert and order result")?;
+    anyhow::ensure!(
+        close.differ.is_empty(),
+        "a channel quantity in the feed differs from the rules applied to the levels: {}",
+        close.differ.join("; ")
+    );
 
     let metrics_addr = stack.settings.worker.service.metrics_addr;
     stockflow_cli::outln!(
@@ -816,43 +1130,61 @@ async fn marks(
 
 /// What publishing the day sent.
 struct Played {
+    /// Messages of the whole day.
     total: usize,
+    /// Messages published so far.
+    done: usize,
     resent: usize,
     malformed: Vec<&'static str>,
 }
 
-/// Publishes every phase, each followed by waiting until the stock workers caught up.
+impl Played {
+    fn new(day: &Day) -> Self {
+        Self {
+            total: day
+                .morning
+                .iter()
+                .chain(&day.rest)
+                .map(|p| p.events.len())
+                .sum(),
+            done: 0,
+            resent: 0,
+            malformed: Vec::new(),
+        }
+    }
+}
+
+/// Publishes every phase, each followed by waiting until the stock worker applied it: the
+/// channel definitions (and so their recompute commands are stored), then the stock input.
 async fn play(
     js: &async_nats::jetstream::Context,
     topology: &stockflow_shared::topology::TopologySettings,
     run: &str,
     phases: &[Phase],
-) -> anyhow::Result<Played> {
-    let total: usize = phases.iter().map(|p| p.events.len()).sum();
-    let mut played = Played {
-        total,
-        resent: 0,
-        malformed: Vec::new(),
-    };
-    let mut done = 0;
+    played: &mut Played,
+) -> anyhow::Result<()> {
     for phase in phases {
         for (i, event) in phase.events.iter().enumerate() {
-            publish(js, run, event, done).await?;
+            publish(js, run, event, played.done).await?;
             match event {
-                Outgoing::Fact(_) => {}
+                Outgoing::Fact(_) | Outgoing::Channel(_) => {}
                 Outgoing::Resend(_) => played.resent += 1,
                 Outgoing::Malformed(what, ..) => played.malformed.push(*what),
             }
-            done += 1;
+            played.done += 1;
             if i % 25 == 0 {
-                progress(done, total, phase.title);
+                progress(played.done, played.total, phase.title);
             }
         }
+        let rules = stockflow_shared::topology::CHANNEL_RULES;
+        wait_until_caught_up(js, rules.stream, rules.durable, Duration::from_secs(120)).await?;
         wait_until_stock_caught_up(js, topology, Duration::from_secs(120)).await?;
-        progress(done, total, phase.title);
+        progress(played.done, played.total, phase.title);
     }
-    eprintln!();
-    Ok(played)
+    if played.done == played.total {
+        eprintln!();
+    }
+    Ok(())
 }
 
 /// Publishes message `n` of the day: a fact under its own `Nats-Msg-Id`, a re-send and a
@@ -876,6 +1208,20 @@ async fn publish(
         Outgoing::Resend(e) => events::publish(js, e, &other_id()).await,
         Outgoing::Malformed(_, subject, bytes) => {
             events::publish_raw(js, subject, bytes.clone(), &other_id()).await
+        }
+        Outgoing::Channel(e) => {
+            let event_id = e
+                .meta
+                .as_ref()
+                .map(|m| m.event_id.as_str())
+                .unwrap_or_default();
+            events::publish_raw(
+                js,
+                &subjects::channel_event(&e.channel_id),
+                e.encode_to_vec(),
+                &msg_id::channel_event(&e.channel_id, event_id),
+            )
+            .await
         }
     }
 }
@@ -1076,4 +1422,260 @@ fn print_order_results(
         );
     }
     Ok(())
+}
+
+/// Per channel (by short name), the newest quantity of every SKU in the feed.
+type Feed = BTreeMap<String, BTreeMap<String, ChannelAvailabilityChanged>>;
+
+/// The newest quantity of every SKU of every channel, as a connector's initial sync reads it:
+/// one ordered read of `availability.<channel-id>.>` from the last message of each subject.
+async fn read_feed(
+    js: &async_nats::jetstream::Context,
+    channels: &[(String, Channel)],
+) -> anyhow::Result<Feed> {
+    use futures::StreamExt as _;
+    let stream = js.get_stream(subjects::AVAILABILITY).await?;
+    let mut feed = Feed::new();
+    for (name, channel) in channels {
+        let mut consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subjects::channel_availability(&channel.id),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let pending = consumer.info().await?.num_pending;
+        let mut messages = consumer.messages().await?;
+        let quantities = feed.entry(name.clone()).or_default();
+        for _ in 0..pending {
+            let message = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+            {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) | Err(_) => anyhow::bail!("reading the {name} feed stopped early"),
+            };
+            let quantity = ChannelAvailabilityChanged::decode(message.payload.clone())
+                .with_context(|| format!("decoding {}", message.subject))?;
+            quantities.insert(quantity.sku.clone(), quantity);
+        }
+    }
+    Ok(feed)
+}
+
+/// `rules` in a few words.
+fn describe(rules: &AvailabilityRules) -> String {
+    let mut parts = Vec::new();
+    if let Some(buffer) = rules.buffer {
+        parts.push(format!("buffer {buffer}"));
+    }
+    if let Some(percent) = rules.percent {
+        parts.push(format!("{percent}% of the pool"));
+    }
+    if let Some(max) = rules.max_listed {
+        parts.push(format!("at most {max}"));
+    }
+    if let Some(end) = rules.end_when_below {
+        parts.push(format!("0 below {end}"));
+    }
+    if parts.is_empty() {
+        "the whole pool".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What each channel may sell of every SKU at the close, from the feed, checked against an
+/// independent recomputation from the levels in Redis.
+struct Close {
+    /// The quantities where the feed and the recomputation differ.
+    differ: Vec<String>,
+    /// The pool of each (channel name, SKU) now. (A feed message carries the pool of its
+    /// change; the pool moves on without a message while the quantity stays, e.g. at the
+    /// maximum.)
+    pools: BTreeMap<(String, String), i64>,
+}
+
+async fn print_channels(
+    stack: &Stack,
+    channels: &[(String, Channel)],
+    closed: &Feed,
+) -> anyhow::Result<Close> {
+    stockflow_cli::outln!(
+        "\nSales channels at the close: what each may sell, the newest message per SKU in the \
+         AVAILABILITY feed\n"
+    );
+    for (name, channel) in channels {
+        let strategy = match AllocationStrategy::try_from(channel.allocation) {
+            Ok(AllocationStrategy::MostAvailable) => ", most available first",
+            _ => "",
+        };
+        let mut rules = describe(&channel.rules.unwrap_or_default());
+        for (sku, r) in marketplace_overrides() {
+            if name == MARKETPLACE {
+                rules.push_str(&format!("; {sku}: {}", describe(&r)));
+            }
+        }
+        stockflow_cli::outln!(
+            "  {name:<13} {:<19} from {}{strategy}: {rules}",
+            channel.name,
+            channel.locations.join(", ")
+        );
+    }
+    stockflow_cli::outln!("  (channel ids: <run>-<name>)\n");
+    let header: Vec<String> = channels.iter().map(|(n, _)| format!("{n:>13}")).collect();
+    stockflow_cli::outln!("  {:<18}{}", "sku", header.join(""));
+    let mut redis = stack.settings.state.redis.connect().await?;
+    let keys = Keys::new(stack.prefix.clone());
+    let mut differ = Vec::new();
+    let mut pools = BTreeMap::new();
+    let mut checked = 0;
+    for sku in SKUS {
+        let levels: BTreeMap<String, i64> = read_levels(&mut redis, &keys, sku)
+            .await?
+            .into_iter()
+            .map(|(location, l)| (location, l.available()))
+            .collect();
+        let mut row = Vec::new();
+        for (name, channel) in channels {
+            let listed = closed
+                .get(name)
+                .and_then(|q| q.get(*sku))
+                .map(|q| q.available_to_sell);
+            let available: Vec<i64> = channel
+                .locations
+                .iter()
+                .map(|l| levels.get(l).copied().unwrap_or_default())
+                .collect();
+            let (expected, pool) = stockflow_shared::channels::quantity(
+                &available,
+                &channel.rules.unwrap_or_default(),
+                override_for(name, sku).as_ref(),
+            );
+            pools.insert((name.clone(), (*sku).to_owned()), pool);
+            checked += 1;
+            if listed != Some(expected) {
+                differ.push(format!(
+                    "{name} {sku}: the feed says {listed:?}, the levels say {expected}"
+                ));
+            }
+            row.push(match listed {
+                Some(q) => format!("{q:>13}"),
+                None => format!("{:>13}", "-"),
+            });
+        }
+        stockflow_cli::outln!("  {sku:<18}{}", row.join(""));
+    }
+    if differ.is_empty() {
+        stockflow_cli::outln!(
+            "\n  All {checked} equal each channel's rules applied to the levels read from Redis \
+             now (an independent recomputation)."
+        );
+    }
+    for line in &differ {
+        stockflow_cli::outln!("  DIFFERS: {line}");
+    }
+    Ok(Close { differ, pools })
+}
+
+/// How the marketplace's buffer held it back while the stores sold: per SKU what it listed
+/// when it opened and at the close (and the pool of its stores then), how often its quantity
+/// changed, what its buyers did, and the `CHANNEL_OVERSOLD` alerts it raised.
+fn print_marketplace(
+    run: &str,
+    opened: &Feed,
+    closed: &Feed,
+    close: &Close,
+    day: &MarketplaceDay,
+    oversold: &[StockAlert],
+) {
+    stockflow_cli::outln!(
+        "\nHow the buffer held the marketplace back while the stores sold\n\n  The marketplace \
+         hears each change {MARKETPLACE_LAG} events late and sells only what it lists as it \
+         last heard;\n  a sale it makes after the stores sold what it still listed is more than \
+         it offered: a CHANNEL_OVERSOLD.\n"
+    );
+    stockflow_cli::outln!(
+        "  {:<18}{:>7}{:>7}{:>7}{:>7}{:>9}{:>6}{:>12}{:>10}",
+        "sku",
+        "opened",
+        "pool",
+        "closed",
+        "pool",
+        "changes",
+        "sold",
+        "turned away",
+        "oversold"
+    );
+    let quantity = |feed: &Feed, sku: &str| {
+        feed.get(MARKETPLACE)
+            .and_then(|q| q.get(sku))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (mut pool, mut listed) = (0, 0);
+    for sku in SKUS {
+        let (open, closing) = (quantity(opened, sku), quantity(closed, sku));
+        let pool_now = close
+            .pools
+            .get(&(MARKETPLACE.to_owned(), (*sku).to_owned()))
+            .copied()
+            .unwrap_or_default();
+        pool += pool_now;
+        listed += closing.available_to_sell;
+        stockflow_cli::outln!(
+            "  {sku:<18}{:>7}{:>7}{:>7}{:>7}{:>9}{:>6}{:>12}{:>10}",
+            open.available_to_sell,
+            open.pool,
+            closing.available_to_sell,
+            pool_now,
+            closing.version.saturating_sub(open.version),
+            day.sold.get(sku).copied().unwrap_or_default(),
+            day.turned_away.get(sku).copied().unwrap_or_default(),
+            oversold.iter().filter(|a| a.sku == *sku).count()
+        );
+    }
+    stockflow_cli::outln!(
+        "\n  At the close it lists {listed} of the {pool} units its stores have: the rest is \
+         held back for the stores' own customers."
+    );
+    if oversold.is_empty() {
+        stockflow_cli::outln!(
+            "  CHANNEL_OVERSOLD: none — every sale it made on stale news was still within what \
+             it offered."
+        );
+    } else {
+        stockflow_cli::outln!(
+            "  CHANNEL_OVERSOLD: {} (one per crossing; the buffer is thin there):",
+            oversold.len()
+        );
+        for alert in oversold {
+            stockflow_cli::outln!(
+                "    {:<18} offered {}, sold {} ({})",
+                alert.sku,
+                alert.offered,
+                alert.sold,
+                alert.cause_event_id.trim_start_matches(&format!("{run}-"))
+            );
+        }
+    }
+}
+
+/// The `CHANNEL_OVERSOLD` alerts `channel` raised after `mark`.
+async fn oversold_alerts(
+    js: &async_nats::jetstream::Context,
+    mark: u64,
+    channel: &str,
+) -> anyhow::Result<Vec<StockAlert>> {
+    let filter = format!(
+        "alerts.{}.>",
+        stockflow_shared::outcome::alert_name(AlertKind::ChannelOversold)
+    );
+    let mut out = Vec::new();
+    for message in read_after(js, subjects::ALERTS, &filter, mark).await? {
+        let alert = StockAlert::decode(message.payload.clone())?;
+        if alert.channel == channel {
+            out.push(alert);
+        }
+    }
+    Ok(out)
 }
