@@ -127,6 +127,53 @@ impl Book {
     }
 }
 
+fn keep(book: &RwLock<Book>, updated: &tokio::sync::Notify, entry: &kv::Entry) {
+    if let Some(known) = known_of(entry) {
+        book.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&entry.key, known);
+        updated.notify_waiters();
+    }
+}
+
+/// Keeps `book` current from `watch` for as long as a [`ChannelBook`] holds it. A watch that
+/// failed is not polled again (the client library does not allow it): a new one starts after
+/// the last revision seen.
+async fn follow(
+    book: std::sync::Weak<RwLock<Book>>,
+    updated: Arc<tokio::sync::Notify>,
+    kv: kv::Store,
+    mut watch: kv::Watch,
+    mut last: u64,
+) {
+    loop {
+        match watch.next().await {
+            Some(Ok(entry)) => {
+                let Some(book) = book.upgrade() else { return };
+                last = last.max(entry.revision);
+                keep(&book, &updated, &entry);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watching the CHANNELS bucket; watching anew");
+                watch = loop {
+                    if book.strong_count() == 0 {
+                        return;
+                    }
+                    match kv.watch_all_from_revision(last + 1).await {
+                        Ok(watch) => break watch,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching the CHANNELS bucket");
+                            // Back-off between attempts while NATS is away.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+            }
+            None => return,
+        }
+    }
+}
+
 /// A live copy of the `CHANNELS` bucket, shared by every handler of a worker.
 #[derive(Debug, Clone)]
 pub struct ChannelBook {
@@ -167,27 +214,19 @@ impl ChannelBook {
                 this.fetch(&key).await?;
             }
         }
-        let mut watch = this.kv.watch_all_from_revision(start + 1).await?;
-        let follower = this.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(entry) => follower.keep(&entry),
-                    Err(e) => tracing::warn!(error = %e, "watching the CHANNELS bucket"),
-                }
-            }
-        });
+        let watch = this.kv.watch_all_from_revision(start + 1).await?;
+        tokio::spawn(follow(
+            Arc::downgrade(&this.book),
+            this.updated.clone(),
+            this.kv.clone(),
+            watch,
+            start,
+        ));
         Ok(this)
     }
 
     fn keep(&self, entry: &kv::Entry) {
-        if let Some(known) = known_of(entry) {
-            self.book
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .apply(&entry.key, known);
-            self.updated.notify_waiters();
-        }
+        keep(&self.book, &self.updated, entry);
     }
 
     /// Reads `id` from the bucket itself and keeps it.
