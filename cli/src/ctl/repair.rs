@@ -74,7 +74,8 @@ pub async fn rebuild(
     let report = rebuild::rebuild(&js, &mut redis, &keys, retention).await?;
     crate::outln!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
-         {} order lines, {} holds scheduled, {} dedup records",
+         {} order lines, {} holds scheduled, {} dedup records, {} channel quantities, {} channel \
+         overrides, {} known locations",
         report.entries,
         report.bytes_per_entry,
         report.locations,
@@ -82,7 +83,10 @@ pub async fn rebuild(
         report.orders,
         report.lines,
         report.holds,
-        report.dedup_records
+        report.dedup_records,
+        report.channel_quantities,
+        report.channel_overrides,
+        report.known_locations
     );
     Ok(())
 }
