@@ -566,3 +566,48 @@ pub async fn publish_recomputes(
     }
     Ok(published)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map<V: Clone>(pairs: &[(&str, V)]) -> BTreeMap<String, V> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_quantity_is_computed_from_the_hashes_as_the_scripts_do() {
+        let channel = Channel {
+            id: "m".into(),
+            locations: vec!["a".into(), "b".into(), "c".into()],
+            rules: Some(AvailabilityRules {
+                buffer: Some(1),
+                ..Default::default()
+            }),
+            rules_version: 3,
+            ..Default::default()
+        };
+        // a: 10 - 4 reserved - 2 safety (its own); b: 5 - 0 - 1 (the SKU's); c: none.
+        let stock = map(&[("oh:a", 10), ("rs:a", 4), ("oh:b", 5)]);
+        let policy = map(&[("ss:a", "2".to_owned()), ("ss", "1".to_owned())]);
+        let ats = map(&[("r:m:a", "1".to_owned()), ("q:m", "7".to_owned())]);
+        let expected = |override_rules: Option<&AvailabilityRules>| {
+            expected_quantity(Some(&channel), "m", override_rules, &stock, &policy, &ats)
+        };
+        assert_eq!(expected(None), 4 + 4 - 1);
+        let own = AvailabilityRules {
+            own_reservations_only: Some(true),
+            ..Default::default()
+        };
+        // Only the channel's own reservation at a counts: 10 - 1 - 2.
+        assert_eq!(expected(Some(&own)), 7 + 4 - 1);
+        assert_eq!(
+            expected_quantity(None, "m", None, &stock, &policy, &ats),
+            0,
+            "a removed channel sells nothing"
+        );
+    }
+}
