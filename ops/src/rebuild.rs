@@ -11,11 +11,14 @@
 //! Order decisions come from `ORDER_RESULTS` (kept forever); commits of orders whose hold is
 //! still running come from `ORDER_EVENTS` (kept a week, holds last at most a day).
 //!
+//! Channel state comes from the ledger (each SKU's last `channel_rules` entry per channel) and
+//! from the `AVAILABILITY` feed, which keeps each (channel, SKU)'s newest quantity and version.
+//!
 //! Rebuild expects the workers to be stopped (scaled to zero): inputs wait in their streams and
 //! are applied on top of the rebuilt state when the workers start again.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -27,15 +30,15 @@ use order_worker::{
     restore::{LineRecord, OrderRecord},
 };
 use prost::Message as _;
-use stock_worker::restore::{EventOutcome, Policy};
+use stock_worker::restore::{ChannelState, EventOutcome, Policy};
 use stockflow_proto::{
     subjects,
     v1::{
-        order_event, order_result, OrderEvent, OrderResult, ReleaseReason, StockChanged,
-        StockEventRejected,
+        order_event, order_result, AvailabilityRules, ChannelAvailabilityChanged, OrderEvent,
+        OrderResult, ReleaseReason, StockChanged, StockEventRejected,
     },
 };
-use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
+use stockflow_shared::{channels::Locations, keys::Keys, redis_conn::RedisConnection};
 
 use crate::Error;
 
@@ -107,6 +110,12 @@ pub struct Fold {
     pub levels: BTreeMap<(String, String), Totals>,
     /// Policy per SKU.
     pub policies: BTreeMap<String, Policy>,
+    /// Each SKU's override of a channel's rules, by (sku, channel): its last `channel_rules`
+    /// entry, left out when that entry set no field (it removed the override).
+    pub channel_rules: BTreeMap<(String, String), AvailabilityRules>,
+    /// The `AVAILABILITY` feed's newest (quantity, version) by (sku, channel); read by
+    /// [`Self::everything`] only.
+    pub feed: BTreeMap<(String, String), (i64, u64)>,
     /// Stock inputs seen: (sku, event_id) -> how each ended.
     stock_events: HashMap<(String, String), EventOutcome>,
     policy_causes: HashSet<(String, String)>,
@@ -137,6 +146,12 @@ pub struct RebuildReport {
     pub holds: usize,
     /// Average stored bytes per ledger message (for retention planning).
     pub bytes_per_entry: u64,
+    /// Per-SKU overrides of a channel's rules restored.
+    pub channel_overrides: usize,
+    /// Channel quantities (with their versions) restored from the feed.
+    pub channel_quantities: usize,
+    /// Locations written to the set of known locations.
+    pub known_locations: usize,
 }
 
 /// Calls `each` for every message of `stream` stored up to now, in stream order.
@@ -207,6 +222,39 @@ pub async fn ledger_streams(js: &jetstream::Context) -> Result<Vec<String>, Erro
     Ok(streams)
 }
 
+/// The newest quantity of every (channel, SKU) in the `AVAILABILITY` feed, by (sku, channel):
+/// the stream keeps the last message per subject, so this is one read from its start. A
+/// deployment whose topology has no feed yet has none.
+pub async fn availability_feed(
+    js: &jetstream::Context,
+) -> Result<BTreeMap<(String, String), ChannelAvailabilityChanged>, Error> {
+    match js.get_stream(subjects::AVAILABILITY).await {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            return Ok(BTreeMap::new())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening stream {}", subjects::AVAILABILITY))
+                .into())
+        }
+    }
+    let mut feed = BTreeMap::new();
+    for_each_message(js, subjects::AVAILABILITY, |message| {
+        let q = ChannelAvailabilityChanged::decode(message.payload.as_ref())?;
+        feed.insert((q.sku.clone(), q.channel.clone()), q);
+        Ok(())
+    })
+    .await?;
+    Ok(feed)
+}
+
 fn published_ms(message: &jetstream::Message) -> i64 {
     message
         .info()
@@ -236,9 +284,14 @@ impl Fold {
         Ok(fold)
     }
 
-    /// Reads the ledger, order results and recent order commands.
+    /// Reads the ledger, order results, recent order commands and the availability feed.
     pub async fn everything(js: &jetstream::Context) -> Result<Self, Error> {
         let mut fold = Self::ledger(js).await?;
+        fold.feed = availability_feed(js)
+            .await?
+            .into_iter()
+            .map(|(key, q)| (key, (q.available_to_sell, q.version)))
+            .collect();
         for_each_message(js, subjects::ORDER_RESULTS, |message| {
             fold.order_result(message)
         })
@@ -283,6 +336,19 @@ impl Fold {
         if ORDER_KINDS.contains(&entry.kind.as_str()) {
             self.order_step(&entry, before.on_hand - after.on_hand);
             return Ok(());
+        }
+        if let Some(set) = &entry.channel_rules {
+            // As in apply_stock.lua: the last override replaces the one before; one that sets
+            // no field removes it.
+            let key = (entry.sku.clone(), set.channel.clone());
+            match set.rules.filter(|r| *r != AvailabilityRules::default()) {
+                Some(rules) => {
+                    self.channel_rules.insert(key, rules);
+                }
+                None => {
+                    self.channel_rules.remove(&key);
+                }
+            }
         }
         if let Some(policy) = &entry.policy {
             if self
@@ -444,6 +510,43 @@ impl Fold {
             .collect();
         report.policies = policies.len();
         each(policies, |(sku, policy)| stock.policy(redis, sku, policy)).await?;
+
+        let mut channels: BTreeMap<&str, BTreeMap<String, ChannelState>> = BTreeMap::new();
+        for ((sku, channel), rules) in &self.channel_rules {
+            report.channel_overrides += 1;
+            channels
+                .entry(sku)
+                .or_default()
+                .entry(channel.clone())
+                .or_default()
+                .override_rules = Some(*rules);
+        }
+        for ((sku, channel), published) in &self.feed {
+            report.channel_quantities += 1;
+            channels
+                .entry(sku)
+                .or_default()
+                .entry(channel.clone())
+                .or_default()
+                .published = Some(*published);
+        }
+        each(channels.into_iter().collect(), |(sku, states)| async move {
+            stock.channels(redis, sku, &states).await
+        })
+        .await?;
+
+        // The locations a channel may name: every location the ledger has an entry of, as the
+        // stock worker noted them while applying those entries.
+        let known: BTreeSet<&str> = self
+            .levels
+            .keys()
+            .map(|(_, location)| location.as_str())
+            .collect();
+        report.known_locations = known.len();
+        Locations::new(keys)
+            .note(redis, known)
+            .await
+            .context("writing the known locations to Redis")?;
 
         let events: Vec<_> = self
             .stock_events

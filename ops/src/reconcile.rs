@@ -3,6 +3,11 @@
 //!
 //! The ledger's sum of `after - before` per (sku, location) is the level (see
 //! [`crate::rebuild`]); a level on which Redis holds something else has drifted.
+//!
+//! A channel quantity has drifted when the feed's newest quantity or Redis' `q:<channel>`
+//! differs from what [`stockflow_shared::channels::quantity`] gives from the levels in Redis,
+//! the channel's rules (the `CHANNELS` bucket) and the SKU's override (the ledger's last
+//! `channel_rules` entry). `--fix` sends that SKU a `ChannelRecompute`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,10 +16,14 @@ use std::{
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use futures::StreamExt as _;
 use prost::Message as _;
 use stockflow_proto::{
     subjects,
-    v1::{stock_event::Change, EventMeta, Reason, StockEvent},
+    v1::{
+        stock_event::Change, AvailabilityRules, Channel, ChannelRecompute, EventMeta, Reason,
+        StockEvent,
+    },
 };
 use stockflow_shared::{
     keys::Keys,
@@ -46,11 +55,31 @@ pub struct Drift {
     pub redis: i64,
 }
 
+/// A (channel, SKU) whose published or stored quantity differs from what its levels and rules
+/// give.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelDrift {
+    /// SKU.
+    pub sku: String,
+    /// Channel id.
+    pub channel: String,
+    /// What the rules give from the levels Redis holds.
+    pub expected: i64,
+    /// The feed's newest quantity.
+    pub feed: i64,
+    /// Its version.
+    pub version: u64,
+    /// What Redis holds (`q:<channel>`), `None` when nothing.
+    pub redis: Option<i64>,
+}
+
 /// What a settled comparison found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// The levels that differ, by SKU and location.
     pub drift: Vec<Drift>,
+    /// The channel quantities that differ, by SKU and channel.
+    pub channels: Vec<ChannelDrift>,
     /// Workers that did not catch up in time before the second look, each as a sentence (the
     /// drift was compared anyway).
     pub not_caught_up: Vec<String>,
@@ -94,17 +123,19 @@ pub async fn settled_drift(
     settle: Duration,
     progress: &mut dyn Progress,
 ) -> Result<Report, Error> {
+    let (drift, channels) = all_drift_with(js, redis, keys, progress).await?;
     let mut report = Report {
-        drift: drift_with(js, redis, keys, progress).await?,
+        drift,
+        channels,
         not_caught_up: Vec::new(),
     };
-    if report.drift.is_empty() {
+    if report.drift.is_empty() && report.channels.is_empty() {
         progress.finished();
         return Ok(report);
     }
     progress.settling();
     report.not_caught_up = wait_for_workers(js, topology, settle).await;
-    report.drift = drift_with(js, redis, keys, progress).await?;
+    (report.drift, report.channels) = all_drift_with(js, redis, keys, progress).await?;
     progress.finished();
     Ok(report)
 }
@@ -116,6 +147,14 @@ async fn wait_for_workers(
     topology: &TopologySettings,
     settle: Duration,
 ) -> Vec<String> {
+    // A channel's new rules reach its SKUs as recompute commands on the stock input.
+    let rules = crate::streams::wait_until_caught_up(
+        js,
+        topology::CHANNEL_RULES.stream,
+        topology::CHANNEL_RULES.durable,
+        settle,
+    )
+    .await;
     let stock = crate::streams::wait_until_stock_caught_up(js, topology, settle).await;
     let orders = crate::streams::wait_until_caught_up(
         js,
@@ -124,7 +163,7 @@ async fn wait_for_workers(
         settle,
     )
     .await;
-    [stock, orders]
+    [rules, stock, orders]
         .into_iter()
         .filter_map(|caught_up| caught_up.err().map(|e| format!("{e:#}")))
         .collect()
@@ -167,6 +206,30 @@ pub async fn drift_with(
 ) -> Result<Vec<Drift>, Error> {
     progress.reading(ledger_messages(js).await?);
     let fold = Fold::ledger_with(js, &mut || progress.read()).await?;
+    level_drift(&fold, redis, keys, progress).await
+}
+
+/// The drift of the levels and of the channel quantities, reading the ledger once.
+pub async fn all_drift_with(
+    js: &jetstream::Context,
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<Drift>, Vec<ChannelDrift>), Error> {
+    progress.reading(ledger_messages(js).await?);
+    let fold = Fold::ledger_with(js, &mut || progress.read()).await?;
+    let levels = level_drift(&fold, redis, keys, progress).await?;
+    let channels = channel_drift(js, redis, keys, &fold).await?;
+    Ok((levels, channels))
+}
+
+/// The levels of every SKU either side knows, compared with `fold`'s sums.
+async fn level_drift(
+    fold: &Fold,
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Drift>, Error> {
     let mut skus: BTreeSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
     for key in redis
         .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
@@ -201,9 +264,153 @@ pub async fn drift_with(
             redis::from_redis_value(redis::Value::Array(replies))
                 .context("reading stock levels from Redis")?;
         for (sku, hash) in chunk.iter().zip(hashes) {
-            compare(sku, &stored_levels(hash), &fold, &mut out);
+            compare(sku, &stored_levels(hash), fold, &mut out);
         }
         progress.compared(chunk.len() as u64);
+    }
+    Ok(out)
+}
+
+/// Every channel the `CHANNELS` bucket defines, by id (none when the bucket does not exist).
+async fn defined_channels(js: &jetstream::Context) -> Result<BTreeMap<String, Channel>, Error> {
+    let Ok(store) = js.get_key_value(topology::CHANNELS).await else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    let mut keys = store.keys().await.context("listing the channels")?;
+    let mut ids = Vec::new();
+    while let Some(key) = keys.next().await {
+        ids.push(key.context("listing the channels")?);
+    }
+    for id in ids {
+        let Some(entry) = store
+            .entry(&id)
+            .await
+            .with_context(|| format!("reading channel {id:?}"))?
+        else {
+            continue;
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            continue;
+        }
+        let mut channel = Channel::decode(entry.value.as_ref())
+            .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))?;
+        channel.rules_version = entry.revision;
+        out.insert(id, channel);
+    }
+    Ok(out)
+}
+
+/// What `channel` may sell of a SKU whose hashes are `stock`, `policy` and `ats`, under its
+/// rules and `override_rules`; 0 for a channel that is not defined (removed).
+fn expected_quantity(
+    channel: Option<&Channel>,
+    id: &str,
+    override_rules: Option<&AvailabilityRules>,
+    stock: &BTreeMap<String, i64>,
+    policy: &BTreeMap<String, String>,
+    ats: &BTreeMap<String, String>,
+) -> i64 {
+    let Some(channel) = channel else {
+        return 0;
+    };
+    let rules = channel.rules.unwrap_or_default();
+    let own = override_rules
+        .and_then(|r| r.own_reservations_only)
+        .or(rules.own_reservations_only)
+        .unwrap_or(false);
+    let available: Vec<i64> = channel
+        .locations
+        .iter()
+        .map(|l| {
+            let on_hand = stock.get(&format!("oh:{l}")).copied().unwrap_or(0);
+            let reserved = if own {
+                ats.get(&format!("r:{id}:{l}"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            } else {
+                stock.get(&format!("rs:{l}")).copied().unwrap_or(0)
+            };
+            let safety: i64 = policy
+                .get(&format!("ss:{l}"))
+                .or_else(|| policy.get("ss"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            on_hand - reserved - safety
+        })
+        .collect();
+    stockflow_shared::channels::quantity(&available, &rules, override_rules).0
+}
+
+/// Compares every (channel, SKU) of the `AVAILABILITY` feed with what its levels and rules give.
+pub async fn channel_drift(
+    js: &jetstream::Context,
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    fold: &Fold,
+) -> Result<Vec<ChannelDrift>, Error> {
+    let feed = crate::rebuild::availability_feed(js).await?;
+    if feed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let channels = defined_channels(js).await?;
+    let mut by_sku: BTreeMap<&str, Vec<&stockflow_proto::v1::ChannelAvailabilityChanged>> =
+        BTreeMap::new();
+    for ((sku, _), q) in &feed {
+        by_sku.entry(sku).or_default().push(q);
+    }
+    let skus: Vec<&str> = by_sku.keys().copied().collect();
+    let mut out = Vec::new();
+    for chunk in skus.chunks(BATCH) {
+        let mut cmds = Vec::with_capacity(chunk.len() * 3);
+        for sku in chunk {
+            for key in [keys.stock(sku), keys.policy(sku), keys.channels(sku)] {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(key);
+                cmds.push(cmd);
+            }
+        }
+        let replies = redis
+            .run_all(cmds)
+            .await
+            .context("reading channel state from Redis")?;
+        for (sku, replies) in chunk.iter().zip(replies.chunks(3)) {
+            let [stock, policy, ats] = replies else {
+                return Err(anyhow::anyhow!("Redis answered a pipeline short").into());
+            };
+            let stock: BTreeMap<String, i64> = redis::from_redis_value(stock.clone())
+                .context("reading stock levels from Redis")?;
+            let policy: BTreeMap<String, String> = redis::from_redis_value(policy.clone())
+                .context("reading stock policy from Redis")?;
+            let ats: BTreeMap<String, String> =
+                redis::from_redis_value(ats.clone()).context("reading channel state from Redis")?;
+            for q in &by_sku[sku] {
+                let override_rules = fold
+                    .channel_rules
+                    .get(&((*sku).to_owned(), q.channel.clone()));
+                let expected = expected_quantity(
+                    channels.get(&q.channel),
+                    &q.channel,
+                    override_rules,
+                    &stock,
+                    &policy,
+                    &ats,
+                );
+                let held = ats
+                    .get(&format!("q:{}", q.channel))
+                    .and_then(|v| v.parse().ok());
+                if q.available_to_sell != expected || held != Some(expected) {
+                    out.push(ChannelDrift {
+                        sku: (*sku).to_owned(),
+                        channel: q.channel.clone(),
+                        expected,
+                        feed: q.available_to_sell,
+                        version: q.version,
+                        redis: held,
+                    });
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -299,4 +506,108 @@ pub async fn publish_corrections(
         published += 1;
     }
     Ok(published)
+}
+
+/// Publishes one `ChannelRecompute` per channel drift: the stock worker computes that SKU's
+/// quantity again from its levels and, when it differs from what Redis holds, stores and
+/// publishes it (a new version). The event id is fixed by the drift
+/// (`reconcile:<channel>:<version>:<redis>:<expected>`), so running the fix twice for the same
+/// drift recomputes once.
+pub async fn publish_recomputes(
+    js: &jetstream::Context,
+    drifts: &[ChannelDrift],
+) -> Result<usize, Error> {
+    let channels = defined_channels(js).await?;
+    let mut published = 0;
+    for d in drifts {
+        // The rules version the worker must know first: the bucket's, or for a removed channel
+        // the one the feed's last quantity was computed with.
+        let rules_version = channels
+            .get(&d.channel)
+            .map(|c| c.rules_version)
+            .unwrap_or(1)
+            .max(1);
+        let held = d
+            .redis
+            .map(|q| q.to_string())
+            .unwrap_or_else(|| "none".into());
+        let event_id = format!(
+            "reconcile:{}:{}:{held}:{}",
+            d.channel, d.version, d.expected
+        );
+        let event = StockEvent {
+            meta: Some(EventMeta {
+                event_id: event_id.clone(),
+                occurred_at_ms: stockflow_shared::now_ms(),
+                source: RECONCILE_SOURCE.to_owned(),
+                reason: Reason::Correction.into(),
+                reference: String::new(),
+            }),
+            sku: d.sku.clone(),
+            change: Some(Change::ChannelRecompute(ChannelRecompute {
+                channel: d.channel.clone(),
+                rules_version,
+            })),
+            ..Default::default()
+        };
+        let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        js.publish_with_headers(
+            subjects::stock_event(&event.sku),
+            headers,
+            event.encode_to_vec().into(),
+        )
+        .await
+        .context("publishing a channel recompute")?
+        .await
+        .context("storing a channel recompute")?;
+        published += 1;
+    }
+    Ok(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map<V: Clone>(pairs: &[(&str, V)]) -> BTreeMap<String, V> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_quantity_is_computed_from_the_hashes_as_the_scripts_do() {
+        let channel = Channel {
+            id: "m".into(),
+            locations: vec!["a".into(), "b".into(), "c".into()],
+            rules: Some(AvailabilityRules {
+                buffer: Some(1),
+                ..Default::default()
+            }),
+            rules_version: 3,
+            ..Default::default()
+        };
+        // a: 10 - 4 reserved - 2 safety (its own); b: 5 - 0 - 1 (the SKU's); c: none.
+        let stock = map(&[("oh:a", 10), ("rs:a", 4), ("oh:b", 5)]);
+        let policy = map(&[("ss:a", "2".to_owned()), ("ss", "1".to_owned())]);
+        let ats = map(&[("r:m:a", "1".to_owned()), ("q:m", "7".to_owned())]);
+        let expected = |override_rules: Option<&AvailabilityRules>| {
+            expected_quantity(Some(&channel), "m", override_rules, &stock, &policy, &ats)
+        };
+        assert_eq!(expected(None), 4 + 4 - 1);
+        let own = AvailabilityRules {
+            own_reservations_only: Some(true),
+            ..Default::default()
+        };
+        // Only the channel's own reservation at a counts: 10 - 1 - 2.
+        assert_eq!(expected(Some(&own)), 7 + 4 - 1);
+        assert_eq!(
+            expected_quantity(None, "m", None, &stock, &policy, &ats),
+            0,
+            "a removed channel sells nothing"
+        );
+    }
 }

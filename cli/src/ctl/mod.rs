@@ -1,6 +1,7 @@
 //! `stockctl`, the operator command line: its arguments, its settings, and one module per
 //! command.
 
+pub mod channels;
 pub mod dlq;
 pub mod import;
 pub mod publish;
@@ -97,6 +98,14 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Sales channels: list, show, set and remove them; override a channel's rules for a SKU.
+    Channels {
+        /// Which.
+        #[command(subcommand)]
+        command: channels::ChannelsCommand,
+    },
+    /// What a channel may sell: one SKU's newest quantity, or every SKU of the channel.
+    Availability(channels::AvailabilityArgs),
     /// Rebuild every Redis key from JetStream (workers stopped, Redis empty).
     Rebuild(repair::RebuildArgs),
     /// Compare Redis with the ledger; exit 4 when they differ (with --fix: when drift is left).
@@ -154,7 +163,7 @@ impl Command {
                 | Self::Stock { .. }
                 | Self::Rebuild(_)
                 | Self::Reconcile(_)
-        )
+        ) || matches!(self, Self::Channels { command } if command.uses_redis())
     }
 }
 
@@ -266,6 +275,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         }
         Command::Dlq { command } => {
             dlq::run(&jetstream(&settings).await?, &command, format).await?;
+        }
+        Command::Channels { command } => return channels::run(&settings, &command, format).await,
+        Command::Availability(args) => {
+            return channels::availability(&settings, &args, format).await
         }
         Command::Rebuild(args) => {
             repair::rebuild(&settings, settings.state()?.order_retention, &args).await?;

@@ -318,7 +318,7 @@ pub fn stored_json(input: &Input, ack: &PublishAck) -> Value {
 }
 
 /// A refusal as stockctl reports it: the reason, and the field when the reason does not name it.
-fn refused(error: &InputError) -> anyhow::Error {
+pub(crate) fn refused(error: &InputError) -> anyhow::Error {
     if error.reason.contains(error.field.as_str()) {
         anyhow::anyhow!("invalid event: {}", error.reason)
     } else {
@@ -336,7 +336,8 @@ fn fresh_event_id() -> String {
 }
 
 impl EnvelopeArgs {
-    fn meta(&self) -> EventMeta {
+    /// The envelope these flags describe (a fresh `event_id` when none is given).
+    pub(crate) fn meta(&self) -> EventMeta {
         let event_id = self.event_id.clone().unwrap_or_else(fresh_event_id);
         EventMeta {
             reference: self

@@ -12,7 +12,7 @@ use stockflow_shared::{keys::Keys, redis_conn::RedisConnection, topology};
 use super::Outcome;
 use stockflow_ops::{
     rebuild,
-    reconcile::{self, Drift},
+    reconcile::{self, ChannelDrift, Drift},
 };
 
 /// How long `reconcile` waits for a worker that has something pending before it looks again.
@@ -30,8 +30,9 @@ pub struct RebuildArgs {
 /// `stockctl reconcile` arguments.
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    /// Publish `adjusted` facts that bring on-hand levels back to the ledger, wait until the
-    /// stock worker applied them and compare again.
+    /// Publish `adjusted` facts that bring on-hand levels back to the ledger and a channel
+    /// recompute for each drifted channel quantity, wait until the stock worker applied them
+    /// and compare again.
     #[arg(long)]
     pub fix: bool,
 }
@@ -74,7 +75,8 @@ pub async fn rebuild(
     let report = rebuild::rebuild(&js, &mut redis, &keys, retention).await?;
     crate::outln!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
-         {} order lines, {} holds scheduled, {} dedup records",
+         {} order lines, {} holds scheduled, {} dedup records, {} channel quantities, {} channel \
+         overrides, {} known locations",
         report.entries,
         report.bytes_per_entry,
         report.locations,
@@ -82,7 +84,10 @@ pub async fn rebuild(
         report.orders,
         report.lines,
         report.holds,
-        report.dedup_records
+        report.dedup_records,
+        report.channel_quantities,
+        report.channel_overrides,
+        report.known_locations
     );
     Ok(())
 }
@@ -160,16 +165,48 @@ impl reconcile::Progress for Bar {
     }
 }
 
-fn table(drift: &[Drift]) {
-    crate::outln!(
-        "{:<24} {:<16} {:<9} {:>12} {:>12}",
-        "sku",
-        "location",
-        "field",
-        "ledger",
-        "redis"
-    );
-    for d in drift {
+/// The drift found: levels, then channel quantities.
+#[derive(Debug, Clone, Default)]
+struct Found {
+    levels: Vec<Drift>,
+    channels: Vec<ChannelDrift>,
+}
+
+impl Found {
+    fn is_empty(&self) -> bool {
+        self.levels.is_empty() && self.channels.is_empty()
+    }
+
+    /// The JSON list: each entry with its `kind`, `level` or `channel`.
+    fn json(&self) -> Vec<serde_json::Value> {
+        let tagged = |kind: &str, mut value: serde_json::Value| {
+            value["kind"] = kind.into();
+            value
+        };
+        self.levels
+            .iter()
+            .map(|d| tagged("level", serde_json::to_value(d).unwrap_or_default()))
+            .chain(
+                self.channels
+                    .iter()
+                    .map(|d| tagged("channel", serde_json::to_value(d).unwrap_or_default())),
+            )
+            .collect()
+    }
+}
+
+fn table(found: &Found) {
+    if !found.levels.is_empty() {
+        crate::outln!(
+            "{:<24} {:<16} {:<9} {:>12} {:>12}",
+            "sku",
+            "location",
+            "field",
+            "ledger",
+            "redis"
+        );
+    }
+    for d in &found.levels {
         crate::outln!(
             "{:<24} {:<16} {:<9} {:>12} {:>12}",
             d.sku,
@@ -179,35 +216,62 @@ fn table(drift: &[Drift]) {
             d.redis
         );
     }
+    if !found.channels.is_empty() {
+        crate::outln!(
+            "{:<24} {:<16} {:<9} {:>12} {:>12} {:>12} {:>8}",
+            "sku",
+            "channel",
+            "kind",
+            "expected",
+            "feed",
+            "redis",
+            "version"
+        );
+    }
+    for d in &found.channels {
+        crate::outln!(
+            "{:<24} {:<16} {:<9} {:>12} {:>12} {:>12} {:>8}",
+            d.sku,
+            d.channel,
+            "channel",
+            d.expected,
+            d.feed,
+            d.redis.map_or_else(|| "-".to_owned(), |q| q.to_string()),
+            d.version
+        );
+    }
 }
 
 /// What `reconcile -o json` prints.
 #[derive(Debug, serde::Serialize)]
 struct Json<'a> {
-    /// Whether Redis agrees with the ledger (after the fix, with `--fix`).
+    /// Whether Redis agrees with the ledger and the feed (after the fix, with `--fix`).
     agrees: bool,
-    /// The drift found.
-    drift: &'a [Drift],
+    /// The drift found, each with its `kind` (`level` or `channel`).
+    drift: Vec<serde_json::Value>,
     /// Workers that did not catch up before the second look.
     not_caught_up: &'a [String],
     /// With `--fix`: what was done and what is left.
     #[serde(skip_serializing_if = "Option::is_none")]
-    fix: Option<FixJson<'a>>,
+    fix: Option<FixJson>,
 }
 
 /// The `fix` object of [`Json`].
 #[derive(Debug, serde::Serialize)]
-struct FixJson<'a> {
+struct FixJson {
     /// `adjusted` corrections published.
     published: usize,
+    /// Channel recomputes published.
+    recomputes: usize,
     /// Drift left after they were applied (reserved drift needs `stockctl rebuild`).
-    remaining: &'a [Drift],
+    remaining: Vec<serde_json::Value>,
 }
 
 /// What `--fix` did: corrections published, and the drift left once they were applied.
 struct Fixed {
     published: usize,
-    remaining: Vec<Drift>,
+    recomputes: usize,
+    remaining: Found,
     not_caught_up: Vec<String>,
 }
 
@@ -218,27 +282,30 @@ async fn fix(
     js: &async_nats::jetstream::Context,
     redis: &mut RedisConnection,
     keys: &Keys,
-    drift: &[Drift],
+    drift: &Found,
 ) -> anyhow::Result<Fixed> {
-    let published = reconcile::publish_corrections(js, drift).await?;
+    let published = reconcile::publish_corrections(js, &drift.levels).await?;
+    let recomputes = reconcile::publish_recomputes(js, &drift.channels).await?;
     let mut not_caught_up = Vec::new();
-    if published > 0 {
+    if published + recomputes > 0 {
         if let Err(e) =
             stockflow_ops::streams::wait_until_stock_caught_up(js, &settings.topology, SETTLE).await
         {
             not_caught_up.push(format!("{e:#}"));
         }
     }
-    let remaining = reconcile::drift_with(js, redis, keys, &mut Bar::new()).await?;
+    let (levels, channels) = reconcile::all_drift_with(js, redis, keys, &mut Bar::new()).await?;
     Ok(Fixed {
         published,
-        remaining,
+        recomputes,
+        remaining: Found { levels, channels },
         not_caught_up,
     })
 }
 
-/// Compares Redis with the ledger and prints the drift; with `--fix` publishes corrections,
-/// waits for them and says what it fixed and what is left. Exit 4 while drift is left.
+/// Compares Redis with the ledger (and channel quantities with the feed) and prints the drift;
+/// with `--fix` publishes corrections, waits for them and says what it fixed and what is left.
+/// Exit 4 while drift is left.
 pub async fn reconcile(
     settings: &super::Settings,
     args: &ReconcileArgs,
@@ -257,7 +324,10 @@ pub async fn reconcile(
     for e in &report.not_caught_up {
         eprintln!("stockctl: {e}; comparing anyway");
     }
-    let drift = report.drift;
+    let drift = Found {
+        levels: report.drift,
+        channels: report.channels,
+    };
     let fixed = if args.fix && !drift.is_empty() {
         let fixed = fix(settings, &js, &mut redis, &keys, &drift).await?;
         for e in &fixed.not_caught_up {
@@ -276,11 +346,12 @@ pub async fn reconcile(
     if format == Format::Json {
         let json = Json {
             agrees: left.is_empty(),
-            drift: &drift,
+            drift: drift.json(),
             not_caught_up: &report.not_caught_up,
             fix: fixed.as_ref().map(|f| FixJson {
                 published: f.published,
-                remaining: &f.remaining,
+                recomputes: f.recomputes,
+                remaining: f.remaining.json(),
             }),
         };
         crate::outln!("{}", serde_json::to_string_pretty(&json)?);
@@ -292,24 +363,33 @@ pub async fn reconcile(
     }
     table(&drift);
     if let Some(fixed) = fixed {
-        let on_hand = drift.iter().filter(|d| d.field == "on_hand").count();
+        let on_hand = drift.levels.iter().filter(|d| d.field == "on_hand").count();
         crate::outln!(
             "published {} correction(s) for {on_hand} on-hand drift(s)",
             fixed.published
         );
+        if fixed.recomputes > 0 {
+            crate::outln!(
+                "published {} channel recompute(s) for {} channel drift(s)",
+                fixed.recomputes,
+                drift.channels.len()
+            );
+        }
         if fixed.remaining.is_empty() {
             crate::outln!("fixed: Redis agrees with the ledger");
             return Ok(outcome);
         }
         crate::outln!("left after the fix:");
         table(&fixed.remaining);
-        if fixed.remaining.iter().any(|d| d.field == "on_hand") {
+        if fixed.remaining.levels.iter().any(|d| d.field == "on_hand")
+            || !fixed.remaining.channels.is_empty()
+        {
             crate::outln!(
-                "on-hand drift is left: the stock worker has not applied the corrections (is it \
-                 running?); run `stockctl reconcile` again once it has"
+                "on-hand or channel drift is left: the stock worker has not applied the \
+                 corrections (is it running?); run `stockctl reconcile` again once it has"
             );
         }
-        if fixed.remaining.iter().any(|d| d.field == "reserved") {
+        if fixed.remaining.levels.iter().any(|d| d.field == "reserved") {
             crate::outln!("reserved drift has no stock fact that repairs it: `stockctl rebuild`");
         }
     }

@@ -4,6 +4,7 @@
 mod world;
 
 mod channels;
+mod channels_ops;
 mod cli;
 mod consume;
 mod crash;

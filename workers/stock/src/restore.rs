@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use stockflow_proto::{input::fact::encode_rules, v1::AvailabilityRules};
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 /// A SKU's policy as its `policy_set` ledger entries left it.
@@ -54,6 +55,16 @@ pub enum EventOutcome {
     },
 }
 
+/// One channel's state of one SKU, as the ledger and the `AVAILABILITY` feed left it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelState {
+    /// The SKU's override of the channel's rules (its last `channel_rules` entry), when it has
+    /// one that sets a field.
+    pub override_rules: Option<AvailabilityRules>,
+    /// The feed's newest (quantity, version), when the feed has one.
+    pub published: Option<(i64, u64)>,
+}
+
 /// The restore scripts, loaded once.
 #[derive(Debug, Clone)]
 pub struct Restore {
@@ -61,6 +72,7 @@ pub struct Restore {
     level: redis::Script,
     policy: redis::Script,
     event: redis::Script,
+    channels: redis::Script,
 }
 
 impl Restore {
@@ -71,6 +83,7 @@ impl Restore {
             level: stockflow_shared::script(include_str!("../lua/restore_level.lua")),
             policy: stockflow_shared::script(include_str!("../lua/restore_policy.lua")),
             event: stockflow_shared::script(include_str!("../lua/restore_event.lua")),
+            channels: stockflow_shared::script(include_str!("../lua/restore_channels.lua")),
         }
     }
 
@@ -141,6 +154,36 @@ impl Restore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
+    }
+
+    /// Writes `sku`'s channel state: each channel's override (`o:`), quantity (`q:`) and
+    /// version (`v:`), in one call on the SKU's channels hash.
+    pub async fn channels(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        channels: &BTreeMap<String, ChannelState>,
+    ) -> redis::RedisResult<()> {
+        let mut redis = redis.clone();
+        let mut invocation = self.channels.key(self.keys.channels(sku));
+        for (channel, state) in channels {
+            let (quantity, version) = match state.published {
+                Some((q, v)) => (q.to_string(), v.to_string()),
+                None => (String::new(), String::new()),
+            };
+            invocation
+                .arg(channel)
+                .arg(
+                    state
+                        .override_rules
+                        .as_ref()
+                        .map(encode_rules)
+                        .unwrap_or_default(),
+                )
+                .arg(quantity)
+                .arg(version);
+        }
+        invocation.invoke_async::<i64>(&mut redis).await.map(drop)
     }
 }
 
