@@ -7,9 +7,8 @@ use std::{collections::HashMap, time::Duration};
 
 use stockflow_proto::{subjects, v1::AvailabilityRules};
 use stockflow_tests::{
-    eventually,
     events::{channel, channel_fact, channel_set},
-    DEADLINE,
+    eventually, DEADLINE,
 };
 
 use crate::{
@@ -73,7 +72,9 @@ async fn a_channel_subscription_gets_that_channels_quantities_only_every_version
     world
         .publish(&event("r1", sku, "store-1", received(10)))
         .await;
-    world.publish(&event("r2", sku, "store-2", received(5))).await;
+    world
+        .publish(&event("r2", sku, "store-2", received(5)))
+        .await;
     world.wait_stock_idle().await;
     // The marketplace draws on both stores and holds 2 back; the web shop on store-1 alone.
     let rules = AvailabilityRules {
@@ -114,9 +115,14 @@ async fn a_channel_subscription_gets_that_channels_quantities_only_every_version
         expected.push((now.version, market));
     }
     let web = world.availability("web", sku).await.expect("web's feed");
-    assert_eq!(web.available_to_sell, 7, "the web shop's quantity moved too");
+    assert_eq!(
+        web.available_to_sell, 7,
+        "the web shop's quantity moved too"
+    );
     world.wait_stock_idle().await;
-    world.wait_idle(subjects::AVAILABILITY, "notify-worker").await;
+    world
+        .wait_idle(subjects::AVAILABILITY, "notify-worker")
+        .await;
     wait_deliveries_done(&world, &["market-feed"]).await;
 
     let got = quantities(&market_hook);
@@ -146,8 +152,14 @@ async fn a_channel_subscription_gets_that_channels_quantities_only_every_version
             post.body["subject"],
             subjects::availability("market", sku).as_str()
         );
-        assert!(data["rules_version"].as_u64().is_some_and(|v| v > 0), "{data}");
-        assert!(data["changed_at_ms"].as_i64().is_some_and(|t| t > 0), "{data}");
+        assert!(
+            data["rules_version"].as_u64().is_some_and(|v| v > 0),
+            "{data}"
+        );
+        assert!(
+            data["changed_at_ms"].as_i64().is_some_and(|t| t > 0),
+            "{data}"
+        );
     }
     let last = &posts.last().expect("a delivery").body["data"];
     assert_eq!(
@@ -181,14 +193,19 @@ async fn a_channel_sale_beyond_the_offer_is_delivered_once_as_channel_oversold()
     let stock = world.stock_worker();
     let notify = notify_worker(&world, &fast(&file, &[]));
     let sku = "SNEAKER-42";
-    world.publish(&event("r1", sku, "store-1", received(6))).await;
+    world
+        .publish(&event("r1", sku, "store-1", received(6)))
+        .await;
     world.wait_stock_idle().await;
     let rules = AvailabilityRules {
         buffer: Some(2),
         ..Default::default()
     };
     world
-        .publish_channel(&channel_set("c-market", channel("market", &["store-1"], rules)))
+        .publish_channel(&channel_set(
+            "c-market",
+            channel("market", &["store-1"], rules),
+        ))
         .await;
     world
         .publish_channel(&channel_set(
@@ -216,13 +233,19 @@ async fn a_channel_sale_beyond_the_offer_is_delivered_once_as_channel_oversold()
     let data = &post.body["data"];
     assert_eq!(data["channel"], "market");
     assert_eq!(data["sku"], sku);
-    assert_eq!((data["offered"].as_i64(), data["sold"].as_i64()), (Some(4), Some(5)));
+    assert_eq!(
+        (data["offered"].as_i64(), data["sold"].as_i64()),
+        (Some(4), Some(5))
+    );
     assert_eq!(data["cause_event_id"], "m1");
     assert_eq!(
         post.body["subject"],
         subjects::alert("channel_oversold", sku).as_str()
     );
-    assert!(web_hook.received().is_empty(), "the web shop oversold nothing");
+    assert!(
+        web_hook.received().is_empty(),
+        "the web shop oversold nothing"
+    );
     market_hook.assert_signatures_verified();
     notify.shutdown().await;
     stock.shutdown().await;
@@ -277,26 +300,32 @@ async fn an_endpoint_down_for_a_while_gets_the_newest_quantity_of_every_sku_once
         newest.insert(sku.to_owned(), feed.version);
     }
     world.wait_stock_idle().await;
-    world.wait_idle(subjects::AVAILABILITY, "notify-worker").await;
-    eventually("every queued delivery failed at least once", DEADLINE, || async {
-        let failed: std::collections::HashSet<String> = down
-            .received()
-            .into_iter()
-            .filter(|r| r.status == 503)
-            .map(|r| r.event_id)
-            .collect();
-        let latest: Vec<String> = skus
-            .iter()
-            .map(|sku| {
-                format!(
-                    "ats:market:{}:{}",
-                    subjects::encode_token(sku),
-                    newest[*sku]
-                )
-            })
-            .collect();
-        latest.iter().all(|id| failed.contains(id)).then_some(())
-    })
+    world
+        .wait_idle(subjects::AVAILABILITY, "notify-worker")
+        .await;
+    eventually(
+        "every queued delivery failed at least once",
+        DEADLINE,
+        || async {
+            let failed: std::collections::HashSet<String> = down
+                .received()
+                .into_iter()
+                .filter(|r| r.status == 503)
+                .map(|r| r.event_id)
+                .collect();
+            let latest: Vec<String> = skus
+                .iter()
+                .map(|sku| {
+                    format!(
+                        "ats:market:{}:{}",
+                        subjects::encode_token(sku),
+                        newest[*sku]
+                    )
+                })
+                .collect();
+            latest.iter().all(|id| failed.contains(id)).then_some(())
+        },
+    )
     .await;
     assert!(down.accepted_ids().is_empty());
 

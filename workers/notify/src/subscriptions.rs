@@ -392,8 +392,14 @@ mod tests {
         for (channels, expected) in [
             (r#"[]"#, "channels: leave it out"),
             (r#"[""]"#, "channels: leave it out"),
-            (r#"["market place"]"#, "channels: channel \"market place\" is not a subject token"),
-            (r#"["a.b"]"#, "channels: channel \"a.b\" is not a subject token"),
+            (
+                r#"["market place"]"#,
+                "channels: channel \"market place\" is not a subject token",
+            ),
+            (
+                r#"["a.b"]"#,
+                "channels: channel \"a.b\" is not a subject token",
+            ),
         ] {
             let entry = format!(
                 r#"{{"id": "x", "url": "http://x/y", "events": ["*"], "channels": {channels}}}"#
