@@ -1009,6 +1009,8 @@ def check_stock_partitions(helm) -> list[str]:
         stock = [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in scaled["stock-worker"]["spec"]["triggers"]]
         want = ([(f"STOCK_EVENTS_{p}", "stock-worker") for p in range(partitions)] if partitions > 1
                 else [("STOCK_EVENTS", "stock-worker")])
+        # Channel definitions are one stream whatever the partitions.
+        want.append(("CHANNEL_EVENTS", "stock-worker"))
         if stock != want:
             problems.append(f"{partitions} partitions: stock-worker triggers {stock}, expected {want}")
         others = [t["metadata"]["stream"] for c, o in scaled.items() if c != "stock-worker" for t in o["spec"]["triggers"]]
@@ -1020,8 +1022,11 @@ def check_stock_partitions(helm) -> list[str]:
                 else [("STOCK_CHANGES", "notify-worker")])
         if ledger != want:
             problems.append(f"{partitions} partitions: notify-worker ledger triggers {ledger}, expected {want}")
-        if len(notify) != len(want) + 2:
-            problems.append(f"{partitions} partitions: notify-worker triggers {notify}, expected alerts, order results and {want}")
+        if len(notify) != len(want) + 3:
+            problems.append(f"{partitions} partitions: notify-worker triggers {notify}, expected alerts, order results, "
+                            f"channel quantities and {want}")
+        if ("AVAILABILITY", "notify-worker") not in notify:
+            problems.append(f"{partitions} partitions: notify-worker triggers {notify} lack the channel quantities (AVAILABILITY)")
         readers = [t["metadata"]["stream"] for c, o in scaled.items() if c != "notify-worker" for t in o["spec"]["triggers"]]
         if any(st.startswith("STOCK_CHANGES") for st in readers):
             problems.append(f"{partitions} partitions: another worker reads the ledger: {readers}")
@@ -1379,6 +1384,10 @@ REFUSED = [
     ("STOCKFLOW_GATEWAY_TOKENS in config.extra", {"config": {"extra": {"STOCKFLOW_GATEWAY_TOKENS": ""}}}, "render"),
     ("a malformed nkey seed", {"nats": {"auth": {"method": "nkey", "nkeySeed": "not-a-seed"}}}, "schema"),
     ("a notify in-flight window of zero", {"workers": {"notify": {"maxInFlight": 0}}}, "schema"),
+    ("a webhook channel filter that is not a channel id",
+     {"workers": {"notify": {"webhooks": {"subscriptions": [
+         {"id": "m", "url": "https://m.example/h", "events": ["channel_availability"], "channels": ["market place"]}]}}}},
+     "schema"),
     ("NATS nkey auth without a seed", {"nats": {"auth": {"method": "nkey"}}}, "render"),
     ("zero stock partitions", {"nats": {"stockPartitions": 0}}, "schema"),
     ("129 stock partitions", {"nats": {"stockPartitions": 129}}, "schema"),
@@ -1445,6 +1454,8 @@ def check_dashboard() -> list[str]:
         ("alerts raised", "stockflow_alerts_total"),
         ("reservations", "stockflow_reservations_total"),
         ("expiries", "stockflow_holds_expired_total"),
+        ("channel quantities published", 'kind=\\"channel_availability\\"'),
+        ("oversold sales per channel", "sum by (channel) (increase(stockflow_channel_oversold_total"),
     ]:
         if needle not in text:
             problems.append(f"dashboard shows no {what} ({needle})")
@@ -1487,7 +1498,8 @@ def check_alert_coverage() -> list[str]:
             problems.append(f"{name} has no test where it stays silent")
     for name in (fires | silent) - set(names):
         problems.append(f"tests mention {name}, which files/alerts.yaml does not define")
-    required = ["LagHigh", "Stalled", "DeadLetters", "ProcessingErrors", "WorkerDown", "Webhook", "RedisLatency"]
+    required = ["LagHigh", "Stalled", "DeadLetters", "ProcessingErrors", "WorkerDown", "Webhook", "RedisLatency",
+                "ChannelOversold"]
     for part in required:
         if not any(part in n for n in names):
             problems.append(f"no alert for {part}")

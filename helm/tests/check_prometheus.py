@@ -15,7 +15,9 @@ of the stock and order workers (alerts, duplicates, a stale count, a dead letter
 rejected and cancelled orders, expiring holds, a NAK for an event that arrived too early), and
 requests to the gateway (accepted, refused without a token or the scope, an unknown SKU) whose
 stock changes and alerts the notify worker delivers: delivered to one endpoint, retried and
-paused by the breaker and failed (dead-lettered past the retry horizon) at the other. Between two rounds of gateway
+paused by the breaker and failed (dead-lettered past the retry horizon) at the other; between
+them a sales channel is defined and sells more than it is offered (its quantity and its
+channel_oversold alert are delivered too, stockflow_channel_oversold_total counts it). Between two rounds of gateway
 requests the stock worker's durable consumer is deleted and declared again (a consumer restart,
 lag, duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
 dashboard query (Grafana's variables substituted) and every alert expression is sent to
@@ -81,6 +83,10 @@ TRAFFIC_DEADLINE = 90.0  # seconds for stockflow-traffic (it gives up on a step 
 # the traffic of stockflow-traffic (its own SKUs) costs the notify worker no POSTs.
 HOOK_SKU = "CHECK-HOOKED-1"
 HOOK_LOCATION = "store-1"
+# A sales channel on HOOK_LOCATION that holds most of the stock back, and sells more than it
+# is offered (stockflow_channel_oversold_total, a channel_oversold alert).
+CHECK_CHANNEL = "check-market"
+CHECK_CHANNEL_BUFFER = 8
 # The notify worker's retry settings: back-off of at most 200 ms, a retry horizon of one second
 # and a breaker that opens after three consecutive failures for one second — so the deliveries to
 # the failing endpoint are retried, pause it (the breaker opens) and are dead-lettered once past
@@ -158,6 +164,35 @@ def nats_request(port: int, subject: str, payload: bytes = b"", timeout: float =
                     status = body.splitlines()[0].decode(errors="replace")
                     raise CheckFailed(f"no answer to {subject}: {status}")
                 return json.loads(body)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb(*fields: tuple[int, int | str | bytes]) -> bytes:
+    """A protobuf message from (field number, value) pairs: an int is a varint, str and bytes
+    are length-delimited (a nested message is its bytes). Enough for the two inputs below."""
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, int):
+            out += _varint(number << 3) + _varint(value)
+        else:
+            data = value.encode() if isinstance(value, str) else value
+            out += _varint(number << 3 | 2) + _varint(len(data)) + data
+    return bytes(out)
+
+
+def publish_to_stream(port: int, subject: str, payload: bytes) -> None:
+    """Publishes `payload` on `subject` and waits for JetStream's acknowledgement."""
+    ack = nats_request(port, subject, payload)
+    if "error" in ack or not ack.get("seq"):
+        raise CheckFailed(f"JetStream did not store the message on {subject}: {ack}")
 
 
 def port_open(port: int) -> bool:
@@ -496,6 +531,7 @@ def gateway_first_round(system: System, receiver: WebhookReceiver) -> None:
     delivered(receiver, "the policy's stock change", "stock_changed", "policy_set")
     gw.fact("check-receipt", {"type": "received", "quantity": 10})
     delivered(receiver, "the receipt's stock change", "stock_changed", "received")
+    channel_oversells(system, receiver)
     gw.expect(401, "POST", "/v1/stock/events", {"type": "received", "sku": HOOK_SKU, "location": HOOK_LOCATION,
                                                 "quantity": 1})
     gw.expect(403, "POST", "/v1/stock/events", {"type": "received", "sku": HOOK_SKU, "location": HOOK_LOCATION,
@@ -514,6 +550,25 @@ def gateway_first_round(system: System, receiver: WebhookReceiver) -> None:
 
     eventually("the notify worker dead-letters both deliveries to the failing endpoint and opens its breaker",
                DELIVERY_DEADLINE, failing_gave_up)
+
+
+def channel_oversells(system: System, receiver: WebhookReceiver) -> None:
+    """A sales channel on HOOK_LOCATION (buffer 8 of the 10 received: it is offered 2) is
+    defined and sells 3: its quantity and its oversold alert reach the accepting endpoint.
+    Straight onto the streams (protobuf, stock.proto and channels.proto), not through the
+    gateway. The stock falls to 7, above the low-stock threshold of 5."""
+    meta = lambda event_id: pb((1, event_id), (3, "check"))  # noqa: E731 - EventMeta
+    rules = pb((1, CHECK_CHANNEL_BUFFER))  # AvailabilityRules.buffer
+    # Channel {id, name, kind = MARKETPLACE, locations, rules}
+    definition = pb((1, CHECK_CHANNEL), (2, CHECK_CHANNEL), (3, 3), (4, HOOK_LOCATION), (5, rules))
+    # ChannelEvent {meta, channel_id, set: ChannelSet {channel}}
+    publish_to_stream(system.nats_port, f"channels.events.{CHECK_CHANNEL}",
+                      pb((1, meta("check-channel")), (2, CHECK_CHANNEL), (10, pb((1, definition)))))
+    delivered(receiver, "the channel's quantity", "channel_availability")
+    # StockEvent {meta, sku, channel, sold: Sold {quantity: 3}}
+    publish_to_stream(system.nats_port, f"stock.events.{HOOK_SKU}",
+                      pb((1, meta("check-channel-sale")), (2, HOOK_SKU), (4, CHECK_CHANNEL), (11, pb((1, 3)))))
+    delivered(receiver, "the channel's oversold alert", "channel_oversold")
 
 
 def gateway_second_round(system: System, receiver: WebhookReceiver) -> None:
@@ -675,7 +730,9 @@ TRAFFIC = [
     ("stockflow_events_total", "worker", {"stock-worker", "order-worker", "notify-worker"}),
     ("stockflow_ready", "worker", {"stock-worker", "order-worker", "notify-worker"}),
     ("stockflow_alerts_total", "kind", {"low_stock", "out_of_stock", "back_in_stock"}),
-    ("stockflow_derived_published_total", "kind", {"stock_changed", "alert", "outcome", "order_result"}),
+    ("stockflow_derived_published_total", "kind", {"stock_changed", "alert", "outcome", "order_result",
+                                                   "channel_availability"}),
+    ("stockflow_channel_oversold_total", "channel", {CHECK_CHANNEL}),
     ("stockflow_dead_letters_total", "worker", {"stock-worker", "notify-worker"}),
     ("stockflow_dead_letters_total", "reason", {"webhook_failed"}),
     ("stockflow_reservations_total", "outcome", {"confirmed", "rejected", "released"}),

@@ -18,6 +18,7 @@ mod limits;
 mod malformed;
 mod model;
 mod notify;
+mod notify_channels;
 mod operator;
 mod order_retention;
 mod ordering;

@@ -71,7 +71,7 @@ impl Receiver {
     }
 
     /// Answers every POST with `status`.
-    async fn failing(status: u16) -> Self {
+    pub(crate) async fn failing(status: u16) -> Self {
         Self::serve(ReceiverState {
             fallback: AtomicU16::new(status),
             ..Default::default()
@@ -80,7 +80,7 @@ impl Receiver {
     }
 
     /// From now on, answers every POST with `status`.
-    fn answer(&self, status: u16) {
+    pub(crate) fn answer(&self, status: u16) {
         self.state.fallback.store(status, Ordering::SeqCst);
     }
 
@@ -118,7 +118,7 @@ impl Receiver {
     }
 
     /// Event ids of the POSTs it answered with a 2xx.
-    fn accepted_ids(&self) -> HashSet<String> {
+    pub(crate) fn accepted_ids(&self) -> HashSet<String> {
         self.received()
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))

@@ -1,12 +1,15 @@
 //! Derived events as webhook payloads: decoding the protobuf messages of `ALERTS`,
-//! `STOCK_CHANGES` and `ORDER_RESULTS`, and their JSON rendering.
+//! `STOCK_CHANGES`, `ORDER_RESULTS` and `AVAILABILITY`, and their JSON rendering.
 
 use async_nats::jetstream;
 use prost::Message as _;
 use serde_json::{json, Value};
 use stockflow_proto::{
     subjects,
-    v1::{order_result, AlertKind, Levels, OrderResult, StockAlert, StockChanged},
+    v1::{
+        order_result, AlertKind, ChannelAvailabilityChanged, Levels, OrderResult, StockAlert,
+        StockChanged,
+    },
 };
 use stockflow_shared::consume::HandleError;
 
@@ -26,6 +29,8 @@ pub enum EventType {
     /// A ledger entry, `STOCK_CHANGES`, `stock.changes.*` (`stock.changes.<p>.*` in
     /// `STOCK_CHANGES_<p>`).
     StockChanged,
+    /// `AVAILABILITY`, `availability.<channel>.*`: what a channel may sell of a SKU changed.
+    ChannelAvailability,
     /// `ORDER_RESULTS`: every line is reserved.
     OrderConfirmed,
     /// `ORDER_RESULTS`: at least one line could not be covered.
@@ -36,13 +41,14 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, in documentation order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::LowStock,
         Self::OutOfStock,
         Self::BackInStock,
         Self::NegativeStock,
         Self::ChannelOversold,
         Self::StockChanged,
+        Self::ChannelAvailability,
         Self::OrderConfirmed,
         Self::OrderRejected,
         Self::OrderReleased,
@@ -57,6 +63,7 @@ impl EventType {
             Self::NegativeStock => "negative_stock",
             Self::ChannelOversold => "channel_oversold",
             Self::StockChanged => "stock_changed",
+            Self::ChannelAvailability => "channel_availability",
             Self::OrderConfirmed => "order_confirmed",
             Self::OrderRejected => "order_rejected",
             Self::OrderReleased => "order_released",
@@ -86,6 +93,9 @@ pub struct Notification {
     pub skus: Vec<String>,
     /// Locations it is about (filters).
     pub locations: Vec<String>,
+    /// Sales channels it is about (filters): a channel quantity's or an oversold alert's
+    /// channel, a ledger entry's when a channel sale or return caused it.
+    pub channels: Vec<String>,
     /// The JSON body, rendered once so every attempt signs and sends the same bytes.
     pub body: bytes::Bytes,
 }
@@ -98,7 +108,7 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
     let malformed = |what: &'static str, e: prost::DecodeError| {
         HandleError::malformed(what, "decode", format!("not a {what}: {e}"))
     };
-    let (event_type, skus, locations, data) = if subject.starts_with("alerts.") {
+    let (event_type, about, data) = if subject.starts_with("alerts.") {
         let alert =
             StockAlert::decode(message.payload.clone()).map_err(|e| malformed("stock_alert", e))?;
         let event_type = match alert.kind() {
@@ -115,19 +125,34 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
                 ))
             }
         };
-        let data = json!({
-            "sku": alert.sku,
-            "location": alert.location,
-            "cause_event_id": alert.cause_event_id,
-            "levels": levels(alert.levels.as_ref()),
-            "threshold": alert.threshold,
-            "raised_at_ms": alert.raised_at_ms,
-        });
-        (event_type, vec![alert.sku], vec![alert.location], data)
+        if event_type == EventType::ChannelOversold {
+            // About a channel, not a location: what it offered and what was sold.
+            let data = json!({
+                "sku": alert.sku,
+                "channel": alert.channel,
+                "offered": alert.offered,
+                "sold": alert.sold,
+                "cause_event_id": alert.cause_event_id,
+                "raised_at_ms": alert.raised_at_ms,
+            });
+            let about = About::new(alert.sku, None, Some(alert.channel));
+            (event_type, about, data)
+        } else {
+            let data = json!({
+                "sku": alert.sku,
+                "location": alert.location,
+                "cause_event_id": alert.cause_event_id,
+                "levels": levels(alert.levels.as_ref()),
+                "threshold": alert.threshold,
+                "raised_at_ms": alert.raised_at_ms,
+            });
+            let about = About::new(alert.sku, Some(alert.location), None);
+            (event_type, about, data)
+        }
     } else if subject.starts_with("stock.changes.") {
         let change = StockChanged::decode(message.payload.clone())
             .map_err(|e| malformed("stock_changed", e))?;
-        let data = json!({
+        let mut data = json!({
             "sku": change.sku,
             "location": change.location,
             "kind": change.kind,
@@ -140,16 +165,46 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
             "occurred_at_ms": change.occurred_at_ms,
             "applied_at_ms": change.applied_at_ms,
         });
+        // Only on entries a channel caused: a channel-less entry's body stays as it was.
+        if !change.channel.is_empty() {
+            if let Some(data) = data.as_object_mut() {
+                data.insert("channel".into(), change.channel.clone().into());
+            }
+        }
+        let channel = (!change.channel.is_empty()).then_some(change.channel);
         (
             EventType::StockChanged,
-            vec![change.sku],
-            vec![change.location],
+            About::new(change.sku, Some(change.location), channel),
+            data,
+        )
+    } else if subject.starts_with("availability.") {
+        let changed = ChannelAvailabilityChanged::decode(message.payload.clone())
+            .map_err(|e| malformed("channel_availability", e))?;
+        let data = json!({
+            "channel": changed.channel,
+            "sku": changed.sku,
+            "available_to_sell": changed.available_to_sell,
+            "version": changed.version,
+            "previous": changed.previous,
+            "cause_event_id": changed.cause_event_id,
+            "rules_version": changed.rules_version,
+            "changed_at_ms": changed.changed_at_ms,
+        });
+        (
+            EventType::ChannelAvailability,
+            About::new(changed.sku, None, Some(changed.channel)),
             data,
         )
     } else if subject.starts_with("orders.results.") {
         let result = OrderResult::decode(message.payload.clone())
             .map_err(|e| malformed("order_result", e))?;
-        order(result)?
+        let (event_type, skus, locations, data) = order(result)?;
+        let about = About {
+            skus,
+            locations,
+            channels: Vec::new(),
+        };
+        (event_type, about, data)
     } else {
         // `stock.outcomes.>` shares STOCK_CHANGES but is not a notification.
         return Ok(None);
@@ -164,14 +219,33 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
     Ok(Some(Notification {
         event_type,
         event_id,
-        skus,
-        locations,
+        skus: about.skus,
+        locations: about.locations,
+        channels: about.channels,
         // Serialising a `Value` cannot fail.
         body: serde_json::to_vec(&body).unwrap_or_default().into(),
     }))
 }
 
 type Rendered = (EventType, Vec<String>, Vec<String>, Value);
+
+/// What an event is about, for the subscriptions' filters.
+struct About {
+    skus: Vec<String>,
+    locations: Vec<String>,
+    channels: Vec<String>,
+}
+
+impl About {
+    /// One SKU, at most one location and one channel (an empty location names none).
+    fn new(sku: String, location: Option<String>, channel: Option<String>) -> Self {
+        Self {
+            skus: vec![sku],
+            locations: location.into_iter().filter(|l| !l.is_empty()).collect(),
+            channels: channel.into_iter().collect(),
+        }
+    }
+}
 
 fn order(result: OrderResult) -> Result<Rendered, HandleError> {
     let mut skus = Vec::new();

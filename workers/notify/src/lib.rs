@@ -13,7 +13,10 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use stockflow_shared::{
     consume::{Delivery, HandleError, Handled, Handler, Outcome},
     settings::{ConfigError, Env, Secret},
-    topology::{self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_ORDER_RESULTS},
+    topology::{
+        self, ConsumerSpec, TopologySettings, NOTIFY_ALERTS, NOTIFY_AVAILABILITY,
+        NOTIFY_ORDER_RESULTS,
+    },
     worker::{readiness_checks, Service, WorkerSettings},
 };
 
@@ -25,13 +28,16 @@ use crate::{
 };
 
 /// The consumers this worker reads, each with the name of its readiness check: alerts, the
-/// ledger (one consumer per ledger partition when the deployment is partitioned) and order
-/// results.
+/// ledger (one consumer per ledger partition when the deployment is partitioned), order
+/// results and the channel quantities.
 pub fn consumers(topology: &TopologySettings) -> Vec<(ConsumerSpec, Cow<'static, str>)> {
     let ledger = topology::notify_stock_changes(topology);
     std::iter::once((NOTIFY_ALERTS, "consumer_alerts".into()))
         .chain(readiness_checks(&ledger, "consumer_stock_changes"))
-        .chain([(NOTIFY_ORDER_RESULTS, "consumer_order_results".into())])
+        .chain([
+            (NOTIFY_ORDER_RESULTS, "consumer_order_results".into()),
+            (NOTIFY_AVAILABILITY, "consumer_availability".into()),
+        ])
         .collect()
 }
 
@@ -198,12 +204,26 @@ struct FanOut {
 }
 
 impl FanOut {
-    /// Whether any endpoint may want a ledger entry: most deployments subscribe to alerts and
-    /// order results only, and the ledger is the busiest stream.
-    fn wants_stock_changes(subscriptions: &[Subscription]) -> bool {
+    /// The type of every message on `subject` when one stream carries only that type: the
+    /// ledger (`stock.changes.>`) and the channel quantities (`availability.>`), the busiest
+    /// streams.
+    fn bulk_type(subject: &str) -> Option<EventType> {
+        if subject.starts_with("stock.changes.") {
+            Some(EventType::StockChanged)
+        } else if subject.starts_with("availability.") {
+            Some(EventType::ChannelAvailability)
+        } else {
+            None
+        }
+    }
+
+    /// Whether any endpoint may want an event of `event_type`: most deployments subscribe to
+    /// alerts and order results only, and a busy stream's messages are then passed over
+    /// without being decoded.
+    fn anyone_wants(subscriptions: &[Subscription], event_type: EventType) -> bool {
         subscriptions.iter().any(|s| match &s.events {
             EventFilter::All => true,
-            EventFilter::Only(types) => types.contains(&EventType::StockChanged),
+            EventFilter::Only(types) => types.contains(&event_type),
         })
     }
 }
@@ -212,13 +232,13 @@ impl Handler for FanOut {
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let message = delivery.message();
         let subscriptions = self.subscriptions.current();
-        if delivery.subject().starts_with("stock.changes.")
-            && !Self::wants_stock_changes(&subscriptions)
-        {
-            return Ok(Handled {
-                event_type: EventType::StockChanged.as_str(),
-                outcome: Outcome::Applied,
-            });
+        if let Some(event_type) = Self::bulk_type(delivery.subject()) {
+            if !Self::anyone_wants(&subscriptions, event_type) {
+                return Ok(Handled {
+                    event_type: event_type.as_str(),
+                    outcome: Outcome::Applied,
+                });
+            }
         }
         let Some(notification) = event::decode(message)? else {
             return Ok(Handled {
@@ -236,6 +256,7 @@ impl Handler for FanOut {
                 notification.event_type,
                 &notification.skus,
                 &notification.locations,
+                &notification.channels,
             )
         }) {
             let (subject, headers, body) =

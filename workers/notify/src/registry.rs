@@ -41,6 +41,9 @@ pub struct Stored {
     /// Only events at one of these locations (unset: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locations: Option<Vec<String>>,
+    /// Only events about one of these sales channels (unset: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
     /// The signing secret; unset: notify-worker's `STOCKFLOW_WEBHOOK_SECRET`. Write-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -53,6 +56,7 @@ impl fmt::Debug for Stored {
             .field("events", &self.events)
             .field("skus", &self.skus)
             .field("locations", &self.locations)
+            .field("channels", &self.channels)
             .field("secret_set", &self.secret.is_some())
             .finish_non_exhaustive()
     }
@@ -66,6 +70,7 @@ impl Stored {
             events: &self.events,
             skus: self.skus.as_deref(),
             locations: self.locations.as_deref(),
+            channels: self.channels.as_deref(),
         }
     }
 
@@ -320,6 +325,10 @@ mod tests {
             (
                 r#"{"id": "a", "url": "http://x/y", "events": ["*"], "locations": [""]}"#,
                 "locations",
+            ),
+            (
+                r#"{"id": "a", "url": "http://x/y", "events": ["*"], "channels": ["a b"]}"#,
+                "channels",
             ),
             (
                 r#"{"id": "a", "url": "http://x/y", "events": ["*"], "secret": "short"}"#,

@@ -6,6 +6,7 @@
 use std::{collections::HashSet, path::PathBuf};
 
 use serde::Deserialize;
+use stockflow_proto::validate;
 use stockflow_shared::settings::{ConfigError, Env, Secret};
 
 use crate::event::EventType;
@@ -35,6 +36,9 @@ pub struct Subscription {
     pub skus: Option<HashSet<String>>,
     /// Only events about one of these locations (unset: any).
     pub locations: Option<HashSet<String>>,
+    /// Only events about one of these sales channels (unset: any): channel quantities and
+    /// oversold alerts of a channel, ledger entries of its sales and returns.
+    pub channels: Option<HashSet<String>>,
 }
 
 /// Which event types a subscription receives.
@@ -47,10 +51,18 @@ pub enum EventFilter {
 }
 
 impl Subscription {
-    /// Whether an event of `event_type` about `skus` at `locations` goes to this endpoint. An
-    /// event matches a SKU (location) filter when it names at least one of the filter's SKUs
-    /// (locations); an event that names none (an order release) never matches one.
-    pub fn wants(&self, event_type: EventType, skus: &[String], locations: &[String]) -> bool {
+    /// Whether an event of `event_type` about `skus` at `locations` from `channels` goes to
+    /// this endpoint. An event matches a SKU (location, channel) filter when it names at least
+    /// one of the filter's SKUs (locations, channels); an event that names none (an order
+    /// release names no SKU, a channel quantity no location, a store's sale no channel) never
+    /// matches one.
+    pub fn wants(
+        &self,
+        event_type: EventType,
+        skus: &[String],
+        locations: &[String],
+        channels: &[String],
+    ) -> bool {
         let type_ok = match &self.events {
             EventFilter::All => true,
             EventFilter::Only(types) => types.contains(&event_type),
@@ -60,7 +72,10 @@ impl Subscription {
                 .as_ref()
                 .is_none_or(|wanted| values.iter().any(|v| wanted.contains(v)))
         };
-        type_ok && any_in(&self.skus, skus) && any_in(&self.locations, locations)
+        type_ok
+            && any_in(&self.skus, skus)
+            && any_in(&self.locations, locations)
+            && any_in(&self.channels, channels)
     }
 }
 
@@ -82,6 +97,8 @@ struct Entry {
     skus: Option<Vec<String>>,
     #[serde(default)]
     locations: Option<Vec<String>>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
     /// Name of an environment variable holding the secret.
     #[serde(default)]
     secret_env: Option<String>,
@@ -145,7 +162,7 @@ pub fn parse(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidField {
-    /// The field at fault (`id`, `url`, `events`, `skus`, `locations`, `secret`).
+    /// The field at fault (`id`, `url`, `events`, `skus`, `locations`, `channels`, `secret`).
     pub field: &'static str,
     /// What is wrong with it, for people; never holds a secret.
     pub reason: String,
@@ -169,6 +186,7 @@ pub(crate) struct Fields<'a> {
     pub(crate) events: &'a [String],
     pub(crate) skus: Option<&'a [String]>,
     pub(crate) locations: Option<&'a [String]>,
+    pub(crate) channels: Option<&'a [String]>,
 }
 
 /// A subscription's fields, checked; it lacks only its secret.
@@ -178,6 +196,7 @@ pub(crate) struct Checked {
     events: EventFilter,
     skus: Option<HashSet<String>>,
     locations: Option<HashSet<String>>,
+    channels: Option<HashSet<String>>,
 }
 
 impl Checked {
@@ -190,6 +209,7 @@ impl Checked {
             events: self.events,
             skus: self.skus,
             locations: self.locations,
+            channels: self.channels,
         }
     }
 }
@@ -248,11 +268,17 @@ pub(crate) fn check(fields: Fields<'_>) -> Result<Checked, InvalidField> {
         ),
         Some(values) => Ok(Some(values.iter().cloned().collect::<HashSet<_>>())),
     };
+    let channels = set("channels", fields.channels)?;
+    for channel in channels.iter().flatten() {
+        validate::validate_channel_id("channel", channel)
+            .map_err(|reason| InvalidField::new("channels", reason))?;
+    }
     Ok(Checked {
         url,
         events,
         skus: set("skus", fields.skus)?,
         locations: set("locations", fields.locations)?,
+        channels,
     })
 }
 
@@ -267,6 +293,7 @@ fn validate(
         events: &entry.events,
         skus: entry.skus.as_deref(),
         locations: entry.locations.as_deref(),
+        channels: entry.channels.as_deref(),
     })
     .map_err(|e| e.to_string())?;
     let secret = match (entry.secret_env, entry.secret_file) {
@@ -320,11 +347,11 @@ mod tests {
         assert_eq!(crm.secret.expose(), "s3cret-crm");
         let a1 = ["A1".to_owned()];
         let store = ["store-1".to_owned()];
-        assert!(crm.wants(EventType::LowStock, &a1, &store));
-        assert!(!crm.wants(EventType::BackInStock, &a1, &store));
-        assert!(!crm.wants(EventType::LowStock, &["B2".to_owned()], &store));
-        assert!(!crm.wants(EventType::LowStock, &a1, &["wh".to_owned()]));
-        assert!(!crm.wants(EventType::LowStock, &[], &[]));
+        assert!(crm.wants(EventType::LowStock, &a1, &store, &[]));
+        assert!(!crm.wants(EventType::BackInStock, &a1, &store, &[]));
+        assert!(!crm.wants(EventType::LowStock, &["B2".to_owned()], &store, &[]));
+        assert!(!crm.wants(EventType::LowStock, &a1, &["wh".to_owned()], &[]));
+        assert!(!crm.wants(EventType::LowStock, &[], &[], &[]));
     }
 
     #[test]
@@ -332,7 +359,63 @@ mod tests {
         let subs = parse_one(r#"{"id": "all", "url": "http://127.0.0.1:1/x", "events": ["*"]}"#)
             .expect("valid");
         assert_eq!(subs[0].secret.expose(), "fallback");
-        assert!(subs[0].wants(EventType::OrderReleased, &[], &[]));
+        assert!(subs[0].wants(EventType::OrderReleased, &[], &[], &[]));
+    }
+
+    #[test]
+    fn a_channel_filter_takes_only_that_channels_events() {
+        let subs = parse_one(
+            r#"{"id": "market-feed", "url": "https://m.example/hook",
+                "events": ["channel_availability", "channel_oversold"], "channels": ["market"]}"#,
+        )
+        .expect("valid");
+        let feed = &subs[0];
+        let sku = ["SNEAKER-42".to_owned()];
+        let market = ["market".to_owned()];
+        let web = ["web".to_owned()];
+        assert!(feed.wants(EventType::ChannelAvailability, &sku, &[], &market));
+        assert!(feed.wants(EventType::ChannelOversold, &sku, &[], &market));
+        assert!(!feed.wants(EventType::ChannelAvailability, &sku, &[], &web));
+        // An event about no channel never matches a channel filter.
+        assert!(!feed.wants(EventType::ChannelAvailability, &sku, &[], &[]));
+        assert!(!feed.wants(EventType::StockChanged, &sku, &["store-1".to_owned()], &[]));
+        // Without a channel filter every channel's quantities go out.
+        let all = parse_one(
+            r#"{"id": "all", "url": "https://m.example/hook", "events": ["channel_availability"]}"#,
+        )
+        .expect("valid");
+        assert!(all[0].wants(EventType::ChannelAvailability, &sku, &[], &web));
+    }
+
+    #[test]
+    fn channels_are_checked_as_channel_ids() {
+        for (channels, expected) in [
+            (r#"[]"#, "channels: leave it out"),
+            (r#"[""]"#, "channels: leave it out"),
+            (
+                r#"["market place"]"#,
+                "channels: channel \"market place\" is not a subject token",
+            ),
+            (
+                r#"["a.b"]"#,
+                "channels: channel \"a.b\" is not a subject token",
+            ),
+        ] {
+            let entry = format!(
+                r#"{{"id": "x", "url": "http://x/y", "events": ["*"], "channels": {channels}}}"#
+            );
+            let err = parse_one(&entry).expect_err(&entry);
+            assert!(
+                err.starts_with(&format!("subscription \"x\": {expected}")),
+                "{err}"
+            );
+        }
+        let long = "c".repeat(65);
+        let entry = format!(
+            r#"{{"id": "x", "url": "http://x/y", "events": ["*"], "channels": ["{long}"]}}"#
+        );
+        let err = parse_one(&entry).expect_err("too long");
+        assert!(err.contains("channels: channel is longer than"), "{err}");
     }
 
     #[test]
