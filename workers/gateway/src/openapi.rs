@@ -142,4 +142,32 @@ mod tests {
         }
         assert!(checked >= 5);
     }
+
+    /// The PUT examples (a channel, a SKU's rules) pass the same parsing and checks.
+    #[test]
+    fn put_examples_are_accepted() {
+        let doc = document();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let Some(op) = item.get("put") else { continue };
+            let examples = op["requestBody"]["content"]["application/json"]["examples"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            assert!(!examples.is_empty(), "PUT {path} has no request example");
+            for (name, example) in examples {
+                let value = example["value"].clone();
+                let result = match path.as_str() {
+                    "/v1/channels/{channel}" => crate::channels::check_example("market-1", value),
+                    "/v1/channels/{channel}/rules/{sku}" => {
+                        crate::channels::check_rules_example("market-1", "SKU-1", value)
+                    }
+                    other => panic!("no example check for PUT {other}"),
+                };
+                result.unwrap_or_else(|e| panic!("PUT {path} example {name}: {e:?}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2);
+    }
 }
