@@ -63,10 +63,7 @@ impl Gateway {
         key: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(token);
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -223,9 +220,7 @@ async fn admins_manage_channels_and_rules_and_refusals_name_the_field() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let rules_fact = json!({"type": "channel_rules", "sku": sku, "channel": "market",
                             "rules": {"max_listed": 5}});
-    let (status, body) = gw
-        .post("/v1/stock/events", WRITE, "w-2", &rules_fact)
-        .await;
+    let (status, body) = gw.post("/v1/stock/events", WRITE, "w-2", &rules_fact).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, _) = gw.get("/v1/channels", WRITE).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -364,7 +359,12 @@ async fn a_channel_is_paged_whole_every_sku_exactly_once() {
     world.wait_on_hand("PAGE-249", "wh", 3).await;
     world.wait_stock_idle().await;
     let (status, body) = gw
-        .put("/v1/channels/web", ADMIN, "web-1", &json!({"locations": ["wh"]}))
+        .put(
+            "/v1/channels/web",
+            ADMIN,
+            "web-1",
+            &json!({"locations": ["wh"]}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     eventually("every SKU's quantity in the feed", DEADLINE, || async {
@@ -394,10 +394,7 @@ async fn a_channel_is_paged_whole_every_sku_exactly_once() {
     assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
     // Past the end: an empty page that says so.
     let (status, page) = gw
-        .get(
-            &format!("/v1/channels/web/availability?after={last}"),
-            READ,
-        )
+        .get(&format!("/v1/channels/web/availability?after={last}"), READ)
         .await;
     assert_eq!(
         (status, page),
@@ -478,7 +475,8 @@ impl Sse {
                 .await
                 .expect("the stream says something before the deadline")
                 .expect("the stream reads")?;
-            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         }
     }
 
@@ -544,15 +542,16 @@ async fn an_sse_client_follows_live_and_resumes_without_gaps_or_regressions() {
     let mut session: Vec<(u64, Value)> = Vec::new();
     let mut sse = Sse::open(&gw, "pos", None).await;
     let current = sse.until_heartbeat().await;
-    let current_skus: BTreeSet<&str> = current.iter().filter_map(|(_, e)| e["sku"].as_str()).collect();
+    let current_skus: BTreeSet<&str> = current
+        .iter()
+        .filter_map(|(_, e)| e["sku"].as_str())
+        .collect();
     assert_eq!(current_skus, skus.into_iter().collect());
     assert!(current.iter().all(|(_, e)| e["available_to_sell"] == 20));
     session.extend(current);
     assert_eq!(gw.sse_clients().await, 1.0);
 
-    let sale = |id: &str, sku: &str| {
-        json!({"event_id": id, "type": "sold", "sku": sku, "location": "store-1", "quantity": 1})
-    };
+    let sale = |id: &str, sku: &str| json!({"event_id": id, "type": "sold", "sku": sku, "location": "store-1", "quantity": 1});
     let (status, _) = gw
         .post("/v1/stock/events", WRITE, "s-1", &sale("s-1", "LIVE-A"))
         .await;
@@ -570,9 +569,7 @@ async fn an_sse_client_follows_live_and_resumes_without_gaps_or_regressions() {
 
     // Away: A sold twice more, B once, C untouched.
     for (id, sku) in [("s-2", "LIVE-A"), ("s-3", "LIVE-B"), ("s-4", "LIVE-A")] {
-        let (status, _) = gw
-            .post("/v1/stock/events", WRITE, id, &sale(id, sku))
-            .await;
+        let (status, _) = gw.post("/v1/stock/events", WRITE, id, &sale(id, sku)).await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
     let a = gw.wait_quantity("pos", "LIVE-A", 17).await;
@@ -618,7 +615,10 @@ async fn an_sse_client_follows_live_and_resumes_without_gaps_or_regressions() {
             .get(&format!("/v1/channels/pos/availability/{sku}"), READ)
             .await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(quantity_of(&session, sku), now["available_to_sell"].as_i64());
+        assert_eq!(
+            quantity_of(&session, sku),
+            now["available_to_sell"].as_i64()
+        );
         assert_eq!(seen.last().copied(), now["version"].as_u64());
     }
 

@@ -146,7 +146,7 @@ pub(crate) async fn put(
     let event_id = event_id(&headers)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?;
-    let (event, locations) = definition_event(&id, value, event_id)?;
+    let (event, locations) = definition_event(id, value, event_id)?;
     let unknown = state
         .locations
         .unknown(&state.redis, &locations)

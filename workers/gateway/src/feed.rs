@@ -120,8 +120,7 @@ pub(crate) async fn get(
         .await
         .map_err(|_| feed_unavailable("no answer in time"))?
         .map_err(feed_unavailable)?;
-    let found =
-        stored.and_then(|m| AvailabilityJson::decode(m.payload.as_ref(), m.sequence));
+    let found = stored.and_then(|m| AvailabilityJson::decode(m.payload.as_ref(), m.sequence));
     match found {
         Some(quantity) => Ok(Json(quantity).into_response()),
         None => Err(ApiError::not_found(format!(
@@ -161,10 +160,7 @@ fn query_params(
             other => {
                 return Err(ApiError::invalid(
                     other,
-                    format!(
-                        "unknown parameter {other:?}; use {}",
-                        allowed.join(" and ")
-                    ),
+                    format!("unknown parameter {other:?}; use {}", allowed.join(" and ")),
                 ))
             }
         }
@@ -316,40 +312,36 @@ fn events(
     channel: String,
 ) -> impl Stream<Item = Event> + Send + 'static {
     let open = Open::new();
-    futures::stream::unfold(
-        (messages, open),
-        move |(mut messages, open)| {
-            let channel = channel.clone();
-            async move {
-                loop {
-                    let message = match messages.next().await? {
-                        Ok(message) => message,
-                        Err(e) => {
-                            tracing::warn!(%channel, error = %e, "an availability stream lost its feed; the client resumes with Last-Event-ID");
-                            return None;
-                        }
-                    };
-                    let Ok(info) = message.info() else { continue };
-                    let sequence = info.stream_sequence;
-                    let Some(quantity) = AvailabilityJson::decode(&message.payload, sequence)
-                    else {
+    futures::stream::unfold((messages, open), move |(mut messages, open)| {
+        let channel = channel.clone();
+        async move {
+            loop {
+                let message = match messages.next().await? {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::warn!(%channel, error = %e, "an availability stream lost its feed; the client resumes with Last-Event-ID");
+                        return None;
+                    }
+                };
+                let Ok(info) = message.info() else { continue };
+                let sequence = info.stream_sequence;
+                let Some(quantity) = AvailabilityJson::decode(&message.payload, sequence) else {
+                    continue;
+                };
+                let event = Event::default()
+                    .event(EVENT)
+                    .id(sequence.to_string())
+                    .json_data(&quantity);
+                match event {
+                    Ok(event) => return Some((event, (messages, open))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "an availability event cannot be serialised");
                         continue;
-                    };
-                    let event = Event::default()
-                        .event(EVENT)
-                        .id(sequence.to_string())
-                        .json_data(&quantity);
-                    match event {
-                        Ok(event) => return Some((event, (messages, open))),
-                        Err(e) => {
-                            tracing::error!(error = %e, "an availability event cannot be serialised");
-                            continue;
-                        }
                     }
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -365,7 +357,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            query_params(&q(&[("after", "7"), ("limit", "1000")]), &["after", "limit"]),
+            query_params(
+                &q(&[("after", "7"), ("limit", "1000")]),
+                &["after", "limit"]
+            ),
             Ok((Some(7), 1000))
         );
         assert_eq!(query_params(&[], &["after", "limit"]), Ok((None, 100)));

@@ -2,8 +2,8 @@
 //! (`stockflow_proto::input`), so the gateway accepts exactly what the workers apply. What is
 //! the gateway's own: the `Idempotency-Key` header, batches, and the answer's field paths.
 
-use sha2::{Digest as _, Sha256};
 use prost::Message as _;
+use sha2::{Digest as _, Sha256};
 use stockflow_proto::{
     input::{channel, fact, json, order, Event, InputError},
     msg_id, subjects,

@@ -60,6 +60,39 @@ mod tests {
         walk(&doc, &doc);
     }
 
+    /// Every `{placeholder}` of a path is a path parameter of each of its operations, and no
+    /// operation declares one its path lacks.
+    #[test]
+    fn every_path_parameter_is_declared() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let placeholders: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            for method in METHODS {
+                let Some(op) = item.get(*method) else {
+                    continue;
+                };
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| match p["$ref"].as_str() {
+                        Some(target) => doc
+                            .pointer(target.trim_start_matches('#'))
+                            .expect("ref resolves"),
+                        None => p,
+                    })
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                assert_eq!(declared, placeholders, "{method} {path}");
+            }
+        }
+    }
+
     /// Every error code the gateway can answer, also for the framework's own rejections, is
     /// one the document's `Error` schema lists.
     #[test]
