@@ -202,21 +202,25 @@ pub(crate) async fn page(
             })
             .await
             .map_err(|e| e.to_string())?;
+        // Ephemeral; removed after the page rather than left to expire.
+        let name = consumer.cached_info().name.clone();
         let mut items = Vec::new();
         let mut more = consumer.cached_info().num_pending > 0;
-        if !more {
-            return Ok((items, false));
+        if more {
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            while items.len() < limit && more {
+                let Some(message) = messages.next().await else {
+                    break;
+                };
+                let message = message.map_err(|e| e.to_string())?;
+                let info = message.info().map_err(|e| e.to_string())?;
+                more = info.pending > 0;
+                let sequence = info.stream_sequence;
+                items.extend(AvailabilityJson::decode(&message.payload, sequence));
+            }
         }
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        while items.len() < limit && more {
-            let Some(message) = messages.next().await else {
-                break;
-            };
-            let message = message.map_err(|e| e.to_string())?;
-            let info = message.info().map_err(|e| e.to_string())?;
-            more = info.pending > 0;
-            let sequence = info.stream_sequence;
-            items.extend(AvailabilityJson::decode(&message.payload, sequence));
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "removing a page's consumer failed; it expires by itself");
         }
         Ok::<_, String>((items, more))
     };
@@ -278,8 +282,7 @@ pub(crate) async fn stream(
             .get_stream_no_info(subjects::AVAILABILITY)
             .await
             .map_err(|e| e.to_string())?
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: state.nats.new_inbox(),
+            .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects::channel_availability(&channel),
                 deliver_policy: deliver_from(after),
                 ..Default::default()
@@ -308,7 +311,7 @@ fn heartbeat(every: Duration) -> KeepAlive {
 
 /// The feed's messages as SSE events, until the feed fails; counted while open.
 fn events(
-    messages: consumer::push::Ordered,
+    messages: consumer::pull::Ordered,
     channel: String,
 ) -> impl Stream<Item = Event> + Send + 'static {
     let open = Open::new();
