@@ -14,6 +14,7 @@ mod demo;
 mod faults;
 mod fuzz;
 mod gateway;
+mod gateway_channels;
 mod limits;
 mod malformed;
 mod model;

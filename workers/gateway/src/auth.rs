@@ -195,9 +195,31 @@ impl Needs for Admin {
 }
 
 /// Proof that the request's token has scope `N` (401 without a valid token, 403 without the
-/// scope).
+/// scope), and the scope it has (a route may need more for some bodies).
 #[derive(Debug)]
-pub struct Authorized<N>(PhantomData<N>);
+pub struct Authorized<N> {
+    scope: Scope,
+    needs: PhantomData<N>,
+}
+
+impl<N> Authorized<N> {
+    /// The scope the token has (at least `N`'s).
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// 403 unless the token also has `scope`; `what` says what needs it.
+    pub fn require(&self, scope: Scope, what: &str) -> Result<(), ApiError> {
+        if self.scope < scope {
+            return Err(ApiError::forbidden(format!(
+                "this token has scope {}, {what} needs {}",
+                self.scope.as_str(),
+                scope.as_str()
+            )));
+        }
+        Ok(())
+    }
+}
 
 impl<N: Needs> FromRequestParts<AppState> for Authorized<N> {
     type Rejection = ApiError;
@@ -215,7 +237,10 @@ impl<N: Needs> FromRequestParts<AppState> for Authorized<N> {
                 N::SCOPE.as_str()
             )));
         }
-        Ok(Self(PhantomData))
+        Ok(Self {
+            scope,
+            needs: PhantomData,
+        })
     }
 }
 

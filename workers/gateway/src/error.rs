@@ -20,7 +20,7 @@ pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
     /// Stable code clients branch on: `invalid_input`, `unauthorized`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `conflict`, `body_too_large`, `uri_too_long`,
+    /// `unknown_location`, `not_found`, `method_not_allowed`, `conflict`, `body_too_large`, `uri_too_long`,
     /// `unsupported_media_type`, `internal`, `unavailable` (see [`code_for`]).
     #[serde(rename = "error")]
     pub code: &'static str,
@@ -46,6 +46,15 @@ impl ApiError {
         Self {
             field: Some(field.into()),
             ..Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        }
+    }
+
+    /// 400: `field` names a location that has no stock recorded (a channel may draw only from
+    /// known locations).
+    pub fn unknown_location(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, "unknown_location", message)
         }
     }
 

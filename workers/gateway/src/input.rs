@@ -2,10 +2,12 @@
 //! (`stockflow_proto::input`), so the gateway accepts exactly what the workers apply. What is
 //! the gateway's own: the `Idempotency-Key` header, batches, and the answer's field paths.
 
+use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use stockflow_proto::{
-    input::{fact, json, order, Event, InputError},
-    v1::{OrderEvent, StockEvent},
+    input::{channel, fact, json, order, Event, InputError},
+    msg_id, subjects,
+    v1::{ChannelEvent, OrderEvent, StockEvent},
 };
 use stockflow_shared::validate::MAX_EVENT_ID_BYTES;
 
@@ -34,7 +36,7 @@ pub struct Outgoing {
     /// The protobuf bytes.
     pub payload: Vec<u8>,
     /// The event, to compare it with another one stored under the same id.
-    pub event: Event,
+    pub event: Content,
     /// For a stock fact: the stock worker's dedup record of its `event_id` and the fingerprint
     /// the worker stores there, so a reuse of the id for another change is found before
     /// publishing, also past JetStream's duplicate window.
@@ -50,6 +52,43 @@ pub struct Dedup {
     pub fingerprint: String,
 }
 
+/// What an [`Outgoing`] carries: a stock fact or an order command, or a channel definition
+/// change (`channels.events.<channel-id>`).
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A stock fact or an order command.
+    Event(Event),
+    /// A channel definition change.
+    Channel(ChannelEvent),
+}
+
+impl Content {
+    /// Whether `stored` asks for the same change, its envelope aside.
+    pub fn same_change(&self, stored: &[u8]) -> bool {
+        match self {
+            Self::Event(event) => event.same_change(stored),
+            Self::Channel(event) => ChannelEvent::decode(stored).is_ok_and(|s| {
+                ChannelEvent { meta: None, ..s }
+                    == ChannelEvent {
+                        meta: None,
+                        ..event.clone()
+                    }
+            }),
+        }
+    }
+
+    /// Whether this is a stock fact overriding a channel's rules for a SKU (an admin change).
+    pub fn is_channel_rules(&self) -> bool {
+        matches!(
+            self,
+            Self::Event(Event::Stock(StockEvent {
+                change: Some(stockflow_proto::v1::stock_event::Change::ChannelRules(_)),
+                ..
+            }))
+        )
+    }
+}
+
 impl Outgoing {
     fn new(event: Event, dedup: Option<Dedup>) -> Self {
         Self {
@@ -57,7 +96,7 @@ impl Outgoing {
             subject: event.subject(),
             msg_id: event.msg_id(),
             payload: event.encode(),
-            event,
+            event: Content::Event(event),
             dedup,
         }
     }
@@ -68,6 +107,22 @@ impl Outgoing {
     pub fn same_change(&self, stored: &[u8]) -> bool {
         self.event.same_change(stored)
     }
+}
+
+/// A channel definition change, judged as the stock worker judges it
+/// (`stockflow_proto::input::channel::check`); whether its locations are known is the caller's
+/// to check.
+pub fn channel_event(event: ChannelEvent) -> Result<Outgoing, ApiError> {
+    let subject = subjects::channel_event(&event.channel_id);
+    let command = channel::check(&subject, event.clone())?;
+    Ok(Outgoing {
+        event_id: command.meta.event_id.clone(),
+        msg_id: msg_id::channel_event(&command.channel_id, &command.meta.event_id),
+        subject,
+        payload: event.encode_to_vec(),
+        event: Content::Channel(event),
+        dedup: None,
+    })
 }
 
 /// Parses one JSON value into `T`, naming the field at fault; `null` is a member left out.

@@ -2,7 +2,9 @@
 
 mod admin;
 pub mod auth;
+mod channels;
 pub mod error;
+mod feed;
 pub mod input;
 mod openapi;
 mod publish;
@@ -13,6 +15,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use stockflow_shared::{
+    channels::Locations,
     connect::RedisSettings,
     keys::Keys,
     settings::{ConfigError, Env},
@@ -45,6 +48,9 @@ pub struct Settings {
     /// How long a publish may wait for JetStream's acknowledgement before the answer is 503
     /// (`STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS`).
     pub publish_timeout: Duration,
+    /// How often an availability stream (Server-Sent Events) with nothing to say sends a
+    /// heartbeat comment (`STOCKFLOW_SSE_HEARTBEAT_SECONDS`).
+    pub sse_heartbeat: Duration,
 }
 
 impl Settings {
@@ -63,6 +69,7 @@ impl Settings {
             max_batch: env.bounded_as("STOCKFLOW_GATEWAY_MAX_BATCH", 500, 1..=10_000)?,
             max_wait: env.seconds("STOCKFLOW_GATEWAY_MAX_WAIT_SECONDS", 10, 1..=60)?,
             publish_timeout: env.seconds("STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS", 5, 1..=60)?,
+            sse_heartbeat: env.seconds("STOCKFLOW_SSE_HEARTBEAT_SECONDS", 15, 1..=300)?,
         })
     }
 }
@@ -115,6 +122,13 @@ pub struct AppState {
     max_batch: usize,
     max_wait: Duration,
     publish_timeout: Duration,
+    /// The locations with stock recorded (a channel may draw only from those).
+    locations: Locations,
+    /// Heartbeat interval of the availability streams.
+    sse_heartbeat: Duration,
+    /// Cancelled at shutdown: open availability streams end, so graceful shutdown does not wait
+    /// for them.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A started gateway.
@@ -169,6 +183,9 @@ pub async fn start(
         max_batch: settings.max_batch,
         max_wait: settings.max_wait,
         publish_timeout: settings.publish_timeout,
+        locations: Locations::new(&Keys::new(settings.redis.key_prefix.clone())),
+        sse_heartbeat: settings.sse_heartbeat,
+        shutdown: runtime.shutdown.clone(),
     };
     let metrics_addr = runtime.metrics_addr;
     let task = tokio::spawn(runtime.serve(listener, router(state, settings.body_limit)));
@@ -232,6 +249,12 @@ mod tests {
         ]))
         .expect_err("too small");
         assert!(err_names(&bad, "STOCKFLOW_GATEWAY_BODY_LIMIT_BYTES"));
+        let bad = Settings::from_env(&Env::from_pairs([
+            ("STOCKFLOW_SSE_HEARTBEAT_SECONDS", "0"),
+            ("STOCKFLOW_GATEWAY_AUTH", "none"),
+        ]))
+        .expect_err("no heartbeat");
+        assert!(err_names(&bad, "STOCKFLOW_SSE_HEARTBEAT_SECONDS"));
         std::fs::remove_dir_all(dir).ok();
     }
 

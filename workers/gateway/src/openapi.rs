@@ -60,6 +60,39 @@ mod tests {
         walk(&doc, &doc);
     }
 
+    /// Every `{placeholder}` of a path is a path parameter of each of its operations, and no
+    /// operation declares one its path lacks.
+    #[test]
+    fn every_path_parameter_is_declared() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let placeholders: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            for method in METHODS {
+                let Some(op) = item.get(*method) else {
+                    continue;
+                };
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| match p["$ref"].as_str() {
+                        Some(target) => doc
+                            .pointer(target.trim_start_matches('#'))
+                            .expect("ref resolves"),
+                        None => p,
+                    })
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                assert_eq!(declared, placeholders, "{method} {path}");
+            }
+        }
+    }
+
     /// Every error code the gateway can answer, also for the framework's own rejections, is
     /// one the document's `Error` schema lists.
     #[test]
@@ -141,5 +174,33 @@ mod tests {
             }
         }
         assert!(checked >= 5);
+    }
+
+    /// The PUT examples (a channel, a SKU's rules) pass the same parsing and checks.
+    #[test]
+    fn put_examples_are_accepted() {
+        let doc = document();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let Some(op) = item.get("put") else { continue };
+            let examples = op["requestBody"]["content"]["application/json"]["examples"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            assert!(!examples.is_empty(), "PUT {path} has no request example");
+            for (name, example) in examples {
+                let value = example["value"].clone();
+                let result = match path.as_str() {
+                    "/v1/channels/{channel}" => crate::channels::check_example("market-1", value),
+                    "/v1/channels/{channel}/rules/{sku}" => {
+                        crate::channels::check_rules_example("market-1", "SKU-1", value)
+                    }
+                    other => panic!("no example check for PUT {other}"),
+                };
+                result.unwrap_or_else(|e| panic!("PUT {path} example {name}: {e:?}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2);
     }
 }

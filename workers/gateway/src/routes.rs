@@ -12,7 +12,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, MethodRouter},
+    routing::{delete, get, post, put, MethodRouter},
     Json, Router,
 };
 use futures::StreamExt as _;
@@ -30,7 +30,7 @@ use stockflow_shared::{
 };
 
 use crate::{
-    auth::{Authorized, Read, Write},
+    auth::{Authorized, Read, Scope, Write},
     error::{self, ApiError},
     input::{self, OrderAction, Outgoing},
     publish::{publish, publish_all, PublishError, Stored},
@@ -65,6 +65,39 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             "delete",
             "/v1/webhooks/{id}",
             delete(crate::admin::delete_webhook),
+        ),
+        ("get", "/v1/channels", get(crate::channels::list)),
+        ("get", "/v1/channels/{channel}", get(crate::channels::get)),
+        ("put", "/v1/channels/{channel}", put(crate::channels::put)),
+        (
+            "delete",
+            "/v1/channels/{channel}",
+            delete(crate::channels::delete),
+        ),
+        (
+            "put",
+            "/v1/channels/{channel}/rules/{sku}",
+            put(crate::channels::put_rules),
+        ),
+        (
+            "delete",
+            "/v1/channels/{channel}/rules/{sku}",
+            delete(crate::channels::delete_rules),
+        ),
+        (
+            "get",
+            "/v1/channels/{channel}/availability",
+            get(crate::feed::page),
+        ),
+        (
+            "get",
+            "/v1/channels/{channel}/availability/{sku}",
+            get(crate::feed::get),
+        ),
+        (
+            "get",
+            "/v1/channels/{channel}/availability/stream",
+            get(crate::feed::stream),
         ),
     ];
     let mut router = Router::new();
@@ -117,7 +150,7 @@ async fn openapi() -> impl IntoResponse {
 
 /// The `Idempotency-Key` header: 1..=128 bytes of printable ASCII without spaces, like an
 /// `event_id` — also when every batch item carries its own id and the key names none.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     const FIELD: &str = "Idempotency-Key";
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -246,7 +279,7 @@ async fn check_dedup(
 
 /// 202 when every event is stored; 409 when an `event_id` is already stored with another
 /// change; 503 (listing what was stored) when any is not stored for want of JetStream.
-async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response {
+pub(crate) async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response {
     let seen = match check_dedup(state, events, batch).await {
         Ok(seen) => seen,
         Err(conflict) => return conflict.into_response(),
@@ -317,7 +350,7 @@ async fn ingest(state: &AppState, events: &[Outgoing], batch: bool) -> Response 
 }
 
 async fn post_stock_events(
-    _: Authorized<Write>,
+    auth: Authorized<Write>,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -327,6 +360,10 @@ async fn post_stock_events(
     let (events, batch) = parse_items(&state, &body, |value, index| {
         input::stock_fact(value, key, index)
     })?;
+    // A channel's rules are admin changes, whichever route carries them.
+    if events.iter().any(|e| e.event.is_channel_rules()) {
+        auth.require(Scope::Admin, "a channel_rules fact")?;
+    }
     Ok(ingest(&state, &events, batch).await)
 }
 
