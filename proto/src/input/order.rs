@@ -8,9 +8,7 @@ use super::{Category, InputError};
 use crate::{
     subjects,
     v1::{order_event::Command as Proto, EventMeta, OrderEvent},
-    validate::{
-        meta_fault, validate_channel_id, validate_location, validate_reason, validate_sku,
-    },
+    validate::{meta_fault, validate_channel_id, validate_location, validate_reason, validate_sku},
 };
 
 /// Most lines in one order.
