@@ -635,3 +635,109 @@ async fn duplicates_reserve_once_and_unknown_channels_or_foreign_locations_are_d
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_a_rebuild_a_split_channel_order_is_still_cancelled_part_by_part() {
+    let world = World::start().await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    warehouse_and_store(&world).await;
+    let own = AvailabilityRules {
+        own_reservations_only: Some(true),
+        ..Default::default()
+    };
+    define(
+        &world,
+        "pos",
+        &["wh", "store"],
+        own,
+        AllocationStrategy::Priority,
+        SKU,
+        70,
+    )
+    .await;
+    world
+        .publish_order(&from_channel("p1", "o1", "pos", &[("1", SKU, 60, "")], 0))
+        .await;
+    assert_eq!(confirmed_parts(&world, "o1").await.len(), 2);
+    world
+        .publish_order(&order(
+            "f1",
+            "o1",
+            Command::Fulfilled(OrderFulfilled {
+                lines: vec![FulfilledLine {
+                    line_id: "1".into(),
+                    quantity: 55,
+                }],
+                last_shipment: false,
+            }),
+        ))
+        .await;
+    world.wait_on_hand(SKU, "store", 15).await;
+    world.wait_orders_idle().await;
+    let own_reserved = |location: &'static str| {
+        let world = &world;
+        async move {
+            let mut redis = world.redis.connection().await;
+            let held: Option<i64> = redis::cmd("HGET")
+                .arg(world.keys.channels(SKU))
+                .arg(format!("r:pos:{location}"))
+                .query_async(&mut redis)
+                .await
+                .expect("hget");
+            held
+        }
+    };
+    assert_eq!(
+        (own_reserved("wh").await, own_reserved("store").await),
+        (None, Some(5))
+    );
+    stock.shutdown().await;
+    orders.shutdown().await;
+
+    let mut conn = world.redis_connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let retention = stockflow_ops::rebuild::Retention {
+        dedup_ttl: std::time::Duration::from_secs(86_400),
+        orders: order_worker::DEFAULT_ORDER_RETENTION,
+    };
+    stockflow_ops::rebuild::rebuild(&world.js, &mut conn, &world.keys, retention)
+        .await
+        .expect("rebuild");
+    // The line's parts, what each shipped, the order's channel and its own reservations.
+    let mut redis = world.redis.connection().await;
+    let stored = order_worker::read_order(&mut redis, &world.keys, "o1")
+        .await
+        .expect("read")
+        .expect("restored");
+    assert_eq!(stored.channel, "pos");
+    assert_eq!(
+        stored.lines[0]
+            .parts
+            .iter()
+            .map(|p| (p.location.as_str(), p.quantity, p.shipped))
+            .collect::<Vec<_>>(),
+        vec![("wh", 50, 50), ("store", 10, 5)]
+    );
+    assert_eq!(
+        (own_reserved("wh").await, own_reserved("store").await),
+        (None, Some(5))
+    );
+    assert_eq!(world.on_hand_reserved(SKU, "store").await, (15, 5));
+
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    world.publish_order(&cancel("c1", "o1")).await;
+    released(&world, "o1", ReleaseReason::Cancelled).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(SKU, "store").await, (15, 0));
+    assert_eq!(world.on_hand_reserved(SKU, "wh").await, (0, 0));
+    assert_eq!(
+        own_reserved("store").await,
+        None,
+        "the channel holds nothing any more"
+    );
+    orders.shutdown().await;
+    stock.shutdown().await;
+}

@@ -12,7 +12,9 @@ mod replies;
 pub mod restore;
 
 pub use expire::expire_holds;
-pub use read::{read_order, Decision, LineState, OrderStatus, ReadError, StoredLine, StoredOrder};
+pub use read::{
+    read_order, Decision, LineState, OrderStatus, Part, ReadError, StoredLine, StoredOrder,
+};
 
 use std::{future::Future, time::Duration};
 
