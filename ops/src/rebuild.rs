@@ -28,6 +28,7 @@ use futures::StreamExt as _;
 use order_worker::{
     command::{encode_lines, Line},
     restore::{LineRecord, OrderRecord},
+    Part,
 };
 use prost::Message as _;
 use stock_worker::restore::{ChannelState, EventOutcome, Policy};
@@ -63,7 +64,11 @@ pub struct Totals {
 #[derive(Debug, Clone, Default)]
 struct LineState {
     sku: String,
-    location: String,
+    /// Where its units are held: one part per location, in the order they were reserved (a
+    /// line of a channel order may be split across several).
+    parts: Vec<Part>,
+    /// The sales channel of its order ('' for none).
+    channel: String,
     quantity: i64,
     shipped: i64,
     released: bool,
@@ -389,26 +394,50 @@ impl Fold {
             .entry((entry.order_id.clone(), entry.line_id.clone()))
             .or_default();
         line.sku.clone_from(&entry.sku);
-        line.location.clone_from(&entry.location);
+        if !entry.channel.is_empty() {
+            line.channel.clone_from(&entry.channel);
+        }
         let (before, after) = (
             entry.before.unwrap_or_default(),
             entry.after.unwrap_or_default(),
         );
+        // The part at the entry's location (a line reserves at a location once).
+        let index = match line.parts.iter().position(|p| p.location == entry.location) {
+            Some(index) => index,
+            None => {
+                line.parts.push(Part {
+                    location: entry.location.clone(),
+                    quantity: 0,
+                    shipped: 0,
+                });
+                line.parts.len() - 1
+            }
+        };
         match entry.kind.as_str() {
-            "reserved" => line.quantity = after.reserved - before.reserved,
+            "reserved" => {
+                line.parts[index].quantity = after.reserved - before.reserved;
+                line.quantity = line.parts.iter().map(|p| p.quantity).sum();
+            }
             "released" => {
                 line.released = true;
                 line.released_at_ms = entry.applied_at_ms;
             }
             _ => {
                 line.shipped += shipped_units;
+                line.parts[index].shipped += shipped_units;
                 let prefix = format!("{}/{}/ship/", entry.order_id, entry.line_id);
                 if let Some(fulfilment) = entry.cause_event_id.strip_prefix(&prefix) {
-                    line.shipments.push((
-                        fulfilment.to_owned(),
-                        shipped_units,
-                        line.quantity - line.shipped,
-                    ));
+                    let left = line.quantity - line.shipped;
+                    // A fulfilment of a split line ships from several parts: one mark.
+                    match line.shipments.last_mut() {
+                        Some((id, units, held)) if id == fulfilment => {
+                            *units += shipped_units;
+                            *held = left;
+                        }
+                        _ => line
+                            .shipments
+                            .push((fulfilment.to_owned(), shipped_units, left)),
+                    }
                 }
             }
         }
@@ -424,16 +453,23 @@ impl Fold {
                     order.status = "confirmed";
                 }
                 order.expires_at_ms = confirmed.expires_at_ms;
-                let lines: Vec<Line> = confirmed
-                    .lines
-                    .into_iter()
-                    .map(|a| Line {
-                        line_id: a.line_id,
-                        sku: a.sku,
-                        quantity: a.quantity,
-                        location: a.location,
-                    })
-                    .collect();
+                // One allocation per part: a split line's parts make one line again, which
+                // names no location (it did not ask for one).
+                let mut lines: Vec<Line> = Vec::with_capacity(confirmed.lines.len());
+                for a in confirmed.lines {
+                    match lines.iter_mut().find(|l| l.line_id == a.line_id) {
+                        Some(line) => {
+                            line.quantity += a.quantity;
+                            line.location.clear();
+                        }
+                        None => lines.push(Line {
+                            line_id: a.line_id,
+                            sku: a.sku,
+                            quantity: a.quantity,
+                            location: a.location,
+                        }),
+                    }
+                }
                 order.lines = encode_lines(&lines);
             }
             Some(order_result::Result::Rejected(_)) => {
@@ -581,11 +617,12 @@ impl Fold {
                     sku: &line.sku,
                     order_id,
                     line_id,
-                    location: &line.location,
+                    parts: &line.parts,
                     quantity: line.quantity,
                     shipped: line.shipped,
                     released: line.released,
                     shipments: &line.shipments,
+                    channel: &line.channel,
                 };
                 Some((record, expiry))
             })
@@ -596,6 +633,13 @@ impl Fold {
         })
         .await?;
 
+        // An order's channel is on its lines' ledger entries.
+        let mut channels: HashMap<&str, &str> = HashMap::new();
+        for ((order_id, _), line) in &self.lines {
+            if !line.channel.is_empty() {
+                channels.insert(order_id.as_str(), line.channel.as_str());
+            }
+        }
         let mut holds = Vec::new();
         let records: Vec<_> = self
             .orders
@@ -623,6 +667,7 @@ impl Fold {
                     confirmed: order.confirmed,
                     cancelled: order.cancelled,
                     committed: order.committed,
+                    channel: channels.get(order_id.as_str()).copied().unwrap_or_default(),
                 };
                 Some((order_id, record, expiry))
             })

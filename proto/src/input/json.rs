@@ -563,6 +563,7 @@ impl PlaceOrderJson {
             })
             .collect();
         order::check_lines(&lines)?;
+        order::check_channel(&self.channel)?;
         let command = order_event::Command::Placed(OrderPlaced {
             lines: lines
                 .into_iter()
@@ -885,6 +886,13 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(placed.order_id, "o-1");
+        let from_channel = place(json!({"order_id": "o-1", "channel": "web-shop",
+            "lines": [{"line_id": "1", "sku": "A", "quantity": 2}]}))
+        .expect("a channel order");
+        assert!(matches!(
+            from_channel.command,
+            Some(order_event::Command::Placed(OrderPlaced { ref channel, .. })) if channel == "web-shop"
+        ));
         for (body, field) in [
             (json!({"order_id": "o-1", "lines": []}), "lines"),
             (
@@ -904,6 +912,10 @@ mod tests {
             (
                 json!({"order_id": "o-1", "lines": [{"line_id": "1", "sku": "A", "quantity": 1, "colour": 1}]}),
                 "lines[0].colour",
+            ),
+            (
+                json!({"order_id": "o-1", "channel": "web.shop", "lines": [{"line_id": "1", "sku": "A", "quantity": 1}]}),
+                "channel",
             ),
         ] {
             let err = place(body.clone()).expect_err(&body.to_string());

@@ -8,7 +8,7 @@ use super::{Category, InputError};
 use crate::{
     subjects,
     v1::{order_event::Command as Proto, EventMeta, OrderEvent},
-    validate::{meta_fault, validate_location, validate_reason, validate_sku},
+    validate::{meta_fault, validate_channel_id, validate_location, validate_reason, validate_sku},
 };
 
 /// Most lines in one order.
@@ -83,6 +83,18 @@ pub struct OrderCommand {
     pub order_id: String,
     /// The command.
     pub command: Command,
+    /// The sales channel a placement comes from (a channel id); '' for none, and for every other
+    /// command (they act on the order as placed).
+    pub channel: String,
+}
+
+/// Checks a placement's channel: '' (none) or a channel id (a subject token), field `channel`.
+pub fn check_channel(channel: &str) -> Result<(), InputError> {
+    if channel.is_empty() {
+        return Ok(());
+    }
+    validate_channel_id("channel", channel)
+        .map_err(|r| InputError::new("order_placed", "channel", Category::InvalidChannel, r))
 }
 
 /// A fault of line `index`: its field is `lines[<index>].<field>`.
@@ -172,20 +184,24 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, InputError> 
             "no command set (missing or unknown type)",
         ));
     };
+    let mut channel = String::new();
     let command = match proto {
-        Proto::Placed(p) => Command::Placed {
-            lines: p
-                .lines
-                .into_iter()
-                .map(|l| Line {
-                    line_id: l.line_id,
-                    sku: l.sku,
-                    quantity: l.quantity,
-                    location: l.location,
-                })
-                .collect(),
-            hold_seconds: p.hold_seconds,
-        },
+        Proto::Placed(p) => {
+            channel = p.channel;
+            Command::Placed {
+                lines: p
+                    .lines
+                    .into_iter()
+                    .map(|l| Line {
+                        line_id: l.line_id,
+                        sku: l.sku,
+                        quantity: l.quantity,
+                        location: l.location,
+                    })
+                    .collect(),
+                hold_seconds: p.hold_seconds,
+            }
+        }
         Proto::Committed(_) => Command::Committed,
         Proto::Cancelled(_) => Command::Cancelled,
         Proto::Fulfilled(f) => Command::Fulfilled {
@@ -243,6 +259,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, InputError> 
                 ));
             }
             check_lines(lines)?;
+            check_channel(&channel)?;
         }
         Command::Fulfilled { lines, .. } => check_fulfilled_lines(lines)?,
         Command::Committed | Command::Cancelled | Command::HoldExpired { .. } => {}
@@ -251,6 +268,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderCommand, InputError> 
         meta,
         order_id: event.order_id,
         command,
+        channel,
     })
 }
 
@@ -349,6 +367,23 @@ mod tests {
         for (event, field, category) in cases {
             assert_eq!(fault(&event), (field.to_owned(), category), "{field}");
         }
+        let from = |channel: &str| {
+            event(Proto::Placed(OrderPlaced {
+                lines: vec![line("1", "A", 1)],
+                channel: channel.into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            fault(&from("web shop")),
+            ("channel".to_owned(), Category::InvalidChannel)
+        );
+        let placed = parse(
+            &subjects::order_event("o-1"),
+            &from("web-shop").encode_to_vec(),
+        )
+        .expect("a channel id");
+        assert_eq!(placed.channel, "web-shop");
         let elsewhere = parse(
             "orders.events.o-2",
             &event(Proto::Cancelled(OrderCancelled {})).encode_to_vec(),

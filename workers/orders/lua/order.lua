@@ -1,13 +1,14 @@
 -- order: the order's own record (one hash in the order's slot) and its state machine.
 --
 -- KEYS[1]  order hash  <prefix>:{o:<order-token>}:order
---   fields: fp (placement fingerprint), lines, hold, status (placing | confirmed | rejected |
---   cancelled | expired | fulfilled), cancelled, committed, expires (ms), published (the
---   decision is stored in JetStream), from (status before a release), settled (the release
---   is finished: lines released, result stored)
+--   fields: fp (placement fingerprint), lines, hold, ch (the sales channel, '' for none),
+--   status (placing | confirmed | rejected | cancelled | expired | fulfilled), cancelled,
+--   committed, expires (ms), published (the decision is stored in JetStream), from (status
+--   before a release), settled (the release is finished: lines released, result stored)
 -- ARGV[1]  action (each reply below is decoded once, by the type named in brackets, in
 --          src/replies.rs: any other reply is an error there, never a default)
--- place:     ARGV[2] fingerprint, ARGV[3] encoded lines, ARGV[4] hold seconds
+-- place:     ARGV[2] fingerprint, ARGV[3] encoded lines, ARGV[4] hold seconds, ARGV[5] channel
+--            ('' or absent for none)
 --            -> [Placement] {'go'} to (re)run the saga | {'decided', status, published}
 --               | {'cancelled'} | {'conflict'}
 -- decide:    ARGV[2] confirmed | rejected, ARGV[3] expires_at_ms
@@ -17,8 +18,8 @@
 -- published: ARGV[2] retention seconds; the decision is stored   -> [Marked] {'ok'}
 -- cancel / expire / fulfilled / finish (finish only completes an interrupted release):
 --            ARGV[2] retention seconds
---            -> [Ending] {'release', status before, lines, status now, published} while the
---               caller must (still) release the lines | {'nothing', status}
+--            -> [Ending] {'release', status before, lines, status now, published, channel}
+--               while the caller must (still) release the lines | {'nothing', status}
 -- settled:   ARGV[2] retention seconds; the release is finished   -> [Marked] {'ok'}
 -- commit:    ARGV[2] retention seconds                            -> [Committed] {'ok', status}
 --
@@ -55,9 +56,11 @@ local function retain()
 end
 
 if action == 'place' then
+  local channel = ARGV[5] or ''
   if o.fp and o.fp ~= ARGV[2] then return { 'conflict' } end
   if o.cancelled == '1' and not o.fp then
-    redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'status', CANCELLED, 'from', '')
+    redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'ch', channel, 'status', CANCELLED,
+      'from', '')
     -- The cancel's retention stops until the caller has reported it (`settled`).
     redis.call('PERSIST', key)
     return { 'cancelled' }
@@ -65,7 +68,8 @@ if action == 'place' then
   if status ~= '' and status ~= PLACING then
     return { 'decided', status, o.published or '0' }
   end
-  redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'hold', ARGV[4], 'status', PLACING)
+  redis.call('HSET', key, 'fp', ARGV[2], 'lines', ARGV[3], 'hold', ARGV[4], 'ch', channel,
+    'status', PLACING)
   -- A commit that came first set a retention on the bare record: a running order keeps it.
   redis.call('PERSIST', key)
   return { 'go' }
@@ -96,12 +100,12 @@ elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or acti
     if status == PLACING then
       -- The placer sees the flag when it decides, and releases; release here too, in case the
       -- placer died: releasing is idempotent and blocks later reservations of these lines.
-      return { 'release', status, o.lines or '', status, o.published or '0' }
+      return { 'release', status, o.lines or '', status, o.published or '0', o.ch or '' }
     end
   end
   if ended[status] then
     if o.settled ~= '1' then
-      return { 'release', o.from or '', o.lines or '', status, o.published or '0' }
+      return { 'release', o.from or '', o.lines or '', status, o.published or '0', o.ch or '' }
     end
     return { 'nothing', status }
   end
@@ -110,7 +114,7 @@ elseif action == 'cancel' or action == 'expire' or action == 'fulfilled' or acti
   if status ~= CONFIRMED then return { 'nothing', status } end
   local final = { cancel = CANCELLED, expire = EXPIRED, fulfilled = FULFILLED }
   redis.call('HSET', key, 'status', final[action], 'from', status)
-  return { 'release', status, o.lines or '', final[action], o.published or '0' }
+  return { 'release', status, o.lines or '', final[action], o.published or '0', o.ch or '' }
 elseif action == 'commit' then
   redis.call('HSET', key, 'committed', '1')
   if status == '' then retain() end

@@ -9,6 +9,7 @@
 -- ARGV[5]  '1' when the order was cancelled, '' otherwise
 -- ARGV[6]  '1' when the order was committed, '' otherwise
 -- ARGV[7]  milliseconds left of the record's retention (a final order), '' to keep it
+-- ARGV[8]  the sales channel the order comes from ('' for none)
 --
 -- Returns 1.
 --
@@ -21,7 +22,7 @@
 local key, status = KEYS[1], ARGV[1]
 local ended = { cancelled = true, expired = true, fulfilled = true }
 local fields = { 'status', status, 'lines', ARGV[2], 'published', '1', 'expires', ARGV[3],
-  'hold', '0' }
+  'hold', '0', 'ch', ARGV[8] or '' }
 local function put(name, value)
   fields[#fields + 1] = name
   fields[#fields + 1] = value

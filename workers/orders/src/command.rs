@@ -24,9 +24,15 @@ pub fn encode_lines(lines: &[Line]) -> String {
 }
 
 /// What identifies a placement: two placements of one order with the same fingerprint are the
-/// same order; a different one is a conflict.
-pub fn placement_fingerprint(lines: &[Line], hold_seconds: i64) -> String {
-    format!("{hold_seconds}\u{1d}{}", encode_lines(lines))
+/// same order; a different one is a conflict. An order without a channel keeps the fingerprint
+/// it had before orders could name one.
+pub fn placement_fingerprint(lines: &[Line], hold_seconds: i64, channel: &str) -> String {
+    let lines = encode_lines(lines);
+    if channel.is_empty() {
+        format!("{hold_seconds}\u{1d}{lines}")
+    } else {
+        format!("{hold_seconds}\u{1d}{lines}\u{1d}{channel}")
+    }
 }
 
 /// Decodes what [`encode_lines`] made.
@@ -104,8 +110,12 @@ mod tests {
         ];
         assert_eq!(decode_lines(&encode_lines(&lines)), lines);
         assert_ne!(
-            placement_fingerprint(&lines, 0),
-            placement_fingerprint(&lines, 60)
+            placement_fingerprint(&lines, 0, ""),
+            placement_fingerprint(&lines, 60, "")
+        );
+        assert_ne!(
+            placement_fingerprint(&lines, 0, ""),
+            placement_fingerprint(&lines, 0, "web")
         );
     }
 }

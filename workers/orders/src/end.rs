@@ -22,11 +22,12 @@ impl OrderHandler {
             lines,
             now,
             published,
+            channel,
         } = self.end_order(&order.order_id, how).await?
         else {
             return Ok(Outcome::Duplicate);
         };
-        self.release_lines(order, &lines).await?;
+        self.release_lines(order, &lines, &channel).await?;
         if now == OrderStatus::Placing {
             // A cancel that overtook the decision: the placer finishes the order.
             return Ok(Outcome::Applied);
@@ -53,16 +54,18 @@ impl OrderHandler {
         Ok(Outcome::Applied)
     }
 
-    /// Releases every line (each at most once) and records each release in the ledger.
+    /// Releases every line of an order from `channel` (each at most once, every part) and
+    /// records each release in the ledger.
     pub(crate) async fn release_lines(
         &self,
         order: &OrderCommand,
         lines: &[Line],
+        channel: &str,
     ) -> Result<(), HandleError> {
         for line in lines {
-            match self.release_line(&order.order_id, line).await? {
+            match self.release_line(&order.order_id, line, channel).await? {
                 Release::Released { change } => {
-                    self.publish_change(order, line, "release", change.as_ref())
+                    self.publish_change(order, line, channel, "release", change.as_ref())
                         .await?;
                     metrics::counter!("stockflow_reservations_total", "outcome" => "released")
                         .increment(1);
@@ -74,7 +77,7 @@ impl OrderHandler {
     }
 
     /// Publishes the confirmation an order's placer stored but did not report, rebuilt from the
-    /// line records (each keeps the location it was reserved at), and marks it published.
+    /// line records (each keeps the parts it was reserved in), and marks it published.
     async fn publish_stored_confirmation(
         &self,
         order: &OrderCommand,
@@ -82,12 +85,14 @@ impl OrderHandler {
     ) -> Result<(), HandleError> {
         let mut allocations = Vec::with_capacity(lines.len());
         for line in lines {
-            allocations.push(Allocation {
-                line_id: line.line_id.clone(),
-                sku: line.sku.clone(),
-                location: self.reserved_location(&order.order_id, line).await?,
-                quantity: line.quantity,
-            });
+            for part in self.reserved_parts(&order.order_id, line).await? {
+                allocations.push(Allocation {
+                    line_id: line.line_id.clone(),
+                    sku: line.sku.clone(),
+                    location: part.location,
+                    quantity: part.quantity,
+                });
+            }
         }
         let result = order_result::Result::Confirmed(OrderConfirmed {
             lines: allocations,

@@ -23,7 +23,7 @@ impl OrderHandler {
         shipped: &[(String, i64)],
         last: bool,
     ) -> Result<Outcome, HandleError> {
-        let (status, lines) = self.placed_order(&order.order_id).await?;
+        let (status, lines, channel) = self.placed_order(&order.order_id).await?;
         match status {
             None | Some(OrderStatus::Placing) => {
                 return Err(HandleError::NotYet(format!(
@@ -53,12 +53,12 @@ impl OrderHandler {
             let left = match units {
                 Some(units) => {
                     match self
-                        .ship_line(&order.order_id, line, units, &order.meta.event_id)
+                        .ship_line(&order.order_id, line, &channel, units, &order.meta.event_id)
                         .await?
                     {
                         Shipment::Shipped { left, change } => {
                             let step = format!("ship/{}", order.meta.event_id);
-                            self.publish_change(order, line, &step, change.as_ref())
+                            self.publish_change(order, line, &channel, &step, change.as_ref())
                                 .await?;
                             left
                         }

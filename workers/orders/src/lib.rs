@@ -12,12 +12,15 @@ mod replies;
 pub mod restore;
 
 pub use expire::expire_holds;
-pub use read::{read_order, Decision, LineState, OrderStatus, ReadError, StoredLine, StoredOrder};
+pub use read::{
+    read_order, Decision, LineState, OrderStatus, Part, ReadError, StoredLine, StoredOrder,
+};
 
 use std::{future::Future, time::Duration};
 
 use async_nats::jetstream;
 use stockflow_shared::{
+    channels::ChannelBook,
     consume::{Delivery, HandleError, Handled, Handler},
     keys::Keys,
     ledger::Ledger,
@@ -122,7 +125,8 @@ pub async fn run(
         .start(shutdown)
         .await?;
     describe_metrics();
-    let handler = OrderHandler::new(&runtime, &settings);
+    let book = ChannelBook::start(&runtime.js).await?;
+    let handler = OrderHandler::new(&runtime, &settings, book);
     tokio::spawn(expire_holds(
         handler.clone(),
         settings.hold_poll,
@@ -181,11 +185,13 @@ pub struct OrderHandler {
     scripts: Scripts,
     /// Replicas that must hold a step before what it produced is published.
     replicas: Option<Replicas>,
+    /// The sales channels: an order's channel, and the specs the line scripts compute with.
+    book: ChannelBook,
 }
 
 impl OrderHandler {
-    /// A handler using the runtime's connections.
-    pub fn new(runtime: &Runtime, settings: &Settings) -> Self {
+    /// A handler using the runtime's connections and the channels in `book`.
+    pub fn new(runtime: &Runtime, settings: &Settings, book: ChannelBook) -> Self {
         Self {
             redis: runtime.redis.clone(),
             js: runtime.js.clone(),
@@ -196,6 +202,7 @@ impl OrderHandler {
             retention: settings.order_retention.as_secs(),
             scripts: Scripts::load(),
             replicas: Replicas::new(settings.state.replica_wait.as_ref()),
+            book,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The placement saga: record the placement, reserve line by line, decide, report. Every step is
 //! idempotent, so a redelivery after a crash anywhere replays it to the same end.
 
-use stockflow_proto::v1::{
-    order_result, Allocation, OrderConfirmed, OrderRejected, ReleaseReason, Shortfall,
+use stockflow_proto::{
+    input::Category,
+    v1::{order_result, Allocation, OrderConfirmed, OrderRejected, ReleaseReason, Shortfall},
 };
-use stockflow_shared::{consume::HandleError, consume::Outcome, now_ms};
+use stockflow_shared::{channels::Known, consume::HandleError, consume::Outcome, now_ms};
 
 use crate::{
     command::{Line, OrderCommand},
@@ -22,9 +23,13 @@ impl OrderHandler {
         lines: &[Line],
         hold_seconds: i64,
     ) -> Result<Outcome, HandleError> {
+        let channel = order.channel.as_str();
+        if !channel.is_empty() {
+            self.check_channel(channel, lines).await?;
+        }
         let mut outcome = Outcome::Applied;
         match self
-            .begin_placement(&order.order_id, lines, hold_seconds)
+            .begin_placement(&order.order_id, lines, hold_seconds, channel)
             .await?
         {
             Placement::Conflict => {
@@ -67,7 +72,7 @@ impl OrderHandler {
             .all(|r| matches!(r, Reservation::Reserved { .. }));
         if !confirmed {
             // Compensate: give back what was taken (idempotent; blocks late reservations too).
-            self.release_lines(order, lines).await?;
+            self.release_lines(order, lines, channel).await?;
         }
         let expires_at_ms = if confirmed && hold_seconds > 0 {
             now_ms() + hold_seconds * 1000
@@ -90,7 +95,7 @@ impl OrderHandler {
                 expires_at_ms
             }
             Decide::Cancelled => {
-                self.release_lines(order, lines).await?;
+                self.release_lines(order, lines, channel).await?;
                 self.publish_released(order, ReleaseReason::Cancelled)
                     .await?;
                 self.mark_settled(&order.order_id).await?;
@@ -109,18 +114,20 @@ impl OrderHandler {
             self.schedule_hold(&order.order_id, expires_at_ms).await?;
         }
         let result = if confirmed {
-            let allocations = lines
+            // One allocation per part: a split line has several with its line_id.
+            let allocations = lines.iter().zip(&reservations).flat_map(|(line, r)| {
+                match r {
+                    Reservation::Reserved { parts, .. } => parts.as_slice(),
+                    _ => &[],
+                }
                 .iter()
-                .zip(&reservations)
-                .filter_map(|(line, r)| match r {
-                    Reservation::Reserved { location, .. } => Some(Allocation {
-                        line_id: line.line_id.clone(),
-                        sku: line.sku.clone(),
-                        location: location.clone(),
-                        quantity: line.quantity,
-                    }),
-                    _ => None,
-                });
+                .map(|part| Allocation {
+                    line_id: line.line_id.clone(),
+                    sku: line.sku.clone(),
+                    location: part.location.clone(),
+                    quantity: part.quantity,
+                })
+            });
             order_result::Result::Confirmed(OrderConfirmed {
                 lines: allocations.collect(),
                 expires_at_ms,
@@ -151,14 +158,46 @@ impl OrderHandler {
     /// Reserves one line and records the reservation in the ledger — also for a line released
     /// before this delivery got here, in case its placer died before recording it.
     async fn reserve(&self, order: &OrderCommand, line: &Line) -> Result<Reservation, HandleError> {
-        let reservation = self.reserve_line(&order.order_id, line).await?;
+        let channel = order.channel.as_str();
+        let reservation = self.reserve_line(&order.order_id, line, channel).await?;
         match &reservation {
             Reservation::Reserved { change, .. } | Reservation::Released { change } => {
-                self.publish_change(order, line, "reserve", change.as_ref())
+                self.publish_change(order, line, channel, "reserve", change.as_ref())
                     .await?;
             }
             Reservation::Short { .. } => {}
         }
         Ok(reservation)
+    }
+
+    /// Judges the channel an order comes from before anything is recorded: it must be defined
+    /// (never defined or removed: `unknown_channel`), and a line that names a location must name
+    /// one of the channel's (`invalid_location`).
+    async fn check_channel(&self, channel: &str, lines: &[Line]) -> Result<(), HandleError> {
+        let defined = match self.book.lookup(channel).await.map_err(HandleError::nats)? {
+            Some(Known::Defined(defined)) => defined,
+            Some(Known::Removed(_)) | None => {
+                return Err(HandleError::malformed(
+                    "order_placed",
+                    Category::UnknownChannel.as_str(),
+                    format!("channel {channel:?} is not defined (never, or removed)"),
+                ));
+            }
+        };
+        for (index, line) in lines.iter().enumerate() {
+            if !line.location.is_empty() && !defined.locations.contains(&line.location) {
+                return Err(HandleError::malformed(
+                    "order_placed",
+                    Category::InvalidLocation.as_str(),
+                    format!(
+                        "lines[{index}].location {:?} is not one of channel {channel:?}'s \
+                         locations ({}): a channel order reserves only from them",
+                        line.location,
+                        defined.locations.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

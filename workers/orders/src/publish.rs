@@ -20,12 +20,14 @@ use crate::{
 };
 
 impl OrderHandler {
-    /// Publishes the ledger entry a line step produced (`step` makes its id unique); `None`:
-    /// the step changed no level, nothing to publish.
+    /// Publishes the ledger entries a line step of an order from `channel` produced (`step`
+    /// makes their ids unique), then the channel quantities it changed; `None`: the step changed
+    /// no level, nothing to publish.
     pub(crate) async fn publish_change(
         &self,
         order: &OrderCommand,
         line: &Line,
+        channel: &str,
         step: &str,
         change: Option<&Outcome>,
     ) -> Result<(), HandleError> {
@@ -50,7 +52,7 @@ impl OrderHandler {
             meta: &meta,
             policy: None,
             order_line: Some((&order.order_id, &line.line_id)),
-            channel: "",
+            channel,
             channel_rules: None,
         };
         self.ledger

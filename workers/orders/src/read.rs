@@ -81,13 +81,60 @@ pub enum LineState {
     },
 }
 
+/// One part of a reserved line: units held at one location. A line has one part, or — a line of
+/// a channel order that no single location covered — one per location it was split across, in
+/// allocation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Where.
+    pub location: String,
+    /// Units reserved there.
+    pub quantity: i64,
+    /// Units of them shipped so far.
+    pub shipped: i64,
+}
+
+/// Decodes a line record's `parts` (as `lua/parts.lua` encodes them: records `\x1e`, fields
+/// `\x1f`: location, units, shipped); `None` for anything else.
+pub(crate) fn decode_parts(text: &str) -> Option<Vec<Part>> {
+    text.split('\u{1e}')
+        .map(|part| match part.split('\u{1f}').collect::<Vec<_>>()[..] {
+            [location, quantity, shipped] if !location.is_empty() => Some(Part {
+                location: location.to_owned(),
+                quantity: quantity.parse().ok()?,
+                shipped: shipped.parse().ok()?,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The parts a line record holds: its `parts`, or for a record written before lines could be
+/// split, its one location (`loc`, `qty`, `shipped`); none when it never was reserved.
+fn parts_of(record: &HashMap<String, String>) -> Vec<Part> {
+    if let Some(parts) = record.get("parts").and_then(|p| decode_parts(p)) {
+        return parts;
+    }
+    let number = |name: &str| record.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    match record.get("loc") {
+        Some(location) if !location.is_empty() => vec![Part {
+            location: location.clone(),
+            quantity: number("qty"),
+            shipped: number("shipped"),
+        }],
+        _ => Vec::new(),
+    }
+}
+
 /// One line of a stored order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLine {
     /// The line as placed.
     pub line: Line,
-    /// What it holds now.
+    /// What it holds now (for a split line, `location` is its first part's).
     pub state: LineState,
+    /// Where it is (or was) held, one entry per part; empty when it never was reserved.
+    pub parts: Vec<Part>,
 }
 
 /// The decision on a placement.
@@ -124,6 +171,8 @@ pub struct StoredOrder {
     pub expires_at_ms: i64,
     /// Payment is done: the hold no longer expires.
     pub committed: bool,
+    /// The sales channel the order comes from ('' for none).
+    pub channel: String,
     /// The status before the order ended (`confirmed`, `placing`, ...), '' while it runs.
     previous: String,
     fingerprint: String,
@@ -132,9 +181,15 @@ pub struct StoredOrder {
 impl StoredOrder {
     /// Whether the order was placed with other lines or another hold than these: a new
     /// placement with these would be a conflict, which the worker dead-letters.
+    /// (A gateway that knows the placement's channel asks [`Self::placed_otherwise_from`].)
     pub fn placed_otherwise(&self, lines: &[Line], hold_seconds: i64) -> bool {
+        self.placed_otherwise_from(lines, hold_seconds, &self.channel)
+    }
+
+    /// Whether the order was placed with other lines, another hold or from another channel.
+    pub fn placed_otherwise_from(&self, lines: &[Line], hold_seconds: i64, channel: &str) -> bool {
         !self.fingerprint.is_empty()
-            && self.fingerprint != placement_fingerprint(lines, hold_seconds)
+            && self.fingerprint != placement_fingerprint(lines, hold_seconds, channel)
     }
 
     /// The decision on its placement, once there is one.
@@ -149,24 +204,27 @@ impl StoredOrder {
         }
     }
 
-    /// Where each line was reserved (for a confirmed order).
+    /// Where each line was reserved (for a confirmed order): one allocation per part, so a
+    /// split line has several with its `line_id`.
     pub fn allocations(&self) -> Vec<Allocation> {
         self.lines
             .iter()
-            .filter_map(|l| {
-                let location = match &l.state {
-                    LineState::Reserved { location, .. } => location.clone(),
-                    LineState::Released {
-                        location: Some(location),
-                        ..
-                    } => location.clone(),
-                    _ => return None,
-                };
-                Some(Allocation {
+            .filter(|l| {
+                matches!(
+                    l.state,
+                    LineState::Reserved { .. }
+                        | LineState::Released {
+                            location: Some(_),
+                            ..
+                        }
+                )
+            })
+            .flat_map(|l| {
+                l.parts.iter().map(|part| Allocation {
                     line_id: l.line.line_id.clone(),
                     sku: l.line.sku.clone(),
-                    location,
-                    quantity: l.line.quantity,
+                    location: part.location.clone(),
+                    quantity: part.quantity,
                 })
             })
             .collect()
@@ -245,6 +303,7 @@ pub async fn read_order(
             .await?;
         lines.push(StoredLine {
             state: line_state(&record),
+            parts: parts_of(&record),
             line,
         });
     }
@@ -255,6 +314,7 @@ pub async fn read_order(
         hold_seconds: number("hold"),
         expires_at_ms: number("expires"),
         committed: field("committed") == "1",
+        channel: field("ch").to_owned(),
         previous: field("from").to_owned(),
         fingerprint: field("fp").to_owned(),
     }))

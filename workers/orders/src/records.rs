@@ -6,7 +6,7 @@ use stockflow_shared::consume::HandleError;
 
 use crate::{
     command::{decode_lines, encode_lines, placement_fingerprint, Line},
-    read::{Decision, OrderStatus},
+    read::{decode_parts, Decision, OrderStatus, Part},
     replies::{
         Committed, Decide, Ending, Marked, Placement, Release, Reply, Reservation, Shipment,
     },
@@ -18,7 +18,8 @@ use crate::{
 pub(crate) struct Scripts {
     /// `lua/order.lua`: the order's own record and its state machine.
     order: redis::Script,
-    /// `lua/reserve_line.lua`: reserves one line, once.
+    /// `lua/reserve_line.lua`: reserves one line, once (the line scripts start with
+    /// `lua/parts.lua`).
     reserve: redis::Script,
     /// `lua/release_line.lua`: gives back what one line holds, once.
     release: redis::Script,
@@ -31,9 +32,18 @@ impl Scripts {
     pub(crate) fn load() -> Self {
         Self {
             order: stockflow_shared::script(include_str!("../lua/order.lua")),
-            reserve: stockflow_shared::script(include_str!("../lua/reserve_line.lua")),
-            release: stockflow_shared::script(include_str!("../lua/release_line.lua")),
-            ship: stockflow_shared::script(include_str!("../lua/ship_line.lua")),
+            reserve: stockflow_shared::script(concat!(
+                include_str!("../lua/parts.lua"),
+                include_str!("../lua/reserve_line.lua")
+            )),
+            release: stockflow_shared::script(concat!(
+                include_str!("../lua/parts.lua"),
+                include_str!("../lua/release_line.lua")
+            )),
+            ship: stockflow_shared::script(concat!(
+                include_str!("../lua/parts.lua"),
+                include_str!("../lua/ship_line.lua")
+            )),
         }
     }
 }
@@ -90,11 +100,13 @@ impl OrderHandler {
         order_id: &str,
         lines: &[Line],
         hold_seconds: i64,
+        channel: &str,
     ) -> Result<Placement, HandleError> {
         let args = [
-            placement_fingerprint(lines, hold_seconds),
+            placement_fingerprint(lines, hold_seconds, channel),
             encode_lines(lines),
             hold_seconds.to_string(),
+            channel.to_owned(),
         ];
         self.order_call(order_id, "place", &args).await
     }
@@ -143,6 +155,24 @@ impl OrderHandler {
             .await
     }
 
+    /// The channel specs a line script computes with: every defined channel (the script
+    /// recomputes those drawing from a location whose levels it changed), and the order's
+    /// `channel` as the book holds it (also when removed).
+    fn channel_specs(&self, channel: &str) -> String {
+        let defined = self.book.defined();
+        let locations: Vec<&str> = defined
+            .iter()
+            .flat_map(|c| c.locations.iter().map(String::as_str))
+            .collect();
+        let named = if channel.is_empty() {
+            None
+        } else {
+            self.book.get(channel)
+        };
+        self.book
+            .specs_for(&locations, named.as_ref().map(|known| (channel, known)))
+    }
+
     /// Runs a per-line script on `line`'s record, in the SKU's slot.
     async fn line_call<R: Reply>(
         &self,
@@ -156,7 +186,8 @@ impl OrderHandler {
         let mut invocation = script.key(self.keys.order_line(&line.sku, order_id, &line.line_id));
         invocation
             .key(self.keys.stock(&line.sku))
-            .key(self.keys.policy(&line.sku));
+            .key(self.keys.policy(&line.sku))
+            .key(self.keys.channels(&line.sku));
         for arg in args {
             invocation.arg(arg);
         }
@@ -166,46 +197,54 @@ impl OrderHandler {
         Ok(R::decode(reply.map_err(HandleError::redis)?)?)
     }
 
-    /// Reserves `line` at one location that covers it whole (`lua/reserve_line.lua`).
+    /// Reserves `line` at one location that covers it whole, or for an order from `channel`
+    /// across the channel's locations (`lua/reserve_line.lua`).
     pub(crate) async fn reserve_line(
         &self,
         order_id: &str,
         line: &Line,
+        channel: &str,
     ) -> Result<Reservation, HandleError> {
         let args = [
             line.quantity.to_string(),
             line.location.clone(),
             self.location_priority.clone(),
             self.ttl.to_string(),
+            channel.to_owned(),
+            self.channel_specs(channel),
         ];
         self.line_call(&self.scripts.reserve, order_id, line, &args)
             .await
     }
 
-    /// Gives back what `line` still holds (`lua/release_line.lua`).
+    /// Gives back what `line` (of an order from `channel`) still holds, every part
+    /// (`lua/release_line.lua`).
     pub(crate) async fn release_line(
         &self,
         order_id: &str,
         line: &Line,
+        channel: &str,
     ) -> Result<Release, HandleError> {
-        self.line_call(
-            &self.scripts.release,
-            order_id,
-            line,
-            &[self.ttl.to_string()],
-        )
-        .await
+        let args = [self.ttl.to_string(), self.channel_specs(channel)];
+        self.line_call(&self.scripts.release, order_id, line, &args)
+            .await
     }
 
-    /// Ships `units` of `line` for the fulfilment `event_id` (`lua/ship_line.lua`).
+    /// Ships `units` of `line` (of an order from `channel`) for the fulfilment `event_id`, from
+    /// its parts in allocation order (`lua/ship_line.lua`).
     pub(crate) async fn ship_line(
         &self,
         order_id: &str,
         line: &Line,
+        channel: &str,
         units: i64,
         event_id: &str,
     ) -> Result<Shipment, HandleError> {
-        let args = [units.to_string(), event_id.to_owned()];
+        let args = [
+            units.to_string(),
+            event_id.to_owned(),
+            self.channel_specs(channel),
+        ];
         self.line_call(&self.scripts.ship, order_id, line, &args)
             .await
     }
@@ -223,35 +262,46 @@ impl OrderHandler {
         Ok(value.unwrap_or(0))
     }
 
-    /// Where `line` was reserved; '' when its record keeps no location (never reserved).
-    pub(crate) async fn reserved_location(
+    /// Where `line` was reserved, one part per location; a record that keeps no location
+    /// (never reserved) gives one part at '' for the whole line.
+    pub(crate) async fn reserved_parts(
         &self,
         order_id: &str,
         line: &Line,
-    ) -> Result<String, HandleError> {
+    ) -> Result<Vec<Part>, HandleError> {
         let mut redis = self.redis.clone();
-        let location: Option<String> = redis::cmd("HGET")
+        let (parts, location): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.order_line(&line.sku, order_id, &line.line_id))
+            .arg("parts")
             .arg("loc")
             .query_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
-        Ok(location.unwrap_or_default())
+        if let Some(parts) = parts.as_deref().and_then(decode_parts) {
+            return Ok(parts);
+        }
+        Ok(vec![Part {
+            location: location.unwrap_or_default(),
+            quantity: line.quantity,
+            shipped: 0,
+        }])
     }
 
-    /// The order's status (`None` before its placement) and its lines.
+    /// The order's status (`None` before its placement), its lines and its channel.
     pub(crate) async fn placed_order(
         &self,
         order_id: &str,
-    ) -> Result<(Option<OrderStatus>, Vec<Line>), HandleError> {
+    ) -> Result<(Option<OrderStatus>, Vec<Line>, String), HandleError> {
         let mut redis = self.redis.clone();
-        let (status, lines): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.keys.order(order_id))
-            .arg("status")
-            .arg("lines")
-            .query_async(&mut redis)
-            .await
-            .map_err(HandleError::redis)?;
+        let (status, lines, channel): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.order(order_id))
+                .arg("status")
+                .arg("lines")
+                .arg("ch")
+                .query_async(&mut redis)
+                .await
+                .map_err(HandleError::redis)?;
         let status = match status {
             None => None,
             Some(text) => {
@@ -262,7 +312,11 @@ impl OrderHandler {
                 )
             }
         };
-        Ok((status, decode_lines(&lines.unwrap_or_default())))
+        Ok((
+            status,
+            decode_lines(&lines.unwrap_or_default()),
+            channel.unwrap_or_default(),
+        ))
     }
 
     /// Units `line` still holds; 0 when it has no record (it holds nothing).

@@ -6,7 +6,7 @@ use stockflow_shared::{consume::HandleError, outcome::Outcome};
 
 use crate::{
     command::{decode_lines, Line},
-    read::OrderStatus,
+    read::{decode_parts, OrderStatus, Part},
 };
 
 /// A script answered something no version of it returns: a bug, which the consume loop retries
@@ -210,6 +210,8 @@ pub(crate) enum Ending {
         now: OrderStatus,
         /// The decision is stored in JetStream.
         published: bool,
+        /// The sales channel the order comes from ('' for none).
+        channel: String,
     },
     /// Nothing to release: not placed, not confirmed, committed (for an expiry), or settled.
     Nothing,
@@ -218,15 +220,16 @@ pub(crate) enum Ending {
 impl Reply for Ending {
     const SCRIPT: &'static str = "order.lua cancel | expire | fulfilled | finish";
     const EXPECTED: &'static str =
-        "{'release', status before or '', lines, status now, published} | {'nothing', status or ''}";
+        "{'release', status before or '', lines, status now, published, channel} | {'nothing', status or ''}";
 
     fn from_fields(fields: &[&str]) -> Option<Self> {
         Some(match fields {
-            ["release", before, lines, now, published] => Self::Release {
+            ["release", before, lines, now, published, channel] => Self::Release {
                 before: status_or_unplaced(before)?,
                 lines: decode_lines(lines),
                 now: status(now)?,
                 published: flag(published)?,
+                channel: (*channel).to_owned(),
             },
             ["nothing", status] => {
                 status_or_unplaced(status)?;
@@ -240,16 +243,16 @@ impl Reply for Ending {
 /// `reserve_line.lua`: what reserving one line gave.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Reservation {
-    /// Reserved at `location`; `change` is the reservation's ledger entry.
+    /// Reserved in `parts`; `change` is the reservation's ledger entry.
     Reserved {
-        /// Where.
-        location: String,
+        /// Where: one part, or several for a split line, in allocation order.
+        parts: Vec<Part>,
         /// The reservation's outcome.
         change: Option<Outcome>,
     },
-    /// No candidate location covers the line.
+    /// No candidate location covers the line (a channel order: not all of them together).
     Short {
-        /// The most any candidate had available, units.
+        /// The most any candidate had available (a channel order: the total), units.
         available: i64,
     },
     /// Released before this delivery got here; `change` is its reservation's outcome, if it
@@ -263,12 +266,12 @@ pub(crate) enum Reservation {
 impl Reply for Reservation {
     const SCRIPT: &'static str = "reserve_line.lua";
     const EXPECTED: &'static str =
-        "{'reserved', location, outcome} | {'short', available} | {'released', outcome or ''}";
+        "{'reserved', parts, outcome} | {'short', available} | {'released', outcome or ''}";
 
     fn from_fields(fields: &[&str]) -> Option<Self> {
         Some(match fields {
-            ["reserved", location, outcome] if !location.is_empty() => Self::Reserved {
-                location: (*location).to_owned(),
+            ["reserved", parts, outcome] => Self::Reserved {
+                parts: decode_parts(parts)?,
                 change: change(outcome)?,
             },
             ["short", available] => Self::Short {
@@ -455,13 +458,14 @@ mod tests {
     #[test]
     fn ending_replies() {
         let lines = "l1\u{1f}sku-a\u{1f}2\u{1f}\u{1e}l2\u{1f}sku-b\u{1f}1\u{1f}wh";
-        let release =
-            decode::<Ending>(&["release", "confirmed", lines, "expired", "1"]).expect("release");
+        let release = decode::<Ending>(&["release", "confirmed", lines, "expired", "1", "web"])
+            .expect("release");
         let Ending::Release {
             before,
             lines: decoded,
             now,
             published,
+            channel,
         } = release
         else {
             panic!("not a release: {release:?}");
@@ -469,11 +473,12 @@ mod tests {
         assert_eq!(before, Some(OrderStatus::Confirmed));
         assert_eq!(now, OrderStatus::Expired);
         assert!(published);
+        assert_eq!(channel, "web");
         assert_eq!(decoded.len(), 2);
         assert_eq!(decoded[1].location, "wh");
         // A cancel before the placement: no status before, nothing decided.
         assert!(matches!(
-            decode::<Ending>(&["release", "", "", "cancelled", "0"]).expect("unplaced"),
+            decode::<Ending>(&["release", "", "", "cancelled", "0", ""]).expect("unplaced"),
             Ending::Release {
                 before: None,
                 now: OrderStatus::Cancelled,
@@ -488,18 +493,35 @@ mod tests {
             );
         }
         rejects::<Ending>(&["nothing"]);
-        rejects::<Ending>(&["release", "confirmed", lines, "", "1"]);
-        rejects::<Ending>(&["release", "confirmed", lines, "expired"]);
-        rejects::<Ending>(&["release", "done", lines, "expired", "1"]);
+        rejects::<Ending>(&["release", "confirmed", lines, "", "1", ""]);
+        rejects::<Ending>(&["release", "confirmed", lines, "expired", "1"]);
+        rejects::<Ending>(&["release", "done", lines, "expired", "1", ""]);
         rejects::<Ending>(&["ok"]);
     }
 
     #[test]
     fn reservation_replies() {
+        let part = |location: &str, quantity| Part {
+            location: location.into(),
+            quantity,
+            shipped: 0,
+        };
         assert_eq!(
-            decode::<Reservation>(&["reserved", "wh", OUTCOME]).expect("reserved"),
+            decode::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", OUTCOME]).expect("reserved"),
             Reservation::Reserved {
-                location: "wh".into(),
+                parts: vec![part("wh", 5)],
+                change: Some(outcome())
+            }
+        );
+        assert_eq!(
+            decode::<Reservation>(&[
+                "reserved",
+                "wh\u{1f}50\u{1f}0\u{1e}s1\u{1f}10\u{1f}0",
+                OUTCOME
+            ])
+            .expect("split"),
+            Reservation::Reserved {
+                parts: vec![part("wh", 50), part("s1", 10)],
                 change: Some(outcome())
             }
         );
@@ -522,7 +544,9 @@ mod tests {
         rejects::<Reservation>(&["short", "many"]);
         rejects::<Reservation>(&["short"]);
         rejects::<Reservation>(&["reserved", "", OUTCOME]);
-        rejects::<Reservation>(&["reserved", "wh", "garbage"]);
+        rejects::<Reservation>(&["reserved", "wh", OUTCOME]);
+        rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0\u{1e}", OUTCOME]);
+        rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", "garbage"]);
         rejects::<Reservation>(&["released"]);
     }
 

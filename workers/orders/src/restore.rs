@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
+use crate::read::Part;
+
 /// One order line as the ledger describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRecord<'a> {
@@ -15,12 +17,16 @@ pub struct LineRecord<'a> {
     pub order_id: &'a str,
     /// The line within the order.
     pub line_id: &'a str,
-    /// Where it was reserved.
-    pub location: &'a str,
-    /// Units reserved.
+    /// Where it was reserved: one part, or one per location a split line took units from, in
+    /// allocation order (each with its units shipped).
+    pub parts: &'a [Part],
+    /// Units reserved (all parts).
     pub quantity: i64,
-    /// Units shipped so far.
+    /// Units shipped so far (all parts).
     pub shipped: i64,
+    /// The sales channel of its order ('' for none): a reserved line counts what it still
+    /// holds as the channel's own reservations.
+    pub channel: &'a str,
     /// Whether what it held was given back.
     pub released: bool,
     /// Per fulfilment: its event id, units shipped, units still held after it.
@@ -42,6 +48,8 @@ pub struct OrderRecord<'a> {
     pub cancelled: bool,
     /// Whether it was committed.
     pub committed: bool,
+    /// The sales channel it comes from ('' for none).
+    pub channel: &'a str,
 }
 
 /// The restore scripts, loaded once.
@@ -58,11 +66,15 @@ impl Restore {
         Self {
             keys,
             order: stockflow_shared::script(include_str!("../lua/restore_order.lua")),
-            line: stockflow_shared::script(include_str!("../lua/restore_line.lua")),
+            line: stockflow_shared::script(concat!(
+                include_str!("../lua/parts.lua"),
+                include_str!("../lua/restore_line.lua")
+            )),
         }
     }
 
-    /// Writes a line's record; `expire_after` for a released line, `None` keeps it.
+    /// Writes a line's record (and, for a reserved line of a channel order, the channel's own
+    /// reservations it holds); `expire_after` for a released line, `None` keeps it.
     pub async fn line(
         &self,
         redis: &RedisConnection,
@@ -73,16 +85,23 @@ impl Restore {
         let mut invocation =
             self.line
                 .key(self.keys.order_line(line.sku, line.order_id, line.line_id));
+        let parts: Vec<String> = line
+            .parts
+            .iter()
+            .map(|p| format!("{}\u{1f}{}\u{1f}{}", p.location, p.quantity, p.shipped))
+            .collect();
         invocation
+            .key(self.keys.channels(line.sku))
             .arg(if line.released {
                 "released"
             } else {
                 "reserved"
             })
-            .arg(line.location)
+            .arg(parts.join("\u{1e}"))
             .arg(line.quantity)
             .arg(line.shipped)
-            .arg(expire_after.map(millis).unwrap_or_default());
+            .arg(expire_after.map(millis).unwrap_or_default())
+            .arg(line.channel);
         for (fulfilment, units, left) in line.shipments {
             invocation.arg(fulfilment).arg(units).arg(left);
         }
@@ -112,6 +131,7 @@ impl Restore {
             .arg(flag(order.cancelled))
             .arg(flag(order.committed))
             .arg(expire_after.map(millis).unwrap_or_default())
+            .arg(order.channel)
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)

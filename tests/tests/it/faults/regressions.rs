@@ -11,7 +11,10 @@ use stockflow_proto::v1::{
 use crate::world::*;
 
 const ORDER: &str = include_str!("../../../../workers/orders/lua/order.lua");
-const RESERVE_LINE: &str = include_str!("../../../../workers/orders/lua/reserve_line.lua");
+const RESERVE_LINE: &str = concat!(
+    include_str!("../../../../workers/orders/lua/parts.lua"),
+    include_str!("../../../../workers/orders/lua/reserve_line.lua")
+);
 
 /// A placer's steps done with the worker's scripts, publishing nothing, as if it died right after.
 struct DeadPlacer<'a> {
@@ -87,10 +90,13 @@ impl<'a> DeadPlacer<'a> {
                 .key(keys.order_line(&line.sku, self.order_id, &line.line_id))
                 .key(keys.stock(&line.sku))
                 .key(keys.policy(&line.sku))
+                .key(keys.channels(&line.sku))
                 .arg(line.quantity)
                 .arg(&line.location)
                 .arg("")
                 .arg(86_400)
+                .arg("")
+                .arg("")
                 .invoke_async(&mut self.redis)
                 .await
                 .expect("reserve_line.lua");
