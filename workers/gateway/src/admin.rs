@@ -197,6 +197,9 @@ fn webhook_view(stored: &Stored) -> Value {
         if let Some(skus) = &stored.skus {
             map.insert("skus".into(), json!(skus));
         }
+        if let Some(channels) = &stored.channels {
+            map.insert("channels".into(), json!(channels));
+        }
         if let Some(locations) = &stored.locations {
             map.insert("locations".into(), json!(locations));
         }

@@ -565,9 +565,9 @@ async fn place_and_wait(
     stored.duplicate |= seen.first() == Some(&Seen::Same);
     let mut redis = state.redis.clone();
     match read_order(&mut redis, &state.keys, &order_id).await {
-        Ok(Some(order)) if order.placed_otherwise(lines, *hold_seconds) => {
+        Ok(Some(order)) if order.placed_otherwise(lines, *hold_seconds, &command.channel) => {
             return Err(ApiError::conflict(format!(
-                "order {order_id:?} was already placed with other lines or another hold"
+                "order {order_id:?} was already placed with other lines, another hold or from another channel"
             )));
         }
         Ok(Some(order)) => {

@@ -179,15 +179,9 @@ pub struct StoredOrder {
 }
 
 impl StoredOrder {
-    /// Whether the order was placed with other lines or another hold than these: a new
-    /// placement with these would be a conflict, which the worker dead-letters.
-    /// (A gateway that knows the placement's channel asks [`Self::placed_otherwise_from`].)
-    pub fn placed_otherwise(&self, lines: &[Line], hold_seconds: i64) -> bool {
-        self.placed_otherwise_from(lines, hold_seconds, &self.channel)
-    }
-
-    /// Whether the order was placed with other lines, another hold or from another channel.
-    pub fn placed_otherwise_from(&self, lines: &[Line], hold_seconds: i64, channel: &str) -> bool {
+    /// Whether the order was placed with other lines, another hold or from another channel than
+    /// these: a new placement with these would be a conflict, which the worker dead-letters.
+    pub fn placed_otherwise(&self, lines: &[Line], hold_seconds: i64, channel: &str) -> bool {
         !self.fingerprint.is_empty()
             && self.fingerprint != placement_fingerprint(lines, hold_seconds, channel)
     }
