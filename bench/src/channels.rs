@@ -176,9 +176,80 @@ async fn feed_reader(
     Ok(seen)
 }
 
-/// One open-loop run: p50, p99 and max ms from each fact's scheduled publish to its channel
-/// quantity read from the feed, the achieved rate, and facts never seen.
-async fn propagation_run(cfg: &Config, rate: f64, run: usize) -> anyhow::Result<[f64; 5]> {
+/// When each cause's new quantity of `channel` was read by a client of the gateway's
+/// Server-Sent Events stream (`/v1/channels/<channel>/availability/stream`).
+async fn sse_reader(
+    http: &str,
+    channel: &str,
+) -> anyhow::Result<Arc<Mutex<HashMap<String, Instant>>>> {
+    let mut response = reqwest::Client::new()
+        .get(format!(
+            "http://{http}/v1/channels/{channel}/availability/stream"
+        ))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await?
+        .error_for_status()?;
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let into = seen.clone();
+    tokio::spawn(async move {
+        let mut buffer = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let at = Instant::now();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let cause = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .and_then(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+                    .and_then(|v| v["cause_event_id"].as_str().map(str::to_owned));
+                if let Some(cause) = cause {
+                    into.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(cause)
+                        .or_insert(at);
+                }
+            }
+        }
+    });
+    Ok(seen)
+}
+
+/// Latencies of one reader in one run: p50, p99, max ms, achieved/s, never seen.
+fn latencies(
+    scheduled: &[(String, Instant)],
+    seen: &HashMap<String, Instant>,
+    started: Instant,
+) -> [f64; 5] {
+    let n = scheduled.len();
+    let mut latencies = Vec::with_capacity(n);
+    let mut missing = 0;
+    let mut last = started;
+    for (cause, due) in scheduled.iter().skip(n / 20) {
+        match seen.get(cause) {
+            Some(at) => {
+                last = last.max(*at);
+                latencies.push(at.saturating_duration_since(*due).as_secs_f64() * 1e3);
+            }
+            None => missing += 1,
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let achieved = seen.len() as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
+    [
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        achieved,
+        missing as f64,
+    ]
+}
+
+/// One open-loop run, measured by both readers (JetStream consumer, SSE client): p50, p99 and
+/// max ms from each fact's scheduled publish to its channel quantity read, the achieved rate,
+/// and facts never seen.
+async fn propagation_run(cfg: &Config, rate: f64, run: usize) -> anyhow::Result<[[f64; 5]; 2]> {
     let stack = Stack::start().await?;
     stock_stores(&stack, cfg.skus).await?;
     let worker = WorkerProcess::start(
@@ -186,6 +257,18 @@ async fn propagation_run(cfg: &Config, rate: f64, run: usize) -> anyhow::Result<
         &[],
         &stack.nats_url(),
         &stack.redis_url(),
+    )
+    .await?;
+    let http = format!("127.0.0.1:{}", procs::free_port()?);
+    let gateway = WorkerProcess::start_with(
+        &procs::sibling_binary("gateway")?,
+        &[],
+        &stack.nats_url(),
+        &stack.redis_url(),
+        &[
+            ("STOCKFLOW_HTTP_ADDR", http.as_str()),
+            ("STOCKFLOW_GATEWAY_AUTH", "none"),
+        ],
     )
     .await?;
     define(
@@ -205,7 +288,8 @@ async fn propagation_run(cfg: &Config, rate: f64, run: usize) -> anyhow::Result<
         ],
     )
     .await?;
-    let seen = feed_reader(&stack.js, "web").await?;
+    let feed = feed_reader(&stack.js, "web").await?;
+    let sse = sse_reader(&http, "web").await?;
     let n = (rate * cfg.latency_seconds) as usize;
     let tag = format!("ch{run}");
     let inputs = store_facts(n, cfg.skus, &tag);
@@ -228,32 +312,22 @@ async fn propagation_run(cfg: &Config, rate: f64, run: usize) -> anyhow::Result<
     }
     while acks.next().await.is_some() {}
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline {
+    let count = |seen: &Arc<Mutex<HashMap<String, Instant>>>| {
+        seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    };
+    while (count(&feed) < n || count(&sse) < n) && Instant::now() < deadline {
         // Poll interval of a wait bounded above.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let snapshot = |seen: &Arc<Mutex<HashMap<String, Instant>>>| {
+        seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    };
+    let (feed, sse) = (snapshot(&feed), snapshot(&sse));
+    drop(gateway);
     drop(worker);
-    let mut latencies = Vec::with_capacity(n);
-    let mut missing = 0;
-    let mut last = started;
-    for (cause, due) in scheduled.iter().skip(n / 20) {
-        match seen.get(cause) {
-            Some(at) => {
-                last = last.max(*at);
-                latencies.push(at.saturating_duration_since(*due).as_secs_f64() * 1e3);
-            }
-            None => missing += 1,
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
-    let achieved = seen.len() as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
     Ok([
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        latencies.last().copied().unwrap_or(f64::NAN),
-        achieved,
-        missing as f64,
+        latencies(&scheduled, &feed, started),
+        latencies(&scheduled, &sse, started),
     ])
 }
 
@@ -276,36 +350,42 @@ pub(crate) async fn propagation(cfg: &Config, results: &mut Results) -> anyhow::
          all three with a buffer and a percentage), one stock-worker. Each fact is a sale or a \
          receipt of one unit at a store, so it changes the all-stores channel's quantity; latency \
          from the fact's scheduled publish to that quantity read by a live JetStream consumer of \
-         `AVAILABILITY` (ordered, filter `availability.web.>`); {} s per run, first 5% not counted.",
+         `AVAILABILITY` (ordered, filter `availability.web.>`) and by a client of the gateway's \
+         Server-Sent Events stream of that channel; {} s per run, first 5% not counted.",
         cfg.skus, cfg.latency_seconds
     );
+    const READERS: [&str; 2] = ["JetStream consumer", "SSE client (gateway)"];
     for rate in [1_000.0, 10_000.0] {
-        let mut runs: [Runs; 5] = Default::default();
+        let mut runs: [[Runs; 5]; 2] = Default::default();
         for run in 0..cfg.runs {
             let r = propagation_run(cfg, rate, run).await?;
-            eprintln!(
-                "  feed at {rate:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms ({} never seen)",
-                run + 1,
-                r[0],
-                r[1],
-                r[4]
-            );
-            for (runs, value) in runs.iter_mut().zip(r) {
-                runs.push(value);
+            for (reader, (runs, values)) in READERS.iter().zip(runs.iter_mut().zip(r)) {
+                eprintln!(
+                    "  {reader} at {rate:.0}/s run {}: p50 {:.2} ms p99 {:.2} ms ({} never seen)",
+                    run + 1,
+                    values[0],
+                    values[1],
+                    values[4]
+                );
+                for (runs, value) in runs.iter_mut().zip(values) {
+                    runs.push(value);
+                }
             }
         }
         if rate == 10_000.0 {
-            results.channel_p99_at_10k = Some(runs[1].median());
+            results.channel_p99_at_10k = Some(runs[0][1].median());
         }
-        table.row(vec![
-            "JetStream consumer".into(),
-            format!("{rate:.0}"),
-            runs[3].show(0),
-            runs[0].show(2),
-            runs[1].show(2),
-            runs[2].show(1),
-            runs[4].show(0),
-        ]);
+        for (reader, runs) in READERS.iter().zip(&runs) {
+            table.row(vec![
+                (*reader).into(),
+                format!("{rate:.0}"),
+                runs[3].show(0),
+                runs[0].show(2),
+                runs[1].show(2),
+                runs[2].show(1),
+                runs[4].show(0),
+            ]);
+        }
     }
     results.tables.push(table);
     Ok(())

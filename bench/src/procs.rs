@@ -51,6 +51,17 @@ impl WorkerProcess {
         nats_url: &str,
         redis_url: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(program, args, nats_url, redis_url, &[]).await
+    }
+
+    /// [`Self::start`] with `extra` environment variables.
+    pub(crate) async fn start_with(
+        program: &PathBuf,
+        args: &[&str],
+        nats_url: &str,
+        redis_url: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         // A profiler in front of the worker, e.g. `valgrind --tool=callgrind`.
         let wrapper = std::env::var(WRAPPER).unwrap_or_default();
@@ -69,6 +80,7 @@ impl WorkerProcess {
             .env("STOCKFLOW_REDIS_URL", redis_url)
             .env("STOCKFLOW_METRICS_ADDR", metrics.to_string())
             .env("STOCKFLOW_LOG", "warn")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
