@@ -520,8 +520,9 @@ pub async fn publish_recomputes(
     let channels = defined_channels(js).await?;
     let mut published = 0;
     for d in drifts {
-        // The rules version the worker must know first: the bucket's, or for a removed channel
-        // the one the feed's last quantity was computed with.
+        // The rules version the worker must know first: the bucket's; a removed channel is no
+        // longer listed there, and any version is as new as its removal (the bucket keeps the
+        // delete marker, the newest entry of its history).
         let rules_version = channels
             .get(&d.channel)
             .map(|c| c.rules_version)

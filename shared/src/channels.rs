@@ -174,6 +174,17 @@ async fn follow(
     }
 }
 
+/// The last entry of `id` in the bucket, a deletion included (`kv::Store::entry` answers `None`
+/// for a deleted key, which would hide the rules version of a removal). `None`: never written.
+pub async fn last_entry(store: &kv::Store, id: &str) -> anyhow::Result<Option<kv::Entry>> {
+    let mut history = store.history(id).await?;
+    let mut last = None;
+    while let Some(entry) = history.next().await {
+        last = Some(entry?);
+    }
+    Ok(last)
+}
+
 /// A live copy of the `CHANNELS` bucket, shared by every handler of a worker.
 #[derive(Debug, Clone)]
 pub struct ChannelBook {
@@ -231,13 +242,7 @@ impl ChannelBook {
 
     /// Reads `id` from the bucket itself and keeps it.
     async fn fetch(&self, id: &str) -> anyhow::Result<Option<Known>> {
-        // `entry` answers None for a deleted key: read the history's last entry instead.
-        let mut history = self.kv.history(id).await?;
-        let mut last = None;
-        while let Some(entry) = history.next().await {
-            last = Some(entry?);
-        }
-        if let Some(entry) = last {
+        if let Some(entry) = last_entry(&self.kv, id).await? {
             self.keep(&entry);
         }
         Ok(self.get(id))
@@ -300,18 +305,17 @@ impl ChannelBook {
         }
     }
 
-    /// The script argument for a change at `locations`: every defined channel drawing from one
-    /// of them, plus `named` (a channel the input names, as `named_known`).
-    pub fn specs_for(&self, locations: &[&str], named: Option<(&str, &Known)>) -> String {
+    /// The script argument for a change at `locations`: every channel the book knows, removed
+    /// ones as removed, and `named` (a channel the input names, as looked up) in place of the
+    /// book's. All of them, not only those drawing from `locations` now: a SKU may hold an older
+    /// spec of a channel that did (it drew from there before its rules changed, or it was removed
+    /// since), and only the newer spec passed along keeps the script from computing with it.
+    pub fn specs_for(&self, named: Option<(&str, &Known)>) -> String {
         let book = self.book.read().unwrap_or_else(|e| e.into_inner());
         let mut ids: Vec<(&str, &Known)> = book
             .channels
             .iter()
             .filter(|(id, _)| named.is_none_or(|(n, _)| n != id.as_str()))
-            .filter(|(_, known)| match known {
-                Known::Defined(c) => c.locations.iter().any(|l| locations.contains(&l.as_str())),
-                Known::Removed(_) => false,
-            })
             .map(|(id, known)| (id.as_str(), known))
             .collect();
         ids.sort_by_key(|(id, _)| *id);

@@ -460,6 +460,15 @@ pub async fn remove_webhook_consumer(
 
 /// The declared configuration of a durable consumer.
 pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> consumer::pull::Config {
+    // Channel definitions are applied strictly one after the other, in stream order, across
+    // every replica: two definitions of one channel applied out of order (or an old one
+    // redelivered after a newer one) would leave the older rules in force.
+    let max_ack_pending =
+        if spec.stream == CHANNEL_RULES.stream && spec.durable == CHANNEL_RULES.durable {
+            1
+        } else {
+            20_000
+        };
     consumer::pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         description: Some(format!("stockflow {}", spec.durable)),
@@ -467,7 +476,7 @@ pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> cons
         ack_wait: settings.ack_wait,
         // Transient failures are retried until they succeed: never dropped after N attempts.
         max_deliver: -1,
-        max_ack_pending: 20_000,
+        max_ack_pending,
         // Durable consumers never expire from inactivity (KEDA scales to max on a missing one).
         inactive_threshold: Duration::ZERO,
         ..Default::default()

@@ -219,9 +219,10 @@ end
 -- `oversold`: units a sale of this channel took beyond what the channel offered.
 local function settle_channel(stock_key, policy_key, ch, id, oversold)
   local spec = ch.specs[id]
-  set_state(ch, 's:' .. id, spec.text)
   local stored = ch.st['q:' .. id]
+  -- A removed channel this SKU never listed leaves nothing behind.
   if spec.strategy == 'x' and stored == nil then return nil end
+  set_state(ch, 's:' .. id, spec.text)
   local before = num(stored)
   local q, pool = channel_quantity(stock_key, policy_key, ch, spec)
   local version = 0

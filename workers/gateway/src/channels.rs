@@ -3,8 +3,6 @@
 //! applies them), and a SKU's override of a channel's rules set and cleared as a `channel_rules`
 //! stock fact. Writes answer 202 once JetStream stored the event, as every other write does.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use async_nats::jetstream::kv;
 use axum::{
     body::Bytes,
@@ -42,20 +40,18 @@ pub(crate) fn channel_id(id: &str) -> Result<&str, ApiError> {
 fn event_id(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(match idempotency_key(headers)? {
         Some(key) => key.to_owned(),
-        None => format!("gw-{}-{:016x}", now_ms(), fastrand::u64(..)),
+        None => format!(
+            "gw-{}-{:016x}",
+            stockflow_shared::now_ms(),
+            fastrand::u64(..)
+        ),
     })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn meta(event_id: String) -> EventMeta {
     EventMeta {
         event_id,
-        occurred_at_ms: now_ms(),
+        occurred_at_ms: stockflow_shared::now_ms(),
         source: "gateway".into(),
         ..Default::default()
     }

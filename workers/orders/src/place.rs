@@ -24,7 +24,9 @@ impl OrderHandler {
         hold_seconds: i64,
     ) -> Result<Outcome, HandleError> {
         let channel = order.channel.as_str();
-        if !channel.is_empty() {
+        // A placement recorded before was judged then: its redelivery is answered from the
+        // record even if the channel changed or went since.
+        if !channel.is_empty() && !self.recorded(&order.order_id).await? {
             self.check_channel(channel, lines).await?;
         }
         let mut outcome = Outcome::Applied;
@@ -173,6 +175,16 @@ impl OrderHandler {
     /// Judges the channel an order comes from before anything is recorded: it must be defined
     /// (never defined or removed: `unknown_channel`), and a line that names a location must name
     /// one of the channel's (`invalid_location`).
+    /// Whether the order has a record: a placement (or a cancel) of it was taken already.
+    async fn recorded(&self, order_id: &str) -> Result<bool, HandleError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("EXISTS")
+            .arg(self.keys.order(order_id))
+            .query_async(&mut redis)
+            .await
+            .map_err(HandleError::redis)
+    }
+
     async fn check_channel(&self, channel: &str, lines: &[Line]) -> Result<(), HandleError> {
         let defined = match self.book.lookup(channel).await.map_err(HandleError::nats)? {
             Some(Known::Defined(defined)) => defined,

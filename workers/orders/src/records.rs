@@ -159,18 +159,13 @@ impl OrderHandler {
     /// recomputes those drawing from a location whose levels it changed), and the order's
     /// `channel` as the book holds it (also when removed).
     fn channel_specs(&self, channel: &str) -> String {
-        let defined = self.book.defined();
-        let locations: Vec<&str> = defined
-            .iter()
-            .flat_map(|c| c.locations.iter().map(String::as_str))
-            .collect();
         let named = if channel.is_empty() {
             None
         } else {
             self.book.get(channel)
         };
         self.book
-            .specs_for(&locations, named.as_ref().map(|known| (channel, known)))
+            .specs_for(named.as_ref().map(|known| (channel, known)))
     }
 
     /// Runs a per-line script on `line`'s record, in the SKU's slot.

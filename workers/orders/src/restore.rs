@@ -66,10 +66,7 @@ impl Restore {
         Self {
             keys,
             order: stockflow_shared::script(include_str!("../lua/restore_order.lua")),
-            line: stockflow_shared::script(concat!(
-                include_str!("../lua/parts.lua"),
-                include_str!("../lua/restore_line.lua")
-            )),
+            line: stockflow_shared::script(include_str!("../lua/restore_line.lua")),
         }
     }
 

@@ -10,7 +10,8 @@
 --          or return that names its channel)
 -- ARGV[3]  quantity (received/sold/returned/transferred), delta (adjusted), counted on_hand;
 --          the channel of channel_rules / channel_recompute
--- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override
+-- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override;
+--          channel_recompute: the rules version asked for (the worker passed a spec that new)
 -- ARGV[5]  transferred: destination location
 -- ARGV[6]  fingerprint of the event's content
 -- ARGV[7]  dedup TTL, seconds

@@ -58,23 +58,10 @@ impl ChannelRulesHandler {
             .map_err(HandleError::nats)
     }
 
-    /// The last entry of `id`'s history, deletes included.
     async fn last_entry(store: &kv::Store, id: &str) -> Result<Option<kv::Entry>, HandleError> {
-        let mut history = match store.history(id).await {
-            Ok(history) => history,
-            Err(e)
-                if e.kind() == kv::WatchErrorKind::Other
-                    && e.to_string().contains("no messages") =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(HandleError::nats(e)),
-        };
-        let mut last = None;
-        while let Some(entry) = history.next().await {
-            last = Some(entry.map_err(HandleError::nats)?);
-        }
-        Ok(last)
+        stockflow_shared::channels::last_entry(store, id)
+            .await
+            .map_err(HandleError::nats)
     }
 
     /// Stores `channel` unless the bucket holds exactly it already (a redelivery): its rules

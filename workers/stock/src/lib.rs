@@ -10,7 +10,7 @@ use std::{future::Future, sync::Arc, time::Instant};
 use async_nats::jetstream;
 use stockflow_proto::input::fact::Op;
 use stockflow_shared::{
-    channels::{ChannelBook, Known, Locations},
+    channels::{ChannelBook, Locations},
     consume::{Delivery, HandleError, Handled, Handler, Outcome},
     keys::Keys,
     ledger::{Cause, Ledger},
@@ -176,8 +176,8 @@ impl StockHandler {
         self.keys.event(&fact.sku, &fact.meta.event_id)
     }
 
-    /// The channel specs the script needs for `fact`: every channel drawing from a location it
-    /// names, and the channel it names itself (waiting for the rules version a recompute asks
+    /// The channel specs the script needs for `fact`: every channel the book knows, and the
+    /// channel it names itself as looked up (waiting for the rules version a recompute asks
     /// for). A channel it names that was never defined is `UnknownChannel`.
     async fn channel_specs(&self, fact: &Fact) -> Result<Result<String, Applied>, HandleError> {
         let named = match &fact.op {
@@ -216,30 +216,9 @@ impl StockHandler {
             }
             _ => None,
         };
-        let mut locations: Vec<&str> = vec![fact.location.as_str()];
-        if let Op::Transferred { to, .. } = &fact.op {
-            locations.push(to);
-        }
-        if let Some(Known::Defined(channel)) = &named {
-            locations.extend(channel.locations.iter().map(String::as_str));
-        }
-        let specs = if fact.location.is_empty() && matches!(fact.op, Op::PolicySet { .. }) {
-            // A SKU-wide policy touches every location the SKU has.
-            let all: Vec<String> = self
-                .book
-                .defined()
-                .iter()
-                .flat_map(|c| c.locations.clone())
-                .collect();
-            let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            self.book.specs_for(&all, None)
-        } else {
-            self.book.specs_for(
-                &locations,
-                named.as_ref().map(|known| (fact.channel.as_str(), known)),
-            )
-        };
-        Ok(Ok(specs))
+        Ok(Ok(self.book.specs_for(
+            named.as_ref().map(|known| (fact.channel.as_str(), known)),
+        )))
     }
 
     async fn apply_keyed(&self, fact: &Fact, dedup_key: &str) -> Result<Applied, HandleError> {
