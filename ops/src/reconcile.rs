@@ -508,18 +508,41 @@ pub async fn publish_corrections(
     Ok(published)
 }
 
-/// Publishes one `ChannelRecompute` per channel drift: the stock worker computes that SKU's
-/// quantity again from its levels and, when it differs from what Redis holds, stores and
-/// publishes it (a new version). The event id is fixed by the drift
+/// Forgets what Redis holds as a channel's quantity of a SKU and raises its version to at least
+/// the feed's: the next computation then publishes whatever it finds, as a version newer than
+/// the feed holds. One SKU's channels hash: one slot.
+const FORGET_QUANTITY: &str = r"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v:' .. ARGV[1]) or '0')
+if v < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2]) end
+redis.call('HDEL', KEYS[1], 'q:' .. ARGV[1])
+return 1
+";
+
+/// Repairs each channel drift: forgets the SKU's stored quantity (raising its version to the
+/// feed's, which a Redis that lost its last writes may hold below), then publishes a
+/// `ChannelRecompute`, so the stock worker computes the quantity again from the levels and
+/// publishes it as a new version — also when Redis already held the right number and only the
+/// feed was behind. The event id is fixed by the drift
 /// (`reconcile:<channel>:<version>:<redis>:<expected>`), so running the fix twice for the same
 /// drift recomputes once.
 pub async fn publish_recomputes(
     js: &jetstream::Context,
+    redis: &mut RedisConnection,
+    keys: &Keys,
     drifts: &[ChannelDrift],
 ) -> Result<usize, Error> {
     let channels = defined_channels(js).await?;
+    let forget = redis::Script::new(FORGET_QUANTITY);
     let mut published = 0;
     for d in drifts {
+        let () = forget
+            .key(keys.channels(&d.sku))
+            .arg(&d.channel)
+            .arg(d.version)
+            .invoke_async::<i64>(redis)
+            .await
+            .map(drop)
+            .context("forgetting a drifted channel quantity")?;
         // The rules version the worker must know first: the bucket's; a removed channel is no
         // longer listed there, and any version is as new as its removal (the bucket keeps the
         // delete marker, the newest entry of its history).

@@ -285,7 +285,7 @@ async fn fix(
     drift: &Found,
 ) -> anyhow::Result<Fixed> {
     let published = reconcile::publish_corrections(js, &drift.levels).await?;
-    let recomputes = reconcile::publish_recomputes(js, &drift.channels).await?;
+    let recomputes = reconcile::publish_recomputes(js, redis, keys, &drift.channels).await?;
     let mut not_caught_up = Vec::new();
     if published + recomputes > 0 {
         if let Err(e) =

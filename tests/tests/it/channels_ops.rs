@@ -447,11 +447,44 @@ async fn rebuild_restores_channel_state_and_reconcile_checks_it() {
     let after = world.availability("market", "RB-X").await.expect("feed");
     assert_eq!(after.version, before.version + 1);
     assert_eq!(after.available_to_sell, before.available_to_sell);
-    assert_eq!(after.previous, 99);
+    // The fix forgot the drifted number: the recompute starts afresh.
+    assert_eq!(after.previous, 0);
     let held: i64 = conn
         .hget(world.keys.channels("RB-X"), "q:market")
         .await
         .expect("hget");
     assert_eq!(held, before.available_to_sell);
+
+    // Redis lost its last writes (a failover, a kill before the AOF fsync): its version fell
+    // below the feed's, so its next quantities are older than what the feed holds and are not
+    // published. Reconcile sees the feed behind; --fix publishes the right quantity, newer.
+    let stale = world.availability("market", "RB-Y").await.expect("feed");
+    let _: () = conn
+        .hset(world.keys.channels("RB-Y"), "v:market", 1)
+        .await
+        .expect("hset");
+    world
+        .publish(&event("pos-lost", "RB-Y", "store-2", sold(2)))
+        .await;
+    world.wait_stock_idle().await;
+    let expected = modelled(&world, "RB-Y", &stores, &rules, Some(&half)).await;
+    assert_eq!(
+        world
+            .availability("market", "RB-Y")
+            .await
+            .expect("feed")
+            .version,
+        stale.version,
+        "an older version is not published over a newer one"
+    );
+    assert_ne!(
+        expected, stale.available_to_sell,
+        "the sale changes the quantity"
+    );
+    let fixed = json(&ok(&world, &["-o", "json", "reconcile", "--fix"]).await);
+    assert_eq!(fixed["agrees"], true, "{fixed}");
+    let repaired = world.availability("market", "RB-Y").await.expect("feed");
+    assert!(repaired.version > stale.version, "{repaired:?}");
+    assert_eq!(repaired.available_to_sell, expected);
     worker.shutdown().await;
 }
