@@ -74,6 +74,41 @@ pub struct Ledger {
     published: [metrics::Counter; 4],
     /// `stockflow_derived_published_total{kind="channel_availability"}`.
     availability_published: metrics::Counter,
+    /// The last channel quantity this process stored per feed subject.
+    feed_tail: FeedTails,
+}
+
+/// A feed message this process stored: its stream sequence and version.
+#[derive(Debug, Clone, Copy)]
+struct FeedTail {
+    sequence: u64,
+    version: u64,
+}
+
+/// The last [`FeedTail`] per subject, shared by every clone of a [`Ledger`]. A hint only: a
+/// stale one costs a refused publish and a read, never a wrong message.
+#[derive(Debug, Clone, Default)]
+struct FeedTails(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FeedTail>>>);
+
+impl FeedTails {
+    /// Subjects remembered at most; past it the memory starts over.
+    const MAX: usize = 100_000;
+
+    fn get(&self, subject: &str) -> Option<FeedTail> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subject)
+            .copied()
+    }
+
+    fn keep(&self, subject: String, tail: FeedTail) {
+        let mut tails = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if tails.len() >= Self::MAX {
+            tails.clear();
+        }
+        tails.insert(subject, tail);
+    }
 }
 
 impl Ledger {
@@ -89,6 +124,7 @@ impl Ledger {
                 counter(DerivedKind::OrderResult),
             ],
             availability_published: metrics::counter!("stockflow_derived_published_total", "kind" => "channel_availability"),
+            feed_tail: FeedTails::default(),
         }
     }
 
@@ -209,10 +245,14 @@ impl Ledger {
         }
         self.publish_all(pending).await?;
         // After the ledger: a channel quantity is never ahead of the entries that explain it.
-        for change in outcome.channels.iter().filter(|c| c.version > 0) {
-            self.publish_availability(cause, outcome.applied_at_ms, change)
-                .await?;
-        }
+        futures::future::try_join_all(
+            outcome
+                .channels
+                .iter()
+                .filter(|c| c.version > 0)
+                .map(|change| self.publish_availability(cause, outcome.applied_at_ms, change)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -220,7 +260,9 @@ impl Ledger {
     /// already. Two workers may publish versions of one (channel, SKU) in either order; the feed
     /// keeps one message per subject, so the older must not land last. Each publish states the
     /// subject's last sequence it saw (`Nats-Expected-Last-Subject-Sequence`); a race retries
-    /// with the new last message, and stops when that one is as new or newer.
+    /// with the new last message, and stops when that one is as new or newer. The last message
+    /// this process stored per subject is remembered, so the common case (one worker owns the
+    /// SKU for a while) costs one round trip, not a read and a publish.
     async fn publish_availability(
         &self,
         cause: Cause<'_>,
@@ -241,19 +283,29 @@ impl Ledger {
         };
         let payload = bytes::Bytes::from(message.encode_to_vec());
         let stream = self.js.get_stream_no_info(subjects::AVAILABILITY).await?;
+        let mut remembered = self.feed_tail.get(&subject);
         loop {
-            let last = match stream.direct_get_last_for_subject(subject.as_str()).await {
-                Ok(stored) => {
-                    let held = ChannelAvailabilityChanged::decode(stored.payload.as_ref())
-                        .map(|m| m.version)
-                        .unwrap_or(0);
-                    if held >= change.version {
-                        return Ok(());
+            let remembered = remembered.take();
+            let last = match remembered {
+                Some(stored) if stored.version >= change.version => return Ok(()),
+                Some(stored) => Ok(stored.sequence),
+                None => Err(()),
+            };
+            let last = match last {
+                Ok(sequence) => sequence,
+                Err(()) => match stream.direct_get_last_for_subject(subject.as_str()).await {
+                    Ok(stored) => {
+                        let held = ChannelAvailabilityChanged::decode(stored.payload.as_ref())
+                            .map(|m| m.version)
+                            .unwrap_or(0);
+                        if held >= change.version {
+                            return Ok(());
+                        }
+                        stored.sequence
                     }
-                    stored.sequence
-                }
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
-                Err(e) => return Err(e.into()),
+                    Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
+                    Err(e) => return Err(e.into()),
+                },
             };
             let publish = PublishMessage::build()
                 .payload(payload.clone())
@@ -271,10 +323,17 @@ impl Ledger {
                 Ok(ack) => {
                     if !ack.duplicate {
                         self.availability_published.increment(1);
+                        self.feed_tail.keep(
+                            subject,
+                            FeedTail {
+                                sequence: ack.sequence,
+                                version: change.version,
+                            },
+                        );
                     }
                     return Ok(());
                 }
-                // Another version landed meanwhile: look again.
+                // Another version landed meanwhile (or what was remembered is stale): look.
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
                 Err(e) => return Err(e.into()),
             }
