@@ -90,10 +90,13 @@ async fn a_marketplace_fed_by_three_stores_follows_every_change() {
     worker.shutdown().await;
 }
 
+/// One feed message as a live reader saw it: (subject, version, quantity, stream sequence).
+type Stored = (String, u64, i64, u64);
+
 /// Every message the feed ever stored, as a live reader saw it (the stream itself keeps only
-/// the newest per subject): (subject, version, quantity, stream sequence).
+/// the newest per subject).
 struct FeedRecorder {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, i64, u64)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Stored>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -138,7 +141,7 @@ impl FeedRecorder {
     }
 
     /// Waits until it has read everything the feed stored, then returns it.
-    async fn caught_up(&self, world: &World) -> Vec<(String, u64, i64, u64)> {
+    async fn caught_up(&self, world: &World) -> Vec<Stored> {
         let mut stream = world
             .js
             .get_stream(stockflow_proto::subjects::AVAILABILITY)
@@ -160,7 +163,7 @@ impl Drop for FeedRecorder {
 }
 
 /// Versions never repeat and only grow per (channel, SKU), in the order the feed stored them.
-fn assert_published_once_in_order(seen: &[(String, u64, i64, u64)]) {
+fn assert_published_once_in_order(seen: &[Stored]) {
     let mut last: std::collections::HashMap<&str, u64> = Default::default();
     for (subject, version, _, _) in seen {
         let held = last.entry(subject).or_default();
