@@ -67,7 +67,8 @@ async fn a_marketplace_over_three_stores_is_exact_on_clusters() {
     for sku in &skus {
         world.wait_availability("market", sku, 10).await;
     }
-    // Store sales, then a marketplace sale beyond its offer, on every SKU.
+    // Store sales, then (once they are applied: two workers take a SKU's facts in any order)
+    // a marketplace sale beyond its offer, on every SKU.
     for sku in &skus {
         world
             .publish(&event_at("s1", sku, "store-1", sold(4)))
@@ -75,6 +76,9 @@ async fn a_marketplace_over_three_stores_is_exact_on_clusters() {
         world
             .publish(&event_at("s2", sku, "store-2", sold(5)))
             .await;
+    }
+    world.wait_stock_idle().await;
+    for sku in &skus {
         world
             .publish(&channel_fact(&format!("m-{sku}"), sku, "market", sold(3)))
             .await;
