@@ -154,7 +154,10 @@ async fn follow(
                 keep(&book, &updated, &entry);
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "watching the CHANNELS bucket; watching anew");
+                // The client re-subscribes by itself across reconnects: an error here is mostly
+                // the connection closing at shutdown, so it is told once, quietly.
+                tracing::debug!(error = %e, "watching the CHANNELS bucket; watching anew");
+                let mut told = false;
                 watch = loop {
                     if book.strong_count() == 0 {
                         return;
@@ -162,7 +165,9 @@ async fn follow(
                     match kv.watch_all_from_revision(last + 1).await {
                         Ok(watch) => break watch,
                         Err(e) => {
-                            tracing::warn!(error = %e, "watching the CHANNELS bucket");
+                            if !std::mem::replace(&mut told, true) {
+                                tracing::warn!(error = %e, "watching the CHANNELS bucket; trying again every second");
+                            }
                             // Back-off between attempts while NATS is away.
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
