@@ -290,13 +290,11 @@ async fn defined_channels(js: &jetstream::Context) -> Result<BTreeMap<String, Ch
         else {
             continue;
         };
-        if entry.operation != async_nats::jetstream::kv::Operation::Put {
-            continue;
+        if let Some(channel) = stockflow_shared::channels::defined_by(&entry)
+            .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))?
+        {
+            out.insert(id, channel);
         }
-        let mut channel = Channel::decode(entry.value.as_ref())
-            .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))?;
-        channel.rules_version = entry.revision;
-        out.insert(id, channel);
     }
     Ok(out)
 }

@@ -198,15 +198,24 @@ pub struct ChannelBook {
     updated: Arc<tokio::sync::Notify>,
 }
 
+/// The channel a bucket entry defines, its `rules_version` the entry's revision; `None` for a
+/// removal. The one reader of the bucket's values: the workers, the gateway, `stockctl` and
+/// reconcile all read a channel through it.
+pub fn defined_by(entry: &kv::Entry) -> Result<Option<Channel>, prost::DecodeError> {
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let mut channel = Channel::decode(entry.value.as_ref())?;
+    channel.rules_version = entry.revision;
+    Ok(Some(channel))
+}
+
 /// Decodes a bucket entry; `None` for a value that is not a channel (never written by stockflow).
 fn known_of(entry: &kv::Entry) -> Option<Known> {
-    match entry.operation {
-        kv::Operation::Put => {
-            let mut channel = Channel::decode(entry.value.as_ref()).ok()?;
-            channel.rules_version = entry.revision;
-            Some(Known::Defined(Arc::new(channel)))
-        }
-        kv::Operation::Delete | kv::Operation::Purge => Some(Known::Removed(entry.revision)),
+    match defined_by(entry) {
+        Ok(Some(channel)) => Some(Known::Defined(Arc::new(channel))),
+        Ok(None) => Some(Known::Removed(entry.revision)),
+        Err(_) => None,
     }
 }
 

@@ -321,13 +321,8 @@ async fn stored(store: &kv::Store, id: &str) -> anyhow::Result<Option<Channel>> 
     else {
         return Ok(None);
     };
-    if entry.operation != kv::Operation::Put {
-        return Ok(None);
-    }
-    let mut channel = Channel::decode(entry.value.as_ref())
-        .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))?;
-    channel.rules_version = entry.revision;
-    Ok(Some(channel))
+    stockflow_shared::channels::defined_by(&entry)
+        .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))
 }
 
 /// Every defined channel, by id.

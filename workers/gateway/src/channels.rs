@@ -12,11 +12,10 @@ use axum::{
     Json,
 };
 use futures::TryStreamExt as _;
-use prost::Message as _;
 use serde_json::{json, Value};
 use stockflow_proto::{
     input::json::{AvailabilityRulesJson, ChannelJson},
-    v1::{channel_event::Change, Channel, ChannelEvent, ChannelRemoved, ChannelSet, EventMeta},
+    v1::{channel_event::Change, ChannelEvent, ChannelRemoved, ChannelSet, EventMeta},
     validate::validate_channel_id,
 };
 use stockflow_shared::{topology, validate::validate_sku};
@@ -78,18 +77,13 @@ async fn stored(store: &kv::Store, id: &str) -> Result<Option<Value>, ApiError> 
     let Some(entry) = store.entry(id).await.map_err(bucket_unavailable)? else {
         return Ok(None);
     };
-    if entry.operation != kv::Operation::Put {
-        return Ok(None);
-    }
-    let mut channel = Channel::decode(entry.value.as_ref()).map_err(|e| {
+    let channel = stockflow_shared::channels::defined_by(&entry).map_err(|e| {
         tracing::error!(channel = %id, error = %e, "a stored channel is unreadable");
         ApiError::internal(format!(
             "the stored definition of channel {id:?} is not a Channel: {e}; this is a bug"
         ))
     })?;
-    // The entry's revision is the rules version (shared::channels).
-    channel.rules_version = entry.revision;
-    Ok(Some(json!(ChannelJson::from_channel(&channel))))
+    Ok(channel.map(|c| json!(ChannelJson::from_channel(&c))))
 }
 
 /// `GET /v1/channels`: every defined channel, by id.
