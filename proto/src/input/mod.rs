@@ -104,6 +104,26 @@ pub enum Category {
 }
 
 impl Category {
+    /// Every category.
+    pub const ALL: [Self; 16] = [
+        Self::Decode,
+        Self::UnknownType,
+        Self::InvalidMeta,
+        Self::UnknownEnum,
+        Self::InvalidSku,
+        Self::SubjectMismatch,
+        Self::InvalidLocation,
+        Self::SameLocation,
+        Self::InvalidQuantity,
+        Self::InvalidOrderId,
+        Self::InvalidLines,
+        Self::InvalidHold,
+        Self::InvalidJson,
+        Self::InvalidChannel,
+        Self::UnknownChannel,
+        Self::UnknownLocation,
+    ];
+
     /// The category's name: `decode`, `invalid_quantity`, ...
     pub fn as_str(self) -> &'static str {
         match self {

@@ -225,6 +225,13 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Handled, HandleError>> + Send;
+
+    /// The `type` labels [`Handled::event_type`] can take: their `stockflow_events_total` series
+    /// are registered at 0 when the loop starts, so dashboards and alerts see every type from
+    /// the start rather than no series until its first event.
+    fn event_types(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 #[cfg(test)]

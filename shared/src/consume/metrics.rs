@@ -69,7 +69,7 @@ impl LoopMetrics {
     /// The loop's metrics; the counters whose label sets are known in advance (retries by
     /// kind, panics) are registered at 0 now, so dashboards and alerts see a series from the
     /// start instead of none until the first increment.
-    pub(super) fn new(worker: &'static str) -> Self {
+    pub(super) fn new(worker: &'static str, event_types: &[&'static str]) -> Self {
         let transient = Counters::new();
         for kind in [Some(Dependency::Redis), Some(Dependency::Nats), None] {
             transient.register(transient_kind(kind), |kind| {
@@ -80,7 +80,7 @@ impl LoopMetrics {
         panics
             .get_or_init(|| metrics::counter!("stockflow_handler_panics_total", "worker" => worker))
             .increment(0);
-        Self {
+        let this = Self {
             worker,
             in_flight: metrics::gauge!("stockflow_messages_in_flight", "worker" => worker),
             latency: metrics::histogram!("stockflow_event_latency_seconds", "worker" => worker),
@@ -88,7 +88,31 @@ impl LoopMetrics {
             dead_letters: Counters::new(),
             transient,
             panics,
+        };
+        // Every type by every outcome, and every dead-letter category of the input contract
+        // (a handler's own categories, such as `event_id_conflict`, appear on first use).
+        for event_type in event_types {
+            for outcome in OUTCOMES {
+                this.register_event(event_type, outcome);
+            }
         }
+        for category in stockflow_proto::input::Category::ALL {
+            let category = category.as_str();
+            if category == stockflow_proto::input::Category::InvalidJson.as_str() {
+                continue; // JSON input only: never a dead letter.
+            }
+            this.dead_letters.register(category, |category| {
+                metrics::counter!("stockflow_dead_letters_total", "worker" => worker, "reason" => category)
+            });
+        }
+        this
+    }
+
+    fn register_event(&self, event_type: &'static str, outcome: &'static str) {
+        let worker = self.worker;
+        self.events.register((event_type, outcome), |(event_type, outcome)| {
+            metrics::counter!("stockflow_events_total", "worker" => worker, "type" => event_type, "outcome" => outcome)
+        });
     }
 
     /// Counts a message in flight until the returned guard is dropped, which also frees `slot`:
@@ -147,6 +171,9 @@ impl LoopMetrics {
             });
     }
 }
+
+/// The `outcome` labels of `stockflow_events_total`.
+const OUTCOMES: [&str; 4] = ["applied", "duplicate", "stale", "dead_lettered"];
 
 /// The `kind` label of a retry: the dependency that failed, or `not_yet` for an input that
 /// arrived early.

@@ -103,7 +103,7 @@ struct Bound {
 impl<H: Handler> Loop<H> {
     fn new(consumer: Consumer, handler: Arc<H>) -> Self {
         Self {
-            metrics: LoopMetrics::new(consumer.spec.durable),
+            metrics: LoopMetrics::new(consumer.spec.durable, handler.event_types()),
             in_progress: InProgress::new(consumer.js.client()),
             permits: Arc::new(Semaphore::new(consumer.settings.max_in_flight)),
             handler,

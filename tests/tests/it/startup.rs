@@ -467,6 +467,11 @@ async fn a_fresh_binary_exports_its_counters_at_zero_and_its_build() {
                 "stockflow_transient_failures_total{worker=\"stock-worker\",kind=\"redis\"} 0",
                 "stockflow_handler_panics_total{worker=\"stock-worker\"} 0",
                 "stockflow_derived_published_total{kind=\"stock_changed\"} 0",
+                "stockflow_events_total{worker=\"stock-worker\",type=\"sold\",outcome=\"applied\"} 0",
+                "stockflow_events_total{worker=\"stock-worker\",type=\"channel_set\",outcome=\"dead_lettered\"} 0",
+                "stockflow_dead_letters_total{worker=\"stock-worker\",reason=\"decode\"} 0",
+                "stockflow_dead_letters_total{worker=\"stock-worker\",reason=\"unknown_channel\"} 0",
+                "stockflow_alerts_total{kind=\"channel_oversold\"} 0",
             ],
         ),
         (
@@ -477,11 +482,16 @@ async fn a_fresh_binary_exports_its_counters_at_zero_and_its_build() {
                 "stockflow_reservations_total{outcome=\"released\"} 0",
                 "stockflow_holds_expired_total 0",
                 "stockflow_transient_failures_total{worker=\"order-worker\",kind=\"not_yet\"} 0",
+                "stockflow_events_total{worker=\"order-worker\",type=\"order_placed\",outcome=\"duplicate\"} 0",
+                "stockflow_dead_letters_total{worker=\"order-worker\",reason=\"invalid_lines\"} 0",
             ],
         ),
         (
             "notify-worker",
-            &["stockflow_transient_failures_total{worker=\"notify-worker\",kind=\"nats\"} 0"],
+            &[
+                "stockflow_transient_failures_total{worker=\"notify-worker\",kind=\"nats\"} 0",
+                "stockflow_events_total{worker=\"notify-worker\",type=\"channel_availability\",outcome=\"applied\"} 0",
+            ],
         ),
         ("gateway", &[]),
     ];

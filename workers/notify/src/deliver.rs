@@ -288,6 +288,12 @@ impl Deliverer {
         endpoint: Arc<Endpoint>,
         dead_letters: DeadLetters,
     ) -> Self {
+        // The endpoint's series exist from the start, at 0.
+        let id = endpoint.subscription.id.clone();
+        for outcome in ["delivered", "retried", "failed"] {
+            metrics::counter!("stockflow_webhook_deliveries_total", "endpoint" => id.clone(), "outcome" => outcome)
+                .increment(0);
+        }
         Self {
             client,
             policy,
@@ -410,6 +416,10 @@ impl Deliverer {
 }
 
 impl Handler for Deliverer {
+    fn event_types(&self) -> &'static [&'static str] {
+        &crate::event::NAMES
+    }
+
     async fn handle(&self, incoming: &Delivery) -> Result<Handled, HandleError> {
         let message = incoming.message();
         let Some(delivery) = outbox::read(message) else {

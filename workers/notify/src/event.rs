@@ -39,6 +39,10 @@ pub enum EventType {
     OrderReleased,
 }
 
+/// The names of every [`EventType`]: the `type` labels notify's consume loops register at 0.
+pub static NAMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| EventType::ALL.map(EventType::as_str).to_vec());
+
 impl EventType {
     /// Every type, in documentation order.
     pub const ALL: [Self; 10] = [

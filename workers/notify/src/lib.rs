@@ -229,6 +229,10 @@ impl FanOut {
 }
 
 impl Handler for FanOut {
+    fn event_types(&self) -> &'static [&'static str] {
+        &event::NAMES
+    }
+
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let message = delivery.message();
         let subscriptions = self.subscriptions.current();

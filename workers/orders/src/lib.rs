@@ -208,6 +208,16 @@ impl OrderHandler {
 }
 
 impl Handler for OrderHandler {
+    fn event_types(&self) -> &'static [&'static str] {
+        &[
+            "order_placed",
+            "order_committed",
+            "order_cancelled",
+            "order_fulfilled",
+            "hold_expired",
+        ]
+    }
+
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let order = command::parse(delivery.subject(), delivery.payload())?;
         let event_type = order.command.name();

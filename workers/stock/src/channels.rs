@@ -163,6 +163,10 @@ impl ChannelRulesHandler {
 }
 
 impl Handler for ChannelRulesHandler {
+    fn event_types(&self) -> &'static [&'static str] {
+        &["channel_set", "channel_removed"]
+    }
+
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let command = channel::parse(delivery.subject(), delivery.payload())?;
         let event_type = command.name();

@@ -326,6 +326,20 @@ impl StockHandler {
 }
 
 impl Handler for StockHandler {
+    fn event_types(&self) -> &'static [&'static str] {
+        &[
+            "received",
+            "sold",
+            "returned",
+            "adjusted",
+            "counted",
+            "transferred",
+            "policy_set",
+            "channel_rules",
+            "channel_recompute",
+        ]
+    }
+
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         // The subject as published: the loop has taken out a partition stream's partition.
         let fact = fact::parse(delivery.subject(), delivery.payload())?;
