@@ -493,7 +493,13 @@ async fn a_fresh_binary_exports_its_counters_at_zero_and_its_build() {
                 "stockflow_events_total{worker=\"notify-worker\",type=\"channel_availability\",outcome=\"applied\"} 0",
             ],
         ),
-        ("gateway", &[]),
+        (
+            "gateway",
+            &[
+                "stockflow_http_requests_total{route=\"/v1/stock/events\",status=\"202\"} 0",
+                "stockflow_http_requests_total{route=\"/v1/channels/{channel}/availability/{sku}\",status=\"200\"} 0",
+            ],
+        ),
     ];
     for (binary, series) in expected {
         let own = dir.path().join(binary);

@@ -112,7 +112,8 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
 /// The API: routes, body limit, request metrics, and every error as JSON (404 for an unknown
 /// route, 405, 414, and whatever else the framework refuses by itself).
 pub fn router(state: AppState, body_limit: usize) -> Router {
-    let (routes, _) = api_routes();
+    let (routes, served) = api_routes();
+    register_request_counters(&served);
     routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -120,6 +121,31 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn(error::limit_uri))
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// Registers `stockflow_http_requests_total` at 0 for every served route with each success
+/// status its OpenAPI operation documents, so dashboards see 0 rather than no series; other
+/// statuses appear with their first request.
+fn register_request_counters(served: &[(&'static str, &'static str)]) {
+    let Ok(document) = serde_json::from_str::<serde_json::Value>(crate::openapi::DOCUMENT) else {
+        return; // The document is checked to be JSON by the tests.
+    };
+    for (method, path) in served {
+        let responses = &document["paths"][*path][*method]["responses"];
+        for status in responses
+            .as_object()
+            .into_iter()
+            .flat_map(|r| r.keys())
+            .filter(|s| s.starts_with('2'))
+        {
+            metrics::counter!(
+                "stockflow_http_requests_total",
+                "route" => *path,
+                "status" => status.clone()
+            )
+            .increment(0);
+        }
+    }
 }
 
 /// Counts and times requests by route template (never the raw path: it holds SKUs and ids).
