@@ -17,7 +17,8 @@
 //! An initial load (`Options::initial_load`, `stockctl import --initial-load`) marks every
 //! event with the reason `REASON_OPENING_BALANCE`: the stock worker records the levels in the
 //! ledger as usual but raises no low/out-of/back-in-stock alerts, so loading a warehouse does
-//! not flood `ALERTS` and every webhook subscriber.
+//! not flood `ALERTS` and every webhook subscriber; nor does it recompute the sales channels
+//! row by row — once its rows are applied, each SKU's channel quantities are computed once.
 //!
 //! When waited for, the outcome of every published row is read back: `applied` when the ledger
 //! has an entry caused by one of its events, `invalid` when the worker dead-lettered it,
@@ -647,6 +648,16 @@ pub async fn import(
         progress.waited();
         applied.context("the import is published (re-running it is safe), but not yet applied")?;
         outcome_of = outcomes(js, &stock_workers, &ledger_from, dead_from).await?;
+        if options.initial_load {
+            let skus: std::collections::BTreeSet<&str> = published
+                .iter()
+                .map(|index| sheet.rows[*index].sku.as_str())
+                .collect();
+            recompute_channels(js, &sheet.digest, &skus).await?;
+            crate::streams::wait_until_stock_caught_up(js, topology, deadline)
+                .await
+                .context("the channel quantities of the load are published, not yet computed")?;
+        }
     }
 
     let mut summary = Summary {
@@ -679,6 +690,67 @@ pub async fn import(
     }
     summary.invalid.sort_by_key(|i| i.line);
     Ok(summary)
+}
+
+/// An initial load's opening balances leave the sales channels alone (the stock worker skips
+/// their channel step), so each loaded SKU's quantity of every defined channel is computed
+/// once, here, when all its rows are applied: one `ChannelRecompute` per (SKU, channel), its
+/// id derived from the file (`imp-<file>-ch-<channel>`), so re-running the load sends nothing
+/// new.
+async fn recompute_channels(
+    js: &jetstream::Context,
+    digest: &str,
+    skus: &std::collections::BTreeSet<&str>,
+) -> anyhow::Result<()> {
+    use stockflow_proto::v1::{stock_event::Change, ChannelRecompute, EventMeta, Reason};
+    let store = js
+        .get_key_value(stockflow_shared::topology::CHANNELS)
+        .await?;
+    let mut ids = store.keys().await?;
+    let mut channels = Vec::new();
+    while let Some(id) = ids.next().await {
+        let id = id?;
+        if let Some(entry) = store.entry(&id).await? {
+            if let Some(channel) = stockflow_shared::channels::defined_by(&entry)
+                .with_context(|| format!("channel {id:?} in the bucket is not a Channel"))?
+            {
+                channels.push(channel);
+            }
+        }
+    }
+    let mut acks = Vec::new();
+    for channel in &channels {
+        let event_id = format!("imp-{digest}-ch-{}", channel.id);
+        for sku in skus {
+            let event = StockEvent {
+                meta: Some(EventMeta {
+                    event_id: event_id.clone(),
+                    source: "stockctl:import".into(),
+                    reason: Reason::Policy.into(),
+                    ..Default::default()
+                }),
+                sku: (*sku).to_owned(),
+                change: Some(Change::ChannelRecompute(ChannelRecompute {
+                    channel: channel.id.clone(),
+                    rules_version: channel.rules_version,
+                })),
+                ..Default::default()
+            };
+            let publish = PublishMessage::build()
+                .payload(event.encode_to_vec().into())
+                .message_id(stockflow_proto::msg_id::stock_fact(sku, &event_id));
+            acks.push(js.send_publish(subjects::stock_event(sku), publish).await?);
+            if acks.len() >= 256 {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
 }
 
 /// Waits until each stock-worker consumer's ack floor has passed the events of every row in

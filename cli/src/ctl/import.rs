@@ -36,7 +36,8 @@ pub struct ImportArgs {
     pub source: String,
     /// An initial load: set the levels as opening balances (reason `opening_balance`),
     /// recorded in the ledger but raising no low/out-of/back-in-stock alerts, so nothing
-    /// floods the alert stream and its webhook subscribers.
+    /// floods the alert stream and its webhook subscribers. It waits (as --wait) until every
+    /// row is applied, then has each SKU's sales-channel quantities computed once.
     #[arg(long)]
     pub initial_load: bool,
 }
@@ -188,7 +189,7 @@ pub async fn run(
     let options = Options {
         source: args.source.clone(),
         in_flight: usize::try_from(args.in_flight).unwrap_or(256),
-        wait: args.wait.then(|| Duration::from_secs(args.timeout)),
+        wait: (args.wait || args.initial_load).then(|| Duration::from_secs(args.timeout)),
         initial_load: args.initial_load,
     };
     let summary = import::import(

@@ -488,3 +488,55 @@ async fn rebuild_restores_channel_state_and_reconcile_checks_it() {
     assert_eq!(repaired.available_to_sell, expected);
     worker.shutdown().await;
 }
+
+/// An initial load leaves the channels to its end: each SKU's quantity of every channel is
+/// published once, computed from all its rows, not once per row.
+#[tokio::test]
+async fn an_initial_load_publishes_each_skus_channel_quantity_once() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let stores = ["store-1", "store-2"];
+    // The stores exist (a channel may only draw from a location with stock).
+    receive(&world, "SEED", &stores, 1).await;
+    let rules = AvailabilityRules {
+        buffer: Some(1),
+        ..Default::default()
+    };
+    world
+        .publish_channel(&channel_set("c-load", channel("market", &stores, rules)))
+        .await;
+    world.wait_availability("market", "SEED", 1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("opening.csv");
+    let mut text = String::from("sku,location,on_hand\n");
+    for i in 0..20 {
+        for (n, store) in stores.iter().enumerate() {
+            text.push_str(&format!("LOAD-{i:02},{store},{}\n", i + n + 1));
+        }
+    }
+    std::fs::write(&file, text).expect("write csv");
+    let ran = ok(
+        &world,
+        &[
+            "import",
+            file.to_str().expect("utf-8"),
+            "--initial-load",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(json(&ran)["applied"], 40, "{}", ran.stdout);
+    for i in 0..20i64 {
+        let sku = format!("LOAD-{i:02}");
+        // Rows of (i + 1) and (i + 2), buffer 1.
+        let expected = (i + 1) + (i + 2) - 1;
+        let feed = world.availability("market", &sku).await.expect("computed");
+        assert_eq!(
+            (feed.available_to_sell, feed.version),
+            (expected, 1),
+            "{sku}: one quantity, from both rows"
+        );
+    }
+    worker.shutdown().await;
+}

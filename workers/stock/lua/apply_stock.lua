@@ -19,7 +19,9 @@
 -- ARGV[9]  policy_set: safety stock, '' unchanged, negative removes
 -- ARGV[10] policy_set: location priority for orders (comma-separated), '' unchanged
 -- ARGV[11] the channel a sale or return came from ('' for none)
--- ARGV[12] the channel specs the worker knows for the locations involved (see prelude.lua)
+-- ARGV[12] the channel specs the worker knows (see prelude.lua)
+-- ARGV[13] '1': an opening balance — the channels are not recomputed now; the initial load that
+--          sent it recomputes each SKU's channels once, when all its rows are applied
 --
 -- Returns {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
@@ -170,11 +172,13 @@ end
 
 -- The channel the input named (its sale's oversold count rides on its record), then every
 -- other channel drawing from a location that changed.
-if spec ~= nil then
-  local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
-  if record then channel_records[#channel_records + 1] = record end
+if ARGV[13] ~= '1' then
+  if spec ~= nil then
+    local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
+    if record then channel_records[#channel_records + 1] = record end
+  end
+  settle_channels(stock_key, policy_key, ch, changed, channel_records, channel)
 end
-settle_channels(stock_key, policy_key, ch, changed, channel_records, channel)
 for _, record in ipairs(channel_records) do records[#records + 1] = record end
 
 table.insert(records, 1, header(at, 'applied'))

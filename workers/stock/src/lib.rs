@@ -249,6 +249,14 @@ impl StockHandler {
             .arg(priority)
             .arg(&fact.channel)
             .arg(specs)
+            // An opening balance leaves the channels to the end of its load (`import`).
+            .arg(
+                if stockflow_shared::ledger::is_opening_balance(&fact.meta) {
+                    "1"
+                } else {
+                    ""
+                },
+            )
             .invoke_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
