@@ -489,21 +489,32 @@ pub async fn publish_corrections(
             })),
             ..Default::default()
         };
-        let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        js.publish_with_headers(
-            subjects::stock_event(&event.sku),
-            headers,
-            event.encode_to_vec().into(),
-        )
-        .await
-        .context("publishing a correction")?
-        .await
-        .context("storing a correction")?;
+        publish_fact(js, &event, &event_id, "a correction").await?;
         published += 1;
     }
     Ok(published)
+}
+
+/// Publishes one of reconcile's own stock facts with its `Nats-Msg-Id`, and waits until stored.
+async fn publish_fact(
+    js: &jetstream::Context,
+    event: &StockEvent,
+    event_id: &str,
+    what: &str,
+) -> Result<(), Error> {
+    let msg_id = stockflow_proto::msg_id::stock_fact(&event.sku, event_id);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    js.publish_with_headers(
+        subjects::stock_event(&event.sku),
+        headers,
+        event.encode_to_vec().into(),
+    )
+    .await
+    .with_context(|| format!("publishing {what}"))?
+    .await
+    .with_context(|| format!("storing {what}"))?;
+    Ok(())
 }
 
 /// Forgets what Redis holds as a channel's quantity of a SKU and raises its version to at least
@@ -572,18 +583,7 @@ pub async fn publish_recomputes(
             })),
             ..Default::default()
         };
-        let msg_id = stockflow_proto::msg_id::stock_fact(&d.sku, &event_id);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        js.publish_with_headers(
-            subjects::stock_event(&event.sku),
-            headers,
-            event.encode_to_vec().into(),
-        )
-        .await
-        .context("publishing a channel recompute")?
-        .await
-        .context("storing a channel recompute")?;
+        publish_fact(js, &event, &event_id, "a channel recompute").await?;
         published += 1;
     }
     Ok(published)
