@@ -6,9 +6,7 @@
 use std::{io::Read as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{
-    self, kv, message::PublishMessage, publish::PublishAck, stream::DirectGetErrorKind,
-};
+use async_nats::jetstream::{self, kv, publish::PublishAck, stream::DirectGetErrorKind};
 use clap::{ArgGroup, Args, Subcommand};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -270,36 +268,18 @@ async fn publish_channel_event(
         .as_ref()
         .map(|m| m.event_id.as_str())
         .unwrap_or("");
-    let message = PublishMessage::build()
-        .payload(event.encode_to_vec().into())
-        .message_id(msg_id::channel_event(&event.channel_id, event_id));
-    let ack = js
-        .send_publish(subject.clone(), message)
-        .await
-        .with_context(|| format!("publishing on {subject}"))?
-        .await
-        .with_context(|| {
-            format!("JetStream did not confirm storing the event on {subject}: is `stockctl setup` done?")
-        })?;
-    if ack.duplicate {
-        let stored = js
-            .get_stream_no_info(&ack.stream)
-            .await
-            .with_context(|| format!("reading stream {}", ack.stream))?
-            .get_raw_message(ack.sequence)
-            .await
-            .with_context(|| format!("reading {} sequence {}", ack.stream, ack.sequence))?;
-        let same = ChannelEvent::decode(stored.payload.as_ref())
-            .is_ok_and(|s| s.channel_id == event.channel_id && s.change == event.change);
-        anyhow::ensure!(
-            same,
-            "event_id {event_id:?} is already stored with another change ({} sequence {}); the \
-             first one stands and nothing was published",
-            ack.stream,
-            ack.sequence
-        );
-    }
-    Ok(ack)
+    super::publish::publish_once(
+        js,
+        subject,
+        msg_id::channel_event(&event.channel_id, event_id),
+        event.encode_to_vec(),
+        event_id,
+        |stored| {
+            ChannelEvent::decode(stored)
+                .is_ok_and(|s| s.channel_id == event.channel_id && s.change == event.change)
+        },
+    )
+    .await
 }
 
 /// The `CHANNELS` bucket.

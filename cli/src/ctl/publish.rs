@@ -617,10 +617,31 @@ impl PublishArgs {
 /// publisher — is read back: another change under the same `event_id` is an error, and the
 /// first change stands.
 pub async fn publish(js: &jetstream::Context, input: &Input) -> anyhow::Result<PublishAck> {
-    let subject = input.subject();
+    publish_once(
+        js,
+        input.subject(),
+        input.msg_id(),
+        input.encode(),
+        input.event_id(),
+        |stored| input.same_change(stored),
+    )
+    .await
+}
+
+/// Publishes `payload` on `subject` under `msg_id` and waits until JetStream stored it. A
+/// duplicate is read back, and one that `same_change` says is another change is an error (the
+/// first one stands): the rule of [`publish`], for any input of the contract.
+pub(crate) async fn publish_once(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: String,
+    payload: Vec<u8>,
+    event_id: &str,
+    same_change: impl FnOnce(&[u8]) -> bool,
+) -> anyhow::Result<PublishAck> {
     let message = PublishMessage::build()
-        .payload(input.encode().into())
-        .message_id(input.msg_id());
+        .payload(payload.into())
+        .message_id(msg_id);
     let ack = js
         .send_publish(subject.clone(), message)
         .await
@@ -642,11 +663,10 @@ pub async fn publish(js: &jetstream::Context, input: &Input) -> anyhow::Result<P
                     ack.stream, ack.sequence
                 )
             })?;
-        if !input.same_change(&stored.payload) {
+        if !same_change(&stored.payload) {
             anyhow::bail!(
-                "event_id {:?} is already stored with another change ({} sequence {}); the \
-                 first one stands and nothing was published",
-                input.event_id(),
+                "event_id {event_id:?} is already stored with another change ({} sequence {}); \
+                 the first one stands and nothing was published",
                 ack.stream,
                 ack.sequence
             );
