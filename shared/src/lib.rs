@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod batch;
 pub mod channels;
 pub mod cli;
 pub mod connect;
