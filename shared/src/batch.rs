@@ -146,13 +146,13 @@ mod tests {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = Arc::clone(&sizes);
         let coalescer = Coalescer::start(CoalesceSettings::default(), move |batch: Vec<u32>| {
-            seen.lock().unwrap().push(batch.len());
+            seen.lock().expect("not poisoned").push(batch.len());
             async move { batch.into_iter().map(|n| n * 2).collect() }
         });
         for n in 0..5 {
             assert_eq!(coalescer.submit(n).await, Ok(n * 2));
         }
-        assert_eq!(*sizes.lock().unwrap(), vec![1; 5]);
+        assert_eq!(*sizes.lock().expect("not poisoned"), vec![1; 5]);
     }
 
     #[tokio::test]
@@ -165,7 +165,7 @@ mod tests {
             max_batches_in_flight: 1,
         };
         let coalescer = Coalescer::start(settings, move |batch: Vec<u32>| {
-            seen.lock().unwrap().push(batch.clone());
+            seen.lock().expect("not poisoned").push(batch.clone());
             let mut gate = gate.clone();
             async move {
                 // The first batch holds the only slot until the test releases it.
@@ -178,7 +178,7 @@ mod tests {
             tokio::spawn(async move { c.submit(0).await })
         };
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while batches.lock().unwrap().is_empty() {
+        while batches.lock().expect("not poisoned").is_empty() {
             assert!(tokio::time::Instant::now() < deadline, "no first batch");
             tokio::task::yield_now().await;
         }
@@ -186,16 +186,16 @@ mod tests {
         let queued: Vec<_> = (1..7)
             .map(|n| {
                 let (reply, done) = oneshot::channel();
-                coalescer.requests.send((n, reply)).unwrap();
+                coalescer.requests.send((n, reply)).expect("running");
                 done
             })
             .collect();
-        release.send(true).unwrap();
-        assert_eq!(first.await.unwrap(), Ok(0));
+        release.send(true).expect("gate open");
+        assert_eq!(first.await.expect("no panic"), Ok(0));
         for (n, done) in (1..7).zip(queued) {
             assert_eq!(done.await, Ok(n));
         }
-        let batches = batches.lock().unwrap();
+        let batches = batches.lock().expect("not poisoned");
         assert!(batches.iter().all(|b| b.len() <= 3), "{batches:?}");
         assert_eq!(
             batches.len(),
