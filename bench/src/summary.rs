@@ -99,12 +99,12 @@ fn knee(curve: &[(f64, f64)], limit_ms: f64) -> Option<(String, bool)> {
         .iter()
         .filter(|(_, p99)| *p99 <= limit_ms)
         .map(|(rate, _)| *rate)
-        .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |b| b.max(rate))));
+        .reduce(f64::max);
     let beyond = curve
         .iter()
         .filter(|(_, p99)| *p99 > limit_ms)
         .map(|(rate, _)| *rate)
-        .fold(None, |low: Option<f64>, rate| Some(low.map_or(rate, |l| l.min(rate))));
+        .reduce(f64::min);
     let text = match (within, beyond) {
         (Some(w), Some(b)) => format!("{w:.0}/s (p99 > {limit_ms:.0} ms from {b:.0}/s)"),
         (Some(w), None) => format!("beyond {w:.0}/s (every rate measured)"),
@@ -233,10 +233,7 @@ fn targets(results: &Results) -> Table {
         "backlog drain: fastest / slowest slice".into(),
         show(results.backlog_flatness, 2, "×"),
         format!("flat: ≤ {}×", scenarios::FLAT_LIMIT),
-        met(results
-            .backlog_flatness
-            .map(|f| f <= scenarios::FLAT_LIMIT))
-        .into(),
+        met(results.backlog_flatness.map(|f| f <= scenarios::FLAT_LIMIT)).into(),
     ]);
     table.row(vec![
         "backlog drain: stock-worker peak RSS".into(),
