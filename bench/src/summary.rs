@@ -181,7 +181,7 @@ fn targets(results: &Results) -> Table {
     table.row(vec![
         "three-line orders, one order-worker (backlog)".into(),
         show(results.orders_3_lines, 0, " orders/s"),
-        format!("≥ {:.0} orders/s", scenarios::ORDERS_3_LINES_TARGET),
+        "≥ 10,000 orders/s".into(),
         met(results
             .orders_3_lines
             .map(|r| r >= scenarios::ORDERS_3_LINES_TARGET))
