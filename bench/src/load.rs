@@ -3,7 +3,9 @@
 //! on the wire.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
+    future::IntoFuture as _,
     time::{Duration, Instant},
 };
 
@@ -41,24 +43,26 @@ fn meta(event_id: String) -> Option<EventMeta> {
 
 /// `n` receipts of one unit, spread round-robin over `skus` SKUs at one location.
 pub(crate) fn stock_facts(n: usize, skus: usize, tag: &str) -> Vec<Input> {
-    (0..n)
-        .map(|i| {
-            let sku = format!("SKU-{}", i % skus);
-            let event_id = format!("{tag}-{i}");
-            let event = StockEvent {
-                meta: meta(event_id.clone()),
-                sku: sku.clone(),
-                location: "wh".into(),
-                change: Some(Change::Received(Received { quantity: 1 })),
-                ..Default::default()
-            };
-            Input {
-                subject: subjects::stock_event(&sku),
-                msg_id: event_id,
-                payload: event.encode_to_vec().into(),
-            }
-        })
-        .collect()
+    (0..n).map(|i| stock_fact(i, skus, tag)).collect()
+}
+
+/// Receipt `i` of [`stock_facts`], built on its own (a large backlog is generated as it is
+/// published rather than held in memory).
+pub(crate) fn stock_fact(i: usize, skus: usize, tag: &str) -> Input {
+    let sku = format!("SKU-{}", i % skus);
+    let event_id = format!("{tag}-{i}");
+    let event = StockEvent {
+        meta: meta(event_id.clone()),
+        sku: sku.clone(),
+        location: "wh".into(),
+        change: Some(Change::Received(Received { quantity: 1 })),
+        ..Default::default()
+    };
+    Input {
+        subject: subjects::stock_event(&sku),
+        msg_id: event_id,
+        payload: event.encode_to_vec().into(),
+    }
 }
 
 /// `n` orders of one unit per line; line `k` of order `i` takes `sku(i, k)` at `wh`.
@@ -107,16 +111,28 @@ pub(crate) async fn send(
         .await?)
 }
 
-/// Publishes `inputs` as fast as JetStream stores them (windows of PubAcks in flight).
-pub(crate) async fn preload(js: &jetstream::Context, inputs: &[Input]) -> anyhow::Result<()> {
-    for window in inputs.chunks(2_000) {
-        let mut acks = Vec::with_capacity(window.len());
-        for input in window {
-            acks.push(send(js, input).await?);
+/// PubAcks the preload keeps in flight: enough to keep JetStream's writes coalesced, few enough
+/// that none waits out the client's PubAck timeout.
+const PRELOAD_IN_FLIGHT: usize = 4_096;
+
+/// Publishes `inputs` as fast as JetStream stores them: asynchronous publishes with at most
+/// [`PRELOAD_IN_FLIGHT`] PubAcks outstanding (a sliding window, so the publisher never stalls
+/// for a whole window). `inputs` may be generated on the fly.
+pub(crate) async fn preload<I: Borrow<Input>>(
+    js: &jetstream::Context,
+    inputs: impl IntoIterator<Item = I>,
+) -> anyhow::Result<()> {
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for input in inputs {
+        if pending.len() >= PRELOAD_IN_FLIGHT {
+            if let Some(stored) = pending.next().await {
+                stored?;
+            }
         }
-        for ack in acks {
-            ack.await?;
-        }
+        pending.push(send(js, input.borrow()).await?.into_future());
+    }
+    while let Some(stored) = pending.next().await {
+        stored?;
     }
     Ok(())
 }
@@ -125,6 +141,40 @@ pub(crate) async fn preload(js: &jetstream::Context, inputs: &[Input]) -> anyhow
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Drain {
     pub(crate) per_second: f64,
+}
+
+/// Polls `durable`'s ack floor every 10 ms, calling `on_poll(acked, now)` each time, until it
+/// reaches `last` with nothing pending; returns the instant of that last poll.
+async fn watch_ack_floor(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    last: u64,
+    deadline: Duration,
+    mut on_poll: impl FnMut(u64, Instant),
+) -> anyhow::Result<Instant> {
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let started = Instant::now();
+    loop {
+        let info = consumer.info().await?;
+        let acked = info.ack_floor.stream_sequence;
+        let now = Instant::now();
+        on_poll(acked, now);
+        if acked >= last && info.num_ack_pending == 0 {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "{durable} acked up to {acked} of {last} within {deadline:?}"
+        );
+        // Poll interval: rates are taken over seconds, so 10 ms is fine-grained enough.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls `durable`'s ack floor until it reaches `last`, and returns the rate between the first
@@ -137,38 +187,81 @@ pub(crate) async fn measure_drain(
     last: u64,
     deadline: Duration,
 ) -> anyhow::Result<Drain> {
+    let total = last + 1 - first;
+    let warm = first + total / 10;
+    let started = Instant::now();
+    let mut mark: Option<(Instant, u64)> = None;
+    let end = watch_ack_floor(js, stream, durable, last, deadline, |acked, now| {
+        if mark.is_none() && acked >= warm {
+            mark = Some((now, acked));
+        }
+    })
+    .await?;
+    let (since, from) = mark.unwrap_or((started, first));
+    let window = end.saturating_duration_since(since);
+    let events = last.saturating_sub(from).max(1);
+    Ok(Drain {
+        per_second: events as f64 / window.as_secs_f64().max(1e-3),
+    })
+}
+
+/// `durable`'s ack floor (stream sequence) now.
+pub(crate) async fn ack_floor(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> anyhow::Result<u64> {
     let mut consumer: jetstream::consumer::PullConsumer = js
         .get_stream(stream)
         .await?
         .get_consumer(durable)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let total = last + 1 - first;
-    let warm = first + total / 10;
-    let started = Instant::now();
-    let mut mark: Option<(Instant, u64)> = None;
-    loop {
-        let info = consumer.info().await?;
-        let acked = info.ack_floor.stream_sequence;
-        let now = Instant::now();
-        if mark.is_none() && acked >= warm {
-            mark = Some((now, acked));
-        }
-        if acked >= last && info.num_ack_pending == 0 {
-            let (since, from) = mark.unwrap_or((started, first));
-            let window = now.saturating_duration_since(since);
-            let events = last.saturating_sub(from).max(1);
-            return Ok(Drain {
-                per_second: events as f64 / window.as_secs_f64().max(1e-3),
+    Ok(consumer.info().await?.ack_floor.stream_sequence)
+}
+
+/// One slice of a backlog drain: from the previous mark to the first poll at or past its end.
+#[derive(Debug, Clone)]
+pub(crate) struct Slice<T> {
+    /// Ack floor at the end of the slice.
+    pub(crate) acked: u64,
+    /// Events acked per second within the slice.
+    pub(crate) per_second: f64,
+    /// What `sample` returned when the slice ended.
+    pub(crate) sample: T,
+}
+
+/// Polls `durable`'s ack floor from `from` (acked when called) to `last`, and cuts the drain
+/// into slices of `slice` events: per slice, the rate (the ack floor's rise over the time
+/// between the polls that crossed the slice's bounds) and `sample()` taken as it ended.
+pub(crate) async fn drain_slices<T>(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    (from, last, slice): (u64, u64, u64),
+    deadline: Duration,
+    mut sample: impl FnMut() -> T,
+) -> anyhow::Result<Vec<Slice<T>>> {
+    let slice = slice.max(1);
+    let mut slices = Vec::new();
+    let mut previous = (from, Instant::now());
+    let mut next_bound = from + slice;
+    watch_ack_floor(js, stream, durable, last, deadline, |acked, now| {
+        if acked >= next_bound.min(last) && acked > previous.0 {
+            let seconds = now.saturating_duration_since(previous.1).as_secs_f64();
+            slices.push(Slice {
+                acked,
+                per_second: (acked - previous.0) as f64 / seconds.max(1e-3),
+                sample: sample(),
             });
+            previous = (acked, now);
+            while next_bound <= acked {
+                next_bound += slice;
+            }
         }
-        anyhow::ensure!(
-            started.elapsed() < deadline,
-            "{durable} acked up to {acked} of {last} within {deadline:?}"
-        );
-        // Poll interval: the rate is taken over seconds, so 10 ms is fine-grained enough.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await?;
+    Ok(slices)
 }
 
 /// Latencies of one open-loop run.

@@ -10,14 +10,19 @@ mod scenarios;
 mod stack;
 mod summary;
 
-/// The hidden subcommand that runs the raw path as its own process.
+/// The hidden subcommand that runs a raw path as its own process: `raw-worker` (per message) or
+/// `raw-worker --batched` (shape from `STOCKFLOW_BENCH_RAW_BATCHES` and
+/// `STOCKFLOW_BENCH_RAW_BATCH_SIZE`).
 pub(crate) const RAW_WORKER_COMMAND: &str = "raw-worker";
+
+/// The flag of [`RAW_WORKER_COMMAND`] that selects the batched raw path.
+pub(crate) const BATCHED_FLAG: &str = "--batched";
 
 const USAGE: &str =
     "usage: stockflow-bench [--quick] [--runs N] [--only SCENARIO[,SCENARIO…]] [--write FILE]
-  --quick        small runs (a smoke test of every scenario, about a minute)
-  --runs N       runs per measurement (default 3, --quick 1)
-  --only LIST    scenarios: stock, latency, scale, orders, flash, postgres, channels
+  --quick        small runs (a smoke test of every scenario)
+  --runs N       runs per measurement (default 3, --quick 1; the backlog runs once)
+  --only LIST    scenarios: stock, raw, latency, backlog, scale, orders, flash, postgres, channels
   --write FILE   replace the results block of FILE (e.g. BENCHMARKS.md) with the report";
 
 /// Command-line options.
@@ -74,7 +79,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(RAW_WORKER_COMMAND) {
-        return raw_worker().await;
+        return raw_worker(args.get(1).map(String::as_str)).await;
     }
     let options = parse(&args)?;
     let markdown = summary::run(&options.config, &args).await?;
@@ -86,17 +91,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The raw path's process: servers from the same variables a worker reads.
-async fn raw_worker() -> anyhow::Result<()> {
+/// A raw path's process: servers from the same variables a worker reads.
+async fn raw_worker(flag: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let var = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
     let ready = var("STOCKFLOW_METRICS_ADDR")?
         .parse()
         .context("STOCKFLOW_METRICS_ADDR is not an address")?;
-    raw::run(
-        &var("STOCKFLOW_NATS_URL")?,
-        &var("STOCKFLOW_REDIS_URL")?,
-        ready,
-    )
-    .await
+    let (nats, redis) = (var("STOCKFLOW_NATS_URL")?, var("STOCKFLOW_REDIS_URL")?);
+    match flag {
+        None => raw::run(&nats, &redis, ready).await,
+        Some(BATCHED_FLAG) => raw::run_batched(&nats, &redis, ready, raw::Shape::from_env()?).await,
+        Some(other) => anyhow::bail!("{RAW_WORKER_COMMAND}: unknown argument {other:?}"),
+    }
 }

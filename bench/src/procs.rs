@@ -230,6 +230,18 @@ impl CpuMeter {
         }
     }
 
+    /// Adds a process counted from now.
+    pub(crate) fn include_from_now(&mut self, pid: u32) {
+        self.pids.push(pid);
+        self.start.push(cpu_seconds(pid));
+    }
+
+    /// Adds a process counted over its whole life (one started after the meter).
+    pub(crate) fn include_whole_life(&mut self, pid: u32) {
+        self.pids.push(pid);
+        self.start.push(0.0);
+    }
+
     /// CPU seconds each process used since `start`.
     pub(crate) fn used(&self) -> Vec<f64> {
         self.pids
