@@ -71,12 +71,17 @@ function table(headers, rows, caption) {
           headers.map(([label, cls]) => h("th", { scope: "col", class: cls }, label)),
         ),
       ),
-      h("tbody", {}, rows),
+      rows instanceof HTMLTableSectionElement ? rows : h("tbody", {}, rows),
     ),
   );
 }
 
 const empty = (text) => h("p", { class: "empty" }, text);
+
+/** Replaces `el`'s children, skipping the empty ones (null, undefined, false). */
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
 
 function say(text) {
   const status = $("status");
@@ -317,7 +322,7 @@ function showError(view, e, what) {
   let text = `${what} could not be loaded: ${e.message}`;
   if (e.status === 403) text = `${what} need an admin token. Ask an administrator.`;
   if (e.status === 503) text = `${what} cannot be loaded while stockflow's stores are unreachable.`;
-  view.replaceChildren(h("p", { class: "error", role: "alert" }, text));
+  fill(view, h("p", { class: "error", role: "alert" }, text));
 }
 
 // --- Stock ------------------------------------------------------------------------------------
@@ -339,11 +344,11 @@ async function stockPage(sku, signal) {
   const view = $("sku-view");
   $("sku").value = sku;
   if (!sku) {
-    view.replaceChildren(empty("Type a SKU to see its stock at every location and on every channel."));
+    fill(view, empty("Type a SKU to see its stock at every location and on every channel."));
     $("sku").focus();
     return;
   }
-  view.replaceChildren(h("p", { class: "note" }, `Loading ${sku}…`));
+  fill(view, h("p", { class: "note" }, `Loading ${sku}…`));
   const enc = encodeURIComponent(sku);
   const levels = new Map(); // location -> levels
   const channels = new Map(); // channel -> availability
@@ -356,6 +361,7 @@ async function stockPage(sku, signal) {
   const locationBody = h("tbody");
   const channelBody = h("tbody");
   const ledgerBody = h("tbody");
+  const chartNote = h("p", { class: "note chart-note" });
   const chart = svg("svg", {
     class: "chart",
     viewBox: "0 0 600 140",
@@ -396,7 +402,8 @@ async function stockPage(sku, signal) {
 
   function drawLocations() {
     const rows = [...levels.keys()].sort().map(locationRow);
-    locationBody.replaceChildren(
+    fill(
+      locationBody,
       ...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 5 }, "No stock recorded at any location."))]),
     );
   }
@@ -444,7 +451,7 @@ async function stockPage(sku, signal) {
     drawChart();
   }
 
-  /** Total on hand after each ledger entry, as a step line. */
+  /** Total on hand after each ledger entry, as a step line; the scale is said in words below. */
   function drawChart() {
     chart.replaceChildren();
     const byLocation = new Map();
@@ -456,18 +463,18 @@ async function stockPage(sku, signal) {
       points.push([e.applied_at_ms, total]);
     }
     if (points.length < 2) {
-      const text = svg("text", { x: 12, y: 74 });
-      text.textContent = points.length ? "One change so far: the chart starts with the next." : "No changes to chart yet.";
-      chart.append(text);
+      chartNote.textContent = points.length
+        ? "One change so far: the chart starts with the next."
+        : "No changes to chart yet.";
       return;
     }
-    const [w, hgt, pad] = [600, 140, 18];
+    const [w, hgt, pad] = [600, 140, 8];
     const t0 = points[0][0];
-    const t1 = points[points.length - 1][0] || t0 + 1;
+    const t1 = Math.max(points[points.length - 1][0], t0 + 1);
     const values = points.map((p) => p[1]);
     const lo = Math.min(0, ...values);
     const hi = Math.max(1, ...values);
-    const x = (t) => pad + ((t - t0) / Math.max(1, t1 - t0)) * (w - 2 * pad);
+    const x = (t) => pad + ((t - t0) / (t1 - t0)) * (w - 2 * pad);
     const y = (v) => hgt - pad - ((v - lo) / (hi - lo)) * (hgt - 2 * pad);
     let d = `M${x(points[0][0])},${y(points[0][1])}`;
     for (let i = 1; i < points.length; i++) {
@@ -478,9 +485,10 @@ async function stockPage(sku, signal) {
       svg("path", { class: "area", d: `${d} V${y(lo)} H${x(points[0][0])} Z` }),
       svg("path", { class: "line", d }),
     );
-    const label = svg("text", { x: pad, y: 12 });
-    label.textContent = `max ${num(hi)}`;
-    chart.append(label);
+    chartNote.textContent =
+      `Total on hand after each of the last ${points.length} changes, ` +
+      `${time(t0)} to ${time(points[points.length - 1][0])}; ` +
+      `lowest ${num(Math.min(...values))}, highest ${num(Math.max(...values))}, now ${num(values[values.length - 1])}.`;
   }
 
   function applyChange(e) {
@@ -555,7 +563,7 @@ async function stockPage(sku, signal) {
     drawLocations();
     drawChannels();
     drawLedger();
-    view.replaceChildren(
+    fill(view, 
       h("h2", {}, sku, " ", live),
       nothing ? empty(`No stock recorded for ${sku} yet. This page updates as soon as some arrives.`) : null,
       totalsBox,
@@ -600,6 +608,7 @@ async function stockPage(sku, signal) {
       ),
       h("h2", {}, "On hand over time"),
       chart,
+      chartNote,
       h("h2", {}, "Recent changes"),
       h(
         "div",
@@ -659,7 +668,7 @@ async function alertsPage(_, signal) {
   const alerts = [];
   const draw = () => {
     if (!alerts.length) {
-      view.replaceChildren(empty("No alerts. New ones appear here as they happen."));
+      fill(view, empty("No alerts. New ones appear here as they happen."));
       return;
     }
     body.replaceChildren(
@@ -678,7 +687,7 @@ async function alertsPage(_, signal) {
       }),
     );
     if (!view.contains(body)) {
-      view.replaceChildren(
+      fill(view, 
         table(
           [["When"], ["Alert"], ["SKU"], ["Where"], ["Available", "num"], ["On hand", "num hide-narrow"]],
           body,
@@ -732,7 +741,7 @@ async function ordersPage(orderId, signal) {
   const view = $("order-view");
   $("order-id").value = orderId;
   if (!orderId) {
-    view.replaceChildren(empty("Type an order id to see its status, what it holds and until when."));
+    fill(view, empty("Type an order id to see its status, what it holds and until when."));
     return;
   }
   let order;
@@ -740,14 +749,14 @@ async function ordersPage(orderId, signal) {
     order = await api(`/v1/orders/${encodeURIComponent(orderId)}`, { signal });
   } catch (e) {
     if (e.status === 404) {
-      view.replaceChildren(empty(`No order ${orderId}: it was never placed, or it ended longer ago than it is kept.`));
+      fill(view, empty(`No order ${orderId}: it was never placed, or it ended longer ago than it is kept.`));
       return;
     }
     return showError(view, e, "The order");
   }
   const tone = { confirmed: "ok", rejected: "bad", pending: "warn" }[order.status] || "";
   const holding = order.status === "confirmed" && !order.committed && order.expires_at_ms > 0;
-  view.replaceChildren(
+  fill(view, 
     h(
       "div",
       { class: "card" },
@@ -811,27 +820,28 @@ async function ordersPage(orderId, signal) {
 
 async function deadLettersPage(_, signal) {
   const view = $("dl-view");
-  view.replaceChildren(h("p", { class: "note" }, "Loading…"));
+  fill(view, h("p", { class: "note" }, "Loading…"));
   let page;
   try {
     page = await api("/v1/dead-letters?limit=200", { signal });
   } catch (e) {
     return showError(view, e, "Dead letters");
   }
-  if (!page.items.length) {
-    view.replaceChildren(empty("No dead letters: every input was applied."));
+  const letters = page.dead_letters;
+  if (!letters.length) {
+    fill(view, empty("No dead letters: every input was applied."));
     return;
   }
-  const rows = page.items.map((d) => {
+  const rows = letters.map((d) => {
     const row = h(
       "tr",
       { "data-sequence": d.sequence },
-      h("td", { class: "num" }, num(d.sequence)),
+      h("td", { class: "num seq" }, num(d.sequence)),
       h("td", { class: "time" }, time(d.stored_at_ms)),
-      h("td", {}, h("code", {}, d.original_subject || d.subject)),
+      h("td", { class: "subject" }, h("code", {}, d.original_subject || d.subject)),
       h("td", {}, d.reason || "–", d.refusal ? h("div", { class: "note" }, d.refusal) : null),
     );
-    const actions = h("td", { class: "actions" });
+    const actions = h("td", {});
     if (isAdmin() && d.replayable) {
       const button = h(
         "button",
@@ -845,7 +855,7 @@ async function deadLettersPage(_, signal) {
               const done = await api(`/v1/dead-letters/${d.sequence}/replay`, { method: "POST" });
               row.remove();
               say(`Replayed dead letter ${d.sequence}${done.duplicate ? " (it was already stored)" : ""}.`);
-              if (!view.querySelector("tbody tr")) view.replaceChildren(empty("No dead letters: every input was applied."));
+              if (!view.querySelector("tbody tr")) fill(view, empty("No dead letters: every input was applied."));
             } catch (e) {
               button.disabled = false;
               say(`Replay failed: ${e.message}`);
@@ -861,8 +871,8 @@ async function deadLettersPage(_, signal) {
     row.append(actions);
     return row;
   });
-  view.replaceChildren(
-    table([["#", "num"], ["Stored"], ["From"], ["Reason"], [""]], rows, "Dead letters, oldest first"),
+  fill(view, 
+    table([["#", "num seq"], ["Stored"], ["From"], ["Reason"], [""]], rows, "Dead letters, oldest first"),
     page.next_after ? h("p", { class: "note" }, "More dead letters exist than are shown; replay or remove these first.") : null,
   );
 }
@@ -879,19 +889,19 @@ function rulesText(rules) {
 
 async function channelsPage(_, signal) {
   const view = $("channels-view");
-  view.replaceChildren(h("p", { class: "note" }, "Loading…"));
+  fill(view, h("p", { class: "note" }, "Loading…"));
   let list;
   try {
     list = await api("/v1/channels", { signal });
   } catch (e) {
     return showError(view, e, "Channel definitions");
   }
-  const items = list.channels || list.items || [];
+  const items = list.channels;
   if (!items.length) {
-    view.replaceChildren(empty("No sales channels are defined."));
+    fill(view, empty("No sales channels are defined."));
     return;
   }
-  view.replaceChildren(
+  fill(view, 
     table(
       [["Channel"], ["Kind"], ["Draws from"], ["Rules"], ["Version", "num"]],
       items.map((c) =>
