@@ -215,7 +215,13 @@ impl Gateway {
         }
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -281,7 +287,11 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
     // A store manager with a read token: signs in, finds the SKU.
     browser.sign_in(&base, READ).await;
     browser.wait_text("#scope", "read access", DEADLINE).await;
-    let field = browser.client.find(Locator::Id("sku")).await.expect("search field");
+    let field = browser
+        .client
+        .find(Locator::Id("sku"))
+        .await
+        .expect("search field");
     field.send_keys(sku).await.expect("type the SKU");
     browser
         .client
@@ -310,7 +320,10 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
     gw.fact(json!({"type": "sold", "sku": sku, "location": "store-12", "quantity": 3}))
         .await;
     browser.wait_text(on_hand, "21", LIVE).await;
-    eprintln!("the sale showed on the page {:?} after it was posted", sold.elapsed());
+    eprintln!(
+        "the sale showed on the page {:?} after it was posted",
+        sold.elapsed()
+    );
     browser.wait_text(available, "19", LIVE).await;
     browser.wait_text(web, "114", LIVE).await;
     let same_page = browser
@@ -323,7 +336,11 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
         browser.count("#ledger tbody tr").await >= 4,
         "the ledger lists the changes"
     );
-    assert_eq!(browser.count("svg.chart path.line").await, 1, "the chart is drawn");
+    assert_eq!(
+        browser.count("svg.chart path.line").await,
+        1,
+        "the chart is drawn"
+    );
     browser.screenshot("stock.png").await;
 
     // Alerts as they happen: selling the rest of store-12 puts it out of stock.
@@ -331,7 +348,9 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
     browser.wait_text("#alerts-live", "LIVE", DEADLINE).await;
     gw.fact(json!({"type": "sold", "sku": sku, "location": "store-12", "quantity": 19}))
         .await;
-    browser.wait_for(r##"#alerts-view tr td a[href="#/stock/TSHIRT-RED_M"]"##).await;
+    browser
+        .wait_for(r##"#alerts-view tr td a[href="#/stock/TSHIRT-RED_M"]"##)
+        .await;
     browser.screenshot("alerts.png").await;
 
     // A read token sees no replay button, and is told why.
@@ -349,7 +368,10 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
     browser.wait_for(&button).await;
     assert_eq!(
         browser
-            .count(&format!(r#"tr[data-sequence="{}"] button.replay"#, letters.derived))
+            .count(&format!(
+                r#"tr[data-sequence="{}"] button.replay"#,
+                letters.derived
+            ))
             .await,
         0,
         "no button for what is not replayable"
@@ -364,7 +386,11 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
         .await
         .expect("replay");
     eventually("the replayed row to go", DEADLINE, || async {
-        (browser.count(&format!(r#"tr[data-sequence="{}"]"#, letters.stock)).await == 0).then_some(())
+        (browser
+            .count(&format!(r#"tr[data-sequence="{}"]"#, letters.stock))
+            .await
+            == 0)
+            .then_some(())
     })
     .await;
     let (status, _) = gw
@@ -376,10 +402,16 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the dead letter is gone");
-    world.wait_on_hand(&letters.sku, "wh", letters.quantity).await;
+    world
+        .wait_on_hand(&letters.sku, "wh", letters.quantity)
+        .await;
 
     // A phone-sized window, for the record.
-    browser.client.set_window_size(390, 844).await.expect("resize");
+    browser
+        .client
+        .set_window_size(390, 844)
+        .await
+        .expect("resize");
     browser.go(&base, &format!("#/stock/{sku}")).await;
     browser.wait_text(on_hand, "2", DEADLINE).await;
     browser.screenshot("stock-phone.png").await;
@@ -397,7 +429,12 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
     let reason = browser.text("#sign-in-reason").await.unwrap_or_default();
     assert!(reason.contains("not valid"), "{reason}");
 
-    browser.client.clone().close().await.expect("browser closes");
+    browser
+        .client
+        .clone()
+        .close()
+        .await
+        .expect("browser closes");
     gw.shutdown().await;
     stock.shutdown().await;
 }

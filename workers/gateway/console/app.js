@@ -202,6 +202,8 @@ async function follow(path, { signal, onEvent, onState, resume = false }) {
       }
     } catch (e) {
       if (signal.aborted || e.status === 401) return;
+      // A request the gateway refuses (a bad SKU, a missing scope) will not get better.
+      if (e.status >= 400 && e.status < 500) throw e;
     }
     if (signal.aborted) return;
     onState("reconnecting");
@@ -281,6 +283,12 @@ $("sign-in-form").addEventListener("submit", async (event) => {
 });
 
 $("sign-out").addEventListener("click", () => signOut(""));
+
+// The skip link focuses the content without touching the hash, which holds the page.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("main").focus();
+});
 
 // ---------------------------------------------------------------------------------------------
 // Pages, by hash: #/stock/<sku>, #/alerts, #/orders/<id>, #/dead-letters, #/channels
@@ -555,6 +563,8 @@ async function stockPage(sku, signal) {
       }
     } catch (e) {
       showError(view, e, "Stock");
+      // Redis or NATS away: try again; the banner says why meanwhile.
+      if ((e.status === 503 || e.status === 0) && !signal.aborted) setTimeout(load, 3000);
     }
   }
 
@@ -649,7 +659,7 @@ async function stockPage(sku, signal) {
         pending.length = 0;
       }
     },
-  });
+  }).catch((e) => showError(view, e, "Stock"));
 }
 
 // --- Alerts -----------------------------------------------------------------------------------

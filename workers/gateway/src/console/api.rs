@@ -201,14 +201,21 @@ fn ledger_limit(query: &[(String, String)]) -> Result<usize, ApiError> {
 /// The ledger streams and the subject a SKU's entries have in each: `STOCK_CHANGES` with
 /// `stock.changes.<sku-token>`, or every `STOCK_CHANGES_<p>` with `stock.changes.*.<sku-token>`
 /// (only the SKU's partition holds any).
-async fn ledger_filters(js: &jetstream::Context, sku: &str) -> Result<Vec<(String, String)>, String> {
+async fn ledger_filters(
+    js: &jetstream::Context,
+    sku: &str,
+) -> Result<Vec<(String, String)>, String> {
     let streams = stockflow_ops::rebuild::ledger_streams(js)
         .await
         .map_err(|e| format!("{e:#}"))?;
     Ok(streams
         .into_iter()
         .map(|stream| {
-            let partitions = if stream == subjects::STOCK_CHANGES { 1 } else { 2 };
+            let partitions = if stream == subjects::STOCK_CHANGES {
+                1
+            } else {
+                2
+            };
             let filter = subjects::stock_changed_stored(sku, partitions);
             (stream, filter)
         })
@@ -416,7 +423,11 @@ pub(crate) async fn sku_stream(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-        sources.push(as_events(messages, "availability", AvailabilityJson::decode));
+        sources.push(as_events(
+            messages,
+            "availability",
+            AvailabilityJson::decode,
+        ));
         Ok::<_, String>(sources)
     };
     let sources = tokio::time::timeout(state.publish_timeout, open)

@@ -64,7 +64,10 @@ impl IntoResponse for &'static Asset {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         // Embedded in the binary: a new gateway version is a new page, so it is revalidated.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
@@ -75,7 +78,10 @@ impl IntoResponse for &'static Asset {
 /// the files: they hold nothing but the page; every fact comes from the API with the token.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/console", get(|| async { Redirect::permanent("/console/") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("/console/") }),
+        )
         .route("/console/", get(|| async { &INDEX }))
         .route("/console/app.js", get(|| async { &APP_JS }))
         .route("/console/app.css", get(|| async { &APP_CSS }))
@@ -95,8 +101,16 @@ mod tests {
                 .contains("://");
             assert!(!elsewhere, "{name} loads nothing from elsewhere");
         }
-        assert!(!INDEX.body.contains("<script>"), "no inline script (the CSP forbids it)");
-        assert!(!INDEX.body.contains("style="), "no inline style (the CSP forbids it)");
-        assert!(INDEX.body.contains(r#"<script type="module" src="app.js"></script>"#));
+        assert!(
+            !INDEX.body.contains("<script>"),
+            "no inline script (the CSP forbids it)"
+        );
+        assert!(
+            !INDEX.body.contains("style="),
+            "no inline style (the CSP forbids it)"
+        );
+        assert!(INDEX
+            .body
+            .contains(r#"<script type="module" src="app.js"></script>"#));
     }
 }
