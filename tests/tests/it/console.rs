@@ -406,6 +406,40 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
         .wait_on_hand(&letters.sku, "wh", letters.quantity)
         .await;
 
+    // An order: its status, allocation and hold counting down.
+    let orders = world.order_worker();
+    let (status, body) = gw
+        .send(
+            reqwest::Method::POST,
+            "/v1/orders?wait=5s",
+            WRITE,
+            Some(json!({"order_id": "web-console-1", "hold_seconds": 900,
+                "lines": [{"line_id": "1", "sku": sku, "quantity": 2, "location": "wh-east"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    browser.go(&base, "#/orders/web-console-1").await;
+    browser.wait_for("#order-view .badge.ok").await;
+    let hold = browser
+        .text("#order-view dd .num")
+        .await
+        .unwrap_or_default();
+    assert!(hold.ends_with(" left"), "the hold counts down: {hold:?}");
+    browser.screenshot("order.png").await;
+
+    // The channels with their rules (admin).
+    browser.go(&base, "#/channels").await;
+    browser.wait_for("#channels-view tbody tr").await;
+    let channel = browser
+        .text("#channels-view tbody tr")
+        .await
+        .unwrap_or_default();
+    assert!(
+        channel.contains("Web shop") && channel.contains("buffer: 5"),
+        "{channel}"
+    );
+    browser.screenshot("channels.png").await;
+
     // A phone-sized window, for the record.
     browser
         .client
@@ -436,5 +470,6 @@ async fn the_console_shows_stock_live_and_lets_only_admins_replay() {
         .await
         .expect("browser closes");
     gw.shutdown().await;
+    orders.shutdown().await;
     stock.shutdown().await;
 }

@@ -307,6 +307,7 @@ function route() {
   pageAbort = new AbortController();
   timers.forEach(clearInterval);
   timers = [];
+  $("status").textContent = ""; // a note belongs to the page it was said on
   const [, name = "stock", ...rest] = location.hash.split("/");
   const page = pages[name] ? name : "stock";
   const arg = rest.length ? decodeURIComponent(rest.join("/")) : "";
