@@ -13,8 +13,10 @@ _default:
 
 # Run all tests: Rust (integration tests start their own nats-server/redis-server on free
 # ports and run the worker binaries, hence the build first), then the Helm chart checks, then
-# a real Prometheus scraping the workers runs every alert and dashboard query
+# a real Prometheus scraping the workers runs every alert and dashboard query. Installs
+# Debian's chromium and chromedriver if missing, for the console's browser test
 test:
+    python3 scripts/bootstrap.py --with chromium
     cargo build --workspace --bins --locked
     cargo test --workspace --locked
     python3 helm/tests/check_chart.py

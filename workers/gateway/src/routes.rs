@@ -99,6 +99,27 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             "/v1/channels/{channel}/availability/stream",
             get(crate::feed::stream),
         ),
+        ("get", "/v1/whoami", get(crate::console::api::whoami)),
+        (
+            "get",
+            "/v1/skus/{sku}/ledger",
+            get(crate::console::api::ledger),
+        ),
+        (
+            "get",
+            "/v1/skus/{sku}/channels",
+            get(crate::console::api::channels),
+        ),
+        (
+            "get",
+            "/v1/skus/{sku}/stream",
+            get(crate::console::api::sku_stream),
+        ),
+        (
+            "get",
+            "/v1/alerts/stream",
+            get(crate::console::api::alerts_stream),
+        ),
     ];
     let mut router = Router::new();
     let mut served = Vec::with_capacity(table.len());
@@ -115,6 +136,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     let (routes, served) = api_routes();
     register_request_counters(&served);
     routes
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(error::json_errors))
