@@ -458,6 +458,53 @@ pub async fn remove_webhook_consumer(
     Ok(existed)
 }
 
+/// The durable consumer name of connector shop `shop` on `AVAILABILITY`.
+pub fn connector_durable(shop: &str) -> String {
+    format!("connector-{shop}")
+}
+
+/// The declared configuration of connector shop `shop`'s consumer: the availability feed of
+/// `channel` (`availability.<channel>.>`), from the start. `AVAILABILITY` keeps the newest
+/// quantity per (channel, SKU) only, so what waits for an unreachable shop is one message per
+/// changed SKU, however many times it changed.
+pub fn connector_consumer_config(
+    shop: &str,
+    channel: &str,
+    settings: &TopologySettings,
+) -> consumer::pull::Config {
+    let base = consumer_config(
+        &ConsumerSpec {
+            stream: subjects::AVAILABILITY,
+            durable: "",
+        },
+        settings,
+    );
+    consumer::pull::Config {
+        durable_name: Some(connector_durable(shop)),
+        description: Some(format!(
+            "stockflow connector: channel {channel}'s quantities pushed to shop {shop}"
+        )),
+        filter_subject: subjects::channel_availability(channel),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..base
+    }
+}
+
+/// Creates connector shop `shop`'s consumer on `channel`'s feed, or verifies the one that exists
+/// reads that channel with explicit acks and unbounded redeliveries (a shop moved to another
+/// channel fails here, naming the consumer to remove).
+pub async fn ensure_connector_consumer(
+    js: &jetstream::Context,
+    shop: &str,
+    channel: &str,
+    settings: &TopologySettings,
+) -> Result<(), TopologyError> {
+    let config = connector_consumer_config(shop, channel, settings);
+    declare_consumer(js, subjects::AVAILABILITY, config, Mode::Verify)
+        .await
+        .map(|_| ())
+}
+
 /// The declared configuration of a durable consumer.
 pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> consumer::pull::Config {
     // Channel definitions are applied strictly one after the other, in stream order, across
