@@ -7,6 +7,7 @@ mod channel_orders;
 mod channels;
 mod channels_ops;
 mod cli;
+mod connectors;
 mod consume;
 mod crash;
 mod dead_letters;
