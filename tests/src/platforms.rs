@@ -30,7 +30,11 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-type Answer = (StatusCode, [(axum::http::HeaderName, &'static str); 1], String);
+type Answer = (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+);
 
 fn answer(status: StatusCode, body: Value) -> Answer {
     (
@@ -183,7 +187,10 @@ async fn graphql(
     let mut state = fake.state();
     if state.down {
         state.refused_while_down += 1;
-        return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"errors": "unavailable"}));
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"errors": "unavailable"}),
+        );
     }
     if headers
         .get("X-Shopify-Access-Token")
@@ -198,7 +205,10 @@ async fn graphql(
     if state.answer_429 > 0 {
         state.answer_429 -= 1;
         state.too_many += 1;
-        return answer(StatusCode::TOO_MANY_REQUESTS, json!({"errors": "Throttled"}));
+        return answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"errors": "Throttled"}),
+        );
     }
     let now = Instant::now();
     let elapsed = now.duration_since(state.refilled).as_secs_f64();
@@ -230,7 +240,10 @@ async fn graphql(
     } else if query.contains("inventoryItem(") {
         let key = (
             variables["item"].as_str().unwrap_or_default().to_owned(),
-            variables["location"].as_str().unwrap_or_default().to_owned(),
+            variables["location"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         );
         match state.quantities.get(&key) {
             Some(q) => json!({"inventoryItem": {"inventoryLevel": {"quantities": [
@@ -238,16 +251,26 @@ async fn graphql(
             None => json!({"inventoryItem": {"inventoryLevel": null}}),
         }
     } else {
-        return answer(StatusCode::OK, json!({"errors": [{"message": "unknown operation"}]}));
+        return answer(
+            StatusCode::OK,
+            json!({"errors": [{"message": "unknown operation"}]}),
+        );
     };
     let cost = throttle_status(&state);
-    answer(StatusCode::OK, json!({"data": data, "extensions": {"cost": cost}}))
+    answer(
+        StatusCode::OK,
+        json!({"data": data, "extensions": {"cost": cost}}),
+    )
 }
 
 /// `inventorySetQuantities` as documented for 2026-04: the idempotency key is required, every
 /// quantity carries `changeFromQuantity`, at most 250 quantities, and the mutation applies
 /// entirely or not at all.
-fn set_quantities(state: &mut ShopifyState, query: &str, variables: &Value) -> Result<Value, String> {
+fn set_quantities(
+    state: &mut ShopifyState,
+    query: &str,
+    variables: &Value,
+) -> Result<Value, String> {
     if !query.contains("@idempotent(key: $key)") {
         return Err("inventorySetQuantities requires the @idempotent directive".into());
     }
@@ -262,10 +285,16 @@ fn set_quantities(state: &mut ShopifyState, query: &str, variables: &Value) -> R
     if input["name"] != "available" || input["reason"].as_str().is_none_or(str::is_empty) {
         return Err("input.name must be available and input.reason set".into());
     }
-    let reference = input["referenceDocumentUri"].as_str().unwrap_or_default().to_owned();
+    let reference = input["referenceDocumentUri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let quantities = input["quantities"].as_array().cloned().unwrap_or_default();
     if quantities.is_empty() || quantities.len() > 250 {
-        return Err(format!("{} quantities: 1 to 250 per call", quantities.len()));
+        return Err(format!(
+            "{} quantities: 1 to 250 per call",
+            quantities.len()
+        ));
     }
     let mut errors = Vec::new();
     let mut applied = Vec::new();
@@ -275,7 +304,10 @@ fn set_quantities(state: &mut ShopifyState, query: &str, variables: &Value) -> R
         let Some(change_from) = q.get("changeFromQuantity") else {
             return Err(format!("quantities[{i}].changeFromQuantity is required"));
         };
-        let current = state.quantities.get(&(item.clone(), location.clone())).copied();
+        let current = state
+            .quantities
+            .get(&(item.clone(), location.clone()))
+            .copied();
         match current {
             None => errors.push(json!({"code": "ITEM_NOT_STOCKED_AT_LOCATION",
                 "field": ["input", "quantities", i.to_string(), "locationId"],
@@ -291,7 +323,9 @@ fn set_quantities(state: &mut ShopifyState, query: &str, variables: &Value) -> R
     }
     let data = if errors.is_empty() {
         for (item, location, quantity) in &applied {
-            state.quantities.insert((item.clone(), location.clone()), *quantity);
+            state
+                .quantities
+                .insert((item.clone(), location.clone()), *quantity);
         }
         state.pushes.push(AppliedPush {
             items: applied.into_iter().map(|(i, _, q)| (i, q)).collect(),
@@ -368,8 +402,7 @@ impl FakeWoo {
         if state.down {
             return Err(answer(StatusCode::SERVICE_UNAVAILABLE, json!({})));
         }
-        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(self.basic.as_str())
-        {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(self.basic.as_str()) {
             state.unauthorized += 1;
             return Err(answer(
                 StatusCode::UNAUTHORIZED,
@@ -386,7 +419,10 @@ async fn woo_batch(State(fake): State<FakeWoo>, headers: HeaderMap, body: Bytes)
         Err(refused) => return refused,
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return answer(StatusCode::BAD_REQUEST, json!({"code": "rest_invalid_json"}));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"code": "rest_invalid_json"}),
+        );
     };
     let updates = request["update"].as_array().cloned().unwrap_or_default();
     if updates.len() > 100 {
@@ -413,13 +449,23 @@ async fn woo_batch(State(fake): State<FakeWoo>, headers: HeaderMap, body: Bytes)
     answer(StatusCode::OK, json!({"update": results}))
 }
 
-async fn woo_product(State(fake): State<FakeWoo>, Path(id): Path<u64>, headers: HeaderMap) -> Answer {
+async fn woo_product(
+    State(fake): State<FakeWoo>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Answer {
     let state = match fake.check(&headers) {
         Ok(state) => state,
         Err(refused) => return refused,
     };
     match state.stock.get(&id) {
-        Some(q) => answer(StatusCode::OK, json!({"id": id, "manage_stock": true, "stock_quantity": q})),
-        None => answer(StatusCode::NOT_FOUND, json!({"code": "woocommerce_rest_product_invalid_id"})),
+        Some(q) => answer(
+            StatusCode::OK,
+            json!({"id": id, "manage_stock": true, "stock_quantity": q}),
+        ),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            json!({"code": "woocommerce_rest_product_invalid_id"}),
+        ),
     }
 }

@@ -139,7 +139,14 @@ impl Chain {
     }
 
     /// POSTs a webhook signed with `secret` (or a wrong one) and returns the status.
-    async fn webhook(&self, path: &str, headers: &[(&str, &str)], body: &serde_json::Value, secret: &str, signature_header: &str) -> u16 {
+    async fn webhook(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+        secret: &str,
+        signature_header: &str,
+    ) -> u16 {
         let body = body.to_string();
         let url = format!("http://{}{path}", self.addr);
         eventually("the connector answers", DEADLINE, || async {
@@ -151,15 +158,30 @@ impl Chain {
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
-            request.body(body.clone()).send().await.ok().map(|r| r.status().as_u16())
+            request
+                .body(body.clone())
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
         })
         .await
     }
 
-    async fn shopify_order(&self, topic: &str, webhook_id: &str, body: &serde_json::Value, secret: &str) -> u16 {
+    async fn shopify_order(
+        &self,
+        topic: &str,
+        webhook_id: &str,
+        body: &serde_json::Value,
+        secret: &str,
+    ) -> u16 {
         self.webhook(
             "/webhooks/shopify/acme",
-            &[("X-Shopify-Topic", topic), ("X-Shopify-Webhook-Id", webhook_id), ("X-Shopify-Shop-Domain", "acme.myshopify.com")],
+            &[
+                ("X-Shopify-Topic", topic),
+                ("X-Shopify-Webhook-Id", webhook_id),
+                ("X-Shopify-Shop-Domain", "acme.myshopify.com"),
+            ],
             body,
             secret,
             "X-Shopify-Hmac-Sha256",
@@ -169,17 +191,21 @@ impl Chain {
 
     async fn wait_shopify(&self, sku: &str, quantity: i64) {
         let item = ITEMS.iter().find(|i| i.0 == sku).expect("item").1;
-        eventually(&format!("Shopify lists {quantity} of {sku}"), DEADLINE, || async {
-            (self.shopify.quantity(item, LOCATION) == Some(quantity)).then_some(())
-        })
+        eventually(
+            &format!("Shopify lists {quantity} of {sku}"),
+            DEADLINE,
+            || async { (self.shopify.quantity(item, LOCATION) == Some(quantity)).then_some(()) },
+        )
         .await;
     }
 
     async fn wait_woo(&self, sku: &str, quantity: i64) {
         let id = ITEMS.iter().find(|i| i.0 == sku).expect("item").2;
-        eventually(&format!("WooCommerce lists {quantity} of {sku}"), DEADLINE, || async {
-            (self.woo.stock(id) == Some(quantity)).then_some(())
-        })
+        eventually(
+            &format!("WooCommerce lists {quantity} of {sku}"),
+            DEADLINE,
+            || async { (self.woo.stock(id) == Some(quantity)).then_some(()) },
+        )
         .await;
     }
 
@@ -212,21 +238,34 @@ async fn a_chain_sells_on_shopify_woocommerce_and_the_till_at_once_and_every_sho
     let till = event("pos-1", "CAP", "store-1", sold(1));
     let (a, b, c, d) = tokio::join!(
         chain.shopify_order("orders/create", "w-1", &order, SHOPIFY_SECRET),
-        chain.webhook("/webhooks/woocommerce/corner",
-            &[("X-WC-Webhook-Topic", "order.created"), ("X-WC-Webhook-Delivery-ID", "d-1")],
-            &woo_order, WOO_SECRET, "X-WC-Webhook-Signature"),
+        chain.webhook(
+            "/webhooks/woocommerce/corner",
+            &[
+                ("X-WC-Webhook-Topic", "order.created"),
+                ("X-WC-Webhook-Delivery-ID", "d-1")
+            ],
+            &woo_order,
+            WOO_SECRET,
+            "X-WC-Webhook-Signature"
+        ),
         chain.world.publish(&till),
         // Shopify retries the same delivery, and re-sends the order under a new webhook id.
         async {
             (
-                chain.shopify_order("orders/create", "w-1", &order, SHOPIFY_SECRET).await,
-                chain.shopify_order("orders/create", "w-2", &order, SHOPIFY_SECRET).await,
+                chain
+                    .shopify_order("orders/create", "w-1", &order, SHOPIFY_SECRET)
+                    .await,
+                chain
+                    .shopify_order("orders/create", "w-2", &order, SHOPIFY_SECRET)
+                    .await,
             )
         },
     );
     assert_eq!((a, b, c, d), (200, 200, (), (200, 200)));
     assert_eq!(
-        chain.shopify_order("orders/create", "w-3", &order, "not-the-secret").await,
+        chain
+            .shopify_order("orders/create", "w-3", &order, "not-the-secret")
+            .await,
         401,
         "a bad HMAC is refused"
     );
@@ -240,10 +279,20 @@ async fn a_chain_sells_on_shopify_woocommerce_and_the_till_at_once_and_every_sho
     // A merchant counts 9 mugs in the Shopify admin; then the till sells one. The compare is
     // stale: the connector re-reads 9, books the +4 at store-1, and pushes the new quantity.
     chain.shopify.edit(ITEMS[1].1, LOCATION, 9);
-    chain.world.publish(&event("pos-2", "MUG", "store-1", sold(1))).await;
+    chain
+        .world
+        .publish(&event("pos-2", "MUG", "store-1", sold(1)))
+        .await;
+    eventually("the compare is found stale", DEADLINE, || async {
+        (chain.shopify.state().stale >= 1).then_some(())
+    })
+    .await;
     chain.world.wait_on_hand("MUG", "store-1", 8).await;
     chain.wait_both("MUG", 8).await;
-    assert!(chain.shopify.state().stale >= 1, "the edit was found by the compare");
+    assert!(
+        chain.shopify.state().stale >= 1,
+        "the edit was found by the compare"
+    );
 
     // A refund with restock comes back through both webhooks that carry it: one return.
     chain.shopify.edit(ITEMS[0].1, LOCATION, 9);
@@ -251,8 +300,18 @@ async fn a_chain_sells_on_shopify_woocommerce_and_the_till_at_once_and_every_sho
         {"id": 61, "quantity": 1, "restock_type": "return",
          "line_item": {"id": 77_001_u64, "sku": "TEE-M", "quantity": 2}}]});
     let cancelled = serde_json::json!({"id": 5_001_u64, "line_items": [], "refunds": [refund]});
-    assert_eq!(chain.shopify_order("refunds/create", "w-4", &refund, SHOPIFY_SECRET).await, 200);
-    assert_eq!(chain.shopify_order("orders/cancelled", "w-5", &cancelled, SHOPIFY_SECRET).await, 200);
+    assert_eq!(
+        chain
+            .shopify_order("refunds/create", "w-4", &refund, SHOPIFY_SECRET)
+            .await,
+        200
+    );
+    assert_eq!(
+        chain
+            .shopify_order("orders/cancelled", "w-5", &cancelled, SHOPIFY_SECRET)
+            .await,
+        200
+    );
     chain.world.wait_on_hand("TEE-M", "store-1", 9).await;
     chain.wait_both("TEE-M", 9).await;
 
@@ -265,13 +324,21 @@ async fn a_chain_sells_on_shopify_woocommerce_and_the_till_at_once_and_every_sho
         .collect();
     assert_eq!(
         shopify_entries,
-        vec!["shopify:acme:5001:77001:sold", "shopify:acme:5001:refund-line:61:returned"],
+        vec![
+            "shopify:acme:5001:77001:sold",
+            "shopify:acme:5001:refund-line:61:returned"
+        ],
         "one sale and one return, whatever the retries"
     );
     let pushed = chain.shopify.state().pushes.clone();
-    assert!(pushed.iter().all(|p| p.reference.starts_with("stockflow://connector/acme/availability/web/")));
+    assert!(pushed.iter().all(|p| p
+        .reference
+        .starts_with("stockflow://connector/acme/availability/web/")));
     assert!(
-        pushed.iter().all(|p| p.items.iter().all(|(item, _)| item.starts_with("gid://shopify/InventoryItem/"))),
+        pushed.iter().all(|p| p
+            .items
+            .iter()
+            .all(|(item, _)| item.starts_with("gid://shopify/InventoryItem/"))),
         "{pushed:?}"
     );
     connector.shutdown().await;
@@ -279,7 +346,8 @@ async fn a_chain_sells_on_shopify_woocommerce_and_the_till_at_once_and_every_sho
 }
 
 #[tokio::test]
-async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_item_after_a_restart() {
+async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_item_after_a_restart()
+{
     let chain = Chain::start().await;
     let connector = chain.connector();
     for (sku, _, _, units) in ITEMS {
@@ -293,7 +361,10 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
         ("o4", "TEE-M", sold(1)),
         ("o5", "TEE-M", sold(1)),
     ] {
-        chain.world.publish(&event(id, sku, "store-1", change)).await;
+        chain
+            .world
+            .publish(&event(id, sku, "store-1", change))
+            .await;
     }
     // The WooCommerce shop is not held up by the Shopify one.
     chain.wait_woo("CAP", 7).await;
@@ -314,7 +385,10 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
     chain.shopify.state().down = false;
     chain.wait_shopify("CAP", 7).await;
     chain.wait_shopify("TEE-M", 8).await;
-    chain.world.wait_idle(subjects::AVAILABILITY, "connector-acme").await;
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
     let after: Vec<(String, i64)> = chain.shopify.state().pushes[applied_before..]
         .iter()
         .flat_map(|p| p.items.clone())
@@ -330,7 +404,10 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
     // Down again, and a push still failing past the retry horizon (an hour, on a clock moved
     // two hours on) is dead-lettered, replayable.
     chain.shopify.state().down = true;
-    chain.world.publish(&event("o6", "CAP", "store-1", sold(1))).await;
+    chain
+        .world
+        .publish(&event("o6", "CAP", "store-1", sold(1)))
+        .await;
     chain.wait_woo("CAP", 6).await;
     let refused = chain.shopify.state().refused_while_down;
     eventually("the push fails", DEADLINE, || async {
@@ -338,10 +415,20 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
     })
     .await;
     chain.offset.store(2 * 3600, Ordering::SeqCst);
-    eventually("the push past the horizon is dead-lettered", DEADLINE, || async {
-        (count(&chain.world.js, subjects::DEAD_LETTERS, "deadletter.connectors.acme").await == 1)
-            .then_some(())
-    })
+    eventually(
+        "the push past the horizon is dead-lettered",
+        DEADLINE,
+        || async {
+            (count(
+                &chain.world.js,
+                subjects::DEAD_LETTERS,
+                "deadletter.connectors.acme",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
     .await;
     connector.shutdown().await;
     chain.stock.shutdown().await;

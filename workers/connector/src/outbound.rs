@@ -62,6 +62,9 @@ pub struct ShopState {
     /// Its platform.
     pub platform: Arc<dyn Platform>,
     known: Mutex<HashMap<String, i64>>,
+    /// No call to the platform before this instant (its cost budget, a throttle): pushes and
+    /// reads share it, so a read cannot spend what a push waits for.
+    not_before: Mutex<tokio::time::Instant>,
 }
 
 impl ShopState {
@@ -71,7 +74,42 @@ impl ShopState {
             shop,
             platform,
             known: Mutex::default(),
+            not_before: Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Waits until the platform's budget allows a call.
+    async fn paced(&self) {
+        let until = *self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tokio::time::sleep_until(until).await;
+    }
+
+    /// No call before `pause` from now.
+    fn pause(&self, pause: Duration) {
+        let mut not_before = self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *not_before = (*not_before).max(tokio::time::Instant::now() + pause);
+    }
+
+    /// Reads `item`'s quantity on the platform, paced like the pushes.
+    async fn read(&self, item: &crate::shops::Item) -> Result<i64, PlatformError> {
+        self.paced().await;
+        let read = self.platform.read(item).await;
+        match &read {
+            Ok(_) => reachable(&self.shop.id, true),
+            Err(PlatformError::Throttled { retry_after }) => {
+                metrics::counter!("stockflow_connector_throttles_total", "shop" => self.shop.id.clone())
+                    .increment(1);
+                self.pause(*retry_after);
+            }
+            Err(_) => reachable(&self.shop.id, false),
+        }
+        read
     }
 
     fn known(&self, sku: &str) -> Option<i64> {
@@ -149,7 +187,6 @@ impl Pusher {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let shop = self.state.label();
         let max = self.state.platform.max_batch().max(1);
-        let mut not_before = tokio::time::Instant::now();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -188,7 +225,7 @@ impl Pusher {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep_until(not_before) => {}
+                () = self.state.paced() => {}
             }
             let key = idempotency_key(&shop, &batch);
             let reference = format!(
@@ -201,7 +238,7 @@ impl Pusher {
                     metrics::counter!("stockflow_connector_pushes_total", "shop" => shop.clone())
                         .increment(1);
                     if let Some(pause) = report.pause {
-                        not_before = tokio::time::Instant::now() + pause;
+                        self.state.pause(pause);
                     }
                     reachable(&shop, true);
                     let mut set = 0u64;
@@ -220,7 +257,7 @@ impl Pusher {
                         PlatformError::Throttled { retry_after } => {
                             metrics::counter!("stockflow_connector_throttles_total", "shop" => shop.clone())
                                 .increment(1);
-                            not_before = tokio::time::Instant::now() + *retry_after;
+                            self.state.pause(*retry_after);
                             reachable(&shop, true);
                         }
                         _ => {
@@ -349,8 +386,23 @@ impl Feed {
             headers: vec![(HEADER_DL_SHOP, shop.clone())],
         };
         tracing::warn!(shop = %shop, subject = %delivery.subject(), %reason, "push dead-lettered");
+        // The feed's messages carry the compare-and-set header they were stored with
+        // (`Nats-Expected-Last-Subject-Sequence`): kept, it would refuse the dead letter.
+        let mut message = delivery.message().clone();
+        if let Some(headers) = message.message.headers.take() {
+            let mut kept = async_nats::HeaderMap::new();
+            for (name, values) in headers.iter() {
+                if name.to_string().starts_with("Nats-Expected-") {
+                    continue;
+                }
+                for value in values {
+                    kept.append(name.clone(), value.clone());
+                }
+            }
+            message.message.headers = Some(kept);
+        }
         self.dead_letters
-            .store_with(delivery.message(), reason, route)
+            .store_with(&message, reason, route)
             .await
             .map_err(HandleError::nats)?;
         metrics::counter!("stockflow_connector_dead_letters_total", "shop" => shop.clone())
@@ -389,7 +441,9 @@ impl Feed {
             "sku": push.sku,
             "location": location,
             "delta": delta,
-            "event_id": format!("{platform}:{}:edit:{digest}", shop.id),
+            // Not `<platform>:<shop>:…` (the shop's own orders, which the shop counted already): the
+            // quantity this difference leads to must be pushed.
+            "event_id": format!("{platform}-edit:{}:{digest}", shop.id),
             "source": platform,
             "reason": "correction",
             "reference": format!("{platform}://{}/inventory/{}", shop.id, subjects::encode_token(&push.sku)),
@@ -444,7 +498,7 @@ impl Handler for Feed {
         }
         let expected = match self.state.known(&change.sku) {
             Some(known) => known,
-            None if self.state.platform.compares() => match self.state.platform.read(&item).await {
+            None if self.state.platform.compares() => match self.state.read(&item).await {
                 Ok(actual) => {
                     self.state.set_known(&change.sku, actual);
                     actual
@@ -502,7 +556,7 @@ impl Handler for Feed {
             Answer::Done(ItemOutcome::Stale) => {
                 metrics::counter!("stockflow_connector_stale_compares_total", "shop" => shop.id.clone())
                     .increment(1);
-                let actual = match self.state.platform.read(&item).await {
+                let actual = match self.state.read(&item).await {
                     Ok(actual) => actual,
                     Err(PlatformError::Throttled { retry_after }) => {
                         return Err(HandleError::RetryIn {
