@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
@@ -82,6 +82,9 @@ struct Entry {
     consumer_secret_env: Option<String>,
     #[serde(default)]
     items: Vec<Item>,
+    /// A CSV file of items (header row: the [`Item`] field names), relative to the shops file.
+    #[serde(default)]
+    items_csv: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,7 +160,19 @@ pub fn from_env(env: &Env) -> Result<Vec<Shop>, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    parse(&text, env).map_err(|reason| invalid(format!("{}: {reason}", display(&path))))
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_in(&text, env, &base).map_err(|reason| invalid(format!("{}: {reason}", display(&path))))
+}
+
+/// Reads a CSV file of items (a header row naming the [`Item`] fields).
+pub fn read_items_csv(path: &Path) -> Result<Vec<Item>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("cannot read {}: {e}", display(path)))?;
+    reader
+        .deserialize::<Item>()
+        .enumerate()
+        .map(|(i, row)| row.map_err(|e| format!("{} row {}: {e}", display(path), i + 2)))
+        .collect()
 }
 
 fn display(path: &Path) -> String {
@@ -182,12 +197,17 @@ fn secret_of(env: &Env, field: &str, var: Option<&str>) -> Result<Secret, String
 
 /// Parses and checks the file's text. Errors are `shop "<id>": <field>: <problem>`.
 pub fn parse(text: &str, env: &Env) -> Result<Vec<Shop>, String> {
+    parse_in(text, env, Path::new("."))
+}
+
+/// [`parse`], with `items_csv` paths relative to `base`.
+pub fn parse_in(text: &str, env: &Env, base: &Path) -> Result<Vec<Shop>, String> {
     let file: File = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut seen = HashSet::new();
     let mut shops = Vec::with_capacity(file.shops.len());
     for entry in file.shops {
         let id = entry.id.clone();
-        let shop = check(entry, env).map_err(|e| format!("shop {id:?}: {e}"))?;
+        let shop = check(entry, env, base).map_err(|e| format!("shop {id:?}: {e}"))?;
         if !seen.insert(shop.id.clone()) {
             return Err(format!("shop {id:?}: id: used twice"));
         }
@@ -196,7 +216,11 @@ pub fn parse(text: &str, env: &Env) -> Result<Vec<Shop>, String> {
     Ok(shops)
 }
 
-fn check(entry: Entry, env: &Env) -> Result<Shop, String> {
+fn check(mut entry: Entry, env: &Env, base: &Path) -> Result<Shop, String> {
+    if let Some(csv) = entry.items_csv.take() {
+        let items = read_items_csv(&base.join(csv)).map_err(|e| format!("items_csv: {e}"))?;
+        entry.items.extend(items);
+    }
     if !is_token(&entry.id) {
         return Err("id: 1-64 characters of A-Z, a-z, 0-9, '-' and '_'".into());
     }
@@ -287,6 +311,18 @@ mod tests {
             "location_id": "gid://shopify/Location/9"}]}]}"#;
         let shops = parse(ok, &env).expect("valid");
         assert_eq!(shops[0].api_version, DEFAULT_SHOPIFY_API_VERSION);
+        let dir = std::env::temp_dir().join(format!("sf-connector-shops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("items.csv"),
+            "sku,inventory_item_id,location_id,location\nB2,gid://shopify/InventoryItem/2,gid://shopify/Location/9,\nC3,gid://shopify/InventoryItem/3,gid://shopify/Location/9,store-1\n",
+        )
+        .expect("csv");
+        let with_csv = ok.replace("\"items\":", "\"items_csv\": \"items.csv\", \"items\":");
+        let shops = parse_in(&with_csv, &env, &dir).expect("csv items");
+        assert_eq!(shops[0].items.len(), 3);
+        assert_eq!(shops[0].items["B2"].location, None);
+        assert_eq!(shops[0].items["C3"].location.as_deref(), Some("store-1"));
         let printed = format!("{shops:?}");
         assert!(!printed.contains("shpss_secret") && !printed.contains("shpat_token"));
         for (text, expected) in [
