@@ -92,7 +92,7 @@ pub const MAX_HORIZON_SECONDS: u64 = 7 * 24 * 3600;
 impl Settings {
     /// Reads the environment and the shops file; errors name the variable (and the shop).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let worker = WorkerSettings::from_env(env, "connector", "127.0.0.1:9467")?;
+        let worker = WorkerSettings::from_env(env, "connector", "127.0.0.1:9468")?;
         let millis =
             |var, default, range| env.bounded(var, default, range).map(Duration::from_millis);
         let retry = RetryPolicy {
