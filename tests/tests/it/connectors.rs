@@ -2,7 +2,8 @@
 //! store chain sells on its Shopify shop, its WooCommerce shop and at the till at once; orders
 //! come in once however often the platforms retry; every shop ends with its channel's quantity
 //! after throttles, a stale compare (a merchant's edit in Shopify), a connector restart and an
-//! outage; a push still failing past the retry horizon (a moved clock) is dead-lettered.
+//! outage; a push still failing past the retry horizon (a moved clock) is dead-lettered, and its
+//! replay pushes the SKU's newest quantity.
 
 use std::{
     net::SocketAddr,
@@ -430,6 +431,29 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
         },
     )
     .await;
+    // Once the shop is back, replaying the dead letter pushes the SKU's newest quantity.
+    chain.shopify.state().down = false;
+    let letters = stockflow_shared::replay::list_all(&chain.world.js)
+        .await
+        .expect("dead letters");
+    let letter = letters
+        .iter()
+        .find(|l| l.subject == "deadletter.connectors.acme")
+        .expect("the connector's dead letter");
+    assert!(
+        letter.reason().contains("retry horizon"),
+        "{}",
+        letter.reason()
+    );
+    let replayed = stockflow_shared::replay::replay(&chain.world.js, letter)
+        .await
+        .expect("replayed");
+    assert_eq!(replayed.kind, stockflow_shared::replay::Kind::ConnectorPush);
+    assert_eq!(
+        replayed.subject,
+        subjects::connector_retry("acme", &subjects::encode_token("CAP"))
+    );
+    chain.wait_shopify("CAP", 6).await;
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }

@@ -208,7 +208,20 @@ pub async fn run(
             settings.retry.clone(),
             settings.clock.clone(),
         );
-        runtime.spawn_consumer(consumer, Arc::new(feed));
+        let feed = Arc::new(feed);
+        runtime.spawn_consumer(consumer, feed.clone());
+        // Replayed dead letters: the same handler pushes the SKU's newest quantity again.
+        let durable: &'static str =
+            Box::leak(topology::connector_retries_durable(&shop.id).into_boxed_str());
+        let mut retries = runtime.consumer(
+            ConsumerSpec {
+                stream: stockflow_proto::subjects::CONNECTOR_RETRIES,
+                durable,
+            },
+            format!("consumer_connector_{}_retries", shop.id),
+        );
+        retries.settings.pull = Pull::WithinWindow;
+        runtime.spawn_consumer(retries, feed);
         handles.insert(
             shop.id.clone(),
             Arc::new(ShopHandle {

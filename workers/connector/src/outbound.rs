@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use stockflow_proto::{subjects, v1::ChannelAvailabilityChanged};
@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// Header of a connector dead letter: the shop.
-pub const HEADER_DL_SHOP: &str = "Stockflow-Connector-Shop";
+pub use stockflow_proto::subjects::HEADER_CONNECTOR_DL_SHOP as HEADER_DL_SHOP;
 
 /// What the pusher answers for one item.
 #[derive(Debug)]
@@ -352,6 +352,33 @@ impl Feed {
         }
     }
 
+    /// The newest quantity of the SKU a replayed push (`connectors.retry.<shop>.<sku-token>`)
+    /// names, with its `AVAILABILITY` sequence; `None` when the channel never listed it.
+    async fn newest(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(ChannelAvailabilityChanged, u64)>, HandleError> {
+        let prefix = format!("connectors.retry.{}.", self.state.shop.id);
+        let Some(token) = subject.strip_prefix(&prefix).filter(|t| !t.contains('.')) else {
+            return Err(HandleError::malformed(
+                "channel_availability",
+                "subject_mismatch",
+                format!("{subject} is not {prefix}<sku-token>"),
+            ));
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::AVAILABILITY)
+            .await
+            .map_err(HandleError::nats)?;
+        let feed = format!("availability.{}.{token}", self.state.shop.channel);
+        match stream.get_last_raw_message_by_subject(&feed).await {
+            Ok(last) => Ok(Some((decode(&last.payload)?, last.sequence))),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(HandleError::nats(e)),
+        }
+    }
+
     /// A failure of the platform: retried after a back-off, or dead-lettered past the horizon.
     async fn failed(
         &self,
@@ -469,24 +496,28 @@ impl Handler for Feed {
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let message = delivery.message();
-        let change = ChannelAvailabilityChanged::decode(message.payload.as_ref()).map_err(|e| {
-            HandleError::malformed(
-                "channel_availability",
-                "decode",
-                format!("not a ChannelAvailabilityChanged: {e}"),
-            )
-        })?;
         let info = message
             .info()
             .map_err(|e| HandleError::nats(anyhow::anyhow!("message without metadata: {e}")))?;
-        let sequence = info.stream_sequence;
+        // Horizon and back-off count from this message: the feed's, or a replayed push's.
         let stored = (SystemTime::from(info.published), info.delivered);
+        let retry = delivery.subject().starts_with("connectors.retry.");
+        let (change, sequence) = if retry {
+            match self.newest(delivery.subject()).await? {
+                Some(newest) => newest,
+                // The channel never listed the SKU: nothing to push.
+                None => return Ok(Self::handled(Outcome::Applied)),
+            }
+        } else {
+            let change = decode(message.payload.as_ref())?;
+            (change, info.stream_sequence)
+        };
         let shop = &self.state.shop;
         let Some(item) = shop.item(&change.sku).cloned() else {
             // Not sold in this shop.
             return Ok(Self::handled(Outcome::Applied));
         };
-        if self.superseded(delivery.subject(), sequence).await? {
+        if !retry && self.superseded(delivery.subject(), sequence).await? {
             return Ok(Self::handled(Outcome::Duplicate));
         }
         let quantity = change.available_to_sell;
@@ -582,6 +613,16 @@ impl Handler for Feed {
             Answer::Failed(e) => self.failed(delivery, &e.to_string(), stored).await,
         }
     }
+}
+
+fn decode(payload: &[u8]) -> Result<ChannelAvailabilityChanged, HandleError> {
+    ChannelAvailabilityChanged::decode(payload).map_err(|e| {
+        HandleError::malformed(
+            "channel_availability",
+            "decode",
+            format!("not a ChannelAvailabilityChanged: {e}"),
+        )
+    })
 }
 
 fn unix_ms(at: SystemTime) -> i64 {
