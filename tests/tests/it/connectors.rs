@@ -454,6 +454,32 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
         subjects::connector_retry("acme", &subjects::encode_token("CAP"))
     );
     chain.wait_shopify("CAP", 6).await;
+
+    // What an operator sees: both shops, nothing left in DEAD_LETTERS; a shops file whose
+    // secrets are not in the environment is refused, naming the variable.
+    let status = crate::cli::stockctl(&chain.world, &["-o", "json", "connectors", "status"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+    let shops: Vec<&str> = status["shops"]
+        .as_array()
+        .expect("shops")
+        .iter()
+        .map(|s| s["shop"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(shops, vec!["acme", "corner"]);
+    assert!(status["shops"]
+        .as_array()
+        .expect("shops")
+        .iter()
+        .all(|s| s["dead_letters"] == 0));
+    let check =
+        crate::cli::stockctl(&chain.world, &["connectors", "check", &chain.shops_file]).await;
+    assert_ne!(check.code, 0);
+    assert!(
+        check.stderr.contains("the variable ACME_SECRET is not set"),
+        "{}",
+        check.stderr
+    );
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }
