@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::Subcommand;
-use futures::StreamExt as _;
 use serde_json::json;
-use stockflow_proto::subjects;
 use stockflow_shared::settings::Env;
 
 use super::Format;
@@ -92,61 +90,10 @@ fn check(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waiting messages of one consumer: not yet delivered + delivered, not acknowledged.
-async fn waiting(stream: &jetstream::stream::Stream, durable: &str) -> Option<u64> {
-    let mut consumer: jetstream::consumer::PullConsumer =
-        stream.get_consumer(durable).await.ok()?;
-    let info = consumer.info().await.ok()?;
-    Some(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0))
-}
-
 async fn status(js: &jetstream::Context, format: Format) -> anyhow::Result<()> {
-    let feed = js
-        .get_stream(subjects::AVAILABILITY)
-        .await
-        .context("stream AVAILABILITY is not available (has `stockctl setup` run?)")?;
-    let retries = js.get_stream(subjects::CONNECTOR_RETRIES).await.ok();
-    let dead_letters = js
-        .get_stream(subjects::DEAD_LETTERS)
-        .await
-        .context("stream DEAD_LETTERS is not available")?;
-    let mut shops = Vec::new();
-    let mut names = feed.consumer_names();
-    while let Some(name) = names.next().await {
-        let name = name.context("listing the consumers of AVAILABILITY")?;
-        if let Some(shop) = name.strip_prefix("connector-") {
-            shops.push(shop.to_owned());
-        }
-    }
-    shops.sort();
-    let mut rows = Vec::new();
-    for shop in &shops {
-        let pending = waiting(&feed, &format!("connector-{shop}")).await;
-        let asked = match &retries {
-            Some(stream) => waiting(stream, &format!("connector-{shop}-retries")).await,
-            None => None,
-        };
-        let subject = format!("deadletter.connectors.{shop}");
-        let mut counts = dead_letters
-            .info_with_subjects(&subject)
-            .await
-            .context("reading DEAD_LETTERS")?;
-        let mut dead = 0u64;
-        while let Some(Ok((_, n))) = counts.next().await {
-            dead += n as u64;
-        }
-        rows.push((shop.clone(), pending, asked, dead));
-    }
+    let shops = connector::status::shops(js).await?;
     match format {
-        Format::Json => {
-            let shops: Vec<_> = rows
-                .iter()
-                .map(|(shop, pending, asked, dead)| {
-                    json!({"shop": shop, "pending": pending, "asked_again": asked, "dead_letters": dead})
-                })
-                .collect();
-            crate::outln!("{}", json!({ "shops": shops }));
-        }
+        Format::Json => crate::outln!("{}", json!({ "shops": shops })),
         Format::Table => {
             crate::outln!(
                 "{:<20} {:>9} {:>12} {:>13}",
@@ -155,17 +102,17 @@ async fn status(js: &jetstream::Context, format: Format) -> anyhow::Result<()> {
                 "asked again",
                 "dead letters"
             );
-            let show = |n: &Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
-            for (shop, pending, asked, dead) in &rows {
+            let show = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+            for s in &shops {
                 crate::outln!(
                     "{:<20} {:>9} {:>12} {:>13}",
-                    shop,
-                    show(pending),
-                    show(asked),
-                    dead
+                    s.shop,
+                    show(s.pending),
+                    show(s.asked_again),
+                    s.dead_letters
                 );
             }
-            if rows.is_empty() {
+            if shops.is_empty() {
                 crate::outln!(
                     "no connector has started yet (no consumer connector-<shop> on AVAILABILITY)"
                 );

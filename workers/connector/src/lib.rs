@@ -6,6 +6,7 @@ pub mod outbound;
 pub mod platform;
 pub mod shopify;
 pub mod shops;
+pub mod status;
 pub mod woocommerce;
 
 use std::{

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod channels;
+mod connectors;
 pub mod error;
 mod feed;
 pub mod input;
