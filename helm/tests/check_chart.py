@@ -55,7 +55,8 @@ KUBE_VERSIONS = ["1.30.0", "1.36.0"]
 RELEASE, NAMESPACE = "stockflow", "shop"
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 WORKERS = ["stock-worker", "order-worker", "notify-worker"]
-COMPONENTS = WORKERS + ["gateway"]
+# The connector (off by default): one replica, no autoscaler, no PodDisruptionBudget.
+COMPONENTS = WORKERS + ["gateway", "connector"]
 # The Secret and key of the gateway tokens the chart generates when none are given.
 GATEWAY_TOKENS_SECRET, GATEWAY_TOKENS_KEY = f"{RELEASE}-gateway-tokens", "gateway-tokens"
 # Given tokens for renders that must not depend on random ones (valid for the gateway).
@@ -416,6 +417,9 @@ class Scenario:
     def component_values(self, component: str) -> dict:
         if component == "gateway":
             return self.v["gateway"]
+        if component == "connector":
+            return {**self.v["connector"], "replicas": 1, "autoscaling": {"enabled": False},
+                    "podDisruptionBudget": {"enabled": False}}
         return self.v["workers"][component.split("-")[0]]
 
     def autoscaler(self, component: str) -> str:
@@ -456,7 +460,8 @@ class Scenario:
         return {s for s in (v["nats"]["auth"]["existingSecret"], v["nats"]["tls"]["existingSecret"],
                             v["redis"]["auth"]["existingSecret"], v["redis"]["tls"]["existingSecret"],
                             v["nats"]["tls"]["clientCert"]["existingSecret"], v["redis"]["tls"]["clientCert"]["existingSecret"],
-                            v["gateway"]["auth"]["existingSecret"], v["workers"]["notify"]["webhooks"]["existingSecret"]) if s}
+                            v["gateway"]["auth"]["existingSecret"], v["workers"]["notify"]["webhooks"]["existingSecret"],
+                            v["connector"]["existingSecret"]) if s}
 
 
 def check_deployments(s: Scenario) -> list[str]:
@@ -1253,7 +1258,7 @@ def expectations(s: Scenario) -> list[str]:
             for e in d["spec"]["template"]["spec"]["containers"][0].get("env", []):
                 if "valueFrom" in e:
                     refs.add((component_of(d), e["name"], e["valueFrom"]["secretKeyRef"]["name"]))
-        for comp in COMPONENTS:
+        for comp in s.enabled:
             if (comp, "STOCKFLOW_REDIS_PASSWORD", s.v["redis"]["auth"]["existingSecret"]) not in refs:
                 problems.append(f"external: {comp} does not read the Redis password from the existing Secret")
         if ("gateway", "STOCKFLOW_GATEWAY_TOKENS", s.v["gateway"]["auth"]["existingSecret"]) not in refs:

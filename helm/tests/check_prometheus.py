@@ -57,8 +57,11 @@ DEV_BIN = ROOT / ".dev" / "bin"
 # component may join through PENDING while it is a skeleton that exits at once: it is started if
 # it works, and queries that only its metrics can answer are reported, not failed, while it is
 # absent. Once it works, take it out of PENDING and add the series it must produce to TRAFFIC.
-COMPONENTS = ["stock-worker", "order-worker", "notify-worker", "gateway"]
-PENDING: set[str] = set()
+COMPONENTS = ["stock-worker", "order-worker", "notify-worker", "gateway", "connector"]
+# The connector needs a shop to talk to, which this check does not start: it exits at once (no
+# STOCKFLOW_CONNECTOR_SHOPS_FILE), and its panels and alert are reported, not failed. Its
+# metrics are exercised by tests/tests/it/connectors.rs against fake shops.
+PENDING: set[str] = {"connector"}
 
 # Metrics only one component exports (everything else comes from the shared consume loop of
 # every worker, or from the stock and order workers).
@@ -67,6 +70,16 @@ EXPORTED_ONLY_BY = {
     "stockflow_webhook_delivery_seconds_bucket": "notify-worker",
     "stockflow_http_requests_total": "gateway",
     "stockflow_http_request_seconds_bucket": "gateway",
+    "stockflow_connector_pushes_total": "connector",
+    "stockflow_connector_quantities_pushed_total": "connector",
+    "stockflow_connector_throttles_total": "connector",
+    "stockflow_connector_stale_compares_total": "connector",
+    "stockflow_connector_push_failures_total": "connector",
+    "stockflow_connector_dead_letters_total": "connector",
+    "stockflow_connector_push_lag_seconds_bucket": "connector",
+    "stockflow_connector_shop_reachable": "connector",
+    "stockflow_connector_last_success_timestamp_seconds": "connector",
+    "stockflow_connector_webhooks_total": "connector",
 }
 
 NAMESPACE = "stockflow-check"  # the label the chart's Pod/ServiceMonitors attach

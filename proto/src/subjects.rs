@@ -30,6 +30,12 @@ pub const CHANNEL_EVENTS: &str = "CHANNEL_EVENTS";
 /// What each channel may sell, `availability.<channel-id>.<sku-token>`: the last message per
 /// subject only, so a reader that was away catches up with the newest quantity of every SKU.
 pub const AVAILABILITY: &str = "AVAILABILITY";
+/// Pushes an operator asked a connector to make again (a replayed connector dead letter),
+/// `connectors.retry.<shop-id>.<sku-token>` (see [`connector_retry`]): the connector pushes the
+/// SKU's newest channel quantity to that shop.
+pub const CONNECTOR_RETRIES: &str = "CONNECTOR_RETRIES";
+/// Header of a connector's dead letter: the shop whose push failed.
+pub const HEADER_CONNECTOR_DL_SHOP: &str = "Stockflow-Connector-Shop";
 
 /// Longest SKU, in bytes.
 pub const MAX_SKU_BYTES: usize = 128;
@@ -267,6 +273,12 @@ pub fn availability(channel: &str, sku: &str) -> String {
 /// `availability.<channel-id>.>`: every SKU of one channel.
 pub fn channel_availability(channel: &str) -> String {
     format!("availability.{channel}.>")
+}
+
+/// `connectors.retry.<shop-id>.<sku-token>`: push the newest quantity of the SKU to the shop
+/// again. Shop ids are subject tokens (checked when the connector reads its shops).
+pub fn connector_retry(shop: &str, sku_token: &str) -> String {
+    format!("connectors.retry.{shop}.{sku_token}")
 }
 
 /// The channel id and SKU token of an availability subject; `None` for anything else.

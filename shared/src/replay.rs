@@ -10,7 +10,11 @@
 //!   workers dedup by `event_id`;
 //! - `WEBHOOKS`: a webhook delivery notify-worker gave up on, replayed to its endpoint's outbox
 //!   subject `webhooks.<endpoint-id>` with its `X-Stockflow-Event-Id`, so the receiver can still
-//!   deduplicate.
+//!   deduplicate;
+//! - a connector's push past its horizon (`deadletter.connectors.<shop>`, from `AVAILABILITY` or
+//!   `CONNECTOR_RETRIES`): replayed as a request on `connectors.retry.<shop>.<sku-token>`, which
+//!   the connector answers by pushing the SKU's *newest* quantity (the one the dead letter holds
+//!   may be old, and is never put back in the feed).
 //!
 //! Refused, with a [`Refusal`] that says why: an entry of a derived stream (the ledger, alerts,
 //! order results — notify-worker dead-letters the ones it cannot read), since republishing it
@@ -103,6 +107,9 @@ pub enum Kind {
     OrderCommand,
     /// A webhook delivery from notify-worker's outbox (`WEBHOOKS`).
     WebhookDelivery,
+    /// A connector's push to a shop (`AVAILABILITY` or `CONNECTOR_RETRIES`), replayed as a
+    /// request to push the SKU's newest quantity to that shop again.
+    ConnectorPush,
 }
 
 impl Kind {
@@ -112,6 +119,7 @@ impl Kind {
             Self::StockFact => "stock_fact",
             Self::OrderCommand => "order_command",
             Self::WebhookDelivery => "webhook_delivery",
+            Self::ConnectorPush => "connector_push",
         }
     }
 }
@@ -279,6 +287,28 @@ fn plan(letter: &DeadLetter) -> Result<Target, Refusal> {
         }
         Target {
             kind: Kind::OrderCommand,
+            subject,
+        }
+    } else if stream == subjects::AVAILABILITY {
+        // A connector's push past its horizon, filed under `deadletter.connectors.<shop>`: the
+        // quantity it carried may be old, so it is not put back in the feed; the connector is
+        // asked to push the SKU's newest quantity to that shop instead.
+        let Some(shop) = letter.subject.strip_prefix("deadletter.connectors.") else {
+            return Err(Refusal::UnknownStream(stream));
+        };
+        let Some((_, token)) = subjects::availability_parts(&subject) else {
+            return Err(bad_subject(&stream));
+        };
+        Target {
+            kind: Kind::ConnectorPush,
+            subject: subjects::connector_retry(shop, token),
+        }
+    } else if stream == subjects::CONNECTOR_RETRIES {
+        if !subject.starts_with("connectors.retry.") {
+            return Err(bad_subject(&stream));
+        }
+        Target {
+            kind: Kind::ConnectorPush,
             subject,
         }
     } else if stream == subjects::WEBHOOKS {
@@ -559,6 +589,30 @@ mod tests {
             headers,
             payload: bytes::Bytes::from_static(b"x"),
         }
+    }
+
+    #[test]
+    fn a_connector_push_is_replayed_as_a_request_to_push_the_newest_quantity() {
+        let mut push = letter("AVAILABILITY", "availability.web.A1");
+        push.subject = "deadletter.connectors.acme".into();
+        assert_eq!(
+            push.plan(),
+            Ok(Target {
+                kind: Kind::ConnectorPush,
+                subject: "connectors.retry.acme.A1".into(),
+            })
+        );
+        let mut again = letter("CONNECTOR_RETRIES", "connectors.retry.acme.A1");
+        again.subject = "deadletter.connectors.acme".into();
+        assert_eq!(
+            again.plan().map(|t| t.subject),
+            Ok("connectors.retry.acme.A1".into())
+        );
+        // Not a connector's: an availability entry is not put back in the feed.
+        assert_eq!(
+            letter("AVAILABILITY", "availability.web.A1").plan(),
+            Err(Refusal::UnknownStream("AVAILABILITY".into()))
+        );
     }
 
     #[test]

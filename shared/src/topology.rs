@@ -300,6 +300,17 @@ pub fn streams(settings: &TopologySettings) -> Vec<stream::Config> {
                     5 * MAX_REDELIVERY_SPAN,
                 )
             },
+            // Pushes a connector is asked to make again (replayed dead letters): a work queue,
+            // one subject per shop and SKU.
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..stream(
+                    subjects::CONNECTOR_RETRIES,
+                    &["connectors.retry.>"],
+                    WEBHOOKS_MAX_AGE,
+                    5 * MAX_REDELIVERY_SPAN,
+                )
+            },
             // The webhook outbox: a work queue, so a delivery leaves the stream once its
             // endpoint acknowledged it (or it was dead-lettered); the per-endpoint consumers'
             // filters never overlap.
@@ -456,6 +467,81 @@ pub async fn remove_webhook_consumer(
             ))(e.into())
         })?;
     Ok(existed)
+}
+
+/// The durable consumer name of connector shop `shop` on `AVAILABILITY`.
+pub fn connector_durable(shop: &str) -> String {
+    format!("connector-{shop}")
+}
+
+/// The declared configuration of connector shop `shop`'s consumer: the availability feed of
+/// `channel` (`availability.<channel>.>`), from the start. `AVAILABILITY` keeps the newest
+/// quantity per (channel, SKU) only, so what waits for an unreachable shop is one message per
+/// changed SKU, however many times it changed.
+pub fn connector_consumer_config(
+    shop: &str,
+    channel: &str,
+    settings: &TopologySettings,
+) -> consumer::pull::Config {
+    let base = consumer_config(
+        &ConsumerSpec {
+            stream: subjects::AVAILABILITY,
+            durable: "",
+        },
+        settings,
+    );
+    consumer::pull::Config {
+        durable_name: Some(connector_durable(shop)),
+        description: Some(format!(
+            "stockflow connector: channel {channel}'s quantities pushed to shop {shop}"
+        )),
+        filter_subject: subjects::channel_availability(channel),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..base
+    }
+}
+
+/// The durable consumer name of connector shop `shop` on `CONNECTOR_RETRIES`.
+pub fn connector_retries_durable(shop: &str) -> String {
+    format!("connector-{shop}-retries")
+}
+
+/// The declared configuration of connector shop `shop`'s consumer of its replayed pushes
+/// (`connectors.retry.<shop>.>`).
+pub fn connector_retries_config(shop: &str, settings: &TopologySettings) -> consumer::pull::Config {
+    let base = consumer_config(
+        &ConsumerSpec {
+            stream: subjects::CONNECTOR_RETRIES,
+            durable: "",
+        },
+        settings,
+    );
+    consumer::pull::Config {
+        durable_name: Some(connector_retries_durable(shop)),
+        description: Some(format!(
+            "stockflow connector: pushes to shop {shop} asked again"
+        )),
+        filter_subject: format!("connectors.retry.{shop}.>"),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..base
+    }
+}
+
+/// Creates connector shop `shop`'s consumers — on `channel`'s feed, and on its replayed pushes —
+/// or verifies the ones that exist read their subjects with explicit acks and unbounded
+/// redeliveries (a shop moved to another channel fails here, naming the consumer to remove).
+pub async fn ensure_connector_consumer(
+    js: &jetstream::Context,
+    shop: &str,
+    channel: &str,
+    settings: &TopologySettings,
+) -> Result<(), TopologyError> {
+    let config = connector_consumer_config(shop, channel, settings);
+    declare_consumer(js, subjects::AVAILABILITY, config, Mode::Verify).await?;
+    let config = connector_retries_config(shop, settings);
+    declare_consumer(js, subjects::CONNECTOR_RETRIES, config, Mode::Verify)
+        .await
+        .map(|_| ())
 }
 
 /// The declared configuration of a durable consumer.

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod platforms;
 
 use std::{
     future::Future,

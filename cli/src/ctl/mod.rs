@@ -2,6 +2,7 @@
 //! command.
 
 pub mod channels;
+pub mod connectors;
 pub mod dlq;
 pub mod import;
 pub mod publish;
@@ -106,6 +107,12 @@ pub enum Command {
     },
     /// What a channel may sell: one SKU's newest quantity, or every SKU of the channel.
     Availability(channels::AvailabilityArgs),
+    /// Shops of the connector (Shopify, WooCommerce): check a shops file, show what waits.
+    Connectors {
+        /// Which.
+        #[command(subcommand)]
+        command: connectors::ConnectorsCommand,
+    },
     /// Rebuild every Redis key from JetStream (workers stopped, Redis empty).
     Rebuild(repair::RebuildArgs),
     /// Compare Redis with the ledger; exit 4 when they differ (with --fix: when drift is left).
@@ -279,6 +286,9 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Channels { command } => return channels::run(&settings, &command, format).await,
         Command::Availability(args) => {
             return channels::availability(&settings, &args, format).await
+        }
+        Command::Connectors { command } => {
+            connectors::run(&settings, &command, format).await?;
         }
         Command::Rebuild(args) => {
             repair::rebuild(&settings, settings.state()?.order_retention, &args).await?;

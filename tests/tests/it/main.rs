@@ -8,6 +8,7 @@ mod channels;
 mod channels_ops;
 mod cli;
 mod console;
+mod connectors;
 mod consume;
 mod crash;
 mod dead_letters;

@@ -4,6 +4,7 @@ mod admin;
 pub mod auth;
 mod channels;
 mod console;
+mod connectors;
 pub mod error;
 mod feed;
 pub mod input;

@@ -66,6 +66,7 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             "/v1/webhooks/{id}",
             delete(crate::admin::delete_webhook),
         ),
+        ("get", "/v1/connectors", get(crate::connectors::list)),
         ("get", "/v1/channels", get(crate::channels::list)),
         ("get", "/v1/channels/{channel}", get(crate::channels::get)),
         ("put", "/v1/channels/{channel}", put(crate::channels::put)),
