@@ -188,11 +188,8 @@ async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) 
                     })
                     .collect(),
                 Ok(replies) => {
-                    let reason = format!(
-                        "{} replies to a batch of {}",
-                        replies.len(),
-                        members.len()
-                    );
+                    let reason =
+                        format!("{} replies to a batch of {}", replies.len(), members.len());
                     vec![Err(CallError::Step(reason)); members.len()]
                 }
                 Err(e) => vec![Err(CallError::Redis(Arc::new(e))); members.len()],
@@ -200,7 +197,8 @@ async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) 
             members.into_iter().zip(answers).collect::<Vec<_>>()
         }
     });
-    let mut answers: Vec<Answer> = vec![Err(CallError::Coalesce(CoalesceError::NoReply)); batch.len()];
+    let mut answers: Vec<Answer> =
+        vec![Err(CallError::Coalesce(CoalesceError::NoReply)); batch.len()];
     for (index, answer) in futures::future::join_all(calls).await.into_iter().flatten() {
         answers[index] = answer;
     }

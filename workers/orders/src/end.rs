@@ -69,12 +69,15 @@ impl OrderHandler {
                 .map(|line| self.release_line(&order.order_id, line, channel)),
         )
         .await?;
-        let changes = lines.iter().zip(&releases).filter_map(|(line, release)| match release {
-            Release::Released { change } => {
-                Some(self.publish_change(order, line, channel, "release", change.as_ref()))
-            }
-            Release::Tombstone | Release::Nothing => None,
-        });
+        let changes = lines
+            .iter()
+            .zip(&releases)
+            .filter_map(|(line, release)| match release {
+                Release::Released { change } => {
+                    Some(self.publish_change(order, line, channel, "release", change.as_ref()))
+                }
+                Release::Tombstone | Release::Nothing => None,
+            });
         futures::future::try_join_all(changes).await?;
         let released = releases
             .iter()

@@ -167,18 +167,20 @@ impl OrderHandler {
         sequence: u64,
     ) -> Result<Vec<Reservation>, HandleError> {
         let channel = order.channel.as_str();
-        let reservations = futures::future::try_join_all(
-            lines.iter().enumerate().map(|(index, line)| {
+        let reservations =
+            futures::future::try_join_all(lines.iter().enumerate().map(|(index, line)| {
                 self.reserve_line(&order.order_id, line, channel, (sequence, index))
-            }),
-        )
-        .await?;
-        let changes = lines.iter().zip(&reservations).filter_map(|(line, r)| match r {
-            Reservation::Reserved { change, .. } | Reservation::Released { change } => {
-                Some(self.publish_change(order, line, channel, "reserve", change.as_ref()))
-            }
-            Reservation::Short { .. } => None,
-        });
+            }))
+            .await?;
+        let changes = lines
+            .iter()
+            .zip(&reservations)
+            .filter_map(|(line, r)| match r {
+                Reservation::Reserved { change, .. } | Reservation::Released { change } => {
+                    Some(self.publish_change(order, line, channel, "reserve", change.as_ref()))
+                }
+                Reservation::Short { .. } => None,
+            });
         futures::future::try_join_all(changes).await?;
         Ok(reservations)
     }
