@@ -161,6 +161,7 @@ async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) 
         let mut redis = redis.clone();
         let scripts = Arc::clone(&scripts);
         async move {
+            // A group exists only once a call was put in it.
             let kind = batch[members[0]].script;
             let mut invocation = scripts.get(kind).prepare_invoke();
             for &index in &members {
