@@ -15,6 +15,7 @@ mod dead_letters;
 mod degraded;
 mod demo;
 mod faults;
+mod flash_batch;
 mod fuzz;
 mod gateway;
 mod gateway_channels;

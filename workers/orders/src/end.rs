@@ -54,25 +54,37 @@ impl OrderHandler {
         Ok(Outcome::Applied)
     }
 
-    /// Releases every line of an order from `channel` (each at most once, every part) and
-    /// records each release in the ledger.
+    /// Releases every line of an order from `channel` (each at most once, every part) — the
+    /// lines concurrently, each a call in its SKU's batch — and records the releases in the
+    /// ledger, their entries published together.
     pub(crate) async fn release_lines(
         &self,
         order: &OrderCommand,
         lines: &[Line],
         channel: &str,
     ) -> Result<(), HandleError> {
-        for line in lines {
-            match self.release_line(&order.order_id, line, channel).await? {
+        let releases = futures::future::try_join_all(
+            lines
+                .iter()
+                .map(|line| self.release_line(&order.order_id, line, channel)),
+        )
+        .await?;
+        let changes = lines
+            .iter()
+            .zip(&releases)
+            .filter_map(|(line, release)| match release {
                 Release::Released { change } => {
-                    self.publish_change(order, line, channel, "release", change.as_ref())
-                        .await?;
-                    metrics::counter!("stockflow_reservations_total", "outcome" => "released")
-                        .increment(1);
+                    Some(self.publish_change(order, line, channel, "release", change.as_ref()))
                 }
-                Release::Tombstone | Release::Nothing => {}
-            }
-        }
+                Release::Tombstone | Release::Nothing => None,
+            });
+        futures::future::try_join_all(changes).await?;
+        let released = releases
+            .iter()
+            .filter(|release| matches!(release, Release::Released { .. }))
+            .count();
+        metrics::counter!("stockflow_reservations_total", "outcome" => "released")
+            .increment(released as u64);
         Ok(())
     }
 

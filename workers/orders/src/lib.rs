@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod batch;
 pub mod command;
 mod end;
 mod expire;
@@ -20,6 +21,7 @@ use std::{future::Future, time::Duration};
 
 use async_nats::jetstream;
 use stockflow_shared::{
+    batch::CoalesceSettings,
     channels::ChannelBook,
     consume::{Delivery, HandleError, Handled, Handler},
     keys::Keys,
@@ -30,10 +32,7 @@ use stockflow_shared::{
     worker::{Runtime, Service, StateSettings, WorkerSettings},
 };
 
-use crate::{
-    command::Command,
-    records::{End, Scripts},
-};
+use crate::{batch::Calls, command::Command, records::End};
 
 /// The order worker's settings.
 #[derive(Debug, Clone)]
@@ -50,6 +49,10 @@ pub struct Settings {
     /// How long an order's record is kept once the order is final
     /// (`STOCKFLOW_ORDER_RETENTION_SECONDS`, see [`order_retention`]).
     pub order_retention: Duration,
+    /// How the script calls of concurrent messages share round trips: most calls in one batch
+    /// (`STOCKFLOW_ORDER_BATCH_MAX`) and most batches on the wire at once
+    /// (`STOCKFLOW_ORDER_BATCHES_IN_FLIGHT`).
+    pub batch: CoalesceSettings,
 }
 
 /// The variable that sets how long a final order's record is kept.
@@ -87,6 +90,20 @@ pub fn order_retention(env: &Env, dedup_ttl: Duration) -> Result<Duration, Confi
     Ok(Duration::from_secs(seconds))
 }
 
+/// Reads `STOCKFLOW_ORDER_BATCH_MAX` (1..=1024) and `STOCKFLOW_ORDER_BATCHES_IN_FLIGHT`
+/// (1..=64); unset, the coalescer's defaults (batches of up to 64, four at once).
+fn batch_settings(env: &Env) -> Result<CoalesceSettings, ConfigError> {
+    let default = CoalesceSettings::default();
+    Ok(CoalesceSettings {
+        max_batch: env.bounded_as("STOCKFLOW_ORDER_BATCH_MAX", default.max_batch, 1..=1024)?,
+        max_batches_in_flight: env.bounded_as(
+            "STOCKFLOW_ORDER_BATCHES_IN_FLIGHT",
+            default.max_batches_in_flight,
+            1..=64,
+        )?,
+    })
+}
+
 impl Settings {
     /// Reads the environment; errors name the variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -111,6 +128,7 @@ impl Settings {
                 200,
                 10..=60_000,
             )?),
+            batch: batch_settings(env)?,
         })
     }
 }
@@ -181,8 +199,8 @@ pub struct OrderHandler {
     ttl: u64,
     /// Seconds a final order's record is kept.
     retention: u64,
-    /// The order and line scripts.
-    scripts: Scripts,
+    /// The order and line scripts, their calls coalesced across messages.
+    calls: Calls,
     /// Replicas that must hold a step before what it produced is published.
     replicas: Option<Replicas>,
     /// The sales channels: an order's channel, and the specs the line scripts compute with.
@@ -200,7 +218,7 @@ impl OrderHandler {
             location_priority: settings.location_priority.clone(),
             ttl: settings.state.dedup_ttl.as_secs(),
             retention: settings.order_retention.as_secs(),
-            scripts: Scripts::load(),
+            calls: Calls::start(runtime.redis.clone(), settings.batch),
             replicas: Replicas::new(settings.state.replica_wait.as_ref()),
             book,
         }
@@ -221,11 +239,18 @@ impl Handler for OrderHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
         let order = command::parse(delivery.subject(), delivery.payload())?;
         let event_type = order.command.name();
+        // Its place in the stream, which orders reservations of one batch: first come, first
+        // served. JetStream sets the metadata on every message it delivers; one without it
+        // (never seen) comes after the others.
+        let sequence = delivery
+            .message()
+            .info()
+            .map_or(u64::MAX, |info| info.stream_sequence);
         let outcome = match &order.command {
             Command::Placed {
                 lines,
                 hold_seconds,
-            } => self.place(&order, lines, *hold_seconds).await?,
+            } => self.place(&order, lines, *hold_seconds, sequence).await?,
             Command::Cancelled => self.end(&order, End::Cancel).await?,
             Command::HoldExpired { due_at_ms } => self.expire(&order, *due_at_ms).await?,
             Command::Committed => self.commit(&order).await?,

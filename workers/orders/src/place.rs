@@ -16,12 +16,14 @@ use crate::{
 };
 
 impl OrderHandler {
-    /// Places `order`: all of its lines reserved, or none.
+    /// Places `order`: all of its lines reserved, or none. `sequence` is the placement's stream
+    /// sequence: among the reservations that share a script call it decides who comes first.
     pub(crate) async fn place(
         &self,
         order: &OrderCommand,
         lines: &[Line],
         hold_seconds: i64,
+        sequence: u64,
     ) -> Result<Outcome, HandleError> {
         let channel = order.channel.as_str();
         // A placement recorded before was judged then: its redelivery is answered from the
@@ -64,11 +66,8 @@ impl OrderHandler {
             }
             Placement::Go => {}
         }
-        // Reserve line by line; records answer replays identically.
-        let mut reservations = Vec::with_capacity(lines.len());
-        for line in lines {
-            reservations.push(self.reserve(order, line).await?);
-        }
+        // Reserve every line (each in its SKU's batch); records answer replays identically.
+        let reservations = self.reserve(order, lines, sequence).await?;
         let confirmed = reservations
             .iter()
             .all(|r| matches!(r, Reservation::Reserved { .. }));
@@ -157,19 +156,33 @@ impl OrderHandler {
         Ok(outcome)
     }
 
-    /// Reserves one line and records the reservation in the ledger — also for a line released
-    /// before this delivery got here, in case its placer died before recording it.
-    async fn reserve(&self, order: &OrderCommand, line: &Line) -> Result<Reservation, HandleError> {
+    /// Reserves every line — concurrently, each line a call in its SKU's batch, in stream order
+    /// there — then records the reservations in the ledger, all lines' entries published
+    /// together; also for a line released before this delivery got here, in case its placer died
+    /// before recording it.
+    async fn reserve(
+        &self,
+        order: &OrderCommand,
+        lines: &[Line],
+        sequence: u64,
+    ) -> Result<Vec<Reservation>, HandleError> {
         let channel = order.channel.as_str();
-        let reservation = self.reserve_line(&order.order_id, line, channel).await?;
-        match &reservation {
-            Reservation::Reserved { change, .. } | Reservation::Released { change } => {
-                self.publish_change(order, line, channel, "reserve", change.as_ref())
-                    .await?;
-            }
-            Reservation::Short { .. } => {}
-        }
-        Ok(reservation)
+        let reservations =
+            futures::future::try_join_all(lines.iter().enumerate().map(|(index, line)| {
+                self.reserve_line(&order.order_id, line, channel, (sequence, index))
+            }))
+            .await?;
+        let changes = lines
+            .iter()
+            .zip(&reservations)
+            .filter_map(|(line, r)| match r {
+                Reservation::Reserved { change, .. } | Reservation::Released { change } => {
+                    Some(self.publish_change(order, line, channel, "reserve", change.as_ref()))
+                }
+                Reservation::Short { .. } => None,
+            });
+        futures::future::try_join_all(changes).await?;
+        Ok(reservations)
     }
 
     /// Judges the channel an order comes from before anything is recorded: it must be defined

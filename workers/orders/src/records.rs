@@ -1,10 +1,12 @@
 //! Every read and write of the order records in Redis: the four scripts, each call returning its
-//! typed reply ([`crate::replies`]), and the few plain reads a step needs. The steps call these by
-//! name and never spell a Redis command (the hold schedule is in [`crate::expire`]).
+//! typed reply ([`crate::replies`]) and going through the worker's coalesced calls
+//! ([`crate::batch`]), and the few plain reads a step needs. The steps call these by name and
+//! never spell a Redis command (the hold schedule is in [`crate::expire`]).
 
 use stockflow_shared::consume::HandleError;
 
 use crate::{
+    batch::{Call, ScriptKind},
     command::{decode_lines, encode_lines, placement_fingerprint, Line},
     read::{decode_parts, Decision, OrderStatus, Part},
     replies::{
@@ -12,41 +14,6 @@ use crate::{
     },
     OrderHandler,
 };
-
-/// The worker's scripts, loaded once.
-#[derive(Debug, Clone)]
-pub(crate) struct Scripts {
-    /// `lua/order.lua`: the order's own record and its state machine.
-    order: redis::Script,
-    /// `lua/reserve_line.lua`: reserves one line, once (the line scripts start with
-    /// `lua/parts.lua`).
-    reserve: redis::Script,
-    /// `lua/release_line.lua`: gives back what one line holds, once.
-    release: redis::Script,
-    /// `lua/ship_line.lua`: ships units of one line, once per fulfilment.
-    ship: redis::Script,
-}
-
-impl Scripts {
-    /// The scripts, each with the shared prelude.
-    pub(crate) fn load() -> Self {
-        Self {
-            order: stockflow_shared::script(include_str!("../lua/order.lua")),
-            reserve: stockflow_shared::script(concat!(
-                include_str!("../lua/parts.lua"),
-                include_str!("../lua/reserve_line.lua")
-            )),
-            release: stockflow_shared::script(concat!(
-                include_str!("../lua/parts.lua"),
-                include_str!("../lua/release_line.lua")
-            )),
-            ship: stockflow_shared::script(concat!(
-                include_str!("../lua/parts.lua"),
-                include_str!("../lua/ship_line.lua")
-            )),
-        }
-    }
-}
 
 /// How an order ends: the `lua/order.lua` actions that release its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,17 +48,17 @@ impl OrderHandler {
         action: &str,
         args: &[String],
     ) -> Result<R, HandleError> {
-        let mut redis = self.redis.clone();
-        let mut invocation = self.scripts.order.key(self.keys.order(order_id));
-        invocation.arg(action);
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let reply: Vec<String> = invocation
-            .invoke_async(&mut redis)
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        argv.push(action.to_owned());
+        argv.extend_from_slice(args);
+        self.calls
+            .run(Call {
+                script: ScriptKind::Order,
+                keys: vec![self.keys.order(order_id)],
+                args: argv,
+                rank: (0, 0),
+            })
             .await
-            .map_err(HandleError::redis)?;
-        Ok(R::decode(reply)?)
     }
 
     /// Records a placement (or meets an earlier one): `place`.
@@ -168,39 +135,44 @@ impl OrderHandler {
             .specs_for(named.as_ref().map(|known| (channel, known)))
     }
 
-    /// Runs a per-line script on `line`'s record, in the SKU's slot.
+    /// Runs a per-line script on `line`'s record, in the SKU's slot; `rank` orders it among the
+    /// calls of its batch (see [`Call::rank`]).
     async fn line_call<R: Reply>(
         &self,
-        script: &redis::Script,
+        script: ScriptKind,
         order_id: &str,
         line: &Line,
-        args: &[String],
+        args: Vec<String>,
+        rank: (u64, usize),
     ) -> Result<R, HandleError> {
-        let started = std::time::Instant::now();
-        let mut redis = self.redis.clone();
-        let mut invocation = script.key(self.keys.order_line(&line.sku, order_id, &line.line_id));
-        invocation
-            .key(self.keys.stock(&line.sku))
-            .key(self.keys.policy(&line.sku))
-            .key(self.keys.channels(&line.sku));
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let reply = invocation.invoke_async::<Vec<String>>(&mut redis).await;
-        metrics::histogram!("stockflow_redis_script_seconds", "script" => "order_line")
-            .record(started.elapsed().as_secs_f64());
-        Ok(R::decode(reply.map_err(HandleError::redis)?)?)
+        let keys = vec![
+            self.keys.order_line(&line.sku, order_id, &line.line_id),
+            self.keys.stock(&line.sku),
+            self.keys.policy(&line.sku),
+            self.keys.channels(&line.sku),
+        ];
+        self.calls
+            .run(Call {
+                script,
+                keys,
+                args,
+                rank,
+            })
+            .await
     }
 
     /// Reserves `line` at one location that covers it whole, or for an order from `channel`
-    /// across the channel's locations (`lua/reserve_line.lua`).
+    /// across the channel's locations (`lua/reserve_line.lua`). Among the reservations of one
+    /// batch on the SKU's slot it comes in `rank` order: its input's stream sequence, then its
+    /// position in the order.
     pub(crate) async fn reserve_line(
         &self,
         order_id: &str,
         line: &Line,
         channel: &str,
+        rank: (u64, usize),
     ) -> Result<Reservation, HandleError> {
-        let args = [
+        let args = vec![
             line.quantity.to_string(),
             line.location.clone(),
             self.location_priority.clone(),
@@ -208,7 +180,7 @@ impl OrderHandler {
             channel.to_owned(),
             self.channel_specs(channel),
         ];
-        self.line_call(&self.scripts.reserve, order_id, line, &args)
+        self.line_call(ScriptKind::Reserve, order_id, line, args, rank)
             .await
     }
 
@@ -220,8 +192,8 @@ impl OrderHandler {
         line: &Line,
         channel: &str,
     ) -> Result<Release, HandleError> {
-        let args = [self.ttl.to_string(), self.channel_specs(channel)];
-        self.line_call(&self.scripts.release, order_id, line, &args)
+        let args = vec![self.ttl.to_string(), self.channel_specs(channel)];
+        self.line_call(ScriptKind::Release, order_id, line, args, (0, 0))
             .await
     }
 
@@ -235,12 +207,12 @@ impl OrderHandler {
         units: i64,
         event_id: &str,
     ) -> Result<Shipment, HandleError> {
-        let args = [
+        let args = vec![
             units.to_string(),
             event_id.to_owned(),
             self.channel_specs(channel),
         ];
-        self.line_call(&self.scripts.ship, order_id, line, &args)
+        self.line_call(ScriptKind::Ship, order_id, line, args, (0, 0))
             .await
     }
 
