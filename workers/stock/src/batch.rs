@@ -28,8 +28,8 @@ pub(crate) enum Item {
     Apply {
         /// dedup record, stock, policy, channels.
         keys: [String; 4],
-        /// The fact's arguments, `op` first.
-        args: [String; 13],
+        /// The fact's arguments, `op` first (boxed: the larger part of an item).
+        args: Box<[String; 13]>,
     },
     /// Mark a dedup record published.
     Mark(String),
@@ -202,7 +202,7 @@ async fn call(
                 for key in keys {
                     invocation.key(key);
                 }
-                for arg in args {
+                for arg in args.iter() {
                     invocation.arg(arg);
                 }
             }

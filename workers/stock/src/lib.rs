@@ -232,7 +232,7 @@ impl StockHandler {
                 self.keys.policy(&fact.sku),
                 self.keys.channels(&fact.sku),
             ],
-            args: [
+            args: Box::new([
                 fact.op.name().to_owned(),
                 fact.location.clone(),
                 quantity,
@@ -252,7 +252,7 @@ impl StockHandler {
                     ""
                 }
                 .to_owned(),
-            ],
+            ]),
         };
         let reply = self.batches.run(item).await.map_err(HandleError::redis)?;
         // A reply the script cannot give is a bug: bounded retries, then a dead letter.
