@@ -130,6 +130,9 @@ impl Ledger {
 
     /// Publishes everything `outcome` derives for `cause` and waits until JetStream stored all of
     /// it. Safe to call again with the same arguments: every message carries a deterministic id.
+    /// The ledger entries and alerts are all sent before any acknowledgement is awaited (the
+    /// client's writer puts them on the wire together, with other tasks' messages), then their
+    /// acknowledgements are awaited as a group; the channel quantities follow, concurrently.
     pub async fn publish(&self, cause: Cause<'_>, outcome: &Outcome) -> anyhow::Result<()> {
         let mut pending = Vec::new();
         if let Verdict::StaleCount { expected, actual } = outcome.verdict {

@@ -96,6 +96,17 @@ local function remember(dedup_key, fingerprint, outcome, ttl)
   return { 'applied', outcome, '0' }
 end
 
+-- Records that an event's derived events are stored in JetStream, so a later duplicate of the
+-- event does not publish them again: 1 when marked, 0 when the record is gone (expired; nothing
+-- is created).
+local function mark_published(dedup_key)
+  if redis.call('EXISTS', dedup_key) == 1 then
+    redis.call('HSET', dedup_key, 'p', '1')
+    return 1
+  end
+  return 0
+end
+
 -- Sales channels. What a channel may sell of this SKU is computed here, in the same atomic step
 -- as every change of its levels, from the SKU's own keys only (one slot on Redis Cluster):
 --   <prefix>:{<sku-token>}:ats  hash  s:<ch> spec, o:<ch> the SKU's override of its rules,

@@ -3,6 +3,7 @@
 
 mod world;
 
+mod batch_crash;
 mod channel_orders;
 mod channels;
 mod channels_ops;

@@ -1,5 +1,10 @@
--- apply_stock: applies one stock fact exactly once.
+-- apply_stock: applies a batch of stock facts, each exactly once, in one call; marks the dedup
+-- records of earlier facts as published in the same call.
 --
+-- The call is a list of items, in order. Each item's KEYS and ARGV follow those of the item
+-- before it; its first ARGV says what it is:
+--
+--   an apply (4 KEYS, 13 ARGV) — one stock fact:
 -- KEYS[1]  dedup record  <prefix>:{<sku>}:evt:<event_id>
 -- KEYS[2]  stock hash    <prefix>:{<sku>}:stock
 -- KEYS[3]  policy hash   <prefix>:{<sku>}:policy
@@ -23,163 +28,190 @@
 -- ARGV[13] '1': an opening balance — the channels are not recomputed now; the initial load that
 --          sent it recomputes each SKU's channels once, when all its rows are applied
 --
--- Returns {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
+--   its reply: {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
 --       | {'unknown_channel', channel}
 -- Every channel drawing from a location whose levels changed is recomputed in the same step;
 -- its record is part of the outcome.
 --
+--   a mark (1 KEY, 1 ARGV) — the derived events of an applied fact are stored in JetStream:
+-- KEYS[1]  its dedup record
+-- ARGV[1]  'mark'
+--   its reply: {'marked', '1'} | {'marked', '0'} when the record is gone (see mark_published)
+--
+-- Returns one reply per item, in the items' order. On Redis Cluster every key of one call is in
+-- one slot: the worker groups a batch by the SKU's hash tag.
+--
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
--- same atomic step; every later delivery changes nothing and returns that same outcome.
+-- same atomic step; every later delivery changes nothing and returns that same outcome. Facts in
+-- one call are applied one after the other, in the items' order, exactly as separate calls
+-- would apply them; the call as a whole is atomic too, so a crash never splits it.
 
-local dedup_key, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local op, loc, qty = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local fingerprint, ttl = ARGV[6], tonumber(ARGV[7])
-local channel = ARGV[11]
+-- One fact: KEYS and ARGV are the item's own (shadowing the call's).
+local function apply(KEYS, ARGV)
+  local dedup_key, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local op, loc, qty = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  local fingerprint, ttl = ARGV[6], tonumber(ARGV[7])
+  local channel = ARGV[11]
 
-local prior = seen(dedup_key, fingerprint)
-if prior then return prior end
+  local prior = seen(dedup_key, fingerprint)
+  if prior then return prior end
 
-local ch = load_channels(ats_key, ARGV[12])
-if op == 'channel_rules' or op == 'channel_recompute' then channel = ARGV[3] end
-local spec = nil
-if channel ~= '' then
-  spec = ch.specs[channel]
-  if spec == nil and op ~= 'channel_rules' then return { 'unknown_channel', channel } end
-end
-
-local at = now_ms()
-local records = {}
--- Channel records follow the level changes in the outcome.
-local channel_records = {}
-local oversold = 0
-
--- Levels and threshold of each location touched, read once (a transfer's two locations differ).
-local current = {}
-local function read(l)
-  if not current[l] then
-    local b, thr = levels_and_threshold(stock_key, policy_key, l)
-    current[l] = { b = b, thr = thr }
+  local ch = load_channels(ats_key, ARGV[12])
+  if op == 'channel_rules' or op == 'channel_recompute' then channel = ARGV[3] end
+  local spec = nil
+  if channel ~= '' then
+    spec = ch.specs[channel]
+    if spec == nil and op ~= 'channel_rules' then return { 'unknown_channel', channel } end
   end
-  return current[l]
-end
 
-local function on_hand(l)
-  return read(l).b.oh
-end
+  local at = now_ms()
+  local records = {}
+  -- Channel records follow the level changes in the outcome.
+  local channel_records = {}
+  local oversold = 0
 
--- Every change is planned first and range-checked before anything is written: a script that
--- fails half-way would leave its first writes in place.
-local plan = {}
-if loc == '' and (op == 'sold' or op == 'returned') then
-  if spec.strategy == 'x' or #spec.locs == 0 then return { 'unknown_channel', channel } end
-  if op == 'returned' then
-    -- A return goes back to the channel's first location.
-    plan[1] = { spec.locs[1], op, on_hand(spec.locs[1]) + qty }
-  else
-    -- Taken from the channel's locations in allocation order, as far as each has units
-    -- available; what none covers is taken from the first (the goods did leave).
-    local offered = channel_quantity(stock_key, policy_key, ch, spec)
-    if qty > offered then oversold = qty - offered end
-    local order = allocation_order(stock_key, policy_key, ch, spec)
-    local take, left = {}, qty
-    for _, o in ipairs(order) do
-      local t = math.min(left, math.max(o.av, 0))
-      take[o.loc] = t
-      left = left - t
+  -- Levels and threshold of each location touched, read once (a transfer's two locations differ).
+  local current = {}
+  local function read(l)
+    if not current[l] then
+      local b, thr = levels_and_threshold(stock_key, policy_key, l)
+      current[l] = { b = b, thr = thr }
     end
-    take[order[1].loc] = take[order[1].loc] + left
-    for _, o in ipairs(order) do
-      if take[o.loc] > 0 then plan[#plan + 1] = { o.loc, op, on_hand(o.loc) - take[o.loc] } end
-    end
+    return current[l]
   end
-elseif op == 'received' or op == 'returned' or op == 'adjusted' then
-  plan[1] = { loc, op, on_hand(loc) + qty }
-elseif op == 'sold' then
-  plan[1] = { loc, op, on_hand(loc) - qty }
-elseif op == 'counted' then
-  local current = on_hand(loc)
-  if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= current then
-    return remember(dedup_key, fingerprint, header(at, 'stale', ARGV[4], int(current)), ttl)
-  end
-  plan[1] = { loc, op, qty }
-elseif op == 'transferred' then
-  plan[1] = { loc, 'transferred_out', on_hand(loc) - qty }
-  plan[2] = { ARGV[5], 'transferred_in', on_hand(ARGV[5]) + qty }
-elseif op ~= 'policy_set' and op ~= 'channel_rules' and op ~= 'channel_recompute' then
-  return redis.error_reply('unknown op ' .. op)
-end
-local changed = {}
-for _, step in ipairs(plan) do
-  if math.abs(step[3]) > MAX_LEVEL then return { 'out_of_range', step[1] } end
-end
-for _, step in ipairs(plan) do
-  local l, kind, oh = step[1], step[2], step[3]
-  changed[l] = true
-  local c = read(l)
-  local b = c.b
-  redis.call('HSET', stock_key, 'oh:' .. l, int(oh))
-  -- Only on_hand changed: the levels after follow without reading them back.
-  local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
-  records[#records + 1] = change_record(l, kind, b, a, c.thr)
-end
 
-if op == 'policy_set' then
-  -- Affected locations: the one named, or every known location for a SKU-wide default.
-  local locs = {}
-  if loc ~= '' then
-    locs[1] = loc
-  else
-    for _, field in ipairs(redis.call('HKEYS', stock_key)) do
-      if string.sub(field, 1, 3) == 'oh:' then locs[#locs + 1] = string.sub(field, 4) end
-    end
-    table.sort(locs)
+  local function on_hand(l)
+    return read(l).b.oh
   end
-  local before = {}
-  for i, l in ipairs(locs) do before[i] = levels(stock_key, policy_key, l) end
-  local suffix = ''
-  if loc ~= '' then suffix = ':' .. loc end
-  for name, value in pairs({ thr = ARGV[8], ss = ARGV[9] }) do
-    if value ~= '' then
-      if tonumber(value) < 0 then
-        redis.call('HDEL', policy_key, name .. suffix)
-      else
-        redis.call('HSET', policy_key, name .. suffix, value)
+
+  -- Every change is planned first and range-checked before anything is written: a script that
+  -- fails half-way would leave its first writes in place.
+  local plan = {}
+  if loc == '' and (op == 'sold' or op == 'returned') then
+    if spec.strategy == 'x' or #spec.locs == 0 then return { 'unknown_channel', channel } end
+    if op == 'returned' then
+      -- A return goes back to the channel's first location.
+      plan[1] = { spec.locs[1], op, on_hand(spec.locs[1]) + qty }
+    else
+      -- Taken from the channel's locations in allocation order, as far as each has units
+      -- available; what none covers is taken from the first (the goods did leave).
+      local offered = channel_quantity(stock_key, policy_key, ch, spec)
+      if qty > offered then oversold = qty - offered end
+      local order = allocation_order(stock_key, policy_key, ch, spec)
+      local take, left = {}, qty
+      for _, o in ipairs(order) do
+        local t = math.min(left, math.max(o.av, 0))
+        take[o.loc] = t
+        left = left - t
+      end
+      take[order[1].loc] = take[order[1].loc] + left
+      for _, o in ipairs(order) do
+        if take[o.loc] > 0 then plan[#plan + 1] = { o.loc, op, on_hand(o.loc) - take[o.loc] } end
       end
     end
+  elseif op == 'received' or op == 'returned' or op == 'adjusted' then
+    plan[1] = { loc, op, on_hand(loc) + qty }
+  elseif op == 'sold' then
+    plan[1] = { loc, op, on_hand(loc) - qty }
+  elseif op == 'counted' then
+    local current = on_hand(loc)
+    if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= current then
+      return remember(dedup_key, fingerprint, header(at, 'stale', ARGV[4], int(current)), ttl)
+    end
+    plan[1] = { loc, op, qty }
+  elseif op == 'transferred' then
+    plan[1] = { loc, 'transferred_out', on_hand(loc) - qty }
+    plan[2] = { ARGV[5], 'transferred_in', on_hand(ARGV[5]) + qty }
+  elseif op ~= 'policy_set' and op ~= 'channel_rules' and op ~= 'channel_recompute' then
+    error('unknown op ' .. op)
   end
-  if ARGV[10] ~= '' then redis.call('HSET', policy_key, 'prio', ARGV[10]) end
-  for i, l in ipairs(locs) do
+  local changed = {}
+  for _, step in ipairs(plan) do
+    if math.abs(step[3]) > MAX_LEVEL then return { 'out_of_range', step[1] } end
+  end
+  for _, step in ipairs(plan) do
+    local l, kind, oh = step[1], step[2], step[3]
     changed[l] = true
-    local a = levels(stock_key, policy_key, l)
-    records[#records + 1] = change_record(l, 'policy_set', before[i], a, policy(policy_key, 'thr', l))
+    local c = read(l)
+    local b = c.b
+    redis.call('HSET', stock_key, 'oh:' .. l, int(oh))
+    -- Only on_hand changed: the levels after follow without reading them back.
+    local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
+    records[#records + 1] = change_record(l, kind, b, a, c.thr)
   end
-  if #locs == 0 then
-    -- No stock anywhere yet: one entry records the policy change itself.
+
+  if op == 'policy_set' then
+    -- Affected locations: the one named, or every known location for a SKU-wide default.
+    local locs = {}
+    if loc ~= '' then
+      locs[1] = loc
+    else
+      for _, field in ipairs(redis.call('HKEYS', stock_key)) do
+        if string.sub(field, 1, 3) == 'oh:' then locs[#locs + 1] = string.sub(field, 4) end
+      end
+      table.sort(locs)
+    end
+    local before = {}
+    for i, l in ipairs(locs) do before[i] = levels(stock_key, policy_key, l) end
+    local suffix = ''
+    if loc ~= '' then suffix = ':' .. loc end
+    for name, value in pairs({ thr = ARGV[8], ss = ARGV[9] }) do
+      if value ~= '' then
+        if tonumber(value) < 0 then
+          redis.call('HDEL', policy_key, name .. suffix)
+        else
+          redis.call('HSET', policy_key, name .. suffix, value)
+        end
+      end
+    end
+    if ARGV[10] ~= '' then redis.call('HSET', policy_key, 'prio', ARGV[10]) end
+    for i, l in ipairs(locs) do
+      changed[l] = true
+      local a = levels(stock_key, policy_key, l)
+      records[#records + 1] = change_record(l, 'policy_set', before[i], a, policy(policy_key, 'thr', l))
+    end
+    if #locs == 0 then
+      -- No stock anywhere yet: one entry records the policy change itself.
+      local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
+      records[1] = change_record('', 'policy_set', zero, zero, nil)
+    end
+  end
+
+  if op == 'channel_rules' then
+    -- The override is recorded in the ledger (one entry, no levels), so rebuild restores it.
+    local override = ARGV[4]
+    if override == table.concat({ '', '', '', '', '' }, US) then override = nil end
+    set_state(ch, 'o:' .. channel, override)
     local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
-    records[1] = change_record('', 'policy_set', zero, zero, nil)
+    records[1] = change_record('', 'channel_rules', zero, zero, nil)
+  end
+
+  -- The channel the input named (its sale's oversold count rides on its record), then every
+  -- other channel drawing from a location that changed.
+  if ARGV[13] ~= '1' then
+    if spec ~= nil then
+      local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
+      if record then channel_records[#channel_records + 1] = record end
+    end
+    settle_channels(stock_key, policy_key, ch, changed, channel_records, channel)
+  end
+  for _, record in ipairs(channel_records) do records[#records + 1] = record end
+
+  table.insert(records, 1, header(at, 'applied'))
+  return remember(dedup_key, fingerprint, table.concat(records, RS), ttl)
+end
+
+local replies = {}
+local k, a = 1, 1
+while a <= #ARGV do
+  if ARGV[a] == 'mark' then
+    replies[#replies + 1] = { 'marked', int(mark_published(KEYS[k])) }
+    k, a = k + 1, a + 1
+  else
+    replies[#replies + 1] = apply({ KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] },
+      { unpack(ARGV, a, a + 12) })
+    k, a = k + 4, a + 13
   end
 end
-
-if op == 'channel_rules' then
-  -- The override is recorded in the ledger (one entry, no levels), so rebuild restores it.
-  local override = ARGV[4]
-  if override == table.concat({ '', '', '', '', '' }, US) then override = nil end
-  set_state(ch, 'o:' .. channel, override)
-  local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
-  records[1] = change_record('', 'channel_rules', zero, zero, nil)
-end
-
--- The channel the input named (its sale's oversold count rides on its record), then every
--- other channel drawing from a location that changed.
-if ARGV[13] ~= '1' then
-  if spec ~= nil then
-    local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
-    if record then channel_records[#channel_records + 1] = record end
-  end
-  settle_channels(stock_key, policy_key, ch, changed, channel_records, channel)
-end
-for _, record in ipairs(channel_records) do records[#records + 1] = record end
-
-table.insert(records, 1, header(at, 'applied'))
-return remember(dedup_key, fingerprint, table.concat(records, RS), ttl)
+return replies

@@ -1,11 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod batch;
 pub mod channels;
 pub mod fact;
-mod marks;
 pub mod restore;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream;
 use stockflow_proto::input::fact::Op;
@@ -101,20 +101,18 @@ pub enum Applied {
     UnknownChannel(String),
 }
 
-/// Applies stock facts: one atomic script per event, then the derived events, then the ack.
+/// Applies stock facts: one atomic step per event (many events share one `apply_stock` call),
+/// then the derived events, then the mark (in a later call) and the ack.
 #[derive(Debug, Clone)]
 pub struct StockHandler {
     redis: stockflow_shared::redis_conn::RedisConnection,
     keys: Keys,
     ledger: Ledger,
-    apply: redis::Script,
-    /// `mark_published`, batched across in-flight events.
-    marks: marks::Marks,
+    /// `apply_stock` calls: the applies and marks of all in-flight events, coalesced.
+    batches: batch::Batches,
     dedup_ttl_seconds: u64,
     /// Replicas that must hold a change before its ledger entry is published.
     replicas: Option<Replicas>,
-    /// `stockflow_redis_script_seconds` of `apply_stock`, registered once.
-    apply_seconds: metrics::Histogram,
     /// The sales channels, as the scripts compute with them.
     book: ChannelBook,
     /// The locations a channel may name.
@@ -142,18 +140,16 @@ impl StockHandler {
         dedup_ttl_seconds: u64,
         book: ChannelBook,
     ) -> Self {
-        let marks = marks::Marks::start(
+        let batches = batch::Batches::start(
             redis.clone(),
-            stockflow_shared::script(stockflow_shared::MARK_PUBLISHED),
+            stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
         );
         Self {
             redis,
             ledger: Ledger::new(js),
-            apply: stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
-            marks,
+            batches,
             dedup_ttl_seconds,
             replicas: None,
-            apply_seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
             locations: Locations::new(&keys),
             keys,
             book,
@@ -166,12 +162,12 @@ impl StockHandler {
         self
     }
 
-    /// Runs `apply_stock` for `fact`: the one atomic step of the stock path.
+    /// Runs `apply_stock` for `fact`: the one atomic step of the stock path (in the next batch).
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
         self.apply_keyed(fact, &self.dedup_key(fact)).await
     }
 
-    /// The key of `fact`'s dedup record, built once per event for both scripts.
+    /// The key of `fact`'s dedup record, built once per event for its apply and its mark.
     fn dedup_key(&self, fact: &Fact) -> String {
         self.keys.event(&fact.sku, &fact.meta.event_id)
     }
@@ -229,38 +225,36 @@ impl StockHandler {
         let args = fact.script_args();
         let fingerprint = fact.fingerprint(&args);
         let [quantity, expected, to, threshold, safety, priority] = args;
-        let started = Instant::now();
-        let mut redis = self.redis.clone();
-        let reply: Vec<String> = self
-            .apply
-            .key(dedup_key)
-            .key(self.keys.stock(&fact.sku))
-            .key(self.keys.policy(&fact.sku))
-            .key(self.keys.channels(&fact.sku))
-            .arg(fact.op.name())
-            .arg(&fact.location)
-            .arg(quantity)
-            .arg(expected)
-            .arg(to)
-            .arg(fingerprint)
-            .arg(self.dedup_ttl_seconds)
-            .arg(threshold)
-            .arg(safety)
-            .arg(priority)
-            .arg(&fact.channel)
-            .arg(specs)
-            // An opening balance leaves the channels to the end of its load (`import`).
-            .arg(
+        let item = batch::Item::Apply {
+            keys: [
+                dedup_key.to_owned(),
+                self.keys.stock(&fact.sku),
+                self.keys.policy(&fact.sku),
+                self.keys.channels(&fact.sku),
+            ],
+            args: Box::new([
+                fact.op.name().to_owned(),
+                fact.location.clone(),
+                quantity,
+                expected,
+                to,
+                fingerprint,
+                self.dedup_ttl_seconds.to_string(),
+                threshold,
+                safety,
+                priority,
+                fact.channel.clone(),
+                specs,
+                // An opening balance leaves the channels to the end of its load (`import`).
                 if stockflow_shared::ledger::is_opening_balance(&fact.meta) {
                     "1"
                 } else {
                     ""
-                },
-            )
-            .invoke_async(&mut redis)
-            .await
-            .map_err(HandleError::redis)?;
-        self.apply_seconds.record(started.elapsed().as_secs_f64());
+                }
+                .to_owned(),
+            ]),
+        };
+        let reply = self.batches.run(item).await.map_err(HandleError::redis)?;
         // A reply the script cannot give is a bug: bounded retries, then a dead letter.
         let parse = |text: &str| {
             outcome::Outcome::parse(text).map_err(|e| HandleError::Unexpected {
@@ -325,11 +319,19 @@ impl StockHandler {
             .await
             .map_err(HandleError::nats)?;
         // Before the ack: a later duplicate must find the mark, even past JetStream's window.
-        self.marks
-            .mark(dedup_key.to_owned())
+        // It rides in the next `apply_stock` call with other events' applies.
+        match self
+            .batches
+            .run(batch::Item::Mark(dedup_key.to_owned()))
             .await
-            .map_err(HandleError::redis)?;
-        Ok(())
+            .map_err(HandleError::redis)?
+            .as_slice()
+        {
+            [marked, _] if marked == "marked" => Ok(()),
+            other => Err(HandleError::Unexpected {
+                reason: format!("apply_stock answered a mark with {other:?}"),
+            }),
+        }
     }
 }
 
