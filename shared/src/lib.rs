@@ -25,9 +25,6 @@ pub mod worker;
 /// Helpers prepended to every Lua script (key layout, outcome encoding, alert crossings).
 pub const LUA_PRELUDE: &str = include_str!("lua/prelude.lua");
 
-/// `mark_published`: records that an event's derived events are stored (see the file header).
-pub const MARK_PUBLISHED: &str = include_str!("lua/mark_published.lua");
-
 /// A script made of the shared prelude and `body`, loaded once and run by SHA (`EVALSHA`, with a
 /// fallback to `EVAL` after a Redis restart).
 pub fn script(body: &str) -> redis::Script {
