@@ -588,12 +588,16 @@ impl RedisServer {
         settings
     }
 
-    /// A plain connection for assertions, as the `default` user.
+    /// A plain connection for assertions, as the `default` user. Its timeouts are generous: the
+    /// client's defaults (about a second) are shorter than a connect can take on 2 busy cores.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let patient = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(20)))
+            .set_response_timeout(Some(Duration::from_secs(20)));
         self.admin_settings()
             .client()
             .expect("redis client")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&patient)
             .await
             .expect("connect to test redis")
     }
