@@ -3,8 +3,8 @@
 mod admin;
 pub mod auth;
 mod channels;
-mod console;
 mod connectors;
+mod console;
 pub mod error;
 mod feed;
 pub mod input;

@@ -6,9 +6,9 @@
 -- KEYS  every item's keys, item after item
 -- ARGV  per item: its number of keys, its number of arguments, then its arguments
 --
--- Returns one reply per item, in order: the step's reply, or an error reply when the step raised
--- an error (what it wrote before the error stays, as it would for a call of its own; the items
--- around it are not affected). Every key of a call must share one slot on Redis Cluster: the
+-- Returns one reply per item, in order: the step's reply, or {'__step_error', message} when the
+-- step raised an error (what it wrote before the error stays, as it would for a call of its own;
+-- the items around it are not affected). Every key of a call must share one slot on Redis Cluster: the
 -- worker groups the items by slot there (src/batch.rs).
 
 local replies, k, a = {}, 1, 1
@@ -20,11 +20,9 @@ while a <= #ARGV do
   k, a = k + nk, a + 2 + na
   local ok, reply = pcall(step, keys, args)
   if not ok then
-    if type(reply) == 'table' and reply.err then
-      reply = redis.error_reply(reply.err)
-    else
-      reply = redis.error_reply(tostring(reply))
-    end
+    -- A plain array, not an error reply: the client fails a whole call that holds one.
+    if type(reply) == 'table' and reply.err then reply = reply.err end
+    reply = { '__step_error', tostring(reply) }
   end
   replies[#replies + 1] = reply
 end

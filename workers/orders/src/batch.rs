@@ -117,6 +117,9 @@ pub(crate) enum CallError {
 
 type Answer = Result<Vec<String>, CallError>;
 
+/// The first field of an item's reply when its step raised an error (`lua/batch.lua`).
+const STEP_ERROR: &str = "__step_error";
+
 /// Handle to the worker's coalesced script calls; cloning shares it.
 #[derive(Debug, Clone)]
 pub(crate) struct Calls {
@@ -141,7 +144,13 @@ impl Calls {
             .await
             .map_err(CallError::from)
             .and_then(|answer| answer)
-            .map_err(HandleError::redis)?;
+            .map_err(|e| match e {
+                // A script that raises is a bug: bounded retries, then a dead letter.
+                CallError::Step(reason) => HandleError::Unexpected {
+                    reason: format!("an order script failed: {reason}"),
+                },
+                other => HandleError::redis(other),
+            })?;
         Ok(R::decode(reply)?)
     }
 }
@@ -183,10 +192,17 @@ async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) 
             let answers: Vec<Answer> = match replies {
                 Ok(replies) if replies.len() == members.len() => replies
                     .into_iter()
-                    .map(|reply| {
-                        redis::from_redis_value::<Vec<String>>(reply)
-                            .map_err(|e| CallError::Step(e.to_string()))
-                    })
+                    .map(
+                        |reply| match redis::from_redis_value::<Vec<String>>(reply) {
+                            Ok(fields)
+                                if fields.first().map(String::as_str) == Some(STEP_ERROR) =>
+                            {
+                                Err(CallError::Step(fields.get(1).cloned().unwrap_or_default()))
+                            }
+                            Ok(fields) => Ok(fields),
+                            Err(e) => Err(CallError::Step(e.to_string())),
+                        },
+                    )
                     .collect(),
                 Ok(replies) => {
                     let reason =
