@@ -11,8 +11,10 @@
 //! A call that fails for the connection (Redis down, a timeout, a failover) fails every item in
 //! it with the same error: they are NAKed and redelivered, and what the call did (if it ran)
 //! is found by the dedup records. A call the server refuses for one item (a script error) would
-//! otherwise fail its batch-mates with it, so its items are then sent again one by one: each
-//! gets the answer it would have had alone.
+//! otherwise fail its batch-mates with it, so its items are then sent again one by one. A script
+//! error does not undo what the call wrote before it: an item the failed call had applied finds
+//! its dedup record now and answers as a duplicate not yet published, so its derived messages are
+//! still published (from the stored outcome) before its ack.
 
 use std::{collections::HashMap, sync::Arc};
 
