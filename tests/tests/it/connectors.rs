@@ -483,3 +483,61 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }
+
+/// The AVAILABILITY messages the shop's consumer has not handed out yet.
+async fn undelivered(chain: &Chain, durable: &str) -> u64 {
+    let stream = chain
+        .world
+        .js
+        .get_stream(subjects::AVAILABILITY)
+        .await
+        .expect("stream");
+    let info = stream.consumer_info(durable).await.expect("consumer info");
+    info.num_pending
+}
+
+#[tokio::test]
+async fn a_sku_changing_again_while_its_push_is_in_flight_books_no_edit_and_ends_newest() {
+    let chain = Chain::start().await;
+    let connector = chain.connector();
+    for (sku, _, _, units) in ITEMS {
+        chain.wait_shopify(sku, units).await;
+    }
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    // The first change's push is held in flight; the second change is handled meanwhile.
+    chain.shopify.hold(true);
+    chain
+        .world
+        .publish(&event("h1", "MUG", "store-1", sold(1)))
+        .await;
+    eventually("the first push is in flight", DEADLINE, || async {
+        (chain.shopify.state().held >= 1).then_some(())
+    })
+    .await;
+    chain
+        .world
+        .publish(&event("h2", "MUG", "store-1", sold(1)))
+        .await;
+    chain.world.wait_availability("web", "MUG", 4).await;
+    eventually("the second change is handed out", DEADLINE, || async {
+        (undelivered(&chain, "connector-acme").await == 0).then_some(())
+    })
+    .await;
+    chain.shopify.hold(false);
+    chain.wait_shopify("MUG", 4).await;
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    chain.world.wait_stock_idle().await;
+    // The second push compared against what the first one set: no stale compare, and nothing
+    // booked as a merchant's edit (on-hand is the 6 received less the 2 sold).
+    assert_eq!(chain.shopify.state().stale, 0, "no stale compare");
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 4);
+    assert_eq!(chain.shopify.quantity(ITEMS[1].1, LOCATION), Some(4));
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}

@@ -37,8 +37,15 @@ pub use stockflow_proto::subjects::HEADER_CONNECTOR_DL_SHOP as HEADER_DL_SHOP;
 /// What the pusher answers for one item.
 #[derive(Debug)]
 enum Answer {
-    /// The call ran: this item's outcome.
-    Done(ItemOutcome),
+    /// The call ran: this item's outcome, and the quantity it was compared against.
+    Done {
+        /// How the item ended.
+        outcome: ItemOutcome,
+        /// The compare value the call carried (filled just before the call).
+        expected: i64,
+    },
+    /// The platform is known to hold the quantity already: nothing was sent.
+    Unchanged,
     /// A newer quantity of the same SKU was in the same batch and went instead.
     Superseded,
     /// The call did not run.
@@ -210,15 +217,10 @@ impl Pusher {
                     }
                 }
             }
-            let mut batch = Vec::with_capacity(newest.len());
-            let mut replies = Vec::with_capacity(newest.len());
-            let (mut first_seq, mut last_seq) = (u64::MAX, 0);
+            let mut kept = Vec::with_capacity(newest.len());
             for (i, job) in jobs.into_iter().enumerate() {
                 if newest.get(&job.push.sku) == Some(&i) {
-                    first_seq = first_seq.min(job.sequence);
-                    last_seq = last_seq.max(job.sequence);
-                    batch.push(job.push);
-                    replies.push(job.reply);
+                    kept.push(job);
                 } else {
                     let _ = job.reply.send(Answer::Superseded);
                 }
@@ -227,6 +229,30 @@ impl Pusher {
                 () = shutdown.cancelled() => return,
                 () = self.state.paced() => {}
             }
+            // The compare value is what the platform holds now, not what it held when the
+            // handler queued the job: an earlier call for the same SKU may have set it since
+            // (or an order on the platform moved it).
+            let compares = self.state.platform.compares();
+            let mut batch = Vec::with_capacity(kept.len());
+            let mut replies = Vec::with_capacity(kept.len());
+            let mut sequences = Vec::with_capacity(kept.len());
+            for mut job in kept {
+                if let Some(known) = self.state.known(&job.push.sku) {
+                    job.push.expected = known;
+                }
+                if compares && job.push.expected == job.push.quantity {
+                    let _ = job.reply.send(Answer::Unchanged);
+                    continue;
+                }
+                sequences.push(job.sequence);
+                batch.push(job.push);
+                replies.push(job.reply);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let first_seq = sequences.iter().copied().min().unwrap_or_default();
+            let last_seq = sequences.iter().copied().max().unwrap_or_default();
             let key = idempotency_key(&shop, &batch);
             let reference = format!(
                 "stockflow://connector/{shop}/availability/{}/{first_seq}-{last_seq}",
@@ -247,7 +273,10 @@ impl Pusher {
                             set += 1;
                             self.state.set_known(&push.sku, push.quantity);
                         }
-                        let _ = reply.send(Answer::Done(outcome));
+                        let _ = reply.send(Answer::Done {
+                            outcome,
+                            expected: push.expected,
+                        });
                     }
                     metrics::counter!("stockflow_connector_quantities_pushed_total", "shop" => shop.clone())
                         .increment(set);
@@ -571,7 +600,10 @@ impl Handler for Feed {
             delay: self.policy.backoff_floor,
         })?;
         match answer {
-            Answer::Done(ItemOutcome::Set) => {
+            Answer::Done {
+                outcome: ItemOutcome::Set,
+                ..
+            } => {
                 let lag_ms = unix_ms(self.clock.now())
                     .saturating_sub(change.changed_at_ms)
                     .max(0);
@@ -579,12 +611,18 @@ impl Handler for Feed {
                     .record(lag_ms as f64 / 1000.0);
                 Ok(Self::handled(Outcome::Applied))
             }
-            Answer::Superseded => Ok(Self::handled(Outcome::Duplicate)),
-            Answer::Done(ItemOutcome::NotApplied) => Err(HandleError::RetryIn {
+            Answer::Superseded | Answer::Unchanged => Ok(Self::handled(Outcome::Duplicate)),
+            Answer::Done {
+                outcome: ItemOutcome::NotApplied,
+                ..
+            } => Err(HandleError::RetryIn {
                 reason: format!("shop {}: another item of the call was refused", shop.id),
                 delay: self.policy.backoff_floor,
             }),
-            Answer::Done(ItemOutcome::Stale) => {
+            Answer::Done {
+                outcome: ItemOutcome::Stale,
+                expected,
+            } => {
                 metrics::counter!("stockflow_connector_stale_compares_total", "shop" => shop.id.clone())
                     .increment(1);
                 let actual = match self.state.read(&item).await {
@@ -597,6 +635,7 @@ impl Handler for Feed {
                     }
                     Err(e) => return self.failed(delivery, &e.to_string(), stored).await,
                 };
+                let push = Push { expected, ..push };
                 self.book_difference(&push, sequence, actual).await?;
                 self.state.set_known(&change.sku, actual);
                 // Pushed again (the booked difference also brings a newer quantity).
@@ -605,7 +644,10 @@ impl Handler for Feed {
                     delay: self.policy.backoff_floor,
                 })
             }
-            Answer::Done(ItemOutcome::Refused(reason)) => self.dead_letter(delivery, &reason).await,
+            Answer::Done {
+                outcome: ItemOutcome::Refused(reason),
+                ..
+            } => self.dead_letter(delivery, &reason).await,
             Answer::Failed(PlatformError::Throttled { retry_after }) => Err(HandleError::RetryIn {
                 reason: format!("shop {}: throttled", shop.id),
                 delay: retry_after,
