@@ -541,3 +541,53 @@ async fn a_sku_changing_again_while_its_push_is_in_flight_books_no_edit_and_ends
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
+    let mut chain = Chain::start().await;
+    let connector = chain.connector();
+    for (sku, _, _, units) in ITEMS {
+        chain.wait_shopify(sku, units).await;
+    }
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    // With the stock worker stopped, a Shopify order (Shopify takes the unit itself) and a
+    // sale at the till wait together: the order's availability change is superseded by the
+    // till's before the connector sees it.
+    let stopped = RunningWorker::spawn(|shutdown| async move {
+        shutdown.await;
+        Ok(())
+    });
+    std::mem::replace(&mut chain.stock, stopped).shutdown().await;
+    chain.shopify.edit(ITEMS[1].1, LOCATION, 5);
+    let order = serde_json::json!({"id": 6_001_u64, "name": "#2001", "line_items": [
+        {"id": 88_001_u64, "sku": "MUG", "quantity": 1, "variant_id": 9}]});
+    assert_eq!(
+        chain
+            .shopify_order("orders/create", "w-s1", &order, SHOPIFY_SECRET)
+            .await,
+        200
+    );
+    chain
+        .world
+        .publish(&event("pos-s1", "MUG", "store-1", sold(1)))
+        .await;
+    chain.stock = chain.world.stock_worker();
+    chain.world.wait_on_hand("MUG", "store-1", 4).await;
+    chain.world.wait_availability("web", "MUG", 4).await;
+    chain.wait_shopify("MUG", 4).await;
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    chain.world.wait_stock_idle().await;
+    // The push compared against 5 (the order moved what the connector knew): the sale is not
+    // taken for a merchant's edit and counted a second time.
+    assert_eq!(chain.shopify.state().stale, 0, "no stale compare");
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 4);
+    assert_eq!(chain.shopify.quantity(ITEMS[1].1, LOCATION), Some(4));
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}

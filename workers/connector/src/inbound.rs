@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     facts::{self, PublishError},
-    platform::Rejected,
+    platform::{FactKind, Rejected},
     ShopHandle,
 };
 
@@ -122,6 +122,14 @@ async fn receive(
             Ok(Ok(duplicate)) => {
                 stored += 1;
                 duplicates += usize::from(duplicate);
+                if !duplicate {
+                    // The platform moved its own quantity for this line already.
+                    let delta = match fact.kind {
+                        FactKind::Sold => -fact.quantity,
+                        FactKind::Returned => fact.quantity,
+                    };
+                    shop.state.platform_moved(&fact.sku, delta);
+                }
             }
             Ok(Err(PublishError::Invalid(reason))) => {
                 count(&shop_id, "malformed");

@@ -68,6 +68,8 @@ pub struct ShopHandle {
     pub shop: Shop,
     /// Its platform.
     pub platform: Arc<dyn Platform>,
+    /// What its pusher knows the platform holds (the shop's own orders move it).
+    pub state: Arc<ShopState>,
 }
 
 /// The connector's settings.
@@ -203,7 +205,7 @@ pub async fn run(
         // A push may wait for the platform's budget: pull only what can go out soon.
         consumer.settings.pull = Pull::WithinWindow;
         let feed = Feed::new(
-            state,
+            state.clone(),
             queue,
             runtime.js.clone(),
             settings.retry.clone(),
@@ -228,6 +230,7 @@ pub async fn run(
             Arc::new(ShopHandle {
                 shop: shop.clone(),
                 platform,
+                state,
             }),
         );
     }

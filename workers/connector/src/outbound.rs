@@ -134,6 +134,20 @@ impl ShopState {
             .insert(sku.to_owned(), quantity);
     }
 
+    /// The platform moved `sku` by `delta` itself (one of the shop's own orders or restocked
+    /// returns, stored for the first time): what it is known to hold moves with it, so the
+    /// availability change the order causes compares against the right quantity.
+    pub fn platform_moved(&self, sku: &str, delta: i64) {
+        if let Some(known) = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(sku)
+        {
+            *known += delta;
+        }
+    }
+
     fn label(&self) -> String {
         self.shop.id.clone()
     }
@@ -551,9 +565,12 @@ impl Handler for Feed {
         }
         let quantity = change.available_to_sell;
         let own = format!("{}:{}:", self.state.platform.kind().as_str(), shop.id);
-        if change.cause_event_id.starts_with(&own) {
-            // This shop's own order moved it: the platform counted it already.
-            self.state.set_known(&change.sku, quantity);
+        if change.cause_event_id.starts_with(&own) && self.state.known(&change.sku) == Some(quantity)
+        {
+            // This shop's own order moved it, and the platform counted it already (the intake
+            // moved the known quantity when it stored the order): nothing to send. Otherwise (a
+            // channel whose rules are not 1:1, a newer change in between) it is pushed like any
+            // other change.
             return Ok(Self::handled(Outcome::Duplicate));
         }
         let expected = match self.state.known(&change.sku) {
@@ -635,6 +652,9 @@ impl Handler for Feed {
                     }
                     Err(e) => return self.failed(delivery, &e.to_string(), stored).await,
                 };
+                // Compared against what the connector knows now: a sale on the platform the
+                // intake stored since the call moved that too, and is not an edit.
+                let expected = self.state.known(&change.sku).unwrap_or(expected);
                 let push = Push { expected, ..push };
                 self.book_difference(&push, sequence, actual).await?;
                 self.state.set_known(&change.sku, actual);
