@@ -267,7 +267,7 @@ impl Pusher {
             }
             let first_seq = sequences.iter().copied().min().unwrap_or_default();
             let last_seq = sequences.iter().copied().max().unwrap_or_default();
-            let key = idempotency_key(&shop, &batch);
+            let key = idempotency_key(&shop, &batch, &sequences);
             let reference = format!(
                 "stockflow://connector/{shop}/availability/{}/{first_seq}-{last_seq}",
                 self.state.shop.channel
@@ -332,12 +332,20 @@ fn reachable(shop: &str, up: bool) {
     }
 }
 
-/// The same key for the same call: a call retried after a lost answer is applied once.
-fn idempotency_key(shop: &str, batch: &[Push]) -> String {
+/// The same key for the same call: a call retried after a lost answer is applied once. The
+/// `AVAILABILITY` sequences of the batch's messages are part of it, so a later change back to an
+/// earlier quantity (5→3, 3→5, 5→3) is a new call, not an answer the platform kept.
+fn idempotency_key(shop: &str, batch: &[Push], sequences: &[u64]) -> String {
     let mut hash = Sha256::new();
     hash.update(shop.as_bytes());
-    for push in batch {
-        hash.update(format!("\n{}\t{}\t{}", push.sku, push.quantity, push.expected).as_bytes());
+    for (push, sequence) in batch.iter().zip(sequences) {
+        hash.update(
+            format!(
+                "\n{}\t{}\t{}\t{sequence}",
+                push.sku, push.quantity, push.expected
+            )
+            .as_bytes(),
+        );
     }
     let digest = hash.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -714,16 +722,21 @@ mod tests {
             expected: 3,
         };
         assert_eq!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("s", &[push(1)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(1)], &[7])
         );
         assert_ne!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("s", &[push(2)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(2)], &[7])
         );
         assert_ne!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("t", &[push(1)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("t", &[push(1)], &[7])
+        );
+        // The same quantity and compare again, from a later change: a new call.
+        assert_ne!(
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(1)], &[9])
         );
     }
 }
