@@ -591,3 +591,24 @@ async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_order_line_the_contract_refuses_is_skipped_and_the_others_are_stored() {
+    let chain = Chain::start().await;
+    let connector = chain.connector();
+    let order = serde_json::json!({"id": 7_001_u64, "name": "#3001", "line_items": [
+        {"id": 99_001_u64, "sku": "MUG", "quantity": 2_000_000_000_i64, "variant_id": 9},
+        {"id": 99_002_u64, "sku": "CAP", "quantity": 1, "variant_id": 9}]});
+    assert_eq!(
+        chain
+            .shopify_order("orders/create", "w-i1", &order, SHOPIFY_SECRET)
+            .await,
+        200,
+        "answered 200, so Shopify does not retry it until it drops the subscription"
+    );
+    chain.world.wait_on_hand("CAP", "store-1", 3).await;
+    chain.world.wait_stock_idle().await;
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 6);
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}
