@@ -76,7 +76,7 @@ impl WooCommerce {
         response
             .json()
             .await
-            .map_err(|e| PlatformError::Unavailable(format!("unreadable answer: {e}")))
+            .map_err(|e| PlatformError::Unavailable(format!("unreadable answer: {}", e.without_url())))
     }
 
     fn url(&self, path: &str) -> Result<reqwest::Url, PlatformError> {
