@@ -560,7 +560,9 @@ async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
         shutdown.await;
         Ok(())
     });
-    std::mem::replace(&mut chain.stock, stopped).shutdown().await;
+    std::mem::replace(&mut chain.stock, stopped)
+        .shutdown()
+        .await;
     chain.shopify.edit(ITEMS[1].1, LOCATION, 5);
     let order = serde_json::json!({"id": 6_001_u64, "name": "#2001", "line_items": [
         {"id": 88_001_u64, "sku": "MUG", "quantity": 1, "variant_id": 9}]});

@@ -573,7 +573,8 @@ impl Handler for Feed {
         }
         let quantity = change.available_to_sell;
         let own = format!("{}:{}:", self.state.platform.kind().as_str(), shop.id);
-        if change.cause_event_id.starts_with(&own) && self.state.known(&change.sku) == Some(quantity)
+        if change.cause_event_id.starts_with(&own)
+            && self.state.known(&change.sku) == Some(quantity)
         {
             // This shop's own order moved it, and the platform counted it already (the intake
             // moved the known quantity when it stored the order): nothing to send. Otherwise (a
