@@ -542,6 +542,26 @@ async fn a_sku_changing_again_while_its_push_is_in_flight_books_no_edit_and_ends
     chain.stock.shutdown().await;
 }
 
+/// Pauses (or resumes) a durable consumer on `AVAILABILITY` (JetStream's consumer pause): it
+/// delivers nothing while paused.
+async fn pause(chain: &Chain, durable: &str, on: bool) {
+    let body = if on {
+        serde_json::json!({"pause_until": "2999-01-01T00:00:00Z"})
+    } else {
+        serde_json::json!({})
+    };
+    let answer: serde_json::Value = chain
+        .world
+        .js
+        .request(
+            format!("CONSUMER.PAUSE.{}.{durable}", subjects::AVAILABILITY),
+            &body,
+        )
+        .await
+        .expect("pause request");
+    assert_eq!(answer["paused"], on, "{answer}");
+}
+
 #[tokio::test]
 async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
     let mut chain = Chain::start().await;
@@ -553,9 +573,10 @@ async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
         .world
         .wait_idle(subjects::AVAILABILITY, "connector-acme")
         .await;
-    // With the stock worker stopped, a Shopify order (Shopify takes the unit itself) and a
-    // sale at the till wait together: the order's availability change is superseded by the
-    // till's before the connector sees it.
+    // A Shopify order (Shopify takes the unit itself), then a sale at the till, while the shop's
+    // consumer is paused: the order's availability change is superseded by the till's before
+    // the connector sees it.
+    pause(&chain, "connector-acme", true).await;
     let stopped = RunningWorker::spawn(|shutdown| async move {
         shutdown.await;
         Ok(())
@@ -579,6 +600,7 @@ async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
     chain.stock = chain.world.stock_worker();
     chain.world.wait_on_hand("MUG", "store-1", 4).await;
     chain.world.wait_availability("web", "MUG", 4).await;
+    pause(&chain, "connector-acme", false).await;
     chain.wait_shopify("MUG", 4).await;
     chain
         .world
