@@ -14,6 +14,7 @@ pub mod outcome;
 pub mod redis_conn;
 pub mod replay;
 pub mod replication;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;

@@ -2,7 +2,8 @@
 //! connector's tests: a Shopify shop (GraphQL Admin API `inventorySetQuantities` with
 //! compare-and-set, `@idempotent` keys and a cost budget that throttles; the `inventoryItem` read)
 //! and a WooCommerce shop (REST v3 product batch endpoint with basic auth). Both can go down and
-//! come back, and count what they were asked.
+//! come back, and count what they were asked; the Shopify one can also hold its pushes (a slow
+//! call in flight) until released.
 
 use std::{
     collections::HashMap,
@@ -87,6 +88,8 @@ pub struct ShopifyState {
     pub down: bool,
     /// Answer the next this many calls with HTTP 429.
     pub answer_429: u64,
+    /// `inventorySetQuantities` calls that waited for [`FakeShopify::hold`] to be lifted.
+    pub held: u64,
     bucket: f64,
     refilled: Instant,
     /// Bucket size, points.
@@ -105,6 +108,8 @@ pub struct FakeShopify {
     /// The access token it accepts.
     pub token: String,
     state: Arc<Mutex<ShopifyState>>,
+    /// Whether pushes wait before they are answered (see [`FakeShopify::hold`]).
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FakeShopify {
@@ -130,6 +135,7 @@ impl FakeShopify {
             refused_while_down: 0,
             down: false,
             answer_429: 0,
+            held: 0,
             bucket: maximum,
             refilled: Instant::now(),
             maximum,
@@ -140,6 +146,7 @@ impl FakeShopify {
             url: String::new(),
             token: token.to_owned(),
             state,
+            hold: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let app = Router::new()
             .route("/admin/api/{version}/graphql.json", post(graphql))
@@ -164,12 +171,22 @@ impl FakeShopify {
             .copied()
     }
 
+    /// While `on`, every `inventorySetQuantities` call waits (counted in `held`) before it is
+    /// looked at: a call in flight for as long as the test needs.
+    pub fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+
     /// Sets (item, location) as a merchant editing it in the Shopify admin (or an order) would.
     pub fn edit(&self, item: &str, location: &str, available: i64) {
         self.state()
             .quantities
             .insert((item.to_owned(), location.to_owned()), available);
     }
+}
+
+fn body_has(body: &[u8], needle: &str) -> bool {
+    body.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 fn throttle_status(state: &ShopifyState) -> Value {
@@ -184,6 +201,12 @@ async fn graphql(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
+    let mut hold = fake.hold.subscribe();
+    if *hold.borrow_and_update() && body_has(&body, "inventorySetQuantities") {
+        fake.state().held += 1;
+        // The sender lives as long as `fake`: the wait ends when the hold is lifted.
+        let _ = hold.wait_for(|on| !*on).await;
+    }
     let mut state = fake.state();
     if state.down {
         state.refused_while_down += 1;

@@ -483,3 +483,156 @@ async fn a_shop_that_is_down_delays_only_itself_and_gets_one_push_per_changed_it
     connector.shutdown().await;
     chain.stock.shutdown().await;
 }
+
+/// The AVAILABILITY messages the shop's consumer has not handed out yet.
+async fn undelivered(chain: &Chain, durable: &str) -> u64 {
+    let stream = chain
+        .world
+        .js
+        .get_stream(subjects::AVAILABILITY)
+        .await
+        .expect("stream");
+    let info = stream.consumer_info(durable).await.expect("consumer info");
+    info.num_pending
+}
+
+#[tokio::test]
+async fn a_sku_changing_again_while_its_push_is_in_flight_books_no_edit_and_ends_newest() {
+    let chain = Chain::start().await;
+    let connector = chain.connector();
+    for (sku, _, _, units) in ITEMS {
+        chain.wait_shopify(sku, units).await;
+    }
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    // The first change's push is held in flight; the second change is handled meanwhile.
+    chain.shopify.hold(true);
+    chain
+        .world
+        .publish(&event("h1", "MUG", "store-1", sold(1)))
+        .await;
+    eventually("the first push is in flight", DEADLINE, || async {
+        (chain.shopify.state().held >= 1).then_some(())
+    })
+    .await;
+    chain
+        .world
+        .publish(&event("h2", "MUG", "store-1", sold(1)))
+        .await;
+    chain.world.wait_availability("web", "MUG", 4).await;
+    eventually("the second change is handed out", DEADLINE, || async {
+        (undelivered(&chain, "connector-acme").await == 0).then_some(())
+    })
+    .await;
+    chain.shopify.hold(false);
+    chain.wait_shopify("MUG", 4).await;
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    chain.world.wait_stock_idle().await;
+    // The second push compared against what the first one set: no stale compare, and nothing
+    // booked as a merchant's edit (on-hand is the 6 received less the 2 sold).
+    assert_eq!(chain.shopify.state().stale, 0, "no stale compare");
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 4);
+    assert_eq!(chain.shopify.quantity(ITEMS[1].1, LOCATION), Some(4));
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}
+
+/// Pauses (or resumes) a durable consumer on `AVAILABILITY` (JetStream's consumer pause): it
+/// delivers nothing while paused.
+async fn pause(chain: &Chain, durable: &str, on: bool) {
+    let body = if on {
+        serde_json::json!({"pause_until": "2999-01-01T00:00:00Z"})
+    } else {
+        serde_json::json!({})
+    };
+    let answer: serde_json::Value = chain
+        .world
+        .js
+        .request(
+            format!("CONSUMER.PAUSE.{}.{durable}", subjects::AVAILABILITY),
+            &body,
+        )
+        .await
+        .expect("pause request");
+    assert_eq!(answer["paused"], on, "{answer}");
+}
+
+#[tokio::test]
+async fn a_shop_order_superseded_by_a_newer_change_is_counted_once() {
+    let mut chain = Chain::start().await;
+    let connector = chain.connector();
+    for (sku, _, _, units) in ITEMS {
+        chain.wait_shopify(sku, units).await;
+    }
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    // A Shopify order (Shopify takes the unit itself), then a sale at the till, while the shop's
+    // consumer is paused: the order's availability change is superseded by the till's before
+    // the connector sees it.
+    pause(&chain, "connector-acme", true).await;
+    let stopped = RunningWorker::spawn(|shutdown| async move {
+        shutdown.await;
+        Ok(())
+    });
+    std::mem::replace(&mut chain.stock, stopped)
+        .shutdown()
+        .await;
+    chain.shopify.edit(ITEMS[1].1, LOCATION, 5);
+    let order = serde_json::json!({"id": 6_001_u64, "name": "#2001", "line_items": [
+        {"id": 88_001_u64, "sku": "MUG", "quantity": 1, "variant_id": 9}]});
+    assert_eq!(
+        chain
+            .shopify_order("orders/create", "w-s1", &order, SHOPIFY_SECRET)
+            .await,
+        200
+    );
+    chain
+        .world
+        .publish(&event("pos-s1", "MUG", "store-1", sold(1)))
+        .await;
+    chain.stock = chain.world.stock_worker();
+    chain.world.wait_on_hand("MUG", "store-1", 4).await;
+    chain.world.wait_availability("web", "MUG", 4).await;
+    pause(&chain, "connector-acme", false).await;
+    chain.wait_shopify("MUG", 4).await;
+    chain
+        .world
+        .wait_idle(subjects::AVAILABILITY, "connector-acme")
+        .await;
+    chain.world.wait_stock_idle().await;
+    // The push compared against 5 (the order moved what the connector knew): the sale is not
+    // taken for a merchant's edit and counted a second time.
+    assert_eq!(chain.shopify.state().stale, 0, "no stale compare");
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 4);
+    assert_eq!(chain.shopify.quantity(ITEMS[1].1, LOCATION), Some(4));
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_order_line_the_contract_refuses_is_skipped_and_the_others_are_stored() {
+    let chain = Chain::start().await;
+    let connector = chain.connector();
+    let order = serde_json::json!({"id": 7_001_u64, "name": "#3001", "line_items": [
+        {"id": 99_001_u64, "sku": "MUG", "quantity": 2_000_000_000_i64, "variant_id": 9},
+        {"id": 99_002_u64, "sku": "CAP", "quantity": 1, "variant_id": 9}]});
+    assert_eq!(
+        chain
+            .shopify_order("orders/create", "w-i1", &order, SHOPIFY_SECRET)
+            .await,
+        200,
+        "answered 200, so Shopify does not retry it until it drops the subscription"
+    );
+    chain.world.wait_on_hand("CAP", "store-1", 3).await;
+    chain.world.wait_stock_idle().await;
+    assert_eq!(chain.world.on_hand_reserved("MUG", "store-1").await.0, 6);
+    connector.shutdown().await;
+    chain.stock.shutdown().await;
+}

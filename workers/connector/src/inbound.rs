@@ -1,7 +1,7 @@
 //! The webhook intake: `POST /webhooks/<platform>/<shop>`. The signature is checked over the raw
 //! body (401 and a counter on a mismatch; the body is never logged), the webhook is translated
 //! into channel sales and returns, and the answer is 200 once JetStream stored every one of them
-//! (503 otherwise, and the platform retries). Their event ids derive from the platform's order,
+//! (503 otherwise, and the platform retries); a line the contract refuses is skipped and counted. Their event ids derive from the platform's order,
 //! line and refund ids, so a retried or re-sent webhook stores nothing twice.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     facts::{self, PublishError},
-    platform::Rejected,
+    platform::{FactKind, Rejected},
     ShopHandle,
 };
 
@@ -111,6 +111,7 @@ async fn receive(
     let source = platform.kind().as_str();
     let mut stored = 0;
     let mut duplicates = 0;
+    let mut invalid = 0;
     for fact in &facts {
         if shop.shop.item(&fact.sku).is_none() {
             count(&shop_id, "unmapped_line");
@@ -122,11 +123,22 @@ async fn receive(
             Ok(Ok(duplicate)) => {
                 stored += 1;
                 duplicates += usize::from(duplicate);
+                if !duplicate {
+                    // The platform moved its own quantity for this line already.
+                    let delta = match fact.kind {
+                        FactKind::Sold => -fact.quantity,
+                        FactKind::Returned => fact.quantity,
+                    };
+                    shop.state.platform_moved(&fact.sku, delta);
+                }
             }
             Ok(Err(PublishError::Invalid(reason))) => {
+                // Skipped like an unmapped line: refusing the webhook would leave the lines
+                // after it unstored, and the platform would retry it until it drops the
+                // subscription.
                 count(&shop_id, "malformed");
-                tracing::warn!(shop = %shop_id, event_id = %fact.event_id, %reason, "order line refused by the contract");
-                return answer(StatusCode::BAD_REQUEST, json!({"error": reason}));
+                invalid += 1;
+                tracing::warn!(shop = %shop_id, sku = %fact.sku, event_id = %fact.event_id, %reason, "order line refused by the contract: skipped");
             }
             Ok(Err(e @ PublishError::Unavailable(_))) => {
                 count(&shop_id, "unavailable");
@@ -146,9 +158,9 @@ async fn receive(
         }
     }
     count(&shop_id, "accepted");
-    tracing::debug!(shop = %shop_id, %delivery, stored, duplicates, "webhook accepted");
+    tracing::debug!(shop = %shop_id, %delivery, stored, duplicates, invalid, "webhook accepted");
     answer(
         StatusCode::OK,
-        json!({"stored": stored, "duplicates": duplicates}),
+        json!({"stored": stored, "duplicates": duplicates, "invalid": invalid}),
     )
 }

@@ -9,13 +9,7 @@ pub mod shops;
 pub mod status;
 pub mod woocommerce;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use stockflow_shared::{
@@ -26,40 +20,13 @@ use stockflow_shared::{
     worker::{Service, WorkerSettings},
 };
 
-pub use notify_worker::deliver::RetryPolicy;
+pub use stockflow_shared::retry::{Clock, RetryPolicy};
 
 use crate::{
     outbound::{Feed, Pusher, ShopState},
     platform::Platform,
     shops::{PlatformKind, Shop},
 };
-
-/// What "now" is for the retry horizon: the system clock, or one a test moves.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
-
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Self(Arc::new(SystemTime::now))
-    }
-
-    /// A clock that reads `now`.
-    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        Self(Arc::new(now))
-    }
-
-    /// Now.
-    pub fn now(&self) -> SystemTime {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
-}
 
 /// A shop as the intake sees it.
 #[derive(Debug)]
@@ -68,6 +35,8 @@ pub struct ShopHandle {
     pub shop: Shop,
     /// Its platform.
     pub platform: Arc<dyn Platform>,
+    /// What its pusher knows the platform holds (the shop's own orders move it).
+    pub state: Arc<ShopState>,
 }
 
 /// The connector's settings.
@@ -203,7 +172,7 @@ pub async fn run(
         // A push may wait for the platform's budget: pull only what can go out soon.
         consumer.settings.pull = Pull::WithinWindow;
         let feed = Feed::new(
-            state,
+            state.clone(),
             queue,
             runtime.js.clone(),
             settings.retry.clone(),
@@ -228,6 +197,7 @@ pub async fn run(
             Arc::new(ShopHandle {
                 shop: shop.clone(),
                 platform,
+                state,
             }),
         );
     }

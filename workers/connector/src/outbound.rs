@@ -37,8 +37,15 @@ pub use stockflow_proto::subjects::HEADER_CONNECTOR_DL_SHOP as HEADER_DL_SHOP;
 /// What the pusher answers for one item.
 #[derive(Debug)]
 enum Answer {
-    /// The call ran: this item's outcome.
-    Done(ItemOutcome),
+    /// The call ran: this item's outcome, and the quantity it was compared against.
+    Done {
+        /// How the item ended.
+        outcome: ItemOutcome,
+        /// The compare value the call carried (filled just before the call).
+        expected: i64,
+    },
+    /// The platform is known to hold the quantity already: nothing was sent.
+    Unchanged,
     /// A newer quantity of the same SKU was in the same batch and went instead.
     Superseded,
     /// The call did not run.
@@ -127,6 +134,20 @@ impl ShopState {
             .insert(sku.to_owned(), quantity);
     }
 
+    /// The platform moved `sku` by `delta` itself (one of the shop's own orders or restocked
+    /// returns, stored for the first time): what it is known to hold moves with it, so the
+    /// availability change the order causes compares against the right quantity.
+    pub fn platform_moved(&self, sku: &str, delta: i64) {
+        if let Some(known) = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(sku)
+        {
+            *known += delta;
+        }
+    }
+
     fn label(&self) -> String {
         self.shop.id.clone()
     }
@@ -210,15 +231,10 @@ impl Pusher {
                     }
                 }
             }
-            let mut batch = Vec::with_capacity(newest.len());
-            let mut replies = Vec::with_capacity(newest.len());
-            let (mut first_seq, mut last_seq) = (u64::MAX, 0);
+            let mut kept = Vec::with_capacity(newest.len());
             for (i, job) in jobs.into_iter().enumerate() {
                 if newest.get(&job.push.sku) == Some(&i) {
-                    first_seq = first_seq.min(job.sequence);
-                    last_seq = last_seq.max(job.sequence);
-                    batch.push(job.push);
-                    replies.push(job.reply);
+                    kept.push(job);
                 } else {
                     let _ = job.reply.send(Answer::Superseded);
                 }
@@ -227,7 +243,31 @@ impl Pusher {
                 () = shutdown.cancelled() => return,
                 () = self.state.paced() => {}
             }
-            let key = idempotency_key(&shop, &batch);
+            // The compare value is what the platform holds now, not what it held when the
+            // handler queued the job: an earlier call for the same SKU may have set it since
+            // (or an order on the platform moved it).
+            let compares = self.state.platform.compares();
+            let mut batch = Vec::with_capacity(kept.len());
+            let mut replies = Vec::with_capacity(kept.len());
+            let mut sequences = Vec::with_capacity(kept.len());
+            for mut job in kept {
+                if let Some(known) = self.state.known(&job.push.sku) {
+                    job.push.expected = known;
+                }
+                if compares && job.push.expected == job.push.quantity {
+                    let _ = job.reply.send(Answer::Unchanged);
+                    continue;
+                }
+                sequences.push(job.sequence);
+                batch.push(job.push);
+                replies.push(job.reply);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let first_seq = sequences.iter().copied().min().unwrap_or_default();
+            let last_seq = sequences.iter().copied().max().unwrap_or_default();
+            let key = idempotency_key(&shop, &batch, &sequences);
             let reference = format!(
                 "stockflow://connector/{shop}/availability/{}/{first_seq}-{last_seq}",
                 self.state.shop.channel
@@ -247,7 +287,10 @@ impl Pusher {
                             set += 1;
                             self.state.set_known(&push.sku, push.quantity);
                         }
-                        let _ = reply.send(Answer::Done(outcome));
+                        let _ = reply.send(Answer::Done {
+                            outcome,
+                            expected: push.expected,
+                        });
                     }
                     metrics::counter!("stockflow_connector_quantities_pushed_total", "shop" => shop.clone())
                         .increment(set);
@@ -289,12 +332,20 @@ fn reachable(shop: &str, up: bool) {
     }
 }
 
-/// The same key for the same call: a call retried after a lost answer is applied once.
-fn idempotency_key(shop: &str, batch: &[Push]) -> String {
+/// The same key for the same call: a call retried after a lost answer is applied once. The
+/// `AVAILABILITY` sequences of the batch's messages are part of it, so a later change back to an
+/// earlier quantity (5→3, 3→5, 5→3) is a new call, not an answer the platform kept.
+fn idempotency_key(shop: &str, batch: &[Push], sequences: &[u64]) -> String {
     let mut hash = Sha256::new();
     hash.update(shop.as_bytes());
-    for push in batch {
-        hash.update(format!("\n{}\t{}\t{}", push.sku, push.quantity, push.expected).as_bytes());
+    for (push, sequence) in batch.iter().zip(sequences) {
+        hash.update(
+            format!(
+                "\n{}\t{}\t{}\t{sequence}",
+                push.sku, push.quantity, push.expected
+            )
+            .as_bytes(),
+        );
     }
     let digest = hash.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -522,9 +573,13 @@ impl Handler for Feed {
         }
         let quantity = change.available_to_sell;
         let own = format!("{}:{}:", self.state.platform.kind().as_str(), shop.id);
-        if change.cause_event_id.starts_with(&own) {
-            // This shop's own order moved it: the platform counted it already.
-            self.state.set_known(&change.sku, quantity);
+        if change.cause_event_id.starts_with(&own)
+            && self.state.known(&change.sku) == Some(quantity)
+        {
+            // This shop's own order moved it, and the platform counted it already (the intake
+            // moved the known quantity when it stored the order): nothing to send. Otherwise (a
+            // channel whose rules are not 1:1, a newer change in between) it is pushed like any
+            // other change.
             return Ok(Self::handled(Outcome::Duplicate));
         }
         let expected = match self.state.known(&change.sku) {
@@ -571,7 +626,10 @@ impl Handler for Feed {
             delay: self.policy.backoff_floor,
         })?;
         match answer {
-            Answer::Done(ItemOutcome::Set) => {
+            Answer::Done {
+                outcome: ItemOutcome::Set,
+                ..
+            } => {
                 let lag_ms = unix_ms(self.clock.now())
                     .saturating_sub(change.changed_at_ms)
                     .max(0);
@@ -579,12 +637,18 @@ impl Handler for Feed {
                     .record(lag_ms as f64 / 1000.0);
                 Ok(Self::handled(Outcome::Applied))
             }
-            Answer::Superseded => Ok(Self::handled(Outcome::Duplicate)),
-            Answer::Done(ItemOutcome::NotApplied) => Err(HandleError::RetryIn {
+            Answer::Superseded | Answer::Unchanged => Ok(Self::handled(Outcome::Duplicate)),
+            Answer::Done {
+                outcome: ItemOutcome::NotApplied,
+                ..
+            } => Err(HandleError::RetryIn {
                 reason: format!("shop {}: another item of the call was refused", shop.id),
                 delay: self.policy.backoff_floor,
             }),
-            Answer::Done(ItemOutcome::Stale) => {
+            Answer::Done {
+                outcome: ItemOutcome::Stale,
+                expected,
+            } => {
                 metrics::counter!("stockflow_connector_stale_compares_total", "shop" => shop.id.clone())
                     .increment(1);
                 let actual = match self.state.read(&item).await {
@@ -597,6 +661,10 @@ impl Handler for Feed {
                     }
                     Err(e) => return self.failed(delivery, &e.to_string(), stored).await,
                 };
+                // Compared against what the connector knows now: a sale on the platform the
+                // intake stored since the call moved that too, and is not an edit.
+                let expected = self.state.known(&change.sku).unwrap_or(expected);
+                let push = Push { expected, ..push };
                 self.book_difference(&push, sequence, actual).await?;
                 self.state.set_known(&change.sku, actual);
                 // Pushed again (the booked difference also brings a newer quantity).
@@ -605,7 +673,10 @@ impl Handler for Feed {
                     delay: self.policy.backoff_floor,
                 })
             }
-            Answer::Done(ItemOutcome::Refused(reason)) => self.dead_letter(delivery, &reason).await,
+            Answer::Done {
+                outcome: ItemOutcome::Refused(reason),
+                ..
+            } => self.dead_letter(delivery, &reason).await,
             Answer::Failed(PlatformError::Throttled { retry_after }) => Err(HandleError::RetryIn {
                 reason: format!("shop {}: throttled", shop.id),
                 delay: retry_after,
@@ -652,16 +723,21 @@ mod tests {
             expected: 3,
         };
         assert_eq!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("s", &[push(1)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(1)], &[7])
         );
         assert_ne!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("s", &[push(2)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(2)], &[7])
         );
         assert_ne!(
-            idempotency_key("s", &[push(1)]),
-            idempotency_key("t", &[push(1)])
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("t", &[push(1)], &[7])
+        );
+        // The same quantity and compare again, from a later change: a new call.
+        assert_ne!(
+            idempotency_key("s", &[push(1)], &[7]),
+            idempotency_key("s", &[push(1)], &[9])
         );
     }
 }

@@ -97,10 +97,9 @@ impl Shopify {
         if !status.is_success() {
             return Err(classify_status(status, response.headers()));
         }
-        let body: GraphqlResponse = response
-            .json()
-            .await
-            .map_err(|e| PlatformError::Unavailable(format!("unreadable answer: {e}")))?;
+        let body: GraphqlResponse = response.json().await.map_err(|e| {
+            PlatformError::Unavailable(format!("unreadable answer: {}", e.without_url()))
+        })?;
         let pause = body.extensions.as_ref().and_then(|e| e.cost.pause());
         if let Some(errors) = &body.errors {
             if errors.iter().any(|e| e.code() == Some("THROTTLED")) {

@@ -311,15 +311,15 @@ mod tests {
             "location_id": "gid://shopify/Location/9"}]}]}"#;
         let shops = parse(ok, &env).expect("valid");
         assert_eq!(shops[0].api_version, DEFAULT_SHOPIFY_API_VERSION);
-        let dir = std::env::temp_dir().join(format!("sf-connector-shops-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let tmp = tempfile::tempdir().expect("dir");
+        let dir = tmp.path();
         std::fs::write(
             dir.join("items.csv"),
             "sku,inventory_item_id,location_id,location\nB2,gid://shopify/InventoryItem/2,gid://shopify/Location/9,\nC3,gid://shopify/InventoryItem/3,gid://shopify/Location/9,store-1\n",
         )
         .expect("csv");
         let with_csv = ok.replace("\"items\":", "\"items_csv\": \"items.csv\", \"items\":");
-        let shops = parse_in(&with_csv, &env, &dir).expect("csv items");
+        let shops = parse_in(&with_csv, &env, dir).expect("csv items");
         assert_eq!(shops[0].items.len(), 3);
         assert_eq!(shops[0].items["B2"].location, None);
         assert_eq!(shops[0].items["C3"].location.as_deref(), Some("store-1"));

@@ -73,10 +73,9 @@ impl WooCommerce {
         if !status.is_success() {
             return Err(classify_status(status, response.headers()));
         }
-        response
-            .json()
-            .await
-            .map_err(|e| PlatformError::Unavailable(format!("unreadable answer: {e}")))
+        response.json().await.map_err(|e| {
+            PlatformError::Unavailable(format!("unreadable answer: {}", e.without_url()))
+        })
     }
 
     fn url(&self, path: &str) -> Result<reqwest::Url, PlatformError> {
