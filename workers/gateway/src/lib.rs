@@ -6,6 +6,7 @@ mod channels;
 mod console;
 pub mod error;
 mod feed;
+mod history;
 pub mod input;
 mod openapi;
 mod publish;

@@ -103,7 +103,12 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
         (
             "get",
             "/v1/skus/{sku}/ledger",
-            get(crate::console::api::ledger),
+            get(crate::history::ledger),
+        ),
+        (
+            "get",
+            "/v1/skus/{sku}/levels",
+            get(crate::history::levels),
         ),
         (
             "get",
