@@ -136,10 +136,10 @@ pub fn parse_time(name: &str, value: &str) -> Result<i64, BadParameter> {
     }
     let time = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
-            bad(format!(
-                "{value:?} is neither RFC 3339 (2026-12-07T10:00:00Z) nor ms since the epoch: {e}"
-            ))
-        })?;
+        bad(format!(
+            "{value:?} is neither RFC 3339 (2026-12-07T10:00:00Z) nor ms since the epoch: {e}"
+        ))
+    })?;
     i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
         .ok()
         .filter(|ms| *ms >= 0)
@@ -152,7 +152,9 @@ pub async fn page(js: &jetstream::Context, sku: &str, query: &Query) -> Result<P
     let Some(ledger) = SkuLedger::find(js, sku).await? else {
         return Ok(Page::default());
     };
-    let mut lo = ledger.first.max(query.after.map_or(0, |a| a.saturating_add(1)));
+    let mut lo = ledger
+        .first
+        .max(query.after.map_or(0, |a| a.saturating_add(1)));
     let mut hi = ledger
         .last
         .min(query.before.map_or(u64::MAX, |b| b.saturating_sub(1)));
@@ -166,7 +168,9 @@ pub async fn page(js: &jetstream::Context, sku: &str, query: &Query) -> Result<P
     if lo <= hi {
         let mut take = |entry: Entry| {
             let outside = match query.order {
-                Order::NewestFirst => query.from_ms.is_some_and(|t| entry.change.applied_at_ms < t),
+                Order::NewestFirst => query
+                    .from_ms
+                    .is_some_and(|t| entry.change.applied_at_ms < t),
                 Order::OldestFirst => query.to_ms.is_some_and(|t| entry.change.applied_at_ms > t),
             };
             if outside {
@@ -318,12 +322,15 @@ impl SkuLedger {
         hi: u64,
         visit: &mut impl FnMut(Entry) -> ControlFlow<()>,
     ) -> anyhow::Result<()> {
-        self.read(DeliverPolicy::ByStartSequence { start_sequence: lo }, |entry| {
-            if entry.sequence > hi {
-                return ControlFlow::Break(());
-            }
-            visit(entry)
-        })
+        self.read(
+            DeliverPolicy::ByStartSequence { start_sequence: lo },
+            |entry| {
+                if entry.sequence > hi {
+                    return ControlFlow::Break(());
+                }
+                visit(entry)
+            },
+        )
         .await
     }
 
@@ -374,10 +381,7 @@ impl SkuLedger {
         if pending == 0 {
             return Ok(());
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .context("reading the ledger")?;
+        let mut messages = consumer.messages().await.context("reading the ledger")?;
         while let Some(message) = messages.next().await {
             let message = message.context("reading the ledger")?;
             let info = message
@@ -472,7 +476,13 @@ mod tests {
             parse_time("at", "2023-11-14T23:13:20.5+01:00"),
             Ok(1_700_000_000_500)
         );
-        for bad in ["", "yesterday", "-5", "2023-11-14", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "yesterday",
+            "-5",
+            "2023-11-14",
+            "99999999999999999999999",
+        ] {
             let err = parse_time("from", bad).expect_err(bad);
             assert_eq!(err.name, "from");
         }

@@ -109,10 +109,13 @@ pub(crate) async fn ledger(
 ) -> Result<Response, ApiError> {
     sku_param(&sku)?;
     let query = ledger_query(&params)?;
-    let page = tokio::time::timeout(state.publish_timeout, history::page(&state.js, &sku, &query))
-        .await
-        .map_err(|_| unavailable("no answer in time"))?
-        .map_err(|e| unavailable(format!("{e:#}")))?;
+    let page = tokio::time::timeout(
+        state.publish_timeout,
+        history::page(&state.js, &sku, &query),
+    )
+    .await
+    .map_err(|_| unavailable("no answer in time"))?
+    .map_err(|e| unavailable(format!("{e:#}")))?;
     let items: Vec<ChangeJson> = page
         .items
         .into_iter()
