@@ -17,6 +17,7 @@ mod faults;
 mod fuzz;
 mod gateway;
 mod gateway_channels;
+mod history;
 mod limits;
 mod malformed;
 mod model;
