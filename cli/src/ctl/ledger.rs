@@ -161,8 +161,8 @@ pub fn table(sku: &str, page: &Page) -> String {
     for e in &page.items {
         let c = &e.change;
         let (before, after) = (
-            c.before.clone().unwrap_or_default(),
-            c.after.clone().unwrap_or_default(),
+            c.before.unwrap_or_default(),
+            c.after.unwrap_or_default(),
         );
         out.push_str(&format!(
             "{:>10}  {:<24}  {:<lw$}  {:<kw$}  {:>10}  {:>+10}  {:>10}  {:>10}  {}\n",
