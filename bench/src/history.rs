@@ -37,15 +37,19 @@ pub(crate) const PAGE_TARGET_MS: f64 = 100.0;
 /// Entry `i` of `n`: the queried SKU's every `n / QUERIED`-th entry, another SKU's otherwise.
 fn entry(i: usize, n: usize, start_ms: i64, on_hand: &mut [i64; 3]) -> (String, StockChanged) {
     let step = (n / QUERIED).max(1);
-    let applied_at_ms = start_ms
-        + i64::try_from(i as u128 * SPAN.as_millis() / n as u128).unwrap_or(i64::MAX);
+    let applied_at_ms =
+        start_ms + i64::try_from(i as u128 * SPAN.as_millis() / n as u128).unwrap_or(i64::MAX);
     let (sku, k) = if i % step == step - 1 {
         (SKU.to_owned(), i / step)
     } else {
         (format!("OTHER-{}", i % OTHERS), i)
     };
     let at = k % LOCATIONS.len();
-    let (kind, delta) = if k % 4 == 3 { ("sold", -1) } else { ("received", 3) };
+    let (kind, delta) = if k % 4 == 3 {
+        ("sold", -1)
+    } else {
+        ("received", 3)
+    };
     let before = on_hand[at];
     if sku == SKU {
         on_hand[at] += delta;

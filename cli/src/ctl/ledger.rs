@@ -160,10 +160,7 @@ pub fn table(sku: &str, page: &Page) -> String {
     );
     for e in &page.items {
         let c = &e.change;
-        let (before, after) = (
-            c.before.unwrap_or_default(),
-            c.after.unwrap_or_default(),
-        );
+        let (before, after) = (c.before.unwrap_or_default(), c.after.unwrap_or_default());
         out.push_str(&format!(
             "{:>10}  {:<24}  {:<lw$}  {:<kw$}  {:>10}  {:>+10}  {:>10}  {:>10}  {}\n",
             e.sequence,

@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 use serde_json::json;
 use stockflow_ops::history::{self, Order};
-use stockflow_shared::validate::validate_sku;
+use stockflow_shared::validate::{validate_location, validate_sku};
 
 use crate::{
     auth::{Authorized, Read},
@@ -28,13 +28,20 @@ fn time_param(name: &str, value: &str) -> Result<i64, ApiError> {
     history::parse_time(name, value).map_err(|e| ApiError::invalid(e.name, e.reason))
 }
 
-fn text_param(name: &str, value: &str) -> Result<String, ApiError> {
+/// `type`: 1..=128 bytes without control characters (a fact type's name).
+fn kind_param(value: &str) -> Result<String, ApiError> {
     if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            name,
-            format!("{name} must be 1 to 128 bytes without control characters"),
+            "type",
+            "type must be 1 to 128 bytes without control characters",
         ));
     }
+    Ok(value.to_owned())
+}
+
+/// `location`: as a fact names it.
+fn location_param(value: &str) -> Result<String, ApiError> {
+    validate_location("location", value).map_err(|r| ApiError::invalid("location", r))?;
     Ok(value.to_owned())
 }
 
@@ -43,8 +50,8 @@ fn ledger_query(params: &[(String, String)]) -> Result<history::Query, ApiError>
     let mut query = history::Query::default();
     for (name, value) in params {
         match name.as_str() {
-            "location" => query.location = Some(text_param("location", value)?),
-            "type" => query.kind = Some(text_param("type", value)?),
+            "location" => query.location = Some(location_param(value)?),
+            "type" => query.kind = Some(kind_param(value)?),
             "from" => query.from_ms = Some(time_param("from", value)?),
             "to" => query.to_ms = Some(time_param("to", value)?),
             "before" => query.before = Some(sequence("before", value)?),
@@ -158,7 +165,7 @@ pub(crate) async fn levels(
     for (name, value) in &params {
         match name.as_str() {
             "at" => at = Some(time_param("at", value)?),
-            "location" => location = Some(text_param("location", value)?),
+            "location" => location = Some(location_param(value)?),
             other => {
                 return Err(ApiError::invalid(
                     other,
