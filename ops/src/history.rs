@@ -9,12 +9,13 @@
 //! so a page costs about the entries it holds, not the stream's length.
 //!
 //! Times are the entries' `applied_at_ms` (Redis server time). Within one SKU the ledger is in
-//! the order the changes were applied, so `applied_at_ms` does not decrease along it: reading
-//! stops at the first entry outside a time range. The stream's own timestamps (NATS server
-//! time) only narrow where to start, and are checked against `applied_at_ms` before being
-//! trusted, so a clock difference between Redis and NATS costs time, never an entry.
+//! the order the changes were applied, so `applied_at_ms` does not decrease along it: where a
+//! time range starts and ends is found by a binary search over the SKU's entries (one
+//! subject-indexed lookup per step), and reading stops at the first entry outside it. The
+//! stream's own timestamps (NATS server time) are not used, so the two servers' clocks need not
+//! agree.
 
-use std::{collections::BTreeMap, ops::ControlFlow, time::Duration};
+use std::{collections::BTreeMap, ops::ControlFlow};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{
@@ -33,10 +34,6 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// Stream sequences the first backward window spans; each next one spans eight times more.
 const FIRST_WINDOW: u64 = 4096;
-
-/// How far the NATS server's clock may be from Redis' (plus how late an entry may be stored
-/// after it was applied) for a time hint to save reading; a larger gap only costs reading.
-const CLOCK_MARGIN: Duration = Duration::from_secs(600);
 
 /// One ledger entry and its sequence in its ledger stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -405,60 +402,71 @@ impl SkuLedger {
         Ok(())
     }
 
-    /// The sequence up to which entries may have been applied at or before `t`: the entry
-    /// before the first one stored after `t` plus the clock margin, when that one was indeed
-    /// applied after `t`; otherwise the SKU's last entry.
-    async fn last_at_or_before(&self, t: i64) -> anyhow::Result<u64> {
-        let Some(start) = ms_to_time(t.saturating_add(margin_ms())) else {
-            return Ok(self.last);
-        };
-        let mut bound = self.last;
-        self.read(DeliverPolicy::ByStartTime { start_time: start }, |entry| {
-            if entry.change.applied_at_ms > t {
-                bound = entry.sequence.saturating_sub(1);
+    /// The SKU's first entry at or after sequence `from` (one request: the stream's subject
+    /// index finds it); `None` past its last.
+    async fn next_from(&self, from: u64) -> anyhow::Result<Option<Entry>> {
+        match self
+            .stream
+            .get_first_raw_message_by_subject(&self.subject, from)
+            .await
+        {
+            Ok(message) => {
+                let change = StockChanged::decode(message.payload.as_ref()).with_context(|| {
+                    format!("ledger entry {} is not a StockChanged", message.sequence)
+                })?;
+                Ok(Some(Entry {
+                    sequence: message.sequence,
+                    change,
+                }))
             }
-            ControlFlow::Break(())
-        })
-        .await?;
-        Ok(bound)
-    }
-
-    /// The sequence from which entries may have been applied at or after `t`: the first entry
-    /// stored from `t` minus the clock margin, when the entry before it was indeed applied
-    /// before `t`; otherwise the SKU's first entry.
-    async fn first_at_or_after(&self, t: i64) -> anyhow::Result<u64> {
-        let Some(start) = ms_to_time(t.saturating_sub(margin_ms())) else {
-            return Ok(self.first);
-        };
-        let mut candidate = None;
-        self.read(DeliverPolicy::ByStartTime { start_time: start }, |entry| {
-            candidate = Some(entry.sequence);
-            ControlFlow::Break(())
-        })
-        .await?;
-        // Nothing stored since: the entry to check is the last one.
-        let candidate = candidate.unwrap_or(self.last.saturating_add(1));
-        if candidate <= self.first {
-            return Ok(self.first);
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("reading {} from sequence {from}", self.subject))),
         }
-        let mut before_ok = false;
-        self.backward(self.first, candidate - 1, &mut |entry| {
-            before_ok = entry.change.applied_at_ms < t;
-            ControlFlow::Break(())
-        })
-        .await?;
-        Ok(if before_ok { candidate } else { self.first })
     }
-}
 
-fn margin_ms() -> i64 {
-    i64::try_from(CLOCK_MARGIN.as_millis()).unwrap_or(i64::MAX)
-}
+    /// The sequence of the SKU's first entry whose `applied_at_ms` satisfies `after`, a
+    /// predicate that, once true along the ledger, stays true (`applied_at_ms` does not decrease
+    /// along a SKU's ledger): a binary search over sequences, one request per step (about 20
+    /// over a million entries). `None` when no entry satisfies it.
+    async fn first_where(&self, after: impl Fn(i64) -> bool) -> anyhow::Result<Option<u64>> {
+        let Some(last) = self.next_from(self.last).await? else {
+            return Ok(None);
+        };
+        if !after(last.change.applied_at_ms) {
+            return Ok(None);
+        }
+        // The smallest sequence m whose next entry satisfies `after`; `found` is that entry.
+        let (mut lo, mut hi, mut found) = (self.first, last.sequence, last.sequence);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.next_from(mid).await? {
+                Some(e) if after(e.change.applied_at_ms) => (hi, found) = (mid, e.sequence),
+                // Every sequence up to this entry's has it as its next: none satisfies.
+                Some(e) => lo = e.sequence + 1,
+                None => anyhow::bail!("the ledger of {} ended before its last entry", self.subject),
+            }
+        }
+        Ok(Some(found))
+    }
 
-fn ms_to_time(ms: i64) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .filter(|t| t.unix_timestamp() > 0)
+    /// The sequence of the SKU's last entry applied at or before `t` (below its first when
+    /// there is none).
+    async fn last_at_or_before(&self, t: i64) -> anyhow::Result<u64> {
+        Ok(self
+            .first_where(|applied| applied > t)
+            .await?
+            .map_or(self.last, |s| s.saturating_sub(1)))
+    }
+
+    /// The sequence of the SKU's first entry applied at or after `t` (past its last when there
+    /// is none).
+    async fn first_at_or_after(&self, t: i64) -> anyhow::Result<u64> {
+        Ok(self
+            .first_where(|applied| applied >= t)
+            .await?
+            .unwrap_or(self.last.saturating_add(1)))
+    }
 }
 
 #[cfg(test)]
