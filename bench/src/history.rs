@@ -143,7 +143,10 @@ pub(crate) async fn queries(config: &Config, results: &mut Results) -> anyhow::R
         let started = Instant::now();
         let queried = write_ledger(&stack, n, start_ms).await?;
         write_s.push(started.elapsed().as_secs_f64());
-        eprintln!("  ledger written in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "  ledger written in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         anyhow::ensure!(queried.len() == QUERIED.min(n), "the queried SKU's entries");
         let js = &stack.js;
         let (deep_seq, deep_ms) = queried[queried.len() / 10];
