@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod channels;
+mod history;
 mod load;
 mod pg;
 mod procs;
@@ -22,7 +23,8 @@ const USAGE: &str =
     "usage: stockflow-bench [--quick] [--runs N] [--only SCENARIO[,SCENARIO…]] [--write FILE]
   --quick        small runs (a smoke test of every scenario)
   --runs N       runs per measurement (default 3, --quick 1; the backlog runs once)
-  --only LIST    scenarios: stock, raw, latency, backlog, scale, orders, flash, postgres, channels
+  --only LIST    scenarios: stock, raw, latency, backlog, scale, orders, flash, postgres, channels,
+                 history
   --write FILE   replace the results block of FILE (e.g. BENCHMARKS.md) with the report";
 
 /// Command-line options.

@@ -88,6 +88,7 @@ impl Config {
 /// Scenario names for `--only`.
 pub(crate) const SCENARIOS: &[&str] = &[
     "stock", "raw", "latency", "backlog", "scale", "orders", "flash", "postgres", "channels",
+    "history",
 ];
 
 /// Which consumer of the stock stream is measured.

@@ -340,6 +340,12 @@ pub(crate) async fn run(config: &Config, args: &[String]) -> anyhow::Result<Stri
         crate::channels::rule_change(config, &mut results).await?;
         timed("channels", started);
     }
+    if config.wants("history") {
+        eprintln!("history: queries over a ledger of {}", config.backlog);
+        let started = Instant::now();
+        crate::history::queries(config, &mut results).await?;
+        timed("history", started);
+    }
     let mut out = String::new();
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(

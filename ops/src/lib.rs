@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod history;
 pub mod import;
 pub mod rebuild;
 pub mod reconcile;

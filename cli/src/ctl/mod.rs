@@ -5,6 +5,7 @@ pub mod channels;
 pub mod connectors;
 pub mod dlq;
 pub mod import;
+pub mod ledger;
 pub mod publish;
 pub mod repair;
 pub mod selftest;
@@ -86,11 +87,18 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Import initial stock or counts from a CSV file (sku,location,on_hand[,threshold,safety_stock]).
     Import(import::ImportArgs),
-    /// Levels of a SKU per location, with totals.
+    /// Levels of a SKU per location, with totals (now, from Redis; or at a past time, from the
+    /// ledger).
     Stock {
         /// The SKU.
         sku: String,
+        /// The levels at this time (RFC 3339, or ms since the Unix epoch), from the ledger: a
+        /// location with no entry by then is not listed.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
+    /// A page of a SKU's ledger, newest first: filter by location, kind and time.
+    Ledger(ledger::LedgerArgs),
     /// Print the events of a subject as they are stored (e.g. `stock.changes.>`, `alerts.>`).
     Tail(tail::TailArgs),
     /// List, show and replay dead letters.
@@ -167,7 +175,7 @@ impl Command {
             self,
             Self::Selftest
                 | Self::Import(_)
-                | Self::Stock { .. }
+                | Self::Stock { at: None, .. }
                 | Self::Rebuild(_)
                 | Self::Reconcile(_)
         ) || matches!(self, Self::Channels { command } if command.uses_redis())
@@ -270,7 +278,13 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
             publish::run(&jetstream(&settings).await?, &args, format).await?;
         }
         Command::Import(args) => return import::run(&settings, &args, format).await,
-        Command::Stock { sku } => return stock::run(&settings, &sku, format).await,
+        Command::Stock { sku, at: None } => return stock::run(&settings, &sku, format).await,
+        Command::Stock { sku, at: Some(at) } => {
+            return stock::run_at(&jetstream(&settings).await?, &sku, &at, format).await
+        }
+        Command::Ledger(args) => {
+            return ledger::run(&jetstream(&settings).await?, &args, format).await
+        }
         Command::Tail(args) => {
             tail::run(
                 &jetstream(&settings).await?,

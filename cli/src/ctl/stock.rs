@@ -1,4 +1,5 @@
-//! `stockctl stock <sku>`: a SKU's levels per location as a table, with totals, or as JSON.
+//! `stockctl stock <sku>`: a SKU's levels per location as a table, with totals, or as JSON;
+//! with `--at <time>`, the levels at that time from the ledger ([`stockflow_ops::history`]).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,49 @@ pub async fn run(settings: &super::Settings, sku: &str, format: Format) -> anyho
         Format::Json => crate::outln!("{}", to_json(sku, &levels)),
         Format::Table if levels.is_empty() => eprintln!("{sku}: no stock recorded"),
         Format::Table => crate::out!("{}", table(sku, &levels)),
+    }
+    Ok(if levels.is_empty() {
+        Outcome::NotFound
+    } else {
+        Outcome::Done
+    })
+}
+
+/// Prints the levels of `sku` at time `at` from the ledger: each location's levels after its
+/// newest entry applied at or before `at`; a location with no entry by then is not listed.
+/// [`Outcome::NotFound`] when no location had an entry by then.
+pub async fn run_at(
+    js: &async_nats::jetstream::Context,
+    sku: &str,
+    at: &str,
+    format: Format,
+) -> anyhow::Result<Outcome> {
+    let at_ms = stockflow_ops::history::parse_time("--at", at)?;
+    let levels: BTreeMap<String, LocationLevels> =
+        stockflow_ops::history::levels_at(js, sku, at_ms, None)
+            .await?
+            .into_iter()
+            .map(|(location, entry)| {
+                let after = entry.change.after.unwrap_or_default();
+                let levels = LocationLevels {
+                    on_hand: after.on_hand,
+                    reserved: after.reserved,
+                    safety_stock: after.safety_stock,
+                };
+                (location, levels)
+            })
+            .collect();
+    match format {
+        Format::Json => {
+            let mut json = to_json(sku, &levels);
+            json["at_ms"] = at_ms.into();
+            crate::outln!("{json}");
+        }
+        Format::Table if levels.is_empty() => eprintln!("{sku}: no stock recorded at {at}"),
+        Format::Table => {
+            eprintln!("at {at} (from the ledger)");
+            crate::out!("{}", table(sku, &levels));
+        }
     }
     Ok(if levels.is_empty() {
         Outcome::NotFound

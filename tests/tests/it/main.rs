@@ -20,6 +20,7 @@ mod flash_batch;
 mod fuzz;
 mod gateway;
 mod gateway_channels;
+mod history;
 mod limits;
 mod malformed;
 mod model;

@@ -7,6 +7,7 @@ mod connectors;
 mod console;
 pub mod error;
 mod feed;
+mod history;
 pub mod input;
 mod openapi;
 mod publish;

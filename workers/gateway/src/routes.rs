@@ -101,11 +101,8 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             get(crate::feed::stream),
         ),
         ("get", "/v1/whoami", get(crate::console::api::whoami)),
-        (
-            "get",
-            "/v1/skus/{sku}/ledger",
-            get(crate::console::api::ledger),
-        ),
+        ("get", "/v1/skus/{sku}/ledger", get(crate::history::ledger)),
+        ("get", "/v1/skus/{sku}/levels", get(crate::history::levels)),
         (
             "get",
             "/v1/skus/{sku}/channels",

@@ -1,7 +1,7 @@
 //! The routes the console needs beyond the rest of the API (scope `read`): what the presented
-//! token may do, a SKU's recent ledger and its quantity on every channel, the SKU's changes
-//! live, and alerts live. Plain API routes, listed in the OpenAPI document like every other:
-//! the console is only their first client.
+//! token may do, a SKU's quantity on every channel, the SKU's changes live, and alerts live
+//! (its ledger and past levels are [`crate::history`]'s). Plain API routes, listed in the
+//! OpenAPI document like every other: the console is only their first client.
 //!
 //! The live routes are Server-Sent Events read by ordered consumers, the way
 //! [`crate::feed`] follows `AVAILABILITY`: nothing durable is left behind, and a consumer goes
@@ -36,11 +36,6 @@ use crate::{
     AppState,
 };
 
-/// Ledger entries per answer unless `?limit=` says otherwise.
-const DEFAULT_LEDGER: usize = 50;
-/// Most ledger entries per answer.
-const MAX_LEDGER: usize = 500;
-
 /// `GET /v1/whoami`: the scope of the presented token and every scope it includes, so a client
 /// shows only what the token may do.
 pub(crate) async fn whoami(auth: Authorized<Read>) -> Response {
@@ -55,7 +50,7 @@ pub(crate) async fn whoami(auth: Authorized<Read>) -> Response {
 
 /// Levels as a ledger entry or an alert shows them.
 #[derive(Debug, Serialize)]
-struct LevelsJson {
+pub(crate) struct LevelsJson {
     on_hand: i64,
     reserved: i64,
     safety_stock: i64,
@@ -76,7 +71,7 @@ impl From<Option<Levels>> for LevelsJson {
 
 /// One ledger entry (`StockChanged`) as the API shows it.
 #[derive(Debug, Serialize)]
-struct ChangeJson {
+pub(crate) struct ChangeJson {
     sku: String,
     location: String,
     kind: String,
@@ -90,19 +85,23 @@ struct ChangeJson {
     occurred_at_ms: i64,
     applied_at_ms: i64,
     /// Its sequence in its ledger stream.
-    sequence: u64,
+    pub(crate) sequence: u64,
 }
 
 impl ChangeJson {
     fn decode(payload: &[u8], sequence: u64) -> Option<Self> {
-        let c = match StockChanged::decode(payload) {
-            Ok(c) => c,
+        match StockChanged::decode(payload) {
+            Ok(c) => Some(Self::new(c, sequence)),
             Err(e) => {
                 tracing::warn!(sequence, error = %e, "a ledger message is not a StockChanged; skipped");
-                return None;
+                None
             }
-        };
-        Some(Self {
+        }
+    }
+
+    /// The entry `c` at `sequence` of its ledger stream.
+    pub(crate) fn new(c: StockChanged, sequence: u64) -> Self {
+        Self {
             sku: c.sku,
             location: c.location,
             kind: c.kind,
@@ -116,7 +115,7 @@ impl ChangeJson {
             occurred_at_ms: c.occurred_at_ms,
             applied_at_ms: c.applied_at_ms,
             sequence,
-        })
+        }
     }
 }
 
@@ -168,34 +167,6 @@ impl AlertJson {
 
 fn sku_param(sku: &str) -> Result<(), ApiError> {
     validate_sku(sku).map_err(|r| ApiError::invalid("sku", r))
-}
-
-/// `?limit=` of the ledger.
-fn ledger_limit(query: &[(String, String)]) -> Result<usize, ApiError> {
-    let mut limit = DEFAULT_LEDGER;
-    for (name, value) in query {
-        match name.as_str() {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LEDGER).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "limit",
-                            format!("limit must be 1..={MAX_LEDGER}, got {value:?}"),
-                        )
-                    })?;
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    other,
-                    format!("unknown parameter {other:?}; use limit"),
-                ))
-            }
-        }
-    }
-    Ok(limit)
 }
 
 /// The ledger streams and the subject a SKU's entries have in each: `STOCK_CHANGES` with
@@ -273,32 +244,6 @@ async fn read_to_end<T>(
         }
     }
     Ok(items.into())
-}
-
-/// `GET /v1/skus/{sku}/ledger?limit=<n>`: the SKU's newest ledger entries (50 by default, at
-/// most 500), oldest first. It reads the SKU's whole ledger to find them: a console's view, not
-/// an export (`stockctl` reads the ledger in bulk).
-pub(crate) async fn ledger(
-    _: Authorized<Read>,
-    State(state): State<AppState>,
-    Path(sku): Path<String>,
-    Query(query): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    sku_param(&sku)?;
-    let limit = ledger_limit(&query)?;
-    let read = async {
-        let mut entries = Vec::new();
-        for (stream, filter) in ledger_filters(&state.js, &sku).await? {
-            let consumer = ordered(&state.js, &stream, filter, DeliverPolicy::All).await?;
-            entries.extend(read_to_end(consumer, limit, ChangeJson::decode).await?);
-        }
-        Ok::<_, String>(entries)
-    };
-    let entries = tokio::time::timeout(state.publish_timeout, read)
-        .await
-        .map_err(|_| ledger_unavailable("no answer in time"))?
-        .map_err(ledger_unavailable)?;
-    Ok(Json(json!({ "sku": sku, "entries": entries })).into_response())
 }
 
 fn ledger_unavailable(error: impl std::fmt::Display) -> ApiError {
@@ -491,19 +436,6 @@ fn alerts_unavailable(error: impl std::fmt::Display) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_ledger_takes_only_a_bounded_limit() {
-        let q = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
-        assert_eq!(ledger_limit(&[]), Ok(DEFAULT_LEDGER));
-        assert_eq!(ledger_limit(&q("limit", "500")), Ok(500));
-        for bad in ["0", "501", "x"] {
-            let err = ledger_limit(&q("limit", bad)).expect_err(bad);
-            assert_eq!(err.field.as_deref(), Some("limit"));
-        }
-        let err = ledger_limit(&q("after", "1")).expect_err("unknown");
-        assert_eq!(err.field.as_deref(), Some("after"));
-    }
 
     #[test]
     fn alerts_are_named_as_their_subjects_are() {

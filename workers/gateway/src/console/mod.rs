@@ -5,7 +5,7 @@
 //! `Authorization` header, also for the live streams (read with `fetch`, not `EventSource`,
 //! so no token ever travels in a URL).
 //!
-//! [`api`] holds the few API routes the console added (`/v1/whoami`, a SKU's ledger, channels
+//! [`api`] holds the few API routes the console added (`/v1/whoami`, a SKU's channels
 //! and live changes, alerts live); they are in the OpenAPI document like every other.
 
 pub(crate) mod api;
