@@ -65,6 +65,8 @@ pub struct AppliedPush {
     pub key: String,
     /// The reference document URI.
     pub reference: String,
+    /// When the fake applied it (the moment the shop holds the new quantities).
+    pub at: Instant,
 }
 
 /// The fake Shopify shop's state.
@@ -76,6 +78,8 @@ pub struct ShopifyState {
     pub pushes: Vec<AppliedPush>,
     /// Answers given per idempotency key (a repeat gets the first answer, applied once).
     answers: HashMap<String, Value>,
+    /// `inventoryItem` reads answered.
+    pub reads: u64,
     /// Calls answered `THROTTLED`.
     pub throttled: u64,
     /// Calls answered 429.
@@ -129,6 +133,7 @@ impl FakeShopify {
                 .collect(),
             pushes: Vec::new(),
             answers: HashMap::new(),
+            reads: 0,
             throttled: 0,
             too_many: 0,
             stale: 0,
@@ -175,6 +180,17 @@ impl FakeShopify {
     /// looked at: a call in flight for as long as the test needs.
     pub fn hold(&self, on: bool) {
         self.hold.send_replace(on);
+    }
+
+    /// A new cost budget of `maximum` points restored at `restore_rate` per second, with
+    /// `available` points in the bucket now (`maximum`: a shop whose app has been idle long
+    /// enough; 0: one whose budget a sustained load has spent).
+    pub fn set_budget(&self, maximum: f64, restore_rate: f64, available: f64) {
+        let mut state = self.state();
+        state.maximum = maximum;
+        state.restore_rate = restore_rate;
+        state.bucket = available.clamp(0.0, maximum);
+        state.refilled = Instant::now();
     }
 
     /// Sets (item, location) as a merchant editing it in the Shopify admin (or an order) would.
@@ -261,6 +277,7 @@ async fn graphql(
             }
         }
     } else if query.contains("inventoryItem(") {
+        state.reads += 1;
         let key = (
             variables["item"].as_str().unwrap_or_default().to_owned(),
             variables["location"]
@@ -354,6 +371,7 @@ fn set_quantities(
             items: applied.into_iter().map(|(i, _, q)| (i, q)).collect(),
             key: key.clone(),
             reference,
+            at: Instant::now(),
         });
         json!({"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": format!("gid://shopify/InventoryAdjustmentGroup/{}", state.pushes.len())}, "userErrors": []}})
     } else {
