@@ -80,7 +80,7 @@ lint:
 # Run the benchmarks (BENCHMARKS.md; --quick: smoke run, --write BENCHMARKS.md: refresh it)
 bench *args:
     python3 scripts/bootstrap.py --with postgresql
-    cargo build --release --locked -p stock-worker -p order-worker -p gateway -p stockflow-bench
+    cargo build --release --locked -p stock-worker -p order-worker -p gateway -p connector -p stockflow-bench
     "${CARGO_TARGET_DIR:-target}/release/stockflow-bench" "$@"
 
 # Check the Helm chart

@@ -27,11 +27,11 @@ use crate::{
     stack::Stack,
 };
 
-const STORES: [&str; 3] = ["store-1", "store-2", "store-3"];
+pub(crate) const STORES: [&str; 3] = ["store-1", "store-2", "store-3"];
 /// Deep enough that no sale of a run empties a store.
-const STORE_STOCK: i64 = 1_000_000;
+pub(crate) const STORE_STOCK: i64 = 1_000_000;
 
-fn definition(id: &str, locations: &[&str], rules: AvailabilityRules) -> ChannelEvent {
+pub(crate) fn definition(id: &str, locations: &[&str], rules: AvailabilityRules) -> ChannelEvent {
     ChannelEvent {
         meta: Some(EventMeta {
             event_id: format!("bench-{id}"),
@@ -52,7 +52,7 @@ fn definition(id: &str, locations: &[&str], rules: AvailabilityRules) -> Channel
 }
 
 /// Publishes `events` and waits until the stock worker stored every channel in the bucket.
-async fn define(js: &jetstream::Context, events: &[ChannelEvent]) -> anyhow::Result<()> {
+pub(crate) async fn define(js: &jetstream::Context, events: &[ChannelEvent]) -> anyhow::Result<()> {
     for event in events {
         js.publish_with_headers(
             subjects::channel_event(&event.channel_id),
@@ -93,7 +93,7 @@ async fn define(js: &jetstream::Context, events: &[ChannelEvent]) -> anyhow::Res
 
 /// Stock at the three stores for `skus` SKUs, written straight into Redis (the known-locations
 /// set included) so a run starts at once.
-async fn stock_stores(stack: &Stack, skus: usize) -> anyhow::Result<()> {
+pub(crate) async fn stock_stores(stack: &Stack, skus: usize) -> anyhow::Result<()> {
     let keys = Keys::new("sf");
     let mut conn = stack.conn.clone();
     let mut pipe = redis::pipe();
@@ -146,7 +146,7 @@ fn store_facts(n: usize, skus: usize, tag: &str) -> Vec<Input> {
 
 /// When each cause's new quantity of `channel` was read from the feed, by a live JetStream
 /// consumer.
-async fn feed_reader(
+pub(crate) async fn feed_reader(
     js: &jetstream::Context,
     channel: &str,
 ) -> anyhow::Result<Arc<Mutex<HashMap<String, Instant>>>> {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod channels;
+mod connectors;
 mod history;
 mod load;
 mod pg;
@@ -24,7 +25,7 @@ const USAGE: &str =
   --quick        small runs (a smoke test of every scenario)
   --runs N       runs per measurement (default 3, --quick 1; the backlog runs once)
   --only LIST    scenarios: stock, raw, latency, backlog, scale, orders, flash, postgres, channels,
-                 history
+                 history, connectors
   --write FILE   replace the results block of FILE (e.g. BENCHMARKS.md) with the report";
 
 /// Command-line options.

@@ -41,6 +41,9 @@ pub(crate) struct Config {
     pub(crate) pg_pools: Vec<usize>,
     /// SKUs a rule change is measured over.
     pub(crate) rule_change_skus: usize,
+    /// SKUs a connector's shop maps, and the length of each steady connector phase in seconds.
+    pub(crate) connector_skus: usize,
+    pub(crate) connector_seconds: f64,
     /// Scenario names to run; all when empty.
     pub(crate) only: Vec<String>,
 }
@@ -59,6 +62,8 @@ impl Config {
             pg_events: 5_000,
             pg_pools: vec![1, 2, 4, 8, 16],
             rule_change_skus: 100_000,
+            connector_skus: 10_000,
+            connector_seconds: 40.0,
             only: Vec::new(),
         }
     }
@@ -76,6 +81,8 @@ impl Config {
             pg_events: 1_000,
             pg_pools: vec![1, 4, 16],
             rule_change_skus: 10_000,
+            connector_skus: 1_000,
+            connector_seconds: 3.0,
             only: Vec::new(),
         }
     }
@@ -87,8 +94,17 @@ impl Config {
 
 /// Scenario names for `--only`.
 pub(crate) const SCENARIOS: &[&str] = &[
-    "stock", "raw", "latency", "backlog", "scale", "orders", "flash", "postgres", "channels",
+    "stock",
+    "raw",
+    "latency",
+    "backlog",
+    "scale",
+    "orders",
+    "flash",
+    "postgres",
+    "channels",
     "history",
+    "connectors",
 ];
 
 /// Which consumer of the stock stream is measured.

@@ -346,6 +346,12 @@ pub(crate) async fn run(config: &Config, args: &[String]) -> anyhow::Result<Stri
         crate::history::queries(config, &mut results).await?;
         timed("history", started);
     }
+    if config.wants("connectors") {
+        eprintln!("connectors: push lag to a Shopify shop");
+        let started = Instant::now();
+        crate::connectors::push_lag(config, &mut results).await?;
+        timed("connectors", started);
+    }
     let mut out = String::new();
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(
