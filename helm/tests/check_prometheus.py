@@ -17,7 +17,13 @@ requests to the gateway (accepted, refused without a token or the scope, an unkn
 stock changes and alerts the notify worker delivers: delivered to one endpoint, retried and
 paused by the breaker and failed (dead-lettered past the retry horizon) at the other; between
 them a sales channel is defined and sells more than it is offered (its quantity and its
-channel_oversold alert are delivered too, stockflow_channel_oversold_total counts it). Between two rounds of gateway
+channel_oversold alert are delivered too, stockflow_channel_oversold_total counts it). The connector
+runs with a shops file (one Shopify shop, its item from CSV) against a fake Shopify shop here (a
+plain HTTP server playing the GraphQL Admin API's `inventoryItem` read and `inventorySetQuantities`
+with compare-and-set, whose first push is throttled): last of all, a receipt changes the shop's
+channel, the connector reads the shop's quantity and pushes the new one (throttled once first), and
+the shop sends it one signed orders/create webhook (accepted) and one with a wrong signature (401).
+Between two rounds of gateway
 requests the stock worker's durable consumer is deleted and declared again (a consumer restart,
 lag, duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
 dashboard query (Grafana's variables substituted) and every alert expression is sent to
@@ -29,6 +35,9 @@ on failure.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -58,10 +67,7 @@ DEV_BIN = ROOT / ".dev" / "bin"
 # it works, and queries that only its metrics can answer are reported, not failed, while it is
 # absent. Once it works, take it out of PENDING and add the series it must produce to TRAFFIC.
 COMPONENTS = ["stock-worker", "order-worker", "notify-worker", "gateway", "connector"]
-# The connector needs a shop to talk to, which this check does not start: it exits at once (no
-# STOCKFLOW_CONNECTOR_SHOPS_FILE), and its panels and alert are reported, not failed. Its
-# metrics are exercised by tests/tests/it/connectors.rs against fake shops.
-PENDING: set[str] = {"connector"}
+PENDING: set[str] = set()
 
 # Metrics only one component exports (everything else comes from the shared consume loop of
 # every worker, or from the stock and order workers).
@@ -100,6 +106,16 @@ HOOK_LOCATION = "store-1"
 # is offered (stockflow_channel_oversold_total, a channel_oversold alert).
 CHECK_CHANNEL = "check-market"
 CHECK_CHANNEL_BUFFER = 8
+# The connector's shop: a Shopify shop (FakeShopify below) selling the channel CONNECTOR_CHANNEL,
+# over a location of its own, which maps one SKU. Nothing of it reaches the webhook receiver (the
+# notify worker's subscriptions name HOOK_SKU only).
+CONNECTOR_SHOP = "check-shop"
+CONNECTOR_CHANNEL = "check-shop"
+CONNECTOR_LOCATION = "check-shop-store"
+CONNECTOR_SKU = "CHECK-SHOP-1"
+SHOPIFY_ITEM = "gid://shopify/InventoryItem/1"
+SHOPIFY_LOCATION = "gid://shopify/Location/1"
+CONNECTOR_RECEIPT = 5  # units received at CONNECTOR_LOCATION: the quantity pushed to the shop
 # The notify worker's retry settings: back-off of at most 200 ms, a retry horizon of one second
 # and a breaker that opens after three consecutive failures for one second — so the deliveries to
 # the failing endpoint are retried, pause it (the breaker opens) and are dead-lettered once past
@@ -296,6 +312,111 @@ class WebhookReceiver:
         self.server.server_close()
 
 
+class FakeShopify:
+    """The connector's shop: a plain HTTP server on a free loopback port playing Shopify's GraphQL
+    Admin API as documented (workers/connector/README.md; tests/src/platforms.rs is the full fake):
+    the access token is checked, `inventoryItem` reads the item's `available` quantity,
+    `inventorySetQuantities` sets it when `changeFromQuantity` matches (else
+    CHANGE_FROM_QUANTITY_STALE) and needs `@idempotent`. Every answer carries `extensions.cost`
+    with a Standard shop's budget; the first push is answered THROTTLED, as a spent budget is."""
+
+    COST = {"requestedQueryCost": 10, "actualQueryCost": 10,
+            "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990, "restoreRate": 100.0}}
+
+    def __init__(self) -> None:
+        self.token = f"shpat_check_{secrets.token_hex(8)}"
+        self.lock = threading.Lock()
+        self.quantities = {(SHOPIFY_ITEM, SHOPIFY_LOCATION): 0}
+        self.throttle_next_push = True
+        self.calls: dict[str, int] = {"read": 0, "push": 0, "throttled": 0}
+        shop = self
+
+        class Api(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not re.fullmatch(r"/admin/api/[\w-]+/graphql\.json", self.path):
+                    return self.answer(404, {"errors": "Not Found"})
+                if self.headers.get("X-Shopify-Access-Token") != shop.token:
+                    return self.answer(401, {"errors": "[API] Invalid API key or access token"})
+                try:
+                    request = json.loads(body)
+                except ValueError:
+                    return self.answer(400, {"errors": "not JSON"})
+                with shop.lock:
+                    self.answer(200, shop.graphql(request.get("query") or "", request.get("variables") or {}))
+
+            def answer(self, status: int, doc: dict) -> None:
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-shopify", daemon=True)
+
+    def graphql(self, query: str, variables: dict) -> dict:
+        """The answer to one GraphQL document (called under the lock)."""
+        if "inventorySetQuantities" in query:
+            if self.throttle_next_push:
+                self.throttle_next_push = False
+                self.calls["throttled"] += 1
+                cost = dict(self.COST, actualQueryCost=None,
+                            throttleStatus=dict(self.COST["throttleStatus"], currentlyAvailable=0))
+                return {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                        "extensions": {"cost": cost}}
+            if "@idempotent" not in query or not variables.get("key"):
+                return {"errors": [{"message": "inventorySetQuantities requires the @idempotent directive"}]}
+            self.calls["push"] += 1
+            errors, updates = [], {}
+            for i, q in enumerate((variables.get("input") or {}).get("quantities") or []):
+                key = (q.get("inventoryItemId"), q.get("locationId"))
+                if key not in self.quantities:
+                    errors.append({"code": "ITEM_NOT_STOCKED_AT_LOCATION", "field": ["input", "quantities", str(i)],
+                                   "message": "The specified inventory item is not stocked at the location."})
+                elif q.get("changeFromQuantity") != self.quantities[key]:
+                    errors.append({"code": "CHANGE_FROM_QUANTITY_STALE", "field": ["input", "quantities", str(i)],
+                                   "message": "The specified compare quantity does not match the current quantity."})
+                else:
+                    updates[key] = q.get("quantity")
+            if not errors:
+                self.quantities.update(updates)
+            group = None if errors else {"id": f"gid://shopify/InventoryAdjustmentGroup/{self.calls['push']}"}
+            return {"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": group, "userErrors": errors}},
+                    "extensions": {"cost": self.COST}}
+        if "inventoryItem(" in query:
+            self.calls["read"] += 1
+            held = self.quantities.get((variables.get("item"), variables.get("location")))
+            level = None if held is None else {"quantities": [{"name": "available", "quantity": held}]}
+            return {"data": {"inventoryItem": {"inventoryLevel": level}}, "extensions": {"cost": self.COST}}
+        return {"errors": [{"message": "unknown operation"}]}
+
+    def quantity(self) -> int | None:
+        with self.lock:
+            return self.quantities.get((SHOPIFY_ITEM, SHOPIFY_LOCATION))
+
+    def sell(self, units: int) -> None:
+        """An order on the shop: Shopify takes the units off `available` itself."""
+        with self.lock:
+            self.quantities[(SHOPIFY_ITEM, SHOPIFY_LOCATION)] -= units
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+
 class GatewayClient:
     """JSON requests to the gateway's API, each checked against the status it must answer."""
 
@@ -420,6 +541,9 @@ class System:
         self.metrics_ports: dict[str, int] = {}  # component -> port, for those that run
         self.absent: dict[str, str] = {}  # pending component -> why it does not run
         self.gateway: GatewayClient | None = None  # set when the gateway's env is made
+        self.shopify: FakeShopify | None = None  # the connector's shop, started by run()
+        self.connector_port: int | None = None  # where the connector receives webhooks
+        self.webhook_secret = secrets.token_hex(16)  # the shop's webhook signing secret
 
     def start_nats(self) -> None:
         self.procs.start("nats-server", [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
@@ -453,7 +577,8 @@ class System:
 
     def component_env(self, name: str, receiver: WebhookReceiver) -> dict[str, str]:
         """What `name` needs besides the connections: the gateway its listener and tokens, the
-        notify worker its subscriptions (the receiver's two endpoints) and quick retries."""
+        notify worker its subscriptions (the receiver's two endpoints) and quick retries, the
+        connector a shops file (the fake Shopify shop, its item from CSV) and its secrets."""
         if name == "gateway":
             self.gateway = GatewayClient(free_port(), f"check-write-{secrets.token_hex(12)}",
                                          f"check-read-{secrets.token_hex(12)}")
@@ -468,6 +593,24 @@ class System:
             ]}, indent=2))
             return {"STOCKFLOW_WEBHOOKS_FILE": str(webhooks), "STOCKFLOW_WEBHOOK_SECRET": secrets.token_hex(16),
                     **NOTIFY_RETRY_ENV}
+        if name == "connector":
+            (self.procs.workdir / "shop-items.csv").write_text(
+                "sku,inventory_item_id,location_id,location\n"
+                f"{CONNECTOR_SKU},{SHOPIFY_ITEM},{SHOPIFY_LOCATION},{CONNECTOR_LOCATION}\n")
+            shops = self.procs.workdir / "shops.json"
+            shops.write_text(json.dumps({"shops": [
+                {"id": CONNECTOR_SHOP, "platform": "shopify", "channel": CONNECTOR_CHANNEL,
+                 "base_url": self.shopify.url, "webhook_secret_env": "CHECK_SHOP_WEBHOOK_SECRET",
+                 "access_token_env": "CHECK_SHOP_ACCESS_TOKEN", "items_csv": "shop-items.csv"},
+            ]}, indent=2))
+            self.connector_port = free_port()
+            return {"STOCKFLOW_CONNECTOR_SHOPS_FILE": str(shops),
+                    "STOCKFLOW_CONNECTOR_ADDR": f"127.0.0.1:{self.connector_port}",
+                    "STOCKFLOW_CONNECTOR_BATCH_MILLIS": "20",
+                    "STOCKFLOW_CONNECTOR_BACKOFF_FLOOR_MILLIS": "50",
+                    "STOCKFLOW_CONNECTOR_BACKOFF_CEILING_MILLIS": "200",
+                    "CHECK_SHOP_WEBHOOK_SECRET": self.webhook_secret,
+                    "CHECK_SHOP_ACCESS_TOKEN": self.shopify.token}
         return {}
 
     def start_components(self, receiver: WebhookReceiver) -> None:
@@ -607,6 +750,87 @@ def gateway_second_round(system: System, receiver: WebhookReceiver) -> None:
     # breaker dead-letters them.
     eventually("the notify worker dead-letters the second round's deliveries to the failing endpoint",
                DELIVERY_DEADLINE, lambda: webhook_outcomes(system, "failing")["failed"] >= failed_before + 2)
+
+
+def shopify_webhook(system: System, topic: str, body: dict, secret: str) -> int:
+    """POSTs a Shopify webhook signed with `secret` to the connector; the status it answers."""
+    data = json.dumps(body).encode()
+    signature = base64.b64encode(hmac.new(secret.encode(), data, hashlib.sha256).digest()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{system.connector_port}/webhooks/shopify/{CONNECTOR_SHOP}", data=data, method="POST",
+        headers={"Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Hmac-Sha256": signature,
+                 "X-Shopify-Webhook-Id": f"check-{secrets.token_hex(8)}",
+                 "X-Shopify-Shop-Domain": f"{CONNECTOR_SHOP}.myshopify.com"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        raise CheckFailed(f"connector webhook {topic}: {e}") from None
+
+
+def connector_round(system: System, prom: "Prometheus") -> None:
+    """The connector's shop sells a channel over a location of its own: a receipt there, then the
+    channel's definition lists the SKU's quantity in its feed, and the connector reads the shop's
+    quantity (0) and pushes the new one (its first push throttled); then the shop sends a signed
+    orders/create webhook (accepted: a channel sale) and one with a wrong signature (401). Once
+    Prometheus has scraped that, a second receipt is pushed: the push lag histogram appears with
+    the first push, and rate() needs it to move between two scrapes. Straight onto the streams
+    (protobuf, as channel_oversells), and run last: the histogram must move inside the dashboard's
+    rate window."""
+    shop = system.shopify
+    meta = lambda event_id: pb((1, event_id), (3, "check"))  # noqa: E731 - EventMeta
+    # StockEvent {meta, sku, location, received: Received {quantity}}: a channel's locations
+    # must have stock recorded before it is defined.
+    publish_to_stream(system.nats_port, f"stock.events.{CONNECTOR_SKU}",
+                      pb((1, meta("check-shop-receipt")), (2, CONNECTOR_SKU), (3, CONNECTOR_LOCATION),
+                         (10, pb((1, CONNECTOR_RECEIPT)))))
+    gw = system.gateway
+
+    def stocked() -> bool:
+        try:
+            gw.expect(200, "GET", f"/v1/stock/{CONNECTOR_SKU}", token=gw.read_token)
+            return True
+        except CheckFailed:  # 404 until the receipt is applied
+            return False
+
+    eventually("the stock worker applies the receipt at the shop's location", DELIVERY_DEADLINE, stocked)
+    # Channel {id, name, kind = MARKETPLACE, locations}, default rules: the location's stock. Its
+    # definition lists the location's SKU in the channel's feed, which the connector follows.
+    definition = pb((1, CONNECTOR_CHANNEL), (2, CONNECTOR_CHANNEL), (3, 3), (4, CONNECTOR_LOCATION))
+    publish_to_stream(system.nats_port, f"channels.events.{CONNECTOR_CHANNEL}",
+                      pb((1, meta("check-shop-channel")), (2, CONNECTOR_CHANNEL), (10, pb((1, definition)))))
+    eventually(f"the connector pushes {CONNECTOR_RECEIPT} to the shop (after a throttle)", DELIVERY_DEADLINE,
+               lambda: shop.quantity() == CONNECTOR_RECEIPT)
+    # A customer buys one unit in the shop: Shopify takes it off, then sends orders/create.
+    shop.sell(1)
+    order = {"id": 6_001, "name": "#C1001", "line_items": [
+        {"id": 88_001, "sku": CONNECTOR_SKU, "quantity": 1, "variant_id": 1}]}
+    status = shopify_webhook(system, "orders/create", order, system.webhook_secret)
+    if status != 200:
+        raise CheckFailed(f"the connector answered {status} to a signed orders/create webhook, expected 200")
+    status = shopify_webhook(system, "orders/create", order, "not-the-secret")
+    if status != 401:
+        raise CheckFailed(f"the connector answered {status} to a webhook with a wrong signature, expected 401")
+
+    def counted():
+        text = system.metrics_text("connector")
+        return (metric_value(text, "stockflow_connector_webhooks_total", shop=CONNECTOR_SHOP, outcome="accepted") >= 1
+                and metric_value(text, "stockflow_connector_webhooks_total", shop=CONNECTOR_SHOP,
+                                 outcome="bad_signature") >= 1
+                and metric_value(text, "stockflow_connector_throttles_total", shop=CONNECTOR_SHOP) >= 1
+                and metric_value(text, "stockflow_connector_push_lag_seconds_count", shop=CONNECTOR_SHOP) >= 1)
+
+    eventually("the connector counts the push, its throttle and both webhooks", DELIVERY_DEADLINE, counted)
+    first_push_counted = time.time()
+    eventually("Prometheus scrapes the connector's first push", STARTUP_DEADLINE,
+               lambda: prom.scraped_since(first_push_counted, 1), interval=0.25)
+    publish_to_stream(system.nats_port, f"stock.events.{CONNECTOR_SKU}",
+                      pb((1, meta("check-shop-receipt-2")), (2, CONNECTOR_SKU), (3, CONNECTOR_LOCATION),
+                         (10, pb((1, 2)))))
+    eventually(f"the connector pushes {CONNECTOR_RECEIPT - 1 + 2} to the shop", DELIVERY_DEADLINE,
+               lambda: shop.quantity() == CONNECTOR_RECEIPT - 1 + 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,6 +983,7 @@ TRAFFIC = [
     ("stockflow_http_requests_total", "route", {"/v1/stock/events", "/v1/stock/{sku}", "/v1/orders"}),
     ("stockflow_http_requests_total", "status", {"200", "201", "202", "400", "401", "403", "404"}),
     ("stockflow_http_request_seconds_count", "route", {"/v1/stock/events", "/v1/stock/{sku}", "/v1/orders"}),
+    ("stockflow_connector_push_lag_seconds_count", "shop", {CONNECTOR_SHOP}),
 ]
 
 
@@ -844,6 +1069,7 @@ def run(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stockflow-prometheus-"))
     procs = Processes(workdir)
     receiver = WebhookReceiver()
+    shopify = FakeShopify()
     failed = True
     try:
         for name in ("stockctl", "stockflow-traffic", *(c for c in COMPONENTS if c not in PENDING)):
@@ -853,6 +1079,8 @@ def run(args) -> int:
         system.start_redis()
         system.setup()
         receiver.start()
+        shopify.start()
+        system.shopify = shopify
         system.start_components(receiver)
         prom = Prometheus(procs, system.metrics_ports)
         prom.start()
@@ -905,6 +1133,12 @@ def run(args) -> int:
             step = time.monotonic()
             gateway_second_round(system, receiver)
             say(f"      ({time.monotonic() - step:.1f}s; webhook receiver: {receiver.summary()})")
+        if "connector" in system.metrics_ports:
+            say("connector: a receipt pushed to the Shopify shop (throttled once), a signed order webhook, a "
+                "forged one, a second receipt pushed ...")
+            step = time.monotonic()
+            connector_round(system, prom)
+            say(f"      ({time.monotonic() - step:.1f}s; shop: {shopify.calls})")
         traffic_done = time.time()
         # Three scrapes after the last change, so every counter's latest value is in, and rate()
         # has at least two samples of each new series (the restart counter appears only now).
@@ -933,6 +1167,7 @@ def run(args) -> int:
     finally:
         procs.stop_all()
         receiver.stop()
+        shopify.stop()
         if not (failed or args.keep):
             shutil.rmtree(workdir, ignore_errors=True)
 
