@@ -216,6 +216,8 @@ struct Measured {
     /// Fact → the shop holds the quantity (or a newer one): p50, p99, max ms.
     push: [f64; 3],
     calls: f64,
+    /// Calls per second from the phase's first fact to its last push.
+    calls_per_second: f64,
     items_per_call: f64,
     throttles: f64,
     reads: f64,
@@ -372,6 +374,10 @@ async fn phase(
             push_lags.last().copied().unwrap_or(f64::NAN),
         ],
         calls: pushes.len() as f64,
+        calls_per_second: pushes.len() as f64
+            / pushes
+                .last()
+                .map_or(f64::NAN, |p| p.at.duration_since(started).as_secs_f64()),
         items_per_call: items as f64 / (pushes.len().max(1)) as f64,
         throttles: throttles as f64,
         reads: reads as f64,
@@ -437,6 +443,7 @@ pub(crate) async fn push_lag(cfg: &Config, results: &mut Results) -> anyhow::Res
             "push max ms",
             "push / feed p50",
             "calls",
+            "calls/s",
             "quantities / call",
             "throttles",
             "reads",
@@ -462,7 +469,7 @@ pub(crate) async fn push_lag(cfg: &Config, results: &mut Results) -> anyhow::Res
          against what the connector set. Steady phases: {:.0} s each, first 5% not counted.",
         cfg.connector_seconds
     );
-    let mut runs: Vec<[Runs; 11]> = vec![Default::default(); PHASES.len()];
+    let mut runs: Vec<[Runs; 12]> = vec![Default::default(); PHASES.len()];
     for run_index in 0..cfg.runs {
         for (runs, m) in runs.iter_mut().zip(run(cfg, run_index).await?) {
             let values = [
@@ -473,6 +480,7 @@ pub(crate) async fn push_lag(cfg: &Config, results: &mut Results) -> anyhow::Res
                 m.push[2],
                 m.push[0] / m.feed[0],
                 m.calls,
+                m.calls_per_second,
                 m.items_per_call,
                 m.throttles,
                 m.reads,
@@ -494,10 +502,11 @@ pub(crate) async fn push_lag(cfg: &Config, results: &mut Results) -> anyhow::Res
             runs[4].show(0),
             runs[5].show(1),
             runs[6].show(0),
-            runs[7].show(0),
+            runs[7].show(1),
             runs[8].show(0),
             runs[9].show(0),
             runs[10].show(0),
+            runs[11].show(0),
         ]);
     }
     results.tables.push(table);
