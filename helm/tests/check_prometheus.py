@@ -6,26 +6,26 @@ dashboard executes and returns data.
 
 Starts, on free loopback ports and in a temporary directory: nats-server (JetStream),
 redis-server, `stockctl setup`, a webhook receiver (one endpoint that accepts, one that always
-answers 500), the four binaries (cargo build --workspace --bins first) with
+answers 500), a fake Shopify shop, the five binaries (cargo build --workspace --bins first) with
 STOCKFLOW_METRICS_ADDR set — stock-worker, order-worker, notify-worker (subscribed to the
-receiver, with quick retries, a short retry horizon and a low breaker threshold) and gateway (with a write and a
-read token) — and Prometheus (Debian package `prometheus`, installed by scripts/bootstrap.py)
-scraping them every second. Then `stockflow-traffic` sends traffic that exercises every metric
+receiver, with quick retries, a short retry horizon and a low breaker threshold), gateway (with a
+write and a read token) and connector (a shops file naming the fake shop) — and Prometheus
+(Debian package `prometheus`, installed by scripts/bootstrap.py) scraping them every second. Then `stockflow-traffic` sends traffic that exercises every metric
 of the stock and order workers (alerts, duplicates, a stale count, a dead letter, confirmed,
 rejected and cancelled orders, expiring holds, a NAK for an event that arrived too early), and
 requests to the gateway (accepted, refused without a token or the scope, an unknown SKU) whose
 stock changes and alerts the notify worker delivers: delivered to one endpoint, retried and
 paused by the breaker and failed (dead-lettered past the retry horizon) at the other; between
 them a sales channel is defined and sells more than it is offered (its quantity and its
-channel_oversold alert are delivered too, stockflow_channel_oversold_total counts it). The connector
-runs with a shops file (one Shopify shop, its item from CSV) against a fake Shopify shop here (a
-plain HTTP server playing the GraphQL Admin API's `inventoryItem` read and `inventorySetQuantities`
-with compare-and-set, whose first push is throttled): last of all, a receipt changes the shop's
-channel, the connector reads the shop's quantity and pushes the new one (throttled once first), and
-the shop sends it one signed orders/create webhook (accepted) and one with a wrong signature (401).
-Between two rounds of gateway
-requests the stock worker's durable consumer is deleted and declared again (a consumer restart,
-lag, duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
+channel_oversold alert are delivered too, stockflow_channel_oversold_total counts it). The
+connector runs with a shops file (one Shopify shop, its item from CSV) against the fake Shopify
+shop (a plain HTTP server playing the GraphQL Admin API's `inventoryItem` read and
+`inventorySetQuantities` with compare-and-set, whose first push is throttled): last of all, a
+receipt on the shop's channel is pushed (throttled once first), the shop sends the connector one
+signed orders/create webhook (accepted) and one with a wrong signature (401), and a second
+receipt is pushed once Prometheus has scraped the first. Between two rounds of gateway requests
+the stock worker's durable consumer is deleted and declared again (a consumer restart, lag,
+duplicates as the stream is read again). Once Prometheus has scraped the aftermath, every
 dashboard query (Grafana's variables substituted) and every alert expression is sent to
 /api/v1/query; each must execute, and each must return series — for an alert, the expressions
 its condition is made of (see queries.data_legs). Every process started is stopped on exit, also
