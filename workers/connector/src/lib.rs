@@ -254,7 +254,13 @@ pub async fn run(
         settings.clone(),
         runtime.shutdown.clone(),
     );
+    let mut live = live;
     live.seed().await?;
+    // The shops stored now run before the first webhook is answered; later changes are
+    // followed from here (`Live::follow` reads the buckets again once its watches are set).
+    live.sync()
+        .await
+        .context("reading the connector's shops (CONNECTOR_SHOPS, CONNECTOR_ITEMS)")?;
     let shops = live.shops.clone();
     runtime.spawn(live.follow());
     tracing::info!(seeded = settings.shops.len(), addr = %settings.listen, "connector ready");
