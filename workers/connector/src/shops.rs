@@ -122,12 +122,17 @@ pub struct MissingSecret {
 
 const TOKEN_RULE: &str = "1-64 characters of A-Z, a-z, 0-9, '-' and '_'";
 
-/// Whether `name` can be an environment variable's name.
+/// Whether `name` is an environment variable's name as deployments spell them: upper-case
+/// letters, digits and `_`, not starting with a digit. Upper case only, so that a secret pasted
+/// where its variable's name belongs (`shpat_…`, `ck_…`, hex) is refused instead of being stored
+/// — and then shown and logged as a name.
 fn is_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Whether `version` is a Shopify API version: `YYYY-MM`, or `unstable`.
@@ -179,7 +184,7 @@ impl ShopConfig {
             if !is_env_name(var) {
                 return Err(invalid_field(
                     field,
-                    "the NAME of an environment variable (A-Z, a-z, 0-9, '_'; not starting with a digit), not a secret",
+                    "the NAME of an environment variable (A-Z, 0-9, '_'; not starting with a digit), not a secret",
                 ));
             }
         }
@@ -650,5 +655,71 @@ mod tests {
         ] {
             assert_eq!(parse(&text, &env).expect_err(expected), expected);
         }
+    }
+
+    #[test]
+    fn a_shop_in_the_bucket_is_checked_field_by_field() {
+        let shop = ShopConfig {
+            id: "acme".into(),
+            platform: PlatformKind::Shopify,
+            channel: "web".into(),
+            base_url: "https://acme.myshopify.com".into(),
+            api_version: Some("2026-04".into()),
+            webhook_secret_env: "ACME_SECRET".into(),
+            access_token_env: Some("ACME_TOKEN".into()),
+            consumer_key_env: None,
+            consumer_secret_env: None,
+        };
+        shop.validate().expect("valid");
+        let field = |change: fn(&mut ShopConfig)| {
+            let mut bad = shop.clone();
+            change(&mut bad);
+            bad.validate().expect_err("refused").field
+        };
+        // A secret pasted where its variable's name belongs.
+        assert_eq!(
+            field(|s| s.access_token_env = Some("shpat_0123abcd".into())),
+            "access_token_env"
+        );
+        assert_eq!(field(|s| s.access_token_env = None), "access_token_env");
+        assert_eq!(
+            field(|s| s.consumer_key_env = Some("KEY".into())),
+            "consumer_key_env"
+        );
+        assert_eq!(field(|s| s.api_version = Some("2026-4".into())), "api_version");
+        assert_eq!(field(|s| s.id = "a.b".into()), "id");
+        let missing = shop
+            .resolve(&|var| (var == "ACME_SECRET").then(|| "s".to_owned()))
+            .expect_err("no token");
+        assert_eq!(
+            missing.to_string(),
+            "access_token_env: the variable ACME_TOKEN is not set"
+        );
+        let woo = |item: &str| -> Item { serde_json::from_str(item).expect("item") };
+        assert_eq!(
+            check_item(PlatformKind::Woocommerce, &woo(r#"{"sku": "A", "product_id": 3, "location_id": "gid://shopify/Location/1"}"#))
+                .expect_err("foreign field")
+                .field,
+            "location_id"
+        );
+        assert_eq!(
+            check_item(PlatformKind::Shopify, &woo(r#"{"sku": "A", "inventory_item_id": "gid://shopify/InventoryItem/12a", "location_id": "gid://shopify/Location/1"}"#))
+                .expect_err("not a number")
+                .field,
+            "inventory_item_id"
+        );
+        let (good, refused) = read_items(
+            "sku,product_id,variation_id\nA,3,\nB,,\nA,4,5\n".as_bytes(),
+            PlatformKind::Woocommerce,
+        )
+        .expect("header");
+        assert_eq!(good.len(), 1);
+        assert_eq!(
+            refused
+                .iter()
+                .map(|r| (r.line, r.reason.split(':').next().unwrap_or_default()))
+                .collect::<Vec<_>>(),
+            [(3, "product_id"), (4, "sku")]
+        );
     }
 }
