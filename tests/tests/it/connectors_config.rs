@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use stockflow_proto::v1::AvailabilityRules;
 use stockflow_shared::deadletter::{DeadLetters, Route};
 use stockflow_tests::{
-    eventually,
     events::{channel, channel_set},
+    eventually,
     platforms::FakeShopify,
     DEADLINE,
 };
@@ -322,7 +322,12 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     eventually("the mapping is gone", DEADLINE, || async {
         let (_, body) = gateway
-            .send(reqwest::Method::GET, "/v1/connectors/acme/items", ADMIN, None)
+            .send(
+                reqwest::Method::GET,
+                "/v1/connectors/acme/items",
+                ADMIN,
+                None,
+            )
             .await;
         (body["items"].as_array().map(Vec::len) == Some(1)).then_some(())
     })
@@ -370,7 +375,8 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
     seen.ran(&ran);
     assert_eq!(ran.code, 3, "{}\n{}", ran.stdout, ran.stderr);
     assert!(
-        ran.stdout.contains("line 3: refused (BAD): inventory_item_id"),
+        ran.stdout
+            .contains("line 3: refused (BAD): inventory_item_id"),
         "{}",
         ran.stdout
     );
@@ -498,8 +504,10 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
             reqwest::Method::PUT,
             "/v1/connectors/ghost",
             ADMIN,
-            Some(&json!({"platform": "shopify", "channel": "web", "base_url": base_url,
-                "webhook_secret_env": "ACME_SECRET", "access_token_env": "GHOST_TOKEN"})),
+            Some(
+                &json!({"platform": "shopify", "channel": "web", "base_url": base_url,
+                "webhook_secret_env": "ACME_SECRET", "access_token_env": "GHOST_TOKEN"}),
+            ),
         )
         .await;
     seen.body(&body);
@@ -516,7 +524,9 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
     );
     let table = ok(&world, &mut seen, &["connectors", "status"]).await;
     assert!(
-        table.stdout.contains("ghost: skipped: access_token_env: the variable GHOST_TOKEN"),
+        table
+            .stdout
+            .contains("ghost: skipped: access_token_env: the variable GHOST_TOKEN"),
         "{}",
         table.stdout
     );
@@ -530,12 +540,20 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
     wait_shopify(&shopify, "TEE", 7).await;
 
     // Removed through stockctl: the connector stops the shop and deletes its consumer.
-    ok(&world, &mut seen, &["connectors", "shops", "remove", "acme"]).await;
+    ok(
+        &world,
+        &mut seen,
+        &["connectors", "shops", "remove", "acme"],
+    )
+    .await;
     let removed = ok(&world, &mut seen, &["connectors", "shops", "list"]).await;
     assert!(!removed.stdout.contains("acme"), "{}", removed.stdout);
     eventually("acme's consumer is deleted", DEADLINE, || async {
         let mut seen = Seen::default();
-        status_of(&world, &mut seen, "acme").await.is_none().then_some(())
+        status_of(&world, &mut seen, "acme")
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
 
@@ -627,7 +645,5 @@ async fn a_dead_letter_drops_the_publish_conditions_of_its_original() {
         headers.get("Stockflow-Test").map(|v| v.as_str()),
         Some("kept")
     );
-    assert!(headers
-        .get("Nats-Expected-Last-Subject-Sequence")
-        .is_none());
+    assert!(headers.get("Nats-Expected-Last-Subject-Sequence").is_none());
 }

@@ -160,7 +160,11 @@ fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn to_json<T: Serialize>(bucket: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+fn to_json<T: Serialize>(
+    bucket: &'static str,
+    key: &str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Unreadable {
         bucket,
         key: key.to_owned(),
@@ -247,7 +251,10 @@ impl ConfigStore {
         self.shops
             .put(&shop.id, value.into())
             .await
-            .map_err(unavailable(format!("storing {} in bucket {SHOPS}", shop.id)))?;
+            .map_err(unavailable(format!(
+                "storing {} in bucket {SHOPS}",
+                shop.id
+            )))?;
         Ok(true)
     }
 

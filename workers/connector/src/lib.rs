@@ -203,7 +203,10 @@ impl Settings {
     }
 }
 
-pub(crate) fn platform_of(shop: &Shop, client: reqwest::Client) -> anyhow::Result<Arc<dyn Platform>> {
+pub(crate) fn platform_of(
+    shop: &Shop,
+    client: reqwest::Client,
+) -> anyhow::Result<Arc<dyn Platform>> {
     Ok(match shop.platform {
         PlatformKind::Shopify => Arc::new(shopify::Shopify::new(shop, client)?),
         PlatformKind::Woocommerce => Arc::new(woocommerce::WooCommerce::new(shop, client)?),

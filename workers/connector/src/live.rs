@@ -126,7 +126,10 @@ impl Live {
                 .with_context(|| format!("seeding shop {} from the shops file", shop.id))?;
             for item in shop.items.values() {
                 self.store.put_item(&shop.id, item).await.with_context(|| {
-                    format!("seeding item {:?} of shop {} from the shops file", item.sku, shop.id)
+                    format!(
+                        "seeding item {:?} of shop {} from the shops file",
+                        item.sku, shop.id
+                    )
                 })?;
             }
         }
@@ -195,13 +198,8 @@ impl Live {
             self.delete_consumers(&config.id).await;
         }
         let started = self.start(&config).await;
-        self.running.insert(
-            config.id.clone(),
-            Running {
-                config,
-                started,
-            },
-        );
+        self.running
+            .insert(config.id.clone(), Running { config, started });
     }
 
     async fn report(&self, shop: &str, state: &str, reason: Option<String>) {
@@ -258,8 +256,12 @@ impl Live {
             topology::ensure_connector_consumer(&self.js, &id, &shop.channel, &self.topology).await
         {
             tracing::error!(shop = %id, error = %e, "shop skipped: its consumers cannot be declared");
-            self.report(&id, "skipped", Some(format!("declaring its consumers: {e}")))
-                .await;
+            self.report(
+                &id,
+                "skipped",
+                Some(format!("declaring its consumers: {e}")),
+            )
+            .await;
             return None;
         }
         outbound::register_metrics(&id);
@@ -392,11 +394,7 @@ impl Live {
     /// pushed now (a request on `connectors.retry.<shop>.<sku-token>`, as a replayed dead letter
     /// does), not at its next change.
     async fn mapping_changed(&self, shop: &str, sku: &str, mapped: bool) {
-        let Some(started) = self
-            .running
-            .get(shop)
-            .and_then(|r| r.started.as_ref())
-        else {
+        let Some(started) = self.running.get(shop).and_then(|r| r.started.as_ref()) else {
             return;
         };
         started.state.forget(sku);

@@ -239,10 +239,7 @@ impl ShopConfig {
     /// The shop with its secrets read through `lookup` (the connector's environment), and no
     /// items yet. A configuration that does not [`validate`](Self::validate) is reported as its
     /// invalid field.
-    pub fn resolve(
-        &self,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Shop, ResolveError> {
+    pub fn resolve(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Shop, ResolveError> {
         let base_url = self.url()?;
         let secret = |field: &'static str, var: Option<&str>| -> Result<Secret, ResolveError> {
             let var = var.ok_or_else(|| invalid_field(field, "required for this platform"))?;
@@ -686,7 +683,10 @@ mod tests {
             field(|s| s.consumer_key_env = Some("KEY".into())),
             "consumer_key_env"
         );
-        assert_eq!(field(|s| s.api_version = Some("2026-4".into())), "api_version");
+        assert_eq!(
+            field(|s| s.api_version = Some("2026-4".into())),
+            "api_version"
+        );
         assert_eq!(field(|s| s.id = "a.b".into()), "id");
         let missing = shop
             .resolve(&|var| (var == "ACME_SECRET").then(|| "s".to_owned()))
@@ -697,9 +697,12 @@ mod tests {
         );
         let woo = |item: &str| -> Item { serde_json::from_str(item).expect("item") };
         assert_eq!(
-            check_item(PlatformKind::Woocommerce, &woo(r#"{"sku": "A", "product_id": 3, "location_id": "gid://shopify/Location/1"}"#))
-                .expect_err("foreign field")
-                .field,
+            check_item(
+                PlatformKind::Woocommerce,
+                &woo(r#"{"sku": "A", "product_id": 3, "location_id": "gid://shopify/Location/1"}"#)
+            )
+            .expect_err("foreign field")
+            .field,
             "location_id"
         );
         assert_eq!(

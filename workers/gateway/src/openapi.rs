@@ -136,7 +136,10 @@ mod tests {
                         connector::shops::PlatformKind::Shopify,
                     )
                     .unwrap_or_else(|e| panic!("POST {path} example {name}: {e}"));
-                    assert!(refused.is_empty(), "POST {path} example {name}: {refused:?}");
+                    assert!(
+                        refused.is_empty(),
+                        "POST {path} example {name}: {refused:?}"
+                    );
                     checked += 1;
                 }
                 continue;
@@ -211,8 +214,7 @@ mod tests {
                         crate::channels::check_rules_example("market-1", "SKU-1", value)
                     }
                     "/v1/connectors/{shop}" => {
-                        crate::connectors::shop_of("acme", value.to_string().as_bytes())
-                            .map(|_| ())
+                        crate::connectors::shop_of("acme", value.to_string().as_bytes()).map(|_| ())
                     }
                     "/v1/connectors/{shop}/items/{sku}" => {
                         crate::connectors::item_of("SKU-1", value.to_string().as_bytes()).and_then(
@@ -222,9 +224,8 @@ mod tests {
                                 } else {
                                     connector::shops::PlatformKind::Shopify
                                 };
-                                connector::shops::check_item(platform, &item).map_err(|e| {
-                                    crate::error::ApiError::invalid(e.field, e.reason)
-                                })
+                                connector::shops::check_item(platform, &item)
+                                    .map_err(|e| crate::error::ApiError::invalid(e.field, e.reason))
                             },
                         )
                     }
