@@ -46,8 +46,7 @@ pub(crate) struct Live {
     pub(crate) mappings: Mappings,
     pub(crate) shutdown: CancellationToken,
     running: HashMap<String, Running>,
-    /// Readiness checks per durable consumer name, registered once (a restarted shop reuses
-    /// its own).
+    /// Readiness checks by name, registered once (a restarted shop reuses its own).
     checks: HashMap<String, HealthCheck>,
 }
 
@@ -215,11 +214,16 @@ impl Live {
             .set(if state == "running" { 1.0 } else { 0.0 });
     }
 
-    fn check(&mut self, durable: &'static str) -> HealthCheck {
-        self.checks
-            .entry(durable.to_owned())
-            .or_insert_with(|| self.health.check(format!("consumer_{durable}")))
-            .clone()
+    /// The readiness check `name`, registered once.
+    fn check(&mut self, name: String) -> HealthCheck {
+        match self.checks.get(&name) {
+            Some(check) => check.clone(),
+            None => {
+                let check = self.health.check(name.clone());
+                self.checks.insert(name, check.clone());
+                check
+            }
+        }
     }
 
     async fn start(&mut self, config: &ShopConfig) -> Option<Started> {
@@ -286,19 +290,21 @@ impl Live {
             self.settings.clock.clone(),
         ));
         let mut checks = Vec::new();
-        for (stream, durable, max_in_flight) in [
+        for (stream, durable, check, max_in_flight) in [
             (
                 subjects::AVAILABILITY,
                 interned(topology::connector_durable(&id)),
+                format!("consumer_connector_{id}"),
                 Some(platform.max_batch() * 2),
             ),
             (
                 subjects::CONNECTOR_RETRIES,
                 interned(topology::connector_retries_durable(&id)),
+                format!("consumer_connector_{id}_retries"),
                 None,
             ),
         ] {
-            let bound = self.check(durable);
+            let bound = self.check(check);
             checks.push(bound.clone());
             let mut settings = self.consume.clone();
             if let Some(max) = max_in_flight {
