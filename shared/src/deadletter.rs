@@ -51,6 +51,12 @@ impl DeadLetters {
                     original_id = values.first().cloned();
                     continue;
                 }
+                if is_expectation(name.as_ref()) {
+                    // A publish condition of the original stream (e.g. the feed's
+                    // `Nats-Expected-Last-Subject-Sequence`): kept, it would be checked against
+                    // `DEAD_LETTERS` and refuse the dead letter.
+                    continue;
+                }
                 for value in values {
                     headers.append(name.clone(), value.clone());
                 }
@@ -93,6 +99,15 @@ impl DeadLetters {
         self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }
+}
+
+/// Whether header `name` asks JetStream to check something before it stores the message
+/// (`Nats-Expected-Stream`, `Nats-Expected-Last-Sequence`, `Nats-Expected-Last-Subject-Sequence`,
+/// `Nats-Expected-Last-Msg-Id`, …). Header names are case-insensitive.
+fn is_expectation(name: &str) -> bool {
+    const PREFIX: &str = "nats-expected-";
+    name.get(..PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX))
 }
 
 /// Where a dead letter goes and what it adds; the default is `deadletter.<source stream>` with the
@@ -163,6 +178,21 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_conditions_of_the_original_are_not_copied() {
+        for name in [
+            "Nats-Expected-Last-Subject-Sequence",
+            "Nats-Expected-Last-Sequence",
+            "Nats-Expected-Stream",
+            "nats-expected-last-msg-id",
+        ] {
+            assert!(is_expectation(name), "{name}");
+        }
+        for name in ["Nats-Msg-Id", "Stockflow-Event-Type", "Nats-Expected", "X"] {
+            assert!(!is_expectation(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_payload_that_does_not_fit_next_to_the_headers_is_clipped_and_its_size_recorded() {

@@ -346,6 +346,22 @@ pub const WEBHOOK_SUBSCRIPTION_MAX_BYTES: usize = 256 * 1024;
 /// worker that computes channel quantities watches it.
 pub const CHANNELS: &str = "CHANNELS";
 
+/// The key-value bucket of the connector's shops: one key per shop id, its value the shop as
+/// JSON (platform, channel, API base URL and version, and the NAMES of the variables holding its
+/// secrets — never a secret). Written by `stockctl connectors shops …`, the gateway's
+/// `/v1/connectors/{shop}` and the connector's shops-file seed; the connector watches it.
+pub const CONNECTOR_SHOPS: &str = "CONNECTOR_SHOPS";
+
+/// The key-value bucket of the connector's item mappings: one key per shop and SKU
+/// (`<shop>.<sku-key>`), its value where that SKU lives on the shop's platform, as JSON. Written
+/// like [`CONNECTOR_SHOPS`]; the connector watches it.
+pub const CONNECTOR_ITEMS: &str = "CONNECTOR_ITEMS";
+
+/// The key-value bucket where the connector reports each shop it was configured with: running,
+/// or skipped and why (a variable that is not set — its name, never a value). Written only by the
+/// connector; read by `stockctl connectors status` and `GET /v1/connectors`.
+pub const CONNECTOR_STATE: &str = "CONNECTOR_STATE";
+
 /// The declared key-value buckets.
 pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
     vec![
@@ -364,6 +380,34 @@ pub fn buckets(settings: &TopologySettings) -> Vec<kv::Config> {
             // The current value only: a deleted subscription's secret does not linger in history.
             history: 1,
             max_value_size: i32::try_from(WEBHOOK_SUBSCRIPTION_MAX_BYTES).unwrap_or(i32::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: CONNECTOR_SHOPS.to_owned(),
+            description: "stockflow connector shops (stockctl connectors shops, gateway /v1/connectors)".to_owned(),
+            // The current value only: the connector follows the newest.
+            history: 1,
+            max_value_size: 16 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: CONNECTOR_ITEMS.to_owned(),
+            description: "stockflow connector item mappings (stockctl connectors items, gateway /v1/connectors/{shop}/items)".to_owned(),
+            history: 1,
+            max_value_size: 4 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: CONNECTOR_STATE.to_owned(),
+            description: "stockflow connector: each configured shop, running or skipped and why".to_owned(),
+            history: 1,
+            max_value_size: 4 * 1024,
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
             ..Default::default()

@@ -115,7 +115,8 @@ pub enum Command {
     },
     /// What a channel may sell: one SKU's newest quantity, or every SKU of the channel.
     Availability(channels::AvailabilityArgs),
-    /// Shops of the connector (Shopify, WooCommerce): check a shops file, show what waits.
+    /// Shops of the connector (Shopify, WooCommerce): shops and item mappings, CSV import, check
+    /// a shops file, show what waits.
     Connectors {
         /// Which.
         #[command(subcommand)]
@@ -302,7 +303,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
             return channels::availability(&settings, &args, format).await
         }
         Command::Connectors { command } => {
-            connectors::run(&settings, &command, format).await?;
+            return connectors::run(&settings, &command, format).await
         }
         Command::Rebuild(args) => {
             repair::rebuild(&settings, settings.state()?.order_retention, &args).await?;

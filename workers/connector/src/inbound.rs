@@ -4,7 +4,11 @@
 //! (503 otherwise, and the platform retries); a line the contract refuses is skipped and counted. Their event ids derive from the platform's order,
 //! line and refund ids, so a retried or re-sent webhook stores nothing twice.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use async_nats::jetstream;
 use axum::{
@@ -36,13 +40,17 @@ pub const OUTCOMES: [&str; 7] = [
 /// What the routes share.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    /// Shops by id.
-    pub shops: Arc<HashMap<String, Arc<ShopHandle>>>,
+    /// The running shops by id (`crate::live` adds and removes them as the configuration
+    /// changes).
+    pub shops: Shops,
     /// Where the facts go.
     pub js: jetstream::Context,
     /// Bound on storing one webhook's facts.
     pub timeout: Duration,
 }
+
+/// The running shops by id, as the intake sees them.
+pub type Shops = Arc<RwLock<HashMap<String, Arc<ShopHandle>>>>;
 
 /// The webhook routes.
 pub fn router(intake: Intake) -> Router {
@@ -76,11 +84,14 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let Some(shop) = intake
+    let shop = intake
         .shops
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
         .get(&shop_id)
         .filter(|s| s.shop.platform.as_str() == platform)
-    else {
+        .cloned();
+    let Some(shop) = shop else {
         return answer(StatusCode::NOT_FOUND, json!({"error": "no such shop"}));
     };
     let platform = &shop.platform;
@@ -113,7 +124,7 @@ async fn receive(
     let mut duplicates = 0;
     let mut invalid = 0;
     for fact in &facts {
-        if shop.shop.item(&fact.sku).is_none() {
+        if shop.state.item(&fact.sku).is_none() {
             count(&shop_id, "unmapped_line");
             tracing::info!(shop = %shop_id, sku = %fact.sku, event_id = %fact.event_id, "order line of a SKU the shop does not map: not stockflow's");
             continue;

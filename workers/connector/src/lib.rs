@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod config;
 pub mod facts;
 pub mod inbound;
+mod live;
 pub mod outbound;
 pub mod platform;
 pub mod shopify;
@@ -9,24 +11,117 @@ pub mod shops;
 pub mod status;
 pub mod woocommerce;
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use stockflow_shared::{
-    consume::Pull,
     settings::{ConfigError, Env},
     startup::Failure,
-    topology::{self, ConsumerSpec},
     worker::{Service, WorkerSettings},
 };
 
 pub use stockflow_shared::retry::{Clock, RetryPolicy};
 
 use crate::{
-    outbound::{Feed, Pusher, ShopState},
+    outbound::ShopState,
     platform::Platform,
     shops::{PlatformKind, Shop},
 };
+
+/// Where the connector reads the secret variables its shops name: the values the shops file's
+/// shops were read with at start, then the process environment (read when a shop starts, so a
+/// shop added in `CONNECTOR_SHOPS` finds the variables the deployment sets). Its `Debug` prints
+/// no value.
+#[derive(Clone)]
+pub struct Secrets {
+    known: Arc<HashMap<String, String>>,
+    process: bool,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("known", &self.known.keys().collect::<Vec<_>>())
+            .field("process", &self.process)
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// The process environment only.
+    pub fn process() -> Self {
+        Self {
+            known: Arc::default(),
+            process: true,
+        }
+    }
+
+    /// These values only (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            known: Arc::new(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            ),
+            process: false,
+        }
+    }
+
+    /// Adds `var` = `value`, ahead of the rest.
+    pub fn with(mut self, var: &str, value: &str) -> Self {
+        Arc::make_mut(&mut self.known).insert(var.to_owned(), value.to_owned());
+        self
+    }
+
+    /// The value of `var`, if set.
+    pub fn get(&self, var: &str) -> Option<String> {
+        self.known
+            .get(var)
+            .cloned()
+            .or_else(|| self.process.then(|| std::env::var(var).ok()).flatten())
+    }
+
+    /// The process environment, behind the secrets `shops` were read with.
+    fn of_shops(shops: &[Shop]) -> Self {
+        let mut known = HashMap::new();
+        for shop in shops {
+            let config = &shop.config;
+            known.insert(
+                config.webhook_secret_env.clone(),
+                shop.webhook_secret.expose().to_owned(),
+            );
+            match (&shop.credentials, config) {
+                (
+                    shops::Credentials::AccessToken(token),
+                    shops::ShopConfig {
+                        access_token_env: Some(var),
+                        ..
+                    },
+                ) => {
+                    known.insert(var.clone(), token.expose().to_owned());
+                }
+                (
+                    shops::Credentials::ConsumerKey { key, secret },
+                    shops::ShopConfig {
+                        consumer_key_env: Some(key_var),
+                        consumer_secret_env: Some(secret_var),
+                        ..
+                    },
+                ) => {
+                    known.insert(key_var.clone(), key.expose().to_owned());
+                    known.insert(secret_var.clone(), secret.expose().to_owned());
+                }
+                _ => {}
+            }
+        }
+        Self {
+            known: Arc::new(known),
+            process: true,
+        }
+    }
+}
 
 /// A shop as the intake sees it.
 #[derive(Debug)]
@@ -44,8 +139,11 @@ pub struct ShopHandle {
 pub struct Settings {
     /// NATS, listener, topology, consume loop.
     pub worker: WorkerSettings,
-    /// The shops (`STOCKFLOW_CONNECTOR_SHOPS_FILE`).
+    /// The shops of the shops file (`STOCKFLOW_CONNECTOR_SHOPS_FILE`, optional): written into
+    /// the `CONNECTOR_SHOPS` and `CONNECTOR_ITEMS` buckets at start.
     pub shops: Vec<Shop>,
+    /// Where the secret variables the shops name are read.
+    pub secrets: Secrets,
     /// Where the webhooks are received (`STOCKFLOW_CONNECTOR_ADDR`).
     pub listen: SocketAddr,
     /// Back-off floor and ceiling, retry horizon (the breaker fields are not used).
@@ -60,7 +158,8 @@ pub struct Settings {
 pub const MAX_HORIZON_SECONDS: u64 = 7 * 24 * 3600;
 
 impl Settings {
-    /// Reads the environment and the shops file; errors name the variable (and the shop).
+    /// Reads the environment and the shops file, if one is named; errors name the variable
+    /// (and the shop).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let worker = WorkerSettings::from_env(env, "connector", "127.0.0.1:9468")?;
         let millis =
@@ -91,8 +190,10 @@ impl Settings {
                 reason: "must not exceed STOCKFLOW_CONNECTOR_BACKOFF_CEILING_MILLIS".into(),
             });
         }
+        let shops = shops::from_env(env)?.unwrap_or_default();
         Ok(Self {
-            shops: shops::from_env(env)?,
+            secrets: Secrets::of_shops(&shops),
+            shops,
             listen: env.addr("STOCKFLOW_CONNECTOR_ADDR", "127.0.0.1:8090")?,
             batch_window: millis("STOCKFLOW_CONNECTOR_BATCH_MILLIS", 50, 0..=10_000)?,
             retry,
@@ -102,15 +203,19 @@ impl Settings {
     }
 }
 
-fn platform_of(shop: &Shop, client: reqwest::Client) -> anyhow::Result<Arc<dyn Platform>> {
+pub(crate) fn platform_of(
+    shop: &Shop,
+    client: reqwest::Client,
+) -> anyhow::Result<Arc<dyn Platform>> {
     Ok(match shop.platform {
         PlatformKind::Shopify => Arc::new(shopify::Shopify::new(shop, client)?),
         PlatformKind::Woocommerce => Arc::new(woocommerce::WooCommerce::new(shop, client)?),
     })
 }
 
-/// Runs the connector until `shutdown` resolves: per shop, a consumer on its channel's
-/// availability feed and a pusher; for all, the webhook intake.
+/// Runs the connector until `shutdown` resolves: the shops file (if any) seeded into the
+/// buckets, then per shop of `CONNECTOR_SHOPS` a consumer on its channel's availability feed and
+/// a pusher, followed live (`live`); for all, the webhook intake.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -127,83 +232,43 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding STOCKFLOW_CONNECTOR_ADDR {}", settings.listen))?;
-    let mut handles = HashMap::new();
-    for shop in &settings.shops {
-        let platform = platform_of(shop, client.clone())?;
-        let (id, channel) = (shop.id.clone(), shop.channel.clone());
-        let topology = settings.worker.topology.clone();
-        let js = runtime.js.clone();
-        runtime
-            .startup
-            .wait("JetStream to declare the connector consumers", || async {
-                topology::ensure_connector_consumer(&js, &id, &channel, &topology)
-                    .await
-                    .map_err(|e| {
-                        let unavailable = matches!(e, topology::TopologyError::JetStream { .. });
-                        let e = anyhow::Error::new(e)
-                            .context(format!("declaring the consumer of shop {id}"));
-                        if unavailable {
-                            Failure::Unavailable(e)
-                        } else {
-                            Failure::Misconfigured(e)
-                        }
-                    })
+    let js = runtime.js.clone();
+    let store = runtime
+        .startup
+        .wait("JetStream to open the connector's buckets", || async {
+            config::ConfigStore::open(&js).await.map_err(|e| {
+                let missing = matches!(e, config::StoreError::Missing(_));
+                let e = anyhow::Error::new(e);
+                if missing {
+                    Failure::Misconfigured(e)
+                } else {
+                    Failure::Unavailable(e)
+                }
             })
-            .await?;
-        outbound::register_metrics(&shop.id);
-        for outcome in inbound::OUTCOMES {
-            metrics::counter!("stockflow_connector_webhooks_total", "shop" => shop.id.clone(), "outcome" => outcome)
-                .increment(0);
-        }
-        let state = Arc::new(ShopState::new(shop.clone(), platform.clone()));
-        let (pusher, queue) = Pusher::new(state.clone(), settings.batch_window);
-        runtime.spawn(pusher.run(runtime.shutdown.clone()));
-        // Named for the life of the process (metric labels): leaked once per shop.
-        let durable: &'static str =
-            Box::leak(topology::connector_durable(&shop.id).into_boxed_str());
-        let mut consumer = runtime.consumer(
-            ConsumerSpec {
-                stream: stockflow_proto::subjects::AVAILABILITY,
-                durable,
-            },
-            format!("consumer_connector_{}", shop.id),
-        );
-        consumer.settings.max_in_flight = platform.max_batch() * 2;
-        // A push may wait for the platform's budget: pull only what can go out soon.
-        consumer.settings.pull = Pull::WithinWindow;
-        let feed = Feed::new(
-            state.clone(),
-            queue,
-            runtime.js.clone(),
-            settings.retry.clone(),
-            settings.clock.clone(),
-        );
-        let feed = Arc::new(feed);
-        runtime.spawn_consumer(consumer, feed.clone());
-        // Replayed dead letters: the same handler pushes the SKU's newest quantity again.
-        let durable: &'static str =
-            Box::leak(topology::connector_retries_durable(&shop.id).into_boxed_str());
-        let mut retries = runtime.consumer(
-            ConsumerSpec {
-                stream: stockflow_proto::subjects::CONNECTOR_RETRIES,
-                durable,
-            },
-            format!("consumer_connector_{}_retries", shop.id),
-        );
-        retries.settings.pull = Pull::WithinWindow;
-        runtime.spawn_consumer(retries, feed);
-        handles.insert(
-            shop.id.clone(),
-            Arc::new(ShopHandle {
-                shop: shop.clone(),
-                platform,
-                state,
-            }),
-        );
-    }
-    tracing::info!(shops = settings.shops.len(), addr = %settings.listen, "connector ready");
+        })
+        .await?;
+    let live = live::Live::new(
+        runtime.js.clone(),
+        store,
+        runtime.health.clone(),
+        runtime.can_process(),
+        settings.worker.consume.clone(),
+        client,
+        settings.clone(),
+        runtime.shutdown.clone(),
+    );
+    let mut live = live;
+    live.seed().await?;
+    // The shops stored now run before the first webhook is answered; later changes are
+    // followed from here (`Live::follow` reads the buckets again once its watches are set).
+    live.sync()
+        .await
+        .context("reading the connector's shops (CONNECTOR_SHOPS, CONNECTOR_ITEMS)")?;
+    let shops = live.shops.clone();
+    runtime.spawn(live.follow());
+    tracing::info!(seeded = settings.shops.len(), addr = %settings.listen, "connector ready");
     let app = inbound::router(inbound::Intake {
-        shops: Arc::new(handles),
+        shops,
         js: runtime.js.clone(),
         timeout: settings.retry.timeout,
     });
@@ -244,6 +309,10 @@ fn describe_metrics() {
         "stockflow_connector_push_lag_seconds",
         Unit::Seconds,
         "From a channel quantity change to its push"
+    );
+    describe_gauge!(
+        "stockflow_connector_shop_running",
+        "1 while the shop's pipeline runs; 0 when it is skipped (see stockctl connectors status)"
     );
     describe_gauge!(
         "stockflow_connector_shop_reachable",

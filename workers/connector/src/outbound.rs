@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -27,9 +27,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     facts,
     platform::{ItemOutcome, Platform, PlatformError, Push},
-    shops::Shop,
+    shops::{Item, Shop},
     Clock, RetryPolicy,
 };
+
+/// Every shop's item mappings, by shop id and SKU: the live copy of the `CONNECTOR_ITEMS` bucket
+/// (`crate::live` keeps it current), read at each push, so a mapping change applies to the next
+/// push without a restart.
+pub type Mappings = Arc<RwLock<HashMap<String, HashMap<String, Item>>>>;
 
 /// Header of a connector dead letter: the shop.
 pub use stockflow_proto::subjects::HEADER_CONNECTOR_DL_SHOP as HEADER_DL_SHOP;
@@ -68,6 +73,8 @@ pub struct ShopState {
     pub shop: Shop,
     /// Its platform.
     pub platform: Arc<dyn Platform>,
+    /// Its item mappings (with every other shop's).
+    mappings: Mappings,
     known: Mutex<HashMap<String, i64>>,
     /// No call to the platform before this instant (its cost budget, a throttle): pushes and
     /// reads share it, so a read cannot spend what a push waits for.
@@ -75,14 +82,44 @@ pub struct ShopState {
 }
 
 impl ShopState {
-    /// A shop whose platform quantities are not known yet.
+    /// A shop whose platform quantities are not known yet, mapping the items of [`Shop::items`].
     pub fn new(shop: Shop, platform: Arc<dyn Platform>) -> Self {
+        let mappings = Mappings::default();
+        mappings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(shop.id.clone(), shop.items.clone());
+        Self::with_mappings(shop, platform, mappings)
+    }
+
+    /// A shop whose platform quantities are not known yet, its items read from `mappings`.
+    pub fn with_mappings(shop: Shop, platform: Arc<dyn Platform>, mappings: Mappings) -> Self {
         Self {
             shop,
             platform,
+            mappings,
             known: Mutex::default(),
             not_before: Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Where `sku` lives on the platform, if the shop maps it (now).
+    pub fn item(&self, sku: &str) -> Option<Item> {
+        self.mappings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&self.shop.id)
+            .and_then(|items| items.get(sku))
+            .cloned()
+    }
+
+    /// Forgets what the platform holds of `sku` (its mapping changed: the quantity known is
+    /// another item's); the next push reads it first.
+    pub fn forget(&self, sku: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(sku);
     }
 
     /// Waits until the platform's budget allows a call.
@@ -464,23 +501,8 @@ impl Feed {
             headers: vec![(HEADER_DL_SHOP, shop.clone())],
         };
         tracing::warn!(shop = %shop, subject = %delivery.subject(), %reason, "push dead-lettered");
-        // The feed's messages carry the compare-and-set header they were stored with
-        // (`Nats-Expected-Last-Subject-Sequence`): kept, it would refuse the dead letter.
-        let mut message = delivery.message().clone();
-        if let Some(headers) = message.message.headers.take() {
-            let mut kept = async_nats::HeaderMap::new();
-            for (name, values) in headers.iter() {
-                if name.to_string().starts_with("Nats-Expected-") {
-                    continue;
-                }
-                for value in values {
-                    kept.append(name.clone(), value.clone());
-                }
-            }
-            message.message.headers = Some(kept);
-        }
         self.dead_letters
-            .store_with(&message, reason, route)
+            .store_with(delivery.message(), reason, route)
             .await
             .map_err(HandleError::nats)?;
         metrics::counter!("stockflow_connector_dead_letters_total", "shop" => shop.clone())
@@ -564,7 +586,7 @@ impl Handler for Feed {
             (change, info.stream_sequence)
         };
         let shop = &self.state.shop;
-        let Some(item) = shop.item(&change.sku).cloned() else {
+        let Some(item) = self.state.item(&change.sku) else {
             // Not sold in this shop.
             return Ok(Self::handled(Outcome::Applied));
         };

@@ -1,6 +1,7 @@
 //! What waits for each shop a connector serves, read from JetStream alone (no connector needs to
 //! run): `stockctl connectors status` and the gateway's `GET /v1/connectors` both call
-//! [`shops`].
+//! [`shops`]. The shops are those of `CONNECTOR_SHOPS` and those with a consumer; for each, what
+//! the connector last reported (`CONNECTOR_STATE`: running, or skipped and why).
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
@@ -18,6 +19,13 @@ pub struct ShopStatus {
     pub asked_again: Option<u64>,
     /// Its dead letters in `DEAD_LETTERS` (`deadletter.connectors.<shop>`).
     pub dead_letters: u64,
+    /// Whether `CONNECTOR_SHOPS` holds it (a shop only with a consumer was removed while no
+    /// connector ran, or comes from an older connector).
+    pub configured: bool,
+    /// What the connector last made of it: `running` or `skipped`; `None` before it saw it.
+    pub state: Option<String>,
+    /// Why it was skipped (names a variable, never a value).
+    pub problem: Option<String>,
 }
 
 /// Why the status cannot be read.
@@ -52,7 +60,24 @@ pub async fn shops(js: &jetstream::Context) -> Result<Vec<ShopStatus>, StatusErr
             ids.push(shop.to_owned());
         }
     }
+    let store = match crate::config::ConfigStore::open(js).await {
+        Ok(store) => Some(store),
+        Err(crate::config::StoreError::Missing(_)) => None,
+        Err(e) => return Err(anyhow::Error::new(e).into()),
+    };
+    let mut configured = Vec::new();
+    if let Some(store) = &store {
+        configured = store
+            .shops()
+            .await
+            .context("reading CONNECTOR_SHOPS")?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.extend(configured.iter().cloned());
+    }
     ids.sort();
+    ids.dedup();
     let mut shops = Vec::with_capacity(ids.len());
     for shop in ids {
         let pending = waiting(&feed, &format!("connector-{shop}")).await;
@@ -69,7 +94,17 @@ pub async fn shops(js: &jetstream::Context) -> Result<Vec<ShopStatus>, StatusErr
             let (_, n) = count.context("reading DEAD_LETTERS")?;
             dead += u64::try_from(n).unwrap_or(0);
         }
+        let report = match &store {
+            Some(store) => store
+                .reported(&shop)
+                .await
+                .context("reading CONNECTOR_STATE")?,
+            None => None,
+        };
         shops.push(ShopStatus {
+            configured: configured.contains(&shop),
+            state: report.as_ref().map(|r| r.state.clone()),
+            problem: report.and_then(|r| r.reason),
             shop,
             pending,
             asked_again,

@@ -126,6 +126,24 @@ mod tests {
             if op.get("requestBody").is_none() {
                 continue;
             }
+            // A CSV import: every example row is a good Shopify item.
+            if let Some(csv) = op["requestBody"]["content"]["text/csv"]["examples"].as_object() {
+                assert!(!csv.is_empty(), "POST {path} has no CSV example");
+                for (name, example) in csv {
+                    let text = example["value"].as_str().expect("a CSV text");
+                    let (_, refused) = connector::shops::read_items(
+                        text.as_bytes(),
+                        connector::shops::PlatformKind::Shopify,
+                    )
+                    .unwrap_or_else(|e| panic!("POST {path} example {name}: {e}"));
+                    assert!(
+                        refused.is_empty(),
+                        "POST {path} example {name}: {refused:?}"
+                    );
+                    checked += 1;
+                }
+                continue;
+            }
             let examples = op["requestBody"]["content"]["application/json"]["examples"]
                 .as_object()
                 .cloned()
@@ -194,6 +212,22 @@ mod tests {
                     "/v1/channels/{channel}" => crate::channels::check_example("market-1", value),
                     "/v1/channels/{channel}/rules/{sku}" => {
                         crate::channels::check_rules_example("market-1", "SKU-1", value)
+                    }
+                    "/v1/connectors/{shop}" => {
+                        crate::connectors::shop_of("acme", value.to_string().as_bytes()).map(|_| ())
+                    }
+                    "/v1/connectors/{shop}/items/{sku}" => {
+                        crate::connectors::item_of("SKU-1", value.to_string().as_bytes()).and_then(
+                            |item| {
+                                let platform = if item.product_id.is_some() {
+                                    connector::shops::PlatformKind::Woocommerce
+                                } else {
+                                    connector::shops::PlatformKind::Shopify
+                                };
+                                connector::shops::check_item(platform, &item)
+                                    .map_err(|e| crate::error::ApiError::invalid(e.field, e.reason))
+                            },
+                        )
                     }
                     other => panic!("no example check for PUT {other}"),
                 };

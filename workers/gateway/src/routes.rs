@@ -67,6 +67,41 @@ pub(crate) fn api_routes() -> (Router<AppState>, Vec<(&'static str, &'static str
             delete(crate::admin::delete_webhook),
         ),
         ("get", "/v1/connectors", get(crate::connectors::list)),
+        (
+            "get",
+            "/v1/connectors/{shop}",
+            get(crate::connectors::get_shop),
+        ),
+        (
+            "put",
+            "/v1/connectors/{shop}",
+            put(crate::connectors::put_shop),
+        ),
+        (
+            "delete",
+            "/v1/connectors/{shop}",
+            delete(crate::connectors::delete_shop),
+        ),
+        (
+            "get",
+            "/v1/connectors/{shop}/items",
+            get(crate::connectors::list_items),
+        ),
+        (
+            "post",
+            "/v1/connectors/{shop}/items",
+            post(crate::connectors::import_items),
+        ),
+        (
+            "put",
+            "/v1/connectors/{shop}/items/{sku}",
+            put(crate::connectors::put_item),
+        ),
+        (
+            "delete",
+            "/v1/connectors/{shop}/items/{sku}",
+            delete(crate::connectors::delete_item),
+        ),
         ("get", "/v1/channels", get(crate::channels::list)),
         ("get", "/v1/channels/{channel}", get(crate::channels::get)),
         ("put", "/v1/channels/{channel}", put(crate::channels::put)),

@@ -1,0 +1,548 @@
+//! The connector's shops, followed live: the `CONNECTOR_SHOPS` and `CONNECTOR_ITEMS` buckets are
+//! read at start and watched; a new shop starts its pipeline (consumers, pusher, webhook route), a
+//! changed one restarts it, a removed one stops, and its durable consumers are deleted (see
+//! [`Live::remove`]); a mapping change applies to the next push. A shop whose secret variables
+//! are not set is skipped — logged and reported in `CONNECTOR_STATE` naming the variable — and
+//! the other shops run.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt as _;
+use stockflow_proto::subjects;
+use stockflow_shared::{
+    consume::{ConsumeSettings, Consumer, Pull},
+    deadletter::DeadLetters,
+    health::{Health, HealthCheck},
+    topology::{self, ConsumerSpec, TopologySettings},
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{shop_of_item_key, ConfigStore, ShopReport},
+    inbound::Shops,
+    outbound::{self, Feed, Mappings, Pusher, ShopState},
+    shops::{Item, ResolveError, ShopConfig},
+    Secrets, Settings, ShopHandle,
+};
+
+/// What a shop's pipelines are built from.
+pub(crate) struct Live {
+    pub(crate) js: jetstream::Context,
+    pub(crate) store: ConfigStore,
+    pub(crate) health: Health,
+    pub(crate) can_process: HealthCheck,
+    pub(crate) consume: ConsumeSettings,
+    pub(crate) topology: TopologySettings,
+    pub(crate) client: reqwest::Client,
+    pub(crate) settings: Settings,
+    pub(crate) secrets: Secrets,
+    pub(crate) shops: Shops,
+    pub(crate) mappings: Mappings,
+    pub(crate) shutdown: CancellationToken,
+    running: HashMap<String, Running>,
+    /// Readiness checks by name, registered once (a restarted shop reuses its own).
+    checks: HashMap<String, HealthCheck>,
+}
+
+/// A shop's running pipeline.
+struct Running {
+    config: ShopConfig,
+    /// `None`: configured but skipped (its report says why).
+    started: Option<Started>,
+}
+
+struct Started {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    state: Arc<ShopState>,
+    checks: Vec<HealthCheck>,
+}
+
+/// A metric label or consumer name that must live as long as the process: interned, so a shop
+/// restarted many times leaks its names once.
+fn interned(name: String) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Live {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        js: jetstream::Context,
+        store: ConfigStore,
+        health: Health,
+        can_process: HealthCheck,
+        consume: ConsumeSettings,
+        client: reqwest::Client,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            js,
+            store,
+            health,
+            can_process,
+            consume,
+            topology: settings.worker.topology.clone(),
+            client,
+            secrets: settings.secrets.clone(),
+            settings,
+            shops: Shops::default(),
+            mappings: Mappings::default(),
+            shutdown,
+            running: HashMap::new(),
+            checks: HashMap::new(),
+        }
+    }
+
+    /// Writes the shops file's shops and items into the buckets (the file is a declarative
+    /// seed: what it names wins at each start; what it does not name is left alone).
+    pub(crate) async fn seed(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        for shop in &self.settings.shops {
+            self.store
+                .put_shop(&shop.config)
+                .await
+                .with_context(|| format!("seeding shop {} from the shops file", shop.id))?;
+            for item in shop.items.values() {
+                self.store.put_item(&shop.id, item).await.with_context(|| {
+                    format!(
+                        "seeding item {:?} of shop {} from the shops file",
+                        item.sku, shop.id
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the running shops and the mappings in line with the buckets (at start, and after
+    /// a watch had to be made anew).
+    pub(crate) async fn sync(&mut self) -> anyhow::Result<()> {
+        let items = self.store.all_items().await?;
+        let changed: Vec<(String, String)> = {
+            let mut mappings = self
+                .mappings
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut changed = Vec::new();
+            for (shop, items) in &items {
+                let held = mappings.get(shop);
+                for (sku, item) in items {
+                    if held.and_then(|h| h.get(sku)) != Some(item) {
+                        changed.push((shop.clone(), sku.clone()));
+                    }
+                }
+            }
+            *mappings = items;
+            changed
+        };
+        for (shop, sku) in changed {
+            self.mapping_changed(&shop, &sku, true).await;
+        }
+        let shops = self.store.shops().await?;
+        let ids: Vec<String> = shops.iter().map(|s| s.id.clone()).collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove(&id).await;
+        }
+        for shop in shops {
+            self.apply(shop).await;
+        }
+        Ok(())
+    }
+
+    /// Starts `config`'s shop, restarts it if it changed, leaves it alone if not.
+    pub(crate) async fn apply(&mut self, config: ShopConfig) {
+        if let Some(running) = self.running.get(&config.id) {
+            if running.config == config && running.started.is_some() {
+                return;
+            }
+        }
+        let previous = self.running.remove(&config.id);
+        let channel_changed = previous
+            .as_ref()
+            .is_some_and(|p| p.config.channel != config.channel);
+        if let Some(previous) = previous {
+            tracing::info!(shop = %config.id, "shop changed: restarting its pipeline");
+            self.stop(&config.id, previous).await;
+        }
+        if channel_changed {
+            // Its consumer follows another channel's feed: made anew, it delivers the new
+            // channel's quantity of every SKU.
+            self.delete_consumers(&config.id).await;
+        }
+        let started = self.start(&config).await;
+        self.running
+            .insert(config.id.clone(), Running { config, started });
+    }
+
+    async fn report(&self, shop: &str, state: &str, reason: Option<String>) {
+        let report = ShopReport {
+            state: state.to_owned(),
+            reason,
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.store.report(shop, &report).await {
+            tracing::warn!(shop, error = %e, "cannot record the shop's state");
+        }
+        metrics::gauge!("stockflow_connector_shop_running", "shop" => shop.to_owned())
+            .set(if state == "running" { 1.0 } else { 0.0 });
+    }
+
+    /// The readiness check `name`, registered once.
+    fn check(&mut self, name: String) -> HealthCheck {
+        match self.checks.get(&name) {
+            Some(check) => check.clone(),
+            None => {
+                let check = self.health.check(name.clone());
+                self.checks.insert(name, check.clone());
+                check
+            }
+        }
+    }
+
+    async fn start(&mut self, config: &ShopConfig) -> Option<Started> {
+        let id = config.id.clone();
+        let secrets = self.secrets.clone();
+        let mut shop = match config.resolve(&|var| secrets.get(var)) {
+            Ok(shop) => shop,
+            Err(e) => {
+                match &e {
+                    ResolveError::Missing(missing) => tracing::error!(
+                        shop = %id,
+                        field = missing.field,
+                        variable = %missing.var,
+                        "shop skipped: a secret variable it names is not set in the connector's environment"
+                    ),
+                    ResolveError::Invalid(_) => {
+                        tracing::error!(shop = %id, error = %e, "shop skipped: invalid configuration")
+                    }
+                }
+                self.report(&id, "skipped", Some(e.to_string())).await;
+                return None;
+            }
+        };
+        shop.items = HashMap::new();
+        let platform = match crate::platform_of(&shop, self.client.clone()) {
+            Ok(platform) => platform,
+            Err(e) => {
+                tracing::error!(shop = %id, error = %format!("{e:#}"), "shop skipped");
+                self.report(&id, "skipped", Some(format!("{e:#}"))).await;
+                return None;
+            }
+        };
+        if let Err(e) =
+            topology::ensure_connector_consumer(&self.js, &id, &shop.channel, &self.topology).await
+        {
+            tracing::error!(shop = %id, error = %e, "shop skipped: its consumers cannot be declared");
+            self.report(
+                &id,
+                "skipped",
+                Some(format!("declaring its consumers: {e}")),
+            )
+            .await;
+            return None;
+        }
+        outbound::register_metrics(&id);
+        for outcome in crate::inbound::OUTCOMES {
+            metrics::counter!("stockflow_connector_webhooks_total", "shop" => id.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        let state = Arc::new(ShopState::with_mappings(
+            shop.clone(),
+            platform.clone(),
+            self.mappings.clone(),
+        ));
+        let stop = self.shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        let (pusher, queue) = Pusher::new(state.clone(), self.settings.batch_window);
+        tasks.spawn(pusher.run(stop.clone()));
+        let feed = Arc::new(Feed::new(
+            state.clone(),
+            queue,
+            self.js.clone(),
+            self.settings.retry.clone(),
+            self.settings.clock.clone(),
+        ));
+        let mut checks = Vec::new();
+        for (stream, durable, check, max_in_flight) in [
+            (
+                subjects::AVAILABILITY,
+                interned(topology::connector_durable(&id)),
+                format!("consumer_connector_{id}"),
+                Some(platform.max_batch() * 2),
+            ),
+            (
+                subjects::CONNECTOR_RETRIES,
+                interned(topology::connector_retries_durable(&id)),
+                format!("consumer_connector_{id}_retries"),
+                None,
+            ),
+        ] {
+            let bound = self.check(check);
+            checks.push(bound.clone());
+            let mut settings = self.consume.clone();
+            if let Some(max) = max_in_flight {
+                settings.max_in_flight = max;
+            }
+            // A push may wait for the platform's budget: pull only what can go out soon.
+            settings.pull = Pull::WithinWindow;
+            let consumer = Consumer {
+                js: self.js.clone(),
+                spec: ConsumerSpec { stream, durable },
+                dead_letters: DeadLetters::new(self.js.clone()),
+                bound,
+                can_process: self.can_process.clone(),
+                settings,
+            };
+            tasks.spawn(consumer.run(feed.clone(), stop.clone()));
+        }
+        self.shops
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id.clone(),
+                Arc::new(ShopHandle {
+                    shop,
+                    platform,
+                    state: state.clone(),
+                }),
+            );
+        tracing::info!(shop = %id, channel = %config.channel, platform = config.platform.as_str(), "shop running");
+        self.report(&id, "running", None).await;
+        Some(Started {
+            stop,
+            tasks,
+            state,
+            checks,
+        })
+    }
+
+    /// Stops a shop's pipeline: its webhooks are answered 404, its consume loops finish what is
+    /// in flight and stop.
+    async fn stop(&mut self, id: &str, running: Running) {
+        self.shops
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let Some(mut started) = running.started else {
+            return;
+        };
+        started.stop.cancel();
+        while started.tasks.join_next().await.is_some() {}
+        // A stopped shop has nothing to bind: it must not hold the connector's readiness.
+        for check in &started.checks {
+            check.set(true);
+        }
+    }
+
+    /// A shop removed from the bucket: its pipeline stops and its durable consumers are
+    /// deleted. Kept, they would show it in `stockctl connectors status` with a backlog nobody
+    /// pushes, and a shop added again under the same id — perhaps at another channel — would
+    /// resume a stale position; made anew, its consumer delivers the newest quantity of every
+    /// SKU of its channel, which is what a shop that was away needs.
+    pub(crate) async fn remove(&mut self, id: &str) {
+        if let Some(running) = self.running.remove(id) {
+            tracing::info!(shop = %id, "shop removed: stopping its pipeline and deleting its consumers");
+            self.stop(id, running).await;
+        }
+        self.delete_consumers(id).await;
+        if let Err(e) = self.store.forget(id).await {
+            tracing::warn!(shop = %id, error = %e, "cannot forget the shop's state");
+        }
+        metrics::gauge!("stockflow_connector_shop_running", "shop" => id.to_owned()).set(0.0);
+    }
+
+    async fn delete_consumers(&self, id: &str) {
+        for (stream, durable) in [
+            (subjects::AVAILABILITY, topology::connector_durable(id)),
+            (
+                subjects::CONNECTOR_RETRIES,
+                topology::connector_retries_durable(id),
+            ),
+        ] {
+            let Ok(stream) = self.js.get_stream_no_info(stream).await else {
+                continue;
+            };
+            if let Err(e) = stream.delete_consumer(&durable).await {
+                tracing::debug!(%durable, error = %e, "consumer not deleted (there may be none)");
+            }
+        }
+    }
+
+    /// A mapping of `sku` in `shop` was added, changed or removed: the quantity known on the
+    /// platform is another item's, and a new or changed mapping gets the SKU's newest quantity
+    /// pushed now (a request on `connectors.retry.<shop>.<sku-token>`, as a replayed dead letter
+    /// does), not at its next change.
+    async fn mapping_changed(&self, shop: &str, sku: &str, mapped: bool) {
+        let Some(started) = self.running.get(shop).and_then(|r| r.started.as_ref()) else {
+            return;
+        };
+        started.state.forget(sku);
+        if !mapped {
+            return;
+        }
+        let subject = subjects::connector_retry(shop, &subjects::encode_token(sku));
+        match self.js.publish(subject, bytes::Bytes::new()).await {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(shop, error = %e, "the newly mapped SKU's push was not requested; its next change pushes it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shop, error = %e, "the newly mapped SKU's push was not requested; its next change pushes it")
+            }
+        }
+    }
+
+    /// Applies one change of `CONNECTOR_SHOPS`.
+    async fn shop_entry(&mut self, entry: kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<ShopConfig>(&entry.value) {
+                Ok(config) if config.id == entry.key => self.apply(config).await,
+                Ok(_) => {
+                    tracing::error!(key = %entry.key, "a shop stored under another id's key: ignored")
+                }
+                Err(e) => {
+                    tracing::error!(key = %entry.key, error = %e, "an unreadable shop: ignored");
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => self.remove(&entry.key).await,
+        }
+    }
+
+    /// Applies one change of `CONNECTOR_ITEMS`.
+    async fn item_entry(&mut self, entry: kv::Entry) {
+        let Some(shop) = shop_of_item_key(&entry.key).map(str::to_owned) else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put => {
+                let item: Item = match serde_json::from_slice(&entry.value) {
+                    Ok(item) => item,
+                    Err(e) => {
+                        tracing::error!(key = %entry.key, error = %e, "an unreadable item mapping: ignored");
+                        return;
+                    }
+                };
+                let sku = item.sku.clone();
+                let changed = {
+                    let mut mappings = self
+                        .mappings
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let items = mappings.entry(shop.clone()).or_default();
+                    items.insert(sku.clone(), item.clone()) != Some(item)
+                };
+                if changed {
+                    self.mapping_changed(&shop, &sku, true).await;
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                let removed = {
+                    let mut mappings = self
+                        .mappings
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    mappings.get_mut(&shop).and_then(|items| {
+                        let sku = items
+                            .keys()
+                            .find(|sku| crate::config::item_key(&shop, sku) == entry.key)
+                            .cloned()?;
+                        items.remove(&sku).map(|_| sku)
+                    })
+                };
+                if let Some(sku) = removed {
+                    self.mapping_changed(&shop, &sku, false).await;
+                }
+            }
+        }
+    }
+
+    /// Follows both buckets until shutdown, then stops every shop.
+    pub(crate) async fn follow(mut self) {
+        loop {
+            let watches = async {
+                let shops = self.store.shops.watch(">").await?;
+                let items = self.store.items.watch(">").await?;
+                anyhow::Ok((shops, items))
+            };
+            let (mut shops, mut items) = match watches.await {
+                Ok(watches) => watches,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the connector's buckets; trying again in a second");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        // Back-off between attempts while NATS is away.
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            // What changed before the watches began (at start: everything).
+            if let Err(e) = self.sync().await {
+                tracing::warn!(error = %format!("{e:#}"), "reading the connector's buckets; trying again in a second");
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => {
+                        self.stop_all().await;
+                        return;
+                    }
+                    entry = shops.next() => match entry {
+                        Some(Ok(entry)) => self.shop_entry(entry).await,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "watching CONNECTOR_SHOPS; watching anew");
+                            break;
+                        }
+                        None => break,
+                    },
+                    entry = items.next() => match entry {
+                        Some(Ok(entry)) => self.item_entry(entry).await,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "watching CONNECTOR_ITEMS; watching anew");
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        self.stop_all().await;
+    }
+
+    async fn stop_all(&mut self) {
+        let running: Vec<(String, Running)> = self.running.drain().collect();
+        for (id, running) in running {
+            self.stop(&id, running).await;
+        }
+    }
+}
