@@ -21,13 +21,13 @@ use serde_json::Value;
 use super::{order, Category, Event, InputError};
 use crate::v1::{
     order_event, stock_event::Change, Adjusted, AllocationStrategy, AvailabilityRules, Channel,
-    ChannelKind, ChannelRulesSet, Counted, EventMeta, FulfilledLine, OrderCancelled,
+    ChannelKind, ChannelRulesSet, Counted, EventMeta, Expected, ExpectedCancelled, FulfilledLine, OrderCancelled,
     OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet, Reason,
-    Received, Returned, Sold, StockEvent, Transferred,
+    Received, Returned, Sold, StockEvent, Transferred, UnsellableMoved,
 };
 
 /// The stock fact types, as JSON names them.
-pub const FACT_TYPES: [&str; 8] = [
+pub const FACT_TYPES: [&str; 11] = [
     "received",
     "sold",
     "returned",
@@ -36,7 +36,33 @@ pub const FACT_TYPES: [&str; 8] = [
     "transferred",
     "policy_set",
     "channel_rules",
+    "expected",
+    "expected_cancelled",
+    "unsellable_moved",
 ];
+
+/// The unsellable states, as JSON names them (`stockflow.v1.UnsellableState`).
+pub const UNSELLABLE_STATES: [&str; 3] = ["damaged", "quality_control", "held"];
+
+fn unsellable_state(name: &str) -> Result<crate::v1::UnsellableState, InputError> {
+    use crate::v1::UnsellableState;
+    Ok(match name {
+        "damaged" => UnsellableState::Damaged,
+        "quality_control" => UnsellableState::QualityControl,
+        "held" => UnsellableState::Held,
+        other => {
+            return Err(InputError::new(
+                "unsellable_moved",
+                "state",
+                Category::UnknownEnum,
+                format!(
+                    "state {other:?} is not one of {}",
+                    UNSELLABLE_STATES.join(", ")
+                ),
+            ))
+        }
+    })
+}
 
 /// Availability rules in JSON (see `stockflow.v1.AvailabilityRules`); an absent field does not
 /// apply.
@@ -356,6 +382,18 @@ pub struct StockFactJson {
     /// `channel_rules`: the SKU's override of the channel's rules.
     #[serde(default)]
     pub rules: Option<AvailabilityRulesJson>,
+    /// `expected`, `expected_cancelled`; a `received` against a purchase order.
+    #[serde(default)]
+    pub purchase_order: Option<String>,
+    /// `expected`: when, ms since the Unix epoch.
+    #[serde(default)]
+    pub expected_at_ms: Option<i64>,
+    /// `unsellable_moved`: `damaged`, `quality_control` or `held`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// `unsellable_moved`: true moves sellable units into `state`, false back out of it.
+    #[serde(default)]
+    pub to_unsellable: Option<bool>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -391,6 +429,10 @@ impl StockFactJson {
             ("location_priority", self.location_priority.is_some()),
             ("channel", self.channel.is_some()),
             ("rules", self.rules.is_some()),
+            ("purchase_order", self.purchase_order.is_some()),
+            ("expected_at_ms", self.expected_at_ms.is_some()),
+            ("state", self.state.is_some()),
+            ("to_unsellable", self.to_unsellable.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -400,7 +442,10 @@ impl StockFactJson {
     fn change(&self) -> Result<Change, InputError> {
         let kind = self.kind.as_str();
         let allowed: &[&str] = match kind {
-            "received" => &["quantity"],
+            "received" => &["quantity", "purchase_order"],
+            "expected" => &["purchase_order", "quantity", "expected_at_ms"],
+            "expected_cancelled" => &["purchase_order", "quantity"],
+            "unsellable_moved" => &["state", "quantity", "to_unsellable"],
             "sold" | "returned" => &["quantity", "channel"],
             "channel_rules" => &["channel", "rules"],
             "adjusted" => &["delta"],
@@ -456,6 +501,28 @@ impl StockFactJson {
                 })?,
                 quantity: require(self.quantity, "quantity", kind)?,
             }),
+            "expected" => Change::Expected(Expected {
+                purchase_order: self.purchase_order(kind)?,
+                quantity: require(self.quantity, "quantity", kind)?,
+                expected_at_ms: require(self.expected_at_ms, "expected_at_ms", kind)?,
+            }),
+            "expected_cancelled" => Change::ExpectedCancelled(ExpectedCancelled {
+                purchase_order: self.purchase_order(kind)?,
+                quantity: self.quantity,
+            }),
+            "unsellable_moved" => Change::UnsellableMoved(UnsellableMoved {
+                state: unsellable_state(self.state.as_deref().ok_or_else(|| {
+                    InputError::json("state", "state is required for type unsellable_moved")
+                })?)?
+                .into(),
+                quantity: require(self.quantity, "quantity", kind)?,
+                to_unsellable: self.to_unsellable.ok_or_else(|| {
+                    InputError::json(
+                        "to_unsellable",
+                        "to_unsellable is required for type unsellable_moved",
+                    )
+                })?,
+            }),
             "channel_rules" => Change::ChannelRules(ChannelRulesSet {
                 channel: self.channel.clone().ok_or_else(|| {
                     InputError::json("channel", "channel is required for type channel_rules")
@@ -467,6 +534,15 @@ impl StockFactJson {
                 safety_stock: self.safety_stock,
                 location_priority: self.location_priority.clone().unwrap_or_default(),
             }),
+        })
+    }
+
+    fn purchase_order(&self, kind: &str) -> Result<String, InputError> {
+        self.purchase_order.clone().ok_or_else(|| {
+            InputError::json(
+                "purchase_order",
+                format!("purchase_order is required for type {kind}"),
+            )
         })
     }
 
@@ -484,11 +560,17 @@ impl StockFactJson {
             Change::ChannelRules(_) => String::new(),
             _ => self.channel.take().unwrap_or_default(),
         };
+        // A received names its purchase order in the envelope; the other facts in the change.
+        let purchase_order = match change {
+            Change::Received(_) => self.purchase_order.take().unwrap_or_default(),
+            _ => String::new(),
+        };
         Ok(StockEvent {
             meta: Some(meta_of!(self).into_meta(event_id)?),
             sku: self.sku,
             location: self.location,
             channel,
+            purchase_order,
             change: Some(change),
         })
     }
