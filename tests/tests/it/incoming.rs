@@ -227,15 +227,17 @@ async fn bad_purchase_orders_are_dead_lettered_naming_the_field() {
     worker.shutdown().await;
 }
 
-/// Facts on `skus` SKUs: per SKU a receipt of 1000, then `n` facts that commute (expected 2 on
-/// one of two purchase orders, or one unit damaged), then `n / 2` receipts of one unit against
-/// them (never more than expected, so their order does not matter either).
-fn crash_workload(skus: usize, n: usize) -> (Vec<StockEvent>, Vec<StockEvent>) {
+/// Facts on `skus` SKUs, in three phases (a SKU's facts are processed concurrently, so only
+/// facts that commute share a phase): per SKU a receipt of 1000; then `n` facts (expected 2 on
+/// one of two purchase orders, or one unit damaged, never more than is free); then `n / 2`
+/// receipts of one unit against them (never more than expected).
+fn crash_workload(skus: usize, n: usize) -> [Vec<StockEvent>; 3] {
+    let mut opening = Vec::new();
     let mut first = Vec::new();
     let mut second = Vec::new();
     for s in 0..skus {
         let sku = format!("PK-{s}");
-        first.push(event(&format!("{sku}-r"), &sku, "wh", received(1000)));
+        opening.push(event(&format!("{sku}-r"), &sku, "wh", received(1000)));
         for i in 0..n {
             let id = format!("{sku}-{i}");
             let po = if i % 4 < 2 { "PO-A" } else { "PO-B" };
@@ -250,15 +252,21 @@ fn crash_workload(skus: usize, n: usize) -> (Vec<StockEvent>, Vec<StockEvent>) {
             second.push(receipt(&format!("{sku}-g{i}"), &sku, "wh", po, 1));
         }
     }
-    (first, second)
+    [opening, first, second]
 }
 
 #[tokio::test]
 async fn kill_9_in_the_middle_leaves_exact_incoming_and_unsellable_levels() {
     let world = World::start().await;
     let (skus, n) = (5, 120);
-    let (first, second) = crash_workload(skus, n);
-    let mut seen = 0;
+    let [opening, first, second] = crash_workload(skus, n);
+    for fact in &opening {
+        world.publish(fact).await;
+    }
+    let mut child = world.stock_worker_process();
+    world.wait_stock_idle().await;
+    child.kill();
+    let mut seen = opening.len() as u64;
     for batch in [&first, &second] {
         futures::future::join_all(batch.iter().map(|e| world.publish(e))).await;
         for _ in 0..2 {
