@@ -581,8 +581,7 @@ impl Fold {
         .await?;
 
         // Incoming, unsellable units and open purchase orders, where the ledger has any.
-        let mut model: BTreeMap<(&str, &str), stock_worker::restore::ModelLevels> =
-            BTreeMap::new();
+        let mut model: BTreeMap<(&str, &str), stock_worker::restore::ModelLevels> = BTreeMap::new();
         for ((sku, location), t) in self.levels.iter().filter(|(_, t)| t.touched_model) {
             let m = model.entry((sku, location)).or_default();
             m.incoming = t.incoming;
@@ -600,9 +599,10 @@ impl Fold {
             }
         }
         report.model_locations = model.len();
-        each(model.into_iter().collect(), |((sku, location), m)| async move {
-            stock.model(redis, sku, location, &m).await
-        })
+        each(
+            model.into_iter().collect(),
+            |((sku, location), m)| async move { stock.model(redis, sku, location, &m).await },
+        )
         .await?;
 
         let policies: Vec<_> = self

@@ -467,7 +467,11 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
             ("reserved", ledger.reserved, held.reserved),
             ("incoming", ledger.incoming, held.incoming),
             ("damaged", ledger.damaged, held.damaged),
-            ("quality_control", ledger.quality_control, held.quality_control),
+            (
+                "quality_control",
+                ledger.quality_control,
+                held.quality_control,
+            ),
             ("held", ledger.held, held.held),
         ] {
             if ledger != redis {

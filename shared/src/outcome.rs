@@ -295,8 +295,12 @@ mod tests {
                 expected_at_ms: 9
             })
         );
-        let short = f(&["a", "sold", "5", "0", "0", "5", "4", "0", "0", "4", "", "", "1"]);
-        assert!(Outcome::parse(&format!("1\u{1f}5\u{1f}applied\u{1f}\u{1f}\u{1e}{short}")).is_err());
+        let short = f(&[
+            "a", "sold", "5", "0", "0", "5", "4", "0", "0", "4", "", "", "1",
+        ]);
+        assert!(
+            Outcome::parse(&format!("1\u{1f}5\u{1f}applied\u{1f}\u{1f}\u{1e}{short}")).is_err()
+        );
     }
 
     #[test]

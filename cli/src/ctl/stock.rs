@@ -268,7 +268,10 @@ mod tests {
             .lines()
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(lines[1][5..], ["incoming", "damaged", "quality_ctrl", "held"]);
+        assert_eq!(
+            lines[1][5..],
+            ["incoming", "damaged", "quality_ctrl", "held"]
+        );
         assert_eq!(lines[2], ["wh", "10", "0", "0", "8", "6", "2", "0", "0"]);
         let json = to_json("A1", &levels);
         assert_eq!(json["locations"][0]["available"], 8);

@@ -21,9 +21,9 @@ use serde_json::Value;
 use super::{order, Category, Event, InputError};
 use crate::v1::{
     order_event, stock_event::Change, Adjusted, AllocationStrategy, AvailabilityRules, Channel,
-    ChannelKind, ChannelRulesSet, Counted, EventMeta, Expected, ExpectedCancelled, FulfilledLine, OrderCancelled,
-    OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet, Reason,
-    Received, Returned, Sold, StockEvent, Transferred, UnsellableMoved,
+    ChannelKind, ChannelRulesSet, Counted, EventMeta, Expected, ExpectedCancelled, FulfilledLine,
+    OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet,
+    Reason, Received, Returned, Sold, StockEvent, Transferred, UnsellableMoved,
 };
 
 /// The stock fact types, as JSON names them.

@@ -55,9 +55,10 @@ pub(crate) async fn levels_of(world: &World, sku: &str) -> BTreeMap<String, Loca
 
 async fn open_orders(world: &World, sku: &str) -> Vec<OpenPurchaseOrder> {
     let mut conn = world.redis.connection().await;
-    let hash: BTreeMap<String, i64> = redis::AsyncCommands::hgetall(&mut conn, world.keys.stock(sku))
-        .await
-        .expect("stock hash");
+    let hash: BTreeMap<String, i64> =
+        redis::AsyncCommands::hgetall(&mut conn, world.keys.stock(sku))
+            .await
+            .expect("stock hash");
     purchase_orders(&hash)
 }
 
@@ -110,7 +111,10 @@ async fn a_purchase_order_is_received_in_part_then_beyond_and_another_is_cancell
     world.wait_on_hand(sku, "wh", 47).await;
     let wh = levels_of(&world, sku).await["wh"];
     assert_eq!((wh.incoming, wh.incoming_expected_at_ms), (20, DAY_1));
-    assert_eq!(open_orders(&world, sku).await, vec![po("wh", "PO-2", 20, DAY_1)]);
+    assert_eq!(
+        open_orders(&world, sku).await,
+        vec![po("wh", "PO-2", 20, DAY_1)]
+    );
 
     // Cancelling PO-1 (nothing left) changes nothing; 5 of PO-2 leave incoming.
     world.publish(&facts[5]).await;
@@ -118,7 +122,10 @@ async fn a_purchase_order_is_received_in_part_then_beyond_and_another_is_cancell
     world.wait_stock_idle().await;
     let wh = levels_of(&world, sku).await["wh"];
     assert_eq!((wh.on_hand, wh.incoming, wh.available()), (47, 15, 47));
-    assert_eq!(open_orders(&world, sku).await, vec![po("wh", "PO-2", 15, DAY_1)]);
+    assert_eq!(
+        open_orders(&world, sku).await,
+        vec![po("wh", "PO-2", 15, DAY_1)]
+    );
 
     let ledger = world.ledger(sku).await;
     let entries: Vec<_> = ledger
@@ -196,12 +203,14 @@ async fn bad_purchase_orders_are_dead_lettered_naming_the_field() {
             ..event("b4", sku, "wh", sold(1))
         })
         .await;
-    let letters = stockflow_tests::eventually("four dead letters", stockflow_tests::DEADLINE, || async {
-        let letters =
-            stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
-        (letters.len() >= 4).then_some(letters)
-    })
-    .await;
+    let letters =
+        stockflow_tests::eventually("four dead letters", stockflow_tests::DEADLINE, || async {
+            let letters =
+                stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>")
+                    .await;
+            (letters.len() >= 4).then_some(letters)
+        })
+        .await;
     let reasons: Vec<String> = letters
         .iter()
         .map(|m| {
@@ -244,7 +253,12 @@ fn crash_workload(skus: usize, n: usize) -> [Vec<StockEvent>; 3] {
             first.push(if i % 2 == 0 {
                 event(&id, &sku, "wh", expected(po, 2, DAY_1 + i as i64))
             } else {
-                event(&id, &sku, "wh", unsellable(UnsellableState::Damaged, 1, true))
+                event(
+                    &id,
+                    &sku,
+                    "wh",
+                    unsellable(UnsellableState::Damaged, 1, true),
+                )
             });
         }
         for i in 0..n / 2 {
@@ -300,7 +314,11 @@ async fn kill_9_in_the_middle_leaves_exact_incoming_and_unsellable_levels() {
         let ledger = world.ledger(&sku).await;
         let causes: std::collections::HashSet<_> =
             ledger.iter().map(|e| e.cause_event_id.clone()).collect();
-        assert_eq!(causes.len(), ledger.len(), "{sku}: an entry was written twice");
+        assert_eq!(
+            causes.len(),
+            ledger.len(),
+            "{sku}: an entry was written twice"
+        );
         assert_eq!(ledger.len(), 1 + n + n / 2, "{sku}: ledger entries");
     }
 }
@@ -316,11 +334,31 @@ async fn rebuild_after_flushall_restores_incoming_purchase_orders_and_unsellable
         event("x2", sku, "wh", expected("PO-2", 5, DAY_1)),
         receipt("r1", sku, "wh", "PO-2", 5),
         receipt("r2", sku, "wh", "PO-1", 10),
-        event("d1", sku, "wh", unsellable(UnsellableState::Damaged, 3, true)),
-        event("q1", sku, "wh", unsellable(UnsellableState::QualityControl, 4, true)),
-        event("q2", sku, "wh", unsellable(UnsellableState::QualityControl, 1, false)),
+        event(
+            "d1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::Damaged, 3, true),
+        ),
+        event(
+            "q1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 4, true),
+        ),
+        event(
+            "q2",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 1, false),
+        ),
         event("h1", sku, "store", received(2)),
-        event("h2", sku, "store", unsellable(UnsellableState::Held, 2, true)),
+        event(
+            "h2",
+            sku,
+            "store",
+            unsellable(UnsellableState::Held, 2, true),
+        ),
     ];
     for fact in &facts {
         world.publish(fact).await;
@@ -341,14 +379,9 @@ async fn rebuild_after_flushall_restores_incoming_purchase_orders_and_unsellable
     let _: () = redis::AsyncCommands::hdel(&mut conn, world.keys.stock(sku), "dm:wh")
         .await
         .expect("hdel");
-    let _: () = redis::AsyncCommands::hset(
-        &mut conn,
-        world.keys.stock(sku),
-        "po:wh\u{1f}PO-1",
-        19,
-    )
-    .await
-    .expect("hset");
+    let _: () = redis::AsyncCommands::hset(&mut conn, world.keys.stock(sku), "po:wh\u{1f}PO-1", 19)
+        .await
+        .expect("hset");
     let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
         .await
         .expect("drift");
@@ -395,7 +428,10 @@ async fn rebuild_after_flushall_restores_incoming_purchase_orders_and_unsellable
     world.publish(&receipt("r3", sku, "wh", "PO-1", 20)).await;
     world.wait_stock_idle().await;
     let wh = levels_of(&world, sku).await["wh"];
-    assert_eq!((wh.on_hand, wh.incoming, wh.incoming_expected_at_ms), (55, 0, 0));
+    assert_eq!(
+        (wh.on_hand, wh.incoming, wh.incoming_expected_at_ms),
+        (55, 0, 0)
+    );
     assert_eq!(wh.available(), 55 - 3 - 3);
     assert_eq!(world.ledger(sku).await.len(), facts.len() + 1);
     worker.shutdown().await;

@@ -30,7 +30,12 @@ async fn damaged_units_leave_available_and_the_channel_at_once_and_come_back() {
         .await;
     world.wait_availability("mkt", sku, 14).await;
 
-    let damage = event("d1", sku, "s1", unsellable(UnsellableState::Damaged, 3, true));
+    let damage = event(
+        "d1",
+        sku,
+        "s1",
+        unsellable(UnsellableState::Damaged, 3, true),
+    );
     world.publish(&damage).await;
     world.wait_availability("mkt", sku, 11).await;
     let s1 = levels_of(&world, sku).await["s1"];
@@ -55,7 +60,12 @@ async fn damaged_units_leave_available_and_the_channel_at_once_and_come_back() {
 
     // Two come back: sellable again, listed again.
     world
-        .publish(&event("d2", sku, "s1", unsellable(UnsellableState::Damaged, 2, false)))
+        .publish(&event(
+            "d2",
+            sku,
+            "s1",
+            unsellable(UnsellableState::Damaged, 2, false),
+        ))
         .await;
     world.wait_availability("mkt", sku, 13).await;
 
@@ -90,13 +100,28 @@ async fn a_move_beyond_what_is_free_is_refused_and_dead_lettered_with_its_reason
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (5, 2));
     world
-        .publish(&event("q1", sku, "wh", unsellable(UnsellableState::QualityControl, 4, true)))
+        .publish(&event(
+            "q1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 4, true),
+        ))
         .await;
     world
-        .publish(&event("h1", sku, "wh", unsellable(UnsellableState::Held, 1, false)))
+        .publish(&event(
+            "h1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::Held, 1, false),
+        ))
         .await;
     world
-        .publish(&event("q2", sku, "wh", unsellable(UnsellableState::QualityControl, 3, true)))
+        .publish(&event(
+            "q2",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 3, true),
+        ))
         .await;
     world.wait_stock_idle().await;
     let letters = eventually("two dead letters", DEADLINE, || async {
