@@ -2,7 +2,8 @@
 //! events. One shape per input, used by the gateway's HTTP bodies and by `stockctl publish`:
 //!
 //! - a stock fact is a [`StockFactJson`]: a `type` (`received`, `sold`, `returned`, `adjusted`,
-//!   `counted`, `transferred`, `policy_set`) and only that type's own fields;
+//!   `counted`, `transferred`, `policy_set`, `channel_rules`, `expected`, `expected_cancelled`,
+//!   `unsellable_moved`) and only that type's own fields;
 //! - an order placement is a [`PlaceOrderJson`], a fulfilment a [`FulfilJson`], a cancel or a
 //!   commit only the envelope ([`MetaJson`]); the gateway takes the order id from the path;
 //! - stockctl's one-object form ([`event_from_value`]) adds `order_placed`,
@@ -859,6 +860,92 @@ mod tests {
             &crate::subjects::stock_event(&event.sku),
             &Event::Stock(event).encode(),
         )
+    }
+
+    #[test]
+    fn purchase_orders_and_unsellable_moves_in_json() {
+        let body = |v: Value| {
+            let mut v = v;
+            v["sku"] = "A".into();
+            v["location"] = "wh".into();
+            v["event_id"] = "e1".into();
+            v
+        };
+        let po = judged(
+            body(json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5, "expected_at_ms": 9})),
+            None,
+        )
+        .expect("expected");
+        assert_eq!(
+            po.op,
+            fact::Op::Expected {
+                purchase_order: "PO-1".into(),
+                quantity: 5,
+                expected_at_ms: 9
+            }
+        );
+        let receipt = judged(
+            body(json!({"type": "received", "purchase_order": "PO-1", "quantity": 2})),
+            None,
+        )
+        .expect("receipt");
+        assert_eq!(receipt.purchase_order(), "PO-1");
+        assert_eq!(
+            receipt.fingerprint(&receipt.script_args()),
+            "received|wh|2|PO-1||||"
+        );
+        let plain = judged(body(json!({"type": "received", "quantity": 2})), None).expect("plain");
+        assert_eq!(
+            plain.fingerprint(&plain.script_args()),
+            "received|wh|2|||||"
+        );
+        let cancel = judged(
+            body(json!({"type": "expected_cancelled", "purchase_order": "PO-1"})),
+            None,
+        )
+        .expect("cancel");
+        assert_eq!(cancel.script_args()[0], "");
+        let moved = judged(
+            body(json!({"type": "unsellable_moved", "state": "quality_control", "quantity": 1, "to_unsellable": true})),
+            None,
+        )
+        .expect("moved");
+        assert_eq!(moved.script_args()[..3], ["1", "qc", "in"]);
+        for (value, field, category) in [
+            (
+                json!({"type": "expected", "purchase_order": "PO 1", "quantity": 5, "expected_at_ms": 9}),
+                "purchase_order",
+                Category::InvalidPurchaseOrder,
+            ),
+            (
+                json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5, "expected_at_ms": 0}),
+                "expected_at_ms",
+                Category::InvalidQuantity,
+            ),
+            (
+                json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5}),
+                "expected_at_ms",
+                Category::InvalidJson,
+            ),
+            (
+                json!({"type": "sold", "purchase_order": "PO-1", "quantity": 5}),
+                "purchase_order",
+                Category::InvalidJson,
+            ),
+            (
+                json!({"type": "unsellable_moved", "state": "lost", "quantity": 1, "to_unsellable": true}),
+                "state",
+                Category::UnknownEnum,
+            ),
+            (
+                json!({"type": "unsellable_moved", "state": "held", "quantity": 1}),
+                "to_unsellable",
+                Category::InvalidJson,
+            ),
+        ] {
+            let error = judged(body(value), None).expect_err(field);
+            assert_eq!((error.field.as_str(), error.category), (field, category));
+        }
     }
 
     #[test]
