@@ -101,12 +101,25 @@ fn alert_name(value: i32) -> String {
 
 fn levels_json(levels: Option<&Levels>) -> Value {
     let l = levels.copied().unwrap_or_default();
-    json!({
+    let mut json = json!({
         "on_hand": l.on_hand,
         "reserved": l.reserved,
         "safety_stock": l.safety_stock,
         "available": l.available,
-    })
+    });
+    // Incoming and unsellable units only where there are some.
+    for (name, value) in [
+        ("incoming", l.incoming),
+        ("incoming_expected_at_ms", l.incoming_expected_at_ms),
+        ("damaged", l.damaged),
+        ("quality_control", l.quality_control),
+        ("held", l.held),
+    ] {
+        if value != 0 {
+            json[name] = value.into();
+        }
+    }
+    json
 }
 
 /// The envelope fields, as `publish --json` reads them (empty ones left out).
@@ -144,9 +157,54 @@ fn envelope_text(meta: Option<&EventMeta>) -> String {
 pub fn stock_event(event: &StockEvent) -> Decoded {
     let mut out = Map::new();
     let (kind, what) = match &event.change {
+        Some(Change::Received(c)) if !event.purchase_order.is_empty() => {
+            out.insert("quantity".into(), c.quantity.into());
+            out.insert("purchase_order".into(), event.purchase_order.clone().into());
+            (
+                "received",
+                format!("received {} on {}", c.quantity, event.purchase_order),
+            )
+        }
         Some(Change::Received(c)) => {
             out.insert("quantity".into(), c.quantity.into());
             ("received", format!("received {}", c.quantity))
+        }
+        Some(Change::Expected(c)) => {
+            out.insert("purchase_order".into(), c.purchase_order.clone().into());
+            out.insert("quantity".into(), c.quantity.into());
+            out.insert("expected_at_ms".into(), c.expected_at_ms.into());
+            (
+                "expected",
+                format!(
+                    "expected {} on {} at {} ms",
+                    c.quantity, c.purchase_order, c.expected_at_ms
+                ),
+            )
+        }
+        Some(Change::ExpectedCancelled(c)) => {
+            out.insert("purchase_order".into(), c.purchase_order.clone().into());
+            let what = match c.quantity {
+                Some(q) => {
+                    out.insert("quantity".into(), q.into());
+                    format!("cancelled {q} expected on {}", c.purchase_order)
+                }
+                None => format!("cancelled what is expected on {}", c.purchase_order),
+            };
+            ("expected_cancelled", what)
+        }
+        Some(Change::UnsellableMoved(c)) => {
+            let state = stockflow_proto::v1::UnsellableState::try_from(c.state)
+                .map(stockflow_proto::input::fact::state_name)
+                .unwrap_or("unknown");
+            out.insert("state".into(), state.into());
+            out.insert("quantity".into(), c.quantity.into());
+            out.insert("to_unsellable".into(), c.to_unsellable.into());
+            let what = if c.to_unsellable {
+                format!("{} units became {state}", c.quantity)
+            } else {
+                format!("{} {state} units became sellable", c.quantity)
+            };
+            ("unsellable_moved", what)
         }
         Some(Change::Sold(c)) => {
             out.insert("quantity".into(), c.quantity.into());

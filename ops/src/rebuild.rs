@@ -56,8 +56,18 @@ pub struct Totals {
     pub on_hand: i64,
     /// Units held for orders.
     pub reserved: i64,
+    /// Units incoming (on open purchase orders).
+    pub incoming: i64,
+    /// Unsellable units: damaged.
+    pub damaged: i64,
+    /// Unsellable units: quality control.
+    pub quality_control: i64,
+    /// Unsellable units: held.
+    pub held: i64,
     touched_on_hand: bool,
     touched_reserved: bool,
+    /// Some entry changed incoming or an unsellable state.
+    touched_model: bool,
 }
 
 /// One order line as the ledger describes it.
@@ -115,6 +125,9 @@ pub struct Fold {
     pub levels: BTreeMap<(String, String), Totals>,
     /// Policy per SKU.
     pub policies: BTreeMap<String, Policy>,
+    /// Each purchase order by (sku, location, reference): (outstanding units, expected date in
+    /// ms) after its last entry; 0 outstanding when it was fully received or cancelled.
+    pub purchase_orders: BTreeMap<(String, String, String), (i64, i64)>,
     /// Each SKU's override of a channel's rules, by (sku, channel): its last `channel_rules`
     /// entry, left out when that entry set no field (it removed the override).
     pub channel_rules: BTreeMap<(String, String), AvailabilityRules>,
@@ -157,6 +170,8 @@ pub struct RebuildReport {
     pub channel_quantities: usize,
     /// Locations written to the set of known locations.
     pub known_locations: usize,
+    /// (sku, location) with incoming or unsellable units or open purchase orders written.
+    pub model_locations: usize,
 }
 
 /// Calls `each` for every message of `stream` stored up to now, in stream order.
@@ -337,6 +352,32 @@ impl Fold {
                 totals.touched_on_hand = true;
             }
             totals.touched_reserved |= ORDER_KINDS.contains(&entry.kind.as_str());
+            let deltas = [
+                (&mut totals.incoming, after.incoming - before.incoming),
+                (&mut totals.damaged, after.damaged - before.damaged),
+                (
+                    &mut totals.quality_control,
+                    after.quality_control - before.quality_control,
+                ),
+                (&mut totals.held, after.held - before.held),
+            ];
+            for (total, delta) in deltas {
+                *total += delta;
+                totals.touched_model |= delta != 0;
+            }
+            if !entry.purchase_order.is_empty() {
+                self.purchase_orders.insert(
+                    (
+                        entry.sku.clone(),
+                        entry.location.clone(),
+                        entry.purchase_order.clone(),
+                    ),
+                    (
+                        entry.purchase_order_outstanding,
+                        entry.purchase_order_expected_at_ms,
+                    ),
+                );
+            }
         }
         if ORDER_KINDS.contains(&entry.kind.as_str()) {
             self.order_step(&entry, before.on_hand - after.on_hand);
@@ -537,6 +578,31 @@ impl Fold {
                 t.touched_reserved.then_some(t.reserved),
             )
         })
+        .await?;
+
+        // Incoming, unsellable units and open purchase orders, where the ledger has any.
+        let mut model: BTreeMap<(&str, &str), stock_worker::restore::ModelLevels> = BTreeMap::new();
+        for ((sku, location), t) in self.levels.iter().filter(|(_, t)| t.touched_model) {
+            let m = model.entry((sku, location)).or_default();
+            m.incoming = t.incoming;
+            m.damaged = t.damaged;
+            m.quality_control = t.quality_control;
+            m.held = t.held;
+        }
+        for ((sku, location, reference), (outstanding, at)) in &self.purchase_orders {
+            if *outstanding > 0 {
+                model
+                    .entry((sku, location))
+                    .or_default()
+                    .purchase_orders
+                    .push((reference.clone(), *outstanding, *at));
+            }
+        }
+        report.model_locations = model.len();
+        each(
+            model.into_iter().collect(),
+            |((sku, location), m)| async move { stock.model(redis, sku, location, &m).await },
+        )
         .await?;
 
         let policies: Vec<_> = self

@@ -27,6 +27,7 @@ use stockflow_proto::{
 };
 use stockflow_shared::{
     keys::Keys,
+    levels::LocationLevels,
     redis_conn::RedisConnection,
     topology::{self, TopologySettings},
 };
@@ -47,12 +48,16 @@ pub struct Drift {
     pub sku: String,
     /// Location.
     pub location: String,
-    /// `on_hand` or `reserved`.
+    /// `on_hand`, `reserved`, `incoming`, `damaged`, `quality_control`, `held`, or
+    /// `purchase_order` (the units still outstanding on [`Self::purchase_order`]).
     pub field: &'static str,
     /// What the ledger sums to.
     pub ledger: i64,
     /// What Redis holds.
     pub redis: i64,
+    /// The purchase order of a `purchase_order` drift ('' otherwise).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub purchase_order: String,
 }
 
 /// A (channel, SKU) whose published or stored quantity differs from what its levels and rules
@@ -334,7 +339,12 @@ fn expected_quantity(
                 .or_else(|| policy.get("ss"))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            on_hand - reserved - safety
+            // Unsellable units are in no channel's pool.
+            let unsellable: i64 = ["dm", "qc", "hd"]
+                .iter()
+                .map(|state| stock.get(&format!("{state}:{l}")).copied().unwrap_or(0))
+                .sum();
+            on_hand - reserved - safety - unsellable
         })
         .collect();
     stockflow_shared::channels::quantity(&available, &rules, override_rules).0
@@ -413,38 +423,56 @@ pub async fn channel_drift(
     Ok(out)
 }
 
-/// On-hand and reserved per location, from a stock hash's `oh:<location>` and `rs:<location>`.
-fn stored_levels(hash: BTreeMap<String, i64>) -> BTreeMap<String, (i64, i64)> {
-    let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for (field, value) in hash {
-        if let Some(location) = field.strip_prefix("oh:") {
-            out.entry(location.to_owned()).or_default().0 = value;
-        } else if let Some(location) = field.strip_prefix("rs:") {
-            out.entry(location.to_owned()).or_default().1 = value;
-        }
+/// The levels per location of a stock hash, and its open purchase orders.
+fn stored_levels(hash: BTreeMap<String, i64>) -> Stored {
+    let mut levels = BTreeMap::new();
+    stockflow_shared::levels::fold_stock_hash(&hash, &mut levels);
+    let purchase_orders = stockflow_shared::levels::purchase_orders(&hash)
+        .into_iter()
+        .map(|p| ((p.location, p.reference), p.outstanding))
+        .collect();
+    Stored {
+        levels,
+        purchase_orders,
     }
-    out
 }
 
-/// Appends to `out` the drift of `sku`'s locations, by location, on-hand before reserved.
-fn compare(sku: &str, stored: &BTreeMap<String, (i64, i64)>, fold: &Fold, out: &mut Vec<Drift>) {
+/// What Redis holds of one SKU.
+struct Stored {
+    levels: BTreeMap<String, LocationLevels>,
+    /// Outstanding units by (location, purchase order).
+    purchase_orders: BTreeMap<(String, String), i64>,
+}
+
+/// Appends to `out` the drift of `sku`'s locations, by location, on-hand before reserved
+/// (then incoming, damaged, quality_control, held), then of its purchase orders (field
+/// `purchase_order`, naming it).
+fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
     // The ledger's locations of this SKU: one range of the map, sorted by (sku, location).
     let in_ledger = fold
         .levels
         .range((sku.to_owned(), String::new())..)
         .take_while(|((s, _), _)| s == sku)
         .map(|((_, location), totals)| (location, totals));
-    let mut locations: BTreeMap<&String, (Totals, (i64, i64))> = BTreeMap::new();
+    let mut locations: BTreeMap<&String, (Totals, LocationLevels)> = BTreeMap::new();
     for (location, totals) in in_ledger {
         locations.entry(location).or_default().0 = *totals;
     }
-    for (location, held) in stored {
+    for (location, held) in &stored.levels {
         locations.entry(location).or_default().1 = *held;
     }
     for (location, (ledger, held)) in locations {
         for (field, ledger, redis) in [
-            ("on_hand", ledger.on_hand, held.0),
-            ("reserved", ledger.reserved, held.1),
+            ("on_hand", ledger.on_hand, held.on_hand),
+            ("reserved", ledger.reserved, held.reserved),
+            ("incoming", ledger.incoming, held.incoming),
+            ("damaged", ledger.damaged, held.damaged),
+            (
+                "quality_control",
+                ledger.quality_control,
+                held.quality_control,
+            ),
+            ("held", ledger.held, held.held),
         ] {
             if ledger != redis {
                 out.push(Drift {
@@ -453,8 +481,36 @@ fn compare(sku: &str, stored: &BTreeMap<String, (i64, i64)>, fold: &Fold, out: &
                     field,
                     ledger,
                     redis,
+                    purchase_order: String::new(),
                 });
             }
+        }
+    }
+    // Purchase orders: the ledger's last word on each against what Redis holds.
+    let mut orders: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for ((_, location, reference), (outstanding, _)) in fold
+        .purchase_orders
+        .range((sku.to_owned(), String::new(), String::new())..)
+        .take_while(|((s, _, _), _)| s == sku)
+    {
+        orders
+            .entry((location.clone(), reference.clone()))
+            .or_default()
+            .0 = *outstanding;
+    }
+    for (key, outstanding) in &stored.purchase_orders {
+        orders.entry(key.clone()).or_default().1 = *outstanding;
+    }
+    for ((location, reference), (ledger, redis)) in orders {
+        if ledger != redis {
+            out.push(Drift {
+                sku: sku.to_owned(),
+                location,
+                field: "purchase_order",
+                ledger,
+                redis,
+                purchase_order: reference,
+            });
         }
     }
 }

@@ -110,6 +110,27 @@ pub fn validate_location(field: &str, location: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest purchase-order reference, in bytes.
+pub const MAX_PURCHASE_ORDER_BYTES: usize = 128;
+
+/// A purchase-order reference is 1..=128 bytes of printable ASCII without spaces (like an
+/// `event_id`): it is part of a Redis field name next to a location.
+pub fn validate_purchase_order(field: &str, po: &str) -> Result<(), String> {
+    if po.is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if po.len() > MAX_PURCHASE_ORDER_BYTES {
+        return Err(format!(
+            "{field} is {} bytes, at most {MAX_PURCHASE_ORDER_BYTES}",
+            po.len()
+        ));
+    }
+    if !po.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{field} must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
 /// `value` is a quantity of 1..=MAX_QUANTITY.
 pub fn positive(field: &str, value: i64) -> Result<(), String> {
     if (1..=MAX_QUANTITY).contains(&value) {

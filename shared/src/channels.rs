@@ -80,7 +80,7 @@ fn records<'a>(specs: impl Iterator<Item = (&'a str, &'a Known)>) -> String {
 }
 
 /// What a channel may list from `available` (per location, as the channel sees it: on_hand −
-/// reserved − safety, signed) under `rules` with the SKU's `override_rules` applied field by
+/// reserved − safety − unsellable (damaged, quality control, held), signed) under `rules` with the SKU's `override_rules` applied field by
 /// field: the pool is the sum of the positive availables; the buffer is taken off, then the
 /// percentage (rounded down), then the maximum; below `end_when_below` it lists 0; never below 0.
 /// The scripts compute the same (`channel_quantity` in `lua/prelude.lua`); this is the model

@@ -6,8 +6,8 @@ use prost::Message as _;
 use stockflow_proto::{
     msg_id, subjects,
     v1::{
-        AlertKind, ChannelAvailabilityChanged, ChannelRulesSet, EventMeta, PolicySet, Reason,
-        RejectionReason, StockAlert, StockChanged, StockEventRejected,
+        AlertKind, ChannelAvailabilityChanged, ChannelRulesSet, EventMeta, Levels, PolicySet,
+        Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected, UnsellableState,
     },
 };
 
@@ -33,6 +33,19 @@ pub struct Cause<'a> {
     pub channel: &'a str,
     /// The override of a `channel_rules` input, recorded on its ledger entry.
     pub channel_rules: Option<&'a ChannelRulesSet>,
+}
+
+/// The unsellable state whose units a change moved (`Unspecified` when none did).
+pub fn moved_state(before: &Levels, after: &Levels) -> UnsellableState {
+    if before.damaged != after.damaged {
+        UnsellableState::Damaged
+    } else if before.quality_control != after.quality_control {
+        UnsellableState::QualityControl
+    } else if before.held != after.held {
+        UnsellableState::Held
+    } else {
+        UnsellableState::Unspecified
+    }
 }
 
 /// The natural reason of a ledger kind, used when the input gave none.
@@ -188,6 +201,20 @@ impl Ledger {
                     .unwrap_or_default(),
                 channel_rules: cause.channel_rules.cloned(),
                 channel: cause.channel.to_owned(),
+                purchase_order: change
+                    .purchase_order
+                    .as_ref()
+                    .map(|p| p.reference.clone())
+                    .unwrap_or_default(),
+                purchase_order_outstanding: change
+                    .purchase_order
+                    .as_ref()
+                    .map_or(0, |p| p.outstanding),
+                purchase_order_expected_at_ms: change
+                    .purchase_order
+                    .as_ref()
+                    .map_or(0, |p| p.expected_at_ms),
+                unsellable_state: moved_state(&change.before, &change.after).into(),
             };
             pending.push(Derived {
                 kind: DerivedKind::StockChanged,

@@ -18,6 +18,20 @@ pub struct LevelChange {
     pub threshold: Option<i64>,
     /// Alerts the change crossed into.
     pub alerts: Vec<AlertKind>,
+    /// The purchase order an `expected`, `expected_cancelled` or `received` against one
+    /// changed, as it stands after the change.
+    pub purchase_order: Option<PurchaseOrder>,
+}
+
+/// One purchase order at one location, after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseOrder {
+    /// Its reference.
+    pub reference: String,
+    /// Units it still has outstanding there (0: fully received or cancelled).
+    pub outstanding: i64,
+    /// Its expected date, ms since the Unix epoch (0 when nothing is outstanding).
+    pub expected_at_ms: i64,
 }
 
 /// What a sales channel may sell of the SKU, recomputed by the same script.
@@ -172,22 +186,46 @@ fn parse_channel(record: &str) -> Result<ChannelChange, OutcomeParseError> {
 
 fn parse_change(record: &str) -> Result<LevelChange, OutcomeParseError> {
     let f: Vec<&str> = record.split(FIELD).collect();
-    if f.len() != 12 {
+    // 12 fields as stored before incoming and unsellable units existed; 22 with them; 25 with
+    // a purchase order.
+    if ![12, 22, 25].contains(&f.len()) {
         return Err(OutcomeParseError(format!("change has {} fields", f.len())));
     }
-    let levels = |i: usize| -> Result<Levels, OutcomeParseError> {
+    let levels = |i: usize, more: usize| -> Result<Levels, OutcomeParseError> {
+        let extra = |j: usize, what: &str| -> Result<i64, OutcomeParseError> {
+            if f.len() == 12 {
+                Ok(0)
+            } else {
+                int(Some(f[more + j]), what)
+            }
+        };
         Ok(Levels {
             on_hand: int(Some(f[i]), "on_hand")?,
             reserved: int(Some(f[i + 1]), "reserved")?,
             safety_stock: int(Some(f[i + 2]), "safety_stock")?,
             available: int(Some(f[i + 3]), "available")?,
+            incoming: extra(0, "incoming")?,
+            incoming_expected_at_ms: extra(1, "incoming_expected_at_ms")?,
+            damaged: extra(2, "damaged")?,
+            quality_control: extra(3, "quality_control")?,
+            held: extra(4, "held")?,
         })
+    };
+    let purchase_order = if f.len() == 25 {
+        Some(PurchaseOrder {
+            reference: f[22].to_owned(),
+            outstanding: int(Some(f[23]), "outstanding")?,
+            expected_at_ms: int(Some(f[24]), "expected_at")?,
+        })
+    } else {
+        None
     };
     Ok(LevelChange {
         location: f[0].to_owned(),
         kind: f[1].to_owned(),
-        before: levels(2)?,
-        after: levels(6)?,
+        before: levels(2, 12)?,
+        after: levels(6, 17)?,
+        purchase_order,
         threshold: if f[10].is_empty() {
             None
         } else {
@@ -234,6 +272,34 @@ mod tests {
                 oversold: 1,
                 alert: true,
             }]
+        );
+    }
+
+    #[test]
+    fn parses_incoming_unsellable_and_a_purchase_order() {
+        let f = |v: &[&str]| v.join("\u{1f}");
+        let change = f(&[
+            "a", "received", "5", "0", "0", "5", "8", "0", "0", "7", "", "", "4", "9", "0", "0",
+            "1", "1", "9", "0", "0", "1", "PO-1", "1", "9",
+        ]);
+        let outcome = Outcome::parse(&format!("1\u{1f}5\u{1f}applied\u{1f}\u{1f}\u{1e}{change}"))
+            .expect("valid");
+        let c = &outcome.changes[0];
+        assert_eq!((c.before.incoming, c.after.incoming), (4, 1));
+        assert_eq!((c.after.held, c.after.incoming_expected_at_ms), (1, 9));
+        assert_eq!(
+            c.purchase_order,
+            Some(PurchaseOrder {
+                reference: "PO-1".into(),
+                outstanding: 1,
+                expected_at_ms: 9
+            })
+        );
+        let short = f(&[
+            "a", "sold", "5", "0", "0", "5", "4", "0", "0", "4", "", "", "1",
+        ]);
+        assert!(
+            Outcome::parse(&format!("1\u{1f}5\u{1f}applied\u{1f}\u{1f}\u{1e}{short}")).is_err()
         );
     }
 

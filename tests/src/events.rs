@@ -59,6 +59,7 @@ pub fn levels(on_hand: i64, reserved: i64, safety_stock: i64) -> Levels {
         reserved,
         safety_stock,
         available: on_hand - reserved - safety_stock,
+        ..Default::default()
     }
 }
 

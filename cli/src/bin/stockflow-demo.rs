@@ -30,8 +30,9 @@ use stockflow_proto::{
     v1::{
         channel_event, order_result, stock_event::Change, Adjusted, AlertKind, AllocationStrategy,
         AvailabilityRules, Channel, ChannelAvailabilityChanged, ChannelEvent, ChannelKind,
-        ChannelRulesSet, ChannelSet, Counted, EventMeta, OrderResult, PolicySet, Reason, Received,
-        ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
+        ChannelRulesSet, ChannelSet, Counted, EventMeta, Expected, OrderResult, PolicySet, Reason,
+        Received, ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
+        UnsellableMoved, UnsellableState,
     },
 };
 use stockflow_shared::{
@@ -257,6 +258,7 @@ fn day(run: &str, channels: &[(String, Channel)]) -> Day {
     let marketplace = channel_id(channels, MARKETPLACE);
     let (mut trading, resends, marketplace_day) = trading(&mut ids, &mut dice, &marketplace);
     trading.extend(malformed(&mut ids));
+    let purchase = purchase_order_and_damage(&mut ids);
     let evening = evening(&mut ids, resends);
     Day {
         morning: vec![
@@ -277,6 +279,10 @@ fn day(run: &str, channels: &[(String, Channel)]) -> Day {
             Phase {
                 title: "09:00-21:00 POS sales, marketplace sales, returns, damage",
                 events: trading,
+            },
+            Phase {
+                title: "17:00 a purchase order arrives in part; a damaged unit",
+                events: purchase,
             },
             Phase {
                 title: "21:30 cycle counts, restock, late marketplace re-sends",
@@ -625,6 +631,53 @@ fn malformed(ids: &mut Ids<'_>) -> Vec<Outgoing> {
         zero.encode_to_vec(),
     ));
     events
+}
+
+/// The purchase order the demo's hoodies come on.
+const PURCHASE_ORDER: &str = "PO-4711";
+/// When the rest of it is expected: 2026-12-14 09:00 UTC.
+const PURCHASE_ORDER_DUE_MS: i64 = 1_797_238_800_000;
+
+/// A purchase order of 60 hoodies for the warehouse, 40 of them received in the afternoon (20
+/// stay incoming, not available), and a T-shirt found damaged at the warehouse: it stays on
+/// hand but leaves available and every channel's quantity at once.
+fn purchase_order_and_damage(ids: &mut Ids<'_>) -> Vec<Outgoing> {
+    let mut receipt = events::fact(
+        ids.next("rcv"),
+        "wms",
+        Reason::Received,
+        "HOODIE-GRY-S",
+        WAREHOUSE,
+        Change::Received(Received { quantity: 40 }),
+    );
+    receipt.purchase_order = PURCHASE_ORDER.into();
+    vec![
+        ids.fact(
+            "po",
+            "erp",
+            Reason::Unspecified,
+            "HOODIE-GRY-S",
+            WAREHOUSE,
+            Change::Expected(Expected {
+                purchase_order: PURCHASE_ORDER.into(),
+                quantity: 60,
+                expected_at_ms: PURCHASE_ORDER_DUE_MS,
+            }),
+        ),
+        Outgoing::Fact(receipt),
+        ids.fact(
+            "dmg",
+            "wms",
+            Reason::Damaged,
+            "TSHIRT-BLK-L",
+            WAREHOUSE,
+            Change::UnsellableMoved(UnsellableMoved {
+                state: UnsellableState::Damaged.into(),
+                quantity: 1,
+                to_unsellable: true,
+            }),
+        ),
+    ]
 }
 
 /// Cycle counts (one of them stale), a restock of the sneakers, and late re-sends from the
@@ -1247,7 +1300,9 @@ async fn order_results(
 async fn print_levels(stack: &Stack) -> anyhow::Result<()> {
     let mut redis = stack.settings.state.redis.connect().await?;
     let keys = Keys::new(stack.prefix.clone());
-    stockflow_cli::outln!("\nFinal levels (available = on_hand - reserved - safety stock)\n");
+    stockflow_cli::outln!(
+        "\nFinal levels (available = on_hand - reserved - safety stock - unsellable)\n"
+    );
     stockflow_cli::outln!(
         "  {:<18} {:<10} {:>8} {:>9} {:>7} {:>10}",
         "sku",
@@ -1266,6 +1321,27 @@ async fn print_levels(stack: &Stack) -> anyhow::Result<()> {
                 l.safety_stock,
                 l.available()
             );
+        }
+    }
+    stockflow_cli::outln!("\nIncoming (on open purchase orders) and unsellable units\n");
+    for sku in SKUS {
+        for (location, l) in read_levels(&mut redis, &keys, sku).await? {
+            if l.incoming != 0 {
+                stockflow_cli::outln!(
+                    "  {sku:<18} {location:<10} incoming {} (earliest expected at {} ms)",
+                    l.incoming,
+                    l.incoming_expected_at_ms
+                );
+            }
+            for (state, units) in [
+                ("damaged", l.damaged),
+                ("quality_control", l.quality_control),
+                ("held", l.held),
+            ] {
+                if units != 0 {
+                    stockflow_cli::outln!("  {sku:<18} {location:<10} {state} {units}");
+                }
+            }
         }
     }
     Ok(())

@@ -207,11 +207,17 @@ fn table(found: &Found) {
         );
     }
     for d in &found.levels {
+        // A purchase order's drift names it: `purchase_order:PO-1`.
+        let field = if d.purchase_order.is_empty() {
+            d.field.to_owned()
+        } else {
+            format!("{}:{}", d.field, d.purchase_order)
+        };
         crate::outln!(
             "{:<24} {:<16} {:<9} {:>12} {:>12}",
             d.sku,
             d.location,
-            d.field,
+            field,
             d.ledger,
             d.redis
         );
@@ -391,6 +397,17 @@ pub async fn reconcile(
         }
         if fixed.remaining.levels.iter().any(|d| d.field == "reserved") {
             crate::outln!("reserved drift has no stock fact that repairs it: `stockctl rebuild`");
+        }
+        if fixed
+            .remaining
+            .levels
+            .iter()
+            .any(|d| !matches!(d.field, "on_hand" | "reserved"))
+        {
+            crate::outln!(
+                "incoming, unsellable or purchase-order drift has no stock fact that repairs it: \
+                 `stockctl rebuild`"
+            );
         }
     }
     Ok(outcome)

@@ -49,6 +49,11 @@ pub async fn run_at(
                     on_hand: after.on_hand,
                     reserved: after.reserved,
                     safety_stock: after.safety_stock,
+                    incoming: after.incoming,
+                    incoming_expected_at_ms: after.incoming_expected_at_ms,
+                    damaged: after.damaged,
+                    quality_control: after.quality_control,
+                    held: after.held,
                 };
                 (location, levels)
             })
@@ -80,20 +85,52 @@ fn total(levels: &BTreeMap<String, LocationLevels>) -> LocationLevels {
             on_hand: sum.on_hand + l.on_hand,
             reserved: sum.reserved + l.reserved,
             safety_stock: sum.safety_stock + l.safety_stock,
+            incoming: sum.incoming + l.incoming,
+            // The earliest date anywhere.
+            incoming_expected_at_ms: match (sum.incoming_expected_at_ms, l.incoming_expected_at_ms)
+            {
+                (0, t) | (t, 0) => t,
+                (a, b) => a.min(b),
+            },
+            damaged: sum.damaged + l.damaged,
+            quality_control: sum.quality_control + l.quality_control,
+            held: sum.held + l.held,
         })
 }
 
 fn levels_json(l: &LocationLevels) -> Value {
-    json!({
+    let mut json = json!({
         "on_hand": l.on_hand,
         "reserved": l.reserved,
         "safety_stock": l.safety_stock,
         "available": l.available(),
-    })
+    });
+    // Incoming and unsellable units only where there are some.
+    for (name, value) in [
+        ("incoming", l.incoming),
+        ("incoming_expected_at_ms", l.incoming_expected_at_ms),
+        ("damaged", l.damaged),
+        ("quality_control", l.quality_control),
+        ("held", l.held),
+    ] {
+        if value != 0 {
+            json[name] = value.into();
+        }
+    }
+    json
+}
+
+/// Whether any location has incoming or unsellable units: the table shows their columns then.
+fn has_more(levels: &BTreeMap<String, LocationLevels>) -> bool {
+    levels
+        .values()
+        .any(|l| l.incoming != 0 || l.unsellable() != 0)
 }
 
 /// `stock -o json`: `{"sku", "locations": [{"location", "on_hand", "reserved", "safety_stock",
-/// "available"}], "total": {"on_hand", ...}}`; no locations when no stock is recorded.
+/// "available"}], "total": {"on_hand", ...}}`; no locations when no stock is recorded. A
+/// location with incoming or unsellable units also has `incoming`, `incoming_expected_at_ms`,
+/// `damaged`, `quality_control`, `held` (each only when not 0).
 pub fn to_json(sku: &str, levels: &BTreeMap<String, LocationLevels>) -> Value {
     let locations: Vec<Value> = levels
         .iter()
@@ -122,24 +159,43 @@ pub fn table(sku: &str, levels: &BTreeMap<String, LocationLevels>) -> String {
         .chain(["location".len(), "total".len()])
         .max()
         .unwrap_or(8);
+    // Incoming and unsellable columns only when some location has such units, so the usual
+    // table stays as it was.
+    let more = has_more(levels);
     let row = |name: &str, l: &LocationLevels| {
-        format!(
-            "{name:<width$}  {:>12}  {:>12}  {:>12}  {:>12}\n",
+        let mut line = format!(
+            "{name:<width$}  {:>12}  {:>12}  {:>12}  {:>12}",
             l.on_hand,
             l.reserved,
             l.safety_stock,
             l.available()
-        )
+        );
+        if more {
+            line.push_str(&format!(
+                "  {:>12}  {:>12}  {:>12}  {:>12}",
+                l.incoming, l.damaged, l.quality_control, l.held
+            ));
+        }
+        line.push('\n');
+        line
     };
     let mut out = format!("{sku}\n");
     out.push_str(&format!(
-        "{:<width$}  {:>12}  {:>12}  {:>12}  {:>12}\n",
+        "{:<width$}  {:>12}  {:>12}  {:>12}  {:>12}",
         "location", "on_hand", "reserved", "safety_stock", "available"
     ));
+    if more {
+        out.push_str(&format!(
+            "  {:>12}  {:>12}  {:>12}  {:>12}",
+            "incoming", "damaged", "quality_ctrl", "held"
+        ));
+    }
+    out.push('\n');
     for (location, l) in levels {
         out.push_str(&row(location, l));
     }
-    out.push_str(&format!("{}\n", "-".repeat(width + 4 * 14)));
+    let columns = if more { 8 } else { 4 };
+    out.push_str(&format!("{}\n", "-".repeat(width + columns * 14)));
     out.push_str(&row("total", &total));
     out
 }
@@ -157,6 +213,7 @@ mod tests {
                     on_hand: 10,
                     reserved: 2,
                     safety_stock: 1,
+                    ..Default::default()
                 },
             ),
             (
@@ -165,6 +222,7 @@ mod tests {
                     on_hand: 5,
                     reserved: 0,
                     safety_stock: 0,
+                    ..Default::default()
                 },
             ),
         ]);
@@ -191,5 +249,34 @@ mod tests {
         assert_eq!(json["locations"][0]["available"], 7);
         assert_eq!(json["total"]["on_hand"], 15);
         assert_eq!(to_json("B", &BTreeMap::new())["locations"], json!([]));
+    }
+
+    #[test]
+    fn incoming_and_unsellable_columns_appear_when_there_are_some() {
+        let levels = BTreeMap::from([(
+            "wh".to_owned(),
+            LocationLevels {
+                on_hand: 10,
+                incoming: 6,
+                incoming_expected_at_ms: 1_700_000_000_000,
+                damaged: 2,
+                ..Default::default()
+            },
+        )]);
+        let text = table("A1", &levels);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[1][5..],
+            ["incoming", "damaged", "quality_ctrl", "held"]
+        );
+        assert_eq!(lines[2], ["wh", "10", "0", "0", "8", "6", "2", "0", "0"]);
+        let json = to_json("A1", &levels);
+        assert_eq!(json["locations"][0]["available"], 8);
+        assert_eq!(json["locations"][0]["damaged"], 2);
+        assert_eq!(json["total"]["incoming"], 6);
+        assert!(json["locations"][0].get("held").is_none());
     }
 }

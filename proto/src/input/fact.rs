@@ -8,10 +8,11 @@ use crate::{
     subjects,
     v1::{
         stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent,
+        UnsellableState,
     },
     validate::{
-        meta_fault, positive, validate_channel_id, validate_location, validate_reason,
-        validate_rules, validate_sku, MAX_LEVEL, MAX_QUANTITY,
+        meta_fault, positive, validate_channel_id, validate_location, validate_purchase_order,
+        validate_reason, validate_rules, validate_sku, MAX_LEVEL, MAX_QUANTITY,
     },
 };
 
@@ -63,6 +64,61 @@ pub enum Op {
         /// Oldest rules version to compute with.
         rules_version: u64,
     },
+    /// A `received` against a purchase order: min(quantity, outstanding) moves from incoming to
+    /// on_hand, the rest goes straight to on_hand.
+    ReceivedAgainst {
+        /// The purchase-order reference.
+        purchase_order: String,
+        /// Units.
+        quantity: i64,
+    },
+    /// incoming += quantity, on purchase order `purchase_order` at the location.
+    Expected {
+        /// The purchase-order reference.
+        purchase_order: String,
+        /// Units.
+        quantity: i64,
+        /// When they are expected, ms since the Unix epoch.
+        expected_at_ms: i64,
+    },
+    /// The purchase order's outstanding units at the location go down by `quantity` (all of
+    /// them when `None`), and incoming with them.
+    ExpectedCancelled {
+        /// The purchase-order reference.
+        purchase_order: String,
+        /// Units; `None`: everything outstanding.
+        quantity: Option<i64>,
+    },
+    /// Sellable units become `state` (`to_unsellable`), or units of `state` become sellable.
+    UnsellableMoved {
+        /// The unsellable state.
+        state: UnsellableState,
+        /// Units.
+        quantity: i64,
+        /// The direction: true into `state`.
+        to_unsellable: bool,
+    },
+}
+
+/// The short name of an unsellable state, as the scripts store it (`dm`, `qc`, `hd`) — also the
+/// prefix of its field in the stock hash.
+pub fn state_code(state: UnsellableState) -> &'static str {
+    match state {
+        UnsellableState::Damaged => "dm",
+        UnsellableState::QualityControl => "qc",
+        UnsellableState::Held => "hd",
+        UnsellableState::Unspecified => "",
+    }
+}
+
+/// The JSON name of an unsellable state: `damaged`, `quality_control`, `held`.
+pub fn state_name(state: UnsellableState) -> &'static str {
+    match state {
+        UnsellableState::Damaged => "damaged",
+        UnsellableState::QualityControl => "quality_control",
+        UnsellableState::Held => "held",
+        UnsellableState::Unspecified => "unspecified",
+    }
 }
 
 impl Op {
@@ -78,6 +134,10 @@ impl Op {
             Self::PolicySet { .. } => "policy_set",
             Self::ChannelRules { .. } => "channel_rules",
             Self::ChannelRecompute { .. } => "channel_recompute",
+            Self::ReceivedAgainst { .. } => "received",
+            Self::Expected { .. } => "expected",
+            Self::ExpectedCancelled { .. } => "expected_cancelled",
+            Self::UnsellableMoved { .. } => "unsellable_moved",
         }
     }
 }
@@ -134,8 +194,21 @@ impl Fact {
         }
     }
 
+    /// The purchase order a `received`, `expected` or `expected_cancelled` names ('' for none).
+    pub fn purchase_order(&self) -> &str {
+        match &self.op {
+            Op::ReceivedAgainst { purchase_order, .. }
+            | Op::Expected { purchase_order, .. }
+            | Op::ExpectedCancelled { purchase_order, .. } => purchase_order,
+            _ => "",
+        }
+    }
+
     /// The change as the stock worker's script takes it, after the location: quantity,
-    /// expected, destination, threshold, safety stock, location priority.
+    /// expected, destination, threshold, safety stock, location priority. The newer facts use
+    /// the same slots: a purchase order rides in the second (`expected`), an expected date or an
+    /// unsellable move's direction (`in` / `out`) in the third, an unsellable state's code in
+    /// the second.
     pub fn script_args(&self) -> [String; 6] {
         let none = String::new;
         match &self.op {
@@ -185,6 +258,52 @@ impl Fact {
                 channel.clone(),
                 rules_version.to_string(),
                 none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::ReceivedAgainst {
+                purchase_order,
+                quantity,
+            } => [
+                quantity.to_string(),
+                purchase_order.clone(),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::Expected {
+                purchase_order,
+                quantity,
+                expected_at_ms,
+            } => [
+                quantity.to_string(),
+                purchase_order.clone(),
+                expected_at_ms.to_string(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::ExpectedCancelled {
+                purchase_order,
+                quantity,
+            } => [
+                optional(*quantity),
+                purchase_order.clone(),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::UnsellableMoved {
+                state,
+                quantity,
+                to_unsellable,
+            } => [
+                quantity.to_string(),
+                state_code(*state).to_owned(),
+                if *to_unsellable { "in" } else { "out" }.to_owned(),
                 none(),
                 none(),
                 none(),
@@ -254,7 +373,26 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
         ));
     };
     let op = match change {
+        Change::Received(c) if !event.purchase_order.is_empty() => Op::ReceivedAgainst {
+            purchase_order: event.purchase_order.clone(),
+            quantity: c.quantity,
+        },
         Change::Received(c) => Op::Received(c.quantity),
+        Change::Expected(c) => Op::Expected {
+            purchase_order: c.purchase_order,
+            quantity: c.quantity,
+            expected_at_ms: c.expected_at_ms,
+        },
+        Change::ExpectedCancelled(c) => Op::ExpectedCancelled {
+            purchase_order: c.purchase_order,
+            quantity: c.quantity,
+        },
+        Change::UnsellableMoved(c) => Op::UnsellableMoved {
+            // An unknown value is refused below, never applied under a guessed state.
+            state: UnsellableState::try_from(c.state).unwrap_or(UnsellableState::Unspecified),
+            quantity: c.quantity,
+            to_unsellable: c.to_unsellable,
+        },
         Change::Sold(c) => Op::Sold(c.quantity),
         Change::Returned(c) => Op::Returned(c.quantity),
         Change::Adjusted(c) => Op::Adjusted(c.delta),
@@ -365,6 +503,29 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             ));
         }
     }
+    if !event.purchase_order.is_empty() && !matches!(op, Op::ReceivedAgainst { .. }) {
+        return Err(bad(
+            "purchase_order",
+            Category::InvalidPurchaseOrder,
+            format!("only received names a purchase order this way, not {kind}"),
+        ));
+    }
+    if let Op::ReceivedAgainst { purchase_order, .. }
+    | Op::Expected { purchase_order, .. }
+    | Op::ExpectedCancelled { purchase_order, .. } = &op
+    {
+        validate_purchase_order("purchase_order", purchase_order)
+            .map_err(|r| bad("purchase_order", Category::InvalidPurchaseOrder, r))?;
+    }
+    if let Op::UnsellableMoved { state, .. } = &op {
+        if *state == UnsellableState::Unspecified {
+            return Err(bad(
+                "state",
+                Category::UnknownEnum,
+                "state must be one of damaged, quality_control, held (stockflow.v1.UnsellableState 1..=3)".into(),
+            ));
+        }
+    }
     if let Op::ChannelRules { rules, .. } = &op {
         validate_rules("rules", rules).map_err(|(field, reason)| {
             InputError::new(kind, field, Category::InvalidChannel, reason)
@@ -385,9 +546,33 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
 fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
     let at = |field: &'static str| move |reason: String| (field, reason);
     match op {
-        Op::Received(q) | Op::Sold(q) | Op::Returned(q) => {
+        Op::Received(q)
+        | Op::Sold(q)
+        | Op::Returned(q)
+        | Op::ReceivedAgainst { quantity: q, .. }
+        | Op::UnsellableMoved { quantity: q, .. } => {
             positive("quantity", *q).map_err(at("quantity"))
         }
+        Op::Expected {
+            quantity,
+            expected_at_ms,
+            ..
+        } => {
+            positive("quantity", *quantity).map_err(at("quantity"))?;
+            if *expected_at_ms <= 0 {
+                return Err((
+                    "expected_at_ms",
+                    format!(
+                        "expected_at_ms must be a time after the Unix epoch in ms, got {expected_at_ms}"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Op::ExpectedCancelled { quantity, .. } => match quantity {
+            Some(q) => positive("quantity", *q).map_err(at("quantity")),
+            None => Ok(()),
+        },
         Op::Adjusted(delta) => {
             // unsigned_abs: `abs` of i64::MIN overflows.
             if *delta == 0 || delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {

@@ -2,7 +2,8 @@
 //! events. One shape per input, used by the gateway's HTTP bodies and by `stockctl publish`:
 //!
 //! - a stock fact is a [`StockFactJson`]: a `type` (`received`, `sold`, `returned`, `adjusted`,
-//!   `counted`, `transferred`, `policy_set`) and only that type's own fields;
+//!   `counted`, `transferred`, `policy_set`, `channel_rules`, `expected`, `expected_cancelled`,
+//!   `unsellable_moved`) and only that type's own fields;
 //! - an order placement is a [`PlaceOrderJson`], a fulfilment a [`FulfilJson`], a cancel or a
 //!   commit only the envelope ([`MetaJson`]); the gateway takes the order id from the path;
 //! - stockctl's one-object form ([`event_from_value`]) adds `order_placed`,
@@ -21,13 +22,13 @@ use serde_json::Value;
 use super::{order, Category, Event, InputError};
 use crate::v1::{
     order_event, stock_event::Change, Adjusted, AllocationStrategy, AvailabilityRules, Channel,
-    ChannelKind, ChannelRulesSet, Counted, EventMeta, FulfilledLine, OrderCancelled,
-    OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet, Reason,
-    Received, Returned, Sold, StockEvent, Transferred,
+    ChannelKind, ChannelRulesSet, Counted, EventMeta, Expected, ExpectedCancelled, FulfilledLine,
+    OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet,
+    Reason, Received, Returned, Sold, StockEvent, Transferred, UnsellableMoved,
 };
 
 /// The stock fact types, as JSON names them.
-pub const FACT_TYPES: [&str; 8] = [
+pub const FACT_TYPES: [&str; 11] = [
     "received",
     "sold",
     "returned",
@@ -36,7 +37,33 @@ pub const FACT_TYPES: [&str; 8] = [
     "transferred",
     "policy_set",
     "channel_rules",
+    "expected",
+    "expected_cancelled",
+    "unsellable_moved",
 ];
+
+/// The unsellable states, as JSON names them (`stockflow.v1.UnsellableState`).
+pub const UNSELLABLE_STATES: [&str; 3] = ["damaged", "quality_control", "held"];
+
+fn unsellable_state(name: &str) -> Result<crate::v1::UnsellableState, InputError> {
+    use crate::v1::UnsellableState;
+    Ok(match name {
+        "damaged" => UnsellableState::Damaged,
+        "quality_control" => UnsellableState::QualityControl,
+        "held" => UnsellableState::Held,
+        other => {
+            return Err(InputError::new(
+                "unsellable_moved",
+                "state",
+                Category::UnknownEnum,
+                format!(
+                    "state {other:?} is not one of {}",
+                    UNSELLABLE_STATES.join(", ")
+                ),
+            ))
+        }
+    })
+}
 
 /// Availability rules in JSON (see `stockflow.v1.AvailabilityRules`); an absent field does not
 /// apply.
@@ -356,6 +383,18 @@ pub struct StockFactJson {
     /// `channel_rules`: the SKU's override of the channel's rules.
     #[serde(default)]
     pub rules: Option<AvailabilityRulesJson>,
+    /// `expected`, `expected_cancelled`; a `received` against a purchase order.
+    #[serde(default)]
+    pub purchase_order: Option<String>,
+    /// `expected`: when, ms since the Unix epoch.
+    #[serde(default)]
+    pub expected_at_ms: Option<i64>,
+    /// `unsellable_moved`: `damaged`, `quality_control` or `held`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// `unsellable_moved`: true moves sellable units into `state`, false back out of it.
+    #[serde(default)]
+    pub to_unsellable: Option<bool>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -391,6 +430,10 @@ impl StockFactJson {
             ("location_priority", self.location_priority.is_some()),
             ("channel", self.channel.is_some()),
             ("rules", self.rules.is_some()),
+            ("purchase_order", self.purchase_order.is_some()),
+            ("expected_at_ms", self.expected_at_ms.is_some()),
+            ("state", self.state.is_some()),
+            ("to_unsellable", self.to_unsellable.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -400,7 +443,10 @@ impl StockFactJson {
     fn change(&self) -> Result<Change, InputError> {
         let kind = self.kind.as_str();
         let allowed: &[&str] = match kind {
-            "received" => &["quantity"],
+            "received" => &["quantity", "purchase_order"],
+            "expected" => &["purchase_order", "quantity", "expected_at_ms"],
+            "expected_cancelled" => &["purchase_order", "quantity"],
+            "unsellable_moved" => &["state", "quantity", "to_unsellable"],
             "sold" | "returned" => &["quantity", "channel"],
             "channel_rules" => &["channel", "rules"],
             "adjusted" => &["delta"],
@@ -456,6 +502,28 @@ impl StockFactJson {
                 })?,
                 quantity: require(self.quantity, "quantity", kind)?,
             }),
+            "expected" => Change::Expected(Expected {
+                purchase_order: self.purchase_order(kind)?,
+                quantity: require(self.quantity, "quantity", kind)?,
+                expected_at_ms: require(self.expected_at_ms, "expected_at_ms", kind)?,
+            }),
+            "expected_cancelled" => Change::ExpectedCancelled(ExpectedCancelled {
+                purchase_order: self.purchase_order(kind)?,
+                quantity: self.quantity,
+            }),
+            "unsellable_moved" => Change::UnsellableMoved(UnsellableMoved {
+                state: unsellable_state(self.state.as_deref().ok_or_else(|| {
+                    InputError::json("state", "state is required for type unsellable_moved")
+                })?)?
+                .into(),
+                quantity: require(self.quantity, "quantity", kind)?,
+                to_unsellable: self.to_unsellable.ok_or_else(|| {
+                    InputError::json(
+                        "to_unsellable",
+                        "to_unsellable is required for type unsellable_moved",
+                    )
+                })?,
+            }),
             "channel_rules" => Change::ChannelRules(ChannelRulesSet {
                 channel: self.channel.clone().ok_or_else(|| {
                     InputError::json("channel", "channel is required for type channel_rules")
@@ -467,6 +535,15 @@ impl StockFactJson {
                 safety_stock: self.safety_stock,
                 location_priority: self.location_priority.clone().unwrap_or_default(),
             }),
+        })
+    }
+
+    fn purchase_order(&self, kind: &str) -> Result<String, InputError> {
+        self.purchase_order.clone().ok_or_else(|| {
+            InputError::json(
+                "purchase_order",
+                format!("purchase_order is required for type {kind}"),
+            )
         })
     }
 
@@ -484,11 +561,17 @@ impl StockFactJson {
             Change::ChannelRules(_) => String::new(),
             _ => self.channel.take().unwrap_or_default(),
         };
+        // A received names its purchase order in the envelope; the other facts in the change.
+        let purchase_order = match change {
+            Change::Received(_) => self.purchase_order.take().unwrap_or_default(),
+            _ => String::new(),
+        };
         Ok(StockEvent {
             meta: Some(meta_of!(self).into_meta(event_id)?),
             sku: self.sku,
             location: self.location,
             channel,
+            purchase_order,
             change: Some(change),
         })
     }
@@ -777,6 +860,92 @@ mod tests {
             &crate::subjects::stock_event(&event.sku),
             &Event::Stock(event).encode(),
         )
+    }
+
+    #[test]
+    fn purchase_orders_and_unsellable_moves_in_json() {
+        let body = |v: Value| {
+            let mut v = v;
+            v["sku"] = "A".into();
+            v["location"] = "wh".into();
+            v["event_id"] = "e1".into();
+            v
+        };
+        let po = judged(
+            body(json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5, "expected_at_ms": 9})),
+            None,
+        )
+        .expect("expected");
+        assert_eq!(
+            po.op,
+            fact::Op::Expected {
+                purchase_order: "PO-1".into(),
+                quantity: 5,
+                expected_at_ms: 9
+            }
+        );
+        let receipt = judged(
+            body(json!({"type": "received", "purchase_order": "PO-1", "quantity": 2})),
+            None,
+        )
+        .expect("receipt");
+        assert_eq!(receipt.purchase_order(), "PO-1");
+        assert_eq!(
+            receipt.fingerprint(&receipt.script_args()),
+            "received|wh|2|PO-1||||"
+        );
+        let plain = judged(body(json!({"type": "received", "quantity": 2})), None).expect("plain");
+        assert_eq!(
+            plain.fingerprint(&plain.script_args()),
+            "received|wh|2|||||"
+        );
+        let cancel = judged(
+            body(json!({"type": "expected_cancelled", "purchase_order": "PO-1"})),
+            None,
+        )
+        .expect("cancel");
+        assert_eq!(cancel.script_args()[0], "");
+        let moved = judged(
+            body(json!({"type": "unsellable_moved", "state": "quality_control", "quantity": 1, "to_unsellable": true})),
+            None,
+        )
+        .expect("moved");
+        assert_eq!(moved.script_args()[..3], ["1", "qc", "in"]);
+        for (value, field, category) in [
+            (
+                json!({"type": "expected", "purchase_order": "PO 1", "quantity": 5, "expected_at_ms": 9}),
+                "purchase_order",
+                Category::InvalidPurchaseOrder,
+            ),
+            (
+                json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5, "expected_at_ms": 0}),
+                "expected_at_ms",
+                Category::InvalidQuantity,
+            ),
+            (
+                json!({"type": "expected", "purchase_order": "PO-1", "quantity": 5}),
+                "expected_at_ms",
+                Category::InvalidJson,
+            ),
+            (
+                json!({"type": "sold", "purchase_order": "PO-1", "quantity": 5}),
+                "purchase_order",
+                Category::InvalidJson,
+            ),
+            (
+                json!({"type": "unsellable_moved", "state": "lost", "quantity": 1, "to_unsellable": true}),
+                "state",
+                Category::UnknownEnum,
+            ),
+            (
+                json!({"type": "unsellable_moved", "state": "held", "quantity": 1}),
+                "to_unsellable",
+                Category::InvalidJson,
+            ),
+        ] {
+            let error = judged(body(value), None).expect_err(field);
+            assert_eq!((error.field.as_str(), error.category), (field, category));
+        }
     }
 
     #[test]

@@ -101,11 +101,13 @@ pub enum Category {
     UnknownChannel,
     /// A channel definition naming a location that has no stock recorded anywhere.
     UnknownLocation,
+    /// A purchase-order reference (`expected`, `expected_cancelled`, a `received` naming one).
+    InvalidPurchaseOrder,
 }
 
 impl Category {
     /// Every category.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Decode,
         Self::UnknownType,
         Self::InvalidMeta,
@@ -122,6 +124,7 @@ impl Category {
         Self::InvalidChannel,
         Self::UnknownChannel,
         Self::UnknownLocation,
+        Self::InvalidPurchaseOrder,
     ];
 
     /// The category's name: `decode`, `invalid_quantity`, ...
@@ -143,6 +146,7 @@ impl Category {
             Self::InvalidChannel => "invalid_channel",
             Self::UnknownChannel => "unknown_channel",
             Self::UnknownLocation => "unknown_location",
+            Self::InvalidPurchaseOrder => "invalid_purchase_order",
         }
     }
 }

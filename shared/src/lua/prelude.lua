@@ -1,7 +1,12 @@
 -- Shared helpers, prepended to every stockflow script at load time.
 --
 -- Key layout of one SKU (every key carries the SKU's hash tag, so a script touches one slot):
---   <prefix>:{<sku-token>}:stock   hash  oh:<location> -> on_hand, rs:<location> -> reserved
+--   <prefix>:{<sku-token>}:stock   hash  oh:<location> -> on_hand, rs:<location> -> reserved,
+--       in:<location> -> incoming (units on open purchase orders), et:<location> -> the earliest
+--       expected date among them (ms), po:<location>\31<po> -> what purchase order <po> still
+--       has outstanding there, pd:<location>\31<po> -> its expected date (ms),
+--       dm:<location> / qc:<location> / hd:<location> -> unsellable units (damaged, quality
+--       control, held; part of on_hand, never available). Absent fields are 0.
 --   <prefix>:{<sku-token>}:policy  hash  thr / ss (SKU defaults), thr:<location> / ss:<location>
 --   <prefix>:{<sku-token>}:evt:<event_id>  hash  o -> outcome, f -> fingerprint, p -> published
 --
@@ -10,6 +15,9 @@
 --   header:  1 \31 applied_at_ms \31 result \31 detail_a \31 detail_b
 --   change:  location \31 kind \31 b_oh \31 b_rs \31 b_ss \31 b_av \31 a_oh \31 a_rs \31 a_ss
 --            \31 a_av \31 threshold ("" when none) \31 alerts (comma-separated)
+--            \31 b_in \31 b_et \31 b_dm \31 b_qc \31 b_hd \31 a_in \31 a_et \31 a_dm \31 a_qc \31 a_hd
+--            [\31 purchase order \31 its outstanding units after \31 its expected date]
+--            (outcomes stored before incoming and unsellable units existed end after alerts)
 
 local US, RS = '\31', '\30'
 -- Fingerprint of a dedup record restored from the ledger (`restore_event.lua`, run by
@@ -43,14 +51,28 @@ end
 
 -- Levels of a location and its low-stock threshold (nil when none), in two reads: one per hash.
 local function levels_and_threshold(stock_key, policy_key, loc)
-  local s = redis.call('HMGET', stock_key, 'oh:' .. loc, 'rs:' .. loc)
+  local s = redis.call('HMGET', stock_key, 'oh:' .. loc, 'rs:' .. loc, 'in:' .. loc, 'et:' .. loc,
+    'dm:' .. loc, 'qc:' .. loc, 'hd:' .. loc)
   local p = redis.call('HMGET', policy_key, 'ss:' .. loc, 'ss', 'thr:' .. loc, 'thr')
   local oh, rs = num(s[1]), num(s[2])
   -- A missing field is false: the location's override, else the SKU default.
   local ss = tonumber(p[1] or p[2]) or 0
   local thr = p[3] or p[4]
   if thr then thr = tonumber(thr) else thr = nil end
-  return { oh = oh, rs = rs, ss = ss, av = oh - rs - ss }, thr
+  local l = { oh = oh, rs = rs, ss = ss, inc = num(s[3]), eta = num(s[4]), dm = num(s[5]),
+    qc = num(s[6]), hd = num(s[7]) }
+  l.un = l.dm + l.qc + l.hd
+  l.av = oh - rs - ss - l.un
+  return l, thr
+end
+
+-- Levels `l` with on_hand set to `oh` (nothing else changed): available follows.
+local function with_on_hand(l, oh)
+  local a = {}
+  for k, v in pairs(l) do a[k] = v end
+  a.oh = oh
+  a.av = oh - a.rs - a.ss - (a.un or 0)
+  return a
 end
 
 local function levels(stock_key, policy_key, loc)
@@ -72,7 +94,9 @@ local function change_record(loc, kind, b, a, thr)
   local t = ''
   if thr ~= nil then t = int(thr) end
   return table.concat({ loc, kind, int(b.oh), int(b.rs), int(b.ss), int(b.av),
-    int(a.oh), int(a.rs), int(a.ss), int(a.av), t, table.concat(crossings(b, a, thr), ',') }, US)
+    int(a.oh), int(a.rs), int(a.ss), int(a.av), t, table.concat(crossings(b, a, thr), ','),
+    int(b.inc or 0), int(b.eta or 0), int(b.dm or 0), int(b.qc or 0), int(b.hd or 0),
+    int(a.inc or 0), int(a.eta or 0), int(a.dm or 0), int(a.qc or 0), int(a.hd or 0) }, US)
 end
 
 local function header(applied_at, result, detail_a, detail_b)
@@ -183,7 +207,8 @@ local function channel_available(stock_key, policy_key, ch, id, own, l)
   local lv = levels(stock_key, policy_key, l)
   local rs = lv.rs
   if own then rs = num(ch.st['r:' .. id .. ':' .. l]) end
-  return lv.oh - rs - lv.ss
+  -- Unsellable units are never in a channel's pool.
+  return lv.oh - rs - lv.ss - lv.un
 end
 
 local function channel_quantity(stock_key, policy_key, ch, spec)

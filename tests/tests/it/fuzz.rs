@@ -213,6 +213,28 @@ fn check_stock(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
         Op::ChannelRules { channel, .. } | Op::ChannelRecompute { channel, .. } => {
             assert_encodable("channel", channel)?;
         }
+        Op::ReceivedAgainst {
+            purchase_order,
+            quantity,
+        }
+        | Op::Expected {
+            purchase_order,
+            quantity,
+            ..
+        } => {
+            prop_assert!((1..=MAX_QUANTITY).contains(quantity));
+            assert_encodable("purchase_order", purchase_order)?;
+        }
+        Op::ExpectedCancelled {
+            purchase_order,
+            quantity,
+        } => {
+            prop_assert!(quantity.is_none_or(|q| (1..=MAX_QUANTITY).contains(&q)));
+            assert_encodable("purchase_order", purchase_order)?;
+        }
+        Op::UnsellableMoved { quantity, .. } => {
+            prop_assert!((1..=MAX_QUANTITY).contains(quantity));
+        }
     }
     // The fingerprint and script arguments are built for every accepted fact.
     let args = fact.script_args();
@@ -361,6 +383,7 @@ fn levels() -> impl Strategy<Value = v1::Levels> {
             reserved,
             safety_stock,
             available,
+            ..Default::default()
         },
     )
 }
@@ -391,6 +414,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
                 after,
                 threshold,
                 alerts,
+                purchase_order: None,
             },
         );
     (

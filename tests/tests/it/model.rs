@@ -156,8 +156,13 @@ impl Model {
                     return Some(vec![(String::new(), 0, vec![])]);
                 }
             }
-            Op::ChannelRules { .. } | Op::ChannelRecompute { .. } => {
-                unreachable!("the model generates no channel changes")
+            Op::ChannelRules { .. }
+            | Op::ChannelRecompute { .. }
+            | Op::ReceivedAgainst { .. }
+            | Op::Expected { .. }
+            | Op::ExpectedCancelled { .. }
+            | Op::UnsellableMoved { .. } => {
+                unreachable!("the model generates no channel, incoming or unsellable changes")
             }
         }
         Some(

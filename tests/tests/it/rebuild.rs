@@ -237,6 +237,7 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
             field: "on_hand",
             ledger: oh + 3,
             redis: oh,
+            purchase_order: String::new(),
         }]
     );
     for _ in 0..2 {

@@ -347,7 +347,16 @@ const LEVELS = [
   ["reserved", "Reserved"],
   ["safety_stock", "Safety"],
   ["available", "Available"],
+  ["incoming", "Incoming"],
+  ["unsellable", "Unsellable"],
 ];
+
+// A level of `l` by its LEVELS key: absent fields are 0 (incoming and the unsellable states are
+// sent only where there are some); "unsellable" is damaged + quality control + held.
+function level(l, key) {
+  if (key === "unsellable") return (l.damaged || 0) + (l.quality_control || 0) + (l.held || 0);
+  return l[key] || 0;
+}
 
 async function stockPage(sku, signal) {
   const view = $("sku-view");
@@ -380,8 +389,8 @@ async function stockPage(sku, signal) {
   });
 
   function totals() {
-    const t = { on_hand: 0, reserved: 0, safety_stock: 0, available: 0 };
-    for (const l of levels.values()) for (const [k] of LEVELS) t[k] += l[k];
+    const t = Object.fromEntries(LEVELS.map(([k]) => [k, 0]));
+    for (const l of levels.values()) for (const [k] of LEVELS) t[k] += level(l, k);
     return t;
   }
 
@@ -405,7 +414,7 @@ async function stockPage(sku, signal) {
       "tr",
       { "data-location": location },
       h("th", { scope: "row" }, location),
-      LEVELS.map(([key]) => numCell(l[key], { "data-field": key })),
+      LEVELS.map(([key]) => numCell(level(l, key), { "data-field": key })),
     );
   }
 
@@ -511,10 +520,10 @@ async function stockPage(sku, signal) {
       for (const [key] of LEVELS) {
         const cell = row && row.querySelector(`[data-field="${key}"]`);
         if (!cell) continue;
-        const text = num(e.after[key]);
+        const text = num(level(e.after, key));
         if (cell.textContent !== text) {
           cell.textContent = text;
-          cell.classList.toggle("negative", e.after[key] < 0);
+          cell.classList.toggle("negative", level(e.after, key) < 0);
           flash(cell);
         }
       }

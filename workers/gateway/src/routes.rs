@@ -798,12 +798,27 @@ async fn post_fulfil(
     order_action(state, order_id, OrderAction::Fulfil, headers, body).await
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A location's levels; incoming and unsellable units only where there are some.
 #[derive(Debug, Default, Serialize)]
 struct LevelsJson {
     on_hand: i64,
     reserved: i64,
     safety_stock: i64,
     available: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    incoming: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    incoming_expected_at_ms: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    damaged: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    quality_control: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    held: i64,
 }
 
 impl From<&LocationLevels> for LevelsJson {
@@ -813,6 +828,11 @@ impl From<&LocationLevels> for LevelsJson {
             reserved: l.reserved,
             safety_stock: l.safety_stock,
             available: l.available(),
+            incoming: l.incoming,
+            incoming_expected_at_ms: l.incoming_expected_at_ms,
+            damaged: l.damaged,
+            quality_control: l.quality_control,
+            held: l.held,
         }
     }
 }
@@ -903,6 +923,16 @@ async fn get_stock(
             totals.reserved += l.reserved;
             totals.safety_stock += l.safety_stock;
             totals.available += l.available();
+            totals.incoming += l.incoming;
+            if l.incoming_expected_at_ms != 0
+                && (totals.incoming_expected_at_ms == 0
+                    || l.incoming_expected_at_ms < totals.incoming_expected_at_ms)
+            {
+                totals.incoming_expected_at_ms = l.incoming_expected_at_ms;
+            }
+            totals.damaged += l.damaged;
+            totals.quality_control += l.quality_control;
+            totals.held += l.held;
             LocationJson {
                 location: location.clone(),
                 levels: l.into(),
@@ -928,15 +958,14 @@ async fn get_stock_location(
             "no stock recorded for sku {sku:?} at {location:?}"
         )));
     };
-    Ok(Json(json!({
-        "sku": sku,
-        "location": location,
-        "on_hand": l.on_hand,
-        "reserved": l.reserved,
-        "safety_stock": l.safety_stock,
-        "available": l.available(),
-    }))
-    .into_response())
+    let mut body = json!({"sku": sku, "location": location});
+    if let (Some(body), Ok(serde_json::Value::Object(levels))) = (
+        body.as_object_mut(),
+        serde_json::to_value(LevelsJson::from(l)),
+    ) {
+        body.extend(levels);
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn get_order(

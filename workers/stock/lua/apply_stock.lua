@@ -10,14 +10,19 @@
 -- KEYS[3]  policy hash   <prefix>:{<sku>}:policy
 -- KEYS[4]  channels hash <prefix>:{<sku>}:ats
 -- ARGV[1]  op: received | sold | returned | adjusted | counted | transferred | policy_set
---          | channel_rules | channel_recompute
+--          | channel_rules | channel_recompute | expected | expected_cancelled
+--          | unsellable_moved
 -- ARGV[2]  location ('' for a SKU-wide policy_set, channel_rules, channel_recompute, and a sale
 --          or return that names its channel)
--- ARGV[3]  quantity (received/sold/returned/transferred), delta (adjusted), counted on_hand;
---          the channel of channel_rules / channel_recompute
+-- ARGV[3]  quantity (received/sold/returned/transferred/expected/unsellable_moved; for
+--          expected_cancelled '' cancels everything outstanding), delta (adjusted), counted
+--          on_hand; the channel of channel_rules / channel_recompute
 -- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override;
---          channel_recompute: the rules version asked for (the worker passed a spec that new)
--- ARGV[5]  transferred: destination location
+--          channel_recompute: the rules version asked for (the worker passed a spec that new);
+--          received / expected / expected_cancelled: the purchase order ('' for a plain
+--          receipt); unsellable_moved: the state (dm | qc | hd)
+-- ARGV[5]  transferred: destination location; expected: the expected date (ms);
+--          unsellable_moved: 'in' (sellable -> state) or 'out' (state -> sellable)
 -- ARGV[6]  fingerprint of the event's content
 -- ARGV[7]  dedup TTL, seconds
 -- ARGV[8]  policy_set: low-stock threshold, '' unchanged, negative removes
@@ -31,6 +36,7 @@
 --   its reply: {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
 --       | {'unknown_channel', channel}
+--       | {'insufficient', location, units free} (an unsellable move beyond what is free)
 -- Every channel drawing from a location whose levels changed is recomputed in the same step;
 -- its record is part of the outcome.
 --
@@ -43,9 +49,106 @@
 -- one slot: the worker groups a batch by the SKU's hash tag.
 --
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
--- same atomic step; every later delivery changes nothing and returns that same outcome. Facts in
+-- same atomic step; every later delivery changes nothing and returns that same outcome.
+-- Incoming units are per purchase order: a receipt or cancellation of one never takes another's;
+-- incoming is the sum of a location's purchase orders. Unsellable units stay within on_hand −
+-- reserved when they are moved there, and never count as available. Facts in
 -- one call are applied one after the other, in the items' order, exactly as separate calls
 -- would apply them; the call as a whole is atomic too, so a crash never splits it.
+
+-- Facts about incoming stock (purchase orders) and unsellable units, applied by `apply_model`.
+local function model_op(op, po)
+  return op == 'expected' or op == 'expected_cancelled' or op == 'unsellable_moved'
+    or (op == 'received' and po ~= '')
+end
+
+-- The earliest expected date of the purchase orders still outstanding at `loc`; 0 for none.
+local function earliest_expected(stock_key, loc)
+  local prefix = 'pd:' .. loc .. US
+  local best = 0
+  local flat = redis.call('HGETALL', stock_key)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, #prefix) == prefix then
+      local at = tonumber(flat[i + 1])
+      if best == 0 or at < best then best = at end
+    end
+  end
+  return best
+end
+
+-- Writes a level field, removing it at 0 (absent fields read as 0).
+local function set_level(stock_key, field, value)
+  if value == 0 then
+    redis.call('HDEL', stock_key, field)
+  else
+    redis.call('HSET', stock_key, field, int(value))
+  end
+end
+
+-- Applies an `expected`, `expected_cancelled`, `received` against a purchase order, or
+-- `unsellable_moved` at `loc`: checks first, then writes, then appends its change record to
+-- `records` (with the purchase order's state after it, for the ledger) and marks `changed`
+-- when on_hand or the unsellable units changed (the channels follow). Returns a refusal reply,
+-- or nil when applied; a refusal writes nothing.
+local function apply_model(stock_key, op, loc, ARGV, read, records, changed)
+  local c = read(loc)
+  local b = c.b
+  local a = {}
+  for k, v in pairs(b) do a[k] = v end
+  local qty = tonumber(ARGV[3])
+  local po = ''
+  if op == 'unsellable_moved' then
+    local state = ARGV[4]
+    if ARGV[5] == 'in' then
+      -- Only free units may become unsellable: not reserved, not unsellable already.
+      local free = b.oh - b.rs - b.un
+      if qty > free then return { 'insufficient', loc, int(math.max(free, 0)) } end
+      a[state] = b[state] + qty
+    else
+      if qty > b[state] then return { 'insufficient', loc, int(b[state]) } end
+      a[state] = b[state] - qty
+    end
+    set_level(stock_key, state .. ':' .. loc, a[state])
+    a.un = a.dm + a.qc + a.hd
+    changed[loc] = true
+  else
+    po = ARGV[4]
+    local pf, df = 'po:' .. loc .. US .. po, 'pd:' .. loc .. US .. po
+    local s = redis.call('HMGET', stock_key, pf, df)
+    local out, eta = num(s[1]), num(s[2])
+    if op == 'expected' then
+      out, eta = out + qty, tonumber(ARGV[5])
+      a.inc = b.inc + qty
+      if a.inc > MAX_LEVEL then return { 'out_of_range', loc } end
+    elseif op == 'expected_cancelled' then
+      local take = out
+      if qty ~= nil and qty < take then take = qty end
+      out, a.inc = out - take, b.inc - take
+    else
+      -- A receipt: what the purchase order still expects comes out of incoming; the rest (an
+      -- over-receipt) goes straight to on_hand.
+      local take = math.min(qty, out)
+      out, a.inc, a.oh = out - take, b.inc - take, b.oh + qty
+      if math.abs(a.oh) > MAX_LEVEL then return { 'out_of_range', loc } end
+      redis.call('HSET', stock_key, 'oh:' .. loc, int(a.oh))
+      changed[loc] = true
+    end
+    if out > 0 then
+      redis.call('HSET', stock_key, pf, int(out), df, int(eta))
+    else
+      redis.call('HDEL', stock_key, pf, df)
+      eta = 0
+    end
+    set_level(stock_key, 'in:' .. loc, a.inc)
+    a.eta = earliest_expected(stock_key, loc)
+    set_level(stock_key, 'et:' .. loc, a.eta)
+    po = table.concat({ '', po, int(out), int(eta) }, US)
+  end
+  a.av = a.oh - a.rs - a.ss - a.un
+  records[#records + 1] = change_record(loc, op, b, a, c.thr) .. po
+  c.b = a
+  return nil
+end
 
 -- One fact: KEYS and ARGV are the item's own (shadowing the call's).
 local function apply(KEYS, ARGV)
@@ -88,7 +191,9 @@ local function apply(KEYS, ARGV)
   -- Every change is planned first and range-checked before anything is written: a script that
   -- fails half-way would leave its first writes in place.
   local plan = {}
-  if loc == '' and (op == 'sold' or op == 'returned') then
+  if model_op(op, ARGV[4]) then
+    -- Incoming stock and unsellable units: `apply_model`, below.
+  elseif loc == '' and (op == 'sold' or op == 'returned') then
     if spec.strategy == 'x' or #spec.locs == 0 then return { 'unknown_channel', channel } end
     if op == 'returned' then
       -- A return goes back to the channel's first location.
@@ -137,8 +242,12 @@ local function apply(KEYS, ARGV)
     local b = c.b
     redis.call('HSET', stock_key, 'oh:' .. l, int(oh))
     -- Only on_hand changed: the levels after follow without reading them back.
-    local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
+    local a = with_on_hand(b, oh)
     records[#records + 1] = change_record(l, kind, b, a, c.thr)
+  end
+  if model_op(op, ARGV[4]) then
+    local refused = apply_model(stock_key, op, loc, ARGV, read, records, changed)
+    if refused then return refused end
   end
 
   if op == 'policy_set' then

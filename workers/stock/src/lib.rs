@@ -99,6 +99,14 @@ pub enum Applied {
     OutOfRange(String),
     /// The sale, return or recompute names a channel the script was given no spec of.
     UnknownChannel(String),
+    /// An unsellable move asks for more units than `location` has free (into a state: on_hand
+    /// − reserved − unsellable) or than the state holds (out of it): nothing changed.
+    Insufficient {
+        /// The location.
+        location: String,
+        /// The units there were.
+        free: i64,
+    },
 }
 
 /// Applies stock facts: one atomic step per event (many events share one `apply_stock` call),
@@ -275,6 +283,12 @@ impl StockHandler {
             ["conflict", _] => Ok(Applied::Conflict),
             ["out_of_range", location] => Ok(Applied::OutOfRange((*location).to_owned())),
             ["unknown_channel", channel] => Ok(Applied::UnknownChannel((*channel).to_owned())),
+            ["insufficient", location, free] => Ok(Applied::Insufficient {
+                location: (*location).to_owned(),
+                free: free.parse().map_err(|_| HandleError::Unexpected {
+                    reason: format!("apply_stock answered insufficient with {free:?} units"),
+                })?,
+            }),
             other => Err(HandleError::Unexpected {
                 reason: format!("apply_stock answered {other:?}"),
             }),
@@ -347,6 +361,9 @@ impl Handler for StockHandler {
             "policy_set",
             "channel_rules",
             "channel_recompute",
+            "expected",
+            "expected_cancelled",
+            "unsellable_moved",
         ]
     }
 
@@ -391,6 +408,19 @@ impl Handler for StockHandler {
                     "unknown_channel",
                     format!("channel {channel:?} is not defined (stockctl channels list)"),
                 ))
+            }
+            Applied::Insufficient { location, free } => {
+                let quantity = match &fact.op {
+                    Op::UnsellableMoved { quantity, .. } => *quantity,
+                    _ => 0,
+                };
+                return Err(HandleError::malformed(
+                    event_type,
+                    "invalid_quantity",
+                    format!(
+                        "the move of {quantity} units at {location:?} exceeds the {free} units there are to move"
+                    ),
+                ));
             }
             Applied::OutOfRange(location) => {
                 return Err(HandleError::malformed(

@@ -73,6 +73,23 @@ pub struct Restore {
     policy: redis::Script,
     event: redis::Script,
     channels: redis::Script,
+    model: redis::Script,
+}
+
+/// One location's incoming and unsellable units and open purchase orders, as the ledger left
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelLevels {
+    /// Units incoming.
+    pub incoming: i64,
+    /// Unsellable units: damaged.
+    pub damaged: i64,
+    /// Unsellable units: quality control.
+    pub quality_control: i64,
+    /// Unsellable units: held.
+    pub held: i64,
+    /// Open purchase orders: (reference, outstanding units, expected date in ms).
+    pub purchase_orders: Vec<(String, i64, i64)>,
 }
 
 impl Restore {
@@ -84,6 +101,7 @@ impl Restore {
             policy: stockflow_shared::script(include_str!("../lua/restore_policy.lua")),
             event: stockflow_shared::script(include_str!("../lua/restore_event.lua")),
             channels: stockflow_shared::script(include_str!("../lua/restore_channels.lua")),
+            model: stockflow_shared::script(include_str!("../lua/restore_model.lua")),
         }
     }
 
@@ -105,6 +123,32 @@ impl Restore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
+    }
+
+    /// Sets the incoming and unsellable units and the open purchase orders of (`sku`,
+    /// `location`).
+    pub async fn model(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        location: &str,
+        levels: &ModelLevels,
+    ) -> redis::RedisResult<()> {
+        let mut redis = redis.clone();
+        let mut invocation = self.model.key(self.keys.stock(sku));
+        invocation
+            .arg(location)
+            .arg(levels.incoming)
+            .arg(levels.damaged)
+            .arg(levels.quality_control)
+            .arg(levels.held);
+        for (reference, outstanding, expected_at_ms) in &levels.purchase_orders {
+            invocation
+                .arg(reference)
+                .arg(outstanding)
+                .arg(expected_at_ms);
+        }
+        invocation.invoke_async::<i64>(&mut redis).await.map(drop)
     }
 
     /// Writes `sku`'s policy.

@@ -317,8 +317,12 @@ fn op_of(change: &Change) -> Op {
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
         },
-        Change::ChannelRules(_) | Change::ChannelRecompute(_) => {
-            unreachable!("the workload sends no channel changes")
+        Change::ChannelRules(_)
+        | Change::ChannelRecompute(_)
+        | Change::Expected(_)
+        | Change::ExpectedCancelled(_)
+        | Change::UnsellableMoved(_) => {
+            unreachable!("the workload sends no channel, incoming or unsellable changes")
         }
     }
 }
@@ -597,9 +601,12 @@ impl Workload {
             Change::Adjusted(c) => c.delta = if c.delta == -1 { -2 } else { c.delta + 1 },
             Change::Transferred(c) => bump(&mut c.quantity),
             Change::Counted(c) => bump(&mut c.on_hand),
-            Change::PolicySet(_) | Change::ChannelRules(_) | Change::ChannelRecompute(_) => {
-                return None
-            }
+            Change::PolicySet(_)
+            | Change::ChannelRules(_)
+            | Change::ChannelRecompute(_)
+            | Change::Expected(_)
+            | Change::ExpectedCancelled(_)
+            | Change::UnsellableMoved(_) => return None,
         }
         self.book.sent.conflicts += 1;
         Some(self.malformed(

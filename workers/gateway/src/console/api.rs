@@ -48,13 +48,28 @@ pub(crate) async fn whoami(auth: Authorized<Read>) -> Response {
     Json(json!({ "scope": scope.as_str(), "scopes": scopes })).into_response()
 }
 
-/// Levels as a ledger entry or an alert shows them.
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// Levels as a ledger entry or an alert shows them; incoming and unsellable units only where
+/// there are some.
 #[derive(Debug, Serialize)]
 pub(crate) struct LevelsJson {
     on_hand: i64,
     reserved: i64,
     safety_stock: i64,
     available: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    incoming: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    incoming_expected_at_ms: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    damaged: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    quality_control: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    held: i64,
 }
 
 impl From<Option<Levels>> for LevelsJson {
@@ -65,6 +80,11 @@ impl From<Option<Levels>> for LevelsJson {
             reserved: l.reserved,
             safety_stock: l.safety_stock,
             available: l.available,
+            incoming: l.incoming,
+            incoming_expected_at_ms: l.incoming_expected_at_ms,
+            damaged: l.damaged,
+            quality_control: l.quality_control,
+            held: l.held,
         }
     }
 }

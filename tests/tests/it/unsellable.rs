@@ -1,0 +1,166 @@
+//! Unsellable units on real servers: damaged units leave available and every channel's quantity
+//! at once and come back; a move beyond what is free is refused with its reason; a sale never
+//! takes unsellable units; an order cannot reserve them; duplicates change nothing.
+
+use stockflow_proto::{
+    subjects,
+    v1::{AvailabilityRules, UnsellableState},
+};
+
+use stockflow_tests::{eventually, DEADLINE};
+
+use crate::{
+    incoming::{levels_of, unsellable},
+    world::*,
+};
+
+#[tokio::test]
+async fn damaged_units_leave_available_and_the_channel_at_once_and_come_back() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let sku = "UN-1";
+    world.publish(&event("r1", sku, "s1", received(10))).await;
+    world.publish(&event("r2", sku, "s2", received(4))).await;
+    world.wait_stock_idle().await;
+    world
+        .publish_channel(&channel_set(
+            "mkt-1",
+            channel("mkt", &["s1", "s2"], AvailabilityRules::default()),
+        ))
+        .await;
+    world.wait_availability("mkt", sku, 14).await;
+
+    let damage = event(
+        "d1",
+        sku,
+        "s1",
+        unsellable(UnsellableState::Damaged, 3, true),
+    );
+    world.publish(&damage).await;
+    world.wait_availability("mkt", sku, 11).await;
+    let s1 = levels_of(&world, sku).await["s1"];
+    assert_eq!((s1.on_hand, s1.damaged, s1.available()), (10, 3, 7));
+
+    // The move is one ledger entry; the channel's change names it as its cause.
+    let ledger = world.ledger(sku).await;
+    let entry = ledger.last().expect("an entry");
+    assert_eq!(
+        (entry.kind.as_str(), entry.unsellable_state),
+        ("unsellable_moved", UnsellableState::Damaged as i32)
+    );
+    let after = entry.after.unwrap_or_default();
+    assert_eq!((after.on_hand, after.damaged, after.available), (10, 3, 7));
+    let feed = world.availability("mkt", sku).await.expect("feed");
+    assert_eq!((feed.cause_event_id.as_str(), feed.pool), ("d1", 11));
+
+    // A duplicate changes nothing.
+    world.publish(&damage).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.ledger(sku).await.len(), ledger.len());
+
+    // Two come back: sellable again, listed again.
+    world
+        .publish(&event(
+            "d2",
+            sku,
+            "s1",
+            unsellable(UnsellableState::Damaged, 2, false),
+        ))
+        .await;
+    world.wait_availability("mkt", sku, 13).await;
+
+    // A sale never takes the damaged unit: on_hand goes down, damaged stays.
+    world.publish(&event("s1", sku, "s1", sold(9))).await;
+    world.wait_on_hand(sku, "s1", 1).await;
+    let s1 = levels_of(&world, sku).await["s1"];
+    assert_eq!((s1.damaged, s1.available()), (1, 0));
+    world.wait_availability("mkt", sku, 4).await;
+
+    // A count is every unit on hand: the damaged one stays damaged.
+    world
+        .publish(&event("c1", sku, "s1", counted(6, None)))
+        .await;
+    world.wait_on_hand(sku, "s1", 6).await;
+    let s1 = levels_of(&world, sku).await["s1"];
+    assert_eq!((s1.damaged, s1.available()), (1, 5));
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_move_beyond_what_is_free_is_refused_and_dead_lettered_with_its_reason() {
+    let world = World::start().await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    let sku = "UN-2";
+    world.publish(&event("r1", sku, "wh", received(5))).await;
+    world.wait_stock_idle().await;
+    // An order holds 2 of the 5: only 3 are free to become unsellable.
+    world
+        .publish_order(&order("p1", "o-1", placed(&[("1", sku, 2, "wh")], 0)))
+        .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (5, 2));
+    world
+        .publish(&event(
+            "q1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 4, true),
+        ))
+        .await;
+    world
+        .publish(&event(
+            "h1",
+            sku,
+            "wh",
+            unsellable(UnsellableState::Held, 1, false),
+        ))
+        .await;
+    world
+        .publish(&event(
+            "q2",
+            sku,
+            "wh",
+            unsellable(UnsellableState::QualityControl, 3, true),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let letters = eventually("two dead letters", DEADLINE, || async {
+        let letters =
+            stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+        (letters.len() >= 2).then_some(letters)
+    })
+    .await;
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("move of 4 units") && r.contains("3 units")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("move of 1 units") && r.contains("0 units")),
+        "{reasons:?}"
+    );
+    let wh = levels_of(&world, sku).await["wh"];
+    assert_eq!((wh.quality_control, wh.held, wh.available()), (3, 0, 0));
+
+    // Nothing is left to reserve: an order for one more unit is short.
+    world
+        .publish_order(&order("p2", "o-2", placed(&[("1", sku, 1, "wh")], 0)))
+        .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (5, 2));
+    stock.shutdown().await;
+    orders.shutdown().await;
+}
