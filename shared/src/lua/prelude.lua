@@ -68,11 +68,15 @@ local function crossings(b, a, thr)
   return out
 end
 
+-- One format call builds the record (not one string per field).
+local CHANGE_FORMAT = '%s' .. string.rep(US .. '%s', 1) .. string.rep(US .. '%d', 8) .. US .. '%s'
+  .. US .. '%s'
+
 local function change_record(loc, kind, b, a, thr)
   local t = ''
   if thr ~= nil then t = int(thr) end
-  return table.concat({ loc, kind, int(b.oh), int(b.rs), int(b.ss), int(b.av),
-    int(a.oh), int(a.rs), int(a.ss), int(a.av), t, table.concat(crossings(b, a, thr), ',') }, US)
+  return string.format(CHANGE_FORMAT, loc, kind, b.oh, b.rs, b.ss, b.av, a.oh, a.rs, a.ss, a.av, t,
+    table.concat(crossings(b, a, thr), ','))
 end
 
 local function header(applied_at, result, detail_a, detail_b)
@@ -98,12 +102,14 @@ end
 
 -- Records that an event's derived events are stored in JetStream, so a later duplicate of the
 -- event does not publish them again: 1 when marked, 0 when the record is gone (expired; nothing
--- is created).
+-- is left behind). One command when the record holds `p` (every record remember() or
+-- restore_event.lua writes does): HSET then adds no field. When it added one, the record either
+-- lacked `p` or was gone, and the HSET created it; a created record holds `p` alone and is
+-- deleted in the same atomic step.
 local function mark_published(dedup_key)
-  if redis.call('EXISTS', dedup_key) == 1 then
-    redis.call('HSET', dedup_key, 'p', '1')
-    return 1
-  end
+  if redis.call('HSET', dedup_key, 'p', '1') == 0 then return 1 end
+  if redis.call('HLEN', dedup_key) > 1 then return 1 end
+  redis.call('DEL', dedup_key)
   return 0
 end
 
@@ -144,6 +150,34 @@ local function parse_spec(id, text)
     rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS) }
 end
 
+-- Specs parsed in this script call, by their text: a batched call passes the same specs with
+-- every item, and a spec is only read once parsed.
+local parsed_specs, parsed_passed = {}, {}
+
+local function spec_of(id, text)
+  local key = id .. US .. text
+  local spec = parsed_specs[key]
+  if not spec then
+    spec = parse_spec(id, text)
+    parsed_specs[key] = spec
+  end
+  return spec
+end
+
+-- The specs a worker passed, parsed once per call: a list of specs, in their order.
+local function passed_specs(passed)
+  local list = parsed_passed[passed]
+  if not list then
+    list = {}
+    for _, record in ipairs(split(passed, RS)) do
+      local cut = string.find(record, US, 1, true)
+      list[#list + 1] = spec_of(string.sub(record, 1, cut - 1), string.sub(record, cut + 1))
+    end
+    parsed_passed[passed] = list
+  end
+  return list
+end
+
 -- The SKU's channel state and the specs to compute with.
 local function load_channels(ats_key, passed)
   local st = {}
@@ -153,13 +187,11 @@ local function load_channels(ats_key, passed)
   for field, value in pairs(st) do
     if string.sub(field, 1, 2) == 's:' then
       local id = string.sub(field, 3)
-      specs[id] = parse_spec(id, value)
+      specs[id] = spec_of(id, value)
     end
   end
-  for _, record in ipairs(split(passed, RS)) do
-    local cut = string.find(record, US, 1, true)
-    local id = string.sub(record, 1, cut - 1)
-    local spec = parse_spec(id, string.sub(record, cut + 1))
+  for _, spec in ipairs(passed_specs(passed)) do
+    local id = spec.id
     if not specs[id] or specs[id].rev < spec.rev then specs[id] = spec end
   end
   return { key = ats_key, st = st, specs = specs }
@@ -179,8 +211,10 @@ local function effective_rules(ch, spec)
 end
 
 -- Available at `l` as channel `id` sees it: its own reservations only when its rules say so.
+-- `ch.known[l]`, when a script set it, holds the levels of `l` as they now are in Redis (the
+-- script wrote them itself), saving the reads.
 local function channel_available(stock_key, policy_key, ch, id, own, l)
-  local lv = levels(stock_key, policy_key, l)
+  local lv = (ch.known and ch.known[l]) or levels(stock_key, policy_key, l)
   local rs = lv.rs
   if own then rs = num(ch.st['r:' .. id .. ':' .. l]) end
   return lv.oh - rs - lv.ss
@@ -239,8 +273,15 @@ local function settle_channel(stock_key, policy_key, ch, id, oversold)
   local version = 0
   if stored == nil or before ~= q then
     version = num(ch.st['v:' .. id]) + 1
-    set_state(ch, 'q:' .. id, int(q))
-    set_state(ch, 'v:' .. id, int(version))
+    -- Both fields in one command.
+    local qf, vf, qv, vv = 'q:' .. id, 'v:' .. id, int(q), int(version)
+    if ch.st[qf] ~= qv and ch.st[vf] ~= vv then
+      redis.call('HSET', ch.key, qf, qv, vf, vv)
+      ch.st[qf], ch.st[vf] = qv, vv
+    else
+      set_state(ch, qf, qv)
+      set_state(ch, vf, vv)
+    end
   end
   local alert = '0'
   oversold = oversold or 0

@@ -47,6 +47,13 @@
 -- one call are applied one after the other, in the items' order, exactly as separate calls
 -- would apply them; the call as a whole is atomic too, so a crash never splits it.
 
+-- The clock, read once per call: every fact of one call is applied in the same atomic step.
+local call_ms = nil
+local function applied_at()
+  if not call_ms then call_ms = now_ms() end
+  return call_ms
+end
+
 -- One fact: KEYS and ARGV are the item's own (shadowing the call's).
 local function apply(KEYS, ARGV)
   local dedup_key, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -65,7 +72,7 @@ local function apply(KEYS, ARGV)
     if spec == nil and op ~= 'channel_rules' then return { 'unknown_channel', channel } end
   end
 
-  local at = now_ms()
+  local at = applied_at()
   local records = {}
   -- Channel records follow the level changes in the outcome.
   local channel_records = {}
@@ -139,6 +146,9 @@ local function apply(KEYS, ARGV)
     -- Only on_hand changed: the levels after follow without reading them back.
     local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
     records[#records + 1] = change_record(l, kind, b, a, c.thr)
+    -- The channels computed below see these levels without reading them back.
+    ch.known = ch.known or {}
+    ch.known[l] = a
   end
 
   if op == 'policy_set' then
