@@ -69,8 +69,7 @@ local function crossings(b, a, thr)
 end
 
 -- One format call builds the record (not one string per field).
-local CHANGE_FORMAT = '%s' .. string.rep(US .. '%s', 1) .. string.rep(US .. '%d', 8) .. US .. '%s'
-  .. US .. '%s'
+local CHANGE_FORMAT = '%s' .. US .. '%s' .. string.rep(US .. '%d', 8) .. string.rep(US .. '%s', 2)
 
 local function change_record(loc, kind, b, a, thr)
   local t = ''
@@ -79,8 +78,10 @@ local function change_record(loc, kind, b, a, thr)
     table.concat(crossings(b, a, thr), ','))
 end
 
+local HEADER_FORMAT = '1' .. US .. '%d' .. string.rep(US .. '%s', 3)
+
 local function header(applied_at, result, detail_a, detail_b)
-  return table.concat({ '1', int(applied_at), result, detail_a or '', detail_b or '' }, US)
+  return string.format(HEADER_FORMAT, applied_at, result, detail_a or '', detail_b or '')
 end
 
 -- Returns the stored outcome when the event was seen, or a conflict when the same event_id
