@@ -12,6 +12,10 @@ after the set-up, dumped after the run; stable on a busy machine, unlike µs).
 Usage (from the repository root):
     scripts/stock-script-cost.py [--scenario plain|channels|duplicates|all]
                                  [--facts N] [--applies-per-call N] [--callgrind]
+                                 [--rev REV | --prelude PATH --script PATH] [--keep-dump PATH]
+
+Before/after: run it once with `--rev <the commit before>` and once without, both with
+--callgrind (instruction counts do not move with the machine's load; µs do).
 
 Scenarios:
   plain       receipts of 1 unit at one location over 1,000 SKUs, no channels (the bench's
@@ -164,7 +168,7 @@ def callgrind_total(path):
     raise RuntimeError("no totals in " + path)
 
 
-def measure(scenario, facts, per_call, use_callgrind, keep_dump=None, script=None):
+def measure(scenario, facts, per_call, use_callgrind, sources, keep_dump=None):
     workdir = tempfile.mkdtemp(prefix="stock-script-cost-")
     port = free_port()
     cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -183,10 +187,7 @@ def measure(scenario, facts, per_call, use_callgrind, keep_dump=None, script=Non
                 if time.time() > deadline:
                     raise RuntimeError("redis-server did not start on port %d" % port)
                 time.sleep(0.1)
-        with open(os.path.join(ROOT, "shared/src/lua/prelude.lua")) as f:
-            prelude = f.read()
-        with open(script or os.path.join(ROOT, "workers/stock/lua/apply_stock.lua")) as f:
-            body = f.read()
+        prelude, body = sources
         sha = conn.call("SCRIPT", "LOAD", prelude + "\n" + body)
         specs = channel_specs(4) if scenario == "channels" else ""
         if scenario == "duplicates":
@@ -217,6 +218,18 @@ def measure(scenario, facts, per_call, use_callgrind, keep_dump=None, script=Non
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def read_source(path, rev, repo_path):
+    """A script's text: from `path`, else from git revision `rev`, else from the working tree."""
+    if path:
+        with open(path) as f:
+            return f.read()
+    if rev:
+        return subprocess.run(["git", "-C", ROOT, "show", "%s:%s" % (rev, repo_path)], check=True,
+                              capture_output=True, text=True).stdout
+    with open(os.path.join(ROOT, repo_path)) as f:
+        return f.read()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="all", choices=["plain", "channels", "duplicates", "all"])
@@ -225,18 +238,22 @@ def main():
     p.add_argument("--applies-per-call", type=int, default=32,
                    help="new facts per call; each call also marks the previous call's (default 32)")
     p.add_argument("--callgrind", action="store_true", help="also count instructions (valgrind)")
-    p.add_argument("--script", metavar="PATH",
-                   help="another version of apply_stock.lua (e.g. `git show REV:workers/stock/lua/"
-                        "apply_stock.lua > old.lua`), to compare")
+    p.add_argument("--rev", metavar="REV",
+                   help="measure the prelude and apply_stock.lua of this git revision instead of the "
+                        "working tree's (before/after comparisons)")
+    p.add_argument("--prelude", metavar="PATH", help="this prelude.lua instead (overrides --rev)")
+    p.add_argument("--script", metavar="PATH", help="this apply_stock.lua instead (overrides --rev)")
     p.add_argument("--keep-dump", metavar="PATH",
                    help="with --callgrind: keep each profile as PATH.<scenario> (callgrind_annotate)")
     a = p.parse_args()
     facts = a.facts or (4000 if a.callgrind else 20000)
+    sources = [read_source(a.prelude, a.rev, "shared/src/lua/prelude.lua"),
+               read_source(a.script, a.rev, "workers/stock/lua/apply_stock.lua")]
     scenarios = ["plain", "channels", "duplicates"] if a.scenario == "all" else [a.scenario]
     print("%-11s %7s %7s %10s %10s %14s" % ("scenario", "facts", "calls", "µs/call", "µs/fact",
                                             "instr/fact"))
     for s in scenarios:
-        r = measure(s, facts, a.applies_per_call, a.callgrind, a.keep_dump, a.script)
+        r = measure(s, facts, a.applies_per_call, a.callgrind, sources, a.keep_dump)
         ir = "%d" % (r["ir"] / facts) if r["ir"] is not None else "-"
         print("%-11s %7d %7d %10.1f %10.2f %14s" % (s, facts, r["calls"], r["usec"] / r["calls"],
                                                    r["usec"] / facts, ir))
