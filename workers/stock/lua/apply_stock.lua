@@ -45,7 +45,8 @@
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
 -- same atomic step; every later delivery changes nothing and returns that same outcome. Facts in
 -- one call are applied one after the other, in the items' order, exactly as separate calls
--- would apply them; the call as a whole is atomic too, so a crash never splits it.
+-- would apply them; the call as a whole is atomic too, so a crash never splits it. Every fact of a
+-- call is stamped with the same applied_at (the server clock, read once per call).
 
 -- The clock, read once per call: every fact of one call is applied in the same atomic step.
 local call_ms = nil
@@ -147,8 +148,10 @@ local function apply(KEYS, ARGV)
     local a = { oh = oh, rs = b.rs, ss = b.ss, av = oh - b.rs - b.ss }
     records[#records + 1] = change_record(l, kind, b, a, c.thr)
     -- The channels computed below see these levels without reading them back.
-    ch.known = ch.known or {}
-    ch.known[l] = a
+    if next(ch.specs) ~= nil then
+      ch.known = ch.known or {}
+      ch.known[l] = a
+    end
   end
 
   if op == 'policy_set' then
