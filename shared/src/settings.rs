@@ -346,7 +346,13 @@ mod tests {
                 ..Default::default()
             }
         );
-        for (var, value) in [("B", "0"), ("B", "1025"), ("F", "0"), ("F", "65"), ("F", "x")] {
+        for (var, value) in [
+            ("B", "0"),
+            ("B", "1025"),
+            ("F", "0"),
+            ("F", "65"),
+            ("F", "x"),
+        ] {
             let err = Env::from_pairs([(var, value)])
                 .batch_shape("B", "F")
                 .expect_err(value);

@@ -117,14 +117,18 @@ async fn flush(
     if !redis.is_cluster() {
         return call_or_split(redis, script, items, metrics).await;
     }
-    let replies = by_group(&items, |item| hash_tag(item.first_key()), |indexes| {
-        let redis = redis.clone();
-        let group: Vec<Item> = indexes.iter().map(|&i| items[i].clone()).collect();
-        async move {
-            let answers = call_or_split(redis, script, group, metrics).await;
-            indexes.into_iter().zip(answers).collect()
-        }
-    })
+    let replies = by_group(
+        &items,
+        |item| hash_tag(item.first_key()),
+        |indexes| {
+            let redis = redis.clone();
+            let group: Vec<Item> = indexes.iter().map(|&i| items[i].clone()).collect();
+            async move {
+                let answers = call_or_split(redis, script, group, metrics).await;
+                indexes.into_iter().zip(answers).collect()
+            }
+        },
+    )
     .await;
     // Every index belongs to exactly one group, and each group answers one reply per item
     // (`call_or_split`), so no slot stays empty; if one did, the coalescer answers its batch

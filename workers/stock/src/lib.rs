@@ -62,8 +62,8 @@ pub async fn run(
         .await?;
     describe_metrics();
     let book = ChannelBook::start(&runtime.js).await?;
-    let handler = StockHandler::new(&runtime, &settings.state, book.clone())
-        .with_batch_shape(settings.batch);
+    let handler =
+        StockHandler::new(&runtime, &settings.state, book.clone()).with_batch_shape(settings.batch);
     let rules = channels::ChannelRulesHandler::new(&runtime, &settings, book);
     let consumer = runtime.consumer(topology::CHANNEL_RULES, "consumer_channels");
     runtime.spawn_consumer(consumer, Arc::new(rules));
