@@ -161,6 +161,7 @@ where
         if at == next {
             groups.push(Vec::new());
         }
+        // `at` is a group pushed before, or the one pushed just now: always in bounds.
         groups[at].push(index);
     }
     let calls = groups.into_iter().map(run);
