@@ -10,7 +10,7 @@
 //! system sends each request alone, at once, with no added wait, and a loaded one sends larger
 //! batches. Requests keep their submission order within a batch.
 
-use std::{future::Future, sync::Arc};
+use std::{collections::HashMap, future::Future, hash::Hash, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -135,6 +135,45 @@ async fn run<T, R, F, Fut>(
     }
 }
 
+/// Runs one batch as groups and answers in the batch's order: the items whose `group` is equal
+/// form one group (their indexes in batch order), `run` sends each group (all of them
+/// concurrently, in any order within it) and answers `(index, reply)` for the indexes it was
+/// given. The skeleton of a flush whose items must be split by Redis Cluster slot (or script,
+/// or both).
+///
+/// An index without a reply stays `None`: the caller decides what that means (the coalescer
+/// answers a whole batch with a missing reply `NoReply`).
+pub async fn by_group<'a, T, K, R, F, Fut>(
+    batch: &'a [T],
+    group: impl Fn(&'a T) -> K,
+    run: F,
+) -> Vec<Option<R>>
+where
+    K: Eq + Hash,
+    F: Fn(Vec<usize>) -> Fut,
+    Fut: Future<Output = Vec<(usize, R)>>,
+{
+    let mut order: HashMap<K, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (index, item) in batch.iter().enumerate() {
+        let next = groups.len();
+        let at = *order.entry(group(item)).or_insert(next);
+        if at == next {
+            groups.push(Vec::new());
+        }
+        // `at` is a group pushed before, or the one pushed just now: always in bounds.
+        groups[at].push(index);
+    }
+    let calls = groups.into_iter().map(run);
+    let mut replies: Vec<Option<R>> = std::iter::repeat_with(|| None).take(batch.len()).collect();
+    for (index, answer) in futures::future::join_all(calls).await.into_iter().flatten() {
+        if let Some(slot) = replies.get_mut(index) {
+            *slot = Some(answer);
+        }
+    }
+    replies
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -212,6 +251,37 @@ mod tests {
                 "order kept: {batch:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn groups_run_apart_and_answer_in_the_batchs_order() {
+        let batch = ["a1", "b1", "a2", "c1", "b2"];
+        let seen = std::sync::Mutex::new(Vec::new());
+        let replies = by_group(
+            &batch,
+            |item| item.as_bytes()[0],
+            |indexes| {
+                seen.lock().expect("not poisoned").push(indexes.clone());
+                // Group "c" answers nothing: its index stays empty. The others answer
+                // backwards: the index says where each reply goes.
+                let answers: Vec<(usize, String)> = indexes
+                    .iter()
+                    .rev()
+                    .filter(|&&i| !batch[i].starts_with('c'))
+                    .map(|&i| (i, batch[i].to_uppercase()))
+                    .collect();
+                async move { answers }
+            },
+        )
+        .await;
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
+        );
+        assert_eq!(
+            replies,
+            [Some("A1"), Some("B1"), Some("A2"), None, Some("B2")].map(|r| r.map(String::from))
+        );
     }
 
     #[tokio::test]

@@ -215,6 +215,25 @@ impl Env {
         }
     }
 
+    /// The shape of a worker's coalesced script calls: most calls in one batch (`max_var`,
+    /// 1..=1024) and most batches on the wire at once (`in_flight_var`, 1..=64); unset, the
+    /// coalescer's defaults (batches of up to 64, four at once).
+    pub fn batch_shape(
+        &self,
+        max_var: &'static str,
+        in_flight_var: &'static str,
+    ) -> Result<crate::batch::CoalesceSettings, ConfigError> {
+        let default = crate::batch::CoalesceSettings::default();
+        Ok(crate::batch::CoalesceSettings {
+            max_batch: self.bounded_as(max_var, default.max_batch, 1..=1024)?,
+            max_batches_in_flight: self.bounded_as(
+                in_flight_var,
+                default.max_batches_in_flight,
+                1..=64,
+            )?,
+        })
+    }
+
     /// Whole seconds within `range`, or the default.
     pub fn seconds(
         &self,
@@ -312,6 +331,32 @@ mod tests {
             let env = Env::from_pairs([("N", value)]);
             let err = env.bounded_as::<usize>("N", 8, 1..=256).expect_err(value);
             assert!(err.to_string().starts_with("N:"), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_batch_shape_defaults_to_the_coalescers_and_names_a_bad_setting() {
+        let shape = Env::from_pairs([("B", "16")])
+            .batch_shape("B", "F")
+            .expect("valid");
+        assert_eq!(
+            shape,
+            crate::batch::CoalesceSettings {
+                max_batch: 16,
+                ..Default::default()
+            }
+        );
+        for (var, value) in [
+            ("B", "0"),
+            ("B", "1025"),
+            ("F", "0"),
+            ("F", "65"),
+            ("F", "x"),
+        ] {
+            let err = Env::from_pairs([(var, value)])
+                .batch_shape("B", "F")
+                .expect_err(value);
+            assert!(err.to_string().starts_with(&format!("{var}:")), "{err}");
         }
     }
 

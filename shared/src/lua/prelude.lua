@@ -15,9 +15,10 @@
 --   header:  1 \31 applied_at_ms \31 result \31 detail_a \31 detail_b
 --   change:  location \31 kind \31 b_oh \31 b_rs \31 b_ss \31 b_av \31 a_oh \31 a_rs \31 a_ss
 --            \31 a_av \31 threshold ("" when none) \31 alerts (comma-separated)
---            \31 b_in \31 b_et \31 b_dm \31 b_qc \31 b_hd \31 a_in \31 a_et \31 a_dm \31 a_qc \31 a_hd
---            [\31 purchase order \31 its outstanding units after \31 its expected date]
---            (outcomes stored before incoming and unsellable units existed end after alerts)
+--            [\31 b_in \31 b_et \31 b_dm \31 b_qc \31 b_hd \31 a_in \31 a_et \31 a_dm \31 a_qc \31 a_hd
+--             [\31 purchase order \31 its outstanding units after \31 its expected date]]
+--            (the incoming and unsellable fields only when one of them is not 0, or a purchase
+--            order follows: other outcomes keep the 12 fields older workers read)
 
 local US, RS = '\31', '\30'
 -- Fingerprint of a dedup record restored from the ledger (`restore_event.lua`, run by
@@ -90,17 +91,32 @@ local function crossings(b, a, thr)
   return out
 end
 
-local function change_record(loc, kind, b, a, thr)
+-- One format call builds the record (not one string per field).
+local CHANGE_FORMAT = '%s' .. US .. '%s' .. string.rep(US .. '%d', 8) .. string.rep(US .. '%s', 2)
+
+local MODEL_FORMAT = string.rep(US .. '%d', 10)
+
+local function change_record(loc, kind, b, a, thr, model)
   local t = ''
   if thr ~= nil then t = int(thr) end
-  return table.concat({ loc, kind, int(b.oh), int(b.rs), int(b.ss), int(b.av),
-    int(a.oh), int(a.rs), int(a.ss), int(a.av), t, table.concat(crossings(b, a, thr), ','),
-    int(b.inc or 0), int(b.eta or 0), int(b.dm or 0), int(b.qc or 0), int(b.hd or 0),
-    int(a.inc or 0), int(a.eta or 0), int(a.dm or 0), int(a.qc or 0), int(a.hd or 0) }, US)
+  local record = string.format(CHANGE_FORMAT, loc, kind, b.oh, b.rs, b.ss, b.av, a.oh, a.rs, a.ss,
+    a.av, t, table.concat(crossings(b, a, thr), ','))
+  -- Incoming and unsellable fields only where the location has some (or `model` asks for them:
+  -- a purchase order's trailer follows them), so every other outcome stays readable by workers
+  -- that predate them: a rolling upgrade or a rollback meets no record it cannot parse.
+  local bi, be, bd, bq, bh = b.inc or 0, b.eta or 0, b.dm or 0, b.qc or 0, b.hd or 0
+  local ai, ae, ad, aq, ah = a.inc or 0, a.eta or 0, a.dm or 0, a.qc or 0, a.hd or 0
+  if model or bi ~= 0 or be ~= 0 or bd ~= 0 or bq ~= 0 or bh ~= 0 or ai ~= 0 or ae ~= 0
+      or ad ~= 0 or aq ~= 0 or ah ~= 0 then
+    record = record .. string.format(MODEL_FORMAT, bi, be, bd, bq, bh, ai, ae, ad, aq, ah)
+  end
+  return record
 end
 
+local HEADER_FORMAT = '1' .. US .. '%d' .. string.rep(US .. '%s', 3)
+
 local function header(applied_at, result, detail_a, detail_b)
-  return table.concat({ '1', int(applied_at), result, detail_a or '', detail_b or '' }, US)
+  return string.format(HEADER_FORMAT, applied_at, result, detail_a or '', detail_b or '')
 end
 
 -- Returns the stored outcome when the event was seen, or a conflict when the same event_id
@@ -122,12 +138,14 @@ end
 
 -- Records that an event's derived events are stored in JetStream, so a later duplicate of the
 -- event does not publish them again: 1 when marked, 0 when the record is gone (expired; nothing
--- is created).
+-- is left behind). One command when the record holds `p` (every record remember() or
+-- restore_event.lua writes does): HSET then adds no field. When it added one, the record either
+-- lacked `p` or was gone, and the HSET created it; a created record holds `p` alone and is
+-- deleted in the same atomic step.
 local function mark_published(dedup_key)
-  if redis.call('EXISTS', dedup_key) == 1 then
-    redis.call('HSET', dedup_key, 'p', '1')
-    return 1
-  end
+  if redis.call('HSET', dedup_key, 'p', '1') == 0 then return 1 end
+  if redis.call('HLEN', dedup_key) > 1 then return 1 end
+  redis.call('DEL', dedup_key)
   return 0
 end
 
@@ -168,6 +186,34 @@ local function parse_spec(id, text)
     rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS) }
 end
 
+-- Specs parsed in this script call, by their text: a batched call passes the same specs with
+-- every item, and a spec is only read once parsed.
+local parsed_specs, parsed_passed = {}, {}
+
+local function spec_of(id, text)
+  local key = id .. US .. text
+  local spec = parsed_specs[key]
+  if not spec then
+    spec = parse_spec(id, text)
+    parsed_specs[key] = spec
+  end
+  return spec
+end
+
+-- The specs a worker passed, parsed once per call: a list of specs, in their order.
+local function passed_specs(passed)
+  local list = parsed_passed[passed]
+  if not list then
+    list = {}
+    for _, record in ipairs(split(passed, RS)) do
+      local cut = string.find(record, US, 1, true)
+      list[#list + 1] = spec_of(string.sub(record, 1, cut - 1), string.sub(record, cut + 1))
+    end
+    parsed_passed[passed] = list
+  end
+  return list
+end
+
 -- The SKU's channel state and the specs to compute with.
 local function load_channels(ats_key, passed)
   local st = {}
@@ -177,13 +223,11 @@ local function load_channels(ats_key, passed)
   for field, value in pairs(st) do
     if string.sub(field, 1, 2) == 's:' then
       local id = string.sub(field, 3)
-      specs[id] = parse_spec(id, value)
+      specs[id] = spec_of(id, value)
     end
   end
-  for _, record in ipairs(split(passed, RS)) do
-    local cut = string.find(record, US, 1, true)
-    local id = string.sub(record, 1, cut - 1)
-    local spec = parse_spec(id, string.sub(record, cut + 1))
+  for _, spec in ipairs(passed_specs(passed)) do
+    local id = spec.id
     if not specs[id] or specs[id].rev < spec.rev then specs[id] = spec end
   end
   return { key = ats_key, st = st, specs = specs }
@@ -203,8 +247,10 @@ local function effective_rules(ch, spec)
 end
 
 -- Available at `l` as channel `id` sees it: its own reservations only when its rules say so.
+-- `ch.known[l]`, when a script set it, holds the levels of `l` as they now are in Redis (the
+-- script wrote them itself), saving the reads.
 local function channel_available(stock_key, policy_key, ch, id, own, l)
-  local lv = levels(stock_key, policy_key, l)
+  local lv = (ch.known and ch.known[l]) or levels(stock_key, policy_key, l)
   local rs = lv.rs
   if own then rs = num(ch.st['r:' .. id .. ':' .. l]) end
   -- Unsellable units are never in a channel's pool.
@@ -264,8 +310,15 @@ local function settle_channel(stock_key, policy_key, ch, id, oversold)
   local version = 0
   if stored == nil or before ~= q then
     version = num(ch.st['v:' .. id]) + 1
-    set_state(ch, 'q:' .. id, int(q))
-    set_state(ch, 'v:' .. id, int(version))
+    -- Both fields in one command.
+    local qf, vf, qv, vv = 'q:' .. id, 'v:' .. id, int(q), int(version)
+    if ch.st[qf] ~= qv and ch.st[vf] ~= vv then
+      redis.call('HSET', ch.key, qf, qv, vf, vv)
+      ch.st[qf], ch.st[vf] = qv, vv
+    else
+      set_state(ch, qf, qv)
+      set_state(ch, vf, vv)
+    end
   end
   local alert = '0'
   oversold = oversold or 0

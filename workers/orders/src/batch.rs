@@ -10,11 +10,11 @@
 //! one atomic step, first come, first served. The coalescer is adaptive: an idle worker sends
 //! each call alone, at once.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use redis::cluster_routing::Slot;
 use stockflow_shared::{
-    batch::{CoalesceError, CoalesceSettings, Coalescer},
+    batch::{by_group, CoalesceError, CoalesceSettings, Coalescer},
     consume::HandleError,
     redis_conn::RedisConnection,
 };
@@ -159,13 +159,12 @@ impl Calls {
 /// server), concurrently; answers in the batch's order.
 async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) -> Vec<Answer> {
     let cluster = redis.is_cluster();
-    let mut groups: HashMap<(ScriptKind, Option<Slot>), Vec<usize>> = HashMap::new();
-    for (index, call) in batch.iter().enumerate() {
+    let group = |call: &Call| {
         let slot = cluster.then(|| Slot::for_key(call.keys.first().map_or("", String::as_str)));
-        groups.entry((call.script, slot)).or_default().push(index);
-    }
+        (call.script, slot)
+    };
     let batch = &batch;
-    let calls = groups.into_values().map(|mut members| {
+    let answers = by_group(batch, group, |mut members| {
         members.sort_by_key(|&index| batch[index].rank);
         let mut redis = redis.clone();
         let scripts = Arc::clone(&scripts);
@@ -213,11 +212,10 @@ async fn flush(redis: RedisConnection, scripts: Arc<Scripts>, batch: Vec<Call>) 
             };
             members.into_iter().zip(answers).collect::<Vec<_>>()
         }
-    });
-    let mut answers: Vec<Answer> =
-        vec![Err(CallError::Coalesce(CoalesceError::NoReply)); batch.len()];
-    for (index, answer) in futures::future::join_all(calls).await.into_iter().flatten() {
-        answers[index] = answer;
-    }
+    })
+    .await;
     answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or(Err(CallError::Coalesce(CoalesceError::NoReply))))
+        .collect()
 }

@@ -54,7 +54,15 @@
 -- incoming is the sum of a location's purchase orders. Unsellable units stay within on_hand −
 -- reserved when they are moved there, and never count as available. Facts in
 -- one call are applied one after the other, in the items' order, exactly as separate calls
--- would apply them; the call as a whole is atomic too, so a crash never splits it.
+-- would apply them; the call as a whole is atomic too, so a crash never splits it. Every fact of a
+-- call is stamped with the same applied_at (the server clock, read once per call).
+
+-- The clock, read once per call: every fact of one call is applied in the same atomic step.
+local call_ms = nil
+local function applied_at()
+  if not call_ms then call_ms = now_ms() end
+  return call_ms
+end
 
 -- Facts about incoming stock (purchase orders) and unsellable units, applied by `apply_model`.
 local function model_op(op, po)
@@ -145,7 +153,7 @@ local function apply_model(stock_key, op, loc, ARGV, read, records, changed)
     po = table.concat({ '', po, int(out), int(eta) }, US)
   end
   a.av = a.oh - a.rs - a.ss - a.un
-  records[#records + 1] = change_record(loc, op, b, a, c.thr) .. po
+  records[#records + 1] = change_record(loc, op, b, a, c.thr, po ~= '') .. po
   c.b = a
   return nil
 end
@@ -168,7 +176,7 @@ local function apply(KEYS, ARGV)
     if spec == nil and op ~= 'channel_rules' then return { 'unknown_channel', channel } end
   end
 
-  local at = now_ms()
+  local at = applied_at()
   local records = {}
   -- Channel records follow the level changes in the outcome.
   local channel_records = {}
@@ -244,10 +252,17 @@ local function apply(KEYS, ARGV)
     -- Only on_hand changed: the levels after follow without reading them back.
     local a = with_on_hand(b, oh)
     records[#records + 1] = change_record(l, kind, b, a, c.thr)
+    -- The channels computed below see these levels without reading them back.
+    if next(ch.specs) ~= nil then
+      ch.known = ch.known or {}
+      ch.known[l] = a
+    end
   end
   if model_op(op, ARGV[4]) then
     local refused = apply_model(stock_key, op, loc, ARGV, read, records, changed)
     if refused then return refused end
+    -- Levels it changed are read back by the channels, not taken from `known`.
+    if ch.known then ch.known[loc] = nil end
   end
 
   if op == 'policy_set' then

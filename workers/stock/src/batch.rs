@@ -16,10 +16,10 @@
 //! its dedup record now and answers as a duplicate not yet published, so its derived messages are
 //! still published (from the stored outcome) before its ack.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use stockflow_shared::{
-    batch::{CoalesceSettings, Coalescer},
+    batch::{by_group, CoalesceSettings, Coalescer},
     redis_conn::RedisConnection,
 };
 
@@ -68,15 +68,19 @@ pub(crate) enum BatchError {
 }
 
 impl Batches {
-    /// Starts the coalescing task on the current Tokio runtime.
-    pub(crate) fn start(redis: RedisConnection, script: redis::Script) -> Self {
+    /// Starts the coalescing task on the current Tokio runtime, with batches of `shape`.
+    pub(crate) fn start(
+        redis: RedisConnection,
+        script: redis::Script,
+        shape: CoalesceSettings,
+    ) -> Self {
         let script = Arc::new(script);
         let metrics = Metrics {
             seconds: metrics::histogram!("stockflow_redis_script_seconds", "script" => "apply_stock"),
             calls: metrics::counter!("stockflow_stock_batch_calls_total"),
             items: metrics::counter!("stockflow_stock_batch_items_total"),
         };
-        let coalescer = Coalescer::start(CoalesceSettings::default(), move |items: Vec<Item>| {
+        let coalescer = Coalescer::start(shape, move |items: Vec<Item>| {
             let (redis, script, metrics) = (redis.clone(), Arc::clone(&script), metrics.clone());
             async move { flush(redis, &script, items, &metrics).await }
         });
@@ -110,33 +114,22 @@ async fn flush(
     items: Vec<Item>,
     metrics: &Metrics,
 ) -> Vec<Reply> {
-    let count = items.len();
-    let groups: Vec<(Vec<usize>, Vec<Item>)> = if redis.is_cluster() {
-        let mut by_tag: HashMap<&str, usize> = HashMap::new();
-        let mut groups: Vec<(Vec<usize>, Vec<Item>)> = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            let next = groups.len();
-            let group = *by_tag.entry(hash_tag(item.first_key())).or_insert(next);
-            if group == next {
-                groups.push((Vec::new(), Vec::new()));
-            }
-            groups[group].0.push(index);
-            groups[group].1.push(item.clone());
-        }
-        groups
-    } else {
-        vec![((0..count).collect(), items)]
-    };
-    let calls = groups.into_iter().map(|(indexes, items)| {
-        let redis = redis.clone();
-        async move { (indexes, call_or_split(redis, script, items, metrics).await) }
-    });
-    let mut replies: Vec<Option<Reply>> = vec![None; count];
-    for (indexes, answers) in futures::future::join_all(calls).await {
-        for (index, answer) in indexes.into_iter().zip(answers) {
-            replies[index] = Some(answer);
-        }
+    if !redis.is_cluster() {
+        return call_or_split(redis, script, items, metrics).await;
     }
+    let replies = by_group(
+        &items,
+        |item| hash_tag(item.first_key()),
+        |indexes| {
+            let redis = redis.clone();
+            let group: Vec<Item> = indexes.iter().map(|&i| items[i].clone()).collect();
+            async move {
+                let answers = call_or_split(redis, script, group, metrics).await;
+                indexes.into_iter().zip(answers).collect()
+            }
+        },
+    )
+    .await;
     // Every index belongs to exactly one group, and each group answers one reply per item
     // (`call_or_split`), so no slot stays empty; if one did, the coalescer answers its batch
     // `NoReply` rather than mismatching replies.

@@ -10,6 +10,7 @@ use std::{future::Future, sync::Arc};
 use async_nats::jetstream;
 use stockflow_proto::input::fact::Op;
 use stockflow_shared::{
+    batch::CoalesceSettings,
     channels::{ChannelBook, Locations},
     consume::{Delivery, HandleError, Handled, Handler, Outcome},
     keys::Keys,
@@ -23,13 +24,17 @@ use stockflow_shared::{
 
 use crate::fact::Fact;
 
-/// The stock worker's settings: only the shared ones so far.
+/// The stock worker's settings: the shared ones and the shape of its `apply_stock` batches.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// NATS, listener, topology, consume loop.
     pub worker: WorkerSettings,
     /// Redis, dedup TTL, replica wait.
     pub state: StateSettings,
+    /// How the `apply_stock` calls of concurrent messages share round trips: most items in one
+    /// call (`STOCKFLOW_STOCK_BATCH_MAX`) and most calls on the wire at once
+    /// (`STOCKFLOW_STOCK_BATCHES_IN_FLIGHT`).
+    pub batch: CoalesceSettings,
 }
 
 impl Settings {
@@ -38,6 +43,10 @@ impl Settings {
         Ok(Self {
             worker: WorkerSettings::from_env(env, "stock-worker", "127.0.0.1:9464")?,
             state: StateSettings::from_env(env)?,
+            batch: env.batch_shape(
+                "STOCKFLOW_STOCK_BATCH_MAX",
+                "STOCKFLOW_STOCK_BATCHES_IN_FLIGHT",
+            )?,
         })
     }
 }
@@ -53,7 +62,8 @@ pub async fn run(
         .await?;
     describe_metrics();
     let book = ChannelBook::start(&runtime.js).await?;
-    let handler = StockHandler::new(&runtime, &settings.state, book.clone());
+    let handler =
+        StockHandler::new(&runtime, &settings.state, book.clone()).with_batch_shape(settings.batch);
     let rules = channels::ChannelRulesHandler::new(&runtime, &settings, book);
     let consumer = runtime.consumer(topology::CHANNEL_RULES, "consumer_channels");
     runtime.spawn_consumer(consumer, Arc::new(rules));
@@ -79,6 +89,11 @@ fn describe_metrics() {
         metrics::counter!("stockflow_alerts_total", "kind" => outcome::alert_name(kind))
             .increment(0);
     }
+}
+
+/// `lua/apply_stock.lua` with the shared prelude.
+fn apply_stock_script() -> redis::Script {
+    stockflow_shared::script(include_str!("../lua/apply_stock.lua"))
 }
 
 /// What the `apply_stock` script answered.
@@ -150,7 +165,8 @@ impl StockHandler {
     ) -> Self {
         let batches = batch::Batches::start(
             redis.clone(),
-            stockflow_shared::script(include_str!("../lua/apply_stock.lua")),
+            apply_stock_script(),
+            CoalesceSettings::default(),
         );
         Self {
             redis,
@@ -162,6 +178,13 @@ impl StockHandler {
             keys,
             book,
         }
+    }
+
+    /// Batches its `apply_stock` calls in `shape` rather than the default (4 × 64).
+    pub fn with_batch_shape(mut self, shape: CoalesceSettings) -> Self {
+        // The default batches' task ends once its handle is dropped here.
+        self.batches = batch::Batches::start(self.redis.clone(), apply_stock_script(), shape);
+        self
     }
 
     /// Waits for `replicas` before publishing each change.
