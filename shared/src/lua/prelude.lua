@@ -60,20 +60,19 @@ local function levels_and_threshold(stock_key, policy_key, loc)
   local ss = tonumber(p[1] or p[2]) or 0
   local thr = p[3] or p[4]
   if thr then thr = tonumber(thr) else thr = nil end
-  local l = { oh = oh, rs = rs, ss = ss, inc = num(s[3]), eta = num(s[4]), dm = num(s[5]),
-    qc = num(s[6]), hd = num(s[7]) }
-  l.un = l.dm + l.qc + l.hd
-  l.av = oh - rs - ss - l.un
+  local dm, qc, hd = num(s[5]), num(s[6]), num(s[7])
+  local un = dm + qc + hd
+  -- One constructor with every field: a table grown field by field is rehashed as it grows.
+  local l = { oh = oh, rs = rs, ss = ss, av = oh - rs - ss - un, un = un, inc = num(s[3]),
+    eta = num(s[4]), dm = dm, qc = qc, hd = hd }
   return l, thr
 end
 
 -- Levels `l` with on_hand set to `oh` (nothing else changed): available follows.
 local function with_on_hand(l, oh)
-  local a = {}
-  for k, v in pairs(l) do a[k] = v end
-  a.oh = oh
-  a.av = oh - a.rs - a.ss - (a.un or 0)
-  return a
+  local un = l.un or 0
+  return { oh = oh, rs = l.rs, ss = l.ss, av = oh - l.rs - l.ss - un, un = un, inc = l.inc,
+    eta = l.eta, dm = l.dm, qc = l.qc, hd = l.hd }
 end
 
 local function levels(stock_key, policy_key, loc)
