@@ -229,7 +229,7 @@ impl Live {
     async fn start(&mut self, config: &ShopConfig) -> Option<Started> {
         let id = config.id.clone();
         let secrets = self.secrets.clone();
-        let mut shop = match config.resolve(&|var| secrets.get(var)) {
+        let mut shop = match config.resolve(&|var| secrets.lookup(var)) {
             Ok(shop) => shop,
             Err(e) => {
                 match &e {
@@ -238,6 +238,12 @@ impl Live {
                         field = missing.field,
                         variable = %missing.var,
                         "shop skipped: a secret variable it names is not set in the connector's environment"
+                    ),
+                    ResolveError::NotAllowed(refused) => tracing::error!(
+                        shop = %id,
+                        field = refused.field,
+                        variable = %refused.var,
+                        "shop skipped: a secret variable it names is not on STOCKFLOW_CONNECTOR_SECRET_VARIABLES"
                     ),
                     ResolveError::Invalid(_) => {
                         tracing::error!(shop = %id, error = %e, "shop skipped: invalid configuration")
