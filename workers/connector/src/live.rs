@@ -183,19 +183,11 @@ impl Live {
                 return;
             }
         }
-        let previous = self.running.remove(&config.id);
-        let channel_changed = previous
-            .as_ref()
-            .is_some_and(|p| p.config.channel != config.channel);
-        if let Some(previous) = previous {
+        if let Some(previous) = self.running.remove(&config.id) {
             tracing::info!(shop = %config.id, "shop changed: restarting its pipeline");
             self.stop(&config.id, previous).await;
         }
-        if channel_changed {
-            // Its consumer follows another channel's feed: made anew, it delivers the new
-            // channel's quantity of every SKU.
-            self.delete_consumers(&config.id).await;
-        }
+        // A new channel (changed now, or while no connector ran) is found by `start`.
         let started = self.start(&config).await;
         self.running
             .insert(config.id.clone(), Running { config, started });
@@ -262,6 +254,7 @@ impl Live {
                 return None;
             }
         };
+        self.follow_channel(&id, &shop.channel).await;
         if let Err(e) =
             topology::ensure_connector_consumer(&self.js, &id, &shop.channel, &self.topology).await
         {
@@ -382,6 +375,34 @@ impl Live {
             tracing::warn!(shop = %id, error = %e, "cannot forget the shop's state");
         }
         metrics::gauge!("stockflow_connector_shop_running", "shop" => id.to_owned()).set(0.0);
+    }
+
+    /// If the shop's feed consumer follows another channel than `channel` (the shop's channel
+    /// changed, perhaps while no connector ran), deletes its consumers: made anew, they deliver
+    /// the new channel's quantity of every SKU. (`ensure_connector_consumer` only verifies, and
+    /// `setup --update` does not declare connector consumers.)
+    async fn follow_channel(&self, id: &str, channel: &str) {
+        let declared = topology::connector_consumer_config(id, channel, &self.topology);
+        let durable = topology::connector_durable(id);
+        let Ok(stream) = self.js.get_stream_no_info(subjects::AVAILABILITY).await else {
+            // Reported by the declaration that follows.
+            return;
+        };
+        let Ok(info) = stream.consumer_info(&durable).await else {
+            // None yet (or JetStream is away: the declaration that follows reports it).
+            return;
+        };
+        let actual = &info.config;
+        if actual.filter_subject == declared.filter_subject && actual.filter_subjects.is_empty() {
+            return;
+        }
+        tracing::info!(
+            shop = %id,
+            %channel,
+            followed = %actual.filter_subject,
+            "the shop's channel changed: its consumers are made anew"
+        );
+        self.delete_consumers(id).await;
     }
 
     async fn delete_consumers(&self, id: &str) {
