@@ -1,9 +1,10 @@
 //! What a shop is: which shop of which platform serves which stockflow channel, where its API
 //! is, which variables hold its secrets ([`ShopConfig`], as the `CONNECTOR_SHOPS` bucket and the
 //! shops file hold it), and the mapping from stockflow SKUs to the platform's ids ([`Item`]), with
-//! the checks every writer runs (errors name the field). Secrets are read from the connector's
-//! environment when a shop starts ([`ShopConfig::resolve`]) and kept as [`Secret`]s: they never
-//! print, and never reach a bucket.
+//! the checks every writer runs (errors name the field). Secrets are read when a shop starts
+//! ([`ShopConfig::resolve`]) from the variables the connector may read for shops (`crate::Secrets`:
+//! `STOCKFLOW_CONNECTOR_SECRET_VARIABLES` and the shops file's; never a `STOCKFLOW_…` one) and
+//! kept as [`Secret`]s: they never print, and never reach a bucket.
 //!
 //! The shops file (`STOCKFLOW_CONNECTOR_SHOPS_FILE`) is a seed of the buckets ([`from_env`]).
 
