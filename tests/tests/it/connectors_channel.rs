@@ -25,7 +25,10 @@ fn connector(world: &World) -> RunningWorker {
         ("STOCKFLOW_CONNECTOR_BACKOFF_FLOOR_MILLIS", "20"),
         ("STOCKFLOW_CONNECTOR_BACKOFF_CEILING_MILLIS", "200"),
         ("STOCKFLOW_CONNECTOR_BATCH_MILLIS", "20"),
-        ("STOCKFLOW_CONNECTOR_SECRET_VARIABLES", "ACME_SECRET,ACME_TOKEN"),
+        (
+            "STOCKFLOW_CONNECTOR_SECRET_VARIABLES",
+            "ACME_SECRET,ACME_TOKEN",
+        ),
         ("ACME_SECRET", SECRET),
         ("ACME_TOKEN", TOKEN),
     ]))

@@ -632,10 +632,7 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
         .send(reqwest::Method::GET, "/v1/connectors", ADMIN, None)
         .await;
     seen.body(&listed);
-    assert!(
-        !listed.to_string().contains(OTHER_TOKEN),
-        "{listed}"
-    );
+    assert!(!listed.to_string().contains(OTHER_TOKEN), "{listed}");
     world
         .publish(&event("pos-4", "TEE", "store-1", sold(1)))
         .await;
