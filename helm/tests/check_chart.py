@@ -1290,6 +1290,8 @@ def expectations(s: Scenario) -> list[str]:
         if not named(s.objects, "Secret", RELEASE):
             problems.append("inline secrets: no Secret rendered")
         problems += check_webhooks(s)
+    elif s.name == "connector.yaml":
+        problems += check_connector_secret_variables(s)
     elif s.name == "monitoring.yaml":
         if not kinds >= {"PodMonitor", "ServiceMonitor", "PrometheusRule"}:
             problems.append(f"monitoring: missing {sorted({'PodMonitor', 'ServiceMonitor', 'PrometheusRule'} - kinds)}")
@@ -1313,6 +1315,31 @@ def check_secret_files(s: Scenario, want: dict[str, tuple[str, str]]) -> list[st
             expected = (secret or own, key)
             if mounted.get(path) != expected:
                 problems.append(f"{where}: {path} comes from {mounted.get(path)}, expected {expected}")
+    return problems
+
+
+def check_connector_secret_variables(s: Scenario) -> list[str]:
+    """The connector may read for a shop exactly the variables its shops file names and
+    connector.secretVariables lists (STOCKFLOW_CONNECTOR_SECRET_VARIABLES), each from existingSecret."""
+    problems = []
+    connector = s.v["connector"]
+    want = []
+    for shop in connector["shops"]:
+        for field in ("webhook_secret_env", "access_token_env", "consumer_key_env", "consumer_secret_env"):
+            if shop.get(field) and shop[field] not in want:
+                want.append(shop[field])
+    want += [v for v in connector.get("secretVariables") or [] if v not in want]
+    for d in by_kind(s.objects, "Deployment"):
+        if component_of(d) != "connector":
+            continue
+        env = pod_spec(d)["containers"][0].get("env", [])
+        listed = [e.get("value") for e in env if e["name"] == "STOCKFLOW_CONNECTOR_SECRET_VARIABLES"]
+        if listed != [",".join(want)]:
+            problems.append(f"connector: STOCKFLOW_CONNECTOR_SECRET_VARIABLES {listed}, expected {[','.join(want)]}")
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+        for var in want:
+            if refs.get(var) != {"name": connector["existingSecret"], "key": var}:
+                problems.append(f"connector: {var} is not read from {connector['existingSecret']}: {refs.get(var)}")
     return problems
 
 
@@ -1400,6 +1427,8 @@ REFUSED = [
     ("a client certificate without its key", {"nats": {"url": "tls://nats:4222", "tls": {"enabled": True, "clientCert": {"cert": "PEM"}}}}, "render"),
     ("a client certificate without TLS", {"redis": {"tls": {"clientCert": {"existingSecret": "redis-client"}}}}, "render"),
     ("Redis TLS with one redis:// seed", {"redis": {"cluster": True, "url": "rediss://a:6379,redis://b:6379", "tls": {"enabled": True}}}, "render"),
+    ("a connector secret variable that is one of stockflow's settings",
+     {"connector": {"secretVariables": ["STOCKFLOW_NATS_PASSWORD"]}}, "schema"),
 ]
 
 

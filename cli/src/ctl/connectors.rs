@@ -28,7 +28,7 @@ pub enum ConnectorsCommand {
         file: PathBuf,
     },
     /// Per shop: running or skipped (and why), changed items waiting to be pushed, pushes asked
-    /// again, dead letters.
+    /// again, dead letters, the `CONNECTOR_ITEMS` revision its mappings reached.
     Status,
     /// The shops (`CONNECTOR_SHOPS`): a running connector follows every change.
     Shops {
@@ -453,12 +453,13 @@ async fn status(js: &jetstream::Context, format: Format) -> anyhow::Result<()> {
         Format::Json => crate::outln!("{}", json!({ "shops": shops })),
         Format::Table => {
             crate::outln!(
-                "{:<20} {:<10} {:>9} {:>12} {:>13}",
+                "{:<20} {:<10} {:>9} {:>12} {:>13} {:>14}",
                 "shop",
                 "state",
                 "pending",
                 "asked again",
-                "dead letters"
+                "dead letters",
+                "items revision"
             );
             let show = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
             for s in &shops {
@@ -468,12 +469,13 @@ async fn status(js: &jetstream::Context, format: Format) -> anyhow::Result<()> {
                     (None, true) => "not seen",
                 };
                 crate::outln!(
-                    "{:<20} {:<10} {:>9} {:>12} {:>13}",
+                    "{:<20} {:<10} {:>9} {:>12} {:>13} {:>14}",
                     s.shop,
                     state,
                     show(s.pending),
                     show(s.asked_again),
-                    s.dead_letters
+                    s.dead_letters,
+                    show(s.items_revision)
                 );
             }
             for s in &shops {

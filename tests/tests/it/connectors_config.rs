@@ -4,8 +4,11 @@
 //! routes reach the running connector without a restart (a newly mapped SKU gets its quantity
 //! pushed; an unmapped one gets no more pushes; a removed shop stops); a CSV import reports its
 //! bad rows by line and imports the rest, twice without change; values are refused naming the
-//! field; a read token gets 403; a shop whose secret variable is not set is skipped and reported
-//! by name; no secret value appears in any output. And a dead letter of a message carrying
+//! field (a `STOCKFLOW_…` variable, a base URL with a query among them); a read token gets 403;
+//! a shop whose secret variable is not set, or not on `STOCKFLOW_CONNECTOR_SECRET_VARIABLES`, is
+//! skipped and reported by name, and its platform hears nothing; no secret value appears in any
+//! output. Steps that need a mapping change in force wait for the revision the connector
+//! reports. And a dead letter of a message carrying
 //! `Nats-Expected-*` headers is stored.
 
 use std::time::Duration;
@@ -61,7 +64,7 @@ impl Seen {
     fn assert_no_secret(&self) {
         for text in &self.0 {
             assert!(
-                !text.contains(SECRET) && !text.contains(TOKEN),
+                !text.contains(SECRET) && !text.contains(TOKEN) && !text.contains(OTHER_TOKEN),
                 "a secret value in an output: {text}"
             );
         }
@@ -140,22 +143,54 @@ async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
     )
 }
 
-/// A connector started with no shops file: every shop comes from the buckets. Its secrets are
-/// those of `acme`; `ghost`'s token variable is not set.
+/// A variable set in the connector's environment but not on its allowlist.
+const OTHER_TOKEN: &str = "shpat_not_listed_value";
+
+/// A connector started with no shops file: every shop comes from the buckets. It may read
+/// `acme`'s secrets and `GHOST_TOKEN`, which is not set; `OTHER_TOKEN` is set but not listed.
 fn connector(world: &World) -> RunningWorker {
-    let mut settings = connector::Settings::from_env(&world.env(&[
+    let settings = connector::Settings::from_env(&world.env(&[
         ("STOCKFLOW_CONNECTOR_ADDR", "127.0.0.1:0"),
         ("STOCKFLOW_ACK_WAIT_SECONDS", "5"),
         ("STOCKFLOW_CONNECTOR_TIMEOUT_MILLIS", "2000"),
         ("STOCKFLOW_CONNECTOR_BACKOFF_FLOOR_MILLIS", "20"),
         ("STOCKFLOW_CONNECTOR_BACKOFF_CEILING_MILLIS", "200"),
         ("STOCKFLOW_CONNECTOR_BATCH_MILLIS", "20"),
+        (
+            "STOCKFLOW_CONNECTOR_SECRET_VARIABLES",
+            "ACME_SECRET,ACME_TOKEN,GHOST_TOKEN",
+        ),
+        ("ACME_SECRET", SECRET),
+        ("ACME_TOKEN", TOKEN),
+        ("OTHER_TOKEN", OTHER_TOKEN),
     ]))
     .expect("connector settings");
     assert!(settings.shops.is_empty(), "no shops file");
-    settings.secrets =
-        connector::Secrets::from_pairs([("ACME_SECRET", SECRET), ("ACME_TOKEN", TOKEN)]);
     RunningWorker::spawn(|shutdown| connector::run(settings, shutdown))
+}
+
+/// The newest revision of `CONNECTOR_ITEMS`: that of the test's last write.
+async fn items_revision(world: &World) -> u64 {
+    connector::config::ConfigStore::open(&world.js)
+        .await
+        .expect("the connector's buckets")
+        .items_revision()
+        .await
+        .expect("the bucket's revision")
+}
+
+/// Waits until the connector has applied `shop`'s mappings up to `revision`.
+async fn wait_mappings_applied(world: &World, shop: &str, revision: u64) {
+    eventually(
+        &format!("{shop}'s mappings applied up to revision {revision}"),
+        DEADLINE,
+        || async {
+            let mut seen = Seen::default();
+            let status = status_of(world, &mut seen, shop).await?;
+            (status["items_revision"].as_u64()? >= revision).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn wait_shopify(shopify: &FakeShopify, sku: &str, quantity: i64) {
@@ -332,8 +367,10 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
         (body["items"].as_array().map(Vec::len) == Some(1)).then_some(())
     })
     .await;
-    // The connector's watch delivers the removal within moments of the write; a T-shirt sale
-    // travelling the whole way to Shopify comes after it, and the mug's sale after that.
+    // The connector reports the revision its mappings reached: once it covers the removal, the
+    // mug's sale is not pushed.
+    let removed_at = items_revision(&world).await;
+    wait_mappings_applied(&world, "acme", removed_at).await;
     world
         .publish(&event("pos-1", "TEE", "store-1", sold(1)))
         .await;
@@ -445,6 +482,21 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
                    "webhook_secret_env": "ACME_SECRET", "access_token_env": TOKEN}),
             "access_token_env",
         ),
+        // One of stockflow's own settings, which the connector would send to the shop.
+        (
+            "/v1/connectors/acme",
+            json!({"platform": "shopify", "channel": "web", "base_url": "https://attacker.example",
+                   "webhook_secret_env": "ACME_SECRET", "access_token_env": "STOCKFLOW_NATS_PASSWORD"}),
+            "access_token_env",
+        ),
+        // WooCommerce's query-string auth in the URL.
+        (
+            "/v1/connectors/acme",
+            json!({"platform": "shopify", "channel": "web",
+                   "base_url": "https://acme.example/?consumer_key=ck_1&consumer_secret=cs_2",
+                   "webhook_secret_env": "ACME_SECRET", "access_token_env": "ACME_TOKEN"}),
+            "base_url",
+        ),
         (
             "/v1/connectors/acme/items/HAT",
             json!({"inventory_item_id": "gid://shopify/InventoryItem/x", "location_id": LOCATION}),
@@ -530,10 +582,57 @@ async fn shops_and_items_from_stockctl_and_the_gateway_reach_a_running_connector
         "{}",
         table.stdout
     );
+    // A shop naming a variable that is set but not on the allowlist: skipped, reported by the
+    // variable's name, and its platform never hears from the connector.
+    let stranger = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let stranger_url = format!("http://{}", stranger.local_addr().expect("address"));
+    let (status, body) = gateway
+        .send(
+            reqwest::Method::PUT,
+            "/v1/connectors/stranger",
+            ADMIN,
+            Some(
+                &json!({"platform": "shopify", "channel": "web", "base_url": stranger_url,
+                "webhook_secret_env": "ACME_SECRET", "access_token_env": "OTHER_TOKEN"}),
+            ),
+        )
+        .await;
+    seen.body(&body);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = gateway
+        .send(
+            reqwest::Method::PUT,
+            "/v1/connectors/stranger/items/TEE",
+            ADMIN,
+            Some(&json!({"inventory_item_id": ITEMS[0].1, "location_id": LOCATION})),
+        )
+        .await;
+    seen.body(&body);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stranger_at = items_revision(&world).await;
+    wait_mappings_applied(&world, "stranger", stranger_at).await;
+    let skipped = eventually("stranger is reported skipped", DEADLINE, || async {
+        let mut seen = Seen::default();
+        let shop = status_of(&world, &mut seen, "stranger").await?;
+        (shop["state"] == "skipped").then_some(shop)
+    })
+    .await;
+    assert_eq!(
+        skipped["problem"],
+        "access_token_env: the variable OTHER_TOKEN is not on STOCKFLOW_CONNECTOR_SECRET_VARIABLES (nor named by the shops file)",
+        "{skipped}"
+    );
+    assert!(
+        futures::FutureExt::now_or_never(stranger.accept()).is_none(),
+        "the connector called a shop it skipped"
+    );
     let (_, listed) = gateway
         .send(reqwest::Method::GET, "/v1/connectors", ADMIN, None)
         .await;
     seen.body(&listed);
+    assert!(!listed.to_string().contains(OTHER_TOKEN), "{listed}");
     world
         .publish(&event("pos-4", "TEE", "store-1", sold(1)))
         .await;

@@ -9,6 +9,7 @@ mod channels;
 mod channels_ops;
 mod cli;
 mod connectors;
+mod connectors_channel;
 mod connectors_config;
 mod console;
 mod consume;

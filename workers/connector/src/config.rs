@@ -119,6 +119,10 @@ pub struct ShopReport {
     pub reason: Option<String>,
     /// When, Unix milliseconds.
     pub at_ms: i64,
+    /// The newest `CONNECTOR_ITEMS` revision the connector has applied to its mappings (the
+    /// bucket's stream sequence): a writer that reads its write's revision can wait for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_revision: Option<u64>,
 }
 
 /// The connector's configuration buckets.
@@ -304,6 +308,17 @@ impl ConfigStore {
             .await
             .map_err(unavailable(format!("reading {key} in bucket {ITEMS}")))?;
         bytes.map(|b| parse(ITEMS, key, &b)).transpose()
+    }
+
+    /// The newest revision of `CONNECTOR_ITEMS` (its stream's last sequence): every write to it
+    /// has a revision no higher.
+    pub async fn items_revision(&self) -> Result<u64, StoreError> {
+        let status = self
+            .items
+            .status()
+            .await
+            .map_err(unavailable(format!("reading the status of bucket {ITEMS}")))?;
+        Ok(status.info.state.last_sequence)
     }
 
     /// Every item mapping of every shop, by shop: what the connector starts with.

@@ -15,7 +15,7 @@ use std::{collections::HashMap, fmt, future::Future, net::SocketAddr, sync::Arc,
 
 use anyhow::Context as _;
 use stockflow_shared::{
-    settings::{ConfigError, Env},
+    settings::{ConfigError, Env, Secret},
     startup::Failure,
     worker::{Service, WorkerSettings},
 };
@@ -25,72 +25,85 @@ pub use stockflow_shared::retry::{Clock, RetryPolicy};
 use crate::{
     outbound::ShopState,
     platform::Platform,
-    shops::{PlatformKind, Shop},
+    shops::{PlatformKind, SecretLookup, Shop},
 };
 
-/// Where the connector reads the secret variables its shops name: the values the shops file's
-/// shops were read with at start, then the process environment (read when a shop starts, so a
-/// shop added in `CONNECTOR_SHOPS` finds the variables the deployment sets). Its `Debug` prints
-/// no value.
-#[derive(Clone)]
+/// The secret variables the connector may read for its shops, and their values, read once at
+/// start: those the shops file names (with the values its shops were read with) and those listed
+/// in `STOCKFLOW_CONNECTOR_SECRET_VARIABLES`. A shop stored at run time that names any other
+/// variable is skipped ([`shops::SecretLookup::NotAllowed`]): an admin token must not be able to
+/// have the connector send one of the process's other variables (`STOCKFLOW_NATS_PASSWORD`) to
+/// a URL of its choosing. Its `Debug` prints the names, never a value.
+#[derive(Clone, Default)]
 pub struct Secrets {
-    known: Arc<HashMap<String, String>>,
-    process: bool,
+    /// Allowed variable → its value (`None`: allowed, not set).
+    allowed: Arc<HashMap<String, Option<Secret>>>,
 }
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secrets")
-            .field("known", &self.known.keys().collect::<Vec<_>>())
-            .field("process", &self.process)
-            .finish()
+        let mut names: Vec<&String> = self.allowed.keys().collect();
+        names.sort();
+        f.debug_struct("Secrets").field("allowed", &names).finish()
     }
 }
 
 impl Secrets {
-    /// The process environment only.
-    pub fn process() -> Self {
-        Self {
-            known: Arc::default(),
-            process: true,
-        }
-    }
-
-    /// These values only (tests).
+    /// These variables only, allowed and set (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Self {
-            known: Arc::new(
+            allowed: Arc::new(
                 pairs
                     .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| (k.to_owned(), Some(Secret::new(v))))
                     .collect(),
             ),
-            process: false,
         }
     }
 
-    /// Adds `var` = `value`, ahead of the rest.
+    /// Adds `var` = `value`, allowed.
     pub fn with(mut self, var: &str, value: &str) -> Self {
-        Arc::make_mut(&mut self.known).insert(var.to_owned(), value.to_owned());
+        Arc::make_mut(&mut self.allowed).insert(var.to_owned(), Some(Secret::new(value)));
         self
     }
 
-    /// The value of `var`, if set.
-    pub fn get(&self, var: &str) -> Option<String> {
-        self.known
-            .get(var)
-            .cloned()
-            .or_else(|| self.process.then(|| std::env::var(var).ok()).flatten())
+    /// What a shop naming `var` gets.
+    pub fn lookup(&self, var: &str) -> SecretLookup {
+        match self.allowed.get(var) {
+            Some(Some(value)) => SecretLookup::Set(value.expose().to_owned()),
+            Some(None) => SecretLookup::Unset,
+            None => SecretLookup::NotAllowed,
+        }
     }
 
-    /// The process environment, behind the secrets `shops` were read with.
-    fn of_shops(shops: &[Shop]) -> Self {
-        let mut known = HashMap::new();
+    /// The variables of `STOCKFLOW_CONNECTOR_SECRET_VARIABLES` (comma-separated names; none
+    /// may be one of stockflow's own `STOCKFLOW_…` settings) read from `env`, and the shops
+    /// file's, with the values its `shops` were read with.
+    fn from_env(env: &Env, shops: &[Shop]) -> Result<Self, ConfigError> {
+        let mut allowed = HashMap::new();
+        for var in env
+            .raw(shops::ALLOWLIST_VAR)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            shops::check_secret_var(var).map_err(|reason| ConfigError::Invalid {
+                var: shops::ALLOWLIST_VAR,
+                // An entry that is not a name may be a secret pasted there: not repeated.
+                reason: if shops::is_env_name(var) {
+                    format!("{var}: {reason}")
+                } else {
+                    format!("an entry: {reason}")
+                },
+            })?;
+            allowed.insert(var.to_owned(), env.raw(var).map(Secret::new));
+        }
         for shop in shops {
             let config = &shop.config;
-            known.insert(
+            allowed.insert(
                 config.webhook_secret_env.clone(),
-                shop.webhook_secret.expose().to_owned(),
+                Some(shop.webhook_secret.clone()),
             );
             match (&shop.credentials, config) {
                 (
@@ -100,7 +113,7 @@ impl Secrets {
                         ..
                     },
                 ) => {
-                    known.insert(var.clone(), token.expose().to_owned());
+                    allowed.insert(var.clone(), Some(token.clone()));
                 }
                 (
                     shops::Credentials::ConsumerKey { key, secret },
@@ -110,16 +123,15 @@ impl Secrets {
                         ..
                     },
                 ) => {
-                    known.insert(key_var.clone(), key.expose().to_owned());
-                    known.insert(secret_var.clone(), secret.expose().to_owned());
+                    allowed.insert(key_var.clone(), Some(key.clone()));
+                    allowed.insert(secret_var.clone(), Some(secret.clone()));
                 }
                 _ => {}
             }
         }
-        Self {
-            known: Arc::new(known),
-            process: true,
-        }
+        Ok(Self {
+            allowed: Arc::new(allowed),
+        })
     }
 }
 
@@ -142,7 +154,8 @@ pub struct Settings {
     /// The shops of the shops file (`STOCKFLOW_CONNECTOR_SHOPS_FILE`, optional): written into
     /// the `CONNECTOR_SHOPS` and `CONNECTOR_ITEMS` buckets at start.
     pub shops: Vec<Shop>,
-    /// Where the secret variables the shops name are read.
+    /// The secret variables shops may name, and their values
+    /// (`STOCKFLOW_CONNECTOR_SECRET_VARIABLES` and the shops file's).
     pub secrets: Secrets,
     /// Where the webhooks are received (`STOCKFLOW_CONNECTOR_ADDR`).
     pub listen: SocketAddr,
@@ -192,7 +205,7 @@ impl Settings {
         }
         let shops = shops::from_env(env)?.unwrap_or_default();
         Ok(Self {
-            secrets: Secrets::of_shops(&shops),
+            secrets: Secrets::from_env(env, &shops)?,
             shops,
             listen: env.addr("STOCKFLOW_CONNECTOR_ADDR", "127.0.0.1:8090")?,
             batch_window: millis("STOCKFLOW_CONNECTOR_BATCH_MILLIS", 50, 0..=10_000)?,
@@ -322,4 +335,47 @@ fn describe_metrics() {
         "stockflow_connector_last_success_timestamp_seconds",
         "Unix time of the shop's last answered call"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_secret_variables_are_read() {
+        let env = Env::from_pairs([
+            (shops::ALLOWLIST_VAR, " ACME_TOKEN, GHOST_TOKEN ,"),
+            ("ACME_TOKEN", "shpat_listed"),
+            ("OTHER_TOKEN", "shpat_unlisted"),
+            ("STOCKFLOW_NATS_PASSWORD", "nats-password"),
+        ]);
+        let secrets = Secrets::from_env(&env, &[]).expect("a valid list");
+        assert_eq!(
+            secrets.lookup("ACME_TOKEN"),
+            SecretLookup::Set("shpat_listed".into())
+        );
+        assert_eq!(secrets.lookup("GHOST_TOKEN"), SecretLookup::Unset);
+        assert_eq!(secrets.lookup("OTHER_TOKEN"), SecretLookup::NotAllowed);
+        assert_eq!(
+            secrets.lookup("STOCKFLOW_NATS_PASSWORD"),
+            SecretLookup::NotAllowed
+        );
+        let printed = format!("{secrets:?}");
+        assert!(printed.contains("ACME_TOKEN") && !printed.contains("shpat_listed"));
+
+        let reserved =
+            Env::from_pairs([(shops::ALLOWLIST_VAR, "ACME_TOKEN,STOCKFLOW_NATS_PASSWORD")]);
+        let error = Secrets::from_env(&reserved, &[])
+            .expect_err("stockflow's own settings are never a shop's secret")
+            .to_string();
+        assert!(
+            error.contains(shops::ALLOWLIST_VAR) && error.contains("STOCKFLOW_NATS_PASSWORD"),
+            "{error}"
+        );
+        let pasted = Env::from_pairs([(shops::ALLOWLIST_VAR, "shpat_0123")]);
+        let error = Secrets::from_env(&pasted, &[])
+            .expect_err("a secret pasted into the list")
+            .to_string();
+        assert!(!error.contains("shpat_0123"), "{error}");
+    }
 }

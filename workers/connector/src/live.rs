@@ -48,6 +48,15 @@ pub(crate) struct Live {
     running: HashMap<String, Running>,
     /// Readiness checks by name, registered once (a restarted shop reuses its own).
     checks: HashMap<String, HealthCheck>,
+    /// What was last recorded in `CONNECTOR_STATE`, by shop.
+    reports: HashMap<String, ShopReport>,
+    /// The newest `CONNECTOR_ITEMS` revision applied, by shop (the shops whose mappings have
+    /// not changed since `sync` share its revision).
+    items_revision: HashMap<String, u64>,
+    /// Read by `sync`: every mapping up to it is applied.
+    synced_revision: Option<u64>,
+    /// Shops whose applied revision is not recorded yet.
+    unrecorded: std::collections::HashSet<String>,
 }
 
 /// A shop's running pipeline.
@@ -111,6 +120,10 @@ impl Live {
             shutdown,
             running: HashMap::new(),
             checks: HashMap::new(),
+            reports: HashMap::new(),
+            items_revision: HashMap::new(),
+            synced_revision: None,
+            unrecorded: std::collections::HashSet::new(),
         }
     }
 
@@ -138,27 +151,30 @@ impl Live {
     /// Brings the running shops and the mappings in line with the buckets (at start, and after
     /// a watch had to be made anew).
     pub(crate) async fn sync(&mut self) -> anyhow::Result<()> {
+        // Read first: every mapping listed below is at this revision or newer.
+        let revision = self.store.items_revision().await?;
         let items = self.store.all_items().await?;
-        let changed: Vec<(String, String)> = {
-            let mut mappings = self
-                .mappings
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut changed = Vec::new();
-            for (shop, items) in &items {
-                let held = mappings.get(shop);
-                for (sku, item) in items {
-                    if held.and_then(|h| h.get(sku)) != Some(item) {
-                        changed.push((shop.clone(), sku.clone()));
-                    }
-                }
-            }
-            *mappings = items;
-            changed
+        let removed: Vec<(String, String)> = {
+            let mappings = self.mappings.read().unwrap_or_else(PoisonError::into_inner);
+            mappings
+                .iter()
+                .flat_map(|(shop, held)| {
+                    held.keys()
+                        .filter(|sku| !items.get(shop).is_some_and(|now| now.contains_key(*sku)))
+                        .map(|sku| (shop.clone(), sku.clone()))
+                })
+                .collect()
         };
-        for (shop, sku) in changed {
-            self.mapping_changed(&shop, &sku, true).await;
+        for (shop, sku) in removed {
+            self.set_mapping(&shop, &sku, None).await;
         }
+        for (shop, items) in items {
+            for (sku, item) in items {
+                self.set_mapping(&shop, &sku, Some(item)).await;
+            }
+        }
+        self.synced_revision = Some(self.synced_revision.map_or(revision, |r| r.max(revision)));
+        self.unrecorded.extend(self.reports.keys().cloned());
         let shops = self.store.shops().await?;
         let ids: Vec<String> = shops.iter().map(|s| s.id.clone()).collect();
         let gone: Vec<String> = self
@@ -173,6 +189,7 @@ impl Live {
         for shop in shops {
             self.apply(shop).await;
         }
+        self.record_revisions().await;
         Ok(())
     }
 
@@ -183,35 +200,60 @@ impl Live {
                 return;
             }
         }
-        let previous = self.running.remove(&config.id);
-        let channel_changed = previous
-            .as_ref()
-            .is_some_and(|p| p.config.channel != config.channel);
-        if let Some(previous) = previous {
+        if let Some(previous) = self.running.remove(&config.id) {
             tracing::info!(shop = %config.id, "shop changed: restarting its pipeline");
             self.stop(&config.id, previous).await;
         }
-        if channel_changed {
-            // Its consumer follows another channel's feed: made anew, it delivers the new
-            // channel's quantity of every SKU.
-            self.delete_consumers(&config.id).await;
-        }
+        // A new channel (changed now, or while no connector ran) is found by `start`.
         let started = self.start(&config).await;
         self.running
             .insert(config.id.clone(), Running { config, started });
     }
 
-    async fn report(&self, shop: &str, state: &str, reason: Option<String>) {
+    /// The newest `CONNECTOR_ITEMS` revision applied to `shop`'s mappings.
+    fn applied_revision(&self, shop: &str) -> Option<u64> {
+        let own = self.items_revision.get(shop).copied();
+        own.max(self.synced_revision)
+    }
+
+    async fn report(&mut self, shop: &str, state: &str, reason: Option<String>) {
         let report = ShopReport {
             state: state.to_owned(),
             reason,
             at_ms: now_ms(),
+            items_revision: self.applied_revision(shop),
         };
+        self.write_report(shop, report).await;
+        metrics::gauge!("stockflow_connector_shop_running", "shop" => shop.to_owned())
+            .set(if state == "running" { 1.0 } else { 0.0 });
+    }
+
+    async fn write_report(&mut self, shop: &str, report: ShopReport) {
         if let Err(e) = self.store.report(shop, &report).await {
             tracing::warn!(shop, error = %e, "cannot record the shop's state");
         }
-        metrics::gauge!("stockflow_connector_shop_running", "shop" => shop.to_owned())
-            .set(if state == "running" { 1.0 } else { 0.0 });
+        self.unrecorded.remove(shop);
+        self.reports.insert(shop.to_owned(), report);
+    }
+
+    /// Records in each reported shop's `CONNECTOR_STATE` the revision its mappings reached, once
+    /// the watch has nothing more pending (a bulk import is one write per shop, not per row).
+    async fn record_revisions(&mut self) {
+        let shops: Vec<String> = self.unrecorded.drain().collect();
+        for shop in shops {
+            let Some(report) = self.reports.get(&shop) else {
+                continue;
+            };
+            let revision = self.applied_revision(&shop);
+            if report.items_revision == revision {
+                continue;
+            }
+            let report = ShopReport {
+                items_revision: revision,
+                ..report.clone()
+            };
+            self.write_report(&shop, report).await;
+        }
     }
 
     /// The readiness check `name`, registered once.
@@ -229,7 +271,7 @@ impl Live {
     async fn start(&mut self, config: &ShopConfig) -> Option<Started> {
         let id = config.id.clone();
         let secrets = self.secrets.clone();
-        let mut shop = match config.resolve(&|var| secrets.get(var)) {
+        let mut shop = match config.resolve(&|var| secrets.lookup(var)) {
             Ok(shop) => shop,
             Err(e) => {
                 match &e {
@@ -238,6 +280,12 @@ impl Live {
                         field = missing.field,
                         variable = %missing.var,
                         "shop skipped: a secret variable it names is not set in the connector's environment"
+                    ),
+                    ResolveError::NotAllowed(refused) => tracing::error!(
+                        shop = %id,
+                        field = refused.field,
+                        variable = %refused.var,
+                        "shop skipped: a secret variable it names is not on STOCKFLOW_CONNECTOR_SECRET_VARIABLES"
                     ),
                     ResolveError::Invalid(_) => {
                         tracing::error!(shop = %id, error = %e, "shop skipped: invalid configuration")
@@ -256,6 +304,7 @@ impl Live {
                 return None;
             }
         };
+        self.follow_channel(&id, &shop.channel).await;
         if let Err(e) =
             topology::ensure_connector_consumer(&self.js, &id, &shop.channel, &self.topology).await
         {
@@ -372,10 +421,40 @@ impl Live {
             self.stop(id, running).await;
         }
         self.delete_consumers(id).await;
+        self.reports.remove(id);
+        self.unrecorded.remove(id);
         if let Err(e) = self.store.forget(id).await {
             tracing::warn!(shop = %id, error = %e, "cannot forget the shop's state");
         }
         metrics::gauge!("stockflow_connector_shop_running", "shop" => id.to_owned()).set(0.0);
+    }
+
+    /// If the shop's feed consumer follows another channel than `channel` (the shop's channel
+    /// changed, perhaps while no connector ran), deletes its consumers: made anew, they deliver
+    /// the new channel's quantity of every SKU. (`ensure_connector_consumer` only verifies, and
+    /// `setup --update` does not declare connector consumers.)
+    async fn follow_channel(&self, id: &str, channel: &str) {
+        let declared = topology::connector_consumer_config(id, channel, &self.topology);
+        let durable = topology::connector_durable(id);
+        let Ok(stream) = self.js.get_stream_no_info(subjects::AVAILABILITY).await else {
+            // Reported by the declaration that follows.
+            return;
+        };
+        let Ok(info) = stream.consumer_info(&durable).await else {
+            // None yet (or JetStream is away: the declaration that follows reports it).
+            return;
+        };
+        let actual = &info.config;
+        if actual.filter_subject == declared.filter_subject && actual.filter_subjects.is_empty() {
+            return;
+        }
+        tracing::info!(
+            shop = %id,
+            %channel,
+            followed = %actual.filter_subject,
+            "the shop's channel changed: its consumers are made anew"
+        );
+        self.delete_consumers(id).await;
     }
 
     async fn delete_consumers(&self, id: &str) {
@@ -392,6 +471,30 @@ impl Live {
             if let Err(e) = stream.delete_consumer(&durable).await {
                 tracing::debug!(%durable, error = %e, "consumer not deleted (there may be none)");
             }
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) the mapping of `sku` in `shop`; when that changes it,
+    /// [`Self::mapping_changed`]. The watch and [`Self::sync`] both apply mappings here.
+    async fn set_mapping(&self, shop: &str, sku: &str, item: Option<Item>) {
+        let mapped = item.is_some();
+        let changed = {
+            let mut mappings = self
+                .mappings
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            match item {
+                Some(item) => {
+                    let items = mappings.entry(shop.to_owned()).or_default();
+                    items.insert(sku.to_owned(), item.clone()) != Some(item)
+                }
+                None => mappings
+                    .get_mut(shop)
+                    .is_some_and(|items| items.remove(sku).is_some()),
+            }
+        };
+        if changed {
+            self.mapping_changed(shop, sku, mapped).await;
         }
     }
 
@@ -436,49 +539,42 @@ impl Live {
         }
     }
 
-    /// Applies one change of `CONNECTOR_ITEMS`.
+    /// Applies one change of `CONNECTOR_ITEMS`, and records the revisions reached once the
+    /// watch has caught up.
     async fn item_entry(&mut self, entry: kv::Entry) {
-        let Some(shop) = shop_of_item_key(&entry.key).map(str::to_owned) else {
-            return;
-        };
+        if let Some(shop) = shop_of_item_key(&entry.key).map(str::to_owned) {
+            self.apply_item(&shop, &entry).await;
+            let revision = self.items_revision.entry(shop.clone()).or_default();
+            *revision = (*revision).max(entry.revision);
+            self.unrecorded.insert(shop);
+        }
+        if entry.delta == 0 {
+            self.record_revisions().await;
+        }
+    }
+
+    async fn apply_item(&self, shop: &str, entry: &kv::Entry) {
         match entry.operation {
-            kv::Operation::Put => {
-                let item: Item = match serde_json::from_slice(&entry.value) {
-                    Ok(item) => item,
-                    Err(e) => {
-                        tracing::error!(key = %entry.key, error = %e, "an unreadable item mapping: ignored");
-                        return;
-                    }
-                };
-                let sku = item.sku.clone();
-                let changed = {
-                    let mut mappings = self
-                        .mappings
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    let items = mappings.entry(shop.clone()).or_default();
-                    items.insert(sku.clone(), item.clone()) != Some(item)
-                };
-                if changed {
-                    self.mapping_changed(&shop, &sku, true).await;
+            kv::Operation::Put => match serde_json::from_slice::<Item>(&entry.value) {
+                Ok(item) => self.set_mapping(shop, &item.sku.clone(), Some(item)).await,
+                Err(e) => {
+                    tracing::error!(key = %entry.key, error = %e, "an unreadable item mapping: ignored");
                 }
-            }
+            },
             kv::Operation::Delete | kv::Operation::Purge => {
-                let removed = {
-                    let mut mappings = self
-                        .mappings
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    mappings.get_mut(&shop).and_then(|items| {
-                        let sku = items
+                let sku = self
+                    .mappings
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(shop)
+                    .and_then(|items| {
+                        items
                             .keys()
-                            .find(|sku| crate::config::item_key(&shop, sku) == entry.key)
-                            .cloned()?;
-                        items.remove(&sku).map(|_| sku)
-                    })
-                };
-                if let Some(sku) = removed {
-                    self.mapping_changed(&shop, &sku, false).await;
+                            .find(|sku| crate::config::item_key(shop, sku) == entry.key)
+                            .cloned()
+                    });
+                if let Some(sku) = sku {
+                    self.set_mapping(shop, &sku, None).await;
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! What a shop is: which shop of which platform serves which stockflow channel, where its API
 //! is, which variables hold its secrets ([`ShopConfig`], as the `CONNECTOR_SHOPS` bucket and the
 //! shops file hold it), and the mapping from stockflow SKUs to the platform's ids ([`Item`]), with
-//! the checks every writer runs (errors name the field). Secrets are read from the connector's
-//! environment when a shop starts ([`ShopConfig::resolve`]) and kept as [`Secret`]s: they never
-//! print, and never reach a bucket.
+//! the checks every writer runs (errors name the field). Secrets are read when a shop starts
+//! ([`ShopConfig::resolve`]) from the variables the connector may read for shops (`crate::Secrets`:
+//! `STOCKFLOW_CONNECTOR_SECRET_VARIABLES` and the shops file's; never a `STOCKFLOW_…` one) and
+//! kept as [`Secret`]s: they never print, and never reach a bucket.
 //!
 //! The shops file (`STOCKFLOW_CONNECTOR_SHOPS_FILE`) is a seed of the buckets ([`from_env`]).
 
@@ -120,13 +121,55 @@ pub struct MissingSecret {
     pub var: String,
 }
 
+/// A secret variable a shop names is not one the connector may read: neither on
+/// `STOCKFLOW_CONNECTOR_SECRET_VARIABLES` nor named by the shops file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: the variable {var} is not on {ALLOWLIST_VAR} (nor named by the shops file)")]
+pub struct SecretNotAllowed {
+    /// The field naming it (`access_token_env`, …).
+    pub field: &'static str,
+    /// The variable's name (never its value).
+    pub var: String,
+}
+
+/// The variable listing the secret variables shops stored at run time may name.
+pub const ALLOWLIST_VAR: &str = "STOCKFLOW_CONNECTOR_SECRET_VARIABLES";
+
+/// What the connector's environment answers for a secret variable a shop names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretLookup {
+    /// Allowed, and set to this value.
+    Set(String),
+    /// Allowed, but not set.
+    Unset,
+    /// Not a variable the connector may read for a shop.
+    NotAllowed,
+}
+
+/// Names reserved for stockflow's own settings (`STOCKFLOW_NATS_PASSWORD`, …): never a shop's
+/// secret, so a shop cannot have one of them sent to its platform.
+pub const RESERVED_PREFIX: &str = "STOCKFLOW_";
+
 const TOKEN_RULE: &str = "1-64 characters of A-Z, a-z, 0-9, '-' and '_'";
+
+/// Why `name` cannot be a shop's secret variable, if it cannot.
+pub fn check_secret_var(name: &str) -> Result<(), &'static str> {
+    if !is_env_name(name) {
+        return Err("the NAME of an environment variable (A-Z, 0-9, '_'; not starting with a digit), not a secret");
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(
+            "a STOCKFLOW_ variable is one of stockflow's own settings, never a shop's secret",
+        );
+    }
+    Ok(())
+}
 
 /// Whether `name` is an environment variable's name as deployments spell them: upper-case
 /// letters, digits and `_`, not starting with a digit. Upper case only, so that a secret pasted
 /// where its variable's name belongs (`shpat_…`, `ck_…`, hex) is refused instead of being stored
 /// — and then shown and logged as a name.
-fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -172,6 +215,14 @@ impl ShopConfig {
                 "must not carry credentials (use the *_env fields)",
             ));
         }
+        // A query or fragment may hold credentials too (WooCommerce's query-string auth,
+        // `?consumer_key=ck_…&consumer_secret=cs_…`), and the URL is stored, shown and logged.
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(invalid_field(
+                "base_url",
+                "must have no query or fragment (credentials go in the *_env fields)",
+            ));
+        }
         if let Some(version) = &self.api_version {
             if !is_api_version(version) {
                 return Err(invalid_field(
@@ -181,12 +232,7 @@ impl ShopConfig {
             }
         }
         for (field, var) in self.secret_vars_given() {
-            if !is_env_name(var) {
-                return Err(invalid_field(
-                    field,
-                    "the NAME of an environment variable (A-Z, 0-9, '_'; not starting with a digit), not a secret",
-                ));
-            }
+            check_secret_var(var).map_err(|reason| invalid_field(field, reason))?;
         }
         let (required, foreign): (&[_], &[_]) = match self.platform {
             PlatformKind::Shopify => (
@@ -238,17 +284,23 @@ impl ShopConfig {
 
     /// The shop with its secrets read through `lookup` (the connector's environment), and no
     /// items yet. A configuration that does not [`validate`](Self::validate) is reported as its
-    /// invalid field.
-    pub fn resolve(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Shop, ResolveError> {
+    /// invalid field; a variable `lookup` does not allow, or that is not set, by its field and
+    /// name.
+    pub fn resolve(&self, lookup: &dyn Fn(&str) -> SecretLookup) -> Result<Shop, ResolveError> {
         let base_url = self.url()?;
         let secret = |field: &'static str, var: Option<&str>| -> Result<Secret, ResolveError> {
             let var = var.ok_or_else(|| invalid_field(field, "required for this platform"))?;
-            lookup(var).map(Secret::new).ok_or_else(|| {
-                ResolveError::Missing(MissingSecret {
+            match lookup(var) {
+                SecretLookup::Set(value) => Ok(Secret::new(value)),
+                SecretLookup::Unset => Err(ResolveError::Missing(MissingSecret {
                     field,
                     var: var.to_owned(),
-                })
-            })
+                })),
+                SecretLookup::NotAllowed => Err(ResolveError::NotAllowed(SecretNotAllowed {
+                    field,
+                    var: var.to_owned(),
+                })),
+            }
         };
         let webhook_secret = secret("webhook_secret_env", Some(&self.webhook_secret_env))?;
         let credentials = match self.platform {
@@ -287,6 +339,9 @@ pub enum ResolveError {
     /// A secret variable it names is not set.
     #[error(transparent)]
     Missing(#[from] MissingSecret),
+    /// A secret variable it names is not one the connector may read.
+    #[error(transparent)]
+    NotAllowed(#[from] SecretNotAllowed),
 }
 
 /// A shop entry as written in the file: a [`ShopConfig`] and its items.
@@ -527,8 +582,9 @@ fn check(mut entry: Entry, env: &Env, base: &Path) -> Result<Shop, String> {
         consumer_key_env: entry.consumer_key_env,
         consumer_secret_env: entry.consumer_secret_env,
     };
+    // The shops file is the deployment's own: every variable it names may be read.
     let mut shop = config
-        .resolve(&|var| env.raw(var))
+        .resolve(&|var| env.raw(var).map_or(SecretLookup::Unset, SecretLookup::Set))
         .map_err(|e| e.to_string())?;
     let mut items = HashMap::with_capacity(entry.items.len());
     for item in entry.items {
@@ -679,6 +735,29 @@ mod tests {
             "access_token_env"
         );
         assert_eq!(field(|s| s.access_token_env = None), "access_token_env");
+        // stockflow's own settings are never a shop's secret.
+        assert_eq!(
+            field(|s| s.access_token_env = Some("STOCKFLOW_NATS_PASSWORD".into())),
+            "access_token_env"
+        );
+        assert_eq!(
+            field(|s| s.webhook_secret_env = "STOCKFLOW_GATEWAY_TOKENS".into()),
+            "webhook_secret_env"
+        );
+        // Credentials in a query (WooCommerce's query-string auth) or a fragment.
+        assert_eq!(
+            field(|s| s.base_url =
+                "https://shop.example/?consumer_key=ck_1&consumer_secret=cs_2".into()),
+            "base_url"
+        );
+        assert_eq!(
+            field(|s| s.base_url = "https://shop.example/#cs_2".into()),
+            "base_url"
+        );
+        assert_eq!(
+            field(|s| s.base_url = "https://shop.example/?".into()),
+            "base_url"
+        );
         assert_eq!(
             field(|s| s.consumer_key_env = Some("KEY".into())),
             "consumer_key_env"
@@ -689,11 +768,24 @@ mod tests {
         );
         assert_eq!(field(|s| s.id = "a.b".into()), "id");
         let missing = shop
-            .resolve(&|var| (var == "ACME_SECRET").then(|| "s".to_owned()))
+            .resolve(&|var| match var {
+                "ACME_SECRET" => SecretLookup::Set("s".to_owned()),
+                _ => SecretLookup::Unset,
+            })
             .expect_err("no token");
         assert_eq!(
             missing.to_string(),
             "access_token_env: the variable ACME_TOKEN is not set"
+        );
+        let refused = shop
+            .resolve(&|var| match var {
+                "ACME_SECRET" => SecretLookup::Set("s".to_owned()),
+                _ => SecretLookup::NotAllowed,
+            })
+            .expect_err("not allowed");
+        assert_eq!(
+            refused.to_string(),
+            "access_token_env: the variable ACME_TOKEN is not on STOCKFLOW_CONNECTOR_SECRET_VARIABLES (nor named by the shops file)"
         );
         let woo = |item: &str| -> Item { serde_json::from_str(item).expect("item") };
         assert_eq!(

@@ -1,7 +1,8 @@
 //! What waits for each shop a connector serves, read from JetStream alone (no connector needs to
 //! run): `stockctl connectors status` and the gateway's `GET /v1/connectors` both call
 //! [`shops`]. The shops are those of `CONNECTOR_SHOPS` and those with a consumer; for each, what
-//! the connector last reported (`CONNECTOR_STATE`: running, or skipped and why).
+//! the connector last reported (`CONNECTOR_STATE`: running, or skipped and why, and the
+//! `CONNECTOR_ITEMS` revision its mappings reached).
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
@@ -26,6 +27,9 @@ pub struct ShopStatus {
     pub state: Option<String>,
     /// Why it was skipped (names a variable, never a value).
     pub problem: Option<String>,
+    /// The newest `CONNECTOR_ITEMS` revision the connector applied to its mappings: a mapping
+    /// written at this revision or before is in force.
+    pub items_revision: Option<u64>,
 }
 
 /// Why the status cannot be read.
@@ -104,6 +108,7 @@ pub async fn shops(js: &jetstream::Context) -> Result<Vec<ShopStatus>, StatusErr
         shops.push(ShopStatus {
             configured: configured.contains(&shop),
             state: report.as_ref().map(|r| r.state.clone()),
+            items_revision: report.as_ref().and_then(|r| r.items_revision),
             problem: report.and_then(|r| r.reason),
             shop,
             pending,
