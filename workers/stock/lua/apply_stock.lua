@@ -75,29 +75,6 @@ local function model_op(op, po)
     or (op == 'received' and po ~= '')
 end
 
--- The earliest expected date of the purchase orders still outstanding at `loc`; 0 for none.
-local function earliest_expected(stock_key, loc)
-  local prefix = 'pd:' .. loc .. US
-  local best = 0
-  local flat = redis.call('HGETALL', stock_key)
-  for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, #prefix) == prefix then
-      local at = tonumber(flat[i + 1])
-      if best == 0 or at < best then best = at end
-    end
-  end
-  return best
-end
-
--- Writes a level field, removing it at 0 (absent fields read as 0).
-local function set_level(stock_key, field, value)
-  if value == 0 then
-    redis.call('HDEL', stock_key, field)
-  else
-    redis.call('HSET', stock_key, field, int(value))
-  end
-end
-
 -- Applies an `expected`, `expected_cancelled`, `received` against a purchase order, or
 -- `unsellable_moved` at `loc`: checks first, then writes, then appends its change record to
 -- `records` (with the purchase order's state after it, for the ledger) and marks `changed`
