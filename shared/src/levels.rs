@@ -191,7 +191,10 @@ mod tests {
                 held: 3,
             }
         );
-        assert_eq!(t.available(), a.available() + b.available() + none.available());
+        assert_eq!(
+            t.available(),
+            a.available() + b.available() + none.available()
+        );
         assert_eq!(totals([&none]).incoming_expected_at_ms, 0);
         assert_eq!(totals([]), LocationLevels::default());
     }

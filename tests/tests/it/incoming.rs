@@ -372,7 +372,10 @@ async fn kill_9_in_the_middle_leaves_exact_incoming_and_unsellable_levels() {
         let quarter = n as i64 / 4;
         assert_eq!(
             summary,
-            vec![("PO-A", 2 * quarter - quarter), ("PO-B", 2 * quarter - quarter)],
+            vec![
+                ("PO-A", 2 * quarter - quarter),
+                ("PO-B", 2 * quarter - quarter)
+            ],
             "{sku}"
         );
         for (o, residue) in orders.iter().zip([0, 2]) {
@@ -428,11 +431,47 @@ async fn rebuild_sums_a_purchase_orders_entries_stored_out_of_apply_order() {
     // In the order they are stored; applied_at says the order they were applied in.
     let stored = [
         // PO-1: the receipt (applied second) before the expected (applied first).
-        entry("r1", "received", "PO-1", t + 1, levels(0, 10, DAY_1), levels(4, 6, DAY_1), 6, DAY_1),
-        entry("x1", "expected", "PO-1", t, levels(0, 0, 0), levels(0, 10, DAY_1), 10, DAY_1),
+        entry(
+            "r1",
+            "received",
+            "PO-1",
+            t + 1,
+            levels(0, 10, DAY_1),
+            levels(4, 6, DAY_1),
+            6,
+            DAY_1,
+        ),
+        entry(
+            "x1",
+            "expected",
+            "PO-1",
+            t,
+            levels(0, 0, 0),
+            levels(0, 10, DAY_1),
+            10,
+            DAY_1,
+        ),
         // PO-2 re-dated: DAY_1 then DAY_2 applied, stored the other way round.
-        entry("x3", "expected", "PO-2", t + 3, levels(4, 8, DAY_1), levels(4, 11, DAY_2), 5, DAY_2),
-        entry("x2", "expected", "PO-2", t + 2, levels(4, 6, DAY_2), levels(4, 8, DAY_1), 2, DAY_1),
+        entry(
+            "x3",
+            "expected",
+            "PO-2",
+            t + 3,
+            levels(4, 8, DAY_1),
+            levels(4, 11, DAY_2),
+            5,
+            DAY_2,
+        ),
+        entry(
+            "x2",
+            "expected",
+            "PO-2",
+            t + 2,
+            levels(4, 6, DAY_2),
+            levels(4, 8, DAY_1),
+            2,
+            DAY_1,
+        ),
     ];
     for e in &stored {
         world

@@ -414,11 +414,10 @@ impl Handler for StockHandler {
         let fact = fact::parse(delivery.subject(), delivery.payload())?;
         let event_type = fact.op.name();
         let dedup_key = self.dedup_key(&fact);
-        let replayed = delivery
-            .message()
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(stockflow_shared::replay::HEADER_REPLAYED_FROM).is_some());
+        let replayed = delivery.message().headers.as_ref().is_some_and(|h| {
+            h.get(stockflow_shared::replay::HEADER_REPLAYED_FROM)
+                .is_some()
+        });
         let outcome = match self.apply_keyed(&fact, &dedup_key, replayed).await? {
             Applied::New(outcome) => {
                 for change in outcome.channels.iter().filter(|c| c.oversold > 0) {
