@@ -70,6 +70,38 @@ pub struct Totals {
     touched_model: bool,
 }
 
+/// One purchase order at one location, as the ledger sums it.
+///
+/// Ledger entries are not stored in the order their facts were applied: a worker killed after
+/// applying a fact and before publishing its entry leaves it to the redelivery, which publishes
+/// it after entries of facts applied later. So the outstanding units are a sum, like the levels:
+/// in an entry naming the purchase order, `after.incoming - before.incoming` is exactly that
+/// order's change at that location (apply_stock.lua changes both together). The expected date
+/// is the one of the entry applied last (the highest `applied_at_ms`; on a tie, the one stored
+/// last — facts applied in one batched script call share their `applied_at_ms`, so two facts of
+/// one call that both re-date the order may leave either date).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurchaseOrder {
+    /// Units still outstanding.
+    pub outstanding: i64,
+    /// Its expected date, ms since the Unix epoch, as its last applied entry left it.
+    pub expected_at_ms: i64,
+    /// When that entry was applied, ms since the Unix epoch.
+    applied_at_ms: i64,
+}
+
+impl PurchaseOrder {
+    /// Adds one entry naming the order: its change of incoming, its applied time and the
+    /// expected date it left.
+    fn add(&mut self, delta: i64, applied_at_ms: i64, expected_at_ms: i64) {
+        self.outstanding += delta;
+        if applied_at_ms >= self.applied_at_ms {
+            self.applied_at_ms = applied_at_ms;
+            self.expected_at_ms = expected_at_ms;
+        }
+    }
+}
+
 /// One order line as the ledger describes it.
 #[derive(Debug, Clone, Default)]
 struct LineState {
@@ -125,9 +157,9 @@ pub struct Fold {
     pub levels: BTreeMap<(String, String), Totals>,
     /// Policy per SKU.
     pub policies: BTreeMap<String, Policy>,
-    /// Each purchase order by (sku, location, reference): (outstanding units, expected date in
-    /// ms) after its last entry; 0 outstanding when it was fully received or cancelled.
-    pub purchase_orders: BTreeMap<(String, String, String), (i64, i64)>,
+    /// Each purchase order by (sku, location, reference), summed over the entries naming it;
+    /// 0 outstanding when it was fully received or cancelled.
+    pub purchase_orders: BTreeMap<(String, String, String), PurchaseOrder>,
     /// Each SKU's override of a channel's rules, by (sku, channel): its last `channel_rules`
     /// entry, left out when that entry set no field (it removed the override).
     pub channel_rules: BTreeMap<(String, String), AvailabilityRules>,
@@ -366,17 +398,18 @@ impl Fold {
                 totals.touched_model |= delta != 0;
             }
             if !entry.purchase_order.is_empty() {
-                self.purchase_orders.insert(
-                    (
+                self.purchase_orders
+                    .entry((
                         entry.sku.clone(),
                         entry.location.clone(),
                         entry.purchase_order.clone(),
-                    ),
-                    (
-                        entry.purchase_order_outstanding,
+                    ))
+                    .or_default()
+                    .add(
+                        after.incoming - before.incoming,
+                        entry.applied_at_ms,
                         entry.purchase_order_expected_at_ms,
-                    ),
-                );
+                    );
             }
         }
         if ORDER_KINDS.contains(&entry.kind.as_str()) {
@@ -589,13 +622,13 @@ impl Fold {
             m.quality_control = t.quality_control;
             m.held = t.held;
         }
-        for ((sku, location, reference), (outstanding, at)) in &self.purchase_orders {
-            if *outstanding > 0 {
+        for ((sku, location, reference), po) in &self.purchase_orders {
+            if po.outstanding > 0 {
                 model
                     .entry((sku, location))
                     .or_default()
                     .purchase_orders
-                    .push((reference.clone(), *outstanding, *at));
+                    .push((reference.clone(), po.outstanding, po.expected_at_ms));
             }
         }
         report.model_locations = model.len();

@@ -486,9 +486,9 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
             }
         }
     }
-    // Purchase orders: the ledger's last word on each against what Redis holds.
+    // Purchase orders: the ledger's sum for each against what Redis holds.
     let mut orders: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-    for ((_, location, reference), (outstanding, _)) in fold
+    for ((_, location, reference), po) in fold
         .purchase_orders
         .range((sku.to_owned(), String::new(), String::new())..)
         .take_while(|((s, _, _), _)| s == sku)
@@ -496,7 +496,7 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
         orders
             .entry((location.clone(), reference.clone()))
             .or_default()
-            .0 = *outstanding;
+            .0 = po.outstanding;
     }
     for (key, outstanding) in &stored.purchase_orders {
         orders.entry(key.clone()).or_default().1 = *outstanding;

@@ -40,6 +40,29 @@ impl LocationLevels {
     }
 }
 
+/// The levels of a SKU over `locations`: every quantity summed; the expected date is the
+/// earliest of any location (0 when none has one). Its [`LocationLevels::available`] is the sum
+/// of the locations' (signed: a location below zero lowers it). What `stockctl stock` and the
+/// gateway's `GET /v1/stock/{sku}` show as totals.
+pub fn totals<'a>(locations: impl IntoIterator<Item = &'a LocationLevels>) -> LocationLevels {
+    locations
+        .into_iter()
+        .fold(LocationLevels::default(), |sum, l| LocationLevels {
+            on_hand: sum.on_hand + l.on_hand,
+            reserved: sum.reserved + l.reserved,
+            safety_stock: sum.safety_stock + l.safety_stock,
+            incoming: sum.incoming + l.incoming,
+            incoming_expected_at_ms: match (sum.incoming_expected_at_ms, l.incoming_expected_at_ms)
+            {
+                (0, t) | (t, 0) => t,
+                (a, b) => a.min(b),
+            },
+            damaged: sum.damaged + l.damaged,
+            quality_control: sum.quality_control + l.quality_control,
+            held: sum.held + l.held,
+        })
+}
+
 /// One purchase order still outstanding at one location, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenPurchaseOrder {
@@ -125,4 +148,54 @@ pub async fn read_levels(
             .unwrap_or(0);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_the_units_and_keep_the_earliest_date() {
+        let a = LocationLevels {
+            on_hand: 5,
+            reserved: 2,
+            safety_stock: 1,
+            incoming: 10,
+            incoming_expected_at_ms: 300,
+            damaged: 1,
+            ..Default::default()
+        };
+        let b = LocationLevels {
+            on_hand: -1,
+            incoming: 4,
+            incoming_expected_at_ms: 200,
+            quality_control: 2,
+            held: 3,
+            ..Default::default()
+        };
+        let none = LocationLevels {
+            on_hand: 1,
+            ..Default::default()
+        };
+        let t = totals([&a, &none, &b]);
+        assert_eq!(
+            t,
+            LocationLevels {
+                on_hand: 5,
+                reserved: 2,
+                safety_stock: 1,
+                incoming: 14,
+                incoming_expected_at_ms: 200,
+                damaged: 1,
+                quality_control: 2,
+                held: 3,
+            }
+        );
+        assert_eq!(
+            t.available(),
+            a.available() + b.available() + none.available()
+        );
+        assert_eq!(totals([&none]).incoming_expected_at_ms, 0);
+        assert_eq!(totals([]), LocationLevels::default());
+    }
 }

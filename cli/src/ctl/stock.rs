@@ -79,23 +79,7 @@ pub async fn run_at(
 
 /// The sum of every location's levels.
 fn total(levels: &BTreeMap<String, LocationLevels>) -> LocationLevels {
-    levels
-        .values()
-        .fold(LocationLevels::default(), |sum, l| LocationLevels {
-            on_hand: sum.on_hand + l.on_hand,
-            reserved: sum.reserved + l.reserved,
-            safety_stock: sum.safety_stock + l.safety_stock,
-            incoming: sum.incoming + l.incoming,
-            // The earliest date anywhere.
-            incoming_expected_at_ms: match (sum.incoming_expected_at_ms, l.incoming_expected_at_ms)
-            {
-                (0, t) | (t, 0) => t,
-                (a, b) => a.min(b),
-            },
-            damaged: sum.damaged + l.damaged,
-            quality_control: sum.quality_control + l.quality_control,
-            held: sum.held + l.held,
-        })
+    stockflow_shared::levels::totals(levels.values())
 }
 
 fn levels_json(l: &LocationLevels) -> Value {

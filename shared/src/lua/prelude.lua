@@ -68,6 +68,30 @@ local function levels_and_threshold(stock_key, policy_key, loc)
   return l, thr
 end
 
+-- Writes a level field of the stock hash, removing it at 0 (absent fields read as 0).
+local function set_level(stock_key, field, value)
+  if value == 0 then
+    redis.call('HDEL', stock_key, field)
+  else
+    redis.call('HSET', stock_key, field, int(value))
+  end
+end
+
+-- The earliest expected date of the purchase orders still outstanding at `loc` (its `pd:`
+-- fields); 0 for none.
+local function earliest_expected(stock_key, loc)
+  local prefix = 'pd:' .. loc .. US
+  local best = 0
+  local flat = redis.call('HGETALL', stock_key)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, #prefix) == prefix then
+      local at = tonumber(flat[i + 1])
+      if best == 0 or at < best then best = at end
+    end
+  end
+  return best
+end
+
 -- Levels `l` with on_hand set to `oh` (nothing else changed): available follows.
 local function with_on_hand(l, oh)
   local un = l.un or 0

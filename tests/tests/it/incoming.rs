@@ -1,6 +1,8 @@
 //! Incoming stock on real servers: purchase orders expected, received in part and beyond,
-//! cancelled; two purchase orders at one location; duplicates; kill -9 of the stock worker in
-//! the middle; rebuild after FLUSHALL restores incoming, purchase orders and unsellable units.
+//! cancelled; two purchase orders at one location; a receipt before its `expected`; duplicates;
+//! kill -9 of the stock worker in the middle (then reconcile finds no drift); rebuild after
+//! FLUSHALL restores incoming, purchase orders and unsellable units, and sums a purchase order's
+//! entries stored out of apply order.
 
 use std::collections::BTreeMap;
 
@@ -182,6 +184,46 @@ async fn a_purchase_order_at_one_location_is_not_received_at_another() {
     worker.shutdown().await;
 }
 
+/// Facts of one purchase order do not commute: a receipt that arrives before its `expected`
+/// finds nothing outstanding and is a plain receipt (all of it an over-receipt), and the later
+/// `expected` stays incoming until it is received again or cancelled. The ledger shows it: the
+/// receipt's entry names the order with 0 outstanding and leaves incoming as it was.
+#[tokio::test]
+async fn a_receipt_before_its_expected_is_a_plain_receipt_and_the_order_stays_open() {
+    let world = World::start().await;
+    let worker = world.stock_worker();
+    let sku = "PO-ORPHAN";
+    world.publish(&receipt("r1", sku, "wh", "PO-7", 4)).await;
+    world.wait_on_hand(sku, "wh", 4).await;
+    world
+        .publish(&event("x1", sku, "wh", expected("PO-7", 10, DAY_1)))
+        .await;
+    world.wait_stock_idle().await;
+    let wh = levels_of(&world, sku).await["wh"];
+    assert_eq!((wh.on_hand, wh.incoming), (4, 10));
+    assert_eq!(
+        open_orders(&world, sku).await,
+        vec![po("wh", "PO-7", 10, DAY_1)]
+    );
+    let ledger = world.ledger(sku).await;
+    let receipt = &ledger[0];
+    let (b, a) = (
+        receipt.before.unwrap_or_default(),
+        receipt.after.unwrap_or_default(),
+    );
+    assert_eq!(
+        (
+            receipt.kind.as_str(),
+            receipt.purchase_order.as_str(),
+            receipt.purchase_order_outstanding,
+            a.on_hand - b.on_hand,
+            a.incoming - b.incoming,
+        ),
+        ("received", "PO-7", 0, 4, 0)
+    );
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_purchase_orders_are_dead_lettered_naming_the_field() {
     use stockflow_proto::subjects;
@@ -320,7 +362,157 @@ async fn kill_9_in_the_middle_leaves_exact_incoming_and_unsellable_levels() {
             "{sku}: an entry was written twice"
         );
         assert_eq!(ledger.len(), 1 + n + n / 2, "{sku}: ledger entries");
+        // n/4 expected of 2 and n/4 receipts of one unit on each purchase order; its date is
+        // one of its own facts' (the one applied last, whichever that was).
+        let orders = open_orders(&world, &sku).await;
+        let summary: Vec<_> = orders
+            .iter()
+            .map(|o| (o.reference.as_str(), o.outstanding))
+            .collect();
+        let quarter = n as i64 / 4;
+        assert_eq!(
+            summary,
+            vec![
+                ("PO-A", 2 * quarter - quarter),
+                ("PO-B", 2 * quarter - quarter)
+            ],
+            "{sku}"
+        );
+        for (o, residue) in orders.iter().zip([0, 2]) {
+            let i = o.expected_at_ms - DAY_1;
+            assert!(
+                (0..n as i64).contains(&i) && i % 4 == residue,
+                "{sku}: {o:?} carries a date none of its facts gave"
+            );
+        }
     }
+    // The ledger, in whatever order the crashes left its entries, sums to what Redis holds.
+    let mut conn = world.redis_connection().await;
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    assert!(drift.is_empty(), "{drift:?}");
+}
+
+/// A purchase order's ledger entries stored out of the order they were applied in, as a worker
+/// killed between applying a fact and publishing its entry leaves them: `expected PO-1 +10` is
+/// applied, the worker dies; a receipt of 4 against PO-1 is applied and published ("6
+/// outstanding"); the redelivered `expected` is a duplicate and publishes its stored entry ("10
+/// outstanding") last. Rebuild and reconcile sum the entries, as they do the levels.
+#[tokio::test]
+async fn rebuild_sums_a_purchase_orders_entries_stored_out_of_apply_order() {
+    use prost::Message as _;
+    use stockflow_proto::v1::{Levels, StockChanged};
+    let world = World::start().await;
+    let sku = "PO-ORDER";
+    let t = 1_700_000_000_000;
+    let entry = |cause: &str, kind: &str, po: &str, applied: i64, b: Levels, a: Levels, out, at| {
+        StockChanged {
+            sku: sku.into(),
+            location: "wh".into(),
+            cause_event_id: cause.into(),
+            kind: kind.into(),
+            before: Some(b),
+            after: Some(a),
+            applied_at_ms: applied,
+            purchase_order: po.into(),
+            purchase_order_outstanding: out,
+            purchase_order_expected_at_ms: at,
+            ..Default::default()
+        }
+    };
+    let levels = |on_hand, incoming, at| Levels {
+        on_hand,
+        available: on_hand,
+        incoming,
+        incoming_expected_at_ms: at,
+        ..Default::default()
+    };
+    // In the order they are stored; applied_at says the order they were applied in.
+    let stored = [
+        // PO-1: the receipt (applied second) before the expected (applied first).
+        entry(
+            "r1",
+            "received",
+            "PO-1",
+            t + 1,
+            levels(0, 10, DAY_1),
+            levels(4, 6, DAY_1),
+            6,
+            DAY_1,
+        ),
+        entry(
+            "x1",
+            "expected",
+            "PO-1",
+            t,
+            levels(0, 0, 0),
+            levels(0, 10, DAY_1),
+            10,
+            DAY_1,
+        ),
+        // PO-2 re-dated: DAY_1 then DAY_2 applied, stored the other way round.
+        entry(
+            "x3",
+            "expected",
+            "PO-2",
+            t + 3,
+            levels(4, 8, DAY_1),
+            levels(4, 11, DAY_2),
+            5,
+            DAY_2,
+        ),
+        entry(
+            "x2",
+            "expected",
+            "PO-2",
+            t + 2,
+            levels(4, 6, DAY_2),
+            levels(4, 8, DAY_1),
+            2,
+            DAY_1,
+        ),
+    ];
+    for e in &stored {
+        world
+            .js
+            .publish(
+                stockflow_proto::subjects::stock_changed(sku),
+                e.encode_to_vec().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let mut conn = world.redis_connection().await;
+    let report = rebuild::rebuild(
+        &world.js,
+        &mut conn,
+        &world.keys,
+        rebuild::Retention {
+            dedup_ttl: std::time::Duration::from_secs(86_400),
+            orders: order_worker::DEFAULT_ORDER_RETENTION,
+        },
+    )
+    .await
+    .expect("rebuild");
+    assert_eq!(report.model_locations, 1, "{report:?}");
+    let wh = levels_of(&world, sku).await["wh"];
+    assert_eq!(
+        (wh.on_hand, wh.incoming, wh.incoming_expected_at_ms),
+        (4, 11, DAY_1)
+    );
+    assert_eq!(
+        open_orders(&world, sku).await,
+        vec![po("wh", "PO-1", 6, DAY_1), po("wh", "PO-2", 5, DAY_2)],
+        "each order's sum, and the date of its entry applied last"
+    );
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    assert!(drift.is_empty(), "{drift:?}");
 }
 
 #[tokio::test]

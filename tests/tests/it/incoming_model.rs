@@ -1,6 +1,7 @@
 //! Property test: incoming stock (purchase orders) and unsellable units, applied by the
 //! `apply_stock` script on a real Redis, agree with a plain in-memory model — levels after every
-//! fact, the purchase order each entry records, refusals, and replays of earlier facts.
+//! fact, the purchase order each entry records, refusals, and redeliveries of earlier facts (an
+//! applied one absorbed, a refused one refused again).
 
 use std::collections::BTreeMap;
 
@@ -248,21 +249,29 @@ fn incoming_and_unsellable_units_agree_with_an_in_memory_model() {
                             channel: String::new(),
                             op: op.clone(),
                         };
-                        (fact, false, history.len())
+                        (fact, None, history.len())
                     }
-                    // A replay of an applied fact; a refused fact left no dedup record and is
-                    // judged again, against the levels of now.
+                    // A redelivery of an earlier fact: an applied one is absorbed, a refused one
+                    // is refused again (its dedup record remembers the refusal), whatever the
+                    // levels are now.
                     Step::Replay(n) if !history.is_empty() => {
                         let index = n % history.len();
                         let (fact, applied) = history[index].clone();
-                        (fact, applied, index)
+                        (fact, Some(applied), index)
                     }
                     Step::Replay(_) => continue,
                 };
                 let applied = handler.apply(&fact).await.expect("script runs");
-                if replay {
-                    prop_assert!(matches!(applied, Applied::Seen { .. }), "replay must be absorbed: {applied:?}");
-                    continue;
+                match replay {
+                    Some(true) => {
+                        prop_assert!(matches!(applied, Applied::Seen { .. }), "replay must be absorbed: {applied:?}");
+                        continue;
+                    }
+                    Some(false) => {
+                        prop_assert!(matches!(applied, Applied::Insufficient { .. }), "a refusal is remembered: {applied:?}");
+                        continue;
+                    }
+                    None => {}
                 }
                 let expected = model.apply(&fact.op, &fact.location);
                 let got = match &applied {
@@ -283,12 +292,8 @@ fn incoming_and_unsellable_units_agree_with_an_in_memory_model() {
                     }
                 };
                 prop_assert_eq!(&got, &expected, "step {:?} at {}", fact.op, fact.location);
-                let now_applied = matches!(expected, Expect::Applied(..));
-                if index == history.len() {
-                    history.push((fact, now_applied));
-                } else {
-                    history[index].1 = now_applied;
-                }
+                prop_assert_eq!(index, history.len(), "only a new fact is judged");
+                history.push((fact, matches!(expected, Expect::Applied(..))));
             }
             // What Redis holds equals the model, location by location.
             let held = read_levels(&mut conn.clone(), &Keys::new("sf"), &sku).await.expect("levels");

@@ -164,3 +164,56 @@ async fn a_move_beyond_what_is_free_is_refused_and_dead_lettered_with_its_reason
     stock.shutdown().await;
     orders.shutdown().await;
 }
+
+/// A refused move is remembered like a stale count: a redelivery (its dead letter stored, its
+/// ack lost) is refused again even once the units are free, and is never applied as well as
+/// dead-lettered; only a replay of its dead letter (`stockctl dlq replay`) judges it again.
+#[tokio::test]
+async fn a_redelivered_refused_move_stays_refused_until_its_dead_letter_is_replayed() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let sku = "UN-3";
+    world.publish(&event("r1", sku, "wh", received(5))).await;
+    world.wait_on_hand(sku, "wh", 5).await;
+    let hold = event("h1", sku, "wh", unsellable(UnsellableState::Held, 6, true));
+    world.publish(&hold).await;
+    let letters = |n: usize| {
+        let world = &world;
+        eventually("dead letters", DEADLINE, move || async move {
+            let letters = stockflow_shared::replay::list_all(&world.js)
+                .await
+                .expect("dead letters");
+            (letters.len() >= n).then_some(letters)
+        })
+    };
+    letters(1).await;
+
+    // The units become free; the same move comes again: refused again, with the units there
+    // were when it was judged.
+    world.publish(&event("r2", sku, "wh", received(3))).await;
+    world.wait_on_hand(sku, "wh", 8).await;
+    world.publish(&hold).await;
+    let both = letters(2).await;
+    for letter in &both {
+        let reason = letter.reason();
+        assert!(
+            reason.contains("move of 6 units") && reason.contains("5 units"),
+            "{reason}"
+        );
+    }
+    world.wait_stock_idle().await;
+    let wh = levels_of(&world, sku).await["wh"];
+    assert_eq!((wh.on_hand, wh.held, wh.available()), (8, 0, 8));
+    assert_eq!(world.ledger(sku).await.len(), 2, "only the two receipts");
+
+    // A replay of its dead letter is judged again, against the levels now.
+    stockflow_shared::replay::replay(&world.js, &both[1])
+        .await
+        .expect("replay");
+    eventually("the replayed move applied", DEADLINE, || async {
+        (levels_of(&world, sku).await["wh"].held == 6).then_some(())
+    })
+    .await;
+    assert_eq!(levels_of(&world, sku).await["wh"].available(), 2);
+    stock.shutdown().await;
+}

@@ -915,28 +915,12 @@ async fn get_stock(
             "no stock recorded for sku {sku:?}"
         )));
     }
-    let mut totals = LevelsJson::default();
+    let totals = LevelsJson::from(&stockflow_shared::levels::totals(levels.values()));
     let locations: Vec<LocationJson> = levels
         .iter()
-        .map(|(location, l)| {
-            totals.on_hand += l.on_hand;
-            totals.reserved += l.reserved;
-            totals.safety_stock += l.safety_stock;
-            totals.available += l.available();
-            totals.incoming += l.incoming;
-            if l.incoming_expected_at_ms != 0
-                && (totals.incoming_expected_at_ms == 0
-                    || l.incoming_expected_at_ms < totals.incoming_expected_at_ms)
-            {
-                totals.incoming_expected_at_ms = l.incoming_expected_at_ms;
-            }
-            totals.damaged += l.damaged;
-            totals.quality_control += l.quality_control;
-            totals.held += l.held;
-            LocationJson {
-                location: location.clone(),
-                levels: l.into(),
-            }
+        .map(|(location, l)| LocationJson {
+            location: location.clone(),
+            levels: l.into(),
         })
         .collect();
     Ok(Json(json!({"sku": sku, "locations": locations, "totals": totals})).into_response())

@@ -30,13 +30,17 @@
 -- ARGV[10] policy_set: location priority for orders (comma-separated), '' unchanged
 -- ARGV[11] the channel a sale or return came from ('' for none)
 -- ARGV[12] the channel specs the worker knows (see prelude.lua)
--- ARGV[13] '1': an opening balance — the channels are not recomputed now; the initial load that
---          sent it recomputes each SKU's channels once, when all its rows are applied
+-- ARGV[13] flags, one character each ('' for none): '1' an opening balance — the channels are
+--          not recomputed now; the initial load that sent it recomputes each SKU's channels once,
+--          when all its rows are applied; 'r' a replay of the fact's dead letter (`stockctl dlq
+--          replay`) — a remembered `insufficient` refusal is judged again
 --
 --   its reply: {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
 --       | {'unknown_channel', channel}
---       | {'insufficient', location, units free} (an unsellable move beyond what is free)
+--       | {'insufficient', location, units free} (an unsellable move beyond what is free;
+--         remembered in the dedup record like a stale count, so a redelivery gets the same
+--         refusal without being judged again — only a replay, flag 'r', judges it again)
 -- Every channel drawing from a location whose levels changed is recomputed in the same step;
 -- its record is part of the outcome.
 --
@@ -49,7 +53,8 @@
 -- one slot: the worker groups a batch by the SKU's hash tag.
 --
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
--- same atomic step; every later delivery changes nothing and returns that same outcome.
+-- same atomic step; every later delivery changes nothing and returns that same outcome (or
+-- refusal).
 -- Incoming units are per purchase order: a receipt or cancellation of one never takes another's;
 -- incoming is the sum of a location's purchase orders. Unsellable units stay within on_hand −
 -- reserved when they are moved there, and never count as available. Facts in
@@ -68,29 +73,6 @@ end
 local function model_op(op, po)
   return op == 'expected' or op == 'expected_cancelled' or op == 'unsellable_moved'
     or (op == 'received' and po ~= '')
-end
-
--- The earliest expected date of the purchase orders still outstanding at `loc`; 0 for none.
-local function earliest_expected(stock_key, loc)
-  local prefix = 'pd:' .. loc .. US
-  local best = 0
-  local flat = redis.call('HGETALL', stock_key)
-  for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, #prefix) == prefix then
-      local at = tonumber(flat[i + 1])
-      if best == 0 or at < best then best = at end
-    end
-  end
-  return best
-end
-
--- Writes a level field, removing it at 0 (absent fields read as 0).
-local function set_level(stock_key, field, value)
-  if value == 0 then
-    redis.call('HDEL', stock_key, field)
-  else
-    redis.call('HSET', stock_key, field, int(value))
-  end
 end
 
 -- Applies an `expected`, `expected_cancelled`, `received` against a purchase order, or
@@ -158,6 +140,15 @@ local function apply_model(stock_key, op, loc, ARGV, read, records, changed)
   return nil
 end
 
+-- The refusal a dedup record's outcome remembers ({'insufficient', location, units}), or nil.
+local REFUSAL = '^1' .. US .. '%d+' .. US .. 'insufficient' .. US .. '([^' .. US .. ']*)' .. US
+  .. '(%-?%d+)$'
+local function remembered_refusal(outcome)
+  local l, free = string.match(outcome, REFUSAL)
+  if l then return { 'insufficient', l, free } end
+  return nil
+end
+
 -- One fact: KEYS and ARGV are the item's own (shadowing the call's).
 local function apply(KEYS, ARGV)
   local dedup_key, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -166,7 +157,12 @@ local function apply(KEYS, ARGV)
   local channel = ARGV[11]
 
   local prior = seen(dedup_key, fingerprint)
-  if prior then return prior end
+  if prior then
+    local refusal = prior[1] == 'duplicate' and remembered_refusal(prior[2])
+    if not refusal then return prior end
+    -- A replay of its dead letter is judged again, below; any other delivery is refused again.
+    if not string.find(ARGV[13], 'r', 1, true) then return refusal end
+  end
 
   local ch = load_channels(ats_key, ARGV[12])
   if op == 'channel_rules' or op == 'channel_recompute' then channel = ARGV[3] end
@@ -260,7 +256,14 @@ local function apply(KEYS, ARGV)
   end
   if model_op(op, ARGV[4]) then
     local refused = apply_model(stock_key, op, loc, ARGV, read, records, changed)
-    if refused then return refused end
+    if refused then
+      -- Remembered, so a redelivery (its dead letter stored, its ack lost) is not judged again
+      -- against levels that may have changed since.
+      if refused[1] == 'insufficient' then
+        remember(dedup_key, fingerprint, header(at, 'insufficient', refused[2], refused[3]), ttl)
+      end
+      return refused
+    end
     -- Levels it changed are read back by the channels, not taken from `known`.
     if ch.known then ch.known[loc] = nil end
   end
@@ -313,7 +316,7 @@ local function apply(KEYS, ARGV)
 
   -- The channel the input named (its sale's oversold count rides on its record), then every
   -- other channel drawing from a location that changed.
-  if ARGV[13] ~= '1' then
+  if not string.find(ARGV[13], '1', 1, true) then
     if spec ~= nil then
       local record = settle_channel(stock_key, policy_key, ch, channel, oversold)
       if record then channel_records[#channel_records + 1] = record end

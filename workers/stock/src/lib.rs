@@ -91,6 +91,18 @@ fn describe_metrics() {
     }
 }
 
+/// `apply_stock.lua`'s flags (ARGV[13]): `1` an opening balance, `r` a replayed dead letter.
+fn script_flags(opening_balance: bool, replayed: bool) -> String {
+    let mut flags = String::new();
+    if opening_balance {
+        flags.push('1');
+    }
+    if replayed {
+        flags.push('r');
+    }
+    flags
+}
+
 /// `lua/apply_stock.lua` with the shared prelude.
 fn apply_stock_script() -> redis::Script {
     stockflow_shared::script(include_str!("../lua/apply_stock.lua"))
@@ -115,7 +127,9 @@ pub enum Applied {
     /// The sale, return or recompute names a channel the script was given no spec of.
     UnknownChannel(String),
     /// An unsellable move asks for more units than `location` has free (into a state: on_hand
-    /// − reserved − unsellable) or than the state holds (out of it): nothing changed.
+    /// − reserved − unsellable) or than the state holds (out of it): nothing changed. The
+    /// refusal is remembered in the dedup record: a redelivery gets it again, unjudged, and
+    /// only a replay of its dead letter judges it again.
     Insufficient {
         /// The location.
         location: String,
@@ -195,7 +209,7 @@ impl StockHandler {
 
     /// Runs `apply_stock` for `fact`: the one atomic step of the stock path (in the next batch).
     pub async fn apply(&self, fact: &Fact) -> Result<Applied, HandleError> {
-        self.apply_keyed(fact, &self.dedup_key(fact)).await
+        self.apply_keyed(fact, &self.dedup_key(fact), false).await
     }
 
     /// The key of `fact`'s dedup record, built once per event for its apply and its mark.
@@ -248,7 +262,14 @@ impl StockHandler {
         )))
     }
 
-    async fn apply_keyed(&self, fact: &Fact, dedup_key: &str) -> Result<Applied, HandleError> {
+    /// `replayed`: the delivery is a replay of the fact's dead letter (`stockctl dlq replay`),
+    /// so a refusal its dedup record remembers is judged again.
+    async fn apply_keyed(
+        &self,
+        fact: &Fact,
+        dedup_key: &str,
+        replayed: bool,
+    ) -> Result<Applied, HandleError> {
         let specs = match self.channel_specs(fact).await? {
             Ok(specs) => specs,
             Err(unknown) => return Ok(unknown),
@@ -276,13 +297,11 @@ impl StockHandler {
                 priority,
                 fact.channel.clone(),
                 specs,
-                // An opening balance leaves the channels to the end of its load (`import`).
-                if stockflow_shared::ledger::is_opening_balance(&fact.meta) {
-                    "1"
-                } else {
-                    ""
-                }
-                .to_owned(),
+                script_flags(
+                    // An opening balance leaves the channels to the end of its load (`import`).
+                    stockflow_shared::ledger::is_opening_balance(&fact.meta),
+                    replayed,
+                ),
             ]),
         };
         let reply = self.batches.run(item).await.map_err(HandleError::redis)?;
@@ -395,7 +414,11 @@ impl Handler for StockHandler {
         let fact = fact::parse(delivery.subject(), delivery.payload())?;
         let event_type = fact.op.name();
         let dedup_key = self.dedup_key(&fact);
-        let outcome = match self.apply_keyed(&fact, &dedup_key).await? {
+        let replayed = delivery.message().headers.as_ref().is_some_and(|h| {
+            h.get(stockflow_shared::replay::HEADER_REPLAYED_FROM)
+                .is_some()
+        });
+        let outcome = match self.apply_keyed(&fact, &dedup_key, replayed).await? {
             Applied::New(outcome) => {
                 for change in outcome.channels.iter().filter(|c| c.oversold > 0) {
                     metrics::counter!("stockflow_channel_oversold_total", "channel" => change.channel.clone())
