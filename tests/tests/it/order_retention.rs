@@ -53,9 +53,15 @@ async fn pttl(world: &World, key: &str) -> i64 {
         .expect("pttl")
 }
 
-/// When `order_id`'s record expires, ms since the Unix epoch.
+/// When `order_id`'s record expires, ms since the Unix epoch, as Redis keeps it (`PEXPIRETIME`):
+/// exact, where the test's clock plus a PTTL would be off by however long the round trip took.
 async fn deadline(world: &World, order_id: &str) -> i64 {
-    stockflow_shared::now_ms() + pttl(world, &world.keys.order(order_id)).await
+    let mut conn = world.redis.connection().await;
+    redis::cmd("PEXPIRETIME")
+        .arg(world.keys.order(order_id))
+        .query_async(&mut conn)
+        .await
+        .expect("pexpiretime")
 }
 
 async fn status(world: &World, order_id: &str) -> Option<String> {
