@@ -300,3 +300,48 @@ async fn unknown_enum_values_and_same_location_transfers_are_dead_lettered_in_th
     stock_worker.shutdown().await;
     order_worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fact_whose_script_raises_is_retried_then_dead_lettered_and_its_neighbours_flow() {
+    use redis::AsyncCommands as _;
+    let world = World::start().await;
+    // A key of the wrong type: `apply_stock` raises WRONGTYPE on this SKU on every delivery.
+    let mut conn = world.redis.connection().await;
+    let _: () = conn
+        .set(world.keys.stock("BROKEN"), "not a hash")
+        .await
+        .expect("set");
+    let worker = world.stock_worker();
+    world
+        .publish(&event("broken", "BROKEN", "a", received(1)))
+        .await;
+    for i in 0..5 {
+        world
+            .publish(&event(&format!("fine{i}"), "FINE", "a", received(1)))
+            .await;
+    }
+    world.wait_on_hand("FINE", "a", 5).await;
+    world.wait_stock_idle().await;
+
+    let letters =
+        stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
+    assert_eq!(letters.len(), 1, "only the fact the script raised on");
+    let headers = letters[0].headers.as_ref().expect("headers");
+    let reason = headers
+        .get(HEADER_DEAD_LETTER_REASON)
+        .expect("reason")
+        .as_str();
+    assert!(
+        reason.contains("apply_stock raised") && reason.contains("WRONGTYPE"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        headers
+            .get(HEADER_ORIGINAL_SUBJECT)
+            .expect("subject")
+            .as_str(),
+        subjects::stock_event("BROKEN")
+    );
+    assert_eq!(world.ledger("FINE").await.len(), 5);
+    worker.shutdown().await;
+}

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use stockflow_shared::{
     batch::{by_group, CoalesceSettings, Coalescer},
+    consume::HandleError,
     redis_conn::RedisConnection,
 };
 
@@ -65,6 +66,28 @@ pub(crate) enum BatchError {
     /// The coalescing task stopped (shutdown) or a batch was answered wrongly (a bug).
     #[error(transparent)]
     Coalescer(#[from] stockflow_shared::batch::CoalesceError),
+}
+
+impl BatchError {
+    /// What the consume loop does with it: a script that raised on this item's own keys or
+    /// arguments (a Lua error, a key of the wrong type) will raise again on every redelivery, so
+    /// it is a bug to retry a few times and then dead-letter; anything else (Redis down, out of
+    /// memory, busy, failing over) is transient and retried until Redis recovers.
+    pub(crate) fn into_handle_error(self) -> HandleError {
+        match self {
+            BatchError::Redis(e) if script_raised(&e) => HandleError::Unexpected {
+                reason: format!("apply_stock raised: {e}"),
+            },
+            other => HandleError::redis(other),
+        }
+    }
+}
+
+/// Redis reports an error raised inside a script with `@user_script` in its text; among those,
+/// `ERR` (the script's own error) and `WRONGTYPE` (its data) recur, while `OOM`, `BUSY` and the
+/// like pass.
+fn script_raised(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("ERR" | "WRONGTYPE")) && e.to_string().contains("@user_script")
 }
 
 impl Batches {
@@ -235,5 +258,39 @@ mod tests {
         assert_eq!(hash_tag("sf:{A1}:evt:{x}"), "A1");
         assert_eq!(hash_tag("sf:{}:x"), "sf:{}:x");
         assert_eq!(hash_tag("plain"), "plain");
+    }
+
+    #[test]
+    fn a_script_that_raised_is_a_bug_and_a_server_in_trouble_is_transient() {
+        // As the server sends them.
+        let error = |code: &str, detail: &str| match redis::parse_redis_value(
+            format!("-{code} {detail}\r\n").as_bytes(),
+        ) {
+            Ok(redis::Value::ServerError(e)) => redis::RedisError::from(e),
+            other => panic!("not a server error: {other:?}"),
+        };
+        let raised = |e: redis::RedisError| {
+            matches!(
+                BatchError::Redis(Arc::new(e)).into_handle_error(),
+                HandleError::Unexpected { .. }
+            )
+        };
+        let at = "script: 0afd, on @user_script:1.";
+        assert!(raised(error(
+            "ERR",
+            &format!("user_script:1: attempt to index a nil value {at}")
+        )));
+        assert!(raised(error(
+            "WRONGTYPE",
+            &format!("Operation against a key holding the wrong kind of value {at}")
+        )));
+        assert!(!raised(error(
+            "OOM",
+            &format!("command not allowed when used memory > 'maxmemory'. {at}")
+        )));
+        assert!(!raised(error("BUSY", "Redis is busy running a script.")));
+        assert!(!raised(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
     }
 }

@@ -304,7 +304,11 @@ impl StockHandler {
                 ),
             ]),
         };
-        let reply = self.batches.run(item).await.map_err(HandleError::redis)?;
+        let reply = self
+            .batches
+            .run(item)
+            .await
+            .map_err(batch::BatchError::into_handle_error)?;
         // A reply the script cannot give is a bug: bounded retries, then a dead letter.
         let parse = |text: &str| {
             outcome::Outcome::parse(text).map_err(|e| HandleError::Unexpected {
@@ -380,7 +384,7 @@ impl StockHandler {
             .batches
             .run(batch::Item::Mark(dedup_key.to_owned()))
             .await
-            .map_err(HandleError::redis)?
+            .map_err(batch::BatchError::into_handle_error)?
             .as_slice()
         {
             [marked, _] if marked == "marked" => Ok(()),
