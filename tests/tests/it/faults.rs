@@ -392,43 +392,34 @@ async fn run(scale: Scale) {
         kills(Group::Notify) >= 1 && !streams.alert_ids.is_empty(),
         "the notify worker was killed while it had alerts to deliver"
     );
-    // Fault isolation: the stock workers neither wait for the notify worker nor slow down
-    // without it.
+    // Fault isolation: the stock workers do not wait for the notify worker. With inputs waiting
+    // when it went down, they acknowledged them and caught up before it came back. Their rate
+    // with and without it is reported above (`isolation`), not asserted: on two shared cores a
+    // rate over a second or two measures the machine's load as much as the workers.
     let notify: Vec<&Outage> = tally.outages_of(Group::Notify).collect();
     assert_eq!(notify.len(), 1, "one outage of the notify worker");
     for outage in notify {
         assert!(
             outage.stock_caught_up,
-            "the stock workers caught up while notify-worker was down"
+            "the stock workers caught up while notify-worker was down: {}",
+            describe_outage(outage)
         );
-        let before = outage.stock_rate_before.expect("a rate before the outage");
-        // A rate needs work to measure: on a starved machine the harness can reach the outage
-        // after the stock workers finished the phase (the strike waits for a minimum progress).
-        if !outage.stock_backlog_at_start {
-            writeln!(
-                std::io::stderr(),
-                "faults: no stock rate measured during the notify outage, the stock workers had \
-                 finished the phase when it began: {}",
-                describe_outage(outage)
-            )
-            .ok();
-            continue;
-        }
         assert!(
-            outage.stock_rate_during >= before / 2.0,
-            "stock processing slowed down while notify-worker was down: {}",
+            !outage.stock_backlog_at_start || outage.stock_acked_during > 0,
+            "the stock workers acknowledged nothing while notify-worker was down: {}",
             describe_outage(outage)
         );
     }
     std::fs::remove_dir_all(&logs).ok();
 }
 
-/// `<group> down <s>: <rate>/s (before <rate>/s), caught up`.
+/// `<group> down <s>: <n> acked at <rate>/s (before <rate>/s), caught up`.
 fn describe_outage(outage: &Outage) -> String {
     format!(
-        "{} down {:.1?}: {:.0}/s (before {}){}",
+        "{} down {:.1?}: {} acked at {:.0}/s (before {}){}",
         outage.group.name(),
         outage.lasted,
+        outage.stock_acked_during,
         outage.stock_rate_during,
         outage
             .stock_rate_before

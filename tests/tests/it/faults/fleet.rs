@@ -101,7 +101,10 @@ pub(crate) struct Outage {
     pub(crate) lasted: Duration,
     /// Stock inputs acknowledged per second from the last [`Fault::Mark`] to the outage.
     pub(crate) stock_rate_before: Option<f64>,
-    /// Stock inputs acknowledged per second while the group was down.
+    /// Stock inputs acknowledged while the group was down, until they first caught up.
+    pub(crate) stock_acked_during: u64,
+    /// Stock inputs acknowledged per second while the group was down, until they first caught
+    /// up (after that they wait for new inputs, which says nothing of their speed).
     pub(crate) stock_rate_during: f64,
     /// Whether the stock workers had acknowledged every stock input published so far when the
     /// group came back up.
@@ -312,23 +315,38 @@ impl Fleet {
                     let stock_rate_before = mark.map(|(since, acked): (Instant, u64)| {
                         now.acked.saturating_sub(acked) as f64 / since.elapsed().as_secs_f64()
                     });
+                    let since = Instant::now();
                     down_since.insert(
                         group,
-                        (Instant::now(), now.acked, stock_rate_before, !now.caught_up),
+                        (
+                            since,
+                            now.acked,
+                            stock_rate_before,
+                            !now.caught_up,
+                            tokio::spawn(first_caught_up(js.clone(), since)),
+                        ),
                     );
                 }
                 Fault::Up(group) => {
-                    if let Some((since, acked, stock_rate_before, backlog)) =
+                    if let Some((since, acked, stock_rate_before, backlog, watch)) =
                         down_since.remove(&group)
                     {
                         let now = stock().await;
                         let lasted = since.elapsed();
+                        watch.abort();
+                        // Once caught up the stock workers wait for new inputs, not for the
+                        // group: the rate counts only the time they had work.
+                        let (busy, busy_acked) = match watch.await {
+                            Ok((at, acked_then)) => (at, acked_then),
+                            Err(_) => (lasted, now.acked),
+                        };
                         tally.outages.push(Outage {
                             group,
                             lasted,
                             stock_rate_before,
-                            stock_rate_during: now.acked.saturating_sub(acked) as f64
-                                / lasted.as_secs_f64(),
+                            stock_acked_during: busy_acked.saturating_sub(acked),
+                            stock_rate_during: busy_acked.saturating_sub(acked) as f64
+                                / busy.as_secs_f64().max(1e-3),
                             stock_caught_up: now.caught_up,
                             stock_backlog_at_start: backlog,
                         });
@@ -365,6 +383,20 @@ async fn stock_progress(js: &jetstream::Context) -> Option<StockProgress> {
         acked,
         caught_up: info.num_pending == 0 && info.num_ack_pending == 0,
     })
+}
+
+/// How long after `since` the stock workers first had nothing left to do, and how far they had
+/// acknowledged then; polled until the task is aborted.
+async fn first_caught_up(js: jetstream::Context, since: Instant) -> (Duration, u64) {
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        if let Some(progress) = stock_progress(&js).await {
+            if progress.caught_up {
+                return (since.elapsed(), progress.acked);
+            }
+        }
+    }
 }
 
 /// The consumer's ack floor (every message up to it is acknowledged).
