@@ -206,6 +206,33 @@ pub fn stock_event(event: &StockEvent) -> Decoded {
             };
             ("unsellable_moved", what)
         }
+        Some(Change::KitDefined(c)) => {
+            let components: Vec<Value> = c
+                .components
+                .iter()
+                .map(|c| json!({"sku": c.sku, "quantity": c.quantity}))
+                .collect();
+            out.insert("components".into(), components.into());
+            let what = if c.components.is_empty() {
+                "no longer a kit".to_owned()
+            } else {
+                let parts: Vec<String> = c
+                    .components
+                    .iter()
+                    .map(|c| format!("{} × {}", c.quantity, c.sku))
+                    .collect();
+                format!("kit of {}", parts.join(" + "))
+            };
+            ("kit_defined", what)
+        }
+        Some(Change::KitBuildable(c)) => {
+            out.insert("buildable".into(), c.buildable.into());
+            out.insert("stamp".into(), c.stamp.into());
+            (
+                "kit_buildable",
+                format!("{} kits buildable (computation {})", c.buildable, c.stamp),
+            )
+        }
         Some(Change::Sold(c)) => {
             out.insert("quantity".into(), c.quantity.into());
             ("sold", format!("sold {}", c.quantity))

@@ -76,7 +76,7 @@ pub async fn rebuild(
     crate::outln!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
          {} order lines, {} holds scheduled, {} dedup records, {} channel quantities, {} channel \
-         overrides, {} known locations",
+         overrides, {} known locations, {} kits",
         report.entries,
         report.bytes_per_entry,
         report.locations,
@@ -87,7 +87,8 @@ pub async fn rebuild(
         report.dedup_records,
         report.channel_quantities,
         report.channel_overrides,
-        report.known_locations
+        report.known_locations,
+        report.kits
     );
     Ok(())
 }
