@@ -1,0 +1,295 @@
+//! Kits (bundles): a kit's levels follow its components, in every location and channel; a
+//! sale, return or order of a kit takes or gives its components, all or nothing; rebuild
+//! restores the definitions.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use stockflow_proto::{
+    subjects,
+    v1::{
+        order_result::Result as Decision, AlertKind, AvailabilityRules, ChannelAvailabilityChanged,
+    },
+};
+
+use stockflow_tests::{eventually, DEADLINE};
+
+use crate::world::*;
+
+/// The gift box of these tests: a mug, a box and two cards.
+const GIFT: &[(&str, i64)] = &[("MUG", 1), ("BOX", 1), ("CARD", 2)];
+
+/// Waits until the kit `sku` has `on_hand` kits at `location`.
+async fn wait_kits(world: &World, sku: &str, location: &str, on_hand: i64) {
+    world.wait_on_hand(sku, location, on_hand).await;
+}
+
+/// The dead letters' reasons.
+async fn dead_letter_reasons(world: &World) -> Vec<String> {
+    stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>")
+        .await
+        .iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_kit_follows_its_components_everywhere_and_a_component_sold_elsewhere_lowers_every_kit() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    for (i, (sku, location, quantity)) in [
+        ("MUG", "wh", 10),
+        ("BOX", "wh", 4),
+        ("CARD", "wh", 9),
+        ("MUG", "store", 5),
+        ("BOX", "store", 5),
+        ("CARD", "store", 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        world
+            .publish(&event(&format!("r{i}"), sku, location, received(*quantity)))
+            .await;
+    }
+    // A channel may name only locations that have stock recorded.
+    world.wait_stock_idle().await;
+    world
+        .publish_channel(&channel_set(
+            "web-1",
+            channel("web", &["wh"], AvailabilityRules::default()),
+        ))
+        .await;
+    // The channel is known before the kits are defined.
+    world.wait_availability("web", "MUG", 10).await;
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    world
+        .publish(&event("k2", "TRAY", "", kit(&[("BOX", 2)])))
+        .await;
+    // min(10 / 1, 4 / 1, 9 / 2) at wh; at the store one card makes no kit.
+    wait_kits(&world, "GIFTBOX", "wh", 4).await;
+    wait_kits(&world, "TRAY", "wh", 2).await;
+    wait_kits(&world, "TRAY", "store", 2).await;
+    assert_eq!(world.on_hand_reserved("GIFTBOX", "store").await, (0, 0));
+    world.wait_availability("web", "GIFTBOX", 4).await;
+
+    // Boxes sold on their own lower both kits that use them, and the channel with them.
+    world.publish(&event("s1", "BOX", "wh", sold(4))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 0).await;
+    wait_kits(&world, "TRAY", "wh", 0).await;
+    world.wait_availability("web", "GIFTBOX", 0).await;
+    world.publish(&event("r9", "BOX", "wh", received(3))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 3).await;
+    world.wait_availability("web", "GIFTBOX", 3).await;
+    let alerts: Vec<(i32, String)> = world
+        .alerts("GIFTBOX")
+        .await
+        .into_iter()
+        .map(|a| (a.kind, a.location))
+        .collect();
+    for kind in [AlertKind::OutOfStock, AlertKind::BackInStock] {
+        assert!(
+            alerts.contains(&(kind.into(), "wh".to_owned())),
+            "{kind:?} at wh in {alerts:?}"
+        );
+    }
+    let ledger = world.ledger("GIFTBOX").await;
+    let defined = ledger
+        .iter()
+        .find(|e| e.kind == "kit_defined")
+        .expect("a kit_defined entry");
+    assert_eq!(
+        defined.kit.as_ref().map(|k| k.components.len()),
+        Some(3),
+        "the definition rides on its entry: {defined:?}"
+    );
+    assert!(ledger.iter().any(|e| e.kind == "kit_buildable"));
+
+    // Facts that move a kit's own stock are refused: it has none.
+    world
+        .publish(&event("bad1", "GIFTBOX", "wh", received(5)))
+        .await;
+    // A component may not be a kit, nor a kit a component.
+    world
+        .publish(&event("bad2", "HAMPER", "", kit(&[("GIFTBOX", 1)])))
+        .await;
+    world
+        .publish(&event("bad3", "BOX", "", kit(&[("MUG", 1)])))
+        .await;
+    let reasons = eventually("three dead letters", DEADLINE, || async {
+        let reasons = dead_letter_reasons(&world).await;
+        (reasons.len() >= 3).then_some(reasons)
+    })
+    .await;
+    for reason in ["no stock of its own", "itself a kit", "component of kit"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(reason)),
+            "{reason}: {reasons:?}"
+        );
+    }
+
+    // The delay from a component's change to the kit's channel quantity, measured.
+    world
+        .publish(&event("r10", "MUG", "wh", received(1000)))
+        .await;
+    world
+        .publish(&event("r11", "CARD", "wh", received(2000)))
+        .await;
+    let client = world.js.client();
+    let mut feed = client
+        .subscribe(subjects::availability("web", "GIFTBOX"))
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let mut delays = Vec::new();
+    for i in 0..60 {
+        let expected = 4 + i as i64;
+        let started = Instant::now();
+        world
+            .publish(&event(&format!("m{i}"), "BOX", "wh", received(1)))
+            .await;
+        loop {
+            let message = tokio::time::timeout(DEADLINE, feed.next())
+                .await
+                .expect("the kit's channel quantity follows")
+                .expect("subscription open");
+            let change = ChannelAvailabilityChanged::decode(message.payload).expect("decodes");
+            if change.available_to_sell == expected {
+                break;
+            }
+        }
+        delays.push(started.elapsed());
+    }
+    delays.sort();
+    let percentile = |p: usize| delays[(delays.len() * p / 100).min(delays.len() - 1)];
+    println!(
+        "kits: component change -> kit channel quantity over {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        percentile(50),
+        percentile(99),
+        delays[delays.len() - 1]
+    );
+    assert!(percentile(50) < Duration::from_secs(5), "{delays:?}");
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kit_sold_or_returned_moves_its_components_once() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    for (i, (sku, quantity)) in [("MUG", 10), ("BOX", 10), ("CARD", 20)].iter().enumerate() {
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(*quantity)))
+            .await;
+    }
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 10).await;
+    let sale = event("pos-1", "GIFTBOX", "wh", sold(3));
+    world.publish(&sale).await;
+    // The same sale again, with a new Nats-Msg-Id: absorbed by each component.
+    world.publish(&sale).await;
+    wait_kits(&world, "GIFTBOX", "wh", 7).await;
+    world
+        .publish(&event("ret-1", "GIFTBOX", "wh", returned(1)))
+        .await;
+    wait_kits(&world, "GIFTBOX", "wh", 8).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved("MUG", "wh").await, (8, 0));
+    assert_eq!(world.on_hand_reserved("BOX", "wh").await, (8, 0));
+    assert_eq!(world.on_hand_reserved("CARD", "wh").await, (16, 0));
+    let cards = world.ledger("CARD").await;
+    let sold: Vec<_> = cards.iter().filter(|e| e.kind == "sold").collect();
+    assert_eq!(sold.len(), 1, "one sale of the kit, once: {sold:?}");
+    // Components sorted by SKU: BOX, CARD, MUG.
+    assert_eq!(sold[0].cause_event_id, "pos-1/k2");
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kit_order_reserves_every_component_or_none() {
+    let world = World::start().await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    for (i, (sku, quantity)) in [("MUG", 5), ("BOX", 5), ("CARD", 3)].iter().enumerate() {
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(*quantity)))
+            .await;
+    }
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 1).await;
+    // Two gift boxes need four cards: three are there. Nothing is reserved.
+    world
+        .publish_order(&order("p1", "o-1", placed(&[("1", "GIFTBOX", 2, "")], 0)))
+        .await;
+    // One fits, next to a plain line.
+    world
+        .publish_order(&order(
+            "p2",
+            "o-2",
+            placed(&[("1", "GIFTBOX", 1, ""), ("2", "MUG", 1, "")], 0),
+        ))
+        .await;
+    world.wait_orders_idle().await;
+    let results = world.order_results().await;
+    let decision = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.order_id == id)
+            .and_then(|r| r.result.clone())
+            .expect("a decision")
+    };
+    match decision("o-1") {
+        Decision::Rejected(r) => {
+            assert_eq!(r.short_lines.len(), 1, "{r:?}");
+            assert_eq!(
+                (
+                    r.short_lines[0].line_id.as_str(),
+                    r.short_lines[0].sku.as_str()
+                ),
+                ("1/2", "CARD")
+            );
+        }
+        other => panic!("o-1 rejected expected: {other:?}"),
+    }
+    match decision("o-2") {
+        Decision::Confirmed(c) => {
+            let mut parts: Vec<_> = c
+                .lines
+                .iter()
+                .map(|a| {
+                    (
+                        a.line_id.as_str(),
+                        a.sku.as_str(),
+                        a.quantity,
+                        a.kit_sku.as_str(),
+                        a.kit_line_id.as_str(),
+                    )
+                })
+                .collect();
+            parts.sort();
+            assert_eq!(
+                parts,
+                [
+                    ("1/1", "BOX", 1, "GIFTBOX", "1"),
+                    ("1/2", "CARD", 2, "GIFTBOX", "1"),
+                    ("1/3", "MUG", 1, "GIFTBOX", "1"),
+                    ("2", "MUG", 1, "", ""),
+                ]
+            );
+        }
+        other => panic!("o-2 confirmed expected: {other:?}"),
+    }
+    assert_eq!(world.on_hand_reserved("MUG", "wh").await, (5, 2));
+    assert_eq!(world.on_hand_reserved("BOX", "wh").await, (5, 1));
+    assert_eq!(world.on_hand_reserved("CARD", "wh").await, (3, 2));
+    // The reservation took the last cards' pair: no gift box is left to sell.
+    wait_kits(&world, "GIFTBOX", "wh", 0).await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
