@@ -36,6 +36,20 @@ use stockflow_shared::{
     redis_conn::RedisConnection,
 };
 
+/// The next stamp of a kit's computations (KEYS[1] its counter, in the kit's slot): above the
+/// last one, and at least the server clock in µs — so the stamps, and the event ids built from
+/// them, keep growing across a Redis that lost its data and was rebuilt (`stockctl rebuild`
+/// restores no counter, and JetStream still remembers the recent ids). Exact in Lua's doubles
+/// until the year 2255.
+const NEXT_STAMP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if now > next then next = now end
+redis.call('SET', KEYS[1], string.format('%d', next))
+return next
+";
+
 /// A kit's components: (component SKU, units per kit), sorted by SKU.
 pub type Components = Vec<(String, i64)>;
 
@@ -243,9 +257,9 @@ impl KitFollower {
     async fn recompute(&self, kit: &str, locations: Option<&[&str]>) -> Result<(), HandleError> {
         let mut conn = self.redis.clone();
         // The stamp is taken before the components are read: a higher stamp read them later.
-        let stamp: u64 = redis::cmd("INCR")
-            .arg(self.keys.kit_stamp(kit))
-            .query_async(&mut conn)
+        let stamp: u64 = redis::Script::new(NEXT_STAMP)
+            .key(self.keys.kit_stamp(kit))
+            .invoke_async(&mut conn)
             .await
             .map_err(HandleError::redis)?;
         let Some(components) = read_kit(&self.redis, &self.keys, kit).await? else {
