@@ -293,3 +293,189 @@ async fn a_kit_order_reserves_every_component_or_none() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+/// Components for `kits` gift boxes at wh, and the kit defined; waits until it follows.
+async fn stock_gift_boxes(world: &World, kits: i64) {
+    for (i, (sku, per_kit)) in GIFT.iter().enumerate() {
+        world
+            .publish(&event(
+                &format!("r{i}"),
+                sku,
+                "wh",
+                received(kits * per_kit),
+            ))
+            .await;
+    }
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    wait_kits(world, "GIFTBOX", "wh", kits).await;
+}
+
+/// Confirmed decisions of `results`.
+fn confirmed(results: &[stockflow_proto::v1::OrderResult]) -> usize {
+    results
+        .iter()
+        .filter(|r| matches!(r.result, Some(Decision::Confirmed(_))))
+        .count()
+}
+
+#[tokio::test]
+async fn a_flash_sale_of_a_kit_never_oversells_a_component() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    // Cards are the scarce component: 60 make 30 gift boxes; mugs and boxes are plenty.
+    for (i, (sku, quantity)) in [("MUG", 1000), ("BOX", 1000), ("CARD", 60)]
+        .iter()
+        .enumerate()
+    {
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(*quantity)))
+            .await;
+    }
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 30).await;
+    // Cards also sell on their own: the kits may only have what is left of them.
+    let workers = [world.order_worker(), world.order_worker()];
+    let orders: Vec<_> = (0..400)
+        .map(|i| {
+            let lines: &[(&str, &str, i64, &str)] = if i % 10 == 0 {
+                &[("1", "CARD", 1, "")]
+            } else {
+                &[("1", "GIFTBOX", 1, "")]
+            };
+            order(&format!("p{i}"), &format!("o{i}"), placed(lines, 0))
+        })
+        .collect();
+    futures::future::join_all(orders.iter().map(|o| world.publish_order(o))).await;
+    world.wait_orders_idle().await;
+    let results = world.order_results().await;
+    assert_eq!(results.len(), 400, "one decision per order");
+    let cards_alone = results
+        .iter()
+        .filter(|r| {
+            matches!(&r.result, Some(Decision::Confirmed(c)) if c.lines.iter().all(|a| a.kit_sku.is_empty()))
+        })
+        .count() as i64;
+    let kits = confirmed(&results) as i64 - cards_alone;
+    // Every card went, to a gift box or alone, and not one more.
+    assert_eq!(
+        2 * kits + cards_alone,
+        60,
+        "kits {kits}, cards alone {cards_alone}"
+    );
+    assert_eq!(world.on_hand_reserved("CARD", "wh").await, (60, 60));
+    assert_eq!(world.on_hand_reserved("MUG", "wh").await, (1000, kits));
+    assert_eq!(world.on_hand_reserved("BOX", "wh").await, (1000, kits));
+    for sku in ["MUG", "BOX", "CARD"] {
+        assert!(
+            world
+                .ledger(sku)
+                .await
+                .iter()
+                .all(|e| e.after.expect("after").available >= 0),
+            "a reservation made {sku}'s available negative"
+        );
+    }
+    wait_kits(&world, "GIFTBOX", "wh", 0).await;
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn order_workers_killed_in_the_middle_of_kit_reservations_reserve_each_component_once() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    stock_gift_boxes(&world, 150).await;
+    let n = 400;
+    let orders: Vec<_> = (0..n)
+        .map(|i| {
+            order(
+                &format!("p{i}"),
+                &format!("m{i}"),
+                placed(&[("1", "GIFTBOX", 1, ""), ("2", "MUG", 1, "")], 0),
+            )
+        })
+        .collect();
+    futures::future::join_all(orders.iter().map(|o| world.publish_order(o))).await;
+    for target in [40, 120] {
+        let mut child = world.order_worker_process();
+        stockflow_tests::wait_for_count(&world.js, "ORDER_RESULTS", "orders.results.>", target)
+            .await;
+        child.kill();
+    }
+    let _last = world.order_worker_process();
+    world.wait_orders_idle().await;
+    let results = world.order_results().await;
+    let mut decided: Vec<&str> = results.iter().map(|r| r.order_id.as_str()).collect();
+    decided.sort();
+    decided.dedup();
+    assert_eq!(decided.len(), n, "one decision per order");
+    let kits = confirmed(&results) as i64;
+    // Each confirmed order holds one gift box (a mug, a box, two cards) and one more mug.
+    assert!(kits > 0 && kits <= 75, "{kits}");
+    assert_eq!(world.on_hand_reserved("MUG", "wh").await.1, 2 * kits);
+    assert_eq!(world.on_hand_reserved("BOX", "wh").await.1, kits);
+    assert_eq!(world.on_hand_reserved("CARD", "wh").await.1, 2 * kits);
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn kit_definitions_are_rebuilt_from_the_ledger_and_a_stale_computation_changes_nothing() {
+    use stockflow_ops::rebuild;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    stock_gift_boxes(&world, 5).await;
+    world
+        .publish(&event("k2", "TRAY", "", kit(&[("BOX", 1)])))
+        .await;
+    wait_kits(&world, "TRAY", "wh", 5).await;
+    // The same definition again, and its removal: a removed kit has no levels.
+    world
+        .publish(&event("k2", "TRAY", "", kit(&[("BOX", 1)])))
+        .await;
+    world.publish(&event("k3", "TRAY", "", kit(&[]))).await;
+    wait_kits(&world, "TRAY", "wh", 0).await;
+    // A computation older than the last one applied changes nothing.
+    world
+        .publish(&event(
+            "stale-1",
+            "GIFTBOX",
+            "wh",
+            stockflow_proto::v1::stock_event::Change::KitBuildable(
+                stockflow_proto::v1::KitBuildable {
+                    buildable: 99,
+                    stamp: 1,
+                },
+            ),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved("GIFTBOX", "wh").await, (5, 0));
+    stock.shutdown().await;
+
+    let mut conn = world.redis_connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let report = rebuild::rebuild(
+        &world.js,
+        &mut conn,
+        &world.keys,
+        rebuild::Retention {
+            dedup_ttl: Duration::from_secs(86_400),
+            orders: Duration::from_secs(7 * 86_400),
+        },
+    )
+    .await
+    .expect("rebuild");
+    assert_eq!(report.kits, 1, "{report:?}");
+    assert_eq!(world.on_hand_reserved("GIFTBOX", "wh").await, (5, 0));
+    // The rebuilt definition and index carry on: a component sold lowers the kit.
+    let stock = world.stock_worker();
+    world.publish(&event("s1", "CARD", "wh", sold(3))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 3).await;
+    assert_eq!(world.on_hand_reserved("TRAY", "wh").await, (0, 0));
+    stock.shutdown().await;
+}
