@@ -530,7 +530,14 @@ pub fn order_result(result: &OrderResult) -> Decoded {
                 .map(|a| format!("{}: {} x{}@{}", a.line_id, a.sku, a.quantity, a.location))
                 .collect();
             let detail = json!({
-                "lines": c.lines.iter().map(|a| json!({"line_id": a.line_id, "sku": a.sku, "location": a.location, "quantity": a.quantity})).collect::<Vec<_>>(),
+                "lines": c.lines.iter().map(|a| {
+                    let mut line = json!({"line_id": a.line_id, "sku": a.sku, "location": a.location, "quantity": a.quantity});
+                    if !a.kit_sku.is_empty() {
+                        line["kit_sku"] = a.kit_sku.clone().into();
+                        line["kit_line_id"] = a.kit_line_id.clone().into();
+                    }
+                    line
+                }).collect::<Vec<_>>(),
                 "expires_at_ms": c.expires_at_ms,
             });
             (

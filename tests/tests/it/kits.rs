@@ -479,3 +479,55 @@ async fn kit_definitions_are_rebuilt_from_the_ledger_and_a_stale_computation_cha
     assert_eq!(world.on_hand_reserved("TRAY", "wh").await, (0, 0));
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn stockctl_sets_shows_and_removes_a_kit_and_refuses_a_bad_one() {
+    use crate::cli::stockctl;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    for (i, (sku, quantity)) in [("MUG", 4), ("BOX", 4), ("CARD", 4)].iter().enumerate() {
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(*quantity)))
+            .await;
+    }
+    let set = stockctl(
+        &world,
+        &[
+            "kits",
+            "set",
+            "GIFTBOX",
+            "MUG=1",
+            "BOX=1",
+            "CARD=2",
+            "--event-id",
+            "kit-1",
+        ],
+    )
+    .await;
+    assert_eq!(set.code, 0, "{}\n{}", set.stdout, set.stderr);
+    wait_kits(&world, "GIFTBOX", "wh", 2).await;
+    let shown = stockctl(&world, &["kits", "show", "GIFTBOX"]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(
+        shown
+            .stdout
+            .contains("GIFTBOX is a kit of 1 × BOX + 2 × CARD + 1 × MUG"),
+        "{}",
+        shown.stdout
+    );
+    let levels = stockctl(&world, &["stock", "GIFTBOX", "-o", "json"]).await;
+    assert!(levels.stdout.contains(r#""kit":"#), "{}", levels.stdout);
+    // Judged before it is published: nothing reaches the stream.
+    let bad = stockctl(&world, &["kits", "set", "GIFTBOX", "GIFTBOX=1"]).await;
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr.contains("cannot be a component of itself"),
+        "{}",
+        bad.stderr
+    );
+    let removed = stockctl(&world, &["kits", "remove", "GIFTBOX"]).await;
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    wait_kits(&world, "GIFTBOX", "wh", 0).await;
+    assert_ne!(stockctl(&world, &["kits", "show", "GIFTBOX"]).await.code, 0);
+    stock.shutdown().await;
+}
