@@ -531,3 +531,22 @@ async fn stockctl_sets_shows_and_removes_a_kit_and_refuses_a_bad_one() {
     assert_ne!(stockctl(&world, &["kits", "show", "GIFTBOX"]).await.code, 0);
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_kit_follows_its_components_on_a_partitioned_stock_input() {
+    let world = World::start_partitioned(3).await;
+    let stock = world.stock_worker();
+    for (i, (sku, quantity)) in [("MUG", 6), ("BOX", 9), ("CARD", 8)].iter().enumerate() {
+        world
+            .publish(&event(&format!("r{i}"), sku, "wh", received(*quantity)))
+            .await;
+    }
+    world.publish(&event("k1", "GIFTBOX", "", kit(GIFT))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 4).await;
+    world.publish(&event("s1", "MUG", "wh", sold(3))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 3).await;
+    world.publish(&event("pos-1", "GIFTBOX", "wh", sold(2))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 1).await;
+    assert_eq!(world.on_hand_reserved("CARD", "wh").await, (4, 0));
+    stock.shutdown().await;
+}
