@@ -545,7 +545,9 @@ async fn a_kit_follows_its_components_on_a_partitioned_stock_input() {
     wait_kits(&world, "GIFTBOX", "wh", 4).await;
     world.publish(&event("s1", "MUG", "wh", sold(3))).await;
     wait_kits(&world, "GIFTBOX", "wh", 3).await;
-    world.publish(&event("pos-1", "GIFTBOX", "wh", sold(2))).await;
+    world
+        .publish(&event("pos-1", "GIFTBOX", "wh", sold(2)))
+        .await;
     wait_kits(&world, "GIFTBOX", "wh", 1).await;
     assert_eq!(world.on_hand_reserved("CARD", "wh").await, (4, 0));
     stock.shutdown().await;

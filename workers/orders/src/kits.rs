@@ -35,25 +35,31 @@ impl OrderHandler {
         order_id: &str,
         lines: &[Line],
     ) -> Result<(Vec<Line>, KitLines), HandleError> {
-        let mut redis = self.redis.clone();
-        let recorded: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.order(order_id))
-            .arg("lines")
-            .query_async(&mut redis)
+        // The order's record and every line's definition, read concurrently: one round trip
+        // on the multiplexed connection (on Redis Cluster, each to its own node).
+        let record = async {
+            let mut redis = self.redis.clone();
+            redis::cmd("HGET")
+                .arg(self.keys.order(order_id))
+                .arg("lines")
+                .query_async::<Option<String>>(&mut redis)
+                .await
+        };
+        let definitions = futures::future::try_join_all(lines.iter().map(|line| {
+            let mut redis = self.redis.clone();
+            let key = self.keys.policy(&line.sku);
+            async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg("kit")
+                    .query_async::<Option<String>>(&mut redis)
+                    .await
+            }
+        }));
+        let (recorded, definitions) = futures::future::try_join(record, definitions)
             .await
             .map_err(HandleError::redis)?;
         let recorded = recorded.map(|text| decode_lines(&text)).unwrap_or_default();
-        let mut definitions = Vec::with_capacity(lines.len());
-        for line in lines {
-            // One round trip per line, in the kit's slot (cluster: its own node).
-            let kit: Option<String> = redis::cmd("HGET")
-                .arg(self.keys.policy(&line.sku))
-                .arg("kit")
-                .query_async(&mut redis)
-                .await
-                .map_err(HandleError::redis)?;
-            definitions.push(kit);
-        }
         let refuse = |reason: String| {
             HandleError::malformed("order_placed", Category::InvalidLines.as_str(), reason)
         };

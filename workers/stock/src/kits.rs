@@ -327,13 +327,14 @@ impl KitFollower {
 
 impl Handler for KitFollower {
     fn event_types(&self) -> &'static [&'static str] {
-        &["stock_changed", "other"]
+        &["kit_defined", "component_changed", "not_a_component"]
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, HandleError> {
+        // Most entries are of SKUs no kit uses: read, nothing to do.
         let skipped = Ok(Handled {
-            event_type: "other",
-            outcome: Outcome::Duplicate,
+            event_type: "not_a_component",
+            outcome: Outcome::Applied,
         });
         // Rejections (`stock.outcomes.*`) change no level.
         if subjects::stock_changed_token(delivery.subject()).is_none() {
@@ -359,6 +360,10 @@ impl Handler for KitFollower {
                         .map_err(HandleError::redis)?;
                 }
                 self.recompute(&entry.sku, None).await?;
+                return Ok(Handled {
+                    event_type: "kit_defined",
+                    outcome: Outcome::Applied,
+                });
             }
             // A kit's own entries; entries with no location change no level anywhere.
             "kit_buildable" | "channel_rules" => return skipped,
@@ -375,7 +380,7 @@ impl Handler for KitFollower {
             }
         }
         Ok(Handled {
-            event_type: "stock_changed",
+            event_type: "component_changed",
             outcome: Outcome::Applied,
         })
     }
