@@ -552,3 +552,56 @@ async fn a_kit_follows_its_components_on_a_partitioned_stock_input() {
     assert_eq!(world.on_hand_reserved("CARD", "wh").await, (4, 0));
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn reconcile_finds_a_lost_kit_definition_and_its_fix_restores_it() {
+    use stockflow_ops::reconcile;
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    stock_gift_boxes(&world, 5).await;
+    world.wait_stock_idle().await;
+    let mut conn = world.redis_connection().await;
+    assert_eq!(
+        reconcile::drift(&world.js, &mut conn, &world.keys)
+            .await
+            .expect("drift"),
+        vec![],
+        "nothing drifted yet"
+    );
+    // Redis loses the definition (a failover that lost the write, say).
+    let _: i64 = redis::cmd("HDEL")
+        .arg(world.keys.policy("GIFTBOX"))
+        .arg("kit")
+        .query_async(&mut conn)
+        .await
+        .expect("hdel");
+    let drift = reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift");
+    assert_eq!(
+        drift
+            .iter()
+            .map(|d| (d.sku.as_str(), d.field, d.ledger, d.redis, d.kit.as_str()))
+            .collect::<Vec<_>>(),
+        [("GIFTBOX", "kit", 3, 0, "BOX=1 CARD=2 MUG=1")]
+    );
+    assert_eq!(
+        reconcile::publish_corrections(&world.js, &drift)
+            .await
+            .expect("fix"),
+        1
+    );
+    eventually("the definition restored", DEADLINE, || async {
+        let mut conn = world.redis_connection().await;
+        reconcile::drift(&world.js, &mut conn, &world.keys)
+            .await
+            .expect("drift")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    // The kit follows again.
+    world.publish(&event("s1", "MUG", "wh", sold(1))).await;
+    wait_kits(&world, "GIFTBOX", "wh", 4).await;
+    stock.shutdown().await;
+}
