@@ -621,9 +621,18 @@ pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> cons
         } else {
             20_000
         };
+    // The kit follower starts at the ledger's end when it is first declared: the entries before
+    // it (possibly years of them) name no kit, since kits came with it; every later
+    // `kit_defined` entry recomputes its kit from the levels of then.
+    let deliver_policy = if spec.durable == KIT_FOLLOWER.durable {
+        consumer::DeliverPolicy::New
+    } else {
+        consumer::DeliverPolicy::All
+    };
     consumer::pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         description: Some(format!("stockflow {}", spec.durable)),
+        deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         // Transient failures are retried until they succeed: never dropped after N attempts.
