@@ -206,6 +206,33 @@ pub fn stock_event(event: &StockEvent) -> Decoded {
             };
             ("unsellable_moved", what)
         }
+        Some(Change::KitDefined(c)) => {
+            let components: Vec<Value> = c
+                .components
+                .iter()
+                .map(|c| json!({"sku": c.sku, "quantity": c.quantity}))
+                .collect();
+            out.insert("components".into(), components.into());
+            let what = if c.components.is_empty() {
+                "no longer a kit".to_owned()
+            } else {
+                let parts: Vec<String> = c
+                    .components
+                    .iter()
+                    .map(|c| format!("{} × {}", c.quantity, c.sku))
+                    .collect();
+                format!("kit of {}", parts.join(" + "))
+            };
+            ("kit_defined", what)
+        }
+        Some(Change::KitBuildable(c)) => {
+            out.insert("buildable".into(), c.buildable.into());
+            out.insert("stamp".into(), c.stamp.into());
+            (
+                "kit_buildable",
+                format!("{} kits buildable (computation {})", c.buildable, c.stamp),
+            )
+        }
         Some(Change::Sold(c)) => {
             out.insert("quantity".into(), c.quantity.into());
             ("sold", format!("sold {}", c.quantity))
@@ -503,7 +530,14 @@ pub fn order_result(result: &OrderResult) -> Decoded {
                 .map(|a| format!("{}: {} x{}@{}", a.line_id, a.sku, a.quantity, a.location))
                 .collect();
             let detail = json!({
-                "lines": c.lines.iter().map(|a| json!({"line_id": a.line_id, "sku": a.sku, "location": a.location, "quantity": a.quantity})).collect::<Vec<_>>(),
+                "lines": c.lines.iter().map(|a| {
+                    let mut line = json!({"line_id": a.line_id, "sku": a.sku, "location": a.location, "quantity": a.quantity});
+                    if !a.kit_sku.is_empty() {
+                        line["kit_sku"] = a.kit_sku.clone().into();
+                        line["kit_line_id"] = a.kit_line_id.clone().into();
+                    }
+                    line
+                }).collect::<Vec<_>>(),
                 "expires_at_ms": c.expires_at_ms,
             });
             (

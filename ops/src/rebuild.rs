@@ -163,6 +163,9 @@ pub struct Fold {
     /// Each SKU's override of a channel's rules, by (sku, channel): its last `channel_rules`
     /// entry, left out when that entry set no field (it removed the override).
     pub channel_rules: BTreeMap<(String, String), AvailabilityRules>,
+    /// Each kit's components (sorted by SKU), as its last `kit_defined` entry left them; a kit
+    /// whose last definition had none is not a kit any more and is left out.
+    pub kits: BTreeMap<String, Vec<(String, i64)>>,
     /// The `AVAILABILITY` feed's newest (quantity, version) by (sku, channel); read by
     /// [`Self::everything`] only.
     pub feed: BTreeMap<(String, String), (i64, u64)>,
@@ -198,6 +201,8 @@ pub struct RebuildReport {
     pub bytes_per_entry: u64,
     /// Per-SKU overrides of a channel's rules restored.
     pub channel_overrides: usize,
+    /// Kit definitions restored.
+    pub kits: usize,
     /// Channel quantities (with their versions) restored from the feed.
     pub channel_quantities: usize,
     /// Locations written to the set of known locations.
@@ -429,6 +434,21 @@ impl Fold {
                 }
             }
         }
+        if entry.kind == "kit_defined" {
+            // As in apply_stock.lua: the last definition replaces the one before; none removes it.
+            let mut components: Vec<(String, i64)> = entry
+                .kit
+                .iter()
+                .flat_map(|k| &k.components)
+                .map(|c| (c.sku.clone(), c.quantity))
+                .collect();
+            components.sort();
+            if components.is_empty() {
+                self.kits.remove(&entry.sku);
+            } else {
+                self.kits.insert(entry.sku.clone(), components);
+            }
+        }
         if let Some(policy) = &entry.policy {
             if self
                 .policy_causes
@@ -645,6 +665,12 @@ impl Fold {
             .collect();
         report.policies = policies.len();
         each(policies, |(sku, policy)| stock.policy(redis, sku, policy)).await?;
+
+        report.kits = self.kits.len();
+        each(self.kits.iter().collect(), |(sku, components)| {
+            stock.kit(redis, sku, components)
+        })
+        .await?;
 
         let mut channels: BTreeMap<&str, BTreeMap<String, ChannelState>> = BTreeMap::new();
         for ((sku, channel), rules) in &self.channel_rules {

@@ -58,6 +58,11 @@ pub struct Drift {
     /// The purchase order of a `purchase_order` drift ('' otherwise).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub purchase_order: String,
+    /// A `kit` drift: the kit's components as the ledger defines them, `<sku>=<units>` joined by
+    /// spaces ('' when the ledger has it as no kit, and for every other field). Its `ledger`
+    /// and `redis` are the number of components each holds (0: not a kit).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kit: String,
 }
 
 /// A (channel, SKU) whose published or stored quantity differs from what its levels and rules
@@ -268,8 +273,24 @@ async fn level_drift(
         let hashes: Vec<BTreeMap<String, i64>> =
             redis::from_redis_value(redis::Value::Array(replies))
                 .context("reading stock levels from Redis")?;
-        for (sku, hash) in chunk.iter().zip(hashes) {
+        // Kit definitions live in the policy hash (field `kit`).
+        let cmds = chunk
+            .iter()
+            .map(|sku| {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(keys.policy(sku)).arg("kit");
+                cmd
+            })
+            .collect();
+        let replies = redis
+            .run_all(cmds)
+            .await
+            .context("reading kit definitions from Redis")?;
+        let kits: Vec<Option<String>> = redis::from_redis_value(redis::Value::Array(replies))
+            .context("reading kit definitions from Redis")?;
+        for ((sku, hash), kit) in chunk.iter().zip(hashes).zip(kits) {
             compare(sku, &stored_levels(hash), fold, &mut out);
+            compare_kit(sku, kit.as_deref(), fold, &mut out);
         }
         progress.compared(chunk.len() as u64);
     }
@@ -482,6 +503,7 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
                     ledger,
                     redis,
                     purchase_order: String::new(),
+                    kit: String::new(),
                 });
             }
         }
@@ -510,12 +532,39 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
                 ledger,
                 redis,
                 purchase_order: reference,
+                kit: String::new(),
             });
         }
     }
 }
 
-/// Publishes one `adjusted` fact per on-hand drift that brings Redis back to the ledger, with
+/// Appends a `kit` drift when Redis holds another definition of `sku` than its last
+/// `kit_defined` entry (or none where the ledger has one, or one the ledger removed).
+fn compare_kit(sku: &str, stored: Option<&str>, fold: &Fold, out: &mut Vec<Drift>) {
+    let empty = Vec::new();
+    let ledger = fold.kits.get(sku).unwrap_or(&empty);
+    let redis = stored
+        .and_then(stockflow_proto::input::fact::decode_kit)
+        .unwrap_or_default();
+    if *ledger != redis {
+        out.push(Drift {
+            sku: sku.to_owned(),
+            location: String::new(),
+            field: "kit",
+            ledger: ledger.len() as i64,
+            redis: redis.len() as i64,
+            purchase_order: String::new(),
+            kit: ledger
+                .iter()
+                .map(|(component, units)| format!("{component}={units}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
+}
+
+/// Publishes one `adjusted` fact per on-hand drift (and the ledger's definition per `kit`
+/// drift) that brings Redis back to the ledger, with
 /// `source` [`RECONCILE_SOURCE`] and an event id fixed by the drift, so running the fix twice
 /// for the same drift applies it once. Reserved drift has no stock fact that repairs it: rebuild.
 pub async fn publish_corrections(
@@ -548,7 +597,44 @@ pub async fn publish_corrections(
         publish_fact(js, &event, &event_id, "a correction").await?;
         published += 1;
     }
+    // A kit whose definition Redis lost or holds wrong gets the ledger's again: applied, it
+    // also makes the kit follower recompute the kit everywhere.
+    for d in drifts.iter().filter(|d| d.field == "kit") {
+        let event_id = format!("reconcile:kit:{:016x}", fingerprint(&d.kit));
+        let components = d
+            .kit
+            .split(' ')
+            .filter_map(|pair| pair.rsplit_once('='))
+            .map(|(sku, units)| stockflow_proto::v1::KitComponent {
+                sku: sku.to_owned(),
+                quantity: units.parse().unwrap_or_default(),
+            })
+            .collect();
+        let event = StockEvent {
+            meta: Some(EventMeta {
+                event_id: event_id.clone(),
+                occurred_at_ms: stockflow_shared::now_ms(),
+                source: RECONCILE_SOURCE.to_owned(),
+                reason: Reason::Correction.into(),
+                reference: String::new(),
+            }),
+            sku: d.sku.clone(),
+            change: Some(Change::KitDefined(stockflow_proto::v1::KitDefined {
+                components,
+            })),
+            ..Default::default()
+        };
+        publish_fact(js, &event, &event_id, "a kit definition").await?;
+        published += 1;
+    }
     Ok(published)
+}
+
+/// A stable 64-bit fingerprint of `text` (FNV-1a): the same drift gives the same event id.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Publishes one of reconcile's own stock facts with its `Nats-Msg-Id`, and waits until stored.

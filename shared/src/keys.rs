@@ -65,6 +65,18 @@ impl Keys {
         format!("{}:{{holds}}:due", self.prefix)
     }
 
+    /// Set of the kits that have (or had: members are checked against the kit's definition)
+    /// this SKU as a component, in the component's slot.
+    pub fn kits_of(&self, sku: &str) -> String {
+        format!("{}:{{{}}}:kits", self.prefix, encode_token(sku))
+    }
+
+    /// Counter of a kit's buildable computations, in the kit's slot: each takes the next stamp
+    /// before it reads the components.
+    pub fn kit_stamp(&self, kit: &str) -> String {
+        format!("{}:{{{}}}:kitgen", self.prefix, encode_token(kit))
+    }
+
     /// Dedup record of one event of this SKU.
     pub fn event(&self, sku: &str, event_id: &str) -> String {
         format!("{}:{{{}}}:evt:{event_id}", self.prefix, encode_token(sku))

@@ -6,8 +6,9 @@ use prost::Message as _;
 use stockflow_proto::{
     msg_id, subjects,
     v1::{
-        AlertKind, ChannelAvailabilityChanged, ChannelRulesSet, EventMeta, Levels, PolicySet,
-        Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected, UnsellableState,
+        AlertKind, ChannelAvailabilityChanged, ChannelRulesSet, EventMeta, KitDefined, Levels,
+        PolicySet, Reason, RejectionReason, StockAlert, StockChanged, StockEventRejected,
+        UnsellableState,
     },
 };
 
@@ -33,6 +34,8 @@ pub struct Cause<'a> {
     pub channel: &'a str,
     /// The override of a `channel_rules` input, recorded on its ledger entry.
     pub channel_rules: Option<&'a ChannelRulesSet>,
+    /// The definition of a `kit_defined` input, recorded on its ledger entries.
+    pub kit: Option<&'a KitDefined>,
 }
 
 /// The unsellable state whose units a change moved (`Unspecified` when none did).
@@ -61,7 +64,8 @@ pub fn default_reason(kind: &str) -> Reason {
         "reserved" => Reason::Reserved,
         "released" => Reason::Released,
         "shipped" => Reason::Shipped,
-        "channel_rules" => Reason::Policy,
+        "channel_rules" | "kit_defined" => Reason::Policy,
+        "kit_buildable" => Reason::CycleCount,
         _ => Reason::Unspecified,
     }
 }
@@ -215,6 +219,7 @@ impl Ledger {
                     .as_ref()
                     .map_or(0, |p| p.expected_at_ms),
                 unsellable_state: moved_state(&change.before, &change.after).into(),
+                kit: cause.kit.cloned(),
             };
             pending.push(Derived {
                 kind: DerivedKind::StockChanged,

@@ -105,6 +105,13 @@ pub const NOTIFY_AVAILABILITY: ConsumerSpec = ConsumerSpec {
     durable: "notify-worker",
 };
 
+/// The stock worker's follower of the ledger: recomputes the kits using a component that
+/// changed (`workers/stock/src/kits.rs`).
+pub const KIT_FOLLOWER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::STOCK_CHANGES,
+    durable: "stock-kits",
+};
+
 /// Every durable consumer `setup` declares.
 pub const CONSUMERS: &[ConsumerSpec] = &[
     STOCK_WORKER,
@@ -114,6 +121,7 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
     NOTIFY_ALERTS,
     NOTIFY_STOCK_CHANGES,
     NOTIFY_ORDER_RESULTS,
+    KIT_FOLLOWER,
 ];
 
 /// The stock worker's consumers: [`STOCK_WORKER`] on one stream, or one `stock-worker` per
@@ -157,6 +165,18 @@ pub fn notify_stock_changes(settings: &TopologySettings) -> Vec<ConsumerSpec> {
         .collect()
 }
 
+/// The kit follower's consumers: [`KIT_FOLLOWER`] on one ledger stream, or one `stock-kits` per
+/// ledger partition.
+pub fn kit_followers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
+    ledger_streams(settings)
+        .into_iter()
+        .map(|stream| ConsumerSpec {
+            stream,
+            durable: KIT_FOLLOWER.durable,
+        })
+        .collect()
+}
+
 /// Every durable consumer `setup` declares with these settings: [`CONSUMERS`], with the stock
 /// worker's consumer once per input partition and the notify worker's ledger consumer once per
 /// ledger partition.
@@ -166,6 +186,8 @@ pub fn consumers(settings: &TopologySettings) -> Vec<ConsumerSpec> {
         .flat_map(|spec| {
             if spec.stream == STOCK_WORKER.stream {
                 stock_workers(settings)
+            } else if spec.stream == KIT_FOLLOWER.stream && spec.durable == KIT_FOLLOWER.durable {
+                kit_followers(settings)
             } else if spec.stream == NOTIFY_STOCK_CHANGES.stream {
                 notify_stock_changes(settings)
             } else {
@@ -599,9 +621,18 @@ pub fn consumer_config(spec: &ConsumerSpec, settings: &TopologySettings) -> cons
         } else {
             20_000
         };
+    // The kit follower starts at the ledger's end when it is first declared: the entries before
+    // it (possibly years of them) name no kit, since kits came with it; every later
+    // `kit_defined` entry recomputes its kit from the levels of then.
+    let deliver_policy = if spec.durable == KIT_FOLLOWER.durable {
+        consumer::DeliverPolicy::New
+    } else {
+        consumer::DeliverPolicy::All
+    };
     consumer::pull::Config {
         durable_name: Some(spec.durable.to_owned()),
         description: Some(format!("stockflow {}", spec.durable)),
+        deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         // Transient failures are retried until they succeed: never dropped after N attempts.
@@ -1094,7 +1125,8 @@ mod tests {
                 ("STOCK_EVENTS_2", "stock-worker")
             ]
         );
-        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 4);
+        // Per partition (3): the stock worker, the notify worker and the kit follower.
+        assert_eq!(consumers(&settings).len(), CONSUMERS.len() + 6);
     }
 
     #[test]

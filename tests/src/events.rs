@@ -144,3 +144,16 @@ pub fn channel_fact(id: &str, sku: &str, channel: &str, change: Change) -> Stock
         ..event(id, sku, "", change)
     }
 }
+
+/// A kit definition of `(component sku, units per kit)` (none: no longer a kit).
+pub fn kit(components: &[(&str, i64)]) -> Change {
+    Change::KitDefined(stockflow_proto::v1::KitDefined {
+        components: components
+            .iter()
+            .map(|(sku, quantity)| stockflow_proto::v1::KitComponent {
+                sku: (*sku).to_owned(),
+                quantity: *quantity,
+            })
+            .collect(),
+    })
+}

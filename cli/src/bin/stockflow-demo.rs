@@ -30,9 +30,9 @@ use stockflow_proto::{
     v1::{
         channel_event, order_result, stock_event::Change, Adjusted, AlertKind, AllocationStrategy,
         AvailabilityRules, Channel, ChannelAvailabilityChanged, ChannelEvent, ChannelKind,
-        ChannelRulesSet, ChannelSet, Counted, EventMeta, Expected, OrderResult, PolicySet, Reason,
-        Received, ReleaseReason, Returned, Sold, StockAlert, StockEvent, Transferred,
-        UnsellableMoved, UnsellableState,
+        ChannelRulesSet, ChannelSet, Counted, EventMeta, Expected, KitComponent, KitDefined,
+        OrderResult, PolicySet, Reason, Received, ReleaseReason, Returned, Sold, StockAlert,
+        StockEvent, Transferred, UnsellableMoved, UnsellableState,
     },
 };
 use stockflow_shared::{
@@ -1016,6 +1016,8 @@ async fn demo() -> anyhow::Result<()> {
         close.differ.join("; ")
     );
 
+    gift_box(&http, &stack, &run).await?;
+
     let metrics_addr = stack.settings.worker.service.metrics_addr;
     stockflow_cli::outln!(
         "\nMetrics: http://{metrics_addr}/metrics   readiness: http://{metrics_addr}/readyz"
@@ -1028,6 +1030,85 @@ async fn demo() -> anyhow::Result<()> {
         stockflow_shared::shutdown_signal().await;
     }
     stack.stop().await
+}
+
+/// The gift box the merchandising team defines at the close: a kit of a mug and a black T-shirt
+/// (M). It has no stock of its own: what its components make, at every location.
+const GIFT_BOX: &str = "GIFT-BOX";
+const GIFT_BOX_COMPONENTS: [(&str, i64); 2] = [("MUG-LOGO", 1), ("TSHIRT-BLK-M", 1)];
+
+/// Defines the gift box, shows what its components make, sells one through the web shop's
+/// checkout (which reserves its components, all or nothing) and shows the kit follow.
+async fn gift_box(http: &reqwest::Client, stack: &Stack, run: &str) -> anyhow::Result<()> {
+    let js = &stack.js;
+    let definition = events::fact(
+        format!("{run}-kit-gift-box"),
+        "merchandising",
+        Reason::Policy,
+        GIFT_BOX,
+        "",
+        Change::KitDefined(KitDefined {
+            components: GIFT_BOX_COMPONENTS
+                .iter()
+                .map(|(sku, quantity)| KitComponent {
+                    sku: (*sku).to_owned(),
+                    quantity: *quantity,
+                })
+                .collect(),
+        }),
+    );
+    let event_id = definition.meta.as_ref().map(|m| m.event_id.clone());
+    events::publish(
+        js,
+        &definition,
+        &msg_id::stock_fact(GIFT_BOX, &event_id.unwrap_or_default()),
+    )
+    .await?;
+    let parts: Vec<String> = GIFT_BOX_COMPONENTS
+        .iter()
+        .map(|(sku, quantity)| format!("{quantity} × {sku}"))
+        .collect();
+    stockflow_cli::outln!(
+        "\nA kit: {GIFT_BOX} = {} (kit_defined; its levels follow its components)\n",
+        parts.join(" + ")
+    );
+    settle_kits(stack).await?;
+    print_kit_levels(stack, "defined").await?;
+    let line = checkout(http, stack.api, &stack.token, run, (6, GIFT_BOX, 1, 0)).await?;
+    stockflow_cli::outln!("  {line}");
+    settle_kits(stack).await?;
+    print_kit_levels(stack, "after the checkout").await
+}
+
+/// Waits until the kit follower and the stock worker have taken in everything published.
+async fn settle_kits(stack: &Stack) -> anyhow::Result<()> {
+    let topology = &stack.settings.worker.topology;
+    for _ in 0..2 {
+        wait_until_stock_caught_up(&stack.js, topology, Duration::from_secs(60)).await?;
+        for spec in stockflow_shared::topology::kit_followers(topology) {
+            wait_until_caught_up(
+                &stack.js,
+                spec.stream,
+                spec.durable,
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn print_kit_levels(stack: &Stack, when: &str) -> anyhow::Result<()> {
+    let mut redis = stack.settings.state.redis.connect().await?;
+    let keys = Keys::new(stack.prefix.clone());
+    let levels = read_levels(&mut redis, &keys, GIFT_BOX).await?;
+    let at: Vec<String> = levels
+        .iter()
+        .filter(|(_, l)| l.on_hand != 0)
+        .map(|(location, l)| format!("{location} {}", l.available()))
+        .collect();
+    stockflow_cli::outln!("  {GIFT_BOX} available, {when}: {}", at.join(", "));
+    Ok(())
 }
 
 /// The web shop's carts: (number, SKU, units, hold seconds).

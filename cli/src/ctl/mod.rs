@@ -5,6 +5,7 @@ pub mod channels;
 pub mod connectors;
 pub mod dlq;
 pub mod import;
+pub mod kits;
 pub mod ledger;
 pub mod publish;
 pub mod repair;
@@ -115,6 +116,12 @@ pub enum Command {
     },
     /// What a channel may sell: one SKU's newest quantity, or every SKU of the channel.
     Availability(channels::AvailabilityArgs),
+    /// Kits (bundles): set a kit's components, remove it, show what its components make.
+    Kits {
+        /// Which.
+        #[command(subcommand)]
+        command: kits::KitsCommand,
+    },
     /// Shops of the connector (Shopify, WooCommerce): shops and item mappings, CSV import, check
     /// a shops file, show what waits.
     Connectors {
@@ -180,6 +187,7 @@ impl Command {
                 | Self::Rebuild(_)
                 | Self::Reconcile(_)
         ) || matches!(self, Self::Channels { command } if command.uses_redis())
+            || matches!(self, Self::Kits { command } if command.uses_redis())
     }
 }
 
@@ -302,6 +310,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<Outcome> {
         Command::Availability(args) => {
             return channels::availability(&settings, &args, format).await
         }
+        Command::Kits { command } => return kits::run(&settings, &command, format).await,
         Command::Connectors { command } => {
             return connectors::run(&settings, &command, format).await
         }

@@ -76,7 +76,7 @@ pub async fn rebuild(
     crate::outln!(
         "rebuilt from {} ledger entries (~{} bytes each): {} levels, {} policies, {} orders, \
          {} order lines, {} holds scheduled, {} dedup records, {} channel quantities, {} channel \
-         overrides, {} known locations",
+         overrides, {} known locations, {} kits",
         report.entries,
         report.bytes_per_entry,
         report.locations,
@@ -87,7 +87,8 @@ pub async fn rebuild(
         report.dedup_records,
         report.channel_quantities,
         report.channel_overrides,
-        report.known_locations
+        report.known_locations,
+        report.kits
     );
     Ok(())
 }
@@ -208,10 +209,13 @@ fn table(found: &Found) {
     }
     for d in &found.levels {
         // A purchase order's drift names it: `purchase_order:PO-1`.
-        let field = if d.purchase_order.is_empty() {
-            d.field.to_owned()
-        } else {
+        let field = if !d.purchase_order.is_empty() {
             format!("{}:{}", d.field, d.purchase_order)
+        } else if !d.kit.is_empty() {
+            // A kit's drift names the ledger's definition: `kit:MUG=1 CARD=2`.
+            format!("{}:{}", d.field, d.kit)
+        } else {
+            d.field.to_owned()
         };
         crate::outln!(
             "{:<24} {:<16} {:<9} {:>12} {:>12}",

@@ -17,10 +17,37 @@ pub async fn run(settings: &super::Settings, sku: &str, format: Format) -> anyho
     let mut redis = redis_settings.connect().await?;
     let keys = Keys::new(redis_settings.key_prefix.clone());
     let levels = read_levels(&mut redis, &keys, sku).await?;
+    // A kit's on_hand is what its components make: say so above its levels.
+    let kit: Option<String> = redis::cmd("HGET")
+        .arg(keys.policy(sku))
+        .arg("kit")
+        .query_async(&mut redis)
+        .await?;
+    let kit = kit
+        .as_deref()
+        .and_then(stockflow_proto::input::fact::decode_kit);
     match format {
-        Format::Json => crate::outln!("{}", to_json(sku, &levels)),
+        Format::Json => {
+            let mut json = to_json(sku, &levels);
+            if let Some(components) = &kit {
+                json["kit"] = components
+                    .iter()
+                    .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            crate::outln!("{json}")
+        }
         Format::Table if levels.is_empty() => eprintln!("{sku}: no stock recorded"),
-        Format::Table => crate::out!("{}", table(sku, &levels)),
+        Format::Table => {
+            if let Some(components) = &kit {
+                crate::outln!(
+                    "{} (on_hand: kits its components make)",
+                    super::kits::kit_line(sku, components)
+                );
+            }
+            crate::out!("{}", table(sku, &levels))
+        }
     }
     Ok(if levels.is_empty() {
         Outcome::NotFound

@@ -98,6 +98,56 @@ pub enum Op {
         /// The direction: true into `state`.
         to_unsellable: bool,
     },
+    /// Defines the SKU as a kit of `components` (sorted by SKU), or (none) makes it a plain SKU
+    /// again.
+    KitDefined {
+        /// (component SKU, units per kit), sorted by SKU, each SKU once.
+        components: Vec<(String, i64)>,
+    },
+    /// The kit's on_hand at the location becomes `buildable`, unless a computation with a
+    /// higher `stamp` was applied there first.
+    KitBuildable {
+        /// Kits the components make.
+        buildable: i64,
+        /// The computation's order among the kit's computations.
+        stamp: u64,
+    },
+}
+
+/// Most components a kit may have.
+pub const MAX_KIT_COMPONENTS: usize = 32;
+
+/// Most units of one component in one kit.
+pub const MAX_KIT_COMPONENT_QUANTITY: i64 = 10_000;
+
+/// A kit's components as the scripts store them: `sku \x1f quantity` pairs joined by `\x1f`,
+/// in the order given ('' for none). Unambiguous: a SKU holds no control characters.
+pub fn encode_kit(components: &[(String, i64)]) -> String {
+    let mut out = String::new();
+    for (sku, quantity) in components {
+        if !out.is_empty() {
+            out.push('\x1f');
+        }
+        out.push_str(sku);
+        out.push('\x1f');
+        out.push_str(&quantity.to_string());
+    }
+    out
+}
+
+/// Reads what [`encode_kit`] wrote; `None` for a value it cannot have written.
+pub fn decode_kit(text: &str) -> Option<Vec<(String, i64)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let fields: Vec<&str> = text.split('\x1f').collect();
+    if fields.len() % 2 != 0 {
+        return None;
+    }
+    fields
+        .chunks(2)
+        .map(|pair| Some((pair[0].to_owned(), pair[1].parse().ok()?)))
+        .collect()
 }
 
 /// The short name of an unsellable state, as the scripts store it (`dm`, `qc`, `hd`) — also the
@@ -138,6 +188,8 @@ impl Op {
             Self::Expected { .. } => "expected",
             Self::ExpectedCancelled { .. } => "expected_cancelled",
             Self::UnsellableMoved { .. } => "unsellable_moved",
+            Self::KitDefined { .. } => "kit_defined",
+            Self::KitBuildable { .. } => "kit_buildable",
         }
     }
 }
@@ -189,6 +241,22 @@ impl Fact {
             Op::ChannelRules { channel, rules } => Some(ChannelRulesSet {
                 channel: channel.clone(),
                 rules: Some(*rules),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The definition of a `kit_defined`, as the contract states it (for the ledger).
+    pub fn kit(&self) -> Option<crate::v1::KitDefined> {
+        match &self.op {
+            Op::KitDefined { components } => Some(crate::v1::KitDefined {
+                components: components
+                    .iter()
+                    .map(|(sku, quantity)| crate::v1::KitComponent {
+                        sku: sku.clone(),
+                        quantity: *quantity,
+                    })
+                    .collect(),
             }),
             _ => None,
         }
@@ -308,6 +376,22 @@ impl Fact {
                 none(),
                 none(),
             ],
+            Op::KitDefined { components } => [
+                components.len().to_string(),
+                encode_kit(components),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
+            Op::KitBuildable { buildable, stamp } => [
+                buildable.to_string(),
+                stamp.to_string(),
+                none(),
+                none(),
+                none(),
+                none(),
+            ],
         }
     }
 
@@ -417,6 +501,19 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             channel: c.channel,
             rules_version: c.rules_version,
         },
+        Change::KitDefined(c) => {
+            let mut components: Vec<(String, i64)> = c
+                .components
+                .into_iter()
+                .map(|c| (c.sku, c.quantity))
+                .collect();
+            components.sort();
+            Op::KitDefined { components }
+        }
+        Change::KitBuildable(c) => Op::KitBuildable {
+            buildable: c.buildable,
+            stamp: c.stamp,
+        },
     };
     let kind = op.name();
     let bad = |field: &str, category: Category, reason: String| {
@@ -460,7 +557,7 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
     }
     let location_optional = match &op {
         Op::PolicySet { .. } => event.location.is_empty(),
-        Op::ChannelRules { .. } | Op::ChannelRecompute { .. } => {
+        Op::ChannelRules { .. } | Op::ChannelRecompute { .. } | Op::KitDefined { .. } => {
             if !event.location.is_empty() {
                 return Err(bad(
                     "location",
@@ -531,6 +628,10 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             InputError::new(kind, field, Category::InvalidChannel, reason)
         })?;
     }
+    if let Op::KitDefined { components } = &op {
+        validate_kit(&event.sku, components)
+            .map_err(|(field, reason)| bad(field, Category::InvalidKit, reason))?;
+    }
     validate_op(&op, &event.location)
         .map_err(|(field, reason)| bad(field, Category::InvalidQuantity, reason))?;
     Ok(Fact {
@@ -540,6 +641,45 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
         channel,
         op,
     })
+}
+
+/// A kit's components (sorted by SKU): each a valid SKU other than the kit's, once, with
+/// 1..=[`MAX_KIT_COMPONENT_QUANTITY`] units; at most [`MAX_KIT_COMPONENTS`]. Whether a
+/// component is itself a kit is judged by the stock worker, which can read it.
+fn validate_kit(kit: &str, components: &[(String, i64)]) -> Result<(), (&'static str, String)> {
+    if components.len() > MAX_KIT_COMPONENTS {
+        return Err((
+            "components",
+            format!(
+                "a kit has at most {MAX_KIT_COMPONENTS} components, got {}",
+                components.len()
+            ),
+        ));
+    }
+    for (index, (sku, quantity)) in components.iter().enumerate() {
+        validate_sku(sku).map_err(|r| ("components.sku", format!("components[{index}]: {r}")))?;
+        if sku == kit {
+            return Err((
+                "components.sku",
+                format!("kit {kit:?} cannot be a component of itself"),
+            ));
+        }
+        if index > 0 && components[index - 1].0 == *sku {
+            return Err((
+                "components.sku",
+                format!("component {sku:?} appears twice: give its total quantity once"),
+            ));
+        }
+        if !(1..=MAX_KIT_COMPONENT_QUANTITY).contains(quantity) {
+            return Err((
+                "components.quantity",
+                format!(
+                    "component {sku:?}: quantity must be 1..={MAX_KIT_COMPONENT_QUANTITY}, got {quantity}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The change's own values; a fault names its field (`type` when no one field is at fault).
@@ -650,7 +790,19 @@ fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
             }
             Ok(())
         }
-        Op::ChannelRules { .. } => Ok(()),
+        Op::ChannelRules { .. } | Op::KitDefined { .. } => Ok(()),
+        Op::KitBuildable { buildable, stamp } => {
+            if !(0..=MAX_QUANTITY).contains(buildable) {
+                return Err((
+                    "buildable",
+                    format!("buildable must be 0..={MAX_QUANTITY}, got {buildable}"),
+                ));
+            }
+            if *stamp == 0 {
+                return Err(("stamp", "stamp must be at least 1".into()));
+            }
+            Ok(())
+        }
         Op::ChannelRecompute { rules_version, .. } => {
             if *rules_version == 0 {
                 Err(("rules_version", "rules_version must be at least 1".into()))

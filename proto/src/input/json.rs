@@ -23,12 +23,13 @@ use super::{order, Category, Event, InputError};
 use crate::v1::{
     order_event, stock_event::Change, Adjusted, AllocationStrategy, AvailabilityRules, Channel,
     ChannelKind, ChannelRulesSet, Counted, EventMeta, Expected, ExpectedCancelled, FulfilledLine,
-    OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled, OrderLine, OrderPlaced, PolicySet,
-    Reason, Received, Returned, Sold, StockEvent, Transferred, UnsellableMoved,
+    KitComponent, KitDefined, OrderCancelled, OrderCommitted, OrderEvent, OrderFulfilled,
+    OrderLine, OrderPlaced, PolicySet, Reason, Received, Returned, Sold, StockEvent, Transferred,
+    UnsellableMoved,
 };
 
 /// The stock fact types, as JSON names them.
-pub const FACT_TYPES: [&str; 11] = [
+pub const FACT_TYPES: [&str; 12] = [
     "received",
     "sold",
     "returned",
@@ -40,6 +41,7 @@ pub const FACT_TYPES: [&str; 11] = [
     "expected",
     "expected_cancelled",
     "unsellable_moved",
+    "kit_defined",
 ];
 
 /// The unsellable states, as JSON names them (`stockflow.v1.UnsellableState`).
@@ -395,6 +397,9 @@ pub struct StockFactJson {
     /// `unsellable_moved`: true moves sellable units into `state`, false back out of it.
     #[serde(default)]
     pub to_unsellable: Option<bool>,
+    /// `kit_defined`: the kit's components (empty: no longer a kit).
+    #[serde(default)]
+    pub components: Option<Vec<KitComponentJson>>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -410,6 +415,18 @@ pub struct StockFactJson {
     /// Envelope: when, ms since the Unix epoch.
     #[serde(default)]
     pub occurred_at_ms: i64,
+}
+
+/// One component of a kit in JSON.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KitComponentJson {
+    /// The component's SKU.
+    #[serde(default)]
+    pub sku: String,
+    /// Units of it in one kit.
+    #[serde(default)]
+    pub quantity: i64,
 }
 
 fn require(value: Option<i64>, field: &str, kind: &str) -> Result<i64, InputError> {
@@ -434,6 +451,7 @@ impl StockFactJson {
             ("expected_at_ms", self.expected_at_ms.is_some()),
             ("state", self.state.is_some()),
             ("to_unsellable", self.to_unsellable.is_some()),
+            ("components", self.components.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -453,6 +471,7 @@ impl StockFactJson {
             "counted" => &["on_hand", "expected_on_hand"],
             "transferred" => &["to_location", "quantity"],
             "policy_set" => &["low_stock_threshold", "safety_stock", "location_priority"],
+            "kit_defined" => &["components"],
             "" => {
                 return Err(InputError::new(
                     "unknown",
@@ -529,6 +548,23 @@ impl StockFactJson {
                     InputError::json("channel", "channel is required for type channel_rules")
                 })?,
                 rules: Some(self.rules.unwrap_or_default().into()),
+            }),
+            "kit_defined" => Change::KitDefined(KitDefined {
+                components: self
+                    .components
+                    .clone()
+                    .ok_or_else(|| {
+                        InputError::json(
+                            "components",
+                            "components is required for type kit_defined (empty: no longer a kit)",
+                        )
+                    })?
+                    .into_iter()
+                    .map(|c| KitComponent {
+                        sku: c.sku,
+                        quantity: c.quantity,
+                    })
+                    .collect(),
             }),
             _ => Change::PolicySet(PolicySet {
                 low_stock_threshold: self.low_stock_threshold,

@@ -103,11 +103,14 @@ pub enum Category {
     UnknownLocation,
     /// A purchase-order reference (`expected`, `expected_cancelled`, a `received` naming one).
     InvalidPurchaseOrder,
+    /// A kit definition: a component's SKU or quantity, the kit itself or another kit as a
+    /// component, too many components; a fact a kit cannot take (kits have no stock of their own).
+    InvalidKit,
 }
 
 impl Category {
     /// Every category.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Decode,
         Self::UnknownType,
         Self::InvalidMeta,
@@ -125,6 +128,7 @@ impl Category {
         Self::UnknownChannel,
         Self::UnknownLocation,
         Self::InvalidPurchaseOrder,
+        Self::InvalidKit,
     ];
 
     /// The category's name: `decode`, `invalid_quantity`, ...
@@ -147,6 +151,7 @@ impl Category {
             Self::UnknownChannel => "unknown_channel",
             Self::UnknownLocation => "unknown_location",
             Self::InvalidPurchaseOrder => "invalid_purchase_order",
+            Self::InvalidKit => "invalid_kit",
         }
     }
 }

@@ -6,5 +6,6 @@ mod world;
 
 mod channels;
 mod failover;
+mod kits;
 mod partitions;
 mod scenarios;

@@ -235,6 +235,15 @@ fn check_stock(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
         Op::UnsellableMoved { quantity, .. } => {
             prop_assert!((1..=MAX_QUANTITY).contains(quantity));
         }
+        Op::KitDefined { components } => {
+            prop_assert!(components.windows(2).all(|w| w[0].0 < w[1].0));
+            for (sku, quantity) in components {
+                prop_assert!(*sku != fact.sku && *quantity >= 1);
+            }
+        }
+        Op::KitBuildable { buildable, stamp } => {
+            prop_assert!((0..=MAX_QUANTITY).contains(buildable) && *stamp >= 1);
+        }
     }
     // The fingerprint and script arguments are built for every accepted fact.
     let args = fact.script_args();

@@ -25,6 +25,7 @@ mod gateway_channels;
 mod history;
 mod incoming;
 mod incoming_model;
+mod kits;
 mod limits;
 mod malformed;
 mod model;

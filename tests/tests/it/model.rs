@@ -161,8 +161,10 @@ impl Model {
             | Op::ReceivedAgainst { .. }
             | Op::Expected { .. }
             | Op::ExpectedCancelled { .. }
-            | Op::UnsellableMoved { .. } => {
-                unreachable!("the model generates no channel, incoming or unsellable changes")
+            | Op::UnsellableMoved { .. }
+            | Op::KitDefined { .. }
+            | Op::KitBuildable { .. } => {
+                unreachable!("the model generates no channel, incoming, unsellable or kit changes")
             }
         }
         Some(

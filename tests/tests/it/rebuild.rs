@@ -238,6 +238,7 @@ async fn reconcile_reports_lost_writes_and_its_corrections_repair_them() {
             ledger: oh + 3,
             redis: oh,
             purchase_order: String::new(),
+            kit: String::new(),
         }]
     );
     for _ in 0..2 {

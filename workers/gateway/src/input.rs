@@ -87,6 +87,17 @@ impl Content {
             }))
         )
     }
+
+    /// A kit definition: an admin change, like a channel's rules.
+    pub fn is_kit_defined(&self) -> bool {
+        matches!(
+            self,
+            Self::Event(Event::Stock(StockEvent {
+                change: Some(stockflow_proto::v1::stock_event::Change::KitDefined(_)),
+                ..
+            }))
+        )
+    }
 }
 
 impl Outgoing {

@@ -445,6 +445,9 @@ async fn post_stock_events(
     if events.iter().any(|e| e.event.is_channel_rules()) {
         auth.require(Scope::Admin, "a channel_rules fact")?;
     }
+    if events.iter().any(|e| e.event.is_kit_defined()) {
+        auth.require(Scope::Admin, "a kit_defined fact")?;
+    }
     Ok(ingest(&state, &events, batch).await)
 }
 
@@ -524,6 +527,11 @@ struct AllocationJson {
     sku: String,
     location: String,
     quantity: i64,
+    /// The kit and the order's own line a component part belongs to (absent for a plain line).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    kit_sku: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    kit_line_id: String,
 }
 
 impl From<Allocation> for AllocationJson {
@@ -533,6 +541,8 @@ impl From<Allocation> for AllocationJson {
             sku: a.sku,
             location: a.location,
             quantity: a.quantity,
+            kit_sku: a.kit_sku,
+            kit_line_id: a.kit_line_id,
         }
     }
 }
@@ -923,7 +933,25 @@ async fn get_stock(
             levels: l.into(),
         })
         .collect();
-    Ok(Json(json!({"sku": sku, "locations": locations, "totals": totals})).into_response())
+    let mut body = json!({"sku": sku, "locations": locations, "totals": totals});
+    // A kit's on_hand is what its components make: name them.
+    let kit: Option<String> = redis::cmd("HGET")
+        .arg(state.keys.policy(&sku))
+        .arg("kit")
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| read_failed(e.into()))?;
+    if let Some(components) = kit
+        .as_deref()
+        .and_then(stockflow_proto::input::fact::decode_kit)
+    {
+        body["kit"] = components
+            .iter()
+            .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn get_stock_location(

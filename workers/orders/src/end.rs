@@ -103,6 +103,8 @@ impl OrderHandler {
                     sku: line.sku.clone(),
                     location: part.location,
                     quantity: part.quantity,
+                    // Only the decision knows which kit line a part belongs to.
+                    ..Default::default()
                 });
             }
         }

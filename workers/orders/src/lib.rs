@@ -5,6 +5,7 @@ pub mod command;
 mod end;
 mod expire;
 mod fulfil;
+pub mod kits;
 mod place;
 mod publish;
 mod read;
@@ -250,7 +251,11 @@ impl Handler for OrderHandler {
             Command::Placed {
                 lines,
                 hold_seconds,
-            } => self.place(&order, lines, *hold_seconds, sequence).await?,
+            } => {
+                let (lines, kits) = self.expand_kits(&order.order_id, lines).await?;
+                self.place(&order, &lines, &kits, *hold_seconds, sequence)
+                    .await?
+            }
             Command::Cancelled => self.end(&order, End::Cancel).await?,
             Command::HoldExpired { due_at_ms } => self.expire(&order, *due_at_ms).await?,
             Command::Committed => self.commit(&order).await?,

@@ -9,6 +9,7 @@ use stockflow_shared::{channels::Known, consume::HandleError, consume::Outcome, 
 
 use crate::{
     command::{Line, OrderCommand},
+    kits::KitLines,
     read::Decision,
     records::End,
     replies::{Decide, Placement, Reservation},
@@ -22,6 +23,7 @@ impl OrderHandler {
         &self,
         order: &OrderCommand,
         lines: &[Line],
+        kits: &KitLines,
         hold_seconds: i64,
         sequence: u64,
     ) -> Result<Outcome, HandleError> {
@@ -122,11 +124,17 @@ impl OrderHandler {
                     _ => &[],
                 }
                 .iter()
-                .map(|part| Allocation {
-                    line_id: line.line_id.clone(),
-                    sku: line.sku.clone(),
-                    location: part.location.clone(),
-                    quantity: part.quantity,
+                .map(|part| {
+                    let (kit_sku, kit_line_id) =
+                        kits.get(&line.line_id).cloned().unwrap_or_default();
+                    Allocation {
+                        line_id: line.line_id.clone(),
+                        sku: line.sku.clone(),
+                        location: part.location.clone(),
+                        quantity: part.quantity,
+                        kit_sku,
+                        kit_line_id,
+                    }
                 })
             });
             order_result::Result::Confirmed(OrderConfirmed {

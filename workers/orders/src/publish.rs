@@ -54,6 +54,7 @@ impl OrderHandler {
             order_line: Some((&order.order_id, &line.line_id)),
             channel,
             channel_rules: None,
+            kit: None,
         };
         self.ledger
             .publish(cause, change)

@@ -219,6 +219,8 @@ impl StoredOrder {
                     sku: l.line.sku.clone(),
                     location: part.location.clone(),
                     quantity: part.quantity,
+                    // Only the decision knows which kit line a part belongs to.
+                    ..Default::default()
                 })
             })
             .collect()

@@ -11,16 +11,18 @@
 -- KEYS[4]  channels hash <prefix>:{<sku>}:ats
 -- ARGV[1]  op: received | sold | returned | adjusted | counted | transferred | policy_set
 --          | channel_rules | channel_recompute | expected | expected_cancelled
---          | unsellable_moved
+--          | unsellable_moved | kit_defined | kit_buildable
 -- ARGV[2]  location ('' for a SKU-wide policy_set, channel_rules, channel_recompute, and a sale
 --          or return that names its channel)
 -- ARGV[3]  quantity (received/sold/returned/transferred/expected/unsellable_moved; for
 --          expected_cancelled '' cancels everything outstanding), delta (adjusted), counted
---          on_hand; the channel of channel_rules / channel_recompute
+--          on_hand; the channel of channel_rules / channel_recompute; kit_buildable: the kits
+--          buildable; kit_defined: the number of components
 -- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override;
 --          channel_recompute: the rules version asked for (the worker passed a spec that new);
 --          received / expected / expected_cancelled: the purchase order ('' for a plain
---          receipt); unsellable_moved: the state (dm | qc | hd)
+--          receipt); unsellable_moved: the state (dm | qc | hd); kit_defined: the components
+--          (`sku US qty US ...`, '' for none); kit_buildable: the computation's stamp
 -- ARGV[5]  transferred: destination location; expected: the expected date (ms);
 --          unsellable_moved: 'in' (sellable -> state) or 'out' (state -> sellable)
 -- ARGV[6]  fingerprint of the event's content
@@ -38,6 +40,9 @@
 --   its reply: {'applied', outcome, '0'} | {'duplicate', stored outcome, published flag}
 --       | {'conflict', stored fingerprint} | {'out_of_range', location}
 --       | {'unknown_channel', channel}
+--       | {'kit', components} (a fact that moves stock, on a kit: nothing changed, nothing
+--         remembered — the worker expands a sale or return into its components' facts and
+--         refuses the rest)
 --       | {'insufficient', location, units free} (an unsellable move beyond what is free;
 --         remembered in the dedup record like a stale count, so a redelivery gets the same
 --         refusal without being judged again — only a replay, flag 'r', judges it again)
@@ -55,6 +60,9 @@
 -- Invariant: the first delivery of an event_id changes the levels and stores its outcome in the
 -- same atomic step; every later delivery changes nothing and returns that same outcome (or
 -- refusal).
+-- A kit (policy field `kit`) has no stock of its own: its on_hand at a location is only ever set
+-- by a `kit_buildable` whose stamp is above every stamp applied there before (stock field
+-- `kg:<loc>`), so a stale computation never overwrites a newer one.
 -- Incoming units are per purchase order: a receipt or cancellation of one never takes another's;
 -- incoming is the sum of a location's purchase orders. Unsellable units stay within on_hand −
 -- reserved when they are moved there, and never count as available. Facts in
@@ -140,6 +148,11 @@ local function apply_model(stock_key, op, loc, ARGV, read, records, changed)
   return nil
 end
 
+-- Facts that move a SKU's own stock: a kit has none.
+local MOVES_STOCK = { received = true, sold = true, returned = true, adjusted = true,
+  counted = true, transferred = true, expected = true, expected_cancelled = true,
+  unsellable_moved = true }
+
 -- The refusal a dedup record's outcome remembers ({'insufficient', location, units}), or nil.
 local REFUSAL = '^1' .. US .. '%d+' .. US .. 'insufficient' .. US .. '([^' .. US .. ']*)' .. US
   .. '(%-?%d+)$'
@@ -162,6 +175,12 @@ local function apply(KEYS, ARGV)
     if not refusal then return prior end
     -- A replay of its dead letter is judged again, below; any other delivery is refused again.
     if not string.find(ARGV[13], 'r', 1, true) then return refusal end
+  end
+
+  local kit = nil
+  if MOVES_STOCK[op] or op == 'kit_buildable' then
+    kit = redis.call('HGET', policy_key, 'kit')
+    if kit and op ~= 'kit_buildable' then return { 'kit', kit } end
   end
 
   local ch = load_channels(ats_key, ARGV[12])
@@ -232,6 +251,31 @@ local function apply(KEYS, ARGV)
   elseif op == 'transferred' then
     plan[1] = { loc, 'transferred_out', on_hand(loc) - qty }
     plan[2] = { ARGV[5], 'transferred_in', on_hand(ARGV[5]) + qty }
+  elseif op == 'kit_buildable' then
+    -- Only for a kit, only the newest computation, and only when it changes something.
+    local stamp, stamp_field = tonumber(ARGV[4]), 'kg:' .. loc
+    if kit and stamp > num(redis.call('HGET', stock_key, stamp_field)) then
+      redis.call('HSET', stock_key, stamp_field, ARGV[4])
+      if on_hand(loc) ~= qty then plan[1] = { loc, op, qty } end
+    end
+  elseif op == 'kit_defined' then
+    if ARGV[4] == '' then
+      -- No longer a kit: what it could build is no stock of its own.
+      redis.call('HDEL', policy_key, 'kit')
+      for _, field in ipairs(redis.call('HKEYS', stock_key)) do
+        local prefix, l = string.sub(field, 1, 3), string.sub(field, 4)
+        if prefix == 'oh:' and on_hand(l) ~= 0 then plan[#plan + 1] = { l, op, 0 } end
+        if prefix == 'kg:' then redis.call('HDEL', stock_key, field) end
+      end
+      table.sort(plan, function(x, y) return x[1] < y[1] end)
+    else
+      redis.call('HSET', policy_key, 'kit', ARGV[4])
+    end
+    if #plan == 0 then
+      -- One entry records the definition itself (no levels), so rebuild restores it.
+      local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
+      records[1] = change_record('', op, zero, zero, nil)
+    end
   elseif op ~= 'policy_set' and op ~= 'channel_rules' and op ~= 'channel_recompute' then
     error('unknown op ' .. op)
   end

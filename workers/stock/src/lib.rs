@@ -3,6 +3,7 @@
 mod batch;
 pub mod channels;
 pub mod fact;
+pub mod kits;
 pub mod restore;
 
 use std::{future::Future, sync::Arc};
@@ -67,6 +68,15 @@ pub async fn run(
     let rules = channels::ChannelRulesHandler::new(&runtime, &settings, book);
     let consumer = runtime.consumer(topology::CHANNEL_RULES, "consumer_channels");
     runtime.spawn_consumer(consumer, Arc::new(rules));
+    let kits = Arc::new(kits::KitFollower::new(
+        runtime.js.clone(),
+        runtime.redis.clone(),
+        Keys::new(settings.state.redis.key_prefix.clone()),
+    ));
+    for spec in topology::kit_followers(&settings.worker.topology) {
+        let consumer = runtime.consumer(spec, format!("consumer_kits_{}", spec.stream));
+        runtime.spawn_consumer(consumer, kits.clone());
+    }
     let consumers = readiness_checks(
         &topology::stock_workers(&settings.worker.topology),
         "consumer",
@@ -136,6 +146,9 @@ pub enum Applied {
         /// The units there were.
         free: i64,
     },
+    /// A fact that moves stock, on a kit (which has none): nothing changed. These are its
+    /// components.
+    Kit(kits::Components),
 }
 
 /// Applies stock facts: one atomic step per event (many events share one `apply_stock` call),
@@ -144,6 +157,8 @@ pub enum Applied {
 pub struct StockHandler {
     redis: stockflow_shared::redis_conn::RedisConnection,
     keys: Keys,
+    /// Where a kit's sale or return is sent on as its components'.
+    js: jetstream::Context,
     ledger: Ledger,
     /// `apply_stock` calls: the applies and marks of all in-flight events, coalesced.
     batches: batch::Batches,
@@ -184,7 +199,8 @@ impl StockHandler {
         );
         Self {
             redis,
-            ledger: Ledger::new(js),
+            ledger: Ledger::new(js.clone()),
+            js,
             batches,
             dedup_ttl_seconds,
             replicas: None,
@@ -329,6 +345,11 @@ impl StockHandler {
             ["conflict", _] => Ok(Applied::Conflict),
             ["out_of_range", location] => Ok(Applied::OutOfRange((*location).to_owned())),
             ["unknown_channel", channel] => Ok(Applied::UnknownChannel((*channel).to_owned())),
+            ["kit", components] => stockflow_proto::input::fact::decode_kit(components)
+                .map(Applied::Kit)
+                .ok_or_else(|| HandleError::Unexpected {
+                    reason: format!("apply_stock answered kit with {components:?}"),
+                }),
             ["insufficient", location, free] => Ok(Applied::Insufficient {
                 location: (*location).to_owned(),
                 free: free.parse().map_err(|_| HandleError::Unexpected {
@@ -356,6 +377,7 @@ impl StockHandler {
         .await?;
         let policy = fact.policy();
         let channel_rules = fact.channel_rules();
+        let kit = fact.kit();
         let cause = Cause {
             sku: &fact.sku,
             cause_id: &fact.meta.event_id,
@@ -365,6 +387,7 @@ impl StockHandler {
             order_line: None,
             channel: &fact.channel,
             channel_rules: channel_rules.as_ref(),
+            kit: kit.as_ref(),
         };
         // The locations a channel may name: noted before the ack, so a crash notes them again.
         self.locations
@@ -410,6 +433,8 @@ impl Handler for StockHandler {
             "expected",
             "expected_cancelled",
             "unsellable_moved",
+            "kit_defined",
+            "kit_buildable",
         ]
     }
 
@@ -422,6 +447,7 @@ impl Handler for StockHandler {
             h.get(stockflow_shared::replay::HEADER_REPLAYED_FROM)
                 .is_some()
         });
+        kits::check_definition(&self.redis, &self.keys, &fact).await?;
         let outcome = match self.apply_keyed(&fact, &dedup_key, replayed).await? {
             Applied::New(outcome) => {
                 for change in outcome.channels.iter().filter(|c| c.oversold > 0) {
@@ -471,6 +497,11 @@ impl Handler for StockHandler {
                         "the move of {quantity} units at {location:?} exceeds the {free} units there are to move"
                     ),
                 ));
+            }
+            Applied::Kit(components) => {
+                // A sale or return of a kit is one of each component; the rest is refused.
+                kits::expand_fact(&self.js, &fact, &components).await?;
+                Outcome::Applied
             }
             Applied::OutOfRange(location) => {
                 return Err(HandleError::malformed(

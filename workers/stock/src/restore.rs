@@ -170,6 +170,31 @@ impl Restore {
         invocation.invoke_async::<i64>(&mut redis).await.map(drop)
     }
 
+    /// Writes kit `sku`'s definition (as `kit_defined` in apply_stock.lua stores it) and notes
+    /// the kit in each component's index, where the kit follower looks it up.
+    pub async fn kit(
+        &self,
+        redis: &RedisConnection,
+        sku: &str,
+        components: &[(String, i64)],
+    ) -> redis::RedisResult<()> {
+        let mut redis = redis.clone();
+        redis::cmd("HSET")
+            .arg(self.keys.policy(sku))
+            .arg("kit")
+            .arg(stockflow_proto::input::fact::encode_kit(components))
+            .query_async::<i64>(&mut redis)
+            .await?;
+        for (component, _) in components {
+            redis::cmd("SADD")
+                .arg(self.keys.kits_of(component))
+                .arg(sku)
+                .query_async::<i64>(&mut redis)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes the dedup record of `sku`'s event `event_id`, to expire after `left`.
     pub async fn event(
         &self,

@@ -321,8 +321,10 @@ fn op_of(change: &Change) -> Op {
         | Change::ChannelRecompute(_)
         | Change::Expected(_)
         | Change::ExpectedCancelled(_)
-        | Change::UnsellableMoved(_) => {
-            unreachable!("the workload sends no channel, incoming or unsellable changes")
+        | Change::UnsellableMoved(_)
+        | Change::KitDefined(_)
+        | Change::KitBuildable(_) => {
+            unreachable!("the workload sends no channel, incoming, unsellable or kit changes")
         }
     }
 }
@@ -606,7 +608,9 @@ impl Workload {
             | Change::ChannelRecompute(_)
             | Change::Expected(_)
             | Change::ExpectedCancelled(_)
-            | Change::UnsellableMoved(_) => return None,
+            | Change::UnsellableMoved(_)
+            | Change::KitDefined(_)
+            | Change::KitBuildable(_) => return None,
         }
         self.book.sent.conflicts += 1;
         Some(self.malformed(
