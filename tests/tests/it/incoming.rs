@@ -555,10 +555,12 @@ async fn rebuild_after_flushall_restores_incoming_purchase_orders_and_unsellable
             unsellable(UnsellableState::Held, 2, true),
         ),
     ];
+    // One at a time: a receipt against a purchase order, or a move into a state, means what it
+    // says only after the facts before it (the worker applies what it holds concurrently).
     for fact in &facts {
         world.publish(fact).await;
+        world.wait_stock_idle().await;
     }
-    world.wait_stock_idle().await;
     let before = (levels_of(&world, sku).await, open_orders(&world, sku).await);
     assert_eq!(before.0["wh"].incoming, 20);
     assert_eq!(
