@@ -180,7 +180,8 @@ class Contract:
             r"^\|\s*`([a-z-]+-worker)`\s*\|[^|]*\|([^|]*)\|\s*`([a-z-]+)`\s*\|", text, re.M
         ):
             streams = re.findall(r"`([A-Z_]+)`", consumes)
-            self.consumers[binary] = {(s, durable) for s in streams}
+            # A worker with a second consumer (the stock-worker's kit follower) has a second row.
+            self.consumers.setdefault(binary, set()).update((s, durable) for s in streams)
 
     def series_names(self) -> set[str]:
         names = set()
@@ -1014,8 +1015,11 @@ def check_stock_partitions(helm) -> list[str]:
         stock = [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in scaled["stock-worker"]["spec"]["triggers"]]
         want = ([(f"STOCK_EVENTS_{p}", "stock-worker") for p in range(partitions)] if partitions > 1
                 else [("STOCK_EVENTS", "stock-worker")])
-        # Channel definitions are one stream whatever the partitions.
+        # Channel definitions are one stream whatever the partitions; the kit follower reads the
+        # ledger, once per partition.
         want.append(("CHANNEL_EVENTS", "stock-worker"))
+        want += ([(f"STOCK_CHANGES_{p}", "stock-kits") for p in range(partitions)] if partitions > 1
+                 else [("STOCK_CHANGES", "stock-kits")])
         if stock != want:
             problems.append(f"{partitions} partitions: stock-worker triggers {stock}, expected {want}")
         others = [t["metadata"]["stream"] for c, o in scaled.items() if c != "stock-worker" for t in o["spec"]["triggers"]]
@@ -1032,7 +1036,8 @@ def check_stock_partitions(helm) -> list[str]:
                             f"channel quantities and {want}")
         if ("AVAILABILITY", "notify-worker") not in notify:
             problems.append(f"{partitions} partitions: notify-worker triggers {notify} lack the channel quantities (AVAILABILITY)")
-        readers = [t["metadata"]["stream"] for c, o in scaled.items() if c != "notify-worker" for t in o["spec"]["triggers"]]
+        readers = [t["metadata"]["stream"] for c, o in scaled.items() if c != "notify-worker" for t in o["spec"]["triggers"]
+                   if t["metadata"]["consumer"] != "stock-kits"]
         if any(st.startswith("STOCK_CHANGES") for st in readers):
             problems.append(f"{partitions} partitions: another worker reads the ledger: {readers}")
         text = notes(manifests)
