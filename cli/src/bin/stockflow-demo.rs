@@ -452,6 +452,7 @@ fn policies_and_receipt(ids: &mut Ids<'_>) -> Vec<Outgoing> {
                 low_stock_threshold: Some(5),
                 safety_stock: None,
                 location_priority: vec![],
+                ..PolicySet::default()
             }),
         ));
         events.push(ids.fact(
@@ -464,6 +465,7 @@ fn policies_and_receipt(ids: &mut Ids<'_>) -> Vec<Outgoing> {
                 low_stock_threshold: Some(8),
                 safety_stock: Some(2),
                 location_priority: vec![],
+                ..PolicySet::default()
             }),
         ));
         events.push(ids.fact(

@@ -7,8 +7,8 @@ use super::{Category, InputError};
 use crate::{
     subjects,
     v1::{
-        stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent,
-        UnsellableState,
+        stock_event::Change, AvailabilityRules, BackorderPolicy, ChannelRulesSet, EventMeta,
+        PolicySet, StockEvent, UnsellableState,
     },
     validate::{
         meta_fault, positive, validate_channel_id, validate_location, validate_purchase_order,
@@ -49,6 +49,8 @@ pub enum Op {
         safety_stock: Option<i64>,
         /// Location priority for order allocation, comma-joined ('' leaves it alone).
         location_priority: String,
+        /// The backorder policy (SKU-wide); `None` leaves it alone.
+        backorder: Option<Backorder>,
     },
     /// Replaces the SKU's override of `channel`'s rules (no field set: removes it).
     ChannelRules {
@@ -98,6 +100,95 @@ pub enum Op {
         /// The direction: true into `state`.
         to_unsellable: bool,
     },
+}
+
+/// A SKU's backorder policy, as a valid `PolicySet` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backorder {
+    /// A line stock cannot cover is short (the default).
+    None,
+    /// Up to what is incoming at the location, less what is backordered there.
+    AgainstIncoming,
+    /// Up to this many units backordered in all.
+    Capped(i64),
+    /// Without a limit.
+    Unlimited,
+}
+
+impl Backorder {
+    /// The policy as the scripts store it (`n`, `i`, `c`, `u`) and its limit ('' for none).
+    pub fn script_args(self) -> (String, String) {
+        match self {
+            Self::None => ("n".into(), String::new()),
+            Self::AgainstIncoming => ("i".into(), String::new()),
+            Self::Capped(limit) => ("c".into(), limit.to_string()),
+            Self::Unlimited => ("u".into(), String::new()),
+        }
+    }
+
+    /// The contract's enum value and limit of this policy.
+    pub fn to_proto(self) -> (BackorderPolicy, Option<i64>) {
+        match self {
+            Self::None => (BackorderPolicy::None, None),
+            Self::AgainstIncoming => (BackorderPolicy::AgainstIncoming, None),
+            Self::Capped(limit) => (BackorderPolicy::Capped, Some(limit)),
+            Self::Unlimited => (BackorderPolicy::Unlimited, None),
+        }
+    }
+
+    /// The JSON name: `none`, `against_incoming`, `capped`, `unlimited`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::AgainstIncoming => "against_incoming",
+            Self::Capped(_) => "capped",
+            Self::Unlimited => "unlimited",
+        }
+    }
+}
+
+/// The backorder policy a `PolicySet` asks for: `Ok(None)` when it leaves the policy alone, or
+/// the field at fault and why.
+fn backorder_of(set: &PolicySet) -> Result<Option<Backorder>, (&'static str, String)> {
+    let limit = set.backorder_limit;
+    let policy = match BackorderPolicy::try_from(set.backorder_policy) {
+        Ok(BackorderPolicy::Unspecified) => None,
+        Ok(BackorderPolicy::None) => Some(Backorder::None),
+        Ok(BackorderPolicy::AgainstIncoming) => Some(Backorder::AgainstIncoming),
+        Ok(BackorderPolicy::Capped) => match limit {
+            Some(l) if (1..=MAX_QUANTITY).contains(&l) => Some(Backorder::Capped(l)),
+            Some(l) => {
+                return Err((
+                    "backorder_limit",
+                    format!("backorder_limit must be 1..={MAX_QUANTITY}, got {l}"),
+                ))
+            }
+            None => {
+                return Err((
+                    "backorder_limit",
+                    "backorder_policy capped needs backorder_limit".into(),
+                ))
+            }
+        },
+        Ok(BackorderPolicy::Unlimited) => Some(Backorder::Unlimited),
+        Err(_) => {
+            return Err((
+                "backorder_policy",
+                format!(
+                    "backorder_policy must be one of none, against_incoming, capped, unlimited \
+                     (stockflow.v1.BackorderPolicy 1..=4), got {}",
+                    set.backorder_policy
+                ),
+            ))
+        }
+    };
+    if limit.is_some() && !matches!(policy, Some(Backorder::Capped(_))) {
+        return Err((
+            "backorder_limit",
+            "backorder_limit goes only with backorder_policy capped".into(),
+        ));
+    }
+    Ok(policy)
 }
 
 /// The short name of an unsellable state, as the scripts store it (`dm`, `qc`, `hd`) — also the
@@ -170,15 +261,22 @@ impl Fact {
                 threshold,
                 safety_stock,
                 location_priority,
-            } => Some(PolicySet {
-                low_stock_threshold: *threshold,
-                safety_stock: *safety_stock,
-                location_priority: location_priority
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            }),
+                backorder,
+            } => {
+                let (policy, limit) =
+                    backorder.map_or((BackorderPolicy::Unspecified, None), |b| b.to_proto());
+                Some(PolicySet {
+                    low_stock_threshold: *threshold,
+                    safety_stock: *safety_stock,
+                    location_priority: location_priority
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    backorder_policy: policy.into(),
+                    backorder_limit: limit,
+                })
+            }
             _ => None,
         }
     }
@@ -235,14 +333,19 @@ impl Fact {
                 threshold,
                 safety_stock,
                 location_priority,
-            } => [
-                none(),
-                none(),
-                none(),
-                optional(*threshold),
-                optional(*safety_stock),
-                location_priority.clone(),
-            ],
+                backorder,
+            } => {
+                // The backorder policy rides in the slots a policy has no other use for.
+                let (policy, limit) = backorder.map(Backorder::script_args).unwrap_or_default();
+                [
+                    policy,
+                    limit,
+                    none(),
+                    optional(*threshold),
+                    optional(*safety_stock),
+                    location_priority.clone(),
+                ]
+            }
             Op::ChannelRules { channel, rules } => [
                 channel.clone(),
                 encode_rules(rules),
@@ -405,6 +508,14 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             quantity: c.quantity,
         },
         Change::PolicySet(c) => Op::PolicySet {
+            backorder: backorder_of(&c).map_err(|(field, reason)| {
+                let category = if field == "backorder_policy" {
+                    Category::UnknownEnum
+                } else {
+                    Category::InvalidQuantity
+                };
+                InputError::new("policy_set", field, category, reason)
+            })?,
             threshold: c.low_stock_threshold,
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
@@ -607,12 +718,24 @@ fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
             threshold,
             safety_stock,
             location_priority,
+            backorder,
         } => {
-            if threshold.is_none() && safety_stock.is_none() && location_priority.is_empty() {
+            if threshold.is_none()
+                && safety_stock.is_none()
+                && location_priority.is_empty()
+                && backorder.is_none()
+            {
                 return Err((
                     "type",
-                    "policy_set sets none of low_stock_threshold, safety_stock, location_priority"
+                    "policy_set sets none of low_stock_threshold, safety_stock, \
+                     location_priority, backorder_policy"
                         .into(),
+                ));
+            }
+            if backorder.is_some() && !location.is_empty() {
+                return Err((
+                    "backorder_policy",
+                    "backorder_policy is SKU-wide: leave location empty".into(),
                 ));
             }
             if !location_priority.is_empty() {
@@ -827,6 +950,7 @@ mod tests {
                     low_stock_threshold: threshold,
                     safety_stock: None,
                     location_priority: priority.iter().map(|s| s.to_string()).collect(),
+                    ..PolicySet::default()
                 }))[..],
             )
             .expect("decodes");

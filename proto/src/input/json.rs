@@ -65,6 +65,30 @@ fn unsellable_state(name: &str) -> Result<crate::v1::UnsellableState, InputError
     })
 }
 
+/// The backorder policies, as JSON names them (`stockflow.v1.BackorderPolicy`).
+pub const BACKORDER_POLICIES: [&str; 4] = ["none", "against_incoming", "capped", "unlimited"];
+
+fn backorder_policy(name: &str) -> Result<crate::v1::BackorderPolicy, InputError> {
+    use crate::v1::BackorderPolicy;
+    Ok(match name {
+        "none" => BackorderPolicy::None,
+        "against_incoming" => BackorderPolicy::AgainstIncoming,
+        "capped" => BackorderPolicy::Capped,
+        "unlimited" => BackorderPolicy::Unlimited,
+        other => {
+            return Err(InputError::new(
+                "policy_set",
+                "backorder_policy",
+                Category::UnknownEnum,
+                format!(
+                    "backorder_policy {other:?} is not one of {}",
+                    BACKORDER_POLICIES.join(", ")
+                ),
+            ))
+        }
+    })
+}
+
 /// Availability rules in JSON (see `stockflow.v1.AvailabilityRules`); an absent field does not
 /// apply.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -395,6 +419,12 @@ pub struct StockFactJson {
     /// `unsellable_moved`: true moves sellable units into `state`, false back out of it.
     #[serde(default)]
     pub to_unsellable: Option<bool>,
+    /// `policy_set`, SKU-wide: `none`, `against_incoming`, `capped` or `unlimited`.
+    #[serde(default)]
+    pub backorder_policy: Option<String>,
+    /// `policy_set` with `backorder_policy` `capped`: units that may be backordered in all.
+    #[serde(default)]
+    pub backorder_limit: Option<i64>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -434,6 +464,8 @@ impl StockFactJson {
             ("expected_at_ms", self.expected_at_ms.is_some()),
             ("state", self.state.is_some()),
             ("to_unsellable", self.to_unsellable.is_some()),
+            ("backorder_policy", self.backorder_policy.is_some()),
+            ("backorder_limit", self.backorder_limit.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -452,7 +484,13 @@ impl StockFactJson {
             "adjusted" => &["delta"],
             "counted" => &["on_hand", "expected_on_hand"],
             "transferred" => &["to_location", "quantity"],
-            "policy_set" => &["low_stock_threshold", "safety_stock", "location_priority"],
+            "policy_set" => &[
+                "low_stock_threshold",
+                "safety_stock",
+                "location_priority",
+                "backorder_policy",
+                "backorder_limit",
+            ],
             "" => {
                 return Err(InputError::new(
                     "unknown",
@@ -534,6 +572,11 @@ impl StockFactJson {
                 low_stock_threshold: self.low_stock_threshold,
                 safety_stock: self.safety_stock,
                 location_priority: self.location_priority.clone().unwrap_or_default(),
+                backorder_policy: match self.backorder_policy.as_deref() {
+                    Some(name) => backorder_policy(name)?.into(),
+                    None => 0,
+                },
+                backorder_limit: self.backorder_limit,
             }),
         })
     }

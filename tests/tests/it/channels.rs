@@ -551,7 +551,8 @@ fn the_scripts_apply_the_rules_as_the_model_does() {
             Op::PolicySet {
                 threshold: None,
                 safety_stock: Some(s),
-                location_priority: String::new()
+                location_priority: String::new(),
+                backorder: None,
             },
             l
         )),

@@ -3,6 +3,7 @@
 
 mod world;
 
+mod backorders;
 mod batch_crash;
 mod channel_orders;
 mod channels;

@@ -103,6 +103,7 @@ impl OrderHandler {
                     sku: line.sku.clone(),
                     location: part.location,
                     quantity: part.quantity,
+                    ..Allocation::default()
                 });
             }
         }

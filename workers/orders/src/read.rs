@@ -219,6 +219,7 @@ impl StoredOrder {
                     sku: l.line.sku.clone(),
                     location: part.location.clone(),
                     quantity: part.quantity,
+                    ..Allocation::default()
                 })
             })
             .collect()

@@ -179,6 +179,9 @@ impl OrderHandler {
             self.ttl.to_string(),
             channel.to_owned(),
             self.channel_specs(channel),
+            backorder_rank(rank),
+            order_id.to_owned(),
+            line.line_id.clone(),
         ];
         self.line_call(ScriptKind::Reserve, order_id, line, args, rank)
             .await
@@ -297,5 +300,17 @@ impl OrderHandler {
             .await
             .map_err(HandleError::redis)?;
         Ok(quantity.unwrap_or(0) - shipped.unwrap_or(0))
+    }
+}
+
+/// A line's place in its SKU's backorder queue: its order's stream sequence, then its index
+/// (an order has at most 100 lines, so 128 slots per order keep every rank distinct and exact
+/// in a sorted set's score up to 2^46 placements). A placement without a usable sequence never
+/// backorders: '' tells the script so.
+fn backorder_rank((sequence, index): (u64, usize)) -> String {
+    if sequence == 0 || sequence >= 1 << 46 {
+        String::new()
+    } else {
+        (sequence * 128 + index as u64).to_string()
     }
 }

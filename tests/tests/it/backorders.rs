@@ -1,0 +1,470 @@
+//! Backorders and preorders on real servers: each policy (none, against incoming, capped,
+//! unlimited), the decision's backordered quantity and expected date, fills in order of
+//! placement when stock arrives (receipts, returns, a cancelled order's units), duplicates that
+//! change nothing, a cancel that leaves the queue, all-or-nothing across lines, and what a
+//! channel lists beyond stock (a preorder listing).
+
+use stockflow_proto::v1::{
+    order_event::Command, order_result::Result as Decision, stock_event::Change, Allocation,
+    AvailabilityRules, BackorderPolicy, OrderCancelled, OrderResult, PolicySet, StockChanged,
+};
+
+use crate::{
+    incoming::{expected, receipt},
+    world::*,
+};
+
+const DAY_1: i64 = 1_800_000_000_000;
+const DAY_2: i64 = DAY_1 + 86_400_000;
+
+/// A SKU-wide backorder policy.
+fn backorder(policy: BackorderPolicy, limit: Option<i64>) -> Change {
+    Change::PolicySet(PolicySet {
+        backorder_policy: policy.into(),
+        backorder_limit: limit,
+        ..PolicySet::default()
+    })
+}
+
+/// A one-line placement of `quantity` of `sku` (any location).
+fn one_line(event_id: &str, order_id: &str, sku: &str, quantity: i64) -> OrderEvent {
+    order(event_id, order_id, placed(&[("1", sku, quantity, "")], 0))
+}
+
+type OrderEvent = stockflow_proto::v1::OrderEvent;
+
+/// Places `order` and waits for its decision.
+async fn decide(world: &World, event: &OrderEvent) -> Decision {
+    world.publish_order(event).await;
+    let order_id = event.order_id.clone();
+    stockflow_tests::eventually(
+        &format!("the decision on {order_id}"),
+        stockflow_tests::DEADLINE,
+        || async {
+            world
+                .order_results()
+                .await
+                .into_iter()
+                .find(|r: &OrderResult| {
+                    r.order_id == order_id
+                        && matches!(
+                            r.result,
+                            Some(Decision::Confirmed(_) | Decision::Rejected(_))
+                        )
+                })
+                .and_then(|r| r.result)
+        },
+    )
+    .await
+}
+
+/// The allocations of a confirmation (panics on a rejection).
+fn allocations(decision: &Decision) -> Vec<Allocation> {
+    match decision {
+        Decision::Confirmed(c) => c.lines.clone(),
+        other => panic!("expected a confirmation, got {other:?}"),
+    }
+}
+
+/// (location, quantity, backordered, expected_at_ms) of each allocation.
+fn summary(decision: &Decision) -> Vec<(String, i64, i64, i64)> {
+    allocations(decision)
+        .into_iter()
+        .map(|a| {
+            (
+                a.location,
+                a.quantity,
+                a.backordered,
+                a.backorder_expected_at_ms,
+            )
+        })
+        .collect()
+}
+
+fn at(
+    location: &str,
+    quantity: i64,
+    backordered: i64,
+    expected_at_ms: i64,
+) -> (String, i64, i64, i64) {
+    (location.into(), quantity, backordered, expected_at_ms)
+}
+
+/// The ledger's fills of `sku`: (order_id, units filled, units still backordered), in the order
+/// they were applied (each fill raises the location's reserved units: their order is the apply
+/// order, whatever order the entries were stored in).
+async fn fills(world: &World, sku: &str) -> Vec<(String, i64, i64)> {
+    let mut entries: Vec<StockChanged> = world
+        .ledger(sku)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "backorder_filled")
+        .collect();
+    entries.sort_by_key(|e| e.after.expect("after").reserved);
+    entries
+        .into_iter()
+        .map(|e| (e.order_id, e.backorder_filled, e.backordered))
+        .collect()
+}
+
+/// Units backordered at `location` and the lines waiting in the SKU's queue.
+async fn waiting(world: &World, sku: &str, location: &str) -> (i64, usize) {
+    let mut conn = world.redis.connection().await;
+    let units: Option<i64> =
+        redis::AsyncCommands::hget(&mut conn, world.keys.stock(sku), format!("bo:{location}"))
+            .await
+            .expect("hget");
+    let queued: usize = redis::AsyncCommands::zcard(&mut conn, world.keys.backorders(sku))
+        .await
+        .expect("zcard");
+    (units.unwrap_or(0), queued)
+}
+
+#[tokio::test]
+async fn capped_confirms_up_to_the_cap_and_receipts_fill_in_order_of_placement() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "CAP-1";
+    world.publish(&event("r0", sku, "wh", received(3))).await;
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Capped, Some(5)),
+        ))
+        .await;
+    world.wait_on_hand(sku, "wh", 3).await;
+    world.wait_stock_idle().await;
+
+    // 3 on hand: 3 reserved at once, 2 backordered (no purchase order: no expected date).
+    let first = decide(&world, &one_line("p1", "o1", sku, 5)).await;
+    assert_eq!(summary(&first), [at("wh", 3, 2, 0)]);
+    // The cap (5) less the 2 backordered leaves 3: 4 is refused, 3 is taken.
+    let refused = decide(&world, &one_line("p2", "o2", sku, 4)).await;
+    assert!(matches!(refused, Decision::Rejected(_)), "{refused:?}");
+    let third = decide(&world, &one_line("p3", "o3", sku, 3)).await;
+    assert_eq!(summary(&third), [at("wh", 0, 3, 0)]);
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (3, 3));
+    assert_eq!(waiting(&world, sku, "wh").await, (5, 2));
+
+    // 4 arrive: o1 gets its 2, then o3 2 of its 3; one more arrives by a return: o3 is whole.
+    world.publish(&event("r1", sku, "wh", received(4))).await;
+    world.wait_on_hand(sku, "wh", 7).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (7, 7));
+    assert_eq!(waiting(&world, sku, "wh").await, (1, 1));
+    // A duplicate of the receipt changes nothing.
+    world.publish(&event("r1", sku, "wh", received(4))).await;
+    world.publish(&event("r2", sku, "wh", returned(1))).await;
+    world.wait_on_hand(sku, "wh", 8).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (8, 8));
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+    assert_eq!(
+        fills(&world, sku).await,
+        [
+            ("o1".to_owned(), 2, 0),
+            ("o3".to_owned(), 2, 1),
+            ("o3".to_owned(), 1, 0)
+        ]
+    );
+    // Each fill names its order line and is a reservation in the ledger.
+    let ledger = world.ledger(sku).await;
+    let fill = ledger
+        .iter()
+        .find(|e| e.kind == "backorder_filled")
+        .expect("a fill");
+    assert_eq!(
+        (fill.line_id.as_str(), fill.cause_event_id.as_str()),
+        ("1", "r1")
+    );
+    assert_eq!(fill.reason(), stockflow_proto::v1::Reason::Reserved);
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn against_incoming_backorders_up_to_the_purchase_orders_with_their_dates() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "PRE-1";
+    world
+        .publish(&event("e1", sku, "wh", expected("PO-1", 10, DAY_1)))
+        .await;
+    world
+        .publish(&event("e2", sku, "wh", expected("PO-2", 5, DAY_2)))
+        .await;
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::AgainstIncoming, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+
+    // Nothing on hand: a preorder of 6 waits for PO-1 (day 1) ...
+    let first = decide(&world, &one_line("p1", "o1", sku, 6)).await;
+    assert_eq!(summary(&first), [at("wh", 0, 6, DAY_1)]);
+    // ... 7 more need PO-2 too (day 2) ...
+    let second = decide(&world, &one_line("p2", "o2", sku, 7)).await;
+    assert_eq!(summary(&second), [at("wh", 0, 7, DAY_2)]);
+    // ... and 3 more than the 2 still incoming are refused.
+    let refused = decide(&world, &one_line("p3", "o3", sku, 3)).await;
+    let Decision::Rejected(rejected) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(rejected.short_lines[0].available, 0);
+
+    // PO-1 arrives: o1 whole, o2 4 of its 7.
+    world.publish(&receipt("rc1", sku, "wh", "PO-1", 10)).await;
+    world.wait_on_hand(sku, "wh", 10).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (10, 10));
+    assert_eq!(waiting(&world, sku, "wh").await, (3, 1));
+    assert_eq!(
+        fills(&world, sku).await,
+        [("o1".to_owned(), 6, 0), ("o2".to_owned(), 4, 3)]
+    );
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_policy_a_short_line_is_rejected_as_before() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "NONE-1";
+    world.publish(&event("r0", sku, "wh", received(2))).await;
+    world
+        .publish(&event("e1", sku, "wh", expected("PO-1", 10, DAY_1)))
+        .await;
+    world.wait_on_hand(sku, "wh", 2).await;
+    let refused = decide(&world, &one_line("p1", "o1", sku, 3)).await;
+    assert!(matches!(refused, Decision::Rejected(_)), "{refused:?}");
+    // A policy set back to none behaves the same.
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::None, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let refused = decide(&world, &one_line("p2", "o2", sku, 3)).await;
+    assert!(matches!(refused, Decision::Rejected(_)), "{refused:?}");
+    // A covered line carries no backorder.
+    let covered = decide(&world, &one_line("p3", "o3", sku, 2)).await;
+    assert_eq!(summary(&covered), [at("wh", 2, 0, 0)]);
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_line_that_cannot_be_backordered_rejects_the_order_and_nothing_is_held_or_queued() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    world
+        .publish(&event("r0", "OPEN-1", "wh", received(1)))
+        .await;
+    world
+        .publish(&event("r1", "SHUT-1", "wh", received(1)))
+        .await;
+    world
+        .publish(&event(
+            "pol",
+            "OPEN-1",
+            "",
+            backorder(BackorderPolicy::Unlimited, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let decision = decide(
+        &world,
+        &order(
+            "p1",
+            "multi",
+            placed(&[("1", "OPEN-1", 5, ""), ("2", "SHUT-1", 2, "")], 0),
+        ),
+    )
+    .await;
+    assert!(matches!(decision, Decision::Rejected(_)), "{decision:?}");
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved("OPEN-1", "wh").await, (1, 0));
+    assert_eq!(waiting(&world, "OPEN-1", "wh").await, (0, 0));
+    // Its units stay free for the next order.
+    let next = decide(&world, &one_line("p2", "o2", "OPEN-1", 1)).await;
+    assert_eq!(summary(&next), [at("wh", 1, 0, 0)]);
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_backorder_leaves_the_queue_and_its_units_fill_the_next() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "CXL-1";
+    world.publish(&event("r0", sku, "wh", received(2))).await;
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Unlimited, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let first = decide(&world, &one_line("p1", "o1", sku, 4)).await;
+    assert_eq!(summary(&first), [at("wh", 2, 2, 0)]);
+    let second = decide(&world, &one_line("p2", "o2", sku, 3)).await;
+    assert_eq!(summary(&second), [at("wh", 0, 3, 0)]);
+    assert_eq!(waiting(&world, sku, "wh").await, (5, 2));
+
+    // o1 is cancelled: it leaves the queue, and the 2 units it held go to o2.
+    world
+        .publish_order(&order("c1", "o1", Command::Cancelled(OrderCancelled {})))
+        .await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (2, 2));
+    assert_eq!(waiting(&world, sku, "wh").await, (1, 1));
+    assert_eq!(fills(&world, sku).await, [("o2".to_owned(), 2, 1)]);
+    // A receipt now fills o2 alone.
+    world.publish(&event("r1", sku, "wh", received(5))).await;
+    world.wait_on_hand(sku, "wh", 7).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (7, 3));
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_preorder_listing_shows_what_the_policy_allows_beyond_stock() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "LIST-1";
+    world.publish(&event("r0", sku, "wh", received(2))).await;
+    world.wait_on_hand(sku, "wh", 2).await;
+    world
+        .publish_channel(&channel_set(
+            "def-web",
+            channel("web", &["wh"], AvailabilityRules::default()),
+        ))
+        .await;
+    world.wait_availability("web", sku, 2).await;
+    // Against incoming: stock plus what is incoming, less what is backordered.
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::AgainstIncoming, None),
+        ))
+        .await;
+    world
+        .publish(&event("e1", sku, "wh", expected("PO-1", 10, DAY_1)))
+        .await;
+    world.wait_availability("web", sku, 12).await;
+    // A preorder of 5 takes the 2 on hand and 3 of the incoming: 7 left to list.
+    let preorder = decide(&world, &one_line("p1", "o1", sku, 5)).await;
+    assert_eq!(summary(&preorder), [at("wh", 2, 3, DAY_1)]);
+    world.wait_availability("web", sku, 7).await;
+    // Capped at 4 (3 of them taken): 1 beyond stock.
+    world
+        .publish(&event(
+            "pol2",
+            sku,
+            "",
+            backorder(BackorderPolicy::Capped, Some(4)),
+        ))
+        .await;
+    world.wait_availability("web", sku, 1).await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_receipts_fill_strictly_in_order_of_placement_and_never_twice() {
+    let world = World::start().await;
+    let stock = [world.stock_worker(), world.stock_worker()];
+    let orders = world.order_worker();
+    let sku = "RUSH-1";
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Unlimited, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    // Twenty preorders of 3, nothing on hand: each waits whole, in order of placement.
+    let placed_orders = 20;
+    for i in 0..placed_orders {
+        world
+            .publish_order(&order(
+                &format!("p{i}"),
+                &format!("o{i:02}"),
+                placed(&[("1", sku, 3, "wh")], 0),
+            ))
+            .await;
+    }
+    world.wait_orders_idle().await;
+    assert_eq!(waiting(&world, sku, "wh").await, (60, placed_orders));
+
+    // Two producers send 30 receipts of 2 units concurrently, each receipt twice.
+    let producer = |name: &'static str| {
+        let world = &world;
+        async move {
+            for i in 0..15 {
+                let receipt = event(&format!("{name}-{i}"), sku, "wh", received(2));
+                world.publish(&receipt).await;
+                world.publish(&receipt).await;
+            }
+        }
+    };
+    futures::join!(producer("a"), producer("b"));
+    world.wait_on_hand(sku, "wh", 60).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (60, 60));
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+
+    let fills = fills(&world, sku).await;
+    // Never filled twice: every order got exactly its 3 units ...
+    let total: i64 = fills.iter().map(|(_, units, _)| units).sum();
+    assert_eq!(total, 60);
+    for i in 0..placed_orders {
+        let id = format!("o{i:02}");
+        let got: i64 = fills
+            .iter()
+            .filter(|(o, _, _)| *o == id)
+            .map(|(_, units, _)| units)
+            .sum();
+        assert_eq!(got, 3, "{id}");
+    }
+    // ... and strictly in order of placement: no order was filled before an earlier one was
+    // whole.
+    let order_of_fills: Vec<&str> = fills.iter().map(|(o, _, _)| o.as_str()).collect();
+    let mut sorted = order_of_fills.clone();
+    sorted.sort();
+    assert_eq!(order_of_fills, sorted, "{fills:?}");
+    for window in fills.windows(2) {
+        if window[0].0 != window[1].0 {
+            assert_eq!(window[0].2, 0, "{} left before it was whole", window[0].0);
+        }
+    }
+    orders.shutdown().await;
+    for worker in stock {
+        worker.shutdown().await;
+    }
+}
