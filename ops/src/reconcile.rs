@@ -347,7 +347,9 @@ fn expected_quantity(
             on_hand - reserved - safety - unsellable
         })
         .collect();
-    stockflow_shared::channels::quantity(&available, &rules, override_rules).0
+    let (quantity, _) = stockflow_shared::channels::quantity(&available, &rules, override_rules);
+    let beyond = stockflow_shared::channels::beyond_stock(&channel.locations, policy, stock);
+    stockflow_shared::channels::with_backorders(quantity, beyond, &rules, override_rules)
 }
 
 /// Compares every (channel, SKU) of the `AVAILABILITY` feed with what its levels and rules give.

@@ -110,6 +110,56 @@ pub fn quantity(
     (q.max(0), pool)
 }
 
+/// What the SKU's backorder policy lets a channel list beyond stock (a preorder listing), as
+/// the scripts compute it (`channel_backorders` in `lua/prelude.lua`) from the SKU's policy hash
+/// (`bo`, `bol`) and stock hash (`in:<l>`, `bo:<l>`) over the channel's `locations`.
+pub fn beyond_stock(
+    locations: &[String],
+    policy: &std::collections::BTreeMap<String, String>,
+    stock: &std::collections::BTreeMap<String, i64>,
+) -> i64 {
+    let field = |name: String| stock.get(&name).copied().unwrap_or(0);
+    match policy.get("bo").map(String::as_str) {
+        Some("u") => UNLIMITED_BACKORDER_LISTED,
+        Some("c") => {
+            let limit: i64 = policy.get("bol").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let total: i64 = stock
+                .iter()
+                .filter(|(k, _)| k.starts_with("bo:"))
+                .map(|(_, v)| *v)
+                .sum();
+            (limit - total).max(0)
+        }
+        Some("i") => locations
+            .iter()
+            .map(|l| (field(format!("in:{l}")) - field(format!("bo:{l}"))).max(0))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// What a channel lists beyond stock under an unlimited backorder policy (within its maximum
+/// listed); the scripts' `UNLIMITED_BACKORDER_LISTED`.
+pub const UNLIMITED_BACKORDER_LISTED: i64 = 1_000_000;
+
+/// `quantity` (what stock lets the channel list) with what the backorder policy adds beyond
+/// stock, capped again by the maximum listed, as the scripts add it.
+pub fn with_backorders(
+    quantity: i64,
+    beyond: i64,
+    rules: &stockflow_proto::v1::AvailabilityRules,
+    override_rules: Option<&stockflow_proto::v1::AvailabilityRules>,
+) -> i64 {
+    if beyond <= 0 {
+        return quantity;
+    }
+    let max = override_rules
+        .and_then(|r| r.max_listed)
+        .or(rules.max_listed);
+    let q = quantity + beyond;
+    max.map_or(q, |m| q.min(m))
+}
+
 #[derive(Debug, Default)]
 struct Book {
     channels: HashMap<String, Known>,

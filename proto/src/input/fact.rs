@@ -149,7 +149,7 @@ impl Backorder {
 
 /// The backorder policy a `PolicySet` asks for: `Ok(None)` when it leaves the policy alone, or
 /// the field at fault and why.
-fn backorder_of(set: &PolicySet) -> Result<Option<Backorder>, (&'static str, String)> {
+pub fn backorder_of(set: &PolicySet) -> Result<Option<Backorder>, (&'static str, String)> {
     let limit = set.backorder_limit;
     let policy = match BackorderPolicy::try_from(set.backorder_policy) {
         Ok(BackorderPolicy::Unspecified) => None,

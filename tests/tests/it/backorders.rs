@@ -9,6 +9,8 @@ use stockflow_proto::v1::{
     AvailabilityRules, BackorderPolicy, OrderCancelled, OrderResult, PolicySet, StockChanged,
 };
 
+use stockflow_ops::{rebuild, reconcile};
+
 use crate::{
     incoming::{expected, receipt},
     world::*,
@@ -467,4 +469,109 @@ async fn concurrent_receipts_fill_strictly_in_order_of_placement_and_never_twice
     for worker in stock {
         worker.shutdown().await;
     }
+}
+
+/// What Redis holds of a SKU's backorders: the policy hash, the queue (member, score) and, per
+/// queued or filled line, its record's backorder fields and parts.
+async fn backorder_state(
+    world: &World,
+    sku: &str,
+    lines: &[(&str, &str)],
+) -> (
+    std::collections::BTreeMap<String, String>,
+    Vec<(String, f64)>,
+    Option<i64>,
+    Vec<Vec<Option<String>>>,
+) {
+    use redis::AsyncCommands as _;
+    let mut conn = world.redis.connection().await;
+    let policy: std::collections::BTreeMap<String, String> =
+        conn.hgetall(world.keys.policy(sku)).await.expect("policy");
+    let queue: Vec<(String, f64)> = conn
+        .zrange_withscores(world.keys.backorders(sku), 0, -1)
+        .await
+        .expect("queue");
+    let waiting: Option<i64> = conn.hget(world.keys.stock(sku), "bo:wh").await.expect("bo");
+    let mut records = Vec::new();
+    for (order_id, line_id) in lines {
+        let fields: Vec<Option<String>> = conn
+            .hmget(
+                world.keys.order_line(sku, order_id, line_id),
+                &["state", "bo", "bq", "bol", "bor", "oid", "lid", "parts"],
+            )
+            .await
+            .expect("line record");
+        records.push(fields);
+    }
+    (policy, queue, waiting, records)
+}
+
+#[tokio::test]
+async fn rebuild_restores_the_policy_the_queue_and_each_backordered_line() {
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "REB-1";
+    world.publish(&event("r0", sku, "wh", received(2))).await;
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Capped, Some(10)),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let first = decide(&world, &one_line("p1", "o1", sku, 5)).await;
+    assert_eq!(summary(&first), [at("wh", 2, 3, 0)]);
+    let second = decide(&world, &one_line("p2", "o2", sku, 4)).await;
+    assert_eq!(summary(&second), [at("wh", 0, 4, 0)]);
+    // o1 filled whole, o2 with 1 of its 4.
+    world.publish(&event("r1", sku, "wh", received(4))).await;
+    world.wait_on_hand(sku, "wh", 6).await;
+    world.wait_stock_idle().await;
+    world.wait_orders_idle().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+    let lines = [("o1", "1"), ("o2", "1")];
+    let before = backorder_state(&world, sku, &lines).await;
+    assert_eq!(before.1.len(), 1, "{before:?}");
+    assert_eq!(before.2, Some(3));
+
+    let mut conn = world.redis_connection().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    rebuild::rebuild(
+        &world.js,
+        &mut conn,
+        &world.keys,
+        rebuild::Retention {
+            dedup_ttl: std::time::Duration::from_secs(86_400),
+            orders: order_worker::DEFAULT_ORDER_RETENTION,
+        },
+    )
+    .await
+    .expect("rebuild");
+    let after = backorder_state(&world, sku, &lines).await;
+    assert_eq!(after, before, "rebuilt state equals the lost one");
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (6, 6));
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift")
+        .is_empty());
+
+    // The rebuilt queue goes on: 3 more fill o2, and the cap still holds (10, none waiting).
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    world.publish(&event("r2", sku, "wh", received(3))).await;
+    world.wait_on_hand(sku, "wh", 9).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (9, 9));
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+    let third = decide(&world, &one_line("p3", "o3", sku, 10)).await;
+    assert_eq!(summary(&third), [at("wh", 0, 10, 0)]);
+    orders.shutdown().await;
+    stock.shutdown().await;
 }
