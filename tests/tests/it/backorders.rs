@@ -575,3 +575,78 @@ async fn rebuild_restores_the_policy_the_queue_and_each_backordered_line() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn each_fill_is_a_signed_backorder_filled_webhook_and_the_confirmation_names_the_backorder() {
+    use crate::notify::{fast, notify_worker, subscriptions_file, Receiver};
+    let world = World::start().await;
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = subscriptions_file(
+        &dir,
+        serde_json::json!([
+            {"id": "shop", "url": receiver.url, "events": ["backorder_filled", "order_confirmed"]},
+        ]),
+    );
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let notify = notify_worker(&world, &fast(&file, &[]));
+    let sku = "HOOK-1";
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Unlimited, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    // Nothing anywhere yet: the line names where it waits.
+    let decision = decide(
+        &world,
+        &order("p1", "o1", placed(&[("1", sku, 3, "wh")], 0)),
+    )
+    .await;
+    assert_eq!(summary(&decision), [at("wh", 0, 3, 0)]);
+    // One receipt after the other: 2 of the 3, then the last one.
+    world.publish(&event("r1", sku, "wh", received(2))).await;
+    world.wait_stock_idle().await;
+    world.publish(&event("r2", sku, "wh", received(5))).await;
+    let received = stockflow_tests::eventually(
+        "two fills and a confirmation delivered",
+        stockflow_tests::DEADLINE,
+        || async {
+            let got = receiver.received();
+            (got.len() >= 3).then_some(got)
+        },
+    )
+    .await;
+    receiver.assert_signatures_verified();
+    let mut types: Vec<&str> = received.iter().map(|r| r.event_type.as_str()).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["backorder_filled", "backorder_filled", "order_confirmed"]
+    );
+    let confirmed = received
+        .iter()
+        .find(|r| r.event_type == "order_confirmed")
+        .expect("confirmation");
+    assert_eq!(confirmed.body["data"]["lines"][0]["backordered"], 3);
+    let mut filled: Vec<(i64, i64)> = received
+        .iter()
+        .filter(|r| r.event_type == "backorder_filled")
+        .map(|r| {
+            assert_eq!(r.body["data"]["order_id"], "o1");
+            (
+                r.body["data"]["filled"].as_i64().expect("filled"),
+                r.body["data"]["backordered"].as_i64().expect("backordered"),
+            )
+        })
+        .collect();
+    filled.sort_unstable();
+    assert_eq!(filled, [(1, 0), (2, 1)]);
+    notify.shutdown().await;
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
