@@ -881,6 +881,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_backorder_policy_is_sku_wide_and_capped_goes_with_its_limit_only() {
+        let set = |policy: i32, limit: Option<i64>, location: &str| {
+            let mut e = StockEvent::decode(
+                &event(Change::PolicySet(PolicySet {
+                    backorder_policy: policy,
+                    backorder_limit: limit,
+                    ..PolicySet::default()
+                }))[..],
+            )
+            .expect("decodes");
+            e.location = location.into();
+            e.encode_to_vec()
+        };
+        let capped = BackorderPolicy::Capped as i32;
+        for (bytes, field, category) in [
+            (
+                set(capped, None, ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                set(capped, Some(0), ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                set(BackorderPolicy::Unlimited as i32, Some(3), ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (set(9, None, ""), "backorder_policy", Category::UnknownEnum),
+            (
+                set(capped, Some(3), "wh"),
+                "backorder_policy",
+                Category::InvalidQuantity,
+            ),
+        ] {
+            assert_eq!(
+                fault(parse("stock.events.A", &bytes)),
+                (field.to_owned(), category)
+            );
+        }
+        let fact = parse("stock.events.A", &set(capped, Some(3), "")).expect("valid");
+        assert_eq!(fact.script_args()[..2], ["c".to_owned(), "3".to_owned()]);
+        let policy = fact.policy().expect("a policy");
+        assert_eq!(
+            (policy.backorder_policy, policy.backorder_limit),
+            (capped, Some(3))
+        );
+        let none = parse(
+            "stock.events.A",
+            &set(BackorderPolicy::None as i32, None, ""),
+        );
+        assert_eq!(none.expect("valid").script_args()[0], "n");
+    }
+
     fn fault(result: Result<Fact, InputError>) -> (String, Category) {
         match result {
             Err(e) => (e.field, e.category),

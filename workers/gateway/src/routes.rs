@@ -524,6 +524,11 @@ struct AllocationJson {
     sku: String,
     location: String,
     quantity: i64,
+    /// Only on a backordered line: every other allocation reads as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backordered: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backorder_expected_at_ms: Option<i64>,
 }
 
 impl From<Allocation> for AllocationJson {
@@ -533,6 +538,9 @@ impl From<Allocation> for AllocationJson {
             sku: a.sku,
             location: a.location,
             quantity: a.quantity,
+            backordered: (a.backordered > 0).then_some(a.backordered),
+            backorder_expected_at_ms: (a.backorder_expected_at_ms > 0)
+                .then_some(a.backorder_expected_at_ms),
         }
     }
 }
