@@ -753,7 +753,8 @@ impl Fold {
                     order_id,
                     line_id,
                     parts: &line.parts,
-                    quantity: line.quantity,
+                    // As reserve_line.lua records it: the line's units, those still waiting too.
+                    quantity: line.quantity + line.backorder.as_ref().map_or(0, |b| b.waiting),
                     shipped: line.shipped,
                     released: line.released,
                     shipments: &line.shipments,

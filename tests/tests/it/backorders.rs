@@ -650,3 +650,53 @@ async fn each_fill_is_a_signed_backorder_filled_webhook_and_the_confirmation_nam
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backordered_line_ships_only_what_was_filled() {
+    use stockflow_proto::v1::{FulfilledLine, OrderFulfilled};
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "SHIP-1";
+    world.publish(&event("r0", sku, "wh", received(3))).await;
+    world
+        .publish(&event(
+            "pol",
+            sku,
+            "",
+            backorder(BackorderPolicy::Unlimited, None),
+        ))
+        .await;
+    world.wait_stock_idle().await;
+    let decision = decide(&world, &one_line("p1", "o1", sku, 5)).await;
+    assert_eq!(summary(&decision), [at("wh", 3, 2, 0)]);
+    let fulfil = |id: &str, quantity: i64| {
+        order(
+            id,
+            "o1",
+            Command::Fulfilled(OrderFulfilled {
+                lines: vec![FulfilledLine {
+                    line_id: "1".into(),
+                    quantity,
+                }],
+                last_shipment: false,
+            }),
+        )
+    };
+    // All 5 asked for: the 3 held ship, the 2 waiting stay queued.
+    world.publish_order(&fulfil("f1", 5)).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (0, 0));
+    assert_eq!(waiting(&world, sku, "wh").await, (2, 1));
+    // They arrive, are filled, and ship.
+    world.publish(&event("r1", sku, "wh", received(2))).await;
+    world.wait_on_hand(sku, "wh", 2).await;
+    world.wait_stock_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (2, 2));
+    world.publish_order(&fulfil("f2", 2)).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (0, 0));
+    assert_eq!(waiting(&world, sku, "wh").await, (0, 0));
+    orders.shutdown().await;
+    stock.shutdown().await;
+}
