@@ -323,6 +323,19 @@ impl Fold {
     }
 
     /// [`Self::ledger`], calling `read` after each message (for a progress display).
+    /// Units of order lines still backordered (waiting for stock) per (sku, location), as the
+    /// ledger entries of the lines not released leave them.
+    pub fn backordered(&self) -> BTreeMap<(String, String), i64> {
+        let mut out = BTreeMap::new();
+        for line in self.lines.values().filter(|l| !l.released) {
+            if let Some(b) = line.backorder.as_ref().filter(|b| b.waiting > 0) {
+                *out.entry((line.sku.clone(), b.location.clone()))
+                    .or_default() += b.waiting;
+            }
+        }
+        out
+    }
+
     pub async fn ledger_with(
         js: &jetstream::Context,
         read: &mut (dyn FnMut() + Send),

@@ -539,6 +539,25 @@ async fn rebuild_restores_the_policy_the_queue_and_each_backordered_line() {
     assert_eq!(before.2, Some(3));
 
     let mut conn = world.redis_connection().await;
+    // Reconcile checks the backordered units against the ledger's waiting lines.
+    assert!(reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift")
+        .is_empty());
+    let _: () = redis::cmd("HSET")
+        .arg(world.keys.stock(sku))
+        .arg("bo:wh")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let drift: Vec<(&str, i64, i64)> = reconcile::drift(&world.js, &mut conn, &world.keys)
+        .await
+        .expect("drift")
+        .iter()
+        .map(|d| (d.field, d.ledger, d.redis))
+        .collect();
+    assert_eq!(drift, [("backordered", 3, 5)]);
     let _: () = redis::cmd("FLUSHALL")
         .query_async(&mut conn)
         .await
