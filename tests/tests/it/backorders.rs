@@ -157,6 +157,18 @@ async fn capped_confirms_up_to_the_cap_and_receipts_fill_in_order_of_placement()
     world.wait_stock_idle().await;
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (7, 7));
     assert_eq!(waiting(&world, sku, "wh").await, (1, 1));
+    // The stored order (what `GET /v1/orders/{id}` shows) holds 2 and waits for 1.
+    let mut redis = world.redis_connection().await;
+    let stored = order_worker::read_order(&mut redis, &world.keys, "o3")
+        .await
+        .expect("read")
+        .expect("stored");
+    let now: Vec<(i64, i64)> = stored
+        .allocations()
+        .iter()
+        .map(|a| (a.quantity, a.backordered))
+        .collect();
+    assert_eq!(now, [(2, 1)]);
     // A duplicate of the receipt changes nothing.
     world.publish(&event("r1", sku, "wh", received(4))).await;
     world.publish(&event("r2", sku, "wh", returned(1))).await;
