@@ -350,7 +350,10 @@ fn expected_quantity(
         })
         .collect();
     let (quantity, _) = stockflow_shared::channels::quantity(&available, &rules, override_rules);
-    let beyond = stockflow_shared::channels::beyond_stock(&channel.locations, policy, stock);
+    let (kind, limit) =
+        stockflow_shared::channels::channel_backorder(&rules, override_rules, policy);
+    let beyond =
+        stockflow_shared::channels::beyond_stock(&channel.locations, (&kind, limit), stock);
     stockflow_shared::channels::with_backorders(quantity, beyond, &rules, override_rules)
 }
 

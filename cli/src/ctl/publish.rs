@@ -727,7 +727,7 @@ pub enum BackorderArg {
 
 impl BackorderArg {
     /// The contract's value.
-    fn policy(self) -> stockflow_proto::v1::BackorderPolicy {
+    pub(crate) fn policy(self) -> stockflow_proto::v1::BackorderPolicy {
         use stockflow_proto::v1::BackorderPolicy;
         match self {
             Self::None => BackorderPolicy::None,

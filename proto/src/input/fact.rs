@@ -348,7 +348,7 @@ impl Fact {
             }
             Op::ChannelRules { channel, rules } => [
                 channel.clone(),
-                encode_rules(rules),
+                encode_override(rules),
                 none(),
                 none(),
                 none(),
@@ -431,6 +431,30 @@ impl Fact {
         } else {
             format!("{fingerprint}|ch={}", self.channel)
         }
+    }
+}
+
+/// A channel's backorder policy as the scripts take it: '' (follows the SKU's), `n`, `i`,
+/// `u`, or `c<limit>`.
+pub fn encode_backorder(rules: &AvailabilityRules) -> String {
+    match BackorderPolicy::try_from(rules.backorder_policy) {
+        Ok(BackorderPolicy::None) => "n".into(),
+        Ok(BackorderPolicy::AgainstIncoming) => "i".into(),
+        Ok(BackorderPolicy::Capped) => format!("c{}", rules.backorder_limit.unwrap_or(0)),
+        Ok(BackorderPolicy::Unlimited) => "u".into(),
+        Ok(BackorderPolicy::Unspecified) | Err(_) => String::new(),
+    }
+}
+
+/// A SKU's override of a channel's rules as `apply_stock.lua` stores it: the rules as
+/// [`encode_rules`] gives them, then the backorder policy ([`encode_backorder`]) as a sixth
+/// field when the override sets one (so every override without one reads as before).
+pub fn encode_override(rules: &AvailabilityRules) -> String {
+    let backorder = encode_backorder(rules);
+    if backorder.is_empty() {
+        encode_rules(rules)
+    } else {
+        format!("{}\x1f{backorder}", encode_rules(rules))
     }
 }
 

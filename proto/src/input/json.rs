@@ -109,6 +109,49 @@ pub struct AvailabilityRulesJson {
     /// Only the channel's own reservations count against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_reservations_only: Option<bool>,
+    /// The backorder policy the channel sells under instead of the SKU's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backorder_policy: Option<BackorderPolicyJson>,
+    /// With `backorder_policy` `capped`: units that may be backordered in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backorder_limit: Option<i64>,
+}
+
+/// A backorder policy in JSON (see `stockflow.v1.BackorderPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackorderPolicyJson {
+    /// Nothing beyond stock.
+    None,
+    /// Up to what is incoming.
+    AgainstIncoming,
+    /// Up to a cap.
+    Capped,
+    /// Without a limit.
+    Unlimited,
+}
+
+impl BackorderPolicyJson {
+    fn to_proto(self) -> crate::v1::BackorderPolicy {
+        use crate::v1::BackorderPolicy;
+        match self {
+            Self::None => BackorderPolicy::None,
+            Self::AgainstIncoming => BackorderPolicy::AgainstIncoming,
+            Self::Capped => BackorderPolicy::Capped,
+            Self::Unlimited => BackorderPolicy::Unlimited,
+        }
+    }
+
+    fn of(value: i32) -> Option<Self> {
+        use crate::v1::BackorderPolicy;
+        match BackorderPolicy::try_from(value).ok()? {
+            BackorderPolicy::None => Some(Self::None),
+            BackorderPolicy::AgainstIncoming => Some(Self::AgainstIncoming),
+            BackorderPolicy::Capped => Some(Self::Capped),
+            BackorderPolicy::Unlimited => Some(Self::Unlimited),
+            BackorderPolicy::Unspecified => None,
+        }
+    }
 }
 
 impl From<AvailabilityRulesJson> for AvailabilityRules {
@@ -119,6 +162,8 @@ impl From<AvailabilityRulesJson> for AvailabilityRules {
             max_listed: r.max_listed,
             end_when_below: r.end_when_below,
             own_reservations_only: r.own_reservations_only,
+            backorder_policy: r.backorder_policy.map_or(0, |p| p.to_proto().into()),
+            backorder_limit: r.backorder_limit,
         }
     }
 }
@@ -131,6 +176,8 @@ impl From<AvailabilityRules> for AvailabilityRulesJson {
             max_listed: r.max_listed,
             end_when_below: r.end_when_below,
             own_reservations_only: r.own_reservations_only,
+            backorder_policy: BackorderPolicyJson::of(r.backorder_policy),
+            backorder_limit: r.backorder_limit,
         }
     }
 }

@@ -262,7 +262,8 @@ end
 --     r:<ch>:<location> the channel's own reservations there.
 -- A spec is rules_version \31 strategy (p priority, m most available, x removed) \31 buffer
 -- \31 percent \31 max_listed \31 end_when_below \31 own_reservations_only ('1'/'0'/'')
--- \31 locations separated by \29. The worker passes the specs it knows as records separated
+-- \31 locations separated by \29 [\31 backorder policy: n, i, u or c<cap>, when the channel sets
+-- one]. The worker passes the specs it knows as records separated
 -- by \30, each `id \31 spec`; a stored spec newer than the passed one wins, so a worker whose
 -- view of the channels lags never computes with older rules than another worker already used.
 --
@@ -289,7 +290,8 @@ end
 local function parse_spec(id, text)
   local f = split(text, US)
   return { id = id, text = text, rev = tonumber(f[1]) or 0, strategy = f[2],
-    rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS) }
+    rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS),
+    bo = f[9] or '' }
 end
 
 -- Specs parsed in this script call, by their text: a batched call passes the same specs with
@@ -363,18 +365,30 @@ local function channel_available(stock_key, policy_key, ch, id, own, l)
   return lv.oh - rs - lv.ss - lv.un
 end
 
--- Units the SKU's backorder policy lets channel `spec` sell beyond stock: against incoming, what
--- is incoming at its locations less what is backordered there; capped, the cap less what is
--- backordered; unlimited, UNLIMITED_BACKORDER_LISTED. The policy is read once per script call.
-local function channel_backorders(stock_key, policy_key, ch, spec)
+-- The backorder policy channel `spec` sells this SKU under, and its cap: the SKU's override of
+-- the channel's rules (its sixth field), else the channel's own (its spec's), else the SKU's
+-- policy (read once per script call).
+local function channel_backorder_policy(policy_key, ch, spec)
+  local code = split(ch.st['o:' .. spec.id] or '', US)[6]
+  if code == nil or code == '' then code = spec.bo end
+  if code ~= nil and code ~= '' then
+    return string.sub(code, 1, 1), tonumber(string.sub(code, 2)) or 0
+  end
   if ch.bo == nil then
     local pol, limit = backorder_policy(policy_key)
     ch.bo = { pol = pol, limit = limit }
   end
-  local pol = ch.bo.pol
+  return ch.bo.pol, ch.bo.limit
+end
+
+-- Units the backorder policy lets channel `spec` sell beyond stock: against incoming, what is
+-- incoming at its locations less what is backordered there; capped, the cap less what is
+-- backordered; unlimited, UNLIMITED_BACKORDER_LISTED.
+local function channel_backorders(stock_key, policy_key, ch, spec)
+  local pol, limit = channel_backorder_policy(policy_key, ch, spec)
   if pol == 'n' then return 0 end
   if pol == 'u' then return UNLIMITED_BACKORDER_LISTED end
-  if pol == 'c' then return backorder_allowance(pol, ch.bo.limit, 0, 0, backordered_total(stock_key)) end
+  if pol == 'c' then return backorder_allowance(pol, limit, 0, 0, backordered_total(stock_key)) end
   local beyond = 0
   for _, l in ipairs(spec.locs) do
     local s = redis.call('HMGET', stock_key, 'in:' .. l, 'bo:' .. l)

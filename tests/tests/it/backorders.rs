@@ -731,3 +731,82 @@ async fn a_backordered_line_ships_only_what_was_filled() {
     orders.shutdown().await;
     stock.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_channel_sells_under_its_own_backorder_policy_and_a_sku_override_wins() {
+    use stockflow_proto::v1::{order_event, ChannelRulesSet, OrderLine, OrderPlaced};
+    let world = World::start().await;
+    let stock = world.stock_worker();
+    let orders = world.order_worker();
+    let sku = "CHAN-1";
+    world.publish(&event("r0", sku, "wh", received(2))).await;
+    world.wait_on_hand(sku, "wh", 2).await;
+    let preorders = AvailabilityRules {
+        backorder_policy: BackorderPolicy::Capped.into(),
+        backorder_limit: Some(5),
+        ..AvailabilityRules::default()
+    };
+    world
+        .publish_channel(&channel_set(
+            "def-web",
+            channel("web", &["wh"], AvailabilityRules::default()),
+        ))
+        .await;
+    world
+        .publish_channel(&channel_set("def-pre", channel("pre", &["wh"], preorders)))
+        .await;
+    // The SKU has no policy: the web shop lists its stock; the preorder channel 5 beyond it.
+    world.wait_availability("web", sku, 2).await;
+    world.wait_availability("pre", sku, 7).await;
+    let from = |channel: &str, event_id: &str, order_id: &str, quantity: i64| {
+        order(
+            event_id,
+            order_id,
+            order_event::Command::Placed(OrderPlaced {
+                lines: vec![OrderLine {
+                    line_id: "1".into(),
+                    sku: sku.into(),
+                    quantity,
+                    location: String::new(),
+                }],
+                hold_seconds: 0,
+                channel: channel.into(),
+            }),
+        )
+    };
+    let preorder = decide(&world, &from("pre", "p1", "o1", 4)).await;
+    assert_eq!(summary(&preorder), [at("wh", 2, 2, 0)]);
+    let web = decide(&world, &from("web", "p2", "o2", 1)).await;
+    assert!(matches!(web, Decision::Rejected(_)), "{web:?}");
+    world.wait_availability("pre", sku, 3).await;
+    world.wait_availability("web", sku, 0).await;
+    // The SKU's override for the preorder channel: nothing beyond stock.
+    world
+        .publish(&event(
+            "ovr",
+            sku,
+            "",
+            Change::ChannelRules(ChannelRulesSet {
+                channel: "pre".into(),
+                rules: Some(AvailabilityRules {
+                    backorder_policy: BackorderPolicy::None.into(),
+                    ..AvailabilityRules::default()
+                }),
+            }),
+        ))
+        .await;
+    world.wait_availability("pre", sku, 0).await;
+    world.wait_stock_idle().await;
+    world.wait_orders_idle().await;
+    let mut conn = world.redis_connection().await;
+    let (levels, channels) =
+        reconcile::all_drift_with(&world.js, &mut conn, &world.keys, &mut reconcile::Quiet)
+            .await
+            .expect("drift");
+    assert!(
+        levels.is_empty() && channels.is_empty(),
+        "{levels:?} {channels:?}"
+    );
+    orders.shutdown().await;
+    stock.shutdown().await;
+}

@@ -541,6 +541,7 @@ fn the_scripts_apply_the_rules_as_the_model_does() {
                     max_listed,
                     end_when_below,
                     own_reservations_only: None,
+                    ..AvailabilityRules::default()
                 },
             )
     };

@@ -116,7 +116,15 @@ end
 -- A short line under a backorder policy: what stock covers, and where the rest waits.
 local backorder = nil
 local pol, limit = 'n', 0
-if take == nil and ARGV[7] ~= '' then pol, limit = backorder_policy(policy_key) end
+if take == nil and ARGV[7] ~= '' then
+  -- A channel's order backorders under the channel's policy for the SKU.
+  local spec = channel ~= '' and ch.specs[channel] or nil
+  if spec ~= nil then
+    pol, limit = channel_backorder_policy(policy_key, ch, spec)
+  else
+    pol, limit = backorder_policy(policy_key)
+  end
+end
 if take == nil and pol ~= 'n' then
   local total = 0
   if pol == 'c' then total = backordered_total(stock_key) end

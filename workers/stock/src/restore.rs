@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use stockflow_proto::{
-    input::fact::{encode_rules, Backorder},
+    input::fact::{encode_override, Backorder},
     v1::AvailabilityRules,
 };
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
@@ -232,7 +232,7 @@ impl Restore {
                     state
                         .override_rules
                         .as_ref()
-                        .map(encode_rules)
+                        .map(encode_override)
                         .unwrap_or_default(),
                 )
                 .arg(quantity)
