@@ -150,6 +150,13 @@ async fn capped_confirms_up_to_the_cap_and_receipts_fill_in_order_of_placement()
     assert_eq!(summary(&third), [at("wh", 0, 3, 0)]);
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (3, 3));
     assert_eq!(waiting(&world, sku, "wh").await, (5, 2));
+    // The levels show them (what `stockctl stock` and `GET /v1/stock/{sku}` answer).
+    let mut conn = world.redis_connection().await;
+    let levels = stockflow_shared::levels::read_levels(&mut conn, &world.keys, sku)
+        .await
+        .expect("levels");
+    assert_eq!(levels["wh"].backordered, 5);
+    assert_eq!(levels["wh"].available(), 0);
 
     // 4 arrive: o1 gets its 2, then o3 2 of its 3; one more arrives by a return: o3 is whole.
     world.publish(&event("r1", sku, "wh", received(4))).await;

@@ -827,6 +827,9 @@ struct LevelsJson {
     quality_control: i64,
     #[serde(skip_serializing_if = "is_zero")]
     held: i64,
+    /// Units of order lines waiting here for stock (backorders, preorders).
+    #[serde(skip_serializing_if = "is_zero")]
+    backordered: i64,
 }
 
 impl From<&LocationLevels> for LevelsJson {
@@ -841,6 +844,7 @@ impl From<&LocationLevels> for LevelsJson {
             damaged: l.damaged,
             quality_control: l.quality_control,
             held: l.held,
+            backordered: l.backordered,
         }
     }
 }
