@@ -953,6 +953,46 @@ mod tests {
     }
 
     #[test]
+    fn a_backorder_policy_in_json() {
+        let body = |v: Value| {
+            let mut v = v;
+            v["type"] = "policy_set".into();
+            v["sku"] = "A".into();
+            v["event_id"] = "e1".into();
+            v
+        };
+        let capped = judged(
+            body(json!({"backorder_policy": "capped", "backorder_limit": 20})),
+            None,
+        )
+        .expect("capped");
+        assert_eq!(capped.script_args()[..2], ["c", "20"]);
+        let incoming = judged(body(json!({"backorder_policy": "against_incoming"})), None)
+            .expect("against incoming");
+        assert_eq!(incoming.script_args()[0], "i");
+        for (value, field, category) in [
+            (
+                json!({"backorder_policy": "sometimes"}),
+                "backorder_policy",
+                Category::UnknownEnum,
+            ),
+            (
+                json!({"backorder_policy": "capped"}),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                json!({"backorder_policy": "unlimited", "location": "wh"}),
+                "backorder_policy",
+                Category::InvalidQuantity,
+            ),
+        ] {
+            let error = judged(body(value), None).expect_err(field);
+            assert_eq!((error.field.as_str(), error.category), (field, category));
+        }
+    }
+
+    #[test]
     fn purchase_orders_and_unsellable_moves_in_json() {
         let body = |v: Value| {
             let mut v = v;
