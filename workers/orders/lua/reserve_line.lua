@@ -29,12 +29,13 @@
 -- covers the whole line. With a channel, the line takes from the channel's locations in its
 -- allocation order (priority: as listed; most_available: most available first) what each has
 -- available until it is covered; if all of them together do not cover it, nothing is taken.
--- A line no candidate covers may still be confirmed when the SKU's backorder policy allows the
--- rest (see prelude.lua): without a channel, at the candidate (or a location with incoming)
--- that covers most of it among those whose allowance takes the rest; with a channel, what all
--- its locations have, the rest at the first of them (in allocation order) whose allowance takes
--- it. The covered units are reserved, the rest is backordered there and queued by rank; `parts`
--- then always names that location last (with the units covered there, maybe 0), and `backordered` /
+-- A line no candidate covers may still be confirmed when the backorder policy allows the rest
+-- (the SKU's; for a channel order the channel's for the SKU: see prelude.lua): without a
+-- channel, at the candidate (or, against incoming, a location with incoming) that covers most
+-- of it among those whose allowance takes the rest; with a channel, what all its locations
+-- have, the rest at the first of them (in allocation order) whose allowance takes it. The
+-- covered units are reserved, the rest is backordered there and queued by rank; `parts` then
+-- names that location last (with the units covered there, maybe 0), and `backordered` /
 -- `expected_at` say how many units wait and when they are expected (0 unknown). A replay
 -- answers with the parts as they were at placement, not as fills have grown them since.
 -- Invariant: available (on_hand - reserved - safety) never goes below zero because of a
