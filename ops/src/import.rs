@@ -297,6 +297,7 @@ impl Row {
                     low_stock_threshold: self.threshold,
                     safety_stock: self.safety_stock,
                     location_priority: vec![],
+                    ..PolicySet::default()
                 }),
             )
         })

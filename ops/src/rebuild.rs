@@ -27,7 +27,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use order_worker::{
     command::{encode_lines, Line},
-    restore::{LineRecord, OrderRecord},
+    restore::{Backorder, LineRecord, OrderRecord},
     Part,
 };
 use prost::Message as _;
@@ -47,7 +47,7 @@ use crate::Error;
 const IN_FLIGHT: usize = 64;
 
 /// Ledger kinds written by order steps.
-const ORDER_KINDS: [&str; 3] = ["reserved", "released", "shipped"];
+const ORDER_KINDS: [&str; 4] = ["reserved", "released", "shipped", "backorder_filled"];
 
 /// On-hand and reserved units of one (sku, location), as the ledger sums them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,6 +118,8 @@ struct LineState {
     released_at_ms: i64,
     /// Fulfilment event id -> (units, units still held after it).
     shipments: Vec<(String, i64, i64)>,
+    /// Its backorder, when it was confirmed beyond stock.
+    backorder: Option<Backorder>,
 }
 
 /// One order as `ORDER_RESULTS` describes it.
@@ -326,6 +328,19 @@ impl Fold {
     }
 
     /// [`Self::ledger`], calling `read` after each message (for a progress display).
+    /// Units of order lines still backordered (waiting for stock) per (sku, location), as the
+    /// ledger entries of the lines not released leave them.
+    pub fn backordered(&self) -> BTreeMap<(String, String), i64> {
+        let mut out = BTreeMap::new();
+        for line in self.lines.values().filter(|l| !l.released) {
+            if let Some(b) = line.backorder.as_ref().filter(|b| b.waiting > 0) {
+                *out.entry((line.sku.clone(), b.location.clone()))
+                    .or_default() += b.waiting;
+            }
+        }
+        out
+    }
+
     pub async fn ledger_with(
         js: &jetstream::Context,
         read: &mut (dyn FnMut() + Send),
@@ -471,6 +486,11 @@ impl Fold {
                 if !policy.location_priority.is_empty() {
                     stored.priority = Some(policy.location_priority.join(","));
                 }
+                // As in apply_stock.lua: unspecified leaves it, none removes it.
+                if let Ok(Some(backorder)) = stockflow_proto::input::fact::backorder_of(policy) {
+                    stored.backorder = (backorder != stockflow_proto::input::fact::Backorder::None)
+                        .then_some(backorder);
+                }
             }
         }
         self.stock_events.insert(
@@ -507,10 +527,39 @@ impl Fold {
                 line.parts.len() - 1
             }
         };
+        // A backordered line's entries (its reservation, fills, release) say what still waits:
+        // it only goes down, so the least is the last, in whatever order they were stored.
+        if entry.backorder_rank != 0 {
+            let b = line.backorder.get_or_insert_with(|| Backorder {
+                location: entry.location.clone(),
+                waiting: entry.backordered,
+                backordered: 0,
+                filled: 0,
+                expected_at_ms: entry.backorder_expected_at_ms,
+                rank: entry.backorder_rank,
+            });
+            b.waiting = b.waiting.min(entry.backordered);
+            if entry.kind == "reserved" {
+                b.backordered = entry.backordered;
+            }
+        }
+        let filled_here = line
+            .backorder
+            .as_ref()
+            .filter(|b| b.location == entry.location)
+            .map_or(0, |b| b.filled);
         match entry.kind.as_str() {
             "reserved" => {
-                line.parts[index].quantity = after.reserved - before.reserved;
+                // What stock covered at placement, and what fills added since.
+                line.parts[index].quantity = after.reserved - before.reserved + filled_here;
                 line.quantity = line.parts.iter().map(|p| p.quantity).sum();
+            }
+            "backorder_filled" => {
+                line.parts[index].quantity += entry.backorder_filled;
+                line.quantity += entry.backorder_filled;
+                if let Some(b) = line.backorder.as_mut() {
+                    b.filled += entry.backorder_filled;
+                }
             }
             "released" => {
                 line.released = true;
@@ -553,13 +602,13 @@ impl Fold {
                 for a in confirmed.lines {
                     match lines.iter_mut().find(|l| l.line_id == a.line_id) {
                         Some(line) => {
-                            line.quantity += a.quantity;
+                            line.quantity += a.quantity + a.backordered;
                             line.location.clear();
                         }
                         None => lines.push(Line {
                             line_id: a.line_id,
                             sku: a.sku,
-                            quantity: a.quantity,
+                            quantity: a.quantity + a.backordered,
                             location: a.location,
                         }),
                     }
@@ -743,11 +792,13 @@ impl Fold {
                     order_id,
                     line_id,
                     parts: &line.parts,
-                    quantity: line.quantity,
+                    // As reserve_line.lua records it: the line's units, those still waiting too.
+                    quantity: line.quantity + line.backorder.as_ref().map_or(0, |b| b.waiting),
                     shipped: line.shipped,
                     released: line.released,
                     shipments: &line.shipments,
                     channel: &line.channel,
+                    backorder: line.backorder.as_ref(),
                 };
                 Some((record, expiry))
             })

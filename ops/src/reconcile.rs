@@ -48,8 +48,9 @@ pub struct Drift {
     pub sku: String,
     /// Location.
     pub location: String,
-    /// `on_hand`, `reserved`, `incoming`, `damaged`, `quality_control`, `held`, or
-    /// `purchase_order` (the units still outstanding on [`Self::purchase_order`]).
+    /// `on_hand`, `reserved`, `incoming`, `damaged`, `quality_control`, `held`, `backordered`
+    /// (units of order lines waiting for stock), or `purchase_order` (the units still
+    /// outstanding on [`Self::purchase_order`]).
     pub field: &'static str,
     /// What the ledger sums to.
     pub ledger: i64,
@@ -241,6 +242,7 @@ async fn level_drift(
     progress: &mut dyn Progress,
 ) -> Result<Vec<Drift>, Error> {
     let mut skus: BTreeSet<String> = fold.levels.keys().map(|(sku, _)| sku.clone()).collect();
+    let backordered = fold.backordered();
     for key in redis
         .scan_match(&format!("{}:{{*}}:stock", keys.prefix()))
         .await
@@ -289,7 +291,7 @@ async fn level_drift(
         let kits: Vec<Option<String>> = redis::from_redis_value(redis::Value::Array(replies))
             .context("reading kit definitions from Redis")?;
         for ((sku, hash), kit) in chunk.iter().zip(hashes).zip(kits) {
-            compare(sku, &stored_levels(hash), fold, &mut out);
+            compare(sku, &stored_levels(hash), fold, &backordered, &mut out);
             compare_kit(sku, kit.as_deref(), fold, &mut out);
         }
         progress.compared(chunk.len() as u64);
@@ -368,7 +370,12 @@ fn expected_quantity(
             on_hand - reserved - safety - unsellable
         })
         .collect();
-    stockflow_shared::channels::quantity(&available, &rules, override_rules).0
+    let (quantity, _) = stockflow_shared::channels::quantity(&available, &rules, override_rules);
+    let (kind, limit) =
+        stockflow_shared::channels::channel_backorder(&rules, override_rules, policy);
+    let beyond =
+        stockflow_shared::channels::beyond_stock(&channel.locations, (&kind, limit), stock);
+    stockflow_shared::channels::with_backorders(quantity, beyond, &rules, override_rules)
 }
 
 /// Compares every (channel, SKU) of the `AVAILABILITY` feed with what its levels and rules give.
@@ -452,9 +459,14 @@ fn stored_levels(hash: BTreeMap<String, i64>) -> Stored {
         .into_iter()
         .map(|p| ((p.location, p.reference), p.outstanding))
         .collect();
+    let backordered = hash
+        .iter()
+        .filter_map(|(field, units)| Some((field.strip_prefix("bo:")?.to_owned(), *units)))
+        .collect();
     Stored {
         levels,
         purchase_orders,
+        backordered,
     }
 }
 
@@ -463,12 +475,20 @@ struct Stored {
     levels: BTreeMap<String, LocationLevels>,
     /// Outstanding units by (location, purchase order).
     purchase_orders: BTreeMap<(String, String), i64>,
+    /// Units of order lines waiting for stock, by location (`bo:<location>`).
+    backordered: BTreeMap<String, i64>,
 }
 
 /// Appends to `out` the drift of `sku`'s locations, by location, on-hand before reserved
 /// (then incoming, damaged, quality_control, held), then of its purchase orders (field
 /// `purchase_order`, naming it).
-fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
+fn compare(
+    sku: &str,
+    stored: &Stored,
+    fold: &Fold,
+    backordered: &BTreeMap<(String, String), i64>,
+    out: &mut Vec<Drift>,
+) {
     // The ledger's locations of this SKU: one range of the map, sorted by (sku, location).
     let in_ledger = fold
         .levels
@@ -506,6 +526,30 @@ fn compare(sku: &str, stored: &Stored, fold: &Fold, out: &mut Vec<Drift>) {
                     kit: String::new(),
                 });
             }
+        }
+    }
+    // Backordered units: the ledger's lines still waiting against what Redis counts.
+    let mut waiting: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for ((_, location), units) in backordered
+        .range((sku.to_owned(), String::new())..)
+        .take_while(|((s, _), _)| s == sku)
+    {
+        waiting.entry(location.clone()).or_default().0 = *units;
+    }
+    for (location, units) in &stored.backordered {
+        waiting.entry(location.clone()).or_default().1 = *units;
+    }
+    for (location, (ledger, redis)) in waiting {
+        if ledger != redis {
+            out.push(Drift {
+                sku: sku.to_owned(),
+                location,
+                field: "backordered",
+                ledger,
+                redis,
+                purchase_order: String::new(),
+                kit: String::new(),
+            });
         }
     }
     // Purchase orders: the ledger's sum for each against what Redis holds.

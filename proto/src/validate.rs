@@ -192,6 +192,14 @@ pub fn validate_rules(prefix: &str, rules: &AvailabilityRules) -> Result<(), (St
             return Err((field.clone(), format!("{field} must be 0..=100, got {p}")));
         }
     }
+    // The channel's backorder policy, as a `PolicySet`'s is judged.
+    let set = crate::v1::PolicySet {
+        backorder_policy: rules.backorder_policy,
+        backorder_limit: rules.backorder_limit,
+        ..Default::default()
+    };
+    crate::input::fact::backorder_of(&set)
+        .map_err(|(field, reason)| (format!("{prefix}.{field}"), format!("{prefix}.{reason}")))?;
     Ok(())
 }
 

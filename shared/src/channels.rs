@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
 use stockflow_proto::{
-    input::fact::encode_rules,
+    input::fact::{encode_backorder, encode_rules},
     v1::{AllocationStrategy, Channel},
 };
 
@@ -46,7 +46,9 @@ impl Known {
     }
 }
 
-/// The spec of `channel` as the scripts take it: `rules_version`, strategy, rules, locations.
+/// The spec of `channel` as the scripts take it: `rules_version`, strategy, rules, locations,
+/// then its backorder policy ([`encode_backorder`]) when it sets one (a spec without one reads
+/// as before).
 pub fn spec(known: &Known) -> String {
     match known {
         Known::Defined(c) => {
@@ -54,12 +56,19 @@ pub fn spec(known: &Known) -> String {
                 Ok(AllocationStrategy::MostAvailable) => "m",
                 _ => "p",
             };
-            format!(
+            let rules = c.rules.unwrap_or_default();
+            let backorder = encode_backorder(&rules);
+            let mut spec = format!(
                 "{}{US}{strategy}{US}{}{US}{}",
                 c.rules_version,
-                encode_rules(&c.rules.unwrap_or_default()),
+                encode_rules(&rules),
                 c.locations.join(&GS.to_string())
-            )
+            );
+            if !backorder.is_empty() {
+                spec.push(US);
+                spec.push_str(&backorder);
+            }
+            spec
         }
         Known::Removed(version) => format!("{version}{US}x{US}{US}{US}{US}{US}{US}"),
     }
@@ -108,6 +117,77 @@ pub fn quantity(
         q = 0;
     }
     (q.max(0), pool)
+}
+
+/// The backorder policy a channel sells a SKU under, as the scripts store it (`n`, `i`, `c`,
+/// `u`) with its cap: the SKU's override of the channel's rules, else the channel's rules, else
+/// the SKU's policy hash (`bo`, `bol`) — `channel_backorder_policy` in `lua/prelude.lua`.
+pub fn channel_backorder(
+    rules: &stockflow_proto::v1::AvailabilityRules,
+    override_rules: Option<&stockflow_proto::v1::AvailabilityRules>,
+    policy: &std::collections::BTreeMap<String, String>,
+) -> (String, i64) {
+    let own = override_rules
+        .map(encode_backorder)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| encode_backorder(rules));
+    if let Some(kind) = own.get(..1) {
+        return (kind.to_owned(), own[1..].parse().unwrap_or(0));
+    }
+    (
+        policy.get("bo").cloned().unwrap_or_else(|| "n".to_owned()),
+        policy.get("bol").and_then(|v| v.parse().ok()).unwrap_or(0),
+    )
+}
+
+/// What a backorder policy (`kind` as [`channel_backorder`] gives it, and its cap) lets a
+/// channel list beyond stock (a preorder listing), as the scripts compute it
+/// (`channel_backorders` in `lua/prelude.lua`) from the SKU's stock hash (`in:<l>`, `bo:<l>`)
+/// over the channel's `locations`.
+pub fn beyond_stock(
+    locations: &[String],
+    (kind, limit): (&str, i64),
+    stock: &std::collections::BTreeMap<String, i64>,
+) -> i64 {
+    let field = |name: String| stock.get(&name).copied().unwrap_or(0);
+    match kind {
+        "u" => UNLIMITED_BACKORDER_LISTED,
+        "c" => {
+            let total: i64 = stock
+                .iter()
+                .filter(|(k, _)| k.starts_with("bo:"))
+                .map(|(_, v)| *v)
+                .sum();
+            (limit - total).max(0)
+        }
+        "i" => locations
+            .iter()
+            .map(|l| (field(format!("in:{l}")) - field(format!("bo:{l}"))).max(0))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// What a channel lists beyond stock under an unlimited backorder policy (within its maximum
+/// listed); the scripts' `UNLIMITED_BACKORDER_LISTED`.
+pub const UNLIMITED_BACKORDER_LISTED: i64 = 1_000_000;
+
+/// `quantity` (what stock lets the channel list) with what the backorder policy adds beyond
+/// stock, capped again by the maximum listed, as the scripts add it.
+pub fn with_backorders(
+    quantity: i64,
+    beyond: i64,
+    rules: &stockflow_proto::v1::AvailabilityRules,
+    override_rules: Option<&stockflow_proto::v1::AvailabilityRules>,
+) -> i64 {
+    if beyond <= 0 {
+        return quantity;
+    }
+    let max = override_rules
+        .and_then(|r| r.max_listed)
+        .or(rules.max_listed);
+    let q = quantity + beyond;
+    max.map_or(q, |m| q.min(m))
 }
 
 #[derive(Debug, Default)]

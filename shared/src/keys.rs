@@ -40,6 +40,12 @@ impl Keys {
         format!("{}:{{{}}}:ats", self.prefix, encode_token(sku))
     }
 
+    /// Sorted set of the SKU's backordered order lines (their record keys) in order of
+    /// placement; the scripts derive it from [`Self::stock`] (see `lua/prelude.lua`).
+    pub fn backorders(&self, sku: &str) -> String {
+        format!("{}:{{{}}}:boq", self.prefix, encode_token(sku))
+    }
+
     /// Set of every location that has had stock recorded: what a channel may name.
     pub fn locations(&self) -> String {
         format!("{}:locations", self.prefix)

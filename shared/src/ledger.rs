@@ -66,6 +66,7 @@ pub fn default_reason(kind: &str) -> Reason {
         "shipped" => Reason::Shipped,
         "channel_rules" | "kit_defined" => Reason::Policy,
         "kit_buildable" => Reason::CycleCount,
+        "backorder_filled" => Reason::Reserved,
         _ => Reason::Unspecified,
     }
 }
@@ -195,14 +196,26 @@ impl Ledger {
                 } else {
                     String::new()
                 },
-                order_id: cause
-                    .order_line
-                    .map(|(o, _)| o.to_owned())
-                    .unwrap_or_default(),
-                line_id: cause
-                    .order_line
-                    .map(|(_, l)| l.to_owned())
-                    .unwrap_or_default(),
+                // A fill names the line it filled, whatever caused it (a receipt, another
+                // order's release).
+                order_id: match &change.backorder {
+                    Some(b) => b.order_id.clone(),
+                    None => cause
+                        .order_line
+                        .map(|(o, _)| o.to_owned())
+                        .unwrap_or_default(),
+                },
+                line_id: match &change.backorder {
+                    Some(b) => b.line_id.clone(),
+                    None => cause
+                        .order_line
+                        .map(|(_, l)| l.to_owned())
+                        .unwrap_or_default(),
+                },
+                backorder_filled: change.backorder.as_ref().map_or(0, |b| b.filled),
+                backordered: change.backorder.as_ref().map_or(0, |b| b.backordered),
+                backorder_expected_at_ms: change.backorder.as_ref().map_or(0, |b| b.expected_at_ms),
+                backorder_rank: change.backorder.as_ref().map_or(0, |b| b.rank),
                 channel_rules: cause.channel_rules.cloned(),
                 channel: cause.channel.to_owned(),
                 purchase_order: change

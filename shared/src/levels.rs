@@ -26,6 +26,8 @@ pub struct LocationLevels {
     pub quality_control: i64,
     /// Unsellable units: held.
     pub held: i64,
+    /// Units of order lines backordered here, waiting for stock (not part of any other level).
+    pub backordered: i64,
 }
 
 impl LocationLevels {
@@ -60,6 +62,7 @@ pub fn totals<'a>(locations: impl IntoIterator<Item = &'a LocationLevels>) -> Lo
             damaged: sum.damaged + l.damaged,
             quality_control: sum.quality_control + l.quality_control,
             held: sum.held + l.held,
+            backordered: sum.backordered + l.backordered,
         })
 }
 
@@ -104,7 +107,10 @@ pub fn fold_stock_hash(stock: &BTreeMap<String, i64>, out: &mut BTreeMap<String,
         let Some((prefix, location)) = field.split_once(':') else {
             continue;
         };
-        if !matches!(prefix, "oh" | "rs" | "in" | "et" | "dm" | "qc" | "hd") {
+        if !matches!(
+            prefix,
+            "oh" | "rs" | "in" | "et" | "dm" | "qc" | "hd" | "bo"
+        ) {
             continue;
         }
         let l = out.entry(location.to_owned()).or_default();
@@ -115,6 +121,7 @@ pub fn fold_stock_hash(stock: &BTreeMap<String, i64>, out: &mut BTreeMap<String,
             "et" => &mut l.incoming_expected_at_ms,
             "dm" => &mut l.damaged,
             "qc" => &mut l.quality_control,
+            "bo" => &mut l.backordered,
             _ => &mut l.held,
         };
         *slot = *value;
@@ -189,6 +196,7 @@ mod tests {
                 damaged: 1,
                 quality_control: 2,
                 held: 3,
+                backordered: 0,
             }
         );
         assert_eq!(

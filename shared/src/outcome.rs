@@ -21,6 +21,25 @@ pub struct LevelChange {
     /// The purchase order an `expected`, `expected_cancelled` or `received` against one
     /// changed, as it stands after the change.
     pub purchase_order: Option<PurchaseOrder>,
+    /// The backordered order line this change reserved, filled or released units for.
+    pub backorder: Option<BackorderLine>,
+}
+
+/// A backordered order line, as one change left it (see `lua/prelude.lua`, "Backorders").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackorderLine {
+    /// The order.
+    pub order_id: String,
+    /// Its line.
+    pub line_id: String,
+    /// Units this change filled from stock that became available (0 unless `backorder_filled`).
+    pub filled: i64,
+    /// Units of the line still backordered after it.
+    pub backordered: i64,
+    /// When they are expected, ms since the Unix epoch; 0 unknown.
+    pub expected_at_ms: i64,
+    /// The line's place in its SKU's queue (lower is filled first).
+    pub rank: u64,
 }
 
 /// One purchase order at one location, after a change.
@@ -90,6 +109,8 @@ pub struct OutcomeParseError(String);
 const RECORD: char = '\u{1e}';
 /// The first field of a channel record.
 const CHANNEL_MARK: &str = "\u{1d}";
+/// The first field of a backorder record (it belongs to the change before it).
+const BACKORDER_MARK: &str = "\u{1c}";
 const FIELD: char = '\u{1f}';
 
 fn int(field: Option<&str>, what: &str) -> Result<i64, OutcomeParseError> {
@@ -141,9 +162,16 @@ impl Outcome {
         let mut changes = Vec::new();
         let mut channels = Vec::new();
         for record in records {
-            match record.strip_prefix(CHANNEL_MARK) {
-                Some(rest) => channels.push(parse_channel(rest)?),
-                None => changes.push(parse_change(record)?),
+            if let Some(rest) = record.strip_prefix(CHANNEL_MARK) {
+                channels.push(parse_channel(rest)?);
+            } else if let Some(rest) = record.strip_prefix(BACKORDER_MARK) {
+                let line = parse_backorder(rest)?;
+                let change: &mut LevelChange = changes.last_mut().ok_or_else(|| {
+                    OutcomeParseError("a backorder record before any change".into())
+                })?;
+                change.backorder = Some(line);
+            } else {
+                changes.push(parse_change(record)?);
             }
         }
         Ok(Self {
@@ -181,6 +209,30 @@ fn parse_channel(record: &str) -> Result<ChannelChange, OutcomeParseError> {
         pool: int(Some(f[5]), "pool")?,
         oversold: int(Some(f[6]), "oversold")?,
         alert: f[7] == "1",
+    })
+}
+
+fn parse_backorder(record: &str) -> Result<BackorderLine, OutcomeParseError> {
+    let f: Vec<&str> = record
+        .strip_prefix(FIELD)
+        .unwrap_or(record)
+        .split(FIELD)
+        .collect();
+    if f.len() != 6 {
+        return Err(OutcomeParseError(format!(
+            "backorder record has {} fields",
+            f.len()
+        )));
+    }
+    Ok(BackorderLine {
+        order_id: f[0].to_owned(),
+        line_id: f[1].to_owned(),
+        filled: int(Some(f[2]), "filled")?,
+        backordered: int(Some(f[3]), "backordered")?,
+        expected_at_ms: int(Some(f[4]), "expected_at")?,
+        rank: f[5]
+            .parse()
+            .map_err(|_| OutcomeParseError("rank is not an unsigned integer".into()))?,
     })
 }
 
@@ -226,6 +278,7 @@ fn parse_change(record: &str) -> Result<LevelChange, OutcomeParseError> {
         before: levels(2, 12)?,
         after: levels(6, 17)?,
         purchase_order,
+        backorder: None,
         threshold: if f[10].is_empty() {
             None
         } else {

@@ -8,6 +8,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_scripts_list_the_same_beyond_stock_for_an_unlimited_backorder_policy() {
+        let limit = crate::channels::UNLIMITED_BACKORDER_LISTED;
+        assert!(
+            crate::LUA_PRELUDE.contains(&format!("local UNLIMITED_BACKORDER_LISTED = {limit}\n")),
+            "shared/src/lua/prelude.lua must define UNLIMITED_BACKORDER_LISTED = {limit}"
+        );
+    }
+
+    #[test]
     fn the_scripts_use_the_same_level_limit() {
         assert!(
             crate::LUA_PRELUDE.contains(&format!("local MAX_LEVEL = {MAX_LEVEL}\n")),

@@ -49,6 +49,7 @@ pub fn policy(threshold: Option<i64>, safety_stock: Option<i64>) -> Change {
         low_stock_threshold: threshold,
         safety_stock,
         location_priority: vec![],
+        ..Default::default()
     })
 }
 

@@ -7,7 +7,8 @@
 //! that name their channel and re-sends of some of them, returns, damage, a cycle count (one of
 //! them stale), a restock, and a few malformed messages — prints what each channel may sell at
 //! the close (from the `AVAILABILITY` feed, checked against the levels) and how the buffer held
-//! the marketplace back, then sends the web shop's checkouts through the gateway and prints the
+//! the marketplace back, then sends the web shop's checkouts through the gateway (one of them a
+//! preorder, filled when its purchase order arrives) and prints the
 //! final levels, the alerts, the duplicates absorbed, the dead letters, the order decisions and
 //! the signed webhook deliveries the receiver verified. Every run uses its own key prefix and its
 //! own channel ids (`<run>-<name>`), so it starts from zero.
@@ -29,10 +30,10 @@ use stockflow_proto::{
     msg_id, subjects,
     v1::{
         channel_event, order_result, stock_event::Change, Adjusted, AlertKind, AllocationStrategy,
-        AvailabilityRules, Channel, ChannelAvailabilityChanged, ChannelEvent, ChannelKind,
-        ChannelRulesSet, ChannelSet, Counted, EventMeta, Expected, KitComponent, KitDefined,
-        OrderResult, PolicySet, Reason, Received, ReleaseReason, Returned, Sold, StockAlert,
-        StockEvent, Transferred, UnsellableMoved, UnsellableState,
+        AvailabilityRules, BackorderPolicy, Channel, ChannelAvailabilityChanged, ChannelEvent,
+        ChannelKind, ChannelRulesSet, ChannelSet, Counted, EventMeta, Expected, KitComponent,
+        KitDefined, OrderResult, PolicySet, Reason, Received, ReleaseReason, Returned, Sold,
+        StockAlert, StockEvent, Transferred, UnsellableMoved, UnsellableState,
     },
 };
 use stockflow_shared::{
@@ -452,6 +453,7 @@ fn policies_and_receipt(ids: &mut Ids<'_>) -> Vec<Outgoing> {
                 low_stock_threshold: Some(5),
                 safety_stock: None,
                 location_priority: vec![],
+                ..PolicySet::default()
             }),
         ));
         events.push(ids.fact(
@@ -464,6 +466,7 @@ fn policies_and_receipt(ids: &mut Ids<'_>) -> Vec<Outgoing> {
                 low_stock_threshold: Some(8),
                 safety_stock: Some(2),
                 location_priority: vec![],
+                ..PolicySet::default()
             }),
         ));
         events.push(ids.fact(
@@ -638,6 +641,13 @@ const PURCHASE_ORDER: &str = "PO-4711";
 /// When the rest of it is expected: 2026-12-14 09:00 UTC.
 const PURCHASE_ORDER_DUE_MS: i64 = 1_797_238_800_000;
 
+/// The SKU the web shop takes preorders for: none in stock, a purchase order on its way.
+const PREORDER_SKU: &str = "CONSOLE-X";
+/// The purchase order it comes on.
+const PREORDER_PURCHASE_ORDER: &str = "PO-4712";
+/// Units expected on it.
+const PREORDER_EXPECTED: i64 = 20;
+
 /// A purchase order of 60 hoodies for the warehouse, 40 of them received in the afternoon (20
 /// stay incoming, not available), and a T-shirt found damaged at the warehouse: it stays on
 /// hand but leaves available and every channel's quantity at once.
@@ -665,6 +675,30 @@ fn purchase_order_and_damage(ids: &mut Ids<'_>) -> Vec<Outgoing> {
             }),
         ),
         Outgoing::Fact(receipt),
+        // Preorders: CONSOLE-X may be sold against what is incoming, and 20 are on their way.
+        ids.fact(
+            "pol",
+            "erp",
+            Reason::Unspecified,
+            PREORDER_SKU,
+            "",
+            Change::PolicySet(PolicySet {
+                backorder_policy: BackorderPolicy::AgainstIncoming.into(),
+                ..PolicySet::default()
+            }),
+        ),
+        ids.fact(
+            "po",
+            "erp",
+            Reason::Unspecified,
+            PREORDER_SKU,
+            WAREHOUSE,
+            Change::Expected(Expected {
+                purchase_order: PREORDER_PURCHASE_ORDER.into(),
+                quantity: PREORDER_EXPECTED,
+                expected_at_ms: PURCHASE_ORDER_DUE_MS,
+            }),
+        ),
         ids.fact(
             "dmg",
             "wms",
@@ -823,12 +857,21 @@ async fn checkout(
                 lines
                     .iter()
                     .map(|l| {
-                        format!(
+                        let mut line = format!(
                             "{} x{} from {}",
                             l["sku"].as_str().unwrap_or("?"),
                             l["quantity"],
                             l["location"].as_str().unwrap_or("?")
-                        )
+                        );
+                        if let Some(waiting) = l["backordered"].as_i64() {
+                            line.push_str(&format!(
+                                ", {waiting} backordered (a preorder, expected {})",
+                                l["backorder_expected_at_ms"]
+                                    .as_i64()
+                                    .map_or("some day".to_owned(), day_of)
+                            ));
+                        }
+                        line
                     })
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -977,9 +1020,10 @@ async fn demo() -> anyhow::Result<()> {
     for cart in CARTS {
         checkouts.push(checkout(&http, stack.api, &stack.token, &run, cart).await?);
     }
-    // 5 decisions and 2 expiries.
+    // A decision per cart and 2 expiries.
     let order_results = order_results(js, results_mark, CARTS.len() + 2).await?;
     wait_until_stock_caught_up(js, topology, Duration::from_secs(60)).await?;
+    let preorder = preorder_arrives(&http, &stack, &run).await?;
 
     print_levels(&stack).await?;
     print_levels_from_the_gateway(&http, &stack).await?;
@@ -995,6 +1039,7 @@ async fn demo() -> anyhow::Result<()> {
         stockflow_cli::outln!("  {line}");
     }
     print_order_results(&run, &order_results)?;
+    stockflow_cli::outln!("{preorder}");
 
     // Every alert and order result of this run must reach the receiver, signed.
     let expected: HashSet<String> = derived
@@ -1111,13 +1156,90 @@ async fn print_kit_levels(stack: &Stack, when: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The preorder's purchase order arrives at the warehouse (a receipt through the gateway): the
+/// waiting line is filled from it in the same step (a `backorder_filled` ledger entry). Returns
+/// what to print: the web shop's listing of the SKU before and after, and the fill.
+async fn preorder_arrives(
+    http: &reqwest::Client,
+    stack: &Stack,
+    run: &str,
+) -> anyhow::Result<String> {
+    let web = format!("{run}-{WEB_SHOP}");
+    let listed = |feed: Option<ChannelAvailabilityChanged>| {
+        feed.map_or("-".to_owned(), |a| a.available_to_sell.to_string())
+    };
+    let before = listed(newest_availability(&stack.js, &web, PREORDER_SKU).await);
+    let answer = http
+        .post(format!("http://{}/v1/stock/events", stack.api))
+        .bearer_auth(stack.token.expose())
+        .header("Idempotency-Key", format!("{run}-preorder-receipt"))
+        .json(&serde_json::json!({
+            "type": "received",
+            "sku": PREORDER_SKU,
+            "location": WAREHOUSE,
+            "quantity": PREORDER_EXPECTED,
+            "purchase_order": PREORDER_PURCHASE_ORDER,
+            "source": "wms",
+        }))
+        .send()
+        .await
+        .context("POST /v1/stock/events for the preorder's receipt")?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "the gateway refused the preorder's receipt: {}",
+        answer.status()
+    );
+    wait_until_stock_caught_up(
+        &stack.js,
+        &stack.settings.worker.topology,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let after = listed(newest_availability(&stack.js, &web, PREORDER_SKU).await);
+    let mut redis = stack.settings.state.redis.connect().await?;
+    let keys = Keys::new(stack.prefix.clone());
+    let wh = read_levels(&mut redis, &keys, PREORDER_SKU)
+        .await?
+        .remove(WAREHOUSE)
+        .unwrap_or_default();
+    Ok(format!(
+        "\nPreorder: {PREORDER_SKU} sold against {PREORDER_PURCHASE_ORDER} ({PREORDER_EXPECTED} \
+         incoming), the web shop listing {before} (incoming less what was preordered; its \
+         buffer holds back stock, not preorders). On arrival the preorder was filled first: on \
+         hand {}, reserved {}; the web shop lists {after}.",
+        wh.on_hand, wh.reserved
+    ))
+}
+
+/// The UTC date of `ms` since the Unix epoch, e.g. `2026-12-14`.
+fn day_of(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_or_else(|_| ms.to_string(), |t| t.date().to_string())
+}
+
+/// The newest quantity of (`channel`, `sku`) in the `AVAILABILITY` feed.
+async fn newest_availability(
+    js: &async_nats::jetstream::Context,
+    channel: &str,
+    sku: &str,
+) -> Option<ChannelAvailabilityChanged> {
+    let stream = js.get_stream(subjects::AVAILABILITY).await.ok()?;
+    let stored = stream
+        .direct_get_last_for_subject(subjects::availability(channel, sku))
+        .await
+        .ok()?;
+    ChannelAvailabilityChanged::decode(stored.payload.as_ref()).ok()
+}
+
 /// The web shop's carts: (number, SKU, units, hold seconds).
-const CARTS: [(usize, &str, i64, i64); 5] = [
+const CARTS: [(usize, &str, i64, i64); 6] = [
     (1, "TSHIRT-BLK-M", 2, 0),
     (2, "MUG-LOGO", 1, 0),
     (3, "SNEAKER-42", 500, 0),
     (4, "HOODIE-GRY-S", 1, 1),
     (5, "Café crème 250g", 3, 1),
+    // A preorder: nothing on hand, confirmed against the purchase order on its way.
+    (6, PREORDER_SKU, 2, 0),
 ];
 
 /// Everything the demo runs in this process: the stock, order and notify workers, the gateway,

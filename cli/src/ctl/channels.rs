@@ -71,6 +71,12 @@ pub struct RuleFlags {
     /// Below this many units the channel lists 0.
     #[arg(long, allow_negative_numbers = true)]
     pub end_when_below: Option<i64>,
+    /// The backorder policy the channel sells under instead of the SKU's.
+    #[arg(long, value_enum)]
+    pub backorder: Option<super::publish::BackorderArg>,
+    /// With `--backorder capped`: units that may be backordered in all.
+    #[arg(long)]
+    pub backorder_limit: Option<i64>,
 }
 
 /// `stockctl channels set` arguments.
@@ -118,7 +124,7 @@ pub struct SetArgs {
     ArgGroup::new("override")
         .required(true)
         .multiple(true)
-        .args(["buffer", "percent", "max_listed", "end_when_below", "own_reservations_only", "clear"])
+        .args(["buffer", "percent", "max_listed", "end_when_below", "own_reservations_only", "backorder", "clear"])
 ))]
 pub struct RulesArgs {
     /// The channel id (it need not be defined yet).
@@ -132,7 +138,7 @@ pub struct RulesArgs {
     pub own_reservations_only: Option<bool>,
     /// Remove the SKU's override: the channel's own rules apply again.
     #[arg(long, conflicts_with_all = [
-        "buffer", "percent", "max_listed", "end_when_below", "own_reservations_only",
+        "buffer", "percent", "max_listed", "end_when_below", "own_reservations_only", "backorder",
     ])]
     pub clear: bool,
     #[command(flatten)]
@@ -163,6 +169,8 @@ impl RuleFlags {
             max_listed: self.max_listed,
             end_when_below: self.end_when_below,
             own_reservations_only,
+            backorder_policy: self.backorder.map_or(0, |b| b.policy() as i32),
+            backorder_limit: self.backorder_limit,
         }
     }
 }

@@ -168,6 +168,12 @@ pub enum FactArgs {
         /// SKU-wide order of locations for order lines without one (comma-separated).
         #[arg(long, value_delimiter = ',')]
         priority: Vec<String>,
+        /// SKU-wide: whether order lines stock cannot cover may be confirmed as backordered.
+        #[arg(long, value_enum)]
+        backorder: Option<BackorderArg>,
+        /// With `--backorder capped`: how many units in all may be backordered.
+        #[arg(long)]
+        backorder_limit: Option<i64>,
         #[command(flatten)]
         envelope: EnvelopeArgs,
     },
@@ -475,6 +481,8 @@ impl FactArgs {
                 threshold,
                 safety_stock,
                 priority,
+                backorder,
+                backorder_limit,
                 envelope,
             } => fact(
                 envelope,
@@ -484,6 +492,8 @@ impl FactArgs {
                     low_stock_threshold: *threshold,
                     safety_stock: *safety_stock,
                     location_priority: priority.clone(),
+                    backorder_policy: backorder.map_or(0, |b| b.policy() as i32),
+                    backorder_limit: *backorder_limit,
                 }),
             ),
             Self::Order { command } => match command {
@@ -700,6 +710,32 @@ pub async fn run(
         }
     );
     Ok(())
+}
+
+/// A backorder policy as `stockctl publish policy --backorder` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackorderArg {
+    /// Lines stock cannot cover are short (the default).
+    None,
+    /// Up to what is incoming at the location.
+    AgainstIncoming,
+    /// Up to `--backorder-limit` units in all.
+    Capped,
+    /// Without a limit.
+    Unlimited,
+}
+
+impl BackorderArg {
+    /// The contract's value.
+    pub(crate) fn policy(self) -> stockflow_proto::v1::BackorderPolicy {
+        use stockflow_proto::v1::BackorderPolicy;
+        match self {
+            Self::None => BackorderPolicy::None,
+            Self::AgainstIncoming => BackorderPolicy::AgainstIncoming,
+            Self::Capped => BackorderPolicy::Capped,
+            Self::Unlimited => BackorderPolicy::Unlimited,
+        }
+    }
 }
 
 #[cfg(test)]

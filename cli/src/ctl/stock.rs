@@ -81,6 +81,8 @@ pub async fn run_at(
                     damaged: after.damaged,
                     quality_control: after.quality_control,
                     held: after.held,
+                    // Ledger levels do not carry the units waiting for stock.
+                    backordered: 0,
                 };
                 (location, levels)
             })
@@ -123,6 +125,7 @@ fn levels_json(l: &LocationLevels) -> Value {
         ("damaged", l.damaged),
         ("quality_control", l.quality_control),
         ("held", l.held),
+        ("backordered", l.backordered),
     ] {
         if value != 0 {
             json[name] = value.into();

@@ -7,8 +7,8 @@ use super::{Category, InputError};
 use crate::{
     subjects,
     v1::{
-        stock_event::Change, AvailabilityRules, ChannelRulesSet, EventMeta, PolicySet, StockEvent,
-        UnsellableState,
+        stock_event::Change, AvailabilityRules, BackorderPolicy, ChannelRulesSet, EventMeta,
+        PolicySet, StockEvent, UnsellableState,
     },
     validate::{
         meta_fault, positive, validate_channel_id, validate_location, validate_purchase_order,
@@ -49,6 +49,8 @@ pub enum Op {
         safety_stock: Option<i64>,
         /// Location priority for order allocation, comma-joined ('' leaves it alone).
         location_priority: String,
+        /// The backorder policy (SKU-wide); `None` leaves it alone.
+        backorder: Option<Backorder>,
     },
     /// Replaces the SKU's override of `channel`'s rules (no field set: removes it).
     ChannelRules {
@@ -150,6 +152,95 @@ pub fn decode_kit(text: &str) -> Option<Vec<(String, i64)>> {
         .collect()
 }
 
+/// A SKU's backorder policy, as a valid `PolicySet` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backorder {
+    /// A line stock cannot cover is short (the default).
+    None,
+    /// Up to what is incoming at the location, less what is backordered there.
+    AgainstIncoming,
+    /// Up to this many units backordered in all.
+    Capped(i64),
+    /// Without a limit.
+    Unlimited,
+}
+
+impl Backorder {
+    /// The policy as the scripts store it (`n`, `i`, `c`, `u`) and its limit ('' for none).
+    pub fn script_args(self) -> (String, String) {
+        match self {
+            Self::None => ("n".into(), String::new()),
+            Self::AgainstIncoming => ("i".into(), String::new()),
+            Self::Capped(limit) => ("c".into(), limit.to_string()),
+            Self::Unlimited => ("u".into(), String::new()),
+        }
+    }
+
+    /// The contract's enum value and limit of this policy.
+    pub fn to_proto(self) -> (BackorderPolicy, Option<i64>) {
+        match self {
+            Self::None => (BackorderPolicy::None, None),
+            Self::AgainstIncoming => (BackorderPolicy::AgainstIncoming, None),
+            Self::Capped(limit) => (BackorderPolicy::Capped, Some(limit)),
+            Self::Unlimited => (BackorderPolicy::Unlimited, None),
+        }
+    }
+
+    /// The JSON name: `none`, `against_incoming`, `capped`, `unlimited`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::AgainstIncoming => "against_incoming",
+            Self::Capped(_) => "capped",
+            Self::Unlimited => "unlimited",
+        }
+    }
+}
+
+/// The backorder policy a `PolicySet` asks for: `Ok(None)` when it leaves the policy alone, or
+/// the field at fault and why.
+pub fn backorder_of(set: &PolicySet) -> Result<Option<Backorder>, (&'static str, String)> {
+    let limit = set.backorder_limit;
+    let policy = match BackorderPolicy::try_from(set.backorder_policy) {
+        Ok(BackorderPolicy::Unspecified) => None,
+        Ok(BackorderPolicy::None) => Some(Backorder::None),
+        Ok(BackorderPolicy::AgainstIncoming) => Some(Backorder::AgainstIncoming),
+        Ok(BackorderPolicy::Capped) => match limit {
+            Some(l) if (1..=MAX_QUANTITY).contains(&l) => Some(Backorder::Capped(l)),
+            Some(l) => {
+                return Err((
+                    "backorder_limit",
+                    format!("backorder_limit must be 1..={MAX_QUANTITY}, got {l}"),
+                ))
+            }
+            None => {
+                return Err((
+                    "backorder_limit",
+                    "backorder_policy capped needs backorder_limit".into(),
+                ))
+            }
+        },
+        Ok(BackorderPolicy::Unlimited) => Some(Backorder::Unlimited),
+        Err(_) => {
+            return Err((
+                "backorder_policy",
+                format!(
+                    "backorder_policy must be one of none, against_incoming, capped, unlimited \
+                     (stockflow.v1.BackorderPolicy 1..=4), got {}",
+                    set.backorder_policy
+                ),
+            ))
+        }
+    };
+    if limit.is_some() && !matches!(policy, Some(Backorder::Capped(_))) {
+        return Err((
+            "backorder_limit",
+            "backorder_limit goes only with backorder_policy capped".into(),
+        ));
+    }
+    Ok(policy)
+}
+
 /// The short name of an unsellable state, as the scripts store it (`dm`, `qc`, `hd`) — also the
 /// prefix of its field in the stock hash.
 pub fn state_code(state: UnsellableState) -> &'static str {
@@ -222,15 +313,22 @@ impl Fact {
                 threshold,
                 safety_stock,
                 location_priority,
-            } => Some(PolicySet {
-                low_stock_threshold: *threshold,
-                safety_stock: *safety_stock,
-                location_priority: location_priority
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            }),
+                backorder,
+            } => {
+                let (policy, limit) =
+                    backorder.map_or((BackorderPolicy::Unspecified, None), |b| b.to_proto());
+                Some(PolicySet {
+                    low_stock_threshold: *threshold,
+                    safety_stock: *safety_stock,
+                    location_priority: location_priority
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    backorder_policy: policy.into(),
+                    backorder_limit: limit,
+                })
+            }
             _ => None,
         }
     }
@@ -303,17 +401,22 @@ impl Fact {
                 threshold,
                 safety_stock,
                 location_priority,
-            } => [
-                none(),
-                none(),
-                none(),
-                optional(*threshold),
-                optional(*safety_stock),
-                location_priority.clone(),
-            ],
+                backorder,
+            } => {
+                // The backorder policy rides in the slots a policy has no other use for.
+                let (policy, limit) = backorder.map(Backorder::script_args).unwrap_or_default();
+                [
+                    policy,
+                    limit,
+                    none(),
+                    optional(*threshold),
+                    optional(*safety_stock),
+                    location_priority.clone(),
+                ]
+            }
             Op::ChannelRules { channel, rules } => [
                 channel.clone(),
-                encode_rules(rules),
+                encode_override(rules),
                 none(),
                 none(),
                 none(),
@@ -415,6 +518,30 @@ impl Fact {
     }
 }
 
+/// A channel's backorder policy as the scripts take it: '' (follows the SKU's), `n`, `i`,
+/// `u`, or `c<limit>`.
+pub fn encode_backorder(rules: &AvailabilityRules) -> String {
+    match BackorderPolicy::try_from(rules.backorder_policy) {
+        Ok(BackorderPolicy::None) => "n".into(),
+        Ok(BackorderPolicy::AgainstIncoming) => "i".into(),
+        Ok(BackorderPolicy::Capped) => format!("c{}", rules.backorder_limit.unwrap_or(0)),
+        Ok(BackorderPolicy::Unlimited) => "u".into(),
+        Ok(BackorderPolicy::Unspecified) | Err(_) => String::new(),
+    }
+}
+
+/// A SKU's override of a channel's rules as `apply_stock.lua` stores it: the rules as
+/// [`encode_rules`] gives them, then the backorder policy ([`encode_backorder`]) as a sixth
+/// field when the override sets one (so every override without one reads as before).
+pub fn encode_override(rules: &AvailabilityRules) -> String {
+    let backorder = encode_backorder(rules);
+    if backorder.is_empty() {
+        encode_rules(rules)
+    } else {
+        format!("{}\x1f{backorder}", encode_rules(rules))
+    }
+}
+
 /// Availability rules as the scripts take them: buffer, percent, max_listed, end_when_below,
 /// own_reservations_only ('1' / '0'), separated by `\x1f`, '' where absent.
 pub fn encode_rules(rules: &AvailabilityRules) -> String {
@@ -489,6 +616,14 @@ fn parse_from(subject: &str, payload: &[u8]) -> Result<Fact, InputError> {
             quantity: c.quantity,
         },
         Change::PolicySet(c) => Op::PolicySet {
+            backorder: backorder_of(&c).map_err(|(field, reason)| {
+                let category = if field == "backorder_policy" {
+                    Category::UnknownEnum
+                } else {
+                    Category::InvalidQuantity
+                };
+                InputError::new("policy_set", field, category, reason)
+            })?,
             threshold: c.low_stock_threshold,
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
@@ -747,12 +882,24 @@ fn validate_op(op: &Op, location: &str) -> Result<(), (&'static str, String)> {
             threshold,
             safety_stock,
             location_priority,
+            backorder,
         } => {
-            if threshold.is_none() && safety_stock.is_none() && location_priority.is_empty() {
+            if threshold.is_none()
+                && safety_stock.is_none()
+                && location_priority.is_empty()
+                && backorder.is_none()
+            {
                 return Err((
                     "type",
-                    "policy_set sets none of low_stock_threshold, safety_stock, location_priority"
+                    "policy_set sets none of low_stock_threshold, safety_stock, \
+                     location_priority, backorder_policy"
                         .into(),
+                ));
+            }
+            if backorder.is_some() && !location.is_empty() {
+                return Err((
+                    "backorder_policy",
+                    "backorder_policy is SKU-wide: leave location empty".into(),
                 ));
             }
             if !location_priority.is_empty() {
@@ -910,6 +1057,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_backorder_policy_is_sku_wide_and_capped_goes_with_its_limit_only() {
+        let set = |policy: i32, limit: Option<i64>, location: &str| {
+            let mut e = StockEvent::decode(
+                &event(Change::PolicySet(PolicySet {
+                    backorder_policy: policy,
+                    backorder_limit: limit,
+                    ..PolicySet::default()
+                }))[..],
+            )
+            .expect("decodes");
+            e.location = location.into();
+            e.encode_to_vec()
+        };
+        let capped = BackorderPolicy::Capped as i32;
+        for (bytes, field, category) in [
+            (
+                set(capped, None, ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                set(capped, Some(0), ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                set(BackorderPolicy::Unlimited as i32, Some(3), ""),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (set(9, None, ""), "backorder_policy", Category::UnknownEnum),
+            (
+                set(capped, Some(3), "wh"),
+                "backorder_policy",
+                Category::InvalidQuantity,
+            ),
+        ] {
+            assert_eq!(
+                fault(parse("stock.events.A", &bytes)),
+                (field.to_owned(), category)
+            );
+        }
+        let fact = parse("stock.events.A", &set(capped, Some(3), "")).expect("valid");
+        assert_eq!(fact.script_args()[..2], ["c".to_owned(), "3".to_owned()]);
+        let policy = fact.policy().expect("a policy");
+        assert_eq!(
+            (policy.backorder_policy, policy.backorder_limit),
+            (capped, Some(3))
+        );
+        let none = parse(
+            "stock.events.A",
+            &set(BackorderPolicy::None as i32, None, ""),
+        );
+        assert_eq!(none.expect("valid").script_args()[0], "n");
+    }
+
     fn fault(result: Result<Fact, InputError>) -> (String, Category) {
         match result {
             Err(e) => (e.field, e.category),
@@ -979,6 +1183,7 @@ mod tests {
                     low_stock_threshold: threshold,
                     safety_stock: None,
                     location_priority: priority.iter().map(|s| s.to_string()).collect(),
+                    ..PolicySet::default()
                 }))[..],
             )
             .expect("decodes");

@@ -67,6 +67,30 @@ fn unsellable_state(name: &str) -> Result<crate::v1::UnsellableState, InputError
     })
 }
 
+/// The backorder policies, as JSON names them (`stockflow.v1.BackorderPolicy`).
+pub const BACKORDER_POLICIES: [&str; 4] = ["none", "against_incoming", "capped", "unlimited"];
+
+fn backorder_policy(name: &str) -> Result<crate::v1::BackorderPolicy, InputError> {
+    use crate::v1::BackorderPolicy;
+    Ok(match name {
+        "none" => BackorderPolicy::None,
+        "against_incoming" => BackorderPolicy::AgainstIncoming,
+        "capped" => BackorderPolicy::Capped,
+        "unlimited" => BackorderPolicy::Unlimited,
+        other => {
+            return Err(InputError::new(
+                "policy_set",
+                "backorder_policy",
+                Category::UnknownEnum,
+                format!(
+                    "backorder_policy {other:?} is not one of {}",
+                    BACKORDER_POLICIES.join(", ")
+                ),
+            ))
+        }
+    })
+}
+
 /// Availability rules in JSON (see `stockflow.v1.AvailabilityRules`); an absent field does not
 /// apply.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -87,6 +111,49 @@ pub struct AvailabilityRulesJson {
     /// Only the channel's own reservations count against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_reservations_only: Option<bool>,
+    /// The backorder policy the channel sells under instead of the SKU's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backorder_policy: Option<BackorderPolicyJson>,
+    /// With `backorder_policy` `capped`: units that may be backordered in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backorder_limit: Option<i64>,
+}
+
+/// A backorder policy in JSON (see `stockflow.v1.BackorderPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackorderPolicyJson {
+    /// Nothing beyond stock.
+    None,
+    /// Up to what is incoming.
+    AgainstIncoming,
+    /// Up to a cap.
+    Capped,
+    /// Without a limit.
+    Unlimited,
+}
+
+impl BackorderPolicyJson {
+    fn to_proto(self) -> crate::v1::BackorderPolicy {
+        use crate::v1::BackorderPolicy;
+        match self {
+            Self::None => BackorderPolicy::None,
+            Self::AgainstIncoming => BackorderPolicy::AgainstIncoming,
+            Self::Capped => BackorderPolicy::Capped,
+            Self::Unlimited => BackorderPolicy::Unlimited,
+        }
+    }
+
+    fn of(value: i32) -> Option<Self> {
+        use crate::v1::BackorderPolicy;
+        match BackorderPolicy::try_from(value).ok()? {
+            BackorderPolicy::None => Some(Self::None),
+            BackorderPolicy::AgainstIncoming => Some(Self::AgainstIncoming),
+            BackorderPolicy::Capped => Some(Self::Capped),
+            BackorderPolicy::Unlimited => Some(Self::Unlimited),
+            BackorderPolicy::Unspecified => None,
+        }
+    }
 }
 
 impl From<AvailabilityRulesJson> for AvailabilityRules {
@@ -97,6 +164,8 @@ impl From<AvailabilityRulesJson> for AvailabilityRules {
             max_listed: r.max_listed,
             end_when_below: r.end_when_below,
             own_reservations_only: r.own_reservations_only,
+            backorder_policy: r.backorder_policy.map_or(0, |p| p.to_proto().into()),
+            backorder_limit: r.backorder_limit,
         }
     }
 }
@@ -109,6 +178,8 @@ impl From<AvailabilityRules> for AvailabilityRulesJson {
             max_listed: r.max_listed,
             end_when_below: r.end_when_below,
             own_reservations_only: r.own_reservations_only,
+            backorder_policy: BackorderPolicyJson::of(r.backorder_policy),
+            backorder_limit: r.backorder_limit,
         }
     }
 }
@@ -400,6 +471,12 @@ pub struct StockFactJson {
     /// `kit_defined`: the kit's components (empty: no longer a kit).
     #[serde(default)]
     pub components: Option<Vec<KitComponentJson>>,
+    /// `policy_set`, SKU-wide: `none`, `against_incoming`, `capped` or `unlimited`.
+    #[serde(default)]
+    pub backorder_policy: Option<String>,
+    /// `policy_set` with `backorder_policy` `capped`: units that may be backordered in all.
+    #[serde(default)]
+    pub backorder_limit: Option<i64>,
     /// Envelope: idempotency key.
     #[serde(default)]
     pub event_id: Option<String>,
@@ -452,6 +529,8 @@ impl StockFactJson {
             ("state", self.state.is_some()),
             ("to_unsellable", self.to_unsellable.is_some()),
             ("components", self.components.is_some()),
+            ("backorder_policy", self.backorder_policy.is_some()),
+            ("backorder_limit", self.backorder_limit.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -470,7 +549,13 @@ impl StockFactJson {
             "adjusted" => &["delta"],
             "counted" => &["on_hand", "expected_on_hand"],
             "transferred" => &["to_location", "quantity"],
-            "policy_set" => &["low_stock_threshold", "safety_stock", "location_priority"],
+            "policy_set" => &[
+                "low_stock_threshold",
+                "safety_stock",
+                "location_priority",
+                "backorder_policy",
+                "backorder_limit",
+            ],
             "kit_defined" => &["components"],
             "" => {
                 return Err(InputError::new(
@@ -570,6 +655,11 @@ impl StockFactJson {
                 low_stock_threshold: self.low_stock_threshold,
                 safety_stock: self.safety_stock,
                 location_priority: self.location_priority.clone().unwrap_or_default(),
+                backorder_policy: match self.backorder_policy.as_deref() {
+                    Some(name) => backorder_policy(name)?.into(),
+                    None => 0,
+                },
+                backorder_limit: self.backorder_limit,
             }),
         })
     }
@@ -896,6 +986,46 @@ mod tests {
             &crate::subjects::stock_event(&event.sku),
             &Event::Stock(event).encode(),
         )
+    }
+
+    #[test]
+    fn a_backorder_policy_in_json() {
+        let body = |v: Value| {
+            let mut v = v;
+            v["type"] = "policy_set".into();
+            v["sku"] = "A".into();
+            v["event_id"] = "e1".into();
+            v
+        };
+        let capped = judged(
+            body(json!({"backorder_policy": "capped", "backorder_limit": 20})),
+            None,
+        )
+        .expect("capped");
+        assert_eq!(capped.script_args()[..2], ["c", "20"]);
+        let incoming = judged(body(json!({"backorder_policy": "against_incoming"})), None)
+            .expect("against incoming");
+        assert_eq!(incoming.script_args()[0], "i");
+        for (value, field, category) in [
+            (
+                json!({"backorder_policy": "sometimes"}),
+                "backorder_policy",
+                Category::UnknownEnum,
+            ),
+            (
+                json!({"backorder_policy": "capped"}),
+                "backorder_limit",
+                Category::InvalidQuantity,
+            ),
+            (
+                json!({"backorder_policy": "unlimited", "location": "wh"}),
+                "backorder_policy",
+                Category::InvalidQuantity,
+            ),
+        ] {
+            let error = judged(body(value), None).expect_err(field);
+            assert_eq!((error.field.as_str(), error.category), (field, category));
+        }
     }
 
     #[test]

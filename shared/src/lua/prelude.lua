@@ -7,7 +7,12 @@
 --       has outstanding there, pd:<location>\31<po> -> its expected date (ms),
 --       dm:<location> / qc:<location> / hd:<location> -> unsellable units (damaged, quality
 --       control, held; part of on_hand, never available). Absent fields are 0.
---   <prefix>:{<sku-token>}:policy  hash  thr / ss (SKU defaults), thr:<location> / ss:<location>
+--       bo:<location> -> units of order lines backordered there (waiting for stock).
+--   <prefix>:{<sku-token>}:policy  hash  thr / ss (SKU defaults), thr:<location> / ss:<location>,
+--       bo -> the backorder policy (i against incoming, c capped, u unlimited; absent: none),
+--       bol -> the cap of a capped policy
+--   <prefix>:{<sku-token>}:boq  sorted set  the backordered order lines (their record keys) in
+--       order of placement (score: the order's stream sequence * 128 + the line's index)
 --   <prefix>:{<sku-token>}:evt:<event_id>  hash  o -> outcome, f -> fingerprint, p -> published
 --
 -- Outcome encoding (stored in the dedup record, returned to the worker): records separated by
@@ -172,6 +177,84 @@ local function mark_published(dedup_key)
   return 0
 end
 
+-- Backorders and preorders. A line stock cannot cover may be confirmed as backordered when the
+-- SKU's policy allows it: it holds what stock covers now, and the rest waits in the SKU's queue
+-- (`boq`) for units that become available at its location, filled strictly in order of
+-- placement. Its record keeps bo (units still backordered), bq (units backordered at placement),
+-- bol (the location), bor (its rank in the queue), boe (the expected date), oid / lid (order
+-- and line ids, for the ledger). Invariant: bo:<l> is the sum of `bo` over the queued lines at
+-- <l>, and a location with backordered units has nothing available (a fill takes it first).
+--
+-- A backorder record in an outcome follows the change record it belongs to:
+--   \28 \31 order_id \31 line_id \31 units filled \31 units still backordered \31 expected date
+--   \31 rank
+
+local FS = '\28'
+-- What a channel lists beyond stock under an unlimited policy (see proto/README.md).
+local UNLIMITED_BACKORDER_LISTED = 1000000
+
+local function backorder_queue(stock_key)
+  -- The queue shares the stock hash's hash tag: `...:stock` -> `...:boq`.
+  return string.sub(stock_key, 1, #stock_key - 5) .. 'boq'
+end
+
+-- The SKU's backorder policy ('n' for none) and the cap of a capped one.
+local function backorder_policy(policy_key)
+  local p = redis.call('HMGET', policy_key, 'bo', 'bol')
+  return p[1] or 'n', tonumber(p[2]) or 0
+end
+
+-- Units backordered at every location together.
+local function backordered_total(stock_key)
+  local total = 0
+  local flat = redis.call('HGETALL', stock_key)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 3) == 'bo:' then total = total + tonumber(flat[i + 1]) end
+  end
+  return total
+end
+
+-- How many more units the policy lets be backordered at `loc` (incoming and its backordered
+-- units given for an against-incoming policy; `total` the SKU's backordered units for a capped
+-- one).
+local function backorder_allowance(pol, limit, inc, bo_here, total)
+  if pol == 'i' then return math.max(inc - bo_here, 0) end
+  if pol == 'c' then return math.max(limit - total, 0) end
+  if pol == 'u' then return MAX_LEVEL end
+  return 0
+end
+
+-- The date by which `upto` units (counting from the first already backordered at `loc`) are
+-- expected there: the purchase orders in order of date, until they cover `upto`; 0 when they
+-- never do (or nothing is incoming).
+local function backorder_expected_at(stock_key, loc, upto)
+  local prefix_o, prefix_d = 'po:' .. loc .. US, 'pd:' .. loc .. US
+  local outstanding, dates = {}, {}
+  local flat = redis.call('HGETALL', stock_key)
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if string.sub(f, 1, #prefix_o) == prefix_o then
+      outstanding[string.sub(f, #prefix_o + 1)] = tonumber(flat[i + 1])
+    elseif string.sub(f, 1, #prefix_d) == prefix_d then
+      dates[#dates + 1] = { po = string.sub(f, #prefix_d + 1), at = tonumber(flat[i + 1]) }
+    end
+  end
+  table.sort(dates, function(a, b)
+    if a.at ~= b.at then return a.at < b.at end
+    return a.po < b.po
+  end)
+  local covered = 0
+  for _, d in ipairs(dates) do
+    covered = covered + (outstanding[d.po] or 0)
+    if covered >= upto then return d.at end
+  end
+  return 0
+end
+
+local function backorder_record(order_id, line_id, filled, left, eta, rank)
+  return table.concat({ FS, order_id, line_id, int(filled), int(left), int(eta), rank }, US)
+end
+
 -- Sales channels. What a channel may sell of this SKU is computed here, in the same atomic step
 -- as every change of its levels, from the SKU's own keys only (one slot on Redis Cluster):
 --   <prefix>:{<sku-token>}:ats  hash  s:<ch> spec, o:<ch> the SKU's override of its rules,
@@ -179,7 +262,8 @@ end
 --     r:<ch>:<location> the channel's own reservations there.
 -- A spec is rules_version \31 strategy (p priority, m most available, x removed) \31 buffer
 -- \31 percent \31 max_listed \31 end_when_below \31 own_reservations_only ('1'/'0'/'')
--- \31 locations separated by \29. The worker passes the specs it knows as records separated
+-- \31 locations separated by \29 [\31 backorder policy: n, i, u or c<cap>, when the channel sets
+-- one]. The worker passes the specs it knows as records separated
 -- by \30, each `id \31 spec`; a stored spec newer than the passed one wins, so a worker whose
 -- view of the channels lags never computes with older rules than another worker already used.
 --
@@ -206,7 +290,8 @@ end
 local function parse_spec(id, text)
   local f = split(text, US)
   return { id = id, text = text, rev = tonumber(f[1]) or 0, strategy = f[2],
-    rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS) }
+    rules = { f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '' }, locs = split(f[8], GS),
+    bo = f[9] or '' }
 end
 
 -- Specs parsed in this script call, by their text: a batched call passes the same specs with
@@ -280,6 +365,38 @@ local function channel_available(stock_key, policy_key, ch, id, own, l)
   return lv.oh - rs - lv.ss - lv.un
 end
 
+-- The backorder policy channel `spec` sells this SKU under, and its cap: the SKU's override of
+-- the channel's rules (its sixth field), else the channel's own (its spec's), else the SKU's
+-- policy (read once per script call).
+local function channel_backorder_policy(policy_key, ch, spec)
+  local code = split(ch.st['o:' .. spec.id] or '', US)[6]
+  if code == nil or code == '' then code = spec.bo end
+  if code ~= nil and code ~= '' then
+    return string.sub(code, 1, 1), tonumber(string.sub(code, 2)) or 0
+  end
+  if ch.bo == nil then
+    local pol, limit = backorder_policy(policy_key)
+    ch.bo = { pol = pol, limit = limit }
+  end
+  return ch.bo.pol, ch.bo.limit
+end
+
+-- Units the backorder policy lets channel `spec` sell beyond stock: against incoming, what is
+-- incoming at its locations less what is backordered there; capped, the cap less what is
+-- backordered; unlimited, UNLIMITED_BACKORDER_LISTED.
+local function channel_backorders(stock_key, policy_key, ch, spec)
+  local pol, limit = channel_backorder_policy(policy_key, ch, spec)
+  if pol == 'n' then return 0 end
+  if pol == 'u' then return UNLIMITED_BACKORDER_LISTED end
+  if pol == 'c' then return backorder_allowance(pol, limit, 0, 0, backordered_total(stock_key)) end
+  local beyond = 0
+  for _, l in ipairs(spec.locs) do
+    local s = redis.call('HMGET', stock_key, 'in:' .. l, 'bo:' .. l)
+    beyond = beyond + backorder_allowance(pol, 0, num(s[1]), num(s[2]), 0)
+  end
+  return beyond
+end
+
 local function channel_quantity(stock_key, policy_key, ch, spec)
   if spec.strategy == 'x' then return 0, 0 end
   local r = effective_rules(ch, spec)
@@ -295,6 +412,13 @@ local function channel_quantity(stock_key, policy_key, ch, spec)
   if r[3] ~= '' and q > tonumber(r[3]) then q = tonumber(r[3]) end
   if r[4] ~= '' and q < tonumber(r[4]) then q = 0 end
   if q < 0 then q = 0 end
+  -- What the backorder policy lets the channel sell beyond stock (a preorder listing), within
+  -- its maximum listed.
+  local beyond = channel_backorders(stock_key, policy_key, ch, spec)
+  if beyond > 0 then
+    q = q + beyond
+    if r[3] ~= '' and q > tonumber(r[3]) then q = tonumber(r[3]) end
+  end
   return q, pool
 end
 
@@ -392,4 +516,49 @@ local function allocation_order(stock_key, policy_key, ch, spec)
     end)
   end
   return order
+end
+
+-- Fills the lines backordered at `loc` from what is available there, in order of placement:
+-- per line, reserved += units, one `backorder_filled` change and its backorder record appended
+-- to `records`. A line filled whole leaves the queue; a line filled in part stops the fill (no
+-- later line overtakes it). `ch` (when given) follows the lines' channels' own reservations.
+-- Returns whether anything was filled.
+local function fill_backorders(stock_key, policy_key, loc, ch, records)
+  local waiting = num(redis.call('HGET', stock_key, 'bo:' .. loc))
+  if waiting <= 0 then return false end
+  local queue = backorder_queue(stock_key)
+  local filled = false
+  for _, line in ipairs(redis.call('ZRANGE', queue, 0, -1)) do
+    local f = redis.call('HMGET', line, 'bol', 'bo', 'oid', 'lid', 'bor', 'boe', 'ch', 'parts')
+    if f[1] == loc then
+      local b, thr = levels_and_threshold(stock_key, policy_key, loc)
+      if b.av <= 0 then break end
+      local want = tonumber(f[2]) or 0
+      local t = math.min(want, b.av)
+      redis.call('HINCRBY', stock_key, 'rs:' .. loc, t)
+      set_level(stock_key, 'bo:' .. loc, num(redis.call('HGET', stock_key, 'bo:' .. loc)) - t)
+      local parts = {}
+      local placed = false
+      for _, p in ipairs(split(f[8] or '', RS)) do
+        local x = split(p, US)
+        local part = { x[1], tonumber(x[2]), x[3] }
+        if not placed and part[1] == loc then
+          part[2] = part[2] + t
+          placed = true
+        end
+        parts[#parts + 1] = table.concat({ part[1], int(part[2]), part[3] }, US)
+      end
+      if not placed then parts[#parts + 1] = table.concat({ loc, int(t), '0' }, US) end
+      local left = want - t
+      redis.call('HSET', line, 'bo', int(left), 'parts', table.concat(parts, RS))
+      if left == 0 then redis.call('ZREM', queue, line) end
+      if ch ~= nil and f[7] and f[7] ~= '' then add_own_reserved(ch, f[7], loc, t) end
+      local a = levels(stock_key, policy_key, loc)
+      records[#records + 1] = change_record(loc, 'backorder_filled', b, a, thr)
+      records[#records + 1] = backorder_record(f[3], f[4], t, left, tonumber(f[6]) or 0, f[5])
+      filled = true
+      if left > 0 then break end
+    end
+  end
+  return filled
 end

@@ -106,6 +106,7 @@ async fn stock_facts(js: &jetstream::Context, run: &str, deadline: Duration) -> 
                 low_stock_threshold: Some(5),
                 safety_stock: None,
                 location_priority: vec![],
+                ..PolicySet::default()
             }),
         ),
         fact(

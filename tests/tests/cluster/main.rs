@@ -4,6 +4,7 @@
 
 mod world;
 
+mod backorders;
 mod channels;
 mod failover;
 mod kits;

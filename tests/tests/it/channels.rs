@@ -544,6 +544,7 @@ fn the_scripts_apply_the_rules_as_the_model_does() {
                     max_listed,
                     end_when_below,
                     own_reservations_only: None,
+                    ..AvailabilityRules::default()
                 },
             )
     };
@@ -554,7 +555,8 @@ fn the_scripts_apply_the_rules_as_the_model_does() {
             Op::PolicySet {
                 threshold: None,
                 safety_stock: Some(s),
-                location_priority: String::new()
+                location_priority: String::new(),
+                backorder: None,
             },
             l
         )),

@@ -117,6 +117,18 @@ async fn the_demo_delivers_every_alert_and_order_result_as_a_signed_webhook() {
         stdout.contains(" 201 confirmed ") && stdout.contains(" 409 rejected "),
         "no confirmed and rejected checkouts in:\n{stdout}"
     );
+    // The preorder: confirmed with nothing on hand, listed against the purchase order, filled
+    // first when it arrives.
+    assert!(
+        stdout
+            .contains("CONSOLE-X x0 from wh-east, 2 backordered (a preorder, expected 2026-12-14)"),
+        "no preorder among the checkouts in:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("the web shop listing 18 (incoming less what was preordered;")
+            && stdout.contains("on hand 20, reserved 2; the web shop lists 16."),
+        "no preorder filled on arrival in:\n{stdout}"
+    );
 
     // Every alert and order result arrived, signed with the run's secret.
     let (expected, delivered, verified) = webhook_figures(&stdout);

@@ -118,6 +118,7 @@ fn wild_change() -> BoxedStrategy<Option<Change>> {
                     low_stock_threshold,
                     safety_stock,
                     location_priority,
+                    ..v1::PolicySet::default()
                 })
             }),
     ];
@@ -204,6 +205,7 @@ fn check_stock(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
             threshold,
             safety_stock,
             location_priority,
+            ..
         } => {
             for value in [threshold, safety_stock].into_iter().flatten() {
                 prop_assert!(*value <= MAX_QUANTITY);
@@ -424,6 +426,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
                 threshold,
                 alerts,
                 purchase_order: None,
+                backorder: None,
             },
         );
     (

@@ -105,6 +105,7 @@ impl Location {
             damaged: self.unsellable[0],
             quality_control: self.unsellable[1],
             held: self.unsellable[2],
+            backordered: 0,
         }
     }
 }
@@ -207,6 +208,7 @@ fn stored(levels: &stockflow_proto::v1::Levels) -> LocationLevels {
         damaged: levels.damaged,
         quality_control: levels.quality_control,
         held: levels.held,
+        backordered: 0,
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod world;
 
+mod backorder_model;
+mod backorders;
 mod batch_crash;
 mod channel_orders;
 mod channels;

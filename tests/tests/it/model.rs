@@ -55,7 +55,8 @@ fn op() -> impl Strategy<Value = (Op, usize)> {
                 Op::PolicySet {
                     threshold: t,
                     safety_stock: s,
-                    location_priority: String::new()
+                    location_priority: String::new(),
+                    backorder: None,
                 },
                 l
             )),

@@ -95,6 +95,7 @@ async fn workload(world: &World) -> Vec<stockflow_proto::v1::StockEvent> {
                 low_stock_threshold: Some(6),
                 safety_stock: None,
                 location_priority: vec!["store".into(), "wh".into()],
+                ..PolicySet::default()
             }),
         ));
     }

@@ -532,6 +532,11 @@ struct AllocationJson {
     kit_sku: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     kit_line_id: String,
+    /// Only on a backordered line: every other allocation reads as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backordered: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backorder_expected_at_ms: Option<i64>,
 }
 
 impl From<Allocation> for AllocationJson {
@@ -543,6 +548,9 @@ impl From<Allocation> for AllocationJson {
             quantity: a.quantity,
             kit_sku: a.kit_sku,
             kit_line_id: a.kit_line_id,
+            backordered: (a.backordered > 0).then_some(a.backordered),
+            backorder_expected_at_ms: (a.backorder_expected_at_ms > 0)
+                .then_some(a.backorder_expected_at_ms),
         }
     }
 }
@@ -829,6 +837,9 @@ struct LevelsJson {
     quality_control: i64,
     #[serde(skip_serializing_if = "is_zero")]
     held: i64,
+    /// Units of order lines waiting here for stock (backorders, preorders).
+    #[serde(skip_serializing_if = "is_zero")]
+    backordered: i64,
 }
 
 impl From<&LocationLevels> for LevelsJson {
@@ -843,6 +854,7 @@ impl From<&LocationLevels> for LevelsJson {
             damaged: l.damaged,
             quality_control: l.quality_control,
             held: l.held,
+            backordered: l.backordered,
         }
     }
 }

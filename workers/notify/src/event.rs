@@ -37,6 +37,9 @@ pub enum EventType {
     OrderRejected,
     /// `ORDER_RESULTS`: the order holds nothing any more (cancelled, expired, fulfilled).
     OrderReleased,
+    /// A ledger entry of kind `backorder_filled` (`STOCK_CHANGES`): units that arrived were
+    /// reserved for a backordered order line. Delivered as this type, not as `stock_changed`.
+    BackorderFilled,
 }
 
 /// The names of every [`EventType`]: the `type` labels notify's consume loops register at 0.
@@ -45,7 +48,7 @@ pub static NAMES: std::sync::LazyLock<Vec<&'static str>> =
 
 impl EventType {
     /// Every type, in documentation order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::LowStock,
         Self::OutOfStock,
         Self::BackInStock,
@@ -56,6 +59,7 @@ impl EventType {
         Self::OrderConfirmed,
         Self::OrderRejected,
         Self::OrderReleased,
+        Self::BackorderFilled,
     ];
 
     /// The name used in the subscriptions file, the payload and the header.
@@ -71,6 +75,7 @@ impl EventType {
             Self::OrderConfirmed => "order_confirmed",
             Self::OrderRejected => "order_rejected",
             Self::OrderReleased => "order_released",
+            Self::BackorderFilled => "backorder_filled",
         }
     }
 
@@ -175,9 +180,24 @@ pub fn decode(message: &jetstream::Message) -> Result<Option<Notification>, Hand
                 data.insert("channel".into(), change.channel.clone().into());
             }
         }
+        let event_type = if change.kind == "backorder_filled" {
+            if let Some(data) = data.as_object_mut() {
+                data.insert("order_id".into(), change.order_id.clone().into());
+                data.insert("line_id".into(), change.line_id.clone().into());
+                data.insert("filled".into(), change.backorder_filled.into());
+                data.insert("backordered".into(), change.backordered.into());
+                data.insert(
+                    "backorder_expected_at_ms".into(),
+                    change.backorder_expected_at_ms.into(),
+                );
+            }
+            EventType::BackorderFilled
+        } else {
+            EventType::StockChanged
+        };
         let channel = (!change.channel.is_empty()).then_some(change.channel);
         (
-            EventType::StockChanged,
+            event_type,
             About::new(change.sku, Some(change.location), channel),
             data,
         )
@@ -260,7 +280,18 @@ fn order(result: OrderResult) -> Result<Rendered, HandleError> {
                 .lines
                 .iter()
                 .map(|l| {
-                    json!({"line_id": l.line_id, "sku": l.sku, "location": l.location, "quantity": l.quantity})
+                    let mut line = json!({"line_id": l.line_id, "sku": l.sku, "location": l.location, "quantity": l.quantity});
+                    // Only on a backordered line: every other line's body stays as it was.
+                    if l.backordered > 0 {
+                        if let Some(line) = line.as_object_mut() {
+                            line.insert("backordered".into(), l.backordered.into());
+                            line.insert(
+                                "backorder_expected_at_ms".into(),
+                                l.backorder_expected_at_ms.into(),
+                            );
+                        }
+                    }
+                    line
                 })
                 .collect();
             skus.extend(confirmed.lines.iter().map(|l| l.sku.clone()));

@@ -221,9 +221,13 @@ impl FanOut {
     /// alerts and order results only, and a busy stream's messages are then passed over
     /// without being decoded.
     fn anyone_wants(subscriptions: &[Subscription], event_type: EventType) -> bool {
+        // The ledger also carries the fills of backordered lines, delivered as their own type.
+        let also = (event_type == EventType::StockChanged).then_some(EventType::BackorderFilled);
         subscriptions.iter().any(|s| match &s.events {
             EventFilter::All => true,
-            EventFilter::Only(types) => types.contains(&event_type),
+            EventFilter::Only(types) => {
+                types.contains(&event_type) || also.is_some_and(|t| types.contains(&t))
+            }
         })
     }
 }

@@ -6,11 +6,12 @@
 -- ARGV[2]  event_id of the fulfilment
 -- ARGV[3]  the channel specs the worker knows (see prelude.lua), the order's channel among them
 --
--- Returns {'shipped', units, units still held, outcome} | {'not_reserved'}
+-- Returns {'shipped', units, units still held or backordered, outcome} | {'not_reserved'}
 -- (decoded once as `Shipment` in src/replies.rs: any other reply is an error there)
 -- Ships at most what the line still holds, from its parts in allocation order: per part,
 -- on_hand -= units, reserved -= units, one `shipped` change naming the part's location. Every
--- channel drawing from those locations is recomputed in the same step.
+-- channel drawing from those locations is recomputed in the same step. A backordered line ships
+-- only what was filled; the units it still waits for count as left (the order is not complete).
 
 local record, stock_key, policy_key, ats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mark = 'f:' .. ARGV[2]
@@ -49,5 +50,6 @@ if units > 0 then
   settle_channels(stock_key, policy_key, ch, changed, channel_records, nil)
   outcome = line_outcome(changes, channel_records)
 end
-redis.call('HSET', record, mark, int(units) .. US .. int(held - units) .. US .. outcome)
-return { 'shipped', int(units), int(held - units), outcome }
+local left = held - units + num(redis.call('HGET', record, 'bo'))
+redis.call('HSET', record, mark, int(units) .. US .. int(left) .. US .. outcome)
+return { 'shipped', int(units), int(left), outcome }

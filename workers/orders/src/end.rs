@@ -97,12 +97,19 @@ impl OrderHandler {
     ) -> Result<(), HandleError> {
         let mut allocations = Vec::with_capacity(lines.len());
         for line in lines {
-            for part in self.reserved_parts(&order.order_id, line).await? {
+            let (parts, backordered, expected_at_ms) =
+                self.reserved_parts(&order.order_id, line).await?;
+            // As the placer reports it: the backordered units on the last part.
+            let last = parts.len().saturating_sub(1);
+            for (i, part) in parts.into_iter().enumerate() {
+                let waiting = if i == last { backordered } else { 0 };
                 allocations.push(Allocation {
                     line_id: line.line_id.clone(),
                     sku: line.sku.clone(),
                     location: part.location,
                     quantity: part.quantity,
+                    backordered: waiting,
+                    backorder_expected_at_ms: if waiting > 0 { expected_at_ms } else { 0 },
                     // Only the decision knows which kit line a part belongs to.
                     ..Default::default()
                 });

@@ -119,12 +119,20 @@ impl OrderHandler {
         let result = if confirmed {
             // One allocation per part: a split line has several with its line_id.
             let allocations = lines.iter().zip(&reservations).flat_map(|(line, r)| {
-                match r {
-                    Reservation::Reserved { parts, .. } => parts.as_slice(),
-                    _ => &[],
-                }
-                .iter()
-                .map(|part| {
+                let (parts, backordered, expected_at_ms) = match r {
+                    Reservation::Reserved {
+                        parts,
+                        backordered,
+                        expected_at_ms,
+                        ..
+                    } => (parts.as_slice(), *backordered, *expected_at_ms),
+                    _ => (&[][..], 0, 0),
+                };
+                // The backordered units wait at the last part's location (the script puts it
+                // last, or it is the only one).
+                let last = parts.len().saturating_sub(1);
+                parts.iter().enumerate().map(move |(i, part)| {
+                    let waiting = if i == last { backordered } else { 0 };
                     let (kit_sku, kit_line_id) =
                         kits.get(&line.line_id).cloned().unwrap_or_default();
                     Allocation {
@@ -132,6 +140,8 @@ impl OrderHandler {
                         sku: line.sku.clone(),
                         location: part.location.clone(),
                         quantity: part.quantity,
+                        backordered: waiting,
+                        backorder_expected_at_ms: if waiting > 0 { expected_at_ms } else { 0 },
                         kit_sku,
                         kit_line_id,
                     }

@@ -135,6 +135,9 @@ pub struct StoredLine {
     pub state: LineState,
     /// Where it is (or was) held, one entry per part; empty when it never was reserved.
     pub parts: Vec<Part>,
+    /// A backordered line: where its units wait, how many still do and when they are
+    /// expected (ms since the Unix epoch, 0 unknown).
+    pub backorder: Option<(String, i64, i64)>,
 }
 
 /// The decision on a placement.
@@ -214,13 +217,26 @@ impl StoredOrder {
                 )
             })
             .flat_map(|l| {
-                l.parts.iter().map(|part| Allocation {
-                    line_id: l.line.line_id.clone(),
-                    sku: l.line.sku.clone(),
-                    location: part.location.clone(),
-                    quantity: part.quantity,
-                    // Only the decision knows which kit line a part belongs to.
-                    ..Default::default()
+                l.parts.iter().map(|part| {
+                    // Units still waiting, on the part where they wait.
+                    let (backordered, backorder_expected_at_ms) = match &l.backorder {
+                        Some((location, waiting, at))
+                            if *location == part.location && *waiting > 0 =>
+                        {
+                            (*waiting, *at)
+                        }
+                        _ => (0, 0),
+                    };
+                    Allocation {
+                        line_id: l.line.line_id.clone(),
+                        sku: l.line.sku.clone(),
+                        location: part.location.clone(),
+                        quantity: part.quantity,
+                        backordered,
+                        backorder_expected_at_ms,
+                        // Only the decision knows which kit line a part belongs to.
+                        ..Default::default()
+                    }
                 })
             })
             .collect()
@@ -300,6 +316,14 @@ pub async fn read_order(
         lines.push(StoredLine {
             state: line_state(&record),
             parts: parts_of(&record),
+            backorder: record.get("bol").map(|location| {
+                let number = |name: &str| record.get(name).and_then(|v| v.parse().ok());
+                (
+                    location.clone(),
+                    number("bo").unwrap_or(0),
+                    number("boe").unwrap_or(0),
+                )
+            }),
             line,
         });
     }

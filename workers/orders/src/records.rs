@@ -179,6 +179,9 @@ impl OrderHandler {
             self.ttl.to_string(),
             channel.to_owned(),
             self.channel_specs(channel),
+            backorder_rank(rank),
+            order_id.to_owned(),
+            line.line_id.clone(),
         ];
         self.line_call(ScriptKind::Reserve, order_id, line, args, rank)
             .await
@@ -229,29 +232,46 @@ impl OrderHandler {
         Ok(value.unwrap_or(0))
     }
 
-    /// Where `line` was reserved, one part per location; a record that keeps no location
-    /// (never reserved) gives one part at '' for the whole line.
+    /// Where `line` was reserved at placement, one part per location (a backordered line's as
+    /// they were then, not as fills grew them), with its units backordered then and their
+    /// expected date (0, 0 for none); a record that keeps no location (never reserved) gives one
+    /// part at '' for the whole line.
     pub(crate) async fn reserved_parts(
         &self,
         order_id: &str,
         line: &Line,
-    ) -> Result<Vec<Part>, HandleError> {
+    ) -> Result<(Vec<Part>, i64, i64), HandleError> {
         let mut redis = self.redis.clone();
-        let (parts, location): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let (parts, location, placed, backordered, expected_at_ms): Fields = redis::cmd("HMGET")
             .arg(self.keys.order_line(&line.sku, order_id, &line.line_id))
             .arg("parts")
             .arg("loc")
+            .arg("p0")
+            .arg("bq")
+            .arg("boe")
             .query_async(&mut redis)
             .await
             .map_err(HandleError::redis)?;
-        if let Some(parts) = parts.as_deref().and_then(decode_parts) {
-            return Ok(parts);
+        let (backordered, expected_at_ms) = (backordered.unwrap_or(0), expected_at_ms.unwrap_or(0));
+        if let Some(parts) = placed.or(parts).as_deref().and_then(decode_parts) {
+            return Ok((parts, backordered, expected_at_ms));
         }
-        Ok(vec![Part {
-            location: location.unwrap_or_default(),
-            quantity: line.quantity,
-            shipped: 0,
-        }])
+        Ok((
+            vec![Part {
+                location: location.unwrap_or_default(),
+                quantity: line.quantity,
+                shipped: 0,
+            }],
+            0,
+            0,
+        ))
     }
 
     /// The order's status (`None` before its placement), its lines and its channel.
@@ -297,5 +317,17 @@ impl OrderHandler {
             .await
             .map_err(HandleError::redis)?;
         Ok(quantity.unwrap_or(0) - shipped.unwrap_or(0))
+    }
+}
+
+/// A line's place in its SKU's backorder queue: its order's stream sequence, then its index
+/// (an order has at most 100 lines, so 128 slots per order keep every rank distinct and exact
+/// in a sorted set's score up to 2^46 placements). A placement without a usable sequence never
+/// backorders: '' tells the script so.
+fn backorder_rank((sequence, index): (u64, usize)) -> String {
+    if sequence == 0 || sequence >= 1 << 46 {
+        String::new()
+    } else {
+        (sequence * 128 + index as u64).to_string()
     }
 }

@@ -245,10 +245,15 @@ impl Reply for Ending {
 pub(crate) enum Reservation {
     /// Reserved in `parts`; `change` is the reservation's ledger entry.
     Reserved {
-        /// Where: one part, or several for a split line, in allocation order.
+        /// Where: one part, or several for a split line, in allocation order (as placed: a
+        /// backordered line's part at its backorder location may hold 0 units).
         parts: Vec<Part>,
         /// The reservation's outcome.
         change: Option<Outcome>,
+        /// Units confirmed beyond stock, waiting at the backorder location (0: none).
+        backordered: i64,
+        /// When they are expected, ms since the Unix epoch (0 unknown).
+        expected_at_ms: i64,
     },
     /// No candidate location covers the line (a channel order: not all of them together).
     Short {
@@ -266,13 +271,16 @@ pub(crate) enum Reservation {
 impl Reply for Reservation {
     const SCRIPT: &'static str = "reserve_line.lua";
     const EXPECTED: &'static str =
-        "{'reserved', parts, outcome} | {'short', available} | {'released', outcome or ''}";
+        "{'reserved', parts, outcome, backordered, expected_at} | {'short', available} \
+         | {'released', outcome or ''}";
 
     fn from_fields(fields: &[&str]) -> Option<Self> {
         Some(match fields {
-            ["reserved", parts, outcome] => Self::Reserved {
+            ["reserved", parts, outcome, backordered, expected_at] => Self::Reserved {
                 parts: decode_parts(parts)?,
                 change: change(outcome)?,
+                backordered: backordered.parse().ok()?,
+                expected_at_ms: expected_at.parse().ok()?,
             },
             ["short", available] => Self::Short {
                 available: available.parse().ok()?,
@@ -507,22 +515,29 @@ mod tests {
             shipped: 0,
         };
         assert_eq!(
-            decode::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", OUTCOME]).expect("reserved"),
+            decode::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", OUTCOME, "0", "0"])
+                .expect("reserved"),
             Reservation::Reserved {
                 parts: vec![part("wh", 5)],
-                change: Some(outcome())
+                change: Some(outcome()),
+                backordered: 0,
+                expected_at_ms: 0,
             }
         );
         assert_eq!(
             decode::<Reservation>(&[
                 "reserved",
                 "wh\u{1f}50\u{1f}0\u{1e}s1\u{1f}10\u{1f}0",
-                OUTCOME
+                OUTCOME,
+                "4",
+                "1700"
             ])
             .expect("split"),
             Reservation::Reserved {
                 parts: vec![part("wh", 50), part("s1", 10)],
-                change: Some(outcome())
+                change: Some(outcome()),
+                backordered: 4,
+                expected_at_ms: 1700,
             }
         );
         assert_eq!(
@@ -546,7 +561,8 @@ mod tests {
         rejects::<Reservation>(&["reserved", "", OUTCOME]);
         rejects::<Reservation>(&["reserved", "wh", OUTCOME]);
         rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0\u{1e}", OUTCOME]);
-        rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", "garbage"]);
+        rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", "garbage", "0", "0"]);
+        rejects::<Reservation>(&["reserved", "wh\u{1f}5\u{1f}0", OUTCOME, "x", "0"]);
         rejects::<Reservation>(&["released"]);
     }
 

@@ -31,6 +31,25 @@ pub struct LineRecord<'a> {
     pub released: bool,
     /// Per fulfilment: its event id, units shipped, units still held after it.
     pub shipments: &'a [(String, i64, i64)],
+    /// Its backorder, when it was confirmed beyond stock.
+    pub backorder: Option<&'a Backorder>,
+}
+
+/// A backordered line's place in its SKU's queue, as its ledger entries left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backorder {
+    /// Where its units wait.
+    pub location: String,
+    /// Units still waiting (0: filled whole, or released: it leaves the queue).
+    pub waiting: i64,
+    /// Units backordered at placement (what its decision said).
+    pub backordered: i64,
+    /// Units filled since placement (part of its part at `location`).
+    pub filled: i64,
+    /// When they were expected, ms since the Unix epoch (0 unknown).
+    pub expected_at_ms: i64,
+    /// Its rank in the queue.
+    pub rank: u64,
 }
 
 /// One order as `ORDER_RESULTS` and `ORDER_EVENTS` describe it.
@@ -87,8 +106,22 @@ impl Restore {
             .iter()
             .map(|p| format!("{}\u{1f}{}\u{1f}{}", p.location, p.quantity, p.shipped))
             .collect();
+        let backorder = line.backorder.map_or_else(String::new, |b| {
+            format!(
+                "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                b.location,
+                b.waiting,
+                b.backordered,
+                b.expected_at_ms,
+                b.rank,
+                line.order_id,
+                line.line_id
+            )
+        });
         invocation
             .key(self.keys.channels(line.sku))
+            .key(self.keys.stock(line.sku))
+            .key(self.keys.backorders(line.sku))
             .arg(if line.released {
                 "released"
             } else {
@@ -98,7 +131,8 @@ impl Restore {
             .arg(line.quantity)
             .arg(line.shipped)
             .arg(expire_after.map(millis).unwrap_or_default())
-            .arg(line.channel);
+            .arg(line.channel)
+            .arg(backorder);
         for (fulfilment, units, left) in line.shipments {
             invocation.arg(fulfilment).arg(units).arg(left);
         }

@@ -17,9 +17,11 @@
 -- ARGV[3]  quantity (received/sold/returned/transferred/expected/unsellable_moved; for
 --          expected_cancelled '' cancels everything outstanding), delta (adjusted), counted
 --          on_hand; the channel of channel_rules / channel_recompute; kit_buildable: the kits
---          buildable; kit_defined: the number of components
+--          buildable; kit_defined: the number of components; policy_set: the backorder
+--          policy (n none, i against incoming, c capped, u unlimited; '' unchanged)
 -- ARGV[4]  counted: expected on_hand, '' when unconditional; channel_rules: the override;
 --          channel_recompute: the rules version asked for (the worker passed a spec that new);
+--          policy_set: the cap of a capped backorder policy;
 --          received / expected / expected_cancelled: the purchase order ('' for a plain
 --          receipt); unsellable_moved: the state (dm | qc | hd); kit_defined: the components
 --          (`sku US qty US ...`, '' for none); kit_buildable: the computation's stamp
@@ -47,7 +49,9 @@
 --         remembered in the dedup record like a stale count, so a redelivery gets the same
 --         refusal without being judged again — only a replay, flag 'r', judges it again)
 -- Every channel drawing from a location whose levels changed is recomputed in the same step;
--- its record is part of the outcome.
+-- its record is part of the outcome. Units that become available at a location where order
+-- lines are backordered fill them in the same step, in order of placement (see prelude.lua):
+-- each fill is a `backorder_filled` change, with its backorder record, in the outcome.
 --
 --   a mark (1 KEY, 1 ARGV) — the derived events of an applied fact are stored in JetStream:
 -- KEYS[1]  its dedup record
@@ -337,6 +341,16 @@ local function apply(KEYS, ARGV)
       end
     end
     if ARGV[10] ~= '' then redis.call('HSET', policy_key, 'prio', ARGV[10]) end
+    if ARGV[3] == 'n' then
+      redis.call('HDEL', policy_key, 'bo', 'bol')
+    elseif ARGV[3] ~= '' then
+      redis.call('HSET', policy_key, 'bo', ARGV[3])
+      if ARGV[4] ~= '' then
+        redis.call('HSET', policy_key, 'bol', ARGV[4])
+      else
+        redis.call('HDEL', policy_key, 'bol')
+      end
+    end
     for i, l in ipairs(locs) do
       changed[l] = true
       local a = levels(stock_key, policy_key, l)
@@ -356,6 +370,18 @@ local function apply(KEYS, ARGV)
     set_state(ch, 'o:' .. channel, override)
     local zero = { oh = 0, rs = 0, ss = 0, av = 0 }
     records[1] = change_record('', 'channel_rules', zero, zero, nil)
+  end
+
+  -- Units that became available fill the lines backordered where they did, first.
+  local filled_locs = {}
+  for l in pairs(changed) do filled_locs[#filled_locs + 1] = l end
+  table.sort(filled_locs)
+  for _, l in ipairs(filled_locs) do
+    if fill_backorders(stock_key, policy_key, l, ch, records) and ch.known then ch.known[l] = nil end
+  end
+  -- Against incoming, what a channel lists beyond stock follows the purchase orders.
+  if (op == 'expected' or op == 'expected_cancelled') and backorder_policy(policy_key) == 'i' then
+    changed[loc] = true
   end
 
   -- The channel the input named (its sale's oversold count rides on its record), then every

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use stockflow_proto::{input::fact::encode_rules, v1::AvailabilityRules};
+use stockflow_proto::{
+    input::fact::{encode_override, Backorder},
+    v1::AvailabilityRules,
+};
 use stockflow_shared::{keys::Keys, redis_conn::RedisConnection};
 
 /// A SKU's policy as its `policy_set` ledger entries left it.
@@ -14,6 +17,8 @@ pub struct Policy {
     pub priority: Option<String>,
     /// Threshold and safety stock per location; `""` is the SKU-wide default.
     pub locations: BTreeMap<String, PolicyValues>,
+    /// The backorder policy, when one other than none was set last.
+    pub backorder: Option<Backorder>,
 }
 
 /// The policy values of one location (or the SKU-wide default).
@@ -29,6 +34,7 @@ impl Policy {
     /// True when nothing is set.
     pub fn is_empty(&self) -> bool {
         self.priority.is_none()
+            && self.backorder.is_none()
             && self
                 .locations
                 .values()
@@ -161,6 +167,11 @@ impl Restore {
         let mut redis = redis.clone();
         let mut invocation = self.policy.key(self.keys.policy(sku));
         invocation.arg(policy.priority.as_deref().unwrap_or_default());
+        let (backorder, limit) = policy
+            .backorder
+            .map(Backorder::script_args)
+            .unwrap_or_default();
+        invocation.arg(backorder).arg(limit);
         for (location, values) in &policy.locations {
             invocation
                 .arg(location)
@@ -246,7 +257,7 @@ impl Restore {
                     state
                         .override_rules
                         .as_ref()
-                        .map(encode_rules)
+                        .map(encode_override)
                         .unwrap_or_default(),
                 )
                 .arg(quantity)

@@ -316,6 +316,7 @@ fn op_of(change: &Change) -> Op {
             threshold: c.low_stock_threshold,
             safety_stock: c.safety_stock,
             location_priority: c.location_priority.join(","),
+            backorder: None,
         },
         Change::ChannelRules(_)
         | Change::ChannelRecompute(_)
