@@ -87,10 +87,12 @@ async fn a_purchase_order_is_received_in_part_then_beyond_and_another_is_cancell
         event("c1", sku, "wh", cancelled("PO-1", None)),
         event("c2", sku, "wh", cancelled("PO-2", Some(5))),
     ];
+    // One at a time: the ledger's order is checked below, and the worker applies what it holds
+    // concurrently.
     for fact in &facts[..3] {
         world.publish(fact).await;
+        world.wait_stock_idle().await;
     }
-    world.wait_stock_idle().await;
     let wh = levels_of(&world, sku).await["wh"];
     assert_eq!(
         (wh.on_hand, wh.incoming, wh.incoming_expected_at_ms),
@@ -120,6 +122,7 @@ async fn a_purchase_order_is_received_in_part_then_beyond_and_another_is_cancell
 
     // Cancelling PO-1 (nothing left) changes nothing; 5 of PO-2 leave incoming.
     world.publish(&facts[5]).await;
+    world.wait_stock_idle().await;
     world.publish(&facts[6]).await;
     world.wait_stock_idle().await;
     let wh = levels_of(&world, sku).await["wh"];
