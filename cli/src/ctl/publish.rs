@@ -42,11 +42,20 @@ JSON events: an object with a \"type\" and the proto's field names; every type t
 fields event_id, source, reason, reference and occurred_at_ms (all optional; event_id is made
 fresh when left out). Unknown fields are refused; a field set to null is one left out. The same
 shapes as the gateway's bodies (see the gateway README), with the order's id in the object.
-  received | sold | returned  sku, location, quantity
+  received | sold | returned  sku, location, quantity (received[, purchase_order]; sold | returned:
+                              channel instead of location)
   adjusted                    sku, location, delta
   counted                     sku, location, on_hand[, expected_on_hand]
   transferred                 sku, location, to_location, quantity
   policy_set                  sku[, location][, low_stock_threshold][, safety_stock][, location_priority]
+                              [, backorder_policy (none | against_incoming | capped | unlimited)]
+                              [, backorder_limit]
+  expected                    sku, location, purchase_order, quantity, expected_at_ms
+  expected_cancelled          sku, location, purchase_order[, quantity]
+  unsellable_moved            sku, location, state (damaged | quality_control | held), quantity,
+                              to_unsellable
+  channel_rules               sku, channel, rules
+  kit_defined                 sku, components: [{sku, quantity}] ([]: no longer a kit)
   order_placed                order_id, lines: [{[line_id,] sku, quantity[, location]}][, hold_seconds]
   order_committed | order_cancelled   order_id
   order_fulfilled             order_id, lines: [{line_id, quantity}][, last_shipment]
