@@ -9,7 +9,7 @@ use stockflow_proto::v1::{
     AvailabilityRules, BackorderPolicy, OrderCancelled, OrderResult, PolicySet, StockChanged,
 };
 
-use stockflow_ops::{rebuild, reconcile};
+use stockflow_ops::reconcile;
 
 use crate::{
     incoming::{expected, receipt},
@@ -577,21 +577,7 @@ async fn rebuild_restores_the_policy_the_queue_and_each_backordered_line() {
         .map(|d| (d.field, d.ledger, d.redis))
         .collect();
     assert_eq!(drift, [("backordered", 3, 5)]);
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    rebuild::rebuild(
-        &world.js,
-        &mut conn,
-        &world.keys,
-        rebuild::Retention {
-            dedup_ttl: std::time::Duration::from_secs(86_400),
-            orders: order_worker::DEFAULT_ORDER_RETENTION,
-        },
-    )
-    .await
-    .expect("rebuild");
+    world.flush_and_rebuild(&mut conn).await;
     let after = backorder_state(&world, sku, &lines).await;
     assert_eq!(after, before, "rebuilt state equals the lost one");
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (6, 6));

@@ -695,17 +695,7 @@ async fn after_a_rebuild_a_split_channel_order_is_still_cancelled_part_by_part()
     orders.shutdown().await;
 
     let mut conn = world.redis_connection().await;
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    let retention = stockflow_ops::rebuild::Retention {
-        dedup_ttl: std::time::Duration::from_secs(86_400),
-        orders: order_worker::DEFAULT_ORDER_RETENTION,
-    };
-    stockflow_ops::rebuild::rebuild(&world.js, &mut conn, &world.keys, retention)
-        .await
-        .expect("rebuild");
+    world.flush_and_rebuild(&mut conn).await;
     // The line's parts, what each shipped, the order's channel and its own reservations.
     let mut redis = world.redis.connection().await;
     let stored = order_worker::read_order(&mut redis, &world.keys, "o1")

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use stockflow_ops::{rebuild, reconcile};
+use stockflow_ops::reconcile;
 use stockflow_proto::v1::{
     stock_event::Change, Expected, ExpectedCancelled, StockEvent, UnsellableMoved, UnsellableState,
 };
@@ -493,17 +493,8 @@ async fn rebuild_sums_a_purchase_orders_entries_stored_out_of_apply_order() {
     }
 
     let mut conn = world.redis_connection().await;
-    let report = rebuild::rebuild(
-        &world.js,
-        &mut conn,
-        &world.keys,
-        rebuild::Retention {
-            dedup_ttl: std::time::Duration::from_secs(86_400),
-            orders: order_worker::DEFAULT_ORDER_RETENTION,
-        },
-    )
-    .await
-    .expect("rebuild");
+    // Nothing is in Redis yet: the rebuild reads the ledger alone.
+    let report = world.flush_and_rebuild(&mut conn).await;
     assert_eq!(report.model_locations, 1, "{report:?}");
     let wh = levels_of(&world, sku).await["wh"];
     assert_eq!(
@@ -594,21 +585,7 @@ async fn rebuild_after_flushall_restores_incoming_purchase_orders_and_unsellable
         vec![("damaged", "", 3, 0), ("purchase_order", "PO-1", 20, 19)]
     );
 
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    let report = rebuild::rebuild(
-        &world.js,
-        &mut conn,
-        &world.keys,
-        rebuild::Retention {
-            dedup_ttl: std::time::Duration::from_secs(86_400),
-            orders: order_worker::DEFAULT_ORDER_RETENTION,
-        },
-    )
-    .await
-    .expect("rebuild");
+    let report = world.flush_and_rebuild(&mut conn).await;
     assert_eq!(report.model_locations, 2, "{report:?}");
     assert_eq!(
         (levels_of(&world, sku).await, open_orders(&world, sku).await),

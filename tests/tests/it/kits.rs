@@ -25,21 +25,6 @@ async fn wait_kits(world: &World, sku: &str, location: &str, on_hand: i64) {
     world.wait_on_hand(sku, location, on_hand).await;
 }
 
-/// The dead letters' reasons.
-async fn dead_letter_reasons(world: &World) -> Vec<String> {
-    stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>")
-        .await
-        .iter()
-        .map(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_kit_follows_its_components_everywhere_and_a_component_sold_elsewhere_lowers_every_kit() {
     let world = World::start().await;
@@ -124,7 +109,7 @@ async fn a_kit_follows_its_components_everywhere_and_a_component_sold_elsewhere_
         .publish(&event("bad3", "BOX", "", kit(&[("MUG", 1)])))
         .await;
     let reasons = eventually("three dead letters", DEADLINE, || async {
-        let reasons = dead_letter_reasons(&world).await;
+        let reasons = world.dead_letter_reasons().await;
         (reasons.len() >= 3).then_some(reasons)
     })
     .await;
@@ -422,7 +407,6 @@ async fn order_workers_killed_in_the_middle_of_kit_reservations_reserve_each_com
 
 #[tokio::test]
 async fn kit_definitions_are_rebuilt_from_the_ledger_and_a_stale_computation_changes_nothing() {
-    use stockflow_ops::rebuild;
     let world = World::start().await;
     let stock = world.stock_worker();
     stock_gift_boxes(&world, 5).await;
@@ -455,21 +439,7 @@ async fn kit_definitions_are_rebuilt_from_the_ledger_and_a_stale_computation_cha
     stock.shutdown().await;
 
     let mut conn = world.redis_connection().await;
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    let report = rebuild::rebuild(
-        &world.js,
-        &mut conn,
-        &world.keys,
-        rebuild::Retention {
-            dedup_ttl: Duration::from_secs(86_400),
-            orders: Duration::from_secs(7 * 86_400),
-        },
-    )
-    .await
-    .expect("rebuild");
+    let report = world.flush_and_rebuild(&mut conn).await;
     assert_eq!(report.kits, 1, "{report:?}");
     assert_eq!(world.on_hand_reserved("GIFTBOX", "wh").await, (5, 0));
     // The rebuilt definition and index carry on: a component sold lowers the kit.

@@ -21,21 +21,6 @@ async fn seed_on_hand(world: &World, sku: &str, location: &str, on_hand: i64) {
         .expect("seed on_hand");
 }
 
-/// Dead-letter reasons, in stream order.
-async fn dead_letter_reasons(world: &World) -> Vec<String> {
-    stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>")
-        .await
-        .iter()
-        .map(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn levels_are_exact_up_to_the_maximum_and_a_change_beyond_is_refused() {
     let world = World::start().await;
@@ -84,7 +69,7 @@ async fn levels_are_exact_up_to_the_maximum_and_a_change_beyond_is_refused() {
         ],
         "every level in the ledger is exact"
     );
-    let reasons = dead_letter_reasons(&world).await;
+    let reasons = world.dead_letter_reasons().await;
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     for reason in &reasons {
         assert!(reason.contains("beyond ±10^15"), "{reason}");
@@ -165,7 +150,7 @@ async fn an_order_of_the_most_lines_and_units_is_placed_and_one_more_is_dead_let
         world.on_hand_reserved(&skus[MAX_LINES], "wh").await,
         (MAX_LINE_QUANTITY, MAX_LINE_QUANTITY)
     );
-    let reasons = dead_letter_reasons(&world).await;
+    let reasons = world.dead_letter_reasons().await;
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons[0].contains(&format!("got {}", MAX_LINES + 1)),
@@ -214,7 +199,7 @@ async fn a_message_over_max_payload_is_refused_and_a_malformed_one_under_it_is_d
     world.wait_stock_idle().await;
 
     assert_eq!(world.on_hand_reserved("BIG", "wh").await, (1, 0));
-    let reasons = dead_letter_reasons(&world).await;
+    let reasons = world.dead_letter_reasons().await;
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].contains("not a StockEvent"), "{}", reasons[0]);
     let letters =

@@ -225,6 +225,40 @@ impl World {
         }
     }
 
+    /// `FLUSHALL`, then `stockctl rebuild` with its default retention (a day of dedup records,
+    /// the order worker's retention): Redis lost and restored from JetStream.
+    pub(crate) async fn flush_and_rebuild(
+        &self,
+        conn: &mut stockflow_shared::redis_conn::RedisConnection,
+    ) -> stockflow_ops::rebuild::RebuildReport {
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(conn)
+            .await
+            .expect("flush");
+        let retention = stockflow_ops::rebuild::Retention {
+            dedup_ttl: std::time::Duration::from_secs(86_400),
+            orders: order_worker::DEFAULT_ORDER_RETENTION,
+        };
+        stockflow_ops::rebuild::rebuild(&self.js, conn, &self.keys, retention)
+            .await
+            .expect("rebuild")
+    }
+
+    /// Every dead letter's reason, in stream order.
+    pub(crate) async fn dead_letter_reasons(&self) -> Vec<String> {
+        stockflow_tests::read_stream(&self.js, subjects::DEAD_LETTERS, "deadletter.>")
+            .await
+            .iter()
+            .map(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// The connection type the workers and `stockctl` use.
     pub(crate) async fn redis_connection(&self) -> stockflow_shared::redis_conn::RedisConnection {
         let client = redis::Client::open(self.redis.url()).expect("redis url");
