@@ -570,7 +570,10 @@ impl Fold {
                 line.parts[index].shipped += shipped_units;
                 let prefix = format!("{}/{}/ship/", entry.order_id, entry.line_id);
                 if let Some(fulfilment) = entry.cause_event_id.strip_prefix(&prefix) {
-                    let left = line.quantity - line.shipped;
+                    // As ship_line.lua marks it: the units still waiting count as left, so a
+                    // redelivered fulfilment does not find the line complete.
+                    let waiting = line.backorder.as_ref().map_or(0, |b| b.waiting);
+                    let left = line.quantity - line.shipped + waiting;
                     // A fulfilment of a split line ships from several parts: one mark.
                     match line.shipments.last_mut() {
                         Some((id, units, held)) if id == fulfilment => {

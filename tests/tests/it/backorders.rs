@@ -712,6 +712,17 @@ async fn a_backordered_line_ships_only_what_was_filled() {
     world.wait_orders_idle().await;
     assert_eq!(world.on_hand_reserved(sku, "wh").await, (0, 0));
     assert_eq!(waiting(&world, sku, "wh").await, (2, 1));
+    // Redis lost and rebuilt, then f1 delivered again: its restored mark still counts the 2
+    // waiting units as left, so the line is not complete and stays queued.
+    orders.shutdown().await;
+    stock.shutdown().await;
+    let mut conn = world.redis_connection().await;
+    world.flush_and_rebuild(&mut conn).await;
+    let (stock, orders) = (world.stock_worker(), world.order_worker());
+    world.publish_order(&fulfil("f1", 5)).await;
+    world.wait_orders_idle().await;
+    assert_eq!(world.on_hand_reserved(sku, "wh").await, (0, 0));
+    assert_eq!(waiting(&world, sku, "wh").await, (2, 1));
     // They arrive, are filled, and ship.
     world.publish(&event("r1", sku, "wh", received(2))).await;
     world.wait_on_hand(sku, "wh", 2).await;
