@@ -462,7 +462,6 @@ async fn a_rule_change_reaches_every_sku_and_a_removed_channel_lists_nothing() {
 
 #[tokio::test]
 async fn bad_channel_input_is_dead_lettered_with_the_field_it_names() {
-    use stockflow_proto::subjects;
     let world = World::start().await;
     let worker = world.stock_worker();
     world.publish(&event("r1", "DL-1", "s1", received(5))).await;
@@ -489,22 +488,7 @@ async fn bad_channel_input_is_dead_lettered_with_the_field_it_names() {
     world
         .publish(&channel_fact("ghost", "DL-1", "nobody", sold(1)))
         .await;
-    let letters = eventually("three dead letters", DEADLINE, || async {
-        let letters =
-            stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
-        (letters.len() >= 3).then_some(letters)
-    })
-    .await;
-    let reasons: Vec<String> = letters
-        .iter()
-        .map(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let reasons = world.wait_dead_letter_reasons(3).await;
     for needle in ["locations[1]", "rules.percent", "\"nobody\""] {
         assert!(
             reasons.iter().any(|r| r.contains(needle)),

@@ -229,7 +229,6 @@ async fn a_receipt_before_its_expected_is_a_plain_receipt_and_the_order_stays_op
 
 #[tokio::test]
 async fn bad_purchase_orders_are_dead_lettered_naming_the_field() {
-    use stockflow_proto::subjects;
     let world = World::start().await;
     let worker = world.stock_worker();
     let sku = "PO-BAD";
@@ -248,24 +247,7 @@ async fn bad_purchase_orders_are_dead_lettered_naming_the_field() {
             ..event("b4", sku, "wh", sold(1))
         })
         .await;
-    let letters =
-        stockflow_tests::eventually("four dead letters", stockflow_tests::DEADLINE, || async {
-            let letters =
-                stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>")
-                    .await;
-            (letters.len() >= 4).then_some(letters)
-        })
-        .await;
-    let reasons: Vec<String> = letters
-        .iter()
-        .map(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let reasons = world.wait_dead_letter_reasons(4).await;
     for needle in [
         "purchase_order is missing",
         "printable ASCII",

@@ -2,10 +2,7 @@
 //! at once and come back; a move beyond what is free is refused with its reason; a sale never
 //! takes unsellable units; an order cannot reserve them; duplicates change nothing.
 
-use stockflow_proto::{
-    subjects,
-    v1::{AvailabilityRules, UnsellableState},
-};
+use stockflow_proto::v1::{AvailabilityRules, UnsellableState};
 
 use stockflow_tests::{eventually, DEADLINE};
 
@@ -124,22 +121,7 @@ async fn a_move_beyond_what_is_free_is_refused_and_dead_lettered_with_its_reason
         ))
         .await;
     world.wait_stock_idle().await;
-    let letters = eventually("two dead letters", DEADLINE, || async {
-        let letters =
-            stockflow_tests::read_stream(&world.js, subjects::DEAD_LETTERS, "deadletter.>").await;
-        (letters.len() >= 2).then_some(letters)
-    })
-    .await;
-    let reasons: Vec<String> = letters
-        .iter()
-        .map(|m| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HEADER_DEAD_LETTER_REASON))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let reasons = world.wait_dead_letter_reasons(2).await;
     assert!(
         reasons
             .iter()

@@ -244,6 +244,15 @@ impl World {
             .expect("rebuild")
     }
 
+    /// The dead letters' reasons, in stream order, once there are at least `n`.
+    pub(crate) async fn wait_dead_letter_reasons(&self, n: usize) -> Vec<String> {
+        eventually(&format!("{n} dead letters"), DEADLINE, || async {
+            let reasons = self.dead_letter_reasons().await;
+            (reasons.len() >= n).then_some(reasons)
+        })
+        .await
+    }
+
     /// Every dead letter's reason, in stream order.
     pub(crate) async fn dead_letter_reasons(&self) -> Vec<String> {
         stockflow_tests::read_stream(&self.js, subjects::DEAD_LETTERS, "deadletter.>")
