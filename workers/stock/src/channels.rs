@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use async_nats::jetstream::{self, kv, message::PublishMessage};
+use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
 use stockflow_proto::{
@@ -131,15 +131,7 @@ impl ChannelRulesHandler {
                     })),
                     ..Default::default()
                 };
-                let publish = PublishMessage::build()
-                    .payload(command.encode_to_vec().into())
-                    .message_id(msg_id::stock_fact(&sku, &event_id));
-                acks.push(
-                    self.js
-                        .send_publish(subjects::stock_event(&sku), publish)
-                        .await
-                        .map_err(HandleError::nats)?,
-                );
+                acks.push(crate::send_fact(&self.js, &command).await?);
                 sent += 1;
                 if acks.len() >= FAN_OUT_WINDOW {
                     for ack in acks.drain(..) {

@@ -16,14 +16,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use prost::Message as _;
 use stockflow_proto::{
     input::{
         fact::{decode_kit, Fact, Op},
         Category,
     },
-    msg_id, subjects,
+    subjects,
     v1::{
         stock_event::Change, EventMeta, KitBuildable, Reason, Returned, Sold, StockChanged,
         StockEvent,
@@ -223,14 +223,7 @@ pub async fn expand_fact(
             }),
             ..Default::default()
         };
-        let publish = PublishMessage::build()
-            .payload(event.encode_to_vec().into())
-            .message_id(msg_id::stock_fact(component, &event_id));
-        acks.push(
-            js.send_publish(subjects::stock_event(component), publish)
-                .await
-                .map_err(HandleError::nats)?,
-        );
+        acks.push(crate::send_fact(js, &event).await?);
     }
     for ack in acks {
         ack.await.map_err(HandleError::nats)?;
@@ -244,12 +237,19 @@ pub struct KitFollower {
     js: jetstream::Context,
     redis: RedisConnection,
     keys: Keys,
+    /// `NEXT_STAMP`, hashed once.
+    next_stamp: redis::Script,
 }
 
 impl KitFollower {
     /// A follower on these connections and keys.
     pub fn new(js: jetstream::Context, redis: RedisConnection, keys: Keys) -> Self {
-        Self { js, redis, keys }
+        Self {
+            js,
+            redis,
+            keys,
+            next_stamp: redis::Script::new(NEXT_STAMP),
+        }
     }
 
     /// Recomputes `kit` at `locations` (every location its components or itself have when
@@ -257,7 +257,8 @@ impl KitFollower {
     async fn recompute(&self, kit: &str, locations: Option<&[&str]>) -> Result<(), HandleError> {
         let mut conn = self.redis.clone();
         // The stamp is taken before the components are read: a higher stamp read them later.
-        let stamp: u64 = redis::Script::new(NEXT_STAMP)
+        let stamp: u64 = self
+            .next_stamp
             .key(self.keys.kit_stamp(kit))
             .invoke_async(&mut conn)
             .await
@@ -308,15 +309,7 @@ impl KitFollower {
                 })),
                 ..Default::default()
             };
-            let publish = PublishMessage::build()
-                .payload(event.encode_to_vec().into())
-                .message_id(msg_id::stock_fact(kit, &event_id));
-            acks.push(
-                self.js
-                    .send_publish(subjects::stock_event(kit), publish)
-                    .await
-                    .map_err(HandleError::nats)?,
-            );
+            acks.push(crate::send_fact(&self.js, &event).await?);
         }
         for ack in acks {
             ack.await.map_err(HandleError::nats)?;

@@ -25,6 +25,23 @@ use stockflow_shared::{
 
 use crate::fact::Fact;
 
+/// Sends `event`, a fact the stock worker derives (a kit's components' sales, a kit's level, a
+/// channel's recompute), to its SKU's input subject under the fact's `Nats-Msg-Id`, so a
+/// redelivery of its cause sends a duplicate JetStream drops. Await the returned PubAck.
+pub(crate) async fn send_fact(
+    js: &jetstream::Context,
+    event: &stockflow_proto::v1::StockEvent,
+) -> Result<jetstream::context::PublishAckFuture, HandleError> {
+    use prost::Message as _;
+    let event_id = event.meta.as_ref().map_or("", |m| m.event_id.as_str());
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(event.encode_to_vec().into())
+        .message_id(stockflow_proto::msg_id::stock_fact(&event.sku, event_id));
+    js.send_publish(stockflow_proto::subjects::stock_event(&event.sku), publish)
+        .await
+        .map_err(HandleError::nats)
+}
+
 /// The stock worker's settings: the shared ones and the shape of its `apply_stock` batches.
 #[derive(Debug, Clone)]
 pub struct Settings {
